@@ -1,0 +1,252 @@
+"""The storage contract: everything the IMAP server and the POP3 fetcher may ask of a store.
+
+Protocol code depends on this module only, never on ``sqlite3`` (STYLE.md habit 5).
+Calls are synchronous and short: SQLite in WAL mode answers an indexed query in
+microseconds, and the longest write (one delivered message) is bounded by the
+configured maximum message size. Every write is one transaction; when a method
+returns, its effect is durable and visible to every other caller.
+
+Names: mailbox names are ``str`` with ``/`` as the hierarchy delimiter, already
+decoded from the wire and normalised by the caller (``INBOX`` always upper-case).
+Every mailbox change (append, flag change, expunge) increments the mailbox's
+``highestmodseq`` and stamps the rows it touched with the new value, which is what
+lets sessions catch up cheaply (RFC 7162) and lets listeners be told.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.criteria import Criteria
+
+INBOX = "INBOX"
+DELIMITER = "/"
+
+
+class StoreError(Exception):
+    """Base of the typed storage errors; the IMAP layer maps each to one response code."""
+
+
+class MailboxNotFound(StoreError):
+    """→ NO [NONEXISTENT] (or [TRYCREATE] for APPEND/COPY/MOVE targets)."""
+
+
+class MailboxExists(StoreError):
+    """→ NO [ALREADYEXISTS]."""
+
+
+class MailboxNotAllowed(StoreError):
+    """The operation is not allowed on this mailbox (delete INBOX, bad name) → NO [CANNOT]."""
+
+
+class OverQuota(StoreError):
+    """→ NO [OVERQUOTA]."""
+
+
+class MessageTooLarge(StoreError):
+    """→ NO [TOOBIG]."""
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    id: int
+    owner: str
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    special_use: str | None  # RFC 6154 attribute such as "\\Sent", or None
+    subscribed: bool
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    """A message as it stands in one mailbox: enough to keep a session's view."""
+
+    uid: int
+    flags: frozenset[str]
+    modseq: int
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    """Per-message facts computed once at ingest, served by FETCH without re-parsing.
+
+    ``envelope``, ``bodystructure`` and ``body`` are the exact IMAP wire forms
+    (RFC 3501 §7.4.2) of ENVELOPE, BODYSTRUCTURE (with extension data) and BODY.
+    ``parts`` is the JSON part map from :func:`gateway.mime.analyze` that lets a
+    ``BODY[section]`` be cut out of the raw bytes by offset.
+    """
+
+    uid: int
+    flags: frozenset[str]
+    modseq: int
+    size: int
+    internaldate: datetime.datetime  # timezone-aware
+    envelope: bytes
+    bodystructure: bytes
+    body: bytes
+    parts: str
+
+
+@dataclass(frozen=True)
+class MailboxCounts:
+    """STATUS figures, always from the store, never a session's possibly stale view."""
+
+    messages: int
+    recent: int
+    unseen: int
+    uidnext: int
+    uidvalidity: int
+    highestmodseq: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What changed in a mailbox after ``since``: new or re-flagged rows (ascending UID)
+    and expunged UIDs (ascending). ``highestmodseq`` is the value to catch up to."""
+
+    highestmodseq: int
+    changed: list[MessageRow]
+    expunged: list[int]
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """Outcome of a STORE: rows whose flags were written (with new modseq) and, under
+    UNCHANGEDSINCE, UIDs refused because they changed meanwhile (RFC 7162 MODIFIED)."""
+
+    updated: list[MessageRow]
+    modified: list[int]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One fetched message and its ledger key, committed together (exactly-once)."""
+
+    upstream: str
+    uidl: str
+    raw: bytes
+    internaldate: datetime.datetime | None = None
+    size_on_server: int | None = None
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One POP3 ledger row: what the fetcher did with an upstream UIDL and when, so that
+    policies such as "delete upstream N days after fetching" can be applied later."""
+
+    upstream: str
+    uidl: str
+    state: str  # "delivered" | "skipped"
+    reason: str | None  # why it was skipped; None when delivered
+    fetched_at: datetime.datetime  # timezone-aware (UTC)
+    size: int | None  # size on the server if known, else size received
+
+
+ChangeListener = Callable[[int], None]
+"""Called with a mailbox id after a committed change to that mailbox."""
+
+
+class Store(Protocol):
+    # ---- users and mailboxes ---------------------------------------------------
+    def ensure_user(self, user: str) -> None:
+        """Create the user's INBOX (and default special-use folders) if missing."""
+
+    def list_mailboxes(self, user: str) -> list[Mailbox]: ...
+
+    def get_mailbox(self, user: str, name: str) -> Mailbox:
+        """Raises MailboxNotFound."""
+
+    def create_mailbox(self, user: str, name: str, special_use: str | None = None) -> Mailbox:
+        """Creates missing parents too (RFC 3501 §6.3.3). Raises MailboxExists."""
+
+    def delete_mailbox(self, user: str, name: str) -> None:
+        """Raises MailboxNotFound, MailboxNotAllowed (INBOX)."""
+
+    def rename_mailbox(self, user: str, old: str, new: str) -> None:
+        """Renames children too; renaming INBOX moves its messages into a new mailbox
+        and leaves INBOX empty (RFC 3501 §6.3.5). Each mailbox keeps its UIDVALIDITY
+        except the new one made from INBOX."""
+
+    def set_subscribed(self, user: str, name: str, subscribed: bool) -> None: ...
+
+    def subscriptions(self, user: str) -> list[str]:
+        """Subscribed names, including ones whose mailbox no longer exists."""
+
+    def counts(self, mailbox_id: int) -> MailboxCounts: ...
+
+    # ---- messages in a mailbox -------------------------------------------------
+    def message_rows(self, mailbox_id: int) -> list[MessageRow]:
+        """Every message in ascending UID order: a session's initial view."""
+
+    def changes_since(self, mailbox_id: int, modseq: int) -> Changes: ...
+
+    def message_info(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageInfo]:
+        """Rows for those UIDs that still exist, ascending UID."""
+
+    def message_bytes(self, mailbox_id: int, uid: int) -> bytes:
+        """The message exactly as received. Raises KeyError if expunged."""
+
+    def append(
+        self,
+        mailbox_id: int,
+        raw: bytes,
+        flags: Iterable[str] = (),
+        internaldate: datetime.datetime | None = None,
+    ) -> int:
+        """Adds a message; returns its UID. Raises MailboxNotFound, MessageTooLarge, OverQuota."""
+
+    def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        mode: str,
+        flags: Iterable[str],
+        unchangedsince: int | None = None,
+    ) -> StoreResult:
+        """``mode`` is "" (replace), "+" (add) or "-" (remove). Rows whose flags do not
+        change keep their modseq and are not in ``updated``."""
+
+    def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
+        """Removes messages flagged \\Deleted (only among ``uids`` when given);
+        returns their UIDs ascending and remembers them for QRESYNC."""
+
+    def copy(
+        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, move: bool = False
+    ) -> list[tuple[int, int]]:
+        """Copies (or atomically moves) messages; returns (source uid, new uid) pairs."""
+
+    def search(self, mailbox_id: int, criteria: Criteria) -> list[int]:
+        """UIDs matching, ascending. ``Seq`` keys must already be rewritten to ``Uid``."""
+
+    def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> None:
+        """The session that saw these as \\Recent claims them (RFC 3501 §2.3.2)."""
+
+    # ---- POP3 ledger -----------------------------------------------------------
+    def known_uidls(self, upstream: str) -> set[str]:
+        """UIDLs already delivered (or deliberately skipped) for this upstream."""
+
+    def deliver(self, owner: str, mailbox: str, delivery: Delivery) -> int | None:
+        """Stores the message and records its UIDL in one durable transaction.
+        Returns the new UID, or None if the UIDL was already known (nothing written)."""
+
+    def record_skipped(self, upstream: str, uidl: str, reason: str) -> None:
+        """Remembers a UIDL that will not be fetched (e.g. too large), so status shows it."""
+
+    def forget_uidls(self, upstream: str, uidls: Iterable[str]) -> None:
+        """Drops ledger entries the upstream no longer lists."""
+
+    def ledger_entries(self, upstream: str) -> list[LedgerEntry]:
+        """Every ledger row of this upstream, ordered by UIDL."""
+
+    # ---- notification and lifetime ---------------------------------------------
+    def add_listener(self, listener: ChangeListener) -> None: ...
+
+    def remove_listener(self, listener: ChangeListener) -> None: ...
+
+    def close(self) -> None: ...
