@@ -1,0 +1,604 @@
+"""An in-memory :class:`~gateway.store.interfaces.Store` for fast tests of protocol code.
+
+It follows the same contract as :class:`gateway.store.sqlite.SQLiteStore`, proven by the
+shared suite in tests/test_store_contract.py, and shares its rules (mailbox names,
+flags, search validation) by importing them, so the two cannot drift apart. Nothing is
+durable: :class:`MemoryState` is the whole "file", and passing the same state to a new
+:class:`MemoryStore` plays the part of reopening it. Each write validates everything
+before it mutates anything, which is what makes it atomic without transactions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from gateway.criteria import (
+    All,
+    And,
+    Criteria,
+    Date,
+    Flag,
+    Header,
+    ModSeq,
+    Not,
+    Or,
+    Size,
+    Text,
+    Uid,
+)
+from gateway.mime import Analysis, analyze
+from gateway.store.interfaces import (
+    DELIMITER,
+    INBOX,
+    ChangeListener,
+    Changes,
+    Delivery,
+    LedgerEntry,
+    Mailbox,
+    MailboxCounts,
+    MailboxExists,
+    MailboxNotAllowed,
+    MailboxNotFound,
+    MessageInfo,
+    MessageRow,
+    MessageTooLarge,
+    StoreError,
+    StoreResult,
+)
+from gateway.store.search import build_query, canonical_flag
+from gateway.store.sqlite import (
+    DEFAULT_FOLDERS,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_UID,
+    SPECIAL_USES,
+    check_mailbox_name,
+    flag_map,
+    normalise_name,
+    parent_names,
+)
+
+log = structlog.get_logger(__name__)
+
+_RECENT = "\\Recent"
+
+
+@dataclass(eq=False)
+class _Message:
+    """Facts computed once at ingest; shared by every copy (deduplication by reference)."""
+
+    raw: bytes
+    internaldate: datetime.datetime
+    sent_day: datetime.date
+    analysis: Analysis
+    header_lines: tuple[str, ...]  # case-folded "name: value"
+    headers: tuple[tuple[str, str], ...]  # (lower-case name, case-folded value)
+    text: str  # case-folded body text
+
+
+@dataclass(eq=False)
+class _Row:
+    message: _Message
+    flags: dict[str, str]  # lower-case → spelling, without \Recent
+    modseq: int
+    recent: bool = True
+
+    def view(self) -> frozenset[str]:
+        shown = set(self.flags.values())
+        if self.recent:
+            shown.add(_RECENT)
+        return frozenset(shown)
+
+
+@dataclass(eq=False)
+class _Box:
+    id: int
+    owner: str
+    name: str
+    uidvalidity: int
+    special_use: str | None
+    uidnext: int = 1
+    highestmodseq: int = 1
+    rows: dict[int, _Row] = field(default_factory=dict)  # ascending UID (insertion order)
+    expunged: dict[int, int] = field(default_factory=dict)  # UID → modseq of removal
+
+
+@dataclass
+class MemoryState:
+    """Everything a :class:`MemoryStore` holds; hand it to a new store to "reopen"."""
+
+    boxes: dict[int, _Box] = field(default_factory=dict)
+    next_mailbox_id: int = 1
+    uidvalidity: int = 0
+    subscriptions: set[tuple[str, str]] = field(default_factory=set)
+    ledger: dict[tuple[str, str], LedgerEntry] = field(default_factory=dict)
+
+
+class MemoryStore:
+    """The store contract on plain Python objects; same constructor knobs as SQLiteStore."""
+
+    def __init__(
+        self,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        clock: Callable[[], float] = time.time,
+        analyze: Callable[[bytes], Analysis] = analyze,
+        state: MemoryState | None = None,
+    ) -> None:
+        self.max_message_size = max_message_size
+        self.state = state if state is not None else MemoryState()
+        self._clock = clock
+        self._analyze = analyze
+        self._listeners: list[ChangeListener] = []
+        self._closed = False
+        if self.state.uidvalidity == 0:
+            self.state.uidvalidity = max(1, int(clock()))
+
+    # ---- helpers -----------------------------------------------------------------------
+
+    def _live(self) -> MemoryState:
+        if self._closed:
+            raise StoreError("store is closed")
+        return self.state
+
+    def _box(self, mailbox_id: int) -> _Box:
+        box = self._live().boxes.get(mailbox_id)
+        if box is None:
+            raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
+        return box
+
+    def _find(self, user: str, name: str) -> _Box | None:
+        for box in self._live().boxes.values():
+            if box.owner == user and box.name == name:
+                return box
+        return None
+
+    def _mailbox(self, box: _Box) -> Mailbox:
+        return Mailbox(
+            id=box.id,
+            owner=box.owner,
+            name=box.name,
+            uidvalidity=box.uidvalidity,
+            uidnext=box.uidnext,
+            highestmodseq=box.highestmodseq,
+            special_use=box.special_use,
+            subscribed=(box.owner, box.name) in self.state.subscriptions,
+        )
+
+    def _create(self, user: str, name: str, special_use: str | None) -> _Box:
+        state = self._live()
+        value = max(state.uidvalidity, int(self._clock()), 1)
+        if value > MAX_UID:
+            raise StoreError("UIDVALIDITY space exhausted")
+        state.uidvalidity = value + 1
+        box = _Box(state.next_mailbox_id, user, name, value, special_use)
+        state.boxes[box.id] = box
+        state.next_mailbox_id += 1
+        return box
+
+    def _create_parents(self, user: str, name: str) -> None:
+        for parent in parent_names(name):
+            if self._find(user, parent) is None:
+                self._create(user, parent, None)
+
+    def _notify(self, mailbox_ids: Iterable[int]) -> None:
+        for mailbox_id in sorted(set(mailbox_ids)):
+            for listener in list(self._listeners):
+                try:
+                    listener(mailbox_id)
+                except Exception:
+                    log.exception("store.listener_failed", mailbox_id=mailbox_id)
+
+    def _ingest(self, raw: bytes, when: datetime.datetime | None) -> _Message:
+        if not isinstance(raw, bytes):
+            raise TypeError("raw message must be bytes")
+        if len(raw) > self.max_message_size:
+            raise MessageTooLarge(
+                f"message of {len(raw)} bytes exceeds the limit of {self.max_message_size}"
+            )
+        if when is None:
+            when = datetime.datetime.fromtimestamp(int(self._clock())).astimezone()
+        elif when.tzinfo is None or when.utcoffset() is None:
+            when = when.replace(tzinfo=datetime.UTC)
+        when = when.replace(microsecond=0)
+        offset = when.utcoffset()
+        assert offset is not None
+        zone = datetime.timezone(datetime.timedelta(minutes=int(offset.total_seconds() // 60)))
+        when = when.astimezone(zone)
+        analysis = self._analyze(raw)
+        sent_day = when.date()
+        if analysis.sent_date is not None:
+            sent_day = analysis.sent_date.date()
+        headers = tuple((n.lower(), v.casefold()) for n, v in analysis.headers)
+        return _Message(
+            raw=raw,
+            internaldate=when,
+            sent_day=sent_day,
+            analysis=analysis,
+            header_lines=tuple(f"{n.lower()}: {v}".casefold() for n, v in analysis.headers),
+            headers=headers,
+            text=analysis.text.casefold(),
+        )
+
+    def _add(self, box: _Box, entries: Sequence[tuple[_Message, dict[str, str]]]) -> list[int]:
+        if box.uidnext + len(entries) - 1 > MAX_UID:
+            raise StoreError("UID space of the mailbox exhausted")
+        box.highestmodseq += 1
+        uids = []
+        for message, flags in entries:
+            box.rows[box.uidnext] = _Row(message, dict(flags), box.highestmodseq)
+            uids.append(box.uidnext)
+            box.uidnext += 1
+        return uids
+
+    def _remove(self, box: _Box, uids: Sequence[int]) -> None:
+        box.highestmodseq += 1
+        for uid in uids:
+            del box.rows[uid]
+            box.expunged[uid] = box.highestmodseq
+
+    # ---- users and mailboxes -----------------------------------------------------------
+
+    def ensure_user(self, user: str) -> None:
+        if self._find(user, INBOX) is not None:
+            return
+        self._create(user, INBOX, None)
+        self.state.subscriptions.add((user, INBOX))
+        for name, use in DEFAULT_FOLDERS:
+            if self._find(user, name) is None:
+                self._create(user, name, use)
+            self.state.subscriptions.add((user, name))
+
+    def list_mailboxes(self, user: str) -> list[Mailbox]:
+        boxes = [b for b in self._live().boxes.values() if b.owner == user]
+        boxes.sort(key=lambda b: (b.name != INBOX, b.name))
+        return [self._mailbox(b) for b in boxes]
+
+    def get_mailbox(self, user: str, name: str) -> Mailbox:
+        box = self._find(user, normalise_name(name))
+        if box is None:
+            raise MailboxNotFound(name)
+        return self._mailbox(box)
+
+    def create_mailbox(self, user: str, name: str, special_use: str | None = None) -> Mailbox:
+        name = normalise_name(name)
+        if name == INBOX:
+            raise MailboxExists(name)
+        check_mailbox_name(name)
+        if special_use is not None and special_use not in SPECIAL_USES:
+            raise MailboxNotAllowed(f"unknown special-use attribute {special_use!r}")
+        if self._find(user, name) is not None:
+            raise MailboxExists(name)
+        self._create_parents(user, name)
+        return self._mailbox(self._create(user, name, special_use))
+
+    def delete_mailbox(self, user: str, name: str) -> None:
+        name = normalise_name(name)
+        if name == INBOX:
+            raise MailboxNotAllowed("INBOX cannot be deleted")
+        box = self._find(user, name)
+        if box is None:
+            raise MailboxNotFound(name)
+        del self.state.boxes[box.id]
+        self._notify([box.id])
+
+    def rename_mailbox(self, user: str, old: str, new: str) -> None:
+        old, new = normalise_name(old), normalise_name(new)
+        if new == INBOX:
+            raise MailboxExists(new)
+        check_mailbox_name(new)
+        source = self._find(user, old)
+        if source is None:
+            raise MailboxNotFound(old)
+        if self._find(user, new) is not None:
+            raise MailboxExists(new)
+        if old == INBOX:
+            self._create_parents(user, new)
+            target = self._create(user, new, None)
+            rows = list(source.rows.items())
+            changed = [target.id]
+            if rows:
+                self._add(target, [(row.message, row.flags) for _uid, row in rows])
+                self._remove(source, [uid for uid, _row in rows])
+                changed.append(source.id)
+            self._notify(changed)
+            return
+        if new.startswith(old + DELIMITER):
+            raise MailboxNotAllowed("cannot rename a mailbox into its own child")
+        family = sorted(
+            (
+                b
+                for b in self.state.boxes.values()
+                if b.owner == user and (b.name == old or b.name.startswith(old + DELIMITER))
+            ),
+            key=lambda b: b.name,
+        )
+        moves = [(b, new + b.name[len(old) :]) for b in family]
+        for _box, target_name in moves:
+            check_mailbox_name(target_name)
+            if self._find(user, target_name) is not None:
+                raise MailboxExists(target_name)
+        for box, target_name in moves:
+            if (user, box.name) in self.state.subscriptions:
+                self.state.subscriptions.discard((user, box.name))
+                self.state.subscriptions.add((user, target_name))
+            box.name = target_name
+        self._create_parents(user, new)
+        self._notify(b.id for b, _ in moves)
+
+    def set_subscribed(self, user: str, name: str, subscribed: bool) -> None:
+        key = (user, normalise_name(name))
+        if subscribed:
+            self._live().subscriptions.add(key)
+        else:
+            self._live().subscriptions.discard(key)
+
+    def subscriptions(self, user: str) -> list[str]:
+        return sorted(name for owner, name in self._live().subscriptions if owner == user)
+
+    def counts(self, mailbox_id: int) -> MailboxCounts:
+        box = self._box(mailbox_id)
+        rows = box.rows.values()
+        return MailboxCounts(
+            messages=len(box.rows),
+            recent=sum(r.recent for r in rows),
+            unseen=sum("\\seen" not in r.flags for r in rows),
+            uidnext=box.uidnext,
+            uidvalidity=box.uidvalidity,
+            highestmodseq=box.highestmodseq,
+            size=sum(len(r.message.raw) for r in rows),
+        )
+
+    # ---- messages in a mailbox ---------------------------------------------------------
+
+    def message_rows(self, mailbox_id: int) -> list[MessageRow]:
+        return [MessageRow(u, r.view(), r.modseq) for u, r in self._box(mailbox_id).rows.items()]
+
+    def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
+        box = self._box(mailbox_id)
+        return Changes(
+            highestmodseq=box.highestmodseq,
+            changed=[
+                MessageRow(u, r.view(), r.modseq) for u, r in box.rows.items() if r.modseq > modseq
+            ],
+            expunged=sorted(u for u, m in box.expunged.items() if m > modseq),
+        )
+
+    def message_info(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageInfo]:
+        box = self._box(mailbox_id)
+        out = []
+        for uid in sorted(set(uids)):
+            row = box.rows.get(uid)
+            if row is None:
+                continue
+            m = row.message
+            out.append(
+                MessageInfo(
+                    uid=uid,
+                    flags=row.view(),
+                    modseq=row.modseq,
+                    size=len(m.raw),
+                    internaldate=m.internaldate,
+                    envelope=m.analysis.envelope,
+                    bodystructure=m.analysis.bodystructure,
+                    body=m.analysis.body,
+                    parts=m.analysis.parts,
+                )
+            )
+        return out
+
+    def message_bytes(self, mailbox_id: int, uid: int) -> bytes:
+        row = self._box(mailbox_id).rows.get(uid)
+        if row is None:
+            raise KeyError(uid)
+        return row.message.raw
+
+    def append(
+        self,
+        mailbox_id: int,
+        raw: bytes,
+        flags: Iterable[str] = (),
+        internaldate: datetime.datetime | None = None,
+    ) -> int:
+        given = flag_map(flags)
+        box = self._box(mailbox_id)
+        message = self._ingest(raw, internaldate)
+        (uid,) = self._add(box, [(message, given)])
+        self._notify([mailbox_id])
+        return uid
+
+    def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        mode: str,
+        flags: Iterable[str],
+        unchangedsince: int | None = None,
+    ) -> StoreResult:
+        if mode not in ("", "+", "-"):
+            raise ValueError(f"unknown STORE mode {mode!r}")
+        given = flag_map(flags)
+        box = self._box(mailbox_id)
+        modified: list[int] = []
+        writes: list[tuple[int, _Row, dict[str, str]]] = []
+        for uid in sorted(set(uids)):
+            row = box.rows.get(uid)
+            if row is None:
+                continue
+            if unchangedsince is not None and row.modseq > unchangedsince:
+                modified.append(uid)
+                continue
+            if mode == "":
+                new = dict(given)
+            elif mode == "+":
+                new = {**given, **row.flags}
+            else:
+                new = {k: v for k, v in row.flags.items() if k not in given}
+            if new.keys() != row.flags.keys():
+                writes.append((uid, row, new))
+        if not writes:
+            return StoreResult(updated=[], modified=modified)
+        box.highestmodseq += 1
+        for _uid, row, new in writes:
+            row.flags = new
+            row.modseq = box.highestmodseq
+        self._notify([mailbox_id])
+        return StoreResult(
+            updated=[MessageRow(uid, row.view(), row.modseq) for uid, row, _new in writes],
+            modified=modified,
+        )
+
+    def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
+        box = self._box(mailbox_id)
+        among = None if uids is None else set(uids)
+        gone = [
+            u
+            for u, r in box.rows.items()
+            if "\\deleted" in r.flags and (among is None or u in among)
+        ]
+        if not gone:
+            return []
+        self._remove(box, gone)
+        self._notify([mailbox_id])
+        return gone
+
+    def copy(
+        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, move: bool = False
+    ) -> list[tuple[int, int]]:
+        src = self._box(src_mailbox_id)
+        dst = self._box(dst_mailbox_id)
+        chosen = [(u, src.rows[u]) for u in sorted(set(uids)) if u in src.rows]
+        if not chosen:
+            return []
+        new_uids = self._add(dst, [(row.message, row.flags) for _u, row in chosen])
+        old_uids = [u for u, _row in chosen]
+        if move:
+            self._remove(src, old_uids)
+        self._notify([dst.id, src.id] if move else [dst.id])
+        return list(zip(old_uids, new_uids, strict=True))
+
+    def search(self, mailbox_id: int, criteria: Criteria) -> list[int]:
+        box = self._box(mailbox_id)
+        # The SQL translator's checks (caps, Seq keys, unknown operators) are the rules;
+        # building the query and discarding it applies exactly the same ones here.
+        build_query(mailbox_id, criteria, 0)
+        if not box.rows:
+            return []
+        largest = max(box.rows)
+        return [u for u, r in box.rows.items() if _matches(criteria, u, r, largest)]
+
+    def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> None:
+        box = self._box(mailbox_id)
+        for uid in uids:
+            row = box.rows.get(uid)
+            if row is not None:
+                row.recent = False
+
+    # ---- POP3 ledger ---------------------------------------------------------------
+
+    def known_uidls(self, upstream: str) -> set[str]:
+        return {uidl for up, uidl in self._live().ledger if up == upstream}
+
+    def deliver(self, owner: str, mailbox: str, delivery: Delivery) -> int | None:
+        key = (delivery.upstream, delivery.uidl)
+        if key in self._live().ledger:
+            return None
+        mailbox = normalise_name(mailbox)
+        if mailbox != INBOX:
+            check_mailbox_name(mailbox)
+        message = self._ingest(delivery.raw, delivery.internaldate)
+        self.ensure_user(owner)
+        box = self._find(owner, mailbox)
+        if box is None:
+            self._create_parents(owner, mailbox)
+            box = self._create(owner, mailbox, None)
+        (uid,) = self._add(box, [(message, {})])
+        size = delivery.size_on_server
+        entry = LedgerEntry(
+            upstream=delivery.upstream,
+            uidl=delivery.uidl,
+            state="delivered",
+            reason=None,
+            fetched_at=datetime.datetime.fromtimestamp(self._clock(), datetime.UTC),
+            size=size if size is not None else len(delivery.raw),
+        )
+        self.state.ledger[key] = entry
+        self._notify([box.id])
+        return uid
+
+    def record_skipped(self, upstream: str, uidl: str, reason: str) -> None:
+        old = self._live().ledger.get((upstream, uidl))
+        if old is not None and old.state == "delivered":
+            return
+        self.state.ledger[(upstream, uidl)] = LedgerEntry(
+            upstream=upstream,
+            uidl=uidl,
+            state="skipped",
+            reason=reason,
+            fetched_at=datetime.datetime.fromtimestamp(self._clock(), datetime.UTC),
+            size=None,
+        )
+
+    def forget_uidls(self, upstream: str, uidls: Iterable[str]) -> None:
+        if isinstance(uidls, str):
+            raise TypeError("uidls must be an iterable of str, not one str")
+        for uidl in uidls:
+            self._live().ledger.pop((upstream, uidl), None)
+
+    def ledger_entries(self, upstream: str) -> list[LedgerEntry]:
+        entries = [e for (up, _u), e in self._live().ledger.items() if up == upstream]
+        return sorted(entries, key=lambda e: e.uidl)
+
+    # ---- notification and lifetime -------------------------------------------------
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: ChangeListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def close(self) -> None:
+        self._closed = True
+
+
+def _matches(node: Criteria, uid: int, row: _Row, largest: int) -> bool:
+    """One message against one (already validated) criteria tree, RFC 3501 §6.4.4."""
+    m = row.message
+    if isinstance(node, All):
+        return True
+    if isinstance(node, And):
+        return all(_matches(k, uid, row, largest) for k in node.keys)
+    if isinstance(node, Or):
+        return _matches(node.left, uid, row, largest) or _matches(node.right, uid, row, largest)
+    if isinstance(node, Not):
+        return not _matches(node.key, uid, row, largest)
+    if isinstance(node, Flag):
+        flag = canonical_flag(node.flag)
+        present = row.recent if flag == _RECENT else flag.lower() in row.flags
+        return present == node.present
+    if isinstance(node, Header):
+        name, needle = node.field.lower(), node.value.casefold()
+        return any(n == name and needle in v for n, v in m.headers)
+    if isinstance(node, Text):
+        needle = node.value.casefold()
+        if needle in m.text:
+            return True
+        return node.where == "TEXT" and needle in "\n".join(m.header_lines)
+    if isinstance(node, Date):
+        day = m.internaldate.date() if node.field == "internal" else m.sent_day
+        if node.op == "before":
+            return day < node.date
+        return day == node.date if node.op == "on" else day >= node.date
+    if isinstance(node, Size):
+        size = len(m.raw)
+        return size > node.size if node.op == "larger" else size < node.size
+    if isinstance(node, Uid):
+        return node.set.contains(uid, largest)
+    if isinstance(node, ModSeq):
+        return row.modseq >= node.modseq
+    raise ValueError(f"unknown search key {node!r}")

@@ -1,0 +1,204 @@
+"""The SQLite schema of the default store and the ordered migrations that build it.
+
+The database records its version in ``PRAGMA user_version``: version *n* means the
+first *n* entries of :data:`MIGRATIONS` have run. A later change appends a migration
+(for example ``ALTER TABLE ... ADD COLUMN``) and never edits an earlier one, so every
+existing file can be brought forward in place. Each migration runs in its own
+``BEGIN IMMEDIATE`` transaction together with the version bump, so a crash leaves the
+file at a well-defined version.
+
+Table layout and why:
+
+* ``mailbox`` keeps the per-mailbox counters IMAP needs to be persistent: UIDVALIDITY,
+  UIDNEXT (RFC 3501 §2.3.1.1) and HIGHESTMODSEQ (RFC 7162 §3.1.1). Its id is
+  ``AUTOINCREMENT`` so an id held by a session is never reused for another mailbox.
+* ``message`` holds what was computed once at ingest (ENVELOPE, BODYSTRUCTURE, dates,
+  size); the raw bytes live in ``content`` so that metadata scans stay small. A COPY
+  adds a ``mailbox_message`` row pointing at the same ``message`` (deduplication by
+  reference); a message row goes when its last reference does.
+* ``mailbox_message`` is a mailbox's view: (mailbox, UID) → message, flags, modseq and
+  the \\Recent bit. Flags are one space-separated text column (system flags in canonical
+  case), searched with ``instr``.
+* ``expunged`` remembers removed UIDs with the modseq of their removal for QRESYNC
+  VANISHED (RFC 7162 §3.2.10).
+* ``header_field`` and ``message_text`` carry case-folded header values and body text
+  for SEARCH (RFC 3501 §6.4.4) without re-parsing any message.
+* ``ledger`` is the POP3 exactly-once record: a (upstream, UIDL) row is written in the
+  same transaction as the message it delivered.
+* ``meta`` holds store-wide counters (the UIDVALIDITY sequence).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+
+from gateway.store.interfaces import StoreError
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def _statements(*sql: str) -> Migration:
+    """A migration made of plain SQL statements, run one by one on the open transaction.
+
+    ``executescript`` is avoided on purpose: it commits any open transaction first,
+    which would split the migration from its version bump.
+    """
+
+    def run(conn: sqlite3.Connection) -> None:
+        for statement in sql:
+            conn.execute(statement)
+
+    return run
+
+
+_V1 = _statements(
+    """
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE mailbox (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        owner         TEXT NOT NULL,
+        name          TEXT NOT NULL,
+        uidvalidity   INTEGER NOT NULL,
+        uidnext       INTEGER NOT NULL DEFAULT 1,
+        highestmodseq INTEGER NOT NULL DEFAULT 1,
+        special_use   TEXT,
+        UNIQUE (owner, name)
+    )
+    """,
+    """
+    CREATE TABLE subscription (
+        owner TEXT NOT NULL,
+        name  TEXT NOT NULL,
+        PRIMARY KEY (owner, name)
+    ) WITHOUT ROWID
+    """,
+    # internaldate: epoch seconds; internaldate_tz: offset in minutes east of UTC.
+    # internal_day / sent_day: date.toordinal() of the calendar day as written in the
+    # date's own offset (RFC 3501 §6.4.4 compares days "disregarding time and timezone").
+    # sent_day falls back to internal_day when there is no usable Date: (RFC 5256 §2.2).
+    """
+    CREATE TABLE message (
+        id                INTEGER PRIMARY KEY,
+        sha256            BLOB NOT NULL,
+        size              INTEGER NOT NULL,
+        internaldate      INTEGER NOT NULL,
+        internaldate_tz   INTEGER NOT NULL,
+        internal_day      INTEGER NOT NULL,
+        sent_date         INTEGER,
+        sent_day          INTEGER NOT NULL,
+        message_id_header TEXT,
+        envelope          BLOB NOT NULL,
+        bodystructure     BLOB NOT NULL,
+        body              BLOB NOT NULL,
+        parts             TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE content (
+        message_id INTEGER PRIMARY KEY REFERENCES message (id) ON DELETE CASCADE,
+        raw        BLOB NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE mailbox_message (
+        mailbox_id INTEGER NOT NULL REFERENCES mailbox (id) ON DELETE CASCADE,
+        uid        INTEGER NOT NULL,
+        message_id INTEGER NOT NULL REFERENCES message (id),
+        flags      TEXT NOT NULL DEFAULT '',
+        modseq     INTEGER NOT NULL,
+        recent     INTEGER NOT NULL DEFAULT 1,
+        PRIMARY KEY (mailbox_id, uid)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX mailbox_message_modseq ON mailbox_message (mailbox_id, modseq)",
+    "CREATE INDEX mailbox_message_message ON mailbox_message (message_id)",
+    """
+    CREATE TABLE expunged (
+        mailbox_id INTEGER NOT NULL REFERENCES mailbox (id) ON DELETE CASCADE,
+        uid        INTEGER NOT NULL,
+        modseq     INTEGER NOT NULL,
+        PRIMARY KEY (mailbox_id, uid)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX expunged_modseq ON expunged (mailbox_id, modseq)",
+    """
+    CREATE TABLE header_field (
+        message_id   INTEGER NOT NULL REFERENCES message (id) ON DELETE CASCADE,
+        name         TEXT NOT NULL,
+        pos          INTEGER NOT NULL,
+        value_folded TEXT NOT NULL,
+        PRIMARY KEY (message_id, name, pos)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE message_text (
+        message_id    INTEGER PRIMARY KEY REFERENCES message (id) ON DELETE CASCADE,
+        header_folded TEXT NOT NULL,
+        text_folded   TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE ledger (
+        upstream   TEXT NOT NULL,
+        uidl       TEXT NOT NULL,
+        message_id INTEGER REFERENCES message (id) ON DELETE SET NULL,
+        state      TEXT NOT NULL CHECK (state IN ('delivered', 'skipped')),
+        reason     TEXT,
+        fetched_at REAL NOT NULL,
+        size       INTEGER,
+        PRIMARY KEY (upstream, uidl)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX ledger_message ON ledger (message_id)",
+)
+
+MIGRATIONS: Sequence[Migration] = (_V1,)
+"""Entry *i* takes a database from version *i* to *i + 1*. Append only."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNew(StoreError):
+    """The file was written by a newer popgate; opening it could corrupt it."""
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The version recorded in the file (0 for a new, empty database)."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Bring the database up to ``len(migrations)``; returns how many migrations ran.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``): each step is its
+    own ``BEGIN IMMEDIATE`` transaction, re-reading the version inside it so that two
+    processes opening the same new file cannot both run a step.
+    """
+    target = len(migrations)
+    ran = 0
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = schema_version(conn)
+            if current > target:
+                raise SchemaTooNew(
+                    f"database schema version {current} is newer than this program ({target})"
+                )
+            if current == target:
+                conn.execute("COMMIT")
+                return ran
+            migrations[current](conn)
+            # PRAGMA arguments cannot be bound parameters; ``current + 1`` is an int.
+            conn.execute(f"PRAGMA user_version = {int(current) + 1}")
+            conn.execute("COMMIT")
+            ran += 1
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise

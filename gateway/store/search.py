@@ -1,0 +1,250 @@
+"""Translation of a :mod:`gateway.criteria` tree into one parameterised SQL query.
+
+SEARCH is answered by the database (RFC 3501 §6.4.4) rather than by loading messages:
+each criteria node becomes a boolean SQL expression over ``mailbox_message mm`` joined
+with ``message m``, using the precomputed columns and tables of :mod:`gateway.store.schema`.
+Every user value is a bound parameter; only fixed SQL text written here is ever
+concatenated. Each node's expression yields 0 or 1, never NULL, so ``NOT`` keeps its
+two-valued meaning.
+
+Trees are bounded (:data:`MAX_SEARCH_NODES`, :data:`MAX_SEARCH_DEPTH`) so that a
+hostile SEARCH cannot exceed SQLite's expression-depth or parameter limits, and long
+AND/OR chains are emitted as balanced trees to keep the SQL expression shallow.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from gateway.criteria import (
+    All,
+    And,
+    Criteria,
+    Date,
+    Flag,
+    Header,
+    ModSeq,
+    Not,
+    Or,
+    Seq,
+    SequenceSet,
+    Size,
+    Text,
+    Uid,
+)
+
+MAX_SEARCH_NODES = 500
+"""Most criteria nodes one SEARCH may hold; IMAP clients send a handful."""
+
+MAX_SEARCH_DEPTH = 40
+"""Deepest nesting of NOT/OR/AND accepted."""
+
+MAX_INLINE_UID_RANGES = 8
+"""UID sets with more ranges than this are passed as one JSON parameter instead of an
+``OR`` chain of ``BETWEEN``s, bounding the number of SQL parameters per node."""
+
+SYSTEM_FLAGS = {
+    f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\Recent")
+}
+"""Lower-case → canonical spelling of the RFC 3501 §2.3.2 system flags."""
+
+
+class SearchTooComplex(ValueError):
+    """The criteria tree exceeds :data:`MAX_SEARCH_NODES` or :data:`MAX_SEARCH_DEPTH`."""
+
+
+@dataclass
+class Query:
+    """A complete SQL statement selecting matching UIDs in ascending order, and its parameters."""
+
+    sql: str
+    params: list[object] = field(default_factory=list)
+
+
+def canonical_flag(flag: str) -> str:
+    """System flags in their canonical case; keywords unchanged."""
+    return SYSTEM_FLAGS.get(flag.lower(), flag) if flag.startswith("\\") else flag
+
+
+def check_size(criteria: Criteria) -> None:
+    """Raise :class:`SearchTooComplex` if the tree is too large or too deep to translate."""
+    nodes = 0
+    stack: list[tuple[Criteria, int]] = [(criteria, 1)]
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_SEARCH_NODES:
+            raise SearchTooComplex(f"search criteria exceed {MAX_SEARCH_NODES} keys")
+        if depth > MAX_SEARCH_DEPTH:
+            raise SearchTooComplex(f"search criteria nest deeper than {MAX_SEARCH_DEPTH} levels")
+        if isinstance(node, And):
+            stack.extend((k, depth + 1) for k in node.keys)
+        elif isinstance(node, Or):
+            stack.append((node.left, depth + 1))
+            stack.append((node.right, depth + 1))
+        elif isinstance(node, Not):
+            stack.append((node.key, depth + 1))
+
+
+def build_query(mailbox_id: int, criteria: Criteria, largest_uid: int) -> Query:
+    """The statement answering ``criteria`` in one mailbox.
+
+    ``largest_uid`` is the value of ``*`` in UID sets (RFC 3501 §6.4.8: "the largest
+    number in use"); with an empty mailbox the caller may pass 0, nothing can match.
+    Raises :class:`ValueError` for a ``Seq`` key (the session must rewrite those to
+    ``Uid``), an unknown key or operator, and :class:`SearchTooComplex`.
+    """
+    check_size(criteria)
+    translator = _Translator(mailbox_id, largest_uid)
+    where = translator.expr(criteria)
+    join = " JOIN message m ON m.id = mm.message_id" if translator.needs_message else ""
+    sql = (
+        f"SELECT mm.uid FROM mailbox_message mm{join}"
+        f" WHERE mm.mailbox_id = ? AND ({where}) ORDER BY mm.uid"
+    )
+    return Query(sql, [mailbox_id, *translator.params])
+
+
+def merge_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, non-overlapping, non-adjacent inclusive ranges covering the same integers."""
+    out: list[tuple[int, int]] = []
+    for low, high in sorted(ranges):
+        if out and low <= out[-1][1] + 1:
+            if high > out[-1][1]:
+                out[-1] = (out[-1][0], high)
+        else:
+            out.append((low, high))
+    return out
+
+
+def _balanced(op: str, parts: list[str]) -> str:
+    """``a op b op c ...`` parenthesised as a balanced tree (depth log2 n, not n)."""
+    if len(parts) == 1:
+        return parts[0]
+    mid = len(parts) // 2
+    return f"({_balanced(op, parts[:mid])} {op} {_balanced(op, parts[mid:])})"
+
+
+_DATE_OPS = {"before": "<", "on": "=", "since": ">="}
+_DATE_COLUMNS = {"internal": "m.internal_day", "sent": "m.sent_day"}
+_SIZE_OPS = {"larger": ">", "smaller": "<"}
+
+
+class _Translator:
+    """Walks one tree, collecting parameters in the order their ``?`` appear."""
+
+    def __init__(self, mailbox_id: int, largest_uid: int) -> None:
+        self.mailbox_id = mailbox_id
+        self.largest_uid = largest_uid
+        self.params: list[object] = []
+        self.needs_message = False
+
+    def expr(self, node: Criteria) -> str:
+        if isinstance(node, All):
+            return "1"
+        if isinstance(node, And):
+            if not node.keys:
+                return "1"
+            return _balanced("AND", [self.expr(k) for k in node.keys])
+        if isinstance(node, Or):
+            return f"({self.expr(node.left)} OR {self.expr(node.right)})"
+        if isinstance(node, Not):
+            return f"(NOT {self.expr(node.key)})"
+        if isinstance(node, Flag):
+            return self._flag(node)
+        if isinstance(node, Header):
+            return self._header(node)
+        if isinstance(node, Text):
+            return self._text(node)
+        if isinstance(node, Date):
+            return self._date(node)
+        if isinstance(node, Size):
+            op = _SIZE_OPS.get(node.op)
+            if op is None:
+                raise ValueError(f"unknown SIZE operator {node.op!r}")
+            self.needs_message = True
+            self.params.append(int(node.size))
+            return f"(m.size {op} ?)"
+        if isinstance(node, Uid):
+            return self._uid(node.set)
+        if isinstance(node, ModSeq):
+            self.params.append(int(node.modseq))
+            return "(mm.modseq >= ?)"
+        if isinstance(node, Seq):
+            raise ValueError("Seq search keys must be rewritten to Uid before reaching the store")
+        raise ValueError(f"unknown search key {node!r}")
+
+    def _flag(self, node: Flag) -> str:
+        flag = canonical_flag(node.flag)
+        if flag == "\\Recent":
+            return "(mm.recent = 1)" if node.present else "(mm.recent = 0)"
+        if flag.lower() in SYSTEM_FLAGS:
+            # Stored in canonical case: an exact token match suffices.
+            self.params.append(f" {flag} ")
+            test = "instr(' ' || mm.flags || ' ', ?) > 0"
+        else:
+            # Keywords compare case-insensitively (ASCII, as atoms are ASCII).
+            self.params.append(f" {flag.lower()} ")
+            test = "instr(' ' || lower(mm.flags) || ' ', ?) > 0"
+        return f"({test})" if node.present else f"(NOT ({test}))"
+
+    def _header(self, node: Header) -> str:
+        self.params.append(node.field.lower())
+        if node.value == "":
+            # RFC 3501 §6.4.4: an empty string matches every message with the field.
+            return (
+                "EXISTS (SELECT 1 FROM header_field h"
+                " WHERE h.message_id = mm.message_id AND h.name = ?)"
+            )
+        self.params.append(node.value.casefold())
+        return (
+            "EXISTS (SELECT 1 FROM header_field h WHERE h.message_id = mm.message_id"
+            " AND h.name = ? AND instr(h.value_folded, ?) > 0)"
+        )
+
+    def _text(self, node: Text) -> str:
+        value = node.value.casefold()
+        if node.where == "BODY":
+            self.params.append(value)
+            return (
+                "EXISTS (SELECT 1 FROM message_text t WHERE t.message_id = mm.message_id"
+                " AND instr(t.text_folded, ?) > 0)"
+            )
+        if node.where == "TEXT":
+            self.params.extend((value, value))
+            return (
+                "EXISTS (SELECT 1 FROM message_text t WHERE t.message_id = mm.message_id"
+                " AND (instr(t.header_folded, ?) > 0 OR instr(t.text_folded, ?) > 0))"
+            )
+        raise ValueError(f"unknown text search location {node.where!r}")
+
+    def _date(self, node: Date) -> str:
+        column = _DATE_COLUMNS.get(node.field)
+        op = _DATE_OPS.get(node.op)
+        if column is None or op is None:
+            raise ValueError(f"unknown date search {node.field!r} {node.op!r}")
+        self.needs_message = True
+        self.params.append(node.date.toordinal())
+        return f"({column} {op} ?)"
+
+    def _uid(self, uids: SequenceSet) -> str:
+        ranges = merge_ranges(uids.resolve(self.largest_uid))
+        if not ranges:
+            return "0"
+        if len(ranges) <= MAX_INLINE_UID_RANGES:
+            tests = []
+            for low, high in ranges:
+                self.params.extend((low, high))
+                tests.append("(mm.uid BETWEEN ? AND ?)")
+            return _balanced("OR", tests)
+        # Many ranges: one JSON parameter, each range answered by a primary-key range
+        # scan (CROSS JOIN keeps json_each outermost); the subquery is uncorrelated, so
+        # SQLite evaluates it once into an ephemeral index that IN probes.
+        self.params.extend((json.dumps(ranges), self.mailbox_id))
+        return (
+            "(mm.uid IN (SELECT x.uid FROM json_each(?) r CROSS JOIN mailbox_message x"
+            " WHERE x.mailbox_id = ?"
+            " AND x.uid BETWEEN json_extract(r.value, '$[0]') AND json_extract(r.value, '$[1]')))"
+        )

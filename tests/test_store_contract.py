@@ -1,0 +1,1403 @@
+"""The storage contract (gateway/store/interfaces.py), written once and run against every backend.
+
+Each test receives a ``store`` opened by a backend from :data:`BACKENDS` on a fresh
+directory; backends that persist are also reopened to prove durability. Search is
+checked against a brute-force Python evaluation of the same criteria tree
+(:func:`reference_search`), over a fixed varied mailbox and over small random ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import random
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import structlog
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.criteria import (
+    All,
+    And,
+    Criteria,
+    Date,
+    Flag,
+    Header,
+    ModSeq,
+    Not,
+    Or,
+    Seq,
+    SeqRange,
+    SequenceSet,
+    Size,
+    Text,
+    Uid,
+)
+from gateway.mime import analyze
+from gateway.store.interfaces import (
+    INBOX,
+    Delivery,
+    MailboxExists,
+    MailboxNotAllowed,
+    MailboxNotFound,
+    MessageTooLarge,
+    Store,
+)
+from gateway.store.memory import MemoryState, MemoryStore
+from gateway.store.search import MAX_SEARCH_DEPTH, MAX_SEARCH_NODES
+from gateway.store.sqlite import MAX_MAILBOX_NAME_LENGTH, SQLiteStore
+
+START = 1_700_000_000.0  # the fake clock's first reading (2023-11-14)
+SMALL_LIMIT = 4096  # max_message_size given to every store under test
+
+
+class FakeClock:
+    """A settable clock, so dates and ledger times are predictable."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+Opener = Callable[[Path, FakeClock], Store]
+
+_MEMORY_STATES: dict[Path, MemoryState] = {}
+
+
+def forget_memory(directory: Path) -> None:
+    _MEMORY_STATES.pop(directory, None)
+
+
+def open_memory(directory: Path, clock: FakeClock) -> Store:
+    """A memory store whose state is kept per directory, so "reopening" finds it again."""
+    state = _MEMORY_STATES.setdefault(directory, MemoryState())
+    return MemoryStore(max_message_size=SMALL_LIMIT, clock=clock, state=state)
+
+
+BACKENDS: dict[str, Opener] = {
+    "sqlite": lambda directory, clock: SQLiteStore(
+        directory / "store.db", max_message_size=SMALL_LIMIT, clock=clock
+    ),
+    "memory": open_memory,
+}
+
+
+class Backend:
+    """Opens stores of one kind in one directory and closes all of them at the end."""
+
+    def __init__(self, opener: Opener, directory: Path) -> None:
+        self.opener = opener
+        self.directory = directory
+        self.clock = FakeClock()
+        self.opened: list[Store] = []
+
+    def open(self) -> Store:
+        store = self.opener(self.directory, self.clock)
+        self.opened.append(store)
+        return store
+
+    def reopen(self, store: Store) -> Store:
+        store.close()
+        return self.open()
+
+    def close_all(self) -> None:
+        for store in self.opened:
+            store.close()
+        forget_memory(self.directory)
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    b = Backend(BACKENDS[request.param], tmp_path)
+    yield b
+    b.close_all()
+
+
+@pytest.fixture
+def store(backend: Backend) -> Store:
+    s = backend.open()
+    s.ensure_user("alice")
+    return s
+
+
+def inbox(store: Store, user: str = "alice") -> int:
+    return store.get_mailbox(user, INBOX).id
+
+
+def encoded(text: str) -> str:
+    """RFC 2047 encoded-word for non-ASCII header text."""
+    if text.isascii():
+        return text
+    return "=?utf-8?b?" + base64.b64encode(text.encode()).decode() + "?="
+
+
+def make_message(
+    subject: str | None = "Hello",
+    sender: str = "Alice <alice@example.com>",
+    to: str | None = "bob@example.org",
+    body: str = "Hi Bob,\r\nsee you.\r\n",
+    date: str | None = "Mon, 07 Feb 1994 21:52:25 -0800",
+    cc: str | None = None,
+) -> bytes:
+    lines = [f"From: {sender}"]
+    if to is not None:
+        lines.append(f"To: {to}")
+    if cc is not None:
+        lines.append(f"Cc: {cc}")
+    if subject is not None:
+        lines.append(f"Subject: {encoded(subject)}")
+    if date is not None:
+        lines.append(f"Date: {date}")
+    lines += [
+        "MIME-Version: 1.0",
+        "Content-Type: text/plain; charset=utf-8",
+        "Content-Transfer-Encoding: 8bit",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+
+
+def add(store: Store, mailbox_id: int, n: int, flags: tuple[str, ...] = ()) -> list[int]:
+    return [store.append(mailbox_id, make_message(subject=f"m{i}"), flags) for i in range(n)]
+
+
+def uids(store: Store, mailbox_id: int) -> list[int]:
+    return [r.uid for r in store.message_rows(mailbox_id)]
+
+
+def flags_of(store: Store, mailbox_id: int) -> dict[int, frozenset[str]]:
+    return {r.uid: r.flags for r in store.message_rows(mailbox_id)}
+
+
+# ---- users and mailboxes ----------------------------------------------------------
+
+
+def test_ensure_user_creates_inbox_and_subscribed_special_use_folders(store: Store) -> None:
+    boxes = {m.name: m for m in store.list_mailboxes("alice")}
+    assert set(boxes) == {INBOX, "Sent", "Drafts", "Trash", "Junk", "Archive"}
+    assert boxes[INBOX].special_use is None
+    assert {n: boxes[n].special_use for n in ("Sent", "Drafts", "Trash", "Junk", "Archive")} == {
+        "Sent": "\\Sent",
+        "Drafts": "\\Drafts",
+        "Trash": "\\Trash",
+        "Junk": "\\Junk",
+        "Archive": "\\Archive",
+    }
+    assert all(m.subscribed for m in boxes.values())
+    assert set(store.subscriptions("alice")) == set(boxes)
+    assert all(m.uidnext == 1 and m.owner == "alice" for m in boxes.values())
+
+
+def test_ensure_user_is_idempotent(store: Store) -> None:
+    before = store.list_mailboxes("alice")
+    store.ensure_user("alice")
+    assert store.list_mailboxes("alice") == before
+
+
+def test_ensure_user_does_not_bring_back_a_deleted_default_folder(store: Store) -> None:
+    store.delete_mailbox("alice", "Junk")
+    store.ensure_user("alice")
+    assert "Junk" not in {m.name for m in store.list_mailboxes("alice")}
+
+
+def test_list_mailboxes_puts_inbox_first_then_sorts_by_name(store: Store) -> None:
+    store.create_mailbox("alice", "Aardvark")
+    names = [m.name for m in store.list_mailboxes("alice")]
+    assert names[0] == INBOX
+    assert names[1:] == sorted(names[1:])
+
+
+def test_mailboxes_belong_to_their_owner(store: Store) -> None:
+    store.create_mailbox("alice", "Private")
+    store.ensure_user("bob")
+    assert "Private" not in {m.name for m in store.list_mailboxes("bob")}
+    with pytest.raises(MailboxNotFound):
+        store.get_mailbox("bob", "Private")
+    assert inbox(store, "bob") != inbox(store, "alice")
+
+
+def test_get_mailbox_of_missing_name_raises_not_found(store: Store) -> None:
+    with pytest.raises(MailboxNotFound):
+        store.get_mailbox("alice", "Nope")
+    with pytest.raises(MailboxNotFound):
+        store.get_mailbox("nobody", INBOX)
+
+
+def test_create_mailbox_creates_missing_parents(store: Store) -> None:
+    """RFC 3501 §6.3.3: superior hierarchical names are created as needed."""
+    created = store.create_mailbox("alice", "a/b/c")
+    assert created.name == "a/b/c" and created.uidnext == 1 and created.highestmodseq >= 1
+    for name in ("a", "a/b", "a/b/c"):
+        assert store.get_mailbox("alice", name).name == name
+    # A parent that exists is left alone.
+    before = store.get_mailbox("alice", "a")
+    store.create_mailbox("alice", "a/d")
+    assert store.get_mailbox("alice", "a") == before
+
+
+def test_create_existing_mailbox_raises_exists(store: Store) -> None:
+    store.create_mailbox("alice", "Work")
+    with pytest.raises(MailboxExists):
+        store.create_mailbox("alice", "Work")
+    with pytest.raises(MailboxExists):
+        store.create_mailbox("alice", "Sent")
+
+
+@pytest.mark.parametrize("name", [INBOX, "inbox", "Inbox"])
+def test_create_inbox_in_any_case_raises_exists(store: Store, name: str) -> None:
+    with pytest.raises(MailboxExists):
+        store.create_mailbox("alice", name)
+
+
+def test_inbox_is_case_insensitive_also_as_a_parent(store: Store) -> None:
+    """RFC 3501 §5.1: "inbox/x" lives under INBOX; no second inbox appears."""
+    assert store.get_mailbox("alice", "Inbox").id == inbox(store)
+    assert store.create_mailbox("alice", "inbox/child").name == "INBOX/child"
+    assert [m.name for m in store.list_mailboxes("alice")].count(INBOX) == 1
+    assert not any(
+        m.name.lower() == "inbox" and m.name != INBOX for m in store.list_mailboxes("alice")
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "a//b",
+        "/a",
+        "a/",
+        "/",
+        "a\x00b",
+        "a\rb",
+        "a\nb",
+        "x" * (MAX_MAILBOX_NAME_LENGTH + 1),
+        "/".join(["d"] * 100),
+    ],
+)
+def test_create_mailbox_refuses_bad_names(store: Store, name: str) -> None:
+    before = store.list_mailboxes("alice")
+    with pytest.raises(MailboxNotAllowed):
+        store.create_mailbox("alice", name)
+    assert store.list_mailboxes("alice") == before
+
+
+def test_create_mailbox_accepts_the_longest_allowed_name(store: Store) -> None:
+    name = "x" * MAX_MAILBOX_NAME_LENGTH
+    assert store.create_mailbox("alice", name).name == name
+
+
+def test_create_mailbox_with_special_use(store: Store) -> None:
+    """RFC 6154 §3 CREATE-SPECIAL-USE; an unknown attribute is refused."""
+    assert store.create_mailbox("alice", "All mail", "\\All").special_use == "\\All"
+    assert store.get_mailbox("alice", "All mail").special_use == "\\All"
+    with pytest.raises(MailboxNotAllowed):
+        store.create_mailbox("alice", "Odd", "\\Bogus")
+
+
+def test_delete_inbox_is_not_allowed(store: Store) -> None:
+    with pytest.raises(MailboxNotAllowed):
+        store.delete_mailbox("alice", INBOX)
+    assert store.get_mailbox("alice", INBOX)
+
+
+def test_delete_missing_mailbox_raises_not_found(store: Store) -> None:
+    with pytest.raises(MailboxNotFound):
+        store.delete_mailbox("alice", "Nope")
+
+
+def test_delete_removes_mailbox_and_messages_but_keeps_children_and_subscription(
+    store: Store,
+) -> None:
+    parent = store.create_mailbox("alice", "p")
+    child = store.create_mailbox("alice", "p/c")
+    store.set_subscribed("alice", "p", True)
+    add(store, parent.id, 2)
+    add(store, child.id, 1)
+    store.delete_mailbox("alice", "p")
+    with pytest.raises(MailboxNotFound):
+        store.get_mailbox("alice", "p")
+    with pytest.raises(MailboxNotFound):
+        store.message_rows(parent.id)
+    assert len(store.message_rows(child.id)) == 1
+    assert "p" in store.subscriptions("alice")
+
+
+def test_recreated_mailbox_gets_new_uidvalidity_and_starts_at_uid_one(store: Store) -> None:
+    """RFC 3501 §2.3.1.1: a name reused for a new mailbox must not reuse UIDVALIDITY."""
+    first = store.create_mailbox("alice", "Again")
+    add(store, first.id, 3)
+    store.delete_mailbox("alice", "Again")
+    second = store.create_mailbox("alice", "Again")
+    assert second.uidvalidity != first.uidvalidity
+    assert second.id != first.id
+    assert second.uidnext == 1 and store.message_rows(second.id) == []
+
+
+def test_uidvalidity_is_unique_per_mailbox_and_stable_across_reopen(
+    backend: Backend, store: Store
+) -> None:
+    store.create_mailbox("alice", "x/y")
+    store.ensure_user("bob")
+    before = {
+        (m.owner, m.name): m.uidvalidity for u in ("alice", "bob") for m in store.list_mailboxes(u)
+    }
+    assert len(set(before.values())) == len(before)
+    assert all(0 < v < 2**32 for v in before.values())
+    again = backend.reopen(store)
+    after = {
+        (m.owner, m.name): m.uidvalidity for u in ("alice", "bob") for m in again.list_mailboxes(u)
+    }
+    assert after == before
+    # A mailbox created after reopening still gets a fresh value.
+    assert again.create_mailbox("alice", "new").uidvalidity not in before.values()
+
+
+def test_uidvalidity_is_not_reused_even_if_the_clock_goes_back(
+    backend: Backend, store: Store
+) -> None:
+    seen = {m.uidvalidity for m in store.list_mailboxes("alice")}
+    backend.clock.now = START - 10_000
+    for i in range(5):
+        value = store.create_mailbox("alice", f"back{i}").uidvalidity
+        assert value not in seen
+        seen.add(value)
+
+
+def test_rename_keeps_uidvalidity_messages_and_renames_children(store: Store) -> None:
+    top = store.create_mailbox("alice", "old")
+    kid = store.create_mailbox("alice", "old/kid")
+    other = store.create_mailbox("alice", "older")  # shares a prefix, not a child
+    add(store, top.id, 2)
+    top = store.get_mailbox("alice", "old")
+    store.set_subscribed("alice", "old/kid", True)
+    store.rename_mailbox("alice", "old", "new/place")
+    moved = store.get_mailbox("alice", "new/place")
+    assert (moved.id, moved.uidvalidity, moved.uidnext) == (top.id, top.uidvalidity, top.uidnext)
+    assert uids(store, moved.id) == [1, 2]
+    moved_kid = store.get_mailbox("alice", "new/place/kid")
+    assert (moved_kid.id, moved_kid.uidvalidity) == (kid.id, kid.uidvalidity)
+    assert store.get_mailbox("alice", "new").name == "new"  # missing parent created
+    assert store.get_mailbox("alice", "older") == other
+    for gone in ("old", "old/kid"):
+        with pytest.raises(MailboxNotFound):
+            store.get_mailbox("alice", gone)
+    subs = store.subscriptions("alice")
+    assert "new/place/kid" in subs and "old/kid" not in subs
+
+
+def test_rename_does_not_change_other_mailboxes_uidvalidity(store: Store) -> None:
+    before = {m.id: m.uidvalidity for m in store.list_mailboxes("alice")}
+    store.rename_mailbox("alice", "Junk", "Spam")
+    store.rename_mailbox("alice", "Spam", "Junk")
+    assert {m.id: m.uidvalidity for m in store.list_mailboxes("alice")} == before
+
+
+def test_rename_refusals(store: Store) -> None:
+    store.create_mailbox("alice", "a/x")
+    store.create_mailbox("alice", "b/x")
+    store.delete_mailbox("alice", "b")  # b/x remains
+    with pytest.raises(MailboxNotFound):
+        store.rename_mailbox("alice", "missing", "z")
+    with pytest.raises(MailboxExists):
+        store.rename_mailbox("alice", "a", "Sent")
+    with pytest.raises(MailboxExists):
+        store.rename_mailbox("alice", "a", "a")
+    with pytest.raises(MailboxExists):
+        store.rename_mailbox("alice", "a", INBOX)
+    with pytest.raises(MailboxExists):  # a/x would land on the existing b/x
+        store.rename_mailbox("alice", "a", "b")
+    with pytest.raises(MailboxNotAllowed):
+        store.rename_mailbox("alice", "a", "a/x/y")
+    with pytest.raises(MailboxNotAllowed):
+        store.rename_mailbox("alice", "a", "bad//name")
+    assert store.get_mailbox("alice", "a/x").name == "a/x"
+    with pytest.raises(MailboxNotFound):
+        store.get_mailbox("alice", "b")
+
+
+def test_rename_inbox_moves_messages_to_a_new_mailbox_and_leaves_inbox_empty(
+    store: Store,
+) -> None:
+    """RFC 3501 §6.3.5: INBOX's messages move, INBOX stays (empty), its children stay."""
+    box = inbox(store)
+    child = store.create_mailbox("alice", "INBOX/kid")
+    first = add(store, box, 3, ("\\Seen",))
+    store.store_flags(box, [first[1]], "+", ["urgent"])
+    store.expunge(box)  # nothing deleted: no change
+    before = store.get_mailbox("alice", INBOX)
+    raws = [store.message_bytes(box, u) for u in first]
+    store.rename_mailbox("alice", INBOX, "Old/Mail")
+    after = store.get_mailbox("alice", INBOX)
+    assert store.message_rows(box) == []
+    assert (after.id, after.uidvalidity, after.uidnext) == (box, before.uidvalidity, 4)
+    assert after.highestmodseq > before.highestmodseq
+    assert store.changes_since(box, before.highestmodseq).expunged == first
+    new = store.get_mailbox("alice", "Old/Mail")
+    assert new.uidvalidity not in {
+        m.uidvalidity for m in store.list_mailboxes("alice") if m.id != new.id
+    }
+    rows = store.message_rows(new.id)
+    assert [r.uid for r in rows] == [1, 2, 3]
+    assert [r.flags - {"\\Recent"} for r in rows] == [
+        frozenset({"\\Seen"}),
+        frozenset({"\\Seen", "urgent"}),
+        frozenset({"\\Seen"}),
+    ]
+    assert [store.message_bytes(new.id, u) for u in (1, 2, 3)] == raws
+    assert store.get_mailbox("alice", "INBOX/kid") == child
+    assert store.get_mailbox("alice", "Old").name == "Old"
+
+
+def test_rename_empty_inbox_creates_empty_mailbox(store: Store) -> None:
+    store.rename_mailbox("alice", INBOX, "Copy")
+    assert store.message_rows(store.get_mailbox("alice", "Copy").id) == []
+    assert store.message_rows(inbox(store)) == []
+
+
+def test_subscriptions_are_independent_of_mailbox_existence(store: Store) -> None:
+    """RFC 3501 §6.3.6/§6.3.7: LSUB may list names that no longer exist."""
+    store.set_subscribed("alice", "ghost", True)
+    store.set_subscribed("alice", "ghost", True)
+    assert store.subscriptions("alice").count("ghost") == 1
+    assert store.subscriptions("alice") == sorted(store.subscriptions("alice"))
+    store.set_subscribed("alice", "Trash", False)
+    store.set_subscribed("alice", "Trash", False)
+    assert "Trash" not in store.subscriptions("alice")
+    assert store.get_mailbox("alice", "Trash").subscribed is False
+    assert store.get_mailbox("alice", "Sent").subscribed is True
+    assert store.subscriptions("bob") == []
+
+
+# ---- messages ----------------------------------------------------------------------
+
+
+def test_append_assigns_increasing_uids_and_keeps_bytes_exactly(store: Store) -> None:
+    box = inbox(store)
+    raws = [make_message(subject=f"s{i}", body=f"line {i}\r\n\r\n \r\n") for i in range(3)]
+    raws.append(b"no header at all, no CRLF")
+    got = [store.append(box, raw) for raw in raws]
+    assert got == [1, 2, 3, 4]
+    assert [store.message_bytes(box, u) for u in got] == raws
+    assert store.get_mailbox("alice", INBOX).uidnext == 5
+
+
+def test_append_internaldate_keeps_instant_and_offset(store: Store) -> None:
+    box = inbox(store)
+    zone = datetime.timezone(datetime.timedelta(hours=-7, minutes=-30))
+    when = datetime.datetime(2020, 2, 29, 23, 59, 58, tzinfo=zone)
+    uid = store.append(box, make_message(), internaldate=when)
+    (info,) = store.message_info(box, [uid])
+    assert info.internaldate == when
+    assert info.internaldate.utcoffset() == zone.utcoffset(None)
+
+
+def test_append_without_internaldate_uses_the_clock(backend: Backend, store: Store) -> None:
+    backend.clock.now = START + 12345
+    uid = store.append(inbox(store), make_message())
+    (info,) = store.message_info(inbox(store), [uid])
+    assert info.internaldate.tzinfo is not None
+    assert info.internaldate.timestamp() == START + 12345
+
+
+def test_append_normalises_flags(store: Store) -> None:
+    """System flags get canonical case; \\Recent cannot be set (RFC 3501 §2.3.2); keywords
+    are deduplicated case-insensitively, keeping the first spelling."""
+    box = inbox(store)
+    uid = store.append(box, make_message(), ["\\seen", "\\FLAGGED", "\\Recent", "Work", "work"])
+    assert flags_of(store, box)[uid] == {"\\Seen", "\\Flagged", "Work", "\\Recent"}
+
+
+@pytest.mark.parametrize("flag", ["", "two words", "\\", "paren(", "x\x00", 'quote"', "br]"])
+def test_append_refuses_invalid_flags(store: Store, flag: str) -> None:
+    with pytest.raises(ValueError):
+        store.append(inbox(store), make_message(), [flag])
+    assert store.message_rows(inbox(store)) == []
+
+
+def test_append_to_missing_mailbox_raises_not_found(store: Store) -> None:
+    box = store.create_mailbox("alice", "tmp")
+    store.delete_mailbox("alice", "tmp")
+    with pytest.raises(MailboxNotFound):
+        store.append(box.id, make_message())
+
+
+def test_append_over_the_size_limit_raises_and_writes_nothing(store: Store) -> None:
+    box = inbox(store)
+    before = store.counts(box)
+    with pytest.raises(MessageTooLarge):
+        store.append(box, make_message(body="x" * SMALL_LIMIT))
+    assert store.counts(box) == before
+    exact = make_message(body="")
+    exact += b"y" * (SMALL_LIMIT - len(exact))
+    assert store.append(box, exact) == 1
+
+
+def test_uids_are_never_reused_after_expunge_or_reopen(backend: Backend, store: Store) -> None:
+    box = inbox(store)
+    add(store, box, 3, ("\\Deleted",))
+    assert store.expunge(box) == [1, 2, 3]
+    assert store.append(box, make_message()) == 4
+    store.store_flags(box, [4], "+", ["\\Deleted"])
+    store.expunge(box)
+    store = backend.reopen(store)
+    assert store.get_mailbox("alice", INBOX).uidnext == 5
+    assert store.append(box, make_message()) == 5
+
+
+def test_highestmodseq_increases_with_every_change_and_only_then(store: Store) -> None:
+    box = inbox(store)
+    other = store.create_mailbox("alice", "other").id
+    seen = [store.counts(box).highestmodseq]
+
+    def changed() -> None:
+        value = store.counts(box).highestmodseq
+        assert value > seen[-1]
+        seen.append(value)
+
+    def unchanged() -> None:
+        assert store.counts(box).highestmodseq == seen[-1]
+
+    add(store, box, 3)
+    changed()
+    store.store_flags(box, [1, 2], "+", ["\\Seen"])
+    changed()
+    store.store_flags(box, [1, 2], "+", ["\\Seen"])  # no-op
+    unchanged()
+    store.clear_recent(box, [1, 2, 3])
+    unchanged()
+    store.message_rows(box)
+    store.search(box, All())
+    unchanged()
+    store.store_flags(box, [3], "+", ["\\Deleted"])
+    changed()
+    store.expunge(box)
+    changed()
+    store.expunge(box)  # nothing to expunge
+    unchanged()
+    store.copy(box, [1], other)
+    unchanged()
+    store.copy(other, [1], box)
+    changed()
+    store.copy(box, [1], other, move=True)
+    changed()
+
+
+def test_message_rows_are_ascending_and_show_recent_until_cleared(store: Store) -> None:
+    box = inbox(store)
+    add(store, box, 4, ("\\Seen",))
+    rows = store.message_rows(box)
+    assert [r.uid for r in rows] == [1, 2, 3, 4]
+    assert all(r.flags == {"\\Seen", "\\Recent"} for r in rows)
+    assert store.counts(box).recent == 4
+    store.clear_recent(box, [2, 3, 99])
+    assert [("\\Recent" in r.flags) for r in store.message_rows(box)] == [True, False, False, True]
+    assert store.counts(box).recent == 2
+    # Clearing is not a flag change: modseqs stay.
+    assert [r.modseq for r in store.message_rows(box)] == [r.modseq for r in rows]
+
+
+def test_message_rows_of_missing_mailbox_raises_not_found(store: Store) -> None:
+    with pytest.raises(MailboxNotFound):
+        store.message_rows(987654)
+
+
+def test_message_info_returns_existing_uids_ascending_with_ingest_facts(store: Store) -> None:
+    box = inbox(store)
+    raw = make_message(subject="Grüße", body="body\r\n")
+    add(store, box, 2)
+    uid = store.append(box, raw, ["\\Answered"])
+    infos = store.message_info(box, [uid, 1, 77, uid, 1])
+    assert [i.uid for i in infos] == [1, uid]
+    info = infos[1]
+    expected = analyze(raw)
+    assert (info.envelope, info.bodystructure, info.body, info.parts) == (
+        expected.envelope,
+        expected.bodystructure,
+        expected.body,
+        expected.parts,
+    )
+    assert info.size == len(raw)
+    assert info.flags == {"\\Answered", "\\Recent"}
+    assert info.modseq == store.message_rows(box)[-1].modseq
+    assert store.message_info(box, []) == []
+
+
+def test_message_bytes_of_unknown_or_expunged_uid_raises_key_error(store: Store) -> None:
+    box = inbox(store)
+    add(store, box, 1, ("\\Deleted",))
+    store.expunge(box)
+    with pytest.raises(KeyError):
+        store.message_bytes(box, 1)
+    with pytest.raises(KeyError):
+        store.message_bytes(box, 42)
+
+
+def test_counts_reports_status_figures(store: Store) -> None:
+    box = inbox(store)
+    empty = store.counts(box)
+    assert (empty.messages, empty.recent, empty.unseen, empty.size) == (0, 0, 0, 0)
+    raws = [make_message(subject=f"size {'x' * i}") for i in range(4)]
+    store.append(box, raws[0], ["\\Seen"])
+    store.append(box, raws[1])
+    store.append(box, raws[2], ["\\Seen", "\\Deleted"])
+    store.append(box, raws[3], ["seen"])  # a keyword, not \Seen
+    store.clear_recent(box, [1])
+    counts = store.counts(box)
+    mailbox = store.get_mailbox("alice", INBOX)
+    assert counts.messages == 4
+    assert counts.recent == 3
+    assert counts.unseen == 2
+    assert counts.size == sum(len(r) for r in raws)
+    assert (counts.uidnext, counts.uidvalidity, counts.highestmodseq) == (
+        mailbox.uidnext,
+        mailbox.uidvalidity,
+        mailbox.highestmodseq,
+    )
+    with pytest.raises(MailboxNotFound):
+        store.counts(987654)
+
+
+def test_store_flags_replace_add_remove(store: Store) -> None:
+    """RFC 3501 §6.4.6 FLAGS, +FLAGS, -FLAGS."""
+    box = inbox(store)
+    add(store, box, 3, ("\\Seen", "keep"))
+    store.clear_recent(box, [1, 2, 3])
+    r = store.store_flags(box, [1], "", ["\\Flagged", "\\draft"])
+    assert [(u.uid, u.flags) for u in r.updated] == [(1, {"\\Flagged", "\\Draft"})]
+    r = store.store_flags(box, [2], "+", ["\\Answered", "KEEP"])
+    assert [(u.uid, u.flags) for u in r.updated] == [(2, {"\\Seen", "keep", "\\Answered"})]
+    r = store.store_flags(box, [3], "-", ["\\SEEN", "Keep", "absent"])
+    assert [(u.uid, u.flags) for u in r.updated] == [(3, frozenset())]
+    assert flags_of(store, box) == {
+        1: {"\\Flagged", "\\Draft"},
+        2: {"\\Seen", "keep", "\\Answered"},
+        3: frozenset(),
+    }
+    assert r.modified == []
+
+
+def test_store_flags_updates_only_rows_that_change_with_one_shared_modseq(store: Store) -> None:
+    box = inbox(store)
+    add(store, box, 2)
+    add(store, box, 2, ("\\Seen",))
+    before = store.counts(box).highestmodseq
+    result = store.store_flags(box, [1, 2, 3, 4, 50], "+", ["\\Seen"])
+    assert [u.uid for u in result.updated] == [1, 2]
+    assert {u.modseq for u in result.updated} == {before + 1}
+    assert store.counts(box).highestmodseq == before + 1
+    rows = {r.uid: r for r in store.message_rows(box)}
+    assert rows[1].modseq == rows[2].modseq == before + 1
+    assert rows[3].modseq < before + 1 and rows[4].modseq < before + 1
+    assert all(u.flags == rows[u.uid].flags for u in result.updated)
+
+
+def test_store_flags_ignores_recent_and_keeps_it_in_results(store: Store) -> None:
+    box = inbox(store)
+    add(store, box, 2)
+    store.clear_recent(box, [2])
+    result = store.store_flags(box, [1, 2], "-", ["\\Recent"])
+    assert result.updated == []
+    result = store.store_flags(box, [1, 2], "", ["\\Recent", "\\Seen"])
+    assert [(u.uid, u.flags) for u in result.updated] == [
+        (1, {"\\Seen", "\\Recent"}),
+        (2, {"\\Seen"}),
+    ]
+    result = store.store_flags(box, [2], "+", ["\\Recent"])
+    assert result.updated == []
+
+
+def test_store_flags_with_a_keyword_in_another_case_is_no_change(store: Store) -> None:
+    box = inbox(store)
+    store.append(box, make_message(), ["Important"])
+    assert store.store_flags(box, [1], "", ["IMPORTANT"]).updated == []
+    assert store.store_flags(box, [1], "+", ["important"]).updated == []
+    assert flags_of(store, box)[1] == {"Important", "\\Recent"}
+
+
+def test_store_flags_unchangedsince_refuses_rows_modified_meanwhile(store: Store) -> None:
+    """RFC 7162 §3.1.3: rows whose modseq exceeds UNCHANGEDSINCE go to MODIFIED, untouched."""
+    box = inbox(store)
+    add(store, box, 3)
+    base = store.counts(box).highestmodseq
+    store.store_flags(box, [2], "+", ["\\Flagged"])  # uid 2 now newer than base
+    result = store.store_flags(box, [1, 2, 3], "+", ["\\Seen"], unchangedsince=base)
+    assert [u.uid for u in result.updated] == [1, 3]
+    assert result.modified == [2]
+    assert "\\Seen" not in flags_of(store, box)[2]
+    # UNCHANGEDSINCE 0 refuses everything (every modseq is positive).
+    result = store.store_flags(box, [1, 2, 3], "-", ["\\Seen"], unchangedsince=0)
+    assert result.updated == [] and result.modified == [1, 2, 3]
+
+
+def test_store_flags_unchangedsince_equal_to_modseq_is_allowed(store: Store) -> None:
+    box = inbox(store)
+    add(store, box, 1)
+    (row,) = store.message_rows(box)
+    result = store.store_flags(box, [1], "+", ["\\Seen"], unchangedsince=row.modseq)
+    assert [u.uid for u in result.updated] == [1] and result.modified == []
+
+
+def test_store_flags_rejects_unknown_mode_and_missing_mailbox(store: Store) -> None:
+    box = inbox(store)
+    add(store, box, 1)
+    with pytest.raises(ValueError):
+        store.store_flags(box, [1], "*", ["\\Seen"])
+    with pytest.raises(MailboxNotFound):
+        store.store_flags(987654, [1], "+", ["\\Seen"])
+
+
+def test_expunge_removes_only_deleted_messages_and_remembers_them(store: Store) -> None:
+    box = inbox(store)
+    add(store, box, 5)
+    store.store_flags(box, [2, 4, 5], "+", ["\\Deleted"])
+    before = store.counts(box).highestmodseq
+    assert store.expunge(box, [4, 5, 1]) == [4, 5]  # UID EXPUNGE, RFC 4315 §2.1
+    assert uids(store, box) == [1, 2, 3]
+    assert store.expunge(box) == [2]
+    assert uids(store, box) == [1, 3]
+    changes = store.changes_since(box, before)
+    assert changes.expunged == [2, 4, 5]
+    assert store.expunge(box) == []
+
+
+def test_changes_since_reports_new_reflagged_and_expunged_rows(store: Store) -> None:
+    box = inbox(store)
+    add(store, box, 4)
+    mark = store.counts(box).highestmodseq
+    assert store.changes_since(box, mark).changed == []
+    store.store_flags(box, [3], "+", ["\\Seen"])
+    store.store_flags(box, [1], "+", ["\\Deleted"])
+    store.expunge(box)
+    store.append(box, make_message())
+    changes = store.changes_since(box, mark)
+    assert [r.uid for r in changes.changed] == [3, 5]
+    assert changes.expunged == [1]
+    assert changes.highestmodseq == store.counts(box).highestmodseq
+    assert all(r.modseq > mark for r in changes.changed)
+    everything = store.changes_since(box, 0)
+    assert [r.uid for r in everything.changed] == [2, 3, 4, 5]
+    assert store.changes_since(box, changes.highestmodseq).changed == []
+
+
+def test_copy_assigns_new_uids_in_source_order_and_keeps_flags(store: Store) -> None:
+    """RFC 3501 §6.4.7 and RFC 4315 COPYUID: pairs follow ascending source UID."""
+    src = inbox(store)
+    dst = store.create_mailbox("alice", "dst").id
+    add(store, dst, 2)
+    add(store, src, 4)
+    store.store_flags(src, [3], "+", ["\\Seen", "tag"])
+    store.clear_recent(src, [1, 2, 3, 4])
+    raws = {u: store.message_bytes(src, u) for u in (1, 3, 4)}
+    pairs = store.copy(src, [4, 3, 1, 99], dst)
+    assert pairs == [(1, 3), (3, 4), (4, 5)]
+    dst_flags = flags_of(store, dst)
+    assert dst_flags[4] == {"\\Seen", "tag", "\\Recent"}
+    assert dst_flags[3] == {"\\Recent"}
+    assert {new: store.message_bytes(dst, new) for _old, new in pairs} == {
+        new: raws[old] for old, new in pairs
+    }
+    assert uids(store, src) == [1, 2, 3, 4]  # source untouched
+    assert store.copy(src, [99], dst) == []
+
+
+def test_copy_shares_content_so_expunging_or_deleting_the_source_keeps_the_copy(
+    store: Store,
+) -> None:
+    src = store.create_mailbox("alice", "src").id
+    dst = store.create_mailbox("alice", "dst").id
+    raw = make_message(subject="shared")
+    store.append(src, raw, ["\\Deleted"])
+    store.append(src, raw)
+    store.copy(src, [1, 2], dst)
+    store.expunge(src)
+    assert store.message_bytes(dst, 1) == raw
+    store.delete_mailbox("alice", "src")
+    assert [store.message_bytes(dst, u) for u in (1, 2)] == [raw, raw]
+    assert store.search(dst, Header("subject", "shared")) == [1, 2]
+
+
+def test_copy_into_the_same_mailbox(store: Store) -> None:
+    box = inbox(store)
+    add(store, box, 2)
+    assert store.copy(box, [1, 2], box) == [(1, 3), (2, 4)]
+    assert uids(store, box) == [1, 2, 3, 4]
+
+
+def test_move_removes_source_rows_atomically_and_records_them_expunged(store: Store) -> None:
+    """RFC 6851 MOVE."""
+    src = inbox(store)
+    dst = store.create_mailbox("alice", "dst").id
+    add(store, src, 3)
+    store.store_flags(src, [2], "+", ["\\Flagged"])
+    mark = store.counts(src).highestmodseq
+    raw2 = store.message_bytes(src, 2)
+    assert store.copy(src, [2, 3], dst, move=True) == [(2, 1), (3, 2)]
+    assert uids(store, src) == [1]
+    assert store.changes_since(src, mark).expunged == [2, 3]
+    assert store.message_bytes(dst, 1) == raw2
+    assert flags_of(store, dst)[1] == {"\\Flagged", "\\Recent"}
+    assert store.counts(src).highestmodseq > mark
+
+
+def test_copy_with_missing_mailbox_raises_not_found(store: Store) -> None:
+    box = inbox(store)
+    add(store, box, 1)
+    with pytest.raises(MailboxNotFound):
+        store.copy(box, [1], 987654)
+    with pytest.raises(MailboxNotFound):
+        store.copy(987654, [1], box, move=True)
+    assert uids(store, box) == [1]
+
+
+# ---- listeners ---------------------------------------------------------------------
+
+
+def test_listener_hears_each_write_once_after_it_is_visible(store: Store) -> None:
+    box = inbox(store)
+    other = store.create_mailbox("alice", "other").id
+    heard: list[tuple[int, int]] = []
+
+    def listener(mailbox_id: int) -> None:
+        # The change must already be committed and visible when we are told.
+        heard.append((mailbox_id, store.counts(mailbox_id).messages))
+
+    store.add_listener(listener)
+    store.append(box, make_message())
+    assert heard == [(box, 1)]
+    store.store_flags(box, [1], "+", ["\\Seen"])
+    store.store_flags(box, [1], "+", ["\\Seen"])  # no change, no call
+    store.message_rows(box)
+    store.clear_recent(box, [1])
+    assert heard == [(box, 1), (box, 1)]
+    heard.clear()
+    store.copy(box, [1], other, move=True)
+    assert sorted(heard) == sorted([(box, 0), (other, 1)])
+    heard.clear()
+    store.store_flags(other, [1], "+", ["\\Deleted"])
+    store.expunge(other)
+    assert heard == [(other, 1), (other, 0)]
+    heard.clear()
+    store.remove_listener(listener)
+    store.append(box, make_message())
+    assert heard == []
+
+
+def test_listener_hears_delivery_and_mailbox_deletion(store: Store) -> None:
+    heard: list[int] = []
+    store.add_listener(heard.append)
+    uid = store.deliver("alice", INBOX, Delivery("pop", "u1", make_message()))
+    assert uid == 1 and heard == [inbox(store)]
+    junk = store.get_mailbox("alice", "Junk").id
+    heard.clear()
+    store.delete_mailbox("alice", "Junk")
+    assert heard == [junk]
+
+
+def test_failing_listener_is_logged_and_does_not_break_the_store(store: Store) -> None:
+    box = inbox(store)
+    heard: list[int] = []
+
+    def broken(mailbox_id: int) -> None:
+        raise RuntimeError("listener bug")
+
+    store.add_listener(broken)
+    store.add_listener(heard.append)
+    with structlog.testing.capture_logs() as logs:
+        uid = store.append(box, make_message())
+    assert uid == 1 and heard == [box]
+    assert uids(store, box) == [1]
+    assert any(e.get("mailbox_id") == box and e["log_level"] == "error" for e in logs)
+
+
+def test_failed_write_rolls_back_and_notifies_nobody(store: Store) -> None:
+    box = inbox(store)
+    heard: list[int] = []
+    store.add_listener(heard.append)
+    before = store.counts(box)
+    with pytest.raises(MessageTooLarge):
+        store.append(box, b"x" * (SMALL_LIMIT + 1))
+    with pytest.raises(ValueError):
+        store.store_flags(box, [1], "+", ["bad flag"])
+    assert heard == [] and store.counts(box) == before
+
+
+# ---- POP3 ledger -------------------------------------------------------------------
+
+
+def test_deliver_creates_user_and_is_idempotent_per_upstream_and_uidl(store: Store) -> None:
+    raw = make_message(subject="fetched")
+    uid = store.deliver("carol", INBOX, Delivery("pop.example:995", "UID-1", raw))
+    box = inbox(store, "carol")
+    assert uid == 1 and store.message_bytes(box, 1) == raw
+    assert "Sent" in {m.name for m in store.list_mailboxes("carol")}
+    assert store.deliver("carol", INBOX, Delivery("pop.example:995", "UID-1", raw)) is None
+    assert uids(store, box) == [1]
+    # The same UIDL from another upstream is another message.
+    assert store.deliver("carol", INBOX, Delivery("other:110", "UID-1", raw)) == 2
+    assert store.known_uidls("pop.example:995") == {"UID-1"}
+    assert store.known_uidls("other:110") == {"UID-1"}
+    assert store.known_uidls("nowhere") == set()
+    assert "\\Recent" in flags_of(store, box)[1]
+
+
+def test_deliver_into_a_named_folder_creates_it_with_parents(store: Store) -> None:
+    uid = store.deliver("alice", "Lists/python", Delivery("pop", "a", make_message()))
+    box = store.get_mailbox("alice", "Lists/python")
+    assert uid == 1 and uids(store, box.id) == [1]
+    assert store.get_mailbox("alice", "Lists").name == "Lists"
+    assert store.deliver("alice", "inbox", Delivery("pop", "b", make_message())) == 1
+    assert uids(store, inbox(store)) == [1]
+
+
+def test_deliver_is_durable_across_reopen(backend: Backend, store: Store) -> None:
+    raw = make_message(subject="durable", body="\r\n".join(f"line {i}" for i in range(50)))
+    when = datetime.datetime(2021, 5, 6, 7, 8, 9, tzinfo=datetime.UTC)
+    store.deliver("alice", INBOX, Delivery("pop", "d1", raw, internaldate=when))
+    store = backend.reopen(store)
+    box = inbox(store)
+    assert store.message_bytes(box, 1) == raw
+    assert store.message_info(box, [1])[0].internaldate == when
+    assert store.known_uidls("pop") == {"d1"}
+    assert store.deliver("alice", INBOX, Delivery("pop", "d1", raw)) is None
+
+
+def test_deliver_too_large_raises_and_records_nothing(store: Store) -> None:
+    with pytest.raises(MessageTooLarge):
+        store.deliver("alice", INBOX, Delivery("pop", "big", b"x" * (SMALL_LIMIT + 1)))
+    assert store.known_uidls("pop") == set()
+    assert store.message_rows(inbox(store)) == []
+
+
+def test_deliver_into_a_bad_folder_name_is_refused(store: Store) -> None:
+    with pytest.raises(MailboxNotAllowed):
+        store.deliver("alice", "a//b", Delivery("pop", "x", make_message()))
+    assert store.known_uidls("pop") == set()
+
+
+def test_skipped_uidls_are_known_and_never_override_a_delivery(
+    backend: Backend, store: Store
+) -> None:
+    store.deliver("alice", INBOX, Delivery("pop", "got", make_message(), size_on_server=999))
+    store.record_skipped("pop", "huge", "too large")
+    backend.clock.now = START + 60
+    store.record_skipped("pop", "huge", "still too large")
+    store.record_skipped("pop", "got", "should not apply")
+    assert store.known_uidls("pop") == {"got", "huge"}
+    entries = {e.uidl: e for e in store.ledger_entries("pop")}
+    assert entries["got"].state == "delivered" and entries["got"].reason is None
+    assert entries["got"].size == 999
+    assert entries["got"].fetched_at == datetime.datetime.fromtimestamp(START, datetime.UTC)
+    assert entries["huge"].state == "skipped" and entries["huge"].reason == "still too large"
+    assert entries["huge"].fetched_at.timestamp() == START + 60
+    assert [e.uidl for e in store.ledger_entries("pop")] == ["got", "huge"]
+
+
+def test_forget_uidls_drops_only_the_named_entries(store: Store) -> None:
+    for uidl in ("a", "b", "c"):
+        store.deliver("alice", INBOX, Delivery("pop", uidl, make_message()))
+    store.deliver("alice", INBOX, Delivery("other", "a", make_message()))
+    store.record_skipped("pop", "d", "too large")
+    store.forget_uidls("pop", ["a", "d", "zzz"])
+    assert store.known_uidls("pop") == {"b", "c"}
+    assert store.known_uidls("other") == {"a"}
+    # The messages themselves stay; a forgotten UIDL would be fetched again.
+    assert len(store.message_rows(inbox(store))) == 4
+    assert store.deliver("alice", INBOX, Delivery("pop", "a", make_message())) == 5
+    store.forget_uidls("pop", [])
+    assert store.known_uidls("pop") == {"a", "b", "c"}
+
+
+# ---- search: examples --------------------------------------------------------------
+
+
+@pytest.fixture
+def searchable(store: Store) -> tuple[Store, int]:
+    box = inbox(store)
+    pst = datetime.timezone(datetime.timedelta(hours=-8))
+    east = datetime.timezone(datetime.timedelta(hours=13))
+    store.append(
+        box,
+        make_message(subject="Grüße aus Köln", sender="Zoë <zoe@example.net>", body="Apfel\r\n"),
+        ["\\Seen"],
+        datetime.datetime(2024, 3, 1, 23, 30, tzinfo=pst),  # 2024-03-02 in UTC
+    )
+    store.append(
+        box,
+        make_message(subject="meeting", to=None, body="Straße " + "z" * 300, date=None),
+        ["\\Flagged", "Work"],
+        datetime.datetime(2024, 3, 2, 0, 30, tzinfo=east),  # 2024-03-01 in UTC
+    )
+    store.append(
+        box,
+        make_message(
+            subject="Re: meeting", cc="carol@example.com", date="Sat, 02 Mar 2024 01:00:00 +1400"
+        ),
+        ["\\Deleted", "\\Seen"],
+        datetime.datetime(2024, 3, 3, 12, 0, tzinfo=datetime.UTC),
+    )
+    store.clear_recent(box, [1])
+    return store, box
+
+
+@pytest.mark.parametrize(
+    ("criteria", "expected"),
+    [
+        (All(), [1, 2, 3]),
+        (Flag("\\Seen"), [1, 3]),
+        (Flag("\\seen", present=False), [2]),
+        (Flag("work"), [2]),
+        (Flag("\\Recent"), [2, 3]),
+        (Flag("\\Recent", present=False), [1]),
+        (Flag("$Junk"), []),
+        (Header("subject", "KÖLN"), [1]),
+        (Header("subject", "GRÜSSE"), [1]),  # full case folding: ß matches SS
+        (Header("Subject", "meeting"), [2, 3]),
+        (Header("from", "zoë"), [1]),
+        (Header("cc", ""), [3]),
+        (Header("to", ""), [1, 3]),
+        (Header("x-none", ""), []),
+        (Text("BODY", "STRASSE"), [2]),
+        (Text("BODY", "meeting"), []),
+        (Text("TEXT", "meeting"), [2, 3]),
+        (Text("TEXT", "apfel"), [1]),
+        (Text("TEXT", ""), [1, 2, 3]),
+        (Date("internal", "on", datetime.date(2024, 3, 1)), [1]),
+        (Date("internal", "on", datetime.date(2024, 3, 2)), [2]),
+        (Date("internal", "before", datetime.date(2024, 3, 2)), [1]),
+        (Date("internal", "since", datetime.date(2024, 3, 2)), [2, 3]),
+        (Date("sent", "on", datetime.date(1994, 2, 7)), [1]),
+        (Date("sent", "on", datetime.date(2024, 3, 2)), [2, 3]),  # 2 has no Date: → internal
+        (Date("sent", "before", datetime.date(2024, 3, 2)), [1]),
+        (Size("larger", 300), [2]),
+        (Size("smaller", 300), [1, 3]),
+        (Uid(SequenceSet((SeqRange(2, None),))), [2, 3]),
+        (Uid(SequenceSet((SeqRange(10, None),))), [3]),  # RFC 3501 §6.4.8: n:* includes *
+        (Uid(SequenceSet((SeqRange(None, None),))), [3]),
+        (Uid(SequenceSet((SeqRange(1, 1), SeqRange(3, 7)))), [1, 3]),
+        (Uid(SequenceSet((SeqRange(4, 9),))), []),
+        (And((Flag("\\Seen"), Header("subject", "meeting"))), [3]),
+        (And(()), [1, 2, 3]),
+        (Or(Flag("\\Flagged"), Flag("\\Deleted")), [2, 3]),
+        (Not(Or(Flag("\\Flagged"), Flag("\\Deleted"))), [1]),
+        (Not(Header("cc", "")), [1, 2]),
+    ],
+)
+def test_search_examples(
+    searchable: tuple[Store, int], criteria: Criteria, expected: list[int]
+) -> None:
+    store, box = searchable
+    assert store.search(box, criteria) == expected
+
+
+def test_search_by_modseq(searchable: tuple[Store, int]) -> None:
+    """RFC 7162 §3.1.5: MODSEQ n matches modseq >= n."""
+    store, box = searchable
+    result = store.store_flags(box, [2], "+", ["\\Answered"])
+    modseq = result.updated[0].modseq
+    assert store.search(box, ModSeq(modseq)) == [2]
+    assert store.search(box, ModSeq(modseq + 1)) == []
+    assert store.search(box, ModSeq(0)) == [1, 2, 3]
+
+
+def test_search_of_empty_mailbox_matches_nothing(store: Store) -> None:
+    box = store.create_mailbox("alice", "empty").id
+    assert store.search(box, All()) == []
+    assert store.search(box, Uid(SequenceSet((SeqRange(None, None),)))) == []
+    assert store.search(box, Not(Flag("\\Seen"))) == []
+
+
+def test_search_with_many_uid_ranges(store: Store) -> None:
+    box = inbox(store)
+    add(store, box, 40)
+    wanted = list(range(1, 41, 3))
+    ranges = tuple(SeqRange(u, u) for u in reversed(wanted)) + (SeqRange(1000, 2000),)
+    assert store.search(box, Uid(SequenceSet(ranges))) == sorted(set(wanted))
+    assert store.search(box, Not(Uid(SequenceSet(ranges)))) == [
+        u for u in range(1, 41) if u not in wanted
+    ]
+
+
+def test_search_refuses_sequence_number_keys(searchable: tuple[Store, int]) -> None:
+    store, box = searchable
+    with pytest.raises(ValueError):
+        store.search(box, Seq(SequenceSet((SeqRange(1, 1),))))
+    with pytest.raises(ValueError):
+        store.search(box, And((All(), Not(Seq(SequenceSet((SeqRange(1, 1),)))))))
+
+
+def test_search_refuses_trees_over_the_caps(searchable: tuple[Store, int]) -> None:
+    store, box = searchable
+    wide: Criteria = And(tuple(Flag("\\Seen") for _ in range(MAX_SEARCH_NODES)))
+    with pytest.raises(ValueError, match="keys"):
+        store.search(box, wide)
+    deep: Criteria = Flag("\\Seen")
+    for _ in range(MAX_SEARCH_DEPTH):
+        deep = Not(deep)
+    with pytest.raises(ValueError, match="deeper"):
+        store.search(box, deep)
+
+
+def test_search_accepts_trees_at_the_caps(searchable: tuple[Store, int]) -> None:
+    store, box = searchable
+    wide: Criteria = And(tuple(Flag("\\Seen") for _ in range(MAX_SEARCH_NODES - 1)))
+    assert store.search(box, wide) == [1, 3]
+    deep: Criteria = Flag("\\Seen")
+    for _ in range(MAX_SEARCH_DEPTH - 1):
+        deep = Not(deep)
+    # MAX_SEARCH_DEPTH - 1 negations: odd or even decides the answer.
+    assert store.search(box, deep) == ([2] if (MAX_SEARCH_DEPTH - 1) % 2 else [1, 3])
+
+
+def test_search_of_missing_mailbox_raises_not_found(store: Store) -> None:
+    with pytest.raises(MailboxNotFound):
+        store.search(987654, All())
+
+
+# ---- search: against a brute-force reference ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything the reference evaluator needs about one message."""
+
+    uid: int
+    flags: frozenset[str]
+    modseq: int
+    size: int
+    internal_day: datetime.date
+    sent_day: datetime.date
+    headers: tuple[tuple[str, str], ...]
+    text: str
+
+
+def gather_facts(store: Store, mailbox_id: int, raws: dict[int, bytes]) -> list[Facts]:
+    """The reference view, built from message_rows/message_info and an independent parse."""
+    rows = store.message_rows(mailbox_id)
+    infos = {i.uid: i for i in store.message_info(mailbox_id, [r.uid for r in rows])}
+    out = []
+    for row in rows:
+        info = infos[row.uid]
+        analysis = analyze(raws[row.uid])
+        internal_day = info.internaldate.date()
+        sent = analysis.sent_date.date() if analysis.sent_date is not None else internal_day
+        out.append(
+            Facts(
+                uid=row.uid,
+                flags=row.flags,
+                modseq=row.modseq,
+                size=len(raws[row.uid]),
+                internal_day=internal_day,
+                sent_day=sent,
+                headers=tuple(analysis.headers),
+                text=analysis.text,
+            )
+        )
+    return out
+
+
+def matches(node: Criteria, m: Facts, largest: int) -> bool:
+    """RFC 3501 §6.4.4 semantics, evaluated the slow and obvious way."""
+    if isinstance(node, All):
+        return True
+    if isinstance(node, And):
+        return all(matches(k, m, largest) for k in node.keys)
+    if isinstance(node, Or):
+        return matches(node.left, m, largest) or matches(node.right, m, largest)
+    if isinstance(node, Not):
+        return not matches(node.key, m, largest)
+    if isinstance(node, Flag):
+        return (node.flag.lower() in {f.lower() for f in m.flags}) == node.present
+    if isinstance(node, Header):
+        return any(
+            name == node.field.lower() and node.value.casefold() in value.casefold()
+            for name, value in m.headers
+        )
+    if isinstance(node, Text):
+        needle = node.value.casefold()
+        in_body = needle in m.text.casefold()
+        if node.where == "BODY":
+            return in_body
+        return in_body or any(needle in f"{n}: {v}".casefold() for n, v in m.headers)
+    if isinstance(node, Date):
+        day = m.internal_day if node.field == "internal" else m.sent_day
+        return {"before": day < node.date, "on": day == node.date, "since": day >= node.date}[
+            node.op
+        ]
+    if isinstance(node, Size):
+        return m.size > node.size if node.op == "larger" else m.size < node.size
+    if isinstance(node, Uid):
+        return node.set.contains(m.uid, largest)
+    if isinstance(node, ModSeq):
+        return m.modseq >= node.modseq
+    raise AssertionError(node)
+
+
+def reference_search(facts: list[Facts], criteria: Criteria) -> list[int]:
+    if not facts:
+        return []
+    largest = max(f.uid for f in facts)
+    return [f.uid for f in facts if matches(criteria, f, largest)]
+
+
+SUBJECTS = ["Hello", "hello world", "Grüße aus Köln", "STRASSE", "straße", "Re: Meeting", ""]
+SENDERS = ["Alice <alice@example.com>", "bob@example.org", "Zoë <zoe@example.net>"]
+BODIES = ["apple banana\r\n", "Cherry pie\r\nand GROSS text\r\n", "groß\r\n", "", "x" * 200]
+FLAGS = ["\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft", "$Junk", "work"]
+NEEDLES = [
+    "",
+    "a",
+    "HELLO",
+    "köln",
+    "KÖLN",
+    "strasse",
+    "ß",
+    "gross",
+    "pie",
+    "example",
+    "zoë",
+    "subject: gr",
+    "from: bob",
+    "nothing-matches",
+]
+FIELDS = ["subject", "from", "to", "cc", "date", "x-missing"]
+DAY0 = datetime.date(2024, 1, 10)
+OFFSETS = [-12 * 60, -8 * 60, -30, 0, 5 * 60 + 30, 13 * 60, 14 * 60]
+
+
+def random_message(rng: random.Random) -> tuple[bytes, tuple[str, ...], datetime.datetime]:
+    """One message with varied headers, body, flags and INTERNALDATE."""
+    date = None
+    if rng.random() < 0.8:
+        day = DAY0 + datetime.timedelta(days=rng.randrange(5))
+        minutes = rng.choice(OFFSETS)
+        sign = "+" if minutes >= 0 else "-"
+        date = (
+            f"{day.strftime('%a, %d %b %Y')} {rng.randrange(24):02d}:{rng.randrange(60):02d}:00"
+            f" {sign}{abs(minutes) // 60:02d}{abs(minutes) % 60:02d}"
+        )
+    raw = make_message(
+        subject=rng.choice(SUBJECTS + [None]),
+        sender=rng.choice(SENDERS),
+        to=rng.choice(SENDERS + [None]),
+        cc=rng.choice([None, None, rng.choice(SENDERS)]),
+        body=rng.choice(BODIES) * rng.randrange(1, 3),
+        date=date,
+    )
+    flags = tuple(f for f in FLAGS if rng.random() < 0.3)
+    zone = datetime.timezone(datetime.timedelta(minutes=rng.choice(OFFSETS)))
+    internal = datetime.datetime.combine(
+        DAY0 + datetime.timedelta(days=rng.randrange(5)),
+        datetime.time(rng.randrange(24), rng.randrange(60)),
+        tzinfo=zone,
+    )
+    return raw, flags, internal
+
+
+def fill_mailbox(store: Store, mailbox_id: int, seed: int, count: int) -> dict[int, bytes]:
+    """Append ``count`` random messages, then shuffle flags, \\Recent and expunge some,
+    so UIDs have gaps and modseqs differ."""
+    rng = random.Random(seed)
+    raws: dict[int, bytes] = {}
+    for _ in range(count):
+        raw, flags, internal = random_message(rng)
+        raws[store.append(mailbox_id, raw, flags, internal)] = raw
+    all_uids = sorted(raws)
+    store.clear_recent(mailbox_id, [u for u in all_uids if rng.random() < 0.5])
+    for _ in range(3):
+        chosen = [u for u in all_uids if rng.random() < 0.3]
+        store.store_flags(mailbox_id, chosen, rng.choice(["", "+", "-"]), rng.sample(FLAGS, 2))
+    gone = store.expunge(mailbox_id, [u for u in all_uids if rng.random() < 0.3])
+    for uid in gone:
+        del raws[uid]
+    return raws
+
+
+def uid_sets(max_uid: int) -> st.SearchStrategy[SequenceSet]:
+    bound = st.one_of(st.none(), st.integers(1, max_uid + 3))
+    return st.lists(st.builds(SeqRange, bound, bound), min_size=1, max_size=12).map(
+        lambda rs: SequenceSet(tuple(rs))
+    )
+
+
+def criteria_trees(max_uid: int, max_modseq: int) -> st.SearchStrategy[Criteria]:
+    flag_names = FLAGS + ["\\Recent", "\\SEEN", "WORK", "$junk", "absent"]
+    leaves = st.one_of(
+        st.just(All()),
+        st.builds(Flag, st.sampled_from(flag_names), st.booleans()),
+        st.builds(Header, st.sampled_from(FIELDS), st.sampled_from(NEEDLES)),
+        st.builds(Text, st.sampled_from(["BODY", "TEXT"]), st.sampled_from(NEEDLES)),
+        st.builds(
+            Date,
+            st.sampled_from(["internal", "sent"]),
+            st.sampled_from(["before", "on", "since"]),
+            st.dates(DAY0 - datetime.timedelta(days=2), DAY0 + datetime.timedelta(days=6)),
+        ),
+        st.builds(Size, st.sampled_from(["larger", "smaller"]), st.integers(0, 900)),
+        st.builds(Uid, uid_sets(max_uid)),
+        st.builds(ModSeq, st.integers(0, max_modseq + 2)),
+    )
+    return st.recursive(
+        leaves,
+        lambda children: st.one_of(
+            st.builds(And, st.lists(children, max_size=4).map(tuple)),
+            st.builds(Or, children, children),
+            st.builds(Not, children),
+        ),
+        max_leaves=12,
+    )
+
+
+@pytest.fixture(scope="module", params=sorted(BACKENDS))
+def corpus(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Store, int, list[Facts]]]:
+    """One varied mailbox of 60 messages, shared by the property test below."""
+    directory = tmp_path_factory.mktemp("corpus")
+    store = BACKENDS[request.param](directory, FakeClock())
+    store.ensure_user("alice")
+    box = inbox(store)
+    raws = fill_mailbox(store, box, seed=20240110, count=60)
+    yield store, box, gather_facts(store, box, raws)
+    store.close()
+    forget_memory(directory)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_search_agrees_with_reference_on_a_varied_mailbox(
+    corpus: tuple[Store, int, list[Facts]], data: st.DataObject
+) -> None:
+    store, box, facts = corpus
+    max_uid = max(f.uid for f in facts)
+    max_modseq = max(f.modseq for f in facts)
+    criteria = data.draw(criteria_trees(max_uid, max_modseq))
+    assert store.search(box, criteria) == reference_search(facts, criteria)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    backend_name=st.sampled_from(sorted(BACKENDS)),
+    seed=st.integers(0, 2**32),
+    count=st.integers(0, 8),
+    trees=st.lists(criteria_trees(12, 12), min_size=1, max_size=10),
+)
+def test_search_agrees_with_reference_on_small_random_mailboxes(
+    backend_name: str, seed: int, count: int, trees: list[Criteria]
+) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        store = BACKENDS[backend_name](Path(directory), FakeClock())
+        try:
+            store.ensure_user("alice")
+            box = inbox(store)
+            facts = gather_facts(store, box, fill_mailbox(store, box, seed, count))
+            for criteria in trees:
+                assert store.search(box, criteria) == reference_search(facts, criteria)
+        finally:
+            store.close()
+            forget_memory(Path(directory))
