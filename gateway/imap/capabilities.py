@@ -1,0 +1,83 @@
+"""The CAPABILITY list popgate announces, computed from the connection's situation.
+
+RFC 3501 §6.1.1 and §7.2.1: the list may differ before and after login and before and
+after STARTTLS, so it is a function of those facts rather than a constant. Only what
+the session core and the command handlers really implement is listed here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BASE = "IMAP4rev1"
+
+EXTENSIONS: tuple[str, ...] = (
+    "LITERAL+",  # RFC 7888: non-synchronizing literals (the parser accepts {n+})
+    "SASL-IR",  # RFC 4959: AUTHENTICATE with an initial response
+    "ID",  # RFC 2971
+    "ENABLE",  # RFC 5161
+    "IDLE",  # RFC 2177
+    "NAMESPACE",  # RFC 2342
+    "UNSELECT",  # RFC 3691
+    "UIDPLUS",  # RFC 4315: APPENDUID, COPYUID, UID EXPUNGE
+    "MOVE",  # RFC 6851
+    "MULTIAPPEND",  # RFC 3502
+    "CHILDREN",  # RFC 3348: \HasChildren / \HasNoChildren
+    "SPECIAL-USE",  # RFC 6154
+    "CREATE-SPECIAL-USE",  # RFC 6154 §3
+    "LIST-EXTENDED",  # RFC 5258
+    "LIST-STATUS",  # RFC 5819
+    "CONDSTORE",  # RFC 7162 §3.1
+    "QRESYNC",  # RFC 7162 §3.2
+    "ESEARCH",  # RFC 4731
+    "STATUS=SIZE",  # RFC 8438
+)
+"""Extensions available in every state (clients may look before logging in)."""
+
+UTF8_ACCEPT = "UTF8=ACCEPT"  # RFC 6855, announced only if the parser can honour it
+
+AUTH_MECHANISMS: tuple[str, ...] = ("PLAIN",)
+"""SASL mechanisms (RFC 4616 PLAIN); the only ones ``session`` implements."""
+
+
+@dataclass(frozen=True)
+class Situation:
+    """The facts the list depends on."""
+
+    authenticated: bool
+    tls_active: bool
+    tls_available: bool  # the listener has a TLS context, so STARTTLS can work
+    plaintext_auth_allowed: bool  # the operator permits passwords over this connection
+    utf8_accept: bool = False
+
+
+def login_permitted(situation: Situation) -> bool:
+    """RFC 3501 §6.2.3 / §11.1: passwords may be sent only over TLS or where the
+    operator explicitly allows plaintext (e.g. a loopback listener)."""
+    return situation.tls_active or situation.plaintext_auth_allowed
+
+
+def capabilities(situation: Situation) -> list[str]:
+    """The capability names, in announcement order.
+
+    Before login: STARTTLS when it can still be done (RFC 3501 §6.2.1), LOGINDISABLED
+    and no AUTH= mechanism when passwords are refused on this connection (§6.2.3,
+    RFC 9051 §7.2.2), AUTH=PLAIN otherwise. After login neither is useful any more.
+    """
+    caps = [BASE]
+    if not situation.authenticated:
+        if situation.tls_available and not situation.tls_active:
+            caps.append("STARTTLS")
+        if login_permitted(situation):
+            caps.extend(f"AUTH={m}" for m in AUTH_MECHANISMS)
+        else:
+            caps.append("LOGINDISABLED")
+    caps.extend(EXTENSIONS)
+    if situation.utf8_accept:
+        caps.append(UTF8_ACCEPT)
+    return caps
+
+
+def capability_text(situation: Situation) -> str:
+    """The space-separated list as it follows ``CAPABILITY`` on the wire."""
+    return " ".join(capabilities(situation))

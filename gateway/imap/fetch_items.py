@@ -1,0 +1,236 @@
+"""FETCH item rendering: turns parsed fetch items into a per-message plan and wire bytes.
+
+RFC 3501 §6.4.5 (FETCH) and §7.4.2 (FETCH response). The plan is compiled once per
+command so the per-message loop is a flat dispatch over small integer codes with
+bytes joins, which keeps ``FETCH 1:* (FLAGS UID RFC822.SIZE ENVELOPE BODYSTRUCTURE)``
+over 10,000 messages well under a second of Python work: ENVELOPE and BODYSTRUCTURE
+are already wire forms (computed at ingest), flag lists are formatted once per distinct
+flag set and cached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from gateway import mime
+from gateway.imap import wire
+from gateway.imap.command import BodySection, FetchAttr, FetchItem
+from gateway.store.interfaces import MessageInfo
+
+# Item codes of a compiled plan (small ints: the per-message loop compares them).
+FLAGS = 0
+INTERNALDATE = 1
+RFC822_SIZE = 2
+ENVELOPE = 3
+BODY = 4
+BODYSTRUCTURE = 5
+UID = 6
+MODSEQ = 7
+SECTION = 8
+
+_ATTR_CODES = {
+    "FLAGS": FLAGS,
+    "INTERNALDATE": INTERNALDATE,
+    "RFC822.SIZE": RFC822_SIZE,
+    "ENVELOPE": ENVELOPE,
+    "BODY": BODY,
+    "BODYSTRUCTURE": BODYSTRUCTURE,
+    "UID": UID,
+    "MODSEQ": MODSEQ,
+}
+
+INLINE_LITERAL_LIMIT = 64 * 1024
+"""A body literal longer than this is returned as its own chunk, so the handler can hand
+it to the transport in pieces instead of copying it into a joined response line."""
+
+FLAG_CACHE_LIMIT = 4096
+"""Distinct flag sets whose wire form is kept; a mailbox rarely has more than a few dozen."""
+
+_flag_cache: dict[frozenset[str], bytes] = {}
+
+
+def _flag_order(flag: str) -> tuple[bool, str]:
+    # System flags first, then keywords; deterministic whatever the set's hash order.
+    return (not flag.startswith("\\"), flag)
+
+
+def flags_item(flags: frozenset[str]) -> bytes:
+    """``FLAGS (...)`` for a flag set, formatted once per distinct set (bounded cache)."""
+    item = _flag_cache.get(flags)
+    if item is None:
+        if len(_flag_cache) >= FLAG_CACHE_LIMIT:
+            _flag_cache.clear()
+        item = b"FLAGS " + wire.flag_list(sorted(flags, key=_flag_order))
+        _flag_cache[flags] = item
+    return item
+
+
+@dataclass(frozen=True)
+class Section:
+    """One body-content item: ``BODY[...]``, ``BODY.PEEK[...]`` or an RFC822 form.
+
+    ``name`` is the response item name (RFC 3501 §7.4.2: ``BODY[section]<origin>``; the
+    RFC822 forms answer under their own names); ``seen`` says whether fetching it sets
+    ``\\Seen`` (§6.4.5: everything but BODY.PEEK and RFC822.HEADER does).
+    """
+
+    name: bytes
+    part: tuple[int, ...]
+    kind: str
+    fields: tuple[str, ...]
+    partial: tuple[int, int] | None
+    seen: bool
+
+
+@dataclass(frozen=True)
+class FetchPlan:
+    """A compiled FETCH: the items in request order plus what the loop must prepare."""
+
+    steps: tuple[tuple[int, Section | None], ...]
+    needs_bytes: bool  # some item needs the raw message
+    sets_seen: bool  # some item sets \Seen when the mailbox is read-write
+    has_flags: bool
+    has_uid: bool
+    has_modseq: bool
+
+
+def compile_plan(items: Iterable[FetchItem], uid_mode: bool, with_modseq: bool) -> FetchPlan:
+    """Compile parsed items; duplicates collapse to their first occurrence.
+
+    ``uid_mode`` adds UID (RFC 3501 §6.4.8: UID FETCH always returns it); ``with_modseq``
+    adds MODSEQ (RFC 7162 §3.1.4.1: CHANGEDSINCE implies it, and once CONDSTORE is
+    active every FETCH response carries it). Implied items go after the requested ones.
+    """
+    steps: list[tuple[int, Section | None]] = []
+    seen_names: set[bytes] = set()
+    codes: set[int] = set()
+    section_index: dict[bytes, int] = {}
+    for item in items:
+        if isinstance(item, FetchAttr):
+            name = item.name.upper()
+            if name in _ATTR_CODES:
+                code = _ATTR_CODES[name]
+                if code not in codes:
+                    codes.add(code)
+                    steps.append((code, None))
+                continue
+            if name == "RFC822":
+                sec = Section(b"RFC822", (), "", (), None, True)
+            elif name == "RFC822.HEADER":
+                sec = Section(b"RFC822.HEADER", (), "HEADER", (), None, False)
+            elif name == "RFC822.TEXT":
+                sec = Section(b"RFC822.TEXT", (), "TEXT", (), None, True)
+            else:
+                raise ValueError(f"unknown fetch attribute {item.name!r}")
+        elif isinstance(item, BodySection):
+            sec = Section(
+                item.response_name().encode("ascii"),
+                item.part,
+                item.kind,
+                item.fields,
+                item.partial,
+                not item.peek,
+            )
+        else:  # pragma: no cover - the parser only builds the two kinds
+            raise TypeError(f"not a fetch item: {item!r}")
+        if sec.name in seen_names:
+            # BODY[] and BODY.PEEK[] answer under one name: answer once, and a
+            # non-peek request anywhere still sets \Seen.
+            if sec.seen:
+                i = section_index[sec.name]
+                old = steps[i][1]
+                assert old is not None
+                steps[i] = (
+                    SECTION,
+                    Section(old.name, old.part, old.kind, old.fields, old.partial, True),
+                )
+            continue
+        seen_names.add(sec.name)
+        section_index[sec.name] = len(steps)
+        codes.add(SECTION)
+        steps.append((SECTION, sec))
+    if uid_mode and UID not in codes:
+        codes.add(UID)
+        steps.append((UID, None))
+    if with_modseq and MODSEQ not in codes:
+        codes.add(MODSEQ)
+        steps.append((MODSEQ, None))
+    sections = [s for code, s in steps if code == SECTION and s is not None]
+    return FetchPlan(
+        steps=tuple(steps),
+        needs_bytes=bool(sections),
+        sets_seen=any(s.seen for s in sections),
+        has_flags=FLAGS in codes,
+        has_uid=UID in codes,
+        has_modseq=MODSEQ in codes,
+    )
+
+
+def section_bytes(raw: bytes, parts: str, sec: Section) -> bytes:
+    """The bytes of one body item, partial range applied (RFC 3501 §6.4.5: an origin
+    beyond the end gives the empty string, a count beyond the end is truncated)."""
+    if not sec.part and not sec.kind:
+        data = raw
+    else:
+        data = mime.section(raw, parts, sec.part, sec.kind, sec.fields)
+    if sec.partial is not None:
+        origin, count = sec.partial
+        data = data[origin : origin + count]
+    return data
+
+
+def render(
+    plan: FetchPlan,
+    seq: int,
+    info: MessageInfo,
+    flags: frozenset[str] | None,
+    modseq: int,
+    raw: bytes | None,
+    extra: Sequence[int] = (),
+) -> list[bytes]:
+    """One ``* seq FETCH (...)`` response as a list of chunks.
+
+    ``flags`` is the flag set to report (None when FLAGS is not reported); ``extra``
+    lists item codes to append after the plan's items (FLAGS, UID or MODSEQ made
+    necessary by an implicit ``\\Seen``). ``raw`` is the message, given only when a
+    body item needs it (:attr:`FetchPlan.needs_bytes`). Normally one chunk comes back;
+    a body literal longer than :data:`INLINE_LITERAL_LIMIT` comes back as a chunk of
+    its own.
+    """
+    out: list[bytes] = []
+    cur: list[bytes] = []
+    for code, sec in plan.steps if not extra else (*plan.steps, *((c, None) for c in extra)):
+        if code == FLAGS:
+            if flags is not None:
+                cur.append(flags_item(flags))
+        elif code == UID:
+            cur.append(b"UID %d" % info.uid)
+        elif code == RFC822_SIZE:
+            cur.append(b"RFC822.SIZE %d" % info.size)
+        elif code == ENVELOPE:
+            cur.append(b"ENVELOPE " + info.envelope)
+        elif code == BODYSTRUCTURE:
+            cur.append(b"BODYSTRUCTURE " + info.bodystructure)
+        elif code == BODY:
+            cur.append(b"BODY " + info.body)
+        elif code == INTERNALDATE:
+            cur.append(b"INTERNALDATE " + wire.format_internaldate(info.internaldate))
+        elif code == MODSEQ:
+            cur.append(b"MODSEQ (%d)" % modseq)
+        else:
+            assert sec is not None and raw is not None
+            data = section_bytes(raw, info.parts, sec)
+            head = b"%s {%d}\r\n" % (sec.name, len(data))
+            if len(data) > INLINE_LITERAL_LIMIT:
+                cur.append(head)
+                prefix = b"" if out else b"* %d FETCH (" % seq
+                out.append(prefix + b" ".join(cur))
+                out.append(data)
+                cur = [b""]  # the next item still needs its separating space
+            else:
+                cur.append(head + data)
+    if out:
+        out.append(b" ".join(cur) + b")\r\n")
+        return out
+    return [b"* %d FETCH (%s)\r\n" % (seq, b" ".join(cur))]

@@ -1,0 +1,352 @@
+"""IMAP mailbox commands: CREATE DELETE RENAME SUBSCRIBE UNSUBSCRIBE LIST LSUB STATUS NAMESPACE.
+
+RFC 3501 §6.3, with RFC 5258 (LIST-EXTENDED), RFC 5819 (LIST-STATUS), RFC 6154
+(SPECIAL-USE, CREATE-SPECIAL-USE), RFC 3348 (CHILDREN), RFC 8438 (STATUS=SIZE) and
+RFC 2342 (NAMESPACE). Handlers follow :mod:`gateway.imap.handler`: they yield untagged
+responses and return the tagged reply; store errors are mapped to response codes by the
+session in one place.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from gateway.imap.command import Create, List, MailboxCommand, Rename, Status
+from gateway.imap.handler import BadCommand, Handler, Refused, ok
+from gateway.store.interfaces import DELIMITER, INBOX, Mailbox, MailboxCounts
+
+if TYPE_CHECKING:
+    from gateway.imap.handler import Session
+    from gateway.imap.session import IMAPSession
+
+WILDCARDS = "%*"
+"""LIST wildcards (RFC 3501 §6.3.8); a mailbox named with one could never be listed alone."""
+
+CREATABLE_SPECIAL_USES = frozenset(
+    ("\\Archive", "\\Drafts", "\\Junk", "\\Sent", "\\Trash", "\\Important")
+)
+"""RFC 6154 §2 / RFC 8457 attributes CREATE may set. ``\\All`` and ``\\Flagged`` name
+virtual mailboxes, which popgate does not have: ``NO [USEATTR]`` (RFC 6154 §5.3)."""
+
+STATUS_CONDSTORE_ITEM = "HIGHESTMODSEQ"
+
+
+def _user(session: Session) -> str:
+    if session.user is None:  # the state table makes this unreachable
+        raise BadCommand("not authenticated")
+    return session.user
+
+
+def _new_name(session: Session, raw: bytes) -> str:
+    """A name for a mailbox about to exist: a single trailing delimiter is dropped
+    (RFC 3501 §6.3.3: it only says "I intend to create children") and wildcards are
+    refused."""
+    name = session.mailbox_name(raw)
+    if name.endswith(DELIMITER) and len(name) > 1:
+        name = name[:-1]
+    if any(c in name for c in WILDCARDS):
+        raise Refused("Mailbox names may not contain % or *", "CANNOT")
+    return name
+
+
+# ---- CREATE / DELETE / RENAME -----------------------------------------------------------
+
+
+def create(session: Session, cmd: Create) -> Handler:
+    """CREATE, RFC 3501 §6.3.3, with ``USE (\\Sent)`` (RFC 6154 §3). Missing superior
+    names are created too. State: authenticated or selected."""
+    name = _new_name(session, cmd.mailbox)
+    use = None
+    if cmd.special_use:
+        if len(cmd.special_use) > 1:
+            raise Refused("Only one special-use attribute per mailbox", "USEATTR")
+        use = cmd.special_use[0]
+        if use not in CREATABLE_SPECIAL_USES:
+            raise Refused(f"Special-use attribute {use} is not supported", "USEATTR")
+    if name == INBOX:
+        raise Refused("INBOX always exists", "ALREADYEXISTS")
+    session.store.create_mailbox(_user(session), name, use)
+    yield from ()
+    return ok("CREATE completed")
+
+
+def delete(session: IMAPSession, cmd: MailboxCommand) -> Handler:
+    """DELETE, RFC 3501 §6.3.4. INBOX cannot be deleted; children stay (the parent then
+    shows as \\NonExistent). Deleting the selected mailbox first closes it, with
+    ``* OK [CLOSED]`` (RFC 7162 §3.2.11). State: authenticated or selected."""
+    name = session.mailbox_name(cmd.mailbox)
+    if name == INBOX:
+        raise Refused("INBOX cannot be deleted", "CANNOT")
+    user = _user(session)
+    mailbox = session.store.get_mailbox(user, name)
+    view = session.selected
+    if view is not None and view.mailbox.id == mailbox.id:
+        session.deselect()
+        yield b"* OK [CLOSED] Mailbox closed\r\n"
+    session.store.delete_mailbox(user, name)
+    return ok("DELETE completed")
+
+
+def rename(session: Session, cmd: Rename) -> Handler:
+    """RENAME, RFC 3501 §6.3.5: children move along; renaming INBOX moves its messages
+    to the new mailbox and leaves INBOX empty. State: authenticated or selected."""
+    old = session.mailbox_name(cmd.old)
+    new = _new_name(session, cmd.new)
+    if new == INBOX or old == new:
+        raise Refused("Target mailbox already exists", "ALREADYEXISTS")
+    if new.startswith(old + DELIMITER):
+        raise Refused("Cannot rename a mailbox into its own child", "CANNOT")
+    session.store.rename_mailbox(_user(session), old, new)
+    yield from ()
+    return ok("RENAME completed")
+
+
+# ---- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------------------
+
+
+def subscribe(session: Session, cmd: MailboxCommand) -> Handler:
+    """SUBSCRIBE, RFC 3501 §6.3.6. Names without a mailbox may be subscribed too (the
+    RFC allows it, and subscriptions outlive deletions). State: authenticated or selected."""
+    session.store.set_subscribed(_user(session), session.mailbox_name(cmd.mailbox), True)
+    yield from ()
+    return ok("SUBSCRIBE completed")
+
+
+def unsubscribe(session: Session, cmd: MailboxCommand) -> Handler:
+    """UNSUBSCRIBE, RFC 3501 §6.3.7; unsubscribing a name that is not subscribed is a
+    harmless no-op. State: authenticated or selected."""
+    session.store.set_subscribed(_user(session), session.mailbox_name(cmd.mailbox), False)
+    yield from ()
+    return ok("UNSUBSCRIBE completed")
+
+
+# ---- LIST / LSUB ------------------------------------------------------------------------
+
+
+def _ancestors(name: str) -> Iterator[str]:
+    """``a/b/c`` → ``a``, ``a/b``."""
+    index = name.find(DELIMITER)
+    while index >= 0:
+        yield name[:index]
+        index = name.find(DELIMITER, index + 1)
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    parts = []
+    for char in pattern:
+        if char == "*":
+            parts.append(".*")
+        elif char == "%":
+            parts.append("[^" + re.escape(DELIMITER) + "]*")
+        else:
+            parts.append(re.escape(char))
+    return re.compile("".join(parts), re.DOTALL)
+
+
+_INBOX_CASINGS = tuple(
+    "".join(letters) for letters in itertools.product(*((c, c.lower()) for c in INBOX))
+)
+"""Every spelling of INBOX in upper and lower case letters (32 of them)."""
+
+
+def matcher(pattern: str) -> Callable[[str], bool]:
+    """A test for names matching a LIST pattern (RFC 3501 §6.3.8): ``*`` matches
+    anything, ``%`` anything but the delimiter. Only INBOX is case-insensitive (§5.1):
+    a name in the INBOX hierarchy matches if the pattern matches it with *some*
+    spelling of its leading "INBOX", so ``inbox/%``, ``In*`` and ``*box`` reach INBOX
+    while every other name is compared exactly."""
+    regex = _pattern_regex(pattern)
+
+    def matches(name: str) -> bool:
+        if regex.fullmatch(name):
+            return True
+        if name == INBOX or name.startswith(INBOX + DELIMITER):
+            rest = name[len(INBOX) :]
+            return any(regex.fullmatch(spelling + rest) for spelling in _INBOX_CASINGS)
+        return False
+
+    return matches
+
+
+def _full_pattern(reference: str, pattern: str) -> str:
+    """RFC 3501 §6.3.8: the pattern is read in the context of the reference; a
+    reference not ending with the delimiter is joined to the pattern with one."""
+    if not reference:
+        return pattern
+    if reference.endswith(DELIMITER) or pattern.startswith(DELIMITER):
+        return reference + pattern
+    return reference + DELIMITER + pattern
+
+
+def _in_order(names: Iterable[str]) -> list[str]:
+    """INBOX first, then by name (what clients show)."""
+    return sorted(set(names), key=lambda n: (n != INBOX, n))
+
+
+def _root_line(verb: bytes) -> bytes:
+    """``LIST "" ""``: the hierarchy delimiter and the (empty) root (RFC 3501 §6.3.8)."""
+    return b"* " + verb + b' (\\Noselect) "/" ""\r\n'
+
+
+def _line(session: Session, verb: bytes, attrs: list[str], name: str, extra: bytes = b"") -> bytes:
+    return (
+        b"* "
+        + verb
+        + b" ("
+        + " ".join(attrs).encode("ascii")
+        + b') "/" '
+        + session.wire_name(name)
+        + extra
+        + b"\r\n"
+    )
+
+
+def _status_line(session: Session, name: str, counts: MailboxCounts, items: Iterable[str]) -> bytes:
+    values = {
+        "MESSAGES": counts.messages,
+        "RECENT": counts.recent,
+        "UIDNEXT": counts.uidnext,
+        "UIDVALIDITY": counts.uidvalidity,
+        "UNSEEN": counts.unseen,
+        "HIGHESTMODSEQ": counts.highestmodseq,
+        "SIZE": counts.size,
+    }
+    body = " ".join(f"{item} {values[item]}" for item in items)
+    return b"* STATUS " + session.wire_name(name) + b" (" + body.encode("ascii") + b")\r\n"
+
+
+def list_(session: Session, cmd: List) -> Handler:
+    """LIST (RFC 3501 §6.3.8, RFC 5258, RFC 5819, RFC 6154) and LSUB (§6.3.9).
+
+    Every name matching a pattern is returned once, INBOX first. Superior names that do
+    not exist themselves (left behind by DELETE) appear as ``\\Noselect`` (plain LIST)
+    or ``\\NonExistent`` (LIST-EXTENDED) with ``\\HasChildren``. \\HasChildren /
+    \\HasNoChildren and special-use attributes are always given (RFC 5258 §4, RFC 6154
+    §2 allow it). State: authenticated or selected.
+    """
+    user = _user(session)
+    lsub = cmd.name.upper() == "LSUB"
+    verb = b"LSUB" if lsub else b"LIST"
+    reference = session.mailbox_name(cmd.reference)
+    patterns = [session.mailbox_name(p) for p in cmd.patterns]
+    if len(patterns) == 1 and patterns[0] == "":
+        yield _root_line(verb)
+        return ok(f"{verb.decode()} completed")
+    tests = [matcher(_full_pattern(reference, p)) for p in patterns if p != ""]
+
+    def matches(name: str) -> bool:
+        return any(test(name) for test in tests)
+
+    store = session.store
+    if lsub:
+        yield from _lsub(session, store.subscriptions(user), store.list_mailboxes(user), tests)
+        return ok("LSUB completed")
+
+    mailboxes = {m.name: m for m in store.list_mailboxes(user)}
+    subscribed = set(store.subscriptions(user))
+    parents: set[str] = set()
+    for name in mailboxes:
+        parents.update(_ancestors(name))
+    selection = set(cmd.selection)
+    want_subscribed = "SUBSCRIBED" in selection or "SUBSCRIBED" in cmd.returns
+    status_items = list(cmd.status_items)
+    if STATUS_CONDSTORE_ITEM in status_items:
+        session.enabled.add("CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE enabling command
+
+    def attributes(name: str) -> list[str]:
+        mailbox = mailboxes.get(name)
+        attrs: list[str] = []
+        if mailbox is None:
+            attrs.append("\\NonExistent" if cmd.extended else "\\Noselect")
+        if name in parents:
+            attrs.append("\\HasChildren")
+        elif mailbox is not None:
+            attrs.append("\\HasNoChildren")
+        if want_subscribed and name in subscribed:
+            attrs.append("\\Subscribed")
+        if mailbox is not None and mailbox.special_use:
+            attrs.append(mailbox.special_use)
+        return attrs
+
+    # Which names to report, and which get RFC 5258 §3.5 CHILDINFO instead.
+    if "SUBSCRIBED" in selection:
+        chosen = {n for n in subscribed if matches(n)}
+    else:
+        chosen = {n for n in mailboxes if matches(n)} | {n for n in parents if matches(n)}
+    if "SPECIAL-USE" in selection:
+        chosen = {n for n in chosen if n in mailboxes and mailboxes[n].special_use}
+    childinfo: set[str] = set()
+    if "RECURSIVEMATCH" in selection and "SUBSCRIBED" in selection:
+        # RFC 5258 §3.5: a matching name whose subscribed descendant does not match
+        # itself carries CHILDINFO, so the client learns where subscriptions hide.
+        for name in subscribed:
+            if matches(name):
+                continue
+            for ancestor in _ancestors(name):
+                if matches(ancestor):
+                    childinfo.add(ancestor)
+
+    for name in _in_order(chosen | childinfo):
+        extra = b' ("CHILDINFO" ("SUBSCRIBED"))' if name in childinfo else b""
+        yield _line(session, verb, attributes(name), name, extra)
+        mailbox = mailboxes.get(name)
+        if status_items and mailbox is not None:
+            # RFC 5819 §2: STATUS right after the LIST line of each selectable mailbox.
+            yield _status_line(session, name, store.counts(mailbox.id), status_items)
+    return ok("LIST completed")
+
+
+def _lsub(
+    session: Session,
+    subscriptions: list[str],
+    mailboxes: list[Mailbox],
+    tests: list[Callable[[str], bool]],
+) -> Iterator[bytes]:
+    """LSUB, RFC 3501 §6.3.9: subscribed names matching the pattern; a subscribed name
+    whose mailbox is gone is ``\\Noselect``. A superior name that is not subscribed but
+    has subscribed inferiors is returned ``\\Noselect`` when the pattern matches it but
+    none of those inferiors (the ``%`` case of the RFC)."""
+
+    def matches(name: str) -> bool:
+        return any(test(name) for test in tests)
+
+    existing = {m.name for m in mailboxes}
+    subscribed = set(subscriptions)
+    chosen = {n for n in subscribed if matches(n)}
+    stand_ins: set[str] = set()
+    for name in subscribed:
+        for ancestor in _ancestors(name):
+            if ancestor in subscribed or ancestor in chosen or not matches(ancestor):
+                continue
+            prefix = ancestor + DELIMITER
+            if not any(s.startswith(prefix) and matches(s) for s in subscribed):
+                stand_ins.add(ancestor)
+    for name in _in_order(chosen | stand_ins):
+        attrs = [] if name in chosen and name in existing else ["\\Noselect"]
+        yield _line(session, b"LSUB", attrs, name)
+
+
+# ---- STATUS / NAMESPACE -----------------------------------------------------------------
+
+
+def status(session: Session, cmd: Status) -> Handler:
+    """STATUS, RFC 3501 §6.3.10 (with HIGHESTMODSEQ, RFC 7162 §3.1.8, and SIZE, RFC 8438).
+    Figures always come from the store, never from a session's view, so STATUS of the
+    selected mailbox is as fresh as any other. State: authenticated or selected."""
+    name = session.mailbox_name(cmd.mailbox)
+    mailbox = session.store.get_mailbox(_user(session), name)
+    if STATUS_CONDSTORE_ITEM in cmd.items:
+        session.enabled.add("CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE enabling command
+    counts = session.store.counts(mailbox.id)
+    yield _status_line(session, name, counts, cmd.items)
+    return ok("STATUS completed")
+
+
+def namespace(session: Session, cmd: object) -> Handler:
+    """NAMESPACE, RFC 2342 §5: one personal namespace with prefix "" and delimiter "/";
+    no other users' or shared namespaces (yet). State: authenticated or selected."""
+    yield b'* NAMESPACE (("" "/")) NIL NIL\r\n'
+    return ok("NAMESPACE completed")

@@ -1,0 +1,622 @@
+"""IMAP message commands: FETCH, STORE, SEARCH, COPY/MOVE, EXPUNGE, UID EXPUNGE and APPEND.
+
+RFC 3501 §6.3.11 and §6.4, with RFC 4315 (UIDPLUS), RFC 6851 (MOVE), RFC 7162
+(CONDSTORE/QRESYNC), RFC 4731 (ESEARCH) and RFC 3502 (MULTIAPPEND). Each handler is a
+generator per :mod:`gateway.imap.handler`: it yields untagged response bytes and returns
+the tagged :class:`Reply`. Handlers keep the session's view of the selected mailbox in
+step with what they tell the client (``note_flags``, removal of expunged UIDs), so the
+session's catch-up after the command never repeats a response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from gateway import criteria as c
+from gateway.imap import fetch_items, wire
+from gateway.imap.command import Append, Copy, Fetch, FetchAttr, Search, Simple, UidExpunge
+from gateway.imap.command import Store as StoreCmd
+from gateway.imap.handler import BadCommand, Handler, Refused, ok
+from gateway.store.interfaces import MailboxNotFound, MessageInfo, StoreError
+
+if TYPE_CHECKING:
+    from gateway.imap.handler import SelectedView, Session
+    from gateway.store.interfaces import Mailbox
+
+INFO_BATCH = 500
+"""UIDs per ``store.message_info`` call: bounds the metadata held in memory at once."""
+
+FLUSH_BYTES = 64 * 1024
+"""Untagged responses are gathered up to about this size before being yielded."""
+
+LITERAL_PIECE = 64 * 1024
+"""A large literal is yielded in pieces of this size so the server can apply backpressure."""
+
+SEEN = "\\Seen"
+DELETED = "\\Deleted"
+RECENT = "\\Recent"
+_SYSTEM_FLAGS = {
+    f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft", RECENT)
+}
+
+
+# ---- shared helpers --------------------------------------------------------------------
+
+
+def _selected(session: Session) -> SelectedView:
+    """The selected mailbox's view. The session's state table makes this impossible to
+    miss; a BAD (not a crash) if it ever is."""
+    view = session.selected
+    if view is None:
+        raise BadCommand("no mailbox selected")
+    return view
+
+
+def _writable(view: SelectedView) -> None:
+    """RFC 3501 §6.3.2: a mailbox opened with EXAMINE permits no change of state."""
+    if view.readonly:
+        raise Refused("mailbox is read-only", "READ-ONLY")
+
+
+def clean_flags(flags: Iterable[str]) -> list[str]:
+    """Flags a client may set: system flags in canonical case, keywords as given,
+    duplicates and ``\\Recent`` dropped (RFC 3501 §2.3.2: only the server sets it).
+    An unknown ``\\Name`` is refused (not in PERMANENTFLAGS)."""
+    out: list[str] = []
+    for flag in flags:
+        if flag.startswith("\\"):
+            canonical = _SYSTEM_FLAGS.get(flag.lower())
+            if canonical is None:
+                raise BadCommand(f"unsupported system flag {flag}")
+            if canonical == RECENT:
+                continue
+            flag = canonical
+        if flag not in out:
+            out.append(flag)
+    return out
+
+
+def _client_flags(view: SelectedView, uid: int, stored: frozenset[str]) -> frozenset[str]:
+    """The flags as this session shows them: ``\\Recent`` is per session (RFC 3501
+    §2.3.2), so it comes from the view, never from what the store holds."""
+    recent = RECENT in view.flags.get(uid, ())
+    if RECENT in stored:
+        if recent:
+            return stored
+        return stored - {RECENT}
+    if recent:
+        return stored | {RECENT}
+    return stored
+
+
+def _batches(uids: Sequence[int]) -> Iterable[Sequence[int]]:
+    for start in range(0, len(uids), INFO_BATCH):
+        yield uids[start : start + INFO_BATCH]
+
+
+def _infos(session: Session, mailbox_id: int, uids: Sequence[int]) -> Iterable[MessageInfo]:
+    for batch in _batches(uids):
+        yield from session.store.message_info(mailbox_id, batch)
+
+
+def _forget(view: SelectedView, removed: Iterable[int]) -> list[tuple[int, int]]:
+    """Drop expunged UIDs from the view; returns ``(seq, uid)`` pairs with the sequence
+    number each had, highest first, which is the order that keeps every reported
+    number valid when replayed (RFC 3501 §7.4.1)."""
+    gone = set(removed)
+    if not gone:
+        return []
+    hits: list[tuple[int, int]] = []
+    kept: list[int] = []
+    for index, uid in enumerate(view.uids):
+        if uid in gone:
+            hits.append((index + 1, uid))
+        else:
+            kept.append(uid)
+    if not hits:
+        return []
+    view.uids[:] = kept
+    for _seq, uid in hits:
+        view.flags.pop(uid, None)
+        view.modseqs.pop(uid, None)
+    hits.reverse()
+    return hits
+
+
+def _expunge_responses(session: Session, hits: list[tuple[int, int]]) -> Iterator[bytes]:
+    """``* n EXPUNGE`` per message, highest first (RFC 3501 §7.4.1), in chunks of
+    :data:`INFO_BATCH` lines; or one ``* VANISHED uid-set`` once QRESYNC is enabled
+    (RFC 7162 §3.2.10)."""
+    if not hits:
+        return
+    if "QRESYNC" in session.enabled:
+        yield b"* VANISHED " + wire.sequence_set_text(sorted(u for _s, u in hits)) + b"\r\n"
+        return
+    for start in range(0, len(hits), INFO_BATCH):
+        yield b"".join(
+            [b"* %d EXPUNGE\r\n" % seq for seq, _uid in hits[start : start + INFO_BATCH]]
+        )
+
+
+def _enable_condstore(session: Session) -> None:
+    """RFC 7162 §3.1: FETCH MODSEQ/CHANGEDSINCE, STORE UNCHANGEDSINCE and SEARCH MODSEQ are
+    CONDSTORE enabling commands; from then on FETCH responses carry MODSEQ (the session
+    announces HIGHESTMODSEQ after the first one)."""
+    session.enabled.add("CONDSTORE")
+
+
+def _existing_mailbox(session: Session, raw_name: bytes) -> Mailbox:
+    """The target of APPEND/COPY/MOVE; a missing one is ``NO [TRYCREATE]`` (RFC 3501
+    §6.3.11, §6.4.7) so the client knows that CREATE would help."""
+    name = session.mailbox_name(raw_name)
+    if session.user is None:
+        raise BadCommand("not authenticated")
+    try:
+        return session.store.get_mailbox(session.user, name)
+    except MailboxNotFound:
+        raise Refused("mailbox does not exist", "TRYCREATE") from None
+
+
+# ---- FETCH ----------------------------------------------------------------------------
+
+
+def fetch(session: Session, cmd: Fetch) -> Handler:
+    """FETCH and UID FETCH, RFC 3501 §6.4.5/§6.4.8, with RFC 7162 §3.1.4 CHANGEDSINCE
+    and §3.2.6 VANISHED. State: selected.
+
+    Metadata comes from the store in batches of :data:`INFO_BATCH`; message bytes are
+    read one message at a time and only when a body item needs them. A non-PEEK body
+    fetch in a read-write mailbox sets ``\\Seen`` and then reports FLAGS once.
+    """
+    view = _selected(session)
+    store = session.store
+    mailbox_id = view.mailbox.id
+    changedsince = cmd.changedsince
+    if cmd.vanished:
+        # RFC 7162 §3.2.6: VANISHED needs UID FETCH, CHANGEDSINCE and QRESYNC enabled.
+        if not cmd.uid or changedsince is None:
+            raise BadCommand("VANISHED requires UID FETCH with CHANGEDSINCE")
+        if "QRESYNC" not in session.enabled:
+            raise BadCommand("VANISHED requires ENABLE QRESYNC")
+    if changedsince is not None or any(
+        isinstance(item, FetchAttr) and item.name.upper() == "MODSEQ" for item in cmd.items
+    ):
+        _enable_condstore(session)
+    condstore = session.condstore_active()
+    plan = fetch_items.compile_plan(
+        cmd.items, uid_mode=cmd.uid, with_modseq=condstore or changedsince is not None
+    )
+    uids = view.resolve(cmd.sequence_set, cmd.uid)
+
+    if cmd.vanished:
+        assert changedsince is not None
+        expunged = store.changes_since(mailbox_id, changedsince).expunged
+        if expunged:
+            # `*` is the largest UID known, expunged ones included, so that `1:*`
+            # reports every removal even when the last messages went.
+            largest = max(view.uids[-1] if view.uids else 0, expunged[-1])
+            gone = [u for u in expunged if cmd.sequence_set.contains(u, largest)]
+            if gone:
+                yield b"* VANISHED (EARLIER) " + wire.sequence_set_text(gone) + b"\r\n"
+
+    set_seen = plan.sets_seen and not view.readonly
+    seq_of = view.seq_of
+    out: list[bytes] = []
+    size = 0
+    missing = False
+    for batch in _batches(uids):
+        infos = store.message_info(mailbox_id, batch)
+        if len(infos) != len(batch):
+            missing = True
+        if changedsince is not None:
+            infos = [i for i in infos if i.modseq > changedsince]
+        updated: dict[int, tuple[frozenset[str], int]] = {}
+        if set_seen:
+            unseen = [i.uid for i in infos if SEEN not in i.flags]
+            if unseen:
+                result = store.store_flags(mailbox_id, unseen, "+", [SEEN])
+                updated = {row.uid: (row.flags, row.modseq) for row in result.updated}
+        for info in infos:
+            uid = info.uid
+            seq = seq_of(uid)
+            if seq is None:  # pragma: no cover - resolve only returns UIDs of the view
+                continue
+            extra: tuple[int, ...] = ()
+            if uid in updated:
+                stored, modseq = updated[uid]
+                flags: frozenset[str] | None = _client_flags(view, uid, stored)
+                implied = []
+                if not plan.has_flags:
+                    implied.append(fetch_items.FLAGS)
+                if condstore and not plan.has_uid:
+                    # RFC 7162 §3.1: a FETCH caused by an implicit \Seen carries UID
+                    # (and MODSEQ, which the plan has) once CONDSTORE is enabled.
+                    implied.append(fetch_items.UID)
+                extra = tuple(implied)
+            else:
+                modseq = info.modseq
+                flags = _client_flags(view, uid, info.flags) if plan.has_flags else None
+            raw = None
+            if plan.needs_bytes:
+                try:
+                    raw = store.message_bytes(mailbox_id, uid)
+                except KeyError:
+                    missing = True  # expunged by another session since message_info
+                    continue
+            chunks = fetch_items.render(plan, seq, info, flags, modseq, raw, extra)
+            if flags is not None:
+                view.note_flags(uid, flags, modseq)
+            for chunk in chunks:
+                if len(chunk) > LITERAL_PIECE:
+                    if out:
+                        yield b"".join(out)
+                        out = []
+                        size = 0
+                    for start in range(0, len(chunk), LITERAL_PIECE):
+                        yield chunk[start : start + LITERAL_PIECE]
+                else:
+                    out.append(chunk)
+                    size += len(chunk)
+            if size >= FLUSH_BYTES:
+                yield b"".join(out)
+                out = []
+                size = 0
+    if out:
+        yield b"".join(out)
+    if missing and not cmd.uid:
+        # RFC 3501 §7.4.1 leaves this to the server. The data that exists was sent, so
+        # OK with RFC 5530's code (as Dovecot does) rather than a NO that would make
+        # clients discard it.
+        return ok("some of the requested messages no longer exist", "EXPUNGEISSUED")
+    return ok("FETCH completed")
+
+
+# ---- STORE ----------------------------------------------------------------------------
+
+
+def _apply(mode: str, old: frozenset[str], flags: Sequence[str]) -> frozenset[str]:
+    if mode == "+":
+        return old.union(flags)
+    if mode == "-":
+        return old.difference(flags)
+    return frozenset(flags)
+
+
+def store(session: Session, cmd: StoreCmd) -> Handler:
+    """STORE and UID STORE, RFC 3501 §6.4.6, with RFC 7162 §3.1.3 UNCHANGEDSINCE.
+    State: selected, read-write.
+
+    Unless ``.SILENT``, every message of the set gets ``* n FETCH (FLAGS (...))`` with
+    its flags as they now are (UID for UID STORE; UID and MODSEQ under CONDSTORE). With
+    ``.SILENT`` only what the client cannot infer is reported: MODSEQ of the messages
+    changed (RFC 7162 §3.1.3 example), or full FLAGS where another session changed
+    flags meanwhile. Messages refused by UNCHANGEDSINCE go in ``OK [MODIFIED set]``.
+    """
+    view = _selected(session)
+    _writable(view)
+    if cmd.mode not in ("", "+", "-"):
+        raise BadCommand("bad STORE mode")
+    flags = clean_flags(cmd.flags)
+    uids = view.resolve(cmd.sequence_set, cmd.uid)
+    mailbox_id = view.mailbox.id
+    store_ = session.store
+    if cmd.unchangedsince is not None:
+        _enable_condstore(session)
+    condstore = session.condstore_active()
+    with_modseq = condstore or cmd.unchangedsince is not None
+    with_uid = cmd.uid or condstore
+    if uids:
+        result = store_.store_flags(mailbox_id, uids, cmd.mode, flags, cmd.unchangedsince)
+        updated = {row.uid: row for row in result.updated}
+        modified = set(result.modified)
+    else:
+        updated, modified = {}, set()
+
+    def line(seq: int, uid: int, shown: frozenset[str] | None, modseq: int) -> bytes:
+        items = []
+        if shown is not None:
+            items.append(fetch_items.flags_item(shown))
+        if with_uid:
+            items.append(b"UID %d" % uid)
+        if with_modseq:
+            items.append(b"MODSEQ (%d)" % modseq)
+        return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(items))
+
+    out: list[bytes] = []
+    if cmd.silent:
+        for uid in uids:
+            row = updated.get(uid)
+            seq = view.seq_of(uid)
+            if row is None or seq is None:
+                continue
+            shown = _client_flags(view, uid, row.flags)
+            before = view.flags.get(uid)
+            predicted = None if before is None else _apply(cmd.mode, before, flags)
+            if predicted is not None and predicted - {RECENT} == shown - {RECENT}:
+                if with_modseq:
+                    out.append(line(seq, uid, None, row.modseq))
+            else:
+                out.append(line(seq, uid, shown, row.modseq))
+            view.note_flags(uid, shown, row.modseq)
+            if len(out) >= INFO_BATCH:
+                yield b"".join(out)
+                out = []
+    else:
+        # Messages the store did not touch still get their current flags; their rows
+        # come from the store in batches, since another session may have changed them.
+        untouched = [u for u in uids if u not in updated and u not in modified]
+        current: dict[int, tuple[frozenset[str], int]] = {}
+        pending = iter(_infos(session, mailbox_id, untouched))
+        for uid in uids:
+            if uid in modified:
+                continue
+            row = updated.get(uid)
+            if row is not None:
+                stored, modseq = row.flags, row.modseq
+            else:
+                if uid not in current:
+                    for info in pending:
+                        current[info.uid] = (info.flags, info.modseq)
+                        if info.uid >= uid:
+                            break
+                got = current.pop(uid, None)
+                if got is None:
+                    continue  # expunged meanwhile
+                stored, modseq = got
+            seq = view.seq_of(uid)
+            if seq is None:  # pragma: no cover - resolve only returns UIDs of the view
+                continue
+            shown = _client_flags(view, uid, stored)
+            out.append(line(seq, uid, shown, modseq))
+            view.note_flags(uid, shown, modseq)
+            if len(out) >= INFO_BATCH:
+                yield b"".join(out)
+                out = []
+    if out:
+        yield b"".join(out)
+    if modified:
+        numbers = sorted(modified) if cmd.uid else sorted(_seqs(view, modified))
+        return ok(
+            "Conditional STORE failed", "MODIFIED " + wire.sequence_set_text(numbers).decode()
+        )
+    return ok("STORE completed")
+
+
+def _seqs(view: SelectedView, uids: Iterable[int]) -> list[int]:
+    return [s for s in (view.seq_of(u) for u in uids) if s is not None]
+
+
+# ---- SEARCH ---------------------------------------------------------------------------
+
+
+def _uid_ranges(uids: Iterable[int]) -> c.Uid:
+    """A ``Uid`` key for exactly these UIDs (ascending); UID 0, which never exists,
+    stands for the empty set."""
+    ranges: list[c.SeqRange] = []
+    start = prev = None
+    for uid in uids:
+        if prev is not None and uid == prev + 1:
+            prev = uid
+            continue
+        if start is not None:
+            ranges.append(c.SeqRange(start, prev))
+        start = prev = uid
+    if start is not None:
+        ranges.append(c.SeqRange(start, prev))
+    return c.Uid(c.SequenceSet(tuple(ranges) or (c.SeqRange(0, 0),)))
+
+
+class _Rewriter:
+    """Turns the parsed criteria into what the store can answer for this session
+    (RFC 3501 §6.4.4): sequence numbers → UIDs of this view, ``*`` in UID sets → the
+    view's last UID (§9 seq-number), and \\Recent → the UIDs this session shows as
+    recent (§2.3.2: \\Recent is per session, the store cannot know it)."""
+
+    def __init__(self, view: SelectedView) -> None:
+        self.view = view
+        self._recent: c.Uid | None = None
+
+    def recent(self) -> c.Uid:
+        if self._recent is None:
+            flags = self.view.flags
+            self._recent = _uid_ranges(u for u in self.view.uids if RECENT in flags.get(u, ()))
+        return self._recent
+
+    def __call__(self, node: c.Criteria) -> c.Criteria:
+        uids = self.view.uids
+        if isinstance(node, c.Seq):
+            count = len(uids)
+            ranges = []
+            for low, high in node.set.resolve(count):
+                low, high = max(low, 1), min(high, count)
+                if low <= high:
+                    ranges.append(c.SeqRange(uids[low - 1], uids[high - 1]))
+            if not ranges:
+                ranges.append(c.SeqRange(0, 0))  # UID 0 never exists: matches nothing
+            return c.Uid(c.SequenceSet(tuple(ranges)))
+        if isinstance(node, c.Uid):
+            last = uids[-1] if uids else 0
+            return c.Uid(c.SequenceSet(tuple(c.SeqRange(a, b) for a, b in node.set.resolve(last))))
+        if isinstance(node, c.Flag) and node.flag.lower() == RECENT.lower():
+            return self.recent() if node.present else c.Not(self.recent())
+        if isinstance(node, c.And):
+            return c.And(tuple(self(k) for k in node.keys))
+        if isinstance(node, c.Or):
+            return c.Or(self(node.left), self(node.right))
+        if isinstance(node, c.Not):
+            return c.Not(self(node.key))
+        return node
+
+
+def _has_modseq(node: c.Criteria) -> bool:
+    if isinstance(node, c.ModSeq):
+        return True
+    if isinstance(node, c.And):
+        return any(_has_modseq(k) for k in node.keys)
+    if isinstance(node, c.Or):
+        return _has_modseq(node.left) or _has_modseq(node.right)
+    if isinstance(node, c.Not):
+        return _has_modseq(node.key)
+    return False
+
+
+def _numbers(values: list[int]) -> bytes:
+    return b" ".join([b"%d" % v for v in values])
+
+
+def search(session: Session, cmd: Search) -> Handler:
+    """SEARCH and UID SEARCH, RFC 3501 §6.4.4/§6.4.8; RETURN options per RFC 4731
+    (ESEARCH); ``(MODSEQ n)`` per RFC 7162 §3.1.5 when a MODSEQ key was used.
+
+    Only messages the client knows (the view) are reported; new arrivals are announced
+    by EXISTS first, after the command.
+    """
+    view = _selected(session)
+    criteria = cmd.criteria if cmd.criteria is not None else c.All()
+    want_modseq = _has_modseq(criteria)
+    if want_modseq:
+        _enable_condstore(session)
+    mailbox_id = view.mailbox.id
+    found = session.store.search(mailbox_id, _Rewriter(view)(criteria))
+    seq_of = view.seq_of
+    matched: list[int] = []  # UIDs, ascending
+    seqs: list[int] = []
+    for uid in found:
+        seq = seq_of(uid)
+        if seq is not None:
+            matched.append(uid)
+            seqs.append(seq)
+    numbers = matched if cmd.uid else seqs
+
+    def highest_modseq(uids: list[int]) -> int:
+        return max((i.modseq for i in _infos(session, mailbox_id, uids)), default=0)
+
+    if cmd.returns is None:
+        text = b"* SEARCH"
+        if numbers:
+            text += b" " + _numbers(numbers)
+            if want_modseq:
+                text += b" (MODSEQ %d)" % highest_modseq(matched)
+        yield text + b"\r\n"
+        return ok("SEARCH completed")
+
+    returns = set(cmd.returns) or {"ALL"}
+    parts = [b"* ESEARCH (TAG " + wire.quote(cmd.tag.encode()) + b")"]
+    if cmd.uid:
+        parts.append(b"UID")
+    if numbers:
+        if "MIN" in returns:
+            parts.append(b"MIN %d" % numbers[0])
+        if "MAX" in returns:
+            parts.append(b"MAX %d" % numbers[-1])
+    if "COUNT" in returns:
+        parts.append(b"COUNT %d" % len(numbers))
+    if numbers and "ALL" in returns:
+        parts.append(b"ALL " + wire.sequence_set_text(numbers))
+    if numbers and want_modseq:
+        # RFC 7162 §3.1.5/RFC 4731: the highest modseq of the messages returned; with
+        # only MIN/MAX that is the one or two messages named.
+        if returns & {"ALL", "COUNT"}:
+            chosen = matched
+        else:
+            chosen = []
+            if "MIN" in returns:
+                chosen.append(matched[0])
+            if "MAX" in returns:
+                chosen.append(matched[-1])
+        parts.append(b"MODSEQ %d" % highest_modseq(chosen))
+    yield b" ".join(parts) + b"\r\n"
+    return ok("SEARCH completed")
+
+
+# ---- COPY / MOVE ----------------------------------------------------------------------
+
+
+def copy(session: Session, cmd: Copy) -> Handler:
+    """COPY/UID COPY (RFC 3501 §6.4.7, RFC 4315 COPYUID) and MOVE/UID MOVE (RFC 6851).
+
+    MOVE sends ``* OK [COPYUID ...]`` first, then the expunges of the moved messages
+    (``* n EXPUNGE`` or ``* VANISHED`` under QRESYNC), then the tagged OK (RFC 6851 §3.3).
+    """
+    view = _selected(session)
+    move = cmd.name.upper() == "MOVE"
+    if move:
+        _writable(view)  # RFC 6851 §3.3: MOVE needs the right to expunge
+    target = _existing_mailbox(session, cmd.mailbox)
+    uids = view.resolve(cmd.sequence_set, cmd.uid)
+    verb = "MOVE" if move else "COPY"
+    if not uids:
+        return ok(f"{verb} completed, no messages")
+    pairs = sorted(session.store.copy(view.mailbox.id, uids, target.id, move=move))
+    if not pairs:
+        return ok(f"{verb} completed, no messages")
+    code = b"COPYUID %d %s %s" % (
+        target.uidvalidity,
+        wire.sequence_set_text([src for src, _dst in pairs]),
+        wire.sequence_set_text([dst for _src, dst in pairs]),
+    )
+    if not move:
+        return ok("COPY completed", code.decode())
+    yield b"* OK [" + code + b"] moved\r\n"
+    yield from _expunge_responses(session, _forget(view, [src for src, _dst in pairs]))
+    return ok("MOVE completed")
+
+
+# ---- EXPUNGE --------------------------------------------------------------------------
+
+
+def expunge(session: Session, cmd: Simple) -> Handler:
+    """EXPUNGE, RFC 3501 §6.4.3; ``* VANISHED`` instead under QRESYNC (RFC 7162 §3.2.10).
+    State: selected, read-write."""
+    view = _selected(session)
+    _writable(view)
+    removed = session.store.expunge(view.mailbox.id)
+    yield from _expunge_responses(session, _forget(view, removed))
+    return ok("EXPUNGE completed")
+
+
+def uid_expunge(session: Session, cmd: UidExpunge) -> Handler:
+    """UID EXPUNGE, RFC 4315 §2.1: only ``\\Deleted`` messages among the given UIDs."""
+    view = _selected(session)
+    _writable(view)
+    uids = view.resolve(cmd.sequence_set, True)
+    if not uids:
+        return ok("EXPUNGE completed")
+    removed = session.store.expunge(view.mailbox.id, uids)
+    yield from _expunge_responses(session, _forget(view, removed))
+    return ok("EXPUNGE completed")
+
+
+# ---- APPEND ---------------------------------------------------------------------------
+
+
+def append(session: Session, cmd: Append) -> Handler:
+    """APPEND, RFC 3501 §6.3.11, MULTIAPPEND (RFC 3502) and APPENDUID (RFC 4315 §3).
+
+    A missing mailbox is ``NO [TRYCREATE]``. MULTIAPPEND is all-or-nothing (RFC 3502
+    §6.3.11): when a later message is refused, the ones already stored are expunged
+    again before the error is reported. New messages in the selected mailbox are
+    announced by the session's catch-up (EXISTS), not here.
+    """
+    target = _existing_mailbox(session, cmd.mailbox)
+    if not cmd.messages:
+        raise BadCommand("no message to append")
+    prepared = []
+    for message in cmd.messages:
+        if not message.data:
+            raise BadCommand("empty message")
+        prepared.append((message.data, clean_flags(message.flags), message.date))
+    store_ = session.store
+    done: list[int] = []
+    try:
+        for data, flags, date in prepared:
+            done.append(store_.append(target.id, data, flags, date))
+    except StoreError:
+        if done:
+            store_.store_flags(target.id, done, "+", [DELETED])
+            store_.expunge(target.id, done)
+        raise
+    yield from ()  # a handler is a generator even when it has no untagged data
+    code = f"APPENDUID {target.uidvalidity} {wire.sequence_set_text(sorted(done)).decode()}"
+    return ok("APPEND completed", code)

@@ -1,0 +1,292 @@
+"""An in-process popgate IMAP server on a real loopback socket, and a raw client for
+exact-bytes tests.
+
+How it runs (chosen for robustness with plain pytest, no pytest-twisted):
+
+* Twisted's global reactor runs in one daemon thread for the whole test process
+  (:class:`gateway.testing.ReactorThread`, shared with the other suites), started on
+  first use; a reactor cannot be restarted, so it is never stopped and the daemon
+  thread ends with the process.
+* Everything that touches Twisted objects or the store runs *on the reactor thread*,
+  through :meth:`ServerHandle.call`. :class:`SQLiteStore` is
+  single-threaded by design, and its change listeners must fire on the reactor thread
+  for IDLE pushes, so tests never call the store directly.
+* Each :func:`running_server` gets a fresh SQLite file in a temp dir, a
+  :class:`PasswordTable` with one user, and an :class:`IMAPServerFactory` listening on
+  127.0.0.1 port 0; on exit it stops listening, aborts remaining connections, waits for
+  them to go, and closes the store.
+* Password checks go through :func:`thread_runner` (the production path: the reactor's
+  thread pool). Timers may use a ``task.Clock`` (``fake_clock=True``), advanced with
+  :meth:`ServerHandle.advance`; store-change notification always uses the real reactor.
+
+:class:`RawClient` is a blocking socket client: send bytes, read lines until the tagged
+completion (literals inside responses are read whole). Its socket timeout is only a
+safety net against a hung test, never an assertion about speed.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from twisted.internet import reactor as _global_reactor
+from twisted.internet import task
+from twisted.internet.interfaces import IOpenSSLContextFactory
+from zope.interface import implementer
+
+from gateway.auth import PasswordTable
+from gateway.imap.server import IMAPLimits, IMAPServerFactory, thread_runner
+from gateway.passwords import hash_password
+from gateway.store.sqlite import SQLiteStore
+from gateway.testing import ReactorThread
+
+reactor: Any = _global_reactor
+
+HOST = "127.0.0.1"
+USER = "alice"
+PASSWORD = "alice-password"
+SOCKET_TIMEOUT = 20.0
+"""Seconds a RawClient read may block before the test fails instead of hanging."""
+
+REACTOR_CALL_TIMEOUT = 60.0
+SHUTDOWN_POLLS = 200
+"""Reactor turns (10 ms each) to wait for server connections to go at shutdown."""
+
+T = TypeVar("T")
+
+_hashes: dict[str, str] = {}
+
+
+def ensure_reactor() -> ReactorThread:
+    """The process-wide reactor thread (gateway.testing.ReactorThread), started once;
+    shared with any other helper that runs the same reactor."""
+    return ReactorThread.shared(reactor)
+
+
+def on_reactor(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``fn`` on the reactor thread and return its result (waiting for a Deferred);
+    a call that hangs fails after ``REACTOR_CALL_TIMEOUT`` seconds instead."""
+    return ensure_reactor().call(fn, *args, timeout=REACTOR_CALL_TIMEOUT, **kwargs)
+
+
+def password_hash(password: str) -> str:
+    """scrypt costs ~50 ms: hash each test password once per process."""
+    if password not in _hashes:
+        _hashes[password] = hash_password(password)
+    return _hashes[password]
+
+
+def message(
+    subject: str = "Hello", body: str = "Hi there.", sender: str = "bob@example.com"
+) -> bytes:
+    """A small RFC 5322 message."""
+    return (
+        f"From: {sender}\r\nTo: {USER}@example.com\r\nSubject: {subject}\r\n"
+        f"Date: Mon, 7 Feb 1994 21:52:25 -0800\r\nMessage-ID: <{subject}@example.com>\r\n"
+        f"\r\n{body}\r\n"
+    ).encode()
+
+
+@implementer(IOpenSSLContextFactory)
+class ServerTLSContext:
+    """A server-side TLS context factory (``getContext``) loaded from PEM files, for
+    ``tls_context_factory``; file loading avoids pyOpenSSL's deprecated X509/PKey objects."""
+
+    def __init__(self, cert_path: Path, key_path: Path) -> None:
+        from OpenSSL import SSL
+
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        context.use_certificate_chain_file(str(cert_path))
+        context.use_privatekey_file(str(key_path))
+        context.check_privatekey()
+        self._context = context
+
+    def getContext(self) -> Any:
+        return self._context
+
+
+@dataclass
+class ServerHandle:
+    port: int
+    store: SQLiteStore
+    factory: IMAPServerFactory
+    clock: task.Clock | None
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return on_reactor(fn, *args, **kwargs)
+
+    def mailbox_id(self, name: str = "INBOX", user: str = USER) -> int:
+        return self.call(lambda: self.store.get_mailbox(user, name).id)
+
+    def append(
+        self, name: str = "INBOX", raw: bytes | None = None, flags: tuple[str, ...] = ()
+    ) -> int:
+        """Deliver a message straight into the store (as the POP3 fetcher would)."""
+        mailbox_id = self.mailbox_id(name)
+        return self.call(self.store.append, mailbox_id, raw or message(), list(flags))
+
+    def advance(self, seconds: float) -> None:
+        """Move the fake clock (only with ``fake_clock=True``)."""
+        assert self.clock is not None, "server was started without fake_clock"
+        self.call(self.clock.advance, seconds)
+
+    def connect(self) -> RawClient:
+        return RawClient(self.port)
+
+    def session_count(self) -> int:
+        return self.call(lambda: len(self.factory.protocols))
+
+
+@contextmanager
+def running_server(
+    directory: Path,
+    *,
+    fake_clock: bool = False,
+    limits: IMAPLimits | None = None,
+    tls_context_factory: Any = None,
+    allow_plaintext_auth: bool = True,
+    seed_user: bool = True,
+) -> Iterator[ServerHandle]:
+    """A listening server for one test; see the module docstring."""
+    ensure_reactor()
+    table = PasswordTable({USER: password_hash(PASSWORD)})
+    clock = task.Clock() if fake_clock else None
+
+    def start() -> tuple[SQLiteStore, IMAPServerFactory, Any]:
+        store = SQLiteStore(directory / "popgate.sqlite")
+        if seed_user:
+            store.ensure_user(USER)
+        factory = IMAPServerFactory(
+            store,
+            table,
+            reactor=reactor,
+            run_blocking=thread_runner(reactor),
+            limits=limits,
+            tls_context_factory=tls_context_factory,
+            allow_plaintext_auth=allow_plaintext_auth,
+            clock=clock,
+        )
+        listening = reactor.listenTCP(0, factory, interface=HOST)
+        return store, factory, listening
+
+    store, factory, listening = on_reactor(start)
+    handle = ServerHandle(listening.getHost().port, store, factory, clock)
+    try:
+        yield handle
+    finally:
+        on_reactor(_shutdown, listening, factory, store)
+
+
+def _shutdown(listening: Any, factory: IMAPServerFactory, store: SQLiteStore) -> Any:
+    from twisted.internet.defer import inlineCallbacks
+
+    @inlineCallbacks
+    def run() -> Any:
+        yield listening.stopListening()
+        for protocol in list(factory.protocols):
+            protocol.transport.abortConnection()
+        for _ in range(SHUTDOWN_POLLS):
+            if not factory.protocols:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        store.close()
+
+    return run()
+
+
+_LITERAL_END = re.compile(rb"\{(\d+)\}\r\n$")
+
+
+class RawClient:
+    """A blocking IMAP client speaking raw bytes, for exact-bytes assertions."""
+
+    def __init__(self, port: int) -> None:
+        self.sock: socket.socket | ssl.SSLSocket = socket.create_connection(
+            (HOST, port), timeout=SOCKET_TIMEOUT
+        )
+        self.buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> bool:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            return False
+        self.buffer += chunk
+        return True
+
+    def read_line(self) -> bytes:
+        """One response line with its CRLF; a line announcing a literal includes the
+        literal and the rest of the line after it."""
+        out = b""
+        while True:
+            while b"\r\n" not in self.buffer:
+                if not self._fill():
+                    raise ConnectionError(f"connection closed; partial data {self.buffer!r}")
+            index = self.buffer.index(b"\r\n") + 2
+            line, self.buffer = self.buffer[:index], self.buffer[index:]
+            out += line
+            m = _LITERAL_END.search(line)
+            if m is None:
+                return out
+            size = int(m.group(1))
+            while len(self.buffer) < size:
+                if not self._fill():
+                    raise ConnectionError("connection closed inside a literal")
+            out += self.buffer[:size]
+            self.buffer = self.buffer[size:]
+
+    def read_until_tagged(self, tag: str) -> bytes:
+        """Every line up to and including the tagged completion for ``tag``."""
+        out = b""
+        prefix = tag.encode() + b" "
+        while True:
+            line = self.read_line()
+            out += line
+            if line.startswith(prefix):
+                return out
+
+    def command(self, tag: str, text: str | bytes) -> bytes:
+        data = text.encode() if isinstance(text, str) else text
+        self.send(tag.encode() + b" " + data + b"\r\n")
+        return self.read_until_tagged(tag)
+
+    def greeting(self) -> bytes:
+        return self.read_line()
+
+    def login(self, user: str = USER, password: str = PASSWORD) -> bytes:
+        self.greeting()
+        reply = self.command("L1", f'LOGIN {user} "{password}"')
+        assert reply.startswith(b"L1 OK"), reply
+        return reply
+
+    def read_to_eof(self) -> bytes:
+        """Everything until the server closes the connection."""
+        while self._fill():
+            pass
+        data, self.buffer = self.buffer, b""
+        return data
+
+    def start_tls(self, context: ssl.SSLContext, server_hostname: str = "localhost") -> None:
+        assert not self.buffer, f"unread plaintext before TLS: {self.buffer!r}"
+        self.sock = context.wrap_socket(self.sock, server_hostname=server_hostname)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
