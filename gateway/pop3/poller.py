@@ -1,0 +1,250 @@
+"""When to fetch from one upstream: the periodic poll, on-demand triggers and backoff.
+
+One :class:`UpstreamPoller` per configured upstream, as a Twisted service. It owns
+scheduling only; each pass is :func:`gateway.pop3.fetcher.fetch_once` (injected, so tests
+can count calls). Rules:
+
+- the first pass runs :data:`FIRST_POLL_DELAY` seconds after start, then every
+  ``poll_interval`` seconds, each delay spread by ±``jitter`` (a fraction) so that many
+  gateways do not hit a provider in step;
+- after a failure the next pass waits ``BACKOFF_BASE * 2**(failures-1)`` seconds, capped
+  at ``backoff_cap``, jittered the same way; a success resets it;
+- :meth:`UpstreamPoller.trigger` asks for a pass now: at most one pass is ever in flight,
+  passes start at least :data:`MIN_TRIGGER_SPACING` seconds apart, and a trigger during
+  a pass schedules exactly one more right after it;
+- stopping cancels the timers and waits up to :data:`STOP_GRACE` seconds for a pass in
+  flight, then cancels it, which is safe: a cancelled pass drops the connection without
+  QUIT, so no DELE takes effect, and what it delivered stays delivered.
+
+Time comes only from the injected reactor (``callLater``/``seconds``), so tests drive it
+with :class:`twisted.internet.task.Clock`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from twisted.application.service import Service
+from twisted.internet import defer
+
+from gateway.config import Upstream
+from gateway.pop3.client import FetchError
+from gateway.pop3.fetcher import FetchResult, fetch_once
+from gateway.store.interfaces import Store
+
+log = structlog.get_logger(__name__)
+
+FIRST_POLL_DELAY = 1.0
+"""Seconds from service start to the first pass: lets the rest of the service start first."""
+
+BACKOFF_BASE = 30.0
+"""Delay after the first consecutive failure, doubled for each further one."""
+
+DEFAULT_BACKOFF_CAP = 3600.0
+"""Longest wait between failing passes (one hour)."""
+
+MIN_TRIGGER_SPACING = 5.0
+"""On-demand passes start at least this many seconds after the previous pass started."""
+
+STOP_GRACE = 10.0
+"""How long stopService waits for a pass in flight before cancelling it."""
+
+DEFAULT_JITTER = 0.1
+"""Default spread of every delay, as a fraction (0.1 = ±10 %)."""
+
+FetchFunction = Callable[..., defer.Deferred[FetchResult]]
+
+
+@dataclass
+class PollerHealth:
+    """What status pages and logs show about one upstream. Times are reactor seconds."""
+
+    last_success: float | None = None
+    last_attempt: float | None = None
+    last_error: str | None = None
+    last_error_kind: str | None = None
+    last_error_at: float | None = None
+    consecutive_failures: int = 0
+    fetched_total: int = 0
+    bytes_total: int = 0
+    passes: int = 0
+    in_flight: bool = False
+    next_poll_at: float | None = None
+    last_result: FetchResult | None = None
+
+
+class UpstreamPoller(Service):
+    """Schedules fetch passes for one upstream (see the module docstring for the rules)."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        store: Store,
+        *,
+        reactor: Any,
+        fetch: FetchFunction = fetch_once,
+        jitter: float = DEFAULT_JITTER,
+        backoff_base: float = BACKOFF_BASE,
+        backoff_cap: float = DEFAULT_BACKOFF_CAP,
+        first_delay: float = FIRST_POLL_DELAY,
+        min_spacing: float = MIN_TRIGGER_SPACING,
+        stop_grace: float = STOP_GRACE,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 0 <= jitter < 1:
+            raise ValueError("jitter must be a fraction in [0, 1)")
+        self.upstream = upstream
+        self.store = store
+        self.reactor = reactor
+        self.fetch = fetch
+        self.jitter = jitter
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.first_delay = first_delay
+        self.min_spacing = min_spacing
+        self.stop_grace = stop_grace
+        self.rng = rng if rng is not None else random.Random()
+        self.health = PollerHealth()
+        self.name = f"pop3:{upstream.name}"
+        self._timer: Any = None
+        self._in_flight: defer.Deferred[Any] | None = None
+        self._again = False
+        self._last_start: float | None = None
+
+    # ---- service lifetime ------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._schedule(self.first_delay, jittered=False)
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        self._cancel_timer()
+        self._again = False
+        self.health.next_poll_at = None
+        running = self._in_flight
+        if running is None:
+            return None
+        done: defer.Deferred[None] = defer.Deferred()
+        running.addBoth(lambda _: done.callback(None) if not done.called else None)
+        grace = self.reactor.callLater(self.stop_grace, running.cancel)
+        done.addBoth(lambda r: grace.cancel() if grace.active() else None)
+        return done
+
+    # ---- scheduling ------------------------------------------------------------------
+
+    def _spread(self, delay: float) -> float:
+        if self.jitter <= 0 or delay <= 0:
+            return delay
+        return delay * (1 + self.rng.uniform(-self.jitter, self.jitter))
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _schedule(self, delay: float, *, jittered: bool = True) -> None:
+        """(Re)arm the single timer to start a pass after ``delay`` seconds."""
+        self._cancel_timer()
+        if not self.running:
+            return
+        if jittered:
+            delay = self._spread(delay)
+        delay = max(0.0, delay)
+        self._timer = self.reactor.callLater(delay, self._start_pass)
+        self.health.next_poll_at = self.reactor.seconds() + delay
+
+    def _backoff_delay(self) -> float:
+        failures = max(1, self.health.consecutive_failures)
+        return min(self.backoff_cap, self.backoff_base * 2 ** min(failures - 1, 32))
+
+    def _earliest_start(self) -> float:
+        if self._last_start is None:
+            return self.reactor.seconds()
+        return max(self.reactor.seconds(), self._last_start + self.min_spacing)
+
+    def trigger(self) -> None:
+        """Ask for a pass as soon as allowed (on-demand, e.g. an IMAP client's NOOP)."""
+        if not self.running:
+            return
+        if self._in_flight is not None:
+            self._again = True
+            return
+        now = self.reactor.seconds()
+        delay = self._earliest_start() - now
+        if self._timer is not None and self._timer.active():
+            if self._timer.getTime() - now <= delay:
+                return  # already due at least as soon
+        self._schedule(delay, jittered=False)
+
+    # ---- one pass --------------------------------------------------------------------
+
+    def _start_pass(self) -> None:
+        self._timer = None
+        self.health.next_poll_at = None
+        if not self.running or self._in_flight is not None:
+            return
+        self._again = False
+        self._last_start = now = self.reactor.seconds()
+        self.health.last_attempt = now
+        self.health.in_flight = True
+        d = defer.maybeDeferred(self.fetch, self.upstream, self.store, reactor=self.reactor)
+        self._in_flight = d
+        d.addCallbacks(self._succeeded, self._failed)
+        d.addBoth(self._pass_over)
+
+    def _succeeded(self, result: FetchResult) -> None:
+        h = self.health
+        h.passes += 1
+        h.last_success = self.reactor.seconds()
+        h.consecutive_failures = 0
+        h.last_result = result
+        h.fetched_total += result.fetched
+        h.bytes_total += result.bytes
+
+    def _failed(self, failure: Any) -> None:
+        h = self.health
+        h.passes += 1
+        error = failure.value
+        if isinstance(error, defer.CancelledError):
+            return
+        partial = getattr(error, "result", None)
+        if isinstance(partial, FetchResult):
+            h.last_result = partial
+            h.fetched_total += partial.fetched
+            h.bytes_total += partial.bytes
+        h.consecutive_failures += 1
+        h.last_error_at = self.reactor.seconds()
+        h.last_error_kind = error.kind if isinstance(error, FetchError) else "internal"
+        h.last_error = str(error) or type(error).__name__
+        if not isinstance(error, FetchError):
+            log.error(
+                "pop3.poller_internal_error",
+                upstream=self.upstream.name,
+                error=type(error).__name__,
+                message=str(error),
+            )
+
+    def _pass_over(self, _: Any) -> None:
+        self._in_flight = None
+        self.health.in_flight = False
+        if not self.running:
+            return
+        if self._again:
+            self._again = False
+            self._schedule(self._earliest_start() - self.reactor.seconds(), jittered=False)
+        elif self.health.consecutive_failures:
+            delay = self._backoff_delay()
+            self._schedule(delay)
+            log.info(
+                "pop3.backoff",
+                upstream=self.upstream.name,
+                failures=self.health.consecutive_failures,
+                delay=round(delay, 1),
+            )
+        else:
+            self._schedule(self.upstream.poll_interval)

@@ -1,0 +1,615 @@
+"""Fakes shipped with the product: a real POP3 server to fetch from, and a reactor runner.
+
+:class:`FakePOP3Server` is the demo's embedded upstream and the peer of the fetcher's
+fault tests. It speaks RFC 1939 over a real socket (with CAPA from RFC 2449, STLS from
+RFC 2595 and AUTH PLAIN from RFC 5034), keeps a mutable maildrop that the caller may
+change at runtime, and has knobs (:class:`Faults`) for the ways real servers misbehave:
+dropping the connection mid-RETR, stalling, -ERR on RETR/DELE/QUIT, garbage lines,
+no UIDL, reordered listings. Duplicate UIDLs and very long lines come from the maildrop
+itself (``add_message(raw, uidl=...)`` with a repeated UIDL, or a message with long lines).
+
+:class:`ReactorThread` runs a reactor in a background thread for blocking test code
+(pytest without pytest-twisted). Neither imports the global reactor: it is passed in.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import queue
+import re
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer, interfaces
+from twisted.internet.protocol import ServerFactory
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+MAX_COMMAND_LENGTH = 1024
+"""Longest command line the fake accepts (RFC 2449 §4 allows 255 octets; be lenient)."""
+
+GARBAGE_LINE = b"this is not a listing line"
+"""The malformed line injected into UIDL and LIST answers by ``Faults.garbage_in_listings``."""
+
+_LINE_END = re.compile(rb"\r?\n")
+
+
+def normalize_message(raw: bytes) -> bytes:
+    """The message as a POP3 server stores and sends it: CRLF line ends, ending in CRLF
+    (RFC 1939 §3). Fetching it through POP3 must give back exactly these bytes."""
+    if not raw:
+        return b""
+    raw = _LINE_END.sub(b"\r\n", raw)
+    if not raw.endswith(b"\r\n"):
+        raw += b"\r\n"
+    return raw
+
+
+def dot_stuff(raw: bytes) -> bytes:
+    """The multi-line body of a RETR answer (RFC 1939 §3): each line beginning with "."
+    gets one more, every line ends in CRLF; the terminating ".CRLF" is not included."""
+    raw = normalize_message(raw)
+    if not raw:
+        return b""
+    lines = raw[:-2].split(b"\r\n")
+    return b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines)
+
+
+@dataclass(eq=False)
+class StoredMessage:
+    """One message in the fake maildrop; identity (not value) tells duplicates apart."""
+
+    uidl: str
+    raw: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.raw)
+
+
+@dataclass
+class Faults:
+    """Misbehaviour knobs; change them at any time, they are read per command.
+
+    ``drop_mid_retr`` and ``drop_at_quit`` hold UIDLs / a flag that fire once and then
+    clear themselves, so the next session behaves.
+    """
+
+    drop_mid_retr: set[str] = field(default_factory=set)
+    """UIDLs whose RETR sends about half the message, then closes the connection (once)."""
+    stall_on: set[str] = field(default_factory=set)
+    """Command verbs (e.g. "RETR", "QUIT") the server goes silent at, forever."""
+    err_on_retr: set[str] = field(default_factory=set)
+    """UIDLs answered -ERR on RETR."""
+    err_on_dele: set[str] = field(default_factory=set)
+    """UIDLs answered -ERR on DELE."""
+    err_on_quit: bool = False
+    """QUIT answers -ERR and commits no deletion (RFC 1939 §6 allows a failed UPDATE)."""
+    drop_at_quit: bool = False
+    """QUIT closes the connection without answering or committing (once)."""
+    garbage_in_listings: bool = False
+    """UIDL and LIST answers (multi-line forms) start with :data:`GARBAGE_LINE`."""
+    garbage_after_greeting: bool = False
+    """An unsolicited junk line follows the greeting."""
+    no_uidl: bool = False
+    """UIDL is not supported (-ERR, and absent from CAPA)."""
+    reverse_listings: bool = False
+    """UIDL and LIST lines come in descending message-number order."""
+    apop_challenge: bool = False
+    """The greeting carries an APOP challenge (RFC 1939 §7) like many real servers."""
+    understate_list_sizes: bool = False
+    """LIST (and STAT) report a tenth of each message's real size, as a buggy server might."""
+
+
+@dataclass(frozen=True)
+class CommandRecord:
+    """One command as the fake received it; PASS and AUTH arguments are redacted."""
+
+    session: int
+    verb: str
+    args: tuple[str, ...]
+    tls: bool
+
+
+class FakePOP3Protocol(LineOnlyReceiver):
+    """One POP3 session: AUTHORIZATION → TRANSACTION → UPDATE (RFC 1939 §3)."""
+
+    delimiter = b"\r\n"
+    MAX_LENGTH = MAX_COMMAND_LENGTH
+
+    def __init__(self, server: FakePOP3Server, session: int) -> None:
+        self.server = server
+        self.session = session
+        self.state = "AUTHORIZATION"
+        self.user: str | None = None
+        self.maildrop: list[StoredMessage] = []
+        self.deleted: set[int] = set()
+        self.challenge = b"<%d.%d@fake.popgate.invalid>" % (os.getpid(), session)
+        self.tls = False
+        self.stalled = False
+        self.holds_lock = False
+
+    # ---- plumbing ----------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.tls = interfaces.ISSLTransport.providedBy(self.transport)
+        greeting = b"+OK popgate fake POP3 server ready"
+        if self.server.faults.apop_challenge:
+            greeting += b" " + self.challenge
+        self.sendLine(greeting)
+        if self.server.faults.garbage_after_greeting:
+            self.sendLine(GARBAGE_LINE)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.holds_lock:
+            self.server._locked = False
+            self.holds_lock = False
+        self.server._session_ended(self)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.sendLine(b"-ERR command line too long")
+        self.transport.loseConnection()
+
+    def ok(self, text: bytes = b"") -> None:
+        self.sendLine(b"+OK " + text if text else b"+OK")
+
+    def err(self, text: bytes) -> None:
+        self.sendLine(b"-ERR " + text)
+
+    def multi(self, first: bytes, body_lines: Iterable[bytes]) -> None:
+        self.transport.write(
+            b"+OK "
+            + first
+            + b"\r\n"
+            + b"".join((b"." + x if x.startswith(b".") else x) + b"\r\n" for x in body_lines)
+            + b".\r\n"
+        )
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.stalled:
+            return
+        verb_bytes, _, rest = line.partition(b" ")
+        verb = verb_bytes.decode("ascii", "replace").upper()
+        args = rest.split() if rest else []
+        shown = (
+            ("***",)
+            if verb in ("PASS", "AUTH") and args
+            else tuple(a.decode("utf-8", "replace") for a in args)
+        )
+        self.server.commands.append(CommandRecord(self.session, verb, shown, self.tls))
+        if self.server.command_hook is not None:
+            self.server.command_hook(self, verb, args)
+        if verb in self.server.faults.stall_on:
+            self.stalled = True
+            return
+        handler = getattr(self, f"do_{verb}", None)
+        allowed = self._ALLOWED.get(verb)
+        if handler is None or allowed is None:
+            self.err(b"unknown command")
+        elif self.state not in allowed:
+            self.err(b"command not valid in this state")
+        else:
+            handler(args)
+
+    _ALLOWED = {
+        "CAPA": ("AUTHORIZATION", "TRANSACTION"),
+        "STLS": ("AUTHORIZATION",),
+        "USER": ("AUTHORIZATION",),
+        "PASS": ("AUTHORIZATION",),
+        "APOP": ("AUTHORIZATION",),
+        "AUTH": ("AUTHORIZATION",),
+        "QUIT": ("AUTHORIZATION", "TRANSACTION"),
+        "STAT": ("TRANSACTION",),
+        "LIST": ("TRANSACTION",),
+        "UIDL": ("TRANSACTION",),
+        "RETR": ("TRANSACTION",),
+        "TOP": ("TRANSACTION",),
+        "DELE": ("TRANSACTION",),
+        "RSET": ("TRANSACTION",),
+        "NOOP": ("TRANSACTION",),
+    }
+
+    # ---- AUTHORIZATION (RFC 1939 §4, §7; RFC 2595 §4; RFC 5034) --------------------
+
+    def do_CAPA(self, args: list[bytes]) -> None:
+        caps = [b"TOP", b"USER", b"RESP-CODES", b"SASL PLAIN"]
+        if not self.server.faults.no_uidl:
+            caps.append(b"UIDL")
+        if self.server.tls_context is not None and not self.tls and self.state == "AUTHORIZATION":
+            caps.append(b"STLS")
+        caps.append(b"IMPLEMENTATION popgate-fake")
+        self.multi(b"Capability list follows", caps)
+
+    def do_STLS(self, args: list[bytes]) -> None:
+        if self.server.tls_context is None or self.tls:
+            self.err(b"STLS not available")
+            return
+        self.ok(b"Begin TLS negotiation")
+        self.transport.startTLS(self.server.tls_context)
+        self.tls = True
+
+    def do_USER(self, args: list[bytes]) -> None:
+        if len(args) != 1:
+            self.err(b"USER needs a name")
+            return
+        self.user = args[0].decode("utf-8", "replace")
+        self.ok(b"send PASS")
+
+    def do_PASS(self, args: list[bytes]) -> None:
+        if self.user is None:
+            self.err(b"USER first")
+            return
+        password = b" ".join(args).decode("utf-8", "replace")
+        self._finish_login(self.user == self.server.user and password == self.server.password)
+
+    def do_APOP(self, args: list[bytes]) -> None:
+        if len(args) != 2 or not self.server.faults.apop_challenge:
+            self.err(b"APOP not available")
+            return
+        expected = hashlib.md5(self.challenge + self.server.password.encode()).hexdigest()
+        self.user = args[0].decode("utf-8", "replace")
+        self._finish_login(
+            self.user == self.server.user and args[1].decode("ascii", "replace") == expected
+        )
+
+    def do_AUTH(self, args: list[bytes]) -> None:
+        if len(args) != 2 or args[0].upper() != b"PLAIN":
+            self.err(b"only AUTH PLAIN with an initial response")
+            return
+        try:
+            _authz, user, password = base64.b64decode(args[1], validate=True).split(b"\0")
+        except ValueError:
+            self.err(b"malformed AUTH PLAIN response")
+            return
+        self.user = user.decode("utf-8", "replace")
+        self._finish_login(
+            self.user == self.server.user
+            and password.decode("utf-8", "replace") == self.server.password
+        )
+
+    def _finish_login(self, good: bool) -> None:
+        if not good:
+            self.user = None
+            self.err(b"[AUTH] invalid user name or password")
+            return
+        if self.server._locked:
+            self.err(b"[IN-USE] maildrop already locked")
+            return
+        self.server._locked = True
+        self.holds_lock = True
+        self.maildrop = list(self.server.messages)  # numbers are fixed for the session
+        self.deleted = set()
+        self.state = "TRANSACTION"
+        self.ok(b"maildrop locked and ready")
+
+    # ---- TRANSACTION (RFC 1939 §5) -------------------------------------------------
+
+    def _message(self, arg: bytes) -> tuple[int, StoredMessage] | None:
+        if not arg.isdigit():
+            self.err(b"invalid message number")
+            return None
+        number = int(arg)
+        if not 1 <= number <= len(self.maildrop) or number in self.deleted:
+            self.err(b"no such message")
+            return None
+        return number, self.maildrop[number - 1]
+
+    def _live(self) -> list[tuple[int, StoredMessage]]:
+        live = [(n, m) for n, m in enumerate(self.maildrop, 1) if n not in self.deleted]
+        if self.server.faults.reverse_listings:
+            live.reverse()
+        return live
+
+    def do_STAT(self, args: list[bytes]) -> None:
+        live = self._live()
+        self.ok(b"%d %d" % (len(live), sum(self._listed_size(m) for _, m in live)))
+
+    def _listing(self, args: list[bytes], value: Callable[[StoredMessage], bytes]) -> None:
+        if args:
+            found = self._message(args[0])
+            if found is not None:
+                self.ok(b"%d %s" % (found[0], value(found[1])))
+            return
+        lines = [b"%d %s" % (n, value(m)) for n, m in self._live()]
+        if self.server.faults.garbage_in_listings:
+            lines.insert(0, GARBAGE_LINE)
+        self.multi(b"listing follows", lines)
+
+    def _listed_size(self, message: StoredMessage) -> int:
+        if self.server.faults.understate_list_sizes:
+            return message.size // 10
+        return message.size
+
+    def do_LIST(self, args: list[bytes]) -> None:
+        self._listing(args, lambda m: b"%d" % self._listed_size(m))
+
+    def do_UIDL(self, args: list[bytes]) -> None:
+        if self.server.faults.no_uidl:
+            self.err(b"UIDL not supported")
+            return
+        self._listing(args, lambda m: m.uidl.encode("ascii"))
+
+    def do_RETR(self, args: list[bytes]) -> None:
+        if len(args) != 1:
+            self.err(b"RETR needs a message number")
+            return
+        found = self._message(args[0])
+        if found is None:
+            return
+        _number, message = found
+        faults = self.server.faults
+        if message.uidl in faults.err_on_retr:
+            self.err(b"message cannot be retrieved right now")
+            return
+        body = dot_stuff(message.raw)
+        if message.uidl in faults.drop_mid_retr:
+            faults.drop_mid_retr.discard(message.uidl)
+            self.transport.write(b"+OK %d octets\r\n" % message.size + body[: len(body) // 2])
+            self.transport.loseConnection()
+            return
+        self.transport.write(b"+OK %d octets\r\n" % message.size + body + b".\r\n")
+
+    def do_TOP(self, args: list[bytes]) -> None:
+        if len(args) != 2 or not args[1].isdigit():
+            self.err(b"TOP needs a message number and a line count")
+            return
+        found = self._message(args[0])
+        if found is None:
+            return
+        raw = normalize_message(found[1].raw)
+        head, sep, body = raw.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n") if head else []
+        if sep:
+            lines.append(b"")
+            lines.extend(body.split(b"\r\n")[:-1][: int(args[1])])
+        self.multi(b"top of message follows", lines)
+
+    def do_DELE(self, args: list[bytes]) -> None:
+        if len(args) != 1:
+            self.err(b"DELE needs a message number")
+            return
+        found = self._message(args[0])
+        if found is None:
+            return
+        number, message = found
+        if message.uidl in self.server.faults.err_on_dele:
+            self.err(b"message cannot be deleted")
+            return
+        self.deleted.add(number)
+        self.ok(b"message %d deleted" % number)
+
+    def do_RSET(self, args: list[bytes]) -> None:
+        self.deleted = set()
+        self.ok(b"maildrop has %d messages" % len(self.maildrop))
+
+    def do_NOOP(self, args: list[bytes]) -> None:
+        self.ok()
+
+    # ---- UPDATE (RFC 1939 §6) ------------------------------------------------------
+
+    def do_QUIT(self, args: list[bytes]) -> None:
+        faults = self.server.faults
+        if self.state == "TRANSACTION":
+            if faults.drop_at_quit:
+                faults.drop_at_quit = False
+                self.transport.loseConnection()
+                return
+            if faults.err_on_quit:
+                self.err(b"some deleted messages not removed")
+                self.transport.loseConnection()
+                return
+            gone = {id(self.maildrop[n - 1]) for n in self.deleted}
+            self.server.messages[:] = [m for m in self.server.messages if id(m) not in gone]
+            self.server.deleted_total += len(gone)
+        self.ok(b"bye")
+        self.transport.loseConnection()
+
+
+class FakePOP3Server(ServerFactory):
+    """A POP3 server (factory) over a mutable maildrop, with fault knobs.
+
+    ``messages`` is the maildrop in message-number order; a session sees a snapshot
+    taken at login (message numbers are fixed for a session, RFC 1939 §5) and its DELEs
+    are applied only at QUIT. One session at a time may hold the maildrop lock.
+    ``tls_context`` (a server context factory) enables STLS, and :meth:`listen` with
+    ``implicit_tls=True`` serves POP3S.
+    """
+
+    def __init__(
+        self,
+        user: str = "user",
+        password: str = "password",
+        *,
+        messages: Iterable[bytes | tuple[str, bytes]] = (),
+        tls_context: Any = None,
+        faults: Faults | None = None,
+        uidl_prefix: str = "fake-",
+    ) -> None:
+        self.user = user
+        self.password = password
+        self.tls_context = tls_context
+        self.faults = faults if faults is not None else Faults()
+        self.uidl_prefix = uidl_prefix
+        self.messages: list[StoredMessage] = []
+        self.commands: list[CommandRecord] = []
+        self.command_hook: Callable[[FakePOP3Protocol, str, list[bytes]], None] | None = None
+        self.sessions = 0
+        self.open_sessions: set[FakePOP3Protocol] = set()
+        self.deleted_total = 0
+        self._counter = 0
+        self._locked = False
+        self._idle_waiters: list[defer.Deferred[None]] = []
+        for item in messages:
+            if isinstance(item, tuple):
+                self.add_message(item[1], uidl=item[0])
+            else:
+                self.add_message(item)
+
+    def buildProtocol(self, addr: Any) -> FakePOP3Protocol:
+        self.sessions += 1
+        protocol = FakePOP3Protocol(self, self.sessions)
+        protocol.factory = self
+        self.open_sessions.add(protocol)
+        return protocol
+
+    def _session_ended(self, protocol: FakePOP3Protocol) -> None:
+        self.open_sessions.discard(protocol)
+        if not self.open_sessions:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def when_idle(self) -> defer.Deferred[None]:
+        """Fires once no session is open (the server side has seen every close)."""
+        if not self.open_sessions:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._idle_waiters.append(d)
+        return d
+
+    def add_message(self, raw: bytes, uidl: str | None = None) -> str:
+        """Deliver a message into the maildrop (visible from the next login); return its UIDL.
+
+        The bytes are stored as a POP3 server sends them (:func:`normalize_message`).
+        A repeated ``uidl`` is allowed on purpose: it simulates a broken server.
+        """
+        self._counter += 1
+        if uidl is None:
+            uidl = f"{self.uidl_prefix}{self._counter:08d}"
+        if not uidl or not all(0x21 <= ord(c) <= 0x7E for c in uidl):
+            raise ValueError(f"UIDL must be printable ASCII without spaces: {uidl!r}")
+        self.messages.append(StoredMessage(uidl, normalize_message(raw)))
+        return uidl
+
+    def remove_message(self, uidl: str) -> None:
+        """Remove every message with this UIDL (as another client deleting it would)."""
+        self.messages[:] = [m for m in self.messages if m.uidl != uidl]
+
+    def uidls(self) -> list[str]:
+        return [m.uidl for m in self.messages]
+
+    def raw_by_uidl(self) -> dict[str, bytes]:
+        """First message per UIDL, as RETR would return it."""
+        found: dict[str, bytes] = {}
+        for m in self.messages:
+            found.setdefault(m.uidl, m.raw)
+        return found
+
+    def listen(
+        self,
+        reactor: Any,
+        *,
+        port: int = 0,
+        interface: str = "127.0.0.1",
+        implicit_tls: bool = False,
+    ) -> Any:
+        """Listen on ``interface``:``port`` (0 = any free port); returns the listening port."""
+        if implicit_tls:
+            if self.tls_context is None:
+                raise ValueError("implicit TLS needs a tls_context")
+            return reactor.listenSSL(port, self, self.tls_context, interface=interface)
+        return reactor.listenTCP(port, self, interface=interface)
+
+
+@implementer(interfaces.IOpenSSLContextFactory)
+class ServerTLSContext:
+    """A server TLS context factory read from PEM files (certificate chain, private key),
+    for ``tls_context``: Twisted accepts any object with ``getContext()``."""
+
+    def __init__(self, cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> None:
+        from OpenSSL import SSL
+
+        context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        context.use_certificate_chain_file(os.fspath(cert_path))
+        context.use_privatekey_file(os.fspath(key_path))
+        context.check_privatekey()
+        self._context = context
+
+    def getContext(self) -> Any:
+        return self._context
+
+
+class ReactorThread:
+    """Runs ``reactor`` in a daemon thread so blocking code (pytest) can drive it.
+
+    :meth:`call` runs a function in the reactor thread and waits (with a timeout) for
+    its result, unwrapping Deferreds and re-raising failures in the caller. Objects tied
+    to the reactor thread (an SQLite connection, a listening port) must be created and
+    used through :meth:`call`.
+
+    A reactor cannot be restarted once stopped, so test suites share one runner per
+    reactor via :meth:`shared` and leave it running until the process exits.
+    """
+
+    _shared: dict[int, ReactorThread] = {}
+    _shared_lock = threading.Lock()
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self._thread: threading.Thread | None = None
+        self._external = False
+
+    @classmethod
+    def shared(cls, reactor: Any) -> ReactorThread:
+        """The process-wide runner for ``reactor``, started on first use."""
+        with cls._shared_lock:
+            runner = cls._shared.get(id(reactor))
+            if runner is None:
+                runner = cls._shared[id(reactor)] = cls(reactor).start()
+            return runner
+
+    def start(self) -> ReactorThread:
+        """Run the reactor in a new daemon thread, unless it already runs (started by
+        other test helpers), in which case calls are simply sent to it."""
+        if self._thread is not None or self._external:
+            return self
+        if self.reactor.running:
+            self._external = True
+            return self
+        started = threading.Event()
+        self.reactor.callWhenRunning(started.set)
+        self._thread = threading.Thread(
+            target=self.reactor.run,
+            kwargs={"installSignalHandlers": False},
+            name="reactor",
+            daemon=True,
+        )
+        self._thread.start()
+        if not started.wait(30):
+            raise RuntimeError("reactor did not start")
+        return self
+
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 60.0, **kw: Any) -> Any:
+        """``fn(*args, **kw)`` in the reactor thread; its (Deferred) result, or its error."""
+        if not self.reactor.running or threading.current_thread() is self._thread:
+            raise RuntimeError("call() is for other threads while the reactor runs")
+        results: queue.Queue[tuple[bool, Any]] = queue.Queue()
+
+        def run() -> None:
+            d = defer.maybeDeferred(fn, *args, **kw)
+            d.addCallbacks(
+                lambda value: results.put((True, value)),
+                lambda failure: results.put((False, failure)),
+            )
+
+        self.reactor.callFromThread(run)
+        try:
+            ok, value = results.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"{getattr(fn, '__name__', fn)!r} took over {timeout}s") from None
+        if ok:
+            return value
+        value.raiseException()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self.reactor.callFromThread(self.reactor.stop)
+        self._thread.join(30)
+        self._thread = None
