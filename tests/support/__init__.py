@@ -1,0 +1,1 @@
+"""Test support: real peers (Dovecot), a private TLS CA and free loopback ports for tests."""
