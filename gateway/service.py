@@ -80,17 +80,31 @@ def build_service(
         idle_timeout=cfg.limits.idle_timeout,
         idle_command_timeout=cfg.limits.idle_command_timeout,
     )
+    pollers: dict[str, UpstreamPoller] = {}
+    for upstream in cfg.upstreams:
+        poller = UpstreamPoller(upstream, store, reactor=reactor)
+        pollers[upstream.name] = poller
+
+    def on_activity(user: str, mailbox: str) -> None:
+        """Fetch on demand: a client looking at a mailbox an upstream delivers into
+        asks that upstream now (the poller debounces and spaces the passes)."""
+        for upstream in cfg.upstreams:
+            if upstream.owner == user and upstream.folder == mailbox:
+                pollers[upstream.name].trigger()
+
     factory = IMAPServerFactory(
-        store, authenticator, reactor=reactor, run_blocking=run_blocking, limits=limits
+        store,
+        authenticator,
+        reactor=reactor,
+        run_blocking=run_blocking,
+        limits=limits,
+        activity=on_activity,
     )
+    for poller in pollers.values():
+        poller.setServiceParent(top)
     for description in cfg.imap:
         listener = strports.service(description, factory, reactor=reactor)
         listener.setServiceParent(top)
-    pollers = {}
-    for upstream in cfg.upstreams:
-        poller = UpstreamPoller(upstream, store, reactor=reactor)
-        poller.setServiceParent(top)
-        pollers[upstream.name] = poller
     top.store = store  # type: ignore[attr-defined]
     top.imap_factory = factory  # type: ignore[attr-defined]
     top.pollers = pollers  # type: ignore[attr-defined]

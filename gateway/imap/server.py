@@ -44,6 +44,7 @@ from gateway.imap.command import (
 from gateway.imap.handler import BadCommand
 from gateway.imap.parser import CommandParser
 from gateway.imap.session import (
+    ActivityHook,
     Close,
     IdleEvent,
     IMAPSession,
@@ -170,6 +171,7 @@ class IMAPServerProtocol(Protocol):
             tls_available=factory.tls_context_factory is not None,
             plaintext_auth_allowed=factory.allow_plaintext_auth,
             utf8_available=UTF8_ACCEPT_SUPPORTED,
+            activity=factory.activity,
         )
         self.parser = self._new_parser()
         self.transport.registerProducer(self, True)
@@ -560,6 +562,8 @@ class IMAPServerFactory(Factory):
     thread: :func:`thread_runner` in production; tests may run it inline. ``clock``
     (default: the reactor) drives timeouts and keep-alives. ``allow_plaintext_auth``
     false means passwords only over TLS (LOGINDISABLED until STARTTLS, RFC 3501 §6.2.3).
+    ``activity(user, mailbox)`` is told when a client selects, idles on, polls or asks
+    STATUS of a mailbox (the service wires it to fetch-on-demand).
     """
 
     def __init__(
@@ -573,8 +577,10 @@ class IMAPServerFactory(Factory):
         tls_context_factory: Any = None,
         allow_plaintext_auth: bool = True,
         clock: IReactorTime | None = None,
+        activity: ActivityHook | None = None,
     ) -> None:
         self.store = store
+        self.activity = activity
         self.authenticator = authenticator
         self.reactor = reactor
         self.clock: IReactorTime = clock if clock is not None else reactor

@@ -41,6 +41,7 @@ from gateway.imap.command import (
     Login,
     ParseError,
     Select,
+    Status,
     UidExpunge,
 )
 from gateway.imap.handler import BadCommand, Refused, Reply, ok
@@ -167,6 +168,11 @@ def _spec(states: frozenset[State], where: str, defers_expunge: bool = False) ->
     module, function = where.split(":")
     return CommandSpec(states, module, function, defers_expunge)
 
+
+# A client looking at a mailbox with these is a good moment to fetch new upstream mail
+# for it (fetch on demand): the activity hook is called with (user, mailbox name).
+ActivityHook = Callable[[str, str], None]
+ACTIVITY_COMMANDS = frozenset({"SELECT", "EXAMINE", "IDLE", "NOOP", "CHECK", "STATUS"})
 
 COMMANDS: dict[str, CommandSpec] = {
     # any state (RFC 3501 §6.1, RFC 2971)
@@ -397,9 +403,11 @@ class IMAPSession:
         tls_available: bool = False,
         plaintext_auth_allowed: bool = True,
         utf8_available: bool = False,
+        activity: ActivityHook | None = None,
     ) -> None:
         self.store = store
         self.authenticator = authenticator
+        self.activity = activity
         self.peer = peer
         self.tls_active = tls_active
         self.tls_available = tls_available
@@ -488,6 +496,8 @@ class IMAPSession:
         others (RFC 3501 §5.2, §7), then the tagged completion."""
         key = _table_key(cmd)
         spec = COMMANDS.get(key)
+        if spec is not None and key in ACTIVITY_COMMANDS and self.state in spec.states:
+            self._note_activity(cmd)
         if spec is None:
             log.info("imap.command_error", command=key, kind="unsupported")
             yield tagged(cmd.tag, Reply("BAD", f"{key} is not supported"))
@@ -561,6 +571,25 @@ class IMAPSession:
         after, self._after_reply = self._after_reply, None
         if after is not None:
             yield after
+
+    def _note_activity(self, cmd: Command) -> None:
+        """Tell the activity hook which mailbox a client is looking at, so the POP3
+        side can fetch on demand. A hook failure never affects the command."""
+        if self.activity is None or self.user is None:
+            return
+        if isinstance(cmd, Select | Status):
+            try:
+                name = self.mailbox_name(cmd.mailbox)
+            except Exception:
+                return
+        elif self.selected is not None:
+            name = self.selected.mailbox.name
+        else:
+            return
+        try:
+            self.activity(self.user, name)
+        except Exception:
+            log.exception("imap.activity_hook_failed", user=self.user, mailbox=name)
 
     def parse_error(self, error: ParseError) -> Run:
         """RFC 3501 §7.1.3/§7.1.5: BAD (or NO for a refused size) for a command that
