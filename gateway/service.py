@@ -8,6 +8,7 @@ collaborators as arguments, so tests build the same service on a private reactor
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -137,5 +138,6 @@ def makeService(options: Options) -> service.IService:
         cfg = configmod.load(options["config"])
     except configmod.ConfigError as e:
         raise SystemExit(f"popgate: configuration errors:\n{e}") from None
-    logs.configure(cfg.log_level, cfg.log_format)
+    # twistd replaces sys.stdout with its own logger; our JSON lines go to the real stdout
+    logs.configure(cfg.log_level, cfg.log_format, stream=sys.__stdout__)
     return build_service(cfg, reactor)
