@@ -287,9 +287,14 @@ def test_multiappend_is_all_or_nothing(tmp_path: Path) -> None:
     harness = Harness(tmp_path / "store.db", max_message_size=200)
     try:
         big = b"Subject: big\r\n\r\n" + b"x" * 300 + b"\r\n"
+        before = harness.mailbox()
         line = b"a APPEND INBOX {%d}\r\n%s {%d}\r\n%s" % (len(MESSAGE), MESSAGE, len(big), big)
         assert harness.run(line) == b"a NO [TOOBIG] Message too large\r\n"
-        assert harness.store.message_rows(harness.mailbox().id) == []
+        assert harness.store.message_rows(before.id) == []
+        # No trace at all: no UID used up, no modseq, nothing for QRESYNC to report.
+        after = harness.mailbox()
+        assert (after.uidnext, after.highestmodseq) == (before.uidnext, before.highestmodseq)
+        assert harness.store.changes_since(before.id, 0).expunged == []
     finally:
         harness.close()
 

@@ -46,6 +46,7 @@ from gateway.store.interfaces import (
     MailboxNotAllowed,
     MailboxNotFound,
     MessageTooLarge,
+    NewMessage,
     Store,
 )
 from gateway.store.memory import MemoryState, MemoryStore
@@ -536,6 +537,63 @@ def test_append_over_the_size_limit_raises_and_writes_nothing(store: Store) -> N
     exact = make_message(body="")
     exact += b"y" * (SMALL_LIMIT - len(exact))
     assert store.append(box, exact) == 1
+
+
+def test_append_many_adds_all_with_consecutive_uids_in_one_change(store: Store) -> None:
+    """RFC 3502 MULTIAPPEND: the messages get consecutive UIDs in the given order, their
+    own flags and dates, one modseq, and listeners hear of the mailbox once."""
+    box = inbox(store)
+    store.append(box, make_message(subject="first"))
+    before = store.counts(box).highestmodseq
+    heard: list[int] = []
+    store.add_listener(heard.append)
+    when = datetime.datetime(2021, 3, 4, 5, 6, 7, tzinfo=datetime.UTC)
+    raws = [make_message(subject=f"multi {i}") for i in range(3)]
+    got = store.append_many(
+        box,
+        [
+            NewMessage(raws[0]),
+            NewMessage(raws[1], ("\\Seen", "$Work"), when),
+            NewMessage(raws[2], ("\\flagged",)),
+        ],
+    )
+    assert got == [2, 3, 4]
+    assert heard == [box]
+    assert [store.message_bytes(box, u) for u in got] == raws
+    rows = {r.uid: r for r in store.message_rows(box)}
+    assert rows[3].flags == {"\\Seen", "$Work", "\\Recent"}
+    assert rows[4].flags == {"\\Flagged", "\\Recent"}
+    assert {rows[u].modseq for u in got} == {before + 1}
+    assert store.counts(box).highestmodseq == before + 1
+    (info,) = store.message_info(box, [3])
+    assert info.internaldate == when
+    assert store.append_many(box, []) == []
+
+
+def test_append_many_is_all_or_nothing(store: Store) -> None:
+    """RFC 3502 §6.3.11: when one message is refused, none is stored: no rows, no UIDs
+    used up, no modseq, no listener call."""
+    box = inbox(store)
+    before = store.get_mailbox("alice", INBOX)
+    heard: list[int] = []
+    store.add_listener(heard.append)
+    good = NewMessage(make_message())
+    with pytest.raises(MessageTooLarge):
+        store.append_many(box, [good, NewMessage(make_message(body="x" * SMALL_LIMIT))])
+    with pytest.raises(ValueError):
+        store.append_many(box, [good, NewMessage(make_message(), ("bad flag",))])
+    after = store.get_mailbox("alice", INBOX)
+    assert store.message_rows(box) == []
+    assert (after.uidnext, after.highestmodseq) == (before.uidnext, before.highestmodseq)
+    assert heard == []
+    assert store.append_many(box, [good, good]) == [1, 2]
+
+
+def test_append_many_to_missing_mailbox_raises_not_found(store: Store) -> None:
+    box = store.create_mailbox("alice", "tmp")
+    store.delete_mailbox("alice", "tmp")
+    with pytest.raises(MailboxNotFound):
+        store.append_many(box.id, [NewMessage(make_message())])
 
 
 def test_uids_are_never_reused_after_expunge_or_reopen(backend: Backend, store: Store) -> None:

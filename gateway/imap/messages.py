@@ -18,7 +18,7 @@ from gateway.imap import fetch_items, wire
 from gateway.imap.command import Append, Copy, Fetch, FetchAttr, Search, Simple, UidExpunge
 from gateway.imap.command import Store as StoreCmd
 from gateway.imap.handler import BadCommand, Handler, Refused, ok
-from gateway.store.interfaces import MailboxNotFound, MessageInfo, StoreError
+from gateway.store.interfaces import MailboxNotFound, MessageInfo, NewMessage
 
 if TYPE_CHECKING:
     from gateway.imap.handler import SelectedView, Session
@@ -595,9 +595,9 @@ def append(session: Session, cmd: Append) -> Handler:
     """APPEND, RFC 3501 §6.3.11, MULTIAPPEND (RFC 3502) and APPENDUID (RFC 4315 §3).
 
     A missing mailbox is ``NO [TRYCREATE]``. MULTIAPPEND is all-or-nothing (RFC 3502
-    §6.3.11): when a later message is refused, the ones already stored are expunged
-    again before the error is reported. New messages in the selected mailbox are
-    announced by the session's catch-up (EXISTS), not here.
+    §6.3.11): the messages go to the store in one transaction (``append_many``), so a
+    refused one leaves no trace of the others, not even a modseq or UID. New messages in
+    the selected mailbox are announced by the session's catch-up (EXISTS), not here.
     """
     target = _existing_mailbox(session, cmd.mailbox)
     if not cmd.messages:
@@ -606,17 +606,8 @@ def append(session: Session, cmd: Append) -> Handler:
     for message in cmd.messages:
         if not message.data:
             raise BadCommand("empty message")
-        prepared.append((message.data, clean_flags(message.flags), message.date))
-    store_ = session.store
-    done: list[int] = []
-    try:
-        for data, flags, date in prepared:
-            done.append(store_.append(target.id, data, flags, date))
-    except StoreError:
-        if done:
-            store_.store_flags(target.id, done, "+", [DELETED])
-            store_.expunge(target.id, done)
-        raise
+        prepared.append(NewMessage(message.data, tuple(clean_flags(message.flags)), message.date))
+    done = session.store.append_many(target.id, prepared)
     yield from ()  # a handler is a generator even when it has no untagged data
     code = f"APPENDUID {target.uidvalidity} {wire.sequence_set_text(sorted(done)).decode()}"
     return ok("APPEND completed", code)

@@ -58,6 +58,7 @@ from gateway.store.interfaces import (
     Store,
     StoreError,
 )
+from gateway.store.search import SearchTooComplex
 
 log = structlog.get_logger(__name__)
 
@@ -101,6 +102,9 @@ class RunBlocking:
     with its result, or the exception is thrown into it."""
 
     call: Callable[[], Any]
+    login: str | None = None
+    """Set (to the user name given) when ``call`` checks a password: the glue then
+    applies the login penalty, failure budgets and connection limit around it."""
 
 
 @dataclass(frozen=True)
@@ -417,6 +421,9 @@ class IMAPSession:
         self.user: str | None = None
         self.selected: View | None = None
         self.enabled: set[str] = set()
+        self.last_reply: Reply | None = None
+        """The tagged reply of the last command run (None when it ended the connection
+        without one, e.g. BYE); the transport glue reports it to its observer."""
         self._after_reply: Action | None = None
 
     # -- facts for the transport glue and the handlers --
@@ -496,15 +503,16 @@ class IMAPSession:
         others (RFC 3501 §5.2, §7), then the tagged completion."""
         key = _table_key(cmd)
         spec = COMMANDS.get(key)
+        self.last_reply = None
         if spec is not None and key in ACTIVITY_COMMANDS and self.state in spec.states:
             self._note_activity(cmd)
         if spec is None:
             log.info("imap.command_error", command=key, kind="unsupported")
-            yield tagged(cmd.tag, Reply("BAD", f"{key} is not supported"))
+            yield self._tagged(cmd.tag, Reply("BAD", f"{key} is not supported"))
             return
         if self.state not in spec.states:
             log.info("imap.command_error", command=key, kind="state", state=self.state.value)
-            yield tagged(cmd.tag, Reply("BAD", f"{key} not allowed in this state"))
+            yield self._tagged(cmd.tag, Reply("BAD", f"{key} not allowed in this state"))
             return
         condstore_before = self.condstore_active()
         self._after_reply = None
@@ -567,7 +575,7 @@ class IMAPSession:
                 # RFC 7162 §3.1: the first CONDSTORE enabling command run while a mailbox
                 # is selected tells the client where modseqs stand.
                 yield b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % self.selected.highestmodseq
-        yield tagged(cmd.tag, reply)
+        yield self._tagged(cmd.tag, reply)
         after, self._after_reply = self._after_reply, None
         if after is not None:
             yield after
@@ -594,6 +602,7 @@ class IMAPSession:
     def parse_error(self, error: ParseError) -> Run:
         """RFC 3501 §7.1.3/§7.1.5: BAD (or NO for a refused size) for a command that
         could not be parsed; ``* BYE`` and close when the stream cannot be resynchronised."""
+        self.last_reply = None
         log.info(
             "imap.command_error",
             command=None,
@@ -606,7 +615,11 @@ class IMAPSession:
             yield f"* BYE {code}{_clean_text(error.message)}\r\n".encode("ascii")
             yield Close()
             return
-        yield tagged(error.tag or "*", Reply(error.status, error.message, error.code))
+        yield self._tagged(error.tag or "*", Reply(error.status, error.message, error.code))
+
+    def _tagged(self, tag: str, reply: Reply) -> bytes:
+        self.last_reply = reply
+        return tagged(tag, reply)
 
     def reply_for_error(self, exc: Exception, cmd: Command) -> Reply:
         """The one mapping from an exception to a tagged reply (STYLE.md habit 4).
@@ -622,6 +635,10 @@ class IMAPSession:
         if isinstance(exc, BadCommand):
             log.info("imap.command_error", command=command, kind="bad")
             return Reply("BAD", exc.text, exc.code)
+        if isinstance(exc, SearchTooComplex):
+            # The store's bound on a search program (RFC 5530 LIMIT), not a server bug.
+            log.info("imap.command_error", command=command, kind="limit", code="LIMIT")
+            return Reply("NO", "Search program too complex", "LIMIT")
         if isinstance(exc, StoreError):
             reply = _store_error_reply(exc, command)
             if reply is not None:
@@ -663,20 +680,21 @@ class IMAPSession:
         for uid in changes.expunged:
             if uid in view.flags:
                 view.pending_expunge.add(uid)
-        if allow_expunge and view.pending_expunge:
-            yield from self._report_expunges(view)
         last = view.uids[-1] if view.uids else 0
         new_rows = [row for row in changes.changed if row.uid > last]
+        # \Recent goes to the first session told of a message (RFC 3501 §2.3.2): claim
+        # it before anything is yielded, since another session may run while this one
+        # waits for its client to read.
+        claim = [row.uid for row in new_rows if RECENT in row.flags and not view.readonly]
+        if claim:
+            self.store.clear_recent(view.mailbox.id, claim)
+        if allow_expunge and view.pending_expunge:
+            yield from self._report_expunges(view)
         if new_rows:
-            claim = []
             for row in new_rows:
                 view.uids.append(row.uid)
                 view.flags[row.uid] = row.flags
                 view.modseqs[row.uid] = row.modseq
-                if RECENT in row.flags and not view.readonly:
-                    claim.append(row.uid)
-            if claim:
-                self.store.clear_recent(view.mailbox.id, claim)
             yield b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(view.uids), view.recent_count())
         condstore = self.condstore_active()
         with_uid = uid_form or condstore
@@ -825,7 +843,7 @@ def _login(session: IMAPSession, cmd: Login) -> SessionHandler:
         canonical = None
     else:
         canonical = yield RunBlocking(
-            partial(session.authenticator.authenticate, user, cmd.password)
+            partial(session.authenticator.authenticate, user, cmd.password), login=user
         )
     return _finish_login(session, user, canonical)
 
@@ -858,7 +876,9 @@ def _authenticate(session: IMAPSession, cmd: Authenticate) -> SessionHandler:
         proxy = authzid.decode("utf-8")
     except UnicodeDecodeError:
         return _finish_login(session, authcid.decode("utf-8", "replace"), None)
-    canonical = yield RunBlocking(partial(session.authenticator.authenticate, user, password))
+    canonical = yield RunBlocking(
+        partial(session.authenticator.authenticate, user, password), login=user
+    )
     if proxy and proxy not in (user, canonical):
         # RFC 4616 §2: acting as another user (authzid) is not supported.
         canonical = None

@@ -125,6 +125,16 @@ class StoreResult:
 
 
 @dataclass(frozen=True)
+class NewMessage:
+    """One message for :meth:`Store.append_many`: the bytes, the flags to set and the
+    INTERNALDATE (None: now), as one APPEND argument carries them (RFC 3501 §6.3.11)."""
+
+    raw: bytes
+    flags: tuple[str, ...] = ()
+    internaldate: datetime.datetime | None = None
+
+
+@dataclass(frozen=True)
 class Delivery:
     """One fetched message and its ledger key, committed together (exactly-once)."""
 
@@ -142,10 +152,13 @@ class LedgerEntry:
 
     upstream: str
     uidl: str
-    state: str  # "delivered" | "skipped"
+    state: str  # "delivered" | "skipped" | "imported" (known from another fetcher's state)
     reason: str | None  # why it was skipped; None when delivered
     fetched_at: datetime.datetime  # timezone-aware (UTC)
     size: int | None  # size on the server if known, else size received
+    stored: bool | None = None
+    """For "delivered": whether the message still exists in some mailbox of the store
+    (False once the user expunged every copy); None for other states or when unknown."""
 
 
 ChangeListener = Callable[[int], None]
@@ -201,6 +214,11 @@ class Store(Protocol):
     ) -> int:
         """Adds a message; returns its UID. Raises MailboxNotFound, MessageTooLarge, OverQuota."""
 
+    def append_many(self, mailbox_id: int, messages: Sequence[NewMessage]) -> list[int]:
+        """Adds several messages in one transaction (RFC 3502 MULTIAPPEND is atomic):
+        all are stored, with consecutive UIDs in the given order, or none is (the error
+        is raised and nothing changed). Raises what :meth:`append` raises."""
+
     def store_flags(
         self,
         mailbox_id: int,
@@ -229,14 +247,29 @@ class Store(Protocol):
 
     # ---- POP3 ledger -----------------------------------------------------------
     def known_uidls(self, upstream: str) -> set[str]:
-        """UIDLs already delivered (or deliberately skipped) for this upstream."""
+        """UIDLs already delivered, deliberately skipped or imported for this upstream."""
 
     def deliver(self, owner: str, mailbox: str, delivery: Delivery) -> int | None:
         """Stores the message and records its UIDL in one durable transaction.
         Returns the new UID, or None if the UIDL was already known (nothing written)."""
 
+    def deliver_many(
+        self, owner: str, mailbox: str, deliveries: Sequence[Delivery], *, dedup: bool = False
+    ) -> list[int | None]:
+        """Like :meth:`deliver` for several messages in ONE durable transaction (fast
+        bulk import: one fsync per batch): all are committed, or none. Returns, per
+        delivery, the new UID or None when nothing was added to the mailbox: the UIDL was
+        already known, or (``dedup``) the mailbox already holds the same bytes delivered
+        through another upstream, in which case the ledger row is still written and
+        points at that message."""
+
     def record_skipped(self, upstream: str, uidl: str, reason: str) -> None:
         """Remembers a UIDL that will not be fetched (e.g. too large), so status shows it."""
+
+    def record_imported(self, upstream: str, uidls: Iterable[str], reason: str) -> int:
+        """Records UIDLs another fetcher already downloaded (state "imported": known,
+        never fetched, never deleted upstream) in one transaction; UIDLs already in the
+        ledger are left alone. Returns how many were added."""
 
     def forget_uidls(self, upstream: str, uidls: Iterable[str]) -> None:
         """Drops ledger entries the upstream no longer lists."""

@@ -10,6 +10,7 @@ before it mutates anything, which is what makes it atomic without transactions.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -47,6 +48,7 @@ from gateway.store.interfaces import (
     MessageInfo,
     MessageRow,
     MessageTooLarge,
+    NewMessage,
     StoreError,
     StoreResult,
 )
@@ -116,6 +118,8 @@ class MemoryState:
     uidvalidity: int = 0
     subscriptions: set[tuple[str, str]] = field(default_factory=set)
     ledger: dict[tuple[str, str], LedgerEntry] = field(default_factory=dict)
+    ledger_messages: dict[tuple[str, str], _Message] = field(default_factory=dict)
+    """The message each delivered ledger row points at (SQLite's ledger.message_id)."""
 
 
 class MemoryStore:
@@ -411,6 +415,16 @@ class MemoryStore:
         self._notify([mailbox_id])
         return uid
 
+    def append_many(self, mailbox_id: int, messages: Sequence[NewMessage]) -> list[int]:
+        """RFC 3502 MULTIAPPEND: all checked first, then added together (or none)."""
+        prepared = [(self._ingest(m.raw, m.internaldate), flag_map(m.flags)) for m in messages]
+        box = self._box(mailbox_id)
+        if not prepared:
+            return []
+        uids = self._add(box, prepared)
+        self._notify([mailbox_id])
+        return uids
+
     def store_flags(
         self,
         mailbox_id: int,
@@ -527,8 +541,85 @@ class MemoryStore:
             size=size if size is not None else len(delivery.raw),
         )
         self.state.ledger[key] = entry
+        self.state.ledger_messages[key] = message
         self._notify([box.id])
         return uid
+
+    def deliver_many(
+        self, owner: str, mailbox: str, deliveries: Sequence[Delivery], *, dedup: bool = False
+    ) -> list[int | None]:
+        mailbox = normalise_name(mailbox)
+        if mailbox != INBOX:
+            check_mailbox_name(mailbox)
+        state = self._live()
+        items = list(deliveries)
+        ready: list[_Message | None] = [
+            None if (d.upstream, d.uidl) in state.ledger else self._ingest(d.raw, d.internaldate)
+            for d in items
+        ]
+        results: list[int | None] = [None] * len(items)
+        if all(m is None for m in ready):
+            return results
+        self.ensure_user(owner)
+        box = self._find(owner, mailbox)
+        if box is None:
+            self._create_parents(owner, mailbox)
+            box = self._create(owner, mailbox, None)
+        now = datetime.datetime.fromtimestamp(self._clock(), datetime.UTC)
+        new: list[tuple[int, _Message]] = []
+        for index, (delivery, message) in enumerate(zip(items, ready, strict=True)):
+            key = (delivery.upstream, delivery.uidl)
+            if message is None or key in state.ledger:
+                continue
+            if dedup:
+                owners = {
+                    id(m) for k, m in state.ledger_messages.items() if k[0] != delivery.upstream
+                }
+                for row in box.rows.values():
+                    if id(row.message) in owners and row.message.raw == message.raw:
+                        message = row.message
+                        break
+                else:
+                    new.append((index, message))
+            else:
+                new.append((index, message))
+            size = delivery.size_on_server
+            state.ledger[key] = LedgerEntry(
+                upstream=delivery.upstream,
+                uidl=delivery.uidl,
+                state="delivered",
+                reason=None,
+                fetched_at=now,
+                size=size if size is not None else len(delivery.raw),
+            )
+            state.ledger_messages[key] = message
+        if new:
+            uids = self._add(box, [(m, {}) for _i, m in new])
+            for (index, _m), uid in zip(new, uids, strict=True):
+                results[index] = uid
+            self._notify([box.id])
+        return results
+
+    def record_imported(self, upstream: str, uidls: Iterable[str], reason: str) -> int:
+        if isinstance(uidls, str):
+            raise TypeError("uidls must be an iterable of str, not one str")
+        state = self._live()
+        now = datetime.datetime.fromtimestamp(self._clock(), datetime.UTC)
+        added = 0
+        for uidl in uidls:
+            key = (upstream, str(uidl))
+            if key in state.ledger:
+                continue
+            state.ledger[key] = LedgerEntry(
+                upstream=upstream,
+                uidl=str(uidl),
+                state="imported",
+                reason=reason,
+                fetched_at=now,
+                size=None,
+            )
+            added += 1
+        return added
 
     def record_skipped(self, upstream: str, uidl: str, reason: str) -> None:
         old = self._live().ledger.get((upstream, uidl))
@@ -548,10 +639,20 @@ class MemoryStore:
             raise TypeError("uidls must be an iterable of str, not one str")
         for uidl in uidls:
             self._live().ledger.pop((upstream, uidl), None)
+            self.state.ledger_messages.pop((upstream, uidl), None)
 
     def ledger_entries(self, upstream: str) -> list[LedgerEntry]:
-        entries = [e for (up, _u), e in self._live().ledger.items() if up == upstream]
-        return sorted(entries, key=lambda e: e.uidl)
+        state = self._live()
+        entries = [e for (up, _u), e in state.ledger.items() if up == upstream]
+        live = {id(row.message) for box in state.boxes.values() for row in box.rows.values()}
+        out = []
+        for entry in sorted(entries, key=lambda e: e.uidl):
+            message = state.ledger_messages.get((upstream, entry.uidl))
+            stored = None
+            if entry.state == "delivered":
+                stored = message is not None and id(message) in live
+            out.append(dataclasses.replace(entry, stored=stored))
+        return out
 
     # ---- notification and lifetime -------------------------------------------------
 

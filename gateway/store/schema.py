@@ -158,7 +158,31 @@ _V1 = _statements(
     "CREATE INDEX ledger_message ON ledger (message_id)",
 )
 
-MIGRATIONS: Sequence[Migration] = (_V1,)
+# Version 2 (POP3 fetcher): the ledger learns the state 'imported' (UIDLs taken over from
+# fetchmail/getmail state files, never fetched), which a CHECK constraint can only gain by
+# rebuilding the table; and message.sha256 gets an index for content dedup across upstreams.
+_V2 = _statements(
+    """
+    CREATE TABLE ledger_v2 (
+        upstream   TEXT NOT NULL,
+        uidl       TEXT NOT NULL,
+        message_id INTEGER REFERENCES message (id) ON DELETE SET NULL,
+        state      TEXT NOT NULL CHECK (state IN ('delivered', 'skipped', 'imported')),
+        reason     TEXT,
+        fetched_at REAL NOT NULL,
+        size       INTEGER,
+        PRIMARY KEY (upstream, uidl)
+    ) WITHOUT ROWID
+    """,
+    "INSERT INTO ledger_v2 SELECT upstream, uidl, message_id, state, reason, fetched_at, size"
+    " FROM ledger",
+    "DROP TABLE ledger",
+    "ALTER TABLE ledger_v2 RENAME TO ledger",
+    "CREATE INDEX ledger_message ON ledger (message_id)",
+    "CREATE INDEX message_sha256 ON message (sha256)",
+)
+
+MIGRATIONS: Sequence[Migration] = (_V1, _V2)
 """Entry *i* takes a database from version *i* to *i + 1*. Append only."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
