@@ -98,6 +98,8 @@ class Faults:
     """An unsolicited junk line follows the greeting."""
     no_uidl: bool = False
     """UIDL is not supported (-ERR, and absent from CAPA)."""
+    no_top: bool = False
+    """TOP is not supported (-ERR, and absent from CAPA)."""
     reverse_listings: bool = False
     """UIDL and LIST lines come in descending message-number order."""
     apop_challenge: bool = False
@@ -133,6 +135,7 @@ class FakePOP3Protocol(LineOnlyReceiver):
         self.tls = False
         self.stalled = False
         self.holds_lock = False
+        self.awaiting_sasl = False
 
     # ---- plumbing ----------------------------------------------------------------
 
@@ -172,6 +175,11 @@ class FakePOP3Protocol(LineOnlyReceiver):
 
     def lineReceived(self, line: bytes) -> None:
         if self.stalled:
+            return
+        if self.awaiting_sasl:
+            self.awaiting_sasl = False
+            self.server.commands.append(CommandRecord(self.session, "AUTH-RESPONSE", (), self.tls))
+            self._sasl_plain(line.strip())
             return
         verb_bytes, _, rest = line.partition(b" ")
         verb = verb_bytes.decode("ascii", "replace").upper()
@@ -217,7 +225,11 @@ class FakePOP3Protocol(LineOnlyReceiver):
     # ---- AUTHORIZATION (RFC 1939 §4, §7; RFC 2595 §4; RFC 5034) --------------------
 
     def do_CAPA(self, args: list[bytes]) -> None:
-        caps = [b"TOP", b"USER", b"RESP-CODES", b"SASL PLAIN"]
+        caps = [b"USER", b"RESP-CODES"]
+        if not self.server.faults.no_top:
+            caps.append(b"TOP")
+        if self.server.sasl:
+            caps.append(b"SASL " + b" ".join(m.encode("ascii") for m in self.server.sasl))
         if not self.server.faults.no_uidl:
             caps.append(b"UIDL")
         if self.server.tls_context is not None and not self.tls and self.state == "AUTHORIZATION":
@@ -258,11 +270,26 @@ class FakePOP3Protocol(LineOnlyReceiver):
         )
 
     def do_AUTH(self, args: list[bytes]) -> None:
-        if len(args) != 2 or args[0].upper() != b"PLAIN":
-            self.err(b"only AUTH PLAIN with an initial response")
+        """RFC 5034 §4: AUTH PLAIN with or without an initial response (then the server
+        sends an empty "+ " challenge and the next line is the response)."""
+        if not args or args[0].upper() != b"PLAIN" or "PLAIN" not in self.server.sasl:
+            self.err(b"unsupported SASL mechanism")
+            return
+        if len(args) == 1:
+            self.sendLine(b"+ ")
+            self.awaiting_sasl = True
+            return
+        if len(args) != 2:
+            self.err(b"malformed AUTH command")
+            return
+        self._sasl_plain(args[1])
+
+    def _sasl_plain(self, response: bytes) -> None:
+        if response == b"*":
+            self.err(b"AUTH cancelled")  # RFC 5034 §4: the client may cancel with "*"
             return
         try:
-            _authz, user, password = base64.b64decode(args[1], validate=True).split(b"\0")
+            _authz, user, password = base64.b64decode(response, validate=True).split(b"\0")
         except ValueError:
             self.err(b"malformed AUTH PLAIN response")
             return
@@ -355,6 +382,9 @@ class FakePOP3Protocol(LineOnlyReceiver):
         self.transport.write(b"+OK %d octets\r\n" % message.size + body + b".\r\n")
 
     def do_TOP(self, args: list[bytes]) -> None:
+        if self.server.faults.no_top:
+            self.err(b"TOP not supported")
+            return
         if len(args) != 2 or not args[1].isdigit():
             self.err(b"TOP needs a message number and a line count")
             return
@@ -417,7 +447,8 @@ class FakePOP3Server(ServerFactory):
     taken at login (message numbers are fixed for a session, RFC 1939 §5) and its DELEs
     are applied only at QUIT. One session at a time may hold the maildrop lock.
     ``tls_context`` (a server context factory) enables STLS, and :meth:`listen` with
-    ``implicit_tls=True`` serves POP3S.
+    ``implicit_tls=True`` serves POP3S. ``sasl`` lists the SASL mechanisms CAPA offers
+    (empty: no AUTH at all, as an old server).
     """
 
     def __init__(
@@ -429,8 +460,11 @@ class FakePOP3Server(ServerFactory):
         tls_context: Any = None,
         faults: Faults | None = None,
         uidl_prefix: str = "fake-",
+        sasl: Iterable[str] = ("PLAIN",),
     ) -> None:
         self.user = user
+        self.sasl = tuple(sasl)
+        """SASL mechanisms offered in CAPA (RFC 5034 §6); only PLAIN is implemented."""
         self.password = password
         self.tls_context = tls_context
         self.faults = faults if faults is not None else Faults()

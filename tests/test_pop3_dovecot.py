@@ -137,3 +137,30 @@ def test_system_trust_refuses_the_private_ca(rt, store, seeded, tls) -> None:
     assert "TLS certificate verification failed for 127.0.0.1" in str(info.value)
     assert inbox(rt, store) == []
     assert f"user=<{USER}>" not in seeded.log_tail(1000)
+
+
+@pytest.mark.parametrize(("tls", "auth"), [("starttls", "plain"), ("implicit", "auto")])
+def test_sasl_plain_login_fetches_from_dovecot(rt, store, dovecot, tls, auth, monkeypatch) -> None:
+    """Dovecot offers SASL PLAIN in CAPA (RFC 5034 §6); "plain" and "auto" use AUTH PLAIN."""
+    from gateway.pop3.client import UpstreamClient
+
+    sent: list[bytes] = []
+    original = UpstreamClient.sendShort
+
+    def recording(self, cmd, args):
+        sent.append(cmd)
+        return original(self, cmd, args)
+
+    monkeypatch.setattr(UpstreamClient, "sendShort", recording)
+    dovecot.deliver_many(USER, samplemail.generate(3, seed=8))
+    host = "localhost" if tls == "implicit" else "127.0.0.1"
+    result = fetch(rt, upstream_for(dovecot, tls, host=host, auth=auth), store)
+    assert result.fetched == 3
+    assert b"AUTH" in sent and b"USER" not in sent and b"PASS" not in sent
+    assert f"user=<{USER}>, method=PLAIN" in dovecot.log_tail(200)
+
+
+def test_wrong_password_over_sasl_plain_is_an_auth_error(rt, store, dovecot) -> None:
+    with pytest.raises(FetchError) as info:
+        fetch(rt, upstream_for(dovecot, "starttls", auth="plain", password="nope"), store)
+    assert info.value.kind == "auth"

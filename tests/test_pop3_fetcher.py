@@ -57,10 +57,13 @@ def rt() -> ReactorThread:
 class Harness:
     """One FakePOP3Server on 127.0.0.1:0 and one SQLiteStore, driven from the test thread."""
 
-    def __init__(self, rt: ReactorThread, directory: Path, **server_kw: Any) -> None:
+    def __init__(
+        self, rt: ReactorThread, directory: Path, *, store: Any = None, **server_kw: Any
+    ) -> None:
         self.rt = rt
         self.server = FakePOP3Server(USER, PASSWORD, **server_kw)
-        self.store = rt.call(SQLiteStore, directory / "store.db")
+        self.own_store = store is None
+        self.store = store if store is not None else rt.call(SQLiteStore, directory / "store.db")
         self.port: Any = None
 
     def listen(self, *, implicit_tls: bool = False) -> Harness:
@@ -81,10 +84,14 @@ class Harness:
         settings.update(overrides)
         return Upstream(**settings)
 
-    def fetch(self, **overrides: Any) -> FetchResult:
+    def fetch(self, progress: Any = None, **overrides: Any) -> FetchResult:
         try:
             return self.rt.call(
-                fetch_once, self.upstream(**overrides), self.store, reactor=global_reactor
+                fetch_once,
+                self.upstream(**overrides),
+                self.store,
+                reactor=global_reactor,
+                progress=progress,
             )
         finally:
             self.rt.call(self.server.when_idle)
@@ -115,7 +122,8 @@ class Harness:
     def close(self) -> None:
         if self.port is not None:
             self.rt.call(self.port.stopListening)
-        self.rt.call(self.store.close)
+        if self.own_store:
+            self.rt.call(self.store.close)
 
 
 @pytest.fixture
@@ -177,12 +185,46 @@ def test_only_newly_arrived_messages_are_fetched(make) -> None:
     assert h.inbox()[4:] == [normalize_message(m) for m in extra]
 
 
-def test_login_uses_user_pass_even_when_the_greeting_offers_apop(make) -> None:
-    h = make(messages=sample(1))
+def test_auto_login_uses_user_pass_even_when_the_greeting_offers_apop(make) -> None:
+    h = make(messages=sample(1), sasl=())
     h.server.faults.apop_challenge = True
     assert h.fetch().fetched == 1
     assert "APOP" not in h.verbs()
+    assert h.verbs()[:3] == ["CAPA", "USER", "PASS"]
+
+
+def test_auto_login_prefers_sasl_plain_when_capa_offers_it(make) -> None:
+    h = make(messages=sample(1))
+    h.server.faults.apop_challenge = True
+    assert h.fetch(auth="auto").fetched == 1
+    assert h.verbs()[:2] == ["CAPA", "AUTH"]
+    assert not {"USER", "PASS", "APOP"} & set(h.verbs())
+
+
+def test_user_mode_never_asks_capa_and_sends_user_pass(make) -> None:
+    h = make(messages=sample(1))
+    assert h.fetch(auth="user").fetched == 1
     assert h.verbs()[:2] == ["USER", "PASS"]
+
+
+def test_plain_mode_is_refused_before_any_credential_when_not_offered(make) -> None:
+    h = make(messages=sample(1), sasl=())
+    error = h.fetch_error(auth="plain")
+    assert error.kind == "auth" and "SASL PLAIN" in str(error)
+    assert h.verbs() == ["CAPA", "QUIT"] or h.verbs() == ["CAPA"]
+
+
+def test_starttls_with_auto_reads_capa_again_over_tls_before_auth(make, fake_ca, tmp_path) -> None:
+    context = tls_options(fake_ca, tmp_path / "good", ("localhost", "127.0.0.1"))
+    h = make(messages=sample(2), tls_context=context)
+    assert h.fetch(tls="starttls", ca_file=str(fake_ca.cert_path)).fetched == 2
+    records = h.server.commands
+    assert [(c.verb, c.tls) for c in records[:4]] == [
+        ("CAPA", False),
+        ("STLS", False),
+        ("CAPA", True),
+        ("AUTH", True),
+    ]
 
 
 def test_apop_is_used_only_when_configured(make) -> None:
@@ -195,7 +237,9 @@ def test_apop_is_used_only_when_configured(make) -> None:
 def test_auth_plain_when_configured(make) -> None:
     h = make(messages=sample(1))
     assert h.fetch(auth="plain").fetched == 1
-    assert h.verbs()[0] == "AUTH"
+    assert h.verbs()[:2] == ["CAPA", "AUTH"]
+    auth = next(c for c in h.server.commands if c.verb == "AUTH")
+    assert auth.args == ("***",)  # the fake redacts; the credentials went as one SASL token
 
 
 def test_wrong_password_fails_as_auth_error_and_fetches_nothing(make) -> None:
@@ -207,12 +251,35 @@ def test_wrong_password_fails_as_auth_error_and_fetches_nothing(make) -> None:
     assert h.inbox() == []
 
 
-def test_server_without_uidl_is_a_clear_error(make) -> None:
+def test_server_without_uidl_is_fetched_once_by_header_fingerprint(make) -> None:
+    messages = sample(6, seed=11)
+    h = make(messages=messages)
+    h.server.faults.no_uidl = True
+    first = h.fetch()
+    assert first.fetched == 6 and first.complete_listing
+    assert h.inbox() == [normalize_message(m) for m in messages]
+    assert all(u.startswith("popgate-h-") for u in h.ledger())
+    h.server.add_message(sample(1, seed=12)[0])
+    second = h.fetch()
+    assert second.fetched == 1 and len(h.inbox()) == 7
+    assert "RETR" in h.verbs(session=2) and h.verbs(session=2).count("RETR") == 1
+
+
+def test_server_without_uidl_keep_on_server_false_deletes_what_it_stored(make) -> None:
+    h = make(messages=sample(4, seed=13))
+    h.server.faults.no_uidl = True
+    result = h.fetch(keep_on_server=False)
+    assert result.fetched == 4 and result.deleted == 4
+    assert h.server.messages == [] and len(h.inbox()) == 4
+
+
+def test_server_with_neither_uidl_nor_top_is_a_clear_error(make) -> None:
     h = make(messages=sample(2))
     h.server.faults.no_uidl = True
+    h.server.faults.no_top = True
     error = h.fetch_error()
     assert error.kind == "uidl_unsupported"
-    assert "UIDL" in str(error)
+    assert "UIDL" in str(error) and "TOP" in str(error)
     assert h.inbox() == []
 
 
@@ -313,6 +380,144 @@ def test_messages_gone_from_the_server_are_forgotten_by_the_ledger(make) -> None
     assert len(h.inbox()) == 3  # forgetting the ledger entry never touches stored mail
 
 
+# ---- batch commits, policies, dedup, progress -------------------------------------------------
+
+
+class CountingStore:
+    """Wraps a store, recording the size of every deliver_many batch."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.batches: list[int] = []
+
+    def deliver_many(self, owner, mailbox, deliveries, **kw):
+        self.batches.append(len(deliveries))
+        return self._store.deliver_many(owner, mailbox, deliveries, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_messages_are_committed_in_batches_of_bounded_size(make, monkeypatch) -> None:
+    monkeypatch.setattr(fetcher_module, "BATCH_MAX_MESSAGES", 20)
+    monkeypatch.setattr(fetcher_module, "BATCH_MAX_SECONDS", 3600.0)
+    messages = sample(45, seed=21)
+    h = make(messages=messages)
+    counting = CountingStore(h.store)
+    result = h.rt.call(fetch_once, h.upstream(), counting, reactor=global_reactor)
+    h.rt.call(h.server.when_idle)
+    assert counting.batches == [20, 20, 5]
+    assert result.fetched == 45
+    assert h.inbox() == [normalize_message(m) for m in messages]
+
+
+def test_a_batch_with_a_message_over_the_store_limit_is_retried_one_by_one(
+    make, rt, tmp_path
+) -> None:
+    small_store = rt.call(SQLiteStore, tmp_path / "small.db", max_message_size=2000)
+    try:
+        big = b"Subject: big\r\n\r\n" + b"b" * 3000 + b"\r\n"
+        h = make(messages=[("a", b"A\r\n"), ("big", big), ("c", b"C\r\n")], store=small_store)
+        result = h.fetch()
+        assert result.fetched == 2 and result.skipped == 1
+        assert h.inbox() == [b"A\r\n", b"C\r\n"]
+        assert h.ledger()["big"].state == "skipped"
+    finally:
+        rt.call(small_store.close)
+
+
+def test_delete_after_deletes_only_messages_fetched_long_enough_ago(make, rt, tmp_path) -> None:
+    import time as _time
+
+    offset = {"days": 0.0}
+    store = rt.call(
+        SQLiteStore, tmp_path / "aged.db", clock=lambda: _time.time() - offset["days"] * 86400
+    )
+    try:
+        h = make(messages=[("old1", b"1\r\n"), ("old2", b"2\r\n")], store=store)
+        offset["days"] = 31
+        with structlog.testing.capture_logs() as events:
+            first = h.fetch(delete_after=30 * 86400.0)
+        assert first.fetched == 2 and first.deleted == 2  # fetched "31 days ago"
+        deleted = [e for e in events if e["event"] == "pop3.deleted"]
+        assert deleted == [
+            {
+                "event": "pop3.deleted",
+                "upstream": "isp",
+                "count": 2,
+                "policy": "delete_after",
+                "log_level": "info",
+            }
+        ]
+        h.server.add_message(b"3\r\n", uidl="young")
+        offset["days"] = 1
+        second = h.fetch(delete_after=30 * 86400.0)
+        assert second.fetched == 1 and second.deleted == 0
+        assert h.server.uidls() == ["young"]
+    finally:
+        rt.call(store.close)
+
+
+def test_delete_when_over_removes_oldest_fetched_until_the_mailbox_is_small_enough(make) -> None:
+    bodies = [(f"m{i}", b"x" * 98 + b"\r\n") for i in range(5)]  # 100 octets each
+    h = make(messages=bodies)
+    result = h.fetch(delete_when_over=300)
+    assert result.fetched == 5 and result.deleted == 2
+    assert h.server.uidls() == ["m2", "m3", "m4"]
+    assert len(h.inbox()) == 5
+    again = h.fetch(delete_when_over=300)
+    assert again.deleted == 0
+
+
+def test_deleted_in_imap_keep_is_the_default_and_delete_removes_expunged_mail(make) -> None:
+    h = make(messages=[("a", b"A\r\n"), ("b", b"B\r\n"), ("c", b"C\r\n")])
+    h.fetch()
+
+    def expunge_b() -> None:
+        box = h.store.get_mailbox(OWNER, "INBOX")
+        h.store.store_flags(box.id, [2], "+", ["\\Deleted"])
+        h.store.expunge(box.id)
+
+    h.rt.call(expunge_b)
+    assert h.fetch().deleted == 0  # default "keep": the server copy stays as a backup
+    assert h.server.uidls() == ["a", "b", "c"]
+    result = h.fetch(deleted_in_imap="delete")
+    assert result.deleted == 1 and h.server.uidls() == ["a", "c"]
+    assert h.inbox() == [b"A\r\n", b"C\r\n"]
+
+
+def test_same_message_through_two_upstreams_is_stored_once_and_both_ledgers_record_it(
+    make, rt
+) -> None:
+    shared = normalize_message(sample(1, seed=31)[0])
+    first = make(messages=[("one-a", shared), ("one-b", b"only in one\r\n")])
+    second = make(messages=[("two-a", shared)], store=first.store)
+    assert first.fetch().fetched == 2
+    result = second.fetch(name="other")
+    assert result.fetched == 0 and result.deduplicated == 1
+    assert first.inbox() == [shared, b"only in one\r\n"]
+    assert set(first.ledger("other")) == {"two-a"}
+    third = make(messages=[("three-a", shared)], store=first.store)
+    assert third.fetch(name="third", dedup=False).fetched == 1
+    assert first.inbox().count(shared) == 2
+
+
+def test_progress_reports_every_message_and_logs_every_n(make, monkeypatch) -> None:
+    monkeypatch.setattr(fetcher_module, "PROGRESS_LOG_EVERY", 4)
+    h = make(messages=sample(9, seed=41))
+    seen: list[dict[str, Any]] = []
+    with structlog.testing.capture_logs() as events:
+        result = h.fetch(progress=seen.append)
+    fetching = [p for p in seen if p["phase"] == "fetching" and p["received"]]
+    assert [p["received"] for p in fetching] == list(range(1, 10))
+    assert all(p["upstream"] == "isp" and p["to_fetch"] == 9 for p in fetching)
+    assert [p["backlog"] for p in fetching] == list(range(8, -1, -1))
+    assert seen[-1]["phase"] == "done" and seen[-1]["stored"] == 9
+    assert seen[-1]["bytes"] == result.bytes
+    logged = [e["received"] for e in events if e["event"] == "pop3.progress"]
+    assert logged == [4, 8]
+
+
 # ---- faults ---------------------------------------------------------------------------------
 
 
@@ -350,12 +555,26 @@ def test_err_on_retr_skips_the_message_for_this_pass_only(make) -> None:
     assert sorted(h.inbox()) == sorted(normalize_message(m) for m in messages)
 
 
-def test_stalled_server_times_out_with_a_clear_error(make) -> None:
-    h = make(messages=sample(2))
+def test_stalled_server_times_out_with_a_clear_error_and_the_next_pass_recovers(make) -> None:
+    messages = sample(2)
+    h = make(messages=messages)
     h.server.faults.stall_on = {"RETR"}
     error = h.fetch_error(timeout=0.5)
     assert error.kind == "timeout"
     assert h.inbox() == []
+    h.server.faults.stall_on = set()
+    assert h.fetch(keep_on_server=False).fetched == 2
+    assert h.inbox() == [normalize_message(m) for m in messages] and h.server.messages == []
+
+
+def test_err_on_dele_then_recovery_deletes_it_later_and_stores_it_once(make) -> None:
+    h = make(messages=[("a", b"A\r\n"), ("b", b"B\r\n")])
+    h.server.faults.err_on_dele = {"a"}
+    assert h.fetch(keep_on_server=False).deleted == 1
+    h.server.faults.err_on_dele = set()
+    again = h.fetch(keep_on_server=False)
+    assert again.fetched == 0 and again.deleted == 1
+    assert h.inbox() == [b"A\r\n", b"B\r\n"] and h.server.messages == []
 
 
 def test_garbage_in_listings_still_fetches_but_neither_deletes_nor_forgets(make) -> None:
@@ -624,11 +843,17 @@ class ScriptedFetch:
 
     def __init__(self) -> None:
         self.calls: list[defer.Deferred[FetchResult]] = []
+        self.reporters: list[Any] = []
 
-    def __call__(self, upstream, store, *, reactor) -> defer.Deferred[FetchResult]:
+    def __call__(self, upstream, store, *, reactor, progress=None) -> defer.Deferred[FetchResult]:
         d: defer.Deferred[FetchResult] = defer.Deferred()
         self.calls.append(d)
+        self.reporters.append(progress)
         return d
+
+    def progress(self, info: dict[str, Any]) -> None:
+        """Report progress from the latest pass, as fetch_once would."""
+        self.reporters[-1](info)
 
     def succeed(self, fetched: int = 0, size: int = 0) -> None:
         self.calls[-1].callback(FetchResult("isp", fetched=fetched, bytes=size))
@@ -829,3 +1054,91 @@ def _wait_for(predicate, interval: float = 0.01, attempts: int = 2000) -> defer.
         return False
 
     return defer.Deferred.fromCoroutine(loop())
+
+
+# ---- fetch_now (popgate fetch) and health ---------------------------------------------------
+
+
+def test_fetch_now_starts_a_pass_at_once_ignoring_spacing_and_returns_its_result() -> None:
+    clock, fetch = Clock(), ScriptedFetch()
+    p = poller(clock, fetch, first_delay=0, min_spacing=60.0)
+    clock.advance(0)
+    fetch.succeed()
+    clock.advance(1.0)
+    results: list[FetchResult] = []
+    p.fetch_now().addCallback(results.append)
+    assert len(fetch.calls) == 2  # no waiting for the 60 s spacing: an operator asked
+    fetch.succeed(fetched=4)
+    assert [r.fetched for r in results] == [4]
+
+
+def test_fetch_now_during_a_pass_waits_for_the_next_one_and_hears_its_progress() -> None:
+    clock, fetch = Clock(), ScriptedFetch()
+    p = poller(clock, fetch, first_delay=0)
+    clock.advance(0)
+    progress: list[dict[str, Any]] = []
+    results: list[FetchResult] = []
+    p.fetch_now(progress=progress.append).addCallback(results.append)
+    fetch.progress({"upstream": "isp", "received": 1, "backlog": 5})  # the old pass
+    fetch.succeed(fetched=1)
+    assert results == [] and progress == []
+    clock.advance(0)
+    assert len(fetch.calls) == 2
+    fetch.progress({"upstream": "isp", "received": 2, "backlog": 3})
+    assert progress == [{"upstream": "isp", "received": 2, "backlog": 3}]
+    assert p.health.backlog == 3 and p.health_dict()["progress"]["received"] == 2
+    fetch.succeed(fetched=7)
+    assert [r.fetched for r in results] == [7]
+
+
+def test_fetch_now_failure_reaches_the_caller() -> None:
+    clock, fetch = Clock(), ScriptedFetch()
+    p = poller(clock, fetch, first_delay=100)
+    failures: list[Any] = []
+    p.fetch_now().addErrback(failures.append)
+    fetch.fail(fetched=2)
+    assert failures and failures[0].check(FetchError)
+    assert failures[0].value.result.fetched == 2
+
+
+def test_waiters_are_cancelled_when_the_poller_stops() -> None:
+    clock, fetch = Clock(), ScriptedFetch()
+    p = poller(clock, fetch, first_delay=0, stop_grace=1.0)
+    clock.advance(0)
+    failures: list[Any] = []
+    p.fetch_now().addErrback(failures.append)
+    p.stopService()
+    assert failures and failures[0].check(defer.CancelledError)
+    clock.advance(1.0)
+
+
+def test_health_dict_reports_state_counts_errors_and_skipped_messages(make, rt) -> None:
+    big = b"Subject: big\r\n\r\n" + b"x" * 3000 + b"\r\n"
+    h = make(messages=[("a", b"A\r\n"), ("big", big)])
+    up = h.upstream(max_message_size=1000)
+    p = UpstreamPoller(up, h.store, reactor=global_reactor, first_delay=3600)
+    rt.call(p.startService)
+    try:
+        assert rt.call(p.health_dict)["state"] == "waiting"
+        result = rt.call(p.fetch_now)
+        assert result.fetched == 1 and result.skipped == 1
+        health = rt.call(p.health_dict)
+        assert health["state"] == "ok" and health["consecutive_failures"] == 0
+        assert health["messages_fetched"] == 1 and health["bytes_fetched"] == 3
+        assert health["backlog"] == 0 and health["last_result"]["skipped"] == 1
+        assert health["skipped_count"] == 1
+        assert health["skipped"][0]["uidl"] == "big"
+        assert "too large" in health["skipped"][0]["reason"]
+        h.server.faults.no_uidl = h.server.faults.no_top = True
+        with pytest.raises(FetchError):
+            rt.call(p.fetch_now)
+        health = rt.call(p.health_dict)
+        assert health["state"] == "failing" and health["consecutive_failures"] == 1
+        assert health["last_error_kind"] == "uidl_unsupported"
+        assert health["last_success"] is not None and health["last_error_at"] is not None
+        import json
+
+        json.dumps(health)  # JSON-ready for the control socket
+    finally:
+        rt.call(p.stopService)
+        rt.call(h.server.when_idle)

@@ -1,5 +1,6 @@
-"""The POP3 sync plan (gateway.pop3.plan): parsing UIDL/LIST answers and deciding what to
-fetch, skip, delete and forget, by examples and by Hypothesis properties."""
+"""The POP3 sync plan (gateway.pop3.plan): parsing UIDL/LIST answers, the UIDL fallback
+fingerprint, and deciding what to fetch, skip, delete (per policy) and forget, by examples
+and by Hypothesis properties."""
 
 from __future__ import annotations
 
@@ -9,11 +10,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.pop3.plan import (
+    FALLBACK_UIDL_PREFIX,
     MAX_UIDL_LENGTH,
+    POLICY_AGE,
+    POLICY_FETCHED,
+    POLICY_IMAP,
+    POLICY_SIZE,
+    DeletionPolicy,
+    LedgerFact,
     ListedMessage,
     build_listing,
+    fallback_uidl,
+    header_fields,
     parse_list_line,
     parse_uidl_line,
+    plan_deletions,
     plan_sync,
 )
 
@@ -257,3 +268,184 @@ def test_shuffled_listings_give_identical_plans_for_a_large_maildrop() -> None:
     b = plan(shuffled, known, keep=False)
     assert a == b
     assert len(a.fetch) == 5000 - len(known) and len(a.delete) == len(known)
+
+
+# ---- identity without UIDL (fallback_uidl) -----------------------------------------------
+
+HEAD = [
+    b"Received: from a by b",
+    b"Message-ID: <abc@example.net>",
+    b"Date: Mon, 2 Jan 2023 10:00:00 +0000",
+    b"From: Ann <ann@example.net>",
+    b"Subject: hello",
+    b"  folded part",
+]
+
+
+def test_fallback_uidl_is_stable_printable_and_a_valid_ledger_key() -> None:
+    first = fallback_uidl(HEAD, 1234)
+    assert first == fallback_uidl(list(HEAD), 1234)
+    assert first.startswith(FALLBACK_UIDL_PREFIX)
+    assert parse_uidl_line(b"1 " + first.encode()) == (1, first)
+
+
+def test_fallback_uidl_changes_with_size_or_any_identifying_field() -> None:
+    base = fallback_uidl(HEAD, 1234)
+    assert fallback_uidl(HEAD, 1235) != base
+    for i in range(1, 6):
+        changed = list(HEAD)
+        changed[i] = changed[i] + b"x"
+        assert fallback_uidl(changed, 1234) != base, changed[i]
+
+
+def test_fallback_uidl_ignores_other_headers_case_and_folding_whitespace() -> None:
+    other = [b"Received: from elsewhere"] + [
+        line.replace(b"Message-ID", b"message-id") for line in HEAD[1:]
+    ]
+    other[-1] = b"\tfolded   part"
+    assert fallback_uidl(other, 1234) == fallback_uidl(HEAD, 1234)
+
+
+def test_header_fields_unfold_and_keep_the_first_occurrence_only() -> None:
+    fields = header_fields([b"Subject: a", b" b", b"Subject: second", b"", b"Body: not"])
+    assert fields == {"subject": b"a b"}
+
+
+# ---- deletion policies ------------------------------------------------------------------
+
+NOW = 1_000_000.0
+DAY = 86400.0
+
+
+def facts(**entries: tuple[str, float] | tuple[str, float, bool]) -> dict[str, LedgerFact]:
+    return {uidl: LedgerFact(*value) for uidl, value in entries.items()}
+
+
+def chosen(result) -> dict[str, str]:
+    return {m.uidl: policy for m, policy in result}
+
+
+def test_default_policy_deletes_nothing() -> None:
+    msgs = listing(("a", 10), ("b", 10))
+    ledger = facts(a=("delivered", 0.0), b=("delivered", 0.0))
+    assert plan_deletions(msgs, ledger, DeletionPolicy(), now=NOW, complete=True) == ()
+
+
+def test_keep_on_server_false_deletes_every_delivered_message_only() -> None:
+    msgs = listing(("a", 10), ("s", 10), ("i", 10), ("new", 10))
+    ledger = facts(a=("delivered", NOW), s=("skipped", NOW), i=("imported", NOW))
+    result = plan_deletions(
+        msgs, ledger, DeletionPolicy(keep_on_server=False), now=NOW, complete=True
+    )
+    assert chosen(result) == {"a": POLICY_FETCHED}
+
+
+def test_delete_after_deletes_messages_fetched_at_least_that_long_ago() -> None:
+    msgs = listing(("old", 10), ("edge", 10), ("young", 10))
+    ledger = facts(
+        old=("delivered", NOW - 40 * DAY),
+        edge=("delivered", NOW - 30 * DAY),
+        young=("delivered", NOW - 29 * DAY),
+    )
+    policy = DeletionPolicy(delete_after=30 * DAY)
+    result = plan_deletions(msgs, ledger, policy, now=NOW, complete=True)
+    assert chosen(result) == {"old": POLICY_AGE, "edge": POLICY_AGE}
+
+
+def test_delete_when_over_removes_oldest_fetched_until_under_the_limit() -> None:
+    msgs = listing(("m1", 100), ("m2", 100), ("m3", 100), ("m4", 100))
+    ledger = facts(
+        m1=("delivered", NOW - 1),
+        m2=("delivered", NOW - 4),
+        m3=("delivered", NOW - 3),
+        m4=("delivered", NOW - 2),
+    )
+    policy = DeletionPolicy(delete_when_over=250)
+    result = plan_deletions(msgs, ledger, policy, now=NOW, complete=True)
+    assert chosen(result) == {"m2": POLICY_SIZE, "m3": POLICY_SIZE}
+    assert [m.number for m, _ in result] == [2, 3]  # reported in message-number order
+
+
+def test_delete_when_over_never_touches_undelivered_mail_even_if_still_over() -> None:
+    msgs = listing(("new", 500), ("d", 100))
+    ledger = facts(d=("delivered", NOW))
+    result = plan_deletions(
+        msgs, ledger, DeletionPolicy(delete_when_over=100), now=NOW, complete=True
+    )
+    assert chosen(result) == {"d": POLICY_SIZE}
+
+
+def test_deleted_in_imap_delete_removes_only_messages_no_longer_stored() -> None:
+    msgs = listing(("gone", 10), ("kept", 10))
+    ledger = facts(gone=("delivered", NOW, False), kept=("delivered", NOW, True))
+    assert plan_deletions(msgs, ledger, DeletionPolicy(), now=NOW, complete=True) == ()
+    result = plan_deletions(
+        msgs, ledger, DeletionPolicy(deleted_in_imap="delete"), now=NOW, complete=True
+    )
+    assert chosen(result) == {"gone": POLICY_IMAP}
+
+
+def test_no_deletion_from_an_incomplete_listing_or_of_a_duplicated_uidl() -> None:
+    msgs = listing(("a", 10), ("dup", 10), ("dup", 10))
+    ledger = facts(a=("delivered", 0.0), dup=("delivered", 0.0))
+    policy = DeletionPolicy(keep_on_server=False)
+    assert plan_deletions(msgs, ledger, policy, now=NOW, complete=False) == ()
+    assert chosen(plan_deletions(msgs, ledger, policy, now=NOW, complete=True)) == {
+        "a": POLICY_FETCHED
+    }
+
+
+policies = st.builds(
+    DeletionPolicy,
+    keep_on_server=st.booleans(),
+    delete_after=st.none() | st.floats(0, 10 * DAY),
+    delete_when_over=st.none() | st.integers(0, 5000),
+    deleted_in_imap=st.sampled_from(["keep", "delete"]),
+)
+ledger_states = st.sampled_from(["delivered", "skipped", "imported", None])
+
+
+@settings(max_examples=300)
+@given(
+    data=st.lists(
+        st.tuples(
+            st.sampled_from([f"u{i}" for i in range(12)]),
+            st.integers(0, 1000),
+            ledger_states,
+            st.floats(0, 20 * DAY),
+            st.booleans(),
+        ),
+        max_size=15,
+    ),
+    policy=policies,
+    complete=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_policies_only_ever_delete_delivered_uniquely_listed_messages_in_any_order(
+    data, policy, complete, seed
+) -> None:
+    msgs = [ListedMessage(n, uidl, size) for n, (uidl, size, *_rest) in enumerate(data, 1)]
+    ledger: dict[str, LedgerFact] = {}
+    for uidl, _size, state, age, stored in data:
+        if state is not None:
+            ledger.setdefault(uidl, LedgerFact(state, NOW - age, stored))
+    result = plan_deletions(msgs, ledger, policy, now=NOW, complete=complete)
+    shuffled = list(msgs)
+    random.Random(seed).shuffle(shuffled)
+    assert plan_deletions(shuffled, ledger, policy, now=NOW, complete=complete) == result
+    numbers = [m.number for m, _ in result]
+    assert numbers == sorted(set(numbers))
+    listed_twice = {u for u in (m.uidl for m in msgs) if sum(x.uidl == u for x in msgs) > 1}
+    for message, _why in result:
+        assert complete and policy.deletes_anything
+        assert ledger[message.uidl].state == "delivered"
+        assert message.uidl not in listed_twice
+    if complete and policy.delete_when_over is not None:
+        left = sum(m.size or 0 for m in msgs) - sum(m.size or 0 for m, _ in result)
+        deletable = [
+            m
+            for m in msgs
+            if m.uidl not in listed_twice
+            and ledger.get(m.uidl, LedgerFact("none", 0)).state == "delivered"
+        ]
+        assert left <= policy.delete_when_over or len(result) == len(deletable)

@@ -457,19 +457,22 @@ async def _login(client: UpstreamClient, upstream: Upstream) -> None:
         raise InsecureLoginRefused(f"refusing to send credentials to {host} without TLS")
     user = upstream.username.encode("utf-8")
     password = upstream.password.encode("utf-8")
+    mechanism = upstream.auth
+    if mechanism in ("auto", "plain"):
+        mechanism = await _choose_mechanism(client, upstream)
     try:
-        if upstream.auth == "apop":
+        if mechanism == "apop":
             # RFC 1939 §7: only when configured; the digest is MD5(challenge + secret).
             if client.serverChallenge is None:
                 raise LoginFailed(f"{host} offered no APOP challenge in its greeting")
             digest = hashlib.md5(client.serverChallenge + password).hexdigest()
             await client.apop(user, digest.encode("ascii"))
-        elif upstream.auth == "plain":
+        elif mechanism == "plain":
             # RFC 5034 §4 with an initial response (RFC 4616 message).
             token = base64.b64encode(b"\0" + user + b"\0" + password)
             await client.sendShort(b"AUTH", b"PLAIN " + token)
         else:
-            # "user" and "auto": USER/PASS (RFC 1939 §7), never APOP by guesswork.
+            # USER/PASS (RFC 1939 §7), never APOP by guesswork.
             await client.user(user)
             await client.password(password)
     except ServerErrorResponse as e:
@@ -480,7 +483,28 @@ async def _login(client: UpstreamClient, upstream: Upstream) -> None:
         raise translate_failure(e, host, "login") from None
 
 
+async def _choose_mechanism(client: UpstreamClient, upstream: Upstream) -> str:
+    """ "auto": SASL PLAIN (RFC 5034) when CAPA (RFC 2449, read again over TLS) offers it,
+    else USER/PASS. "plain": SASL PLAIN, refused up front when CAPA answers without
+    offering it (a server without CAPA is simply tried)."""
+    try:
+        # After STLS Twisted has already re-read CAPA over TLS (RFC 2595 §4: the list
+        # from before TLS must be discarded), so that cached answer is the one to trust.
+        caps = await client.capabilities(useCache=bool(client.startedTLS))
+    except Exception as e:
+        raise translate_failure(e, upstream.host, "CAPA") from None
+    offered = [m.upper() for m in (caps.get(b"SASL") or [])]
+    if b"PLAIN" in offered:
+        return "plain"
+    if upstream.auth == "plain":
+        if caps:
+            raise LoginFailed(f'{upstream.host} does not offer SASL PLAIN (auth = "plain")')
+        return "plain"
+    return "user"
+
+
 def login(client: UpstreamClient, upstream: Upstream) -> defer.Deferred[None]:
-    """Authenticate with exactly the configured mechanism (USER/PASS, APOP or
-    AUTH PLAIN); fails with :class:`LoginFailed` (or another :class:`FetchError`)."""
+    """Authenticate with the configured mechanism (USER/PASS, APOP, AUTH PLAIN, or for
+    "auto" AUTH PLAIN when offered else USER/PASS; APOP only when configured);
+    fails with :class:`LoginFailed` (or another :class:`FetchError`)."""
     return defer.Deferred.fromCoroutine(_login(client, upstream))

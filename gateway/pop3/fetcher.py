@@ -1,22 +1,32 @@
 """One fetch pass from one POP3 upstream into the store: list, plan, RETR, deliver, DELE, QUIT.
 
 Exactly-once, by ordering: each message is committed to the store together with its
-UIDL (:meth:`Store.deliver`) before anything is deleted upstream, DELE is only sent for
-UIDLs the ledger already holds as delivered (the pass re-plans after delivering, see
-:mod:`gateway.pop3.plan`), and deletions only take effect at a successful QUIT
-(RFC 1939 §6, UPDATE state). A pass that dies anywhere leaves every delivered message
-delivered and every undelivered message on the server; the next pass resumes.
+UIDL before anything is deleted upstream. Messages are committed in batches
+(:meth:`Store.deliver_many`, one durable transaction per batch: a big first import
+pays one fsync per :data:`BATCH_MAX_MESSAGES` messages, not one per message); a batch is
+flushed when it is full, when it is :data:`BATCH_MAX_SECONDS` old, and before the pass
+ends for any reason. DELE is only sent after the last batch committed and only for UIDLs
+the ledger then holds as delivered and a policy chooses (:func:`plan.plan_deletions`),
+and deletions only take effect at a successful QUIT (RFC 1939 §6, UPDATE state). A
+pass killed anywhere (even by SIGKILL) leaves every committed message committed and
+every uncommitted one on the server, undeleted; the next pass resumes.
 
 Message bytes are kept exactly as the server sends them after dot-unstuffing
-(RFC 1939 §3): lines joined with CRLF, streamed into a spooled temporary file with a
-named in-memory threshold, and cut off at ``max_message_size``.
+(RFC 1939 §3): lines joined with CRLF, kept in memory up to
+:data:`SPOOL_MEMORY_THRESHOLD` and spilled to a temporary file beyond, cut off at
+``max_message_size``.
+
+Progress: an optional ``progress`` callable receives a dict after the listing and after
+each message (``popgate fetch`` draws its bar from these), and the log gets a
+``pop3.progress`` event every :data:`PROGRESS_LOG_EVERY` messages.
 """
 
 from __future__ import annotations
 
 import datetime
 import tempfile
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import structlog
@@ -35,7 +45,17 @@ from gateway.pop3.client import (
     login,
     translate_failure,
 )
-from gateway.pop3.plan import ListedMessage, Listing, SyncPlan, build_listing, plan_sync
+from gateway.pop3.plan import (
+    DeletionPolicy,
+    LedgerFact,
+    ListedMessage,
+    Listing,
+    SyncPlan,
+    build_listing,
+    fallback_uidl,
+    plan_deletions,
+    plan_sync,
+)
 from gateway.store.interfaces import Delivery, MessageTooLarge, Store
 
 log = structlog.get_logger(__name__)
@@ -48,8 +68,26 @@ OVERSIZE_DRAIN_LIMIT = 8 * 1024 * 1024
 further octets are read and discarded to keep the session usable; past that the
 connection is dropped."""
 
+BATCH_MAX_MESSAGES = 200
+"""Most messages committed in one store transaction."""
+
+BATCH_MAX_BYTES = 16 * 1024 * 1024
+"""Most message octets held in memory waiting for one commit."""
+
+BATCH_MAX_SECONDS = 1.0
+"""A batch older than this is committed after the next message, so mail trickling in
+slowly still shows up in IMAP promptly."""
+
+PROGRESS_LOG_EVERY = 500
+"""A ``pop3.progress`` log event every this many messages received."""
+
+MAX_TOP_HEADER_LINES = 2000
+"""Header lines kept from one ``TOP n 0`` answer when the server has no UIDL."""
+
 SKIP_TOO_LARGE = "too large"
 SKIP_LINE_TOO_LONG = "line too long"
+
+Progress = Callable[[dict[str, Any]], None]
 
 
 class StoreFailed(FetchError):
@@ -67,7 +105,8 @@ class MessageTooLargeWhileStreaming(FetchError):
 
 @dataclass(frozen=True)
 class FetchResult:
-    """What one pass did. ``listed`` is the number of messages the upstream listed."""
+    """What one pass did. ``listed`` is the number of messages the upstream listed;
+    ``backlog`` the new messages it listed that this pass did not manage to store."""
 
     upstream: str
     listed: int = 0
@@ -78,18 +117,26 @@ class FetchResult:
     errors: int = 0
     forgotten: int = 0
     duplicates: int = 0
+    deduplicated: int = 0
+    backlog: int = 0
     complete_listing: bool = False
     seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form for the control socket and status."""
+        return asdict(self)
 
 
 class MessageSink:
     """Receives one message's dot-unstuffed lines (CRLF removed) from RETR.
 
-    Rebuilds the message bytes (each line + CRLF, RFC 1939 §3) into a
-    :class:`tempfile.SpooledTemporaryFile`, counting octets as LIST does. Past ``limit``
-    it stops keeping data and marks the message ``oversized``; past ``limit`` plus
-    :data:`OVERSIZE_DRAIN_LIMIT` it calls ``on_overflow`` (which drops the connection).
-    Never raises: an exception inside the line consumer would kill the protocol.
+    Rebuilds the message bytes (each line + CRLF, RFC 1939 §3), collecting lines in a
+    list (one append per line: this runs for every line of every message) and spilling
+    them to a temporary file past :data:`SPOOL_MEMORY_THRESHOLD`, counting octets as
+    LIST does. Past ``limit`` it stops keeping data and marks the message ``oversized``;
+    past ``limit`` plus :data:`OVERSIZE_DRAIN_LIMIT` it calls ``on_overflow`` (which
+    drops the connection). Never raises: an exception inside the line consumer would
+    kill the protocol.
     """
 
     def __init__(self, limit: int, on_overflow: Any = None) -> None:
@@ -98,10 +145,13 @@ class MessageSink:
         self.oversized = False
         self.overflowed = False
         self._on_overflow = on_overflow
-        self._file: Any = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_THRESHOLD)
+        self._lines: list[bytes] = []
+        self._held = 0
+        self._file: Any = None
 
     def line(self, line: bytes) -> None:
-        self.size += len(line) + 2
+        n = len(line) + 2
+        self.size += n
         if self.oversized:
             if not self.overflowed and self.size > self.limit + OVERSIZE_DRAIN_LIMIT:
                 self.overflowed = True
@@ -110,34 +160,70 @@ class MessageSink:
             return
         if self.size > self.limit:
             self.oversized = True
-            self._file.close()
+            self._lines = []
+            if self._file is not None:
+                self._file.close()
+                self._file = None
             return
-        self._file.write(line)
-        self._file.write(b"\r\n")
+        self._lines.append(line)
+        self._held += n
+        if self._held > SPOOL_MEMORY_THRESHOLD:
+            self._spill()
+
+    def _spill(self) -> None:
+        if self._file is None:
+            self._file = tempfile.TemporaryFile()
+        self._file.write(b"\r\n".join(self._lines) + b"\r\n")
+        self._lines = []
+        self._held = 0
 
     def getvalue(self) -> bytes:
+        tail = b"\r\n".join(self._lines) + b"\r\n" if self._lines else b""
+        if self._file is None:
+            return tail
         self._file.seek(0)
-        return self._file.read()
+        return self._file.read() + tail
 
     def close(self) -> None:
-        self._file.close()
+        self._lines = []
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def _now(reactor: Any) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(reactor.seconds(), datetime.UTC)
 
 
+def deletion_policy(upstream: Upstream) -> DeletionPolicy:
+    return DeletionPolicy(
+        keep_on_server=upstream.keep_on_server,
+        delete_after=upstream.delete_after,
+        delete_when_over=upstream.delete_when_over,
+        deleted_in_imap=upstream.deleted_in_imap,
+    )
+
+
 class _Pass:
     """State of one fetch pass; the steps are methods so each stays readable."""
 
-    def __init__(self, upstream: Upstream, store: Store, reactor: Any) -> None:
+    def __init__(
+        self, upstream: Upstream, store: Store, reactor: Any, progress: Progress | None
+    ) -> None:
         self.upstream = upstream
         self.store = store
         self.reactor = reactor
+        self.progress = progress
         self.host = upstream.host
         self.started = reactor.seconds()
         self.result = FetchResult(upstream.name)
         self.client: UpstreamClient | None = None
+        self.to_fetch = 0
+        self.received = 0
+        self.received_bytes = 0
+        self.pending: list[Delivery] = []
+        self.pending_bytes = 0
+        self.pending_since = 0.0
 
     def add(self, **counts: int) -> None:
         self.result = replace(
@@ -149,6 +235,27 @@ class _Pass:
             return await d
         except Exception as e:
             raise translate_failure(e, self.host, step) from None
+
+    def report(self, phase: str) -> None:
+        if self.progress is None:
+            return
+        r = self.result
+        info = {
+            "upstream": self.upstream.name,
+            "phase": phase,
+            "listed": r.listed,
+            "to_fetch": self.to_fetch,
+            "received": self.received,
+            "bytes": self.received_bytes,
+            "stored": r.fetched,
+            "skipped": r.skipped,
+            "backlog": max(0, self.to_fetch - self.received),
+            "elapsed": round(self.reactor.seconds() - self.started, 3),
+        }
+        try:
+            self.progress(info)
+        except Exception:
+            log.exception("pop3.progress_callback_failed", upstream=self.upstream.name)
 
     async def run(self) -> FetchResult:
         up = self.upstream
@@ -166,18 +273,26 @@ class _Pass:
                 complete=listing.complete,
                 problems=listing.problems,
             )
+            self.to_fetch = len(plan.fetch)
             self.report_listing(listing, plan)
             self.record_too_large(plan.too_large)
+            self.report("fetching")
             for message in plan.fetch:
                 await self.fetch_message(message)
-            deletable = self.plan_deletions(listing) if not up.keep_on_server else ()
-            dele_ok = await self.delete(deletable)
-            await self.quit(dele_ok)
+            self.flush()
+            self.report("deleting")
+            deletions = self.plan_deletions(listing)
+            dele_ok = await self.delete([m for m, _policy in deletions])
+            await self.quit(dele_ok, deletions)
             if plan.forget:
                 self.store.forget_uidls(up.name, sorted(plan.forget))
                 self.add(forgotten=len(plan.forget))
         except Exception as e:
+            # What was received completely is committed before giving up: it is valid mail.
+            flush_error = self.flush_after_failure(e)
             self.finish(abort=True)
+            if flush_error is not None:
+                e = flush_error
             error = e if isinstance(e, FetchError) else translate_failure(e, self.host, "fetch")
             if isinstance(error, FetchCancelled):
                 log.info("pop3.fetch_cancelled", upstream=up.name, fetched=self.result.fetched)
@@ -199,6 +314,7 @@ class _Pass:
             raise error from None
         self.finish(abort=False)
         await self.close()
+        self.report("done")
         log.info(
             "pop3.fetched",
             upstream=up.name,
@@ -208,28 +324,34 @@ class _Pass:
             listed=self.result.listed,
             skipped=self.result.skipped,
             deleted=self.result.deleted,
+            deduplicated=self.result.deduplicated,
             errors=self.result.errors,
         )
         return self.result
 
     def finish(self, *, abort: bool) -> None:
-        """Stamp the duration; on failure drop the connection without QUIT, so that no
-        DELE of this session can take effect (RFC 1939 §6: only QUIT enters UPDATE)."""
-        self.result = replace(self.result, seconds=self.reactor.seconds() - self.started)
+        """Stamp the duration and backlog; on failure drop the connection without QUIT, so
+        that no DELE of this session can take effect (RFC 1939 §6: only QUIT enters UPDATE)."""
+        self.result = replace(
+            self.result,
+            seconds=self.reactor.seconds() - self.started,
+            backlog=max(0, self.to_fetch - self.result.fetched - self.result.deduplicated),
+        )
         if abort and self.client is not None:
             self.client.abort()
 
+    # ---- listing ---------------------------------------------------------------------
+
     async def read_listing(self) -> Listing:
-        """STAT, UIDL and LIST (RFC 1939 §5, §7), joined by the sans-I/O parser."""
+        """STAT, UIDL and LIST (RFC 1939 §5, §7), joined by the sans-I/O parser; without
+        UIDL, identities come from ``TOP n 0`` headers (:func:`plan.fallback_uidl`)."""
         assert self.client is not None
         count, _octets = await self.command("STAT", self.client.stat())
+        uidl_lines: list[bytes] | None
         try:
             uidl_lines = await self.client.long_lines(b"UIDL")
-        except ServerErrorResponse as e:
-            raise UIDLUnsupported(
-                f"{self.host} does not support UIDL (RFC 1939 §7): {e.args[0]!r}; "
-                "popgate needs it to fetch each message exactly once"
-            ) from None
+        except ServerErrorResponse:
+            uidl_lines = None
         except Exception as e:
             raise translate_failure(e, self.host, "UIDL") from None
         try:
@@ -238,11 +360,49 @@ class _Pass:
             list_lines = None
         except Exception as e:
             raise translate_failure(e, self.host, "LIST") from None
+        if uidl_lines is None:
+            uidl_lines = await self.fallback_identities(list_lines)
         listing = build_listing(uidl_lines, list_lines, stat_count=count)
         self.result = replace(
             self.result, listed=len(listing.messages), complete_listing=listing.complete
         )
         return listing
+
+    async def fallback_identities(self, list_lines: list[bytes] | None) -> list[bytes]:
+        """``n uidl`` lines made from each message's headers and LIST size."""
+        assert self.client is not None
+        from gateway.pop3.plan import parse_list_line
+
+        if list_lines is None:
+            raise UIDLUnsupported(
+                f"{self.host} supports neither UIDL nor LIST (RFC 1939 §7): popgate cannot "
+                "tell messages apart to fetch each exactly once"
+            )
+        log.info("pop3.uidl_fallback", upstream=self.upstream.name, messages=len(list_lines))
+        lines: list[bytes] = []
+        for line in list_lines:
+            parsed = parse_list_line(line)
+            if parsed is None:
+                continue  # build_listing reports the malformed LIST line
+            number, size = parsed
+            headers: list[bytes] = []
+
+            def keep(header: bytes, headers: list[bytes] = headers) -> None:
+                if len(headers) < MAX_TOP_HEADER_LINES:
+                    headers.append(header)
+
+            try:
+                await self.client.sendLong(b"TOP", b"%d 0" % number, keep, None)
+            except ServerErrorResponse as e:
+                raise UIDLUnsupported(
+                    f"{self.host} supports neither UIDL nor TOP (RFC 1939 §7): "
+                    f"{e.args[0] if e.args else b''!r}; popgate needs one of them to fetch "
+                    "each message exactly once"
+                ) from None
+            except Exception as e:
+                raise translate_failure(e, self.host, f"TOP {number}") from None
+            lines.append(b"%d %s" % (number, fallback_uidl(headers, size).encode("ascii")))
+        return lines
 
     def report_listing(self, listing: Listing, plan: SyncPlan) -> None:
         up = self.upstream
@@ -258,6 +418,15 @@ class _Pass:
                 uidls=sorted(plan.duplicates)[:20],
                 count=len(plan.duplicates),
             )
+        log.info(
+            "pop3.listed",
+            upstream=up.name,
+            listed=plan.listed,
+            new=len(plan.fetch),
+            too_large=len(plan.too_large),
+        )
+
+    # ---- skipping --------------------------------------------------------------------
 
     def record_too_large(self, messages: tuple[ListedMessage, ...]) -> None:
         for message in messages:
@@ -279,8 +448,11 @@ class _Pass:
             limit=up.max_message_size,
         )
 
+    # ---- receiving -------------------------------------------------------------------
+
     async def fetch_message(self, message: ListedMessage) -> None:
-        """RETR one message (RFC 1939 §5) and deliver it; -ERR skips it for this pass."""
+        """RETR one message (RFC 1939 §5) and queue it for the next batch commit;
+        -ERR skips it for this pass."""
         assert self.client is not None
         up = self.upstream
         client = self.client
@@ -303,6 +475,7 @@ class _Pass:
                 if isinstance(error, FetchCancelled):
                     raise error from None
                 if sink.oversized:
+                    self.flush()
                     self.skip(message, SKIP_TOO_LARGE, sink.size)
                     raise MessageTooLargeWhileStreaming(
                         f"{self.host}: message {message.uidl} exceeded the size limit by more "
@@ -310,6 +483,7 @@ class _Pass:
                     ) from None
                 if isinstance(error, UpstreamLineTooLong):
                     # Permanent: retrying would drop every future pass at the same place.
+                    self.flush()
                     self.skip(message, SKIP_LINE_TOO_LONG, message.size)
                 raise error from None
             if sink.oversized:
@@ -318,45 +492,120 @@ class _Pass:
             raw = sink.getvalue()
         finally:
             sink.close()
-        delivery = Delivery(
-            upstream=up.name,
-            uidl=message.uidl,
-            raw=raw,
-            internaldate=_now(self.reactor),
-            size_on_server=message.size,
+        self.queue(
+            Delivery(
+                upstream=up.name,
+                uidl=message.uidl,
+                raw=raw,
+                internaldate=_now(self.reactor),
+                size_on_server=message.size,
+            )
         )
-        try:
-            uid = self.store.deliver(up.owner, up.folder, delivery)
-        except MessageTooLarge:
-            self.skip(message, SKIP_TOO_LARGE, len(raw))
-            return
-        except Exception as e:
-            raise StoreFailed(
-                f"storing message {message.uidl} from {up.name} failed: {type(e).__name__}: {e}"
-            ) from None
-        if uid is None:
-            log.info("pop3.already_delivered", upstream=up.name, uidl=message.uidl)
-            return
-        self.add(fetched=1, bytes=len(raw))
 
-    def plan_deletions(self, listing: Listing) -> tuple[ListedMessage, ...]:
+    def queue(self, delivery: Delivery) -> None:
+        if not self.pending:
+            self.pending_since = self.reactor.seconds()
+        self.pending.append(delivery)
+        self.pending_bytes += len(delivery.raw)
+        self.received += 1
+        self.received_bytes += len(delivery.raw)
+        if (
+            len(self.pending) >= BATCH_MAX_MESSAGES
+            or self.pending_bytes >= BATCH_MAX_BYTES
+            or self.reactor.seconds() - self.pending_since >= BATCH_MAX_SECONDS
+        ):
+            self.flush()
+        self.report("fetching")
+        if self.received % PROGRESS_LOG_EVERY == 0:
+            log.info(
+                "pop3.progress",
+                upstream=self.upstream.name,
+                received=self.received,
+                of=self.to_fetch,
+                bytes=self.received_bytes,
+                stored=self.result.fetched,
+                seconds=round(self.reactor.seconds() - self.started, 3),
+            )
+
+    # ---- committing ------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Commit the pending batch in one transaction. A message over the store's own
+        size limit fails the whole batch, which is then retried one message at a time."""
+        batch, self.pending, self.pending_bytes = self.pending, [], 0
+        if not batch:
+            return
+        up = self.upstream
+        too_large = 0
+        try:
+            uids = self.store.deliver_many(up.owner, up.folder, batch, dedup=up.dedup)
+        except MessageTooLarge:
+            uids = []
+            for delivery in batch:
+                try:
+                    uids += self.store.deliver_many(up.owner, up.folder, [delivery], dedup=up.dedup)
+                except MessageTooLarge:
+                    uids.append(None)
+                    too_large += 1
+                    self.skip(
+                        ListedMessage(0, delivery.uidl, delivery.size_on_server),
+                        SKIP_TOO_LARGE,
+                        len(delivery.raw),
+                    )
+                except Exception as e:
+                    raise self.store_failed(delivery, e) from None
+        except Exception as e:
+            raise self.store_failed(batch[0], e) from None
+        stored = [d for d, uid in zip(batch, uids, strict=True) if uid is not None]
+        # None without a size problem: the store already held these bytes from another
+        # upstream (content dedup); the fetcher never queues a UIDL the ledger knows.
+        deduplicated = len(batch) - len(stored) - too_large
+        self.add(
+            fetched=len(stored),
+            bytes=sum(len(d.raw) for d in stored),
+            deduplicated=max(0, deduplicated),
+        )
+        if deduplicated > 0:
+            log.info("pop3.deduplicated", upstream=up.name, count=deduplicated)
+
+    def store_failed(self, delivery: Delivery, e: Exception) -> StoreFailed:
+        return StoreFailed(
+            f"storing message {delivery.uidl} from {self.upstream.name} failed: "
+            f"{type(e).__name__}: {e}"
+        )
+
+    def flush_after_failure(self, error: Exception) -> StoreFailed | None:
+        if isinstance(error, StoreFailed) or not self.pending:
+            self.pending = []
+            return None
+        try:
+            self.flush()
+        except StoreFailed as e:
+            return e
+        return None
+
+    # ---- deleting --------------------------------------------------------------------
+
+    def plan_deletions(self, listing: Listing) -> tuple[tuple[ListedMessage, str], ...]:
         """Re-plan from the ledger as it is now, after this pass's deliveries committed:
         only UIDLs durably recorded as delivered may be deleted (never skipped ones)."""
         up = self.upstream
-        entries = self.store.ledger_entries(up.name)
-        known = {e.uidl for e in entries}
-        skipped = {e.uidl for e in entries if e.state != "delivered"}
-        plan = plan_sync(
+        policy = deletion_policy(up)
+        if not policy.deletes_anything or not listing.complete:
+            return ()
+        ledger = {
+            e.uidl: LedgerFact(e.state, e.fetched_at.timestamp(), e.stored)
+            for e in self.store.ledger_entries(up.name)
+        }
+        return plan_deletions(
             listing.messages,
-            known,
-            keep_on_server=False,
-            max_message_size=up.max_message_size,
-            not_deletable=skipped,
+            ledger,
+            policy,
+            now=self.reactor.seconds(),
             complete=listing.complete,
         )
-        return plan.delete
 
-    async def delete(self, messages: tuple[ListedMessage, ...]) -> list[ListedMessage]:
+    async def delete(self, messages: list[ListedMessage]) -> list[ListedMessage]:
         """DELE each (RFC 1939 §5); a -ERR leaves that message on the server."""
         assert self.client is not None
         accepted: list[ListedMessage] = []
@@ -377,7 +626,9 @@ class _Pass:
             accepted.append(message)
         return accepted
 
-    async def quit(self, deleted: list[ListedMessage]) -> None:
+    async def quit(
+        self, deleted: list[ListedMessage], planned: tuple[tuple[ListedMessage, str], ...]
+    ) -> None:
         """QUIT commits the DELEs (RFC 1939 §6). If it fails, they stay: safe."""
         assert self.client is not None
         try:
@@ -397,6 +648,13 @@ class _Pass:
             )
             return
         self.add(deleted=len(deleted))
+        done = {m.number for m in deleted}
+        by_policy: dict[str, int] = {}
+        for message, policy in planned:
+            if message.number in done:
+                by_policy[policy] = by_policy.get(policy, 0) + 1
+        for policy, count in sorted(by_policy.items()):
+            log.info("pop3.deleted", upstream=self.upstream.name, count=count, policy=policy)
 
     async def close(self) -> None:
         """Wait for the connection to be gone (the server closes after QUIT; we close too)."""
@@ -408,11 +666,17 @@ class _Pass:
         await client.closed
 
 
-def fetch_once(upstream: Upstream, store: Store, *, reactor: Any) -> defer.Deferred[FetchResult]:
+def fetch_once(
+    upstream: Upstream,
+    store: Store,
+    *,
+    reactor: Any,
+    progress: Progress | None = None,
+) -> defer.Deferred[FetchResult]:
     """Run one fetch pass; fires with a :class:`FetchResult`, or fails with a
     :class:`~gateway.pop3.client.FetchError` whose ``result`` says what was achieved.
 
     Cancelling the Deferred drops the connection without QUIT: nothing is deleted and
-    everything already delivered stays delivered.
+    everything already received is committed.
     """
-    return defer.Deferred.fromCoroutine(_Pass(upstream, store, reactor).run())
+    return defer.Deferred.fromCoroutine(_Pass(upstream, store, reactor, progress).run())

@@ -8,7 +8,19 @@ here, where property tests can reach it:
 - a UIDL already in the ledger is never fetched again (exactly-once ingest);
 - a message is deleted upstream only when its UIDL is already durably delivered, the
   listing is complete, and no other message on the server shares its UIDL;
-- a ledger entry is forgotten only when a complete, trustworthy listing no longer shows it.
+- a ledger entry is forgotten only when a complete, trustworthy listing no longer shows it;
+- the deletion policies (:func:`plan_deletions`) only ever choose messages the ledger holds
+  as delivered, and only from a complete listing.
+
+Servers without UIDL: :func:`fallback_uidl` derives a stable key from a message's headers
+(via ``TOP n 0``, RFC 1939 §7) and its LIST size. Its limits, stated plainly:
+
+- two different messages with the same Message-ID, Date, From, Subject and size get the
+  same key: they are taken as one (the first is fetched, the other treated like a
+  duplicate UIDL: never fetched, never deleted);
+- a server that rewrites headers or changes the reported size of a stored message makes
+  it look new, so it would be fetched again;
+- it costs one TOP command per listed message on every pass.
 
 POP3 facts relied on (RFC 1939): message numbers are 1-based and fixed for the session
 (§5); UIDL answers ``msg-number SP unique-id`` with a unique-id of 1-70 characters in
@@ -18,7 +30,8 @@ with the size in octets as sent on the wire, CRLF line ends included (§5).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
@@ -261,3 +274,146 @@ def plan_sync(
         listed=len(ordered),
         problems=tuple(problems),
     )
+
+
+# ---- identity without UIDL -----------------------------------------------------------
+
+FALLBACK_UIDL_PREFIX = "popgate-h-"
+"""Prefix of synthetic UIDLs, so they can never be mistaken for a server's own."""
+
+FALLBACK_FIELDS = ("message-id", "date", "from", "subject")
+"""Header fields (RFC 5322 §3.6) whose first occurrence identifies a message without UIDL."""
+
+MAX_HEADER_LINES = 10_000
+"""Header lines of one TOP answer considered; beyond that the rest is ignored."""
+
+
+def header_fields(lines: Iterable[bytes]) -> dict[str, bytes]:
+    """First occurrence of each field in ``lines`` (a header block, lines without CRLF,
+    stopping at the empty line), unfolded (RFC 5322 §2.2.3), whitespace collapsed, keyed by
+    lower-case name. Lines that are not fields are ignored."""
+    fields: dict[str, bytes] = {}
+    current: str | None = None
+    parts: list[bytes] = []
+
+    def close() -> None:
+        if current is not None and current not in fields:
+            fields[current] = b" ".join(b" ".join(parts).split())
+
+    for count, line in enumerate(lines):
+        if not line or count >= MAX_HEADER_LINES:
+            break
+        if line[:1] in (b" ", b"\t"):
+            if current is not None:
+                parts.append(line)
+            continue
+        close()
+        name, colon, value = line.partition(b":")
+        if not colon or not name or b" " in name.strip():
+            current, parts = None, []
+            continue
+        current, parts = name.strip().decode("ascii", "replace").lower(), [value]
+    close()
+    return fields
+
+
+def fallback_uidl(header_lines: Iterable[bytes], size: int) -> str:
+    """A stable stand-in for a UIDL: a hash of Message-ID, Date, From, Subject and the
+    LIST size (see the module docstring for what this cannot tell apart)."""
+    fields = header_fields(header_lines)
+    digest = hashlib.sha256()
+    for name in FALLBACK_FIELDS:
+        digest.update(name.encode("ascii") + b"\0" + fields.get(name, b"") + b"\0")
+    digest.update(b"size\0%d" % size)
+    return FALLBACK_UIDL_PREFIX + digest.hexdigest()[:40]
+
+
+# ---- deletion policies ---------------------------------------------------------------
+
+POLICY_FETCHED = "keep_on_server=false"
+POLICY_AGE = "delete_after"
+POLICY_SIZE = "delete_when_over"
+POLICY_IMAP = "deleted_in_imap"
+
+
+@dataclass(frozen=True)
+class DeletionPolicy:
+    """When messages already delivered may be deleted upstream (config keys of the same
+    names). The default keeps everything forever."""
+
+    keep_on_server: bool = True
+    delete_after: float | None = None  # seconds since the message was fetched
+    delete_when_over: int | None = None  # octets the upstream maildrop may hold
+    deleted_in_imap: str = "keep"  # "delete": DELE once no copy is left in the store
+
+    @property
+    def deletes_anything(self) -> bool:
+        return (
+            not self.keep_on_server
+            or self.delete_after is not None
+            or self.delete_when_over is not None
+            or self.deleted_in_imap == "delete"
+        )
+
+
+@dataclass(frozen=True)
+class LedgerFact:
+    """What deletion planning needs to know of one ledger entry."""
+
+    state: str  # "delivered" | "skipped" | "imported"
+    fetched_at: float  # epoch seconds
+    stored: bool | None = None  # delivered and still in some mailbox of the store
+
+
+def plan_deletions(
+    listing: Sequence[ListedMessage],
+    ledger: Mapping[str, LedgerFact],
+    policy: DeletionPolicy,
+    *,
+    now: float,
+    complete: bool,
+) -> tuple[tuple[ListedMessage, str], ...]:
+    """Which listed messages to DELE now and under which policy, in message-number order.
+
+    Only a message whose UIDL the ledger holds as "delivered" is ever chosen (skipped ones
+    are not in the store; imported ones are in another fetcher's store, which popgate
+    cannot vouch for), never one whose UIDL the server lists twice, and nothing at all
+    from an incomplete listing. Policies, first match wins for the reported reason:
+    keep_on_server=false (everything delivered), deleted_in_imap="delete" (delivered but
+    no longer stored), delete_after (fetched at least that long ago), delete_when_over
+    (oldest fetched first, until the listed sizes add up to no more than the limit).
+    """
+    if not complete or not policy.deletes_anything:
+        return ()
+    ordered = sorted(listing, key=lambda m: (m.number, m.uidl))
+    counts: dict[str, int] = {}
+    for message in ordered:
+        counts[message.uidl] = counts.get(message.uidl, 0) + 1
+    eligible = [
+        m
+        for m in ordered
+        if counts[m.uidl] == 1 and (fact := ledger.get(m.uidl)) is not None
+        if fact.state == "delivered"
+    ]
+    chosen: dict[int, str] = {}
+    for message in eligible:
+        fact = ledger[message.uidl]
+        if not policy.keep_on_server:
+            chosen[message.number] = POLICY_FETCHED
+        elif policy.deleted_in_imap == "delete" and fact.stored is False:
+            chosen[message.number] = POLICY_IMAP
+        elif policy.delete_after is not None and now - fact.fetched_at >= policy.delete_after:
+            chosen[message.number] = POLICY_AGE
+    limit = policy.delete_when_over
+    if limit is not None and all(m.size is not None for m in ordered):
+        remaining = sum(m.size or 0 for m in ordered if m.number not in chosen)
+        oldest_first = sorted(
+            (m for m in eligible if m.number not in chosen),
+            key=lambda m: (ledger[m.uidl].fetched_at, m.number),
+        )
+        for message in oldest_first:
+            if remaining <= limit:
+                break
+            chosen[message.number] = POLICY_SIZE
+            remaining -= message.size or 0
+    return tuple((m, chosen[m.number]) for m in ordered if m.number in chosen)

@@ -12,9 +12,14 @@ can count calls). Rules:
 - :meth:`UpstreamPoller.trigger` asks for a pass now: at most one pass is ever in flight,
   passes start at least :data:`MIN_TRIGGER_SPACING` seconds apart, and a trigger during
   a pass schedules exactly one more right after it;
+- :meth:`UpstreamPoller.fetch_now` (``popgate fetch``) starts a pass at once when none is
+  in flight (an operator asked: no spacing), else right after the one in flight, and
+  fires with that pass's result; its ``progress`` callable hears that pass's progress;
 - stopping cancels the timers and waits up to :data:`STOP_GRACE` seconds for a pass in
   flight, then cancels it, which is safe: a cancelled pass drops the connection without
   QUIT, so no DELE takes effect, and what it delivered stays delivered.
+
+:meth:`UpstreamPoller.health_dict` is what ``popgate status`` shows for the upstream.
 
 Time comes only from the injected reactor (``callLater``/``seconds``), so tests drive it
 with :class:`twisted.internet.task.Clock`.
@@ -30,6 +35,7 @@ from typing import Any
 import structlog
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from gateway.config import Upstream
 from gateway.pop3.client import FetchError
@@ -56,7 +62,11 @@ STOP_GRACE = 10.0
 DEFAULT_JITTER = 0.1
 """Default spread of every delay, as a fraction (0.1 = ±10 %)."""
 
+MAX_SKIPPED_SHOWN = 50
+"""Skipped messages listed by :meth:`UpstreamPoller.health_dict` (the count is always full)."""
+
 FetchFunction = Callable[..., defer.Deferred[FetchResult]]
+Progress = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -75,6 +85,8 @@ class PollerHealth:
     in_flight: bool = False
     next_poll_at: float | None = None
     last_result: FetchResult | None = None
+    backlog: int = 0  # new messages listed upstream and not stored yet
+    progress: dict[str, Any] | None = None  # the pass in flight, as last reported
 
 
 class UpstreamPoller(Service):
@@ -114,6 +126,8 @@ class UpstreamPoller(Service):
         self._in_flight: defer.Deferred[Any] | None = None
         self._again = False
         self._last_start: float | None = None
+        self._next_waiters: list[tuple[defer.Deferred[FetchResult], Progress | None]] = []
+        self._current_waiters: list[tuple[defer.Deferred[FetchResult], Progress | None]] = []
 
     # ---- service lifetime ------------------------------------------------------------
 
@@ -126,6 +140,9 @@ class UpstreamPoller(Service):
         self._cancel_timer()
         self._again = False
         self.health.next_poll_at = None
+        waiting, self._next_waiters = self._next_waiters, []
+        for d, _progress in waiting:
+            d.errback(defer.CancelledError())
         running = self._in_flight
         if running is None:
             return None
@@ -181,6 +198,21 @@ class UpstreamPoller(Service):
                 return  # already due at least as soon
         self._schedule(delay, jittered=False)
 
+    def fetch_now(self, progress: Progress | None = None) -> defer.Deferred[FetchResult]:
+        """A pass started at once, or right after the one in flight (never two at once);
+        fires with its :class:`FetchResult` or fails with its error. ``progress`` hears
+        that pass's progress dicts."""
+        if not self.running:
+            return defer.fail(defer.CancelledError())
+        d: defer.Deferred[FetchResult] = defer.Deferred()
+        self._next_waiters.append((d, progress))
+        if self._in_flight is None:
+            self._cancel_timer()
+            self._start_pass()
+        else:
+            self._again = True
+        return d
+
     # ---- one pass --------------------------------------------------------------------
 
     def _start_pass(self) -> None:
@@ -192,10 +224,41 @@ class UpstreamPoller(Service):
         self._last_start = now = self.reactor.seconds()
         self.health.last_attempt = now
         self.health.in_flight = True
-        d = defer.maybeDeferred(self.fetch, self.upstream, self.store, reactor=self.reactor)
+        self.health.progress = None
+        self._current_waiters, self._next_waiters = self._next_waiters, []
+        d = defer.maybeDeferred(
+            self.fetch,
+            self.upstream,
+            self.store,
+            reactor=self.reactor,
+            progress=self._on_progress,
+        )
         self._in_flight = d
-        d.addCallbacks(self._succeeded, self._failed)
-        d.addBoth(self._pass_over)
+        d.addBoth(self._finished)
+
+    def _on_progress(self, info: dict[str, Any]) -> None:
+        self.health.progress = info
+        if "backlog" in info:
+            self.health.backlog = int(info["backlog"])
+        for _d, listener in self._current_waiters:
+            if listener is not None:
+                try:
+                    listener(info)
+                except Exception:
+                    log.exception("pop3.progress_listener_failed", upstream=self.upstream.name)
+
+    def _finished(self, outcome: Any) -> None:
+        if isinstance(outcome, Failure):
+            self._failed(outcome)
+        else:
+            self._succeeded(outcome)
+        waiters, self._current_waiters = self._current_waiters, []
+        for d, _progress in waiters:
+            if isinstance(outcome, Failure):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
+        self._pass_over(None)
 
     def _succeeded(self, result: FetchResult) -> None:
         h = self.health
@@ -205,6 +268,7 @@ class UpstreamPoller(Service):
         h.last_result = result
         h.fetched_total += result.fetched
         h.bytes_total += result.bytes
+        h.backlog = result.backlog
 
     def _failed(self, failure: Any) -> None:
         h = self.health
@@ -217,6 +281,7 @@ class UpstreamPoller(Service):
             h.last_result = partial
             h.fetched_total += partial.fetched
             h.bytes_total += partial.bytes
+            h.backlog = partial.backlog
         h.consecutive_failures += 1
         h.last_error_at = self.reactor.seconds()
         h.last_error_kind = error.kind if isinstance(error, FetchError) else "internal"
@@ -234,7 +299,10 @@ class UpstreamPoller(Service):
         self.health.in_flight = False
         if not self.running:
             return
-        if self._again:
+        if self._next_waiters:
+            self._again = False
+            self._schedule(0, jittered=False)  # an operator is waiting: no spacing
+        elif self._again:
             self._again = False
             self._schedule(self._earliest_start() - self.reactor.seconds(), jittered=False)
         elif self.health.consecutive_failures:
@@ -248,3 +316,53 @@ class UpstreamPoller(Service):
             )
         else:
             self._schedule(self.upstream.poll_interval)
+
+    # ---- status ----------------------------------------------------------------------
+
+    def health_dict(self) -> dict[str, Any]:
+        """JSON-ready health of this upstream for ``popgate status`` and metrics. Times are
+        epoch seconds (the reactor's clock); ``skipped`` lists messages recorded as not
+        fetched (too large, line too long), newest first, at most :data:`MAX_SKIPPED_SHOWN`."""
+        h = self.health
+        up = self.upstream
+        if h.in_flight:
+            state = "fetching"
+        elif h.consecutive_failures:
+            state = "failing"
+        elif h.last_success is None:
+            state = "waiting"
+        else:
+            state = "ok"
+        skipped: list[dict[str, Any]] = []
+        if self.store is not None:
+            entries = [e for e in self.store.ledger_entries(up.name) if e.state == "skipped"]
+            entries.sort(key=lambda e: e.fetched_at, reverse=True)
+            skipped = [
+                {"uidl": e.uidl, "reason": e.reason, "at": e.fetched_at.timestamp()}
+                for e in entries
+            ]
+        return {
+            "upstream": up.name,
+            "owner": up.owner,
+            "folder": up.folder,
+            "host": up.host,
+            "port": up.port,
+            "tls": up.tls,
+            "state": state,
+            "last_success": h.last_success,
+            "last_attempt": h.last_attempt,
+            "last_error": h.last_error,
+            "last_error_kind": h.last_error_kind,
+            "last_error_at": h.last_error_at,
+            "consecutive_failures": h.consecutive_failures,
+            "messages_fetched": h.fetched_total,
+            "bytes_fetched": h.bytes_total,
+            "passes": h.passes,
+            "in_flight": h.in_flight,
+            "next_poll_at": h.next_poll_at,
+            "backlog": h.backlog,
+            "progress": h.progress if h.in_flight else None,
+            "last_result": h.last_result.as_dict() if h.last_result is not None else None,
+            "skipped_count": len(skipped),
+            "skipped": skipped[:MAX_SKIPPED_SHOWN],
+        }
