@@ -20,6 +20,7 @@ Timers (RFC 3501 §5.4 autologout, RFC 2177 IDLE keep-alive) run on an injected 
 
 from __future__ import annotations
 
+import typing
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,8 +42,14 @@ from gateway.imap.command import (
     ParseError,
     RawLine,
 )
-from gateway.imap.handler import BadCommand
-from gateway.imap.parser import CommandParser
+from gateway.imap.handler import BadCommand, Refused
+from gateway.imap.parser import (
+    MAX_LITERALS,
+    MAX_NESTING,
+    MAX_SEARCH_DEPTH,
+    MAX_SEQUENCE_RANGES,
+    CommandParser,
+)
 from gateway.imap.session import (
     ActivityHook,
     Close,
@@ -54,11 +61,15 @@ from gateway.imap.session import (
     StartTLS,
     WaitIdle,
 )
+from gateway.penalty import AuthPenalty, source_key
 from gateway.store.interfaces import Store
 
 log = structlog.get_logger(__name__)
 
 CONTINUE_LITERAL = b"+ Ready for literal data\r\n"
+
+MAX_LOGGED_USER = 128
+"""A user name (client input) is cut to this many characters in log events."""
 
 UTF8_ACCEPT_SUPPORTED = False
 """RFC 6855 UTF8=ACCEPT stays unannounced: the session and parser handle UTF-8 names and
@@ -66,6 +77,32 @@ quoted strings, but the parser lacks the APPEND ``UTF8 (~{n})`` data extension t
 §4 of the RFC requires of a server announcing it."""
 
 RunBlockingFn = Callable[[Callable[[], Any]], Deferred]
+
+
+class ServerObserver(typing.Protocol):
+    """What the server tells an observer (metrics) about its work; the IMAP code never
+    imports the observer's module. Calls happen on the reactor thread and must not raise."""
+
+    def connection_opened(self) -> None: ...
+
+    def connection_closed(self, seconds: float) -> None: ...
+
+    def command_done(self, name: str | None, seconds: float, status: str, code: str | None) -> None:
+        """A command finished: ``name`` as "FETCH"/"UID FETCH" (None: unparseable input),
+        ``status`` of its tagged reply (OK/NO/BAD, or BYE when the connection ended)."""
+
+
+class NullObserver:
+    """The default observer: notices nothing."""
+
+    def connection_opened(self) -> None:
+        pass
+
+    def connection_closed(self, seconds: float) -> None:
+        pass
+
+    def command_done(self, name: str | None, seconds: float, status: str, code: str | None) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -101,6 +138,27 @@ class IMAPLimits:
     idle_keepalive: float = 120.0
     """Seconds between ``* OK Still here`` lines during IDLE, so NAT boxes keep the flow."""
 
+    max_literals: int = MAX_LITERALS
+    """Most literals in one command."""
+
+    max_nesting: int = MAX_NESTING
+    """Deepest parenthesis nesting in a command (``BAD [LIMIT]`` beyond)."""
+
+    max_search_depth: int = MAX_SEARCH_DEPTH
+    """Deepest NOT/OR/group recursion in a SEARCH program (``BAD [LIMIT]`` beyond)."""
+
+    max_sequence_ranges: int = MAX_SEQUENCE_RANGES
+    """Most comma-separated elements in one sequence set (``BAD`` beyond)."""
+
+    max_connections_per_user_ip: int = 50
+    """Logged-in connections one user may hold from one address; the next login gets
+    ``NO [LIMIT]``. Generous: a household behind one NAT runs many devices, each with
+    several connections (0: no limit)."""
+
+    max_connections_per_ip: int = 1000
+    """Connections (logged in or not) from one address; beyond it a new connection gets
+    ``* BYE`` at once, which bounds what one slow-loris source can hold (0: no limit)."""
+
     @property
     def max_command_size(self) -> int:
         """A whole command, literals included (MULTIAPPEND may carry a few messages)."""
@@ -114,6 +172,26 @@ def thread_runner(reactor: Any) -> RunBlockingFn:
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), call)
 
     return run
+
+
+@dataclass(frozen=True)
+class ListenerPolicy:
+    """What one listener adds to the shared factory's settings."""
+
+    implicit_tls: bool = False
+    """Connections are TLS from their first byte (IMAPS, RFC 8314 §3.3)."""
+
+    plaintext_auth: bool | None = None
+    """Passwords without TLS on this listener; None: the factory's ``allow_plaintext_auth``."""
+
+
+def _peer_host(transport: Any) -> str:
+    """The peer's address for per-source accounting ("local" for UNIX sockets)."""
+    try:
+        host = getattr(transport.getPeer(), "host", None)
+    except Exception:
+        host = None
+    return host if isinstance(host, str) and host else "local"
 
 
 def _peer_text(transport: Any) -> str:
@@ -133,9 +211,14 @@ class IMAPServerProtocol(Protocol):
     session: IMAPSession
     parser: CommandParser
 
-    def __init__(self, factory: IMAPServerFactory) -> None:
+    def __init__(self, factory: IMAPServerFactory, policy: ListenerPolicy | None = None) -> None:
         self.factory = factory
+        self.policy = policy if policy is not None else ListenerPolicy()
         self.peer = "unknown"
+        self.peer_host = "local"
+        self._source_counted = False
+        self._user_counted: tuple[str, str] | None = None
+        self._login_delay_call: IDelayedCall | None = None
         self._current: Run | None = None
         self._waiting: RunBlocking | ReadLine | WaitIdle | None = None
         self._send: Any = None
@@ -156,6 +239,7 @@ class IMAPServerProtocol(Protocol):
         self._next_turn_call: IDelayedCall | None = None
         self._turn_commands = 0
         self._connected_at = 0.0
+        self._timing: tuple[str | None, float] | None = None
 
     # -- connection lifetime --
 
@@ -163,19 +247,36 @@ class IMAPServerProtocol(Protocol):
         factory = self.factory
         self._connected_at = factory.clock.seconds()
         self.peer = _peer_text(self.transport)
+        self.peer_host = _peer_host(self.transport)
+        if not factory.admit_source(self.peer_host):
+            # One source holding this many connections is abuse (or a broken client);
+            # refuse before any per-connection state exists (RFC 3501 §7.1.5 BYE).
+            self._closing = True
+            log.warning("imap.connection_refused", peer=self.peer, reason="per_ip_limit")
+            self.transport.write(b"* BYE Too many connections from your address\r\n")
+            self.transport.loseConnection()
+            return
+        self._source_counted = True
+        policy = self.policy
+        plaintext_auth = (
+            policy.plaintext_auth
+            if policy.plaintext_auth is not None
+            else factory.allow_plaintext_auth
+        )
         self.session = IMAPSession(
             factory.store,
             factory.authenticator,
             peer=self.peer,
-            tls_active=ISSLTransport.providedBy(self.transport),
+            tls_active=policy.implicit_tls or ISSLTransport.providedBy(self.transport),
             tls_available=factory.tls_context_factory is not None,
-            plaintext_auth_allowed=factory.allow_plaintext_auth,
+            plaintext_auth_allowed=plaintext_auth,
             utf8_available=UTF8_ACCEPT_SUPPORTED,
             activity=factory.activity,
         )
         self.parser = self._new_parser()
         self.transport.registerProducer(self, True)
         factory.protocols.add(self)
+        factory.observer.connection_opened()
         log.info("imap.connect", peer=self.peer)
         self.transport.write(self.session.greeting())
         self._reset_timeout()
@@ -185,6 +286,14 @@ class IMAPServerProtocol(Protocol):
         self._drop_current()
         self._cancel_timers()
         self.factory.protocols.discard(self)
+        if getattr(self, "session", None) is not None:
+            self.factory.observer.connection_closed(
+                self.factory.clock.seconds() - self._connected_at
+            )
+        self._release_user_slot()
+        if self._source_counted:
+            self._source_counted = False
+            self.factory.release_source(self.peer_host)
         log.info(
             "imap.disconnect",
             user=getattr(getattr(self, "session", None), "user", None),
@@ -198,6 +307,10 @@ class IMAPServerProtocol(Protocol):
             max_line_length=limits.max_line_length,
             max_literal_size=limits.max_literal_size,
             max_command_size=limits.max_command_size,
+            max_literals=limits.max_literals,
+            max_nesting=limits.max_nesting,
+            max_search_depth=limits.max_search_depth,
+            max_sequence_ranges=limits.max_sequence_ranges,
         )
 
     def dataReceived(self, data: bytes) -> None:
@@ -279,9 +392,14 @@ class IMAPServerProtocol(Protocol):
                 continue
             if isinstance(event, Command):
                 self._reset_timeout()
+                name = event.name.upper()
+                if event.uid and not name.startswith("UID "):
+                    name = "UID " + name
+                self._timing = (name, self.factory.clock.seconds())
                 self._start(self.session.execute(event))
                 return
             if isinstance(event, ParseError):
+                self._timing = (None, self.factory.clock.seconds())
                 self._start(self.session.parse_error(event))
                 return
             # A RawLine nobody asked for cannot happen; ignore anything else.
@@ -342,6 +460,8 @@ class IMAPServerProtocol(Protocol):
         if isinstance(action, RunBlocking):
             self._waiting = action
             token = self._blocking = object()
+            if action.login is not None and self._login_refused(action.login, token):
+                return
             try:
                 deferred = self.factory.run_blocking(action.call)
             except Exception:
@@ -356,6 +476,7 @@ class IMAPServerProtocol(Protocol):
             self.transport.write(action.prompt)
             self._waiting = action
             self._request_raw()
+            self._again = True  # the line may already be buffered (a pipelining client)
         elif isinstance(action, WaitIdle):
             if not self._idling:
                 self._idling = True
@@ -363,6 +484,7 @@ class IMAPServerProtocol(Protocol):
                 self._reset_timeout()
             self._waiting = action
             self._request_raw()
+            self._again = True  # DONE may already be buffered
         elif isinstance(action, StartTLS):
             self._start_tls()
         elif isinstance(action, Close):
@@ -373,10 +495,77 @@ class IMAPServerProtocol(Protocol):
     def _blocking_done(self, result: Any, token: object) -> None:
         if self._blocking is not token or self._closing:
             return
+        action = self._waiting
+        if isinstance(action, RunBlocking) and action.login is not None:
+            self._password_checked(action.login, result, token)
+            return
+        self._resume(token, result, None)
+
+    def _resume(self, token: object, result: Any, error: BaseException | None) -> None:
+        """Continue the command waiting on a blocking call (or on a login delay)."""
+        self._login_delay_call = None
+        if self._blocking is not token or self._closing:
+            return
         self._blocking = None
         self._waiting = None
-        self._send = result
+        if error is not None:
+            self._throw = error
+        else:
+            self._send = result
         self._run()
+
+    def _resume_later(
+        self, delay: float, token: object, result: Any, error: BaseException | None
+    ) -> None:
+        if delay <= 0:
+            self._resume(token, result, error)
+        else:
+            self._login_delay_call = self.factory.clock.callLater(
+                delay, self._resume, token, result, error
+            )
+
+    # -- login penalties and limits --
+
+    def _login_refused(self, user: str, token: object) -> bool:
+        """Before a password check: refuse it unchecked when the source's or the user's
+        failure budget is spent (``NO [UNAVAILABLE]``, RFC 5530), after the source's
+        current delay so a retry loop gains nothing."""
+        penalty = self.factory.penalty
+        if penalty is None:
+            return False
+        reason = penalty.refusal(self.peer_host, user)
+        if reason is None:
+            return False
+        log.warning("imap.auth_refused", user=user[:MAX_LOGGED_USER], peer=self.peer, budget=reason)
+        error = Refused("Too many failed logins; try again later", "UNAVAILABLE")
+        self._resume_later(penalty.current_delay(self.peer_host), token, None, error)
+        return True
+
+    def _password_checked(self, user: str, canonical: str | None, token: object) -> None:
+        """After a password check: a failure is answered after the source's doubling
+        delay (the same for unknown users and wrong passwords, so timing tells nothing);
+        a success resets it and takes one of the user's per-address connection slots."""
+        penalty = self.factory.penalty
+        if canonical is None:
+            delay = penalty.failed(self.peer_host, user) if penalty is not None else 0.0
+            self._resume_later(delay, token, None, None)
+            return
+        if penalty is not None:
+            penalty.succeeded(self.peer_host, canonical)
+        if self._user_counted is None:
+            key = (canonical, self.peer_host)
+            if not self.factory.take_user_slot(key):
+                log.warning("imap.login_refused", user=canonical, peer=self.peer, reason="limit")
+                error = Refused("Too many connections for this user from your address", "LIMIT")
+                self._resume(token, None, error)
+                return
+            self._user_counted = key
+        self._resume(token, canonical, None)
+
+    def _release_user_slot(self) -> None:
+        key, self._user_counted = self._user_counted, None
+        if key is not None:
+            self.factory.release_user_slot(key)
 
     def _blocking_failed(self, failure: Failure, token: object) -> None:
         if self._blocking is not token or self._closing:
@@ -391,7 +580,23 @@ class IMAPServerProtocol(Protocol):
             self.parser.read_raw_line()
             self._raw_requested = True
 
+    def _report_command(self) -> None:
+        """Tell the observer how the command that just ended went, and how long it took."""
+        timing, self._timing = self._timing, None
+        if timing is None:
+            return
+        reply = self.session.last_reply
+        self.factory.observer.command_done(
+            timing[0],
+            self.factory.clock.seconds() - timing[1],
+            reply.status if reply is not None else "BYE",
+            reply.code if reply is not None else None,
+        )
+
     def _command_done(self) -> None:
+        self._report_command()
+        if self._user_counted is not None and self.session.user is None:
+            self._release_user_slot()  # the password was right but the login failed anyway
         self._current = None
         self._waiting = None
         self._send = None
@@ -535,6 +740,9 @@ class IMAPServerProtocol(Protocol):
 
     def _cancel_timers(self) -> None:
         self._cancel_keepalive()
+        delayed, self._login_delay_call = self._login_delay_call, None
+        if delayed is not None and delayed.active():
+            delayed.cancel()
         turn, self._next_turn_call = self._next_turn_call, None
         if turn is not None and turn.active():
             turn.cancel()
@@ -564,6 +772,8 @@ class IMAPServerFactory(Factory):
     false means passwords only over TLS (LOGINDISABLED until STARTTLS, RFC 3501 §6.2.3).
     ``activity(user, mailbox)`` is told when a client selects, idles on, polls or asks
     STATUS of a mailbox (the service wires it to fetch-on-demand).
+    ``penalty`` (:class:`~gateway.penalty.AuthPenalty`) delays failed logins and
+    enforces failure budgets; None turns both off (tests of other features).
     """
 
     def __init__(
@@ -578,6 +788,7 @@ class IMAPServerFactory(Factory):
         allow_plaintext_auth: bool = True,
         clock: IReactorTime | None = None,
         activity: ActivityHook | None = None,
+        penalty: AuthPenalty | None = None,
     ) -> None:
         self.store = store
         self.activity = activity
@@ -588,12 +799,42 @@ class IMAPServerFactory(Factory):
         self.limits = limits if limits is not None else IMAPLimits()
         self.tls_context_factory = tls_context_factory
         self.allow_plaintext_auth = allow_plaintext_auth
+        self.penalty = penalty
+        self.observer: ServerObserver = NullObserver()
+        """Told about connections and commands (the service sets the metrics here)."""
         self.protocols: set[IMAPServerProtocol] = set()
+        self._per_source: dict[str, int] = {}
+        self._per_user_source: dict[tuple[str, str], int] = {}
         self._changed: set[int] = set()
         self._flush_call: IDelayedCall | None = None
 
     def buildProtocol(self, addr: Any) -> IMAPServerProtocol:
         return IMAPServerProtocol(self)
+
+    def admit_source(self, host: str) -> bool:
+        """Count a new connection from ``host``; False if it is one too many."""
+        key = source_key(host)
+        count = self._per_source.get(key, 0)
+        limit = self.limits.max_connections_per_ip
+        if limit and count >= limit:
+            return False
+        self._per_source[key] = count + 1
+        return True
+
+    def release_source(self, host: str) -> None:
+        _decrement(self._per_source, source_key(host))
+
+    def take_user_slot(self, key: tuple[str, str]) -> bool:
+        """Count one more logged-in connection of (user, address); False if over the limit."""
+        count = self._per_user_source.get(key, 0)
+        limit = self.limits.max_connections_per_user_ip
+        if limit and count >= limit:
+            return False
+        self._per_user_source[key] = count + 1
+        return True
+
+    def release_user_slot(self, key: tuple[str, str]) -> None:
+        _decrement(self._per_user_source, key)
 
     def startFactory(self) -> None:
         self.store.add_listener(self._store_changed)
@@ -617,3 +858,30 @@ class IMAPServerFactory(Factory):
         for protocol in list(self.protocols):
             for mailbox_id in sorted(changed):
                 protocol.mailbox_changed(mailbox_id)
+
+
+def _decrement(counts: dict[Any, int], key: Any) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
+class ListenerFactory(Factory):
+    """One listener's view of the shared :class:`IMAPServerFactory`: connections get this
+    listener's :class:`ListenerPolicy` but share the store, limits, penalties and
+    connection counts. Starting the first listener starts the shared factory."""
+
+    def __init__(self, imap: IMAPServerFactory, policy: ListenerPolicy) -> None:
+        self.imap = imap
+        self.policy = policy
+
+    def doStart(self) -> None:
+        self.imap.doStart()
+
+    def doStop(self) -> None:
+        self.imap.doStop()
+
+    def buildProtocol(self, addr: Any) -> IMAPServerProtocol:
+        return IMAPServerProtocol(self.imap, self.policy)
