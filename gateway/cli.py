@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from collections.abc import Sequence
 
@@ -99,6 +100,114 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(state_dir=args.state_dir, port=args.port, interval=args.interval)
 
 
+def _state_dir(args: argparse.Namespace) -> str | None:
+    """``--state-dir`` if given, else the config's state_dir (None after printing why not)."""
+    if getattr(args, "state_dir", None):
+        return args.state_dir
+    try:
+        return configmod.load(args.config).state_dir
+    except configmod.ConfigError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Ask the running gateway (control socket) how it is; a table, or JSON with --json."""
+    import json
+
+    from gateway import control, status
+
+    state_dir = _state_dir(args)
+    if state_dir is None:
+        return 1
+    try:
+        result = control.request(state_dir, {"command": "status"}, timeout=args.timeout)
+    except control.GatewayNotRunning as e:
+        print(f"popgate: {e}", file=sys.stderr)
+        return 3  # LSB "program is not running"
+    except (control.ControlError, TimeoutError, OSError) as e:
+        print(f"popgate: status failed: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        sys.stdout.write(status.render(result))
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    """Fetch now on the running gateway, with a progress bar (gateway/pop3/fetchcli.py)."""
+    from gateway.pop3 import fetchcli
+
+    state_dir = _state_dir(args)
+    if state_dir is None:
+        return 1
+    return fetchcli.run(state_dir, args.upstream, timeout=args.timeout)
+
+
+def cmd_import_uidls(args: argparse.Namespace) -> int:
+    """Mark UIDLs from a fetchmail/getmail state file as known (gateway/migrate.py)."""
+    from gateway import migrate
+
+    return migrate.run_import(args.config, args.upstream, args.file, account=args.account)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Consistent online copy of the store (SQLite backup API); safe while serving."""
+    from gateway import backup
+    from gateway.service import STORE_FILE
+
+    state_dir = _state_dir(args)
+    if state_dir is None:
+        return 1
+    try:
+        result = backup.backup(os.path.join(state_dir, STORE_FILE), args.dest)
+    except backup.BackupError as e:
+        print(f"popgate: backup failed: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"{result.path}: {result.size} bytes, {result.mailboxes} mailboxes, "
+        f"{result.messages} messages, integrity ok"
+    )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Replace the store with a backup; refused while the gateway runs."""
+    from gateway import backup, control
+    from gateway.service import STORE_FILE
+
+    state_dir = _state_dir(args)
+    if state_dir is None:
+        return 1
+    try:
+        control.request(state_dir, {"command": "status"}, timeout=10)
+    except control.GatewayNotRunning:
+        pass
+    except (control.ControlError, TimeoutError, OSError) as e:
+        print(
+            f"popgate: cannot tell whether popgate is running ({e}); stop it first", file=sys.stderr
+        )
+        return 1
+    else:
+        print(
+            "popgate: the gateway is running; stop it first (systemctl stop popgate), "
+            "then restore, then start it",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        result = backup.restore(args.src, os.path.join(state_dir, STORE_FILE))
+    except backup.BackupError as e:
+        print(f"popgate: restore failed: {e}", file=sys.stderr)
+        return 1
+    print(f"{result.path}: restored from {args.src} ({result.messages} messages)")
+    if result.previous is not None:
+        print(f"the store it replaced is kept as {result.previous}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="popgate", description="POP3-to-IMAP gateway: POP3 upstreams in, IMAP4rev1 out."
@@ -121,6 +230,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=1143)
     p.add_argument("--interval", type=float, default=60.0, help="seconds between new demo messages")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("status", help="show what the running gateway is doing")
+    p.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    p.add_argument("--state-dir", help="instead of reading it from the config")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("fetch", help="fetch from the upstreams now (on the running gateway)")
+    p.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    p.add_argument("--state-dir", help="instead of reading it from the config")
+    p.add_argument("--upstream", "-u", help="only this upstream (default: all)")
+    p.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds without any progress before giving up"
+    )
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser(
+        "import-uidls",
+        help="take over a fetchmail .fetchids / getmail oldmail-* file (no refetch)",
+    )
+    p.add_argument("file", help="the .fetchids or oldmail-* file")
+    p.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    p.add_argument("--upstream", "-u", required=True, help="the [[upstreams]] name to record for")
+    p.add_argument("--account", help="fetchmail: the user@host whose lines to take (when several)")
+    p.set_defaults(func=cmd_import_uidls)
+
+    p = sub.add_parser("backup", help="copy the store to DEST (safe while running)")
+    p.add_argument("dest", help="new file, or a directory for a timestamped file")
+    p.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    p.add_argument("--state-dir", help="instead of reading it from the config")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("restore", help="replace the store with a backup (gateway stopped)")
+    p.add_argument("src", help="a file made by popgate backup")
+    p.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    p.add_argument("--state-dir", help="instead of reading it from the config")
+    p.set_defaults(func=cmd_restore)
     return parser
 
 

@@ -26,10 +26,12 @@ MIN_POLL_INTERVAL = 10.0
 DEFAULT_TIMEOUT = 60.0
 TLS_MODES = ("implicit", "starttls", "none")
 AUTH_MODES = ("auto", "user", "apop", "plain")
+DELETED_IN_IMAP_MODES = ("keep", "delete")
 USER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._@+-]{0,63}$")
 UPSTREAM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
+DEFAULT_METRICS_LISTEN = "tcp:9143:interface=127.0.0.1"
 
 
 class ConfigError(Exception):
@@ -73,6 +75,61 @@ class Upstream:
     auth: str = "auto"
     allow_plaintext: bool = False
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    delete_after: float | None = None  # seconds after fetching; None = never
+    delete_when_over: int | None = None  # bytes on the server; None = no size policy
+    quota: int | None = None  # the upstream mailbox's quota in bytes, for "80%"
+    deleted_in_imap: str = "keep"  # "keep" | "delete": DELE upstream once expunged here
+    dedup: bool = True  # same bytes via another upstream into the same folder: store once
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The Prometheus endpoint ([metrics]): off unless enabled, loopback by default."""
+
+    enabled: bool = False
+    listen: str = DEFAULT_METRICS_LISTEN
+
+
+LISTENER_TLS = ("starttls", "implicit")
+TLS_MIN_VERSIONS = ("1.2", "1.3")
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One IMAP listener (``[server] imap``/``imaps`` or a ``[[listeners]]`` table).
+
+    ``tls``: "starttls" (plaintext first, STARTTLS offered when ``[tls]`` is set),
+    "implicit" (IMAPS: TLS from the first byte with the ``[tls]`` certificate) or
+    "endpoint" (an ``ssl:`` endpoint string that does TLS itself). ``plaintext_auth``:
+    LOGIN/AUTHENTICATE allowed before TLS (RFC 3501 §6.2.3 LOGINDISABLED otherwise).
+    """
+
+    endpoint: str
+    tls: str = "starttls"
+    plaintext_auth: bool = False
+    local: bool = False
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """``[tls]``: the server certificate for STARTTLS and IMAPS (reloaded on SIGHUP)."""
+
+    cert_file: str
+    key_file: str
+    min_version: str = "1.2"
+
+
+@dataclass(frozen=True)
+class Security:
+    """``[security]``: login penalties, failure budgets and connection limits."""
+
+    auth_penalty_initial: float = 2.0
+    auth_penalty_max: float = 15.0
+    auth_failure_window: float = 15 * 60.0
+    auth_failures_per_ip: int = 30
+    auth_failures_per_user: int = 100
+    max_connections_per_user_ip: int = 50
+    max_connections_per_ip: int = 1000
 
 
 @dataclass(frozen=True)
@@ -85,6 +142,10 @@ class Config:
     limits: Limits
     users: dict[str, User]
     upstreams: tuple[Upstream, ...]
+    metrics: Metrics = Metrics()
+    tls: TLSSettings | None = None
+    listeners: tuple[Listener, ...] = ()
+    security: Security = Security()
 
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -243,8 +304,8 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
             server.problem(f"imap[{i}]", why)
         else:
             listeners.append(item)
-    if imap is not None and not imap:
-        server.problem("imap", "needs at least one listener")
+    imaps = server.get("imaps", list, [])
+    allow_insecure = server.get("allow_insecure_listener", bool, False)
     log_level = server.get("log_level", str, "info")
     if log_level is not None and log_level not in LOG_LEVELS:
         server.problem("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
@@ -380,6 +441,33 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
         max_size = r.get(
             "max_message_size", (int, str), limits.max_message_size, convert=parse_size
         )
+        delete_after = r.get("delete_after", (int, float, str), None, convert=parse_duration)
+        if delete_after is not None and delete_after <= 0:
+            r.problem("delete_after", 'must be a positive duration such as "30d"')
+            delete_after = None
+        quota = r.get("quota", (int, str), None, convert=parse_size)
+        over_raw = r.get("delete_when_over", (int, str), None)
+        delete_when_over: int | None = None
+        if isinstance(over_raw, str) and over_raw.strip().endswith("%"):
+            try:
+                percent = float(over_raw.strip()[:-1])
+            except ValueError:
+                percent = -1.0
+            if not 0 < percent <= 100:
+                r.problem("delete_when_over", 'a percentage must be in (0, 100], e.g. "80%"')
+            elif quota is None:
+                r.problem("delete_when_over", f"{over_raw!r} is a share of quota: set quota too")
+            else:
+                delete_when_over = int(quota * percent / 100)
+        elif over_raw is not None:
+            try:
+                delete_when_over = parse_size(over_raw)
+            except ValueError as e:
+                r.problem("delete_when_over", str(e))
+        deleted_in_imap = r.get("deleted_in_imap", str, "keep")
+        if deleted_in_imap is not None and deleted_in_imap not in DELETED_IN_IMAP_MODES:
+            r.problem("deleted_in_imap", f"must be one of {', '.join(DELETED_IN_IMAP_MODES)}")
+        dedup = r.get("dedup", bool, True)
         r.finish()
         if None in (name, owner, host, tls, port, username, secret, auth, poll, timeout):
             continue
@@ -400,10 +488,28 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
                 auth=auth,
                 allow_plaintext=bool(allow_plaintext),
                 max_message_size=max_size or limits.max_message_size,
+                delete_after=delete_after,
+                delete_when_over=delete_when_over,
+                quota=quota,
+                deleted_in_imap=deleted_in_imap or "keep",
+                dedup=bool(dedup),
             )
         )
     if config_has_secret and os.path.exists(path):
         _check_secret_file(path, problems, f"{path}: upstreams.password")
+    metrics = _parse_metrics(top, path, problems)
+    tls_settings = _parse_tls(path, problems, top.get("tls", dict, None))
+    security = _parse_security(path, problems, top.get("security", dict, {}) or {})
+    all_listeners = _parse_listeners(
+        path,
+        problems,
+        server,
+        listeners,
+        imaps or [],
+        top.get("listeners", list, []) or [],
+        tls_settings,
+        bool(allow_insecure),
+    )
     top.finish()
 
     if problems:
@@ -417,4 +523,194 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
         limits=limits,
         users=users,
         upstreams=tuple(upstreams),
+        metrics=metrics,
+        tls=tls_settings,
+        listeners=all_listeners,
+        security=security,
     )
+
+
+def _parse_metrics(top: _Reader, path: str, problems: list[str]) -> Metrics:
+    """The [metrics] table: ``enabled`` and ``listen`` (a Twisted server endpoint)."""
+    table = top.get("metrics", dict, {}) or {}
+    r = _Reader(path, problems, "metrics", table)
+    enabled = r.get("enabled", bool, False)
+    listen = r.get("listen", str, DEFAULT_METRICS_LISTEN)
+    if listen is not None and (why := _endpoint_problem(listen)) is not None:
+        r.problem("listen", why)
+    r.finish()
+    return Metrics(enabled=bool(enabled), listen=listen or DEFAULT_METRICS_LISTEN)
+
+
+# ---- network security: [tls], [security], listeners (issue 7) ------------------------
+
+
+def _split_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """A Twisted endpoint string as (type, positional args, keyword args); a backslash
+    escapes a colon as in Twisted's own syntax."""
+    parts: list[str] = []
+    current = ""
+    escaped = False
+    for char in description:
+        if escaped:
+            current += char
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    for part in parts[1:]:
+        name, eq, value = part.partition("=")
+        if eq:
+            kwargs[name] = value
+        else:
+            args.append(part)
+    return parts[0].lower(), args, kwargs
+
+
+def endpoint_is_local(description: str) -> bool:
+    """True when an endpoint string only accepts local connections: a UNIX socket or a
+    TCP listener bound to a loopback interface. Anything else (all interfaces, a LAN
+    address, systemd-passed sockets) counts as reachable from the network."""
+    kind, _args, kwargs = _split_endpoint(description)
+    if kind == "unix":
+        return True
+    if kind in ("tcp", "tcp6", "ssl"):
+        return is_loopback_host(kwargs["interface"] if "interface" in kwargs else "")
+    return False
+
+
+def _parse_tls(path: str, problems: list[str], table: dict[str, Any] | None) -> TLSSettings | None:
+    """``[tls]``: the files are loaded now, so a broken certificate stops the start."""
+    if table is None:
+        return None
+    r = _Reader(path, problems, "tls", table)
+    cert_file = r.get("cert_file", str)
+    key_file = r.get("key_file", str)
+    min_version = r.get("min_version", str, "1.2")
+    r.finish()
+    if min_version is not None and min_version not in TLS_MIN_VERSIONS:
+        r.problem("min_version", f"must be one of {', '.join(TLS_MIN_VERSIONS)}")
+        return None
+    if cert_file is None or key_file is None or min_version is None:
+        return None
+    from gateway.tls import TLSConfigError, TLSFiles, build_context
+
+    try:
+        build_context(TLSFiles(cert_file, key_file, min_version))
+    except TLSConfigError as e:
+        r.problem("key_file" if key_file in str(e) else "cert_file", str(e))
+        return None
+    return TLSSettings(cert_file, key_file, min_version)
+
+
+def _parse_security(path: str, problems: list[str], table: dict[str, Any]) -> Security:
+    """``[security]``: login penalty and budgets, connection limits (0 means none)."""
+    r = _Reader(path, problems, "security", table)
+    d = Security()
+    duration = (int, float, str)
+
+    def count(name: str, default: int) -> int:
+        value = r.get(name, int, default)
+        if value is not None and value < 0:
+            r.problem(name, "must be 0 (no limit) or more")
+            return default
+        return default if value is None else value
+
+    def seconds(name: str, default: float) -> float:
+        value = r.get(name, duration, default, convert=parse_duration)
+        return default if value is None else value
+
+    security = Security(
+        auth_penalty_initial=seconds("auth_penalty_initial", d.auth_penalty_initial),
+        auth_penalty_max=seconds("auth_penalty_max", d.auth_penalty_max),
+        auth_failure_window=seconds("auth_failure_window", d.auth_failure_window),
+        auth_failures_per_ip=count("auth_failures_per_ip", d.auth_failures_per_ip),
+        auth_failures_per_user=count("auth_failures_per_user", d.auth_failures_per_user),
+        max_connections_per_user_ip=count(
+            "max_connections_per_user_ip", d.max_connections_per_user_ip
+        ),
+        max_connections_per_ip=count("max_connections_per_ip", d.max_connections_per_ip),
+    )
+    if security.auth_penalty_initial > security.auth_penalty_max:
+        r.problem("auth_penalty_max", "must not be less than auth_penalty_initial")
+    r.finish()
+    return security
+
+
+def _parse_listeners(
+    path: str,
+    problems: list[str],
+    server: _Reader,
+    imap: list[str],
+    imaps: list[Any],
+    tables: list[Any],
+    tls: TLSSettings | None,
+    allow_insecure: bool,
+) -> tuple[Listener, ...]:
+    """Every listener with its effective TLS mode and plaintext-auth policy.
+
+    Secure by default: passwords travel in clear only on local listeners. A listener
+    reachable from the network with no TLS to offer is refused unless
+    ``server.allow_insecure_listener`` says so (then it takes passwords in clear).
+    """
+    raw: list[tuple[str, str, str, bool | None]] = []  # (where, endpoint, tls, plaintext)
+    for i, description in enumerate(imap):
+        mode = "endpoint" if _split_endpoint(description)[0] == "ssl" else "starttls"
+        raw.append((f"server.imap[{i}]", description, mode, None))
+    for i, item in enumerate(imaps):
+        if not isinstance(item, str):
+            server.problem(f"imaps[{i}]", f"expected an endpoint string, got {item!r}")
+        elif (why := _endpoint_problem(item)) is not None:
+            server.problem(f"imaps[{i}]", why)
+        elif _split_endpoint(item)[0] == "ssl":
+            server.problem(f"imaps[{i}]", "give a plain endpoint (tcp:993); [tls] adds the TLS")
+        else:
+            raw.append((f"server.imaps[{i}]", item, "implicit", None))
+    for i, table in enumerate(tables):
+        if not isinstance(table, dict):
+            problems.append(f"{path}: listeners[{i}]: expected a table ([[listeners]])")
+            continue
+        r = _Reader(path, problems, f"listeners[{i}]", table)
+        endpoint = r.get("endpoint", str)
+        mode = r.get("tls", str, "starttls")
+        plaintext = r.get("plaintext_auth", bool, None)
+        r.finish()
+        if mode is not None and mode not in LISTENER_TLS:
+            r.problem("tls", f"must be one of {', '.join(LISTENER_TLS)}")
+            continue
+        if endpoint is None or mode is None:
+            continue
+        if (why := _endpoint_problem(endpoint)) is not None:
+            r.problem("endpoint", why)
+            continue
+        if _split_endpoint(endpoint)[0] == "ssl":
+            mode = "endpoint"
+        raw.append((r.prefix, endpoint, mode, plaintext))
+    if not server.table.get("imap", DEFAULT_IMAP) and not imaps and not tables:
+        server.problem("imap", "needs at least one listener")
+    out: list[Listener] = []
+    for where, endpoint, mode, plaintext in raw:
+        local = endpoint_is_local(endpoint)
+        if mode == "implicit" and tls is None:
+            problems.append(
+                f"{path}: {where}: an IMAPS listener needs [tls] cert_file and key_file"
+            )
+            continue
+        if mode == "starttls" and tls is None and not local and not allow_insecure:
+            problems.append(
+                f"{path}: {where}: {endpoint!r} is reachable from the network but no TLS is "
+                "configured, so passwords would travel in clear; set [tls] cert_file and "
+                "key_file, or server.allow_insecure_listener = true to run it anyway"
+            )
+            continue
+        if plaintext is None:
+            plaintext = local or (mode == "starttls" and tls is None and allow_insecure)
+        out.append(Listener(endpoint, mode, plaintext, local))
+    return tuple(out)

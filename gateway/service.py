@@ -8,7 +8,10 @@ collaborators as arguments, so tests build the same service on a private reactor
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,9 @@ from gateway.auth import PasswordTable
 log = structlog.get_logger(__name__)
 
 STORE_FILE = "popgate.sqlite3"
+
+ReloadHook = Callable[[configmod.Config], None]
+"""Told the freshly re-read config on SIGHUP (see :func:`reload`)."""
 
 
 def prepare_state_dir(path: str) -> Path:
@@ -61,9 +67,13 @@ def build_service(
     from twisted.internet.threads import deferToThreadPool
 
     from gateway.imap.server import IMAPLimits, IMAPServerFactory
+    from gateway.pop3.fetcher import fetch_once
     from gateway.pop3.poller import UpstreamPoller
 
     top = service.MultiService()
+    top.config = cfg  # type: ignore[attr-defined]
+    top.reload_hooks = []  # type: ignore[attr-defined]
+    metrics = _new_metrics(reactor)
     store = store if store is not None else open_store(cfg)
     StoreService(store).setServiceParent(top)
     for user in cfg.users:
@@ -80,10 +90,15 @@ def build_service(
         prelogin_timeout=cfg.limits.prelogin_timeout,
         idle_timeout=cfg.limits.idle_timeout,
         idle_command_timeout=cfg.limits.idle_command_timeout,
+        max_connections_per_user_ip=cfg.security.max_connections_per_user_ip,
+        max_connections_per_ip=cfg.security.max_connections_per_ip,
     )
+    server_tls, penalty = _security_parts(cfg, reactor)
     pollers: dict[str, UpstreamPoller] = {}
     for upstream in cfg.upstreams:
-        poller = UpstreamPoller(upstream, store, reactor=reactor)
+        poller = UpstreamPoller(
+            upstream, store, reactor=reactor, fetch=metrics.wrap_fetch(fetch_once)
+        )
         pollers[upstream.name] = poller
 
     def on_activity(user: str, mailbox: str) -> None:
@@ -100,15 +115,26 @@ def build_service(
         run_blocking=run_blocking,
         limits=limits,
         activity=on_activity,
+        tls_context_factory=server_tls,
+        allow_plaintext_auth=False,
+        penalty=penalty,
     )
     for poller in pollers.values():
         poller.setServiceParent(top)
-    for description in cfg.imap:
-        listener = strports.service(description, factory, reactor=reactor)
-        listener.setServiceParent(top)
+    # `popgate fetch`: the "fetch" command on the control socket (gateway/control.py).
+    from gateway.pop3.commands import fetch_handler
+
+    control = control_service(top, cfg, reactor)
+    control.register("fetch", fetch_handler(pollers))
+    _add_listeners(top, cfg, factory, server_tls, reactor)
     top.store = store  # type: ignore[attr-defined]
     top.imap_factory = factory  # type: ignore[attr-defined]
     top.pollers = pollers  # type: ignore[attr-defined]
+    top.control = control  # type: ignore[attr-defined]
+    _serve_metrics(top, cfg, reactor, metrics, factory, pollers, store)
+    _serve_status(top, cfg, reactor, factory, pollers, store)
+    add_reload_hook(top, "users", _users_reloader(authenticator, store))
+    SighupReload(top, reactor).setServiceParent(top)
     log.info(
         "service.built",
         config=cfg.path,
@@ -118,6 +144,174 @@ def build_service(
         upstreams=[u.name for u in cfg.upstreams],
     )
     return top
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("popgate")
+    except Exception:  # running from a checkout that is not installed
+        return "unknown"
+
+
+def _new_metrics(reactor: Any):
+    from gateway.imap.session import COMMANDS
+    from gateway.metrics import GatewayMetrics
+
+    return GatewayMetrics(reactor=reactor, known_commands=COMMANDS, version=_version())
+
+
+def _serve_metrics(top, cfg, reactor, metrics, factory, pollers, store) -> None:
+    """Count IMAP work and fetch passes always (cheap); serve /metrics only when
+    ``[metrics] enabled`` (off by default, loopback by default)."""
+    from gateway.metrics import LagMonitor, metrics_site
+
+    lag = LagMonitor(reactor=reactor)
+    lag.setServiceParent(top)
+    factory.observer = metrics
+    metrics.attach(
+        factory=factory, pollers=pollers, store_path=getattr(store, "path", None), lag=lag
+    )
+    top.metrics = metrics  # type: ignore[attr-defined]
+    if cfg.metrics.enabled:
+        site = metrics_site(metrics)
+        strports.service(cfg.metrics.listen, site, reactor=reactor).setServiceParent(top)
+        log.info("metrics.enabled", listen=cfg.metrics.listen)
+
+
+def control_service(top: service.MultiService, cfg: configmod.Config, reactor: Any):
+    """The gateway's one control socket service (``{state_dir}/control.sock``), created
+    the first time a feature asks for it; every command registers on it."""
+    from gateway.control import SOCKET_NAME, ControlService
+
+    try:
+        return top.getServiceNamed(ControlService.name)
+    except KeyError:
+        pass
+    control = ControlService(prepare_state_dir(cfg.state_dir) / SOCKET_NAME, reactor=reactor)
+    control.setServiceParent(top)
+    return control
+
+
+def _serve_status(top, cfg, reactor, factory, pollers, store) -> None:
+    """``popgate status``: the ``status`` command on the control socket."""
+    from gateway import logs
+    from gateway.status import StatusSource
+
+    control = control_service(top, cfg, reactor)
+    source = StatusSource(
+        reactor=reactor,
+        version=_version(),
+        config_path=cfg.path,
+        state_dir=cfg.state_dir,
+        imap_listeners=cfg.imap,
+        factory=factory,
+        pollers=pollers,
+        store_path=getattr(store, "path", None),
+        recent_errors=logs.RECENT_ERRORS.snapshot,
+        metrics_listener=cfg.metrics.listen if cfg.metrics.enabled else None,
+        control_path=control.path,
+    )
+    control.register("status", source.handle)
+    top.status = source  # type: ignore[attr-defined]
+
+
+# ---- SIGHUP: reload --------------------------------------------------------------------
+
+RESTART_ONLY = (
+    "state_dir",
+    "imap",
+    "listeners",
+    "tls",
+    "security",
+    "upstreams",
+    "metrics",
+    "log_level",
+    "log_format",
+)
+"""Config fields a reload does not apply; a change to one is logged as needing a restart."""
+
+
+def add_reload_hook(top: service.MultiService, name: str, hook: ReloadHook) -> None:
+    """Have ``hook(new_config)`` run on every reload (users, TLS certificates, ...).
+    A hook reports failure by raising or by returning False (and logs why itself)."""
+    top.reload_hooks.append((name, hook))  # type: ignore[attr-defined]
+
+
+def reload(top: service.MultiService) -> bool:
+    """Re-read the config file and hand it to every reload hook, without touching any
+    connection. A config with errors changes nothing (the problems are logged); a hook
+    that fails is logged and the others still run. True if everything applied."""
+    running: configmod.Config = top.config  # type: ignore[attr-defined]
+    try:
+        new = configmod.load(running.path)
+    except configmod.ConfigError as e:
+        log.error("service.reload_failed", config=running.path, problems=e.problems)
+        return False
+    applied, failed = [], []
+    for name, hook in list(top.reload_hooks):  # type: ignore[attr-defined]
+        try:
+            ok = hook(new) is not False
+        except Exception:
+            log.exception("service.reload_hook_failed", hook=name)
+            ok = False
+        (applied if ok else failed).append(name)
+    unapplied = [f for f in RESTART_ONLY if getattr(new, f, None) != getattr(running, f, None)]
+    if unapplied:
+        log.warning("service.reload_needs_restart", changed=unapplied, config=running.path)
+    log.info("service.reloaded", config=running.path, applied=applied, failed=failed)
+    return not failed
+
+
+def _users_reloader(authenticator: PasswordTable, store: Any) -> ReloadHook:
+    """Swap the IMAP password table in one assignment: logged-in sessions stay, new
+    logins see the new table; a removed user cannot log in again."""
+
+    def reload_users(new: configmod.Config) -> None:
+        before = set(authenticator.users())
+        for user in new.users:
+            store.ensure_user(user)
+        authenticator.replace({u.name: u.password_hash for u in new.users.values()})
+        after = set(new.users)
+        log.info(
+            "service.users_reloaded",
+            users=len(after),
+            added=sorted(after - before),
+            removed=sorted(before - after),
+        )
+
+    return reload_users
+
+
+class SighupReload(service.Service):
+    """Runs :func:`reload` on SIGHUP (``systemctl reload popgate``). The handler only
+    schedules the reload on the reactor (a signal may arrive in the middle of anything).
+    Installed only in the main thread (in-process tests run services elsewhere); the
+    previous handler is put back when the service stops."""
+
+    name = "sighup-reload"
+
+    def __init__(self, top: service.MultiService, reactor: Any) -> None:
+        self.top = top
+        self.reactor = reactor
+        self._previous: Any = None
+        self._installed = False
+
+    def startService(self) -> None:
+        super().startService()
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGHUP, self._on_signal)
+            self._installed = True
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._installed:
+            signal.signal(signal.SIGHUP, self._previous or signal.SIG_DFL)
+            self._installed = False
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(reload, self.top)
 
 
 class Options(usage.Options):
@@ -141,3 +335,63 @@ def makeService(options: Options) -> service.IService:
     # twistd replaces sys.stdout with its own logger; our JSON lines go to the real stdout
     logs.configure(cfg.log_level, cfg.log_format, stream=sys.__stdout__)
     return build_service(cfg, reactor)
+
+
+# ---- TLS, login penalties, listeners, SIGHUP (issue 7) --------------------------------
+
+
+def _security_parts(cfg: configmod.Config, reactor: Any) -> tuple[Any, Any]:
+    """The TLS connection creator (None without ``[tls]``) and the login penalty."""
+    from gateway.penalty import AuthPenalty, PenaltySettings
+    from gateway.tls import ServerTLS, TLSConfigError, TLSFiles
+
+    server_tls = None
+    if cfg.tls is not None:
+        files = TLSFiles(cfg.tls.cert_file, cfg.tls.key_file, cfg.tls.min_version)
+        try:
+            server_tls = ServerTLS(files)
+        except TLSConfigError as e:  # changed since the config was checked
+            raise SystemExit(f"popgate: {cfg.path}: tls: {e}") from None
+    sec = cfg.security
+    penalty = AuthPenalty(
+        reactor,
+        PenaltySettings(
+            initial_delay=sec.auth_penalty_initial,
+            max_delay=sec.auth_penalty_max,
+            window=sec.auth_failure_window,
+            ip_budget=sec.auth_failures_per_ip,
+            user_budget=sec.auth_failures_per_user,
+        ),
+    )
+    return server_tls, penalty
+
+
+def _add_listeners(
+    top: service.MultiService, cfg: configmod.Config, factory: Any, server_tls: Any, reactor: Any
+) -> None:
+    """One listening service per configured listener. IMAPS listeners wrap their
+    endpoint in TLS with ``server_tls`` (so a SIGHUP reload reaches them); each listener
+    carries its own plaintext-auth policy (LOGINDISABLED unless allowed)."""
+    from twisted.application.internet import StreamServerEndpointService
+    from twisted.internet import endpoints
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from gateway.imap.server import ListenerFactory, ListenerPolicy
+
+    listeners = cfg.listeners or tuple(
+        configmod.Listener(d, plaintext_auth=True, local=True) for d in cfg.imap
+    )
+    for listener in listeners:
+        implicit = listener.tls == "implicit"
+        policy = ListenerPolicy(implicit_tls=implicit, plaintext_auth=listener.plaintext_auth)
+        wrapped: Any = ListenerFactory(factory, policy)
+        if implicit:
+            wrapped = TLSMemoryBIOFactory(server_tls, False, wrapped)
+            endpoint = endpoints.serverFromString(reactor, listener.endpoint)
+            StreamServerEndpointService(endpoint, wrapped).setServiceParent(top)
+        else:
+            strports.service(listener.endpoint, wrapped, reactor=reactor).setServiceParent(top)
+    if server_tls is not None:
+        # SIGHUP re-reads the certificate files (same paths) through reload() below.
+        add_reload_hook(top, "tls", lambda _new_config: server_tls.reload())
+    top.server_tls = server_tls  # type: ignore[attr-defined]

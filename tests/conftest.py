@@ -7,8 +7,15 @@ from typing import Any
 
 import pytest
 
+from gateway import logs
 from tests.support.dovecot import Dovecot, DovecotNotInstalled
 from tests.support.tlsca import CA, make_ca
+
+# -- logging ----------------------------------------------------------------------------
+
+# Log events run through the real processors but print nothing; a test that needs
+# them uses structlog.testing.capture_logs().
+logs.configure_for_tests()
 
 # -- real Dovecot peer (tests/support/dovecot.py) --------------------------------------
 

@@ -20,7 +20,7 @@ from gateway.passwords import hash_password
 from tests.support.ports import free_port
 
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
+STOP_TIMEOUT = 40.0
 
 
 def toml_value(value: Any) -> str:

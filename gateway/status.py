@@ -1,0 +1,331 @@
+"""What `popgate status` reports: collecting a running gateway's state into one JSON-safe
+dict (in the gateway), and rendering that dict as a table (in the CLI).
+
+The dict is the contract between the two processes, so it holds only plain values:
+times are Unix seconds (the reactor's clock), durations are seconds, and every section
+is present even when empty. Keys, by section:
+
+* ``version``, ``pid``, ``config``, ``state_dir``, ``started_at``, ``now``, ``uptime_seconds``;
+* ``listeners``: ``imap`` (endpoint strings), ``metrics`` (string or None), ``control``;
+* ``clients``: ``total``, ``by_state`` (RFC 3501 §3 state → count) and ``by_user``
+  (user → state → count; connections not yet logged in only count in ``by_state``);
+* ``upstreams``: one dict per upstream: ``name``, ``owner``, ``folder``, ``host``,
+  ``state`` (see :func:`upstream_state`), the poller's health fields and ``next_poll_in``;
+* ``store``: ``path`` and ``size_bytes``;
+* ``recent_errors``: the last warning/error log events, oldest first (scrubbed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from gateway.metrics import file_size
+
+RECENT_ERRORS_SHOWN = 10
+"""How many of the recent errors the table shows (``--json`` has all that are kept)."""
+
+SESSION_STATES = ("not authenticated", "authenticated", "selected", "logout")
+"""RFC 3501 §3 states, in the order the table lists them."""
+
+_HEALTH_FIELDS = {
+    "last_success": "last_success",
+    "last_attempt": "last_attempt",
+    "last_error": "last_error",
+    "last_error_kind": "last_error_kind",
+    "last_error_at": "last_error_at",
+    "consecutive_failures": "consecutive_failures",
+    "messages_fetched": "fetched_total",
+    "bytes_fetched": "bytes_total",
+    "passes": "passes",
+    "in_flight": "in_flight",
+    "next_poll_at": "next_poll_at",
+    "backlog": "backlog",
+}
+"""Status key → :class:`~gateway.pop3.poller.PollerHealth` attribute, for a poller
+without ``health_dict()`` (the keys match what ``health_dict()`` returns)."""
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-safe copy: dataclasses become dicts, unknown objects their text."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def poller_health(poller: Any) -> dict[str, Any]:
+    """The poller's health as a plain dict: its own ``health_dict()`` when it has one,
+    otherwise the fields of its ``health`` record."""
+    health_dict = getattr(poller, "health_dict", None)
+    if callable(health_dict):
+        return _plain(health_dict())
+    health = getattr(poller, "health", None)
+    out = {key: _plain(getattr(health, attr, None)) for key, attr in _HEALTH_FIELDS.items()}
+    result = getattr(health, "last_result", None)
+    if result is not None:
+        out["last_result"] = _plain(result)
+    return out
+
+
+def upstream_state(health: Mapping[str, Any]) -> str:
+    """One word for the table: ``fetching`` (a pass runs now), ``failing`` (the last pass
+    failed), ``ok`` (the last pass succeeded) or ``waiting`` (no pass finished yet)."""
+    if health.get("in_flight"):
+        return "fetching"
+    if health.get("consecutive_failures"):
+        return "failing"
+    if health.get("last_success") is not None:
+        return "ok"
+    return "waiting"
+
+
+def clients(protocols: Iterable[Any]) -> dict[str, Any]:
+    """Connected IMAP clients counted by session state and by user."""
+    by_state = dict.fromkeys(SESSION_STATES, 0)
+    by_user: dict[str, dict[str, int]] = {}
+    total = 0
+    for protocol in list(protocols):
+        session = getattr(protocol, "session", None)
+        if session is None:
+            continue
+        total += 1
+        state = getattr(getattr(session, "state", None), "value", "unknown")
+        by_state[state] = by_state.get(state, 0) + 1
+        user = getattr(session, "user", None)
+        if user is not None:
+            per_user = by_user.setdefault(user, {})
+            per_user[state] = per_user.get(state, 0) + 1
+    return {"total": total, "by_state": by_state, "by_user": dict(sorted(by_user.items()))}
+
+
+class StatusSource:
+    """Everything ``status`` reads, gathered once when the service is built; calling
+    :meth:`collect` (from the control socket's handler) takes a fresh snapshot."""
+
+    def __init__(
+        self,
+        *,
+        reactor: Any,
+        version: str,
+        config_path: str,
+        state_dir: str,
+        imap_listeners: Iterable[str],
+        factory: Any,
+        pollers: Mapping[str, Any],
+        store_path: str | Path | None,
+        recent_errors: Callable[[], list[dict[str, Any]]] = list,
+        metrics_listener: str | None = None,
+        control_path: str | Path | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.version = version
+        self.config_path = config_path
+        self.state_dir = state_dir
+        self.imap_listeners = list(imap_listeners)
+        self.factory = factory
+        self.pollers = pollers
+        self.store_path = Path(store_path) if store_path is not None else None
+        self.recent_errors = recent_errors
+        self.metrics_listener = metrics_listener
+        self.control_path = str(control_path) if control_path is not None else None
+        self.started_at = reactor.seconds()
+
+    def collect(self) -> dict[str, Any]:
+        now = self.reactor.seconds()
+        upstreams = []
+        for name, poller in sorted(self.pollers.items()):
+            health = poller_health(poller)
+            up = getattr(poller, "upstream", None)
+            next_at = health.get("next_poll_at")
+            upstreams.append(
+                {
+                    "name": name,
+                    "owner": getattr(up, "owner", None),
+                    "folder": getattr(up, "folder", None),
+                    "host": getattr(up, "host", None),
+                    "state": upstream_state(health),
+                    **health,
+                    "next_poll_in": None if next_at is None else max(0.0, next_at - now),
+                }
+            )
+        return {
+            "version": self.version,
+            "pid": os.getpid(),
+            "config": self.config_path,
+            "state_dir": self.state_dir,
+            "started_at": self.started_at,
+            "now": now,
+            "uptime_seconds": max(0.0, now - self.started_at),
+            "listeners": {
+                "imap": list(self.imap_listeners),
+                "metrics": self.metrics_listener,
+                "control": self.control_path,
+            },
+            "clients": clients(getattr(self.factory, "protocols", ())),
+            "upstreams": upstreams,
+            "store": {
+                "path": str(self.store_path) if self.store_path is not None else None,
+                "size_bytes": file_size(self.store_path) if self.store_path is not None else None,
+            },
+            "recent_errors": [_plain(e) for e in self.recent_errors()],
+        }
+
+    def handle(self, request: dict[str, Any], progress: Callable[[dict[str, Any]], None]) -> dict:
+        """The control socket's ``status`` command (it takes no arguments)."""
+        return self.collect()
+
+
+# ---- rendering for humans ------------------------------------------------------------------
+
+
+def duration(seconds: float | None) -> str:
+    """``3d 4h``, ``2h 5m``, ``4m 10s``, ``12s``: two units at most, for a table."""
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {s}s"
+    return f"{s}s"
+
+
+def size(octets: float | None) -> str:
+    if octets is None:
+        return "-"
+    value = float(octets)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # pragma: no cover - the loop always returns
+
+
+def timestamp(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    when = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
+    return when.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _ago(epoch: float | None, now: float) -> str:
+    return "never" if epoch is None else f"{duration(now - epoch)} ago"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in rows:
+        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return out
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _error_line(event: Mapping[str, Any]) -> str:
+    skip = {"event", "level", "timestamp", "logger"}
+    fields = " ".join(f"{k}={v}" for k, v in event.items() if k not in skip)
+    stamp = event.get("timestamp", "")
+    return _shorten(f"{stamp} {event.get('level', '?')} {event.get('event', '?')} {fields}", 160)
+
+
+def render(status: Mapping[str, Any]) -> str:
+    """The status as text for a terminal: a summary, then the upstream table and errors."""
+    now = status.get("now") or 0.0
+    lines = [
+        f"popgate {status.get('version')}, up {duration(status.get('uptime_seconds'))} "
+        f"(pid {status.get('pid')}), config {status.get('config')}"
+    ]
+    listeners = status.get("listeners", {})
+    parts = [f"imap {', '.join(listeners.get('imap') or []) or '-'}"]
+    if listeners.get("metrics"):
+        parts.append(f"metrics {listeners['metrics']}")
+    if listeners.get("control"):
+        parts.append(f"control {listeners['control']}")
+    lines.append("Listeners: " + "; ".join(parts))
+    store = status.get("store", {})
+    lines.append(f"Store: {store.get('path')} ({size(store.get('size_bytes'))})")
+
+    c = status.get("clients", {})
+    users = [
+        f"{user} ({', '.join(f'{n} {state}' for state, n in states.items())})"
+        for user, states in (c.get("by_user") or {}).items()
+    ]
+    waiting = (c.get("by_state") or {}).get("not authenticated", 0)
+    summary = f"Clients: {c.get('total', 0)} connected"
+    if users:
+        summary += ": " + "; ".join(users)
+    if waiting:
+        summary += f"; {waiting} not logged in"
+    lines.append(summary)
+
+    lines.append("")
+    upstreams = status.get("upstreams") or []
+    if upstreams:
+        rows = []
+        for up in upstreams:
+            next_in = up.get("next_poll_in")
+            rows.append(
+                [
+                    str(up.get("name")),
+                    f"{up.get('owner')}/{up.get('folder')}",
+                    str(up.get("state")),
+                    _ago(up.get("last_success"), now),
+                    "now"
+                    if up.get("in_flight")
+                    else ("-" if next_in is None else f"in {duration(next_in)}"),
+                    str(up.get("messages_fetched", 0)),
+                    str(up.get("consecutive_failures", 0)),
+                    _shorten(
+                        f"{up.get('last_error_kind')}: {up.get('last_error')}"
+                        if up.get("last_error")
+                        else "-",
+                        60,
+                    ),
+                ]
+            )
+        lines += _table(
+            [
+                "UPSTREAM",
+                "DELIVERS TO",
+                "STATE",
+                "LAST SUCCESS",
+                "NEXT POLL",
+                "FETCHED",
+                "FAILURES",
+                "LAST ERROR",
+            ],
+            rows,
+        )
+    else:
+        lines.append("No upstreams configured.")
+
+    errors = status.get("recent_errors") or []
+    lines.append("")
+    if errors:
+        shown = errors[-RECENT_ERRORS_SHOWN:]
+        lines.append(f"Recent errors (last {len(shown)} of {len(errors)} kept):")
+        lines += ["  " + _error_line(e) for e in shown]
+    else:
+        lines.append("Recent errors: none")
+    return "\n".join(lines) + "\n"
