@@ -34,6 +34,7 @@ from twisted.internet import defer
 from twisted.mail.pop3 import ServerErrorResponse
 
 from gateway.config import Upstream
+from gateway.pop3.arrival import arrival_time
 from gateway.pop3.client import (
     MAX_LINE_LENGTH,
     FetchCancelled,
@@ -497,7 +498,7 @@ class _Pass:
                 upstream=up.name,
                 uidl=message.uidl,
                 raw=raw,
-                internaldate=_now(self.reactor),
+                internaldate=arrival_time(raw, _now(self.reactor)),
                 size_on_server=message.size,
             )
         )
