@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed
 # Debian packages the tests drive as real peers: Dovecot as the POP3 upstream (and
 # reference IMAP server), curl and mbsync (isync) as IMAP clients, openssl for test CAs.
 DEB_PACKAGES := dovecot-core dovecot-pop3d dovecot-imapd curl isync openssl
+# Bench-only peers (make bench): the ingest tools popgate is measured against.
+BENCH_PACKAGES := getmail6 fetchmail
 
 .PHONY: demo test lint unit system-packages venv bench clean
 
@@ -35,7 +37,8 @@ test: $(STAMP) system-packages lint
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP) system-packages
-	$(BIN)/python -m bench
+	@bash .ci/system-packages $(BENCH_PACKAGES)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-state .pytest_cache .hypothesis build *.egg-info
