@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import task
-from twisted.internet.defer import inlineCallbacks
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from gateway.auth import PasswordTable
@@ -32,6 +31,7 @@ from tests.imap_helpers import (
     PASSWORD,
     USER,
     ServerHandle,
+    _shutdown,
     on_reactor,
     password_hash,
     reactor,
@@ -39,8 +39,6 @@ from tests.imap_helpers import (
 
 WAIT_LIMIT = 30.0
 """Seconds :func:`wait_until` polls before failing (a safety net, not a speed claim)."""
-
-SHUTDOWN_POLLS = 200
 
 
 def wait_until(handle: ServerHandle, predicate: Callable[[], bool], what: str) -> None:
@@ -98,21 +96,6 @@ def serving(
         yield handle
     finally:
         on_reactor(_shutdown, listening, factory, store)
-
-
-def _shutdown(listening: Any, factory: IMAPServerFactory, store: SQLiteStore) -> Any:
-    @inlineCallbacks
-    def run() -> Any:
-        yield listening.stopListening()
-        for protocol in list(factory.protocols):
-            protocol.transport.abortConnection()
-        for _ in range(SHUTDOWN_POLLS):
-            if not factory.protocols:
-                break
-            yield task.deferLater(reactor, 0.01, lambda: None)
-        store.close()
-
-    return run()
 
 
 def pending_delays(handle: ServerHandle) -> list[float]:
