@@ -257,6 +257,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--account", help="fetchmail: the user@host whose lines to take (when several)")
     p.set_defaults(func=cmd_import_uidls)
 
+    from gateway import admin
+
+    p = sub.add_parser("adduser", help="add [users.NAME] to the config (password from tty/stdin)")
+    p.add_argument("name")
+    p.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    p.set_defaults(func=admin.run)
+
+    p = sub.add_parser("passwd", help="set a user's password in the config")
+    p.add_argument("name")
+    p.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    p.set_defaults(func=admin.run)
+
+    p = sub.add_parser("deluser", help="remove a user from the config (mail kept unless --purge)")
+    p.add_argument("name")
+    p.add_argument("--purge", action="store_true", help="also delete the user's mail")
+    p.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    p.set_defaults(func=admin.run)
+
+    p = sub.add_parser("users", help="list users with their folders, messages and sizes")
+    p.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    p.set_defaults(func=admin.run)
+
     p = sub.add_parser("backup", help="copy the store to DEST (safe while running)")
     p.add_argument("dest", help="new file, or a directory for a timestamped file")
     p.add_argument("--config", "-c", default=DEFAULT_CONFIG)

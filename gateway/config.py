@@ -56,6 +56,21 @@ class Limits:
 class User:
     name: str
     password_hash: str
+    quota: int | None = None  # bytes of mail the user may keep (RFC 9208 STORAGE); None: no limit
+
+
+@dataclass(frozen=True)
+class Shared:
+    """``[shared.NAME]``: a household's shared mailbox tree (owner ``shared:NAME`` in the
+    store, ``Shared/NAME`` to its members; see gateway/households.py)."""
+
+    name: str
+    members: tuple[str, ...]
+    quota: int | None = None  # bytes for the whole shared tree; None: no limit
+
+
+SHARED_OWNER_PREFIX = "shared:"
+"""An upstream with ``owner = "shared:NAME"`` delivers into the ``[shared.NAME]`` tree."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +161,7 @@ class Config:
     tls: TLSSettings | None = None
     listeners: tuple[Listener, ...] = ()
     security: Security = Security()
+    shared: dict[str, Shared] = field(default_factory=dict)
 
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -363,9 +379,12 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
         pw = r.get("password", str)
         if pw is not None and not is_hash(pw):
             r.problem("password", "is not a password hash; create one with `popgate hash-password`")
+        quota = r.get("quota", (int, str), None, convert=parse_size)
         r.finish()
         if pw is not None:
-            users[name] = User(name, pw)
+            users[name] = User(name, pw, quota)
+
+    shared = _parse_shared(path, problems, top.get("shared", dict, {}) or {}, users_table)
 
     upstreams: list[Upstream] = []
     raw_upstreams = top.get("upstreams", list, []) or []
@@ -386,7 +405,11 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
             seen_names.add(name)
             r.prefix = f"upstreams.{name}"
         owner = r.get("owner", str)
-        if owner is not None and owner not in users_table:
+        if owner is not None and owner.startswith(SHARED_OWNER_PREFIX):
+            group = owner[len(SHARED_OWNER_PREFIX) :]
+            if group not in shared:
+                r.problem("owner", f"no such shared mailbox {group!r} (define [shared.{group}])")
+        elif owner is not None and owner not in users_table:
             r.problem("owner", f"no such user {owner!r} (define [users.{owner}])")
         host = r.get("host", str)
         tls = r.get("tls", str, "implicit")
@@ -527,7 +550,48 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
         tls=tls_settings,
         listeners=all_listeners,
         security=security,
+        shared=shared,
     )
+
+
+def _parse_shared(
+    path: str, problems: list[str], table: dict[str, Any], users_table: dict[str, Any]
+) -> dict[str, Shared]:
+    """``[shared.NAME]`` tables: ``members`` (a list of defined users). NAME follows the
+    user-name rules (it becomes the mailbox name ``Shared/NAME``)."""
+    out: dict[str, Shared] = {}
+    for name, item in table.items():
+        key = f"shared.{name}"
+        if not USER_NAME_RE.match(name):
+            problems.append(
+                f"{path}: {key}: shared mailbox names are 1-64 of a-z 0-9 . _ @ + - "
+                "(lower case), starting with a letter or digit"
+            )
+            continue
+        if not isinstance(item, dict):
+            problems.append(f"{path}: {key}: expected a table")
+            continue
+        r = _Reader(path, problems, key, item)
+        members = r.get("members", list)
+        quota = r.get("quota", (int, str), None, convert=parse_size)
+        r.finish()
+        if members is None:
+            out[name] = Shared(name, (), quota)  # reported once; upstreams may still name it
+            continue
+        good: list[str] = []
+        for i, member in enumerate(members):
+            if not isinstance(member, str):
+                r.problem(f"members[{i}]", f"expected a user name, got {member!r}")
+            elif member not in users_table:
+                r.problem(f"members[{i}]", f"no such user {member!r} (define [users.{member}])")
+            elif member in good:
+                r.problem(f"members[{i}]", f"{member!r} is listed twice")
+            else:
+                good.append(member)
+        if not members:
+            r.problem("members", "a shared mailbox needs at least one member")
+        out[name] = Shared(name, tuple(good), quota)
+    return out
 
 
 def _parse_metrics(top: _Reader, path: str, problems: list[str]) -> Metrics:

@@ -21,6 +21,8 @@ from twisted.python import usage
 
 from gateway import config as configmod
 from gateway.auth import PasswordTable
+from gateway.households import SHARED_PREFIX, shared_owner
+from gateway.quota import DeliveryQuotaGuard, Quotas
 
 log = structlog.get_logger(__name__)
 
@@ -95,17 +97,21 @@ def build_service(
     )
     server_tls, penalty = _security_parts(cfg, reactor)
     pollers: dict[str, UpstreamPoller] = {}
+    quotas = Quotas(quota_limits(cfg))
+    delivery_store = DeliveryQuotaGuard(store, quotas)  # over quota: held upstream
     for upstream in cfg.upstreams:
         poller = UpstreamPoller(
-            upstream, store, reactor=reactor, fetch=metrics.wrap_fetch(fetch_once)
+            upstream, delivery_store, reactor=reactor, fetch=metrics.wrap_fetch(fetch_once)
         )
         pollers[upstream.name] = poller
 
     def on_activity(user: str, mailbox: str) -> None:
         """Fetch on demand: a client looking at a mailbox an upstream delivers into
-        asks that upstream now (the poller debounces and spaces the passes)."""
+        asks that upstream now (the poller debounces and spaces the passes). A member
+        looking at ``Shared/NAME/...`` asks the upstreams of that shared tree."""
+        owner, folder = shared_target(mailbox) or (user, mailbox)
         for upstream in cfg.upstreams:
-            if upstream.owner == user and upstream.folder == mailbox:
+            if upstream.owner == owner and upstream.folder == folder:
                 pollers[upstream.name].trigger()
 
     factory = IMAPServerFactory(
@@ -119,6 +125,10 @@ def build_service(
         allow_plaintext_auth=False,
         penalty=penalty,
     )
+    factory.households.update({name: s.members for name, s in cfg.shared.items()})
+    factory.quotas = quotas
+    for name in cfg.shared:
+        store.ensure_user(shared_owner(name))
     for poller in pollers.values():
         poller.setServiceParent(top)
     # `popgate fetch`: the "fetch" command on the control socket (gateway/control.py).
@@ -134,6 +144,8 @@ def build_service(
     _serve_metrics(top, cfg, reactor, metrics, factory, pollers, store)
     _serve_status(top, cfg, reactor, factory, pollers, store)
     add_reload_hook(top, "users", _users_reloader(authenticator, store))
+    add_reload_hook(top, "shared", _shared_reloader(factory.households, store))
+    add_reload_hook(top, "quotas", lambda new: quotas.update(quota_limits(new)))
     SighupReload(top, reactor).setServiceParent(top)
     log.info(
         "service.built",
@@ -282,6 +294,37 @@ def _users_reloader(authenticator: PasswordTable, store: Any) -> ReloadHook:
         )
 
     return reload_users
+
+
+def _shared_reloader(households: Any, store: Any) -> ReloadHook:
+    """New [shared.*] tables and membership changes apply to every session's next
+    command; a removed member loses access at once (gateway/households.py)."""
+
+    def reload_shared(new: configmod.Config) -> None:
+        for name in new.shared:
+            store.ensure_user(shared_owner(name))
+        households.update({name: s.members for name, s in new.shared.items()})
+        log.info("service.shared_reloaded", shared=sorted(new.shared))
+
+    return reload_shared
+
+
+def quota_limits(cfg: configmod.Config) -> dict[str, int]:
+    """Storage limits by store owner from ``quota`` in [users.NAME] and [shared.NAME]."""
+    limits = {u.name: u.quota for u in cfg.users.values() if u.quota is not None}
+    limits.update(
+        {shared_owner(s.name): s.quota for s in cfg.shared.values() if s.quota is not None}
+    )
+    return limits
+
+
+def shared_target(mailbox: str) -> tuple[str, str] | None:
+    """``Shared/family/Bills`` → (``shared:family``, ``Bills``); None for personal names."""
+    head, _, rest = mailbox.partition("/")
+    if head != SHARED_PREFIX or not rest:
+        return None
+    group, _, folder = rest.partition("/")
+    return shared_owner(group), folder or "INBOX"
 
 
 class SighupReload(service.Service):

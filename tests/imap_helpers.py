@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 import socket
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,10 +153,16 @@ def running_server(
     tls_context_factory: Any = None,
     allow_plaintext_auth: bool = True,
     seed_user: bool = True,
+    users: Mapping[str, str] | None = None,
+    shared: Mapping[str, Iterable[str]] | None = None,
+    quotas: Mapping[str, int] | None = None,
 ) -> Iterator[ServerHandle]:
-    """A listening server for one test; see the module docstring."""
+    """A listening server for one test; see the module docstring. ``users`` (name →
+    password) are extra accounts; ``shared`` (household → members) configures shared
+    mailboxes as ``[shared.NAME]`` would."""
     ensure_reactor()
-    table = PasswordTable({USER: password_hash(PASSWORD)})
+    accounts = {USER: PASSWORD, **(users or {})}
+    table = PasswordTable({name: password_hash(pw) for name, pw in accounts.items()})
     clock = task.Clock() if fake_clock else None
 
     def start() -> tuple[SQLiteStore, IMAPServerFactory, Any]:
@@ -173,6 +179,10 @@ def running_server(
             allow_plaintext_auth=allow_plaintext_auth,
             clock=clock,
         )
+        if shared:
+            factory.households.update(shared)
+        if quotas:
+            factory.quotas.update(quotas)  # bytes by owner ("alice", "shared:family")
         listening = reactor.listenTCP(0, factory, interface=HOST)
         return store, factory, listening
 

@@ -31,6 +31,8 @@ EXTENSIONS: tuple[str, ...] = (
     "QRESYNC",  # RFC 7162 §3.2
     "ESEARCH",  # RFC 4731
     "STATUS=SIZE",  # RFC 8438
+    "QUOTA",  # RFC 9208: GETQUOTA, GETQUOTAROOT, NO [OVERQUOTA] (limits come from the config)
+    "QUOTA=RES-STORAGE",  # RFC 9208 §5.1
 )
 """Extensions available in every state (clients may look before logging in)."""
 

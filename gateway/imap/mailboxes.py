@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from gateway.imap.command import Create, List, MailboxCommand, Rename, Status
 from gateway.imap.handler import BadCommand, Handler, Refused, ok
+from gateway.quota import KIB, storage_kib
 from gateway.store.interfaces import DELIMITER, INBOX, Mailbox, MailboxCounts
 
 if TYPE_CHECKING:
@@ -345,8 +346,46 @@ def status(session: Session, cmd: Status) -> Handler:
     return ok("STATUS completed")
 
 
+def _quota_line(session: Session, root: str, used: int, limit: int) -> bytes:
+    """RFC 9208 §7.1 ``* QUOTA root (STORAGE used limit)``, in units of 1024 octets."""
+    body = f"STORAGE {storage_kib(used)} {limit // KIB}".encode("ascii")
+    return b"* QUOTA " + session.wire_name(root) + b" (" + body + b")\r\n"
+
+
+def getquotaroot(session: Session, cmd: MailboxCommand) -> Handler:
+    """GETQUOTAROOT, RFC 9208 §4.3: the mailbox's quota roots (its owner's: ``""`` for
+    the personal tree, ``Shared/NAME`` for a household's), each with its QUOTA
+    response. State: authenticated or selected."""
+    name = session.mailbox_name(cmd.mailbox)
+    _user(session)
+    roots = session.store.quota_roots(name)
+    yield (
+        b"* QUOTAROOT "
+        + session.wire_name(name)
+        + b"".join(b" " + session.wire_name(root) for root in roots)
+        + b"\r\n"
+    )
+    for root in roots:
+        used, limit = session.store.quota(root)
+        yield _quota_line(session, root, used, limit)
+    return ok("GETQUOTAROOT completed")
+
+
+def getquota(session: Session, cmd: MailboxCommand) -> Handler:
+    """GETQUOTA, RFC 9208 §4.2: usage and limit of a quota root the user may see; any
+    other root is ``NO [NONEXISTENT]``. State: authenticated or selected."""
+    root = session.mailbox_name(cmd.mailbox)
+    _user(session)
+    used, limit = session.store.quota(root)
+    yield _quota_line(session, root, used, limit)
+    return ok("GETQUOTA completed")
+
+
 def namespace(session: Session, cmd: object) -> Handler:
-    """NAMESPACE, RFC 2342 §5: one personal namespace with prefix "" and delimiter "/";
-    no other users' or shared namespaces (yet). State: authenticated or selected."""
-    yield b'* NAMESPACE (("" "/")) NIL NIL\r\n'
+    """NAMESPACE, RFC 2342 §5: the personal namespace (prefix "", delimiter "/"), no
+    other users' namespace, and the shared namespace ``Shared/`` for a member of a
+    household (:mod:`gateway.households`). State: authenticated or selected."""
+    describe = getattr(session.store, "namespaces", None)
+    body = describe() if describe is not None else b'(("" "/")) NIL NIL'
+    yield b"* NAMESPACE " + body + b"\r\n"
     return ok("NAMESPACE completed")

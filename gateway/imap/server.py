@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.auth import Authenticator
+from gateway.households import Households
 from gateway.imap.command import (
     Command,
     ContinuationNeeded,
@@ -62,6 +63,7 @@ from gateway.imap.session import (
     WaitIdle,
 )
 from gateway.penalty import AuthPenalty, source_key
+from gateway.quota import Quotas
 from gateway.store.interfaces import Store
 
 log = structlog.get_logger(__name__)
@@ -272,6 +274,8 @@ class IMAPServerProtocol(Protocol):
             plaintext_auth_allowed=plaintext_auth,
             utf8_available=UTF8_ACCEPT_SUPPORTED,
             activity=factory.activity,
+            households=factory.households,
+            quotas=factory.quotas,
         )
         self.parser = self._new_parser()
         self.transport.registerProducer(self, True)
@@ -800,6 +804,10 @@ class IMAPServerFactory(Factory):
         self.tls_context_factory = tls_context_factory
         self.allow_plaintext_auth = allow_plaintext_auth
         self.penalty = penalty
+        self.households = Households()
+        """Shared mailboxes and their members; the service fills it from the config."""
+        self.quotas = Quotas()
+        """Storage limits by owner (RFC 9208); the service fills it from the config."""
         self.observer: ServerObserver = NullObserver()
         """Told about connections and commands (the service sets the metrics here)."""
         self.protocols: set[IMAPServerProtocol] = set()

@@ -26,6 +26,7 @@ import structlog
 
 from gateway.auth import Authenticator
 from gateway.criteria import SequenceSet
+from gateway.households import Households, UserStore
 from gateway.imap import mutf7, wire
 from gateway.imap.capabilities import (
     UTF8_ACCEPT,
@@ -45,6 +46,7 @@ from gateway.imap.command import (
     UidExpunge,
 )
 from gateway.imap.handler import BadCommand, Refused, Reply, ok
+from gateway.quota import Quotas
 from gateway.store.interfaces import (
     DELIMITER,
     INBOX,
@@ -203,6 +205,8 @@ COMMANDS: dict[str, CommandSpec] = {
     "LSUB": _spec(_AUTHED, "mailboxes:list_"),
     "STATUS": _spec(_AUTHED, "mailboxes:status"),
     "NAMESPACE": _spec(_AUTHED, "mailboxes:namespace"),
+    "GETQUOTAROOT": _spec(_AUTHED, "mailboxes:getquotaroot"),
+    "GETQUOTA": _spec(_AUTHED, "mailboxes:getquota"),
     "APPEND": _spec(_AUTHED, "messages:append"),
     # selected (§6.4, RFC 3691, RFC 4315, RFC 6851)
     "CHECK": _spec(_SELECTED, "session:_noop"),
@@ -408,8 +412,14 @@ class IMAPSession:
         plaintext_auth_allowed: bool = True,
         utf8_available: bool = False,
         activity: ActivityHook | None = None,
+        households: Households | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self.store = store
+        """Before login the raw store; after it the user's :class:`UserStore` view."""
+        self.base_store = store
+        self.households = households if households is not None else Households()
+        self.quotas = quotas if quotas is not None else Quotas()
         self.authenticator = authenticator
         self.activity = activity
         self.peer = peer
@@ -469,7 +479,12 @@ class IMAPSession:
 
     # -- state transitions (the only place the state changes) --
 
+    def user_store(self, user: str) -> UserStore:
+        """The store as ``user`` sees it (personal and shared namespaces, own \\Seen)."""
+        return UserStore(self.base_store, user, self.households, self.quotas)
+
     def _logged_in(self, user: str) -> None:
+        self.store = self.user_store(user)
         self.user = user
         self.state = State.AUTHENTICATED
 
@@ -826,7 +841,7 @@ def _finish_login(session: IMAPSession, user: str, canonical: str | None) -> Rep
     if canonical is None:
         log.warning("imap.auth_failed", user=_logged(user), peer=session.peer)
         raise Refused("Authentication failed.", "AUTHENTICATIONFAILED")
-    session.store.ensure_user(canonical)
+    session.user_store(canonical).ensure_user(canonical)
     session._logged_in(canonical)
     log.info("imap.login", user=canonical, peer=session.peer)
     return ok("Logged in", "CAPABILITY " + session.capability_text())

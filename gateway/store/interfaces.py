@@ -11,6 +11,15 @@ decoded from the wire and normalised by the caller (``INBOX`` always upper-case)
 Every mailbox change (append, flag change, expunge) increments the mailbox's
 ``highestmodseq`` and stamps the rows it touched with the new value, which is what
 lets sessions catch up cheaply (RFC 7162) and lets listeners be told.
+
+Shared mailboxes (households): a mailbox whose owner starts with
+:data:`SHARED_OWNER_PREFIX` (``"shared:family"``) is read by several users. In it, the
+flags in :data:`PRIVATE_FLAGS` (only ``\\Seen``) are kept per *viewer*: the methods that
+return or change flags take an optional ``viewer`` keyword (the logged-in user). With a
+viewer, a shared mailbox shows that viewer's own \\Seen, and a message's modseq is the
+larger of its shared modseq and the modseq of the viewer's last private change (both
+come from the one mailbox counter, so CHANGEDSINCE stays exact per member). Without a
+viewer, or in a mailbox that is not shared, ``viewer`` changes nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +33,15 @@ from gateway.criteria import Criteria
 
 INBOX = "INBOX"
 DELIMITER = "/"
+SHARED_OWNER_PREFIX = "shared:"
+"""Owners of shared mailbox trees are ``shared:NAME``; no user name contains a colon."""
+PRIVATE_FLAGS = frozenset({"\\Seen"})
+"""Flags kept per viewer in shared mailboxes (see the module docstring)."""
+
+
+def is_shared_owner(owner: str) -> bool:
+    """True for the pseudo-owner of a shared mailbox tree."""
+    return owner.startswith(SHARED_OWNER_PREFIX)
 
 
 class StoreError(Exception):
@@ -191,15 +209,20 @@ class Store(Protocol):
     def subscriptions(self, user: str) -> list[str]:
         """Subscribed names, including ones whose mailbox no longer exists."""
 
-    def counts(self, mailbox_id: int) -> MailboxCounts: ...
+    def counts(self, mailbox_id: int, *, viewer: str | None = None) -> MailboxCounts:
+        """UNSEEN counts ``viewer``'s own \\Seen in a shared mailbox."""
 
     # ---- messages in a mailbox -------------------------------------------------
-    def message_rows(self, mailbox_id: int) -> list[MessageRow]:
+    def message_rows(self, mailbox_id: int, *, viewer: str | None = None) -> list[MessageRow]:
         """Every message in ascending UID order: a session's initial view."""
 
-    def changes_since(self, mailbox_id: int, modseq: int) -> Changes: ...
+    def changes_since(
+        self, mailbox_id: int, modseq: int, *, viewer: str | None = None
+    ) -> Changes: ...
 
-    def message_info(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageInfo]:
+    def message_info(
+        self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
+    ) -> list[MessageInfo]:
         """Rows for those UIDs that still exist, ascending UID."""
 
     def message_bytes(self, mailbox_id: int, uid: int) -> bytes:
@@ -211,10 +234,14 @@ class Store(Protocol):
         raw: bytes,
         flags: Iterable[str] = (),
         internaldate: datetime.datetime | None = None,
+        *,
+        viewer: str | None = None,
     ) -> int:
         """Adds a message; returns its UID. Raises MailboxNotFound, MessageTooLarge, OverQuota."""
 
-    def append_many(self, mailbox_id: int, messages: Sequence[NewMessage]) -> list[int]:
+    def append_many(
+        self, mailbox_id: int, messages: Sequence[NewMessage], *, viewer: str | None = None
+    ) -> list[int]:
         """Adds several messages in one transaction (RFC 3502 MULTIAPPEND is atomic):
         all are stored, with consecutive UIDs in the given order, or none is (the error
         is raised and nothing changed). Raises what :meth:`append` raises."""
@@ -226,6 +253,8 @@ class Store(Protocol):
         mode: str,
         flags: Iterable[str],
         unchangedsince: int | None = None,
+        *,
+        viewer: str | None = None,
     ) -> StoreResult:
         """``mode`` is "" (replace), "+" (add) or "-" (remove). Rows whose flags do not
         change keep their modseq and are not in ``updated``."""
@@ -235,11 +264,20 @@ class Store(Protocol):
         returns their UIDs ascending and remembers them for QRESYNC."""
 
     def copy(
-        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, move: bool = False
+        self,
+        src_mailbox_id: int,
+        uids: Sequence[int],
+        dst_mailbox_id: int,
+        move: bool = False,
+        *,
+        viewer: str | None = None,
     ) -> list[tuple[int, int]]:
-        """Copies (or atomically moves) messages; returns (source uid, new uid) pairs."""
+        """Copies (or atomically moves) messages; returns (source uid, new uid) pairs.
+        The flags that go along are those ``viewer`` sees in the source."""
 
-    def search(self, mailbox_id: int, criteria: Criteria) -> list[int]:
+    def search(
+        self, mailbox_id: int, criteria: Criteria, *, viewer: str | None = None
+    ) -> list[int]:
         """UIDs matching, ascending. ``Seq`` keys must already be rewritten to ``Uid``."""
 
     def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> None:

@@ -6,6 +6,8 @@ flags, search validation) by importing them, so the two cannot drift apart. Noth
 durable: :class:`MemoryState` is the whole "file", and passing the same state to a new
 :class:`MemoryStore` plays the part of reopening it. Each write validates everything
 before it mutates anything, which is what makes it atomic without transactions.
+In a shared mailbox (owner ``shared:NAME``) each row keeps its readers' own \\Seen in
+``_Row.private`` (user → (seen, modseq)), as SQLite's ``private_flag`` table does.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from gateway.store.interfaces import (
     NewMessage,
     StoreError,
     StoreResult,
+    is_shared_owner,
 )
 from gateway.store.search import build_query, canonical_flag
 from gateway.store.sqlite import (
@@ -67,6 +70,7 @@ from gateway.store.sqlite import (
 log = structlog.get_logger(__name__)
 
 _RECENT = "\\Recent"
+_SEEN_KEY = "\\seen"
 
 
 @dataclass(eq=False)
@@ -88,6 +92,18 @@ class _Row:
     flags: dict[str, str]  # lower-case → spelling, without \Recent
     modseq: int
     recent: bool = True
+    private: dict[str, tuple[bool, int]] = field(default_factory=dict)
+    """In a shared mailbox: user → (own \\Seen, modseq of that user's last change)."""
+
+    def as_seen_by(self, viewer: str | None) -> _Row:
+        """This row as ``viewer`` sees it (a copy), or itself without private state."""
+        if viewer is None or viewer not in self.private:
+            return self
+        seen, modseq = self.private[viewer]
+        flags = dict(self.flags)
+        if seen:
+            flags[_SEEN_KEY] = "\\Seen"
+        return _Row(self.message, flags, max(self.modseq, modseq), self.recent)
 
     def view(self) -> frozenset[str]:
         shown = set(self.flags.values())
@@ -107,6 +123,20 @@ class _Box:
     highestmodseq: int = 1
     rows: dict[int, _Row] = field(default_factory=dict)  # ascending UID (insertion order)
     expunged: dict[int, int] = field(default_factory=dict)  # UID → modseq of removal
+
+    @property
+    def shared(self) -> bool:
+        return is_shared_owner(self.owner)
+
+    def seen_by(self, viewer: str | None) -> str | None:
+        """The viewer whose private flags apply here (None: the shared flags only)."""
+        return viewer if self.shared else None
+
+    def rows_for(self, viewer: str | None) -> dict[int, _Row]:
+        who = self.seen_by(viewer)
+        if who is None:
+            return self.rows
+        return {uid: row.as_seen_by(who) for uid, row in self.rows.items()}
 
 
 @dataclass
@@ -228,13 +258,24 @@ class MemoryStore:
             text=analysis.text.casefold(),
         )
 
-    def _add(self, box: _Box, entries: Sequence[tuple[_Message, dict[str, str]]]) -> list[int]:
+    def _add(
+        self,
+        box: _Box,
+        entries: Sequence[tuple[_Message, dict[str, str]]],
+        viewer: str | None = None,
+    ) -> list[int]:
+        """New rows; in a shared mailbox \\Seen becomes ``viewer``'s own (or is dropped)."""
         if box.uidnext + len(entries) - 1 > MAX_UID:
             raise StoreError("UID space of the mailbox exhausted")
         box.highestmodseq += 1
         uids = []
         for message, flags in entries:
-            box.rows[box.uidnext] = _Row(message, dict(flags), box.highestmodseq)
+            row = _Row(message, dict(flags), box.highestmodseq)
+            if box.shared and _SEEN_KEY in row.flags:
+                del row.flags[_SEEN_KEY]
+                if viewer is not None:
+                    row.private[viewer] = (True, box.highestmodseq)
+            box.rows[box.uidnext] = row
             uids.append(box.uidnext)
             box.uidnext += 1
         return uids
@@ -251,6 +292,8 @@ class MemoryStore:
         if self._find(user, INBOX) is not None:
             return
         self._create(user, INBOX, None)
+        if is_shared_owner(user):
+            return  # a shared tree starts with its INBOX only
         self.state.subscriptions.add((user, INBOX))
         for name, use in DEFAULT_FOLDERS:
             if self._find(user, name) is None:
@@ -344,9 +387,9 @@ class MemoryStore:
     def subscriptions(self, user: str) -> list[str]:
         return sorted(name for owner, name in self._live().subscriptions if owner == user)
 
-    def counts(self, mailbox_id: int) -> MailboxCounts:
+    def counts(self, mailbox_id: int, *, viewer: str | None = None) -> MailboxCounts:
         box = self._box(mailbox_id)
-        rows = box.rows.values()
+        rows = box.rows_for(viewer).values()
         return MailboxCounts(
             messages=len(box.rows),
             recent=sum(r.recent for r in rows),
@@ -359,26 +402,31 @@ class MemoryStore:
 
     # ---- messages in a mailbox ---------------------------------------------------------
 
-    def message_rows(self, mailbox_id: int) -> list[MessageRow]:
-        return [MessageRow(u, r.view(), r.modseq) for u, r in self._box(mailbox_id).rows.items()]
+    def message_rows(self, mailbox_id: int, *, viewer: str | None = None) -> list[MessageRow]:
+        rows = self._box(mailbox_id).rows_for(viewer)
+        return [MessageRow(u, r.view(), r.modseq) for u, r in rows.items()]
 
-    def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
+    def changes_since(self, mailbox_id: int, modseq: int, *, viewer: str | None = None) -> Changes:
         box = self._box(mailbox_id)
+        rows = box.rows_for(viewer)
         return Changes(
             highestmodseq=box.highestmodseq,
             changed=[
-                MessageRow(u, r.view(), r.modseq) for u, r in box.rows.items() if r.modseq > modseq
+                MessageRow(u, r.view(), r.modseq) for u, r in rows.items() if r.modseq > modseq
             ],
             expunged=sorted(u for u, m in box.expunged.items() if m > modseq),
         )
 
-    def message_info(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageInfo]:
+    def message_info(
+        self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
+    ) -> list[MessageInfo]:
         box = self._box(mailbox_id)
         out = []
         for uid in sorted(set(uids)):
             row = box.rows.get(uid)
             if row is None:
                 continue
+            row = row.as_seen_by(box.seen_by(viewer))
             m = row.message
             out.append(
                 MessageInfo(
@@ -407,21 +455,25 @@ class MemoryStore:
         raw: bytes,
         flags: Iterable[str] = (),
         internaldate: datetime.datetime | None = None,
+        *,
+        viewer: str | None = None,
     ) -> int:
         given = flag_map(flags)
         box = self._box(mailbox_id)
         message = self._ingest(raw, internaldate)
-        (uid,) = self._add(box, [(message, given)])
+        (uid,) = self._add(box, [(message, given)], viewer)
         self._notify([mailbox_id])
         return uid
 
-    def append_many(self, mailbox_id: int, messages: Sequence[NewMessage]) -> list[int]:
+    def append_many(
+        self, mailbox_id: int, messages: Sequence[NewMessage], *, viewer: str | None = None
+    ) -> list[int]:
         """RFC 3502 MULTIAPPEND: all checked first, then added together (or none)."""
         prepared = [(self._ingest(m.raw, m.internaldate), flag_map(m.flags)) for m in messages]
         box = self._box(mailbox_id)
         if not prepared:
             return []
-        uids = self._add(box, prepared)
+        uids = self._add(box, prepared, viewer)
         self._notify([mailbox_id])
         return uids
 
@@ -432,17 +484,21 @@ class MemoryStore:
         mode: str,
         flags: Iterable[str],
         unchangedsince: int | None = None,
+        *,
+        viewer: str | None = None,
     ) -> StoreResult:
         if mode not in ("", "+", "-"):
             raise ValueError(f"unknown STORE mode {mode!r}")
         given = flag_map(flags)
         box = self._box(mailbox_id)
+        who = box.seen_by(viewer)
         modified: list[int] = []
         writes: list[tuple[int, _Row, dict[str, str]]] = []
         for uid in sorted(set(uids)):
-            row = box.rows.get(uid)
-            if row is None:
+            stored = box.rows.get(uid)
+            if stored is None:
                 continue
+            row = stored.as_seen_by(who)
             if unchangedsince is not None and row.modseq > unchangedsince:
                 modified.append(uid)
                 continue
@@ -452,17 +508,29 @@ class MemoryStore:
                 new = {**given, **row.flags}
             else:
                 new = {k: v for k, v in row.flags.items() if k not in given}
+            if box.shared and who is None:
+                new.pop(_SEEN_KEY, None)  # nobody's \Seen to change
             if new.keys() != row.flags.keys():
-                writes.append((uid, row, new))
+                writes.append((uid, stored, new))
         if not writes:
             return StoreResult(updated=[], modified=modified)
         box.highestmodseq += 1
-        for _uid, row, new in writes:
-            row.flags = new
-            row.modseq = box.highestmodseq
+        modseq = box.highestmodseq
+        for _uid, stored, new in writes:
+            shared_flags = dict(new)
+            if box.shared:
+                seen = shared_flags.pop(_SEEN_KEY, None) is not None
+                if who is not None and seen != (_SEEN_KEY in stored.as_seen_by(who).flags):
+                    stored.private[who] = (seen, modseq)
+            if shared_flags.keys() != stored.flags.keys():
+                stored.flags = shared_flags
+                stored.modseq = modseq
         self._notify([mailbox_id])
         return StoreResult(
-            updated=[MessageRow(uid, row.view(), row.modseq) for uid, row, _new in writes],
+            updated=[
+                MessageRow(uid, stored.as_seen_by(who).view(), modseq)
+                for uid, stored, _new in writes
+            ],
             modified=modified,
         )
 
@@ -481,21 +549,30 @@ class MemoryStore:
         return gone
 
     def copy(
-        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, move: bool = False
+        self,
+        src_mailbox_id: int,
+        uids: Sequence[int],
+        dst_mailbox_id: int,
+        move: bool = False,
+        *,
+        viewer: str | None = None,
     ) -> list[tuple[int, int]]:
         src = self._box(src_mailbox_id)
         dst = self._box(dst_mailbox_id)
-        chosen = [(u, src.rows[u]) for u in sorted(set(uids)) if u in src.rows]
+        who = src.seen_by(viewer)
+        chosen = [(u, src.rows[u].as_seen_by(who)) for u in sorted(set(uids)) if u in src.rows]
         if not chosen:
             return []
-        new_uids = self._add(dst, [(row.message, row.flags) for _u, row in chosen])
+        new_uids = self._add(dst, [(row.message, row.flags) for _u, row in chosen], viewer)
         old_uids = [u for u, _row in chosen]
         if move:
             self._remove(src, old_uids)
         self._notify([dst.id, src.id] if move else [dst.id])
         return list(zip(old_uids, new_uids, strict=True))
 
-    def search(self, mailbox_id: int, criteria: Criteria) -> list[int]:
+    def search(
+        self, mailbox_id: int, criteria: Criteria, *, viewer: str | None = None
+    ) -> list[int]:
         box = self._box(mailbox_id)
         # The SQL translator's checks (caps, Seq keys, unknown operators) are the rules;
         # building the query and discarding it applies exactly the same ones here.
@@ -503,7 +580,8 @@ class MemoryStore:
         if not box.rows:
             return []
         largest = max(box.rows)
-        return [u for u, r in box.rows.items() if _matches(criteria, u, r, largest)]
+        rows = box.rows_for(viewer)
+        return [u for u, r in rows.items() if _matches(criteria, u, r, largest)]
 
     def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> None:
         box = self._box(mailbox_id)

@@ -26,6 +26,10 @@ Table layout and why:
 * ``ledger`` is the POP3 exactly-once record: a (upstream, UIDL) row is written in the
   same transaction as the message it delivered.
 * ``meta`` holds store-wide counters (the UIDVALIDITY sequence).
+* ``private_flag`` (version 3, households) keeps each member's own \\Seen in shared
+  mailboxes (owner ``shared:NAME``): one row per (mailbox, user, UID) the user ever
+  changed, with the modseq of that change, taken from the mailbox's one counter. The
+  shared ``mailbox_message.flags`` of a shared mailbox never holds \\Seen.
 """
 
 from __future__ import annotations
@@ -182,7 +186,23 @@ _V2 = _statements(
     "CREATE INDEX message_sha256 ON message (sha256)",
 )
 
-MIGRATIONS: Sequence[Migration] = (_V1, _V2)
+# Version 3 (households): per-member \Seen in shared mailboxes. Rows go with their
+# mailbox (cascade) and with their message row (the store deletes them on expunge/move).
+_V3 = _statements(
+    """
+    CREATE TABLE private_flag (
+        mailbox_id INTEGER NOT NULL REFERENCES mailbox (id) ON DELETE CASCADE,
+        user       TEXT NOT NULL,
+        uid        INTEGER NOT NULL,
+        seen       INTEGER NOT NULL,
+        modseq     INTEGER NOT NULL,
+        PRIMARY KEY (mailbox_id, user, uid)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX private_flag_modseq ON private_flag (mailbox_id, user, modseq)",
+)
+
+MIGRATIONS: Sequence[Migration] = (_V1, _V2, _V3)
 """Entry *i* takes a database from version *i* to *i + 1*. Append only."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

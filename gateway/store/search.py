@@ -88,8 +88,19 @@ def check_size(criteria: Criteria) -> None:
             stack.append((node.key, depth + 1))
 
 
-def build_query(mailbox_id: int, criteria: Criteria, largest_uid: int) -> Query:
+def build_query(
+    mailbox_id: int,
+    criteria: Criteria,
+    largest_uid: int,
+    *,
+    source: str = "mailbox_message",
+    source_params: Sequence[object] = (),
+) -> Query:
     """The statement answering ``criteria`` in one mailbox.
+
+    ``source`` replaces the ``mailbox_message`` table as the rows searched: the SQLite
+    store passes a subquery with a shared mailbox member's own view of flags and modseqs
+    (same columns), whose parameters are ``source_params``.
 
     ``largest_uid`` is the value of ``*`` in UID sets (RFC 3501 §6.4.8: "the largest
     number in use"); with an empty mailbox the caller may pass 0, nothing can match.
@@ -101,10 +112,10 @@ def build_query(mailbox_id: int, criteria: Criteria, largest_uid: int) -> Query:
     where = translator.expr(criteria)
     join = " JOIN message m ON m.id = mm.message_id" if translator.needs_message else ""
     sql = (
-        f"SELECT mm.uid FROM mailbox_message mm{join}"
+        f"SELECT mm.uid FROM {source} mm{join}"
         f" WHERE mm.mailbox_id = ? AND ({where}) ORDER BY mm.uid"
     )
-    return Query(sql, [mailbox_id, *translator.params])
+    return Query(sql, [*source_params, mailbox_id, *translator.params])
 
 
 def merge_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -27,6 +27,10 @@ Decisions the contract leaves open, made here:
   RENAME; not for CREATE, subscriptions or clear_recent.
 * Search by sent date falls back to INTERNALDATE when a message has no usable Date:
   header, as RFC 5256 §2.2 does for SORT.
+* Shared mailboxes (owner ``shared:NAME``, households): \\Seen lives in ``private_flag``
+  per viewer, never in the shared ``flags`` column; reads with a ``viewer`` go through
+  :data:`_PRIVATE_SOURCE`, a subquery with the same columns as ``mailbox_message`` that
+  merges the viewer's \\Seen and modseq in. A shared tree is provisioned with INBOX only.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from gateway.store.interfaces import (
     NewMessage,
     StoreError,
     StoreResult,
+    is_shared_owner,
 )
 from gateway.store.schema import migrate, schema_version
 from gateway.store.search import build_query, canonical_flag
@@ -104,6 +109,17 @@ _ATOM_SPECIALS = frozenset('(){ %*"\\]')
 _RECENT = "\\Recent"
 _SEEN_TOKEN = " \\Seen "
 _DELETED_TOKEN = " \\Deleted "
+
+_PRIVATE_SOURCE = (
+    "(SELECT x.mailbox_id AS mailbox_id, x.uid AS uid, x.message_id AS message_id,"
+    " CASE WHEN p.seen = 1 THEN trim(x.flags || ' \\Seen') ELSE x.flags END AS flags,"
+    " max(x.modseq, coalesce(p.modseq, 0)) AS modseq, x.recent AS recent"
+    " FROM mailbox_message x LEFT JOIN private_flag p ON p.mailbox_id = x.mailbox_id"
+    " AND p.uid = x.uid AND p.user = ?)"
+)
+"""``mailbox_message`` as one viewer sees a shared mailbox (one parameter: the viewer)."""
+
+_SEEN_KEY = "\\seen"
 
 _MAILBOX_COLUMNS = (
     "m.id, m.owner, m.name, m.uidvalidity, m.uidnext, m.highestmodseq, m.special_use,"
@@ -176,6 +192,15 @@ def _flags_text(flags: dict[str, str]) -> str:
     return " ".join(sorted(flags.values()))
 
 
+def _split_seen(flags: dict[str, str], shared: bool) -> tuple[str, bool]:
+    """(flags text for ``mailbox_message``, whether \\Seen is set): in a shared mailbox
+    \\Seen is private and never written to the shared column."""
+    if not shared:
+        return _flags_text(flags), _SEEN_KEY in flags
+    rest = {k: v for k, v in flags.items() if k != _SEEN_KEY}
+    return _flags_text(rest), _SEEN_KEY in flags
+
+
 def _uid_list(uids: Iterable[int]) -> str:
     """UIDs as one JSON parameter for ``json_each``: any count, one bound value."""
     return json.dumps([int(u) for u in uids])
@@ -203,6 +228,7 @@ class SQLiteStore:
         self._analyze = analyze
         self._listeners: list[ChangeListener] = []
         self._flag_cache: dict[tuple[str, int], frozenset[str]] = {}
+        self._shared_ids: dict[int, bool] = {}  # mailbox id → owner is shared (ids never reused)
         self._zones: dict[int, datetime.timezone] = {}
         self._conn: sqlite3.Connection | None = sqlite3.connect(
             str(self.path), isolation_level=None
@@ -338,6 +364,46 @@ class SQLiteStore:
         if cur.execute("SELECT 1 FROM mailbox WHERE id = ?", (mailbox_id,)).fetchone() is None:
             raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
 
+    def _is_shared(self, cur: sqlite3.Connection, mailbox_id: int) -> bool:
+        """Whether the mailbox belongs to a shared tree; raises MailboxNotFound."""
+        known = self._shared_ids.get(mailbox_id)
+        if known is None:
+            row = cur.execute("SELECT owner FROM mailbox WHERE id = ?", (mailbox_id,)).fetchone()
+            if row is None:
+                raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
+            known = self._shared_ids[mailbox_id] = is_shared_owner(row[0])
+        return known
+
+    def _source(
+        self, cur: sqlite3.Connection, mailbox_id: int, viewer: str | None
+    ) -> tuple[str, list[object]]:
+        """The rows to read for ``viewer``: the table itself, or its private view."""
+        if viewer is not None and self._is_shared(cur, mailbox_id):
+            return _PRIVATE_SOURCE, [viewer]
+        return "mailbox_message", []
+
+    def _set_private(
+        self,
+        cur: sqlite3.Connection,
+        mailbox_id: int,
+        viewer: str,
+        entries: Iterable[tuple[int, bool]],
+        modseq: int,
+    ) -> None:
+        """Record ``viewer``'s own \\Seen for (uid, seen) entries, stamped ``modseq``."""
+        cur.executemany(
+            "INSERT INTO private_flag (mailbox_id, user, uid, seen, modseq)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (mailbox_id, user, uid)"
+            " DO UPDATE SET seen = excluded.seen, modseq = excluded.modseq",
+            [(mailbox_id, viewer, uid, int(seen), modseq) for uid, seen in entries],
+        )
+
+    def _highestmodseq(self, cur: sqlite3.Connection, mailbox_id: int) -> int:
+        row = cur.execute(
+            "SELECT highestmodseq FROM mailbox WHERE id = ?", (mailbox_id,)
+        ).fetchone()
+        return int(row[0])
+
     def _find(self, cur: sqlite3.Connection, user: str, name: str) -> Mailbox | None:
         row = cur.execute(
             f"SELECT {_MAILBOX_COLUMNS} FROM {_MAILBOX_FROM} WHERE m.owner = ? AND m.name = ?",
@@ -387,6 +453,8 @@ class SQLiteStore:
         if self._find(cur, user, INBOX) is not None:
             return
         self._create_tx(cur, user, INBOX, None)
+        if is_shared_owner(user):
+            return  # a shared tree starts with its INBOX only; members subscribe themselves
         names = [INBOX]
         for name, use in DEFAULT_FOLDERS:
             if self._find(cur, user, name) is None:
@@ -510,6 +578,11 @@ class SQLiteStore:
         )
         cur.execute(
             "DELETE FROM mailbox_message WHERE mailbox_id = ?"
+            " AND uid IN (SELECT value FROM json_each(?))",
+            (mailbox_id, _uid_list(uids)),
+        )
+        cur.execute(
+            "DELETE FROM private_flag WHERE mailbox_id = ?"
             " AND uid IN (SELECT value FROM json_each(?))",
             (mailbox_id, _uid_list(uids)),
         )
@@ -657,7 +730,7 @@ class SQLiteStore:
         ).fetchall()
         return [r[0] for r in rows]
 
-    def counts(self, mailbox_id: int) -> MailboxCounts:
+    def counts(self, mailbox_id: int, *, viewer: str | None = None) -> MailboxCounts:
         with self._read() as conn:
             head = conn.execute(
                 "SELECT uidvalidity, uidnext, highestmodseq FROM mailbox WHERE id = ?",
@@ -665,12 +738,13 @@ class SQLiteStore:
             ).fetchone()
             if head is None:
                 raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
+            source, source_params = self._source(conn, mailbox_id, viewer)
             messages, recent, unseen, size = conn.execute(
                 "SELECT count(*), total(mm.recent),"
                 " total(instr(' ' || mm.flags || ' ', ?) = 0), total(m.size)"
-                " FROM mailbox_message mm JOIN message m ON m.id = mm.message_id"
+                f" FROM {source} mm JOIN message m ON m.id = mm.message_id"
                 " WHERE mm.mailbox_id = ?",
-                (_SEEN_TOKEN, mailbox_id),
+                (_SEEN_TOKEN, *source_params, mailbox_id),
             ).fetchone()
         uidvalidity, uidnext, highestmodseq = head
         return MailboxCounts(
@@ -685,18 +759,19 @@ class SQLiteStore:
 
     # ---- messages in a mailbox -----------------------------------------------------
 
-    def message_rows(self, mailbox_id: int) -> list[MessageRow]:
+    def message_rows(self, mailbox_id: int, *, viewer: str | None = None) -> list[MessageRow]:
         with self._read() as conn:
             self._require(conn, mailbox_id)
+            source, source_params = self._source(conn, mailbox_id, viewer)
             rows = conn.execute(
-                "SELECT uid, flags, recent, modseq FROM mailbox_message WHERE mailbox_id = ?"
+                f"SELECT uid, flags, recent, modseq FROM {source} WHERE mailbox_id = ?"
                 " ORDER BY uid",
-                (mailbox_id,),
+                (*source_params, mailbox_id),
             ).fetchall()
         flags = self._flags
         return [MessageRow(uid, flags(text, recent), modseq) for uid, text, recent, modseq in rows]
 
-    def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
+    def changes_since(self, mailbox_id: int, modseq: int, *, viewer: str | None = None) -> Changes:
         with self._read() as conn:
             head = conn.execute(
                 "SELECT highestmodseq FROM mailbox WHERE id = ?", (mailbox_id,)
@@ -705,10 +780,11 @@ class SQLiteStore:
                 raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
             # "ORDER BY +uid" keeps the planner on the (mailbox_id, modseq) index and
             # sorts the few changed rows, instead of walking the whole mailbox in UID order.
+            source, source_params = self._source(conn, mailbox_id, viewer)
             rows = conn.execute(
-                "SELECT uid, flags, recent, modseq FROM mailbox_message"
+                f"SELECT uid, flags, recent, modseq FROM {source}"
                 " WHERE mailbox_id = ? AND modseq > ? ORDER BY +uid",
-                (mailbox_id, modseq),
+                (*source_params, mailbox_id, modseq),
             ).fetchall()
             gone = conn.execute(
                 "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY +uid",
@@ -721,16 +797,19 @@ class SQLiteStore:
             expunged=[r[0] for r in gone],
         )
 
-    def message_info(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageInfo]:
+    def message_info(
+        self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
+    ) -> list[MessageInfo]:
         with self._read() as conn:
             self._require(conn, mailbox_id)
+            source, source_params = self._source(conn, mailbox_id, viewer)
             rows = conn.execute(
                 "SELECT mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.internaldate,"
                 " m.internaldate_tz, m.envelope, m.bodystructure, m.body, m.parts"
-                " FROM mailbox_message mm JOIN message m ON m.id = mm.message_id"
+                f" FROM {source} mm JOIN message m ON m.id = mm.message_id"
                 " WHERE mm.mailbox_id = ? AND mm.uid IN (SELECT value FROM json_each(?))"
                 " ORDER BY mm.uid",
-                (mailbox_id, _uid_list(uids)),
+                (*source_params, mailbox_id, _uid_list(uids)),
             ).fetchall()
         return [
             MessageInfo(
@@ -777,28 +856,30 @@ class SQLiteStore:
         raw: bytes,
         flags: Iterable[str] = (),
         internaldate: datetime.datetime | None = None,
+        *,
+        viewer: str | None = None,
     ) -> int:
         """RFC 3501 §6.3.11. The new message is \\Recent in this mailbox."""
-        flags_text = _flags_text(flag_map(flags))
-        self._require(self.db, mailbox_id)
-        raw, analysis, internal = self._ingest(raw, internaldate)
-        with self._write() as changed:
-            cur = self.db
-            self._require(cur, mailbox_id)
-            message_id = self._insert_message(cur, raw, analysis, internal)
-            (uid,) = self._add_rows(cur, mailbox_id, [(message_id, flags_text)])
-            changed.add(mailbox_id)
+        flag_map(flags)  # validates (a lone str is refused) before the tuple() below
+        (uid,) = self.append_many(
+            mailbox_id, [NewMessage(raw, tuple(flags), internaldate)], viewer=viewer
+        )
         return uid
 
-    def append_many(self, mailbox_id: int, messages: Sequence[NewMessage]) -> list[int]:
+    def append_many(
+        self, mailbox_id: int, messages: Sequence[NewMessage], *, viewer: str | None = None
+    ) -> list[int]:
         """RFC 3502 MULTIAPPEND: every message is checked and analysed first, then all
         are inserted in one transaction with consecutive UIDs and one modseq."""
+        if isinstance(messages, NewMessage):
+            raise TypeError("messages must be a sequence of NewMessage")
+        checked = [flag_map(item.flags) for item in messages]
+        shared = self._is_shared(self.db, mailbox_id)
         prepared = []
-        for item in messages:
-            flags_text = _flags_text(flag_map(item.flags))
+        for item, flags in zip(messages, checked, strict=True):
+            flags_text, seen = _split_seen(flags, shared)
             raw, analysis, internal = self._ingest(item.raw, item.internaldate)
-            prepared.append((raw, analysis, internal, flags_text))
-        self._require(self.db, mailbox_id)
+            prepared.append((raw, analysis, internal, flags_text, seen))
         if not prepared:
             return []
         with self._write() as changed:
@@ -806,9 +887,14 @@ class SQLiteStore:
             self._require(cur, mailbox_id)
             entries = [
                 (self._insert_message(cur, raw, analysis, internal), flags_text)
-                for raw, analysis, internal, flags_text in prepared
+                for raw, analysis, internal, flags_text, _seen in prepared
             ]
             uids = self._add_rows(cur, mailbox_id, entries)
+            if shared and viewer is not None:
+                seen_uids = [(u, True) for u, p in zip(uids, prepared, strict=True) if p[4]]
+                if seen_uids:
+                    modseq = self._highestmodseq(cur, mailbox_id)
+                    self._set_private(cur, mailbox_id, viewer, seen_uids, modseq)
             changed.add(mailbox_id)
         return uids
 
@@ -819,9 +905,13 @@ class SQLiteStore:
         mode: str,
         flags: Iterable[str],
         unchangedsince: int | None = None,
+        *,
+        viewer: str | None = None,
     ) -> StoreResult:
         """RFC 3501 §6.4.6 with RFC 7162 §3.1.3 UNCHANGEDSINCE. All rows changed by one
-        call share one new modseq; \\Recent in ``flags`` is ignored."""
+        call share one new modseq; \\Recent in ``flags`` is ignored. In a shared mailbox
+        \\Seen is ``viewer``'s own (and left alone without a viewer); UNCHANGEDSINCE and
+        the returned modseqs are the viewer's (RFC 7162 §3.1.3 per member)."""
         if mode not in ("", "+", "-"):
             raise ValueError(f"unknown STORE mode {mode!r}")
         given = flag_map(flags)
@@ -830,35 +920,55 @@ class SQLiteStore:
         with self._write() as changed:
             cur = self.db
             self._require(cur, mailbox_id)
+            shared = self._is_shared(cur, mailbox_id)
             rows = cur.execute(
-                "SELECT uid, flags, recent, modseq FROM mailbox_message"
-                " WHERE mailbox_id = ? AND uid IN (SELECT value FROM json_each(?)) ORDER BY uid",
-                (mailbox_id, _uid_list(uids)),
+                "SELECT mm.uid, mm.flags, mm.recent, mm.modseq, p.seen, p.modseq"
+                " FROM mailbox_message mm LEFT JOIN private_flag p"
+                " ON p.mailbox_id = mm.mailbox_id AND p.uid = mm.uid AND p.user = ?"
+                " WHERE mm.mailbox_id = ? AND mm.uid IN (SELECT value FROM json_each(?))"
+                " ORDER BY mm.uid",
+                (viewer if shared else None, mailbox_id, _uid_list(uids)),
             ).fetchall()
-            writes: list[tuple[int, str, int]] = []
-            for uid, text, recent, modseq in rows:
-                if unchangedsince is not None and modseq > unchangedsince:
+            # (uid, new shared text or None, new private seen or None, effective text, recent)
+            writes: list[tuple[int, str | None, bool | None, str, int]] = []
+            for uid, text, recent, modseq, pseen, pmodseq in rows:
+                if unchangedsince is not None and max(modseq, pmodseq or 0) > unchangedsince:
                     modified.append(uid)
                     continue
                 current = _stored_map(text)
+                if shared and viewer is not None and pseen:
+                    current[_SEEN_KEY] = "\\Seen"
                 if mode == "":
-                    new = given
+                    new = dict(given)
                 elif mode == "+":
                     new = {**given, **current}
                 else:
                     new = {k: v for k, v in current.items() if k not in given}
-                if new.keys() != current.keys():
-                    writes.append((uid, _flags_text(new), recent))
+                if shared and viewer is None:
+                    new.pop(_SEEN_KEY, None)  # nobody's \Seen to change
+                if new.keys() == current.keys():
+                    continue
+                new_text, seen = _split_seen(new, shared)
+                shared_write = new_text if new_text.split() != text.split() else None
+                private_write = seen if shared and seen != bool(pseen) else None
+                writes.append((uid, shared_write, private_write, _flags_text(new), recent))
             if writes:
                 modseq = self._bump(cur, mailbox_id)
                 cur.executemany(
                     "UPDATE mailbox_message SET flags = ?, modseq = ?"
                     " WHERE mailbox_id = ? AND uid = ?",
-                    [(text, modseq, mailbox_id, uid) for uid, text, _recent in writes],
+                    [
+                        (t, modseq, mailbox_id, uid)
+                        for uid, t, _p, _e, _r in writes
+                        if t is not None
+                    ],
                 )
+                if viewer is not None:
+                    private = [(uid, p) for uid, _t, p, _e, _r in writes if p is not None]
+                    self._set_private(cur, mailbox_id, viewer, private, modseq)
                 updated = [
-                    MessageRow(uid, self._flags(text, recent), modseq)
-                    for uid, text, recent in writes
+                    MessageRow(uid, self._flags(effective, recent), modseq)
+                    for uid, _t, _p, effective, recent in writes
                 ]
                 changed.add(mailbox_id)
         return StoreResult(updated=updated, modified=modified)
@@ -886,7 +996,13 @@ class SQLiteStore:
         return gone
 
     def copy(
-        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, move: bool = False
+        self,
+        src_mailbox_id: int,
+        uids: Sequence[int],
+        dst_mailbox_id: int,
+        move: bool = False,
+        *,
+        viewer: str | None = None,
     ) -> list[tuple[int, int]]:
         """RFC 3501 §6.4.7 COPY / RFC 6851 MOVE: new UIDs follow source UID order
         (RFC 4315 COPYUID), flags go along, the copies are \\Recent; the message content
@@ -895,14 +1011,26 @@ class SQLiteStore:
             cur = self.db
             self._require(cur, src_mailbox_id)
             self._require(cur, dst_mailbox_id)
+            source, source_params = self._source(cur, src_mailbox_id, viewer)
             rows = cur.execute(
-                "SELECT uid, message_id, flags FROM mailbox_message"
+                f"SELECT uid, message_id, flags FROM {source}"
                 " WHERE mailbox_id = ? AND uid IN (SELECT value FROM json_each(?)) ORDER BY uid",
-                (src_mailbox_id, _uid_list(uids)),
+                (*source_params, src_mailbox_id, _uid_list(uids)),
             ).fetchall()
             if not rows:
                 return []
-            new_uids = self._add_rows(cur, dst_mailbox_id, [(mid, f) for _u, mid, f in rows])
+            dst_shared = self._is_shared(cur, dst_mailbox_id)
+            split = [_split_seen(_stored_map(f), dst_shared) for _u, _mid, f in rows]
+            new_uids = self._add_rows(
+                cur,
+                dst_mailbox_id,
+                [(mid, t) for (_u, mid, _f), (t, _s) in zip(rows, split, strict=True)],
+            )
+            if dst_shared and viewer is not None:
+                seen = [(u, True) for u, (_t, s) in zip(new_uids, split, strict=True) if s]
+                if seen:
+                    modseq = self._highestmodseq(cur, dst_mailbox_id)
+                    self._set_private(cur, dst_mailbox_id, viewer, seen, modseq)
             changed.add(dst_mailbox_id)
             old_uids = [r[0] for r in rows]
             if move:
@@ -911,14 +1039,20 @@ class SQLiteStore:
                 changed.add(src_mailbox_id)
         return list(zip(old_uids, new_uids, strict=True))
 
-    def search(self, mailbox_id: int, criteria: Criteria) -> list[int]:
-        """RFC 3501 §6.4.4, answered by one SQL query (see :mod:`gateway.store.search`)."""
+    def search(
+        self, mailbox_id: int, criteria: Criteria, *, viewer: str | None = None
+    ) -> list[int]:
+        """RFC 3501 §6.4.4, answered by one SQL query (see :mod:`gateway.store.search`);
+        in a shared mailbox SEEN/UNSEEN and MODSEQ are ``viewer``'s own."""
         with self._read() as conn:
             self._require(conn, mailbox_id)
             (largest,) = conn.execute(
                 "SELECT max(uid) FROM mailbox_message WHERE mailbox_id = ?", (mailbox_id,)
             ).fetchone()
-            query = build_query(mailbox_id, criteria, largest or 0)
+            source, source_params = self._source(conn, mailbox_id, viewer)
+            query = build_query(
+                mailbox_id, criteria, largest or 0, source=source, source_params=source_params
+            )
             if largest is None:
                 return []
             return [r[0] for r in conn.execute(query.sql, query.params)]

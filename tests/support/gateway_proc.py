@@ -41,7 +41,9 @@ class GatewayProcess:
         users: dict[str, str],
         upstreams: list[dict[str, Any]] = (),
         extra_server: dict[str, Any] | None = None,
+        tables: dict[str, dict[str, Any]] | None = None,
     ) -> None:
+        """``tables``: extra TOML tables by name, e.g. ``{"shared.family": {"members": [...]}}``."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -59,6 +61,8 @@ class GatewayProcess:
             lines.append(f"{k} = {toml_value(v)}")
         for name, password in users.items():
             lines += ["", f"[users.{name}]", f"password = {toml_value(hash_password(password))}"]
+        for table, values in (tables or {}).items():
+            lines += ["", f"[{table}]"] + [f"{k} = {toml_value(v)}" for k, v in values.items()]
         for up in upstreams:
             lines += ["", "[[upstreams]]"] + [f"{k} = {toml_value(v)}" for k, v in up.items()]
         self.config_path.write_text("\n".join(lines) + "\n")

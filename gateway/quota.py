@@ -1,0 +1,86 @@
+"""Mail quotas (RFC 9208): limits per user and per shared mailbox tree, usage, and the guards
+that enforce them for IMAP writes and for POP3 deliveries.
+
+One quota root per store owner: a user's personal tree is the root ``""`` (every personal
+mailbox is in it) and a household's tree is the root ``Shared/NAME``. The only resource
+is STORAGE (RFC 9208 §5.1), counted as the sum of the sizes of the messages in all the
+owner's mailboxes; a message copied into two folders counts twice, as a client reading
+the quota would expect. Usage is computed from the store when needed (households have
+few mailboxes), so it can never drift from the mail really there.
+
+Over quota, IMAP APPEND/COPY/MOVE get ``NO [OVERQUOTA]`` (RFC 9208 §4.3) and the POP3
+fetcher's delivery fails with :class:`~gateway.store.interfaces.OverQuota`: the pass stops
+with that error in the upstream's health, nothing is written to the ledger, so the
+message stays on the POP3 server (held, never dropped) and is fetched once there is room.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from gateway.store.interfaces import Delivery, OverQuota, Store
+
+KIB = 1024
+"""RFC 9208 §5.1: STORAGE is counted in units of 1024 octets."""
+
+
+class Quotas:
+    """Storage limits in bytes by store owner (``alice``, ``shared:family``); replaced as a
+    whole on config reload."""
+
+    def __init__(self, limits: Mapping[str, int] | None = None) -> None:
+        self._limits: dict[str, int] = {}
+        self.update(limits or {})
+
+    def update(self, limits: Mapping[str, int]) -> None:
+        self._limits = dict(limits)
+
+    def limit(self, owner: str) -> int | None:
+        return self._limits.get(owner)
+
+
+def usage(store: Store, owner: str) -> int:
+    """Bytes of mail the owner keeps, over all their mailboxes."""
+    return sum(store.counts(m.id).size for m in store.list_mailboxes(owner))
+
+
+def check(store: Store, quotas: Quotas, owner: str, adding: int) -> None:
+    """Raise OverQuota if ``adding`` more bytes would take ``owner`` over their limit."""
+    limit = quotas.limit(owner)
+    if limit is None or adding <= 0:
+        return
+    used = usage(store, owner)
+    if used + adding > limit:
+        raise OverQuota(f"{owner}: {used} + {adding} bytes would exceed the quota of {limit}")
+
+
+def storage_kib(size: int) -> int:
+    """Bytes → RFC 9208 STORAGE units, rounded up (a partly used KiB is used)."""
+    return (size + KIB - 1) // KIB
+
+
+class DeliveryQuotaGuard:
+    """The store as the POP3 fetcher sees it: deliveries that would go over the owner's
+    quota raise OverQuota before anything is written; everything else passes through."""
+
+    def __init__(self, store: Store, quotas: Quotas) -> None:
+        self.base = store
+        self.quotas = quotas
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.base, name)
+
+    def deliver(self, owner: str, mailbox: str, delivery: Delivery) -> int | None:
+        if delivery.uidl not in self.base.known_uidls(delivery.upstream):
+            check(self.base, self.quotas, owner, len(delivery.raw))
+        return self.base.deliver(owner, mailbox, delivery)
+
+    def deliver_many(
+        self, owner: str, mailbox: str, deliveries: Sequence[Delivery], *, dedup: bool = False
+    ) -> list[int | None]:
+        if self.quotas.limit(owner) is not None and deliveries:
+            known = self.base.known_uidls(deliveries[0].upstream)
+            adding = sum(len(d.raw) for d in deliveries if d.uidl not in known)
+            check(self.base, self.quotas, owner, adding)
+        return self.base.deliver_many(owner, mailbox, deliveries, dedup=dedup)
