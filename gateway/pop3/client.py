@@ -13,6 +13,10 @@ Built on :class:`twisted.mail.pop3.AdvancedPOP3Client`, with its traps closed
   (RFC 2595 §2.4, RFC 6125 §6) and :func:`login` sends exactly the configured mechanism,
   refusing to send credentials on a connection that should be encrypted but is not.
 
+RETR bodies do not go through the line-by-line path: after the ``+OK`` the client reads
+raw chunks (:class:`DotStuffedBody`, sans-I/O) and hands the consumer whole runs of lines,
+one call and one timer reset per chunk instead of per line (see :meth:`UpstreamClient.retrieve`).
+
 Errors reach callers as :class:`FetchError` subclasses with a stable ``kind`` for logs
 and status; :func:`translate_failure` does the mapping from Twisted/OpenSSL errors.
 """
@@ -215,6 +219,97 @@ def _is_status_line(line: bytes) -> bool:
     return line.split(b" ", 1)[0] in (b"+OK", b"-ERR")
 
 
+class BodyLineTooLong(Exception):
+    """A line of a multi-line body is longer than the reader's ``max_line_length``."""
+
+
+class DotStuffedBody:
+    """Sans-I/O reader of one multi-line response body (RFC 1939 §3), fed in raw chunks.
+
+    The body starts right after the ``+OK`` line and ends with a line holding a single
+    ".", i.e. at the first ``CRLF.CRLF`` (or at a leading ``.CRLF`` for an empty body);
+    a line the server began with "." arrives with one more "." that is removed here.
+
+    :meth:`feed` cuts what it returns right after a CRLF, so every piece holds whole
+    lines: the terminator and the ``CRLF..`` stuffing pattern are searched in bytes that
+    start at a line start, never across two pieces, and one ``bytes.replace`` per piece
+    undoes the stuffing. Only an unfinished last line (at most ``max_line_length``
+    octets) is held back between calls.
+
+    Lines are only split on CRLF, as Twisted's line reader did: a bare LF or CR from a
+    broken server stays inside its line, and ``LF.LF`` does not end the body.
+    """
+
+    def __init__(self, max_line_length: int) -> None:
+        self.max_line_length = max_line_length
+        self._pending = b""
+
+    def feed(self, data: bytes) -> tuple[bytes | None, bytes | None]:
+        """Take the next octets; return ``(piece, rest)``.
+
+        ``piece`` is every line completed by this call, dot-unstuffed and joined by CRLF
+        without the final CRLF (so ``piece + CRLF`` are the message octets), or None if
+        no line was completed. ``rest`` is None while the body goes on, else the octets
+        that followed the terminating ``.CRLF`` (the start of the next response).
+        Raises :class:`BodyLineTooLong` for a line over ``max_line_length`` octets
+        (CRLF excluded), before returning any part of the chunk that holds it.
+        """
+        held = len(self._pending)
+        buf = self._pending + data if held else data
+        if buf.startswith(b".\r\n"):  # the terminator right at a line start
+            self._pending = b""
+            return None, buf[3:]
+        # What was held back has no CRLF; only its last octet can start one.
+        start = max(0, held - 1)
+        end = buf.find(b"\r\n.\r\n", start)
+        if end >= 0:
+            rest: bytes | None = buf[end + 5 :]
+            pending = b""
+        else:
+            end = buf.rfind(b"\r\n", start)
+            rest = None
+            pending = buf if end < 0 else buf[end + 2 :]
+            self._check_unfinished(pending)
+            if end < 0:
+                self._pending = pending
+                return None, None
+        self._check_lines(buf, end + 2)
+        self._pending = pending
+        piece = buf[:end]
+        if piece.startswith(b".."):
+            piece = piece[1:]
+        return piece.replace(b"\r\n..", b"\r\n."), rest
+
+    def _check_lines(self, buf: bytes, stop: int) -> None:
+        """Every line in ``buf[:stop]`` (which ends with CRLF) is at most the limit long.
+
+        Looks at the distance between CRLFs with one ``rfind`` per window of
+        ``max_line_length + 2`` octets, so a chunk of short lines costs one call."""
+        limit = self.max_line_length
+        pos = 0
+        while stop - pos > limit + 2:
+            crlf = buf.rfind(b"\r\n", pos, pos + limit + 2)
+            if crlf < 0:
+                raise BodyLineTooLong()
+            pos = crlf + 2
+
+    def _check_unfinished(self, tail: bytes) -> None:
+        # A CR at the very end may be the first half of the CRLF that ends the line.
+        if len(tail) - tail.endswith(b"\r") > self.max_line_length:
+            raise BodyLineTooLong()
+
+
+class _StreamedRetr:
+    """The ``consumer`` handed to ``sendLong`` for a RETR read in chunks: it marks the
+    command (and travels with it through Twisted's queue of blocked commands) and
+    carries the caller's consumer, which receives runs of lines."""
+
+    __slots__ = ("consumer",)
+
+    def __init__(self, consumer: Callable[[bytes], object]) -> None:
+        self.consumer = consumer
+
+
 class UpstreamClient(AdvancedPOP3Client):
     """AdvancedPOP3Client with a long line limit, a per-step timeout and lifecycle hooks.
 
@@ -293,6 +388,13 @@ class UpstreamClient(AdvancedPOP3Client):
     def state_LONG_INITIAL(self, line: bytes) -> str:
         if not _is_status_line(line):
             return self._protocol_violation(line)
+        if isinstance(self._consumer, _StreamedRetr):
+            if line.split(b" ", 1)[0] == b"+OK":
+                # dataReceived hands everything from here to the body reader.
+                self._body = DotStuffedBody(self.MAX_LENGTH)
+                return "RETR_BODY"
+            # -ERR: Twisted fails the command with the caller's consumer attached.
+            self._consumer = self._consumer.consumer
         return super().state_LONG_INITIAL(line)
 
     def _protocol_violation(self, line: bytes, what: str = "where +OK or -ERR was expected") -> str:
@@ -305,9 +407,108 @@ class UpstreamClient(AdvancedPOP3Client):
 
     def lineReceived(self, line: bytes) -> None:
         # After an abort, lines already read in the same chunk must not reach the state
-        # machine (TCP's abortConnection does not stop LineOnlyReceiver's loop).
+        # machine (TCP's abortConnection does not stop the reading loop).
         if not self._aborted:
             super().lineReceived(line)
+
+    # ---- reading: lines, or raw chunks while a RETR body streams ------------------------
+
+    _body: DotStuffedBody | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        """Split status and listing lines on CRLF (RFC 1939 §3) like Twisted's
+        ``LineOnlyReceiver``, except that a RETR body is handed to :class:`DotStuffedBody`
+        in whole chunks once its ``+OK`` line is read, and the octets after its
+        terminator go back to line reading (nothing a server sent ahead is lost)."""
+        if self._aborted or self.transport.disconnecting:
+            return  # nothing more is read from a connection being dropped
+        if self._body is not None:
+            rest = self._body_received(data)
+            if rest is None:
+                return
+            data = rest
+        buffer = self._buffer + data if self._buffer else data
+        self._buffer = b""
+        pos = 0
+        while True:
+            if self._aborted or self.transport.disconnecting:
+                return  # nothing more is read from a connection being dropped
+            end = buffer.find(b"\r\n", pos)
+            if end < 0:
+                break
+            line = buffer[pos:end]
+            pos = end + 2
+            if len(line) > self.MAX_LENGTH:
+                self.lineLengthExceeded(line)
+                return
+            self.lineReceived(line)
+            if self._body is not None:  # that line was the +OK of a streamed RETR
+                rest = self._body_received(buffer[pos:])
+                if rest is None:
+                    return
+                buffer, pos = rest, 0
+        tail = buffer[pos:]
+        # A CR at the very end may be the first half of the CRLF that ends the line.
+        if len(tail) - tail.endswith(b"\r") > self.MAX_LENGTH:
+            self.lineLengthExceeded(tail)
+            return
+        self._buffer = tail
+
+    def _body_received(self, data: bytes) -> bytes | None:
+        """Feed one chunk of a streamed RETR body: one timer reset and at most one
+        consumer call per chunk. Returns the octets after the body once it ended."""
+        body = self._body
+        assert body is not None and isinstance(self._consumer, _StreamedRetr)
+        if self.timeout > 0:
+            self.resetTimeout()
+        try:
+            piece, rest = body.feed(data)
+        except BodyLineTooLong:
+            self._body = None
+            self.lineLengthExceeded(b"")  # fails the RETR with LineTooLong, drops the link
+            return None
+        if piece is not None:
+            self._consumer.consumer(piece)
+            if self._aborted:  # the consumer dropped the connection (message far too large)
+                return None
+        if rest is None:
+            return None
+        consumer, deferred = self._consumer.consumer, self._waiting
+        self._body = None
+        self._consumer = self._waiting = self._xform = None
+        # As Twisted's state_LONG does at ".": the next queued command may be sent (and
+        # set its own state) by _unblock or by whoever waits on this RETR.
+        self.state = "WAITING"
+        self._unblock()
+        if deferred is not None:
+            deferred.callback(consumer)
+        return rest
+
+    def retrieve(
+        self,
+        index: int,
+        consumer: Callable[[bytes], object] | None = None,
+        lines: int | None = None,
+    ) -> defer.Deferred[Any]:
+        """RETR message ``index`` (0-based; RFC 1939 §5), read in chunks.
+
+        Unlike Twisted's ``retrieve``, ``consumer`` is called with *runs* of lines: each
+        call gets one or more whole dot-unstuffed lines joined by CRLF, without the final
+        CRLF, so appending CRLF to every call's octets and concatenating them rebuilds the
+        message exactly (what :class:`gateway.pop3.fetcher.MessageSink` does). A line over
+        :data:`MAX_LINE_LENGTH` fails the command with Twisted's ``LineTooLong`` and drops
+        the connection, as before. Without a consumer the result is the list of lines.
+        With ``lines`` (TOP) Twisted's line-by-line path is used unchanged."""
+        if lines is not None:
+            return super().retrieve(index, consumer, lines)
+        number = b"%d" % (index + 1,)
+        if consumer is None:
+            collected: list[bytes] = []
+            d = self.sendLong(
+                b"RETR", number, _StreamedRetr(lambda p: collected.extend(p.split(b"\r\n"))), None
+            )
+            return d.addCallback(lambda _: collected)
+        return self.sendLong(b"RETR", number, _StreamedRetr(consumer), None)
 
     def login(self, username: bytes, password: bytes) -> defer.Deferred[Any]:
         """Refused: the inherited login() may choose APOP in cleartext; use :func:`login`."""

@@ -129,10 +129,11 @@ class FetchResult:
 
 
 class MessageSink:
-    """Receives one message's dot-unstuffed lines (CRLF removed) from RETR.
+    """Receives one message's dot-unstuffed text from RETR, in runs of whole lines
+    joined by CRLF without the final CRLF (the client hands over a chunk at a time).
 
-    Rebuilds the message bytes (each line + CRLF, RFC 1939 §3), collecting lines in a
-    list (one append per line: this runs for every line of every message) and spilling
+    Rebuilds the message bytes (each run + CRLF, RFC 1939 §3), collecting runs in a
+    list (one append per run: this runs for every chunk of every message) and spilling
     them to a temporary file past :data:`SPOOL_MEMORY_THRESHOLD`, counting octets as
     LIST does. Past ``limit`` it stops keeping data and marks the message ``oversized``;
     past ``limit`` plus :data:`OVERSIZE_DRAIN_LIMIT` it calls ``on_overflow`` (which
