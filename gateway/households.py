@@ -55,6 +55,7 @@ from gateway.store.interfaces import (
     MessageInfo,
     MessageRow,
     NewMessage,
+    SelectionSummary,
     Store,
     StoreResult,
 )
@@ -279,6 +280,9 @@ class UserStore:
 
     def message_rows(self, mailbox_id: int) -> list[MessageRow]:
         return self.base.message_rows(mailbox_id, viewer=self.user)
+
+    def selection_summary(self, mailbox_id: int) -> SelectionSummary:
+        return self.base.selection_summary(mailbox_id, viewer=self.user)
 
     def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
         return self.base.changes_since(mailbox_id, modseq, viewer=self.user)

@@ -50,6 +50,30 @@ def open_store(cfg: configmod.Config):
     return SQLiteStore(state / STORE_FILE, max_message_size=cfg.limits.max_message_size)
 
 
+def password_threads() -> int:
+    """Threads that check passwords: one per CPU. scrypt (gateway/passwords.py) takes
+    16 MB and one CPU per check, so more threads than CPUs only raise peak memory (200
+    simultaneous logins on the reactor's 10-thread default pool peak at ~160 MB of
+    hashing) without finishing any check sooner; the rest queue in arrival order."""
+    return max(1, os.cpu_count() or 1)
+
+
+class ThreadPoolService(service.Service):
+    """Starts a private thread pool with the service and stops it (joining its threads)
+    when the service stops; work queued before the start runs once it has started."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self):
+        super().stopService()
+        self.pool.stop()
+
+
 class StoreService(service.Service):
     """Closes the store when the service stops, after listeners and pollers (started first,
     stopped last: it is the first child added)."""
@@ -67,6 +91,7 @@ def build_service(
 ) -> service.MultiService:
     """The whole gateway as one MultiService; ``store`` may be passed in (the demo does)."""
     from twisted.internet.threads import deferToThreadPool
+    from twisted.python.threadpool import ThreadPool
 
     from gateway.imap.server import IMAPLimits, IMAPServerFactory
     from gateway.pop3.fetcher import fetch_once
@@ -82,8 +107,14 @@ def build_service(
         store.ensure_user(user)
     authenticator = PasswordTable({u.name: u.password_hash for u in cfg.users.values()})
 
+    # Password checks get their own small pool (see password_threads), so that a burst
+    # of logins bounds its hashing memory and leaves the reactor's pool to the rest.
+    # Added right after the store: it stops after the listeners, before the store.
+    password_pool = ThreadPool(minthreads=0, maxthreads=password_threads(), name="passwords")
+    ThreadPoolService(password_pool).setServiceParent(top)
+
     def run_blocking(fn, *args, **kwargs):
-        return deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args, **kwargs)
+        return deferToThreadPool(reactor, password_pool, fn, *args, **kwargs)
 
     limits = IMAPLimits(
         max_line_length=cfg.limits.max_line_length,
@@ -138,6 +169,7 @@ def build_service(
     control.register("fetch", fetch_handler(pollers))
     _add_listeners(top, cfg, factory, server_tls, reactor)
     top.store = store  # type: ignore[attr-defined]
+    top.password_pool = password_pool  # type: ignore[attr-defined]
     top.imap_factory = factory  # type: ignore[attr-defined]
     top.pollers = pollers  # type: ignore[attr-defined]
     top.control = control  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import importlib.metadata
 import re
+from array import array
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,6 @@ from gateway.store.interfaces import (
     MailboxExists,
     MailboxNotAllowed,
     MailboxNotFound,
-    MessageRow,
     MessageTooLarge,
     OverQuota,
     StoreError,
@@ -776,7 +776,26 @@ def seqset(text: str) -> SequenceSet:
 
 
 def view_of(uids: list[int]) -> View:
-    return View(None, False, [MessageRow(u, frozenset(), 1) for u in uids], 1)
+    return View(None, False, uids, 1)
+
+
+def test_view_keeps_a_compact_uid_map_and_only_unreported_own_changes() -> None:
+    """A view holds its UIDs as array('I') (4 bytes a message) and no per-message flags:
+    note_flags remembers only changes past highestmodseq (what a catch-up would report
+    again), the catch-up forgets them, and expunges leave uids and \\Recent in step."""
+    view = View(None, False, [3, 7, 9, 20], 10, recent=[7, 20])
+    assert isinstance(view.uids, array) and view.uids.typecode == "I"
+    view.note_flags(9, frozenset({"\\Seen"}), 8)  # not news to any catch-up
+    view.note_flags(7, frozenset({"\\Seen"}), 12)
+    view.note_flags(99, frozenset(), 13)  # not in the view
+    assert view.reported == {7: 12}
+    assert view.knows(7, 12) and view.knows(9, 10) and not view.knows(9, 11)
+    assert view.shown_flags(7, frozenset()) == {"\\Recent"}
+    assert view.shown_flags(9, frozenset({"\\Recent"})) == frozenset()
+    view.caught_up(12)
+    assert view.reported == {} and view.highestmodseq == 12
+    assert view.forget([7, 8, 20]) == [(4, 20), (2, 7)]
+    assert list(view.uids) == [3, 9] and list(view.recent) == []
 
 
 def test_view_resolves_sequence_numbers_and_uids() -> None:

@@ -12,6 +12,7 @@ import base64
 import datetime
 import random
 import tempfile
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ from gateway.store.interfaces import (
     MailboxNotFound,
     MessageTooLarge,
     NewMessage,
+    SelectionSummary,
     Store,
 )
 from gateway.store.memory import MemoryState, MemoryStore
@@ -660,6 +662,43 @@ def test_message_rows_are_ascending_and_show_recent_until_cleared(store: Store) 
     assert [r.modseq for r in store.message_rows(box)] == [r.modseq for r in rows]
 
 
+def test_message_uids_are_the_uid_column_of_message_rows_as_an_array(store: Store) -> None:
+    """message_uids gives exactly message_rows' UIDs, ascending, as a compact
+    array('I'), and follows expunges."""
+    box = inbox(store)
+    add(store, box, 5)
+    store.store_flags(box, [2, 4], "+", ["\\Deleted"])
+    store.expunge(box)
+    got = store.message_uids(box)
+    assert isinstance(got, array) and got.typecode == "I"
+    assert got.tolist() == uids(store, box) == [1, 3, 5]
+    with pytest.raises(MailboxNotFound):
+        store.message_uids(987654)
+
+
+def test_selection_summary_matches_what_message_rows_show(store: Store) -> None:
+    """The SELECT aggregates agree with a scan of message_rows: \\Recent UIDs, the
+    lowest UID without \\Seen, and the keywords in use (system flags excluded)."""
+    box = inbox(store)
+    add(store, box, 5)
+    store.store_flags(box, [1, 2], "+", ["\\Seen", "$Label"])
+    store.store_flags(box, [4], "+", ["\\Flagged", "Zeta", "$Label"])
+    store.clear_recent(box, [2, 5])
+    summary = store.selection_summary(box)
+    rows = store.message_rows(box)
+    assert summary.recent.tolist() == [r.uid for r in rows if "\\Recent" in r.flags] == [1, 3, 4]
+    assert summary.first_unseen_uid == 3
+    assert summary.keywords == ("$Label", "Zeta")
+    store.store_flags(box, [3, 4, 5], "+", ["\\Seen"])
+    store.clear_recent(box, [1, 3, 4])
+    summary = store.selection_summary(box)
+    assert summary.first_unseen_uid is None and len(summary.recent) == 0
+    empty = store.create_mailbox("alice", "Empty").id
+    assert store.selection_summary(empty) == SelectionSummary(array("I"), None, ())
+    with pytest.raises(MailboxNotFound):
+        store.selection_summary(987654)
+
+
 def test_message_rows_of_missing_mailbox_raises_not_found(store: Store) -> None:
     with pytest.raises(MailboxNotFound):
         store.message_rows(987654)
@@ -684,6 +723,24 @@ def test_message_info_returns_existing_uids_ascending_with_ingest_facts(store: S
     assert info.flags == {"\\Answered", "\\Recent"}
     assert info.modseq == store.message_rows(box)[-1].modseq
     assert store.message_info(box, []) == []
+
+
+def test_message_bytes_batch_returns_existing_messages_byte_exact(store: Store) -> None:
+    """message_bytes_batch agrees with message_bytes for every UID that exists, for a
+    contiguous run and a scattered set alike; expunged or unknown UIDs are left out."""
+    box = inbox(store)
+    raws = [make_message(subject=f"batch {i}", body=f"body {i}\r\n") for i in range(5)]
+    for raw in raws:
+        store.append(box, raw)
+    store.store_flags(box, [4], "+", ["\\Deleted"])
+    store.expunge(box)
+    assert store.message_bytes_batch(box, [1, 2, 3]) == {u: raws[u - 1] for u in (1, 2, 3)}
+    assert store.message_bytes_batch(box, [5, 1, 4, 99, 3]) == {
+        u: store.message_bytes(box, u) for u in (1, 3, 5)
+    }
+    assert store.message_bytes_batch(box, []) == {}
+    with pytest.raises(MailboxNotFound):
+        store.message_bytes_batch(987654, [1])
 
 
 def test_message_bytes_of_unknown_or_expunged_uid_raises_key_error(store: Store) -> None:

@@ -59,6 +59,15 @@ def test_seen_is_private_to_each_viewer(store: Store) -> None:
     assert store.counts(box, viewer="bob").unseen == 3
 
 
+def test_selection_summary_first_unseen_follows_the_viewer(store: Store) -> None:
+    """SELECT's UNSEEN is the viewer's own: alice having read message 1 moves her first
+    unseen message on, not bob's."""
+    box = shared_inbox(store)
+    store.store_flags(box, [1], "+", ["\\Seen"], viewer="alice")
+    assert store.selection_summary(box, viewer="alice").first_unseen_uid == 2
+    assert store.selection_summary(box, viewer="bob").first_unseen_uid == 1
+
+
 def test_other_flags_are_shared(store: Store) -> None:
     """\\Flagged and \\Deleted set by bob are seen by alice; EXPUNGE removes for all."""
     box = shared_inbox(store)

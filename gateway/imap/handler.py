@@ -17,7 +17,7 @@ answered ``NO [SERVERBUG]`` without the exception text.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -66,15 +66,17 @@ class SelectedView(Protocol):
 
     ``uids[i]`` is the UID of message sequence number ``i + 1`` *as this client knows
     it*: it only changes when the session reports EXISTS/EXPUNGE, never behind the
-    client's back.
+    client's back. The view keeps no per-message flags or modseqs (a large mailbox
+    selected by many sessions would copy them all): they are read from the store, and
+    the view only knows how far the client has been told (``highestmodseq``, plus the
+    changes it reported itself through :meth:`note_flags`).
     """
 
     mailbox: Mailbox  # as it was at SELECT time (id, name, uidvalidity)
     readonly: bool
-    uids: list[int]
-    flags: dict[int, frozenset[str]]  # uid → flags as last reported to the client
-    modseqs: dict[int, int]  # uid → modseq as last reported
-    highestmodseq: int
+    uids: Sequence[int]  # ascending (an array('I'))
+    recent: Sequence[int]  # UIDs this session shows as \Recent, ascending (RFC 3501 §2.3.2)
+    highestmodseq: int  # every flag change up to here has been told to the client
 
     def resolve(self, seqset: SequenceSet, uid_mode: bool) -> list[int]:
         """UIDs (ascending, existing in the view) named by a sequence set.
@@ -87,9 +89,22 @@ class SelectedView(Protocol):
     def seq_of(self, uid: int) -> int | None:
         """The message sequence number of ``uid`` in this view, or None."""
 
+    def shown_flags(self, uid: int, stored: frozenset[str]) -> frozenset[str]:
+        """The store's flags as this session shows them: ``\\Recent`` is per session
+        (RFC 3501 §2.3.2), so it comes from the view, never from the store."""
+
+    def knows(self, uid: int, modseq: int) -> bool:
+        """Whether the client has already been told this message's flags as of
+        ``modseq`` (so a change at that modseq would be news to it otherwise)."""
+
     def note_flags(self, uid: int, flags: frozenset[str], modseq: int) -> None:
         """Record that the client has now been told these flags (so that the change is
         not reported a second time by the next catch-up)."""
+
+    def forget(self, gone: Iterable[int]) -> list[tuple[int, int]]:
+        """Drop expunged UIDs; ``(seq, uid)`` pairs with the sequence number each had,
+        highest first, the order that keeps every reported number valid when replayed
+        (RFC 3501 §7.4.1)."""
 
 
 class Session(Protocol):

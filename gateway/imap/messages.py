@@ -22,10 +22,14 @@ from gateway.store.interfaces import MailboxNotFound, MessageInfo, NewMessage
 
 if TYPE_CHECKING:
     from gateway.imap.handler import SelectedView, Session
-    from gateway.store.interfaces import Mailbox
+    from gateway.store.interfaces import Mailbox, Store
 
 INFO_BATCH = 500
 """UIDs per ``store.message_info`` call: bounds the metadata held in memory at once."""
+
+BODY_BATCH_BYTES = 4 * 1024 * 1024
+"""Message bytes FETCH reads from the store per query (at least one whole message):
+bounds the bodies held at once while sparing a query per message."""
 
 FLUSH_BYTES = 64 * 1024
 """Untagged responses are gathered up to about this size before being yielded."""
@@ -77,19 +81,6 @@ def clean_flags(flags: Iterable[str]) -> list[str]:
     return out
 
 
-def _client_flags(view: SelectedView, uid: int, stored: frozenset[str]) -> frozenset[str]:
-    """The flags as this session shows them: ``\\Recent`` is per session (RFC 3501
-    §2.3.2), so it comes from the view, never from what the store holds."""
-    recent = RECENT in view.flags.get(uid, ())
-    if RECENT in stored:
-        if recent:
-            return stored
-        return stored - {RECENT}
-    if recent:
-        return stored | {RECENT}
-    return stored
-
-
 def _batches(uids: Sequence[int]) -> Iterable[Sequence[int]]:
     for start in range(0, len(uids), INFO_BATCH):
         yield uids[start : start + INFO_BATCH]
@@ -100,28 +91,25 @@ def _infos(session: Session, mailbox_id: int, uids: Sequence[int]) -> Iterable[M
         yield from session.store.message_info(mailbox_id, batch)
 
 
+def _read_bodies(
+    store: Store, mailbox_id: int, infos: Sequence[MessageInfo], start: int
+) -> dict[int, bytes]:
+    """The bytes of ``infos[start]`` and of the messages after it, as many as fit in
+    :data:`BODY_BATCH_BYTES` (always at least one): one store query per batch instead of
+    one per message, with the bytes held at once still bounded. A UID missing from the
+    result was expunged meanwhile."""
+    end = start + 1
+    total = infos[start].size
+    while end < len(infos) and total + infos[end].size <= BODY_BATCH_BYTES:
+        total += infos[end].size
+        end += 1
+    return store.message_bytes_batch(mailbox_id, [i.uid for i in infos[start:end]])
+
+
 def _forget(view: SelectedView, removed: Iterable[int]) -> list[tuple[int, int]]:
-    """Drop expunged UIDs from the view; returns ``(seq, uid)`` pairs with the sequence
-    number each had, highest first, which is the order that keeps every reported
-    number valid when replayed (RFC 3501 §7.4.1)."""
-    gone = set(removed)
-    if not gone:
-        return []
-    hits: list[tuple[int, int]] = []
-    kept: list[int] = []
-    for index, uid in enumerate(view.uids):
-        if uid in gone:
-            hits.append((index + 1, uid))
-        else:
-            kept.append(uid)
-    if not hits:
-        return []
-    view.uids[:] = kept
-    for _seq, uid in hits:
-        view.flags.pop(uid, None)
-        view.modseqs.pop(uid, None)
-    hits.reverse()
-    return hits
+    """Drop expunged UIDs from the view; ``(seq, uid)`` pairs, highest first
+    (RFC 3501 §7.4.1)."""
+    return view.forget(removed)
 
 
 def _expunge_responses(session: Session, hits: list[tuple[int, int]]) -> Iterator[bytes]:
@@ -217,7 +205,8 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
             if unseen:
                 result = store.store_flags(mailbox_id, unseen, "+", [SEEN])
                 updated = {row.uid: (row.flags, row.modseq) for row in result.updated}
-        for info in infos:
+        bodies: dict[int, bytes] = {}
+        for index, info in enumerate(infos):
             uid = info.uid
             seq = seq_of(uid)
             if seq is None:  # pragma: no cover - resolve only returns UIDs of the view
@@ -225,7 +214,7 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
             extra: tuple[int, ...] = ()
             if uid in updated:
                 stored, modseq = updated[uid]
-                flags: frozenset[str] | None = _client_flags(view, uid, stored)
+                flags: frozenset[str] | None = view.shown_flags(uid, stored)
                 implied = []
                 if not plan.has_flags:
                     implied.append(fetch_items.FLAGS)
@@ -236,12 +225,13 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
                 extra = tuple(implied)
             else:
                 modseq = info.modseq
-                flags = _client_flags(view, uid, info.flags) if plan.has_flags else None
+                flags = view.shown_flags(uid, info.flags) if plan.has_flags else None
             raw = None
             if plan.needs_bytes:
-                try:
-                    raw = store.message_bytes(mailbox_id, uid)
-                except KeyError:
+                if uid not in bodies:
+                    bodies = _read_bodies(store, mailbox_id, infos, index)
+                raw = bodies.pop(uid, None)
+                if raw is None:
                     missing = True  # expunged by another session since message_info
                     continue
             chunks = fetch_items.render(plan, seq, info, flags, modseq, raw, extra)
@@ -275,14 +265,6 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
 # ---- STORE ----------------------------------------------------------------------------
 
 
-def _apply(mode: str, old: frozenset[str], flags: Sequence[str]) -> frozenset[str]:
-    if mode == "+":
-        return old.union(flags)
-    if mode == "-":
-        return old.difference(flags)
-    return frozenset(flags)
-
-
 def store(session: Session, cmd: StoreCmd) -> Handler:
     """STORE and UID STORE, RFC 3501 §6.4.6, with RFC 7162 §3.1.3 UNCHANGEDSINCE.
     State: selected, read-write.
@@ -306,6 +288,17 @@ def store(session: Session, cmd: StoreCmd) -> Handler:
     condstore = session.condstore_active()
     with_modseq = condstore or cmd.unchangedsince is not None
     with_uid = cmd.uid or condstore
+    surprises: set[int] = set()
+    if cmd.silent and uids:
+        # .SILENT leaves the client to predict the result from what it knows; where
+        # another session changed a message since the client was last told, it cannot,
+        # so those messages get their FLAGS in full (RFC 3501 §6.4.6).
+        wanted = set(uids)
+        surprises = {
+            row.uid
+            for row in store_.changes_since(mailbox_id, view.highestmodseq).changed
+            if row.uid in wanted and not view.knows(row.uid, row.modseq)
+        }
     if uids:
         result = store_.store_flags(mailbox_id, uids, cmd.mode, flags, cmd.unchangedsince)
         updated = {row.uid: row for row in result.updated}
@@ -330,10 +323,8 @@ def store(session: Session, cmd: StoreCmd) -> Handler:
             seq = view.seq_of(uid)
             if row is None or seq is None:
                 continue
-            shown = _client_flags(view, uid, row.flags)
-            before = view.flags.get(uid)
-            predicted = None if before is None else _apply(cmd.mode, before, flags)
-            if predicted is not None and predicted - {RECENT} == shown - {RECENT}:
+            shown = view.shown_flags(uid, row.flags)
+            if uid not in surprises:
                 if with_modseq:
                     out.append(line(seq, uid, None, row.modseq))
             else:
@@ -367,7 +358,7 @@ def store(session: Session, cmd: StoreCmd) -> Handler:
             seq = view.seq_of(uid)
             if seq is None:  # pragma: no cover - resolve only returns UIDs of the view
                 continue
-            shown = _client_flags(view, uid, stored)
+            shown = view.shown_flags(uid, stored)
             out.append(line(seq, uid, shown, modseq))
             view.note_flags(uid, shown, modseq)
             if len(out) >= INFO_BATCH:
@@ -419,8 +410,7 @@ class _Rewriter:
 
     def recent(self) -> c.Uid:
         if self._recent is None:
-            flags = self.view.flags
-            self._recent = _uid_ranges(u for u in self.view.uids if RECENT in flags.get(u, ()))
+            self._recent = _uid_ranges(self.view.recent)
         return self._recent
 
     def __call__(self, node: c.Criteria) -> c.Criteria:

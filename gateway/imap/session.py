@@ -17,6 +17,7 @@ import binascii
 import bisect
 import enum
 import importlib
+from array import array
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -54,7 +55,6 @@ from gateway.store.interfaces import (
     MailboxExists,
     MailboxNotAllowed,
     MailboxNotFound,
-    MessageRow,
     MessageTooLarge,
     OverQuota,
     Store,
@@ -71,6 +71,10 @@ MAX_LOGGED_NAME = 128
 
 MAX_RESPONSE_TEXT = 200
 """Human-readable response text longer than this is shortened (it may echo client input)."""
+
+FORGET_IN_PLACE = 64
+"""Up to this many expunged UIDs are deleted from a view's UID array one by one; more
+rebuild the array in one pass (each deletion moves the rest of the array)."""
 
 CATCH_UP_CHUNK = 500
 """Untagged catch-up responses are yielded in groups of this many lines, so a flood of
@@ -244,16 +248,6 @@ def _resolve(spec: CommandSpec) -> Callable[..., Any]:
 # ---- the selected mailbox ---------------------------------------------------------------
 
 
-def client_flags(known: frozenset[str] | None, stored: frozenset[str]) -> frozenset[str]:
-    """The flags this session shows for a message: the store's flags, with ``\\Recent``
-    as the session decided when it first reported the message (RFC 3501 §2.3.2: \\Recent
-    belongs to one session, so another session clearing it must not show here)."""
-    recent = known is not None and RECENT in known
-    if (RECENT in stored) == recent:
-        return stored
-    return stored | {RECENT} if recent else stored - {RECENT}
-
-
 def _flag_order(flag: str) -> tuple[bool, str]:
     return (not flag.startswith("\\"), flag)
 
@@ -266,24 +260,33 @@ def flag_list(flags: Iterable[str]) -> bytes:
 class View:
     """This session's picture of its selected mailbox (:class:`handler.SelectedView`).
 
-    ``uids`` is ascending and changes only as the client is told (EXISTS, EXPUNGE,
-    VANISHED); ``pending_expunge`` holds UIDs gone from the store whose EXPUNGE could not
-    be sent yet (RFC 3501 §7.4.1), so they keep their sequence numbers meanwhile.
+    It holds only what belongs to this session, so that 100 sessions on a 100,000-message
+    mailbox stay small: ``uids`` (``array('I')``, ascending) maps sequence numbers to
+    UIDs and changes only as the client is told (EXISTS, EXPUNGE, VANISHED);
+    ``recent`` holds the UIDs this session shows as \\Recent (RFC 3501 §2.3.2: it
+    belongs to one session); ``highestmodseq`` is the point up to which the client has
+    been told every flag change. Flags and modseqs themselves stay in the store: a
+    catch-up reads ``changes_since(highestmodseq)``. ``reported`` remembers the changes
+    this session told its client itself after that point (uid → modseq), so they are
+    not told twice; each catch-up prunes it. ``pending_expunge`` holds UIDs gone from
+    the store whose EXPUNGE could not be sent yet (RFC 3501 §7.4.1), so they keep
+    their sequence numbers meanwhile.
     """
 
     def __init__(
-        self, mailbox: Mailbox, readonly: bool, rows: Iterable[MessageRow], highestmodseq: int
+        self,
+        mailbox: Mailbox,
+        readonly: bool,
+        uids: Iterable[int],
+        highestmodseq: int,
+        recent: Iterable[int] = (),
     ) -> None:
         self.mailbox = mailbox
         self.readonly = readonly
-        self.uids: list[int] = []
-        self.flags: dict[int, frozenset[str]] = {}
-        self.modseqs: dict[int, int] = {}
-        for row in rows:
-            self.uids.append(row.uid)
-            self.flags[row.uid] = row.flags
-            self.modseqs[row.uid] = row.modseq
+        self.uids: array[int] = uids if isinstance(uids, array) else array("I", uids)
+        self.recent: array[int] = recent if isinstance(recent, array) else array("I", recent)
         self.highestmodseq = highestmodseq
+        self.reported: dict[int, int] = {}
         self.pending_expunge: set[int] = set()
 
     def resolve(self, seqset: SequenceSet, uid_mode: bool) -> list[int]:
@@ -296,8 +299,14 @@ class View:
         uids = self.uids
         if uid_mode:
             largest = uids[-1] if uids else 0
+            ranges = seqset.resolve(largest)
+            if len(ranges) == 1:
+                low, high = ranges[0]
+                return uids[
+                    bisect.bisect_left(uids, low) : bisect.bisect_right(uids, high)
+                ].tolist()
             picked: set[int] = set()
-            for low, high in seqset.resolve(largest):
+            for low, high in ranges:
                 picked.update(uids[bisect.bisect_left(uids, low) : bisect.bisect_right(uids, high)])
             return sorted(picked)
         count = len(uids)
@@ -311,7 +320,7 @@ class View:
                 raise BadCommand("invalid message sequence number")
         if len(ranges) == 1:
             low, high = ranges[0]
-            return uids[low - 1 : high]
+            return uids[low - 1 : high].tolist()
         seqs: set[int] = set()
         for low, high in ranges:
             seqs.update(range(low, high + 1))
@@ -324,31 +333,65 @@ class View:
             return i + 1
         return None
 
+    def is_recent(self, uid: int) -> bool:
+        recent = self.recent
+        if not recent:
+            return False
+        i = bisect.bisect_left(recent, uid)
+        return i < len(recent) and recent[i] == uid
+
+    def shown_flags(self, uid: int, stored: frozenset[str]) -> frozenset[str]:
+        """The store's flags as this session shows them, with its own \\Recent."""
+        recent = self.is_recent(uid)
+        if (RECENT in stored) == recent:
+            return stored
+        return stored | {RECENT} if recent else stored - {RECENT}
+
+    def knows(self, uid: int, modseq: int) -> bool:
+        """Whether the client has been told this message's flags as of ``modseq``."""
+        return modseq <= self.highestmodseq or self.reported.get(uid, 0) >= modseq
+
     def note_flags(self, uid: int, flags: frozenset[str], modseq: int) -> None:
-        if uid in self.flags:
-            self.flags[uid] = flags
-            self.modseqs[uid] = max(modseq, self.modseqs.get(uid, 0))
+        # Only a change the next catch-up would report needs remembering; anything at
+        # or below highestmodseq is never read again.
+        if modseq > self.highestmodseq and modseq > self.reported.get(uid, 0):
+            if self.seq_of(uid) is not None:
+                self.reported[uid] = modseq
 
-    def recent_count(self) -> int:
-        return sum(1 for flags in self.flags.values() if RECENT in flags)
+    def caught_up(self, highestmodseq: int) -> None:
+        """Every change up to ``highestmodseq`` has been told: forget what is covered."""
+        if highestmodseq > self.highestmodseq:
+            self.highestmodseq = highestmodseq
+        if self.reported:
+            top = self.highestmodseq
+            self.reported = {u: m for u, m in self.reported.items() if m > top}
 
-    def first_unseen(self) -> int | None:
-        for index, uid in enumerate(self.uids):
-            if SEEN not in self.flags[uid]:
-                return index + 1
-        return None
+    def add(self, uid: int, recent: bool) -> None:
+        """A new message told to the client (EXISTS); UIDs only ever grow."""
+        self.uids.append(uid)
+        if recent:
+            self.recent.append(uid)
 
     def forget(self, gone: Iterable[int]) -> list[tuple[int, int]]:
         """Remove UIDs; ``(seq, uid)`` pairs highest sequence number first, the order in
         which ``* n EXPUNGE`` lines stay correct as each one is read (RFC 3501 §7.4.1)."""
-        drop = {u for u in gone if u in self.flags}
-        if not drop:
+        hits: list[tuple[int, int]] = []
+        for uid in sorted(set(gone)):
+            seq = self.seq_of(uid)
+            if seq is not None:
+                hits.append((seq, uid))
+        if not hits:
             return []
-        hits = [(i + 1, uid) for i, uid in enumerate(self.uids) if uid in drop]
-        self.uids[:] = [uid for uid in self.uids if uid not in drop]
+        drop = {uid for _seq, uid in hits}
+        if len(hits) <= FORGET_IN_PLACE:
+            for seq, _uid in reversed(hits):
+                del self.uids[seq - 1]
+        else:
+            self.uids = array("I", [u for u in self.uids if u not in drop])
+        if self.recent:
+            self.recent = array("I", [u for u in self.recent if u not in drop])
         for uid in drop:
-            del self.flags[uid]
-            self.modseqs.pop(uid, None)
+            self.reported.pop(uid, None)
         hits.reverse()
         return hits
 
@@ -683,7 +726,7 @@ class IMAPSession:
 
         RFC 3501 §7.3.1/§7.4.1: EXPUNGE first (sequence numbers valid as each line is
         read), then EXISTS/RECENT for new messages, then FETCH FLAGS for flag changes
-        the client has not seen (changes this session made itself were recorded by
+        the client has not seen (changes this session told itself were recorded by
         ``note_flags`` and are skipped). Under QRESYNC, ``* VANISHED`` replaces EXPUNGE
         (RFC 7162 §3.2.10); UID and MODSEQ go into the FETCH once CONDSTORE is on (§3.1).
         When ``allow_expunge`` is false the removals wait for a later command.
@@ -692,8 +735,9 @@ class IMAPSession:
         if view is None:
             return
         changes = self.store.changes_since(view.mailbox.id, view.highestmodseq)
+        seq_of = view.seq_of
         for uid in changes.expunged:
-            if uid in view.flags:
+            if seq_of(uid) is not None:
                 view.pending_expunge.add(uid)
         last = view.uids[-1] if view.uids else 0
         new_rows = [row for row in changes.changed if row.uid > last]
@@ -707,28 +751,25 @@ class IMAPSession:
             yield from self._report_expunges(view)
         if new_rows:
             for row in new_rows:
-                view.uids.append(row.uid)
-                view.flags[row.uid] = row.flags
-                view.modseqs[row.uid] = row.modseq
-            yield b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(view.uids), view.recent_count())
+                view.add(row.uid, RECENT in row.flags)
+            yield b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(view.uids), len(view.recent))
         condstore = self.condstore_active()
         with_uid = uid_form or condstore
+        reported = view.reported
+        pending = view.pending_expunge
         lines: list[bytes] = []
         for row in changes.changed:
             uid = row.uid
             if uid > last:
                 break
-            known = view.flags.get(uid)
-            if known is None or uid in view.pending_expunge:
+            if uid in pending:
                 continue
-            if view.modseqs.get(uid, 0) >= row.modseq:
-                continue  # already reported (note_flags) or older than what we showed
-            view.modseqs[uid] = row.modseq
-            shown = client_flags(known, row.flags)
-            if shown == known:
+            if reported.get(uid, 0) >= row.modseq:
+                continue  # this session already told its client (note_flags)
+            seq = seq_of(uid)
+            if seq is None:
                 continue
-            view.flags[uid] = shown
-            seq = view.seq_of(uid)
+            shown = view.shown_flags(uid, row.flags)
             items = [b"FLAGS " + flag_list(shown)]
             if with_uid:
                 items.append(b"UID %d" % uid)
@@ -740,7 +781,7 @@ class IMAPSession:
                 lines = []
         if lines:
             yield b"".join(lines)
-        view.highestmodseq = max(view.highestmodseq, changes.highestmodseq)
+        view.caught_up(changes.highestmodseq)
 
     def _report_expunges(self, view: View) -> Iterator[bytes]:
         gone = sorted(view.pending_expunge)
@@ -935,30 +976,31 @@ def _select(session: IMAPSession, cmd: Select) -> SessionHandler:
     assert session.user is not None
     store = session.store
     mailbox = store.get_mailbox(session.user, name)
-    rows = store.message_rows(mailbox.id)
-    view = View(mailbox, readonly, rows, mailbox.highestmodseq)
-    if not readonly:
-        recent = [row.uid for row in rows if RECENT in row.flags]
-        if recent:
-            store.clear_recent(mailbox.id, recent)
+    # Aggregates and the UID column only: no object per message (100,000-message
+    # mailboxes, many sessions).
+    uids = store.message_uids(mailbox.id)
+    summary = store.selection_summary(mailbox.id)
+    view = View(mailbox, readonly, uids, mailbox.highestmodseq, summary.recent)
+    if not readonly and summary.recent:
+        store.clear_recent(mailbox.id, summary.recent)
     session._enter(view)
 
-    keywords = sorted({f for row in rows for f in row.flags if not f.startswith("\\")})
+    keywords = summary.keywords
     # RFC 3501 §7.2.6 / §7.1: system flags in the RFC's order, then keywords in use;
     # ``\\*`` says new keywords may be created. EXAMINE permits no change at all.
     flags = wire.flag_list([*SYSTEM_FLAGS, *keywords])
     permanent = b"()" if readonly else wire.flag_list([*SYSTEM_FLAGS, *keywords, "\\*"])
-    uidnext = max(mailbox.uidnext, (view.uids[-1] + 1) if view.uids else 1)
+    uidnext = max(mailbox.uidnext, (uids[-1] + 1) if uids else 1)
     lines = [
         b"* FLAGS " + flags + b"\r\n",
         b"* OK [PERMANENTFLAGS "
         + permanent
         + b"] "
         + (b"Read-only mailbox\r\n" if readonly else b"Flags permitted\r\n"),
-        b"* %d EXISTS\r\n" % len(view.uids),
-        b"* %d RECENT\r\n" % view.recent_count(),
+        b"* %d EXISTS\r\n" % len(uids),
+        b"* %d RECENT\r\n" % len(view.recent),
     ]
-    unseen = view.first_unseen()
+    unseen = None if summary.first_unseen_uid is None else view.seq_of(summary.first_unseen_uid)
     if unseen is not None:
         lines.append(b"* OK [UNSEEN %d] First unseen\r\n" % unseen)
     lines.append(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mailbox.uidvalidity)
@@ -992,7 +1034,7 @@ def _qresync(session: IMAPSession, view: View, cmd: Select) -> Iterator[bytes]:
             continue  # arrived after the view was taken: the catch-up reports it
         lines.append(
             b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n"
-            % (seq, row.uid, flag_list(view.flags[row.uid]), view.modseqs[row.uid])
+            % (seq, row.uid, flag_list(view.shown_flags(row.uid, row.flags)), row.modseq)
         )
         if len(lines) >= CATCH_UP_CHUNK:
             yield b"".join(lines)

@@ -25,6 +25,7 @@ viewer, or in a mailbox that is not shared, ``viewer`` changes nothing.
 from __future__ import annotations
 
 import datetime
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -108,6 +109,16 @@ class MessageInfo:
     bodystructure: bytes
     body: bytes
     parts: str
+
+
+@dataclass(frozen=True)
+class SelectionSummary:
+    """What SELECT reports besides the UIDs (RFC 3501 §6.3.1), found by aggregate
+    queries so that selecting a large mailbox builds no object per message."""
+
+    recent: array  # array('I'): UIDs with \Recent, ascending
+    first_unseen_uid: int | None  # the lowest UID without the viewer's \Seen
+    keywords: tuple[str, ...]  # keywords set on some message, sorted
 
 
 @dataclass(frozen=True)
@@ -216,6 +227,15 @@ class Store(Protocol):
     def message_rows(self, mailbox_id: int, *, viewer: str | None = None) -> list[MessageRow]:
         """Every message in ascending UID order: a session's initial view."""
 
+    def message_uids(self, mailbox_id: int) -> array:
+        """Every UID in ascending order as ``array('I')`` (4 bytes a message): a
+        session's sequence-number map, without a row object per message. Raises
+        MailboxNotFound."""
+
+    def selection_summary(self, mailbox_id: int, *, viewer: str | None = None) -> SelectionSummary:
+        """\\Recent UIDs, the first unseen UID (``viewer``'s own \\Seen in a shared
+        mailbox) and the keywords in use, for SELECT. Raises MailboxNotFound."""
+
     def changes_since(
         self, mailbox_id: int, modseq: int, *, viewer: str | None = None
     ) -> Changes: ...
@@ -227,6 +247,11 @@ class Store(Protocol):
 
     def message_bytes(self, mailbox_id: int, uid: int) -> bytes:
         """The message exactly as received. Raises KeyError if expunged."""
+
+    def message_bytes_batch(self, mailbox_id: int, uids: Sequence[int]) -> dict[int, bytes]:
+        """Several messages exactly as received, read at once (one query, not one per
+        message): UID → bytes for those UIDs that still exist. The caller bounds the
+        total size (FETCH asks for a few MB at a time). Raises MailboxNotFound."""
 
     def append(
         self,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import time
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -51,6 +52,7 @@ from gateway.store.interfaces import (
     MessageRow,
     MessageTooLarge,
     NewMessage,
+    SelectionSummary,
     StoreError,
     StoreResult,
     is_shared_owner,
@@ -406,6 +408,24 @@ class MemoryStore:
         rows = self._box(mailbox_id).rows_for(viewer)
         return [MessageRow(u, r.view(), r.modseq) for u, r in rows.items()]
 
+    def message_uids(self, mailbox_id: int) -> array:
+        return array("I", self._box(mailbox_id).rows)
+
+    def selection_summary(self, mailbox_id: int, *, viewer: str | None = None) -> SelectionSummary:
+        box = self._box(mailbox_id)
+        who = box.seen_by(viewer)
+        first_unseen = next(
+            (u for u, r in box.rows.items() if _SEEN_KEY not in r.as_seen_by(who).flags), None
+        )
+        keywords = {
+            f for r in box.rows.values() for f in r.flags.values() if not f.startswith("\\")
+        }
+        return SelectionSummary(
+            recent=array("I", [u for u, r in box.rows.items() if r.recent]),
+            first_unseen_uid=first_unseen,
+            keywords=tuple(sorted(keywords)),
+        )
+
     def changes_since(self, mailbox_id: int, modseq: int, *, viewer: str | None = None) -> Changes:
         box = self._box(mailbox_id)
         rows = box.rows_for(viewer)
@@ -448,6 +468,10 @@ class MemoryStore:
         if row is None:
             raise KeyError(uid)
         return row.message.raw
+
+    def message_bytes_batch(self, mailbox_id: int, uids: Sequence[int]) -> dict[int, bytes]:
+        rows = self._box(mailbox_id).rows
+        return {uid: rows[uid].message.raw for uid in uids if uid in rows}
 
     def append(
         self,

@@ -40,6 +40,7 @@ import hashlib
 import json
 import sqlite3
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,6 +65,7 @@ from gateway.store.interfaces import (
     MessageRow,
     MessageTooLarge,
     NewMessage,
+    SelectionSummary,
     StoreError,
     StoreResult,
     is_shared_owner,
@@ -78,6 +80,13 @@ DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 
 BUSY_TIMEOUT_MS = 5000
 """How long a statement waits for another process's lock before failing."""
+
+MMAP_SIZE = 256 * 1024 * 1024
+"""Bytes of the database file SQLite reads through a memory map instead of ``read()``
+(``PRAGMA mmap_size``): a message body then comes straight from the OS page cache
+with one copy fewer (UID FETCH of 33 MB: ~18 ms -> ~12 ms of store time). The mapped
+pages are the kernel's page cache, shared and reclaimable, though they count in the
+process's RSS while mapped; beyond this size SQLite reads as before."""
 
 MAX_MAILBOX_NAME_LENGTH = 512
 """Longest mailbox name, in characters."""
@@ -257,6 +266,7 @@ class SQLiteStore:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA mmap_size = {int(MMAP_SIZE)}")
         ran = migrate(conn)
         # Seed the UIDVALIDITY sequence from the clock once, when the store is created.
         conn.execute(
@@ -771,6 +781,45 @@ class SQLiteStore:
         flags = self._flags
         return [MessageRow(uid, flags(text, recent), modseq) for uid, text, recent, modseq in rows]
 
+    def message_uids(self, mailbox_id: int) -> array:
+        with self._read() as conn:
+            self._require(conn, mailbox_id)
+            cursor = conn.execute(
+                "SELECT uid FROM mailbox_message WHERE mailbox_id = ? ORDER BY uid",
+                (mailbox_id,),
+            )
+            return array("I", [row[0] for row in cursor])
+
+    def selection_summary(self, mailbox_id: int, *, viewer: str | None = None) -> SelectionSummary:
+        with self._read() as conn:
+            self._require(conn, mailbox_id)
+            recent = array(
+                "I",
+                [
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT uid FROM mailbox_message WHERE mailbox_id = ? AND recent = 1"
+                        " ORDER BY uid",
+                        (mailbox_id,),
+                    )
+                ],
+            )
+            source, source_params = self._source(conn, mailbox_id, viewer)
+            (first_unseen,) = conn.execute(
+                f"SELECT min(uid) FROM {source}"
+                " WHERE mailbox_id = ? AND instr(' ' || flags || ' ', ?) = 0",
+                (*source_params, mailbox_id, _SEEN_TOKEN),
+            ).fetchone()
+            # Keywords are never private, so the shared column has them all.
+            texts = conn.execute(
+                "SELECT DISTINCT flags FROM mailbox_message WHERE mailbox_id = ? AND flags != ''",
+                (mailbox_id,),
+            ).fetchall()
+        keywords = {f for (text,) in texts for f in text.split() if not f.startswith("\\")}
+        return SelectionSummary(
+            recent=recent, first_unseen_uid=first_unseen, keywords=tuple(sorted(keywords))
+        )
+
     def changes_since(self, mailbox_id: int, modseq: int, *, viewer: str | None = None) -> Changes:
         with self._read() as conn:
             head = conn.execute(
@@ -803,13 +852,19 @@ class SQLiteStore:
         with self._read() as conn:
             self._require(conn, mailbox_id)
             source, source_params = self._source(conn, mailbox_id, viewer)
+            wanted = sorted(set(uids))
+            if wanted and wanted[-1] - wanted[0] + 1 == len(wanted):
+                # A contiguous run (FETCH 1:* in batches): a range scan of the primary
+                # key, about twice as fast as joining a json_each list.
+                where, params = "mm.uid BETWEEN ? AND ?", [wanted[0], wanted[-1]]
+            else:
+                where, params = "mm.uid IN (SELECT value FROM json_each(?))", [_uid_list(wanted)]
             rows = conn.execute(
                 "SELECT mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.internaldate,"
                 " m.internaldate_tz, m.envelope, m.bodystructure, m.body, m.parts"
                 f" FROM {source} mm JOIN message m ON m.id = mm.message_id"
-                " WHERE mm.mailbox_id = ? AND mm.uid IN (SELECT value FROM json_each(?))"
-                " ORDER BY mm.uid",
-                (*source_params, mailbox_id, _uid_list(uids)),
+                f" WHERE mm.mailbox_id = ? AND {where} ORDER BY mm.uid",
+                (*source_params, mailbox_id, *params),
             ).fetchall()
         return [
             MessageInfo(
@@ -849,6 +904,33 @@ class SQLiteStore:
                 self._require(conn, mailbox_id)
                 raise KeyError(uid)
         return bytes(row[0])
+
+    def message_bytes_batch(self, mailbox_id: int, uids: Sequence[int]) -> dict[int, bytes]:
+        if not uids:
+            with self._read() as conn:
+                self._require(conn, mailbox_id)
+            return {}
+        wanted = sorted(set(uids))
+        low, high = wanted[0], wanted[-1]
+        with self._read() as conn:
+            if high - low + 1 == len(wanted):
+                # A contiguous run (the usual 1:500): a range scan of the primary key.
+                rows = conn.execute(
+                    "SELECT mm.uid, c.raw FROM mailbox_message mm JOIN content c"
+                    " ON c.message_id = mm.message_id"
+                    " WHERE mm.mailbox_id = ? AND mm.uid BETWEEN ? AND ?",
+                    (mailbox_id, low, high),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT mm.uid, c.raw FROM mailbox_message mm JOIN content c"
+                    " ON c.message_id = mm.message_id"
+                    " WHERE mm.mailbox_id = ? AND mm.uid IN (SELECT value FROM json_each(?))",
+                    (mailbox_id, _uid_list(wanted)),
+                ).fetchall()
+            if len(rows) < len(wanted):
+                self._require(conn, mailbox_id)
+        return dict(rows)
 
     def append(
         self,
