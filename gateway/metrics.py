@@ -149,14 +149,30 @@ class _Metric:
         return tuple(zip(self.labelnames, key, strict=True))
 
 
-class Counter(_Metric):
-    """A monotonically increasing total; the name should end in ``_total``."""
+class _Scalar(_Metric):
+    """One number per label set (counters and gauges)."""
 
-    kind = "counter"
+    kind = ""
 
     def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
         super().__init__(name, help, labelnames)
         self._values: dict[tuple[str, ...], float] = {}
+
+    def family(self) -> Family:
+        with self._lock:
+            items = sorted(self._values.items())
+        return Family(
+            self.name,
+            self.kind,
+            self.help,
+            tuple(Sample(self.name, self._pairs(k), v) for k, v in items),
+        )
+
+
+class Counter(_Scalar):
+    """A monotonically increasing total; the name should end in ``_total``."""
+
+    kind = "counter"
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
         if amount < 0:
@@ -168,25 +184,11 @@ class Counter(_Metric):
     def value(self, **labels: str) -> float:
         return self._values.get(self._key(labels), 0.0)
 
-    def family(self) -> Family:
-        with self._lock:
-            items = sorted(self._values.items())
-        return Family(
-            self.name,
-            self.kind,
-            self.help,
-            tuple(Sample(self.name, self._pairs(k), v) for k, v in items),
-        )
 
-
-class Gauge(_Metric):
+class Gauge(_Scalar):
     """A value that goes up and down."""
 
     kind = "gauge"
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help, labelnames)
-        self._values: dict[tuple[str, ...], float] = {}
 
     def set(self, value: float, **labels: str) -> None:
         key = self._key(labels)
@@ -195,16 +197,6 @@ class Gauge(_Metric):
 
     def value(self, **labels: str) -> float | None:
         return self._values.get(self._key(labels))
-
-    def family(self) -> Family:
-        with self._lock:
-            items = sorted(self._values.items())
-        return Family(
-            self.name,
-            self.kind,
-            self.help,
-            tuple(Sample(self.name, self._pairs(k), v) for k, v in items),
-        )
 
 
 class Histogram(_Metric):
