@@ -254,18 +254,17 @@ def purge_mail(state_dir: str, name: str) -> int:
 
 def users_report(path: str) -> str:
     """One line per user: households, folders, messages and bytes stored."""
+    from gateway.status import mailbox_usage
+
     _cfg_path, _text, cfg = _load_text(path)
     store = _open_store(cfg.state_dir)
     lines = [f"{'USER':<20} {'FOLDERS':>7} {'MESSAGES':>8} {'SIZE':>12}  SHARED"]
     try:
         for name in sorted(cfg.users):
-            folders = messages = size = 0
-            if store is not None:
-                for mailbox in store.list_mailboxes(name):
-                    counts = store.counts(mailbox.id)
-                    folders += 1
-                    messages += counts.messages
-                    size += counts.size
+            usage = mailbox_usage(store, name) if store is not None else None
+            folders = len(usage["mailboxes"]) if usage else 0
+            messages = usage["messages"] if usage else 0
+            size = usage["size_bytes"] if usage else 0
             shared = ", ".join(s.name for s in cfg.shared.values() if name in s.members) or "-"
             lines.append(f"{name:<20} {folders:>7} {messages:>8} {size:>12}  {shared}")
     finally:

@@ -241,6 +241,7 @@ def control_service(top: service.MultiService, cfg: configmod.Config, reactor: A
 def _serve_status(top, cfg, reactor, factory, pollers, store) -> None:
     """``popgate status``: the ``status`` command on the control socket."""
     from gateway import logs
+    from gateway.households import shared_owner
     from gateway.status import StatusSource
 
     control = control_service(top, cfg, reactor)
@@ -256,6 +257,11 @@ def _serve_status(top, cfg, reactor, factory, pollers, store) -> None:
         recent_errors=logs.RECENT_ERRORS.snapshot,
         metrics_listener=cfg.metrics.listen if cfg.metrics.enabled else None,
         control_path=control.path,
+        store=store,
+        owners=lambda: [
+            *factory.authenticator.users(),
+            *(shared_owner(g) for g in sorted(factory.households.groups)),
+        ],
     )
     control.register("status", source.handle)
     top.status = source  # type: ignore[attr-defined]

@@ -108,6 +108,28 @@ def clients(protocols: Iterable[Any]) -> dict[str, Any]:
     return {"total": total, "by_state": by_state, "by_user": dict(sorted(by_user.items()))}
 
 
+def mailbox_usage(store: Any, owner: str) -> dict[str, Any]:
+    """One owner's folders with message, unseen and byte counts, and their totals:
+    what `popgate status` and `popgate users` show per user (and per household)."""
+    folders = []
+    for mailbox in sorted(store.list_mailboxes(owner), key=lambda m: m.name):
+        counts = store.counts(mailbox.id)
+        folders.append(
+            {
+                "mailbox": mailbox.name,
+                "messages": counts.messages,
+                "unseen": counts.unseen,
+                "size_bytes": counts.size,
+            }
+        )
+    return {
+        "owner": owner,
+        "mailboxes": folders,
+        "messages": sum(f["messages"] for f in folders),
+        "size_bytes": sum(f["size_bytes"] for f in folders),
+    }
+
+
 class StatusSource:
     """Everything ``status`` reads, gathered once when the service is built; calling
     :meth:`collect` (from the control socket's handler) takes a fresh snapshot."""
@@ -126,7 +148,11 @@ class StatusSource:
         recent_errors: Callable[[], list[dict[str, Any]]] = list,
         metrics_listener: str | None = None,
         control_path: str | Path | None = None,
+        store: Any = None,
+        owners: Callable[[], Iterable[str]] = tuple,
     ) -> None:
+        self.store = store
+        self.owners = owners
         self.reactor = reactor
         self.version = version
         self.config_path = config_path
@@ -177,6 +203,9 @@ class StatusSource:
                 "path": str(self.store_path) if self.store_path is not None else None,
                 "size_bytes": file_size(self.store_path) if self.store_path is not None else None,
             },
+            "users": [mailbox_usage(self.store, o) for o in self.owners()]
+            if self.store is not None
+            else [],
             "recent_errors": [_plain(e) for e in self.recent_errors()],
         }
 
@@ -319,6 +348,32 @@ def render(status: Mapping[str, Any]) -> str:
         )
     else:
         lines.append("No upstreams configured.")
+
+    owners = status.get("users") or []
+    if owners:
+        lines.append("")
+        lines += _table(
+            ["USER", "FOLDERS", "MESSAGES", "SIZE", "LARGEST FOLDERS"],
+            [
+                [
+                    str(u.get("owner")),
+                    str(len(u.get("mailboxes") or [])),
+                    str(u.get("messages", 0)),
+                    size(u.get("size_bytes")),
+                    _shorten(
+                        ", ".join(
+                            f"{f['mailbox']} {f['messages']}"
+                            for f in sorted(u.get("mailboxes") or [], key=lambda f: -f["messages"])[
+                                :3
+                            ]
+                        )
+                        or "-",
+                        50,
+                    ),
+                ]
+                for u in owners
+            ],
+        )
 
     errors = status.get("recent_errors") or []
     lines.append("")

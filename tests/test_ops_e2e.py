@@ -216,6 +216,8 @@ def test_metrics_status_and_backup_of_a_running_gateway(dovecot, tmp_path, capsy
         assert up["name"] == "alice-isp" and up["owner"] == "alice"
         assert up["last_success"] is not None and up["messages_fetched"] >= 5
         assert status["uptime_seconds"] > 0 and status["pid"] == gw.process.pid
+        (alice,) = status["users"]
+        assert alice["owner"] == "alice" and alice["messages"] >= 5
         table = popgate("status", "--config", str(gw.config_path))
         assert table.returncode == 0 and "alice-isp" in table.stdout
 

@@ -240,3 +240,45 @@ def test_cli_status_asks_the_running_gateway_over_the_control_socket(state_dir, 
 def test_cli_status_says_when_the_gateway_is_not_running(state_dir, capsys):
     assert cli.main(["status", "--state-dir", str(state_dir)]) == 3
     assert "not running" in capsys.readouterr().err
+
+
+def test_status_shows_each_users_folders_with_counts_and_sizes(tmp_path):
+    """Issue 6: per user (and household), the folders with message counts and sizes."""
+    from gateway.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "s.sqlite3")
+    try:
+        store.ensure_user("alice")
+        inbox = store.get_mailbox("alice", "INBOX")
+        store.append(inbox.id, b"Subject: a\r\n\r\nhello\r\n")
+        store.append(inbox.id, b"Subject: b\r\n\r\nworld!\r\n", flags=["\\Seen"])
+        source = StatusSource(
+            reactor=task.Clock(),
+            version="test",
+            config_path="c.toml",
+            state_dir=str(tmp_path),
+            imap_listeners=[],
+            factory=SimpleNamespace(protocols=()),
+            pollers={},
+            store_path=None,
+            store=store,
+            owners=lambda: ["alice"],
+        )
+        status = json.loads(json.dumps(source.collect()))
+    finally:
+        store.close()
+    (alice,) = status["users"]
+    assert alice["owner"] == "alice" and alice["messages"] == 2
+    assert alice["size_bytes"] == len(b"Subject: a\r\n\r\nhello\r\n") + len(
+        b"Subject: b\r\n\r\nworld!\r\n"
+    )
+    inbox_row = next(f for f in alice["mailboxes"] if f["mailbox"] == "INBOX")
+    assert inbox_row == {
+        "mailbox": "INBOX",
+        "messages": 2,
+        "unseen": 1,
+        "size_bytes": alice["size_bytes"],
+    }
+    assert {f["mailbox"] for f in alice["mailboxes"]} >= {"INBOX", "Sent", "Trash"}
+    text = render(status)
+    assert "USER" in text and "alice" in text and "INBOX 2" in text
