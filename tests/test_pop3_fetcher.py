@@ -444,6 +444,7 @@ def test_delete_after_deletes_only_messages_fetched_long_enough_ago(make, rt, tm
             {
                 "event": "pop3.deleted",
                 "upstream": "isp",
+                "owner": "alice",
                 "count": 2,
                 "policy": "delete_after",
                 "log_level": "info",

@@ -216,6 +216,8 @@ class _Pass:
         self.store = store
         self.reactor = reactor
         self.progress = progress
+        # every event of a pass names the local owner too (who is missing mail?)
+        self.log = log.bind(owner=upstream.owner)
         self.host = upstream.host
         self.started = reactor.seconds()
         self.result = FetchResult(upstream.name)
@@ -257,11 +259,11 @@ class _Pass:
         try:
             self.progress(info)
         except Exception:
-            log.exception("pop3.progress_callback_failed", upstream=self.upstream.name)
+            self.log.exception("pop3.progress_callback_failed", upstream=self.upstream.name)
 
     async def run(self) -> FetchResult:
         up = self.upstream
-        log.info("pop3.fetch_start", upstream=up.name, host=up.host, port=up.port, tls=up.tls)
+        self.log.info("pop3.fetch_start", upstream=up.name, host=up.host, port=up.port, tls=up.tls)
         try:
             self.client = await connect(up, self.reactor)
             await login(self.client, up)
@@ -297,12 +299,12 @@ class _Pass:
                 e = flush_error
             error = e if isinstance(e, FetchError) else translate_failure(e, self.host, "fetch")
             if isinstance(error, FetchCancelled):
-                log.info("pop3.fetch_cancelled", upstream=up.name, fetched=self.result.fetched)
+                self.log.info("pop3.fetch_cancelled", upstream=up.name, fetched=self.result.fetched)
                 if self.client is not None:
                     await self.client.closed
                 raise defer.CancelledError() from None
             error.result = self.result
-            log.warning(
+            self.log.warning(
                 "pop3.fetch_failed",
                 upstream=up.name,
                 error=error.kind,
@@ -317,7 +319,7 @@ class _Pass:
         self.finish(abort=False)
         await self.close()
         self.report("done")
-        log.info(
+        self.log.info(
             "pop3.fetched",
             upstream=up.name,
             count=self.result.fetched,
@@ -380,7 +382,7 @@ class _Pass:
                 f"{self.host} supports neither UIDL nor LIST (RFC 1939 §7): popgate cannot "
                 "tell messages apart to fetch each exactly once"
             )
-        log.info("pop3.uidl_fallback", upstream=self.upstream.name, messages=len(list_lines))
+        self.log.info("pop3.uidl_fallback", upstream=self.upstream.name, messages=len(list_lines))
         lines: list[bytes] = []
         for line in list_lines:
             parsed = parse_list_line(line)
@@ -409,18 +411,18 @@ class _Pass:
     def report_listing(self, listing: Listing, plan: SyncPlan) -> None:
         up = self.upstream
         if not listing.complete:
-            log.warning(
+            self.log.warning(
                 "pop3.listing_incomplete", upstream=up.name, problems=list(listing.problems)
             )
         if plan.duplicates:
             self.add(duplicates=len(plan.duplicates))
-            log.warning(
+            self.log.warning(
                 "pop3.duplicate_uidls",
                 upstream=up.name,
                 uidls=sorted(plan.duplicates)[:20],
                 count=len(plan.duplicates),
             )
-        log.info(
+        self.log.info(
             "pop3.listed",
             upstream=up.name,
             listed=plan.listed,
@@ -441,7 +443,7 @@ class _Pass:
             detail = f"{reason} (a line over {MAX_LINE_LENGTH} octets)"
         self.store.record_skipped(up.name, message.uidl, detail)
         self.add(skipped=1)
-        log.warning(
+        self.log.warning(
             "pop3.message_skipped",
             upstream=up.name,
             uidl=message.uidl,
@@ -464,7 +466,7 @@ class _Pass:
                 await client.retrieve(message.number - 1, consumer=sink.line)
             except ServerErrorResponse as e:
                 self.add(errors=1)
-                log.warning(
+                self.log.warning(
                     "pop3.retr_failed",
                     upstream=up.name,
                     uidl=message.uidl,
@@ -519,7 +521,7 @@ class _Pass:
             self.flush()
         self.report("fetching")
         if self.received % PROGRESS_LOG_EVERY == 0:
-            log.info(
+            self.log.info(
                 "pop3.progress",
                 upstream=self.upstream.name,
                 received=self.received,
@@ -568,7 +570,7 @@ class _Pass:
             deduplicated=max(0, deduplicated),
         )
         if deduplicated > 0:
-            log.info("pop3.deduplicated", upstream=up.name, count=deduplicated)
+            self.log.info("pop3.deduplicated", upstream=up.name, count=deduplicated)
 
     def store_failed(self, delivery: Delivery, e: Exception) -> StoreFailed:
         return StoreFailed(
@@ -616,7 +618,7 @@ class _Pass:
                 await self.client.delete(message.number - 1)
             except ServerErrorResponse as e:
                 self.add(errors=1)
-                log.warning(
+                self.log.warning(
                     "pop3.dele_failed",
                     upstream=self.upstream.name,
                     uidl=message.uidl,
@@ -641,7 +643,7 @@ class _Pass:
                 raise error from None
             if deleted:
                 self.add(errors=1)
-            log.warning(
+            self.log.warning(
                 "pop3.quit_failed",
                 upstream=self.upstream.name,
                 error=error.kind,
@@ -656,7 +658,7 @@ class _Pass:
             if message.number in done:
                 by_policy[policy] = by_policy.get(policy, 0) + 1
         for policy, count in sorted(by_policy.items()):
-            log.info("pop3.deleted", upstream=self.upstream.name, count=count, policy=policy)
+            self.log.info("pop3.deleted", upstream=self.upstream.name, count=count, policy=policy)
 
     async def close(self) -> None:
         """Wait for the connection to be gone (the server closes after QUIT; we close too)."""
