@@ -10,6 +10,7 @@ session's catch-up after the command never repeats a response.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,9 @@ RECENT = "\\Recent"
 _SYSTEM_FLAGS = {
     f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft", RECENT)
 }
+
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 # ---- shared helpers --------------------------------------------------------------------
@@ -581,13 +585,29 @@ def uid_expunge(session: Session, cmd: UidExpunge) -> Handler:
 # ---- APPEND ---------------------------------------------------------------------------
 
 
+def crlf_lines(data: bytes) -> bytes:
+    """``data`` with every bare LF turned into CRLF (existing CRLFs kept as they are).
+
+    RFC 3501 §6.3.11 (the APPEND literal is an RFC 5322 message) and RFC 5322 §2.1: a
+    message's lines end in CRLF, and every size and offset popgate reports (RFC822.SIZE,
+    BODY[]<partial>, BODYSTRUCTURE octets and lines) counts CRLF. Scripts and some clients
+    (imaplib users, mail filters) APPEND Unix text with bare LFs; served as sent, other
+    clients would split its lines wrongly. Like Dovecot, popgate serves such mail with
+    CRLF; it converts once, at APPEND time.
+    """
+    if b"\n" not in data or data.count(b"\n") == data.count(b"\r\n"):
+        return data
+    return _BARE_LF.sub(b"\r\n", data)
+
+
 def append(session: Session, cmd: Append) -> Handler:
     """APPEND, RFC 3501 §6.3.11, MULTIAPPEND (RFC 3502) and APPENDUID (RFC 4315 §3).
 
     A missing mailbox is ``NO [TRYCREATE]``. MULTIAPPEND is all-or-nothing (RFC 3502
     §6.3.11): the messages go to the store in one transaction (``append_many``), so a
-    refused one leaves no trace of the others, not even a modseq or UID. New messages in
-    the selected mailbox are announced by the session's catch-up (EXISTS), not here.
+    refused one leaves no trace of the others, not even a modseq or UID. Bare LF line
+    endings are stored as CRLF (:func:`crlf_lines`). New messages in the selected
+    mailbox are announced by the session's catch-up (EXISTS), not here.
     """
     target = _existing_mailbox(session, cmd.mailbox)
     if not cmd.messages:
@@ -596,7 +616,8 @@ def append(session: Session, cmd: Append) -> Handler:
     for message in cmd.messages:
         if not message.data:
             raise BadCommand("empty message")
-        prepared.append(NewMessage(message.data, tuple(clean_flags(message.flags)), message.date))
+        data = crlf_lines(message.data)
+        prepared.append(NewMessage(data, tuple(clean_flags(message.flags)), message.date))
     done = session.store.append_many(target.id, prepared)
     yield from ()  # a handler is a generator even when it has no untagged data
     code = f"APPENDUID {target.uidvalidity} {wire.sequence_set_text(sorted(done)).decode()}"
