@@ -192,3 +192,19 @@ def test_a_client_that_hangs_up_mid_command_does_not_disturb_the_gateway(
 def test_socket_path_accepts_a_state_dir_or_the_socket_itself(state_dir) -> None:
     assert socket_path(state_dir) == state_dir / SOCKET_NAME
     assert socket_path(state_dir / SOCKET_NAME) == state_dir / SOCKET_NAME
+
+
+def test_a_request_over_the_length_cap_is_refused_with_a_reason(service, state_dir) -> None:
+    """MAX_REQUEST_LENGTH bounds what one client may make the gateway buffer."""
+    from gateway.control import MAX_REQUEST_LENGTH
+
+    padding = "x" * (MAX_REQUEST_LENGTH + 10)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(state_dir / SOCKET_NAME))
+        s.sendall(json.dumps({"command": "echo", "pad": padding}).encode() + b"\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    reply = json.loads(data.splitlines()[-1])
+    assert reply == {"ok": False, "error": f"request longer than {MAX_REQUEST_LENGTH} octets"}

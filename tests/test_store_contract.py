@@ -53,7 +53,7 @@ from gateway.store.interfaces import (
 )
 from gateway.store.memory import MemoryState, MemoryStore
 from gateway.store.search import MAX_SEARCH_DEPTH, MAX_SEARCH_NODES
-from gateway.store.sqlite import MAX_MAILBOX_NAME_LENGTH, SQLiteStore
+from gateway.store.sqlite import MAX_MAILBOX_DEPTH, MAX_MAILBOX_NAME_LENGTH, SQLiteStore
 
 START = 1_700_000_000.0  # the fake clock's first reading (2023-11-14)
 SMALL_LIMIT = 4096  # max_message_size given to every store under test
@@ -280,7 +280,7 @@ def test_inbox_is_case_insensitive_also_as_a_parent(store: Store) -> None:
         "a\rb",
         "a\nb",
         "x" * (MAX_MAILBOX_NAME_LENGTH + 1),
-        "/".join(["d"] * 100),
+        "/".join(["d"] * (MAX_MAILBOX_DEPTH + 1)),
     ],
 )
 def test_create_mailbox_refuses_bad_names(store: Store, name: str) -> None:
@@ -292,6 +292,11 @@ def test_create_mailbox_refuses_bad_names(store: Store, name: str) -> None:
 
 def test_create_mailbox_accepts_the_longest_allowed_name(store: Store) -> None:
     name = "x" * MAX_MAILBOX_NAME_LENGTH
+    assert store.create_mailbox("alice", name).name == name
+
+
+def test_create_mailbox_accepts_the_deepest_allowed_name(store: Store) -> None:
+    name = "/".join(["d"] * MAX_MAILBOX_DEPTH)
     assert store.create_mailbox("alice", name).name == name
 
 

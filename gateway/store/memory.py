@@ -50,7 +50,6 @@ from gateway.store.interfaces import (
     MailboxNotFound,
     MessageInfo,
     MessageRow,
-    MessageTooLarge,
     NewMessage,
     SelectionSummary,
     StoreError,
@@ -64,9 +63,11 @@ from gateway.store.sqlite import (
     MAX_UID,
     SPECIAL_USES,
     check_mailbox_name,
+    check_message,
     flag_map,
     normalise_name,
     parent_names,
+    stored_internaldate,
 )
 
 log = structlog.get_logger(__name__)
@@ -230,21 +231,9 @@ class MemoryStore:
                     log.exception("store.listener_failed", mailbox_id=mailbox_id)
 
     def _ingest(self, raw: bytes, when: datetime.datetime | None) -> _Message:
-        if not isinstance(raw, bytes):
-            raise TypeError("raw message must be bytes")
-        if len(raw) > self.max_message_size:
-            raise MessageTooLarge(
-                f"message of {len(raw)} bytes exceeds the limit of {self.max_message_size}"
-            )
-        if when is None:
-            when = datetime.datetime.fromtimestamp(int(self._clock())).astimezone()
-        elif when.tzinfo is None or when.utcoffset() is None:
-            when = when.replace(tzinfo=datetime.UTC)
-        when = when.replace(microsecond=0)
-        offset = when.utcoffset()
-        assert offset is not None
-        zone = datetime.timezone(datetime.timedelta(minutes=int(offset.total_seconds() // 60)))
-        when = when.astimezone(zone)
+        check_message(raw, self.max_message_size)
+        now = datetime.datetime.fromtimestamp(int(self._clock())).astimezone()
+        when = stored_internaldate(when, now)
         analysis = self._analyze(raw)
         sent_day = when.date()
         if analysis.sent_date is not None:

@@ -137,6 +137,29 @@ _MAILBOX_COLUMNS = (
 _MAILBOX_FROM = "mailbox m LEFT JOIN subscription s ON s.owner = m.owner AND s.name = m.name"
 
 
+def check_message(raw: bytes, limit: int) -> None:
+    """What every backend checks before storing a message: bytes, and not over ``limit``."""
+    if not isinstance(raw, bytes):
+        raise TypeError("raw message must be bytes")
+    if len(raw) > limit:
+        raise MessageTooLarge(f"message of {len(raw)} bytes exceeds the limit of {limit}")
+
+
+def stored_internaldate(
+    when: datetime.datetime | None, now: datetime.datetime
+) -> datetime.datetime:
+    """INTERNALDATE as every backend keeps it: aware (a naive value is taken as UTC),
+    whole seconds, in its own offset rounded to minutes; ``now`` when not given."""
+    if when is None:
+        when = now
+    elif when.tzinfo is None or when.utcoffset() is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    offset = when.utcoffset()
+    assert offset is not None
+    zone = datetime.timezone(datetime.timedelta(minutes=int(offset.total_seconds() // 60)))
+    return when.replace(microsecond=0).astimezone(zone)
+
+
 def normalise_name(name: str) -> str:
     """INBOX is case-insensitive (RFC 3501 §5.1), and so is it as the first level of a
     hierarchical name: "inbox/x" is "INBOX/x", never a second, shadow inbox."""
@@ -477,25 +500,16 @@ class SQLiteStore:
 
     def _internaldate(self, when: datetime.datetime | None) -> tuple[int, int, int]:
         """(epoch seconds, offset minutes, day ordinal in that offset)."""
-        if when is None:
-            when = self._now()
-        elif when.tzinfo is None or when.utcoffset() is None:
-            when = when.replace(tzinfo=datetime.UTC)
+        when = stored_internaldate(when, self._now())
         offset = when.utcoffset()
         assert offset is not None
-        minutes = int(offset.total_seconds() // 60)
-        return int(when.replace(microsecond=0).timestamp()), minutes, when.date().toordinal()
+        return int(when.timestamp()), int(offset.total_seconds() // 60), when.date().toordinal()
 
     def _ingest(
         self, raw: bytes, internaldate: datetime.datetime | None
     ) -> tuple[bytes, Analysis, tuple[int, int, int]]:
         """Checks and computations done before the write transaction starts."""
-        if not isinstance(raw, bytes):
-            raise TypeError("raw message must be bytes")
-        if len(raw) > self.max_message_size:
-            raise MessageTooLarge(
-                f"message of {len(raw)} bytes exceeds the limit of {self.max_message_size}"
-            )
+        check_message(raw, self.max_message_size)
         return raw, self._analyze(raw), self._internaldate(internaldate)
 
     def _insert_message(
