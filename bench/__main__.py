@@ -28,8 +28,8 @@ from pathlib import Path
 from bench import peers
 from bench.report import as_json, notes, table
 from bench.scenarios import SCENARIOS, Bench, Sizes, prepare, warm_up
-from gateway import logs
-from tests.support.dovecot import find_dovecot
+from gateway.app import logs
+from gateway.testing.dovecot import find_dovecot
 
 IMAP_SCENARIOS = frozenset({"mbsync", "fetch", "qresync", "concurrent"})
 """Scenarios that need the big mailbox loaded into both IMAP servers."""

@@ -389,9 +389,9 @@ class SpawnedGateway:
     """``popgate serve`` in a child process over generated users and mail."""
 
     def __init__(self, workdir: Path, users: int, messages: int, seed: int = 1) -> None:
-        from gateway import samplemail
-        from gateway.passwords import hash_password
+        from gateway.security.passwords import hash_password
         from gateway.store.sqlite import SQLiteStore
+        from gateway.testing import samplemail
 
         self.workdir = workdir
         self.port = _free_port()

@@ -1,7 +1,7 @@
 """The peers popgate is measured against: Dovecot (POP3 upstream and reference IMAP server),
 getmail6 and fetchmail (ingest), mbsync (IMAP sync client).
 
-Dovecot comes from the test harness (tests/support/dovecot.py: unprivileged, under a temp
+Dovecot comes from the test harness (gateway/testing/dovecot.py: unprivileged, under a temp
 dir, auth penalty off, mail_max_userip_connections raised). getmail6 refuses to deliver
 into a Maildir as root, so every peer client runs as the harness's unprivileged account
 (DOVECOT-NOTES.md). Each runner returns the wall-clock seconds of the peer's whole process,
@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.dovecot import Dovecot, ensure_test_user
+from gateway.testing.dovecot import Dovecot, ensure_test_user
 
 PEER_TIMEOUT = 600.0
 """Upper bound in seconds on one peer run; a hung peer fails the figure, not the run."""

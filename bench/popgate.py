@@ -4,7 +4,7 @@
   path IMAP APPEND takes (analysis at ingest included), so the IMAP benchmarks read what a
   user's store would hold.
 * :class:`GatewayServer` runs ``python -m bench.worker serve``: the gateway exactly as
-  ``popgate serve`` builds it (:func:`gateway.service.build_service` on the global reactor,
+  ``popgate serve`` builds it (:func:`gateway.app.service.build_service` on the global reactor,
   log level info, JSON lines to a file) plus a reactor-lag probe that the parent resets and
   reads with signals, and whose RSS the parent reads from /proc.
 * :func:`fetch_import` runs ``python -m bench.worker ingest``: one
@@ -28,10 +28,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from gateway.mime import Analysis, analyze
-from gateway.passwords import hash_password
+from gateway.message.mime import Analysis, analyze
+from gateway.security.passwords import hash_password
 from gateway.store.sqlite import SQLiteStore
-from tests.support.dovecot import CONNECTION_LIMIT
+from gateway.testing.dovecot import CONNECTION_LIMIT
 
 START_TIMEOUT = 60.0
 """Seconds the server process may take to listen (it opens a multi-GB store)."""
@@ -105,7 +105,7 @@ def load_store(
 
 def _has_security_section() -> bool:
     """Whether this popgate knows the ``[security]`` connection limits (added in wave 2)."""
-    from gateway import config as configmod
+    from gateway.app import config as configmod
 
     return hasattr(configmod, "Security")
 
@@ -128,7 +128,7 @@ def write_config(
     ]
     if _has_security_section():
         # The same per-user-and-address ceiling as the Dovecot peer's
-        # mail_max_userip_connections (tests/support/dovecot.py CONNECTION_LIMIT).
+        # mail_max_userip_connections (gateway/testing/dovecot.py CONNECTION_LIMIT).
         lines += ["", "[security]", f"max_connections_per_user_ip = {CONNECTION_LIMIT}"]
     for name, password in users.items():
         lines += ["", f"[users.{name}]", f"password = {json.dumps(hash_password(password))}"]

@@ -23,8 +23,8 @@ from bench.imapwire import IMAPConnection, untagged_number
 from bench.load import run_load
 from bench.popgate import GatewayServer, fetch_import, load_store
 from bench.report import Row, Target
-from gateway import samplemail
-from tests.support.dovecot import Dovecot
+from gateway.testing import samplemail
+from gateway.testing.dovecot import Dovecot
 
 MB = 1_000_000
 

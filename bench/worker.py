@@ -3,8 +3,8 @@
 Each runs real popgate code on Twisted's global reactor in a process of its own (a
 reactor cannot be restarted, and the parent must stay free to drive clients):
 
-* ``serve``: the gateway as ``popgate serve`` runs it (:func:`gateway.cli.run_reactor_with`
-  over :func:`gateway.service.build_service`), plus :class:`LagProbe`;
+* ``serve``: the gateway as ``popgate serve`` runs it (:func:`gateway.app.runner.run_reactor_with`
+  over :func:`gateway.app.service.build_service`), plus :class:`LagProbe`;
 * ``ingest``: one :func:`gateway.pop3.fetcher.fetch_once` pass into a fresh store; prints
   a JSON report on stdout.
 """
@@ -77,10 +77,10 @@ class LagProbe:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from gateway import config as configmod
-    from gateway import logs
-    from gateway.cli import run_reactor_with
-    from gateway.service import build_service
+    from gateway.app import config as configmod
+    from gateway.app import logs
+    from gateway.app.runner import run_reactor_with
+    from gateway.app.service import build_service
 
     cfg = configmod.load(args.config)
     logs.configure(cfg.log_level, cfg.log_format)
@@ -96,8 +96,8 @@ def serve(args: argparse.Namespace) -> int:
 def ingest(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
 
-    from gateway import logs
-    from gateway.config import Upstream
+    from gateway.app import logs
+    from gateway.app.config import Upstream
     from gateway.pop3.fetcher import fetch_once
     from gateway.store.sqlite import SQLiteStore
 

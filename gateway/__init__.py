@@ -1,0 +1,39 @@
+"""popgate: a POP3-to-IMAP gateway. The package tree is the architecture map.
+
+Each package owns one concern and may import only the packages listed after it (and the
+standard library and third-party libraries); ``tests/test_architecture.py`` fails when an
+import breaks this map, when modules import each other in a cycle, or when anything in
+``gateway/`` or ``bench/`` imports ``tests/``. Imports only run down the list.
+
+- ``core``: the shared vocabulary (search criteria, sequence sets, flags, host rules). Imports nothing.
+- ``message``: reading RFC 5322/MIME messages (ENVELOPE, BODYSTRUCTURE, search text). core.
+- ``store``: the storage contract and its backends (SQLite, memory). core, message.
+- ``access``: per-user views of the store: households (shared trees, private \\Seen), quotas.
+  core, store.
+- ``security``: passwords, the authenticator, login penalties, TLS contexts. core.
+- ``imap``: the IMAP server: sans-I/O parser, session and handlers, one Twisted protocol.
+  core, message, store, access, security.
+- ``pop3``: the POP3 side: sync planning (pure), client, fetcher, poller. core, message, store,
+  access, security. ``imap`` and ``pop3`` never import each other.
+- ``app``: running a gateway: config, storage selection, service wiring, reload, logs,
+  metrics, the control socket, status, backup, user admin, UIDL import. Everything above.
+- ``testing``: fakes and real-peer harnesses (fake POP3 server, sample mail, Dovecot, test CA),
+  used by tests, bench and the demo. Everything above.
+- ``cli``: the ``popgate`` command, one module per command group. Everything above.
+"""
+
+ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
+    "core": frozenset(),
+    "message": frozenset({"core"}),
+    "store": frozenset({"core", "message"}),
+    "access": frozenset({"core", "store"}),
+    "security": frozenset({"core"}),
+    "imap": frozenset({"core", "message", "store", "access", "security"}),
+    "pop3": frozenset({"core", "message", "store", "access", "security"}),
+    "app": frozenset({"core", "message", "store", "access", "security", "imap", "pop3"}),
+    "testing": frozenset({"core", "message", "store", "access", "security", "imap", "pop3", "app"}),
+    "cli": frozenset(
+        {"core", "message", "store", "access", "security", "imap", "pop3", "app", "testing"}
+    ),
+}
+"""Which ``gateway`` packages each package may import (see the map above)."""

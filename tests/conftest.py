@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from gateway import logs
-from tests.support.dovecot import Dovecot, DovecotNotInstalled
-from tests.support.tlsca import CA, make_ca
+from gateway.app import logs
+from gateway.testing.dovecot import Dovecot, DovecotNotInstalled
+from gateway.testing.tlsca import CA, make_ca
 
 # -- logging ----------------------------------------------------------------------------
 
@@ -17,7 +17,7 @@ from tests.support.tlsca import CA, make_ca
 # them uses structlog.testing.capture_logs().
 logs.configure_for_tests()
 
-# -- real Dovecot peer (tests/support/dovecot.py) --------------------------------------
+# -- real Dovecot peer (gateway/testing/dovecot.py) --------------------------------------
 
 DOVECOT_FIXTURES = frozenset({"dovecot", "dovecot_factory"})
 """Fixtures that start a real Dovecot; tests using them (even indirectly) get the marker."""

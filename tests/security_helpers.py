@@ -16,7 +16,6 @@ from typing import Any
 from twisted.internet import task
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from gateway.auth import PasswordTable
 from gateway.imap.server import (
     IMAPLimits,
     IMAPServerFactory,
@@ -24,7 +23,8 @@ from gateway.imap.server import (
     ListenerPolicy,
     thread_runner,
 )
-from gateway.penalty import AuthPenalty, PenaltySettings
+from gateway.security.auth import PasswordTable
+from gateway.security.penalty import AuthPenalty, PenaltySettings
 from gateway.store.sqlite import SQLiteStore
 from tests.imap_helpers import (
     HOST,

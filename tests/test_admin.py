@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway import admin, config
-from gateway.passwords import verify_password
-from gateway.service import STORE_FILE
+from gateway.app import admin, config
+from gateway.app.storage import STORE_FILE
+from gateway.security.passwords import verify_password
 from gateway.store.interfaces import INBOX
 from gateway.store.sqlite import SQLiteStore
 from tests.test_config import HASH, secret_file, write

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 from twisted.internet import reactor as global_reactor
 
-from gateway import backup, cli
-from gateway.control import SOCKET_NAME, ControlService
-from gateway.service import STORE_FILE
+from gateway.app import backup
+from gateway.app.control import SOCKET_NAME, ControlService
+from gateway.app.storage import STORE_FILE
+from gateway.cli import main as cli
 from gateway.store.interfaces import Delivery
 from gateway.store.sqlite import SQLiteStore
-from gateway.testing import ReactorThread
+from gateway.testing.fakes import ReactorThread
 
 
 def message(i: int) -> bytes:

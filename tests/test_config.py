@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import config
-from gateway.passwords import hash_password
+from gateway.app import config
+from gateway.security.passwords import hash_password
 
 HASH = hash_password("pw", salt=b"0123456789abcdef")
 

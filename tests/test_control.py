@@ -1,4 +1,4 @@
-"""The control socket (gateway.control): the one-line JSON request, progress lines and the
+"""The control socket (gateway.app.control): the one-line JSON request, progress lines and the
 final answer, socket hygiene (mode 0600, stale file replaced, removed at stop), and the
 blocking client the CLI uses, against a real UNIX socket on the real reactor."""
 
@@ -18,7 +18,7 @@ from twisted.internet import defer
 from twisted.internet import reactor as global_reactor
 from twisted.internet.task import deferLater
 
-from gateway.control import (
+from gateway.app.control import (
     SOCKET_NAME,
     ControlError,
     ControlService,
@@ -26,7 +26,7 @@ from gateway.control import (
     request,
     socket_path,
 )
-from gateway.testing import ReactorThread
+from gateway.testing.fakes import ReactorThread
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +196,7 @@ def test_socket_path_accepts_a_state_dir_or_the_socket_itself(state_dir) -> None
 
 def test_a_request_over_the_length_cap_is_refused_with_a_reason(service, state_dir) -> None:
     """MAX_REQUEST_LENGTH bounds what one client may make the gateway buffer."""
-    from gateway.control import MAX_REQUEST_LENGTH
+    from gateway.app.control import MAX_REQUEST_LENGTH
 
     padding = "x" * (MAX_REQUEST_LENGTH + 10)
     with socket.socket(socket.AF_UNIX) as s:

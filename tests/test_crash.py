@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from gateway import samplemail
 from gateway.store.sqlite import SQLiteStore
-from gateway.testing import normalize_message
-from tests.support.dovecot import Dovecot
-from tests.support.gateway_proc import GatewayProcess
+from gateway.testing import samplemail
+from gateway.testing.dovecot import Dovecot
+from gateway.testing.fakes import normalize_message
+from gateway.testing.gateway_proc import GatewayProcess
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.ports import free_port
+from gateway.testing.ports import free_port
 
 ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.slow

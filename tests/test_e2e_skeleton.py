@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from tests.support.dovecot import Dovecot
-from tests.support.gateway_proc import GatewayProcess
+from gateway.testing.dovecot import Dovecot
+from gateway.testing.gateway_proc import GatewayProcess
 
 pytestmark = [pytest.mark.dovecot, pytest.mark.slow]
 
@@ -96,7 +96,7 @@ def dovecot_server():
 def test_fetch_serve_poll_restart(dovecot_server, tmp_path):
     """50 upstream messages arrive byte-identical over IMAP; 5 more come with the next
     poll and nothing is duplicated; after a restart the same 55 keep their UIDs."""
-    from gateway import samplemail
+    from gateway.testing import samplemail
 
     server = dovecot_server
     mails = samplemail.generate(55, seed=7)
@@ -128,7 +128,7 @@ def test_fetch_serve_poll_restart(dovecot_server, tmp_path):
 @pytest.mark.parametrize("tls", ["starttls", "implicit"])
 def test_fetch_over_tls_with_private_ca(dovecot_server, tmp_path, tls):
     """STLS and POP3S with the test CA in ca_file: the mail arrives."""
-    from gateway import samplemail
+    from gateway.testing import samplemail
 
     for raw in samplemail.generate(10, seed=3):
         dovecot_server.deliver("alice", raw)
@@ -145,7 +145,7 @@ def test_fetch_over_tls_with_private_ca(dovecot_server, tmp_path, tls):
 @pytest.mark.parametrize("tls", ["starttls", "implicit"])
 def test_wrong_host_certificate_is_refused(tmp_path, tls):
     """A certificate for another host name: a clear log line, nothing fetched."""
-    from gateway import samplemail
+    from gateway.testing import samplemail
 
     with Dovecot(cert_names=["wrong.example"]) as server:
         server.add_user("alice", "secret")

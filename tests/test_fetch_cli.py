@@ -1,4 +1,4 @@
-"""`popgate fetch` (gateway.pop3.fetchcli, gateway.pop3.commands): a pass triggered on the
+"""`popgate fetch` (gateway.cli.fetch, gateway.app.fetchcmd): a pass triggered on the
 running gateway through the control socket, its progress bar and summary, its exit status;
 in-process against FakePOP3Server, and end to end with a real `popgate serve` and Dovecot."""
 
@@ -16,16 +16,17 @@ from typing import Any
 import pytest
 from twisted.internet import reactor as global_reactor
 
-from gateway import cli, samplemail
-from gateway.config import Upstream
-from gateway.control import SOCKET_NAME, ControlService
-from gateway.pop3 import fetchcli
-from gateway.pop3.commands import fetch_handler
+from gateway.app.config import Upstream
+from gateway.app.control import SOCKET_NAME, ControlService
+from gateway.app.fetchcmd import fetch_handler
+from gateway.cli import fetch as fetchcli
+from gateway.cli import main as cli
 from gateway.pop3.poller import UpstreamPoller
 from gateway.store.sqlite import SQLiteStore
-from gateway.testing import FakePOP3Server, ReactorThread
-from tests.support.dovecot import Dovecot
-from tests.support.gateway_proc import GatewayProcess
+from gateway.testing import samplemail
+from gateway.testing.dovecot import Dovecot
+from gateway.testing.fakes import FakePOP3Server, ReactorThread
+from gateway.testing.gateway_proc import GatewayProcess
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from twisted.internet.testing import StringTransport
 
 from gateway.imap.server import IMAPLimits, IMAPServerFactory, IMAPServerProtocol
 from gateway.imap.session import ReadLine
-from gateway.penalty import AuthPenalty
+from gateway.security.penalty import AuthPenalty
 from gateway.store.memory import MemoryStore
 
 EXAMPLES = int(os.environ.get("POPGATE_FUZZ_EXAMPLES", "200"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway import config
+from gateway.app import config
 from tests.test_config import HASH, problems, secret_file, write
 
 

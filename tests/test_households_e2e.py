@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from imapclient import IMAPClient
 
-from gateway import samplemail
-from tests.support.dovecot import Dovecot
-from tests.support.gateway_proc import GatewayProcess
+from gateway.testing import samplemail
+from gateway.testing.dovecot import Dovecot
+from gateway.testing.gateway_proc import GatewayProcess
 
 pytestmark = [pytest.mark.dovecot, pytest.mark.slow]
 

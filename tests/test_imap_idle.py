@@ -162,8 +162,8 @@ def test_real_gateway_pushes_pop3_mail_to_an_idling_client(tmp_path: Path) -> No
     """End to end (RFC 2177 with the POP3 side): the real ``popgate serve`` process polls a
     real Dovecot; a message delivered upstream while imapclient idles is pushed to it as
     EXISTS, and fetching it gives the upstream bytes."""
-    from tests.support.dovecot import Dovecot
-    from tests.support.gateway_proc import GatewayProcess
+    from gateway.testing.dovecot import Dovecot
+    from gateway.testing.gateway_proc import GatewayProcess
 
     with Dovecot() as upstream:
         upstream.add_user("alice", "secret")

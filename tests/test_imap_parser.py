@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.criteria import (
+from gateway.core.criteria import (
     All,
     And,
     Date,

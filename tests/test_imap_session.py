@@ -23,12 +23,12 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.testing import StringTransport
 
-from gateway.auth import PasswordTable
-from gateway.criteria import SeqRange, SequenceSet
+from gateway.core.criteria import SeqRange, SequenceSet
 from gateway.imap.command import Command
 from gateway.imap.handler import BadCommand, Refused
 from gateway.imap.server import IMAPLimits, IMAPServerFactory
 from gateway.imap.session import COMMANDS, IMAPSession, State, View
+from gateway.security.auth import PasswordTable
 from gateway.store.interfaces import (
     MailboxExists,
     MailboxNotAllowed,
@@ -601,7 +601,7 @@ def test_starttls_discards_pipelined_plaintext(tmp_path: Path) -> None:
     """RFC 3501 §6.2.1 STARTTLS; plaintext sent after it in the same packet is thrown
     away, not run after the handshake (CVE-2011-0411). After TLS, STARTTLS and
     LOGINDISABLED disappear from CAPABILITY (RFC 3501 §6.2.1) and login works."""
-    from tests.support.tlsca import make_ca
+    from gateway.testing.tlsca import make_ca
 
     ca = make_ca(tmp_path / "ca")
     options = ServerTLSContext(*ca.issue(tmp_path / "ca"))

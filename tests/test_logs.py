@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from gateway import logs
+from gateway.app import logs
 
 
 class Terminal(io.StringIO):

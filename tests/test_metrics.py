@@ -9,8 +9,7 @@ import pytest
 from twisted.internet import defer, task
 from twisted.web.test.requesthelper import DummyRequest
 
-from gateway.imap.session import COMMANDS, State
-from gateway.metrics import (
+from gateway.app.metrics import (
     CONTENT_TYPE,
     Counter,
     Family,
@@ -24,6 +23,7 @@ from gateway.metrics import (
     format_value,
     metrics_site,
 )
+from gateway.imap.session import COMMANDS, State
 from gateway.pop3.client import LoginFailed
 from gateway.pop3.fetcher import FetchResult
 from tests.imap_helpers import running_server

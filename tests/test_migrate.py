@@ -1,4 +1,4 @@
-"""Taking over from fetchmail/getmail (gateway.migrate): their state files parsed (formats as
+"""Taking over from fetchmail/getmail (gateway.app.migrate): their state files parsed (formats as
 written by Debian's fetchmail 6.4 and getmail6 6.18, observed against Dovecot), the UIDLs
 recorded as "imported", and a following fetch pass leaving exactly those messages alone."""
 
@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from twisted.internet import reactor as global_reactor
 
-from gateway import cli
-from gateway.config import Upstream
-from gateway.migrate import StateFileError, parse_state_file, run_import
-from gateway.passwords import hash_password
+from gateway.app.config import Upstream
+from gateway.app.migrate import StateFileError, parse_state_file, run_import
+from gateway.cli import main as cli
 from gateway.pop3.fetcher import fetch_once
+from gateway.security.passwords import hash_password
 from gateway.store.sqlite import SQLiteStore
-from gateway.testing import FakePOP3Server, ReactorThread
+from gateway.testing.fakes import FakePOP3Server, ReactorThread
 
 # Exactly what fetchmail wrote for user alice on 127.0.0.1 (three messages, keep mode).
 FETCHIDS = (

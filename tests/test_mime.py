@@ -1,9 +1,9 @@
-"""Tests for gateway.mime: ENVELOPE/BODY/BODYSTRUCTURE wire forms (RFC 3501 §7.4.2), the part
+"""Tests for gateway.message.mime: ENVELOPE/BODY/BODYSTRUCTURE wire forms (RFC 3501 §7.4.2), the part
 map and BODY[section] cutting (RFC 3501 §6.4.5), and the decoded search fields.
 
 Expected wire forms were checked by hand against RFC 3501's grammar and cross-checked against
 Dovecot 2.3's ``imap.bodystructure``/``imap.envelope`` for the same files (which differ only in
-case and where the module docstring of gateway.mime says so).
+case and where the module docstring of gateway.message.mime says so).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import mime
-from gateway.mime import analyze, section
+from gateway.message import mime
+from gateway.message.mime import analyze, section
 
 FIXTURES = Path(__file__).parent / "mime_fixtures"
 

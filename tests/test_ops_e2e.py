@@ -19,13 +19,14 @@ import pytest
 import structlog
 from twisted.internet.testing import MemoryReactorClock
 
-from gateway import cli, control
-from gateway import config as configmod
-from gateway.passwords import hash_password
-from gateway.service import build_service, reload
+from gateway.app import config as configmod
+from gateway.app import control
+from gateway.app.service import build_service, reload
+from gateway.cli import main as cli
+from gateway.security.passwords import hash_password
 from gateway.store.sqlite import SQLiteStore
-from tests.support.gateway_proc import GatewayProcess
-from tests.support.ports import free_port
+from gateway.testing.gateway_proc import GatewayProcess
+from gateway.testing.ports import free_port
 
 WAIT = 90.0
 BIG = 3000
@@ -105,7 +106,7 @@ def test_reload_says_which_changes_need_a_restart(built):
 
 
 def test_a_failing_reload_hook_does_not_stop_the_others(built):
-    from gateway.service import add_reload_hook
+    from gateway.app.service import add_reload_hook
 
     cfg_path, top = built
     seen = []
@@ -178,7 +179,7 @@ def enable_metrics(gw: GatewayProcess) -> int:
 
 @pytest.mark.slow
 def test_metrics_status_and_backup_of_a_running_gateway(dovecot, tmp_path, capsys):
-    from gateway import samplemail
+    from gateway.testing import samplemail
 
     dovecot.deliver_many("alice", samplemail.generate(5, seed=11))
     gw = GatewayProcess(

@@ -3,8 +3,8 @@
 import subprocess
 import sys
 
-from gateway.auth import PasswordTable
-from gateway.passwords import hash_password, is_hash, verify_password
+from gateway.security.auth import PasswordTable
+from gateway.security.passwords import hash_password, is_hash, verify_password
 
 
 def test_hash_verifies_and_is_salted():

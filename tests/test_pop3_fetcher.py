@@ -1,7 +1,7 @@
 """The POP3 fetcher (gateway.pop3.fetcher, .client) against FakePOP3Server over real loopback
 sockets and a real SQLiteStore, and the poller's scheduling (gateway.pop3.poller) on a Clock.
 
-The reactor runs in a background thread (gateway.testing.ReactorThread); everything that
+The reactor runs in a background thread (gateway.testing.fakes.ReactorThread); everything that
 touches the reactor or the store goes through ``rt.call``.
 """
 
@@ -23,8 +23,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from gateway import samplemail
-from gateway.config import Upstream
+from gateway.app.config import Upstream
 from gateway.pop3 import fetcher as fetcher_module
 from gateway.pop3.client import (
     MAX_LINE_LENGTH,
@@ -36,14 +35,15 @@ from gateway.pop3.fetcher import FetchResult, MessageSink, fetch_once
 from gateway.pop3.poller import UpstreamPoller
 from gateway.store.interfaces import LedgerEntry, MailboxNotFound
 from gateway.store.sqlite import SQLiteStore
-from gateway.testing import (
+from gateway.testing import samplemail
+from gateway.testing.fakes import (
     FakePOP3Server,
     ReactorThread,
     ServerTLSContext,
     dot_stuff,
     normalize_message,
 )
-from tests.support.tlsca import CA, make_ca
+from gateway.testing.tlsca import CA, make_ca
 
 USER, PASSWORD = "carol@isp.example.net", "s3cret pass"
 OWNER = "alice"

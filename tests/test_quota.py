@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from twisted.internet import reactor as global_reactor
 
-from gateway import quota
-from gateway.config import Upstream
+from gateway.access import quota
+from gateway.app.config import Upstream
 from gateway.pop3.client import FetchError
 from gateway.pop3.fetcher import fetch_once
 from gateway.store.interfaces import INBOX, Delivery, OverQuota
 from gateway.store.sqlite import SQLiteStore
-from gateway.testing import FakePOP3Server, ReactorThread
+from gateway.testing.fakes import FakePOP3Server, ReactorThread
 from tests.imap_helpers import RawClient, ServerHandle, message, running_server
 
 PASSWORDS = {"alice": "alice-password", "bob": "bob-password", "carol": "carol-password"}

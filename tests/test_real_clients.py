@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gateway_proc import GatewayProcess
+from gateway.testing.gateway_proc import GatewayProcess
 
 pytestmark = pytest.mark.slow
 
@@ -256,7 +256,7 @@ def as_unprivileged(path: Path) -> list[str]:
     harness's system user and run getmail as that user; otherwise run it directly."""
     if os.geteuid() != 0:
         return []
-    from tests.support.dovecot import ensure_test_user
+    from gateway.testing.dovecot import ensure_test_user
 
     account = ensure_test_user()
     for dirpath, dirnames, filenames in os.walk(path):

@@ -23,14 +23,14 @@ from pathlib import Path
 import pytest
 import structlog
 
-from gateway import config as configmod
-from gateway.passwords import hash_password
-from gateway.service import prepare_state_dir
+from gateway.app import config as configmod
+from gateway.app.storage import prepare_state_dir
+from gateway.security.passwords import hash_password
+from gateway.testing.gateway_proc import GatewayProcess
+from gateway.testing.ports import free_port
+from gateway.testing.tlsca import CA
 from tests.imap_helpers import PASSWORD, USER, ensure_reactor
 from tests.security_helpers import serving
-from tests.support.gateway_proc import GatewayProcess
-from tests.support.ports import free_port
-from tests.support.tlsca import CA
 
 
 def _forms(secret: str, user: str = USER) -> list[str]:
@@ -113,7 +113,7 @@ def _serial(port: int, context: ssl.SSLContext) -> int:
 
 @pytest.mark.slow
 def test_real_gateway_tls_reload_and_logs_free_of_secrets(tmp_path: Path, tls_ca: CA) -> None:
-    from gateway.testing import FakePOP3Server
+    from gateway.testing.fakes import FakePOP3Server
 
     upstream_secret = "Upstream-Secret-42"
     stale_secret = "Stale-Upstream-Secret-77"

@@ -15,10 +15,10 @@ import pytest
 from OpenSSL import SSL
 
 from gateway.imap.server import ListenerPolicy
-from gateway.tls import TLS12_CIPHERS, ServerTLS, TLSConfigError, TLSFiles, build_context
+from gateway.security.tls import TLS12_CIPHERS, ServerTLS, TLSConfigError, TLSFiles, build_context
+from gateway.testing.tlsca import CA
 from tests.imap_helpers import PASSWORD, USER, RawClient
 from tests.security_helpers import serving
-from tests.support.tlsca import CA
 
 
 @pytest.fixture
@@ -181,7 +181,7 @@ def test_mismatched_key_is_refused(tmp_path: Path, certs: TLSFiles, tls_ca: CA) 
 
 
 def _config(tmp_path: Path, server: str, extra: str = "") -> Path:
-    from gateway.passwords import hash_password
+    from gateway.security.passwords import hash_password
 
     path = tmp_path / "popgate.toml"
     path.write_text(
@@ -195,7 +195,7 @@ def _config(tmp_path: Path, server: str, extra: str = "") -> Path:
 def test_network_plaintext_listener_without_tls_is_refused_naming_the_key(
     tmp_path: Path,
 ) -> None:
-    from gateway import config
+    from gateway.app import config
 
     with pytest.raises(config.ConfigError) as e:
         config.load(_config(tmp_path, 'imap = ["tcp:143"]'))
@@ -208,7 +208,7 @@ def test_network_plaintext_listener_without_tls_is_refused_naming_the_key(
 def test_listener_policies_follow_from_the_config(tmp_path: Path, certs: TLSFiles) -> None:
     """Loopback listeners take passwords in clear, network ones only after STARTTLS,
     IMAPS needs [tls]; [[listeners]] can say otherwise per listener."""
-    from gateway import config
+    from gateway.app import config
 
     tls = f'[tls]\ncert_file = "{certs.cert_file}"\nkey_file = "{certs.key_file}"\n'
     server = (
@@ -234,10 +234,10 @@ def test_service_wires_starttls_imaps_and_logindisabled(
 ) -> None:
     """build_service from a config: a listener marked not-plaintext announces
     LOGINDISABLED and STARTTLS works on it; the IMAPS listener speaks TLS at once."""
-    from gateway import config
-    from gateway.service import build_service
+    from gateway.app import config
+    from gateway.app.service import build_service
+    from gateway.testing.ports import free_port
     from tests.imap_helpers import ensure_reactor
-    from tests.support.ports import free_port
 
     plain, implicit = free_port(), free_port()
     tls = f'[tls]\ncert_file = "{certs.cert_file}"\nkey_file = "{certs.key_file}"\n'

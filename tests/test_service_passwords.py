@@ -7,11 +7,11 @@ import os
 import threading
 from pathlib import Path
 
-from gateway import config
-from gateway.passwords import hash_password
-from gateway.service import build_service, password_threads
+from gateway.app import config
+from gateway.app.service import build_service, password_threads
+from gateway.security.passwords import hash_password
+from gateway.testing.ports import free_port
 from tests.imap_helpers import ensure_reactor
-from tests.support.ports import free_port
 
 
 def _config(tmp_path: Path) -> Path:

@@ -16,12 +16,13 @@ import structlog
 from twisted.internet import reactor as global_reactor
 from twisted.internet import task
 
-from gateway import cli, logs
-from gateway.control import SOCKET_NAME, ControlService
+from gateway.app import logs
+from gateway.app.control import SOCKET_NAME, ControlService
+from gateway.app.status import StatusSource, duration, render, upstream_state
+from gateway.cli import main as cli
 from gateway.imap.session import State
 from gateway.pop3.poller import PollerHealth
-from gateway.status import StatusSource, duration, render, upstream_state
-from gateway.testing import ReactorThread
+from gateway.testing.fakes import ReactorThread
 
 
 def session(state: State, user: str | None = None) -> SimpleNamespace:

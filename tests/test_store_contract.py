@@ -22,7 +22,7 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.criteria import (
+from gateway.core.criteria import (
     All,
     And,
     Criteria,
@@ -39,7 +39,7 @@ from gateway.criteria import (
     Text,
     Uid,
 )
-from gateway.mime import analyze
+from gateway.message.mime import analyze
 from gateway.store.interfaces import (
     INBOX,
     Delivery,

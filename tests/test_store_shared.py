@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.criteria import Flag, ModSeq
+from gateway.core.criteria import Flag, ModSeq
 from gateway.store.interfaces import INBOX, Delivery, NewMessage, Store
 from gateway.store.schema import SCHEMA_VERSION
 from tests.test_store_contract import BACKENDS, Backend, make_message

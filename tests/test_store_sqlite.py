@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.criteria import (
+from gateway.core.criteria import (
     And,
     Criteria,
     Flag,

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway import samplemail
-from tests.support import dovecot as dovecot_support
-from tests.support.dovecot import Dovecot, DovecotNotInstalled
-from tests.support.ports import free_port
-from tests.support.tlsca import CA
+from gateway.testing import dovecot as dovecot_support
+from gateway.testing import samplemail
+from gateway.testing.dovecot import Dovecot, DovecotNotInstalled
+from gateway.testing.ports import free_port
+from gateway.testing.tlsca import CA
 
 ALICE = ("alice", "secret")
 

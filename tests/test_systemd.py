@@ -29,7 +29,7 @@ def localised_unit(tmp_path: Path) -> Path:
 def test_unit_runs_twistd_in_the_foreground_as_a_dedicated_user():
     text = UNIT.read_text()
     assert re.search(
-        r"^ExecStart=\S*twistd --nodaemon --pidfile= --logger gateway\.logs\.twisted_observer "
+        r"^ExecStart=\S*twistd --nodaemon --pidfile= --logger gateway\.app\.logs\.twisted_observer "
         r"popgate --config ",
         text,
         re.M,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.passwords import hash_password
-from tests.support.ports import free_port
+from gateway.security.passwords import hash_password
+from gateway.testing.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass, field
 
-from gateway.criteria import Criteria, SequenceSet
+from gateway.core.criteria import Criteria, SequenceSet
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gateway import mime
 from gateway.imap import wire
 from gateway.imap.command import BodySection, FetchAttr, FetchItem
+from gateway.message import mime
 from gateway.store.interfaces import MessageInfo
 
 # Item codes of a compiled plan (small ints: the per-message loop compares them).

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from gateway.criteria import SequenceSet
+    from gateway.core.criteria import SequenceSet
     from gateway.store.interfaces import Mailbox, Store
 
 

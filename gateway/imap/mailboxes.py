@@ -14,9 +14,10 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
+from gateway.access.households import UserStore
+from gateway.access.quota import KIB, storage_kib
 from gateway.imap.command import Create, List, MailboxCommand, Rename, Status
 from gateway.imap.handler import BadCommand, Handler, Refused, ok
-from gateway.quota import KIB, storage_kib
 from gateway.store.interfaces import DELIMITER, INBOX, Mailbox, MailboxCounts
 
 if TYPE_CHECKING:
@@ -384,8 +385,11 @@ def getquota(session: Session, cmd: MailboxCommand) -> Handler:
 def namespace(session: Session, cmd: object) -> Handler:
     """NAMESPACE, RFC 2342 §5: the personal namespace (prefix "", delimiter "/"), no
     other users' namespace, and the shared namespace ``Shared/`` for a member of a
-    household (:mod:`gateway.households`). State: authenticated or selected."""
-    describe = getattr(session.store, "namespaces", None)
-    body = describe() if describe is not None else b'(("" "/")) NIL NIL'
+    household (:mod:`gateway.access.households`). State: authenticated or selected."""
+    shared = session.store.shared_namespace() if isinstance(session.store, UserStore) else None
+    personal = b'(("" "/"))'
+    others = b"NIL"
+    shared_ns = b'(("' + shared.encode() + b'" "/"))' if shared else b"NIL"
+    body = personal + b" " + others + b" " + shared_ns
     yield b"* NAMESPACE " + body + b"\r\n"
     return ok("NAMESPACE completed")

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from gateway import criteria as c
+from gateway.core import criteria as c
 from gateway.imap import fetch_items, wire
 from gateway.imap.command import Append, Copy, Fetch, FetchAttr, Search, Simple, UidExpunge
 from gateway.imap.command import Store as StoreCmd

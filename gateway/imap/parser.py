@@ -27,7 +27,7 @@ from typing import NoReturn, TypeVar
 
 import structlog
 
-from gateway.criteria import (
+from gateway.core.criteria import (
     All,
     And,
     Criteria,

@@ -34,8 +34,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.auth import Authenticator
-from gateway.households import Households
+from gateway.access.households import Households
+from gateway.access.quota import Quotas
 from gateway.imap.command import (
     Command,
     ContinuationNeeded,
@@ -62,8 +62,8 @@ from gateway.imap.session import (
     StartTLS,
     WaitIdle,
 )
-from gateway.penalty import AuthPenalty, source_key
-from gateway.quota import Quotas
+from gateway.security.auth import Authenticator
+from gateway.security.penalty import AuthPenalty, source_key
 from gateway.store.interfaces import Store
 
 log = structlog.get_logger(__name__)
@@ -776,7 +776,7 @@ class IMAPServerFactory(Factory):
     false means passwords only over TLS (LOGINDISABLED until STARTTLS, RFC 3501 §6.2.3).
     ``activity(user, mailbox)`` is told when a client selects, idles on, polls or asks
     STATUS of a mailbox (the service wires it to fetch-on-demand).
-    ``penalty`` (:class:`~gateway.penalty.AuthPenalty`) delays failed logins and
+    ``penalty`` (:class:`~gateway.security.penalty.AuthPenalty`) delays failed logins and
     enforces failure budgets; None turns both off (tests of other features).
     """
 

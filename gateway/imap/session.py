@@ -25,9 +25,9 @@ from typing import Any
 
 import structlog
 
-from gateway.auth import Authenticator
-from gateway.criteria import SequenceSet
-from gateway.households import Households, UserStore
+from gateway.access.households import Households, UserStore
+from gateway.access.quota import Quotas
+from gateway.core.criteria import SequenceSet
 from gateway.imap import mutf7, wire
 from gateway.imap.capabilities import (
     UTF8_ACCEPT,
@@ -47,7 +47,7 @@ from gateway.imap.command import (
     UidExpunge,
 )
 from gateway.imap.handler import BadCommand, Refused, Reply, ok
-from gateway.quota import Quotas
+from gateway.security.auth import Authenticator
 from gateway.store.interfaces import (
     DELIMITER,
     INBOX,

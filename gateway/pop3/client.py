@@ -37,7 +37,8 @@ from twisted.mail.pop3 import AdvancedPOP3Client, ServerErrorResponse
 from twisted.mail.pop3 import LineTooLong as TwistedLineTooLong
 from twisted.python.failure import Failure
 
-from gateway.config import Upstream, is_loopback_host
+from gateway.core.net import is_loopback_host
+from gateway.pop3.upstream import Upstream
 
 MAX_LINE_LENGTH = 1024 * 1024
 """Longest line accepted from an upstream, CRLF excluded. RFC 5322 §2.1.1 caps lines at

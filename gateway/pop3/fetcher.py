@@ -33,7 +33,6 @@ import structlog
 from twisted.internet import defer
 from twisted.mail.pop3 import ServerErrorResponse
 
-from gateway.config import Upstream
 from gateway.pop3.arrival import arrival_time
 from gateway.pop3.client import (
     MAX_LINE_LENGTH,
@@ -57,6 +56,7 @@ from gateway.pop3.plan import (
     plan_deletions,
     plan_sync,
 )
+from gateway.pop3.upstream import Upstream
 from gateway.store.interfaces import Delivery, MessageTooLarge, Store
 
 log = structlog.get_logger(__name__)

@@ -37,9 +37,9 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from gateway.config import Upstream
 from gateway.pop3.client import FetchError
 from gateway.pop3.fetcher import FetchResult, fetch_once
+from gateway.pop3.upstream import Upstream
 from gateway.store.interfaces import Store
 
 log = structlog.get_logger(__name__)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from gateway.criteria import (
+from gateway.core.criteria import (
     All,
     And,
     Criteria,
@@ -35,7 +35,7 @@ from gateway.criteria import (
     Text,
     Uid,
 )
-from gateway.mime import Analysis, analyze
+from gateway.message.mime import Analysis, analyze
 from gateway.store.interfaces import (
     DELIMITER,
     INBOX,

@@ -1,4 +1,4 @@
-"""Translation of a :mod:`gateway.criteria` tree into one parameterised SQL query.
+"""Translation of a :mod:`gateway.core.criteria` tree into one parameterised SQL query.
 
 SEARCH is answered by the database (RFC 3501 §6.4.4) rather than by loading messages:
 each criteria node becomes a boolean SQL expression over ``mailbox_message mm`` joined
@@ -18,7 +18,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gateway.criteria import (
+from gateway.core.criteria import (
     All,
     And,
     Criteria,

@@ -47,8 +47,9 @@ from pathlib import Path
 
 import structlog
 
-from gateway.criteria import Criteria
-from gateway.mime import Analysis, analyze
+from gateway.core.criteria import Criteria
+from gateway.core.limits import DEFAULT_MAX_MESSAGE_SIZE
+from gateway.message.mime import Analysis, analyze
 from gateway.store.interfaces import (
     DELIMITER,
     INBOX,
@@ -74,9 +75,6 @@ from gateway.store.schema import migrate, schema_version
 from gateway.store.search import build_query, canonical_flag
 
 log = structlog.get_logger(__name__)
-
-DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
-"""Largest message accepted by APPEND and delivery (64 MiB)."""
 
 BUSY_TIMEOUT_MS = 5000
 """How long a statement waits for another process's lock before failing."""

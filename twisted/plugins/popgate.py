@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 popgate = ServiceMaker(
     "popgate",
-    "gateway.service",
+    "gateway.app.service",
     "POP3-to-IMAP gateway: fetch from POP3 upstreams, serve IMAP4rev1.",
     "popgate",
 )

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.passwords import hash_password
-from tests.support.ports import free_port
+from gateway.security.passwords import hash_password
+from gateway.testing.ports import free_port
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 40.0

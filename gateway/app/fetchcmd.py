@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from gateway.control import ControlError
+from gateway.app.control import ControlError
 from gateway.pop3.client import FetchError
 from gateway.pop3.fetcher import FetchResult
 from gateway.pop3.poller import UpstreamPoller
@@ -45,7 +45,7 @@ def _outcome(name: str, value: Any) -> dict[str, Any]:
 def fetch_handler(
     pollers: Mapping[str, UpstreamPoller],
 ) -> Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], defer.Deferred[dict[str, Any]]]:
-    """The handler to register as "fetch" on the :class:`~gateway.control.ControlService`."""
+    """The handler to register as "fetch" on the :class:`~gateway.app.control.ControlService`."""
 
     def handle(
         request: dict[str, Any], progress: Callable[[dict[str, Any]], None]

@@ -39,9 +39,9 @@ import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from gateway import quota
-from gateway.criteria import Criteria
-from gateway.quota import Quotas
+from gateway.access import quota
+from gateway.access.quota import Quotas
+from gateway.core.criteria import Criteria
 from gateway.store.interfaces import (
     DELIMITER,
     INBOX,
@@ -169,11 +169,11 @@ class UserStore:
             return mailbox
         return dataclasses.replace(mailbox, name=self.presented(mailbox.owner, mailbox.name))
 
-    def namespaces(self) -> bytes:
-        """The RFC 2342 §5 NAMESPACE response body for this user."""
+    def shared_namespace(self) -> str | None:
+        """The prefix of the shared namespace this user sees (RFC 2342), or None."""
         if self.households.groups_of(self.user):
-            return b'(("" "/")) NIL (("' + SHARED_PREFIX.encode() + b'/" "/"))'
-        return b'(("" "/")) NIL NIL'
+            return SHARED_PREFIX + DELIMITER
+        return None
 
     # ---- users and mailboxes -------------------------------------------------------
 
@@ -246,7 +246,7 @@ class UserStore:
             out.append(name)
         return out
 
-    # ---- quota (RFC 9208; see gateway/quota.py) -------------------------------------
+    # ---- quota (RFC 9208; see gateway/access/quota.py) -------------------------------------
 
     def _check_quota(self, mailbox_id: int, adding: int) -> None:
         owner = self._owners.get(mailbox_id)

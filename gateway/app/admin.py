@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from gateway import config as configmod
-from gateway.passwords import hash_password
+from gateway.app import config as configmod
+from gateway.security.passwords import hash_password
 
 RELOAD_HINT = "A running gateway applies this on SIGHUP: systemctl reload popgate"
 
@@ -219,7 +219,7 @@ def deluser(path: str, name: str, *, purge: bool = False) -> str:
 
 
 def _open_store(state_dir: str):  # type: ignore[no-untyped-def]
-    from gateway.service import STORE_FILE
+    from gateway.app.storage import STORE_FILE
     from gateway.store.sqlite import SQLiteStore
 
     store_path = Path(state_dir) / STORE_FILE
@@ -254,7 +254,7 @@ def purge_mail(state_dir: str, name: str) -> int:
 
 def users_report(path: str) -> str:
     """One line per user: households, folders, messages and bytes stored."""
-    from gateway.status import mailbox_usage
+    from gateway.app.status import mailbox_usage
 
     _cfg_path, _text, cfg = _load_text(path)
     store = _open_store(cfg.state_dir)

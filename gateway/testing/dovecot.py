@@ -31,8 +31,8 @@ import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from tests.support.ports import LOOPBACK, free_port
-from tests.support.tlsca import CA, DEFAULT_SERVER_NAMES, make_ca
+from gateway.testing.ports import LOOPBACK, free_port
+from gateway.testing.tlsca import CA, DEFAULT_SERVER_NAMES, make_ca
 
 DOVECOT_PACKAGES: tuple[str, ...] = ("dovecot-core", "dovecot-pop3d", "dovecot-imapd")
 """Debian packages that provide the master, the POP3 server and the IMAP server."""
@@ -418,7 +418,7 @@ class Dovecot:
         account = self._account
         # Settings named as `doveconf -d` prints them for Dovecot 2.3.19.
         config = f"""\
-# Written by tests/support/dovecot.py for one test; not a system configuration.
+# Written by gateway/testing/dovecot.py for one test; not a system configuration.
 instance_name = popgate-test-{self.dir.name}
 base_dir = {self.base_dir}
 state_dir = {self.state_dir}

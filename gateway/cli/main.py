@@ -12,8 +12,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from gateway import config as configmod
-from gateway.passwords import hash_password
+from gateway.app import config as configmod
+from gateway.app.runner import run_reactor_with
+from gateway.security.passwords import hash_password
 
 DEFAULT_CONFIG = "/etc/popgate/popgate.toml"
 
@@ -49,40 +50,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_reactor_with(build) -> int:
-    """Start the service ``build(reactor)`` returns, run until SIGINT/SIGTERM, stop cleanly."""
-    from twisted.internet import reactor
-
-    from gateway import logs
-
-    logs.route_twisted_logs()
-    outcome = {"status": 0}
-
-    def start() -> None:
-        try:
-            svc = build(reactor)
-            svc.startService()
-        except SystemExit as e:
-            print(e, file=sys.stderr)
-            outcome["status"] = 1
-            reactor.stop()
-            return
-        except Exception as e:
-            # a listener that cannot bind, a store that cannot open: say so, exit non-zero
-            print(f"popgate: cannot start: {e}", file=sys.stderr)
-            outcome["status"] = 1
-            reactor.stop()
-            return
-        reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)
-
-    reactor.callWhenRunning(start)
-    reactor.run()
-    return outcome["status"]
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway import logs
-    from gateway.service import build_service
+    from gateway.app import logs
+    from gateway.app.service import build_service
 
     try:
         cfg = configmod.load(args.config)
@@ -95,7 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway import demo
+    from gateway.cli import demo
 
     return demo.run(state_dir=args.state_dir, port=args.port, interval=args.interval)
 
@@ -116,7 +86,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Ask the running gateway (control socket) how it is; a table, or JSON with --json."""
     import json
 
-    from gateway import control, status
+    from gateway.app import control, status
 
     state_dir = _state_dir(args)
     if state_dir is None:
@@ -137,8 +107,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    """Fetch now on the running gateway, with a progress bar (gateway/pop3/fetchcli.py)."""
-    from gateway.pop3 import fetchcli
+    """Fetch now on the running gateway, with a progress bar (gateway/cli/fetch.py)."""
+    from gateway.cli import fetch as fetchcli
 
     state_dir = _state_dir(args)
     if state_dir is None:
@@ -147,16 +117,16 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_import_uidls(args: argparse.Namespace) -> int:
-    """Mark UIDLs from a fetchmail/getmail state file as known (gateway/migrate.py)."""
-    from gateway import migrate
+    """Mark UIDLs from a fetchmail/getmail state file as known (gateway/app/migrate.py)."""
+    from gateway.app import migrate
 
     return migrate.run_import(args.config, args.upstream, args.file, account=args.account)
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
     """Consistent online copy of the store (SQLite backup API); safe while serving."""
-    from gateway import backup
-    from gateway.service import STORE_FILE
+    from gateway.app import backup
+    from gateway.app.storage import STORE_FILE
 
     state_dir = _state_dir(args)
     if state_dir is None:
@@ -175,8 +145,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     """Replace the store with a backup; refused while the gateway runs."""
-    from gateway import backup, control
-    from gateway.service import STORE_FILE
+    from gateway.app import backup, control
+    from gateway.app.storage import STORE_FILE
 
     state_dir = _state_dir(args)
     if state_dir is None:
@@ -257,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--account", help="fetchmail: the user@host whose lines to take (when several)")
     p.set_defaults(func=cmd_import_uidls)
 
-    from gateway import admin
+    from gateway.app import admin
 
     p = sub.add_parser("adduser", help="add [users.NAME] to the config (password from tty/stdin)")
     p.add_argument("name")

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway.metrics import file_size
+from gateway.app.metrics import file_size
 
 RECENT_ERRORS_SHOWN = 10
 """How many of the recent errors the table shows (``--json`` has all that are kept)."""

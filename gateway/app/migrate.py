@@ -120,8 +120,8 @@ def run_import(
     err: TextIO | None = None,
 ) -> int:
     """The ``popgate import-uidls`` command; returns the exit status."""
-    from gateway import config as configmod
-    from gateway.service import open_store
+    from gateway.app import config as configmod
+    from gateway.app.storage import open_store
 
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr

@@ -7,7 +7,6 @@ and the service only ever sees a fully valid :class:`Config`.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import stat
@@ -16,14 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.passwords import is_hash
+from gateway.core.limits import DEFAULT_MAX_MESSAGE_SIZE
+from gateway.core.net import is_loopback_host
+from gateway.pop3.upstream import DEFAULT_POLL_INTERVAL, DEFAULT_TIMEOUT, Upstream
+from gateway.security.passwords import is_hash
+from gateway.store.interfaces import SHARED_OWNER_PREFIX
 
 DEFAULT_STATE_DIR = "/var/lib/popgate"
 DEFAULT_IMAP = ("tcp:1143:interface=127.0.0.1",)
-DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
-DEFAULT_POLL_INTERVAL = 300.0
 MIN_POLL_INTERVAL = 10.0
-DEFAULT_TIMEOUT = 60.0
 TLS_MODES = ("implicit", "starttls", "none")
 AUTH_MODES = ("auto", "user", "apop", "plain")
 DELETED_IN_IMAP_MODES = ("keep", "delete")
@@ -62,39 +62,11 @@ class User:
 @dataclass(frozen=True)
 class Shared:
     """``[shared.NAME]``: a household's shared mailbox tree (owner ``shared:NAME`` in the
-    store, ``Shared/NAME`` to its members; see gateway/households.py)."""
+    store, ``Shared/NAME`` to its members; see gateway/access/households.py)."""
 
     name: str
     members: tuple[str, ...]
     quota: int | None = None  # bytes for the whole shared tree; None: no limit
-
-
-SHARED_OWNER_PREFIX = "shared:"
-"""An upstream with ``owner = "shared:NAME"`` delivers into the ``[shared.NAME]`` tree."""
-
-
-@dataclass(frozen=True)
-class Upstream:
-    name: str
-    owner: str
-    host: str
-    port: int
-    tls: str
-    username: str
-    password: str = field(repr=False)
-    ca_file: str | None = None
-    folder: str = "INBOX"
-    poll_interval: float = DEFAULT_POLL_INTERVAL
-    keep_on_server: bool = True
-    timeout: float = DEFAULT_TIMEOUT
-    auth: str = "auto"
-    allow_plaintext: bool = False
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    delete_after: float | None = None  # seconds after fetching; None = never
-    delete_when_over: int | None = None  # bytes on the server; None = no size policy
-    quota: int | None = None  # the upstream mailbox's quota in bytes, for "80%"
-    deleted_in_imap: str = "keep"  # "keep" | "delete": DELE upstream once expunged here
-    dedup: bool = True  # same bytes via another upstream into the same folder: store once
 
 
 @dataclass(frozen=True)
@@ -198,15 +170,6 @@ def parse_size(value: Any) -> int:
     if size <= 0:
         raise ValueError("size must be positive")
     return size
-
-
-def is_loopback_host(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class _Reader:
@@ -664,7 +627,7 @@ def _parse_tls(path: str, problems: list[str], table: dict[str, Any] | None) -> 
         return None
     if cert_file is None or key_file is None or min_version is None:
         return None
-    from gateway.tls import TLSConfigError, TLSFiles, build_context
+    from gateway.security.tls import TLSConfigError, TLSFiles, build_context
 
     try:
         build_context(TLSFiles(cert_file, key_file, min_version))

@@ -12,46 +12,26 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import structlog
 from twisted.application import service, strports
 from twisted.python import usage
 
-from gateway import config as configmod
-from gateway.auth import PasswordTable
-from gateway.households import SHARED_PREFIX, shared_owner
-from gateway.quota import DeliveryQuotaGuard, Quotas
+from gateway.access.households import SHARED_PREFIX, shared_owner
+from gateway.access.quota import DeliveryQuotaGuard, Quotas
+from gateway.app import config as configmod
+from gateway.app.storage import open_store, prepare_state_dir
+from gateway.security.auth import PasswordTable
 
 log = structlog.get_logger(__name__)
-
-STORE_FILE = "popgate.sqlite3"
 
 ReloadHook = Callable[[configmod.Config], None]
 """Told the freshly re-read config on SIGHUP (see :func:`reload`)."""
 
 
-def prepare_state_dir(path: str) -> Path:
-    """Create the state dir 0700 (it holds everyone's mail) and refuse a group/world-open one."""
-    p = Path(path)
-    p.mkdir(mode=0o700, parents=True, exist_ok=True)
-    mode = p.stat().st_mode & 0o777
-    if mode & 0o077:
-        os.chmod(p, 0o700)
-        log.warning("state_dir.permissions_fixed", path=str(p), old_mode=f"{mode:04o}")
-    return p
-
-
-def open_store(cfg: configmod.Config):
-    from gateway.store.sqlite import SQLiteStore
-
-    state = prepare_state_dir(cfg.state_dir)
-    return SQLiteStore(state / STORE_FILE, max_message_size=cfg.limits.max_message_size)
-
-
 def password_threads() -> int:
-    """Threads that check passwords: one per CPU. scrypt (gateway/passwords.py) takes
+    """Threads that check passwords: one per CPU. scrypt (gateway/security/passwords.py) takes
     16 MB and one CPU per check, so more threads than CPUs only raise peak memory (200
     simultaneous logins on the reactor's 10-thread default pool peak at ~160 MB of
     hashing) without finishing any check sooner; the rest queue in arrival order."""
@@ -162,8 +142,8 @@ def build_service(
         store.ensure_user(shared_owner(name))
     for poller in pollers.values():
         poller.setServiceParent(top)
-    # `popgate fetch`: the "fetch" command on the control socket (gateway/control.py).
-    from gateway.pop3.commands import fetch_handler
+    # `popgate fetch`: the "fetch" command on the control socket (gateway/app/control.py).
+    from gateway.app.fetchcmd import fetch_handler
 
     control = control_service(top, cfg, reactor)
     control.register("fetch", fetch_handler(pollers))
@@ -200,8 +180,8 @@ def _version() -> str:
 
 
 def _new_metrics(reactor: Any):
+    from gateway.app.metrics import GatewayMetrics
     from gateway.imap.session import COMMANDS
-    from gateway.metrics import GatewayMetrics
 
     return GatewayMetrics(reactor=reactor, known_commands=COMMANDS, version=_version())
 
@@ -209,7 +189,7 @@ def _new_metrics(reactor: Any):
 def _serve_metrics(top, cfg, reactor, metrics, factory, pollers, store) -> None:
     """Count IMAP work and fetch passes always (cheap); serve /metrics only when
     ``[metrics] enabled`` (off by default, loopback by default)."""
-    from gateway.metrics import LagMonitor, metrics_site
+    from gateway.app.metrics import LagMonitor, metrics_site
 
     lag = LagMonitor(reactor=reactor)
     lag.setServiceParent(top)
@@ -227,7 +207,7 @@ def _serve_metrics(top, cfg, reactor, metrics, factory, pollers, store) -> None:
 def control_service(top: service.MultiService, cfg: configmod.Config, reactor: Any):
     """The gateway's one control socket service (``{state_dir}/control.sock``), created
     the first time a feature asks for it; every command registers on it."""
-    from gateway.control import SOCKET_NAME, ControlService
+    from gateway.app.control import SOCKET_NAME, ControlService
 
     try:
         return top.getServiceNamed(ControlService.name)
@@ -240,9 +220,9 @@ def control_service(top: service.MultiService, cfg: configmod.Config, reactor: A
 
 def _serve_status(top, cfg, reactor, factory, pollers, store) -> None:
     """``popgate status``: the ``status`` command on the control socket."""
-    from gateway import logs
-    from gateway.households import shared_owner
-    from gateway.status import StatusSource
+    from gateway.access.households import shared_owner
+    from gateway.app import logs
+    from gateway.app.status import StatusSource
 
     control = control_service(top, cfg, reactor)
     source = StatusSource(
@@ -336,7 +316,7 @@ def _users_reloader(authenticator: PasswordTable, store: Any) -> ReloadHook:
 
 def _shared_reloader(households: Any, store: Any) -> ReloadHook:
     """New [shared.*] tables and membership changes apply to every session's next
-    command; a removed member loses access at once (gateway/households.py)."""
+    command; a removed member loses access at once (gateway/access/households.py)."""
 
     def reload_shared(new: configmod.Config) -> None:
         for name in new.shared:
@@ -407,7 +387,7 @@ def makeService(options: Options) -> service.IService:
     """twistd entry point: validate the config (exit with every problem listed) and build."""
     from twisted.internet import reactor
 
-    from gateway import logs
+    from gateway.app import logs
 
     try:
         cfg = configmod.load(options["config"])
@@ -423,8 +403,8 @@ def makeService(options: Options) -> service.IService:
 
 def _security_parts(cfg: configmod.Config, reactor: Any) -> tuple[Any, Any]:
     """The TLS connection creator (None without ``[tls]``) and the login penalty."""
-    from gateway.penalty import AuthPenalty, PenaltySettings
-    from gateway.tls import ServerTLS, TLSConfigError, TLSFiles
+    from gateway.security.penalty import AuthPenalty, PenaltySettings
+    from gateway.security.tls import ServerTLS, TLSConfigError, TLSFiles
 
     server_tls = None
     if cfg.tls is not None:

@@ -1,6 +1,6 @@
 """``popgate demo``: the whole gateway on one machine with nothing to set up.
 
-An embedded POP3 upstream (gateway.testing.FakePOP3Server, a real POP3 server on a
+An embedded POP3 upstream (gateway.testing.fakes.FakePOP3Server, a real POP3 server on a
 loopback port in this process) is seeded with generated, realistic mail; the gateway
 fetches from it exactly as from a provider and serves IMAP on 127.0.0.1. A new message
 arrives upstream every ``interval`` seconds so the user can watch it come in.
@@ -14,9 +14,10 @@ from pathlib import Path
 
 import structlog
 
-from gateway import config as configmod
-from gateway import logs, samplemail
-from gateway.passwords import hash_password
+from gateway.app import config as configmod
+from gateway.app import logs
+from gateway.security.passwords import hash_password
+from gateway.testing import samplemail
 
 log = structlog.get_logger(__name__)
 
@@ -79,9 +80,9 @@ def demo_config(state_dir: Path, port: int, upstream_port: int) -> configmod.Con
 def run(state_dir: str = "demo-state", port: int = 1143, interval: float = 60.0) -> int:
     from twisted.internet.task import LoopingCall
 
-    from gateway.cli import run_reactor_with
-    from gateway.service import build_service
-    from gateway.testing import FakePOP3Server
+    from gateway.app.runner import run_reactor_with
+    from gateway.app.service import build_service
+    from gateway.testing.fakes import FakePOP3Server
 
     logs.configure("info", "console")
     state = Path(state_dir).resolve()

@@ -1,6 +1,6 @@
 """`popgate fetch`: ask the running gateway for a fetch pass now and show its progress.
 
-The pass runs inside the gateway (through the control socket, :mod:`gateway.control`,
+The pass runs inside the gateway (through the control socket, :mod:`gateway.app.control`,
 command "fetch"), never in this process: there is one fetcher per upstream. Progress
 lines become a bar (count, bytes, rate) redrawn in place on a terminal, or a plain line
 every :data:`PLAIN_LINE_EVERY` messages otherwise; a summary per upstream ends it. Exit
@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from gateway import control
+from gateway.app import control
 
 BAR_WIDTH = 24
 """Characters of the bar itself."""

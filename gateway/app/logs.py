@@ -151,7 +151,7 @@ def twisted_observer() -> Any:
     """A Twisted log observer that re-emits Twisted's events (listener starts, unhandled
     errors) through structlog, so an operator reads one stream in one format.
 
-    Also usable as ``twistd --logger gateway.logs.twisted_observer`` (the systemd unit
+    Also usable as ``twistd --logger gateway.app.logs.twisted_observer`` (the systemd unit
     does this): twistd then writes no text lines of its own next to the JSON ones.
     """
     from twisted.logger import ILogObserver, formatEvent
@@ -184,7 +184,7 @@ def twisted_observer() -> Any:
 
 def route_twisted_logs() -> None:
     """Send Twisted's log events into structlog (``popgate serve``; twistd uses
-    ``--logger gateway.logs.twisted_observer`` instead)."""
+    ``--logger gateway.app.logs.twisted_observer`` instead)."""
     from twisted.logger import globalLogBeginner
 
     globalLogBeginner.beginLoggingTo([twisted_observer()], redirectStandardIO=False)

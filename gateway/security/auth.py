@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from gateway.passwords import DUMMY_HASH, verify_password
+from gateway.security.passwords import DUMMY_HASH, verify_password
 
 
 class Authenticator(Protocol):

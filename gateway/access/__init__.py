@@ -1,0 +1,1 @@
+"""Who may see which mail: per-user views of the store (household sharing, quotas)."""

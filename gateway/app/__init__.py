@@ -1,0 +1,1 @@
+"""Running a gateway: configuration, wiring of servers and fetchers, and its operations."""

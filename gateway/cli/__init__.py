@@ -1,0 +1,1 @@
+"""The ``popgate`` command: one module per command group over the app layer."""

@@ -1,1 +1,0 @@
-"""Test support: real peers (Dovecot), a private TLS CA and free loopback ports for tests."""
