@@ -15,6 +15,8 @@ import breaks this map, when modules import each other in a cycle, or when anyth
   core, message, store, access, security.
 - ``pop3``: the POP3 side: sync planning (pure), client, fetcher, poller. core, message, store,
   access, security. ``imap`` and ``pop3`` never import each other.
+- ``managesieve``: the ManageSieve server (RFC 5804): sans-I/O parser, session, Twisted protocol.
+  core, store, security (and the Sieve language, injected as a checker).
 - ``app``: running a gateway: config, storage selection, service wiring, reload, logs,
   metrics, the control socket, status, backup, user admin, UIDL import. Everything above.
 - ``testing``: fakes and real-peer harnesses (fake POP3 server, sample mail, Dovecot, test CA),
@@ -22,18 +24,20 @@ import breaks this map, when modules import each other in a cycle, or when anyth
 - ``cli``: the ``popgate`` command, one module per command group. Everything above.
 """
 
+_FOUNDATION = frozenset({"core", "message", "store", "access", "security"})
+_SERVERS = frozenset({"imap", "pop3", "managesieve"})
+
 ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "core": frozenset(),
     "message": frozenset({"core"}),
     "store": frozenset({"core", "message"}),
     "access": frozenset({"core", "store"}),
     "security": frozenset({"core"}),
-    "imap": frozenset({"core", "message", "store", "access", "security"}),
-    "pop3": frozenset({"core", "message", "store", "access", "security"}),
-    "app": frozenset({"core", "message", "store", "access", "security", "imap", "pop3"}),
-    "testing": frozenset({"core", "message", "store", "access", "security", "imap", "pop3", "app"}),
-    "cli": frozenset(
-        {"core", "message", "store", "access", "security", "imap", "pop3", "app", "testing"}
-    ),
+    "imap": _FOUNDATION,
+    "pop3": _FOUNDATION,
+    "managesieve": frozenset({"core", "store", "security"}),
+    "app": _FOUNDATION | _SERVERS,
+    "testing": _FOUNDATION | _SERVERS | {"app"},
+    "cli": _FOUNDATION | _SERVERS | {"app", "testing"},
 }
 """Which ``gateway`` packages each package may import (see the map above)."""

@@ -1,0 +1,528 @@
+"""The ManageSieve server's transport glue: the only ManageSieve module that touches a
+socket or a reactor.
+
+It feeds received bytes to the sans-I/O :class:`~gateway.managesieve.parser.CommandParser`,
+runs one command at a time through :meth:`ManageSieveSession.execute` (responses stay in
+order), and performs the actions the session asks for: password checks off the reactor
+thread with the shared login penalty (:mod:`gateway.security.penalty`), SASL continuation
+strings, STARTTLS, close. It mirrors :mod:`gateway.imap.server` without importing it
+(protocol packages speak only to the store contracts).
+
+Bounds: while a command runs, at most ``max_buffered_input`` unparsed bytes wait before
+the transport stops reading; connections per source address and logged-in connections
+per user and address are capped; timers (before and after login) run on an injected
+clock. Responses are small (a script is at most the store's size limit), so output
+needs no producer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+
+from gateway.managesieve.parser import (
+    MAX_DISCARD_SIZE,
+    MAX_LINE_LENGTH,
+    Command,
+    CommandParser,
+    NeedData,
+    ProtocolError,
+    StringResponse,
+)
+from gateway.managesieve.session import (
+    Close,
+    ManageSieveSession,
+    OwnerOf,
+    ReadString,
+    Refused,
+    Run,
+    RunBlocking,
+    ScriptChecker,
+    StartTLS,
+)
+from gateway.security.auth import Authenticator
+from gateway.security.penalty import AuthPenalty, source_key
+from gateway.store.scripts import ScriptStore
+
+log = structlog.get_logger(__name__)
+
+RunBlockingFn = Callable[[Callable[[], Any]], Deferred]
+
+
+@dataclass(frozen=True)
+class ManageSieveLimits:
+    """Every bound the server applies to one connection (STYLE.md habit 2). The literal
+    limit is the store's script size limit, so it is not repeated here."""
+
+    max_line_length: int = MAX_LINE_LENGTH
+    """Longest command line without its literals; longer is fatal (BYE)."""
+
+    max_discard_size: int = MAX_DISCARD_SIZE
+    """Largest over-size literal read and thrown away to stay in step; larger is fatal."""
+
+    max_buffered_input: int = 256 * 1024
+    """Unparsed pipelined input held while a command runs before reading pauses."""
+
+    prelogin_timeout: float = 60.0
+    """Seconds without a command before login, then ``BYE``."""
+
+    idle_timeout: float = 30 * 60.0
+    """Seconds without a command once logged in."""
+
+    max_connections_per_ip: int = 100
+    """Connections (logged in or not) from one address; the next gets ``BYE (TRYLATER)``."""
+
+    max_connections_per_user_ip: int = 20
+    """Logged-in connections of one user from one address; the next login is refused
+    ``NO (TRYLATER)``. Script editors hold one or two; 0 means no limit."""
+
+
+@dataclass(frozen=True)
+class ListenerPolicy:
+    """What one listener adds to the shared factory's settings."""
+
+    plaintext_auth: bool | None = None
+    """Passwords without TLS here (loopback); None: the factory's ``allow_plaintext_auth``."""
+
+
+def _peer(transport: Any) -> tuple[str, str]:
+    """(host for accounting, "host:port" for logs)."""
+    try:
+        peer = transport.getPeer()
+    except Exception:
+        return "local", "unknown"
+    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+    if not isinstance(host, str) or not host:
+        return "local", str(peer)
+    return host, f"{host}:{port}"
+
+
+class ManageSieveProtocol(Protocol):
+    """One ManageSieve connection."""
+
+    session: ManageSieveSession
+    parser: CommandParser
+
+    def __init__(self, factory: ManageSieveFactory, policy: ListenerPolicy | None = None) -> None:
+        self.factory = factory
+        self.policy = policy if policy is not None else ListenerPolicy()
+        self.peer = "unknown"
+        self.peer_host = "local"
+        self._source_counted = False
+        self._user_slot: tuple[str, str] | None = None
+        self._current: Run | None = None
+        self._waiting: RunBlocking | ReadString | None = None
+        self._send: Any = None
+        self._throw: BaseException | None = None
+        self._token: object | None = None
+        self._closing = False
+        self._busy = False
+        self._again = False
+        self._reading_paused = False
+        self._timeout_call: IDelayedCall | None = None
+        self._delay_call: IDelayedCall | None = None
+
+    # -- connection lifetime --
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        self.peer_host, self.peer = _peer(self.transport)
+        if not factory.admit_source(self.peer_host):
+            self._closing = True
+            log.warning("managesieve.connection_refused", peer=self.peer, reason="per_ip_limit")
+            self.transport.write(b'BYE (TRYLATER) "Too many connections from your address"\r\n')
+            self.transport.loseConnection()
+            return
+        self._source_counted = True
+        plaintext = self.policy.plaintext_auth
+        self.session = ManageSieveSession(
+            factory.store,
+            factory.authenticator,
+            factory.checker,
+            sieve_extensions=factory.sieve_extensions,
+            owner_of=factory.owner_of,
+            peer=self.peer,
+            tls_active=ISSLTransport.providedBy(self.transport),
+            tls_available=factory.tls_context_factory is not None,
+            plaintext_auth_allowed=plaintext
+            if plaintext is not None
+            else factory.allow_plaintext_auth,
+        )
+        self.parser = self._new_parser()
+        factory.protocols.add(self)
+        log.info("managesieve.connect", peer=self.peer)
+        self.transport.write(self.session.greeting())
+        self._reset_timeout()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._closing = True
+        self._drop_current()
+        self._cancel_timers()
+        self.factory.protocols.discard(self)
+        self._release_user_slot()
+        if self._source_counted:
+            self._source_counted = False
+            self.factory.release_source(self.peer_host)
+        log.info("managesieve.disconnect", peer=self.peer)
+
+    def _new_parser(self) -> CommandParser:
+        limits = self.factory.limits
+        return CommandParser(
+            max_line_length=limits.max_line_length,
+            max_literal_size=self.factory.store.limits.max_script_size,
+            max_discard_size=limits.max_discard_size,
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.parser.receive_data(data)
+        self._run()
+
+    # -- the engine --
+
+    def _run(self) -> None:
+        """Advance the current command and take new input until both wait; re-entrant
+        calls (a Deferred firing synchronously) ask the running loop for another round."""
+        if self._busy:
+            self._again = True
+            return
+        self._busy = True
+        try:
+            while True:
+                self._again = False
+                self._pump_input()
+                self._advance()
+                if not self._again or self._closing:
+                    break
+        finally:
+            self._busy = False
+        self._update_reading()
+
+    def _pump_input(self) -> None:
+        if self._closing:
+            return
+        if isinstance(self._waiting, ReadString):
+            event = self.parser.next_event()
+            if isinstance(event, StringResponse):
+                self._waiting, self._send = None, event.value
+            elif isinstance(event, ProtocolError):
+                self._waiting = None
+                if event.fatal:
+                    self._drop_current()
+                    self._start(self.session.protocol_error(event))
+                else:
+                    self._throw = Refused("Invalid SASL response")
+            return
+        if self._current is not None:
+            return
+        event = self.parser.next_event()
+        if isinstance(event, NeedData):
+            return
+        self._reset_timeout()
+        if isinstance(event, Command):
+            self._start(self.session.execute(event))
+        elif isinstance(event, ProtocolError):
+            self._start(self.session.protocol_error(event))
+
+    def _start(self, run: Run) -> None:
+        self._current = run
+        self._send = None
+        self._throw = None
+        self._waiting = None
+
+    def _advance(self) -> None:
+        while not self._closing and self._current is not None and self._waiting is None:
+            try:
+                if self._throw is not None:
+                    error, self._throw = self._throw, None
+                    out = self._current.throw(error)
+                else:
+                    value, self._send = self._send, None
+                    out = self._current.send(value)
+            except StopIteration:
+                self._current = None
+                self._release_unused_slot()
+                self._reset_timeout()
+                self._again = True
+                return
+            except Exception:
+                log.exception("managesieve.internal_error", peer=self.peer)
+                self._current = None
+                self._abort()
+                return
+            if isinstance(out, bytes):
+                self.transport.write(out)
+            else:
+                self._perform(out)
+
+    def _perform(self, action: Any) -> None:
+        if isinstance(action, RunBlocking):
+            self._waiting = action
+            token = self._token = object()
+            if action.login is not None and self._login_refused(action.login, token):
+                return
+            try:
+                deferred = self.factory.run_blocking(action.call)
+            except Exception:
+                deferred = fail()
+            deferred.addCallbacks(
+                self._blocking_done,
+                self._blocking_failed,
+                callbackArgs=(token,),
+                errbackArgs=(token,),
+            )
+        elif isinstance(action, ReadString):
+            self.transport.write(action.prompt)
+            self._waiting = action
+            self.parser.expect_string()
+            self._again = True  # the answer may already be buffered
+        elif isinstance(action, StartTLS):
+            # RFC 5804 §2.2 / CVE-2011-0411: plaintext pipelined behind STARTTLS dies here.
+            self.parser = self._new_parser()
+            self.transport.startTLS(self.factory.tls_context_factory)
+            self.session.tls_started()
+        elif isinstance(action, Close):
+            self._close()
+        else:  # pragma: no cover - the session yields nothing else
+            raise TypeError(f"unknown session action {action!r}")
+
+    def _resume(self, token: object, result: Any, error: BaseException | None) -> None:
+        self._delay_call = None
+        if self._token is not token or self._closing:
+            return
+        self._token = None
+        self._waiting = None
+        if error is not None:
+            self._throw = error
+        else:
+            self._send = result
+        self._run()
+
+    def _resume_later(
+        self, delay: float, token: object, result: Any, error: BaseException | None
+    ) -> None:
+        if delay <= 0:
+            self._resume(token, result, error)
+        else:
+            self._delay_call = self.factory.clock.callLater(
+                delay, self._resume, token, result, error
+            )
+
+    def _blocking_failed(self, failure: Failure, token: object) -> None:
+        self._resume(token, None, failure.value)
+
+    def _blocking_done(self, result: Any, token: object) -> None:
+        action = self._waiting
+        if isinstance(action, RunBlocking) and action.login is not None and self._token is token:
+            self._password_checked(action.login, result, token)
+        else:
+            self._resume(token, result, None)
+
+    # -- login penalties and limits (the same bookkeeping as IMAP: one AuthPenalty) --
+
+    def _login_refused(self, user: str, token: object) -> bool:
+        penalty = self.factory.penalty
+        if penalty is None:
+            return False
+        reason = penalty.refusal(self.peer_host, user)
+        if reason is None:
+            return False
+        log.warning("managesieve.auth_refused", user=user[:128], peer=self.peer, budget=reason)
+        error = Refused("Too many failed logins; try again later", "TRYLATER")
+        self._resume_later(penalty.current_delay(self.peer_host), token, None, error)
+        return True
+
+    def _password_checked(self, user: str, canonical: str | None, token: object) -> None:
+        penalty = self.factory.penalty
+        if canonical is None:
+            delay = penalty.failed(self.peer_host, user) if penalty is not None else 0.0
+            self._resume_later(delay, token, None, None)
+            return
+        if penalty is not None:
+            penalty.succeeded(self.peer_host, canonical)
+        if self._user_slot is None:
+            key = (canonical, self.peer_host)
+            if not self.factory.take_user_slot(key):
+                log.warning(
+                    "managesieve.login_refused", user=canonical, peer=self.peer, reason="limit"
+                )
+                error = Refused("Too many connections for this user from your address", "TRYLATER")
+                self._resume(token, None, error)
+                return
+            self._user_slot = key
+        self._resume(token, canonical, None)
+
+    def _release_unused_slot(self) -> None:
+        """A slot taken for a login that did not complete, or left by UNAUTHENTICATE."""
+        if self._user_slot is not None and self.session.user is None:
+            self._release_user_slot()
+
+    def _release_user_slot(self) -> None:
+        key, self._user_slot = self._user_slot, None
+        if key is not None:
+            self.factory.release_user_slot(key)
+
+    # -- reading, closing, timers --
+
+    def _update_reading(self) -> None:
+        if self._closing:
+            return
+        hold = (
+            self._current is not None
+            and not isinstance(self._waiting, ReadString)
+            and self.parser.buffered_size >= self.factory.limits.max_buffered_input
+        )
+        if hold != self._reading_paused:
+            self._reading_paused = hold
+            if hold:
+                self.transport.pauseProducing()
+            else:
+                self.transport.resumeProducing()
+
+    def _drop_current(self) -> None:
+        current, self._current = self._current, None
+        self._waiting = None
+        self._token = None
+        if current is not None:
+            current.close()
+
+    def _close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._cancel_timers()
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+        self.transport.loseConnection()
+
+    def _abort(self) -> None:
+        self._closing = True
+        self._cancel_timers()
+        self.transport.abortConnection()
+
+    def _reset_timeout(self) -> None:
+        if self._closing:
+            return
+        limits = self.factory.limits
+        delay = limits.prelogin_timeout if self.session.user is None else limits.idle_timeout
+        call = self._timeout_call
+        if call is not None and call.active():
+            call.reset(delay)
+        else:
+            self._timeout_call = self.factory.clock.callLater(delay, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timeout_call = None
+        if self._closing:
+            return
+        log.info("managesieve.autologout", user=self.session.user, peer=self.peer)
+        self._drop_current()
+        self.transport.write(self.session.autologout())
+        self._close()
+
+    def _cancel_timers(self) -> None:
+        for name in ("_timeout_call", "_delay_call"):
+            call = getattr(self, name)
+            setattr(self, name, None)
+            if call is not None and call.active():
+                call.cancel()
+
+
+class ManageSieveFactory(Factory):
+    """Builds :class:`ManageSieveProtocol` connections sharing one script store,
+    authenticator, checker and login penalty.
+
+    ``checker(script_text)`` validates Sieve (the Sieve engine's); ``sieve_extensions``
+    is what the SIEVE capability lists; ``owner_of(user)`` maps a canonical user to the
+    script owner (households); ``run_blocking(call) -> Deferred`` runs the password
+    check off the reactor thread; ``penalty`` should be the one the IMAP factory uses, so
+    failures on either protocol count together. ``allow_plaintext_auth`` false means
+    passwords only after STARTTLS (SASL "" until then, NO (ENCRYPT-NEEDED)).
+    """
+
+    def __init__(
+        self,
+        store: ScriptStore,
+        authenticator: Authenticator,
+        checker: ScriptChecker,
+        *,
+        reactor: Any,
+        run_blocking: RunBlockingFn,
+        sieve_extensions: Iterable[str] = (),
+        owner_of: OwnerOf | None = None,
+        limits: ManageSieveLimits | None = None,
+        tls_context_factory: Any = None,
+        allow_plaintext_auth: bool = True,
+        clock: IReactorTime | None = None,
+        penalty: AuthPenalty | None = None,
+    ) -> None:
+        self.store = store
+        self.authenticator = authenticator
+        self.checker = checker
+        self.reactor = reactor
+        self.run_blocking = run_blocking
+        self.sieve_extensions = tuple(sieve_extensions)
+        self.owner_of = owner_of
+        self.limits = limits if limits is not None else ManageSieveLimits()
+        self.tls_context_factory = tls_context_factory
+        self.allow_plaintext_auth = allow_plaintext_auth
+        self.clock: IReactorTime = clock if clock is not None else reactor
+        self.penalty = penalty
+        self.protocols: set[ManageSieveProtocol] = set()
+        self._per_source: dict[str, int] = {}
+        self._per_user_source: dict[tuple[str, str], int] = {}
+
+    def buildProtocol(self, addr: Any) -> ManageSieveProtocol:
+        return ManageSieveProtocol(self)
+
+    def admit_source(self, host: str) -> bool:
+        key = source_key(host)
+        count = self._per_source.get(key, 0)
+        limit = self.limits.max_connections_per_ip
+        if limit and count >= limit:
+            return False
+        self._per_source[key] = count + 1
+        return True
+
+    def release_source(self, host: str) -> None:
+        _decrement(self._per_source, source_key(host))
+
+    def take_user_slot(self, key: tuple[str, str]) -> bool:
+        count = self._per_user_source.get(key, 0)
+        limit = self.limits.max_connections_per_user_ip
+        if limit and count >= limit:
+            return False
+        self._per_user_source[key] = count + 1
+        return True
+
+    def release_user_slot(self, key: tuple[str, str]) -> None:
+        _decrement(self._per_user_source, key)
+
+
+def _decrement(counts: dict[Any, int], key: Any) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
+class ListenerFactory(Factory):
+    """One listener's view of the shared :class:`ManageSieveFactory` (its own
+    :class:`ListenerPolicy`, shared store, limits, penalty and connection counts)."""
+
+    def __init__(self, shared: ManageSieveFactory, policy: ListenerPolicy) -> None:
+        self.shared = shared
+        self.policy = policy
+
+    def buildProtocol(self, addr: Any) -> ManageSieveProtocol:
+        return ManageSieveProtocol(self.shared, self.policy)
