@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from gateway.message.mime import Analysis, analyze
+from gateway.message.analysis import Analysis, analyze
 from gateway.security.passwords import hash_password
 from gateway.store.sqlite import SQLiteStore
 from gateway.testing.dovecot import CONNECTION_LIMIT
