@@ -12,7 +12,7 @@ from twisted.internet import reactor as global_reactor
 
 from gateway.access import quota
 from gateway.app.config import Upstream
-from gateway.pop3.client import FetchError
+from gateway.pop3.errors import FetchError
 from gateway.pop3.fetcher import fetch_once
 from gateway.store.interfaces import INBOX, Delivery, OverQuota
 from gateway.store.sqlite import SQLiteStore
