@@ -18,7 +18,7 @@ from gateway.store.interfaces import MailboxNotFound
 from gateway.store.sqlite import SQLiteStore
 from gateway.testing import samplemail
 from gateway.testing.dovecot import Dovecot
-from gateway.testing.fakes import ReactorThread
+from gateway.testing.reactor_thread import ReactorThread
 
 USER, PASSWORD = "alice", "secret"
 MESSAGES = 50

@@ -1,7 +1,7 @@
 """The POP3 fetcher (gateway.pop3.fetcher, .client) against FakePOP3Server over real loopback
 sockets and a real SQLiteStore, and the poller's scheduling (gateway.pop3.poller) on a Clock.
 
-The reactor runs in a background thread (gateway.testing.fakes.ReactorThread); everything that
+The reactor runs in a background thread (gateway.testing.reactor_thread.ReactorThread); everything that
 touches the reactor or the store goes through ``rt.call``.
 """
 
@@ -35,14 +35,9 @@ from gateway.pop3.spool import MessageSink
 from gateway.store.interfaces import LedgerEntry, MailboxNotFound
 from gateway.store.sqlite import SQLiteStore
 from gateway.testing import samplemail
-from gateway.testing.fakes import (
-    FakePOP3Server,
-    ReactorThread,
-    ServerTLSContext,
-    dot_stuff,
-    normalize_message,
-)
-from gateway.testing.tlsca import CA, make_ca
+from gateway.testing.fakepop3 import FakePOP3Server, dot_stuff, normalize_message
+from gateway.testing.reactor_thread import ReactorThread
+from gateway.testing.tlsca import CA, ServerTLSContext, make_ca
 
 USER, PASSWORD = "carol@isp.example.net", "s3cret pass"
 OWNER = "alice"
