@@ -28,10 +28,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from gateway.message.mime import Analysis, analyze
+from gateway.message.analysis import Analysis, analyze
 from gateway.security.passwords import hash_password
 from gateway.store.sqlite import SQLiteStore
-from gateway.testing.dovecot import CONNECTION_LIMIT
+from gateway.testing.dovecot_config import CONNECTION_LIMIT
 
 START_TIMEOUT = 60.0
 """Seconds the server process may take to listen (it opens a multi-GB store)."""
@@ -128,7 +128,7 @@ def write_config(
     ]
     if _has_security_section():
         # The same per-user-and-address ceiling as the Dovecot peer's
-        # mail_max_userip_connections (gateway/testing/dovecot.py CONNECTION_LIMIT).
+        # mail_max_userip_connections (gateway/testing/dovecot_config.py CONNECTION_LIMIT).
         lines += ["", "[security]", f"max_connections_per_user_ip = {CONNECTION_LIMIT}"]
     for name, password in users.items():
         lines += ["", f"[users.{name}]", f"password = {json.dumps(hash_password(password))}"]

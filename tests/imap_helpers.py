@@ -4,7 +4,7 @@ exact-bytes tests.
 How it runs (chosen for robustness with plain pytest, no pytest-twisted):
 
 * Twisted's global reactor runs in one daemon thread for the whole test process
-  (:class:`gateway.testing.fakes.ReactorThread`, shared with the other suites), started on
+  (:class:`gateway.testing.reactor_thread.ReactorThread`, shared with the other suites), started on
   first use; a reactor cannot be restarted, so it is never stopped and the daemon
   thread ends with the process.
 * Everything that touches Twisted objects or the store runs *on the reactor thread*,
@@ -44,7 +44,7 @@ from gateway.imap.server import IMAPLimits, IMAPServerFactory, thread_runner
 from gateway.security.auth import PasswordTable
 from gateway.security.passwords import hash_password
 from gateway.store.sqlite import SQLiteStore
-from gateway.testing.fakes import ReactorThread
+from gateway.testing.reactor_thread import ReactorThread
 
 reactor: Any = _global_reactor
 
@@ -64,7 +64,7 @@ _hashes: dict[str, str] = {}
 
 
 def ensure_reactor() -> ReactorThread:
-    """The process-wide reactor thread (gateway.testing.fakes.ReactorThread), started once;
+    """The process-wide reactor thread (gateway.testing.reactor_thread.ReactorThread), started once;
     shared with any other helper that runs the same reactor."""
     return ReactorThread.shared(reactor)
 

@@ -19,7 +19,7 @@ from gateway.app.storage import STORE_FILE
 from gateway.cli import main as cli
 from gateway.store.interfaces import Delivery
 from gateway.store.sqlite import SQLiteStore
-from gateway.testing.fakes import ReactorThread
+from gateway.testing.reactor_thread import ReactorThread
 
 
 def message(i: int) -> bytes:

@@ -26,7 +26,7 @@ from gateway.app.control import (
     request,
     socket_path,
 )
-from gateway.testing.fakes import ReactorThread
+from gateway.testing.reactor_thread import ReactorThread
 
 
 @pytest.fixture(scope="module")

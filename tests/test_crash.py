@@ -21,7 +21,7 @@ import pytest
 from gateway.store.sqlite import SQLiteStore
 from gateway.testing import samplemail
 from gateway.testing.dovecot import Dovecot
-from gateway.testing.fakes import normalize_message
+from gateway.testing.fakepop3 import normalize_message
 from gateway.testing.gateway_proc import GatewayProcess
 
 pytestmark = pytest.mark.slow

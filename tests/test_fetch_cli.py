@@ -25,8 +25,9 @@ from gateway.pop3.poller import UpstreamPoller
 from gateway.store.sqlite import SQLiteStore
 from gateway.testing import samplemail
 from gateway.testing.dovecot import Dovecot
-from gateway.testing.fakes import FakePOP3Server, ReactorThread
+from gateway.testing.fakepop3 import FakePOP3Server
 from gateway.testing.gateway_proc import GatewayProcess
+from gateway.testing.reactor_thread import ReactorThread
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from gateway.cli import main as cli
 from gateway.pop3.fetcher import fetch_once
 from gateway.security.passwords import hash_password
 from gateway.store.sqlite import SQLiteStore
-from gateway.testing.fakes import FakePOP3Server, ReactorThread
+from gateway.testing.fakepop3 import FakePOP3Server
+from gateway.testing.reactor_thread import ReactorThread
 
 # Exactly what fetchmail wrote for user alice on 127.0.0.1 (three messages, keep mode).
 FETCHIDS = (

@@ -1,9 +1,9 @@
-"""Tests for gateway.message.mime: ENVELOPE/BODY/BODYSTRUCTURE wire forms (RFC 3501 §7.4.2), the part
+"""Tests for gateway.message: ENVELOPE/BODY/BODYSTRUCTURE wire forms (RFC 3501 §7.4.2), the part
 map and BODY[section] cutting (RFC 3501 §6.4.5), and the decoded search fields.
 
 Expected wire forms were checked by hand against RFC 3501's grammar and cross-checked against
 Dovecot 2.3's ``imap.bodystructure``/``imap.envelope`` for the same files (which differ only in
-case and where the module docstring of gateway.message.mime says so).
+case and where the docstrings of gateway.message.structure and its neighbours say so).
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.message import mime
-from gateway.message.mime import analyze, section
+from gateway.message import structure
+from gateway.message import text as search_text
+from gateway.message.analysis import Analysis, analyze
+from gateway.message.sections import section
 
 FIXTURES = Path(__file__).parent / "mime_fixtures"
 
@@ -186,7 +188,7 @@ def check_body(b: object, ext: bool) -> object:
     return shape
 
 
-def check_wire(a: mime.Analysis) -> object:
+def check_wire(a: Analysis) -> object:
     """All three wire forms parse and follow the grammar; returns the structure's shape."""
     check_envelope(parse_sexp(a.envelope))
     shape = check_body(parse_sexp(a.bodystructure), ext=True)
@@ -456,7 +458,7 @@ def test_html_text_is_searchable_without_markup() -> None:
 
 def test_text_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
     """The search text never exceeds MAX_TEXT_CHARS, whatever the body size."""
-    monkeypatch.setattr(mime, "MAX_TEXT_CHARS", 100)
+    monkeypatch.setattr(search_text, "MAX_TEXT_CHARS", 100)
     raw = b"Subject: big\r\n\r\n" + b"x" * 10_000
     assert analyze(raw).text == "x" * 100
 
@@ -635,7 +637,7 @@ def test_header_only_message() -> None:
 def test_deep_nesting_is_cut_at_max_nesting() -> None:
     """Nesting deeper than MAX_NESTING becomes an opaque application/octet-stream leaf, so a
     hostile message cannot exhaust the stack; the wire forms stay grammatical."""
-    depth = mime.MAX_NESTING + 30
+    depth = structure.MAX_NESTING + 30
     raw = b"".join(
         b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i)
         for i in range(depth)
@@ -647,13 +649,13 @@ def test_deep_nesting_is_cut_at_max_nesting() -> None:
     while isinstance(shape, tuple):
         shape = shape[1][0]
         levels += 1
-    assert levels == mime.MAX_NESTING
+    assert levels == structure.MAX_NESTING
     assert a.body.count(b'"APPLICATION" "OCTET-STREAM"') == 1
 
 
 def test_part_count_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past MAX_PARTS entities, remaining delimiters stay inside the last part."""
-    monkeypatch.setattr(mime, "MAX_PARTS", 10)
+    monkeypatch.setattr(structure, "MAX_PARTS", 10)
     raw = b"Content-Type: multipart/mixed; boundary=x\r\n\r\n"
     raw += b"".join(b"--x\r\n\r\npart %d\r\n" % i for i in range(50)) + b"--x--\r\n"
     a = analyze(raw)
@@ -698,7 +700,7 @@ def test_arbitrary_bytes_never_raise_and_stay_grammatical(
     """analyze() and section() accept any bytes; the wire forms always parse."""
     a = analyze(raw)
     check_wire(a)
-    assert len(a.text) <= mime.MAX_TEXT_CHARS
+    assert len(a.text) <= search_text.MAX_TEXT_CHARS
     check_sections(raw, a.parts, paths)
 
 

@@ -12,13 +12,13 @@ import pytest
 from twisted.internet import reactor as global_reactor
 
 from gateway.app.config import Upstream
-from gateway.pop3.client import FetchError
+from gateway.pop3.errors import FetchError
 from gateway.pop3.fetcher import FetchResult, fetch_once
 from gateway.store.interfaces import MailboxNotFound
 from gateway.store.sqlite import SQLiteStore
 from gateway.testing import samplemail
 from gateway.testing.dovecot import Dovecot
-from gateway.testing.fakes import ReactorThread
+from gateway.testing.reactor_thread import ReactorThread
 
 USER, PASSWORD = "alice", "secret"
 MESSAGES = 50

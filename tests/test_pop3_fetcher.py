@@ -1,7 +1,7 @@
 """The POP3 fetcher (gateway.pop3.fetcher, .client) against FakePOP3Server over real loopback
 sockets and a real SQLiteStore, and the poller's scheduling (gateway.pop3.poller) on a Clock.
 
-The reactor runs in a background thread (gateway.testing.fakes.ReactorThread); everything that
+The reactor runs in a background thread (gateway.testing.reactor_thread.ReactorThread); everything that
 touches the reactor or the store goes through ``rt.call``.
 """
 
@@ -25,25 +25,19 @@ from twisted.python.failure import Failure
 
 from gateway.app.config import Upstream
 from gateway.pop3 import fetcher as fetcher_module
-from gateway.pop3.client import (
-    MAX_LINE_LENGTH,
-    FetchError,
-    UpstreamClient,
-    UpstreamProtocolError,
-)
-from gateway.pop3.fetcher import FetchResult, MessageSink, fetch_once
+from gateway.pop3 import spool as spool_module
+from gateway.pop3.client import UpstreamClient
+from gateway.pop3.errors import FetchError, UpstreamProtocolError
+from gateway.pop3.fetcher import FetchResult, fetch_once
+from gateway.pop3.framing import MAX_LINE_LENGTH
 from gateway.pop3.poller import UpstreamPoller
+from gateway.pop3.spool import MessageSink
 from gateway.store.interfaces import LedgerEntry, MailboxNotFound
 from gateway.store.sqlite import SQLiteStore
 from gateway.testing import samplemail
-from gateway.testing.fakes import (
-    FakePOP3Server,
-    ReactorThread,
-    ServerTLSContext,
-    dot_stuff,
-    normalize_message,
-)
-from gateway.testing.tlsca import CA, make_ca
+from gateway.testing.fakepop3 import FakePOP3Server, dot_stuff, normalize_message
+from gateway.testing.reactor_thread import ReactorThread
+from gateway.testing.tlsca import CA, ServerTLSContext, make_ca
 
 USER, PASSWORD = "carol@isp.example.net", "s3cret pass"
 OWNER = "alice"
@@ -676,7 +670,7 @@ def test_message_sink_rebuilds_crlf_lines_and_stops_keeping_data_past_the_limit(
 
 
 def test_message_sink_asks_to_drop_the_connection_far_past_the_limit(monkeypatch) -> None:
-    monkeypatch.setattr(fetcher_module, "OVERSIZE_DRAIN_LIMIT", 100)
+    monkeypatch.setattr(spool_module, "OVERSIZE_DRAIN_LIMIT", 100)
     dropped: list[bool] = []
     sink = MessageSink(limit=10, on_overflow=lambda: dropped.append(True))
     for _ in range(20):

@@ -1,4 +1,4 @@
-"""RETR bodies read in chunks (gateway.pop3.client: UpstreamClient.retrieve, DotStuffedBody)
+"""RETR bodies read in chunks (UpstreamClient.retrieve, gateway.pop3.framing.DotStuffedBody)
 give exactly what the old line-by-line path (Twisted's AdvancedPOP3Client) gave.
 
 Both clients are driven through a StringTransport with the same chunk splits; the old path
@@ -19,16 +19,11 @@ from twisted.internet.testing import StringTransport
 from twisted.mail.pop3 import AdvancedPOP3Client, LineTooLong, ServerErrorResponse
 from twisted.python.failure import Failure
 
-from gateway.pop3 import fetcher as fetcher_module
-from gateway.pop3.client import (
-    MAX_LINE_LENGTH,
-    BodyLineTooLong,
-    DotStuffedBody,
-    StepTimeout,
-    UpstreamClient,
-    translate_failure,
-)
-from gateway.pop3.fetcher import MessageSink
+from gateway.pop3 import spool as spool_module
+from gateway.pop3.client import UpstreamClient
+from gateway.pop3.errors import StepTimeout, translate_failure
+from gateway.pop3.framing import MAX_LINE_LENGTH, BodyLineTooLong, DotStuffedBody
+from gateway.pop3.spool import MessageSink
 
 SMALL_LIMIT = 64
 """Line limit of the clients in the property tests, so over-long lines are cheap to make."""
@@ -326,7 +321,7 @@ def test_the_step_timer_restarts_per_chunk_and_a_stall_mid_body_still_times_out(
 def test_a_consumer_that_drops_the_connection_gets_nothing_more(monkeypatch) -> None:
     """The fetcher's sink aborts far past max_message_size: the rest of the chunk and
     later chunks are ignored and the RETR does not complete as a success."""
-    monkeypatch.setattr(fetcher_module, "OVERSIZE_DRAIN_LIMIT", 10)
+    monkeypatch.setattr(spool_module, "OVERSIZE_DRAIN_LIMIT", 10)
     client, transport = greeted(UpstreamClient(Clock(), "pop.example.net", 5.0))
     sink = MessageSink(limit=20, on_overflow=client.abort)
     seen = outcome_of(client.retrieve(0, consumer=sink.line))

@@ -12,11 +12,12 @@ from twisted.internet import reactor as global_reactor
 
 from gateway.access import quota
 from gateway.app.config import Upstream
-from gateway.pop3.client import FetchError
+from gateway.pop3.errors import FetchError
 from gateway.pop3.fetcher import fetch_once
 from gateway.store.interfaces import INBOX, Delivery, OverQuota
 from gateway.store.sqlite import SQLiteStore
-from gateway.testing.fakes import FakePOP3Server, ReactorThread
+from gateway.testing.fakepop3 import FakePOP3Server
+from gateway.testing.reactor_thread import ReactorThread
 from tests.imap_helpers import RawClient, ServerHandle, message, running_server
 
 PASSWORDS = {"alice": "alice-password", "bob": "bob-password", "carol": "carol-password"}

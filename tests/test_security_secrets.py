@@ -113,7 +113,7 @@ def _serial(port: int, context: ssl.SSLContext) -> int:
 
 @pytest.mark.slow
 def test_real_gateway_tls_reload_and_logs_free_of_secrets(tmp_path: Path, tls_ca: CA) -> None:
-    from gateway.testing.fakes import FakePOP3Server
+    from gateway.testing.fakepop3 import FakePOP3Server
 
     upstream_secret = "Upstream-Secret-42"
     stale_secret = "Stale-Upstream-Secret-77"

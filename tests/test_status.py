@@ -22,7 +22,7 @@ from gateway.app.status import StatusSource, duration, render, upstream_state
 from gateway.cli import main as cli
 from gateway.imap.session import State
 from gateway.pop3.poller import PollerHealth
-from gateway.testing.fakes import ReactorThread
+from gateway.testing.reactor_thread import ReactorThread
 
 
 def session(state: State, user: str | None = None) -> SimpleNamespace:

@@ -39,7 +39,7 @@ from gateway.core.criteria import (
     Text,
     Uid,
 )
-from gateway.message.mime import analyze
+from gateway.message.analysis import analyze
 from gateway.store.interfaces import (
     INBOX,
     Delivery,

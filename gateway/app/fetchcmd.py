@@ -17,7 +17,7 @@ from typing import Any
 from twisted.internet import defer
 
 from gateway.app.control import ControlError
-from gateway.pop3.client import FetchError
+from gateway.pop3.errors import FetchError
 from gateway.pop3.fetcher import FetchResult
 from gateway.pop3.poller import UpstreamPoller
 

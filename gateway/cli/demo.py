@@ -1,6 +1,6 @@
 """``popgate demo``: the whole gateway on one machine with nothing to set up.
 
-An embedded POP3 upstream (gateway.testing.fakes.FakePOP3Server, a real POP3 server on a
+An embedded POP3 upstream (gateway.testing.fakepop3.FakePOP3Server, a real POP3 server on a
 loopback port in this process) is seeded with generated, realistic mail; the gateway
 fetches from it exactly as from a provider and serves IMAP on 127.0.0.1. A new message
 arrives upstream every ``interval`` seconds so the user can watch it come in.
@@ -82,7 +82,7 @@ def run(state_dir: str = "demo-state", port: int = 1143, interval: float = 60.0)
 
     from gateway.app.runner import run_reactor_with
     from gateway.app.service import build_service
-    from gateway.testing.fakes import FakePOP3Server
+    from gateway.testing.fakepop3 import FakePOP3Server
 
     logs.configure("info", "console")
     state = Path(state_dir).resolve()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from gateway.imap import wire
 from gateway.imap.command import BodySection, FetchAttr, FetchItem
-from gateway.message import mime
+from gateway.message.sections import section
 from gateway.store.interfaces import MessageInfo
 
 # Item codes of a compiled plan (small ints: the per-message loop compares them).
@@ -176,7 +176,7 @@ def section_bytes(raw: bytes, parts: str, sec: Section) -> bytes:
     if not sec.part and not sec.kind:
         data = raw
     else:
-        data = mime.section(raw, parts, sec.part, sec.kind, sec.fields)
+        data = section(raw, parts, sec.part, sec.kind, sec.fields)
     if sec.partial is not None:
         origin, count = sec.partial
         data = data[origin : origin + count]

@@ -13,8 +13,8 @@ every uncommitted one on the server, undeleted; the next pass resumes.
 
 Message bytes are kept exactly as the server sends them after dot-unstuffing
 (RFC 1939 §3): lines joined with CRLF, kept in memory up to
-:data:`SPOOL_MEMORY_THRESHOLD` and spilled to a temporary file beyond, cut off at
-``max_message_size``.
+:data:`gateway.pop3.spool.SPOOL_MEMORY_THRESHOLD` and spilled to a temporary file beyond,
+cut off at ``max_message_size``.
 
 Progress: an optional ``progress`` callable receives a dict after the listing and after
 each message (``popgate fetch`` draws its bar from these), and the log gets a
@@ -24,7 +24,6 @@ each message (``popgate fetch`` draws its bar from these), and the log gets a
 from __future__ import annotations
 
 import datetime
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -34,17 +33,18 @@ from twisted.internet import defer
 from twisted.mail.pop3 import ServerErrorResponse
 
 from gateway.pop3.arrival import arrival_time
-from gateway.pop3.client import (
-    MAX_LINE_LENGTH,
+from gateway.pop3.client import UpstreamClient
+from gateway.pop3.connect import connect, login
+from gateway.pop3.errors import (
     FetchCancelled,
     FetchError,
+    MessageTooLargeWhileStreaming,
+    StoreFailed,
     UIDLUnsupported,
-    UpstreamClient,
     UpstreamLineTooLong,
-    connect,
-    login,
     translate_failure,
 )
+from gateway.pop3.framing import MAX_LINE_LENGTH
 from gateway.pop3.plan import (
     DeletionPolicy,
     LedgerFact,
@@ -56,18 +56,11 @@ from gateway.pop3.plan import (
     plan_deletions,
     plan_sync,
 )
+from gateway.pop3.spool import OVERSIZE_DRAIN_LIMIT, MessageSink
 from gateway.pop3.upstream import Upstream
 from gateway.store.interfaces import Delivery, MessageTooLarge, Store
 
 log = structlog.get_logger(__name__)
-
-SPOOL_MEMORY_THRESHOLD = 1024 * 1024
-"""A message being received stays in memory up to this size, then spills to a temp file."""
-
-OVERSIZE_DRAIN_LIMIT = 8 * 1024 * 1024
-"""After a message passes max_message_size (the server's LIST size was wrong), this many
-further octets are read and discarded to keep the session usable; past that the
-connection is dropped."""
 
 BATCH_MAX_MESSAGES = 200
 """Most messages committed in one store transaction."""
@@ -89,19 +82,6 @@ SKIP_TOO_LARGE = "too large"
 SKIP_LINE_TOO_LONG = "line too long"
 
 Progress = Callable[[dict[str, Any]], None]
-
-
-class StoreFailed(FetchError):
-    """The store refused a delivery for a reason other than size: the pass stops before
-    any DELE, so nothing undelivered can be deleted."""
-
-    kind = "store"
-
-
-class MessageTooLargeWhileStreaming(FetchError):
-    """A message grew far past max_message_size while streaming; the connection was dropped."""
-
-    kind = "too_large"
 
 
 @dataclass(frozen=True)
@@ -126,71 +106,6 @@ class FetchResult:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form for the control socket and status."""
         return asdict(self)
-
-
-class MessageSink:
-    """Receives one message's dot-unstuffed text from RETR, in runs of whole lines
-    joined by CRLF without the final CRLF (the client hands over a chunk at a time).
-
-    Rebuilds the message bytes (each run + CRLF, RFC 1939 §3), collecting runs in a
-    list (one append per run: this runs for every chunk of every message) and spilling
-    them to a temporary file past :data:`SPOOL_MEMORY_THRESHOLD`, counting octets as
-    LIST does. Past ``limit`` it stops keeping data and marks the message ``oversized``;
-    past ``limit`` plus :data:`OVERSIZE_DRAIN_LIMIT` it calls ``on_overflow`` (which
-    drops the connection). Never raises: an exception inside the line consumer would
-    kill the protocol.
-    """
-
-    def __init__(self, limit: int, on_overflow: Any = None) -> None:
-        self.limit = limit
-        self.size = 0
-        self.oversized = False
-        self.overflowed = False
-        self._on_overflow = on_overflow
-        self._lines: list[bytes] = []
-        self._held = 0
-        self._file: Any = None
-
-    def line(self, line: bytes) -> None:
-        n = len(line) + 2
-        self.size += n
-        if self.oversized:
-            if not self.overflowed and self.size > self.limit + OVERSIZE_DRAIN_LIMIT:
-                self.overflowed = True
-                if self._on_overflow is not None:
-                    self._on_overflow()
-            return
-        if self.size > self.limit:
-            self.oversized = True
-            self._lines = []
-            if self._file is not None:
-                self._file.close()
-                self._file = None
-            return
-        self._lines.append(line)
-        self._held += n
-        if self._held > SPOOL_MEMORY_THRESHOLD:
-            self._spill()
-
-    def _spill(self) -> None:
-        if self._file is None:
-            self._file = tempfile.TemporaryFile()
-        self._file.write(b"\r\n".join(self._lines) + b"\r\n")
-        self._lines = []
-        self._held = 0
-
-    def getvalue(self) -> bytes:
-        tail = b"\r\n".join(self._lines) + b"\r\n" if self._lines else b""
-        if self._file is None:
-            return tail
-        self._file.seek(0)
-        return self._file.read() + tail
-
-    def close(self) -> None:
-        self._lines = []
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
 
 def _now(reactor: Any) -> datetime.datetime:
@@ -678,7 +593,7 @@ def fetch_once(
     progress: Progress | None = None,
 ) -> defer.Deferred[FetchResult]:
     """Run one fetch pass; fires with a :class:`FetchResult`, or fails with a
-    :class:`~gateway.pop3.client.FetchError` whose ``result`` says what was achieved.
+    :class:`~gateway.pop3.errors.FetchError` whose ``result`` says what was achieved.
 
     Cancelling the Deferred drops the connection without QUIT: nothing is deleted and
     everything already received is committed.

@@ -37,7 +37,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from gateway.pop3.client import FetchError
+from gateway.pop3.errors import FetchError
 from gateway.pop3.fetcher import FetchResult, fetch_once
 from gateway.pop3.upstream import Upstream
 from gateway.store.interfaces import Store

@@ -96,7 +96,7 @@ class MessageInfo:
 
     ``envelope``, ``bodystructure`` and ``body`` are the exact IMAP wire forms
     (RFC 3501 §7.4.2) of ENVELOPE, BODYSTRUCTURE (with extension data) and BODY.
-    ``parts`` is the JSON part map from :func:`gateway.message.mime.analyze` that lets a
+    ``parts`` is the JSON part map from :func:`gateway.message.analysis.analyze` that lets a
     ``BODY[section]`` be cut out of the raw bytes by offset.
     """
 

@@ -35,7 +35,7 @@ from gateway.core.criteria import (
     Text,
     Uid,
 )
-from gateway.message.mime import Analysis, analyze
+from gateway.message.analysis import Analysis, analyze
 from gateway.store.interfaces import (
     DELIMITER,
     INBOX,

@@ -49,7 +49,7 @@ import structlog
 
 from gateway.core.criteria import Criteria
 from gateway.core.limits import DEFAULT_MAX_MESSAGE_SIZE
-from gateway.message.mime import Analysis, analyze
+from gateway.message.analysis import Analysis, analyze
 from gateway.store.interfaces import (
     DELIMITER,
     INBOX,

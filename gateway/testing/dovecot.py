@@ -8,6 +8,10 @@ The instance is entirely private: its own config (never /etc/dovecot), its own b
 state_dir, listeners on 127.0.0.1 at free ports, and every process runs as one unprivileged
 system user (Dovecot refuses to open mailboxes as uid 0). Facts this relies on are in
 /work/shared/DOVECOT-NOTES.md; the ones that bite are commented where they are used.
+
+This module owns the instance's life (directories, users, mail delivery, start and stop);
+:mod:`gateway.testing.dovecot_config` writes its dovecot.conf and
+:mod:`gateway.testing.dovecot_process` probes and stops its processes.
 """
 
 from __future__ import annotations
@@ -16,14 +20,11 @@ import atexit
 import datetime as dt
 import email.parser
 import email.utils
-import grp
 import math
 import os
 import pwd
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,6 +32,8 @@ import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from gateway.testing.dovecot_config import dovecot_conf
+from gateway.testing.dovecot_process import POLL_INTERVAL, answers, group_members, terminate
 from gateway.testing.ports import LOOPBACK, free_port
 from gateway.testing.tlsca import CA, DEFAULT_SERVER_NAMES, make_ca
 
@@ -55,14 +58,6 @@ PORT_ATTEMPTS = 3
 LOG_TAIL_LINES = 40
 """Lines of Dovecot's log quoted in start errors."""
 
-CONNECTION_LIMIT = 1000
-"""mail_max_userip_connections: the default of 10 is too low for concurrent tests/benchmarks."""
-
-MAIL_SERVICES = frozenset({"pop3", "imap", "lmtp", "indexer-worker", "doveadm"})
-"""Services that write mail or indexes: stop() lets them exit on SIGTERM before any SIGKILL."""
-
-_POLL_INTERVAL = 0.02
-_REAP_GRACE = 0.1
 _USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@-]{0,63}$")
 _MAILDIR_HOST = "popgate-test"
 _DATE_HEADER_PARSER = email.parser.BytesHeaderParser()
@@ -263,7 +258,7 @@ class Dovecot:
 
     def processes(self) -> dict[int, str]:
         """Live processes of the last started instance (pid -> title); empty after stop()."""
-        return {} if self.master_pid is None else _group_members(self.master_pid)
+        return {} if self.master_pid is None else group_members(self.master_pid)
 
     def start(self) -> Dovecot:
         """Launch Dovecot and wait until every listener answers; raise DovecotStartError."""
@@ -295,7 +290,7 @@ class Dovecot:
         self._process = None
         _running.discard(self)
         if process is not None:
-            self._terminate(process)
+            terminate(process, STOP_TIMEOUT)
         if not keep_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -415,97 +410,9 @@ class Dovecot:
         os.replace(temporary, self.users_path)
 
     def _write_config(self) -> None:
-        account = self._account
-        # Settings named as `doveconf -d` prints them for Dovecot 2.3.19.
-        config = f"""\
-# Written by gateway/testing/dovecot.py for one test; not a system configuration.
-instance_name = popgate-test-{self.dir.name}
-base_dir = {self.base_dir}
-state_dir = {self.state_dir}
-log_path = {self.log_path}
-protocols = pop3 imap
-listen = {LOOPBACK}
-verbose_proctitle = yes
-# No stats service connections: a login process stopped early was seen blocking 5 s on the
-# stats-writer handshake ("Timeout waiting for handshake response").
-stats_writer_socket_path =
-
-# Everything runs as one unprivileged account; Dovecot will not touch mail as uid 0.
-default_login_user = {account.pw_name}
-default_internal_user = {account.pw_name}
-default_internal_group = {_group_name(account.pw_gid)}
-first_valid_uid = {account.pw_uid}
-last_valid_uid = {account.pw_uid}
-first_valid_gid = {account.pw_gid}
-last_valid_gid = {account.pw_gid}
-
-ssl = yes
-ssl_cert = <{self.cert_path}
-ssl_key = <{self.key_path}
-
-# Tests log in over plaintext too, fail logins on purpose, and connect many times.
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-auth_failure_delay = 0
-auth_verbose = yes
-mail_max_userip_connections = {CONNECTION_LIMIT}
-
-mail_location = maildir:~/Maildir
-pop3_uidl_format = %08Xu%08Xv
-
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN {self.users_path}
-}}
-userdb {{
-  driver = static
-  args = uid={account.pw_uid} gid={account.pw_gid} home={self.mail_dir}/%u
-}}
-
-# chroot needs root; the master runs unprivileged, so every chroot is cleared.
-service anvil {{
-  chroot =
-  # Unreachable penalty socket = no auth penalty: Dovecot otherwise delays every login
-  # from an IP after a failed one by 2 s and more (auth_failure_delay does not cover it).
-  unix_listener anvil-auth-penalty {{
-    mode = 0
-  }}
-}}
-service ipc {{
-  chroot =
-}}
-service old-stats {{
-  chroot =
-}}
-service pop3-login {{
-  chroot =
-  inet_listener pop3 {{
-    address = {LOOPBACK}
-    port = {self.pop3_port}
-  }}
-  inet_listener pop3s {{
-    address = {LOOPBACK}
-    port = {self.pop3s_port}
-    ssl = yes
-  }}
-}}
-service imap-login {{
-  chroot =
-  inet_listener imap {{
-    address = {LOOPBACK}
-    port = {self.imap_port}
-  }}
-  inet_listener imaps {{
-    address = {LOOPBACK}
-    port = {self.imaps_port}
-    ssl = yes
-  }}
-}}
-{self._extra_config}
-"""
-        self.conf_path.write_text(config)
+        self.conf_path.write_text(dovecot_conf(self, self._account, self._extra_config))
         if self._switch_user:
-            os.chown(self.conf_path, account.pw_uid, account.pw_gid)
+            os.chown(self.conf_path, self._account.pw_uid, self._account.pw_gid)
 
     def _launch(self) -> None:
         """Run `dovecot -F -c CONF` as the test user and wait for the listeners.
@@ -543,7 +450,7 @@ service imap-login {{
         except BaseException:
             self._process = None
             _running.discard(self)
-            self._terminate(process)
+            terminate(process, STOP_TIMEOUT)
             raise
 
     def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
@@ -567,10 +474,10 @@ service imap-login {{
                     self._start_failure(f"no answer within {START_TIMEOUT:g}s on {pending}")
                 )
             port, greeting = pending[0]
-            if _answers(port, greeting):
+            if answers(port, greeting):
                 pending.pop(0)
             else:
-                time.sleep(_POLL_INTERVAL)
+                time.sleep(POLL_INTERVAL)
 
     def _start_failure(self, what: str) -> str:
         return (
@@ -578,95 +485,3 @@ service imap-login {{
             f"--- output ---\n{_tail(self.output_path)}\n"
             f"--- log ---\n{_tail(self.log_path)}"
         )
-
-    def _terminate(self, process: subprocess.Popen[bytes]) -> None:
-        """SIGTERM the master, then make sure no process of this instance survives.
-
-        The master leads its own session (start_new_session), so its process group holds
-        exactly the processes this instance started. After SIGTERM the mail processes (the
-        only ones that write mail and indexes) exit at once, but login processes can
-        linger for seconds on half-open connections and the master then sleeps 1-6 s
-        before exiting. Once no mail process is left nothing can be half-written, so the
-        rest gets SIGKILL instead of a wait that would slow every test.
-        """
-        group = process.pid
-        deadline = time.monotonic() + STOP_TIMEOUT
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            settled_at: float | None = None
-            while process.poll() is None:
-                now = time.monotonic()
-                services = [
-                    _service_of(command)
-                    for pid, command in _group_members(group, zombies=True).items()
-                    if pid != group
-                ]
-                if any(service in MAIL_SERVICES for service in services):
-                    settled_at = None
-                elif settled_at is None:
-                    settled_at = now
-                # A short grace lets the master reap its exited children, which would
-                # otherwise linger as zombies under PID 1.
-                only_log = all(service == "log" for service in services)
-                if settled_at is not None and (only_log or now - settled_at >= _REAP_GRACE):
-                    break
-                if now > deadline:
-                    break
-                time.sleep(_POLL_INTERVAL)
-            _signal_group(group, signal.SIGKILL)
-            process.wait()
-        while _group_members(group):
-            if time.monotonic() > deadline:
-                _signal_group(group, signal.SIGKILL)
-                break
-            time.sleep(_POLL_INTERVAL)
-
-
-def _service_of(command: str) -> str:
-    """The service name in a child's title ("dovecot-INSTANCE/imap-login [...]" -> "imap-login")."""
-    _, _, title = command.partition("/")
-    return title.split(" ", 1)[0]
-
-
-def _group_name(gid: int) -> str:
-    return grp.getgrgid(gid).gr_name
-
-
-def _group_members(group: int, *, zombies: bool = False) -> dict[int, str]:
-    """Processes of a process group, with their command lines (a zombie's is empty).
-
-    Orphaned Dovecot children are reparented to PID 1, which may be slow to reap them;
-    zombies hold nothing, so they only count when asked for. Reads /proc (Linux only,
-    like Dovecot's Debian packages).
-    """
-    members: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rfind(")") + 2 :].split()
-            if int(fields[2]) != group or (fields[0] == "Z" and not zombies):
-                continue
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").strip()
-        except (OSError, IndexError, ValueError):
-            continue
-        members[int(entry.name)] = command.decode(errors="replace")
-    return members
-
-
-def _signal_group(group: int, signum: int) -> None:
-    try:
-        os.killpg(group, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _answers(port: int, greeting: bytes | None) -> bool:
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=1.0) as sock:
-            if greeting is None:
-                return True
-            return sock.recv(256).startswith(greeting)
-    except OSError:
-        return False

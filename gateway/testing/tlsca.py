@@ -1,4 +1,5 @@
-"""A throw-away private certificate authority for TLS tests (server certificates, client contexts).
+"""A throw-away private certificate authority for TLS tests (server certificates, client contexts,
+and :class:`ServerTLSContext` for test servers such as the fake POP3 upstream).
 
 Tests need certificates a real client will verify (RFC 2595 §2.4 asks POP3/IMAP clients to
 check the server identity; RFC 6125 §6 says how: DNS names against subjectAltName dNSName,
@@ -16,11 +17,14 @@ import re
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.internet import interfaces
+from zope.interface import implementer
 
 DEFAULT_SERVER_NAMES: tuple[str, ...] = ("localhost", "127.0.0.1")
 """What a loopback test server is reached by: the DNS name and the IPv4 literal."""
@@ -203,3 +207,22 @@ def make_ca(directory: str | os.PathLike[str]) -> CA:
         .sign(key, hashes.SHA256())
     )
     return CA(directory, key, certificate)
+
+
+@implementer(interfaces.IOpenSSLContextFactory)
+class ServerTLSContext:
+    """A server TLS context factory read from PEM files (certificate chain, private key),
+    for ``tls_context``: Twisted accepts any object with ``getContext()``."""
+
+    def __init__(self, cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> None:
+        from OpenSSL import SSL
+
+        context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        context.use_certificate_chain_file(os.fspath(cert_path))
+        context.use_privatekey_file(os.fspath(key_path))
+        context.check_privatekey()
+        self._context = context
+
+    def getContext(self) -> Any:
+        return self._context

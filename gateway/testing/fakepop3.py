@@ -1,4 +1,4 @@
-"""Fakes shipped with the product: a real POP3 server to fetch from, and a reactor runner.
+"""A fake POP3 upstream shipped with the product: a real server over a mutable maildrop.
 
 :class:`FakePOP3Server` is the demo's embedded upstream and the peer of the fetcher's
 fault tests. It speaks RFC 1939 over a real socket (with CAPA from RFC 2449, STLS from
@@ -7,9 +7,7 @@ change at runtime, and has knobs (:class:`Faults`) for the ways real servers mis
 dropping the connection mid-RETR, stalling, -ERR on RETR/DELE/QUIT, garbage lines,
 no UIDL, reordered listings. Duplicate UIDLs and very long lines come from the maildrop
 itself (``add_message(raw, uidl=...)`` with a repeated UIDL, or a message with long lines).
-
-:class:`ReactorThread` runs a reactor in a background thread for blocking test code
-(pytest without pytest-twisted). Neither imports the global reactor: it is passed in.
+It never imports the global reactor: :meth:`FakePOP3Server.listen` is given one.
 """
 
 from __future__ import annotations
@@ -17,9 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import queue
 import re
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +24,6 @@ from twisted.internet import defer, interfaces
 from twisted.internet.protocol import ServerFactory
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 MAX_COMMAND_LENGTH = 1024
 """Longest command line the fake accepts (RFC 2449 §4 allows 255 octets; be lenient)."""
@@ -548,102 +543,3 @@ class FakePOP3Server(ServerFactory):
                 raise ValueError("implicit TLS needs a tls_context")
             return reactor.listenSSL(port, self, self.tls_context, interface=interface)
         return reactor.listenTCP(port, self, interface=interface)
-
-
-@implementer(interfaces.IOpenSSLContextFactory)
-class ServerTLSContext:
-    """A server TLS context factory read from PEM files (certificate chain, private key),
-    for ``tls_context``: Twisted accepts any object with ``getContext()``."""
-
-    def __init__(self, cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> None:
-        from OpenSSL import SSL
-
-        context = SSL.Context(SSL.TLS_SERVER_METHOD)
-        context.set_min_proto_version(SSL.TLS1_2_VERSION)
-        context.use_certificate_chain_file(os.fspath(cert_path))
-        context.use_privatekey_file(os.fspath(key_path))
-        context.check_privatekey()
-        self._context = context
-
-    def getContext(self) -> Any:
-        return self._context
-
-
-class ReactorThread:
-    """Runs ``reactor`` in a daemon thread so blocking code (pytest) can drive it.
-
-    :meth:`call` runs a function in the reactor thread and waits (with a timeout) for
-    its result, unwrapping Deferreds and re-raising failures in the caller. Objects tied
-    to the reactor thread (an SQLite connection, a listening port) must be created and
-    used through :meth:`call`.
-
-    A reactor cannot be restarted once stopped, so test suites share one runner per
-    reactor via :meth:`shared` and leave it running until the process exits.
-    """
-
-    _shared: dict[int, ReactorThread] = {}
-    _shared_lock = threading.Lock()
-
-    def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
-        self._thread: threading.Thread | None = None
-        self._external = False
-
-    @classmethod
-    def shared(cls, reactor: Any) -> ReactorThread:
-        """The process-wide runner for ``reactor``, started on first use."""
-        with cls._shared_lock:
-            runner = cls._shared.get(id(reactor))
-            if runner is None:
-                runner = cls._shared[id(reactor)] = cls(reactor).start()
-            return runner
-
-    def start(self) -> ReactorThread:
-        """Run the reactor in a new daemon thread, unless it already runs (started by
-        other test helpers), in which case calls are simply sent to it."""
-        if self._thread is not None or self._external:
-            return self
-        if self.reactor.running:
-            self._external = True
-            return self
-        started = threading.Event()
-        self.reactor.callWhenRunning(started.set)
-        self._thread = threading.Thread(
-            target=self.reactor.run,
-            kwargs={"installSignalHandlers": False},
-            name="reactor",
-            daemon=True,
-        )
-        self._thread.start()
-        if not started.wait(30):
-            raise RuntimeError("reactor did not start")
-        return self
-
-    def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 60.0, **kw: Any) -> Any:
-        """``fn(*args, **kw)`` in the reactor thread; its (Deferred) result, or its error."""
-        if not self.reactor.running or threading.current_thread() is self._thread:
-            raise RuntimeError("call() is for other threads while the reactor runs")
-        results: queue.Queue[tuple[bool, Any]] = queue.Queue()
-
-        def run() -> None:
-            d = defer.maybeDeferred(fn, *args, **kw)
-            d.addCallbacks(
-                lambda value: results.put((True, value)),
-                lambda failure: results.put((False, failure)),
-            )
-
-        self.reactor.callFromThread(run)
-        try:
-            ok, value = results.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError(f"{getattr(fn, '__name__', fn)!r} took over {timeout}s") from None
-        if ok:
-            return value
-        value.raiseException()
-
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        self.reactor.callFromThread(self.reactor.stop)
-        self._thread.join(30)
-        self._thread = None

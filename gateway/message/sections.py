@@ -1,0 +1,99 @@
+"""Cutting ``BODY[section]`` (RFC 3501 §6.4.5) out of the stored bytes by the part map.
+
+FETCH never re-parses a message: :func:`section` resolves a dotted part number in the JSON
+part map that :func:`gateway.message.analysis.analyze` stored, and slices the exact bytes.
+"""
+
+from __future__ import annotations
+
+import json
+
+from gateway.message.fields import scan_fields
+
+_CRLF = b"\r\n"
+
+
+def _kids(node: list) -> list | None:
+    return node[5] if len(node) > 5 and node[4] == "M" else None
+
+
+def _enter(message: list, num: int) -> list | None:
+    """Part ``num`` of a message's body: the N-th body part of a multipart body, or, for a
+    non-multipart message, part 1 only, which is the body itself (RFC 3501 §6.4.5)."""
+    kids = _kids(message)
+    if kids is not None:
+        return kids[num - 1] if 1 <= num <= len(kids) else None
+    return message if num == 1 else None
+
+
+def _resolve(root: list, part: tuple[int, ...]) -> list | None:
+    """The part-map node for a dotted part number (RFC 3501 §6.4.5).
+
+    Below a message/rfc822 part the numbering continues in the encapsulated message; a part
+    that is neither multipart nor message has no sub-parts.
+    """
+    node = _enter(root, part[0])
+    for num in part[1:]:
+        if node is None:
+            return None
+        kids = _kids(node)
+        if kids is not None:
+            node = kids[num - 1] if 1 <= num <= len(kids) else None
+        elif len(node) > 5 and node[4] == "R":
+            node = _enter(node[5], num)
+        else:
+            return None
+    return node
+
+
+def _header_fields(raw: bytes, message: list, names: tuple[str, ...], keep: bool) -> bytes:
+    """HEADER.FIELDS (``keep``) or HEADER.FIELDS.NOT: the original field bytes, folding kept,
+    in order, then the empty line (RFC 3501 §6.4.5)."""
+    wanted = {n.upper() for n in names}
+    out: list[bytes] = []
+    for f in scan_fields(raw, message[0], message[1]):
+        match = f.name is not None and f.name.upper() in wanted
+        if match == keep:
+            chunk = raw[f.start : f.end]
+            out.append(chunk if chunk.endswith(b"\n") else chunk + _CRLF)
+    out.append(_CRLF)
+    return b"".join(out)
+
+
+def _message_section(raw: bytes, message: list, kind: str, fields: tuple[str, ...]) -> bytes:
+    if kind == "HEADER":
+        return raw[message[0] : message[2]]
+    if kind == "TEXT":
+        return raw[message[2] : message[3]]
+    if kind == "HEADER.FIELDS":
+        return _header_fields(raw, message, fields, True)
+    if kind == "HEADER.FIELDS.NOT":
+        return _header_fields(raw, message, fields, False)
+    return b""
+
+
+def section(
+    raw: bytes, parts: str, part: tuple[int, ...], kind: str, fields: tuple[str, ...] = ()
+) -> bytes:
+    """The exact bytes of ``BODY[section]`` (RFC 3501 §6.4.5), before <partial> slicing.
+
+    ``parts`` is :attr:`Analysis.parts` for these ``raw`` bytes. A section that does not
+    exist (no such part; HEADER/TEXT of a part that is not message/rfc822; MIME of the
+    whole message) gives b"".
+    """
+    root = json.loads(parts)
+    kind = kind.upper()
+    if not part:
+        if kind == "":
+            return raw
+        return _message_section(raw, root, kind, fields)
+    node = _resolve(root, part)
+    if node is None:
+        return b""
+    if kind == "":
+        return raw[node[2] : node[3]]
+    if kind == "MIME":
+        return raw[node[0] : node[2]]
+    if len(node) > 4 and node[4] == "R":
+        return _message_section(raw, node[5], kind, fields)
+    return b""

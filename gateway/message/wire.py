@@ -1,0 +1,23 @@
+"""IMAP string forms (RFC 3501 §9) of the values message analysis precomputes.
+
+The ENVELOPE and BODYSTRUCTURE are stored as their wire bytes, so the strings inside them are
+quoted here, once, at ingest. Unlike the IMAP server's own writer, NUL is dropped rather than
+sent in a literal: these values come from message headers, not from a client.
+"""
+
+from __future__ import annotations
+
+NIL = b"NIL"
+"""The IMAP NIL atom: no value."""
+
+
+def nstring(value: bytes | None) -> bytes:
+    """An IMAP nstring (RFC 3501 §9): NIL, a quoted string, or a literal when the value has
+    8-bit bytes or CR/LF. NUL is not allowed in IMAP4rev1 strings and is dropped."""
+    if value is None:
+        return NIL
+    if b"\x00" in value:
+        value = value.replace(b"\x00", b"")
+    if b"\r" in value or b"\n" in value or not value.isascii():
+        return b"{%d}\r\n%s" % (len(value), value)
+    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'

@@ -1,0 +1,184 @@
+"""What can go wrong talking to a POP3 upstream, as :class:`FetchError` kinds, and the one
+mapping from Twisted/OpenSSL/POP3 failures to them (:func:`translate_failure`).
+
+Errors reach callers as :class:`FetchError` subclasses with a stable ``kind`` for logs,
+metrics and status; the server's own ``-ERR`` text is cut to :data:`MAX_SERVER_TEXT`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, error
+from twisted.mail.pop3 import LineTooLong as TwistedLineTooLong
+from twisted.mail.pop3 import ServerErrorResponse
+from twisted.python.failure import Failure
+
+from gateway.pop3.framing import MAX_LINE_LENGTH
+
+MAX_SERVER_TEXT = 200
+"""How much of a server's -ERR text is kept in an error message."""
+
+
+class FetchError(Exception):
+    """A fetch pass failed; ``kind`` is a short stable word for logs and status.
+
+    ``result`` is set by the fetcher to what the pass achieved before failing (messages
+    delivered before the failure stay delivered)."""
+
+    kind = "error"
+    result: Any = None
+
+
+class UpstreamConfigError(FetchError):
+    """The upstream's settings cannot be used safely (e.g. an unreadable ca_file)."""
+
+    kind = "config"
+
+
+class UpstreamConnectError(FetchError):
+    """The TCP connection could not be made (refused, unreachable, DNS)."""
+
+    kind = "connect"
+
+
+class TLSVerificationError(FetchError):
+    """The server's certificate is untrusted or does not name the host (RFC 6125 §6)."""
+
+    kind = "tls_verify"
+
+
+class UpstreamTLSError(FetchError):
+    """The TLS handshake failed for a reason other than certificate verification."""
+
+    kind = "tls"
+
+
+class StartTLSUnavailable(FetchError):
+    """tls = "starttls" but the server does not offer STLS (RFC 2595 §4): no login."""
+
+    kind = "starttls_unavailable"
+
+
+class LoginFailed(FetchError):
+    """The server refused the credentials or the configured mechanism."""
+
+    kind = "auth"
+
+
+class UIDLUnsupported(FetchError):
+    """The server has no UIDL (RFC 1939 §7 makes it optional); exactly-once needs it."""
+
+    kind = "uidl_unsupported"
+
+
+class StepTimeout(FetchError):
+    """No answer within the per-step timeout."""
+
+    kind = "timeout"
+
+
+class UpstreamConnectionLost(FetchError):
+    """The connection closed while a command was outstanding."""
+
+    kind = "connection_lost"
+
+
+class UpstreamLineTooLong(FetchError):
+    """A line exceeded :data:`MAX_LINE_LENGTH`; the connection was dropped."""
+
+    kind = "line_too_long"
+
+
+class UpstreamServerError(FetchError):
+    """The server answered -ERR to a command the pass cannot do without."""
+
+    kind = "server_error"
+
+
+class UpstreamProtocolError(FetchError):
+    """The server broke the protocol (a status line that is neither +OK nor -ERR)."""
+
+    kind = "protocol"
+
+
+class FetchCancelled(FetchError):
+    """The pass was cancelled (service stopping); the connection was dropped without QUIT."""
+
+    kind = "cancelled"
+
+
+class InsecureLoginRefused(FetchError):
+    """Credentials would have gone over a connection that should be encrypted but is not."""
+
+    kind = "insecure"
+
+
+class StoreFailed(FetchError):
+    """The store refused a delivery for a reason other than size: the pass stops before
+    any DELE, so nothing undelivered can be deleted."""
+
+    kind = "store"
+
+
+class MessageTooLargeWhileStreaming(FetchError):
+    """A message grew far past max_message_size while streaming; the connection was dropped."""
+
+    kind = "too_large"
+
+
+def server_text(value: Any) -> str:
+    if isinstance(value, ServerErrorResponse):
+        value = value.args[0] if value.args else b""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    text = str(value).strip()
+    return text[:MAX_SERVER_TEXT]
+
+
+def _is_tls_verification(exc: BaseException) -> str | None:
+    """A human reason if ``exc`` is a certificate verification failure, else None."""
+    try:
+        from service_identity import CertificateError, VerificationError
+    except ImportError:  # pragma: no cover - service_identity is a dependency
+        VerificationError = CertificateError = ()  # type: ignore[assignment,misc]
+    if isinstance(exc, VerificationError):
+        return f"certificate does not match the host name ({exc})"
+    if isinstance(exc, CertificateError):
+        return f"unusable certificate ({exc})"
+    from OpenSSL import SSL
+
+    if isinstance(exc, SSL.Error) and "certificate verify failed" in str(exc):
+        return "certificate verify failed (issuer not trusted, expired, or not valid for TLS)"
+    return None
+
+
+def translate_failure(failure: Failure | BaseException, host: str, step: str) -> FetchError:
+    """Map a Twisted/OpenSSL/POP3 failure during ``step`` to a :class:`FetchError`."""
+    exc = failure.value if isinstance(failure, Failure) else failure
+    if isinstance(exc, FetchError):
+        return exc
+    if isinstance(exc, defer.CancelledError):
+        return FetchCancelled(f"{step} with {host} cancelled")
+    reason = _is_tls_verification(exc)
+    if reason is not None:
+        return TLSVerificationError(f"TLS certificate verification failed for {host}: {reason}")
+    from OpenSSL import SSL
+
+    if isinstance(exc, SSL.Error):
+        return UpstreamTLSError(f"TLS handshake with {host} failed during {step}: {exc}")
+    if isinstance(exc, error.TimeoutError):
+        return StepTimeout(f"{host} did not answer within the timeout during {step}")
+    if isinstance(exc, TwistedLineTooLong):
+        return UpstreamLineTooLong(
+            f"{host} sent a line longer than {MAX_LINE_LENGTH} octets during {step}"
+        )
+    if isinstance(exc, ServerErrorResponse):
+        return UpstreamServerError(f"{host} refused {step}: {server_text(exc)}")
+    if isinstance(exc, error.ConnectingCancelledError | error.ConnectError | error.DNSLookupError):
+        return UpstreamConnectError(f"cannot connect to {host}: {exc}")
+    if isinstance(exc, error.ConnectionDone | error.ConnectionLost):
+        return UpstreamConnectionLost(f"{host} closed the connection during {step}")
+    if isinstance(exc, OSError):
+        return UpstreamConnectError(f"cannot connect to {host}: {exc}")
+    return FetchError(f"{step} with {host} failed: {type(exc).__name__}: {exc}")
