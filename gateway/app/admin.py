@@ -201,10 +201,15 @@ def write_atomic(path: Path, text: str) -> None:
         os.close(dir_fd)
 
 
-def read_password(stdin: TextIO, prompt: Callable[[str], str] = getpass.getpass) -> str:
+def read_password(
+    stdin: TextIO,
+    prompt: Callable[[str], str] = getpass.getpass,
+    *,
+    first_prompt: str = "New password: ",
+) -> str:
     """Twice without echo on a terminal; one line from stdin when piped."""
     if stdin.isatty():
-        first = prompt("New password: ")
+        first = prompt(first_prompt)
         if first != prompt("Again: "):
             raise AdminError("passwords differ")
         password = first
