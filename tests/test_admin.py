@@ -21,20 +21,22 @@ from tests.test_config import HASH, secret_file, write
 from tests.test_store_contract import make_message
 
 
-def config_text(tmp_path: Path) -> str:
+def config_text(tmp_path: Path, users: str | None = None) -> str:
     pw = secret_file(tmp_path)
-    return f"""# popgate config, hand-written
-[server]
-state_dir = "{tmp_path}/state"  # where mail lives
-
-# Alice is the admin.
+    if users is None:
+        users = f"""# Alice is the admin.
 [users.alice]
 # her hash:
 password = "{HASH}"
 
 [users.carol]
 password = "{HASH}"
+"""
+    return f"""# popgate config, hand-written
+[server]
+state_dir = "{tmp_path}/state"  # where mail lives
 
+{users}
 # Households
 [shared.family]
 members = ["alice"]
@@ -51,29 +53,13 @@ password_file = "{pw}"
 
 def inline_config_text(tmp_path: Path) -> str:
     """The same config with every user an inline table under one ``[users]`` header."""
-    pw = secret_file(tmp_path)
-    return f"""# popgate config, hand-written
-[server]
-state_dir = "{tmp_path}/state"  # where mail lives
-
-# Users, one line each.
+    users = f"""# Users, one line each.
 [users]
 # Alice is the admin.
 alice = {{ password = "{HASH}" }}  # her hash
 carol = {{ password = "{HASH}" }}
-
-# Households
-[shared.family]
-members = ["alice"]
-
-# One upstream
-[[upstreams]]
-name = "alice-isp"
-owner = "alice"
-host = "pop.example.net"
-username = "alice@example.net"
-password_file = "{pw}"
 """
+    return config_text(tmp_path, users)
 
 
 STYLES = {"tables": config_text, "inline": inline_config_text}

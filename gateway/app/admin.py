@@ -28,6 +28,7 @@ from tomlkit.items import AoT, Comment, InlineTable, Item, Table, Whitespace
 from tomlkit.toml_document import TOMLDocument
 
 from gateway.app import config as configmod
+from gateway.app.config.sections import NAME_RULE
 from gateway.security.passwords import hash_password
 
 RELOAD_HINT = "A running gateway applies this on SIGHUP: systemctl reload popgate"
@@ -231,10 +232,7 @@ def _load_text(path: str) -> tuple[Path, str, configmod.Config]:
 
 def _check_name(name: str) -> None:
     if not configmod.USER_NAME_RE.match(name):
-        raise AdminError(
-            f"{name!r}: user names are 1-64 of a-z 0-9 . _ @ + - (lower case), "
-            "starting with a letter or digit"
-        )
+        raise AdminError(f"{name!r}: user names {NAME_RULE}")
 
 
 def adduser(path: str, name: str, stdin: TextIO = sys.stdin) -> str:

@@ -10,6 +10,7 @@ problem it finds to the shared list and returns what it could read, so
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,8 @@ USER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._@+-]{0,63}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
 TLS_MIN_VERSIONS = ("1.2", "1.3")
+NAME_RULE = "are 1-64 of a-z 0-9 . _ @ + - (lower case), starting with a letter or digit"
+"""What :data:`USER_NAME_RE` accepts, as problems and the user commands say it."""
 
 
 @dataclass
@@ -113,21 +116,26 @@ def parse_limits(top: Reader) -> Limits:
     return limits
 
 
+def named_tables(
+    path: str, problems: list[str], section: str, table: dict[str, Any], what: str
+) -> Iterator[tuple[str, Reader]]:
+    """Each ``[SECTION.NAME]`` table with a reader, when NAME follows the user-name rules
+    and the value is a table; the others are reported as problems and skipped."""
+    for name, item in table.items():
+        key = f"{section}.{name}"
+        if not USER_NAME_RE.match(name):
+            problems.append(f"{path}: {key}: {what} names {NAME_RULE}")
+            continue
+        if not isinstance(item, dict):
+            problems.append(f"{path}: {key}: expected a table")
+            continue
+        yield name, Reader(path, problems, key, item)
+
+
 def parse_users(path: str, problems: list[str], users_table: dict[str, Any]) -> dict[str, User]:
     """``[users.NAME]``: a password hash (``popgate hash-password``) and an optional quota."""
     users: dict[str, User] = {}
-    for name, table in users_table.items():
-        key = f"users.{name}"
-        if not USER_NAME_RE.match(name):
-            problems.append(
-                f"{path}: {key}: user names are 1-64 of a-z 0-9 . _ @ + - (lower case), "
-                "starting with a letter or digit"
-            )
-            continue
-        if not isinstance(table, dict):
-            problems.append(f"{path}: {key}: expected a table")
-            continue
-        r = Reader(path, problems, key, table)
+    for name, r in named_tables(path, problems, "users", users_table, "user"):
         pw = r.get("password", str)
         if pw is not None and not is_hash(pw):
             r.problem("password", "is not a password hash; create one with `popgate hash-password`")
@@ -135,7 +143,6 @@ def parse_users(path: str, problems: list[str], users_table: dict[str, Any]) -> 
         r.finish()
         if pw is not None:
             users[name] = User(name, pw, quota)
-
     return users
 
 
@@ -145,18 +152,7 @@ def parse_shared(
     """``[shared.NAME]`` tables: ``members`` (a list of defined users). NAME follows the
     user-name rules (it becomes the mailbox name ``Shared/NAME``)."""
     out: dict[str, Shared] = {}
-    for name, item in table.items():
-        key = f"shared.{name}"
-        if not USER_NAME_RE.match(name):
-            problems.append(
-                f"{path}: {key}: shared mailbox names are 1-64 of a-z 0-9 . _ @ + - "
-                "(lower case), starting with a letter or digit"
-            )
-            continue
-        if not isinstance(item, dict):
-            problems.append(f"{path}: {key}: expected a table")
-            continue
-        r = Reader(path, problems, key, item)
+    for name, r in named_tables(path, problems, "shared", table, "shared mailbox"):
         members = r.get("members", list)
         quota = r.get("quota", (int, str), None, convert=parse_size)
         r.finish()
