@@ -1,32 +1,24 @@
-"""Prometheus metrics: the text format 0.0.4 is exact, and the counters follow real work."""
+"""Prometheus metrics: the exposition keeps every family's name, type and help, parses as
+format 0.0.4, and the counters follow real work."""
 
 from __future__ import annotations
 
 import re
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from twisted.internet import defer, task
-from twisted.web.test.requesthelper import DummyRequest
 
-from gateway.app.metrics import (
-    CONTENT_TYPE,
-    Counter,
-    Family,
-    GatewayMetrics,
-    Histogram,
-    LagMonitor,
-    Sample,
-    escape_help,
-    escape_label_value,
-    exposition,
-    format_value,
-    metrics_site,
-)
+from gateway.app.metrics import CONTENT_TYPE, GatewayMetrics, LagMonitor, metrics_site
 from gateway.imap.session import COMMANDS, State
 from gateway.pop3.errors import LoginFailed
 from gateway.pop3.fetcher import FetchResult
-from tests.imap_helpers import running_server
+from tests.imap_helpers import on_reactor, reactor, running_server
 
 SAMPLE_LINE = re.compile(
     r"^[a-zA-Z_:][a-zA-Z0-9_:]*"  # metric name
@@ -65,58 +57,161 @@ def parse_exposition(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]],
     return out
 
 
-# ---- format ------------------------------------------------------------------------------
+def sample(source: Any, name: str, **labels: str) -> float | None:
+    """The value of one sample of ``source`` (a registry or a prometheus-client metric)."""
+    for metric in source.collect():
+        for s in metric.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    return None
 
 
-def test_help_and_label_values_are_escaped_as_format_0_0_4_requires():
-    assert escape_help('a\\b\nc"d') == 'a\\\\b\\nc"d'  # quotes stay in HELP
-    assert escape_label_value('a\\b\nc"d') == 'a\\\\b\\nc\\"d'
+# ---- the exposition ----------------------------------------------------------------------
 
-
-def test_special_values_are_written_the_way_prometheus_parses_them():
-    assert format_value(float("inf")) == "+Inf"
-    assert format_value(float("-inf")) == "-Inf"
-    assert format_value(float("nan")) == "NaN"
-    assert format_value(3.0) == "3"
-    assert format_value(0.25) == "0.25"
-
-
-def test_exposition_has_one_help_and_type_line_per_family_then_its_samples():
-    family = Family(
-        "x_total",
+FAMILIES = [
+    ("popgate_build_info", "gauge", "Always 1; the version label says which popgate runs."),
+    ("popgate_start_time_seconds", "gauge", "When this popgate process started (Unix time)."),
+    ("popgate_imap_connections_total", "counter", "IMAP connections accepted."),
+    (
+        "popgate_imap_sessions",
+        "gauge",
+        "Open IMAP connections by session state (RFC 3501 §3).",
+    ),
+    (
+        "popgate_imap_commands_total",
         "counter",
-        "Things.\nCounted",
-        (Sample("x_total", (("user", 'bob "b"'),), 2),),
+        "IMAP commands answered, by command name and tagged status (OK, NO, BAD).",
+    ),
+    (
+        "popgate_imap_command_duration_seconds",
+        "histogram",
+        "Time from parsing an IMAP command to its tagged completion (IDLE excluded).",
+    ),
+    ("popgate_imap_auth_failures_total", "counter", "Failed IMAP LOGIN/AUTHENTICATE attempts."),
+    (
+        "popgate_fetch_passes_total",
+        "counter",
+        'POP3 fetch passes per upstream by result ("ok" or the error kind).',
+    ),
+    ("popgate_fetch_duration_seconds", "histogram", "Duration of POP3 fetch passes per upstream."),
+    (
+        "popgate_fetched_messages_total",
+        "counter",
+        "Messages fetched from each upstream and stored.",
+    ),
+    (
+        "popgate_fetched_bytes_total",
+        "counter",
+        "Octets of messages fetched from each upstream and stored.",
+    ),
+    (
+        "popgate_skipped_messages_total",
+        "counter",
+        "Messages an upstream listed that popgate skipped (too large, lines too long).",
+    ),
+    (
+        "popgate_deleted_messages_total",
+        "counter",
+        "Messages deleted on each upstream by policy (keep_on_server = false).",
+    ),
+    (
+        "popgate_upstream_last_success_timestamp_seconds",
+        "gauge",
+        "When the last fetch pass of each upstream succeeded (Unix time).",
+    ),
+    (
+        "popgate_upstream_consecutive_failures",
+        "gauge",
+        "Fetch passes in a row that failed, per upstream (0 when healthy).",
+    ),
+    (
+        "popgate_upstream_next_poll_timestamp_seconds",
+        "gauge",
+        "When the next fetch pass of each upstream is due (Unix time).",
+    ),
+    (
+        "popgate_upstream_backlog_messages",
+        "gauge",
+        "New messages the upstream listed at its last pass that the pass did not store "
+        "(non-zero after an interrupted pass).",
+    ),
+    (
+        "popgate_store_size_bytes",
+        "gauge",
+        "Size of the SQLite store (main file plus write-ahead log).",
+    ),
+    (
+        "popgate_reactor_lag_last_seconds",
+        "gauge",
+        "Lateness of the most recent reactor lag probe.",
+    ),
+    (
+        "popgate_reactor_lag_seconds",
+        "histogram",
+        "How late the reactor ran a timer (seconds past its due time).",
+    ),
+]
+"""Every family popgate exposes, in order, as dashboards and alerts know them."""
+
+
+def families(text: str) -> list[tuple[str, str, str]]:
+    helps = dict(re.findall(r"^# HELP (\S+) (.*)$", text, re.M))
+    return [
+        (name, kind, helps[name]) for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M)
+    ]
+
+
+def test_every_family_keeps_its_name_type_and_help_and_nothing_else_appears(tmp_path):
+    """prometheus-client adds ``_created`` series to counters and histograms; popgate's
+    exposition is the same set of families it always was, in the same order."""
+    clock = task.Clock()
+    m = new_metrics(clock)
+    lag = LagMonitor(reactor=clock)
+    (tmp_path / "s.db").write_bytes(b"x")
+    m.attach(store_path=tmp_path / "s.db", lag=lag)
+    m.connection_opened()
+    m.command_done("NOOP", 0.001, "OK", None)
+    m.wrap_fetch(lambda *a, **k: defer.succeed(FetchResult("isp", fetched=1)))(
+        SimpleNamespace(name="isp"), object()
     )
-    text = exposition([family]).decode()
-    assert (
-        text
-        == '# HELP x_total Things.\\nCounted\n# TYPE x_total counter\nx_total{user="bob \\"b\\""} 2\n'
+    text = m.render().decode()
+    assert families(text) == FAMILIES
+    assert "_created" not in text
+    parse_exposition(text)
+
+
+def test_label_values_are_escaped_and_read_back_as_written():
+    m = new_metrics()
+    name = 'isp "two"\\back\nslash'
+    m.wrap_fetch(lambda *a, **k: defer.succeed(FetchResult(name, fetched=2)))(
+        SimpleNamespace(name=name), object()
     )
-    assert parse_exposition(text) == {("x_total", (("user", 'bob "b"'),)): 2.0}
+    text = m.render().decode()
+    assert 'upstream="isp \\"two\\"\\\\back\\nslash"' in text
+    assert parse_exposition(text)[("popgate_fetched_messages_total", (("upstream", name),))] == 2
 
 
 def test_histogram_buckets_are_cumulative_and_end_with_inf_sum_and_count():
-    h = Histogram("lat_seconds", "Latency.", (0.1, 1.0), ("command",))
-    for v in (0.05, 0.5, 0.5, 7.0):
-        h.observe(v, command="FETCH")
-    samples = parse_exposition(exposition([h.family()]).decode())
+    m = new_metrics()
+    for v in (0.0005, 0.02, 0.02, 20.0):
+        m.command_done("FETCH", v, "OK", None)
+    samples = parse_exposition(m.render().decode())
     c = (("command", "FETCH"),)
-    assert samples[("lat_seconds_bucket", (*c, ("le", "0.1")))] == 1
-    assert samples[("lat_seconds_bucket", (*c, ("le", "1")))] == 3
-    assert samples[("lat_seconds_bucket", (*c, ("le", "+Inf")))] == 4
-    assert samples[("lat_seconds_count", c)] == 4
-    assert samples[("lat_seconds_sum", c)] == pytest.approx(8.05)
+    bucket = "popgate_imap_command_duration_seconds_bucket"
+    assert samples[(bucket, (*c, ("le", "0.001")))] == 1
+    assert samples[(bucket, (*c, ("le", "0.05")))] == 3
+    assert samples[(bucket, (*c, ("le", "10.0")))] == 3
+    assert samples[(bucket, (*c, ("le", "+Inf")))] == 4
+    assert samples[("popgate_imap_command_duration_seconds_count", c)] == 4
+    assert samples[("popgate_imap_command_duration_seconds_sum", c)] == pytest.approx(20.0405)
 
 
-def test_a_counter_refuses_to_go_down_and_wrong_labels():
-    c = Counter("n_total", "N.", ("a",))
-    c.inc(2, a="x")
-    assert c.value(a="x") == 2
-    with pytest.raises(ValueError):
-        c.inc(-1, a="x")
-    with pytest.raises(ValueError):
-        c.inc(1, b="x")
+def test_each_gateway_has_its_own_registry():
+    """Two services in one process (or two tests) never see each other's counts."""
+    one, two = new_metrics(), new_metrics()
+    one.connection_opened()
+    assert sample(one.registry, "popgate_imap_connections_total") == 1
+    assert sample(two.registry, "popgate_imap_connections_total") == 0
 
 
 # ---- the gateway's hooks -----------------------------------------------------------------
@@ -134,12 +229,16 @@ def test_commands_are_counted_by_name_and_status_with_latency_and_unknown_names_
     m.command_done("FOOBAR", 0.0, "BAD", None)
     m.command_done(None, 0.0, "BAD", None)
     m.command_done("IDLE", 600.0, "OK", None)
-    assert m.commands.value(command="FETCH", status="OK") == 1
-    assert m.commands.value(command="UID FETCH", status="OK") == 1
-    assert m.commands.value(command="OTHER", status="BAD") == 2
-    assert m.commands.value(command="UNPARSEABLE", status="BAD") == 1
-    assert m.command_seconds.count(command="FETCH") == 1
-    assert m.command_seconds.count(command="IDLE") == 0  # waits for the client, not us
+    assert sample(m.registry, "popgate_imap_commands_total", command="FETCH", status="OK") == 1
+    assert sample(m.registry, "popgate_imap_commands_total", command="UID FETCH", status="OK") == 1
+    assert sample(m.registry, "popgate_imap_commands_total", command="OTHER", status="BAD") == 2
+    assert (
+        sample(m.registry, "popgate_imap_commands_total", command="UNPARSEABLE", status="BAD") == 1
+    )
+    assert sample(m.registry, "popgate_imap_command_duration_seconds_count", command="FETCH") == 1
+    assert (
+        sample(m.registry, "popgate_imap_command_duration_seconds_count", command="IDLE") is None
+    )  # waits for the client, not us
 
 
 def test_a_failed_login_counts_as_an_auth_failure():
@@ -147,7 +246,7 @@ def test_a_failed_login_counts_as_an_auth_failure():
     m.command_done("LOGIN", 0.05, "NO", "AUTHENTICATIONFAILED")
     m.command_done("LOGIN", 0.05, "OK", "CAPABILITY IMAP4rev1")
     m.command_done("AUTHENTICATE", 0.05, "NO", "AUTHENTICATIONFAILED")
-    assert m.auth_failures.value() == 2
+    assert sample(m.registry, "popgate_imap_auth_failures_total") == 2
 
 
 def test_sessions_are_read_by_state_from_the_live_connections():
@@ -180,11 +279,11 @@ def test_fetch_passes_are_counted_per_upstream_with_messages_bytes_and_backlog()
     results = []
     m.wrap_fetch(fetch)(up, store, reactor=clock).addCallback(results.append)
     assert results[0].fetched == 3  # the result passes through untouched
-    assert m.fetch_passes.value(upstream="isp", result="ok") == 1
-    assert m.fetched_messages.value(upstream="isp") == 3
-    assert m.fetched_bytes.value(upstream="isp") == 3000
-    assert m.skipped_messages.value(upstream="isp") == 1
-    assert m.deleted_messages.value(upstream="isp") == 2
+    assert sample(m.registry, "popgate_fetch_passes_total", upstream="isp", result="ok") == 1
+    assert sample(m.registry, "popgate_fetched_messages_total", upstream="isp") == 3
+    assert sample(m.registry, "popgate_fetched_bytes_total", upstream="isp") == 3000
+    assert sample(m.registry, "popgate_skipped_messages_total", upstream="isp") == 1
+    assert sample(m.registry, "popgate_deleted_messages_total", upstream="isp") == 2
     samples = parse_exposition(m.render().decode())
     assert samples[("popgate_upstream_backlog_messages", (("upstream", "isp"),))] == 2
     assert samples[("popgate_upstream_last_success_timestamp_seconds", (("upstream", "isp"),))] == 2
@@ -201,8 +300,8 @@ def test_a_failed_pass_counts_its_error_kind_and_what_it_fetched_before_failing(
     d = m.wrap_fetch(lambda *a, **k: defer.fail(error))(up, object(), reactor=None)
     d.addErrback(failures.append)
     assert failures and failures[0].value is error  # the failure passes through
-    assert m.fetch_passes.value(upstream="isp", result="auth") == 1
-    assert m.fetched_messages.value(upstream="isp") == 1
+    assert sample(m.registry, "popgate_fetch_passes_total", upstream="isp", result="auth") == 1
+    assert sample(m.registry, "popgate_fetched_messages_total", upstream="isp") == 1
 
 
 def test_store_size_counts_the_file_and_its_write_ahead_log(tmp_path):
@@ -223,7 +322,7 @@ def test_reactor_lag_is_how_late_the_probe_ran():
         assert lag.last_lag == 0
         clock.advance(3.5)  # a stall: the probe due at 2.0 runs at 4.5
         assert lag.last_lag == pytest.approx(2.5)
-        assert lag.histogram.count() == 2
+        assert sample(lag.histogram, "popgate_reactor_lag_seconds_count") == 2
     finally:
         lag.stopService()
 
@@ -231,31 +330,40 @@ def test_reactor_lag_is_how_late_the_probe_ran():
 # ---- the endpoint ------------------------------------------------------------------------
 
 
-def render(site, path: bytes) -> tuple[int, bytes, bytes | None]:
-    request = DummyRequest(path.strip(b"/").split(b"/"))
-    request.uri = path
-    request.method = b"GET"
-    resource = site.getResourceFor(request)
-    body = resource.render(request)
-    return (
-        request.responseCode or 200,
-        body,
-        request.responseHeaders.getRawHeaders(b"content-type", [None])[0],
-    )
+@contextmanager
+def serving(m: GatewayMetrics) -> Iterator[str]:
+    """The metrics site on a loopback port of the real reactor; yields its base URL."""
+    port = on_reactor(lambda: reactor.listenTCP(0, metrics_site(m, reactor), interface="127.0.0.1"))
+    try:
+        yield f"http://127.0.0.1:{port.getHost().port}"
+    finally:
+        on_reactor(port.stopListening)
+
+
+def get(url: str) -> tuple[int, bytes, str | None]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read(), response.headers["content-type"]
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers["content-type"]
 
 
 def test_metrics_path_serves_the_exposition_with_its_content_type():
     m = new_metrics()
     m.command_done("NOOP", 0.001, "OK", None)
-    code, body, ctype = render(metrics_site(m), b"/metrics")
+    with serving(m) as base:
+        code, body, ctype = get(f"{base}/metrics")
+        index = get(f"{base}/")
     assert code == 200 and ctype == CONTENT_TYPE
     samples = parse_exposition(body.decode())
     assert samples[("popgate_imap_commands_total", (("command", "NOOP"), ("status", "OK")))] == 1
     assert samples[("popgate_build_info", (("version", "9.9"),))] == 1
+    assert index[0] == 200 and b"/metrics" in index[1]
 
 
 def test_other_paths_are_not_found():
-    code, _, _ = render(metrics_site(new_metrics()), b"/secret")
+    with serving(new_metrics()) as base:
+        code, _, _ = get(f"{base}/secret")
     assert code == 404
 
 

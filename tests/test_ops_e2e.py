@@ -135,7 +135,8 @@ def popgate(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
 
 
 def scrape(port: int) -> dict[str, float]:
-    """The exposition as ``{'name{labels}': value}`` (the line's text before the value)."""
+    """The exposition as ``{'name{labels}': value}`` (the line's text before the value;
+    prometheus-client writes a sample's labels in alphabetical order)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         text = response.read().decode()
@@ -194,7 +195,7 @@ def test_metrics_status_and_backup_of_a_running_gateway(dovecot, tmp_path, capsy
         first = wait_until(
             lambda: (s := scrape(metrics_port)).get(fetched, 0) >= 5 and s, "5 fetched", gw
         )
-        assert first['popgate_fetch_passes_total{upstream="alice-isp",result="ok"}'] >= 1
+        assert first['popgate_fetch_passes_total{result="ok",upstream="alice-isp"}'] >= 1
         assert first['popgate_upstream_last_success_timestamp_seconds{upstream="alice-isp"}'] > 0
         assert first["popgate_store_size_bytes"] > 0
         assert "popgate_reactor_lag_seconds_count" in first

@@ -1,8 +1,9 @@
 """The administrator's user commands: ``popgate adduser``, ``passwd``, ``deluser`` and ``users``.
 
-They edit the config file as *text*, so comments and layout survive: only the
-``[users.NAME]`` table concerned changes (its ``password`` line replaced, the table
-appended, or the table removed). The new text is validated with the same loader the
+They edit the config file with tomlkit, a TOML library that keeps comments and layout:
+only the user concerned changes (its ``password`` value replaced, a table or inline table
+added in the style the file uses, or the user removed), whether users are written as
+``[users.NAME]`` tables or as ``NAME = { password = ... }`` under ``[users]``. The new text is validated with the same loader the
 server uses before anything is written, and written atomically (temporary file in the
 same directory, fsync, rename) with the old file's mode, so a crash leaves the old or
 the new config, never half of one. A running gateway applies user changes on SIGHUP
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
-import re
 import sys
 import tempfile
 import tomllib
@@ -23,89 +23,145 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+import tomlkit
+from tomlkit.items import AoT, Comment, InlineTable, Item, Table, Whitespace
+from tomlkit.toml_document import TOMLDocument
+
 from gateway.app import config as configmod
+from gateway.app.config.sections import NAME_RULE
 from gateway.security.passwords import hash_password
 
 RELOAD_HINT = "A running gateway applies this on SIGHUP: systemctl reload popgate"
-
-_HEADER = re.compile(r"^\s*\[")
-_PASSWORD_LINE = re.compile(r"^\s*password\s*=")
 
 
 class AdminError(Exception):
     """A user command that cannot be done; the message is for the operator."""
 
 
-def _table_re(name: str) -> re.Pattern[str]:
-    """``[users.NAME]`` or ``[users."NAME"]`` on its own line (a comment may follow)."""
-    quoted = re.escape(name)
-    return re.compile(rf'^\s*\[\s*users\s*\.\s*(?:{quoted}|"{quoted}")\s*\]\s*(?:#.*)?$')
+# ---- editing the users of a config document ----------------------------------------------
+#
+# TOML lets a user be written as a ``[users.NAME]`` table, as ``NAME = { password = ... }``
+# under one ``[users]`` header, or as dotted keys; tomlkit reads all of them into one
+# document model that renders back byte for byte. The one thing its model gets wrong for
+# a config file is trivia: blank lines and comments after a table's last key belong to the
+# table in tomlkit, but in the file they sit above the next header and introduce it
+# ("# Households" before ``[shared.family]``). Removing a table, or adding one after it,
+# first detaches that trailing trivia so it stays in front of what it introduces.
 
 
-def _find_table(lines: list[str], name: str) -> tuple[int, int] | None:
-    """(header index, end index) of the user's table; ``end`` is the next table header
-    (or the end of the file), with trailing blank and comment lines left to what follows."""
-    pattern = _table_re(name)
-    for start, line in enumerate(lines):
-        if pattern.match(line):
-            end = start + 1
-            while end < len(lines) and not _HEADER.match(lines[end]):
-                end += 1
-            while end > start + 1 and (
-                not lines[end - 1].strip() or lines[end - 1].lstrip().startswith("#")
-            ):
-                end -= 1
-            return start, end
-    return None
+def _user_holders(doc: TOMLDocument) -> list[Table]:
+    """The tables that hold users, in file order: the ``[users]`` table or the super table
+    above ``[users.NAME]`` tables (several when other tables come between them)."""
+    return [
+        item
+        for key, item in doc.body
+        if key is not None and key.key == "users" and isinstance(item, Table)
+    ]
+
+
+def _holder_of(doc: TOMLDocument, name: str) -> Table | None:
+    return next((table for table in _user_holders(doc) if name in table), None)
+
+
+def _detach_trailing_trivia(table: Table) -> list[tuple[None, Item]]:
+    """Remove and return the blank lines and comments that end ``table``'s body."""
+    body = table.value.body
+    cut = len(body)
+    while cut and body[cut - 1][0] is None and isinstance(body[cut - 1][1], Whitespace | Comment):
+        cut -= 1
+    tail = body[cut:]
+    del body[cut:]  # keyless entries: the container's key index does not change
+    return tail  # type: ignore[return-value]
+
+
+def _last_table_rendered(item: Item | None) -> Table | None:
+    """The table whose body is the last text ``item`` renders (its last sub-table, the
+    last table of an array of tables), or None when that is not a table."""
+    while True:
+        if isinstance(item, AoT):
+            item = item.body[-1] if item.body else None
+        elif isinstance(item, Table):
+            keyed = [v for k, v in item.value.body if k is not None]
+            if keyed and isinstance(keyed[-1], Table | AoT):
+                item = keyed[-1]
+            else:
+                return item
+        else:
+            return None
+
+
+def _table_before(doc: TOMLDocument, holder: Table, index: int) -> Table | None:
+    """The table rendered just before entry ``index`` of ``holder``."""
+    body = holder.value.body
+    for _key, item in reversed(body[:index]):
+        if isinstance(item, Table | AoT):
+            return _last_table_rendered(item)
+        if not isinstance(item, Whitespace | Comment):
+            return None  # key/value pairs of the holder itself come first
+    position = next(i for i, (_k, item) in enumerate(doc.body) if item is holder)
+    return _last_table_rendered(doc.body[position - 1][1]) if position else None
+
+
+def _user_table(password_hash: str) -> Table:
+    table = tomlkit.table()
+    table.add("password", password_hash)
+    return table
+
+
+def _inline_user(password_hash: str) -> InlineTable:
+    """``{ password = "..." }``, spaced as people write it (tomlkit's own is ``{password =``)."""
+    snippet = tomlkit.parse(f"x = {{ password = {tomlkit.string(password_hash).as_string()} }}")
+    return snippet["x"]  # type: ignore[return-value]
 
 
 def set_password(text: str, name: str, password_hash: str) -> str:
-    """The config text with ``[users.NAME] password`` set (the table added if missing)."""
-    lines = text.splitlines(keepends=True)
-    new_line = f'password = "{password_hash}"\n'
-    found = _find_table(lines, name)
-    if found is None:
-        if lines and not lines[-1].endswith("\n"):
-            lines[-1] += "\n"
-        last_user = _last_users_table_end(lines)
-        block = [f"[users.{name}]\n", new_line]
-        if last_user is None:
-            lines += ["\n", *block]
-        else:
-            lines[last_user:last_user] = ["\n", *block]
-        return "".join(lines)
-    start, end = found
-    for i in range(start + 1, end):
-        if _PASSWORD_LINE.match(lines[i]):
-            lines[i] = new_line
-            return "".join(lines)
-    lines.insert(start + 1, new_line)
-    return "".join(lines)
-
-
-def _last_users_table_end(lines: list[str]) -> int | None:
-    ends = []
-    for line in lines:
-        m = re.match(r'^\s*\[\s*users\s*\.\s*"?([^"\]]+)"?\s*\]', line)
-        if m:
-            found = _find_table(lines, m.group(1))
-            if found:
-                ends.append(found[1])
-    return max(ends) if ends else None
+    """The config text with the user's password set, or the user added in the style the
+    file already uses (a ``[users.NAME]`` table, or an inline table under ``[users]``)."""
+    doc = tomlkit.parse(text)
+    holder = _holder_of(doc, name)
+    if holder is not None:
+        holder[name]["password"] = password_hash  # type: ignore[index]
+        return doc.as_string()
+    holders = _user_holders(doc)
+    if not holders:
+        users = tomlkit.table(is_super_table=True)
+        users.add(name, _user_table(password_hash))
+        doc.add("users", users)
+        return doc.as_string()
+    last = holders[-1]
+    if last.is_super_table():
+        previous = _last_table_rendered(last)
+        tail = _detach_trailing_trivia(previous) if previous is not None else []
+        table = _user_table(password_hash)
+        last.add(name, table)
+        table.value.body.extend(tail)
+    else:
+        keyed = [v for k, v in last.value.body if k is not None]
+        has_sub_tables = any(isinstance(v, Table | AoT) for v in keyed)
+        tail = [] if has_sub_tables else _detach_trailing_trivia(last)
+        last.add(name, _inline_user(password_hash))
+        last.value.body.extend(tail)
+    return doc.as_string()
 
 
 def remove_user(text: str, name: str) -> str:
-    """The config text without the ``[users.NAME]`` table."""
-    lines = text.splitlines(keepends=True)
-    found = _find_table(lines, name)
-    if found is None:
+    """The config text without the user's table or inline table."""
+    doc = tomlkit.parse(text)
+    holder = _holder_of(doc, name)
+    if holder is None:
         raise AdminError(f"no user {name!r} in the config")
-    start, end = found
-    del lines[start:end]
-    # Drop one blank line left doubled where the table was.
-    if 0 < start < len(lines) and not lines[start - 1].strip() and not lines[start].strip():
-        del lines[start]
-    return "".join(lines)
+    entry = holder[name]
+    tail: list[tuple[None, Item]] = []
+    before: Table | None = None
+    if isinstance(entry, Table):
+        tail = _detach_trailing_trivia(_last_table_rendered(entry) or entry)
+        index = next(i for i, (k, _v) in enumerate(holder.value.body) if k and k.key == name)
+        before = _table_before(doc, holder, index)
+    holder.remove(name)
+    if tail:
+        # what introduced the next header moves to the table now rendered before it
+        (before or holder).value.body.extend(tail)
+    return doc.as_string()
 
 
 def validate(text: str, path: str) -> configmod.Config:
@@ -146,10 +202,15 @@ def write_atomic(path: Path, text: str) -> None:
         os.close(dir_fd)
 
 
-def read_password(stdin: TextIO, prompt: Callable[[str], str] = getpass.getpass) -> str:
+def read_password(
+    stdin: TextIO,
+    prompt: Callable[[str], str] = getpass.getpass,
+    *,
+    first_prompt: str = "New password: ",
+) -> str:
     """Twice without echo on a terminal; one line from stdin when piped."""
     if stdin.isatty():
-        first = prompt("New password: ")
+        first = prompt(first_prompt)
         if first != prompt("Again: "):
             raise AdminError("passwords differ")
         password = first
@@ -171,10 +232,7 @@ def _load_text(path: str) -> tuple[Path, str, configmod.Config]:
 
 def _check_name(name: str) -> None:
     if not configmod.USER_NAME_RE.match(name):
-        raise AdminError(
-            f"{name!r}: user names are 1-64 of a-z 0-9 . _ @ + - (lower case), "
-            "starting with a letter or digit"
-        )
+        raise AdminError(f"{name!r}: user names {NAME_RULE}")
 
 
 def adduser(path: str, name: str, stdin: TextIO = sys.stdin) -> str:

@@ -202,11 +202,7 @@ def backup(
     finally:
         src.close()
     try:
-        check = sqlite3.connect(f"{partial.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            mailboxes, messages = check_store(check, str(partial))
-        finally:
-            check.close()
+        mailboxes, messages = _check_copy(partial)
         _fsync_file(partial)
         os.replace(partial, target)
         _fsync_dir(target.parent)
@@ -214,6 +210,16 @@ def backup(
         _remove_with_side_files(partial)
         raise
     return BackupResult(target, target.stat().st_size, page_count, mailboxes, messages)
+
+
+def _check_copy(path: Path) -> tuple[int, int]:
+    """:func:`check_store` on a copy just written, through a fresh read-only connection to
+    the file as it is on disk."""
+    check = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return check_store(check, str(path))
+    finally:
+        check.close()
 
 
 def restore(
@@ -243,11 +249,7 @@ def restore(
     finally:
         src.close()
     try:
-        check = sqlite3.connect(f"{incoming.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            mailboxes, messages = check_store(check, str(incoming))
-        finally:
-            check.close()
+        mailboxes, messages = _check_copy(incoming)
         _fsync_file(incoming)
     except BaseException:
         _remove_with_side_files(incoming)

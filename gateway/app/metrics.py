@@ -1,12 +1,12 @@
-"""Prometheus metrics: the counters popgate keeps and the text endpoint that exposes them.
+"""Prometheus metrics: the counters popgate keeps and the ``/metrics`` endpoint that serves them.
 
-Why not prometheus-client: popgate needs a dozen families, one exposition format and an
-HTTP endpoint; Twisted already ships the HTTP server (``twisted.web``) and the format is
-small and fully specified (Prometheus "text exposition format 0.0.4"). Writing it here
-keeps the dependency list at four packages for a program that runs unattended for years,
-and lets gauges be computed at scrape time from the objects that own the facts (the
-IMAP factory's live connections, each poller's health, the store file), with no second
-copy to keep in sync.
+The exposition is prometheus-client's, the Prometheus project's own Python library: it
+owns the text format's details (escaping of HELP text and label values, ``+Inf``/``NaN``,
+histogram ``_bucket``/``_sum``/``_count`` lines), content negotiation (OpenMetrics for a
+scraper that asks for it, gzip) and follows the format as it evolves, which is better
+kept there than in a second copy here. Each :class:`GatewayMetrics` has its own
+``CollectorRegistry`` (never the library's process-global default), so tests and several
+services in one process never see each other's numbers.
 
 What is counted, and where it comes from:
 
@@ -18,28 +18,35 @@ What is counted, and where it comes from:
 * The store file size, and the reactor's lag, measured by a :class:`LagMonitor`
   (a ``LoopingCall`` that notes how late it runs).
 
+Gauges that describe the present (sessions, upstream health, store size, lag) are not
+kept up to date: :class:`GatewayCollector` computes them at scrape time from the objects
+that own the facts, so there is no second copy to keep in sync.
+
 The endpoint is off by default and, when on, listens on loopback by default
 (``[metrics] listen``): the numbers reveal user names and upstream names.
 """
 
 from __future__ import annotations
 
-import math
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import structlog
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest, make_wsgi_app
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.web import pages, resource, server
+from twisted.web.wsgi import WSGIResource
 
 log = structlog.get_logger(__name__)
 
-CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
-"""The media type of the text exposition format, version 0.0.4."""
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+"""The media type of ``/metrics`` for a scraper that asks for nothing in particular: the
+text exposition format, version 0.0.4."""
 
 COMMAND_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 """Upper bounds (seconds) of the IMAP command latency histogram. IDLE is left out of it:
@@ -68,196 +75,38 @@ AUTH_FAILED_CODE = "AUTHENTICATIONFAILED"
 """The RFC 5530 response code of a failed LOGIN/AUTHENTICATE."""
 
 
-# ---- the exposition format ---------------------------------------------------------------
+# ---- prometheus-client metrics, collected by GatewayCollector ---------------------------
 
 
-def escape_help(text: str) -> str:
-    """HELP text: backslash and line feed are escaped (format 0.0.4)."""
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
+def _counter(name: str, help: str, labelnames: Iterable[str] = ()) -> Counter:
+    """A counter registered nowhere on its own: :class:`GatewayCollector` collects it, so
+    the exposition keeps one order and no ``_created`` series (see :func:`_without_created`)."""
+    return Counter(name, help, tuple(labelnames), registry=None)
 
 
-def escape_label_value(text: str) -> str:
-    """Label values: backslash, double quote and line feed are escaped (format 0.0.4)."""
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def _histogram(
+    name: str, help: str, buckets: Iterable[float], labelnames: Iterable[str] = ()
+) -> Histogram:
+    return Histogram(name, help, tuple(labelnames), buckets=tuple(buckets), registry=None)
 
 
-def format_value(value: float) -> str:
-    """A sample value as Go's ParseFloat reads it: ``+Inf``, ``-Inf``, ``NaN`` or a number."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(float(value))
+def _without_created(metrics: Iterable[Metric]) -> Iterator[Metric]:
+    """prometheus-client adds a ``NAME_created`` timestamp series to every counter and
+    histogram (an OpenMetrics idea; in the 0.0.4 text format each becomes an extra gauge
+    family). popgate never exposed them and the process start time is already
+    ``popgate_start_time_seconds``; dropping them here, per collector, spares the
+    library's process-global ``disable_created_metrics()`` switch."""
+    for metric in metrics:
+        metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
+        yield metric
 
 
-def format_labels(labels: Sequence[tuple[str, str]]) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{name}="{escape_label_value(str(value))}"' for name, value in labels)
-    return "{" + inner + "}"
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One line of the exposition: ``name{labels} value``."""
-
-    name: str
-    labels: tuple[tuple[str, str], ...]
-    value: float
-
-
-@dataclass(frozen=True)
-class Family:
-    """A metric family: one HELP and one TYPE line, then its samples (all of one name
-    prefix, as the format requires them to be grouped)."""
-
-    name: str
-    kind: str  # counter | gauge | histogram
-    help: str
-    samples: tuple[Sample, ...]
-
-
-def exposition(families: Iterable[Family]) -> bytes:
-    """The text exposition (format 0.0.4) of ``families``, ending with a line feed."""
-    lines: list[str] = []
-    for family in families:
-        lines.append(f"# HELP {family.name} {escape_help(family.help)}")
-        lines.append(f"# TYPE {family.name} {family.kind}")
-        for s in family.samples:
-            lines.append(f"{s.name}{format_labels(s.labels)} {format_value(s.value)}")
-    return ("\n".join(lines) + "\n").encode("utf-8")
-
-
-# ---- metric kinds ------------------------------------------------------------------------
-
-
-class _Metric:
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
-        self.name = name
-        self.help = help
-        self.labelnames = tuple(labelnames)
-        self._lock = threading.Lock()
-
-    def _key(self, labels: dict[str, str]) -> tuple[str, ...]:
-        if set(labels) != set(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {sorted(labels)}")
-        return tuple(str(labels[n]) for n in self.labelnames)
-
-    def _pairs(self, key: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-        return tuple(zip(self.labelnames, key, strict=True))
-
-
-class _Scalar(_Metric):
-    """One number per label set (counters and gauges)."""
-
-    kind = ""
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help, labelnames)
-        self._values: dict[tuple[str, ...], float] = {}
-
-    def family(self) -> Family:
-        with self._lock:
-            items = sorted(self._values.items())
-        return Family(
-            self.name,
-            self.kind,
-            self.help,
-            tuple(Sample(self.name, self._pairs(k), v) for k, v in items),
-        )
-
-
-class Counter(_Scalar):
-    """A monotonically increasing total; the name should end in ``_total``."""
-
-    kind = "counter"
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        if amount < 0:
-            raise ValueError("a counter only goes up")
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels: str) -> float:
-        return self._values.get(self._key(labels), 0.0)
-
-
-class Gauge(_Scalar):
-    """A value that goes up and down."""
-
-    kind = "gauge"
-
-    def set(self, value: float, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = float(value)
-
-    def value(self, **labels: str) -> float | None:
-        return self._values.get(self._key(labels))
-
-
-class Histogram(_Metric):
-    """Observations counted into cumulative ``le`` buckets, with ``_sum`` and ``_count``."""
-
-    kind = "histogram"
-
-    def __init__(
-        self, name: str, help: str, buckets: Sequence[float], labelnames: Sequence[str] = ()
-    ) -> None:
-        super().__init__(name, help, labelnames)
-        if "le" in self.labelnames:
-            raise ValueError("'le' is reserved for histogram buckets")
-        bounds = sorted(float(b) for b in buckets)
-        if not bounds or bounds != sorted(set(bounds)):
-            raise ValueError("buckets must be distinct and non-empty")
-        self.buckets = tuple(bounds)
-        # per label set: counts per finite bucket (not cumulative), +Inf count, sum
-        self._data: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
-
-    def observe(self, value: float, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            counts, total = self._data.setdefault(key, ([0] * (len(self.buckets) + 1), [0.0]))
-            for i, bound in enumerate(self.buckets):
-                if value <= bound:
-                    counts[i] += 1
-                    break
-            else:
-                counts[-1] += 1
-            total[0] += value
-
-    def count(self, **labels: str) -> int:
-        data = self._data.get(self._key(labels))
-        return sum(data[0]) if data else 0
-
-    def family(self) -> Family:
-        samples: list[Sample] = []
-        with self._lock:
-            items = sorted((k, (list(c), t[0])) for k, (c, t) in self._data.items())
-        for key, (counts, total) in items:
-            pairs = self._pairs(key)
-            running = 0
-            for bound, n in zip(self.buckets, counts, strict=False):
-                running += n
-                samples.append(
-                    Sample(f"{self.name}_bucket", (*pairs, ("le", format_value(bound))), running)
-                )
-            running += counts[-1]
-            samples.append(Sample(f"{self.name}_bucket", (*pairs, ("le", "+Inf")), running))
-            samples.append(Sample(f"{self.name}_sum", pairs, total))
-            samples.append(Sample(f"{self.name}_count", pairs, running))
-        return Family(self.name, self.kind, self.help, tuple(samples))
-
-
-def gauge_family(name: str, help: str, values: Iterable[tuple[dict[str, str], float]]) -> Family:
+def _gauge(name: str, help: str, values: Iterable[tuple[dict[str, str], float]]) -> Metric:
     """A gauge family computed at scrape time from ``(labels, value)`` pairs."""
-    samples = tuple(
-        Sample(name, tuple(sorted(labels.items())), float(value)) for labels, value in values
-    )
-    return Family(name, "gauge", help, samples)
+    family = GaugeMetricFamily(name, help)
+    for labels, value in values:
+        family.add_sample(name, labels, float(value))
+    return family
 
 
 # ---- reactor lag -------------------------------------------------------------------------
@@ -275,7 +124,7 @@ class LagMonitor(service.Service):
         self.reactor = reactor
         self.interval = interval
         self.last_lag = 0.0
-        self.histogram = Histogram(
+        self.histogram = _histogram(
             "popgate_reactor_lag_seconds",
             "How late the reactor ran a timer (seconds past its due time).",
             LAG_BUCKETS,
@@ -342,53 +191,56 @@ class GatewayMetrics:
         self.lag: LagMonitor | None = None
         self._backlog: dict[str, int] = {}
         self._last_success: dict[str, float] = {}
+        self.registry = CollectorRegistry()
+        """This gateway's own registry (not the library's process-global default)."""
 
-        self.connections = Counter("popgate_imap_connections_total", "IMAP connections accepted.")
-        self.commands = Counter(
+        self.connections = _counter("popgate_imap_connections_total", "IMAP connections accepted.")
+        self.commands = _counter(
             "popgate_imap_commands_total",
             "IMAP commands answered, by command name and tagged status (OK, NO, BAD).",
             ("command", "status"),
         )
-        self.command_seconds = Histogram(
+        self.command_seconds = _histogram(
             "popgate_imap_command_duration_seconds",
             "Time from parsing an IMAP command to its tagged completion (IDLE excluded).",
             COMMAND_BUCKETS,
             ("command",),
         )
-        self.auth_failures = Counter(
+        self.auth_failures = _counter(
             "popgate_imap_auth_failures_total", "Failed IMAP LOGIN/AUTHENTICATE attempts."
         )
-        self.fetch_passes = Counter(
+        self.fetch_passes = _counter(
             "popgate_fetch_passes_total",
             'POP3 fetch passes per upstream by result ("ok" or the error kind).',
             ("upstream", "result"),
         )
-        self.fetch_seconds = Histogram(
+        self.fetch_seconds = _histogram(
             "popgate_fetch_duration_seconds",
             "Duration of POP3 fetch passes per upstream.",
             FETCH_BUCKETS,
             ("upstream",),
         )
-        self.fetched_messages = Counter(
+        self.fetched_messages = _counter(
             "popgate_fetched_messages_total",
             "Messages fetched from each upstream and stored.",
             ("upstream",),
         )
-        self.fetched_bytes = Counter(
+        self.fetched_bytes = _counter(
             "popgate_fetched_bytes_total",
             "Octets of messages fetched from each upstream and stored.",
             ("upstream",),
         )
-        self.skipped_messages = Counter(
+        self.skipped_messages = _counter(
             "popgate_skipped_messages_total",
             "Messages an upstream listed that popgate skipped (too large, lines too long).",
             ("upstream",),
         )
-        self.deleted_messages = Counter(
+        self.deleted_messages = _counter(
             "popgate_deleted_messages_total",
             "Messages deleted on each upstream by policy (keep_on_server = false).",
             ("upstream",),
         )
+        self.registry.register(GatewayCollector(self))
 
     # -- wiring --
 
@@ -427,9 +279,9 @@ class GatewayMetrics:
             label = name
         else:
             label = OTHER_COMMAND
-        self.commands.inc(command=label, status=status)
+        self.commands.labels(command=label, status=status).inc()
         if label not in UNTIMED_COMMANDS:
-            self.command_seconds.observe(seconds, command=label)
+            self.command_seconds.labels(command=label).observe(seconds)
         if code == AUTH_FAILED_CODE:
             self.auth_failures.inc()
 
@@ -463,79 +315,108 @@ class GatewayMetrics:
     def _pass_done(self, upstream: Any, started: float, result: str, counts: Any) -> None:
         name = upstream.name
         now = self.reactor.seconds()
-        self.fetch_passes.inc(upstream=name, result=result)
-        self.fetch_seconds.observe(max(0.0, now - started), upstream=name)
+        self.fetch_passes.labels(upstream=name, result=result).inc()
+        self.fetch_seconds.labels(upstream=name).observe(max(0.0, now - started))
         if result == "ok":
             self._last_success[name] = now
         if counts is None or not hasattr(counts, "fetched"):
             return
-        self.fetched_messages.inc(counts.fetched, upstream=name)
-        self.fetched_bytes.inc(counts.bytes, upstream=name)
-        self.skipped_messages.inc(counts.skipped, upstream=name)
-        self.deleted_messages.inc(counts.deleted, upstream=name)
+        self.fetched_messages.labels(upstream=name).inc(counts.fetched)
+        self.fetched_bytes.labels(upstream=name).inc(counts.bytes)
+        self.skipped_messages.labels(upstream=name).inc(counts.skipped)
+        self.deleted_messages.labels(upstream=name).inc(counts.deleted)
         self._backlog[name] = max(0, int(getattr(counts, "backlog", 0) or 0))
 
     # -- the scrape --
 
-    def families(self) -> Iterator[Family]:
-        now = self.reactor.seconds()
-        yield gauge_family(
+    def render(self) -> bytes:
+        """The text exposition (format 0.0.4) of this gateway's registry."""
+        return generate_latest(self.registry)
+
+
+class GatewayCollector(Collector):
+    """The scrape: every family of :class:`GatewayMetrics` in one fixed order, the gauges
+    that describe the present computed now from the objects that own the facts.
+
+    ``/metrics`` is served from a thread of the reactor's pool (prometheus-client's WSGI
+    app), so this reads the reactor's objects from another thread: only snapshots made by
+    one C-level step (``list`` of a set, ``dict`` copies, attribute reads), never a Python
+    loop over a live collection."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            families = list(self._families())
+        except Exception:
+            log.exception("metrics.render_failed")
+            raise
+        yield from families
+
+    def _families(self) -> Iterator[Metric]:
+        m = self.metrics
+        yield _gauge(
             "popgate_build_info",
             "Always 1; the version label says which popgate runs.",
-            [({"version": self.version}, 1)],
+            [({"version": m.version}, 1)],
         )
-        yield gauge_family(
+        yield _gauge(
             "popgate_start_time_seconds",
             "When this popgate process started (Unix time).",
-            [({}, self.started_at)],
+            [({}, m.started_at)],
         )
-        yield self.connections.family()
-        yield gauge_family(
+        yield from _without_created(m.connections.collect())
+        yield _gauge(
             "popgate_imap_sessions",
             "Open IMAP connections by session state (RFC 3501 §3).",
             self._sessions_by_state(),
         )
-        yield self.commands.family()
-        yield self.command_seconds.family()
-        yield self.auth_failures.family()
-        yield self.fetch_passes.family()
-        yield self.fetch_seconds.family()
-        yield self.fetched_messages.family()
-        yield self.fetched_bytes.family()
-        yield self.skipped_messages.family()
-        yield self.deleted_messages.family()
-        yield from self._upstream_families(now)
-        if self.store_path is not None:
-            yield gauge_family(
+        for counted in (
+            m.commands,
+            m.command_seconds,
+            m.auth_failures,
+            m.fetch_passes,
+            m.fetch_seconds,
+            m.fetched_messages,
+            m.fetched_bytes,
+            m.skipped_messages,
+            m.deleted_messages,
+        ):
+            yield from _without_created(counted.collect())
+        yield from self._upstream_families()
+        if m.store_path is not None:
+            yield _gauge(
                 "popgate_store_size_bytes",
                 "Size of the SQLite store (main file plus write-ahead log).",
-                [({}, file_size(self.store_path))],
+                [({}, file_size(m.store_path))],
             )
-        if self.lag is not None:
-            yield gauge_family(
+        if m.lag is not None:
+            yield _gauge(
                 "popgate_reactor_lag_last_seconds",
                 "Lateness of the most recent reactor lag probe.",
-                [({}, self.lag.last_lag)],
+                [({}, m.lag.last_lag)],
             )
-            yield self.lag.histogram.family()
+            yield from _without_created(m.lag.histogram.collect())
 
     def _sessions_by_state(self) -> list[tuple[dict[str, str], float]]:
         states = ("not authenticated", "authenticated", "selected", "logout")
         counts = dict.fromkeys(states, 0)
-        for protocol in list(getattr(self.factory, "protocols", ())):
+        for protocol in list(getattr(self.metrics.factory, "protocols", ())):
             state = getattr(getattr(protocol, "session", None), "state", None)
             value = getattr(state, "value", None)
             if value in counts:
                 counts[value] += 1
         return [({"state": s.replace(" ", "_")}, n) for s, n in counts.items()]
 
-    def _upstream_families(self, now: float) -> Iterator[Family]:
+    def _upstream_families(self) -> Iterator[Metric]:
+        m = self.metrics
+        pollers, backlog, last_ok = dict(m.pollers), dict(m._backlog), dict(m._last_success)
         last_success, failures, backlogs, next_poll = [], [], [], []
-        names = set(self.pollers) | set(self._backlog) | set(self._last_success)
-        for name in sorted(names):
-            health = getattr(self.pollers.get(name), "health", None)
+        for name in sorted(set(pollers) | set(backlog) | set(last_ok)):
+            health = getattr(pollers.get(name), "health", None)
             labels = {"upstream": name}
-            success = self._last_success.get(name)
+            success = last_ok.get(name)
             if success is None and health is not None:
                 success = health.last_success
             if success is not None:
@@ -544,67 +425,52 @@ class GatewayMetrics:
                 failures.append((labels, health.consecutive_failures))
                 if health.next_poll_at is not None:
                     next_poll.append((labels, health.next_poll_at))
-            if name in self._backlog:
-                backlogs.append((labels, self._backlog[name]))
-        yield gauge_family(
+            if name in backlog:
+                backlogs.append((labels, backlog[name]))
+        yield _gauge(
             "popgate_upstream_last_success_timestamp_seconds",
             "When the last fetch pass of each upstream succeeded (Unix time).",
             last_success,
         )
-        yield gauge_family(
+        yield _gauge(
             "popgate_upstream_consecutive_failures",
             "Fetch passes in a row that failed, per upstream (0 when healthy).",
             failures,
         )
-        yield gauge_family(
+        yield _gauge(
             "popgate_upstream_next_poll_timestamp_seconds",
             "When the next fetch pass of each upstream is due (Unix time).",
             next_poll,
         )
-        yield gauge_family(
+        yield _gauge(
             "popgate_upstream_backlog_messages",
             "New messages the upstream listed at its last pass that the pass did not store "
             "(non-zero after an interrupted pass).",
             backlogs,
         )
 
-    def render(self) -> bytes:
-        return exposition(self.families())
-
 
 # ---- the HTTP endpoint -------------------------------------------------------------------
 
 
-class MetricsResource(resource.Resource):
-    """``GET /metrics``: the exposition. Read-only, no state changes, no query arguments."""
+def metrics_resource(metrics: GatewayMetrics, reactor: Any) -> resource.Resource:
+    """prometheus-client's Twisted resource for this gateway's registry.
 
-    isLeaf = True
-
-    def __init__(self, metrics: GatewayMetrics) -> None:
-        super().__init__()
-        self.metrics = metrics
-
-    def render_GET(self, request: Any) -> bytes:
-        try:
-            body = self.metrics.render()
-        except Exception:
-            log.exception("metrics.render_failed")
-            request.setResponseCode(500)
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return b"internal error, see the popgate log\n"
-        request.setHeader(b"content-type", CONTENT_TYPE)
-        return body
-
-    def render_HEAD(self, request: Any) -> bytes:
-        return self.render_GET(request)
+    ``prometheus_client.twisted.MetricsResource(registry)`` is exactly
+    ``WSGIResource(reactor, reactor.getThreadPool(), make_wsgi_app(registry))`` with the
+    *global* reactor, imported when the module is (which would install the default
+    reactor as a side effect of importing this one). The same resource is built here with
+    the reactor popgate was given. The WSGI app answers GET (and OPTIONS); its scrape runs
+    in the reactor's thread pool, never blocking the reactor on a slow ``stat``."""
+    return WSGIResource(reactor, reactor.getThreadPool(), make_wsgi_app(metrics.registry))
 
 
 class IndexResource(resource.Resource):
     """``/`` points at ``/metrics``; anything else is 404."""
 
-    def __init__(self, metrics: GatewayMetrics) -> None:
+    def __init__(self, metrics_child: resource.Resource) -> None:
         super().__init__()
-        self.putChild(b"metrics", MetricsResource(metrics))
+        self.putChild(b"metrics", metrics_child)
 
     def getChild(self, path: bytes, request: Any) -> resource.Resource:
         if path == b"":
@@ -625,5 +491,6 @@ class QuietSite(server.Site):
         pass
 
 
-def metrics_site(metrics: GatewayMetrics) -> server.Site:
-    return QuietSite(IndexResource(metrics))
+def metrics_site(metrics: GatewayMetrics, reactor: Any) -> server.Site:
+    """The twisted.web site of ``[metrics] listen``: ``/`` and ``/metrics``."""
+    return QuietSite(IndexResource(metrics_resource(metrics, reactor)))

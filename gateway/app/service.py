@@ -199,7 +199,7 @@ def _serve_metrics(top, cfg, reactor, metrics, factory, pollers, store) -> None:
     )
     top.metrics = metrics  # type: ignore[attr-defined]
     if cfg.metrics.enabled:
-        site = metrics_site(metrics)
+        site = metrics_site(metrics, reactor)
         strports.service(cfg.metrics.listen, site, reactor=reactor).setServiceParent(top)
         log.info("metrics.enabled", listen=cfg.metrics.listen)
 

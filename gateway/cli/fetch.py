@@ -9,12 +9,13 @@ status: 0 when every pass succeeded, 1 when one failed, 3 when the gateway is no
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from gateway.app import control
+from gateway.cli.common import add_state_dir_options, state_dir
 
 BAR_WIDTH = 24
 """Characters of the bar itself."""
@@ -128,9 +129,14 @@ def run(
     out: TextIO | None = None,
     err: TextIO | None = None,
     tty: bool | None = None,
-    timeout: float = control.DEFAULT_CLIENT_TIMEOUT,
+    timeout: float | None = None,
 ) -> int:
-    """Trigger the pass, show progress and the summary; return the exit status."""
+    """Trigger the pass, show progress and the summary; return the exit status. ``timeout``:
+    seconds without any progress before giving up (default: the control client's)."""
+    from gateway.app import control  # Twisted comes with it: only load it for this command
+
+    if timeout is None:
+        timeout = control.DEFAULT_CLIENT_TIMEOUT
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
     view = ProgressView(out, tty=out.isatty() if tty is None else tty)
@@ -152,3 +158,21 @@ def run(
     for outcome in outcomes:
         print(summary_text(outcome), file=out if outcome.get("ok") else err)
     return EXIT_OK if result.get("ok") and outcomes else EXIT_FAILED
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    """Fetch now on the running gateway, with a progress bar."""
+    where = state_dir(args)
+    if where is None:
+        return 1
+    return run(where, args.upstream, timeout=args.timeout)
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("fetch", help="fetch from the upstreams now (on the running gateway)")
+    add_state_dir_options(p)
+    p.add_argument("--upstream", "-u", help="only this upstream (default: all)")
+    p.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds without any progress before giving up"
+    )
+    p.set_defaults(func=cmd_fetch)

@@ -1,0 +1,129 @@
+"""The IMAP listeners: ``[server] imap``/``imaps`` and ``[[listeners]]`` tables, each with
+its effective TLS mode and whether it takes passwords before TLS.
+
+Secure by default: a listener reachable from the network with no TLS to offer is refused
+(passwords would travel in clear) unless ``server.allow_insecure_listener`` says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.app.config.reader import Reader, endpoint_problem
+from gateway.app.config.settings import DEFAULT_IMAP, Listener, TLSSettings
+from gateway.core.net import is_loopback_host
+
+LISTENER_TLS = ("starttls", "implicit")
+
+
+def split_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """A Twisted endpoint string as (type, positional args, keyword args); a backslash
+    escapes a colon as in Twisted's own syntax."""
+    parts: list[str] = []
+    current = ""
+    escaped = False
+    for char in description:
+        if escaped:
+            current += char
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    for part in parts[1:]:
+        name, eq, value = part.partition("=")
+        if eq:
+            kwargs[name] = value
+        else:
+            args.append(part)
+    return parts[0].lower(), args, kwargs
+
+
+def endpoint_is_local(description: str) -> bool:
+    """True when an endpoint string only accepts local connections: a UNIX socket or a
+    TCP listener bound to a loopback interface. Anything else (all interfaces, a LAN
+    address, systemd-passed sockets) counts as reachable from the network."""
+    kind, _args, kwargs = split_endpoint(description)
+    if kind == "unix":
+        return True
+    if kind in ("tcp", "tcp6", "ssl"):
+        return is_loopback_host(kwargs["interface"] if "interface" in kwargs else "")
+    return False
+
+
+def parse_listeners(
+    path: str,
+    problems: list[str],
+    server: Reader,
+    imap: list[str],
+    imaps: list[Any],
+    tables: list[Any],
+    tls: TLSSettings | None,
+    allow_insecure: bool,
+) -> tuple[Listener, ...]:
+    """Every listener with its effective TLS mode and plaintext-auth policy.
+
+    Secure by default: passwords travel in clear only on local listeners. A listener
+    reachable from the network with no TLS to offer is refused unless
+    ``server.allow_insecure_listener`` says so (then it takes passwords in clear).
+    """
+    raw: list[tuple[str, str, str, bool | None]] = []  # (where, endpoint, tls, plaintext)
+    for i, description in enumerate(imap):
+        mode = "endpoint" if split_endpoint(description)[0] == "ssl" else "starttls"
+        raw.append((f"server.imap[{i}]", description, mode, None))
+    for i, item in enumerate(imaps):
+        if not isinstance(item, str):
+            server.problem(f"imaps[{i}]", f"expected an endpoint string, got {item!r}")
+        elif (why := endpoint_problem(item)) is not None:
+            server.problem(f"imaps[{i}]", why)
+        elif split_endpoint(item)[0] == "ssl":
+            server.problem(f"imaps[{i}]", "give a plain endpoint (tcp:993); [tls] adds the TLS")
+        else:
+            raw.append((f"server.imaps[{i}]", item, "implicit", None))
+    for i, table in enumerate(tables):
+        if not isinstance(table, dict):
+            problems.append(f"{path}: listeners[{i}]: expected a table ([[listeners]])")
+            continue
+        r = Reader(path, problems, f"listeners[{i}]", table)
+        endpoint = r.get("endpoint", str)
+        mode = r.get("tls", str, "starttls")
+        plaintext = r.get("plaintext_auth", bool, None)
+        r.finish()
+        if mode is not None and mode not in LISTENER_TLS:
+            r.problem("tls", f"must be one of {', '.join(LISTENER_TLS)}")
+            continue
+        if endpoint is None or mode is None:
+            continue
+        if (why := endpoint_problem(endpoint)) is not None:
+            r.problem("endpoint", why)
+            continue
+        if split_endpoint(endpoint)[0] == "ssl":
+            mode = "endpoint"
+        raw.append((r.prefix, endpoint, mode, plaintext))
+    if not server.table.get("imap", DEFAULT_IMAP) and not imaps and not tables:
+        server.problem("imap", "needs at least one listener")
+    out: list[Listener] = []
+    for where, endpoint, mode, plaintext in raw:
+        local = endpoint_is_local(endpoint)
+        if mode == "implicit" and tls is None:
+            problems.append(
+                f"{path}: {where}: an IMAPS listener needs [tls] cert_file and key_file"
+            )
+            continue
+        if mode == "starttls" and tls is None and not local and not allow_insecure:
+            problems.append(
+                f"{path}: {where}: {endpoint!r} is reachable from the network but no TLS is "
+                "configured, so passwords would travel in clear; set [tls] cert_file and "
+                "key_file, or server.allow_insecure_listener = true to run it anyway"
+            )
+            continue
+        if plaintext is None:
+            plaintext = local or (mode == "starttls" and tls is None and allow_insecure)
+        out.append(Listener(endpoint, mode, plaintext, local))
+    return tuple(out)

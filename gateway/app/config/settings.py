@@ -1,0 +1,107 @@
+"""The settings a validated config yields: typed, immutable, with the defaults they document.
+
+Each dataclass is one table of the file (``[limits]``, ``[users.NAME]``, ``[shared.NAME]``,
+``[metrics]``, ``[tls]``, ``[security]``, ``[[listeners]]``); :class:`Config` is the whole.
+The per-section parsers (sections.py, upstreams.py, listeners.py) build them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.core.limits import DEFAULT_MAX_MESSAGE_SIZE
+from gateway.pop3.upstream import Upstream
+
+DEFAULT_STATE_DIR = "/var/lib/popgate"
+DEFAULT_IMAP = ("tcp:1143:interface=127.0.0.1",)
+DEFAULT_METRICS_LISTEN = "tcp:9143:interface=127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_line_length: int = 64 * 1024
+    max_pipelined_commands: int = 100
+    prelogin_timeout: float = 60.0
+    idle_timeout: float = 30 * 60.0
+    idle_command_timeout: float = 60 * 60.0
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    password_hash: str
+    quota: int | None = None  # bytes of mail the user may keep (RFC 9208 STORAGE); None: no limit
+
+
+@dataclass(frozen=True)
+class Shared:
+    """``[shared.NAME]``: a household's shared mailbox tree (owner ``shared:NAME`` in the
+    store, ``Shared/NAME`` to its members; see gateway/access/households.py)."""
+
+    name: str
+    members: tuple[str, ...]
+    quota: int | None = None  # bytes for the whole shared tree; None: no limit
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The Prometheus endpoint ([metrics]): off unless enabled, loopback by default."""
+
+    enabled: bool = False
+    listen: str = DEFAULT_METRICS_LISTEN
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One IMAP listener (``[server] imap``/``imaps`` or a ``[[listeners]]`` table).
+
+    ``tls``: "starttls" (plaintext first, STARTTLS offered when ``[tls]`` is set),
+    "implicit" (IMAPS: TLS from the first byte with the ``[tls]`` certificate) or
+    "endpoint" (an ``ssl:`` endpoint string that does TLS itself). ``plaintext_auth``:
+    LOGIN/AUTHENTICATE allowed before TLS (RFC 3501 §6.2.3 LOGINDISABLED otherwise).
+    """
+
+    endpoint: str
+    tls: str = "starttls"
+    plaintext_auth: bool = False
+    local: bool = False
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """``[tls]``: the server certificate for STARTTLS and IMAPS (reloaded on SIGHUP)."""
+
+    cert_file: str
+    key_file: str
+    min_version: str = "1.2"
+
+
+@dataclass(frozen=True)
+class Security:
+    """``[security]``: login penalties, failure budgets and connection limits."""
+
+    auth_penalty_initial: float = 2.0
+    auth_penalty_max: float = 15.0
+    auth_failure_window: float = 15 * 60.0
+    auth_failures_per_ip: int = 30
+    auth_failures_per_user: int = 100
+    max_connections_per_user_ip: int = 50
+    max_connections_per_ip: int = 1000
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    state_dir: str
+    imap: tuple[str, ...]
+    log_level: str
+    log_format: str
+    limits: Limits
+    users: dict[str, User]
+    upstreams: tuple[Upstream, ...]
+    metrics: Metrics = Metrics()
+    tls: TLSSettings | None = None
+    listeners: tuple[Listener, ...] = ()
+    security: Security = Security()
+    shared: dict[str, Shared] = field(default_factory=dict)

@@ -1,0 +1,77 @@
+"""``popgate backup`` and ``restore``: a consistent copy of the store, and putting one back."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from gateway.cli.common import add_state_dir_options, state_dir
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Consistent online copy of the store (SQLite backup API); safe while serving."""
+    from gateway.app import backup
+    from gateway.app.storage import STORE_FILE
+
+    where = state_dir(args)
+    if where is None:
+        return 1
+    try:
+        result = backup.backup(os.path.join(where, STORE_FILE), args.dest)
+    except backup.BackupError as e:
+        print(f"popgate: backup failed: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"{result.path}: {result.size} bytes, {result.mailboxes} mailboxes, "
+        f"{result.messages} messages, integrity ok"
+    )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Replace the store with a backup; refused while the gateway runs."""
+    from gateway.app import backup, control
+    from gateway.app.storage import STORE_FILE
+
+    where = state_dir(args)
+    if where is None:
+        return 1
+    try:
+        control.request(where, {"command": "status"}, timeout=10)
+    except control.GatewayNotRunning:
+        pass
+    except (control.ControlError, TimeoutError, OSError) as e:
+        print(
+            f"popgate: cannot tell whether popgate is running ({e}); stop it first", file=sys.stderr
+        )
+        return 1
+    else:
+        print(
+            "popgate: the gateway is running; stop it first (systemctl stop popgate), "
+            "then restore, then start it",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        result = backup.restore(args.src, os.path.join(where, STORE_FILE))
+    except backup.BackupError as e:
+        print(f"popgate: restore failed: {e}", file=sys.stderr)
+        return 1
+    print(f"{result.path}: restored from {args.src} ({result.messages} messages)")
+    if result.previous is not None:
+        print(f"the store it replaced is kept as {result.previous}")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("backup", help="copy the store to DEST (safe while running)")
+    p.add_argument("dest", help="new file, or a directory for a timestamped file")
+    add_state_dir_options(p)
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("restore", help="replace the store with a backup (gateway stopped)")
+    p.add_argument("src", help="a file made by popgate backup")
+    add_state_dir_options(p)
+    p.set_defaults(func=cmd_restore)
