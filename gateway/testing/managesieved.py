@@ -37,8 +37,8 @@ from gateway.security.penalty import AuthPenalty
 from gateway.store.memory_scripts import MemoryScriptStore
 from gateway.store.scripts import ScriptLimits
 from gateway.testing.dovecot import DEBIAN_LIBEXEC, Dovecot, DovecotNotInstalled, DovecotStartError
-from gateway.testing.reactor_thread import ReactorThread
 from gateway.testing.ports import LOOPBACK, free_port
+from gateway.testing.reactor_thread import ReactorThread
 from gateway.testing.tlsca import CA
 
 MANAGESIEVE_PACKAGES: tuple[str, ...] = ("dovecot-managesieved", "dovecot-sieve")
