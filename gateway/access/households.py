@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 from gateway.access import quota
 from gateway.access.quota import Quotas
@@ -111,9 +111,21 @@ class Resolved:
 
 class UserStore:
     """The store as one user sees it: the personal tree plus the shared trees of the
-    user's households under ``Shared/``. Implements the parts of
-    :class:`~gateway.store.interfaces.Store` the IMAP session uses; the ``user`` arguments
-    of the name methods must be this user."""
+    user's households under ``Shared/``. Implements
+    :class:`~gateway.store.interfaces.MailStore` (what the IMAP session uses) method by
+    method over the wrapped store:
+
+    - name methods map names through :meth:`resolve` and check access; their ``user``
+      argument must be this user (anything else answers MailboxNotFound);
+    - ``viewer`` methods always view as this user (``viewer`` may be omitted, or this
+      user; anything else answers MailboxNotFound), and writes that add mail are checked
+      against the owner's quota;
+    - :meth:`message_uids`, :meth:`message_bytes`, :meth:`message_bytes_batch`,
+      :meth:`expunge` and :meth:`clear_recent` pass through unchanged.
+
+    The ledger, listeners and the store's lifetime are not per user and not here: the
+    fetcher and the server hold the store itself.
+    """
 
     def __init__(
         self, store: Store, user: str, households: Households, quotas: Quotas | None = None
@@ -124,15 +136,17 @@ class UserStore:
         self.quotas = quotas if quotas is not None else Quotas()
         self._owners: dict[int, str] = {}  # mailbox id → owner, as handed out
 
-    def __getattr__(self, name: str) -> Any:
-        # Ledger, listeners and lifetime are not per user.
-        return getattr(self.base, name)
-
     # ---- names ---------------------------------------------------------------------
 
     def _own(self, user: str) -> None:
         if user != self.user:
             raise MailboxNotFound("not this session's user")
+
+    def _viewer(self, viewer: str | None) -> str:
+        """The viewer is always this user (None: this user)."""
+        if viewer is not None:
+            self._own(viewer)
+        return self.user
 
     def resolve(self, name: str, *, creating: bool = False) -> Resolved:
         """Map a user-visible name to (owner, store name). Raises MailboxNotFound for
@@ -175,7 +189,7 @@ class UserStore:
             return SHARED_PREFIX + DELIMITER
         return None
 
-    # ---- users and mailboxes -------------------------------------------------------
+    # ---- users, mailboxes, subscriptions: changed, names resolved for this user ---------
 
     def ensure_user(self, user: str) -> None:
         self._own(user)
@@ -273,22 +287,24 @@ class UserStore:
             raise MailboxNotFound(root)
         return quota.usage(self.base, owner), limit
 
-    # ---- messages (the user is the viewer) -----------------------------------------
+    # ---- messages: changed, the user is the viewer; additions checked against quota -----
 
-    def counts(self, mailbox_id: int) -> MailboxCounts:
-        return self.base.counts(mailbox_id, viewer=self.user)
+    def counts(self, mailbox_id: int, *, viewer: str | None = None) -> MailboxCounts:
+        return self.base.counts(mailbox_id, viewer=self._viewer(viewer))
 
-    def message_rows(self, mailbox_id: int) -> list[MessageRow]:
-        return self.base.message_rows(mailbox_id, viewer=self.user)
+    def message_rows(self, mailbox_id: int, *, viewer: str | None = None) -> list[MessageRow]:
+        return self.base.message_rows(mailbox_id, viewer=self._viewer(viewer))
 
-    def selection_summary(self, mailbox_id: int) -> SelectionSummary:
-        return self.base.selection_summary(mailbox_id, viewer=self.user)
+    def selection_summary(self, mailbox_id: int, *, viewer: str | None = None) -> SelectionSummary:
+        return self.base.selection_summary(mailbox_id, viewer=self._viewer(viewer))
 
-    def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
-        return self.base.changes_since(mailbox_id, modseq, viewer=self.user)
+    def changes_since(self, mailbox_id: int, modseq: int, *, viewer: str | None = None) -> Changes:
+        return self.base.changes_since(mailbox_id, modseq, viewer=self._viewer(viewer))
 
-    def message_info(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageInfo]:
-        return self.base.message_info(mailbox_id, uids, viewer=self.user)
+    def message_info(
+        self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
+    ) -> list[MessageInfo]:
+        return self.base.message_info(mailbox_id, uids, viewer=self._viewer(viewer))
 
     def append(
         self,
@@ -296,13 +312,19 @@ class UserStore:
         raw: bytes,
         flags: Iterable[str] = (),
         internaldate: datetime.datetime | None = None,
+        *,
+        viewer: str | None = None,
     ) -> int:
+        user = self._viewer(viewer)
         self._check_quota(mailbox_id, len(raw))
-        return self.base.append(mailbox_id, raw, flags, internaldate, viewer=self.user)
+        return self.base.append(mailbox_id, raw, flags, internaldate, viewer=user)
 
-    def append_many(self, mailbox_id: int, messages: Sequence[NewMessage]) -> list[int]:
+    def append_many(
+        self, mailbox_id: int, messages: Sequence[NewMessage], *, viewer: str | None = None
+    ) -> list[int]:
+        user = self._viewer(viewer)
         self._check_quota(mailbox_id, sum(len(m.raw) for m in messages))
-        return self.base.append_many(mailbox_id, messages, viewer=self.user)
+        return self.base.append_many(mailbox_id, messages, viewer=user)
 
     def store_flags(
         self,
@@ -311,20 +333,48 @@ class UserStore:
         mode: str,
         flags: Iterable[str],
         unchangedsince: int | None = None,
+        *,
+        viewer: str | None = None,
     ) -> StoreResult:
         return self.base.store_flags(
-            mailbox_id, uids, mode, flags, unchangedsince, viewer=self.user
+            mailbox_id, uids, mode, flags, unchangedsince, viewer=self._viewer(viewer)
         )
 
     def copy(
-        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, move: bool = False
+        self,
+        src_mailbox_id: int,
+        uids: Sequence[int],
+        dst_mailbox_id: int,
+        move: bool = False,
+        *,
+        viewer: str | None = None,
     ) -> list[tuple[int, int]]:
+        user = self._viewer(viewer)
         owner = self._owners.get(dst_mailbox_id)
         limited = owner is not None and self.quotas.limit(owner) is not None
         if limited and not (move and self._owners.get(src_mailbox_id) == owner):
             infos = self.base.message_info(src_mailbox_id, uids)
             self._check_quota(dst_mailbox_id, sum(i.size for i in infos))
-        return self.base.copy(src_mailbox_id, uids, dst_mailbox_id, move, viewer=self.user)
+        return self.base.copy(src_mailbox_id, uids, dst_mailbox_id, move, viewer=user)
 
-    def search(self, mailbox_id: int, criteria: Criteria) -> list[int]:
-        return self.base.search(mailbox_id, criteria, viewer=self.user)
+    def search(
+        self, mailbox_id: int, criteria: Criteria, *, viewer: str | None = None
+    ) -> list[int]:
+        return self.base.search(mailbox_id, criteria, viewer=self._viewer(viewer))
+
+    # ---- messages: unchanged (no viewer, no quota) -----------------------------------------
+
+    def message_uids(self, mailbox_id: int) -> array:
+        return self.base.message_uids(mailbox_id)
+
+    def message_bytes(self, mailbox_id: int, uid: int) -> bytes:
+        return self.base.message_bytes(mailbox_id, uid)
+
+    def message_bytes_batch(self, mailbox_id: int, uids: Sequence[int]) -> dict[int, bytes]:
+        return self.base.message_bytes_batch(mailbox_id, uids)
+
+    def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
+        return self.base.expunge(mailbox_id, uids)
+
+    def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> None:
+        self.base.clear_recent(mailbox_id, uids)

@@ -16,10 +16,9 @@ message stays on the POP3 server (held, never dropped) and is fetched once there
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
-from gateway.store.interfaces import Delivery, OverQuota, Store
+from gateway.store.interfaces import Delivery, LedgerEntry, MailStore, OverQuota, Store
 
 KIB = 1024
 """RFC 9208 §5.1: STORAGE is counted in units of 1024 octets."""
@@ -40,12 +39,12 @@ class Quotas:
         return self._limits.get(owner)
 
 
-def usage(store: Store, owner: str) -> int:
+def usage(store: MailStore, owner: str) -> int:
     """Bytes of mail the owner keeps, over all their mailboxes."""
     return sum(store.counts(m.id).size for m in store.list_mailboxes(owner))
 
 
-def check(store: Store, quotas: Quotas, owner: str, adding: int) -> None:
+def check(store: MailStore, quotas: Quotas, owner: str, adding: int) -> None:
     """Raise OverQuota if ``adding`` more bytes would take ``owner`` over their limit."""
     limit = quotas.limit(owner)
     if limit is None or adding <= 0:
@@ -61,15 +60,20 @@ def storage_kib(size: int) -> int:
 
 
 class DeliveryQuotaGuard:
-    """The store as the POP3 fetcher sees it: deliveries that would go over the owner's
-    quota raise OverQuota before anything is written; everything else passes through."""
+    """The POP3 ledger as the fetcher sees it (:class:`~gateway.store.interfaces.Ledger`):
+    deliveries that would go over the owner's quota raise OverQuota before anything is
+    written; every other ledger method passes through unchanged."""
 
     def __init__(self, store: Store, quotas: Quotas) -> None:
         self.base = store
         self.quotas = quotas
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.base, name)
+    @property
+    def runs_inline(self) -> bool:
+        """Where calls may run is the wrapped backend's (gateway/store/runner.py)."""
+        return self.base.runs_inline
+
+    # ---- changed: deliveries are checked against the quota first ----------------------
 
     def deliver(self, owner: str, mailbox: str, delivery: Delivery) -> int | None:
         if delivery.uidl not in self.base.known_uidls(delivery.upstream):
@@ -84,3 +88,20 @@ class DeliveryQuotaGuard:
             adding = sum(len(d.raw) for d in deliveries if d.uidl not in known)
             check(self.base, self.quotas, owner, adding)
         return self.base.deliver_many(owner, mailbox, deliveries, dedup=dedup)
+
+    # ---- unchanged ------------------------------------------------------------------
+
+    def known_uidls(self, upstream: str) -> set[str]:
+        return self.base.known_uidls(upstream)
+
+    def record_skipped(self, upstream: str, uidl: str, reason: str) -> None:
+        self.base.record_skipped(upstream, uidl, reason)
+
+    def record_imported(self, upstream: str, uidls: Iterable[str], reason: str) -> int:
+        return self.base.record_imported(upstream, uidls, reason)
+
+    def forget_uidls(self, upstream: str, uidls: Iterable[str]) -> None:
+        self.base.forget_uidls(upstream, uidls)
+
+    def ledger_entries(self, upstream: str) -> list[LedgerEntry]:
+        return self.base.ledger_entries(upstream)

@@ -7,6 +7,7 @@ collaborators as arguments, so tests build the same service on a private reactor
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -76,6 +77,7 @@ def build_service(
     from gateway.imap.server import IMAPLimits, IMAPServerFactory
     from gateway.pop3.fetcher import fetch_once
     from gateway.pop3.poller import UpstreamPoller
+    from gateway.store.runner import runner_for
 
     top = service.MultiService()
     top.config = cfg  # type: ignore[attr-defined]
@@ -110,10 +112,11 @@ def build_service(
     pollers: dict[str, UpstreamPoller] = {}
     quotas = Quotas(quota_limits(cfg))
     delivery_store = DeliveryQuotaGuard(store, quotas)  # over quota: held upstream
+    # Where the fetcher's store calls run: SQLite runs inline (gateway/store/runner.py).
+    store_runner = runner_for(delivery_store)
+    fetch = metrics.wrap_fetch(functools.partial(fetch_once, runner=store_runner))
     for upstream in cfg.upstreams:
-        poller = UpstreamPoller(
-            upstream, delivery_store, reactor=reactor, fetch=metrics.wrap_fetch(fetch_once)
-        )
+        poller = UpstreamPoller(upstream, delivery_store, reactor=reactor, fetch=fetch)
         pollers[upstream.name] = poller
 
     def on_activity(user: str, mailbox: str) -> None:

@@ -57,10 +57,10 @@ from gateway.store.interfaces import (
     MailboxNotFound,
     MessageTooLarge,
     OverQuota,
+    SearchTooComplex,
     Store,
     StoreError,
 )
-from gateway.store.search import SearchTooComplex
 
 log = structlog.get_logger(__name__)
 

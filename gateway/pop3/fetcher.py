@@ -16,6 +16,10 @@ Message bytes are kept exactly as the server sends them after dot-unstuffing
 :data:`gateway.pop3.spool.SPOOL_MEMORY_THRESHOLD` and spilled to a temporary file beyond,
 cut off at ``max_message_size``.
 
+Store calls go through the ``runner`` given (:mod:`gateway.store.runner`): on the reactor
+thread for SQLite, on a bounded pool for a backend with network round trips; the pass
+awaits each one, so its order of effects is the same either way.
+
 Progress: an optional ``progress`` callable receives a dict after the listing and after
 each message (``popgate fetch`` draws its bar from these), and the log gets a
 ``pop3.progress`` event every :data:`PROGRESS_LOG_EVERY` messages.
@@ -58,7 +62,8 @@ from gateway.pop3.plan import (
 )
 from gateway.pop3.spool import OVERSIZE_DRAIN_LIMIT, MessageSink
 from gateway.pop3.upstream import Upstream
-from gateway.store.interfaces import Delivery, MessageTooLarge, Store
+from gateway.store.interfaces import Delivery, Ledger, MessageTooLarge
+from gateway.store.runner import InlineRunner, StoreRunner
 
 log = structlog.get_logger(__name__)
 
@@ -125,10 +130,16 @@ class _Pass:
     """State of one fetch pass; the steps are methods so each stays readable."""
 
     def __init__(
-        self, upstream: Upstream, store: Store, reactor: Any, progress: Progress | None
+        self,
+        upstream: Upstream,
+        store: Ledger,
+        reactor: Any,
+        progress: Progress | None,
+        runner: StoreRunner,
     ) -> None:
         self.upstream = upstream
         self.store = store
+        self.runner = runner
         self.reactor = reactor
         self.progress = progress
         # every event of a pass names the local owner too (who is missing mail?)
@@ -183,7 +194,7 @@ class _Pass:
             self.client = await connect(up, self.reactor)
             await login(self.client, up)
             listing = await self.read_listing()
-            known = self.store.known_uidls(up.name)
+            known = await self.runner.run(self.store.known_uidls, up.name)
             plan = plan_sync(
                 listing.messages,
                 known,
@@ -194,21 +205,21 @@ class _Pass:
             )
             self.to_fetch = len(plan.fetch)
             self.report_listing(listing, plan)
-            self.record_too_large(plan.too_large)
+            await self.record_too_large(plan.too_large)
             self.report("fetching")
             for message in plan.fetch:
                 await self.fetch_message(message)
-            self.flush()
+            await self.flush()
             self.report("deleting")
-            deletions = self.plan_deletions(listing)
+            deletions = await self.plan_deletions(listing)
             dele_ok = await self.delete([m for m, _policy in deletions])
             await self.quit(dele_ok, deletions)
             if plan.forget:
-                self.store.forget_uidls(up.name, sorted(plan.forget))
+                await self.runner.run(self.store.forget_uidls, up.name, sorted(plan.forget))
                 self.add(forgotten=len(plan.forget))
         except Exception as e:
             # What was received completely is committed before giving up: it is valid mail.
-            flush_error = self.flush_after_failure(e)
+            flush_error = await self.flush_after_failure(e)
             self.finish(abort=True)
             if flush_error is not None:
                 e = flush_error
@@ -347,16 +358,16 @@ class _Pass:
 
     # ---- skipping --------------------------------------------------------------------
 
-    def record_too_large(self, messages: tuple[ListedMessage, ...]) -> None:
+    async def record_too_large(self, messages: tuple[ListedMessage, ...]) -> None:
         for message in messages:
-            self.skip(message, SKIP_TOO_LARGE, message.size)
+            await self.skip(message, SKIP_TOO_LARGE, message.size)
 
-    def skip(self, message: ListedMessage, reason: str, size: int | None) -> None:
+    async def skip(self, message: ListedMessage, reason: str, size: int | None) -> None:
         up = self.upstream
         detail = f"{reason} ({size} octets, limit {up.max_message_size})"
         if reason == SKIP_LINE_TOO_LONG:
             detail = f"{reason} (a line over {MAX_LINE_LENGTH} octets)"
-        self.store.record_skipped(up.name, message.uidl, detail)
+        await self.runner.run(self.store.record_skipped, up.name, message.uidl, detail)
         self.add(skipped=1)
         self.log.warning(
             "pop3.message_skipped",
@@ -394,24 +405,24 @@ class _Pass:
                 if isinstance(error, FetchCancelled):
                     raise error from None
                 if sink.oversized:
-                    self.flush()
-                    self.skip(message, SKIP_TOO_LARGE, sink.size)
+                    await self.flush()
+                    await self.skip(message, SKIP_TOO_LARGE, sink.size)
                     raise MessageTooLargeWhileStreaming(
                         f"{self.host}: message {message.uidl} exceeded the size limit by more "
                         f"than {OVERSIZE_DRAIN_LIMIT} octets; connection dropped"
                     ) from None
                 if isinstance(error, UpstreamLineTooLong):
                     # Permanent: retrying would drop every future pass at the same place.
-                    self.flush()
-                    self.skip(message, SKIP_LINE_TOO_LONG, message.size)
+                    await self.flush()
+                    await self.skip(message, SKIP_LINE_TOO_LONG, message.size)
                 raise error from None
             if sink.oversized:
-                self.skip(message, SKIP_TOO_LARGE, sink.size)
+                await self.skip(message, SKIP_TOO_LARGE, sink.size)
                 return
             raw = sink.getvalue()
         finally:
             sink.close()
-        self.queue(
+        await self.queue(
             Delivery(
                 upstream=up.name,
                 uidl=message.uidl,
@@ -421,7 +432,7 @@ class _Pass:
             )
         )
 
-    def queue(self, delivery: Delivery) -> None:
+    async def queue(self, delivery: Delivery) -> None:
         if not self.pending:
             self.pending_since = self.reactor.seconds()
         self.pending.append(delivery)
@@ -433,7 +444,7 @@ class _Pass:
             or self.pending_bytes >= BATCH_MAX_BYTES
             or self.reactor.seconds() - self.pending_since >= BATCH_MAX_SECONDS
         ):
-            self.flush()
+            await self.flush()
         self.report("fetching")
         if self.received % PROGRESS_LOG_EVERY == 0:
             self.log.info(
@@ -448,7 +459,7 @@ class _Pass:
 
     # ---- committing ------------------------------------------------------------------
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         """Commit the pending batch in one transaction. A message over the store's own
         size limit fails the whole batch, which is then retried one message at a time."""
         batch, self.pending, self.pending_bytes = self.pending, [], 0
@@ -456,17 +467,20 @@ class _Pass:
             return
         up = self.upstream
         too_large = 0
+        deliver_many = self.store.deliver_many
         try:
-            uids = self.store.deliver_many(up.owner, up.folder, batch, dedup=up.dedup)
+            uids = await self.runner.run(deliver_many, up.owner, up.folder, batch, dedup=up.dedup)
         except MessageTooLarge:
             uids = []
             for delivery in batch:
                 try:
-                    uids += self.store.deliver_many(up.owner, up.folder, [delivery], dedup=up.dedup)
+                    uids += await self.runner.run(
+                        deliver_many, up.owner, up.folder, [delivery], dedup=up.dedup
+                    )
                 except MessageTooLarge:
                     uids.append(None)
                     too_large += 1
-                    self.skip(
+                    await self.skip(
                         ListedMessage(0, delivery.uidl, delivery.size_on_server),
                         SKIP_TOO_LARGE,
                         len(delivery.raw),
@@ -493,29 +507,27 @@ class _Pass:
             f"{type(e).__name__}: {e}"
         )
 
-    def flush_after_failure(self, error: Exception) -> StoreFailed | None:
+    async def flush_after_failure(self, error: Exception) -> StoreFailed | None:
         if isinstance(error, StoreFailed) or not self.pending:
             self.pending = []
             return None
         try:
-            self.flush()
+            await self.flush()
         except StoreFailed as e:
             return e
         return None
 
     # ---- deleting --------------------------------------------------------------------
 
-    def plan_deletions(self, listing: Listing) -> tuple[tuple[ListedMessage, str], ...]:
+    async def plan_deletions(self, listing: Listing) -> tuple[tuple[ListedMessage, str], ...]:
         """Re-plan from the ledger as it is now, after this pass's deliveries committed:
         only UIDLs durably recorded as delivered may be deleted (never skipped ones)."""
         up = self.upstream
         policy = deletion_policy(up)
         if not policy.deletes_anything or not listing.complete:
             return ()
-        ledger = {
-            e.uidl: LedgerFact(e.state, e.fetched_at.timestamp(), e.stored)
-            for e in self.store.ledger_entries(up.name)
-        }
+        entries = await self.runner.run(self.store.ledger_entries, up.name)
+        ledger = {e.uidl: LedgerFact(e.state, e.fetched_at.timestamp(), e.stored) for e in entries}
         return plan_deletions(
             listing.messages,
             ledger,
@@ -587,15 +599,21 @@ class _Pass:
 
 def fetch_once(
     upstream: Upstream,
-    store: Store,
+    store: Ledger,
     *,
     reactor: Any,
     progress: Progress | None = None,
+    runner: StoreRunner | None = None,
 ) -> defer.Deferred[FetchResult]:
     """Run one fetch pass; fires with a :class:`FetchResult`, or fails with a
     :class:`~gateway.pop3.errors.FetchError` whose ``result`` says what was achieved.
 
-    Cancelling the Deferred drops the connection without QUIT: nothing is deleted and
-    everything already received is committed.
+    Every store call goes through ``runner`` (default :class:`InlineRunner`: on the
+    reactor thread, for backends that run inline). Cancelling the Deferred drops the
+    connection without QUIT: nothing is deleted and everything already received is
+    committed (or, with a thread runner, is being committed: a store call in progress
+    runs to its end).
     """
-    return defer.Deferred.fromCoroutine(_Pass(upstream, store, reactor, progress).run())
+    if runner is None:
+        runner = InlineRunner()
+    return defer.Deferred.fromCoroutine(_Pass(upstream, store, reactor, progress, runner).run())

@@ -40,7 +40,7 @@ from twisted.python.failure import Failure
 from gateway.pop3.errors import FetchError
 from gateway.pop3.fetcher import FetchResult, fetch_once
 from gateway.pop3.upstream import Upstream
-from gateway.store.interfaces import Store
+from gateway.store.interfaces import Ledger
 
 log = structlog.get_logger(__name__)
 
@@ -95,7 +95,7 @@ class UpstreamPoller(Service):
     def __init__(
         self,
         upstream: Upstream,
-        store: Store,
+        store: Ledger | None,
         *,
         reactor: Any,
         fetch: FetchFunction = fetch_once,

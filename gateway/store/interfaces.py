@@ -1,10 +1,24 @@
 """The storage contract: everything the IMAP server and the POP3 fetcher may ask of a store.
 
-Protocol code depends on this module only, never on ``sqlite3`` (STYLE.md habit 5).
-Calls are synchronous and short: SQLite in WAL mode answers an indexed query in
-microseconds, and the longest write (one delivered message) is bounded by the
-configured maximum message size. Every write is one transaction; when a method
-returns, its effect is durable and visible to every other caller.
+Protocol code depends on this module only, never on ``sqlite3`` or a database driver
+(STYLE.md habit 5). The contract is a few small protocols, one per concern, so that a
+caller names what it needs and a wrapper implements exactly what it wraps:
+
+- :class:`Mailboxes`: users, mailbox names and the hierarchy;
+- :class:`Subscriptions`: each user's subscribed names;
+- :class:`Messages`: messages in a mailbox, their flags, search and catch-up;
+- :class:`MailStore`: the three above, what an IMAP session uses;
+- :class:`Ledger`: the POP3 ledger and exactly-once delivery, what the fetcher uses;
+- :class:`ChangeNotifier`: listeners told of committed changes, what IDLE relies on;
+- :class:`Store`: all of it plus :class:`Backend` (``runs_inline``, ``close``): a backend.
+
+Errors: every failure a store raises on purpose is a :class:`StoreError`
+(:mod:`gateway.store.errors`, re-exported here); ``ValueError``/``TypeError`` mean a
+caller passed something no caller should (a bad flag, one ``str`` for a list).
+
+Guarantees shared by every protocol: every write is one transaction, all or nothing;
+when a method returns, its effect is durable and visible to every later call from any
+caller on any node sharing the store; a read sees one consistent snapshot.
 
 Names: mailbox names are ``str`` with ``/`` as the hierarchy delimiter, already
 decoded from the wire and normalised by the caller (``INBOX`` always upper-case).
@@ -20,6 +34,37 @@ viewer, a shared mailbox shows that viewer's own \\Seen, and a message's modseq 
 larger of its shared modseq and the modseq of the viewer's last private change (both
 come from the one mailbox counter, so CHANGEDSINCE stays exact per member). Without a
 viewer, or in a mailbox that is not shared, ``viewer`` changes nothing.
+
+Store calls and the reactor (the async boundary; see also ARCHITECTURE.md). The contract
+is synchronous on purpose: SQLite in WAL mode answers an indexed query in microseconds
+and the longest write (one delivered message) is bounded by the maximum message size,
+and a synchronous contract keeps the contract suite and its brute-force reference model
+simple. *Where* a call runs is the caller's business, through a
+:class:`~gateway.store.runner.StoreRunner`:
+
+- each backend declares ``runs_inline`` (:class:`Backend`). True (SQLite, memory): calls
+  are made on the reactor thread, through :class:`~gateway.store.runner.InlineRunner`.
+  False (a backend with network round trips, the PostgreSQL store of issue 13): no call
+  may run on the reactor thread; callers go through
+  :class:`~gateway.store.runner.ThreadRunner`, a bounded pool whose results come back on
+  the reactor thread. Such a backend must be safe to call from several pool threads at
+  once (a connection pool, one connection per call) and must hand listener calls to the
+  reactor thread itself (``reactor.callFromThread``);
+- the POP3 fetcher makes every store call through the runner it is given (the service
+  picks it with :func:`~gateway.store.runner.runner_for`);
+- the IMAP server, for a backend that does not run inline, will step each command's
+  handler generator on a pool thread through the runner: one step at a time per session
+  (the session's state is only ever touched by one thread at once), the bytes a step
+  yields and the listener notifications reaching the session handed back to the reactor
+  with ``callFromThread``, backpressure unchanged (the next step is only scheduled once
+  the transport wants more). That part is implemented with the PostgreSQL store (issue
+  13); with ``runs_inline`` backends the server calls the store directly, as today.
+
+Listeners (:class:`ChangeNotifier`) are called after the commit of the change, never from
+inside a transaction, on the thread that made the change: the reactor thread for an
+inline backend. A listener must not raise (backends log and carry on) and should only
+note the mailbox id and act on a later reactor turn, as the IMAP server does: the writer's
+call stack may be another session's command.
 """
 
 from __future__ import annotations
@@ -28,9 +73,52 @@ import datetime
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from gateway.core.criteria import Criteria
+from gateway.store.errors import (
+    MailboxExists,
+    MailboxNotAllowed,
+    MailboxNotFound,
+    MessageTooLarge,
+    OverQuota,
+    SearchTooComplex,
+    StoreError,
+)
+
+__all__ = [
+    "DELIMITER",
+    "INBOX",
+    "PRIVATE_FLAGS",
+    "SHARED_OWNER_PREFIX",
+    "Backend",
+    "ChangeListener",
+    "ChangeNotifier",
+    "Changes",
+    "Delivery",
+    "Ledger",
+    "LedgerEntry",
+    "MailStore",
+    "Mailbox",
+    "MailboxCounts",
+    "MailboxExists",
+    "MailboxNotAllowed",
+    "MailboxNotFound",
+    "Mailboxes",
+    "MessageInfo",
+    "MessageRow",
+    "MessageTooLarge",
+    "Messages",
+    "NewMessage",
+    "OverQuota",
+    "SearchTooComplex",
+    "SelectionSummary",
+    "Store",
+    "StoreError",
+    "StoreResult",
+    "Subscriptions",
+    "is_shared_owner",
+]
 
 INBOX = "INBOX"
 DELIMITER = "/"
@@ -43,30 +131,6 @@ PRIVATE_FLAGS = frozenset({"\\Seen"})
 def is_shared_owner(owner: str) -> bool:
     """True for the pseudo-owner of a shared mailbox tree."""
     return owner.startswith(SHARED_OWNER_PREFIX)
-
-
-class StoreError(Exception):
-    """Base of the typed storage errors; the IMAP layer maps each to one response code."""
-
-
-class MailboxNotFound(StoreError):
-    """→ NO [NONEXISTENT] (or [TRYCREATE] for APPEND/COPY/MOVE targets)."""
-
-
-class MailboxExists(StoreError):
-    """→ NO [ALREADYEXISTS]."""
-
-
-class MailboxNotAllowed(StoreError):
-    """The operation is not allowed on this mailbox (delete INBOX, bad name) → NO [CANNOT]."""
-
-
-class OverQuota(StoreError):
-    """→ NO [OVERQUOTA]."""
-
-
-class MessageTooLarge(StoreError):
-    """→ NO [TOOBIG]."""
 
 
 @dataclass(frozen=True)
@@ -194,8 +258,21 @@ ChangeListener = Callable[[int], None]
 """Called with a mailbox id after a committed change to that mailbox."""
 
 
-class Store(Protocol):
-    # ---- users and mailboxes ---------------------------------------------------
+# ---- the protocols ------------------------------------------------------------------------
+# runtime_checkable so that the contract suite can check a new backend has every method
+# (isinstance checks names only; the suite checks behaviour).
+
+
+@runtime_checkable
+class Mailboxes(Protocol):
+    """Users and their mailbox trees (RFC 3501 §6.3.3-§6.3.6).
+
+    Guarantees: each call is one transaction; a created, deleted or renamed mailbox is
+    visible to every caller when the call returns. A mailbox id is never reused, and a
+    mailbox keeps its id and UIDVALIDITY across renames. Raises :class:`StoreError`
+    subclasses as documented per method.
+    """
+
     def ensure_user(self, user: str) -> None:
         """Create the user's INBOX (and default special-use folders) if missing."""
 
@@ -215,15 +292,35 @@ class Store(Protocol):
         and leaves INBOX empty (RFC 3501 §6.3.5). Each mailbox keeps its UIDVALIDITY
         except the new one made from INBOX."""
 
+
+@runtime_checkable
+class Subscriptions(Protocol):
+    """Each user's list of subscribed names (RFC 3501 §6.3.6-§6.3.7).
+
+    Guarantees: durable when the call returns. Names are kept as given, whether or not a
+    mailbox of that name exists; deleting a mailbox leaves its subscription alone.
+    """
+
     def set_subscribed(self, user: str, name: str, subscribed: bool) -> None: ...
 
     def subscriptions(self, user: str) -> list[str]:
         """Subscribed names, including ones whose mailbox no longer exists."""
 
+
+@runtime_checkable
+class Messages(Protocol):
+    """Messages in a mailbox: reading, appending, flags, expunge, copy/move and search.
+
+    Guarantees: every write is one transaction and bumps the mailbox's HIGHESTMODSEQ
+    once (RFC 7162 §3.1), stamping every row it changed; UIDs are strictly ascending and
+    never reused in a mailbox (RFC 3501 §2.3.1.1). A read sees one snapshot. Methods taking
+    a ``viewer`` show and change that viewer's own \\Seen in a shared mailbox (module
+    docstring). Unknown mailbox ids raise MailboxNotFound.
+    """
+
     def counts(self, mailbox_id: int, *, viewer: str | None = None) -> MailboxCounts:
         """UNSEEN counts ``viewer``'s own \\Seen in a shared mailbox."""
 
-    # ---- messages in a mailbox -------------------------------------------------
     def message_rows(self, mailbox_id: int, *, viewer: str | None = None) -> list[MessageRow]:
         """Every message in ascending UID order: a session's initial view."""
 
@@ -303,12 +400,29 @@ class Store(Protocol):
     def search(
         self, mailbox_id: int, criteria: Criteria, *, viewer: str | None = None
     ) -> list[int]:
-        """UIDs matching, ascending. ``Seq`` keys must already be rewritten to ``Uid``."""
+        """UIDs matching, ascending. ``Seq`` keys must already be rewritten to ``Uid``.
+        Raises SearchTooComplex past the store's bounds on the criteria tree."""
 
     def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> None:
         """The session that saw these as \\Recent claims them (RFC 3501 §2.3.2)."""
 
-    # ---- POP3 ledger -----------------------------------------------------------
+
+@runtime_checkable
+class MailStore(Mailboxes, Subscriptions, Messages, Protocol):
+    """Everything an IMAP session asks of a store: mailboxes, subscriptions, messages."""
+
+
+@runtime_checkable
+class Ledger(Protocol):
+    """The POP3 ledger: which upstream UIDLs were delivered, skipped or imported.
+
+    Guarantees: exactly-once delivery. A message and its ledger row commit together in
+    one durable transaction (on disk, not only in a cache), so once :meth:`deliver` or
+    :meth:`deliver_many` returns the fetcher may DELE it upstream; a UIDL is in the
+    ledger at most once per upstream, so a repeated delivery writes nothing. Nothing is
+    written when a call raises.
+    """
+
     def known_uidls(self, upstream: str) -> set[str]:
         """UIDLs already delivered, deliberately skipped or imported for this upstream."""
 
@@ -340,9 +454,37 @@ class Store(Protocol):
     def ledger_entries(self, upstream: str) -> list[LedgerEntry]:
         """Every ledger row of this upstream, ordered by UIDL."""
 
-    # ---- notification and lifetime ---------------------------------------------
+
+@runtime_checkable
+class ChangeNotifier(Protocol):
+    """Listeners told after a change to a mailbox has committed (IDLE, other sessions).
+
+    Guarantees: a listener is called with the mailbox id once per committed write that
+    changed that mailbox (content, flags, expunge, delete, rename; never for a write that
+    failed or changed nothing), after the commit, on the thread that made the change (for
+    a backend that does not run inline: on the reactor thread, see the module docstring).
+    Notifications are hints to catch up with :meth:`Messages.changes_since`; a session
+    never relies on them for correctness.
+    """
+
     def add_listener(self, listener: ChangeListener) -> None: ...
 
     def remove_listener(self, listener: ChangeListener) -> None: ...
 
-    def close(self) -> None: ...
+
+@runtime_checkable
+class Backend(Protocol):
+    """What every backend declares about itself and its lifetime."""
+
+    runs_inline: bool
+    """True: calls may be made on the reactor thread (answers in microseconds, no
+    network); False: callers must go through a thread runner (module docstring)."""
+
+    def close(self) -> None:
+        """Release the backend's resources; later calls raise StoreError."""
+
+
+@runtime_checkable
+class Store(MailStore, Ledger, ChangeNotifier, Backend, Protocol):
+    """The whole contract, as one backend implements it; callers that need only a part
+    ask for that part (:class:`MailStore`, :class:`Ledger`, :class:`ChangeNotifier`)."""

@@ -8,7 +8,8 @@ concatenated. Each node's expression yields 0 or 1, never NULL, so ``NOT`` keeps
 two-valued meaning.
 
 Trees are bounded (:data:`MAX_SEARCH_NODES`, :data:`MAX_SEARCH_DEPTH`) so that a
-hostile SEARCH cannot exceed SQLite's expression-depth or parameter limits, and long
+hostile SEARCH cannot exceed SQLite's expression-depth or parameter limits (going over
+raises :class:`~gateway.store.errors.SearchTooComplex`, a StoreError), and long
 AND/OR chains are emitted as balanced trees to keep the SQL expression shallow.
 """
 
@@ -34,6 +35,7 @@ from gateway.core.criteria import (
     Text,
     Uid,
 )
+from gateway.store.errors import SearchTooComplex
 
 MAX_SEARCH_NODES = 500
 """Most criteria nodes one SEARCH may hold; IMAP clients send a handful."""
@@ -49,10 +51,6 @@ SYSTEM_FLAGS = {
     f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\Recent")
 }
 """Lower-case → canonical spelling of the RFC 3501 §2.3.2 system flags."""
-
-
-class SearchTooComplex(ValueError):
-    """The criteria tree exceeds :data:`MAX_SEARCH_NODES` or :data:`MAX_SEARCH_DEPTH`."""
 
 
 @dataclass

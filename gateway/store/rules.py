@@ -1,0 +1,129 @@
+"""The rules every store backend applies the same way: mailbox names, flags, message checks,
+INTERNALDATE, the folders a new user gets, and the numeric limits of UIDs.
+
+Backends import these instead of each writing its own, so SQLite, the memory store and
+the PostgreSQL store to come (issue 13) cannot drift apart; the contract suite
+(tests/test_store_contract.py) proves they do not. The functions are pure: they raise
+the typed errors of :mod:`gateway.store.errors` (or :class:`ValueError`/:class:`TypeError`
+for values no caller should pass) and touch no storage.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable
+
+from gateway.store.errors import MailboxNotAllowed, MessageTooLarge
+from gateway.store.interfaces import DELIMITER, INBOX
+from gateway.store.search import canonical_flag
+
+MAX_MAILBOX_NAME_LENGTH = 512
+"""Longest mailbox name, in characters."""
+
+MAX_MAILBOX_DEPTH = 32
+"""Most hierarchy levels in one mailbox name."""
+
+MAX_UID = 2**32 - 1
+"""UIDs and UIDVALIDITY are 32-bit unsigned (RFC 3501 §2.3.1.1, nz-number)."""
+
+DEFAULT_FOLDERS: tuple[tuple[str, str], ...] = (
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+)
+"""Folders every new user gets, with their RFC 6154 special-use attribute."""
+
+SPECIAL_USES = frozenset(
+    ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash", "\\Important")
+)
+"""Attributes CREATE may set: RFC 6154 §2 plus RFC 8457 \\Important."""
+
+RECENT = "\\Recent"
+"""The session flag no client may set (RFC 3501 §2.3.2); stores keep it as a row bit."""
+
+SEEN_KEY = "\\seen"
+"""\\Seen as a key of :func:`flag_map` (lower case): private per viewer when shared."""
+
+_ATOM_SPECIALS = frozenset('(){ %*"\\]')
+
+
+def check_message(raw: bytes, limit: int) -> None:
+    """What every backend checks before storing a message: bytes, and not over ``limit``."""
+    if not isinstance(raw, bytes):
+        raise TypeError("raw message must be bytes")
+    if len(raw) > limit:
+        raise MessageTooLarge(f"message of {len(raw)} bytes exceeds the limit of {limit}")
+
+
+def stored_internaldate(
+    when: datetime.datetime | None, now: datetime.datetime
+) -> datetime.datetime:
+    """INTERNALDATE as every backend keeps it: aware (a naive value is taken as UTC),
+    whole seconds, in its own offset rounded to minutes; ``now`` when not given."""
+    if when is None:
+        when = now
+    elif when.tzinfo is None or when.utcoffset() is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    offset = when.utcoffset()
+    assert offset is not None
+    zone = datetime.timezone(datetime.timedelta(minutes=int(offset.total_seconds() // 60)))
+    return when.replace(microsecond=0).astimezone(zone)
+
+
+def normalise_name(name: str) -> str:
+    """INBOX is case-insensitive (RFC 3501 §5.1), and so is it as the first level of a
+    hierarchical name: "inbox/x" is "INBOX/x", never a second, shadow inbox."""
+    head, sep, rest = name.partition(DELIMITER)
+    if head != INBOX and head.upper() == INBOX:
+        return INBOX + sep + rest
+    return name
+
+
+def check_mailbox_name(name: str) -> None:
+    """Raise :class:`MailboxNotAllowed` unless ``name`` can name a mailbox here.
+
+    Refused: empty names or levels ("a//b"), a leading or trailing delimiter, control
+    characters, more than :data:`MAX_MAILBOX_NAME_LENGTH` characters or
+    :data:`MAX_MAILBOX_DEPTH` levels.
+    """
+    if not name:
+        raise MailboxNotAllowed("empty mailbox name")
+    if len(name) > MAX_MAILBOX_NAME_LENGTH:
+        raise MailboxNotAllowed(f"mailbox name longer than {MAX_MAILBOX_NAME_LENGTH}")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in name):
+        raise MailboxNotAllowed("control character in mailbox name")
+    levels = name.split(DELIMITER)
+    if len(levels) > MAX_MAILBOX_DEPTH:
+        raise MailboxNotAllowed(f"mailbox name deeper than {MAX_MAILBOX_DEPTH} levels")
+    if any(level == "" for level in levels):
+        raise MailboxNotAllowed("empty hierarchy level in mailbox name")
+
+
+def parent_names(name: str) -> list[str]:
+    """``a/b/c`` → ``["a", "a/b"]``."""
+    levels = name.split(DELIMITER)
+    return [DELIMITER.join(levels[:i]) for i in range(1, len(levels))]
+
+
+def check_flag(flag: str) -> None:
+    """A flag must be an IMAP atom, optionally after one backslash (RFC 3501 §9 flag)."""
+    if not isinstance(flag, str):
+        raise TypeError(f"flag must be str, not {type(flag).__name__}")
+    body = flag[1:] if flag.startswith("\\") else flag
+    if not body or any(c in _ATOM_SPECIALS or not ("\x21" <= c <= "\x7e") for c in body):
+        raise ValueError(f"not a valid IMAP flag: {flag!r}")
+
+
+def flag_map(flags: Iterable[str]) -> dict[str, str]:
+    """Validated flags keyed by their lower-case form, \\Recent dropped (not settable)."""
+    if isinstance(flags, str):
+        raise TypeError("flags must be an iterable of str, not one str")
+    out: dict[str, str] = {}
+    for flag in flags:
+        check_flag(flag)
+        flag = canonical_flag(flag)
+        if flag != RECENT:
+            out.setdefault(flag.lower(), flag)
+    return out

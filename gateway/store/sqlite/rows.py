@@ -1,0 +1,302 @@
+"""The SQLite store's row-level steps, run inside a transaction by the concern modules.
+
+Finding and creating mailbox rows, the modseq and UID counters (RFC 7162 §3.1.1,
+RFC 3501 §2.3.1.1), inserting a message with its precomputed search columns, adding
+and removing ``mailbox_message`` rows, and a shared mailbox member's private \\Seen.
+Shared mailboxes (owner ``shared:NAME``): \\Seen lives in ``private_flag`` per viewer,
+never in the shared ``flags`` column; reads with a ``viewer`` go through
+:data:`PRIVATE_SOURCE`, a subquery with the same columns as ``mailbox_message`` that
+merges the viewer's \\Seen and modseq in.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+from gateway.message.analysis import Analysis
+from gateway.store.errors import MailboxNotFound, StoreError
+from gateway.store.interfaces import INBOX, Mailbox, is_shared_owner
+from gateway.store.rules import (
+    DEFAULT_FOLDERS,
+    MAX_UID,
+    SEEN_KEY,
+    check_message,
+    parent_names,
+    stored_internaldate,
+)
+from gateway.store.sqlite.connection import SQLiteConnection
+
+SEEN_TOKEN = " \\Seen "
+DELETED_TOKEN = " \\Deleted "
+
+PRIVATE_SOURCE = (
+    "(SELECT x.mailbox_id AS mailbox_id, x.uid AS uid, x.message_id AS message_id,"
+    " CASE WHEN p.seen = 1 THEN trim(x.flags || ' \\Seen') ELSE x.flags END AS flags,"
+    " max(x.modseq, coalesce(p.modseq, 0)) AS modseq, x.recent AS recent"
+    " FROM mailbox_message x LEFT JOIN private_flag p ON p.mailbox_id = x.mailbox_id"
+    " AND p.uid = x.uid AND p.user = ?)"
+)
+"""``mailbox_message`` as one viewer sees a shared mailbox (one parameter: the viewer)."""
+
+
+MAILBOX_COLUMNS = (
+    "m.id, m.owner, m.name, m.uidvalidity, m.uidnext, m.highestmodseq, m.special_use,"
+    " s.name IS NOT NULL"
+)
+MAILBOX_FROM = "mailbox m LEFT JOIN subscription s ON s.owner = m.owner AND s.name = m.name"
+
+
+def stored_map(text: str) -> dict[str, str]:
+    return {f.lower(): f for f in text.split()}
+
+
+def flags_text(flags: dict[str, str]) -> str:
+    return " ".join(sorted(flags.values()))
+
+
+def split_seen(flags: dict[str, str], shared: bool) -> tuple[str, bool]:
+    """(flags text for ``mailbox_message``, whether \\Seen is set): in a shared mailbox
+    \\Seen is private and never written to the shared column."""
+    if not shared:
+        return flags_text(flags), SEEN_KEY in flags
+    rest = {k: v for k, v in flags.items() if k != SEEN_KEY}
+    return flags_text(rest), SEEN_KEY in flags
+
+
+def uid_list(uids: Iterable[int]) -> str:
+    """UIDs as one JSON parameter for ``json_each``: any count, one bound value."""
+    return json.dumps([int(u) for u in uids])
+
+
+class SQLiteRows(SQLiteConnection):
+    """Steps that run inside a caller's transaction (``cur`` is the connection in it)."""
+
+    def _require(self, cur: sqlite3.Connection, mailbox_id: int) -> None:
+        if cur.execute("SELECT 1 FROM mailbox WHERE id = ?", (mailbox_id,)).fetchone() is None:
+            raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
+
+    def _is_shared(self, cur: sqlite3.Connection, mailbox_id: int) -> bool:
+        """Whether the mailbox belongs to a shared tree; raises MailboxNotFound."""
+        known = self._shared_ids.get(mailbox_id)
+        if known is None:
+            row = cur.execute("SELECT owner FROM mailbox WHERE id = ?", (mailbox_id,)).fetchone()
+            if row is None:
+                raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
+            known = self._shared_ids[mailbox_id] = is_shared_owner(row[0])
+        return known
+
+    def _source(
+        self, cur: sqlite3.Connection, mailbox_id: int, viewer: str | None
+    ) -> tuple[str, list[object]]:
+        """The rows to read for ``viewer``: the table itself, or its private view."""
+        if viewer is not None and self._is_shared(cur, mailbox_id):
+            return PRIVATE_SOURCE, [viewer]
+        return "mailbox_message", []
+
+    def _set_private(
+        self,
+        cur: sqlite3.Connection,
+        mailbox_id: int,
+        viewer: str,
+        entries: Iterable[tuple[int, bool]],
+        modseq: int,
+    ) -> None:
+        """Record ``viewer``'s own \\Seen for (uid, seen) entries, stamped ``modseq``."""
+        cur.executemany(
+            "INSERT INTO private_flag (mailbox_id, user, uid, seen, modseq)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (mailbox_id, user, uid)"
+            " DO UPDATE SET seen = excluded.seen, modseq = excluded.modseq",
+            [(mailbox_id, viewer, uid, int(seen), modseq) for uid, seen in entries],
+        )
+
+    def _highestmodseq(self, cur: sqlite3.Connection, mailbox_id: int) -> int:
+        row = cur.execute(
+            "SELECT highestmodseq FROM mailbox WHERE id = ?", (mailbox_id,)
+        ).fetchone()
+        return int(row[0])
+
+    def _find(self, cur: sqlite3.Connection, user: str, name: str) -> Mailbox | None:
+        row = cur.execute(
+            f"SELECT {MAILBOX_COLUMNS} FROM {MAILBOX_FROM} WHERE m.owner = ? AND m.name = ?",
+            (user, name),
+        ).fetchone()
+        return None if row is None else Mailbox(*row[:7], subscribed=bool(row[7]))
+
+    def _bump(self, cur: sqlite3.Connection, mailbox_id: int) -> int:
+        """The mailbox's next modseq, recorded as its HIGHESTMODSEQ (RFC 7162 §3.1.1)."""
+        rows = cur.execute(
+            "UPDATE mailbox SET highestmodseq = highestmodseq + 1 WHERE id = ?"
+            " RETURNING highestmodseq",
+            (mailbox_id,),
+        ).fetchall()
+        if not rows:
+            raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
+        return int(rows[0][0])
+
+    def _next_uidvalidity(self, cur: sqlite3.Connection) -> int:
+        """A UIDVALIDITY never handed out before in this store: a persistent counter that
+        also keeps up with the clock, so values look like Dovecot's (creation times)."""
+        (counter,) = cur.execute("SELECT value FROM meta WHERE key = 'uidvalidity'").fetchone()
+        value = max(int(counter), int(self._clock()), 1)
+        if value > MAX_UID:
+            raise StoreError("UIDVALIDITY space exhausted")
+        cur.execute("UPDATE meta SET value = ? WHERE key = 'uidvalidity'", (value + 1,))
+        return value
+
+    def _create_tx(
+        self, cur: sqlite3.Connection, user: str, name: str, special_use: str | None
+    ) -> int:
+        """Insert one mailbox row (no parent handling); returns its id."""
+        return int(
+            cur.execute(
+                "INSERT INTO mailbox (owner, name, uidvalidity, special_use) VALUES (?, ?, ?, ?)",
+                (user, name, self._next_uidvalidity(cur), special_use),
+            ).lastrowid
+        )
+
+    def _create_parents_tx(self, cur: sqlite3.Connection, user: str, name: str) -> None:
+        """RFC 3501 §6.3.3: create the superior names a new name needs."""
+        for parent in parent_names(name):
+            if self._find(cur, user, parent) is None:
+                self._create_tx(cur, user, parent, None)
+
+    def _ensure_user_tx(self, cur: sqlite3.Connection, user: str) -> None:
+        if self._find(cur, user, INBOX) is not None:
+            return
+        self._create_tx(cur, user, INBOX, None)
+        if is_shared_owner(user):
+            return  # a shared tree starts with its INBOX only; members subscribe themselves
+        names = [INBOX]
+        for name, use in DEFAULT_FOLDERS:
+            if self._find(cur, user, name) is None:
+                self._create_tx(cur, user, name, use)
+            names.append(name)
+        cur.executemany(
+            "INSERT OR IGNORE INTO subscription (owner, name) VALUES (?, ?)",
+            [(user, n) for n in names],
+        )
+
+    def _internaldate(self, when: datetime.datetime | None) -> tuple[int, int, int]:
+        """(epoch seconds, offset minutes, day ordinal in that offset)."""
+        when = stored_internaldate(when, self._now())
+        offset = when.utcoffset()
+        assert offset is not None
+        return int(when.timestamp()), int(offset.total_seconds() // 60), when.date().toordinal()
+
+    def _ingest(
+        self, raw: bytes, internaldate: datetime.datetime | None
+    ) -> tuple[bytes, Analysis, tuple[int, int, int]]:
+        """Checks and computations done before the write transaction starts."""
+        check_message(raw, self.max_message_size)
+        return raw, self._analyze(raw), self._internaldate(internaldate)
+
+    def _insert_message(
+        self,
+        cur: sqlite3.Connection,
+        raw: bytes,
+        analysis: Analysis,
+        internal: tuple[int, int, int],
+    ) -> int:
+        epoch, minutes, day = internal
+        sent_epoch: int | None = None
+        sent_day = day
+        sent = analysis.sent_date
+        if sent is not None:
+            if sent.tzinfo is None or sent.utcoffset() is None:
+                sent = sent.replace(tzinfo=datetime.UTC)
+            try:
+                sent_epoch = int(sent.timestamp())
+                sent_day = sent.date().toordinal()
+            except (OverflowError, ValueError, OSError):
+                sent_epoch, sent_day = None, day
+        message_id = int(
+            cur.execute(
+                "INSERT INTO message (sha256, size, internaldate, internaldate_tz, internal_day,"
+                " sent_date, sent_day, message_id_header, envelope, bodystructure, body, parts)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    hashlib.sha256(raw).digest(),
+                    len(raw),
+                    epoch,
+                    minutes,
+                    day,
+                    sent_epoch,
+                    sent_day,
+                    analysis.message_id,
+                    analysis.envelope,
+                    analysis.bodystructure,
+                    analysis.body,
+                    analysis.parts,
+                ),
+            ).lastrowid
+        )
+        cur.execute("INSERT INTO content (message_id, raw) VALUES (?, ?)", (message_id, raw))
+        cur.executemany(
+            "INSERT INTO header_field (message_id, name, pos, value_folded) VALUES (?, ?, ?, ?)",
+            [
+                (message_id, name.lower(), pos, value.casefold())
+                for pos, (name, value) in enumerate(analysis.headers)
+            ],
+        )
+        header_text = "\n".join(f"{name.lower()}: {value}" for name, value in analysis.headers)
+        cur.execute(
+            "INSERT INTO message_text (message_id, header_folded, text_folded) VALUES (?, ?, ?)",
+            (message_id, header_text.casefold(), analysis.text.casefold()),
+        )
+        return message_id
+
+    def _add_rows(
+        self, cur: sqlite3.Connection, mailbox_id: int, entries: Sequence[tuple[int, str]]
+    ) -> list[int]:
+        """Give (message id, flags text) entries consecutive new UIDs in a mailbox, all
+        \\Recent and stamped with one new modseq; returns the UIDs."""
+        modseq = self._bump(cur, mailbox_id)
+        count = len(entries)
+        (end,) = cur.execute(
+            "UPDATE mailbox SET uidnext = uidnext + ? WHERE id = ? RETURNING uidnext",
+            (count, mailbox_id),
+        ).fetchall()[0]
+        if end - 1 > MAX_UID:
+            raise StoreError("UID space of the mailbox exhausted")
+        first = end - count
+        uids = list(range(first, end))
+        cur.executemany(
+            "INSERT INTO mailbox_message (mailbox_id, uid, message_id, flags, modseq, recent)"
+            " VALUES (?, ?, ?, ?, ?, 1)",
+            [
+                (mailbox_id, uid, message_id, flags, modseq)
+                for uid, (message_id, flags) in zip(uids, entries, strict=True)
+            ],
+        )
+        return uids
+
+    def _remove_rows(
+        self, cur: sqlite3.Connection, mailbox_id: int, uids: Sequence[int], modseq: int
+    ) -> None:
+        """Drop rows from a mailbox, remembering the UIDs for QRESYNC (RFC 7162 §3.2.10)."""
+        cur.executemany(
+            "INSERT INTO expunged (mailbox_id, uid, modseq) VALUES (?, ?, ?)",
+            [(mailbox_id, uid, modseq) for uid in uids],
+        )
+        cur.execute(
+            "DELETE FROM mailbox_message WHERE mailbox_id = ?"
+            " AND uid IN (SELECT value FROM json_each(?))",
+            (mailbox_id, uid_list(uids)),
+        )
+        cur.execute(
+            "DELETE FROM private_flag WHERE mailbox_id = ?"
+            " AND uid IN (SELECT value FROM json_each(?))",
+            (mailbox_id, uid_list(uids)),
+        )
+
+    def _collect(self, cur: sqlite3.Connection, message_ids: Iterable[int]) -> None:
+        """Delete messages (and, by cascade, their content) no mailbox refers to any more."""
+        cur.execute(
+            "DELETE FROM message WHERE id IN (SELECT value FROM json_each(?))"
+            " AND NOT EXISTS (SELECT 1 FROM mailbox_message x WHERE x.message_id = message.id)",
+            (json.dumps(sorted(set(message_ids))),),
+        )
