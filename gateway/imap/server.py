@@ -1,6 +1,6 @@
 """The IMAP server's transport glue: the only IMAP module that touches a socket or a reactor.
 
-It feeds received bytes to the sans-I/O :class:`~gateway.imap.parser.CommandParser`,
+It feeds received bytes to the sans-I/O :class:`~gateway.imap.framing.CommandParser`,
 runs one command at a time through :meth:`IMAPSession.execute` (commands are answered
 strictly in order, RFC 3501 §5.5), performs the actions the session asks for (password
 checks off the reactor thread, raw lines for AUTHENTICATE and IDLE, STARTTLS, close),
@@ -43,14 +43,8 @@ from gateway.imap.command import (
     ParseError,
     RawLine,
 )
+from gateway.imap.framing import MAX_LITERALS, MAX_NESTING, MAX_SEQUENCE_RANGES, CommandParser
 from gateway.imap.handler import BadCommand, Refused
-from gateway.imap.parser import (
-    MAX_LITERALS,
-    MAX_NESTING,
-    MAX_SEARCH_DEPTH,
-    MAX_SEQUENCE_RANGES,
-    CommandParser,
-)
 from gateway.imap.session import (
     ActivityHook,
     Close,
@@ -65,6 +59,7 @@ from gateway.imap.session import (
 from gateway.security.auth import Authenticator
 from gateway.security.penalty import AuthPenalty, source_key
 from gateway.store.interfaces import Store
+from gateway.store.search import MAX_SEARCH_DEPTH
 
 log = structlog.get_logger(__name__)
 

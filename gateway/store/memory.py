@@ -35,6 +35,7 @@ from gateway.core.criteria import (
     Text,
     Uid,
 )
+from gateway.core.flags import RECENT, SPECIAL_USES, canonical_flag
 from gateway.message.mime import Analysis, analyze
 from gateway.store.interfaces import (
     DELIMITER,
@@ -56,12 +57,11 @@ from gateway.store.interfaces import (
     StoreResult,
     is_shared_owner,
 )
-from gateway.store.search import build_query, canonical_flag
+from gateway.store.search import build_query
 from gateway.store.sqlite import (
     DEFAULT_FOLDERS,
     DEFAULT_MAX_MESSAGE_SIZE,
     MAX_UID,
-    SPECIAL_USES,
     check_mailbox_name,
     check_message,
     flag_map,
@@ -72,7 +72,6 @@ from gateway.store.sqlite import (
 
 log = structlog.get_logger(__name__)
 
-_RECENT = "\\Recent"
 _SEEN_KEY = "\\seen"
 
 
@@ -111,7 +110,7 @@ class _Row:
     def view(self) -> frozenset[str]:
         shown = set(self.flags.values())
         if self.recent:
-            shown.add(_RECENT)
+            shown.add(RECENT)
         return frozenset(shown)
 
 
@@ -771,7 +770,7 @@ def _matches(node: Criteria, uid: int, row: _Row, largest: int) -> bool:
         return not _matches(node.key, uid, row, largest)
     if isinstance(node, Flag):
         flag = canonical_flag(node.flag)
-        present = row.recent if flag == _RECENT else flag.lower() in row.flags
+        present = row.recent if flag == RECENT else flag.lower() in row.flags
         return present == node.present
     if isinstance(node, Header):
         name, needle = node.field.lower(), node.value.casefold()

@@ -34,6 +34,7 @@ from gateway.core.criteria import (
     Text,
     Uid,
 )
+from gateway.core.flags import RECENT, canonical_flag, is_system_flag
 
 MAX_SEARCH_NODES = 500
 """Most criteria nodes one SEARCH may hold; IMAP clients send a handful."""
@@ -44,11 +45,6 @@ MAX_SEARCH_DEPTH = 40
 MAX_INLINE_UID_RANGES = 8
 """UID sets with more ranges than this are passed as one JSON parameter instead of an
 ``OR`` chain of ``BETWEEN``s, bounding the number of SQL parameters per node."""
-
-SYSTEM_FLAGS = {
-    f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\Recent")
-}
-"""Lower-case → canonical spelling of the RFC 3501 §2.3.2 system flags."""
 
 
 class SearchTooComplex(ValueError):
@@ -61,11 +57,6 @@ class Query:
 
     sql: str
     params: list[object] = field(default_factory=list)
-
-
-def canonical_flag(flag: str) -> str:
-    """System flags in their canonical case; keywords unchanged."""
-    return SYSTEM_FLAGS.get(flag.lower(), flag) if flag.startswith("\\") else flag
 
 
 def check_size(criteria: Criteria) -> None:
@@ -189,9 +180,9 @@ class _Translator:
 
     def _flag(self, node: Flag) -> str:
         flag = canonical_flag(node.flag)
-        if flag == "\\Recent":
+        if flag == RECENT:
             return "(mm.recent = 1)" if node.present else "(mm.recent = 0)"
-        if flag.lower() in SYSTEM_FLAGS:
+        if is_system_flag(flag):
             # Stored in canonical case: an exact token match suffices.
             self.params.append(f" {flag} ")
             test = "instr(' ' || mm.flags || ' ', ?) > 0"

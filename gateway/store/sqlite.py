@@ -48,6 +48,7 @@ from pathlib import Path
 import structlog
 
 from gateway.core.criteria import Criteria
+from gateway.core.flags import RECENT, SPECIAL_USES, canonical_flag
 from gateway.core.limits import DEFAULT_MAX_MESSAGE_SIZE
 from gateway.message.mime import Analysis, analyze
 from gateway.store.interfaces import (
@@ -72,7 +73,7 @@ from gateway.store.interfaces import (
     is_shared_owner,
 )
 from gateway.store.schema import migrate, schema_version
-from gateway.store.search import build_query, canonical_flag
+from gateway.store.search import build_query
 
 log = structlog.get_logger(__name__)
 
@@ -107,13 +108,7 @@ DEFAULT_FOLDERS: tuple[tuple[str, str], ...] = (
 )
 """Folders every new user gets, with their RFC 6154 special-use attribute."""
 
-SPECIAL_USES = frozenset(
-    ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash", "\\Important")
-)
-"""Attributes CREATE may set: RFC 6154 §2 plus RFC 8457 \\Important."""
-
 _ATOM_SPECIALS = frozenset('(){ %*"\\]')
-_RECENT = "\\Recent"
 _SEEN_TOKEN = " \\Seen "
 _DELETED_TOKEN = " \\Deleted "
 
@@ -209,7 +204,7 @@ def flag_map(flags: Iterable[str]) -> dict[str, str]:
     for flag in flags:
         _check_flag(flag)
         flag = canonical_flag(flag)
-        if flag != _RECENT:
+        if flag != RECENT:
             out.setdefault(flag.lower(), flag)
     return out
 
@@ -377,7 +372,7 @@ class SQLiteStore:
                 self._flag_cache.clear()
             items = text.split()
             if recent:
-                items.append(_RECENT)
+                items.append(RECENT)
             flags = self._flag_cache[key] = frozenset(items)
         return flags
 
