@@ -27,7 +27,9 @@ from gateway.core.criteria import SeqRange, SequenceSet
 from gateway.imap.command import Command
 from gateway.imap.handler import BadCommand, Refused
 from gateway.imap.server import IMAPLimits, IMAPServerFactory
-from gateway.imap.session import COMMANDS, IMAPSession, State, View
+from gateway.imap.session import IMAPSession
+from gateway.imap.states import COMMANDS, State
+from gateway.imap.view import View
 from gateway.security.auth import PasswordTable
 from gateway.store.interfaces import (
     MailboxExists,

@@ -23,7 +23,7 @@ from gateway.app.metrics import (
     format_value,
     metrics_site,
 )
-from gateway.imap.session import COMMANDS, State
+from gateway.imap.states import COMMANDS, State
 from gateway.pop3.client import LoginFailed
 from gateway.pop3.fetcher import FetchResult
 from tests.imap_helpers import running_server

@@ -181,7 +181,7 @@ def _version() -> str:
 
 def _new_metrics(reactor: Any):
     from gateway.app.metrics import GatewayMetrics
-    from gateway.imap.session import COMMANDS
+    from gateway.imap.states import COMMANDS
 
     return GatewayMetrics(reactor=reactor, known_commands=COMMANDS, version=_version())
 

@@ -44,18 +44,19 @@ from gateway.imap.command import (
     RawLine,
 )
 from gateway.imap.framing import MAX_LITERALS, MAX_NESTING, MAX_SEQUENCE_RANGES, CommandParser
-from gateway.imap.handler import BadCommand, Refused
-from gateway.imap.session import (
-    ActivityHook,
+from gateway.imap.handler import (
+    BadCommand,
     Close,
     IdleEvent,
-    IMAPSession,
     ReadLine,
+    Refused,
     Run,
     RunBlocking,
     StartTLS,
     WaitIdle,
+    logged,
 )
+from gateway.imap.session import ActivityHook, IMAPSession
 from gateway.security.auth import Authenticator
 from gateway.security.penalty import AuthPenalty, source_key
 from gateway.store.interfaces import Store
@@ -64,9 +65,6 @@ from gateway.store.search import MAX_SEARCH_DEPTH
 log = structlog.get_logger(__name__)
 
 CONTINUE_LITERAL = b"+ Ready for literal data\r\n"
-
-MAX_LOGGED_USER = 128
-"""A user name (client input) is cut to this many characters in log events."""
 
 UTF8_ACCEPT_SUPPORTED = False
 """RFC 6855 UTF8=ACCEPT stays unannounced: the session and parser handle UTF-8 names and
@@ -535,7 +533,7 @@ class IMAPServerProtocol(Protocol):
         reason = penalty.refusal(self.peer_host, user)
         if reason is None:
             return False
-        log.warning("imap.auth_refused", user=user[:MAX_LOGGED_USER], peer=self.peer, budget=reason)
+        log.warning("imap.auth_refused", user=logged(user), peer=self.peer, budget=reason)
         error = Refused("Too many failed logins; try again later", "UNAVAILABLE")
         self._resume_later(penalty.current_delay(self.peer_host), token, None, error)
         return True
