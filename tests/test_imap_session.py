@@ -25,8 +25,9 @@ from twisted.internet.testing import StringTransport
 
 from gateway.core.criteria import SeqRange, SequenceSet
 from gateway.imap.command import Command
+from gateway.imap.factory import IMAPServerFactory
 from gateway.imap.handler import BadCommand, Refused
-from gateway.imap.server import IMAPLimits, IMAPServerFactory
+from gateway.imap.policy import IMAPLimits
 from gateway.imap.session import IMAPSession
 from gateway.imap.states import COMMANDS, State
 from gateway.imap.view import View

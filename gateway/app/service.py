@@ -73,7 +73,8 @@ def build_service(
     from twisted.internet.threads import deferToThreadPool
     from twisted.python.threadpool import ThreadPool
 
-    from gateway.imap.server import IMAPLimits, IMAPServerFactory
+    from gateway.imap.factory import IMAPServerFactory
+    from gateway.imap.policy import IMAPLimits
     from gateway.pop3.fetcher import fetch_once
     from gateway.pop3.poller import UpstreamPoller
 
@@ -437,7 +438,8 @@ def _add_listeners(
     from twisted.internet import endpoints
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
-    from gateway.imap.server import ListenerFactory, ListenerPolicy
+    from gateway.imap.factory import ListenerFactory
+    from gateway.imap.policy import ListenerPolicy
 
     listeners = cfg.listeners or tuple(
         configmod.Listener(d, plaintext_auth=True, local=True) for d in cfg.imap
