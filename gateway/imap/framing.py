@@ -20,6 +20,7 @@ import re
 
 import structlog
 
+from gateway.core.limits import DEFAULT_MAX_MESSAGE_SIZE
 from gateway.imap.command import NEED_DATA, Command, ContinuationNeeded, Event, ParseError, RawLine
 from gateway.imap.grammar import read_command
 from gateway.imap.reader import SP, TAG_RE, Incomplete, Literal, Reader, Syntax
@@ -33,8 +34,8 @@ MAX_LINE_LENGTH = 65536
 """Longest line (the text between two literals or CRLFs). Going over it is fatal: without
 a line end in sight the stream cannot be resynchronised."""
 
-MAX_LITERAL_SIZE = 64 * 1024 * 1024
-"""Largest single literal. Over it: ``NO [TOOBIG]`` for ``{n}`` (the client never sends
+MAX_LITERAL_SIZE = DEFAULT_MAX_MESSAGE_SIZE
+"""Largest single literal, which is also the largest APPENDable message. Over it: ``NO [TOOBIG]`` for ``{n}`` (the client never sends
 the bytes), fatal for ``{n+}`` (the bytes are already on their way)."""
 
 MAX_COMMAND_SIZE = 2 * MAX_LITERAL_SIZE

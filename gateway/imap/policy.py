@@ -15,7 +15,13 @@ from typing import Any
 from twisted.internet import threads
 from twisted.internet.defer import Deferred
 
-from gateway.imap.framing import MAX_LITERALS, MAX_NESTING, MAX_SEQUENCE_RANGES
+from gateway.imap.framing import (
+    MAX_LINE_LENGTH,
+    MAX_LITERAL_SIZE,
+    MAX_LITERALS,
+    MAX_NESTING,
+    MAX_SEQUENCE_RANGES,
+)
 from gateway.store.search import MAX_SEARCH_DEPTH
 
 UTF8_ACCEPT_SUPPORTED = False
@@ -56,10 +62,10 @@ class NullObserver:
 class IMAPLimits:
     """Every bound the server applies to one connection (STYLE.md habit 2)."""
 
-    max_line_length: int = 64 * 1024
+    max_line_length: int = MAX_LINE_LENGTH
     """Longest command line (without literals); longer is a fatal protocol error."""
 
-    max_literal_size: int = 64 * 1024 * 1024
+    max_literal_size: int = MAX_LITERAL_SIZE
     """Largest literal, which is also the largest APPENDable message."""
 
     max_buffered_input: int = 1024 * 1024

@@ -24,11 +24,12 @@ rebuild the array in one pass (each deletion moves the rest of the array)."""
 
 
 def _flag_order(flag: str) -> tuple[bool, str]:
+    # System flags first, then keywords; deterministic whatever the set's hash order.
     return (not flag.startswith("\\"), flag)
 
 
 def flag_list(flags: Iterable[str]) -> bytes:
-    """``(\\Seen $Label)`` with system flags first, in a stable order."""
+    """``(\\Seen $Label)`` with system flags first, in a stable order (FLAGS items)."""
     return wire.flag_list(sorted(flags, key=_flag_order))
 
 
