@@ -40,7 +40,8 @@ from twisted.internet import task
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from zope.interface import implementer
 
-from gateway.imap.server import IMAPLimits, IMAPServerFactory, thread_runner
+from gateway.imap.factory import IMAPServerFactory
+from gateway.imap.policy import IMAPLimits, thread_runner
 from gateway.security.auth import PasswordTable
 from gateway.security.passwords import hash_password
 from gateway.store.sqlite import SQLiteStore

@@ -16,13 +16,8 @@ from typing import Any
 from twisted.internet import task
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from gateway.imap.server import (
-    IMAPLimits,
-    IMAPServerFactory,
-    ListenerFactory,
-    ListenerPolicy,
-    thread_runner,
-)
+from gateway.imap.factory import IMAPServerFactory, ListenerFactory
+from gateway.imap.policy import IMAPLimits, ListenerPolicy, thread_runner
 from gateway.security.auth import PasswordTable
 from gateway.security.penalty import AuthPenalty, PenaltySettings
 from gateway.store.sqlite import SQLiteStore

@@ -30,8 +30,10 @@ from twisted.internet import task
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.testing import StringTransport
 
-from gateway.imap.server import IMAPLimits, IMAPServerFactory, IMAPServerProtocol
-from gateway.imap.session import ReadLine
+from gateway.imap.factory import IMAPServerFactory
+from gateway.imap.handler import ReadLine
+from gateway.imap.policy import IMAPLimits
+from gateway.imap.server import IMAPServerProtocol
 from gateway.security.penalty import AuthPenalty
 from gateway.store.memory import MemoryStore
 

@@ -22,9 +22,9 @@ from imapclient import IMAPClient
 from gateway.imap import messages
 from gateway.imap.command import Command, ContinuationNeeded, UidExpunge
 from gateway.imap.fetch_items import INLINE_LITERAL_LIMIT
-from gateway.imap.handler import BadCommand, Reply
-from gateway.imap.parser import CommandParser
-from gateway.imap.session import IMAPSession, RunBlocking
+from gateway.imap.framing import CommandParser
+from gateway.imap.handler import BadCommand, Reply, RunBlocking
+from gateway.imap.session import IMAPSession
 from gateway.store.interfaces import Mailbox
 from gateway.store.sqlite import SQLiteStore
 from tests.imap_helpers import HOST, SOCKET_TIMEOUT, ServerHandle, running_server

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from imapclient import IMAPClient
 
-from gateway.imap.server import IMAPLimits
+from gateway.imap.policy import IMAPLimits
 from gateway.store.interfaces import Delivery
 from tests.imap_helpers import (
     HOST,

@@ -298,7 +298,7 @@ def test_mailbox_names_after_utf8_accept() -> None:
     out as literals); INBOX stays case-insensitive (RFC 3501 §5.1)."""
     session = IMAPSession(store=None, authenticator=None, utf8_available=True)  # type: ignore[arg-type]
     assert session.mailbox_name(b"&AOk-t&AOk-") == "été"
-    session.enabled.add("UTF8=ACCEPT")
+    assert session.enable(["UTF8=ACCEPT"]) == ["UTF8=ACCEPT"]
     assert session.mailbox_name("été".encode()) == "été"
     assert session.mailbox_name(b"inbox/x") == "INBOX/x"
     assert session.wire_name("été") == b"{5}\r\n" + "été".encode()

@@ -1,4 +1,4 @@
-"""Tests for gateway.imap.parser: fixtures (whole, byte by byte, and as a well-behaved
+"""Tests for the command parser (gateway.imap.framing with the grammar modules): fixtures (whole, byte by byte, and as a well-behaved
 client that waits for "+"), round trips of generated commands, fuzzing, every limit,
 pipelining, raw lines and error messages."""
 
@@ -29,7 +29,8 @@ from gateway.core.criteria import (
     Text,
     Uid,
 )
-from gateway.imap import parser as parser_module
+from gateway.core.flags import SPECIAL_USES, SYSTEM_FLAGS
+from gateway.imap import framing, grammar
 from gateway.imap.command import (
     NEED_DATA,
     Append,
@@ -59,15 +60,11 @@ from gateway.imap.command import (
     Store,
     UidExpunge,
 )
-from gateway.imap.parser import (
-    FETCH_ATTRS,
-    LIST_RETURN_OPTIONS,
-    SEARCH_RETURN_OPTIONS,
-    SPECIAL_USES,
-    STATUS_ITEMS,
-    SYSTEM_FLAGS,
-    CommandParser,
-)
+from gateway.imap.fetch_grammar import FETCH_ATTRS
+from gateway.imap.framing import CommandParser
+from gateway.imap.grammar import LIST_RETURN_OPTIONS, STATUS_ITEMS
+from gateway.imap.search_grammar import SEARCH_RETURN_OPTIONS
+from gateway.store.search import MAX_SEARCH_DEPTH, check_size
 
 # ---- drivers -----------------------------------------------------------------------------
 
@@ -721,9 +718,9 @@ def test_fixture_parses_the_same_whole_bytewise_and_as_a_waiting_client(wire, ex
 def test_fixture_table_covers_every_command_word():
     """The table has at least one fixture per command the parser knows."""
     names = {(c.uid, c.name) for _, c in FIXTURES}
-    for name in parser_module._COMMANDS:
+    for name in grammar._COMMANDS:
         assert (False, name) in names, name
-    for name in parser_module._UID_COMMANDS:
+    for name in grammar._UID_COMMANDS:
         assert (True, name) in names, name
 
 
@@ -948,8 +945,43 @@ def test_search_recursion_is_bounded_without_recursion_error():
     stream = b"a SEARCH " + b"NOT " * 5000 + b"ALL\r\nb SEARCH " + b"OR ALL " * 5000 + b"ALL\r\n"
     events = whole(stream)
     assert [e.code for e in events] == ["LIMIT", "LIMIT"]
-    ok = whole(b"a SEARCH " + b"NOT " * 50 + b"ALL\r\n")
+    ok = whole(b"a SEARCH " + b"NOT " * (MAX_SEARCH_DEPTH - 1) + b"ALL\r\n")
     assert isinstance(ok[0], Search)
+
+
+def _depth(criteria) -> int:
+    """The criteria tree's depth, counted as the store's check counts it."""
+    if isinstance(criteria, And):
+        return 1 + max(_depth(k) for k in criteria.keys)
+    if isinstance(criteria, Or):
+        return 1 + max(_depth(criteria.left), _depth(criteria.right))
+    if isinstance(criteria, Not):
+        return 1 + _depth(criteria.key)
+    return 1
+
+
+@pytest.mark.parametrize(
+    "program",
+    [
+        pytest.param(lambda n: b"NOT " * (n - 1) + b"SEEN", id="NOT chain"),
+        pytest.param(lambda n: b"OR SEEN " * (n - 1) + b"SEEN", id="OR chain"),
+        pytest.param(lambda n: b"NOT " * (n - 2) + b"OLD", id="OLD is a NOT"),
+        pytest.param(lambda n: b"NOT " * (n - 2) + b"SEEN DRAFT", id="implicit AND"),
+        pytest.param(lambda n: b"NOT " * (n - 2) + b"(SEEN DRAFT)", id="group"),
+    ],
+)
+def test_search_depth_limit_is_the_stores_and_the_parser_refuses_one_more(program):
+    """One SEARCH depth limit, the store's: a program exactly that deep parses (and the
+    store's own check would take it), one level deeper is a tagged BAD [LIMIT] saying why."""
+    assert CommandParser().max_search_depth == MAX_SEARCH_DEPTH == 40
+    at_limit = whole(b"a SEARCH " + program(MAX_SEARCH_DEPTH) + b"\r\n")
+    assert isinstance(at_limit[0], Search)
+    assert _depth(at_limit[0].criteria) == MAX_SEARCH_DEPTH
+    check_size(at_limit[0].criteria)  # the store takes it
+    [over] = whole(b"a SEARCH " + program(MAX_SEARCH_DEPTH + 1) + b"\r\n")
+    assert isinstance(over, ParseError) and not over.fatal
+    assert (over.tag, over.status, over.code) == ("a", "BAD", "LIMIT")
+    assert over.message == f"SEARCH: search keys nested deeper than {MAX_SEARCH_DEPTH}"
 
 
 def test_too_many_sequence_ranges_is_refused_and_parsing_goes_on():
@@ -967,13 +999,13 @@ def test_too_many_sequence_ranges_is_refused_and_parsing_goes_on():
 
 def test_every_limit_is_a_named_module_constant_used_as_the_default():
     p = CommandParser()
-    assert p.max_line_length == parser_module.MAX_LINE_LENGTH == 65536
-    assert p.max_literal_size == parser_module.MAX_LITERAL_SIZE == 64 * 1024 * 1024
-    assert p.max_command_size == parser_module.MAX_COMMAND_SIZE
-    assert p.max_literals == parser_module.MAX_LITERALS
-    assert p.max_nesting == parser_module.MAX_NESTING == 32
-    assert p.max_search_depth == parser_module.MAX_SEARCH_DEPTH
-    assert p.max_sequence_ranges == parser_module.MAX_SEQUENCE_RANGES
+    assert p.max_line_length == framing.MAX_LINE_LENGTH == 65536
+    assert p.max_literal_size == framing.MAX_LITERAL_SIZE == 64 * 1024 * 1024
+    assert p.max_command_size == framing.MAX_COMMAND_SIZE
+    assert p.max_literals == framing.MAX_LITERALS
+    assert p.max_nesting == framing.MAX_NESTING == 32
+    assert p.max_search_depth == MAX_SEARCH_DEPTH
+    assert p.max_sequence_ranges == framing.MAX_SEQUENCE_RANGES
 
 
 # ---- errors ---------------------------------------------------------------------------------
@@ -1104,10 +1136,10 @@ def test_quoted_utf8_is_accepted_and_must_be_valid(utf8_accept):
 
 
 def test_a_bug_in_the_grammar_becomes_a_non_fatal_parse_error(monkeypatch):
-    def broken(self):
+    def broken(reader):
         raise KeyError("boom")
 
-    monkeypatch.setattr(parser_module._Reader, "command", broken)
+    monkeypatch.setattr(framing, "read_command", broken)
     events = whole(b"a NOOP\r\nb NOOP\r\n")
     assert [(e.tag, e.fatal) for e in events] == [("a", False), ("b", False)]
 
@@ -1594,7 +1626,7 @@ def appends(draw):
 
 
 others = st.one_of(
-    st.builds(Simple, tags, st.sampled_from(sorted(parser_module._SIMPLE_COMMANDS))),
+    st.builds(Simple, tags, st.sampled_from(sorted(grammar._SIMPLE_COMMANDS))),
     st.builds(Login, tag=tags, name=st.just("LOGIN"), user=names, password=names),
     st.builds(
         Authenticate,
@@ -1614,7 +1646,7 @@ others = st.one_of(
     st.builds(
         MailboxCommand,
         tag=tags,
-        name=st.sampled_from(sorted(parser_module._MAILBOX_COMMANDS)),
+        name=st.sampled_from(sorted(grammar._MAILBOX_COMMANDS)),
         mailbox=names,
     ),
     st.builds(Rename, tag=tags, name=st.just("RENAME"), old=names, new=names),

@@ -25,9 +25,12 @@ from twisted.internet.testing import StringTransport
 
 from gateway.core.criteria import SeqRange, SequenceSet
 from gateway.imap.command import Command
+from gateway.imap.factory import IMAPServerFactory
 from gateway.imap.handler import BadCommand, Refused
-from gateway.imap.server import IMAPLimits, IMAPServerFactory
-from gateway.imap.session import COMMANDS, IMAPSession, State, View
+from gateway.imap.policy import IMAPLimits
+from gateway.imap.session import IMAPSession
+from gateway.imap.states import COMMANDS, State
+from gateway.imap.view import View
 from gateway.security.auth import PasswordTable
 from gateway.store.interfaces import (
     MailboxExists,

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.imap.handler import BadCommand, Refused, Reply
+from gateway.store.search import MAX_SEARCH_DEPTH
 from tests.imap_helpers import ServerHandle, running_server
 from tests.test_imap_fetch import Harness, imapclient_for
 
@@ -430,3 +431,20 @@ def test_esearch_and_modified_over_the_wire(server: ServerHandle) -> None:
         )
         out = client.command("b", "STORE 1:3 (UNCHANGEDSINCE 0) +FLAGS (\\Seen)")
         assert out.endswith(b"b OK [MODIFIED 1:3] Conditional STORE failed\r\n")
+
+
+def test_search_depth_edge_over_the_wire(server: ServerHandle) -> None:
+    """One SEARCH depth limit, the store's MAX_SEARCH_DEPTH: a program exactly that deep
+    is answered by the store; one level deeper is refused by the parser with a tagged
+    BAD [LIMIT] giving the reason, and the session goes on."""
+    server.append(raw=plain(1))
+    with server.connect() as client:
+        client.login()
+        client.command("s", "SELECT INBOX")
+        deepest = "NOT " * (MAX_SEARCH_DEPTH - 1) + "SEEN"
+        answer = b"* SEARCH 1\r\n" if (MAX_SEARCH_DEPTH - 1) % 2 else b"* SEARCH\r\n"
+        assert client.command("a", "SEARCH " + deepest) == answer + b"a OK SEARCH completed\r\n"
+        assert client.command("b", "SEARCH NOT " + deepest) == (
+            b"b BAD [LIMIT] SEARCH: search keys nested deeper than %d\r\n" % MAX_SEARCH_DEPTH
+        )
+        assert client.command("c", "SEARCH UNSEEN") == b"* SEARCH 1\r\nc OK SEARCH completed\r\n"

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.imap.command import Append, ContinuationNeeded, Login
-from gateway.imap.parser import CommandParser
+from gateway.imap.framing import CommandParser
 from gateway.imap.wire import (
     MAX_QUOTED_LENGTH,
     astring,

@@ -15,7 +15,7 @@ import pytest
 from twisted.internet import defer, task
 
 from gateway.app.metrics import CONTENT_TYPE, GatewayMetrics, LagMonitor, metrics_site
-from gateway.imap.session import COMMANDS, State
+from gateway.imap.states import COMMANDS, State
 from gateway.pop3.errors import LoginFailed
 from gateway.pop3.fetcher import FetchResult
 from tests.imap_helpers import on_reactor, reactor, running_server

@@ -33,7 +33,7 @@ def test_wheel_holds_plugin_without_namespace_init(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "twisted/plugins/popgate.py" in names
     assert "twisted/__init__.py" not in names and "twisted/plugins/__init__.py" not in names
-    assert "gateway/imap/parser.py" in names and "gateway/store/sqlite/__init__.py" in names
+    assert "gateway/imap/framing.py" in names and "gateway/store/sqlite/__init__.py" in names
 
 
 def test_twistd_help_lists_popgate_after_normal_install(wheel, tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from twisted.internet import task
 
-from gateway.imap.server import IMAPLimits
+from gateway.imap.policy import IMAPLimits
 from gateway.security.penalty import AuthPenalty, PenaltySettings, source_key
 from tests.imap_helpers import PASSWORD, USER, RawClient, ServerHandle
 from tests.security_helpers import pending_delays, serving, wait_until

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.imap.server import IMAPLimits, IMAPServerProtocol
+from gateway.imap.policy import IMAPLimits
+from gateway.imap.server import IMAPServerProtocol
 from tests.imap_helpers import RawClient, ServerHandle, message
 from tests.security_helpers import serving, wait_until
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from OpenSSL import SSL
 
-from gateway.imap.server import ListenerPolicy
+from gateway.imap.policy import ListenerPolicy
 from gateway.security.tls import TLS12_CIPHERS, ServerTLS, TLSConfigError, TLSFiles, build_context
 from gateway.testing.tlsca import CA
 from tests.imap_helpers import PASSWORD, USER, RawClient

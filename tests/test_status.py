@@ -20,7 +20,7 @@ from gateway.app import logs
 from gateway.app.control import SOCKET_NAME, ControlService
 from gateway.app.status import StatusSource, duration, render, upstream_state
 from gateway.cli import main as cli
-from gateway.imap.session import State
+from gateway.imap.states import State
 from gateway.pop3.poller import PollerHealth
 from gateway.testing.reactor_thread import ReactorThread
 

@@ -74,7 +74,8 @@ def build_service(
     from twisted.internet.threads import deferToThreadPool
     from twisted.python.threadpool import ThreadPool
 
-    from gateway.imap.server import IMAPLimits, IMAPServerFactory
+    from gateway.imap.factory import IMAPServerFactory
+    from gateway.imap.policy import IMAPLimits
     from gateway.pop3.fetcher import fetch_once
     from gateway.pop3.poller import UpstreamPoller
     from gateway.store.runner import runner_for
@@ -184,7 +185,7 @@ def _version() -> str:
 
 def _new_metrics(reactor: Any):
     from gateway.app.metrics import GatewayMetrics
-    from gateway.imap.session import COMMANDS
+    from gateway.imap.states import COMMANDS
 
     return GatewayMetrics(reactor=reactor, known_commands=COMMANDS, version=_version())
 
@@ -440,7 +441,8 @@ def _add_listeners(
     from twisted.internet import endpoints
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
-    from gateway.imap.server import ListenerFactory, ListenerPolicy
+    from gateway.imap.factory import ListenerFactory
+    from gateway.imap.policy import ListenerPolicy
 
     listeners = cfg.listeners or tuple(
         configmod.Listener(d, plaintext_auth=True, local=True) for d in cfg.imap

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+SERVER_NAME = "popgate"
+"""How the server names itself in the greeting and the ID response (RFC 2971)."""
+
 BASE = "IMAP4rev1"
 
 EXTENSIONS: tuple[str, ...] = (
@@ -37,6 +40,8 @@ EXTENSIONS: tuple[str, ...] = (
 """Extensions available in every state (clients may look before logging in)."""
 
 UTF8_ACCEPT = "UTF8=ACCEPT"  # RFC 6855, announced only if the parser can honour it
+CONDSTORE = "CONDSTORE"  # RFC 7162 §3.1, also as an ENABLE argument
+QRESYNC = "QRESYNC"  # RFC 7162 §3.2, also as an ENABLE argument
 
 AUTH_MECHANISMS: tuple[str, ...] = ("PLAIN",)
 """SASL mechanisms (RFC 4616 PLAIN); the only ones ``session`` implements."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from gateway.imap import wire
 from gateway.imap.command import BodySection, FetchAttr, FetchItem
+from gateway.imap.view import flag_list
 from gateway.message.sections import section
 from gateway.store.interfaces import MessageInfo
 
@@ -53,18 +54,13 @@ FLAG_CACHE_LIMIT = 4096
 _flag_cache: dict[frozenset[str], bytes] = {}
 
 
-def _flag_order(flag: str) -> tuple[bool, str]:
-    # System flags first, then keywords; deterministic whatever the set's hash order.
-    return (not flag.startswith("\\"), flag)
-
-
 def flags_item(flags: frozenset[str]) -> bytes:
     """``FLAGS (...)`` for a flag set, formatted once per distinct set (bounded cache)."""
     item = _flag_cache.get(flags)
     if item is None:
         if len(_flag_cache) >= FLAG_CACHE_LIMIT:
             _flag_cache.clear()
-        item = b"FLAGS " + wire.flag_list(sorted(flags, key=_flag_order))
+        item = b"FLAGS " + flag_list(flags)
         _flag_cache[flags] = item
     return item
 

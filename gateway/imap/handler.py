@@ -5,7 +5,14 @@ response data as ``bytes`` chunks (each chunk one or more complete response line
 piece of a long one; literals may be split across chunks) and *returns* the
 :class:`Reply` that becomes the tagged completion. Yielding lets the server stream a
 large FETCH with backpressure: it pulls the next chunk only when the transport wants
-more, so 1,000 messages of 1 MB never sit in memory together.
+more, so 1,000 messages of 1 MB never sit in memory together. Where a handler needs the
+outside world it yields an *action* instead (:class:`RunBlocking`, :class:`ReadLine`,
+:class:`WaitIdle`) and is resumed with the outcome; the transport glue in
+:mod:`gateway.imap.server` performs it.
+
+Handlers never change the session's state themselves (RFC 3501 §3, STYLE.md habit 3):
+they call the transitions :class:`Session` offers (``log_in``, ``select``, ``deselect``,
+``log_out``, ``enable``, ...), which :mod:`gateway.imap.session` alone implements.
 
 Handlers never touch a transport, a reactor or ``sqlite3``; they talk to
 ``session.store`` (gateway.store.interfaces.Store) and the session's view of the
@@ -17,13 +24,25 @@ answered ``NO [SERVERBUG]`` without the exception text.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Sequence
+import enum
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence, Set
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from gateway.access.households import UserStore
     from gateway.core.criteria import SequenceSet
+    from gateway.imap.capabilities import Situation
+    from gateway.security.auth import Authenticator
     from gateway.store.interfaces import Mailbox, Store
+
+MAX_LOGGED_NAME = 128
+"""A name chosen by the client (user, ID fields) is cut to this many characters in logs."""
+
+
+def logged(name: str) -> str:
+    """Client-chosen text as it may appear in a log event: bounded."""
+    return name[:MAX_LOGGED_NAME]
 
 
 @dataclass(frozen=True)
@@ -58,7 +77,61 @@ class BadCommand(Exception):
         self.code = code
 
 
-Handler = Generator[bytes, None, Reply]
+# ---- actions: what a handler asks the transport glue to do -----------------------------
+
+
+@dataclass(frozen=True)
+class RunBlocking:
+    """Run ``call`` off the reactor thread (password hashing); the generator is resumed
+    with its result, or the exception is thrown into it."""
+
+    call: Callable[[], Any]
+    login: str | None = None
+    """Set (to the user name given) when ``call`` checks a password: the glue then
+    applies the login penalty, failure budgets and connection limit around it."""
+
+
+@dataclass(frozen=True)
+class ReadLine:
+    """Write ``prompt`` (a continuation request) and resume with the client's next line,
+    read raw (RFC 3501 §6.2.2 AUTHENTICATE responses)."""
+
+    prompt: bytes
+
+
+class IdleEvent(enum.Enum):
+    """What may end a :class:`WaitIdle` besides a line from the client."""
+
+    CHANGED = "changed"  # the selected mailbox changed (RFC 2177: tell the client now)
+    KEEPALIVE = "keepalive"  # time for ``* OK Still here``
+
+
+@dataclass(frozen=True)
+class WaitIdle:
+    """IDLE waits: resume with the client's next raw line (``bytes``) or an IdleEvent."""
+
+
+@dataclass(frozen=True)
+class StartTLS:
+    """Discard buffered plaintext input and start TLS (RFC 3501 §6.2.1)."""
+
+
+@dataclass(frozen=True)
+class Close:
+    """Close the connection once everything written so far has been sent."""
+
+
+Action = RunBlocking | ReadLine | WaitIdle | StartTLS | Close
+Output = bytes | Action
+Run = Generator[Output, Any, None]
+"""What the session core gives the transport glue for one command."""
+
+Handler = Generator[Output, Any, Reply]
+"""A command handler: yields response bytes and actions, is resumed with each action's
+outcome, returns the tagged :class:`Reply`."""
+
+
+# ---- what handlers see --------------------------------------------------------------------
 
 
 class SelectedView(Protocol):
@@ -108,12 +181,31 @@ class SelectedView(Protocol):
 
 
 class Session(Protocol):
-    """What handlers may use of the session core."""
+    """What handlers may use of the session core: facts, the store, and the transitions.
 
-    store: Store
+    Attributes are read-only for handlers; every change of state goes through a method
+    here, implemented by :class:`gateway.imap.session.IMAPSession`.
+    """
+
+    store: Store  # after login, the user's view of the store (UserStore)
     user: str | None
     selected: SelectedView | None
-    enabled: set[str]  # capabilities turned on by ENABLE: "CONDSTORE", "QRESYNC", "UTF8=ACCEPT"
+    peer: str
+    authenticator: Authenticator
+    tls_active: bool
+    tls_available: bool
+    utf8_available: bool  # UTF8=ACCEPT may be enabled (RFC 6855)
+
+    @property
+    def enabled(self) -> Set[str]:
+        """Capabilities turned on by ENABLE or implicitly: "CONDSTORE", "QRESYNC",
+        "UTF8=ACCEPT"."""
+
+    def situation(self) -> Situation:
+        """The facts the CAPABILITY list and LOGIN policy depend on."""
+
+    def capability_text(self) -> str:
+        """The CAPABILITY list for this connection right now (RFC 3501 §7.2.1)."""
 
     def mailbox_name(self, raw: bytes) -> str:
         """Wire name → store name: modified UTF-7 (or UTF-8 after UTF8=ACCEPT) decoded,
@@ -125,3 +217,33 @@ class Session(Protocol):
     def condstore_active(self) -> bool:
         """True once CONDSTORE is enabled for this session (RFC 7162 §3.1): MODSEQ then
         appears in FETCH responses caused by flag changes."""
+
+    def user_store(self, user: str) -> UserStore:
+        """The store as ``user`` sees it (personal and shared namespaces, own \\Seen)."""
+
+    def catch_up(self, *, allow_expunge: bool, uid_form: bool = False) -> Iterator[bytes]:
+        """The untagged responses telling the client what changed in the selected mailbox
+        (RFC 3501 §7); IDLE sends them as changes happen (RFC 2177)."""
+
+    # -- transitions (RFC 3501 §3) --
+
+    def log_in(self, user: str) -> None:
+        """Not authenticated → authenticated as ``user`` (canonical name)."""
+
+    def select(self, view: SelectedView) -> None:
+        """Authenticated → selected, with ``view`` as the selected mailbox."""
+
+    def deselect(self) -> None:
+        """Selected → authenticated, without expunging."""
+
+    def log_out(self) -> None:
+        """Any state → logout; the connection closes after the tagged reply."""
+
+    def begin_tls(self) -> None:
+        """Start TLS right after the tagged reply (RFC 3501 §6.2.1)."""
+
+    def enable(self, capabilities: Iterable[str]) -> list[str]:
+        """ENABLE (RFC 5161): turn capabilities on; those newly enabled, in order."""
+
+    def enable_condstore(self) -> None:
+        """A CONDSTORE enabling command ran (RFC 7162 §3.1): CONDSTORE is on from now."""

@@ -16,22 +16,19 @@ from typing import TYPE_CHECKING
 
 from gateway.access.households import UserStore
 from gateway.access.quota import KIB, storage_kib
+from gateway.core.flags import SPECIAL_USES, VIRTUAL_SPECIAL_USES
 from gateway.imap.command import Create, List, MailboxCommand, Rename, Status
 from gateway.imap.handler import BadCommand, Handler, Refused, ok
 from gateway.store.interfaces import DELIMITER, INBOX, Mailbox, MailboxCounts
 
 if TYPE_CHECKING:
     from gateway.imap.handler import Session
-    from gateway.imap.session import IMAPSession
 
 WILDCARDS = "%*"
 """LIST wildcards (RFC 3501 §6.3.8); a mailbox named with one could never be listed alone."""
 
-CREATABLE_SPECIAL_USES = frozenset(
-    ("\\Archive", "\\Drafts", "\\Junk", "\\Sent", "\\Trash", "\\Important")
-)
-"""RFC 6154 §2 / RFC 8457 attributes CREATE may set. ``\\All`` and ``\\Flagged`` name
-virtual mailboxes, which popgate does not have: ``NO [USEATTR]`` (RFC 6154 §5.3)."""
+CREATABLE_SPECIAL_USES = frozenset(SPECIAL_USES) - VIRTUAL_SPECIAL_USES
+"""RFC 6154 §2 / RFC 8457 attributes CREATE may set (not the virtual ones)."""
 
 STATUS_CONDSTORE_ITEM = "HIGHESTMODSEQ"
 
@@ -75,7 +72,7 @@ def create(session: Session, cmd: Create) -> Handler:
     return ok("CREATE completed")
 
 
-def delete(session: IMAPSession, cmd: MailboxCommand) -> Handler:
+def delete(session: Session, cmd: MailboxCommand) -> Handler:
     """DELETE, RFC 3501 §6.3.4. INBOX cannot be deleted; children stay (the parent then
     shows as \\NonExistent). Deleting the selected mailbox first closes it, with
     ``* OK [CLOSED]`` (RFC 7162 §3.2.11). State: authenticated or selected."""
@@ -256,7 +253,7 @@ def list_(session: Session, cmd: List) -> Handler:
     want_subscribed = "SUBSCRIBED" in selection or "SUBSCRIBED" in cmd.returns
     status_items = list(cmd.status_items)
     if STATUS_CONDSTORE_ITEM in status_items:
-        session.enabled.add("CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE enabling command
+        session.enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
 
     def attributes(name: str) -> list[str]:
         mailbox = mailboxes.get(name)
@@ -341,7 +338,7 @@ def status(session: Session, cmd: Status) -> Handler:
     name = session.mailbox_name(cmd.mailbox)
     mailbox = session.store.get_mailbox(_user(session), name)
     if STATUS_CONDSTORE_ITEM in cmd.items:
-        session.enabled.add("CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE enabling command
+        session.enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
     counts = session.store.counts(mailbox.id)
     yield _status_line(session, name, counts, cmd.items)
     return ok("STATUS completed")

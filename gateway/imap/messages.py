@@ -15,10 +15,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from gateway.core import criteria as c
+from gateway.core.flags import RECENT, SEEN, canonical_flag, is_system_flag
 from gateway.imap import fetch_items, wire
+from gateway.imap.capabilities import QRESYNC
 from gateway.imap.command import Append, Copy, Fetch, FetchAttr, Search, Simple, UidExpunge
 from gateway.imap.command import Store as StoreCmd
 from gateway.imap.handler import BadCommand, Handler, Refused, ok
+from gateway.imap.view import expunge_responses
 from gateway.store.interfaces import MailboxNotFound, MessageInfo, NewMessage
 
 if TYPE_CHECKING:
@@ -37,14 +40,6 @@ FLUSH_BYTES = 64 * 1024
 
 LITERAL_PIECE = 64 * 1024
 """A large literal is yielded in pieces of this size so the server can apply backpressure."""
-
-SEEN = "\\Seen"
-DELETED = "\\Deleted"
-RECENT = "\\Recent"
-_SYSTEM_FLAGS = {
-    f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft", RECENT)
-}
-
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
@@ -74,12 +69,11 @@ def clean_flags(flags: Iterable[str]) -> list[str]:
     out: list[str] = []
     for flag in flags:
         if flag.startswith("\\"):
-            canonical = _SYSTEM_FLAGS.get(flag.lower())
-            if canonical is None:
+            if not is_system_flag(flag):
                 raise BadCommand(f"unsupported system flag {flag}")
-            if canonical == RECENT:
+            flag = canonical_flag(flag)
+            if flag == RECENT:
                 continue
-            flag = canonical
         if flag not in out:
             out.append(flag)
     return out
@@ -117,25 +111,8 @@ def _forget(view: SelectedView, removed: Iterable[int]) -> list[tuple[int, int]]
 
 
 def _expunge_responses(session: Session, hits: list[tuple[int, int]]) -> Iterator[bytes]:
-    """``* n EXPUNGE`` per message, highest first (RFC 3501 §7.4.1), in chunks of
-    :data:`INFO_BATCH` lines; or one ``* VANISHED uid-set`` once QRESYNC is enabled
-    (RFC 7162 §3.2.10)."""
-    if not hits:
-        return
-    if "QRESYNC" in session.enabled:
-        yield b"* VANISHED " + wire.sequence_set_text(sorted(u for _s, u in hits)) + b"\r\n"
-        return
-    for start in range(0, len(hits), INFO_BATCH):
-        yield b"".join(
-            [b"* %d EXPUNGE\r\n" % seq for seq, _uid in hits[start : start + INFO_BATCH]]
-        )
-
-
-def _enable_condstore(session: Session) -> None:
-    """RFC 7162 §3.1: FETCH MODSEQ/CHANGEDSINCE, STORE UNCHANGEDSINCE and SEARCH MODSEQ are
-    CONDSTORE enabling commands; from then on FETCH responses carry MODSEQ (the session
-    announces HIGHESTMODSEQ after the first one)."""
-    session.enabled.add("CONDSTORE")
+    """The EXPUNGE (or, under QRESYNC, VANISHED) responses for messages just removed."""
+    return expunge_responses(hits, vanished=QRESYNC in session.enabled)
 
 
 def _existing_mailbox(session: Session, raw_name: bytes) -> Mailbox:
@@ -169,12 +146,12 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
         # RFC 7162 §3.2.6: VANISHED needs UID FETCH, CHANGEDSINCE and QRESYNC enabled.
         if not cmd.uid or changedsince is None:
             raise BadCommand("VANISHED requires UID FETCH with CHANGEDSINCE")
-        if "QRESYNC" not in session.enabled:
+        if QRESYNC not in session.enabled:
             raise BadCommand("VANISHED requires ENABLE QRESYNC")
     if changedsince is not None or any(
         isinstance(item, FetchAttr) and item.name.upper() == "MODSEQ" for item in cmd.items
     ):
-        _enable_condstore(session)
+        session.enable_condstore()
     condstore = session.condstore_active()
     plan = fetch_items.compile_plan(
         cmd.items, uid_mode=cmd.uid, with_modseq=condstore or changedsince is not None
@@ -288,7 +265,7 @@ def store(session: Session, cmd: StoreCmd) -> Handler:
     mailbox_id = view.mailbox.id
     store_ = session.store
     if cmd.unchangedsince is not None:
-        _enable_condstore(session)
+        session.enable_condstore()
     condstore = session.condstore_active()
     with_modseq = condstore or cmd.unchangedsince is not None
     with_uid = cmd.uid or condstore
@@ -470,7 +447,7 @@ def search(session: Session, cmd: Search) -> Handler:
     criteria = cmd.criteria if cmd.criteria is not None else c.All()
     want_modseq = _has_modseq(criteria)
     if want_modseq:
-        _enable_condstore(session)
+        session.enable_condstore()
     mailbox_id = view.mailbox.id
     found = session.store.search(mailbox_id, _Rewriter(view)(criteria))
     seq_of = view.seq_of

@@ -1,6 +1,6 @@
 """The IMAP server's transport glue: the only IMAP module that touches a socket or a reactor.
 
-It feeds received bytes to the sans-I/O :class:`~gateway.imap.parser.CommandParser`,
+It feeds received bytes to the sans-I/O :class:`~gateway.imap.framing.CommandParser`,
 runs one command at a time through :meth:`IMAPSession.execute` (commands are answered
 strictly in order, RFC 3501 §5.5), performs the actions the session asks for (password
 checks off the reactor thread, raw lines for AUTHENTICATE and IDLE, STARTTLS, close),
@@ -16,26 +16,22 @@ and applies backpressure both ways:
   row the connection lets the reactor serve others before going on.
 
 Timers (RFC 3501 §5.4 autologout, RFC 2177 IDLE keep-alive) run on an injected clock.
+The factories that build these connections are in :mod:`gateway.imap.factory`, the limits
+and policies they apply in :mod:`gateway.imap.policy`.
 """
 
 from __future__ import annotations
 
-import typing
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from twisted.internet import threads
-from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.defer import fail
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, ISSLTransport
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.access.households import Households
-from gateway.access.quota import Quotas
 from gateway.imap.command import (
     Command,
     ContinuationNeeded,
@@ -43,148 +39,27 @@ from gateway.imap.command import (
     ParseError,
     RawLine,
 )
-from gateway.imap.handler import BadCommand, Refused
-from gateway.imap.parser import (
-    MAX_LITERALS,
-    MAX_NESTING,
-    MAX_SEARCH_DEPTH,
-    MAX_SEQUENCE_RANGES,
-    CommandParser,
-)
-from gateway.imap.session import (
-    ActivityHook,
+from gateway.imap.framing import CommandParser
+from gateway.imap.handler import (
+    BadCommand,
     Close,
     IdleEvent,
-    IMAPSession,
     ReadLine,
     Run,
     RunBlocking,
     StartTLS,
     WaitIdle,
 )
-from gateway.security.auth import Authenticator
-from gateway.security.penalty import AuthPenalty, source_key
-from gateway.store.interfaces import Store
+from gateway.imap.login_limits import LoginLimits
+from gateway.imap.policy import UTF8_ACCEPT_SUPPORTED, ListenerPolicy
+from gateway.imap.session import IMAPSession
+
+if TYPE_CHECKING:
+    from gateway.imap.factory import IMAPServerFactory
 
 log = structlog.get_logger(__name__)
 
 CONTINUE_LITERAL = b"+ Ready for literal data\r\n"
-
-MAX_LOGGED_USER = 128
-"""A user name (client input) is cut to this many characters in log events."""
-
-UTF8_ACCEPT_SUPPORTED = False
-"""RFC 6855 UTF8=ACCEPT stays unannounced: the session and parser handle UTF-8 names and
-quoted strings, but the parser lacks the APPEND ``UTF8 (~{n})`` data extension that
-§4 of the RFC requires of a server announcing it."""
-
-RunBlockingFn = Callable[[Callable[[], Any]], Deferred]
-
-
-class ServerObserver(typing.Protocol):
-    """What the server tells an observer (metrics) about its work; the IMAP code never
-    imports the observer's module. Calls happen on the reactor thread and must not raise."""
-
-    def connection_opened(self) -> None: ...
-
-    def connection_closed(self, seconds: float) -> None: ...
-
-    def command_done(self, name: str | None, seconds: float, status: str, code: str | None) -> None:
-        """A command finished: ``name`` as "FETCH"/"UID FETCH" (None: unparseable input),
-        ``status`` of its tagged reply (OK/NO/BAD, or BYE when the connection ended)."""
-
-
-class NullObserver:
-    """The default observer: notices nothing."""
-
-    def connection_opened(self) -> None:
-        pass
-
-    def connection_closed(self, seconds: float) -> None:
-        pass
-
-    def command_done(self, name: str | None, seconds: float, status: str, code: str | None) -> None:
-        pass
-
-
-@dataclass(frozen=True)
-class IMAPLimits:
-    """Every bound the server applies to one connection (STYLE.md habit 2)."""
-
-    max_line_length: int = 64 * 1024
-    """Longest command line (without literals); longer is a fatal protocol error."""
-
-    max_literal_size: int = 64 * 1024 * 1024
-    """Largest literal, which is also the largest APPENDable message."""
-
-    max_buffered_input: int = 1024 * 1024
-    """Unparsed pipelined input held while a command runs; above it the transport stops
-    reading until the command finishes (backpressure instead of unbounded buffering)."""
-
-    max_pipelined_commands: int = 100
-    """Pipelined commands answered back to back; then the connection stops taking input
-    for one reactor turn so that one client's flood cannot starve the others. (Memory is
-    bounded by ``max_buffered_input``: commands wait unparsed, never as parsed objects,
-    so 100 queued APPENDs cannot pin 100 literals.)"""
-
-    prelogin_timeout: float = 60.0
-    """Seconds without a command before login, then ``* BYE Autologout``."""
-
-    idle_timeout: float = 30 * 60.0
-    """Seconds without a command once logged in (RFC 3501 §5.4: at least 30 minutes)."""
-
-    idle_command_timeout: float = 60 * 60.0
-    """Longest single IDLE command (RFC 2177 asks clients to re-issue IDLE within 29
-    minutes, so a well-behaved client never meets it)."""
-
-    idle_keepalive: float = 120.0
-    """Seconds between ``* OK Still here`` lines during IDLE, so NAT boxes keep the flow."""
-
-    max_literals: int = MAX_LITERALS
-    """Most literals in one command."""
-
-    max_nesting: int = MAX_NESTING
-    """Deepest parenthesis nesting in a command (``BAD [LIMIT]`` beyond)."""
-
-    max_search_depth: int = MAX_SEARCH_DEPTH
-    """Deepest NOT/OR/group recursion in a SEARCH program (``BAD [LIMIT]`` beyond)."""
-
-    max_sequence_ranges: int = MAX_SEQUENCE_RANGES
-    """Most comma-separated elements in one sequence set (``BAD`` beyond)."""
-
-    max_connections_per_user_ip: int = 50
-    """Logged-in connections one user may hold from one address; the next login gets
-    ``NO [LIMIT]``. Generous: a household behind one NAT runs many devices, each with
-    several connections (0: no limit)."""
-
-    max_connections_per_ip: int = 1000
-    """Connections (logged in or not) from one address; beyond it a new connection gets
-    ``* BYE`` at once, which bounds what one slow-loris source can hold (0: no limit)."""
-
-    @property
-    def max_command_size(self) -> int:
-        """A whole command, literals included (MULTIAPPEND may carry a few messages)."""
-        return 2 * self.max_literal_size
-
-
-def thread_runner(reactor: Any) -> RunBlockingFn:
-    """The production ``run_blocking``: the reactor's thread pool."""
-
-    def run(call: Callable[[], Any]) -> Deferred:
-        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), call)
-
-    return run
-
-
-@dataclass(frozen=True)
-class ListenerPolicy:
-    """What one listener adds to the shared factory's settings."""
-
-    implicit_tls: bool = False
-    """Connections are TLS from their first byte (IMAPS, RFC 8314 §3.3)."""
-
-    plaintext_auth: bool | None = None
-    """Passwords without TLS on this listener; None: the factory's ``allow_plaintext_auth``."""
 
 
 def _peer_host(transport: Any) -> str:
@@ -219,7 +94,7 @@ class IMAPServerProtocol(Protocol):
         self.peer = "unknown"
         self.peer_host = "local"
         self._source_counted = False
-        self._user_counted: tuple[str, str] | None = None
+        self._login_limits = LoginLimits(factory)
         self._login_delay_call: IDelayedCall | None = None
         self._current: Run | None = None
         self._waiting: RunBlocking | ReadLine | WaitIdle | None = None
@@ -294,7 +169,7 @@ class IMAPServerProtocol(Protocol):
             self.factory.observer.connection_closed(
                 self.factory.clock.seconds() - self._connected_at
             )
-        self._release_user_slot()
+        self._login_limits.release()
         if self._source_counted:
             self._source_counted = False
             self.factory.release_source(self.peer_host)
@@ -464,8 +339,12 @@ class IMAPServerProtocol(Protocol):
         if isinstance(action, RunBlocking):
             self._waiting = action
             token = self._blocking = object()
-            if action.login is not None and self._login_refused(action.login, token):
-                return
+            if action.login is not None:
+                # Login limits (RFC 5530 UNAVAILABLE): maybe refused before any check.
+                refused = self._login_limits.refusal(self.peer_host, self.peer, action.login)
+                if refused is not None:
+                    self._resume_later(refused[0], token, refused[1], refused[2])
+                    return
             try:
                 deferred = self.factory.run_blocking(action.call)
             except Exception:
@@ -501,7 +380,10 @@ class IMAPServerProtocol(Protocol):
             return
         action = self._waiting
         if isinstance(action, RunBlocking) and action.login is not None:
-            self._password_checked(action.login, result, token)
+            # A password check: failures are delayed, successes take a connection slot.
+            limits = self._login_limits
+            delay, user, error = limits.checked(self.peer_host, self.peer, action.login, result)
+            self._resume_later(delay, token, user, error)
             return
         self._resume(token, result, None)
 
@@ -527,49 +409,6 @@ class IMAPServerProtocol(Protocol):
             self._login_delay_call = self.factory.clock.callLater(
                 delay, self._resume, token, result, error
             )
-
-    # -- login penalties and limits --
-
-    def _login_refused(self, user: str, token: object) -> bool:
-        """Before a password check: refuse it unchecked when the source's or the user's
-        failure budget is spent (``NO [UNAVAILABLE]``, RFC 5530), after the source's
-        current delay so a retry loop gains nothing."""
-        penalty = self.factory.penalty
-        if penalty is None:
-            return False
-        reason = penalty.refusal(self.peer_host, user)
-        if reason is None:
-            return False
-        log.warning("imap.auth_refused", user=user[:MAX_LOGGED_USER], peer=self.peer, budget=reason)
-        error = Refused("Too many failed logins; try again later", "UNAVAILABLE")
-        self._resume_later(penalty.current_delay(self.peer_host), token, None, error)
-        return True
-
-    def _password_checked(self, user: str, canonical: str | None, token: object) -> None:
-        """After a password check: a failure is answered after the source's doubling
-        delay (the same for unknown users and wrong passwords, so timing tells nothing);
-        a success resets it and takes one of the user's per-address connection slots."""
-        penalty = self.factory.penalty
-        if canonical is None:
-            delay = penalty.failed(self.peer_host, user) if penalty is not None else 0.0
-            self._resume_later(delay, token, None, None)
-            return
-        if penalty is not None:
-            penalty.succeeded(self.peer_host, canonical)
-        if self._user_counted is None:
-            key = (canonical, self.peer_host)
-            if not self.factory.take_user_slot(key):
-                log.warning("imap.login_refused", user=canonical, peer=self.peer, reason="limit")
-                error = Refused("Too many connections for this user from your address", "LIMIT")
-                self._resume(token, None, error)
-                return
-            self._user_counted = key
-        self._resume(token, canonical, None)
-
-    def _release_user_slot(self) -> None:
-        key, self._user_counted = self._user_counted, None
-        if key is not None:
-            self.factory.release_user_slot(key)
 
     def _blocking_failed(self, failure: Failure, token: object) -> None:
         if self._blocking is not token or self._closing:
@@ -599,8 +438,8 @@ class IMAPServerProtocol(Protocol):
 
     def _command_done(self) -> None:
         self._report_command()
-        if self._user_counted is not None and self.session.user is None:
-            self._release_user_slot()  # the password was right but the login failed anyway
+        if self._login_limits.slot is not None and self.session.user is None:
+            self._login_limits.release()  # the password was right but the login failed anyway
         self._current = None
         self._waiting = None
         self._send = None
@@ -765,131 +604,3 @@ class IMAPServerProtocol(Protocol):
         if IdleEvent.CHANGED not in self._idle_events:
             self._idle_events.append(IdleEvent.CHANGED)
         self._run()
-
-
-class IMAPServerFactory(Factory):
-    """Builds :class:`IMAPServerProtocol` connections sharing one store and authenticator.
-
-    ``run_blocking(call) -> Deferred`` runs a blocking call (scrypt) off the reactor
-    thread: :func:`thread_runner` in production; tests may run it inline. ``clock``
-    (default: the reactor) drives timeouts and keep-alives. ``allow_plaintext_auth``
-    false means passwords only over TLS (LOGINDISABLED until STARTTLS, RFC 3501 §6.2.3).
-    ``activity(user, mailbox)`` is told when a client selects, idles on, polls or asks
-    STATUS of a mailbox (the service wires it to fetch-on-demand).
-    ``penalty`` (:class:`~gateway.security.penalty.AuthPenalty`) delays failed logins and
-    enforces failure budgets; None turns both off (tests of other features).
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        authenticator: Authenticator,
-        *,
-        reactor: Any,
-        run_blocking: RunBlockingFn,
-        limits: IMAPLimits | None = None,
-        tls_context_factory: Any = None,
-        allow_plaintext_auth: bool = True,
-        clock: IReactorTime | None = None,
-        activity: ActivityHook | None = None,
-        penalty: AuthPenalty | None = None,
-    ) -> None:
-        self.store = store
-        self.activity = activity
-        self.authenticator = authenticator
-        self.reactor = reactor
-        self.clock: IReactorTime = clock if clock is not None else reactor
-        self.run_blocking = run_blocking
-        self.limits = limits if limits is not None else IMAPLimits()
-        self.tls_context_factory = tls_context_factory
-        self.allow_plaintext_auth = allow_plaintext_auth
-        self.penalty = penalty
-        self.households = Households()
-        """Shared mailboxes and their members; the service fills it from the config."""
-        self.quotas = Quotas()
-        """Storage limits by owner (RFC 9208); the service fills it from the config."""
-        self.observer: ServerObserver = NullObserver()
-        """Told about connections and commands (the service sets the metrics here)."""
-        self.protocols: set[IMAPServerProtocol] = set()
-        self._per_source: dict[str, int] = {}
-        self._per_user_source: dict[tuple[str, str], int] = {}
-        self._changed: set[int] = set()
-        self._flush_call: IDelayedCall | None = None
-
-    def buildProtocol(self, addr: Any) -> IMAPServerProtocol:
-        return IMAPServerProtocol(self)
-
-    def admit_source(self, host: str) -> bool:
-        """Count a new connection from ``host``; False if it is one too many."""
-        key = source_key(host)
-        count = self._per_source.get(key, 0)
-        limit = self.limits.max_connections_per_ip
-        if limit and count >= limit:
-            return False
-        self._per_source[key] = count + 1
-        return True
-
-    def release_source(self, host: str) -> None:
-        _decrement(self._per_source, source_key(host))
-
-    def take_user_slot(self, key: tuple[str, str]) -> bool:
-        """Count one more logged-in connection of (user, address); False if over the limit."""
-        count = self._per_user_source.get(key, 0)
-        limit = self.limits.max_connections_per_user_ip
-        if limit and count >= limit:
-            return False
-        self._per_user_source[key] = count + 1
-        return True
-
-    def release_user_slot(self, key: tuple[str, str]) -> None:
-        _decrement(self._per_user_source, key)
-
-    def startFactory(self) -> None:
-        self.store.add_listener(self._store_changed)
-
-    def stopFactory(self) -> None:
-        self.store.remove_listener(self._store_changed)
-        call, self._flush_call = self._flush_call, None
-        if call is not None and call.active():
-            call.cancel()
-
-    def _store_changed(self, mailbox_id: int) -> None:
-        """The store's listener. Sessions are told on the next reactor turn, not from
-        inside the writer's call stack (which may be another session's command)."""
-        self._changed.add(mailbox_id)
-        if self._flush_call is None:
-            self._flush_call = self.reactor.callLater(0, self._flush_changes)
-
-    def _flush_changes(self) -> None:
-        self._flush_call = None
-        changed, self._changed = self._changed, set()
-        for protocol in list(self.protocols):
-            for mailbox_id in sorted(changed):
-                protocol.mailbox_changed(mailbox_id)
-
-
-def _decrement(counts: dict[Any, int], key: Any) -> None:
-    left = counts.get(key, 0) - 1
-    if left > 0:
-        counts[key] = left
-    else:
-        counts.pop(key, None)
-
-
-class ListenerFactory(Factory):
-    """One listener's view of the shared :class:`IMAPServerFactory`: connections get this
-    listener's :class:`ListenerPolicy` but share the store, limits, penalties and
-    connection counts. Starting the first listener starts the shared factory."""
-
-    def __init__(self, imap: IMAPServerFactory, policy: ListenerPolicy) -> None:
-        self.imap = imap
-        self.policy = policy
-
-    def doStart(self) -> None:
-        self.imap.doStart()
-
-    def doStop(self) -> None:
-        self.imap.doStop()
-
-    def buildProtocol(self, addr: Any) -> IMAPServerProtocol:
-        return IMAPServerProtocol(self.imap, self.policy)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterable
 
+from gateway.core.flags import RECENT, canonical_flag
 from gateway.store.errors import MailboxNotAllowed, MessageTooLarge
 from gateway.store.interfaces import DELIMITER, INBOX
-from gateway.store.search import canonical_flag
 
 MAX_MAILBOX_NAME_LENGTH = 512
 """Longest mailbox name, in characters."""
@@ -34,14 +34,6 @@ DEFAULT_FOLDERS: tuple[tuple[str, str], ...] = (
     ("Archive", "\\Archive"),
 )
 """Folders every new user gets, with their RFC 6154 special-use attribute."""
-
-SPECIAL_USES = frozenset(
-    ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash", "\\Important")
-)
-"""Attributes CREATE may set: RFC 6154 §2 plus RFC 8457 \\Important."""
-
-RECENT = "\\Recent"
-"""The session flag no client may set (RFC 3501 §2.3.2); stores keep it as a row bit."""
 
 SEEN_KEY = "\\seen"
 """\\Seen as a key of :func:`flag_map` (lower case): private per viewer when shared."""

@@ -35,6 +35,7 @@ from gateway.core.criteria import (
     Text,
     Uid,
 )
+from gateway.core.flags import RECENT, canonical_flag, is_system_flag
 from gateway.store.errors import SearchTooComplex
 
 MAX_SEARCH_NODES = 500
@@ -47,11 +48,6 @@ MAX_INLINE_UID_RANGES = 8
 """UID sets with more ranges than this are passed as one JSON parameter instead of an
 ``OR`` chain of ``BETWEEN``s, bounding the number of SQL parameters per node."""
 
-SYSTEM_FLAGS = {
-    f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\Recent")
-}
-"""Lower-case → canonical spelling of the RFC 3501 §2.3.2 system flags."""
-
 
 @dataclass
 class Query:
@@ -59,11 +55,6 @@ class Query:
 
     sql: str
     params: list[object] = field(default_factory=list)
-
-
-def canonical_flag(flag: str) -> str:
-    """System flags in their canonical case; keywords unchanged."""
-    return SYSTEM_FLAGS.get(flag.lower(), flag) if flag.startswith("\\") else flag
 
 
 def check_size(criteria: Criteria) -> None:
@@ -187,9 +178,9 @@ class _Translator:
 
     def _flag(self, node: Flag) -> str:
         flag = canonical_flag(node.flag)
-        if flag == "\\Recent":
+        if flag == RECENT:
             return "(mm.recent = 1)" if node.present else "(mm.recent = 0)"
-        if flag.lower() in SYSTEM_FLAGS:
+        if is_system_flag(flag):
             # Stored in canonical case: an exact token match suffices.
             self.params.append(f" {flag} ")
             test = "instr(' ' || mm.flags || ' ', ?) > 0"

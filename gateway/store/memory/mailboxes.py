@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
+from gateway.core.flags import SPECIAL_USES
 from gateway.store.errors import MailboxExists, MailboxNotAllowed, MailboxNotFound
 from gateway.store.interfaces import DELIMITER, INBOX, Mailbox, is_shared_owner
 from gateway.store.memory.state import MemoryBase
 from gateway.store.rules import (
     DEFAULT_FOLDERS,
-    SPECIAL_USES,
     check_mailbox_name,
     normalise_name,
 )

@@ -21,6 +21,7 @@ from gateway.core.criteria import (
     Text,
     Uid,
 )
+from gateway.core.flags import RECENT
 from gateway.store.interfaces import (
     Changes,
     MailboxCounts,
@@ -31,7 +32,7 @@ from gateway.store.interfaces import (
     StoreResult,
 )
 from gateway.store.memory.state import MemoryBase, Row
-from gateway.store.rules import RECENT, SEEN_KEY, flag_map
+from gateway.store.rules import SEEN_KEY, flag_map
 from gateway.store.search import build_query, canonical_flag
 
 

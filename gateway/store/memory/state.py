@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from gateway.core.flags import RECENT
 from gateway.core.limits import DEFAULT_MAX_MESSAGE_SIZE
 from gateway.message.analysis import Analysis, analyze
 from gateway.store.errors import MailboxNotFound, StoreError
 from gateway.store.interfaces import ChangeListener, LedgerEntry, Mailbox, is_shared_owner
 from gateway.store.rules import (
     MAX_UID,
-    RECENT,
     SEEN_KEY,
     check_message,
     parent_names,

@@ -19,11 +19,11 @@ from typing import Self
 
 import structlog
 
+from gateway.core.flags import RECENT
 from gateway.core.limits import DEFAULT_MAX_MESSAGE_SIZE
 from gateway.message.analysis import Analysis, analyze
 from gateway.store.errors import StoreError
 from gateway.store.interfaces import ChangeListener
-from gateway.store.rules import RECENT
 from gateway.store.schema import migrate, schema_version
 
 log = structlog.get_logger("gateway.store.sqlite")

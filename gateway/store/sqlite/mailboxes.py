@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import sqlite3
 
+from gateway.core.flags import SPECIAL_USES
 from gateway.store.errors import MailboxExists, MailboxNotAllowed, MailboxNotFound
 from gateway.store.interfaces import DELIMITER, INBOX, Mailbox
-from gateway.store.rules import SPECIAL_USES, check_mailbox_name, normalise_name
+from gateway.store.rules import check_mailbox_name, normalise_name
 from gateway.store.sqlite.rows import MAILBOX_COLUMNS, MAILBOX_FROM, SQLiteRows
 
 

@@ -1,0 +1,154 @@
+"""The IMAP listeners: the shared factory that builds connections, counts them per source
+and per user, and tells sessions about store changes; and one factory per listener that
+adds its :class:`~gateway.imap.policy.ListenerPolicy`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory
+
+from gateway.access.households import Households
+from gateway.access.quota import Quotas
+from gateway.imap.policy import (
+    IMAPLimits,
+    ListenerPolicy,
+    NullObserver,
+    RunBlockingFn,
+    ServerObserver,
+)
+from gateway.imap.server import IMAPServerProtocol
+from gateway.imap.session import ActivityHook
+from gateway.security.auth import Authenticator
+from gateway.security.penalty import AuthPenalty, source_key
+from gateway.store.interfaces import Store
+
+
+class IMAPServerFactory(Factory):
+    """Builds :class:`IMAPServerProtocol` connections sharing one store and authenticator.
+
+    ``run_blocking(call) -> Deferred`` runs a blocking call (scrypt) off the reactor
+    thread: :func:`thread_runner` in production; tests may run it inline. ``clock``
+    (default: the reactor) drives timeouts and keep-alives. ``allow_plaintext_auth``
+    false means passwords only over TLS (LOGINDISABLED until STARTTLS, RFC 3501 §6.2.3).
+    ``activity(user, mailbox)`` is told when a client selects, idles on, polls or asks
+    STATUS of a mailbox (the service wires it to fetch-on-demand).
+    ``penalty`` (:class:`~gateway.security.penalty.AuthPenalty`) delays failed logins and
+    enforces failure budgets; None turns both off (tests of other features).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        authenticator: Authenticator,
+        *,
+        reactor: Any,
+        run_blocking: RunBlockingFn,
+        limits: IMAPLimits | None = None,
+        tls_context_factory: Any = None,
+        allow_plaintext_auth: bool = True,
+        clock: IReactorTime | None = None,
+        activity: ActivityHook | None = None,
+        penalty: AuthPenalty | None = None,
+    ) -> None:
+        self.store = store
+        self.activity = activity
+        self.authenticator = authenticator
+        self.reactor = reactor
+        self.clock: IReactorTime = clock if clock is not None else reactor
+        self.run_blocking = run_blocking
+        self.limits = limits if limits is not None else IMAPLimits()
+        self.tls_context_factory = tls_context_factory
+        self.allow_plaintext_auth = allow_plaintext_auth
+        self.penalty = penalty
+        self.households = Households()
+        """Shared mailboxes and their members; the service fills it from the config."""
+        self.quotas = Quotas()
+        """Storage limits by owner (RFC 9208); the service fills it from the config."""
+        self.observer: ServerObserver = NullObserver()
+        """Told about connections and commands (the service sets the metrics here)."""
+        self.protocols: set[IMAPServerProtocol] = set()
+        self._per_source: dict[str, int] = {}
+        self._per_user_source: dict[tuple[str, str], int] = {}
+        self._changed: set[int] = set()
+        self._flush_call: IDelayedCall | None = None
+
+    def buildProtocol(self, addr: Any) -> IMAPServerProtocol:
+        return IMAPServerProtocol(self)
+
+    def admit_source(self, host: str) -> bool:
+        """Count a new connection from ``host``; False if it is one too many."""
+        key = source_key(host)
+        count = self._per_source.get(key, 0)
+        limit = self.limits.max_connections_per_ip
+        if limit and count >= limit:
+            return False
+        self._per_source[key] = count + 1
+        return True
+
+    def release_source(self, host: str) -> None:
+        _decrement(self._per_source, source_key(host))
+
+    def take_user_slot(self, key: tuple[str, str]) -> bool:
+        """Count one more logged-in connection of (user, address); False if over the limit."""
+        count = self._per_user_source.get(key, 0)
+        limit = self.limits.max_connections_per_user_ip
+        if limit and count >= limit:
+            return False
+        self._per_user_source[key] = count + 1
+        return True
+
+    def release_user_slot(self, key: tuple[str, str]) -> None:
+        _decrement(self._per_user_source, key)
+
+    def startFactory(self) -> None:
+        self.store.add_listener(self._store_changed)
+
+    def stopFactory(self) -> None:
+        self.store.remove_listener(self._store_changed)
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _store_changed(self, mailbox_id: int) -> None:
+        """The store's listener. Sessions are told on the next reactor turn, not from
+        inside the writer's call stack (which may be another session's command)."""
+        self._changed.add(mailbox_id)
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self._flush_changes)
+
+    def _flush_changes(self) -> None:
+        self._flush_call = None
+        changed, self._changed = self._changed, set()
+        for protocol in list(self.protocols):
+            for mailbox_id in sorted(changed):
+                protocol.mailbox_changed(mailbox_id)
+
+
+def _decrement(counts: dict[Any, int], key: Any) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
+class ListenerFactory(Factory):
+    """One listener's view of the shared :class:`IMAPServerFactory`: connections get this
+    listener's :class:`ListenerPolicy` but share the store, limits, penalties and
+    connection counts. Starting the first listener starts the shared factory."""
+
+    def __init__(self, imap: IMAPServerFactory, policy: ListenerPolicy) -> None:
+        self.imap = imap
+        self.policy = policy
+
+    def doStart(self) -> None:
+        self.imap.doStart()
+
+    def doStop(self) -> None:
+        self.imap.doStop()
+
+    def buildProtocol(self, addr: Any) -> IMAPServerProtocol:
+        return IMAPServerProtocol(self.imap, self.policy)

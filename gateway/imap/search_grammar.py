@@ -1,0 +1,191 @@
+"""The SEARCH grammar, RFC 3501 §6.4.4 with RFC 4731 (ESEARCH) and RFC 7162 §3.1.5 (MODSEQ).
+
+Reads ``SEARCH [RETURN (...)] [CHARSET x] keys`` into a :mod:`gateway.core.criteria`
+tree. The depth of that tree is bounded by the reader's ``max_search_depth``, which is
+the store's :data:`gateway.store.search.MAX_SEARCH_DEPTH` unless configured lower: the
+parser refuses a program too deep for the store with ``BAD [LIMIT]`` (RFC 5530) before
+anything runs, and its own recursion stays bounded too.
+"""
+
+from __future__ import annotations
+
+from gateway.core.criteria import (
+    All,
+    And,
+    Criteria,
+    Date,
+    Flag,
+    Header,
+    ModSeq,
+    Not,
+    Or,
+    Seq,
+    Size,
+    Text,
+    Uid,
+)
+from gateway.core.flags import ANSWERED, DELETED, DRAFT, FLAGGED, RECENT, SEEN
+from gateway.imap.command import Command, Search
+from gateway.imap.reader import DQ, LPAREN, NUMBER64_MAX, Reader, Syntax, show
+
+SUPPORTED_CHARSETS = ("US-ASCII", "UTF-8")
+"""SEARCH charsets; strings are decoded as UTF-8, of which US-ASCII is a subset."""
+
+SEARCH_RETURN_OPTIONS = frozenset(("MIN", "MAX", "ALL", "COUNT"))
+"""RFC 4731 §3.1 ESEARCH result options."""
+
+
+_SEARCH_SIMPLE: dict[str, Criteria] = {
+    "ALL": All(),
+    "ANSWERED": Flag(ANSWERED),
+    "DELETED": Flag(DELETED),
+    "DRAFT": Flag(DRAFT),
+    "FLAGGED": Flag(FLAGGED),
+    "RECENT": Flag(RECENT),
+    "SEEN": Flag(SEEN),
+    "UNANSWERED": Flag(ANSWERED, False),
+    "UNDELETED": Flag(DELETED, False),
+    "UNDRAFT": Flag(DRAFT, False),
+    "UNFLAGGED": Flag(FLAGGED, False),
+    "UNSEEN": Flag(SEEN, False),
+    "NEW": And((Flag(RECENT), Flag(SEEN, False))),
+    "OLD": Not(Flag(RECENT)),
+}
+_SEARCH_HEADERS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
+_SEARCH_TEXT = frozenset(("BODY", "TEXT"))
+_SEARCH_DATES = {
+    "BEFORE": ("internal", "before"),
+    "ON": ("internal", "on"),
+    "SINCE": ("internal", "since"),
+    "SENTBEFORE": ("sent", "before"),
+    "SENTON": ("sent", "on"),
+    "SENTSINCE": ("sent", "since"),
+}
+_SEARCH_SIZES = {"LARGER": "larger", "SMALLER": "smaller"}
+
+
+def cmd_search(r: Reader, tag: str, name: str, uid: bool) -> Command:
+    """SEARCH [RETURN (opts)] [CHARSET x] keys, RFC 3501 §6.4.4 and RFC 4731 §3."""
+    r.sp("search criteria")
+    returns = None
+    charset = None
+    if r.peek_word() == "RETURN":
+        r.pos += 6
+        r.sp("search return options")
+        returns = tuple(r.paren_list(lambda: _search_return(r), "return options", empty_ok=True))
+        # RFC 4731 §3.1: an empty list asks for an ESEARCH response and means (ALL).
+        returns = returns or ("ALL",)
+        r.sp("search criteria")
+    if r.peek_word() == "CHARSET":
+        r.pos += 7
+        r.sp("a charset name")
+        charset = r.astring("a charset name").decode("ascii", "replace").upper()
+        if charset not in SUPPORTED_CHARSETS:
+            raise Syntax(
+                "charset not supported",
+                code=f"BADCHARSET ({' '.join(SUPPORTED_CHARSETS)})",
+                status="NO",
+            )
+        r.sp("search criteria")
+    keys = [_search_key(r)]
+    while not r.at_end():
+        r.sp("a search key")
+        keys.append(_search_key(r))
+    if len(keys) > 1:
+        _reach(r, r.search_peak + 1)  # every key sits one level down, in the implicit AND
+    criteria = keys[0] if len(keys) == 1 else And(tuple(keys))
+    return Search(tag=tag, name=name, uid=uid, charset=charset, criteria=criteria, returns=returns)
+
+
+def _search_return(r: Reader) -> str:
+    option = r.word("a search return option")
+    if option not in SEARCH_RETURN_OPTIONS:
+        raise Syntax(f"unknown search return option {show(option.encode())}")
+    return option
+
+
+def _reach(r: Reader, depth: int) -> None:
+    """Note that the criteria tree reaches ``depth`` (counted as the store counts it: one
+    level per NOT, OR and AND of several keys); deeper than ``max_search_depth`` is
+    ``BAD [LIMIT]`` now rather than ``NO [LIMIT]`` from the store later."""
+    if depth > r.max_search_depth:
+        raise Syntax(f"search keys nested deeper than {r.max_search_depth}", code="LIMIT")
+    if depth > r.search_peak:
+        r.search_peak = depth
+
+
+def _search_key(r: Reader) -> Criteria:
+    """One RFC 3501 §6.4.4 search key (plus RFC 7162 §3.1.5 MODSEQ)."""
+    r.search_depth += 1
+    _reach(r, r.search_depth)
+    c = r.peek()
+    if c == LPAREN:
+        r.open("a search key")
+        keys = [_search_key(r)]
+        while not r.take_close():
+            r.sp("a search key")
+            keys.append(_search_key(r))
+        key = keys[0] if len(keys) == 1 else And(tuple(keys))
+    elif 0x30 <= c <= 0x39 or c == 0x2A:
+        key = Seq(r.seqset())
+    else:
+        word = r.word("a search key")
+        key = _search_word(r, word)
+    r.search_depth -= 1
+    return key
+
+
+def _search_word(r: Reader, word: str) -> Criteria:
+    simple = _SEARCH_SIMPLE.get(word)
+    if simple is not None:
+        if not isinstance(simple, All | Flag):
+            _reach(r, r.search_depth + 1)  # NEW and OLD are a NOT or an AND of flags
+        return simple
+    if word in _SEARCH_HEADERS:
+        r.sp(f"a string after {word}")
+        return Header(_SEARCH_HEADERS[word], _search_string(r))
+    if word in _SEARCH_TEXT:
+        r.sp(f"a string after {word}")
+        return Text(word, _search_string(r))
+    if word in _SEARCH_DATES:
+        field, op = _SEARCH_DATES[word]
+        r.sp(f"a date after {word}")
+        return Date(field, op, r.search_date())
+    if word in _SEARCH_SIZES:
+        r.sp(f"a size after {word}")
+        return Size(_SEARCH_SIZES[word], r.number("a size", NUMBER64_MAX))
+    if word == "HEADER":
+        r.sp("a header field name")
+        field = _search_string(r, "header field name").lower()
+        r.sp("a string after the header field name")
+        return Header(field, _search_string(r))
+    if word in ("KEYWORD", "UNKEYWORD"):
+        r.sp(f"a keyword after {word}")
+        return Flag(r.flag("a keyword"), word == "KEYWORD")
+    if word == "NOT":
+        r.sp("a search key after NOT")
+        return Not(_search_key(r))
+    if word == "OR":
+        r.sp("two search keys after OR")
+        left = _search_key(r)
+        r.sp("a second search key after OR")
+        return Or(left, _search_key(r))
+    if word == "UID":
+        r.sp("a sequence set after UID")
+        return Uid(r.seqset())
+    if word == "MODSEQ":
+        r.sp("a mod-sequence after MODSEQ")
+        if r.peek() == DQ:  # RFC 7162 search-modseq-ext: entry name and type, ignored
+            entry = r.quoted()
+            if not entry.lower().startswith(b"/flags/"):
+                r.fail('an entry name like "/flags/\\\\Seen"')
+            r.sp("an entry type")
+            if r.word("an entry type") not in ("PRIV", "SHARED", "ALL"):
+                r.fail("an entry type (priv, shared or all)")
+            r.sp("a mod-sequence")
+        return ModSeq(r.modseq("a mod-sequence", zero_ok=True))
+    raise Syntax(f"unknown search key {show(word.encode())}")
+
+
+def _search_string(r: Reader, what: str = "search string") -> str:
+    return r.utf8_text(r.astring(f"a {what}"), what)
