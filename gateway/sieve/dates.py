@@ -46,7 +46,10 @@ def _zone_text(when: dt.datetime) -> str:
 
 
 def date_part(when: dt.datetime, part: str) -> str:
-    """One date part of RFC 5260 §4.2 (e.g. "year" → "2024", "weekday" → "0" for Sunday)."""
+    """One date part of RFC 5260 §4.2 (e.g. "year" → "2024", "weekday" → "0" for Sunday).
+
+    iso8601 writes a zero offset as "Z", as RFC 3339 §5.6 allows and Pigeonhole does.
+    """
     part = part.lower()
     if part == "year":
         return f"{when.year:04d}"
@@ -68,7 +71,8 @@ def date_part(when: dt.datetime, part: str) -> str:
         return f"{when.hour:02d}:{when.minute:02d}:{when.second:02d}"
     if part == "iso8601":
         zone = _zone_text(when)
-        return when.strftime("%Y-%m-%dT%H:%M:%S") + zone[:3] + ":" + zone[3:]
+        suffix = "Z" if zone == "+0000" else zone[:3] + ":" + zone[3:]
+        return when.strftime("%Y-%m-%dT%H:%M:%S") + suffix
     if part == "std11":
         return email.utils.format_datetime(when).replace(" -0000", " +0000")
     if part == "zone":
