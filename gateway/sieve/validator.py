@@ -295,6 +295,8 @@ class _Validator:
                 tags[tag.role] = arg.name if tag.value is None else (arg.name, value)
             else:
                 tags[tag.role] = value
+        if item.name == "size" and "size" not in tags:
+            raise self.fail(item, "size needs :over or :under")
         values = self.positional(item, spec, positional)
         node = Node(item.name, tags, values, [], None, item.line, item.column)
         self.tests_of(item, spec, node)
@@ -380,8 +382,6 @@ class _Validator:
         zone = tags.get("zone")
         if isinstance(zone, tuple) and not _ZONE.fullmatch(zone[1]):
             raise self.fail(item, f'zone "{zone[1]}" is not +hhmm or -hhmm')
-        if node.name == "size" and "size" not in tags:
-            raise self.fail(item, "size needs :over or :under")
         if node.name in ("date", "currentdate"):
             part = node.args[-2]
             if "${" not in part and part.lower() not in DATE_PARTS:
