@@ -11,6 +11,8 @@ import breaks this map, when modules import each other in a cycle, or when anyth
 - ``access``: per-user views of the store: households (shared trees, private \\Seen), quotas.
   core, store.
 - ``security``: passwords, the authenticator, login penalties, TLS contexts. core.
+- ``sieve``: the Sieve language (RFC 5228 and extensions): parser, validator, interpreter. Pure;
+  imports nothing else from ``gateway``.
 - ``imap``: the IMAP server: sans-I/O parser, session and handlers, one Twisted protocol.
   core, message, store, access, security.
 - ``pop3``: the POP3 side: sync planning (pure), client, fetcher, poller. core, message, store,
@@ -25,7 +27,7 @@ import breaks this map, when modules import each other in a cycle, or when anyth
 """
 
 _FOUNDATION = frozenset({"core", "message", "store", "access", "security"})
-_SERVERS = frozenset({"imap", "pop3", "managesieve"})
+_SERVERS = frozenset({"imap", "pop3", "managesieve", "sieve"})
 
 ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "core": frozenset(),
@@ -33,6 +35,7 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "store": frozenset({"core", "message"}),
     "access": frozenset({"core", "store"}),
     "security": frozenset({"core"}),
+    "sieve": frozenset(),
     "imap": _FOUNDATION,
     "pop3": _FOUNDATION,
     "managesieve": frozenset({"core", "store", "security"}),

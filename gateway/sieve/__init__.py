@@ -1,0 +1,44 @@
+"""Sieve mail filtering (RFC 5228 and extensions), pure and sans-I/O, for popgate's ingest.
+
+The fetcher and the ManageSieve server use only what this module exports:
+
+- `compile_script(source) -> Script`: parse and validate (raises SieveSyntaxError with line
+  and column; SieveValidationError is the subclass for rule violations);
+- `run(script, message, envelope, env) -> Result`: execute for one message; never raises
+  for a runtime problem (Result.error is set and the action is the implicit keep);
+- `SieveEnvironment`: the Protocol the caller implements (mailbox_exists, seen, now);
+- `Envelope`, `Result`, `Keep`, `FileInto`, `Discard`, `DuplicateMark`;
+- `EXTENSIONS`: the SIEVE capability string's extension list (RFC 5804 §1.7).
+
+This package imports nothing outside the standard library, so it stays importable alone.
+"""
+
+from gateway.sieve.actions import Action, Discard, DuplicateMark, FileInto, Keep, Result
+from gateway.sieve.errors import (
+    SieveError,
+    SieveRuntimeError,
+    SieveSyntaxError,
+    SieveValidationError,
+)
+from gateway.sieve.interpreter import Envelope, SieveEnvironment, run
+from gateway.sieve.validator import EXTENSIONS, NEEDS_SUBMISSION, Script, compile_script
+
+__all__ = [
+    "EXTENSIONS",
+    "NEEDS_SUBMISSION",
+    "Action",
+    "Discard",
+    "DuplicateMark",
+    "Envelope",
+    "FileInto",
+    "Keep",
+    "Result",
+    "Script",
+    "SieveEnvironment",
+    "SieveError",
+    "SieveRuntimeError",
+    "SieveSyntaxError",
+    "SieveValidationError",
+    "compile_script",
+    "run",
+]
