@@ -109,6 +109,7 @@ class RelayService(service.Service):
         self.keep_finished = keep_finished
         self._loop: task.LoopingCall | None = None
         self._pass: defer.Deferred[None] | None = None
+        self._running = False
         self._again = False
         self.passes = 0
 
@@ -130,7 +131,7 @@ class RelayService(service.Service):
 
     def idle(self) -> defer.Deferred[None]:
         """Fires when no pass is running (tests, shutdown)."""
-        if self._pass is None:
+        if not self._running or self._pass is None:
             return defer.succeed(None)
         done: defer.Deferred[None] = defer.Deferred()
         self._pass.addBoth(lambda r: (done.callback(None), r)[1])
@@ -138,10 +139,13 @@ class RelayService(service.Service):
 
     def kick(self) -> defer.Deferred[None]:
         """Run a pass now (after an enqueue), or right after the current one."""
-        if self._pass is not None:
+        if self._running:
             self._again = True
             return self.idle()
-        self._pass = defer.ensureDeferred(self._run())
+        self._running = True
+        running = defer.ensureDeferred(self._run())
+        if self._running:  # else the pass finished synchronously
+            self._pass = running
         return self.idle()
 
     async def _run(self) -> None:
@@ -155,6 +159,7 @@ class RelayService(service.Service):
                 if not self._again:
                     break
         finally:
+            self._running = False
             self._pass = None
 
     # -- one pass --
