@@ -108,7 +108,12 @@ def test_refusals(gateway: SubmissionGateway, tls_ca: CA) -> None:
         assert smtp.mail("alice@isp.example") == (530, b"5.7.0 Authentication required")
         smtp.rset()
         assert refusal(lambda: smtp.login("alice", "wrong"))[0] == 535
+        penalty = gateway.factory.penalty
+        assert penalty is not None
+        # the login penalty IMAP shares; smtplib tried PLAIN, then LOGIN
+        assert gateway.call(penalty.failures, HOST) == 2
         smtp.login("alice", USERS["alice"])
+        assert gateway.call(penalty.failures, HOST) == 0
         code, text = refusal(lambda: smtp.sendmail("bob@isp.example", ["x@example.org"], b""))
         assert code == 550 and text.startswith(b"5.7.1 You may not send as bob@isp.example")
         assert b"allowed: alice@isp.example, family@home.example" in text
