@@ -17,6 +17,9 @@ import breaks this map, when modules import each other in a cycle, or when anyth
   core, message, store, access, security.
 - ``pop3``: the POP3 side: sync planning (pure), client, fetcher, poller. core, message, store,
   access, security. ``imap`` and ``pop3`` never import each other.
+- ``submission``: the SMTP submission relay (RFC 6409/8314): sans-I/O parser and session,
+  sender policy, Twisted server, relay client and queue service, bounces, Sent copies.
+  core, message, store, access, security.
 - ``managesieve``: the ManageSieve server (RFC 5804): sans-I/O parser, session, Twisted protocol.
   core, store, security (and the Sieve language, injected as a checker).
 - ``app``: running a gateway: config, storage selection, service wiring, reload, logs,
@@ -27,7 +30,7 @@ import breaks this map, when modules import each other in a cycle, or when anyth
 """
 
 _FOUNDATION = frozenset({"core", "message", "store", "access", "security"})
-_SERVERS = frozenset({"imap", "pop3", "managesieve", "sieve"})
+_SERVERS = frozenset({"imap", "pop3", "submission", "managesieve", "sieve"})
 
 ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "core": frozenset(),
@@ -38,6 +41,7 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "sieve": frozenset(),
     "imap": _FOUNDATION,
     "pop3": _FOUNDATION,
+    "submission": _FOUNDATION,
     "managesieve": frozenset({"core", "store", "security"}),
     "app": _FOUNDATION | _SERVERS,
     "testing": _FOUNDATION | _SERVERS | {"app"},

@@ -1,6 +1,7 @@
 """Server-side TLS for the IMAP listeners: one context built from the configured certificate
 and key files, used for STARTTLS (RFC 3501 §6.2.1) and implicit-TLS IMAPS listeners
-(RFC 8314 §3.3), and swapped atomically when the files are reloaded (SIGHUP).
+(RFC 8314 §3.3), and swapped atomically when the files are reloaded (SIGHUP); and the
+client-side options that verify an upstream server (:func:`client_tls_options`).
 
 Policy (RFC 8314 §4.1, RFC 9325 §4): TLS 1.2 or later, only AEAD cipher suites with
 forward secrecy for TLS 1.2 (TLS 1.3's suites are all of that kind), no compression
@@ -13,12 +14,15 @@ open keep the context they were made with; new ones get the new certificate.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
 from OpenSSL import SSL
+from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLContextFactory, IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
@@ -141,3 +145,35 @@ class ServerTLS:
         self.generation += 1
         log.info("tls.reloaded", cert_file=self.files.cert_file, generation=self.generation)
         return True
+
+
+# ---- client side: verifying an upstream server ----------------------------------------
+
+_PEM_CERT = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
+)
+
+
+def client_trust_root(ca_file: str | None) -> Any:
+    """Trust anchors for verifying an upstream: every PEM certificate in ``ca_file``,
+    or the system store when None. :class:`TLSConfigError` names an unusable file."""
+    if ca_file is None:
+        return ssl.platformTrust()
+    try:
+        pem = Path(ca_file).read_bytes()
+    except OSError as e:
+        raise TLSConfigError(f"cannot read ca_file {ca_file}: {e.strerror}") from None
+    blocks = _PEM_CERT.findall(pem)
+    if not blocks:
+        raise TLSConfigError(f"ca_file {ca_file} holds no PEM certificate")
+    try:
+        certificates = [ssl.Certificate.loadPEM(block) for block in blocks]
+    except Exception as e:
+        raise TLSConfigError(f"ca_file {ca_file}: bad certificate: {e}") from None
+    return ssl.trustRootFromCertificates(certificates)
+
+
+def client_tls_options(host: str, ca_file: str | None) -> Any:
+    """Client TLS options verifying the chain against :func:`client_trust_root` and the
+    certificate against ``host`` (DNS name or IP literal, RFC 6125 §6)."""
+    return ssl.optionsForClientTLS(host, trustRoot=client_trust_root(ca_file))
