@@ -1,0 +1,228 @@
+"""A real PostgreSQL server, run unprivileged under a temp dir, as a test and bench peer.
+
+popgate's second store backend is PostgreSQL; its tests talk to a real server (Debian
+``postgresql``) rather than a fake, the way the POP3 tests talk to a real Dovecot. The
+instance is private: ``initdb`` into a temp dir owned by the unprivileged test user
+(``initdb`` refuses to run as root), a Unix socket in that dir, TCP on 127.0.0.1 at a free
+port, and password (SCRAM) authentication for the role popgate uses, which is the path an
+operator configures (``[store] password_file``).
+
+``durable=False`` (the default for tests) turns off fsync and synchronous commit: only
+popgate processes are killed in the tests, never the database, so nothing is lost that a
+test could observe. Benchmarks that claim durability pass ``durable=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from gateway.testing.dovecot import ensure_test_user
+from gateway.testing.ports import LOOPBACK, free_port
+
+DEFAULT_BIN_DIRS = tuple(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True))
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0
+
+
+class PostgresNotInstalled(RuntimeError):
+    """No PostgreSQL server binaries (Debian ``postgresql``) on this machine."""
+
+
+def find_bin_dir() -> Path:
+    """The newest installed PostgreSQL ``bin`` dir holding ``initdb`` and ``postgres``."""
+    for candidate in DEFAULT_BIN_DIRS:
+        if (candidate / "initdb").exists() and (candidate / "postgres").exists():
+            return candidate
+    raise PostgresNotInstalled(
+        "PostgreSQL server binaries not found under /usr/lib/postgresql; "
+        "install the Debian package 'postgresql' (make test does)"
+    )
+
+
+class Postgres:
+    """One private PostgreSQL instance; a context manager that stops and removes it."""
+
+    def __init__(
+        self,
+        *,
+        database: str = "popgate",
+        role: str = "popgate",
+        durable: bool = False,
+        base_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.bin_dir = find_bin_dir()
+        self.database = database
+        self.role = role
+        self.password = secrets.token_urlsafe(18)
+        self.durable = durable
+        self._owns_dir = base_dir is None
+        self.dir = Path(base_dir or tempfile.mkdtemp(prefix="popgate-pg-"))
+        self.data_dir = self.dir / "data"
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = self.dir / "postgres.log"
+        self._user = ensure_test_user()
+
+    # ---- life ---------------------------------------------------------------------
+
+    def _as_user(self) -> dict[str, object]:
+        if os.geteuid() != 0:
+            return {}
+        uid, gid = self._user.pw_uid, self._user.pw_gid
+        return {"user": uid, "group": gid, "extra_groups": []}
+
+    def _chown(self, path: Path) -> None:
+        if os.geteuid() == 0:
+            os.chown(path, self._user.pw_uid, self._user.pw_gid)
+
+    def start(self) -> Postgres:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        self._chown(self.dir)
+        pwfile = self.dir / "superuser-password"
+        pwfile.write_text(secrets.token_urlsafe(18) + "\n")
+        self._chown(pwfile)
+        subprocess.run(
+            [
+                str(self.bin_dir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+            check=True,
+            capture_output=True,
+            **self._as_user(),
+        )
+        settings = [
+            "-c",
+            f"listen_addresses={LOOPBACK}",
+            "-p",
+            str(self.port),
+            "-k",
+            str(self.dir),
+            "-c",
+            "max_connections=200",
+        ]
+        if not self.durable:
+            settings += ["-c", "fsync=off", "-c", "synchronous_commit=off"]
+            settings += ["-c", "full_page_writes=off"]
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [str(self.bin_dir / "postgres"), "-D", str(self.data_dir), *settings],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **self._as_user(),
+        )
+        log.close()
+        self._wait_ready()
+        self.psql(f"CREATE ROLE {self.role} LOGIN PASSWORD '{self.password}';")
+        self.psql(f"CREATE DATABASE {self.database} OWNER {self.role};")
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"postgres exited:\n{self.log_text()}")
+            ready = subprocess.run(
+                [str(self.bin_dir / "pg_isready"), "-h", str(self.dir), "-p", str(self.port)],
+                capture_output=True,
+                check=False,
+            )
+            if ready.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"postgres did not become ready:\n{self.log_text()}")
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT), then remove the directory if it was ours."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        if self._owns_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Postgres:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- use ----------------------------------------------------------------------
+
+    @property
+    def dsn(self) -> str:
+        """A libpq URI without the password, as popgate's config wants it."""
+        return f"postgresql://{self.role}@{LOOPBACK}:{self.port}/{self.database}"
+
+    @property
+    def dsn_with_password(self) -> str:
+        return f"postgresql://{self.role}:{self.password}@{LOOPBACK}:{self.port}/{self.database}"
+
+    def write_password_file(self, path: str | os.PathLike[str]) -> Path:
+        """The role's password in a 0600 file, for ``[store] password_file``."""
+        p = Path(path)
+        p.write_text(self.password + "\n")
+        os.chmod(p, 0o600)
+        return p
+
+    def psql(self, sql: str, *, database: str = "postgres") -> str:
+        """Run SQL as the superuser over the private Unix socket; returns psql's output."""
+        result = subprocess.run(
+            [
+                str(self.bin_dir.parent / "bin" / "psql"),
+                "-h",
+                str(self.dir),
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-qAt",
+                "-c",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            **self._as_user(),
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"psql failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def reset(self) -> None:
+        """Drop and recreate the database: a clean store for the next test."""
+        self.psql(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{self.database}' AND pid <> pg_backend_pid();"
+        )
+        self.psql(f"DROP DATABASE IF EXISTS {self.database};")
+        self.psql(f"CREATE DATABASE {self.database} OWNER {self.role};")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
