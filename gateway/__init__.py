@@ -11,10 +11,12 @@ import breaks this map, when modules import each other in a cycle, or when anyth
 - ``access``: per-user views of the store: households (shared trees, private \\Seen), quotas.
   core, store.
 - ``security``: passwords, the authenticator, login penalties, TLS contexts. core.
+- ``oauth``: OAuth 2.0 for upstreams: provider presets, token file, device login (RFC 8628),
+  refresh (RFC 6749 §6) over treq. core, security.
 - ``imap``: the IMAP server: sans-I/O parser, session and handlers, one Twisted protocol.
   core, message, store, access, security.
-- ``pop3``: the POP3 side: sync planning (pure), client, fetcher, poller. core, message, store,
-  access, security. ``imap`` and ``pop3`` never import each other.
+- ``pop3``: the POP3 side: sync planning (pure), client, SASL, fetcher, poller, failure
+  notices. core, message, store, access, security, oauth. ``imap`` and ``pop3`` never import each other.
 - ``managesieve``: the ManageSieve server (RFC 5804): sans-I/O parser, session, Twisted protocol.
   core, store, security (and the Sieve language, injected as a checker).
 - ``app``: running a gateway: config, storage selection, service wiring, reload, logs,
@@ -33,11 +35,12 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "store": frozenset({"core", "message"}),
     "access": frozenset({"core", "store"}),
     "security": frozenset({"core"}),
+    "oauth": frozenset({"core", "security"}),
     "imap": _FOUNDATION,
-    "pop3": _FOUNDATION,
+    "pop3": _FOUNDATION | {"oauth"},
     "managesieve": frozenset({"core", "store", "security"}),
-    "app": _FOUNDATION | _SERVERS,
-    "testing": _FOUNDATION | _SERVERS | {"app"},
-    "cli": _FOUNDATION | _SERVERS | {"app", "testing"},
+    "app": _FOUNDATION | _SERVERS | {"oauth"},
+    "testing": _FOUNDATION | _SERVERS | {"oauth", "app"},
+    "cli": _FOUNDATION | _SERVERS | {"oauth", "app", "testing"},
 }
 """Which ``gateway`` packages each package may import (see the map above)."""

@@ -260,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", default=DEFAULT_CONFIG)
     p.add_argument("--state-dir", help="instead of reading it from the config")
     p.set_defaults(func=cmd_restore)
+
+    from gateway.cli import oauth
+
+    oauth.add_parser(sub, DEFAULT_CONFIG)
     return parser
 
 
