@@ -70,7 +70,7 @@ class FormPoster:
                 data=fields,
                 headers={b"Accept": [b"application/json"]},
                 timeout=self.timeout,
-                _reactor=self.reactor,
+                reactor=self.reactor,
             )
             size = 0
             chunks: list[bytes] = []
