@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from twisted.web import resource, server
@@ -169,3 +170,27 @@ class _Endpoint(resource.Resource):
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         return json.dumps(body).encode("utf-8")
+
+
+def dovecot_oauth2_config(server: AuthorizationServer, directory: Path) -> str:
+    """``extra_config`` for :class:`gateway.testing.dovecot.Dovecot`: an ``oauth2`` passdb
+    (mechanisms XOAUTH2 and OAUTHBEARER) validating tokens by POSTing them to ``server``'s
+    introspection endpoint (RFC 7662). ``directory`` must be readable by Dovecot's
+    unprivileged user; the passdb's settings file is written there (mode 0644)."""
+    args = directory / "dovecot-oauth2.conf.ext"
+    args.write_text(
+        f"introspection_url = {server.url('/introspect')}\n"
+        "introspection_mode = post\n"
+        "username_attribute = username\n"
+        "active_attribute = active\n"
+        "active_value = true\n"
+    )
+    args.chmod(0o644)
+    return (
+        "auth_mechanisms = plain login xoauth2 oauthbearer\n"
+        "passdb {\n"
+        "  driver = oauth2\n"
+        "  mechanisms = xoauth2 oauthbearer\n"
+        f"  args = {args}\n"
+        "}\n"
+    )
