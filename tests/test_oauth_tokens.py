@@ -317,3 +317,22 @@ def test_concurrent_callers_share_one_refresh(tmp_path: Path) -> None:
     src.access_token().addBoth(results.append)
     pending.callback(TOKENS)
     assert results == ["AT", "AT"] and SlowPoster.posts == 1
+
+
+def test_a_cancelled_caller_does_not_break_the_shared_refresh(tmp_path: Path) -> None:
+    clock = Clock()
+    pending: defer.Deferred[Any] = defer.Deferred()
+
+    class SlowPoster:
+        def post(self, url: str, fields: dict[str, str]) -> defer.Deferred[Any]:
+            return pending
+
+    src = TokenSource("up", SETTINGS, tmp_path / "up.json", reactor=clock, poster=SlowPoster())
+    save_tokens(src.path, TokenSet("AT", "RT", expires_at=0, obtained_at=0))
+    cancelled = src.access_token()
+    cancelled.addErrback(lambda f: f.trap(defer.CancelledError))
+    cancelled.cancel()  # the poller stopping mid-refresh
+    later: list[Any] = []
+    src.access_token().addBoth(later.append)  # joins the same refresh
+    pending.callback(TOKENS)
+    assert later == ["AT"] and src.refreshes == 1

@@ -145,6 +145,8 @@ class TokenSource:
     def _refresh_done(self, result: Any) -> None:
         waiters, self._waiters = self._waiters or [], None
         for waiter in waiters:
+            if waiter.called:  # that caller's pass was cancelled meanwhile
+                continue
             if isinstance(result, Failure):
                 waiter.errback(result)
             else:
