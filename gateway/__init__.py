@@ -15,8 +15,11 @@ import breaks this map, when modules import each other in a cycle, or when anyth
   imports nothing else from ``gateway``.
 - ``imap``: the IMAP server: sans-I/O parser, session and handlers, one Twisted protocol.
   core, message, store, access, security.
-- ``pop3``: the POP3 side: sync planning (pure), client, fetcher, poller. core, message, store,
-  access, security. ``imap`` and ``pop3`` never import each other.
+- ``oauth``: OAuth 2.0 for upstreams: provider presets, token file, device login (RFC 8628),
+  refresh (RFC 6749 §6) over treq. core, security.
+- ``pop3``: the POP3 side: sync planning (pure), client, SASL, fetcher, poller, failure
+  notices. core, message, store, access, security, oauth. ``imap`` and ``pop3`` never import
+  each other.
 - ``submission``: the SMTP submission relay (RFC 6409/8314): sans-I/O parser and session,
   sender policy, Twisted server, relay client and queue service, bounces, Sent copies.
   core, message, store, access, security.
@@ -39,12 +42,13 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "access": frozenset({"core", "store"}),
     "security": frozenset({"core"}),
     "sieve": frozenset(),
+    "oauth": frozenset({"core", "security"}),
     "imap": _FOUNDATION,
-    "pop3": _FOUNDATION,
+    "pop3": _FOUNDATION | {"oauth"},
     "submission": _FOUNDATION,
     "managesieve": frozenset({"core", "store", "security"}),
-    "app": _FOUNDATION | _SERVERS,
-    "testing": _FOUNDATION | _SERVERS | {"app"},
-    "cli": _FOUNDATION | _SERVERS | {"app", "testing"},
+    "app": _FOUNDATION | _SERVERS | {"oauth"},
+    "testing": _FOUNDATION | _SERVERS | {"oauth", "app"},
+    "cli": _FOUNDATION | _SERVERS | {"oauth", "app", "testing"},
 }
 """Which ``gateway`` packages each package may import (see the map above)."""

@@ -2,7 +2,7 @@
 through a thread pool against a real SQLite store: the path a backend with network round
 trips (PostgreSQL, issue 13) will take, exercised now.
 
-The reactor runs in a background thread (gateway.testing.fakes.ReactorThread); a fetch pass
+The reactor runs in a background thread (gateway.testing.reactor_thread.ReactorThread); a fetch pass
 is started on it with ``rt.call``, and each of its store calls is then made on a pool
 thread, its result coming back on the reactor thread.
 """

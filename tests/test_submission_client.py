@@ -14,7 +14,7 @@ from twisted.internet.defer import ensureDeferred
 
 from gateway.submission.client import RelayOutcome, dot_stuff, relay_message
 from gateway.submission.policy import SmtpUpstream
-from tests.submission_helpers import on_reactor, reactor
+from gateway.testing.submission import on_reactor, reactor
 
 Answer = Callable[[bytes], bytes | None]
 

@@ -22,8 +22,7 @@ from gateway.store.queue import FAILED, QUEUED, SENT
 from gateway.store.sqlite_queue import SQLiteOutboundQueue
 from gateway.submission.relay import RelayService
 from gateway.testing.smtpsink import SmtpSink, SmtpSinkError
-from gateway.testing.tlsca import CA
-from tests.submission_helpers import (
+from gateway.testing.submission import (
     HOST,
     RETRY,
     UPSTREAM_PASSWORD,
@@ -36,6 +35,7 @@ from tests.submission_helpers import (
     running_gateway,
     upstream_for,
 )
+from gateway.testing.tlsca import CA
 
 pytestmark = [pytest.mark.slow]
 

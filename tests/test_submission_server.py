@@ -14,8 +14,7 @@ import pytest
 
 from gateway.submission.policy import SubmissionLimits
 from gateway.testing.ports import free_port
-from gateway.testing.tlsca import CA
-from tests.submission_helpers import (
+from gateway.testing.submission import (
     HOST,
     USERS,
     SubmissionGateway,
@@ -23,6 +22,7 @@ from tests.submission_helpers import (
     running_gateway,
     upstream_for,
 )
+from gateway.testing.tlsca import CA
 
 
 @pytest.fixture

@@ -76,7 +76,11 @@ def build_service(
 
     from gateway.imap.factory import IMAPServerFactory
     from gateway.imap.policy import IMAPLimits
+    from gateway.oauth.refresh import TokenSource
+    from gateway.oauth.tokenfile import token_path
+    from gateway.pop3.credentials import with_oauth_token
     from gateway.pop3.fetcher import fetch_once
+    from gateway.pop3.notifier import FailureNotifier
     from gateway.pop3.poller import UpstreamPoller
     from gateway.store.runner import runner_for
 
@@ -115,9 +119,28 @@ def build_service(
     delivery_store = DeliveryQuotaGuard(store, quotas)  # over quota: held upstream
     # Where the fetcher's store calls run: SQLite runs inline (gateway/store/runner.py).
     store_runner = runner_for(delivery_store)
-    fetch = metrics.wrap_fetch(functools.partial(fetch_once, runner=store_runner))
+    fetch_with_runner = functools.partial(fetch_once, runner=store_runner)
     for upstream in cfg.upstreams:
-        poller = UpstreamPoller(upstream, delivery_store, reactor=reactor, fetch=fetch)
+        fetch = fetch_with_runner
+        if upstream.auth == "oauth2" and upstream.oauth2 is not None:
+            # The access token is read (and refreshed) before each pass; a new sign-in
+            # with `popgate oauth login` is picked up from the token file, no restart.
+            tokens = TokenSource(
+                upstream.name,
+                upstream.oauth2,
+                token_path(cfg.state_dir, upstream.name),
+                reactor=reactor,
+            )
+            fetch = with_oauth_token(fetch_with_runner, tokens)
+        # Notices go to the raw store: an over-quota owner still learns that fetching broke.
+        notifier = FailureNotifier(upstream, store, cfg.state_dir)
+        poller = UpstreamPoller(
+            upstream,
+            delivery_store,
+            reactor=reactor,
+            fetch=metrics.wrap_fetch(fetch),
+            notifier=notifier,
+        )
         pollers[upstream.name] = poller
 
     def on_activity(user: str, mailbox: str) -> None:

@@ -11,12 +11,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gateway.cli import backup, fetch, migrate, serve, status, users
+from gateway.cli import backup, fetch, migrate, oauth, serve, status, users
 from gateway.cli.common import DEFAULT_CONFIG
 
 __all__ = ["DEFAULT_CONFIG", "build_parser", "main"]
 
-GROUPS = (serve, status, fetch, migrate, users, backup)
+GROUPS = (serve, status, fetch, migrate, users, backup, oauth)
 """The command groups, in the order ``popgate --help`` lists their commands."""
 
 

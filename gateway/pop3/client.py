@@ -63,6 +63,8 @@ class UpstreamClient(AdvancedPOP3Client):
 
     MAX_LENGTH = MAX_LINE_LENGTH
     allowInsecureLogin = False
+    login_delay = 0.0
+    """CAPA ``LOGIN-DELAY`` seconds once :func:`gateway.pop3.connect.login` has read CAPA."""
 
     def __init__(self, reactor: Any, host: str, timeout: float) -> None:
         self._reactor = reactor
@@ -124,6 +126,14 @@ class UpstreamClient(AdvancedPOP3Client):
     # else for -ERR, so a stray line would be read as the answer to the next command and
     # the session would run one answer behind; stop instead.
     def state_SHORT(self, line: bytes) -> str:
+        respond = self._sasl_respond
+        if respond is not None and (line == b"+" or line.startswith(b"+ ")):
+            # RFC 5034 §4: a continuation inside AUTH; answer it and keep waiting.
+            if self.timeout > 0:
+                self.resetTimeout()
+            self.sendLine(respond(line[2:]))
+            return "SHORT"
+        self._sasl_respond = None
         if not is_status_line(line):
             return self._protocol_violation(line)
         return super().state_SHORT(line)
@@ -252,6 +262,15 @@ class UpstreamClient(AdvancedPOP3Client):
             )
             return d.addCallback(lambda _: collected)
         return self.sendLong(b"RETR", number, _StreamedRetr(consumer), None)
+
+    _sasl_respond: Callable[[bytes], bytes] | None = None
+
+    def sasl(self, arguments: bytes, respond: Callable[[bytes], bytes]) -> defer.Deferred[bytes]:
+        """``AUTH arguments`` (RFC 5034 §4): each ``+ `` continuation until the final
+        status line is answered with ``respond(challenge)``. Fires with the +OK text or
+        fails with ``ServerErrorResponse``. Only for the login step (nothing else queued)."""
+        self._sasl_respond = respond
+        return self.sendShort(b"AUTH", arguments)
 
     def login(self, username: bytes, password: bytes) -> defer.Deferred[Any]:
         """Refused: the inherited login() may choose APOP in cleartext; use :func:`login`."""

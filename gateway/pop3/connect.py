@@ -2,8 +2,11 @@
 
 Nothing is guessed: TLS verifies the chain and the host name (RFC 2595 §2.4, RFC 6125 §6),
 STLS is only used when CAPA offers it, and :func:`login` sends exactly the configured
-mechanism (USER/PASS, APOP, SASL PLAIN), refusing to send credentials on a connection that
-should be encrypted but is not. Failures are :class:`~gateway.pop3.errors.FetchError` kinds.
+mechanism (USER/PASS, APOP, SASL PLAIN, or for ``auth = "oauth2"`` SASL XOAUTH2/OAUTHBEARER
+with the access token in ``upstream.password``), refusing to send credentials on a connection
+that should be encrypted but is not. Failures are :class:`~gateway.pop3.errors.FetchError`
+kinds; a refused login's RFC 2449/3206 response code picks the kind (:func:`login_refused`).
+CAPA's ``LOGIN-DELAY n`` (RFC 2449 §6.8), when read, is left in ``client.login_delay``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import structlog
 from twisted.internet import defer, ssl
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory
@@ -27,10 +31,19 @@ from gateway.pop3.errors import (
     LoginFailed,
     StartTLSUnavailable,
     UpstreamConfigError,
-    server_text,
+    login_refused,
     translate_failure,
 )
+from gateway.pop3.sasl import (
+    MechanismUnavailable,
+    SaslExchange,
+    choose_mechanism,
+    oauthbearer_response,
+    xoauth2_response,
+)
 from gateway.pop3.upstream import Upstream
+
+log = structlog.get_logger(__name__)
 
 _PEM_CERT_RE = re.compile(
     rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
@@ -143,8 +156,12 @@ async def _login(client: UpstreamClient, upstream: Upstream) -> None:
     mechanism = upstream.auth
     if mechanism in ("auto", "plain"):
         mechanism = await _choose_mechanism(client, upstream)
+    elif client._capCache is not None:
+        _note_login_delay(client, client._capCache)
     try:
-        if mechanism == "apop":
+        if mechanism == "oauth2":
+            await _oauth_login(client, upstream)
+        elif mechanism == "apop":
             # RFC 1939 §7: only when configured; the digest is MD5(challenge + secret).
             if client.serverChallenge is None:
                 raise LoginFailed(f"{host} offered no APOP challenge in its greeting")
@@ -159,23 +176,74 @@ async def _login(client: UpstreamClient, upstream: Upstream) -> None:
             await client.user(user)
             await client.password(password)
     except ServerErrorResponse as e:
-        raise LoginFailed(f"{host} refused the login: {server_text(e)}") from None
-    except FetchError:
-        raise
+        raise _reported(login_refused(e, host), upstream) from None
+    except FetchError as e:
+        raise _reported(e, upstream) from None
     except Exception as e:
         raise translate_failure(e, host, "login") from None
 
 
-async def _choose_mechanism(client: UpstreamClient, upstream: Upstream) -> str:
-    """ "auto": SASL PLAIN (RFC 5034) when CAPA (RFC 2449, read again over TLS) offers it,
-    else USER/PASS. "plain": SASL PLAIN, refused up front when CAPA answers without
-    offering it (a server without CAPA is simply tried)."""
+def _reported(error: FetchError, upstream: Upstream) -> FetchError:
+    """[IN-USE] gets its own event: another client holds the maildrop (RFC 2449 §8.1.1)."""
+    if error.kind == "in_use":
+        log.warning("pop3.in_use", upstream=upstream.name, message=str(error))
+    return error
+
+
+async def _capabilities(client: UpstreamClient, upstream: Upstream) -> dict[bytes, Any]:
     try:
         # After STLS Twisted has already re-read CAPA over TLS (RFC 2595 §4: the list
         # from before TLS must be discarded), so that cached answer is the one to trust.
         caps = await client.capabilities(useCache=bool(client.startedTLS))
     except Exception as e:
         raise translate_failure(e, upstream.host, "CAPA") from None
+    _note_login_delay(client, caps)
+    return caps
+
+
+def _note_login_delay(client: UpstreamClient, caps: dict[bytes, Any]) -> None:
+    """RFC 2449 §6.8: ``LOGIN-DELAY n [USER]``, the least seconds between logins."""
+    value = caps.get(b"LOGIN-DELAY")
+    first = value[0] if isinstance(value, list) and value else value
+    if isinstance(first, bytes) and first.isdigit():
+        client.login_delay = float(int(first))
+
+
+async def _oauth_login(client: UpstreamClient, upstream: Upstream) -> None:
+    """SASL XOAUTH2 or OAUTHBEARER (RFC 7628) with the access token the pass was given.
+    A refused token comes back as a JSON error continuation, answered (see
+    :class:`SaslExchange`) and reported in the ``pop3.sasl_error`` event and the error."""
+    host = upstream.host
+    caps = await _capabilities(client, upstream)
+    setting = upstream.oauth2.mechanism if upstream.oauth2 is not None else "auto"
+    try:
+        mechanism = choose_mechanism(setting, caps.get(b"SASL") if caps else None)
+    except MechanismUnavailable as e:
+        raise LoginFailed(f"{host}: {e}") from None
+    if mechanism == "XOAUTH2":
+        initial = xoauth2_response(upstream.username, upstream.password)
+    else:
+        initial = oauthbearer_response(upstream.username, upstream.password, host, upstream.port)
+    exchange = SaslExchange(mechanism, initial)
+    try:
+        await client.sasl(exchange.arguments, exchange.respond)
+    except ServerErrorResponse as e:
+        error = login_refused(e, host, f"the OAuth token (AUTH {mechanism})")
+        if exchange.error is not None:
+            log.warning(
+                "pop3.sasl_error", upstream=upstream.name, mechanism=mechanism, **exchange.error
+            )
+            if isinstance(error, LoginFailed):
+                detail = ", ".join(f"{k}={v}" for k, v in exchange.error.items())
+                error = LoginFailed(f"{error} [server said: {detail}]")
+        raise error from None
+
+
+async def _choose_mechanism(client: UpstreamClient, upstream: Upstream) -> str:
+    """ "auto": SASL PLAIN (RFC 5034) when CAPA (RFC 2449, read again over TLS) offers it,
+    else USER/PASS. "plain": SASL PLAIN, refused up front when CAPA answers without
+    offering it (a server without CAPA is simply tried)."""
+    caps = await _capabilities(client, upstream)
     offered = [m.upper() for m in (caps.get(b"SASL") or [])]
     if b"PLAIN" in offered:
         return "plain"
@@ -187,7 +255,8 @@ async def _choose_mechanism(client: UpstreamClient, upstream: Upstream) -> str:
 
 
 def login(client: UpstreamClient, upstream: Upstream) -> defer.Deferred[None]:
-    """Authenticate with the configured mechanism (USER/PASS, APOP, AUTH PLAIN, or for
-    "auto" AUTH PLAIN when offered else USER/PASS; APOP only when configured);
+    """Authenticate with the configured mechanism (USER/PASS, APOP, AUTH PLAIN, AUTH
+    XOAUTH2/OAUTHBEARER for "oauth2", or for "auto" AUTH PLAIN when offered else USER/PASS;
+    APOP only when configured);
     fails with :class:`LoginFailed` (or another :class:`FetchError`)."""
     return defer.Deferred.fromCoroutine(_login(client, upstream))

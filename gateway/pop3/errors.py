@@ -66,6 +66,44 @@ class LoginFailed(FetchError):
     kind = "auth"
 
 
+class OAuthLoginNeeded(LoginFailed):
+    """The OAuth grant is gone (``invalid_grant``, no token file, a rejected client):
+    only ``popgate oauth login NAME`` fixes it. Same ``kind`` as any refused login."""
+
+
+class OAuthTokenUnavailable(FetchError):
+    """The token endpoint could not be reached to refresh the access token (retried with
+    backoff first): temporary."""
+
+    kind = "oauth_token"
+
+
+class UpstreamInUse(FetchError):
+    """``-ERR [IN-USE]`` (RFC 2449 §8.1.1): another session holds the maildrop lock.
+    Temporary, and not a refused login."""
+
+    kind = "in_use"
+
+
+class LoginDelayed(FetchError):
+    """``-ERR [LOGIN-DELAY]`` (RFC 2449 §8.1.2): logged in again too soon."""
+
+    kind = "login_delay"
+
+
+class UpstreamSysTemp(FetchError):
+    """``-ERR [SYS/TEMP]`` (RFC 3206 §4): a temporary problem on the server's side."""
+
+    kind = "sys_temp"
+
+
+class UpstreamSysPerm(FetchError):
+    """``-ERR [SYS/PERM]`` (RFC 3206 §4): a problem on the server's side that will not go
+    away without a person (an account disabled, a mailbox gone)."""
+
+    kind = "sys_perm"
+
+
 class UIDLUnsupported(FetchError):
     """The server has no UIDL (RFC 1939 §7 makes it optional); exactly-once needs it."""
 
@@ -136,6 +174,44 @@ def server_text(value: Any) -> str:
     return text[:MAX_SERVER_TEXT]
 
 
+_RESPONSE_CODES: dict[str, type[FetchError]] = {
+    "IN-USE": UpstreamInUse,
+    "LOGIN-DELAY": LoginDelayed,
+    "SYS/TEMP": UpstreamSysTemp,
+    "SYS/PERM": UpstreamSysPerm,
+    "AUTH": LoginFailed,
+}
+"""RFC 2449 §8 and RFC 3206 §4 response codes and the error each one means."""
+
+
+def response_code(text: Any) -> str | None:
+    """The extended response code at the start of an -ERR text (``[SYS/TEMP] ...`` →
+    ``"SYS/TEMP"``; RFC 2449 §8: hierarchical, "/"-separated, upper-cased here)."""
+    line = server_text(text)
+    if not line.startswith("["):
+        return None
+    end = line.find("]")
+    if end <= 1:
+        return None
+    return line[1:end].strip().upper() or None
+
+
+def login_refused(value: Any, host: str, what: str = "the login") -> FetchError:
+    """The error for an -ERR answering PASS, APOP or AUTH: its response code tells a
+    locked maildrop, a too-early login and a server fault from wrong credentials
+    (``[AUTH]`` or no code)."""
+    text = server_text(value)
+    code = response_code(value)
+    cls = _RESPONSE_CODES.get(code or "", LoginFailed)
+    if cls is UpstreamInUse:
+        return cls(f"{host} says the mailbox is in use by another session: {text}")
+    if cls is LoginDelayed:
+        return cls(f"{host} refused a login this soon after the last one: {text}")
+    if cls in (UpstreamSysTemp, UpstreamSysPerm):
+        return cls(f"{host} refused {what} ({code}): {text}")
+    return LoginFailed(f"{host} refused {what}: {text}")
+
+
 def _is_tls_verification(exc: BaseException) -> str | None:
     """A human reason if ``exc`` is a certificate verification failure, else None."""
     try:
@@ -174,6 +250,9 @@ def translate_failure(failure: Failure | BaseException, host: str, step: str) ->
             f"{host} sent a line longer than {MAX_LINE_LENGTH} octets during {step}"
         )
     if isinstance(exc, ServerErrorResponse):
+        code = response_code(exc)
+        if code in ("SYS/TEMP", "SYS/PERM", "IN-USE"):
+            return login_refused(exc, host, step)
         return UpstreamServerError(f"{host} refused {step}: {server_text(exc)}")
     if isinstance(exc, error.ConnectingCancelledError | error.ConnectError | error.DNSLookupError):
         return UpstreamConnectError(f"cannot connect to {host}: {exc}")

@@ -107,6 +107,7 @@ class FetchResult:
     backlog: int = 0
     complete_listing: bool = False
     seconds: float = 0.0
+    login_delay: float = 0.0  # CAPA LOGIN-DELAY seconds, 0 when not announced
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form for the control socket and status."""
@@ -192,7 +193,10 @@ class _Pass:
         self.log.info("pop3.fetch_start", upstream=up.name, host=up.host, port=up.port, tls=up.tls)
         try:
             self.client = await connect(up, self.reactor)
-            await login(self.client, up)
+            try:
+                await login(self.client, up)
+            finally:  # the poller spaces passes by CAPA LOGIN-DELAY (RFC 2449 §6.8)
+                self.result = replace(self.result, login_delay=self.client.login_delay)
             listing = await self.read_listing()
             known = await self.runner.run(self.store.known_uidls, up.name)
             plan = plan_sync(

@@ -15,6 +15,10 @@ can count calls). Rules:
 - :meth:`UpstreamPoller.fetch_now` (``popgate fetch``) starts a pass at once when none is
   in flight (an operator asked: no spacing), else right after the one in flight, and
   fires with that pass's result; its ``progress`` callable hears that pass's progress;
+- an upstream announcing CAPA ``LOGIN-DELAY n`` (RFC 2449 §6.8) never sees two passes
+  start less than n seconds apart, whatever asked for them (timer, trigger, fetch_now);
+- after each pass an optional ``notifier`` (:class:`gateway.pop3.notifier.FailureNotifier`)
+  hears the outcome and files failure notices;
 - stopping cancels the timers and waits up to :data:`STOP_GRACE` seconds for a pass in
   flight, then cancels it, which is safe: a cancelled pass drops the connection without
   QUIT, so no DELE takes effect, and what it delivered stays delivered.
@@ -106,6 +110,7 @@ class UpstreamPoller(Service):
         min_spacing: float = MIN_TRIGGER_SPACING,
         stop_grace: float = STOP_GRACE,
         rng: random.Random | None = None,
+        notifier: Any = None,
     ) -> None:
         if not 0 <= jitter < 1:
             raise ValueError("jitter must be a fraction in [0, 1)")
@@ -120,6 +125,9 @@ class UpstreamPoller(Service):
         self.min_spacing = min_spacing
         self.stop_grace = stop_grace
         self.rng = rng if rng is not None else random.Random()
+        self.notifier = notifier
+        self.login_delay = 0.0
+        """Seconds the upstream wants between logins (CAPA LOGIN-DELAY), 0 if none."""
         self.health = PollerHealth()
         self.name = f"pop3:{upstream.name}"
         self._timer: Any = None
@@ -171,7 +179,7 @@ class UpstreamPoller(Service):
             return
         if jittered:
             delay = self._spread(delay)
-        delay = max(0.0, delay)
+        delay = max(0.0, delay, self._login_delay_wait())
         self._timer = self.reactor.callLater(delay, self._start_pass)
         self.health.next_poll_at = self.reactor.seconds() + delay
 
@@ -179,10 +187,17 @@ class UpstreamPoller(Service):
         failures = max(1, self.health.consecutive_failures)
         return min(self.backoff_cap, self.backoff_base * 2 ** min(failures - 1, 32))
 
+    def _login_delay_wait(self) -> float:
+        """Seconds until LOGIN-DELAY allows the next login (0 when it already does)."""
+        if self._last_start is None or self.login_delay <= 0:
+            return 0.0
+        return max(0.0, self._last_start + self.login_delay - self.reactor.seconds())
+
     def _earliest_start(self) -> float:
         if self._last_start is None:
             return self.reactor.seconds()
-        return max(self.reactor.seconds(), self._last_start + self.min_spacing)
+        spacing = max(self.min_spacing, self.login_delay)
+        return max(self.reactor.seconds(), self._last_start + spacing)
 
     def trigger(self) -> None:
         """Ask for a pass as soon as allowed (on-demand, e.g. an IMAP client's NOOP)."""
@@ -208,7 +223,10 @@ class UpstreamPoller(Service):
         self._next_waiters.append((d, progress))
         if self._in_flight is None:
             self._cancel_timer()
-            self._start_pass()
+            if self._login_delay_wait() > 0:
+                self._schedule(0, jittered=False)  # as soon as LOGIN-DELAY allows
+            else:
+                self._start_pass()
         else:
             self._again = True
         return d
@@ -252,6 +270,7 @@ class UpstreamPoller(Service):
             self._failed(outcome)
         else:
             self._succeeded(outcome)
+        self._note_outcome(outcome)
         waiters, self._current_waiters = self._current_waiters, []
         for d, _progress in waiters:
             if isinstance(outcome, Failure):
@@ -293,6 +312,25 @@ class UpstreamPoller(Service):
                 error=type(error).__name__,
                 message=str(error),
             )
+
+    def _note_outcome(self, outcome: Any) -> None:
+        """LOGIN-DELAY from the pass's result, then the notifier's turn."""
+        failed = isinstance(outcome, Failure)
+        result = getattr(outcome.value, "result", None) if failed else outcome
+        if isinstance(result, FetchResult) and result.login_delay > 0:
+            self.login_delay = result.login_delay
+        if self.notifier is None:
+            return
+        if failed and isinstance(outcome.value, defer.CancelledError):
+            return
+        try:
+            self.notifier.after_pass(
+                ok=not failed,
+                error=outcome.value if failed else None,
+                now=self.reactor.seconds(),
+            )
+        except Exception:
+            log.exception("pop3.notifier_failed", upstream=self.upstream.name)
 
     def _pass_over(self, _: Any) -> None:
         self._in_flight = None
@@ -361,6 +399,7 @@ class UpstreamPoller(Service):
             "in_flight": h.in_flight,
             "next_poll_at": h.next_poll_at,
             "backlog": h.backlog,
+            "login_delay": self.login_delay,
             "progress": h.progress if h.in_flight else None,
             "last_result": h.last_result.as_dict() if h.last_result is not None else None,
             "skipped_count": len(skipped),

@@ -2,7 +2,7 @@
 
 :class:`FakePOP3Server` is the demo's embedded upstream and the peer of the fetcher's
 fault tests. It speaks RFC 1939 over a real socket (with CAPA from RFC 2449, STLS from
-RFC 2595 and AUTH PLAIN from RFC 5034), keeps a mutable maildrop that the caller may
+RFC 2595 and AUTH PLAIN, XOAUTH2 and OAUTHBEARER from RFC 5034/7628), keeps a mutable maildrop that the caller may
 change at runtime, and has knobs (:class:`Faults`) for the ways real servers misbehave:
 dropping the connection mid-RETR, stalling, -ERR on RETR/DELE/QUIT, garbage lines,
 no UIDL, reordered listings. Duplicate UIDLs and very long lines come from the maildrop
@@ -28,10 +28,14 @@ from twisted.python.failure import Failure
 MAX_COMMAND_LENGTH = 1024
 """Longest command line the fake accepts (RFC 2449 §4 allows 255 octets; be lenient)."""
 
+MAX_SASL_RESPONSE_LENGTH = 16384
+"""Longest SASL response line after a continuation (OAuth tokens run to a few KB)."""
+
 GARBAGE_LINE = b"this is not a listing line"
 """The malformed line injected into UIDL and LIST answers by ``Faults.garbage_in_listings``."""
 
 _LINE_END = re.compile(rb"\r?\n")
+_OAUTH_MECHANISMS = ("XOAUTH2", "OAUTHBEARER")
 
 
 def normalize_message(raw: bytes) -> bytes:
@@ -101,6 +105,10 @@ class Faults:
     """The greeting carries an APOP challenge (RFC 1939 §7) like many real servers."""
     understate_list_sizes: bool = False
     """LIST (and STAT) report a tenth of each message's real size, as a buggy server might."""
+    login_error: bytes | None = None
+    """Every login attempt is answered ``-ERR`` + this text (e.g. b"[SYS/TEMP] try later")."""
+    login_delay: int | None = None
+    """CAPA announces ``LOGIN-DELAY n`` (RFC 2449 §6.8)."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +138,7 @@ class FakePOP3Protocol(LineOnlyReceiver):
         self.tls = False
         self.stalled = False
         self.holds_lock = False
-        self.awaiting_sasl = False
+        self.awaiting_sasl: Callable[[bytes], None] | None = None
 
     # ---- plumbing ----------------------------------------------------------------
 
@@ -171,10 +179,11 @@ class FakePOP3Protocol(LineOnlyReceiver):
     def lineReceived(self, line: bytes) -> None:
         if self.stalled:
             return
-        if self.awaiting_sasl:
-            self.awaiting_sasl = False
+        if self.awaiting_sasl is not None:
+            step, self.awaiting_sasl = self.awaiting_sasl, None
+            self.MAX_LENGTH = MAX_COMMAND_LENGTH
             self.server.commands.append(CommandRecord(self.session, "AUTH-RESPONSE", (), self.tls))
-            self._sasl_plain(line.strip())
+            step(line.strip())
             return
         verb_bytes, _, rest = line.partition(b" ")
         verb = verb_bytes.decode("ascii", "replace").upper()
@@ -227,6 +236,8 @@ class FakePOP3Protocol(LineOnlyReceiver):
             caps.append(b"SASL " + b" ".join(m.encode("ascii") for m in self.server.sasl))
         if not self.server.faults.no_uidl:
             caps.append(b"UIDL")
+        if self.server.faults.login_delay is not None:
+            caps.append(b"LOGIN-DELAY %d" % self.server.faults.login_delay)
         if self.server.tls_context is not None and not self.tls and self.state == "AUTHORIZATION":
             caps.append(b"STLS")
         caps.append(b"IMPLEMENTATION popgate-fake")
@@ -265,19 +276,59 @@ class FakePOP3Protocol(LineOnlyReceiver):
         )
 
     def do_AUTH(self, args: list[bytes]) -> None:
-        """RFC 5034 §4: AUTH PLAIN with or without an initial response (then the server
-        sends an empty "+ " challenge and the next line is the response)."""
-        if not args or args[0].upper() != b"PLAIN" or "PLAIN" not in self.server.sasl:
+        """RFC 5034 §4: AUTH PLAIN, XOAUTH2 or OAUTHBEARER with or without an initial
+        response (then the server sends an empty "+ " challenge and the next line is the
+        response). ``oauth_two_step_only`` refuses an OAuth initial response on the AUTH
+        line, as Microsoft's servers do."""
+        mechanism = args[0].upper().decode("ascii", "replace") if args else ""
+        if mechanism not in self.server.sasl or mechanism not in ("PLAIN", *_OAUTH_MECHANISMS):
             self.err(b"unsupported SASL mechanism")
             return
+        step = self._sasl_plain if mechanism == "PLAIN" else self._sasl_oauth
         if len(args) == 1:
             self.sendLine(b"+ ")
-            self.awaiting_sasl = True
+            self.awaiting_sasl = step
+            self.MAX_LENGTH = MAX_SASL_RESPONSE_LENGTH  # RFC 5034 §4: no 255-octet limit here
             return
         if len(args) != 2:
             self.err(b"malformed AUTH command")
             return
-        self._sasl_plain(args[1])
+        if mechanism != "PLAIN" and self.server.oauth_two_step_only:
+            self.err(b"initial response on the AUTH line not supported")
+            return
+        step(args[1])
+
+    def _sasl_oauth(self, response: bytes) -> None:
+        """XOAUTH2 / OAUTHBEARER (RFC 7628 §3.1): a bad token gets the JSON error as a
+        continuation (§3.2.2); the client's answer to it ends with -ERR [AUTH]."""
+        if response == b"*":
+            self.err(b"AUTH cancelled")
+            return
+        try:
+            fields = base64.b64decode(response, validate=True).split(b"\x01")
+        except ValueError:
+            self.err(b"malformed AUTH response")
+            return
+        user = token = None
+        for item in fields:
+            if item.startswith(b"user="):
+                user = item[5:].decode("utf-8", "replace")
+            elif item.startswith(b"n,a="):
+                user = item[4:].rstrip(b",").decode("utf-8", "replace").replace("=2C", ",")
+            elif item.startswith(b"auth=Bearer "):
+                token = item[12:].decode("ascii", "replace")
+        self.server.oauth_logins.append((user, token))
+        if user == self.server.user and token is not None and token in self.server.bearer_tokens:
+            self._finish_login(True)
+            return
+        error = b'{"status":"401","schemes":"bearer","scope":"https://mail.example/"}'
+        self.sendLine(b"+ " + base64.b64encode(error))
+        self.awaiting_sasl = self._sasl_failed
+
+    def _sasl_failed(self, answer: bytes) -> None:
+        self.server.sasl_error_answers.append(answer)
+        self.user = None
+        self.err(b"[AUTH] authentication failed")
 
     def _sasl_plain(self, response: bytes) -> None:
         if response == b"*":
@@ -295,6 +346,10 @@ class FakePOP3Protocol(LineOnlyReceiver):
         )
 
     def _finish_login(self, good: bool) -> None:
+        if self.server.faults.login_error is not None:
+            self.user = None
+            self.err(self.server.faults.login_error)
+            return
         if not good:
             self.user = None
             self.err(b"[AUTH] invalid user name or password")
@@ -459,7 +514,14 @@ class FakePOP3Server(ServerFactory):
     ) -> None:
         self.user = user
         self.sasl = tuple(sasl)
-        """SASL mechanisms offered in CAPA (RFC 5034 §6); only PLAIN is implemented."""
+        """SASL mechanisms offered in CAPA (RFC 5034 §6): PLAIN, XOAUTH2, OAUTHBEARER."""
+        self.bearer_tokens: set[str] = set()
+        """Access tokens XOAUTH2/OAUTHBEARER accept for ``user``."""
+        self.oauth_two_step_only = False
+        """Refuse an OAuth initial response on the AUTH line (Microsoft's behaviour)."""
+        self.oauth_logins: list[tuple[str | None, str | None]] = []
+        self.sasl_error_answers: list[bytes] = []
+        """What clients answered to the JSON error continuation."""
         self.password = password
         self.tls_context = tls_context
         self.faults = faults if faults is not None else Faults()

@@ -16,12 +16,18 @@ from typing import Any
 from gateway.app.config.reader import Reader, check_secret_file, parse_duration, parse_size
 from gateway.app.config.settings import Limits, Shared
 from gateway.core.net import is_loopback_host
-from gateway.pop3.upstream import DEFAULT_POLL_INTERVAL, DEFAULT_TIMEOUT, Upstream
+from gateway.oauth.settings import parse_oauth2_table
+from gateway.pop3.upstream import (
+    DEFAULT_NOTIFY_AFTER,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_TIMEOUT,
+    Upstream,
+)
 from gateway.store.interfaces import SHARED_OWNER_PREFIX
 
 MIN_POLL_INTERVAL = 10.0
 TLS_MODES = ("implicit", "starttls", "none")
-AUTH_MODES = ("auto", "user", "apop", "plain")
+AUTH_MODES = ("auto", "user", "apop", "plain", "oauth2")
 DELETED_IN_IMAP_MODES = ("keep", "delete")
 UPSTREAM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -70,6 +76,18 @@ def parse_upstreams(
         if ca_file is not None and not os.path.isfile(ca_file):
             r.problem("ca_file", f"{ca_file}: no such file")
         username = r.get("username", str)
+        auth = r.get("auth", str, "auto")
+        if auth is not None and auth not in AUTH_MODES:
+            r.problem("auth", f"must be one of {', '.join(AUTH_MODES)}")
+        oauth2 = None
+        oauth2_table = r.get("oauth2", dict, None)
+        if auth == "oauth2" and oauth2_table is None:
+            r.problem("oauth2", 'is required with auth = "oauth2" (a [upstreams.oauth2] table)')
+        elif oauth2_table is not None:
+            if auth != "oauth2":
+                r.problem("oauth2", 'only used with auth = "oauth2"')
+            oauth2, oauth_problems = parse_oauth2_table(oauth2_table, prefix=r.key("oauth2"))
+            problems.extend(f"{path}: {text}" for text in oauth_problems)
         password = r.get("password", str, None)
         password_file = r.get("password_file", str, None)
         secret = None
@@ -84,6 +102,8 @@ def parse_upstreams(
                 secret = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
             except OSError:
                 pass  # reported by _check_secret_file
+        elif auth == "oauth2":
+            secret = ""  # the access token comes from state_dir/oauth/NAME.json
         else:
             r.problem("password_file", "is required (or password)")
         allow_plaintext = r.get("allow_plaintext", bool, False)
@@ -98,9 +118,6 @@ def parse_upstreams(
                 f'"none" sends the password in clear to {host}; use implicit or starttls '
                 "(or set allow_plaintext = true if you really must)",
             )
-        auth = r.get("auth", str, "auto")
-        if auth is not None and auth not in AUTH_MODES:
-            r.problem("auth", f"must be one of {', '.join(AUTH_MODES)}")
         poll = r.get(
             "poll_interval", (int, float, str), DEFAULT_POLL_INTERVAL, convert=parse_duration
         )
@@ -139,8 +156,16 @@ def parse_upstreams(
         if deleted_in_imap is not None and deleted_in_imap not in DELETED_IN_IMAP_MODES:
             r.problem("deleted_in_imap", f"must be one of {', '.join(DELETED_IN_IMAP_MODES)}")
         dedup = r.get("dedup", bool, True)
+        notify = r.get("notify", bool, True)
+        notify_after = r.get(
+            "notify_after", (int, float, str), DEFAULT_NOTIFY_AFTER, convert=parse_duration
+        )
+        if notify_after is not None and notify_after <= 0:
+            r.problem("notify_after", 'must be a positive duration such as "6h"')
         r.finish()
         if None in (name, owner, host, tls, port, username, secret, auth, poll, timeout):
+            continue
+        if auth == "oauth2" and oauth2 is None:
             continue
         upstreams.append(
             Upstream(
@@ -164,6 +189,9 @@ def parse_upstreams(
                 quota=quota,
                 deleted_in_imap=deleted_in_imap or "keep",
                 dedup=bool(dedup),
+                oauth2=oauth2,
+                notify=bool(notify),
+                notify_after=notify_after or DEFAULT_NOTIFY_AFTER,
             )
         )
     if config_has_secret and os.path.exists(path):

@@ -1,8 +1,8 @@
 """An in-process submission relay on real loopback sockets: the server, an outbound
 queue (SQLite or memory), the relay service, and recorders for Sent copies and bounces.
 
-Everything runs on the shared reactor thread (gateway.testing.fakes.ReactorThread, as
-tests/imap_helpers.py does): the queue's SQLite connection is created there and only
+Everything runs on the shared reactor thread (gateway.testing.reactor_thread.ReactorThread, as
+gateway/testing/imapclient.py does): the queue's SQLite connection is created there and only
 touched through :meth:`SubmissionGateway.call`. Password checks use the reactor's
 thread pool (the production ``run_blocking``). The relay's retry schedule and poll
 interval are shortened so "later" means a fraction of a second.
@@ -41,7 +41,7 @@ from gateway.submission.policy import (
 from gateway.submission.relay import RelayService
 from gateway.submission.sent import SentCopy, SentDedup
 from gateway.submission.server import ListenerFactory, ListenerPolicy, SubmissionFactory
-from gateway.testing.fakes import ReactorThread
+from gateway.testing.reactor_thread import ReactorThread
 from gateway.testing.tlsca import CA
 
 reactor: Any = _global_reactor
