@@ -20,18 +20,25 @@ from gateway.cli import main as cli
 from gateway.store.interfaces import Delivery
 from gateway.store.sqlite import SQLiteStore
 from gateway.testing.fakes import ReactorThread
+from gateway.testing.messages import message
 
 
-def message(i: int) -> bytes:
-    return (
-        f"From: a@example.net\r\nTo: b@example.net\r\nSubject: message {i}\r\n"
-        f"Message-ID: <{i}@example.net>\r\n\r\nbody {i}\r\n" + "x" * 2000 + "\r\n"
-    ).encode()
+def numbered(i: int) -> bytes:
+    """Message ``i`` of the backup: about 2 kB, so a copy takes a few pages."""
+    body = f"body {i}\r\n" + "x" * 2000 + "\r\n"
+    return message(
+        f"message {i}",
+        body,
+        "a@example.net",
+        to="b@example.net",
+        date=None,
+        message_id=f"<{i}@example.net>",
+    )
 
 
 def deliver(store: SQLiteStore, start: int, count: int) -> None:
     for i in range(start, start + count):
-        store.deliver("alice", "INBOX", Delivery("isp", f"uidl-{i}", message(i)))
+        store.deliver("alice", "INBOX", Delivery("isp", f"uidl-{i}", numbered(i)))
 
 
 @pytest.fixture
@@ -65,7 +72,7 @@ def test_backup_copies_every_message_into_one_verified_private_file(state, tmp_p
     assert not dest.with_name("copy.sqlite3.partial").exists()
     with SQLiteStore(dest) as copy:
         inbox = copy.get_mailbox("alice", "INBOX")
-        assert copy.message_bytes(inbox.id, 20) == message(19)
+        assert copy.message_bytes(inbox.id, 20) == numbered(19)
 
 
 def test_backup_into_a_directory_gets_a_timestamped_name(state, tmp_path):

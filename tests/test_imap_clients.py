@@ -11,7 +11,14 @@ import pytest
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
-from tests.imap_helpers import HOST, PASSWORD, SOCKET_TIMEOUT, USER, ServerHandle, running_server
+from gateway.testing.imapclient import (
+    HOST,
+    PASSWORD,
+    SOCKET_TIMEOUT,
+    USER,
+    ServerHandle,
+    running_server,
+)
 
 IDLE_WAIT_ROUNDS = 20
 """idle_check() calls (each up to a second) before giving up on a push that should come
@@ -71,8 +78,7 @@ def test_imaplib_login_failure_and_authenticate(server: ServerHandle) -> None:
 
 @pytest.fixture
 def imapclient(server: ServerHandle):
-    client = IMAPClient(HOST, port=server.port, ssl=False, timeout=SOCKET_TIMEOUT)
-    client.login(USER, PASSWORD)
+    client = server.imapclient()
     try:
         yield client
     finally:

@@ -14,15 +14,15 @@ from imapclient import IMAPClient
 
 from gateway.imap.server import IMAPLimits
 from gateway.store.interfaces import Delivery
-from tests.imap_helpers import (
+from gateway.testing.imapclient import (
     HOST,
     PASSWORD,
     SOCKET_TIMEOUT,
     USER,
     ServerHandle,
-    message,
     running_server,
 )
+from gateway.testing.messages import message
 
 IDLE_WAIT_ROUNDS = 30
 """idle_check() calls (each up to a second) before giving up on a push that should come
@@ -40,8 +40,7 @@ def server(tmp_path: Path):
 
 @pytest.fixture
 def idler(server: ServerHandle):
-    client = IMAPClient(HOST, port=server.port, ssl=False, timeout=SOCKET_TIMEOUT)
-    client.login(USER, PASSWORD)
+    client = server.imapclient()
     yield client
     try:
         client.logout()
@@ -89,9 +88,8 @@ def test_idler_hears_pop3_deliveries_and_other_sessions(
     deliver_from_another_thread(server, "u2", "fetched two")
     wait_for(idler, (3, b"EXISTS"))
 
-    other = IMAPClient(HOST, port=server.port, ssl=False, timeout=SOCKET_TIMEOUT)
+    other = server.imapclient()
     try:
-        other.login(USER, PASSWORD)
         other.select_folder("INBOX")
         other.add_flags([2], [b"\\Flagged"], silent=True)
         seen = wait_for(idler, (2, b"FETCH", (b"FLAGS", (b"\\Flagged", b"\\Recent"))))
@@ -191,7 +189,7 @@ def test_real_gateway_pushes_pop3_mail_to_an_idling_client(tmp_path: Path) -> No
                 client.login(USER, PASSWORD)
                 assert client.select_folder("INBOX")[b"EXISTS"] == 1
                 client.idle()
-                raw = message("while idling", body="Pushed, not polled for.")
+                raw = message("while idling", body="Pushed, not polled for.\r\n")
                 upstream.deliver("alice", raw)
                 seen: list = []
                 for _ in range(IDLE_WAIT_ROUNDS * 3):  # the gateway polls every 10 s

@@ -26,7 +26,7 @@ from gateway.app.metrics import (
 from gateway.imap.session import COMMANDS, State
 from gateway.pop3.client import LoginFailed
 from gateway.pop3.fetcher import FetchResult
-from tests.imap_helpers import running_server
+from gateway.testing.imapclient import running_server
 
 SAMPLE_LINE = re.compile(
     r"^[a-zA-Z_:][a-zA-Z0-9_:]*"  # metric name
