@@ -19,8 +19,7 @@ example costs milliseconds (ordering, backpressure, fuzzing).
 from __future__ import annotations
 
 import datetime
-from collections import deque
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,15 +76,17 @@ class UnexpectedAction(AssertionError):
 
 
 class SessionDriver:
-    """A logged-in session on a fresh SQLite store; messages are added straight to the store."""
+    """A session on a fresh SQLite store, logged in as ``alice`` unless ``login=False``;
+    messages are added straight to the store."""
 
-    def __init__(self, path: Path, **store_options: Any) -> None:
+    def __init__(self, path: Path, *, login: bool = True, **store_options: Any) -> None:
         self.store = SQLiteStore(path, **store_options)
         self.session = IMAPSession(self.store, CheapPasswords({USER: PASSWORD}))
         self.parser = CommandParser()
         self.closed = False
         """The session yielded :class:`Close` (the glue would drop the connection)."""
-        assert self.run(f"L LOGIN {USER} {PASSWORD}".encode()).startswith(b"L OK")
+        if login:
+            assert self.run(f"L LOGIN {USER} {PASSWORD}".encode()).startswith(b"L OK")
 
     def close(self) -> None:
         self.store.close()
@@ -115,9 +116,10 @@ class SessionDriver:
 
         ``inputs`` are the client's answers, in order, to the session's :class:`ReadLine`
         and :class:`WaitIdle` actions (an AUTHENTICATE response, IDLE's ``DONE``); every
-        one must be used up.
+        one must be used up. They are taken one at a time, when the session asks, so a
+        generator can change the store just before it answers (a delivery during IDLE).
         """
-        out, _ = self._drive(self.session.execute(self.command(line)), inputs)
+        out, _ = self.drive(self.session.execute(self.command(line)), inputs)
         return b"".join(out)
 
     def chunks(self, line: bytes, inputs: Iterable[ClientInput] = ()) -> tuple[list[bytes], Reply]:
@@ -126,7 +128,7 @@ class SessionDriver:
         handler = (
             messages.uid_expunge if isinstance(cmd, UidExpunge) else HANDLERS[cmd.name.upper()]
         )
-        out, reply = self._drive(handler(self.session, cmd), inputs)
+        out, reply = self.drive(handler(self.session, cmd), inputs)
         assert isinstance(reply, Reply), reply
         return out, reply
 
@@ -138,11 +140,11 @@ class SessionDriver:
         verb = b"EXAMINE" if examine else b"SELECT"
         assert b"S OK" in self.run(b"S " + verb + b" " + name)
 
-    def _drive(
+    def drive(
         self, gen: Generator[Any, Any, Any], inputs: Iterable[ClientInput]
     ) -> tuple[list[bytes], Any]:
         """Run ``gen`` to its end, performing each action as the transport glue would."""
-        script = deque(inputs)
+        script = iter(inputs)
         out: list[bytes] = []
         sent: Any = None
         thrown: BaseException | None = None
@@ -175,15 +177,16 @@ class SessionDriver:
             result = stop.value
         finally:
             gen.close()
-        if script:
-            raise UnexpectedAction(f"scripted client input never asked for: {list(script)!r}")
+        left = list(script)
+        if left:
+            raise UnexpectedAction(f"scripted client input never asked for: {left!r}")
         return out, result
 
 
-def _next_input(script: deque[ClientInput], action: object, *, lines_only: bool) -> ClientInput:
-    if not script:
+def _next_input(script: Iterator[ClientInput], action: object, *, lines_only: bool) -> ClientInput:
+    value = next(script, None)
+    if value is None:
         raise UnexpectedAction(f"the session waits for the client ({action!r}); script it")
-    value = script.popleft()
     if lines_only and not isinstance(value, bytes):
         raise UnexpectedAction(f"{action!r} takes a line, not {value!r}")
     return value
