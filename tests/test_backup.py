@@ -3,11 +3,8 @@ and a restore that verifies before it replaces and keeps what it replaced."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -163,17 +160,11 @@ def test_restore_refuses_a_file_that_is_not_a_popgate_store(state, tmp_path):
 
 
 @pytest.fixture
-def short_state() -> Iterator[Path]:
-    # AF_UNIX paths are limited to ~108 bytes: pytest's tmp_path can be longer.
-    d = Path(tempfile.mkdtemp(prefix="pgb-", dir="/tmp"))
-    os.chmod(d, 0o700)
-    with SQLiteStore(d / STORE_FILE) as store:
+def short_state(state_dir: Path) -> Path:
+    with SQLiteStore(state_dir / STORE_FILE) as store:
         store.ensure_user("alice")
         deliver(store, 0, 3)
-    yield d
-    for p in d.iterdir():
-        p.unlink()
-    d.rmdir()
+    return state_dir
 
 
 def test_cli_backup_then_restore_round_trips(short_state, tmp_path, capsys):

@@ -6,12 +6,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 import structlog
 from twisted.internet import reactor as global_reactor
 from twisted.internet import task
@@ -209,17 +206,6 @@ def test_durations_read_naturally():
 
 
 # ---- the CLI over a real control socket ---------------------------------------------------
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    # AF_UNIX paths are limited to ~108 bytes: pytest's tmp_path can be longer.
-    d = Path(tempfile.mkdtemp(prefix="pgs-", dir="/tmp"))
-    os.chmod(d, 0o700)
-    yield d
-    for p in d.iterdir():
-        p.unlink()
-    d.rmdir()
 
 
 def test_cli_status_asks_the_running_gateway_over_the_control_socket(state_dir, capsys):
