@@ -14,6 +14,7 @@ import pytest
 from gateway.app import logs
 from gateway.testing.dovecot import Dovecot, DovecotNotInstalled
 from gateway.testing.fakes import ReactorThread
+from gateway.testing.imapsession import SessionDriver
 from gateway.testing.pop3fetch import FetchHarness
 from gateway.testing.tlsca import CA, make_ca
 
@@ -32,6 +33,17 @@ def rt() -> ReactorThread:
     from twisted.internet import reactor
 
     return ReactorThread.shared(reactor)
+
+
+# -- the sans-I/O IMAP session (gateway/testing/imapsession.py) -------------------------------
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[SessionDriver]:
+    """A session logged in as alice on a fresh SQLite store, driven without a reactor."""
+    driver = SessionDriver(tmp_path / "store.db")
+    yield driver
+    driver.close()
 
 
 # -- a state directory short enough for the control socket -------------------------------------

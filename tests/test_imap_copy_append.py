@@ -18,9 +18,7 @@ import pytest
 
 from gateway.imap.handler import BadCommand, Refused, Reply
 from gateway.testing.imapclient import (
-    HOST,
     PASSWORD,
-    SOCKET_TIMEOUT,
     USER,
     ServerHandle,
     running_server,
@@ -28,13 +26,6 @@ from gateway.testing.imapclient import (
 from gateway.testing.imapsession import SessionDriver
 
 MESSAGE = b"From: a@example.org\r\nSubject: hello\r\n\r\nbody\r\n"
-
-
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[SessionDriver]:
-    h = SessionDriver(tmp_path / "store.db")
-    yield h
-    h.close()
 
 
 def fill(harness: SessionDriver, count: int, flags: tuple[str, ...] = ()) -> None:
@@ -362,7 +353,7 @@ def test_imapclient_append_copy_move_expunge(server: ServerHandle) -> None:
 
 def test_imaplib_append_and_expunge(server: ServerHandle) -> None:
     """RFC 3501 §6.3.11 and §6.4.3 with the standard library client."""
-    client = imaplib.IMAP4(HOST, server.port, timeout=SOCKET_TIMEOUT)
+    client = server.imaplib_client()
     try:
         client.login(USER, PASSWORD)
         date = imaplib.Time2Internaldate(

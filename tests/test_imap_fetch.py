@@ -10,7 +10,6 @@ is reported twice).
 
 from __future__ import annotations
 
-import imaplib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +19,7 @@ from gateway.imap import messages
 from gateway.imap.fetch_items import INLINE_LITERAL_LIMIT
 from gateway.imap.handler import BadCommand, Reply
 from gateway.testing.imapclient import (
-    HOST,
     PASSWORD,
-    SOCKET_TIMEOUT,
     USER,
     ServerHandle,
     running_server,
@@ -65,13 +62,6 @@ MULTI_TEXT = (
     b"epilogue\r\n"
 )
 MULTI = MULTI_HEADER + MULTI_TEXT
-
-
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[SessionDriver]:
-    h = SessionDriver(tmp_path / "store.db")
-    yield h
-    h.close()
 
 
 # ---- plain attributes ----------------------------------------------------------------
@@ -483,7 +473,7 @@ def test_imaplib_receives_a_large_message_intact(server: ServerHandle) -> None:
         b"%07d abcdefghijklmnopqrstuvwxyz\r\n" % i for i in range(90000)
     )
     server.append(raw=raw)
-    client = imaplib.IMAP4(HOST, server.port, timeout=SOCKET_TIMEOUT)
+    client = server.imaplib_client()
     try:
         client.login(USER, PASSWORD)
         client.select("INBOX")

@@ -20,13 +20,6 @@ from gateway.testing.messages import message
 UTC = datetime.UTC
 
 
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[SessionDriver]:
-    h = SessionDriver(tmp_path / "store.db")
-    yield h
-    h.close()
-
-
 def plain(n: int) -> bytes:
     return message(f"message {n}", f"body {n}\r\n", None, to=None, date=None, message_id=None)
 

@@ -19,6 +19,7 @@ from twisted.internet.error import ConnectionAborted
 from twisted.internet.error import TimeoutError as StepTimedOut
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.mail.pop3 import AdvancedPOP3Client, LineTooLong
 from twisted.python.failure import Failure
 
 from gateway.pop3 import fetcher as fetcher_module
@@ -695,16 +696,39 @@ def test_inherited_login_is_disabled_so_apop_is_never_guessed() -> None:
         client.login(b"u", b"p")
 
 
-def test_client_line_limit_is_far_above_twisteds_default() -> None:
-    assert UpstreamClient.MAX_LENGTH == MAX_LINE_LENGTH >= 1024 * 1024
-
-
 def greeted_client(clock: Clock, timeout: float = 5.0) -> tuple[UpstreamClient, Any]:
     client = UpstreamClient(clock, "pop.example.net", timeout)
     transport = StringTransport()
     client.makeConnection(transport)
     client.dataReceived(b"+OK ready\r\n")
     return client, transport
+
+
+def test_a_status_line_of_exactly_max_line_length_is_read() -> None:
+    """Twisted's POP3 client drops lines over 16 KB; real servers send longer ones, so
+    a line of MAX_LINE_LENGTH octets (split across reads) is an ordinary answer."""
+    assert MAX_LINE_LENGTH > AdvancedPOP3Client.MAX_LENGTH
+    client, transport = greeted_client(Clock())
+    outcome: list[Any] = []
+    client.noop().addBoth(outcome.append)
+    line = b"+OK " + b"n" * (MAX_LINE_LENGTH - 4)
+    client.dataReceived(line[: MAX_LINE_LENGTH // 2])
+    client.dataReceived(line[MAX_LINE_LENGTH // 2 :] + b"\r\n")
+    assert len(outcome) == 1 and outcome[0] == line[4:]
+    assert not transport.disconnecting
+
+
+@pytest.mark.parametrize("end", [b"\r\n", b""], ids=["whole", "unfinished"])
+def test_a_status_line_one_octet_over_max_line_length_fails_and_drops_the_link(end) -> None:
+    """One octet more fails the command with LineTooLong and drops the connection, as
+    soon as the line is known to be too long (before its CRLF arrives)."""
+    client, transport = greeted_client(Clock())
+    outcome: list[Any] = []
+    client.noop().addBoth(outcome.append)
+    client.dataReceived(b"+OK " + b"n" * (MAX_LINE_LENGTH - 3) + end)
+    assert len(outcome) == 1 and isinstance(outcome[0], Failure)
+    assert outcome[0].check(LineTooLong)
+    assert transport.disconnecting
 
 
 def test_step_timeout_runs_on_the_injected_clock_and_fails_the_command() -> None:

@@ -96,39 +96,32 @@ def test_cheap_passwords_are_only_reachable_from_the_testing_package() -> None:
 # ---- the sans-I/O session driver -----------------------------------------------------------
 
 
-@pytest.fixture
-def driver(tmp_path: Path) -> Iterator[SessionDriver]:
-    d = SessionDriver(tmp_path / "store.db")
-    yield d
-    d.close()
-
-
-def test_idle_runs_on_scripted_lines_and_events(driver: SessionDriver) -> None:
+def test_idle_runs_on_scripted_lines_and_events(harness: SessionDriver) -> None:
     """WaitIdle (RFC 2177) is resumed with each scripted input in turn: a keep-alive tick,
     a change to the selected mailbox, then DONE."""
-    driver.select()
-    driver.select()  # nothing \\Recent any more
-    out = driver.run(b"i IDLE", [IdleEvent.KEEPALIVE, b"DONE"])
+    harness.select()
+    harness.select()  # nothing \\Recent any more
+    out = harness.run(b"i IDLE", [IdleEvent.KEEPALIVE, b"DONE"])
     assert out == b"+ idling\r\n* OK Still here\r\ni OK IDLE terminated\r\n"
 
     def delivery_while_idling() -> Iterator[bytes | IdleEvent]:
-        driver.add(message())
+        harness.add(message())
         yield IdleEvent.CHANGED
         yield b"DONE"
 
-    out = driver.run(b"j IDLE", delivery_while_idling())
+    out = harness.run(b"j IDLE", delivery_while_idling())
     assert out == b"+ idling\r\n* 1 EXISTS\r\n* 1 RECENT\r\nj OK IDLE terminated\r\n"
 
 
-def test_idle_without_scripted_input_fails_loudly(driver: SessionDriver) -> None:
+def test_idle_without_scripted_input_fails_loudly(harness: SessionDriver) -> None:
     """An action the test gave no input for stops the test; it is never resumed with None."""
     with pytest.raises(UnexpectedAction, match="WaitIdle"):
-        driver.run(b"i IDLE")
+        harness.run(b"i IDLE")
 
 
-def test_unused_scripted_input_fails_loudly(driver: SessionDriver) -> None:
+def test_unused_scripted_input_fails_loudly(harness: SessionDriver) -> None:
     with pytest.raises(UnexpectedAction, match="never asked for"):
-        driver.run(b"n NOOP", [b"DONE"])
+        harness.run(b"n NOOP", [b"DONE"])
 
 
 def test_readline_writes_the_prompt_and_takes_the_next_line(tmp_path: Path) -> None:
@@ -147,13 +140,13 @@ def test_readline_writes_the_prompt_and_takes_the_next_line(tmp_path: Path) -> N
         driver.close()
 
 
-def test_logout_marks_the_connection_closed(driver: SessionDriver) -> None:
-    assert not driver.closed
-    assert driver.run(b"z LOGOUT").endswith(b"z OK LOGOUT completed\r\n")
-    assert driver.closed
+def test_logout_marks_the_connection_closed(harness: SessionDriver) -> None:
+    assert not harness.closed
+    assert harness.run(b"z LOGOUT").endswith(b"z OK LOGOUT completed\r\n")
+    assert harness.closed
 
 
-def test_failed_blocking_call_is_thrown_into_the_command(driver: SessionDriver) -> None:
+def test_failed_blocking_call_is_thrown_into_the_command(harness: SessionDriver) -> None:
     """As the glue does: a RunBlocking call that raises resumes the command with the
     exception, so the command's own error handling runs."""
 
@@ -168,16 +161,16 @@ def test_failed_blocking_call_is_thrown_into_the_command(driver: SessionDriver) 
         yield Close()
         return "done"
 
-    out, result = driver.drive(command(), ())
-    assert (out, result, driver.closed) == ([b"* caught disk gone\r\n"], "done", True)
+    out, result = harness.drive(command(), ())
+    assert (out, result, harness.closed) == ([b"* caught disk gone\r\n"], "done", True)
 
 
 @pytest.mark.parametrize("action", [StartTLS(), "not an action"])
 def test_actions_without_a_sans_io_meaning_fail_loudly(
-    driver: SessionDriver, action: object
+    harness: SessionDriver, action: object
 ) -> None:
     def command() -> Generator[Any, Any, None]:
         yield action
 
     with pytest.raises(UnexpectedAction):
-        driver.drive(command(), ())
+        harness.drive(command(), ())

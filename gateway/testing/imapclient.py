@@ -29,6 +29,7 @@ safety net against a hung test, never an assertion about speed.
 
 from __future__ import annotations
 
+import imaplib
 import re
 import socket
 import ssl
@@ -169,6 +170,10 @@ class ServerHandle:
         client = self.connect()
         client.login(user, self.passwords[user])
         return client
+
+    def imaplib_client(self) -> imaplib.IMAP4:
+        """A standard-library ``imaplib.IMAP4`` connection, greeted, not logged in."""
+        return imaplib.IMAP4(HOST, self.port, timeout=SOCKET_TIMEOUT)
 
     def imapclient(self, user: str = USER) -> Any:
         """An ``imapclient.IMAPClient`` (the test extra) logged in as ``user``."""
