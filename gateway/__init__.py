@@ -27,8 +27,9 @@ import breaks this map, when modules import each other in a cycle, or when anyth
   core, store, security (and the Sieve language, injected as a checker).
 - ``app``: running a gateway: config, storage selection, service wiring, reload, logs,
   metrics, the control socket, status, backup, user admin, UIDL import. Everything above.
-- ``testing``: fakes and real-peer harnesses (fake POP3 server, sample mail, Dovecot, test CA),
-  used by tests, bench and the demo. Everything above.
+- ``testing``: fakes, drivers and real-peer harnesses (fake POP3 server, the IMAP drivers over
+  a socket and sans-I/O, the cheap test authenticator, sample mail, Dovecot, test CA), used
+  by tests, bench and the demo. Everything above.
 - ``cli``: the ``popgate`` command, one module per command group. Everything above.
 """
 

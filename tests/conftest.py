@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.app import logs
 from gateway.testing.dovecot import Dovecot, DovecotNotInstalled
+from gateway.testing.imapsession import SessionDriver
+from gateway.testing.pop3fetch import FetchHarness
+from gateway.testing.reactor_thread import ReactorThread
 from gateway.testing.tlsca import CA, make_ca
 
 # -- logging ----------------------------------------------------------------------------
@@ -16,6 +23,62 @@ from gateway.testing.tlsca import CA, make_ca
 # Log events run through the real processors but print nothing; a test that needs
 # them uses structlog.testing.capture_logs().
 logs.configure_for_tests()
+
+# -- the reactor thread (gateway/testing/reactor_thread.py) ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def rt() -> ReactorThread:
+    """The global reactor, running in its daemon thread for the whole process."""
+    from twisted.internet import reactor
+
+    return ReactorThread.shared(reactor)
+
+
+# -- the sans-I/O IMAP session (gateway/testing/imapsession.py) -------------------------------
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[SessionDriver]:
+    """A session logged in as alice on a fresh SQLite store, driven without a reactor."""
+    driver = SessionDriver(tmp_path / "store.db")
+    yield driver
+    driver.close()
+
+
+# -- a state directory short enough for the control socket -------------------------------------
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    """A private (0700) state directory under /tmp: AF_UNIX socket paths are limited to
+    ~108 bytes, and pytest's tmp_path can be longer."""
+    directory = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
+    os.chmod(directory, 0o700)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- a fake POP3 upstream and a store (gateway/testing/pop3fetch.py) -------------------------
+
+
+@pytest.fixture
+def fake_upstream(rt: ReactorThread, tmp_path: Path) -> Iterator[Callable[..., FetchHarness]]:
+    """Make FetchHarnesses: ``fake_upstream(messages=[...], **FakePOP3Server_kwargs)``,
+    listening unless ``listen=False``; all stop, and their stores close, at teardown."""
+    made: list[FetchHarness] = []
+
+    def factory(*, listen: bool = True, **server_kw: Any) -> FetchHarness:
+        directory = tmp_path / f"h{len(made)}"
+        directory.mkdir()
+        harness = FetchHarness(rt, directory, **server_kw)
+        made.append(harness)
+        return harness.listen() if listen else harness
+
+    yield factory
+    for harness in made:
+        harness.close()
+
 
 # -- real Dovecot peer (gateway/testing/dovecot.py) --------------------------------------
 

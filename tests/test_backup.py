@@ -3,11 +3,8 @@ and a restore that verifies before it replaces and keeps what it replaced."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,19 +16,25 @@ from gateway.app.storage import STORE_FILE
 from gateway.cli import main as cli
 from gateway.store.interfaces import Delivery
 from gateway.store.sqlite import SQLiteStore
-from gateway.testing.reactor_thread import ReactorThread
+from gateway.testing.messages import message
 
 
-def message(i: int) -> bytes:
-    return (
-        f"From: a@example.net\r\nTo: b@example.net\r\nSubject: message {i}\r\n"
-        f"Message-ID: <{i}@example.net>\r\n\r\nbody {i}\r\n" + "x" * 2000 + "\r\n"
-    ).encode()
+def numbered(i: int) -> bytes:
+    """Message ``i`` of the backup: about 2 kB, so a copy takes a few pages."""
+    body = f"body {i}\r\n" + "x" * 2000 + "\r\n"
+    return message(
+        f"message {i}",
+        body,
+        "a@example.net",
+        to="b@example.net",
+        date=None,
+        message_id=f"<{i}@example.net>",
+    )
 
 
 def deliver(store: SQLiteStore, start: int, count: int) -> None:
     for i in range(start, start + count):
-        store.deliver("alice", "INBOX", Delivery("isp", f"uidl-{i}", message(i)))
+        store.deliver("alice", "INBOX", Delivery("isp", f"uidl-{i}", numbered(i)))
 
 
 @pytest.fixture
@@ -65,7 +68,7 @@ def test_backup_copies_every_message_into_one_verified_private_file(state, tmp_p
     assert not dest.with_name("copy.sqlite3.partial").exists()
     with SQLiteStore(dest) as copy:
         inbox = copy.get_mailbox("alice", "INBOX")
-        assert copy.message_bytes(inbox.id, 20) == message(19)
+        assert copy.message_bytes(inbox.id, 20) == numbered(19)
 
 
 def test_backup_into_a_directory_gets_a_timestamped_name(state, tmp_path):
@@ -156,17 +159,11 @@ def test_restore_refuses_a_file_that_is_not_a_popgate_store(state, tmp_path):
 
 
 @pytest.fixture
-def short_state() -> Iterator[Path]:
-    # AF_UNIX paths are limited to ~108 bytes: pytest's tmp_path can be longer.
-    d = Path(tempfile.mkdtemp(prefix="pgb-", dir="/tmp"))
-    os.chmod(d, 0o700)
-    with SQLiteStore(d / STORE_FILE) as store:
+def short_state(state_dir: Path) -> Path:
+    with SQLiteStore(state_dir / STORE_FILE) as store:
         store.ensure_user("alice")
         deliver(store, 0, 3)
-    yield d
-    for p in d.iterdir():
-        p.unlink()
-    d.rmdir()
+    return state_dir
 
 
 def test_cli_backup_then_restore_round_trips(short_state, tmp_path, capsys):
@@ -178,10 +175,9 @@ def test_cli_backup_then_restore_round_trips(short_state, tmp_path, capsys):
     assert "restored" in out and "kept as" in out
 
 
-def test_cli_restore_refuses_while_the_gateway_runs(short_state, tmp_path, capsys):
+def test_cli_restore_refuses_while_the_gateway_runs(rt, short_state, tmp_path, capsys):
     dest = tmp_path / "b.sqlite3"
     assert cli.main(["backup", str(dest), "--state-dir", str(short_state)]) == 0
-    rt = ReactorThread.shared(global_reactor)
     control = ControlService(short_state / SOCKET_NAME, reactor=global_reactor)
     control.register("status", lambda request, progress: {"version": "x"})
     rt.call(control.startService)

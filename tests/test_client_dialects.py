@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.imap_helpers import PASSWORD, USER, RawClient, ServerHandle, message, running_server
+from gateway.testing.imapclient import PASSWORD, USER, RawClient, ServerHandle, running_server
+from gateway.testing.messages import message
 
 MULTIPART = (
     b"From: carol@example.com\r\nTo: alice@example.com\r\nSubject: report\r\n"
@@ -39,7 +40,7 @@ _LITERAL = re.compile(rb"\{(\d+)\}\r\n")
 def server(tmp_path: Path) -> Iterator[ServerHandle]:
     with running_server(tmp_path) as handle:
         for i in range(PLAIN_COUNT):
-            handle.append("INBOX", message(f"m{i}", body=f"Body number {i}."))
+            handle.append("INBOX", message(f"m{i}", body=f"Body number {i}.\r\n"))
         handle.append("INBOX", MULTIPART)
         yield handle
 
@@ -198,7 +199,7 @@ def test_thunderbird_startup_and_sync_sequence(client: RawClient) -> None:
     )
     assert len(headers) == 4 and b"Subject: report\r\n" in headers[3]
     partial = d.ok("UID fetch 3 (UID RFC822.SIZE BODY[]<0.10240>)")
-    size = len(message("m2", body="Body number 2."))
+    size = len(message("m2", body="Body number 2.\r\n"))
     assert f"RFC822.SIZE {size} BODY[]<0> {{{size}}}".encode() in partial[0]
     d.ok("UID fetch 4 (UID RFC822.SIZE BODY.PEEK[]<0.50>)")
     d.ok("uid store 3 +FLAGS (\\Seen)")

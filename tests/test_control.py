@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,22 +26,6 @@ from gateway.app.control import (
     socket_path,
 )
 from gateway.testing.reactor_thread import ReactorThread
-
-
-@pytest.fixture(scope="module")
-def rt() -> ReactorThread:
-    return ReactorThread.shared(global_reactor)
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    # AF_UNIX paths are limited to ~108 bytes: pytest's tmp_path can be longer.
-    d = Path(tempfile.mkdtemp(prefix="pgc-", dir="/tmp"))
-    os.chmod(d, 0o700)
-    yield d
-    for p in d.iterdir():
-        p.unlink()
-    d.rmdir()
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.imap_helpers import PASSWORD, USER, ServerHandle, message, running_server
+from gateway.testing.imapclient import PASSWORD, USER, ServerHandle, running_server
+from gateway.testing.messages import message
 
 CURL_TIMEOUT = 30
 """Seconds before a curl run is killed: a safety net against a hang, not a speed check."""
@@ -61,8 +62,8 @@ def test_curl_lists_every_mailbox(server: ServerHandle) -> None:
 def test_curl_fetches_a_message_by_uid_byte_for_byte(server: ServerHandle) -> None:
     """RFC 5092 ``;UID=n`` URL → ``UID FETCH n BODY[]``: curl prints exactly the stored
     bytes (RFC 3501 §6.4.5), and the non-PEEK fetch marks the message \\Seen."""
-    first = message("first", body="Body of the first message.")
-    second = message("second", body="Body of the second one.\r\nWith two lines.")
+    first = message("first", body="Body of the first message.\r\n")
+    second = message("second", body="Body of the second one.\r\nWith two lines.\r\n")
     server.append(raw=first)
     uid = server.append(raw=second)
     assert curl(server, f"INBOX;UID={uid}") == second

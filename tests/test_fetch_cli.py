@@ -5,10 +5,8 @@ in-process against FakePOP3Server, and end to end with a real `popgate serve` an
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,11 +26,6 @@ from gateway.testing.dovecot import Dovecot
 from gateway.testing.fakepop3 import FakePOP3Server
 from gateway.testing.gateway_proc import GatewayProcess
 from gateway.testing.reactor_thread import ReactorThread
-
-
-@pytest.fixture(scope="module")
-def rt() -> ReactorThread:
-    return ReactorThread.shared(global_reactor)
 
 
 class MiniGateway:
@@ -83,16 +76,6 @@ class MiniGateway:
             self.rt.call(port.stopListening)
             self.rt.call(self.servers[name].when_idle)
         self.rt.call(self.store.close)
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="pgf-", dir="/tmp"))  # short: AF_UNIX path limit
-    os.chmod(d, 0o700)
-    yield d
-    for p in d.iterdir():
-        p.unlink()
-    d.rmdir()
 
 
 @pytest.fixture

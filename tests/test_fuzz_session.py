@@ -12,7 +12,7 @@ Properties (mox's fuzz test drives its whole server the same way):
   up to the point where the server closes the connection.
 
 The server runs over a ``StringTransport`` on a ``task.Clock`` with the memory store and
-an inline password check, so an example costs milliseconds. ``POPGATE_FUZZ_EXAMPLES``
+the cheap test authenticator (gateway/testing/auth.py), so an example costs milliseconds. ``POPGATE_FUZZ_EXAMPLES``
 raises the number of examples for a long run (see README.md, "Fuzzing").
 """
 
@@ -21,21 +21,16 @@ from __future__ import annotations
 import base64
 import os
 import re
-from dataclasses import dataclass
 
 import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import task
-from twisted.internet.defer import maybeDeferred
-from twisted.internet.testing import StringTransport
 
-from gateway.imap.factory import IMAPServerFactory
 from gateway.imap.handler import ReadLine
 from gateway.imap.policy import IMAPLimits
-from gateway.imap.server import IMAPServerProtocol
-from gateway.security.penalty import AuthPenalty
 from gateway.store.memory import MemoryStore
+from gateway.testing.imapsession import WiredServer
 
 EXAMPLES = int(os.environ.get("POPGATE_FUZZ_EXAMPLES", "200"))
 """Examples per property; the long run sets POPGATE_FUZZ_EXAMPLES=100000 or so."""
@@ -67,44 +62,17 @@ _MESSAGE = (
 )
 
 
-class InlinePasswords:
-    """An authenticator without scrypt (fast); same contract as PasswordTable."""
-
-    def authenticate(self, user: str, password: bytes) -> str | None:
-        return user if (user, password) == (USER, PASSWORD.encode()) else None
-
-
-@dataclass
-class Connection:
-    clock: task.Clock
-    transport: StringTransport
-    protocol: IMAPServerProtocol
-
-
-def connect() -> Connection:
+def connect() -> WiredServer:
     clock = task.Clock()
     store = MemoryStore(clock=clock.seconds)
     store.ensure_user(USER)
     inbox = store.get_mailbox(USER, "INBOX")
     for flags in ([], ["\\Seen"], ["\\Flagged", "\\Deleted"]):
         store.append(inbox.id, _MESSAGE, flags)
-    factory = IMAPServerFactory(
-        store,
-        InlinePasswords(),
-        reactor=clock,
-        clock=clock,
-        run_blocking=lambda call: maybeDeferred(call),
-        limits=LIMITS,
-        penalty=AuthPenalty(clock),
-    )
-    factory.doStart()
-    protocol = factory.buildProtocol(None)
-    transport = StringTransport()
-    protocol.makeConnection(transport)
-    return Connection(clock, transport, protocol)
+    return WiredServer(store, clock=clock, passwords={USER: PASSWORD}, limits=LIMITS, penalty=True)
 
 
-def settle(conn: Connection) -> None:
+def settle(conn: WiredServer) -> None:
     """Run due timers (reactor turns, login delays) but no inactivity timeout."""
     clock = conn.clock
     for _ in range(MAX_SETTLE_STEPS):
@@ -115,7 +83,7 @@ def settle(conn: Connection) -> None:
         clock.advance(max(0.0, min(due) - now))
 
 
-def drive(chunks: list[bytes]) -> tuple[Connection, bytes, list[dict]]:
+def drive(chunks: list[bytes]) -> tuple[WiredServer, bytes, list[dict]]:
     conn = connect()
     with structlog.testing.capture_logs() as events:
         for chunk in chunks:
@@ -133,7 +101,7 @@ def drive(chunks: list[bytes]) -> tuple[Connection, bytes, list[dict]]:
     return conn, conn.transport.value(), events
 
 
-def assert_quiescent(conn: Connection) -> None:
+def assert_quiescent(conn: WiredServer) -> None:
     """No hang: the connection is closed, or idle between commands, or a command waits
     on the client (IDLE's DONE, a SASL response); it never waits on nothing."""
     protocol = conn.protocol

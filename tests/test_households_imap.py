@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from gateway.store.interfaces import INBOX, Delivery
-from tests.imap_helpers import RawClient, ServerHandle, message, running_server
+from gateway.testing.imapclient import RawClient, ServerHandle, running_server, tagged_line
+from gateway.testing.messages import message
 
 PASSWORDS = {"alice": "alice-password", "bob": "bob-password", "carol": "carol-password"}
 FAMILY_OWNER = "shared:family"
@@ -38,20 +39,9 @@ def deliver(server: ServerHandle, count: int, start: int = 0) -> None:
     server.call(run)
 
 
-def login(server: ServerHandle, user: str) -> RawClient:
-    client = server.connect()
-    client.login(user, PASSWORDS[user])
-    return client
-
-
-def tagged(reply: bytes) -> bytes:
-    """The tagged completion line of a command's reply."""
-    return reply.rstrip(b"\r\n").split(b"\r\n")[-1]
-
-
 def status_of(client: RawClient, name: str, item: str) -> int:
     reply = client.command("S", f'STATUS "{name}" ({item})')
-    assert tagged(reply).startswith(b"S OK"), reply
+    assert tagged_line(reply).startswith(b"S OK"), reply
     found = re.search(rb"\(" + item.encode() + rb" (\d+)\)", reply)
     assert found, reply
     return int(found.group(1))
@@ -59,7 +49,7 @@ def status_of(client: RawClient, name: str, item: str) -> int:
 
 def listed(client: RawClient, pattern: str = "*") -> list[str]:
     reply = client.command("L", f'LIST "" "{pattern}"')
-    assert tagged(reply).startswith(b"L OK"), reply
+    assert tagged_line(reply).startswith(b"L OK"), reply
     return [m.decode() for m in re.findall(rb'^\* LIST \([^)]*\) "/" "([^"]*)"', reply, re.M)]
 
 
@@ -68,7 +58,7 @@ def listed(client: RawClient, pattern: str = "*") -> list[str]:
 
 def test_namespace_reports_the_shared_namespace_to_members_only(server: ServerHandle) -> None:
     """RFC 2342 §5: members get ``(("Shared/" "/"))`` as the shared namespace."""
-    with login(server, "alice") as alice, login(server, "carol") as carol:
+    with server.login("alice") as alice, server.login("carol") as carol:
         assert b'* NAMESPACE (("" "/")) NIL (("Shared/" "/"))\r\n' in alice.command(
             "N", "NAMESPACE"
         )
@@ -77,7 +67,7 @@ def test_namespace_reports_the_shared_namespace_to_members_only(server: ServerHa
 
 def test_list_shows_the_shared_tree_to_members_and_not_to_others(server: ServerHandle) -> None:
     deliver(server, 1)
-    with login(server, "alice") as alice, login(server, "carol") as carol:
+    with server.login("alice") as alice, server.login("carol") as carol:
         alice.command("C", 'CREATE "Shared/family/Bills"')
         names = listed(alice)
         assert SHARED in names and "Shared/family/Bills" in names and "INBOX" in names
@@ -91,38 +81,40 @@ def test_select_status_append_copy_move_and_create_work_inside_the_shared_tree(
     server: ServerHandle,
 ) -> None:
     deliver(server, 2)
-    with login(server, "alice") as alice, login(server, "bob") as bob:
-        assert tagged(alice.command("c", 'CREATE "Shared/family/Bills"')).startswith(b"c OK")
+    with server.login("alice") as alice, server.login("bob") as bob:
+        assert tagged_line(alice.command("c", 'CREATE "Shared/family/Bills"')).startswith(b"c OK")
         assert "Shared/family/Bills" in listed(bob)
         raw = message(subject="appended by bob")
         bob.send(b'a APPEND "Shared/family/Bills" (\\Seen) {%d+}\r\n%s\r\n' % (len(raw), raw))
-        assert tagged(bob.read_until_tagged("a")).startswith(b"a OK [APPENDUID")
+        assert tagged_line(bob.read_until_tagged("a")).startswith(b"a OK [APPENDUID")
         assert status_of(alice, "Shared/family/Bills", "MESSAGES") == 1
         assert status_of(alice, "Shared/family/Bills", "UNSEEN") == 1  # bob's \Seen is his
         assert status_of(bob, "Shared/family/Bills", "UNSEEN") == 0
         reply = alice.command("s", f'SELECT "{SHARED}"')
-        assert b"* 2 EXISTS" in reply and tagged(reply).startswith(b"s OK [READ-WRITE]")
-        assert tagged(alice.command("k", 'COPY 1 "Shared/family/Bills"')).startswith(b"k OK")
-        assert tagged(alice.command("m", "MOVE 2 INBOX")).startswith(b"m OK")
+        assert b"* 2 EXISTS" in reply and tagged_line(reply).startswith(b"s OK [READ-WRITE]")
+        assert tagged_line(alice.command("k", 'COPY 1 "Shared/family/Bills"')).startswith(b"k OK")
+        assert tagged_line(alice.command("m", "MOVE 2 INBOX")).startswith(b"m OK")
         assert status_of(bob, SHARED, "MESSAGES") == 1  # 1 was copied, 2 moved out
         assert status_of(bob, "Shared/family/Bills", "MESSAGES") == 2
         assert status_of(alice, "INBOX", "MESSAGES") == 1
         alice.command("u", "UNSELECT")
-        assert tagged(
+        assert tagged_line(
             alice.command("r", "RENAME Shared/family/Bills Shared/family/Paid")
         ).startswith(b"r OK")
         assert "Shared/family/Paid" in listed(bob)
-        assert tagged(bob.command("d", 'DELETE "Shared/family/Paid"')).startswith(b"d OK")
+        assert tagged_line(bob.command("d", 'DELETE "Shared/family/Paid"')).startswith(b"d OK")
         assert "Shared/family/Paid" not in listed(alice)
 
 
 def test_the_shared_root_cannot_be_deleted_renamed_or_recreated(server: ServerHandle) -> None:
     deliver(server, 1)
-    with login(server, "alice") as alice:
-        assert tagged(alice.command("d", f'DELETE "{SHARED}"')).startswith(b"d NO [CANNOT]")
-        assert tagged(alice.command("r", f'RENAME "{SHARED}" Mine')).startswith(b"r NO")
-        assert tagged(alice.command("c", f'CREATE "{SHARED}"')).startswith(b"c NO [ALREADYEXISTS]")
-        assert tagged(alice.command("x", 'RENAME INBOX "Shared/family/Mine"')).startswith(
+    with server.login("alice") as alice:
+        assert tagged_line(alice.command("d", f'DELETE "{SHARED}"')).startswith(b"d NO [CANNOT]")
+        assert tagged_line(alice.command("r", f'RENAME "{SHARED}" Mine')).startswith(b"r NO")
+        assert tagged_line(alice.command("c", f'CREATE "{SHARED}"')).startswith(
+            b"c NO [ALREADYEXISTS]"
+        )
+        assert tagged_line(alice.command("x", 'RENAME INBOX "Shared/family/Mine"')).startswith(
             b"x NO [CANNOT]"
         )
         assert status_of(alice, SHARED, "MESSAGES") == 1
@@ -134,7 +126,7 @@ def test_the_shared_root_cannot_be_deleted_renamed_or_recreated(server: ServerHa
 def test_seen_is_private_per_member(server: ServerHandle) -> None:
     """alice reads all three; bob still sees them unread in STATUS, SEARCH and FETCH."""
     deliver(server, 3)
-    with login(server, "alice") as alice, login(server, "bob") as bob:
+    with server.login("alice") as alice, server.login("bob") as bob:
         alice.command("s", f'SELECT "{SHARED}"')
         alice.command("f", "FETCH 1:3 BODY[]")  # reading sets \Seen (RFC 3501 §6.4.5)
         assert status_of(alice, SHARED, "UNSEEN") == 0
@@ -154,7 +146,7 @@ def test_seen_is_private_per_member(server: ServerHandle) -> None:
 def test_condstore_changedsince_is_per_member(server: ServerHandle) -> None:
     """RFC 7162: alice's own \\Seen change appears in her CHANGEDSINCE, not in bob's."""
     deliver(server, 2)
-    with login(server, "alice") as alice, login(server, "bob") as bob:
+    with server.login("alice") as alice, server.login("bob") as bob:
         start = status_of(bob, SHARED, "HIGHESTMODSEQ")
         alice.command("s", f'SELECT "{SHARED}" (CONDSTORE)')
         alice.command("t", "STORE 1 +FLAGS.SILENT (\\Seen)")
@@ -170,9 +162,9 @@ def test_idle_pushes_new_shared_mail_to_every_member_and_own_seen_to_own_session
 ) -> None:
     deliver(server, 1)
     with (
-        login(server, "alice") as alice,
-        login(server, "bob") as bob,
-        login(server, "alice") as alice_phone,
+        server.login("alice") as alice,
+        server.login("bob") as bob,
+        server.login("alice") as alice_phone,
     ):
         for client in (bob, alice_phone):
             client.command("s", f'SELECT "{SHARED}"')
@@ -192,7 +184,7 @@ def test_idle_pushes_new_shared_mail_to_every_member_and_own_seen_to_own_session
         assert line.startswith(b"* 1 FETCH") and b"\\Seen" in line
         for client in (bob, alice_phone):
             client.send(b"DONE\r\n")
-            assert tagged(client.read_until_tagged("i")).startswith(b"i OK")
+            assert tagged_line(client.read_until_tagged("i")).startswith(b"i OK")
         assert b"\\Seen" not in bob.command("f", "FETCH 1 FLAGS")
 
 
@@ -234,16 +226,16 @@ def probed(server: ServerHandle) -> Iterator[tuple[ServerHandle, RawClient]]:
     """carol logged in and selected on her INBOX (one message), with the family tree and
     alice's private folder holding mail she must never reach."""
     deliver(server, 2)
-    with login(server, "alice") as alice:
-        assert tagged(alice.command("c", 'CREATE "Shared/family/Bills"')).startswith(b"c OK")
-        assert tagged(alice.command("c", "CREATE Secret")).startswith(b"c OK")
+    with server.login("alice") as alice:
+        assert tagged_line(alice.command("c", 'CREATE "Shared/family/Bills"')).startswith(b"c OK")
+        assert tagged_line(alice.command("c", "CREATE Secret")).startswith(b"c OK")
         alice.command("b", 'SUBSCRIBE "Shared/family"')
     server.call(lambda: server.store.ensure_user("carol"))
     server.call(lambda: server.store.append(server.store.get_mailbox("carol", INBOX).id, message()))
-    with login(server, "carol") as carol:
-        assert tagged(carol.command("s", "SELECT INBOX")).startswith(b"s OK")
+    with server.login("carol") as carol:
+        assert tagged_line(carol.command("s", "SELECT INBOX")).startswith(b"s OK")
         yield server, carol
-    with login(server, "alice") as alice:  # nothing carol did reached the family or alice
+    with server.login("alice") as alice:  # nothing carol did reached the family or alice
         assert status_of(alice, SHARED, "MESSAGES") == 2
         assert status_of(alice, "Shared/family/Bills", "MESSAGES") == 0
         assert status_of(alice, "Secret", "MESSAGES") == 0
@@ -253,7 +245,7 @@ def probed(server: ServerHandle) -> Iterator[tuple[ServerHandle, RawClient]]:
 
 def refused(reply: bytes, tag: str) -> bool:
     """The command failed (NO or BAD) and no untagged data names a probed mailbox."""
-    last = tagged(reply)
+    last = tagged_line(reply)
     untagged = reply[: len(reply) - len(last) - 2]
     leaked = re.search(rb"\* (STATUS|LIST|LSUB|\d+ EXISTS)", untagged)
     return (last.startswith(tag.encode() + b" NO") or last.startswith(tag.encode() + b" BAD")) and (
@@ -289,7 +281,7 @@ def test_non_member_cannot_reach_the_shared_tree_or_others_mailboxes(
         if template.startswith("SUBSCRIBE") and name in PERSONAL_LITERALS:
             # RFC 3501 §6.3.6 lets anyone subscribe a name that does not exist; this one is
             # in carol's own namespace and gives her nothing.
-            assert tagged(reply).startswith(tag.encode() + b" OK")
+            assert tagged_line(reply).startswith(tag.encode() + b" OK")
             lsub = carol.command("l", f'LSUB "" {quoted}')
             assert b"(\\Noselect)" in lsub, lsub
             continue
@@ -323,7 +315,7 @@ def test_list_and_lsub_show_non_members_nothing_shared(
     for reference in ("", "Shared/", "Shared/family/", "shared/"):
         for verb in ("LIST", "LSUB"):
             reply = carol.command("l", f'{verb} "{reference}" "{pattern}"')
-            assert tagged(reply).startswith(b"l OK"), reply
+            assert tagged_line(reply).startswith(b"l OK"), reply
             assert b"family" not in reply.lower() and b"secret" not in reply.lower(), reply
 
 
@@ -332,7 +324,7 @@ def test_unsubscribe_by_a_non_member_touches_only_their_own_list(
 ) -> None:
     """UNSUBSCRIBE is always harmless (RFC 3501 §6.3.7): carol's cannot remove alice's."""
     _server, carol = probed
-    assert tagged(carol.command("u", f'UNSUBSCRIBE "{SHARED}"')).startswith(b"u OK")
+    assert tagged_line(carol.command("u", f'UNSUBSCRIBE "{SHARED}"')).startswith(b"u OK")
     # the fixture's teardown checks alice's subscription to Shared/family is still there
 
 
@@ -344,13 +336,13 @@ def test_modified_utf7_encodings_of_the_delimiter_are_refused(
     for i, template in enumerate(COMMANDS + ["CREATE {n}"]):
         tag = f"u{i}"
         reply = carol.command(tag, template.format(n=name))
-        assert tagged(reply).startswith(tag.encode() + b" BAD"), (template, reply)
+        assert tagged_line(reply).startswith(tag.encode() + b" BAD"), (template, reply)
 
 
 def test_member_case_games_do_not_create_look_alikes(server: ServerHandle) -> None:
     """Even a member cannot create ``shared/family`` next to ``Shared/family``."""
     deliver(server, 1)
-    with login(server, "alice") as alice:
+    with server.login("alice") as alice:
         for name in ("shared/family", "SHARED", "Shared", "Shared/family/INBOX", "Shared/x"):
             assert refused(alice.command("c", f'CREATE "{name}"'), "c"), name
         assert refused(alice.command("c", 'CREATE "Shared/family/a/../b"'), "c")
@@ -360,7 +352,7 @@ def test_member_case_games_do_not_create_look_alikes(server: ServerHandle) -> No
 
 def test_a_member_removed_from_the_household_loses_access(server: ServerHandle) -> None:
     deliver(server, 1)
-    with login(server, "bob") as bob:
+    with server.login("bob") as bob:
         assert status_of(bob, SHARED, "MESSAGES") == 1
         server.call(server.factory.households.update, {"family": ["alice"]})
         assert refused(bob.command("s", f'STATUS "{SHARED}" (MESSAGES)'), "s")

@@ -11,7 +11,14 @@ import pytest
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
-from tests.imap_helpers import HOST, PASSWORD, SOCKET_TIMEOUT, USER, ServerHandle, running_server
+from gateway.testing.imapclient import (
+    HOST,
+    PASSWORD,
+    SOCKET_TIMEOUT,
+    USER,
+    ServerHandle,
+    running_server,
+)
 
 IDLE_WAIT_ROUNDS = 20
 """idle_check() calls (each up to a second) before giving up on a push that should come
@@ -32,7 +39,7 @@ def test_imaplib_session(server: ServerHandle) -> None:
     """RFC 3501 §6.2.3 LOGIN, §6.3.8 LIST, §6.3.1 SELECT, §6.3.10 STATUS and §6.4.5
     FETCH as imaplib drives them."""
     server.append()
-    imap = imaplib.IMAP4(HOST, server.port, timeout=SOCKET_TIMEOUT)
+    imap = server.imaplib_client()
     try:
         assert "IDLE" in imap.capabilities and "AUTH=PLAIN" in imap.capabilities
         typ, data = imap.login(USER, PASSWORD)
@@ -55,7 +62,7 @@ def test_imaplib_session(server: ServerHandle) -> None:
 
 def test_imaplib_login_failure_and_authenticate(server: ServerHandle) -> None:
     """RFC 3501 §6.2.3 failed LOGIN raises; §6.2.2 AUTHENTICATE PLAIN via continuation."""
-    imap = imaplib.IMAP4(HOST, server.port, timeout=SOCKET_TIMEOUT)
+    imap = server.imaplib_client()
     try:
         with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
             imap.login(USER, "wrong")
@@ -71,8 +78,7 @@ def test_imaplib_login_failure_and_authenticate(server: ServerHandle) -> None:
 
 @pytest.fixture
 def imapclient(server: ServerHandle):
-    client = IMAPClient(HOST, port=server.port, ssl=False, timeout=SOCKET_TIMEOUT)
-    client.login(USER, PASSWORD)
+    client = server.imapclient()
     try:
         yield client
     finally:

@@ -1,6 +1,6 @@
 """COPY/MOVE, EXPUNGE/UID EXPUNGE and APPEND handlers (gateway.imap.messages), byte for byte.
 
-Uses the :class:`Harness` of test_imap_fetch.py: a real session and SQLite store, the
+Uses :class:`gateway.testing.imapsession.SessionDriver`: a real session and SQLite store, the
 handler driven alone (``call``) or through the session with its catch-up (``run``).
 Expunge responses are checked by meaning too: replaying them on a model of the client's
 message list must leave exactly the surviving UIDs, in order.
@@ -17,22 +17,18 @@ from pathlib import Path
 import pytest
 
 from gateway.imap.handler import BadCommand, Refused, Reply
-from tests.imap_helpers import HOST, SOCKET_TIMEOUT, ServerHandle, running_server
-from tests.imap_helpers import PASSWORD as SOCKET_PASSWORD
-from tests.imap_helpers import USER as SOCKET_USER
-from tests.test_imap_fetch import Harness, imapclient_for
+from gateway.testing.imapclient import (
+    PASSWORD,
+    USER,
+    ServerHandle,
+    running_server,
+)
+from gateway.testing.imapsession import SessionDriver
 
 MESSAGE = b"From: a@example.org\r\nSubject: hello\r\n\r\nbody\r\n"
 
 
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    h = Harness(tmp_path / "store.db")
-    yield h
-    h.close()
-
-
-def fill(harness: Harness, count: int, flags: tuple[str, ...] = ()) -> None:
+def fill(harness: SessionDriver, count: int, flags: tuple[str, ...] = ()) -> None:
     for n in range(1, count + 1):
         harness.add(b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n), flags)
 
@@ -49,7 +45,7 @@ def replay(model: list[int], responses: bytes) -> list[int]:
 # ---- EXPUNGE ---------------------------------------------------------------------------
 
 
-def test_expunge_numbers_stay_valid_when_replayed(harness: Harness) -> None:
+def test_expunge_numbers_stay_valid_when_replayed(harness: SessionDriver) -> None:
     """RFC 3501 §6.4.3/§7.4.1: expunging 2, 3 and 5 of 6 sends one EXPUNGE each, with
     numbers that, applied in order, leave 1, 4, 6; the view matches."""
     fill(harness, 6)
@@ -64,7 +60,7 @@ def test_expunge_numbers_stay_valid_when_replayed(harness: Harness) -> None:
     assert [r.uid for r in harness.store.message_rows(harness.mailbox().id)] == [1, 4, 6]
 
 
-def test_expunge_is_not_repeated_by_the_catch_up(harness: Harness) -> None:
+def test_expunge_is_not_repeated_by_the_catch_up(harness: SessionDriver) -> None:
     """RFC 3501 §7.4.1: each expunged message is reported exactly once."""
     fill(harness, 3)
     harness.select()
@@ -74,7 +70,7 @@ def test_expunge_is_not_repeated_by_the_catch_up(harness: Harness) -> None:
     assert harness.run(b"b NOOP") == b"b OK NOOP completed\r\n"
 
 
-def test_expunge_with_qresync_sends_vanished(harness: Harness) -> None:
+def test_expunge_with_qresync_sends_vanished(harness: SessionDriver) -> None:
     """RFC 7162 §3.2.10: once QRESYNC is enabled, ``* VANISHED uid-set`` replaces
     EXPUNGE."""
     fill(harness, 6)
@@ -87,14 +83,14 @@ def test_expunge_with_qresync_sends_vanished(harness: Harness) -> None:
     assert list(harness.session.selected.uids) == [1, 4, 6]
 
 
-def test_expunge_nothing_deleted_sends_nothing(harness: Harness) -> None:
+def test_expunge_nothing_deleted_sends_nothing(harness: SessionDriver) -> None:
     """RFC 3501 §6.4.3: without \\Deleted messages EXPUNGE just completes."""
     fill(harness, 2)
     harness.select()
     assert harness.call(b"a EXPUNGE") == (b"", Reply("OK", "EXPUNGE completed"))
 
 
-def test_expunge_in_read_only_mailbox_is_refused(harness: Harness) -> None:
+def test_expunge_in_read_only_mailbox_is_refused(harness: SessionDriver) -> None:
     """RFC 3501 §6.3.2: an EXAMINEd mailbox cannot be changed; EXPUNGE answers NO."""
     fill(harness, 2, ("\\Deleted",))
     harness.select(examine=True)
@@ -105,7 +101,7 @@ def test_expunge_in_read_only_mailbox_is_refused(harness: Harness) -> None:
     assert len(harness.store.message_rows(harness.mailbox().id)) == 2
 
 
-def test_uid_expunge_removes_only_the_given_deleted_messages(harness: Harness) -> None:
+def test_uid_expunge_removes_only_the_given_deleted_messages(harness: SessionDriver) -> None:
     """RFC 4315 §2.1: UID EXPUNGE removes \\Deleted messages among the UIDs given and
     leaves other \\Deleted messages alone."""
     fill(harness, 5, ("\\Deleted",))
@@ -120,7 +116,7 @@ def test_uid_expunge_removes_only_the_given_deleted_messages(harness: Harness) -
 # ---- COPY / MOVE -----------------------------------------------------------------------
 
 
-def test_copy_answers_copyuid_and_keeps_flags(harness: Harness) -> None:
+def test_copy_answers_copyuid_and_keeps_flags(harness: SessionDriver) -> None:
     """RFC 4315 §3: ``OK [COPYUID uidvalidity source-set dest-set]``, the two sets in
     corresponding order; RFC 3501 §6.4.7: flags travel with the copies, the source is
     untouched."""
@@ -141,7 +137,7 @@ def test_copy_answers_copyuid_and_keeps_flags(harness: Harness) -> None:
     assert len(harness.store.message_rows(harness.mailbox().id)) == 4
 
 
-def test_uid_copy_sets_follow_source_order(harness: Harness) -> None:
+def test_uid_copy_sets_follow_source_order(harness: SessionDriver) -> None:
     """RFC 4315 §3 with §6.4.8: UID COPY of a non-contiguous UID set pairs source and
     destination UIDs element by element."""
     fill(harness, 5)
@@ -151,7 +147,7 @@ def test_uid_copy_sets_follow_source_order(harness: Harness) -> None:
     assert reply.code == f"COPYUID {trash.uidvalidity} 1,3,5 1:3"
 
 
-def test_copy_to_missing_mailbox_is_trycreate(harness: Harness) -> None:
+def test_copy_to_missing_mailbox_is_trycreate(harness: SessionDriver) -> None:
     """RFC 3501 §6.4.7: a destination that does not exist is ``NO [TRYCREATE]``."""
     fill(harness, 1)
     harness.select()
@@ -164,7 +160,7 @@ def test_copy_to_missing_mailbox_is_trycreate(harness: Harness) -> None:
     assert harness.run(b"c COPY 1 Nowhere") == b"c NO [TRYCREATE] mailbox does not exist\r\n"
 
 
-def test_uid_copy_of_no_existing_message_is_ok_without_copyuid(harness: Harness) -> None:
+def test_uid_copy_of_no_existing_message_is_ok_without_copyuid(harness: SessionDriver) -> None:
     """RFC 4315 §3 / RFC 3501 §6.4.8: a UID set naming no existing message copies
     nothing and is still OK, with no COPYUID (there is nothing to describe)."""
     fill(harness, 2)
@@ -175,7 +171,7 @@ def test_uid_copy_of_no_existing_message_is_ok_without_copyuid(harness: Harness)
     )
 
 
-def test_copy_into_the_selected_mailbox_is_announced_by_exists(harness: Harness) -> None:
+def test_copy_into_the_selected_mailbox_is_announced_by_exists(harness: SessionDriver) -> None:
     """RFC 3501 §6.4.7/§7.3.1: copies into the selected mailbox show up as EXISTS after
     the command, sent by the session, not by the handler."""
     fill(harness, 2)
@@ -188,7 +184,7 @@ def test_copy_into_the_selected_mailbox_is_announced_by_exists(harness: Harness)
     )
 
 
-def test_move_sends_copyuid_then_expunges_then_ok(harness: Harness) -> None:
+def test_move_sends_copyuid_then_expunges_then_ok(harness: SessionDriver) -> None:
     """RFC 6851 §3.3/§4.3: MOVE answers ``* OK [COPYUID ...]`` first, then the expunge
     of every moved message, then the tagged OK; the catch-up repeats nothing."""
     fill(harness, 6)
@@ -207,7 +203,7 @@ def test_move_sends_copyuid_then_expunges_then_ok(harness: Harness) -> None:
     assert harness.run(b"b NOOP") == b"b OK NOOP completed\r\n"
 
 
-def test_uid_move_with_qresync_sends_vanished(harness: Harness) -> None:
+def test_uid_move_with_qresync_sends_vanished(harness: SessionDriver) -> None:
     """RFC 6851 §3.3 with RFC 7162 §3.2.10: under QRESYNC the moved messages are
     reported by ``* VANISHED``."""
     fill(harness, 4)
@@ -219,7 +215,7 @@ def test_uid_move_with_qresync_sends_vanished(harness: Harness) -> None:
     assert reply == Reply("OK", "MOVE completed")
 
 
-def test_move_from_read_only_mailbox_is_refused(harness: Harness) -> None:
+def test_move_from_read_only_mailbox_is_refused(harness: SessionDriver) -> None:
     """RFC 6851 §3.3: MOVE needs the right to expunge, which EXAMINE does not give."""
     fill(harness, 1)
     harness.select(examine=True)
@@ -231,7 +227,7 @@ def test_move_from_read_only_mailbox_is_refused(harness: Harness) -> None:
 # ---- APPEND ----------------------------------------------------------------------------
 
 
-def test_append_without_flags_or_date_answers_appenduid(harness: Harness) -> None:
+def test_append_without_flags_or_date_answers_appenduid(harness: SessionDriver) -> None:
     """RFC 3501 §6.3.11 with RFC 4315 §3: ``OK [APPENDUID uidvalidity uid]``; the
     message is stored byte for byte."""
     box = harness.mailbox()
@@ -241,7 +237,7 @@ def test_append_without_flags_or_date_answers_appenduid(harness: Harness) -> Non
     assert harness.store.message_bytes(box.id, 1) == MESSAGE
 
 
-def test_append_with_flags_and_date_stores_them(harness: Harness) -> None:
+def test_append_with_flags_and_date_stores_them(harness: SessionDriver) -> None:
     """RFC 3501 §6.3.11: the flag list and date-time are kept; \\Recent in the list is
     ignored (§2.3.2: the server sets it)."""
     box = harness.mailbox("Archive")
@@ -257,14 +253,14 @@ def test_append_with_flags_and_date_stores_them(harness: Harness) -> None:
     assert info.internaldate.utcoffset() == datetime.timedelta(hours=-8)
 
 
-def test_append_to_missing_mailbox_is_trycreate(harness: Harness) -> None:
+def test_append_to_missing_mailbox_is_trycreate(harness: SessionDriver) -> None:
     """RFC 3501 §6.3.11: APPEND to a mailbox that does not exist is ``NO [TRYCREATE]``."""
     with pytest.raises(Refused) as refused:
         harness.call(b"a APPEND Nowhere {%d}\r\n%s" % (len(MESSAGE), MESSAGE))
     assert refused.value.code == "TRYCREATE"
 
 
-def test_multiappend_answers_a_uid_set(harness: Harness) -> None:
+def test_multiappend_answers_a_uid_set(harness: SessionDriver) -> None:
     """RFC 3502 §6.3.11 with RFC 4315 §3: several messages in one APPEND, answered with
     ``APPENDUID uidvalidity uid-set``."""
     box = harness.mailbox()
@@ -284,7 +280,7 @@ def test_multiappend_answers_a_uid_set(harness: Harness) -> None:
 def test_multiappend_is_all_or_nothing(tmp_path: Path) -> None:
     """RFC 3502 §6.3.11: if one message cannot be appended, none is; the error is the
     store's (``NO [TOOBIG]`` for an oversized message, RFC 5530)."""
-    harness = Harness(tmp_path / "store.db", max_message_size=200)
+    harness = SessionDriver(tmp_path / "store.db", max_message_size=200)
     try:
         big = b"Subject: big\r\n\r\n" + b"x" * 300 + b"\r\n"
         before = harness.mailbox()
@@ -299,14 +295,14 @@ def test_multiappend_is_all_or_nothing(tmp_path: Path) -> None:
         harness.close()
 
 
-def test_append_of_an_empty_message_is_bad(harness: Harness) -> None:
+def test_append_of_an_empty_message_is_bad(harness: SessionDriver) -> None:
     """RFC 3501 §6.3.11: a message is an RFC 5322 message; zero octets is not one."""
     with pytest.raises(BadCommand):
         harness.call(b"a APPEND INBOX {0}\r\n")
     assert harness.store.message_rows(harness.mailbox().id) == []
 
 
-def test_append_into_selected_mailbox_leaves_exists_to_the_session(harness: Harness) -> None:
+def test_append_into_selected_mailbox_leaves_exists_to_the_session(harness: SessionDriver) -> None:
     """RFC 3501 §6.3.11: appending to the selected mailbox is reported by EXISTS, which
     the session's catch-up sends after the handler, exactly once."""
     fill(harness, 1)
@@ -330,10 +326,10 @@ def server(tmp_path: Path) -> Iterator[ServerHandle]:
 def test_imapclient_append_copy_move_expunge(server: ServerHandle) -> None:
     """RFC 3501 §6.3.11/§6.4.3/§6.4.7, RFC 4315 and RFC 6851 as imapclient drives them:
     the APPENDUID codes it returns, UID COPY/MOVE, and the EXPUNGE responses it parses."""
-    client = imapclient_for(server)
+    client = server.imapclient()
     try:
-        inbox = server.call(server.store.get_mailbox, SOCKET_USER, "INBOX")
-        trash = server.call(server.store.get_mailbox, SOCKET_USER, "Trash")
+        inbox = server.call(server.store.get_mailbox, USER, "INBOX")
+        trash = server.call(server.store.get_mailbox, USER, "Trash")
         when = datetime.datetime(2024, 2, 5, 10, 11, 12, tzinfo=datetime.UTC)
         assert client.append("INBOX", MESSAGE, [b"\\Seen"], when) == (
             b"[APPENDUID %d 1] APPEND completed" % inbox.uidvalidity
@@ -357,9 +353,9 @@ def test_imapclient_append_copy_move_expunge(server: ServerHandle) -> None:
 
 def test_imaplib_append_and_expunge(server: ServerHandle) -> None:
     """RFC 3501 §6.3.11 and §6.4.3 with the standard library client."""
-    client = imaplib.IMAP4(HOST, server.port, timeout=SOCKET_TIMEOUT)
+    client = server.imaplib_client()
     try:
-        client.login(SOCKET_USER, SOCKET_PASSWORD)
+        client.login(USER, PASSWORD)
         date = imaplib.Time2Internaldate(
             datetime.datetime(2024, 2, 5, 10, 11, 12, tzinfo=datetime.UTC)
         )
@@ -377,7 +373,7 @@ def test_move_over_the_wire(server: ServerHandle) -> None:
     """RFC 6851 §4.3 through the real server, exact bytes."""
     for _ in range(3):
         server.append(raw=MESSAGE)
-    trash = server.call(server.store.get_mailbox, SOCKET_USER, "Trash")
+    trash = server.call(server.store.get_mailbox, USER, "Trash")
     with server.connect() as client:
         client.login()
         client.command("s", "SELECT INBOX")

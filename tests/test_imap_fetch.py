@@ -1,40 +1,30 @@
 """FETCH and UID FETCH handlers (gateway.imap.messages.fetch), byte for byte.
 
 Each test drives a real :class:`IMAPSession` over a real SQLite store on a temp file,
-without a reactor: commands are parsed by the real parser, then either handed to the
-handler alone (:meth:`Harness.call`, to see exactly what the handler yields) or run
-through the session (:meth:`Harness.run`, which adds the catch-up and the tagged line,
-to prove nothing is reported twice). :class:`Harness` is shared by the other
-``test_imap_*`` message-command test files.
+without a reactor (:class:`gateway.testing.imapsession.SessionDriver`): commands are parsed
+by the real parser, then either handed to the handler alone (:meth:`SessionDriver.call`,
+to see exactly what the handler yields) or run through the session
+(:meth:`SessionDriver.run`, which adds the catch-up and the tagged line, to prove nothing
+is reported twice).
 """
 
 from __future__ import annotations
 
-import datetime
-import imaplib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from imapclient import IMAPClient
 
 from gateway.imap import messages
-from gateway.imap.command import Command, ContinuationNeeded, UidExpunge
 from gateway.imap.fetch_items import INLINE_LITERAL_LIMIT
-from gateway.imap.framing import CommandParser
-from gateway.imap.handler import BadCommand, Reply, RunBlocking
-from gateway.imap.session import IMAPSession
-from gateway.store.interfaces import Mailbox
-from gateway.store.sqlite import SQLiteStore
-from tests.imap_helpers import HOST, SOCKET_TIMEOUT, ServerHandle, running_server
-from tests.imap_helpers import PASSWORD as SOCKET_PASSWORD
-from tests.imap_helpers import USER as SOCKET_USER
-
-USER = "alice"
-PASSWORD = b"pw"
-PLUS_ONE = datetime.timezone(datetime.timedelta(hours=1))
-DATE = datetime.datetime(2024, 2, 5, 10, 11, 12, tzinfo=PLUS_ONE)
+from gateway.imap.handler import BadCommand, Reply
+from gateway.testing.imapclient import (
+    PASSWORD,
+    USER,
+    ServerHandle,
+    running_server,
+)
+from gateway.testing.imapsession import SessionDriver
 
 SIMPLE = (
     b"From: Alice Example <alice@example.org>\r\n"
@@ -74,109 +64,10 @@ MULTI_TEXT = (
 MULTI = MULTI_HEADER + MULTI_TEXT
 
 
-class PasswordOK:
-    """Authenticator accepting any user with password ``pw``."""
-
-    def authenticate(self, user: str, password: bytes) -> str | None:
-        return user if password == PASSWORD else None
-
-
-HANDLERS: dict[str, Callable[..., Any]] = {
-    "FETCH": messages.fetch,
-    "STORE": messages.store,
-    "SEARCH": messages.search,
-    "COPY": messages.copy,
-    "MOVE": messages.copy,
-    "EXPUNGE": messages.expunge,
-    "APPEND": messages.append,
-}
-
-
-class Harness:
-    """A logged-in session on a fresh store; messages are added straight to the store."""
-
-    def __init__(self, path: Path, **store_options: Any) -> None:
-        self.store = SQLiteStore(path, **store_options)
-        self.session = IMAPSession(self.store, PasswordOK())
-        self.parser = CommandParser()
-        assert self.run(b"L LOGIN alice pw").startswith(b"L OK")
-
-    def close(self) -> None:
-        self.store.close()
-
-    def mailbox(self, name: str = "INBOX") -> Mailbox:
-        return self.store.get_mailbox(USER, name)
-
-    def add(
-        self,
-        raw: bytes,
-        flags: tuple[str, ...] = (),
-        date: datetime.datetime = DATE,
-        mailbox: str = "INBOX",
-    ) -> int:
-        return self.store.append(self.mailbox(mailbox).id, raw, flags, date)
-
-    def command(self, line: bytes) -> Command:
-        self.parser.receive_data(line + b"\r\n")
-        while True:
-            event = self.parser.next_event()
-            if not isinstance(event, ContinuationNeeded):
-                assert isinstance(event, Command), event
-                return event
-
-    def run(self, line: bytes) -> bytes:
-        """The whole command through the session: untagged data, catch-up, tagged line."""
-        run = self.session.execute(self.command(line))
-        out: list[bytes] = []
-        sent: Any = None
-        try:
-            while True:
-                item = run.send(sent)
-                sent = None
-                if isinstance(item, bytes):
-                    out.append(item)
-                elif isinstance(item, RunBlocking):
-                    sent = item.call()
-        except StopIteration:
-            pass
-        return b"".join(out)
-
-    def chunks(self, line: bytes) -> tuple[list[bytes], Reply]:
-        """The handler alone: every chunk it yields, and its Reply."""
-        cmd = self.command(line)
-        handler = (
-            messages.uid_expunge if isinstance(cmd, UidExpunge) else HANDLERS[cmd.name.upper()]
-        )
-        gen = handler(self.session, cmd)
-        out: list[bytes] = []
-        try:
-            while True:
-                out.append(next(gen))
-        except StopIteration as stop:
-            reply = stop.value
-        assert isinstance(reply, Reply)
-        return out, reply
-
-    def call(self, line: bytes) -> tuple[bytes, Reply]:
-        out, reply = self.chunks(line)
-        return b"".join(out), reply
-
-    def select(self, name: bytes = b"INBOX", examine: bool = False) -> None:
-        verb = b"EXAMINE" if examine else b"SELECT"
-        assert b"S OK" in self.run(b"S " + verb + b" " + name)
-
-
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    h = Harness(tmp_path / "store.db")
-    yield h
-    h.close()
-
-
 # ---- plain attributes ----------------------------------------------------------------
 
 
-def test_flags_internaldate_size_uid_are_rendered_in_request_order(harness: Harness) -> None:
+def test_flags_internaldate_size_uid_are_rendered_in_request_order(harness: SessionDriver) -> None:
     """RFC 3501 §6.4.5/§7.4.2: items come back in the order asked; FLAGS shows system
     flags (with this session's \\Recent, §2.3.2) and keywords; INTERNALDATE keeps the
     zone it was given; RFC822.SIZE is the stored octet count."""
@@ -190,7 +81,7 @@ def test_flags_internaldate_size_uid_are_rendered_in_request_order(harness: Harn
     assert reply == Reply("OK", "FETCH completed")
 
 
-def test_envelope_is_the_rfc3501_structure(harness: Harness) -> None:
+def test_envelope_is_the_rfc3501_structure(harness: SessionDriver) -> None:
     """RFC 3501 §7.4.2 ENVELOPE: date, subject, from, sender, reply-to (both default to
     From), to, cc, bcc, in-reply-to, message-id."""
     harness.add(SIMPLE)
@@ -208,7 +99,7 @@ def test_envelope_is_the_rfc3501_structure(harness: Harness) -> None:
     )
 
 
-def test_body_and_bodystructure_are_the_stored_wire_forms(harness: Harness) -> None:
+def test_body_and_bodystructure_are_the_stored_wire_forms(harness: SessionDriver) -> None:
     """RFC 3501 §6.4.5: BODY is BODYSTRUCTURE without extension data; both are served
     from what ingest computed, for a multipart with a message/rfc822 part."""
     uid = harness.add(MULTI)
@@ -246,7 +137,7 @@ SECTIONS = [
 
 @pytest.mark.parametrize(("section", "data"), SECTIONS)
 def test_body_section_is_a_literal_of_the_exact_bytes(
-    harness: Harness, section: str, data: bytes
+    harness: SessionDriver, section: str, data: bytes
 ) -> None:
     """RFC 3501 §6.4.5 section spec on a multipart fixture, nested parts included; the
     value is always a literal (§4.3), empty for a part that does not exist."""
@@ -266,7 +157,7 @@ def test_body_section_is_a_literal_of_the_exact_bytes(
     ],
 )
 def test_partial_fetch_slices_and_names_the_origin(
-    harness: Harness, partial: bytes, name: bytes, data: bytes
+    harness: SessionDriver, partial: bytes, name: bytes, data: bytes
 ) -> None:
     """RFC 3501 §6.4.5 ``<origin.octets>``: the response is named ``BODY[]<origin>``; a
     count past the end is truncated, an origin past the end gives the empty string."""
@@ -276,7 +167,7 @@ def test_partial_fetch_slices_and_names_the_origin(
     assert out == b"* 1 FETCH (%s {%d}\r\n%s)\r\n" % (name, len(data), data)
 
 
-def test_partial_applies_after_the_section_is_cut(harness: Harness) -> None:
+def test_partial_applies_after_the_section_is_cut(harness: SessionDriver) -> None:
     """RFC 3501 §6.4.5: the partial range counts octets of the section, not the message."""
     harness.add(MULTI)
     harness.select()
@@ -284,7 +175,7 @@ def test_partial_applies_after_the_section_is_cut(harness: Harness) -> None:
     assert out == b"* 1 FETCH (BODY[2.TEXT]<2> {3}\r\nner)\r\n"
 
 
-def test_rfc822_forms_answer_under_their_own_names(harness: Harness) -> None:
+def test_rfc822_forms_answer_under_their_own_names(harness: SessionDriver) -> None:
     """RFC 3501 §6.4.5: RFC822 ≡ BODY[], RFC822.HEADER ≡ BODY.PEEK[HEADER], RFC822.TEXT
     ≡ BODY[TEXT], each returned under its RFC822 name (§7.4.2)."""
     harness.add(MULTI)
@@ -296,7 +187,7 @@ def test_rfc822_forms_answer_under_their_own_names(harness: Harness) -> None:
     )
 
 
-def test_duplicate_items_are_answered_once(harness: Harness) -> None:
+def test_duplicate_items_are_answered_once(harness: SessionDriver) -> None:
     """RFC 3501 §7.4.2 gives each item once per response: BODY[] and BODY.PEEK[] share
     a name, FLAGS asked twice is one FLAGS."""
     harness.add(SIMPLE, ("\\Seen",))
@@ -308,7 +199,7 @@ def test_duplicate_items_are_answered_once(harness: Harness) -> None:
 # ---- the \Seen side effect -----------------------------------------------------------
 
 
-def test_body_fetch_sets_seen_and_reports_flags_exactly_once(harness: Harness) -> None:
+def test_body_fetch_sets_seen_and_reports_flags_exactly_once(harness: SessionDriver) -> None:
     """RFC 3501 §6.4.5: BODY[section] sets \\Seen; the changed flags are returned in the
     same FETCH response, and the session's catch-up does not repeat them."""
     harness.add(MULTI)
@@ -325,7 +216,7 @@ def test_body_fetch_sets_seen_and_reports_flags_exactly_once(harness: Harness) -
     assert again == b"* 1 FETCH (BODY[1] {11}\r\nFirst part.)\r\nc OK FETCH completed\r\n"
 
 
-def test_seen_side_effect_uses_the_requested_flags_position(harness: Harness) -> None:
+def test_seen_side_effect_uses_the_requested_flags_position(harness: SessionDriver) -> None:
     """RFC 3501 §6.4.5: when FLAGS was asked for too, it carries the new \\Seen, once."""
     harness.add(SIMPLE)
     harness.select()
@@ -334,7 +225,7 @@ def test_seen_side_effect_uses_the_requested_flags_position(harness: Harness) ->
 
 
 @pytest.mark.parametrize("item", [b"BODY.PEEK[]", b"BODY.PEEK[1]", b"RFC822.HEADER"])
-def test_peek_forms_do_not_set_seen(harness: Harness, item: bytes) -> None:
+def test_peek_forms_do_not_set_seen(harness: SessionDriver, item: bytes) -> None:
     """RFC 3501 §6.4.5: BODY.PEEK and RFC822.HEADER leave \\Seen alone."""
     harness.add(MULTI)
     harness.select()
@@ -344,7 +235,7 @@ def test_peek_forms_do_not_set_seen(harness: Harness, item: bytes) -> None:
 
 
 @pytest.mark.parametrize("item", [b"BODY[]", b"RFC822", b"RFC822.TEXT"])
-def test_read_only_mailbox_never_sets_seen(harness: Harness, item: bytes) -> None:
+def test_read_only_mailbox_never_sets_seen(harness: SessionDriver, item: bytes) -> None:
     """RFC 3501 §6.3.2: EXAMINE is read-only, so even a non-PEEK fetch changes nothing."""
     harness.add(MULTI)
     harness.select(examine=True)
@@ -353,7 +244,7 @@ def test_read_only_mailbox_never_sets_seen(harness: Harness, item: bytes) -> Non
     assert "\\Seen" not in harness.store.message_info(harness.mailbox().id, [1])[0].flags
 
 
-def test_already_seen_message_gets_no_extra_flags(harness: Harness) -> None:
+def test_already_seen_message_gets_no_extra_flags(harness: SessionDriver) -> None:
     """RFC 3501 §6.4.5: flags are only added to the response when \\Seen changed them."""
     harness.add(SIMPLE, ("\\Seen",))
     harness.select()
@@ -364,7 +255,7 @@ def test_already_seen_message_gets_no_extra_flags(harness: Harness) -> None:
 # ---- UID FETCH, sets, batching, streaming --------------------------------------------
 
 
-def test_uid_fetch_always_includes_uid_and_uses_uids(harness: Harness) -> None:
+def test_uid_fetch_always_includes_uid_and_uses_uids(harness: SessionDriver) -> None:
     """RFC 3501 §6.4.8: UID FETCH takes UIDs, ignores ones that do not exist, and
     returns UID even when not asked for."""
     for _ in range(3):
@@ -378,7 +269,7 @@ def test_uid_fetch_always_includes_uid_and_uses_uids(harness: Harness) -> None:
 
 
 def test_fetch_across_batches_returns_every_message_in_order(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
+    harness: SessionDriver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """RFC 3501 §6.4.5 over several store batches (``INFO_BATCH``, made small here): one
     response per message, ascending, none lost or repeated at a batch boundary, and the
@@ -397,7 +288,7 @@ def test_fetch_across_batches_returns_every_message_in_order(
     )
 
 
-def test_large_literal_is_yielded_in_pieces(harness: Harness) -> None:
+def test_large_literal_is_yielded_in_pieces(harness: SessionDriver) -> None:
     """handler.py contract: a big literal streams in bounded chunks (backpressure), and
     the bytes are still exactly ``BODY[] {n}`` + message (RFC 3501 §4.3)."""
     body = b"".join(b"line %06d of a long message body\r\n" % i for i in range(9000))
@@ -415,7 +306,7 @@ def test_large_literal_is_yielded_in_pieces(harness: Harness) -> None:
     )
 
 
-def test_two_large_literals_in_one_response(harness: Harness) -> None:
+def test_two_large_literals_in_one_response(harness: SessionDriver) -> None:
     """RFC 3501 §7.4.2: several streamed literals in one FETCH keep the syntax intact."""
     body = b"x" * (3 * INLINE_LITERAL_LIMIT) + b"\r\n"
     raw = b"Subject: two\r\n\r\n" + body
@@ -431,7 +322,7 @@ def test_two_large_literals_in_one_response(harness: Harness) -> None:
 
 
 def test_sequence_fetch_of_a_message_expunged_elsewhere_is_expungeissued(
-    harness: Harness,
+    harness: SessionDriver,
 ) -> None:
     """RFC 3501 §7.4.1 keeps sequence numbers stable during FETCH, so a message another
     session expunged is still numbered; the rest is returned and the tagged reply says
@@ -453,7 +344,7 @@ def test_sequence_fetch_of_a_message_expunged_elsewhere_is_expungeissued(
 # ---- CONDSTORE / QRESYNC -------------------------------------------------------------
 
 
-def test_modseq_item_returns_the_message_modseq(harness: Harness) -> None:
+def test_modseq_item_returns_the_message_modseq(harness: SessionDriver) -> None:
     """RFC 7162 §3.1.4: ``MODSEQ (n)`` is the message's mod-sequence; asking for it is a
     CONDSTORE enabling command, so the session then announces HIGHESTMODSEQ (§3.1)."""
     harness.add(SIMPLE)
@@ -465,7 +356,7 @@ def test_modseq_item_returns_the_message_modseq(harness: Harness) -> None:
     assert harness.session.condstore_active()
 
 
-def test_changedsince_returns_only_newer_messages_with_modseq(harness: Harness) -> None:
+def test_changedsince_returns_only_newer_messages_with_modseq(harness: SessionDriver) -> None:
     """RFC 7162 §3.1.4.1: CHANGEDSINCE limits the answer to messages whose modseq is
     greater, and implies MODSEQ in each response."""
     for _ in range(3):
@@ -480,7 +371,7 @@ def test_changedsince_returns_only_newer_messages_with_modseq(harness: Harness) 
     assert out == b""
 
 
-def test_changedsince_flags_are_not_reported_again_by_the_catch_up(harness: Harness) -> None:
+def test_changedsince_flags_are_not_reported_again_by_the_catch_up(harness: SessionDriver) -> None:
     """RFC 7162 §3.1.4.1 with RFC 3501 §7: a flag change the FETCH already showed is
     not sent a second time as an unsolicited FETCH."""
     for _ in range(2):
@@ -492,7 +383,7 @@ def test_changedsince_flags_are_not_reported_again_by_the_catch_up(harness: Harn
     assert out.count(b"FETCH (") == 1
 
 
-def test_condstore_active_adds_modseq_and_seen_change_adds_uid(harness: Harness) -> None:
+def test_condstore_active_adds_modseq_and_seen_change_adds_uid(harness: SessionDriver) -> None:
     """RFC 7162 §3.1: once CONDSTORE is enabled, FETCH responses carry MODSEQ, and a FETCH
     caused by an implicit \\Seen carries UID and MODSEQ."""
     harness.add(SIMPLE)
@@ -506,7 +397,7 @@ def test_condstore_active_adds_modseq_and_seen_change_adds_uid(harness: Harness)
     )
 
 
-def test_vanished_reports_expunged_uids_before_the_fetch_data(harness: Harness) -> None:
+def test_vanished_reports_expunged_uids_before_the_fetch_data(harness: SessionDriver) -> None:
     """RFC 7162 §3.2.6: UID FETCH ... (CHANGEDSINCE n VANISHED) first sends
     ``* VANISHED (EARLIER)`` for UIDs of the set expunged after n, then the FETCHes."""
     for _ in range(5):
@@ -527,7 +418,7 @@ def test_vanished_reports_expunged_uids_before_the_fetch_data(harness: Harness) 
     assert not out.startswith(b"* VANISHED")
 
 
-def test_vanished_needs_qresync_enabled(harness: Harness) -> None:
+def test_vanished_needs_qresync_enabled(harness: SessionDriver) -> None:
     """RFC 7162 §3.2.6: the VANISHED modifier is only valid once QRESYNC is enabled."""
     harness.add(SIMPLE)
     harness.select()
@@ -544,18 +435,12 @@ def server(tmp_path: Path) -> Iterator[ServerHandle]:
         yield handle
 
 
-def imapclient_for(server: ServerHandle) -> IMAPClient:
-    client = IMAPClient(HOST, port=server.port, ssl=False, timeout=SOCKET_TIMEOUT)
-    client.login(SOCKET_USER, SOCKET_PASSWORD)
-    return client
-
-
 def test_imapclient_parses_every_fetch_item(server: ServerHandle) -> None:
     """RFC 3501 §7.4.2 as a real client library reads it: ENVELOPE, BODYSTRUCTURE,
     flags, sizes, sections and partials over the in-process server."""
     server.append(raw=SIMPLE, flags=("\\Flagged",))
     server.append(raw=MULTI)
-    client = imapclient_for(server)
+    client = server.imapclient()
     try:
         client.select_folder("INBOX")
         items = [
@@ -588,9 +473,9 @@ def test_imaplib_receives_a_large_message_intact(server: ServerHandle) -> None:
         b"%07d abcdefghijklmnopqrstuvwxyz\r\n" % i for i in range(90000)
     )
     server.append(raw=raw)
-    client = imaplib.IMAP4(HOST, server.port, timeout=SOCKET_TIMEOUT)
+    client = server.imaplib_client()
     try:
-        client.login(SOCKET_USER, SOCKET_PASSWORD)
+        client.login(USER, PASSWORD)
         client.select("INBOX")
         typ, data = client.fetch("1", "(BODY.PEEK[])")
         assert typ == "OK"

@@ -12,7 +12,8 @@ import pytest
 from gateway.imap.handler import BadCommand
 from gateway.imap.mailboxes import matcher
 from gateway.imap.session import IMAPSession
-from tests.imap_helpers import USER, RawClient, ServerHandle, message, running_server
+from gateway.testing.imapclient import USER, RawClient, ServerHandle, running_server
+from gateway.testing.messages import message
 
 # Beyond ensure_user's INBOX, Sent, Drafts, Trash, Junk, Archive (all subscribed):
 EXTRA_MAILBOXES = ("Work/Projects/2024", "Work/Admin", "Personal", "INBOX/Sub")
@@ -399,7 +400,7 @@ def test_rename_inbox_moves_messages_and_keeps_inbox(
 def test_status_all_items(server: ServerHandle, client: RawClient) -> None:
     """RFC 3501 §6.3.10 / §7.2.4, RFC 7162 §3.1.8 HIGHESTMODSEQ, RFC 8438 SIZE, in the
     order asked."""
-    first, second = message("one"), message("two", body="longer body text")
+    first, second = message("one"), message("two", body="longer body text\r\n")
     server.append(raw=first, flags=("\\Seen",))
     server.append(raw=second)
     box = server.call(server.store.get_mailbox, USER, "INBOX")

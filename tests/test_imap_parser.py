@@ -997,15 +997,75 @@ def test_too_many_sequence_ranges_is_refused_and_parsing_goes_on():
     )
 
 
-def test_every_limit_is_a_named_module_constant_used_as_the_default():
-    p = CommandParser()
-    assert p.max_line_length == framing.MAX_LINE_LENGTH == 65536
-    assert p.max_literal_size == framing.MAX_LITERAL_SIZE == 64 * 1024 * 1024
-    assert p.max_command_size == framing.MAX_COMMAND_SIZE
-    assert p.max_literals == framing.MAX_LITERALS
-    assert p.max_nesting == framing.MAX_NESTING == 32
-    assert p.max_search_depth == MAX_SEARCH_DEPTH
-    assert p.max_sequence_ranges == framing.MAX_SEQUENCE_RANGES
+# The default parser stops exactly at each named module constant: at the limit a
+# command parses, one over it is refused (the refusals are checked above with small limits;
+# the SEARCH depth edge, the store's MAX_SEARCH_DEPTH, is checked above too).
+
+
+def _refused(events: list) -> bool:
+    return isinstance(events[0], ParseError)
+
+
+def test_default_line_limit_is_max_line_length():
+    line = b"a LOGIN u " + b"p" * (framing.MAX_LINE_LENGTH - 10)
+    assert len(line) == framing.MAX_LINE_LENGTH
+    assert whole(line + b"\r\n") == [Login("a", "LOGIN", user=b"u", password=line[10:])]
+    over = whole(line + b"p\r\n")
+    assert _refused(over) and over[0].fatal
+
+
+def test_default_literal_limit_is_max_literal_size():
+    limit = framing.MAX_LITERAL_SIZE
+    assert whole(b"a APPEND INBOX {%d}\r\n" % limit) == [ContinuationNeeded(limit)]
+    over = whole(b"a APPEND INBOX {%d}\r\n" % (limit + 1))
+    assert _refused(over) and over[0].code == "TOOBIG" and not over[0].fatal
+
+
+def test_default_command_limit_is_max_command_size():
+    """A first literal of the largest size, then a second announced so that the command
+    is exactly MAX_COMMAND_SIZE octets long (or one more)."""
+    limit = framing.MAX_LITERAL_SIZE
+    head = b"a APPEND INBOX {%d+}\r\n" % limit
+    digits = len(str(limit))
+    room = framing.MAX_COMMAND_SIZE - len(head) - limit - len(b" {}\r\n") - digits
+    assert len(str(room)) == len(str(room + 1)) == digits
+    for second, accepted in ((room, True), (room + 1, False)):
+        p = CommandParser()
+        p.receive_data(head)
+        p.receive_data(bytes(limit))
+        assert p.next_event() is NEED_DATA
+        p.receive_data(b" {%d}\r\n" % second)
+        event = p.next_event()
+        if accepted:
+            assert event == ContinuationNeeded(second)
+        else:
+            assert isinstance(event, ParseError) and event.code == "TOOBIG" and not event.fatal
+
+
+def test_default_literal_count_limit_is_max_literals():
+    def append(count: int) -> bytes:
+        return b"a APPEND INBOX" + b" {1+}\r\nx" * count + b"\r\n"
+
+    assert isinstance(whole(append(framing.MAX_LITERALS))[0], Append)
+    over = whole(append(framing.MAX_LITERALS + 1))
+    assert _refused(over) and over[0].code == "LIMIT"
+
+
+def test_default_nesting_limit_is_max_nesting():
+    def search(depth: int) -> bytes:
+        return b"a SEARCH " + b"(" * depth + b"SEEN" + b")" * depth + b"\r\n"
+
+    limit = framing.MAX_NESTING
+    assert whole(search(limit)) == [Search("a", "SEARCH", criteria=Flag("\\Seen"))]
+    assert whole(search(limit + 1))[0].code == "LIMIT"
+
+
+def test_default_sequence_range_limit_is_max_sequence_ranges():
+    def fetch(ranges: int) -> bytes:
+        return b"a FETCH " + b",".join(b"%d" % (2 * i + 1) for i in range(ranges)) + b" FLAGS\r\n"
+
+    assert isinstance(whole(fetch(framing.MAX_SEQUENCE_RANGES))[0], Fetch)
+    assert whole(fetch(framing.MAX_SEQUENCE_RANGES + 1))[0].code == "LIMIT"
 
 
 # ---- errors ---------------------------------------------------------------------------------

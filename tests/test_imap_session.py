@@ -2,7 +2,7 @@
 IDLE, pipelining, literals, parse errors, timers, STARTTLS and backpressure.
 
 Most tests speak exact bytes over a real loopback socket to an in-process server
-(tests/imap_helpers.py). A few drive the protocol on a StringTransport with a fake clock
+(gateway/testing/imapclient.py). A few drive the protocol on a StringTransport with a fake clock
 and a hand-fired Deferred, where only that makes ordering or timing deterministic.
 """
 
@@ -13,25 +13,21 @@ import importlib.metadata
 import re
 from array import array
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import task
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.testing import StringTransport
+from twisted.internet.defer import Deferred
 
 from gateway.core.criteria import SeqRange, SequenceSet
 from gateway.imap.command import Command
-from gateway.imap.factory import IMAPServerFactory
 from gateway.imap.handler import BadCommand, Refused
 from gateway.imap.policy import IMAPLimits
 from gateway.imap.session import IMAPSession
 from gateway.imap.states import COMMANDS, State
 from gateway.imap.view import View
-from gateway.security.auth import PasswordTable
 from gateway.store.interfaces import (
     MailboxExists,
     MailboxNotAllowed,
@@ -41,16 +37,16 @@ from gateway.store.interfaces import (
     StoreError,
 )
 from gateway.store.sqlite import SQLiteStore
-from tests.imap_helpers import (
+from gateway.testing.imapclient import (
     PASSWORD,
     USER,
     RawClient,
     ServerHandle,
-    ServerTLSContext,
-    message,
-    password_hash,
     running_server,
 )
+from gateway.testing.imapsession import WiredServer
+from gateway.testing.messages import message
+from gateway.testing.tlsca import ServerTLSContext
 
 PRE_LOGIN_CAPS = (
     "IMAP4rev1 AUTH=PLAIN LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE "
@@ -628,38 +624,11 @@ def test_starttls_discards_pipelined_plaintext(tmp_path: Path) -> None:
 # ---- the glue without a socket: ordering, backpressure ------------------------------------------
 
 
-class Wired:
-    """A server protocol on a StringTransport with a fake clock: no reactor, no socket."""
-
-    def __init__(self, directory: Path, *, run_blocking=None, limits: IMAPLimits | None = None):
-        self.store = SQLiteStore(directory / "wired.sqlite")
-        self.store.ensure_user(USER)
-        self.clock = task.Clock()
-        self.factory = IMAPServerFactory(
-            self.store,
-            PasswordTable({USER: password_hash(PASSWORD)}),
-            reactor=self.clock,
-            run_blocking=run_blocking or maybeDeferred,
-            clock=self.clock,
-            limits=limits,
-        )
-        self.factory.doStart()
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
-        self.protocol = self.factory.buildProtocol(None)
-        self.protocol.makeConnection(self.transport)
-
-    def feed(self, data: bytes) -> None:
-        self.protocol.dataReceived(data)
-
-    def take(self) -> bytes:
-        data = self.transport.value()
-        self.transport.clear()
-        return data
-
-    def close(self) -> None:
-        self.protocol.connectionLost(None)
-        self.factory.doStop()
-        self.store.close()
+def wired_server(directory: Path, **kwargs: Any) -> WiredServer:
+    """The server protocol on a StringTransport and a fake clock, over a SQLite store."""
+    store = SQLiteStore(directory / "wired.sqlite")
+    store.ensure_user(USER)
+    return WiredServer(store, passwords={USER: PASSWORD}, **kwargs)
 
 
 def test_commands_wait_behind_a_pending_password_check(tmp_path: Path) -> None:
@@ -672,7 +641,7 @@ def test_commands_wait_behind_a_pending_password_check(tmp_path: Path) -> None:
         pending.append((d, call))
         return d
 
-    wired = Wired(tmp_path, run_blocking=run_blocking)
+    wired = wired_server(tmp_path, run_blocking=run_blocking)
     try:
         wired.take()
         wired.feed(f'a LOGIN {USER} "{PASSWORD}"\r\nb SELECT INBOX\r\nc NOOP\r\n'.encode())
@@ -693,10 +662,10 @@ def test_output_stops_while_transport_is_paused(tmp_path: Path) -> None:
     again on resumeProducing. Pipelined input is not parsed meanwhile, and reading
     pauses once too much of it waits."""
     limits = IMAPLimits(max_buffered_input=4096)
-    wired = Wired(tmp_path, limits=limits)
+    wired = wired_server(tmp_path, limits=limits)
     try:
         box = wired.store.get_mailbox(USER, "INBOX")
-        big = message(body="x" * 200_000)
+        big = message(body="x" * 200_000 + "\r\n")
         for _ in range(5):
             wired.store.append(box.id, big)
         wired.feed(f'a LOGIN {USER} "{PASSWORD}"\r\nb SELECT INBOX\r\n'.encode())
@@ -724,7 +693,7 @@ def test_output_stops_while_transport_is_paused(tmp_path: Path) -> None:
 def test_idle_push_and_keepalive_on_fake_clock(tmp_path: Path) -> None:
     """RFC 2177: the store's change listener wakes an idling session on the next reactor
     turn; the keep-alive timer runs on the injected clock."""
-    wired = Wired(tmp_path)
+    wired = wired_server(tmp_path)
     try:
         box = wired.store.get_mailbox(USER, "INBOX")
         wired.feed(f'a LOGIN {USER} "{PASSWORD}"\r\nb SELECT INBOX\r\nc IDLE\r\n'.encode())
@@ -744,7 +713,7 @@ def test_idle_push_and_keepalive_on_fake_clock(tmp_path: Path) -> None:
 def test_unexpected_handler_error_is_serverbug_without_details(tmp_path: Path) -> None:
     """STYLE.md habit 4 / RFC 5530 SERVERBUG: an unexpected exception is logged with its
     traceback and answered NO [SERVERBUG] without the exception text."""
-    wired = Wired(tmp_path)
+    wired = wired_server(tmp_path)
     try:
         wired.feed(f'a LOGIN {USER} "{PASSWORD}"\r\n'.encode())
         wired.take()

@@ -1,6 +1,6 @@
 """STORE and SEARCH handlers (gateway.imap.messages.store/search), byte for byte.
 
-Uses the :class:`Harness` of test_imap_fetch.py: a real session and SQLite store, the
+Uses :class:`gateway.testing.imapsession.SessionDriver`: a real session and SQLite store, the
 handler driven alone (``call``) or through the session with its catch-up (``run``).
 """
 
@@ -14,24 +14,18 @@ import pytest
 
 from gateway.imap.handler import BadCommand, Refused, Reply
 from gateway.store.search import MAX_SEARCH_DEPTH
-from tests.imap_helpers import ServerHandle, running_server
-from tests.test_imap_fetch import Harness, imapclient_for
+from gateway.testing.imapclient import ServerHandle, running_server
+from gateway.testing.imapsession import SessionDriver
+from gateway.testing.messages import message
 
 UTC = datetime.UTC
 
 
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    h = Harness(tmp_path / "store.db")
-    yield h
-    h.close()
-
-
 def plain(n: int) -> bytes:
-    return b"Subject: message %d\r\n\r\nbody %d\r\n" % (n, n)
+    return message(f"message {n}", f"body {n}\r\n", None, to=None, date=None, message_id=None)
 
 
-def quiet_select(harness: Harness, count: int) -> None:
+def quiet_select(harness: SessionDriver, count: int) -> None:
     """``count`` messages, selected twice so that none is \\Recent any more (RFC 3501
     §2.3.2: only the first session to see a message gets \\Recent), keeping expected
     flag lists short."""
@@ -44,7 +38,7 @@ def quiet_select(harness: Harness, count: int) -> None:
 # ---- STORE -----------------------------------------------------------------------------
 
 
-def test_store_replace_add_remove(harness: Harness) -> None:
+def test_store_replace_add_remove(harness: SessionDriver) -> None:
     """RFC 3501 §6.4.6: FLAGS replaces, +FLAGS adds, -FLAGS removes; each message of the
     set is answered with its new flags."""
     quiet_select(harness, 2)
@@ -61,7 +55,7 @@ def test_store_replace_add_remove(harness: Harness) -> None:
     assert [r.flags for r in rows] == [{"\\Flagged"}, {"\\Flagged"}]
 
 
-def test_store_answers_unchanged_messages_too(harness: Harness) -> None:
+def test_store_answers_unchanged_messages_too(harness: SessionDriver) -> None:
     """RFC 3501 §6.4.6: the untagged FETCH goes to every message of the set, also when
     its flags did not change, carrying its current flags."""
     quiet_select(harness, 2)
@@ -70,7 +64,7 @@ def test_store_answers_unchanged_messages_too(harness: Harness) -> None:
     assert out == b"* 1 FETCH (FLAGS (\\Seen))\r\n* 2 FETCH (FLAGS (\\Seen))\r\n"
 
 
-def test_store_shows_changes_by_others_once(harness: Harness) -> None:
+def test_store_shows_changes_by_others_once(harness: SessionDriver) -> None:
     """RFC 3501 §7.4.2: a message's FLAGS in the STORE answer includes what another
     session set meanwhile, and the catch-up then does not send it again."""
     quiet_select(harness, 2)
@@ -80,7 +74,7 @@ def test_store_shows_changes_by_others_once(harness: Harness) -> None:
     assert harness.run(b"b NOOP") == b"b OK NOOP completed\r\n"
 
 
-def test_store_ignores_recent(harness: Harness) -> None:
+def test_store_ignores_recent(harness: SessionDriver) -> None:
     """RFC 3501 §2.3.2: \\Recent cannot be altered by the client; it stays as shown."""
     harness.add(plain(1))
     harness.select()
@@ -90,7 +84,7 @@ def test_store_ignores_recent(harness: Harness) -> None:
     assert out == b"* 1 FETCH (FLAGS (\\Recent))\r\n"
 
 
-def test_uid_store_includes_uid(harness: Harness) -> None:
+def test_uid_store_includes_uid(harness: SessionDriver) -> None:
     """RFC 3501 §6.4.8: UID STORE takes UIDs and its FETCH responses include UID."""
     for n in range(1, 4):
         harness.add(plain(n))
@@ -103,7 +97,7 @@ def test_uid_store_includes_uid(harness: Harness) -> None:
     assert out == b"* 2 FETCH (FLAGS (\\Answered) UID 3)\r\n"
 
 
-def test_silent_store_sends_nothing_and_catch_up_stays_quiet(harness: Harness) -> None:
+def test_silent_store_sends_nothing_and_catch_up_stays_quiet(harness: SessionDriver) -> None:
     """RFC 3501 §6.4.6 .SILENT: no untagged FETCH for the change the client made, not
     even later from the catch-up."""
     quiet_select(harness, 2)
@@ -113,7 +107,7 @@ def test_silent_store_sends_nothing_and_catch_up_stays_quiet(harness: Harness) -
     assert all(r.flags == {"\\Seen"} for r in rows)
 
 
-def test_silent_store_still_reports_flags_the_client_cannot_infer(harness: Harness) -> None:
+def test_silent_store_still_reports_flags_the_client_cannot_infer(harness: SessionDriver) -> None:
     """RFC 3501 §6.4.6/§7.4.2: when another session changed the message too, the client
     cannot know the result from its own request, so FLAGS is sent (once)."""
     quiet_select(harness, 1)
@@ -123,7 +117,7 @@ def test_silent_store_still_reports_flags_the_client_cannot_infer(harness: Harne
     assert harness.run(b"b NOOP") == b"b OK NOOP completed\r\n"
 
 
-def test_store_on_read_only_mailbox_is_refused(harness: Harness) -> None:
+def test_store_on_read_only_mailbox_is_refused(harness: SessionDriver) -> None:
     """RFC 3501 §6.3.2: EXAMINE opens the mailbox read-only; STORE answers NO."""
     harness.add(plain(1))
     harness.select(examine=True)
@@ -133,7 +127,7 @@ def test_store_on_read_only_mailbox_is_refused(harness: Harness) -> None:
     assert harness.store.message_rows(harness.mailbox().id)[0].flags == {"\\Recent"}
 
 
-def test_store_unknown_system_flag_is_bad(harness: Harness) -> None:
+def test_store_unknown_system_flag_is_bad(harness: SessionDriver) -> None:
     """RFC 3501 §2.3.2: only the defined system flags exist; ``\\Bogus`` is not a flag a
     client may set (PERMANENTFLAGS lists \\* for keywords only)."""
     quiet_select(harness, 1)
@@ -141,7 +135,7 @@ def test_store_unknown_system_flag_is_bad(harness: Harness) -> None:
         harness.call(b"a STORE 1 +FLAGS (\\Bogus)")
 
 
-def _unchangedsince_setup(harness: Harness) -> tuple[int, int]:
+def _unchangedsince_setup(harness: SessionDriver) -> tuple[int, int]:
     """UIDs 2..5 as sequence numbers 1..4; UIDs 3 and 5 changed after ``since``."""
     for n in range(1, 6):
         harness.add(plain(n))
@@ -156,7 +150,7 @@ def _unchangedsince_setup(harness: Harness) -> tuple[int, int]:
 
 
 def test_unchangedsince_refuses_modified_messages_with_sequence_numbers(
-    harness: Harness,
+    harness: SessionDriver,
 ) -> None:
     """RFC 7162 §3.1.3: messages changed after UNCHANGEDSINCE are left alone and listed
     in ``OK [MODIFIED set]`` (sequence numbers for STORE); the others are stored and
@@ -172,14 +166,14 @@ def test_unchangedsince_refuses_modified_messages_with_sequence_numbers(
     assert rows[3].flags == {"$Other"} and rows[5].flags == {"$Other"}
 
 
-def test_uid_store_unchangedsince_lists_uids(harness: Harness) -> None:
+def test_uid_store_unchangedsince_lists_uids(harness: SessionDriver) -> None:
     """RFC 7162 §3.1.3: for UID STORE the MODIFIED set holds UIDs."""
     _box, since = _unchangedsince_setup(harness)
     _out, reply = harness.call(b"a UID STORE 2:5 (UNCHANGEDSINCE %d) -FLAGS (\\Seen)" % since)
     assert reply.code == "MODIFIED 3,5"
 
 
-def test_silent_unchangedsince_reports_only_modseq(harness: Harness) -> None:
+def test_silent_unchangedsince_reports_only_modseq(harness: SessionDriver) -> None:
     """RFC 7162 §3.1.3 (example with +FLAGS.SILENT): updated messages still get their
     new MODSEQ in an untagged FETCH; FLAGS is left out."""
     box, since = _unchangedsince_setup(harness)
@@ -189,7 +183,7 @@ def test_silent_unchangedsince_reports_only_modseq(harness: Harness) -> None:
     assert reply.code == "MODIFIED 2"
 
 
-def test_unchangedsince_zero_refuses_everything(harness: Harness) -> None:
+def test_unchangedsince_zero_refuses_everything(harness: SessionDriver) -> None:
     """RFC 7162 §3.1.3: UNCHANGEDSINCE 0 always fails (every modseq is above 0)."""
     quiet_select(harness, 2)
     out, reply = harness.call(b"a STORE 1:2 (UNCHANGEDSINCE 0) +FLAGS (\\Seen)")
@@ -241,7 +235,7 @@ UIDS = [1, 3, 4, 6, 7]
 
 
 @pytest.fixture
-def mailbox(harness: Harness) -> Harness:
+def mailbox(harness: SessionDriver) -> SessionDriver:
     """UIDs 1..6, of which 2 and 5 are expunged before selection; UID 7 arrives after
     selection and is the only \\Recent one. So sequence numbers differ from UIDs."""
     for uid, (raw, flags, date) in FIXTURES.items():
@@ -311,7 +305,7 @@ SEARCHES = [
 
 @pytest.mark.parametrize(("key", "seqs"), SEARCHES, ids=[k.decode() for k, _ in SEARCHES])
 def test_search_answers_sequence_numbers_and_uid_search_uids(
-    mailbox: Harness, key: bytes, seqs: list[int]
+    mailbox: SessionDriver, key: bytes, seqs: list[int]
 ) -> None:
     """RFC 3501 §6.4.4 every search key kind, with sequence-number keys resolved against
     this session's numbering (not UIDs); SEARCH answers sequence numbers, UID SEARCH
@@ -323,7 +317,7 @@ def test_search_answers_sequence_numbers_and_uid_search_uids(
     assert out == b"".join([b"* SEARCH", *(b" %d" % UIDS[s - 1] for s in seqs), b"\r\n"])
 
 
-def test_search_only_reports_messages_the_client_knows(mailbox: Harness) -> None:
+def test_search_only_reports_messages_the_client_knows(mailbox: SessionDriver) -> None:
     """RFC 3501 §7.4.1/§5.2: a message that arrived since the last EXISTS has no sequence
     number yet, so SEARCH leaves it out; the EXISTS follows the answer."""
     mailbox.add(LATE)
@@ -333,7 +327,7 @@ def test_search_only_reports_messages_the_client_knows(mailbox: Harness) -> None
     assert out.startswith(b"* SEARCH 7\r\n* 6 EXISTS\r\n")
 
 
-def test_esearch_min_max_count_all(mailbox: Harness) -> None:
+def test_esearch_min_max_count_all(mailbox: SessionDriver) -> None:
     """RFC 4731 §3.1: ``* ESEARCH (TAG "t")`` with the requested return data; ALL is a
     compact sequence set."""
     out, _ = mailbox.call(b"t1 SEARCH RETURN (MIN MAX COUNT ALL) UNSEEN")
@@ -342,14 +336,14 @@ def test_esearch_min_max_count_all(mailbox: Harness) -> None:
     assert out == b'* ESEARCH (TAG "t2") COUNT 4\r\n'
 
 
-def test_uid_esearch_marks_uid_and_empty_return_means_all(mailbox: Harness) -> None:
+def test_uid_esearch_marks_uid_and_empty_return_means_all(mailbox: SessionDriver) -> None:
     """RFC 4731 §3.1: ``RETURN ()`` is ALL; UID SEARCH adds the UID indicator and
     answers UIDs."""
     out, _ = mailbox.call(b"t3 UID SEARCH RETURN () UNSEEN")
     assert out == b'* ESEARCH (TAG "t3") UID ALL 3:4,6:7\r\n'
 
 
-def test_esearch_without_matches(mailbox: Harness) -> None:
+def test_esearch_without_matches(mailbox: SessionDriver) -> None:
     """RFC 4731 §3.1: with no match MIN, MAX and ALL are left out; COUNT is 0."""
     out, _ = mailbox.call(b"t4 SEARCH RETURN (MIN MAX COUNT ALL) SUBJECT nothing-like-this")
     assert out == b'* ESEARCH (TAG "t4") COUNT 0\r\n'
@@ -357,7 +351,7 @@ def test_esearch_without_matches(mailbox: Harness) -> None:
     assert out == b'* ESEARCH (TAG "t5") UID\r\n'
 
 
-def test_search_modseq_returns_the_highest_modseq(mailbox: Harness) -> None:
+def test_search_modseq_returns_the_highest_modseq(mailbox: SessionDriver) -> None:
     """RFC 7162 §3.1.5: with a MODSEQ key the answer ends with ``(MODSEQ n)``, the
     highest mod-sequence of the messages found; none found → plain ``* SEARCH``."""
     box = mailbox.mailbox().id
@@ -388,7 +382,7 @@ def test_imapclient_store_and_search(server: ServerHandle) -> None:
     it parses from our FETCH answers and the UIDs it parses from SEARCH."""
     for n in range(1, 4):
         server.append(raw=plain(n))
-    client = imapclient_for(server)
+    client = server.imapclient()
     try:
         client.select_folder("INBOX")
         assert client.add_flags([1, 3], [b"\\Flagged", b"$Work"]) == {
@@ -407,7 +401,7 @@ def test_imapclient_reads_search_modseq(server: ServerHandle) -> None:
     """RFC 7162 §3.1.5: imapclient exposes the ``(MODSEQ n)`` of a SEARCH answer."""
     server.append(raw=plain(1))
     server.append(raw=plain(2))
-    client = imapclient_for(server)
+    client = server.imapclient()
     try:
         client.select_folder("INBOX")
         client.add_flags([2], [b"\\Seen"])

@@ -18,7 +18,7 @@ from gateway.app.metrics import CONTENT_TYPE, GatewayMetrics, LagMonitor, metric
 from gateway.imap.states import COMMANDS, State
 from gateway.pop3.errors import LoginFailed
 from gateway.pop3.fetcher import FetchResult
-from tests.imap_helpers import on_reactor, reactor, running_server
+from gateway.testing.imapclient import global_reactor, on_reactor, running_server
 
 SAMPLE_LINE = re.compile(
     r"^[a-zA-Z_:][a-zA-Z0-9_:]*"  # metric name
@@ -333,6 +333,7 @@ def test_reactor_lag_is_how_late_the_probe_ran():
 @contextmanager
 def serving(m: GatewayMetrics) -> Iterator[str]:
     """The metrics site on a loopback port of the real reactor; yields its base URL."""
+    reactor = global_reactor()
     port = on_reactor(lambda: reactor.listenTCP(0, metrics_site(m, reactor), interface="127.0.0.1"))
     try:
         yield f"http://127.0.0.1:{port.getHost().port}"

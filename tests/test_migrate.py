@@ -18,7 +18,6 @@ from gateway.pop3.fetcher import fetch_once
 from gateway.security.passwords import hash_password
 from gateway.store.sqlite import SQLiteStore
 from gateway.testing.fakepop3 import FakePOP3Server
-from gateway.testing.reactor_thread import ReactorThread
 
 # Exactly what fetchmail wrote for user alice on 127.0.0.1 (three messages, keep mode).
 FETCHIDS = (
@@ -117,7 +116,7 @@ def test_import_refuses_an_unknown_upstream_or_unreadable_file(setup, tmp_path, 
 
 
 def test_after_import_a_fetch_takes_only_the_messages_the_old_fetcher_never_saw(
-    setup, tmp_path
+    rt, setup, tmp_path
 ) -> None:
     config, state = setup
     server = FakePOP3Server(
@@ -127,7 +126,6 @@ def test_after_import_a_fetch_takes_only_the_messages_the_old_fetcher_never_saw(
     )
     (tmp_path / "oldmail-127.0.0.1-110-u").write_bytes(b"old-1\x001\nold-2\x001\n")
     assert run_import(str(config), "isp", str(tmp_path / "oldmail-127.0.0.1-110-u")) == 0
-    rt = ReactorThread.shared(global_reactor)
     port = rt.call(server.listen, global_reactor)
     store = rt.call(SQLiteStore, state / "popgate.sqlite3")
     try:

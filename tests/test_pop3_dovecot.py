@@ -24,11 +24,6 @@ USER, PASSWORD = "alice", "secret"
 MESSAGES = 50
 
 
-@pytest.fixture(scope="module")
-def rt() -> ReactorThread:
-    return ReactorThread.shared(global_reactor)
-
-
 @pytest.fixture
 def store(rt: ReactorThread, tmp_path: Path) -> Iterator[Any]:
     s = rt.call(SQLiteStore, tmp_path / "store.db")

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from gateway.store.interfaces import NewMessage
-from tests.imap_helpers import USER, RawClient, ServerHandle, message, running_server
+from gateway.testing.imapclient import USER, RawClient, ServerHandle, running_server
+from gateway.testing.messages import message
 
 MESSAGES = 10_000
 BULK = 1_000
@@ -49,7 +50,7 @@ def fill(server: ServerHandle, count: int) -> None:
     def run() -> None:
         for start in range(0, count, BULK):
             batch = [
-                NewMessage(message(f"bulk {i}", body=f"Message number {i}."))
+                NewMessage(message(f"bulk {i}", body=f"Message number {i}.\r\n"))
                 for i in range(start, min(count, start + BULK))
             ]
             server.store.append_many(box, batch)

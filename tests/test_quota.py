@@ -17,8 +17,9 @@ from gateway.pop3.fetcher import fetch_once
 from gateway.store.interfaces import INBOX, Delivery, OverQuota
 from gateway.store.sqlite import SQLiteStore
 from gateway.testing.fakepop3 import FakePOP3Server
+from gateway.testing.imapclient import RawClient, ServerHandle, running_server, tagged_line
+from gateway.testing.messages import message
 from gateway.testing.reactor_thread import ReactorThread
-from tests.imap_helpers import RawClient, ServerHandle, message, running_server
 
 PASSWORDS = {"alice": "alice-password", "bob": "bob-password", "carol": "carol-password"}
 MESSAGE = message(subject="quota")
@@ -39,16 +40,6 @@ def server(tmp_path: Path) -> Iterator[ServerHandle]:
         yield handle
 
 
-def login(server: ServerHandle, user: str) -> RawClient:
-    client = server.connect()
-    client.login(user, PASSWORDS[user])
-    return client
-
-
-def last(reply: bytes) -> bytes:
-    return reply.rstrip(b"\r\n").split(b"\r\n")[-1]
-
-
 def append(client: RawClient, tag: str, mailbox: str) -> bytes:
     client.send(b'%s APPEND "%s" {%d+}\r\n%s\r\n' % (tag.encode(), mailbox.encode(), SIZE, MESSAGE))
     return client.read_until_tagged(tag)
@@ -60,8 +51,8 @@ def test_capability_announces_quota(server: ServerHandle) -> None:
 
 
 def test_getquotaroot_reports_personal_and_shared_roots(server: ServerHandle) -> None:
-    with login(server, "alice") as alice:
-        assert last(append(alice, "a", "INBOX")).startswith(b"a OK")
+    with server.login("alice") as alice:
+        assert tagged_line(append(alice, "a", "INBOX")).startswith(b"a OK")
         reply = alice.command("q", "GETQUOTAROOT INBOX")
         used = (SIZE + 1023) // 1024
         assert (
@@ -75,25 +66,27 @@ def test_getquotaroot_reports_personal_and_shared_roots(server: ServerHandle) ->
 
 
 def test_no_quota_means_no_root_and_unknown_roots_do_not_exist(server: ServerHandle) -> None:
-    with login(server, "bob") as bob, login(server, "carol") as carol:
+    with server.login("bob") as bob, server.login("carol") as carol:
         assert b'* QUOTAROOT "INBOX"\r\n' in bob.command("q", "GETQUOTAROOT INBOX")
-        assert last(bob.command("g", 'GETQUOTA ""')).startswith(b"g NO [NONEXISTENT]")
-        assert last(carol.command("g", 'GETQUOTA "Shared/family"')).startswith(b"g NO")
-        assert last(carol.command("r", 'GETQUOTAROOT "Shared/family"')).startswith(b"r NO")
-        assert last(bob.command("g", 'GETQUOTA "alice"')).startswith(b"g NO")
+        assert tagged_line(bob.command("g", 'GETQUOTA ""')).startswith(b"g NO [NONEXISTENT]")
+        assert tagged_line(carol.command("g", 'GETQUOTA "Shared/family"')).startswith(b"g NO")
+        assert tagged_line(carol.command("r", 'GETQUOTAROOT "Shared/family"')).startswith(b"r NO")
+        assert tagged_line(bob.command("g", 'GETQUOTA "alice"')).startswith(b"g NO")
 
 
 def test_append_copy_over_quota_get_overquota_and_store_nothing(server: ServerHandle) -> None:
-    with login(server, "alice") as alice:
+    with server.login("alice") as alice:
         for i in range(3):
-            assert last(append(alice, f"a{i}", "INBOX")).startswith(b"a")
-        assert last(append(alice, "x", "INBOX")) == b"x NO [OVERQUOTA] Quota exceeded"
+            assert tagged_line(append(alice, f"a{i}", "INBOX")).startswith(b"a")
+        assert tagged_line(append(alice, "x", "INBOX")) == b"x NO [OVERQUOTA] Quota exceeded"
         alice.command("s", "SELECT INBOX")
-        assert last(alice.command("c", "COPY 1 Archive")) == b"c NO [OVERQUOTA] Quota exceeded"
+        assert (
+            tagged_line(alice.command("c", "COPY 1 Archive")) == b"c NO [OVERQUOTA] Quota exceeded"
+        )
         # A move inside the same quota root does not add anything: allowed at the limit.
-        assert last(alice.command("m", "MOVE 1 Archive")).startswith(b"m OK")
+        assert tagged_line(alice.command("m", "MOVE 1 Archive")).startswith(b"m OK")
         # Into the shared tree (its own, larger quota) a copy is fine.
-        assert last(alice.command("k", 'COPY 1 "Shared/family"')).startswith(b"k OK")
+        assert tagged_line(alice.command("k", 'COPY 1 "Shared/family"')).startswith(b"k OK")
         reply = alice.command("q", "STATUS INBOX (MESSAGES)")
         assert re.search(rb"MESSAGES 2\)", reply)
 
@@ -111,10 +104,11 @@ def test_delivery_guard_refuses_over_quota_and_writes_nothing(tmp_path: Path) ->
         assert guard.deliver("bob", INBOX, Delivery("isp", "3", MESSAGE)) == 1
 
 
-def test_fetched_mail_over_quota_is_held_on_the_server_and_fetched_later(tmp_path: Path) -> None:
+def test_fetched_mail_over_quota_is_held_on_the_server_and_fetched_later(
+    rt: ReactorThread, tmp_path: Path
+) -> None:
     """The pass fails visibly (OverQuota); nothing is deleted upstream even with
     keep_on_server = false; with room again the same messages arrive."""
-    rt = ReactorThread.shared(global_reactor)
     messages = [message(subject=f"held {i}") for i in range(3)]
     pop = FakePOP3Server("fam", "pw", messages=messages)
     port = rt.call(pop.listen, global_reactor)

@@ -13,7 +13,8 @@ import pytest
 import structlog
 
 from gateway.store.interfaces import Delivery
-from tests.imap_helpers import USER, RawClient, ServerHandle, message, running_server
+from gateway.testing.imapclient import USER, RawClient, ServerHandle, running_server
+from gateway.testing.messages import message
 
 
 @pytest.fixture

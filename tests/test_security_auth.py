@@ -12,8 +12,7 @@ from twisted.internet import task
 
 from gateway.imap.policy import IMAPLimits
 from gateway.security.penalty import AuthPenalty, PenaltySettings, source_key
-from tests.imap_helpers import PASSWORD, USER, RawClient, ServerHandle
-from tests.security_helpers import pending_delays, serving, wait_until
+from gateway.testing.imapclient import PASSWORD, USER, RawClient, ServerHandle, running_server
 
 IP = "198.51.100.7"
 FAILED = b"NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
@@ -85,7 +84,7 @@ def _login_delay(server: ServerHandle) -> float:
     """The single pending login delay (the other pending call is the autologout timer,
     which is at least the pre-login timeout away)."""
     limit = server.factory.limits.prelogin_timeout
-    delays = [d for d in pending_delays(server) if d < limit]
+    delays = [d for d in server.pending_delays() if d < limit]
     assert len(delays) == 1, delays
     return delays[0]
 
@@ -106,7 +105,9 @@ def test_failed_logins_are_answered_after_a_doubling_delay(tmp_path: Path) -> No
     """The NO comes only when the fake clock reaches 2, 4, 8, 15, 15 s; the reply and
     the delay are the same for an unknown user as for a wrong password; a success
     resets the delay."""
-    with serving(tmp_path, penalty=PenaltySettings(ip_budget=0)) as server:
+    with running_server(
+        tmp_path, scrypt=True, fake_clock=True, penalty=PenaltySettings(ip_budget=0)
+    ) as server:
         penalty = server.factory.penalty
         assert penalty is not None
         with server.connect() as client:
@@ -115,7 +116,7 @@ def test_failed_logins_are_answered_after_a_doubling_delay(tmp_path: Path) -> No
             for i in range(5):
                 user = USER if i % 2 else "nobody"
                 client.send(f"t{i} LOGIN {user} wrong\r\n".encode())
-                wait_until(server, lambda n=i: penalty.failures("127.0.0.1") == n + 1, "failure")
+                server.wait_until(lambda n=i: penalty.failures("127.0.0.1") == n + 1, "failure")
                 delay = _login_delay(server)
                 seen.append(delay)
                 assert _no_reply_yet(client)
@@ -128,19 +129,21 @@ def test_failed_logins_are_answered_after_a_doubling_delay(tmp_path: Path) -> No
         with server.connect() as client:
             client.greeting()
             client.send(b"x LOGIN alice wrong\r\n")
-            wait_until(server, lambda: penalty.failures("127.0.0.1") == 1, "failure")
+            server.wait_until(lambda: penalty.failures("127.0.0.1") == 1, "failure")
             assert _login_delay(server) == 2.0
 
 
 def test_authenticate_plain_failures_are_delayed_too(tmp_path: Path) -> None:
-    with serving(tmp_path, penalty=PenaltySettings()) as server:
+    with running_server(
+        tmp_path, scrypt=True, fake_clock=True, penalty=PenaltySettings()
+    ) as server:
         penalty = server.factory.penalty
         assert penalty is not None
         with server.connect() as client:
             client.greeting()
             ir = base64.b64encode(f"\0{USER}\0wrong".encode()).decode()
             client.send(f"a AUTHENTICATE PLAIN {ir}\r\n".encode())
-            wait_until(server, lambda: penalty.failures("127.0.0.1") == 1, "failure")
+            server.wait_until(lambda: penalty.failures("127.0.0.1") == 1, "failure")
             assert _login_delay(server) == 2.0
             server.advance(2.0)
             assert client.read_line() == b"a " + FAILED
@@ -152,20 +155,20 @@ def test_spent_budget_refuses_even_the_right_password_until_the_window_passes(
     """RFC 5530 UNAVAILABLE: after the source's budget of failures, logins are refused
     unchecked (after the current delay); a quiet window later they work again."""
     settings = PenaltySettings(ip_budget=2, window=300.0)
-    with serving(tmp_path, penalty=settings) as server:
+    with running_server(tmp_path, scrypt=True, fake_clock=True, penalty=settings) as server:
         penalty = server.factory.penalty
         assert penalty is not None
         with server.connect() as client:
             client.greeting()
             for i in range(2):
                 client.send(f"f{i} LOGIN {USER} wrong\r\n".encode())
-                wait_until(server, lambda n=i: penalty.failures("127.0.0.1") == n + 1, "fail")
+                server.wait_until(lambda n=i: penalty.failures("127.0.0.1") == n + 1, "fail")
                 server.advance(_login_delay(server))
                 assert client.read_line() == f"f{i} ".encode() + FAILED
             client.send(f"r LOGIN {USER} {PASSWORD}\r\n".encode())
             clock = server.clock
             assert clock is not None
-            wait_until(server, lambda: len(clock.getDelayedCalls()) == 2, "refusal delay")
+            server.wait_until(lambda: len(clock.getDelayedCalls()) == 2, "refusal delay")
             server.advance(_login_delay(server))
             assert client.read_line() == (
                 b"r NO [UNAVAILABLE] Too many failed logins; try again later\r\n"
@@ -179,7 +182,7 @@ def test_connection_limit_per_user_and_address(tmp_path: Path) -> None:
     """The (user, address) limit answers the extra login NO [LIMIT]; closing one
     connection frees its slot."""
     limits = IMAPLimits(max_connections_per_user_ip=2)
-    with serving(tmp_path, limits=limits, fake_clock=False) as server:
+    with running_server(tmp_path, scrypt=True, limits=limits) as server:
         first, second, third = server.connect(), server.connect(), server.connect()
         try:
             first.login()
@@ -193,7 +196,7 @@ def test_connection_limit_per_user_and_address(tmp_path: Path) -> None:
             )
             first.command("bye", "LOGOUT")
             first.read_to_eof()
-            wait_until(server, lambda: len(server.factory.protocols) == 2, "first to go")
+            server.wait_until(lambda: len(server.factory.protocols) == 2, "first to go")
             assert third.command("y", f"LOGIN {USER} {PASSWORD}").startswith(b"y OK")
         finally:
             for client in (first, second, third):
@@ -202,7 +205,7 @@ def test_connection_limit_per_user_and_address(tmp_path: Path) -> None:
 
 def test_connection_limit_per_address_says_bye(tmp_path: Path) -> None:
     limits = IMAPLimits(max_connections_per_ip=2)
-    with serving(tmp_path, limits=limits, fake_clock=False) as server:
+    with running_server(tmp_path, scrypt=True, limits=limits) as server:
         kept = [server.connect(), server.connect()]
         try:
             for client in kept:
@@ -210,7 +213,7 @@ def test_connection_limit_per_address_says_bye(tmp_path: Path) -> None:
             with server.connect() as extra:
                 assert extra.read_to_eof() == b"* BYE Too many connections from your address\r\n"
             kept[0].close()
-            wait_until(server, lambda: len(server.factory.protocols) == 1, "a slot to free")
+            server.wait_until(lambda: len(server.factory.protocols) == 1, "a slot to free")
             with server.connect() as again:
                 assert again.greeting().startswith(b"* OK")
         finally:
@@ -221,7 +224,7 @@ def test_connection_limit_per_address_says_bye(tmp_path: Path) -> None:
 def test_prelogin_and_postlogin_timeouts(tmp_path: Path) -> None:
     """RFC 3501 §5.4: the pre-login timer is short, the logged-in one at least 30 min."""
     limits = IMAPLimits(prelogin_timeout=60.0, idle_timeout=1800.0)
-    with serving(tmp_path, limits=limits) as server:
+    with running_server(tmp_path, scrypt=True, fake_clock=True, limits=limits) as server:
         with server.connect() as idle:
             idle.greeting()
             server.advance(60)

@@ -11,8 +11,8 @@ import pytest
 
 from gateway.imap.policy import IMAPLimits
 from gateway.imap.server import IMAPServerProtocol
-from tests.imap_helpers import RawClient, ServerHandle, message
-from tests.security_helpers import serving, wait_until
+from gateway.testing.imapclient import RawClient, ServerHandle, running_server
+from gateway.testing.messages import message
 
 CAPS = IMAPLimits(
     max_line_length=1024,
@@ -26,7 +26,7 @@ CAPS = IMAPLimits(
 
 @pytest.fixture
 def capped(tmp_path: Path):
-    with serving(tmp_path, limits=CAPS, fake_clock=False) as server:
+    with running_server(tmp_path, scrypt=True, limits=CAPS) as server:
         server.append(raw=message())
         yield server
 
@@ -74,7 +74,7 @@ def test_too_many_literals_in_one_command(selected: RawClient) -> None:
 
 def test_search_program_too_large_for_the_store(tmp_path: Path) -> None:
     """The store's bound on a search program (500 keys) is NO [LIMIT], not a server bug."""
-    with serving(tmp_path, fake_clock=False) as server:
+    with running_server(tmp_path, scrypt=True) as server:
         server.append(raw=message())
         with server.connect() as client:
             client.login()
@@ -105,7 +105,7 @@ def test_oversized_nonsynchronizing_literal_is_bye(capped: ServerHandle) -> None
 def test_pipelined_commands_beyond_the_fairness_cap_each_get_one_reply(tmp_path: Path) -> None:
     """500 pipelined commands with a cap of 5 per reactor turn: all answered, in order,
     exactly once."""
-    with serving(tmp_path, limits=IMAPLimits(max_pipelined_commands=5), fake_clock=False) as s:
+    with running_server(tmp_path, scrypt=True, limits=IMAPLimits(max_pipelined_commands=5)) as s:
         with s.connect() as client:
             client.login()
             client.send(b"".join(b"p%d NOOP\r\n" % i for i in range(500)))
@@ -140,14 +140,16 @@ def _read_until(client: RawClient, marker: bytes) -> bytes:
 def test_slowloris_is_cut_off_by_the_prelogin_timeout(tmp_path: Path) -> None:
     """Bytes that never make a command do not keep a connection alive: the pre-login
     timer counts from the last complete command."""
-    with serving(tmp_path, limits=IMAPLimits(prelogin_timeout=60.0)) as server:
+    with running_server(
+        tmp_path, scrypt=True, fake_clock=True, limits=IMAPLimits(prelogin_timeout=60.0)
+    ) as server:
         with server.connect() as client:
             client.greeting()
             client.send(b"a NOO")
-            wait_until(server, lambda: _protocol(server).parser.buffered_size == 5, "bytes")
+            server.wait_until(lambda: _protocol(server).parser.buffered_size == 5, "bytes")
             server.advance(59)
             client.send(b"P")
-            wait_until(server, lambda: _protocol(server).parser.buffered_size == 6, "bytes")
+            server.wait_until(lambda: _protocol(server).parser.buffered_size == 6, "bytes")
             server.advance(1)
             assert client.read_to_eof() == b"* BYE Autologout; idle for too long\r\n"
 
@@ -160,7 +162,7 @@ def test_client_that_never_reads_keeps_server_buffers_bounded(tmp_path: Path) ->
     limits = IMAPLimits(max_buffered_input=64 * 1024)
     body = b"y" * (1024 * 1024 - 2) + b"\r\n"
     count = 16
-    with serving(tmp_path, limits=limits, fake_clock=False) as server:
+    with running_server(tmp_path, scrypt=True, limits=limits) as server:
         for i in range(count):
             server.append(raw=message(subject=f"big{i}", body=body.decode()))
         client = RawClient(server.port)
@@ -168,7 +170,7 @@ def test_client_that_never_reads_keeps_server_buffers_bounded(tmp_path: Path) ->
             client.login()
             client.command("s", "SELECT INBOX")
             client.send(b"f FETCH 1:* BODY.PEEK[]\r\n")
-            wait_until(server, lambda: _protocol(server)._output_paused, "the producer to pause")
+            server.wait_until(lambda: _protocol(server)._output_paused, "the producer to pause")
             flood = b"".join(b"n%d NOOP\r\n" % i for i in range(40_000))
             client.sock.setblocking(False)
             sent = 0
@@ -180,8 +182,7 @@ def test_client_that_never_reads_keeps_server_buffers_bounded(tmp_path: Path) ->
             client.sock.setblocking(True)
             client.sock.settimeout(20.0)
             assert sent > limits.max_buffered_input * 2
-            wait_until(
-                server,
+            server.wait_until(
                 lambda: _protocol(server)._reading_paused
                 or _protocol(server).parser.buffered_size >= sent,
                 "input to stop or to be all read",

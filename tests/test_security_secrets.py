@@ -27,10 +27,9 @@ from gateway.app import config as configmod
 from gateway.app.storage import prepare_state_dir
 from gateway.security.passwords import hash_password
 from gateway.testing.gateway_proc import GatewayProcess
+from gateway.testing.imapclient import PASSWORD, USER, ensure_reactor, running_server
 from gateway.testing.ports import free_port
 from gateway.testing.tlsca import CA
-from tests.imap_helpers import PASSWORD, USER, ensure_reactor
-from tests.security_helpers import serving
 
 
 def _forms(secret: str, user: str = USER) -> list[str]:
@@ -41,7 +40,7 @@ def _forms(secret: str, user: str = USER) -> list[str]:
 
 def test_no_password_in_captured_logs_or_replies(tmp_path: Path) -> None:
     wrong = "wrong-Passw0rd-xyzzy"
-    with structlog.testing.capture_logs() as events, serving(tmp_path, fake_clock=False) as s:
+    with structlog.testing.capture_logs() as events, running_server(tmp_path, scrypt=True) as s:
         with s.connect() as client:
             client.greeting()
             replies = client.command("a", f"LOGIN {USER} {wrong}")

@@ -16,9 +16,8 @@ from OpenSSL import SSL
 
 from gateway.imap.policy import ListenerPolicy
 from gateway.security.tls import TLS12_CIPHERS, ServerTLS, TLSConfigError, TLSFiles, build_context
+from gateway.testing.imapclient import PASSWORD, USER, RawClient, running_server
 from gateway.testing.tlsca import CA
-from tests.imap_helpers import PASSWORD, USER, RawClient
-from tests.security_helpers import serving
 
 
 @pytest.fixture
@@ -41,7 +40,9 @@ def test_login_refused_before_starttls_on_a_network_listener(
     """RFC 3501 §6.2.3 / §7.2.1: a listener not marked loopback announces STARTTLS and
     LOGINDISABLED, no AUTH=PLAIN, and refuses LOGIN and AUTHENTICATE PLAIN in clear."""
     policy = ListenerPolicy(plaintext_auth=False)
-    with serving(tmp_path, policy=policy, tls=ServerTLS(certs)) as server:
+    with running_server(
+        tmp_path, scrypt=True, fake_clock=True, policy=policy, tls_context_factory=ServerTLS(certs)
+    ) as server:
         with server.connect() as client:
             greeting = client.greeting()
             assert b" STARTTLS LOGINDISABLED " in greeting and b"AUTH=PLAIN" not in greeting
@@ -59,7 +60,9 @@ def test_starttls_then_login_works(tmp_path: Path, certs: TLSFiles, tls_ca: CA) 
     """After STARTTLS (RFC 3501 §6.2.1) the capabilities drop STARTTLS/LOGINDISABLED,
     offer AUTH=PLAIN, and LOGIN succeeds; TLS 1.2+ is negotiated."""
     policy = ListenerPolicy(plaintext_auth=False)
-    with serving(tmp_path, policy=policy, tls=ServerTLS(certs)) as server:
+    with running_server(
+        tmp_path, scrypt=True, fake_clock=True, policy=policy, tls_context_factory=ServerTLS(certs)
+    ) as server:
         with server.connect() as client:
             client.greeting()
             assert client.command("a", "STARTTLS") == b"a OK Begin TLS negotiation now\r\n"
@@ -78,7 +81,9 @@ def test_imaps_with_imaplib_ssl_against_the_test_ca(
     """IMAPS (RFC 8314 §3.3): imaplib.IMAP4_SSL verifies the certificate against the
     private CA and logs in; no STARTTLS or LOGINDISABLED is offered on it."""
     policy = ListenerPolicy(implicit_tls=True, plaintext_auth=False)
-    with serving(tmp_path, policy=policy, tls=ServerTLS(certs), fake_clock=False) as server:
+    with running_server(
+        tmp_path, scrypt=True, policy=policy, tls_context_factory=ServerTLS(certs)
+    ) as server:
         imap = imaplib.IMAP4_SSL("localhost", server.port, ssl_context=tls_ca.client_context())
         try:
             assert "STARTTLS" not in imap.capabilities
@@ -97,7 +102,9 @@ def test_tls_policy_refuses_old_versions_and_weak_ciphers(
     """RFC 8996 / RFC 9325: TLS 1.1 is refused; a TLS 1.2 client gets an ECDHE AEAD
     suite from our list and no compression."""
     policy = ListenerPolicy(implicit_tls=True)
-    with serving(tmp_path, policy=policy, tls=ServerTLS(certs), fake_clock=False) as server:
+    with running_server(
+        tmp_path, scrypt=True, policy=policy, tls_context_factory=ServerTLS(certs)
+    ) as server:
         old = tls_ca.client_context()
         old.minimum_version = ssl.TLSVersion.TLSv1
         old.maximum_version = ssl.TLSVersion.TLSv1_1
@@ -136,7 +143,9 @@ def test_reload_serves_the_new_certificate_to_new_connections_only(
     server_tls = ServerTLS(certs)
     policy = ListenerPolicy(implicit_tls=True)
     context = tls_ca.client_context()
-    with serving(tmp_path, policy=policy, tls=server_tls, fake_clock=False) as server:
+    with running_server(
+        tmp_path, scrypt=True, policy=policy, tls_context_factory=server_tls
+    ) as server:
         old = RawClient(server.port)
         old.start_tls(context)
         old.greeting()
@@ -236,8 +245,8 @@ def test_service_wires_starttls_imaps_and_logindisabled(
     LOGINDISABLED and STARTTLS works on it; the IMAPS listener speaks TLS at once."""
     from gateway.app import config
     from gateway.app.service import build_service
+    from gateway.testing.imapclient import ensure_reactor
     from gateway.testing.ports import free_port
-    from tests.imap_helpers import ensure_reactor
 
     plain, implicit = free_port(), free_port()
     tls = f'[tls]\ncert_file = "{certs.cert_file}"\nkey_file = "{certs.key_file}"\n'

@@ -10,8 +10,8 @@ from pathlib import Path
 from gateway.app import config
 from gateway.app.service import build_service, password_threads
 from gateway.security.passwords import hash_password
+from gateway.testing.imapclient import ensure_reactor
 from gateway.testing.ports import free_port
-from tests.imap_helpers import ensure_reactor
 
 
 def _config(tmp_path: Path) -> Path:

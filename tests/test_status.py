@@ -6,12 +6,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 import structlog
 from twisted.internet import reactor as global_reactor
 from twisted.internet import task
@@ -22,7 +19,6 @@ from gateway.app.status import StatusSource, duration, render, upstream_state
 from gateway.cli import main as cli
 from gateway.imap.states import State
 from gateway.pop3.poller import PollerHealth
-from gateway.testing.reactor_thread import ReactorThread
 
 
 def session(state: State, user: str | None = None) -> SimpleNamespace:
@@ -211,19 +207,7 @@ def test_durations_read_naturally():
 # ---- the CLI over a real control socket ---------------------------------------------------
 
 
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    # AF_UNIX paths are limited to ~108 bytes: pytest's tmp_path can be longer.
-    d = Path(tempfile.mkdtemp(prefix="pgs-", dir="/tmp"))
-    os.chmod(d, 0o700)
-    yield d
-    for p in d.iterdir():
-        p.unlink()
-    d.rmdir()
-
-
-def test_cli_status_asks_the_running_gateway_over_the_control_socket(state_dir, capsys):
-    rt = ReactorThread.shared(global_reactor)
+def test_cli_status_asks_the_running_gateway_over_the_control_socket(rt, state_dir, capsys):
     src = source(global_reactor, state_dir)
     control = ControlService(state_dir / SOCKET_NAME, reactor=global_reactor)
     control.register("status", src.handle)

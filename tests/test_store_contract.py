@@ -8,8 +8,8 @@ checked against a brute-force Python evaluation of the same criteria tree
 
 from __future__ import annotations
 
-import base64
 import datetime
+import functools
 import random
 import tempfile
 from array import array
@@ -63,6 +63,7 @@ from gateway.store.memory import MemoryState, MemoryStore
 from gateway.store.rules import MAX_MAILBOX_DEPTH, MAX_MAILBOX_NAME_LENGTH
 from gateway.store.search import MAX_SEARCH_DEPTH, MAX_SEARCH_NODES
 from gateway.store.sqlite import SQLiteStore
+from gateway.testing.messages import message
 
 START = 1_700_000_000.0  # the fake clock's first reading (2023-11-14)
 SMALL_LIMIT = 4096  # max_message_size given to every store under test
@@ -154,36 +155,16 @@ def inbox(store: Store, user: str = "alice") -> int:
     return store.get_mailbox(user, INBOX).id
 
 
-def encoded(text: str) -> str:
-    """RFC 2047 encoded-word for non-ASCII header text."""
-    if text.isascii():
-        return text
-    return "=?utf-8?b?" + base64.b64encode(text.encode()).decode() + "?="
-
-
-def make_message(
-    subject: str | None = "Hello",
-    sender: str = "Alice <alice@example.com>",
-    to: str | None = "bob@example.org",
-    body: str = "Hi Bob,\r\nsee you.\r\n",
-    date: str | None = "Mon, 07 Feb 1994 21:52:25 -0800",
-    cc: str | None = None,
-) -> bytes:
-    lines = [f"From: {sender}"]
-    if to is not None:
-        lines.append(f"To: {to}")
-    if cc is not None:
-        lines.append(f"Cc: {cc}")
-    if subject is not None:
-        lines.append(f"Subject: {encoded(subject)}")
-    if date is not None:
-        lines.append(f"Date: {date}")
-    lines += [
-        "MIME-Version: 1.0",
-        "Content-Type: text/plain; charset=utf-8",
-        "Content-Transfer-Encoding: 8bit",
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+make_message = functools.partial(
+    message,
+    sender="Alice <alice@example.com>",
+    to="bob@example.org",
+    body="Hi Bob,\r\nsee you.\r\n",
+    date="Mon, 07 Feb 1994 21:52:25 -0800",
+    message_id=None,
+    mime=True,
+)
+"""The contract's message: MIME text/plain from Alice to Bob (keywords as for ``message``)."""
 
 
 def add(store: Store, mailbox_id: int, n: int, flags: tuple[str, ...] = ()) -> list[int]:

@@ -12,6 +12,7 @@ import pytest
 from gateway.store.interfaces import INBOX, Delivery, MessageTooLarge, Store
 from gateway.store.schema import MIGRATIONS, migrate
 from gateway.store.sqlite import SQLiteStore
+from gateway.testing.messages import message
 from tests.test_store_contract import SMALL_LIMIT, START, Backend, backend  # noqa: F401
 
 
@@ -21,7 +22,9 @@ def store(backend: Backend) -> Store:  # noqa: F811
 
 
 def msg(n: int, body: bytes = b"") -> bytes:
-    return b"Subject: m%d\r\nMessage-ID: <%d@x>\r\n\r\nbody %d %s\r\n" % (n, n, n, body)
+    return message(
+        f"m{n}", b"body %d %s\r\n" % (n, body), None, to=None, date=None, message_id=f"<{n}@x>"
+    )
 
 
 def d(upstream: str, uidl: str, raw: bytes) -> Delivery:

@@ -2,9 +2,9 @@
 through a thread pool against a real SQLite store: the path a backend with network round
 trips (PostgreSQL, issue 13) will take, exercised now.
 
-The reactor runs in a background thread (gateway.testing.reactor_thread.ReactorThread); a fetch pass
-is started on it with ``rt.call``, and each of its store calls is then made on a pool
-thread, its result coming back on the reactor thread.
+The reactor runs in a background thread (gateway.testing.reactor_thread.ReactorThread); a
+fetch pass is started on it with ``rt.call``, and each of its store calls is then made on a
+pool thread, its result coming back on the reactor thread.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from twisted.python.threadpool import ThreadPool
 
 from gateway.access.quota import DeliveryQuotaGuard, Quotas
 from gateway.pop3.errors import FetchError
-from gateway.pop3.fetcher import FetchResult, fetch_once
-from gateway.pop3.upstream import Upstream
+from gateway.pop3.fetcher import FetchResult
 from gateway.store.interfaces import (
     INBOX,
     Delivery,
@@ -30,22 +29,14 @@ from gateway.store.interfaces import (
     LedgerEntry,
     MailboxNotFound,
     OverQuota,
-    Store,
 )
 from gateway.store.memory import MemoryStore
 from gateway.store.runner import InlineRunner, StoreRunner, ThreadRunner, runner_for
 from gateway.store.sqlite import SQLiteStore
 from gateway.testing import samplemail
-from gateway.testing.fakepop3 import FakePOP3Server, normalize_message
+from gateway.testing.fakepop3 import normalize_message
+from gateway.testing.pop3fetch import OWNER, FetchHarness
 from gateway.testing.reactor_thread import ReactorThread
-
-USER, PASSWORD = "carol@isp.example.net", "s3cret pass"
-OWNER = "alice"
-
-
-@pytest.fixture(scope="module")
-def rt() -> ReactorThread:
-    return ReactorThread.shared(global_reactor)
 
 
 @pytest.fixture
@@ -185,8 +176,9 @@ class ThreadRecordingLedger:
         return self.base.ledger_entries(upstream)
 
 
-class ThreadedHarness:
-    """A FakePOP3Server and an SQLiteStore whose fetcher calls run on ``runner``'s pool.
+class ThreadedHarness(FetchHarness):
+    """A FakePOP3Server and an SQLiteStore whose fetcher calls run on ``runner``'s pool,
+    through a :class:`ThreadRecordingLedger` (``recording``) unless a pass is given another.
 
     The store is opened with ``check_same_thread=False``: the one-thread pool makes the
     fetcher's calls, the test reads the results once the pass is over."""
@@ -200,55 +192,21 @@ class ThreadedHarness:
         max_message_size: int = 1_000_000,
         **server_kw: Any,
     ) -> None:
-        self.rt = rt
-        self.runner = runner
-        self.server = FakePOP3Server(USER, PASSWORD, **server_kw)
-        self.store: Store = rt.call(
+        store = rt.call(
             lambda: SQLiteStore(
                 directory / "store.db", max_message_size=max_message_size, check_same_thread=False
             )
         )
-        self.ledger = ThreadRecordingLedger(self.store)
-        self.port = rt.call(self.server.listen, rt.reactor)
+        super().__init__(rt, directory, store=store, runner=runner, **server_kw)
+        self.own_store = True
+        self.recording = ThreadRecordingLedger(store)
+        self.listen()
 
-    def upstream(self, **overrides: Any) -> Upstream:
-        settings: dict[str, Any] = dict(
-            name="isp",
-            owner=OWNER,
-            host="127.0.0.1",
-            port=self.port.getHost().port,
-            tls="none",
-            username=USER,
-            password=PASSWORD,
-            timeout=10.0,
-        )
-        settings.update(overrides)
-        return Upstream(**settings)
-
-    def fetch(self, ledger: Ledger | None = None, **overrides: Any) -> FetchResult:
-        try:
-            return self.rt.call(
-                fetch_once,
-                self.upstream(**overrides),
-                ledger if ledger is not None else self.ledger,
-                reactor=self.rt.reactor,
-                runner=self.runner,
-            )
-        finally:
-            self.rt.call(self.server.when_idle)
-
-    def inbox(self) -> list[bytes]:
-        def read() -> list[bytes]:
-            box = self.store.get_mailbox(OWNER, INBOX)
-            return [
-                self.store.message_bytes(box.id, r.uid) for r in self.store.message_rows(box.id)
-            ]
-
-        return self.rt.call(read)
-
-    def close(self) -> None:
-        self.rt.call(self.port.stopListening)
-        self.rt.call(self.store.close)
+    def fetch(
+        self, progress: Any = None, *, ledger: Ledger | None = None, **overrides: Any
+    ) -> FetchResult:
+        chosen = ledger if ledger is not None else self.recording
+        return super().fetch(progress, ledger=chosen, **overrides)
 
 
 @pytest.fixture
@@ -276,8 +234,8 @@ def test_threaded_fetch_stores_every_message_and_never_touches_the_store_on_the_
     assert result.fetched == 12 and result.errors == 0
     assert h.inbox() == [normalize_message(m) for m in messages]
     reactor_id = reactor_thread_id(rt)
-    assert h.ledger.calls and all(thread != reactor_id for _name, thread in h.ledger.calls)
-    assert [name for name, _t in h.ledger.calls] == ["known_uidls", "deliver_many"]
+    assert h.recording.calls and all(thread != reactor_id for _name, thread in h.recording.calls)
+    assert [name for name, _t in h.recording.calls] == ["known_uidls", "deliver_many"]
     # A second pass knows every UIDL (read through the pool too) and fetches nothing.
     assert h.fetch().fetched == 0
     assert len(h.inbox()) == 12
@@ -289,7 +247,7 @@ def test_threaded_fetch_deletes_upstream_only_after_the_commit(make: Any) -> Non
     result = h.fetch(keep_on_server=False)
     assert result.fetched == 5 and result.deleted == 5
     assert h.server.messages == []
-    names = [name for name, _t in h.ledger.calls]
+    names = [name for name, _t in h.recording.calls]
     # the deletion plan is read from the ledger after the batch committed
     assert names.index("deliver_many") < names.index("ledger_entries")
     assert len(h.inbox()) == 5
@@ -303,7 +261,7 @@ def test_threaded_fetch_retries_one_by_one_and_records_what_is_too_large(make: A
     h = make(messages=[small[0], big, small[1]], max_message_size=2000)
     result = h.fetch(max_message_size=1_000_000)  # the upstream's limit lets it through
     assert result.fetched == 2 and result.skipped == 1
-    names = [name for name, _t in h.ledger.calls]
+    names = [name for name, _t in h.recording.calls]
     assert names.count("deliver_many") == 4  # the batch, then each of its three messages
     assert "record_skipped" in names
     entries = {e.uidl: e.state for e in h.rt.call(h.store.ledger_entries, "isp")}

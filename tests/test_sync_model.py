@@ -31,7 +31,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from gateway.store.interfaces import Delivery
-from tests.imap_helpers import USER, RawClient, ServerHandle, message, running_server
+from gateway.testing.imapclient import USER, RawClient, ServerHandle, running_server
+from gateway.testing.messages import message
 
 MAX_MESSAGES = 40
 """Appends stop once the INBOX holds this many, to keep each example small."""

@@ -31,12 +31,11 @@ from gateway.managesieve.server import (
     ManageSieveFactory,
     ManageSieveLimits,
 )
-from gateway.security.auth import PasswordTable
-from gateway.security.passwords import hash_password
 from gateway.security.penalty import AuthPenalty
 from gateway.store.memory_scripts import MemoryScriptStore
 from gateway.store.scripts import ScriptLimits
 from gateway.testing.dovecot import DEBIAN_LIBEXEC, Dovecot, DovecotNotInstalled, DovecotStartError
+from gateway.testing.imapclient import on_reactor, scrypt_table
 from gateway.testing.ports import LOOPBACK, free_port
 from gateway.testing.reactor_thread import ReactorThread
 from gateway.testing.tlsca import CA
@@ -149,7 +148,7 @@ def sieve_connect_binary() -> str | None:
 
 
 # ---- popgate's own ManageSieve server, in-process on a real loopback socket ---------------
-# (the same arrangement as tests/imap_helpers.py: one shared reactor thread; everything
+# (the same arrangement as gateway/testing/imapclient.py: one shared reactor thread; everything
 # touching Twisted or the store runs on it)
 
 
@@ -235,18 +234,6 @@ SOCKET_TIMEOUT = 20.0
 
 T = TypeVar("T")
 reactor: Any = _global_reactor
-_hashes: dict[str, str] = {}
-
-
-def on_reactor(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run ``fn`` on the shared reactor thread and wait for its (Deferred) result."""
-    return ReactorThread.shared(reactor).call(fn, *args, timeout=60.0, **kwargs)
-
-
-def _hash(password: str) -> str:
-    if password not in _hashes:
-        _hashes[password] = hash_password(password)
-    return _hashes[password]
 
 
 def _inline(call: Callable[[], Any]) -> Any:
@@ -294,7 +281,7 @@ def popgate_managesieve(
         store = MemoryScriptStore(script_limits)
         factory = ManageSieveFactory(
             store,
-            PasswordTable({name: _hash(pw) for name, pw in accounts.items()}),
+            scrypt_table(accounts),
             checker,
             reactor=reactor,
             run_blocking=_inline,

@@ -1,23 +1,26 @@
 """An in-process popgate IMAP server on a real loopback socket, and a raw client for
-exact-bytes tests.
+exact-bytes tests: the one socket-level IMAP driver of the test suites.
 
 How it runs (chosen for robustness with plain pytest, no pytest-twisted):
 
-* Twisted's global reactor runs in one daemon thread for the whole test process
+* A Twisted reactor runs in one daemon thread for the whole test process
   (:class:`gateway.testing.reactor_thread.ReactorThread`, shared with the other suites), started on
-  first use; a reactor cannot be restarted, so it is never stopped and the daemon
-  thread ends with the process.
+  first use; a reactor cannot be restarted, so it is never stopped and the daemon thread
+  ends with the process. The reactor is passed in; by default the global one.
 * Everything that touches Twisted objects or the store runs *on the reactor thread*,
-  through :meth:`ServerHandle.call`. :class:`SQLiteStore` is
-  single-threaded by design, and its change listeners must fire on the reactor thread
-  for IDLE pushes, so tests never call the store directly.
-* Each :func:`running_server` gets a fresh SQLite file in a temp dir, a
-  :class:`PasswordTable` with one user, and an :class:`IMAPServerFactory` listening on
-  127.0.0.1 port 0; on exit it stops listening, aborts remaining connections, waits for
-  them to go, and closes the store.
+  through :meth:`ServerHandle.call`. :class:`SQLiteStore` is single-threaded by design,
+  and its change listeners must fire on the reactor thread for IDLE pushes, so tests never
+  call the store directly.
+* Each :func:`running_server` gets a fresh SQLite file in the given directory, the user
+  table, and an :class:`IMAPServerFactory` listening on 127.0.0.1 port 0 (through a
+  :class:`ListenerFactory` when a listener policy is given, wrapped in TLS for IMAPS);
+  on exit it stops listening, aborts remaining connections, waits for them to go, and
+  closes the store.
 * Password checks go through :func:`thread_runner` (the production path: the reactor's
-  thread pool). Timers may use a ``task.Clock`` (``fake_clock=True``), advanced with
-  :meth:`ServerHandle.advance`; store-change notification always uses the real reactor.
+  thread pool) against :class:`gateway.testing.auth.CheapPasswords`, or against a real
+  scrypt :class:`PasswordTable` with ``scrypt=True`` (the security tests). Timers may use
+  a ``task.Clock`` (``fake_clock=True``), advanced with :meth:`ServerHandle.advance`;
+  store-change notification always uses the real reactor.
 
 :class:`RawClient` is a blocking socket client: send bytes, read lines until the tagged
 completion (literals inside responses are read whole). Its socket timeout is only a
@@ -26,28 +29,30 @@ safety net against a hung test, never an assertion about speed.
 
 from __future__ import annotations
 
+import imaplib
 import re
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from twisted.internet import reactor as _global_reactor
 from twisted.internet import task
-from twisted.internet.interfaces import IOpenSSLContextFactory
-from zope.interface import implementer
+from twisted.internet.defer import inlineCallbacks
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from gateway.imap.factory import IMAPServerFactory
-from gateway.imap.policy import IMAPLimits, thread_runner
-from gateway.security.auth import PasswordTable
+from gateway.imap.factory import IMAPServerFactory, ListenerFactory
+from gateway.imap.policy import IMAPLimits, ListenerPolicy, thread_runner
+from gateway.security.auth import Authenticator, PasswordTable
 from gateway.security.passwords import hash_password
+from gateway.security.penalty import AuthPenalty, PenaltySettings
 from gateway.store.sqlite import SQLiteStore
+from gateway.testing.auth import CheapPasswords
+from gateway.testing.messages import message
 from gateway.testing.reactor_thread import ReactorThread
-
-reactor: Any = _global_reactor
 
 HOST = "127.0.0.1"
 USER = "alice"
@@ -59,20 +64,31 @@ REACTOR_CALL_TIMEOUT = 60.0
 SHUTDOWN_POLLS = 200
 """Reactor turns (10 ms each) to wait for server connections to go at shutdown."""
 
+WAIT_LIMIT = 30.0
+"""Seconds :meth:`ServerHandle.wait_until` polls before failing (a safety net, not a
+speed claim)."""
+
 T = TypeVar("T")
 
 _hashes: dict[str, str] = {}
 
 
-def ensure_reactor() -> ReactorThread:
-    """The process-wide reactor thread (gateway.testing.reactor_thread.ReactorThread), started once;
-    shared with any other helper that runs the same reactor."""
-    return ReactorThread.shared(reactor)
+def global_reactor() -> Any:
+    """The global reactor, imported only when a caller passes none."""
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def ensure_reactor(reactor: Any = None) -> ReactorThread:
+    """The process-wide thread running ``reactor`` (default: the global one), started once
+    and shared with every other helper that runs the same reactor."""
+    return ReactorThread.shared(reactor if reactor is not None else global_reactor())
 
 
 def on_reactor(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run ``fn`` on the reactor thread and return its result (waiting for a Deferred);
-    a call that hangs fails after ``REACTOR_CALL_TIMEOUT`` seconds instead."""
+    """Run ``fn`` on the global reactor's thread and return its result (waiting for a
+    Deferred); a call that hangs fails after ``REACTOR_CALL_TIMEOUT`` seconds instead."""
     return ensure_reactor().call(fn, *args, timeout=REACTOR_CALL_TIMEOUT, **kwargs)
 
 
@@ -83,34 +99,14 @@ def password_hash(password: str) -> str:
     return _hashes[password]
 
 
-def message(
-    subject: str = "Hello", body: str = "Hi there.", sender: str = "bob@example.com"
-) -> bytes:
-    """A small RFC 5322 message."""
-    return (
-        f"From: {sender}\r\nTo: {USER}@example.com\r\nSubject: {subject}\r\n"
-        f"Date: Mon, 7 Feb 1994 21:52:25 -0800\r\nMessage-ID: <{subject}@example.com>\r\n"
-        f"\r\n{body}\r\n"
-    ).encode()
+def scrypt_table(accounts: Mapping[str, str]) -> PasswordTable:
+    """The product's authenticator over real scrypt hashes of ``accounts``."""
+    return PasswordTable({name: password_hash(pw) for name, pw in accounts.items()})
 
 
-@implementer(IOpenSSLContextFactory)
-class ServerTLSContext:
-    """A server-side TLS context factory (``getContext``) loaded from PEM files, for
-    ``tls_context_factory``; file loading avoids pyOpenSSL's deprecated X509/PKey objects."""
-
-    def __init__(self, cert_path: Path, key_path: Path) -> None:
-        from OpenSSL import SSL
-
-        context = SSL.Context(SSL.TLS_METHOD)
-        context.set_min_proto_version(SSL.TLS1_2_VERSION)
-        context.use_certificate_chain_file(str(cert_path))
-        context.use_privatekey_file(str(key_path))
-        context.check_privatekey()
-        self._context = context
-
-    def getContext(self) -> Any:
-        return self._context
+def tagged_line(reply: bytes) -> bytes:
+    """The tagged completion line of a command's reply (without its CRLF)."""
+    return reply.rstrip(b"\r\n").split(b"\r\n")[-1]
 
 
 @dataclass
@@ -119,6 +115,8 @@ class ServerHandle:
     store: SQLiteStore
     factory: IMAPServerFactory
     clock: task.Clock | None
+    passwords: Mapping[str, str] = field(default_factory=dict)
+    """The accounts the server accepts (name → password), for :meth:`login`."""
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return on_reactor(fn, *args, **kwargs)
@@ -138,8 +136,47 @@ class ServerHandle:
         assert self.clock is not None, "server was started without fake_clock"
         self.call(self.clock.advance, seconds)
 
+    def pending_delays(self) -> list[float]:
+        """Seconds until each pending fake-clock call (timeouts and login delays)."""
+        clock = self.clock
+        assert clock is not None, "server was started without fake_clock"
+
+        def read() -> list[float]:
+            now = clock.seconds()
+            return sorted(
+                round(c.getTime() - now, 6) for c in clock.getDelayedCalls() if c.active()
+            )
+
+        return self.call(read)
+
+    def wait_until(self, predicate: Callable[[], bool], what: str) -> None:
+        """Poll ``predicate`` on the reactor thread until it holds."""
+        deadline = time.monotonic() + WAIT_LIMIT
+        while not self.call(predicate):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"gave up waiting for {what}")
+            time.sleep(0.01)
+
     def connect(self) -> RawClient:
         return RawClient(self.port)
+
+    def login(self, user: str = USER) -> RawClient:
+        """A new connection, greeted and logged in as ``user``."""
+        client = self.connect()
+        client.login(user, self.passwords[user])
+        return client
+
+    def imaplib_client(self) -> imaplib.IMAP4:
+        """A standard-library ``imaplib.IMAP4`` connection, greeted, not logged in."""
+        return imaplib.IMAP4(HOST, self.port, timeout=SOCKET_TIMEOUT)
+
+    def imapclient(self, user: str = USER) -> Any:
+        """An ``imapclient.IMAPClient`` (the test extra) logged in as ``user``."""
+        from imapclient import IMAPClient
+
+        client = IMAPClient(HOST, port=self.port, ssl=False, timeout=SOCKET_TIMEOUT)
+        client.login(user, self.passwords[user])
+        return client
 
     def session_count(self) -> int:
         return self.call(lambda: len(self.factory.protocols))
@@ -157,13 +194,23 @@ def running_server(
     users: Mapping[str, str] | None = None,
     shared: Mapping[str, Iterable[str]] | None = None,
     quotas: Mapping[str, int] | None = None,
+    policy: ListenerPolicy | None = None,
+    penalty: PenaltySettings | None = None,
+    scrypt: bool = False,
 ) -> Iterator[ServerHandle]:
-    """A listening server for one test; see the module docstring. ``users`` (name →
-    password) are extra accounts; ``shared`` (household → members) configures shared
-    mailboxes as ``[shared.NAME]`` would."""
-    ensure_reactor()
+    """A listening server for one test; see the module docstring.
+
+    ``users`` (name → password) are accounts besides alice; ``shared`` (household →
+    members) configures shared mailboxes as ``[shared.NAME]`` would; ``quotas`` are
+    bytes by owner (``"alice"``, ``"shared:family"``). With ``policy`` the listener
+    applies it, and with ``policy.implicit_tls`` wraps every connection in TLS with
+    ``tls_context_factory`` (IMAPS). ``penalty`` turns the login penalty on. ``scrypt``
+    checks passwords with the product's scrypt table instead of the cheap one.
+    """
+    reactor = global_reactor()
+    ensure_reactor(reactor)
     accounts = {USER: PASSWORD, **(users or {})}
-    table = PasswordTable({name: password_hash(pw) for name, pw in accounts.items()})
+    table: Authenticator = scrypt_table(accounts) if scrypt else CheapPasswords(accounts)
     clock = task.Clock() if fake_clock else None
 
     def start() -> tuple[SQLiteStore, IMAPServerFactory, Any]:
@@ -179,25 +226,29 @@ def running_server(
             tls_context_factory=tls_context_factory,
             allow_plaintext_auth=allow_plaintext_auth,
             clock=clock,
+            penalty=AuthPenalty(clock or reactor, penalty) if penalty is not None else None,
         )
         if shared:
             factory.households.update(shared)
         if quotas:
-            factory.quotas.update(quotas)  # bytes by owner ("alice", "shared:family")
-        listening = reactor.listenTCP(0, factory, interface=HOST)
+            factory.quotas.update(quotas)
+        listener: Any = factory
+        if policy is not None:
+            listener = ListenerFactory(factory, policy)
+            if policy.implicit_tls:
+                listener = TLSMemoryBIOFactory(tls_context_factory, False, listener)
+        listening = reactor.listenTCP(0, listener, interface=HOST)
         return store, factory, listening
 
     store, factory, listening = on_reactor(start)
-    handle = ServerHandle(listening.getHost().port, store, factory, clock)
+    handle = ServerHandle(listening.getHost().port, store, factory, clock, accounts)
     try:
         yield handle
     finally:
-        on_reactor(_shutdown, listening, factory, store)
+        on_reactor(_shutdown, reactor, listening, factory, store)
 
 
-def _shutdown(listening: Any, factory: IMAPServerFactory, store: SQLiteStore) -> Any:
-    from twisted.internet.defer import inlineCallbacks
-
+def _shutdown(reactor: Any, listening: Any, factory: IMAPServerFactory, store: SQLiteStore) -> Any:
     @inlineCallbacks
     def run() -> Any:
         yield listening.stopListening()
