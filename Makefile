@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests drive as real peers: Dovecot as the POP3 upstream (and
 # reference IMAP server), curl and mbsync (isync) as IMAP clients, openssl for test CAs.
-DEB_PACKAGES := dovecot-core dovecot-pop3d dovecot-imapd curl isync openssl offlineimap3 fetchmail getmail6 sieve-connect dovecot-managesieved dovecot-sieve
+DEB_PACKAGES := dovecot-core dovecot-pop3d dovecot-imapd curl isync openssl offlineimap3 fetchmail getmail6 sieve-connect dovecot-managesieved dovecot-sieve chromium chromium-driver
 # Bench-only peers (make bench): the ingest tools popgate is measured against.
 BENCH_PACKAGES := getmail6 fetchmail
 

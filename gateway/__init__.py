@@ -17,6 +17,9 @@ import breaks this map, when modules import each other in a cycle, or when anyth
   access, security. ``imap`` and ``pop3`` never import each other.
 - ``managesieve``: the ManageSieve server (RFC 5804): sans-I/O parser, session, Twisted protocol.
   core, store, security (and the Sieve language, injected as a checker).
+- ``web``: the household's status page (twisted.web): sessions, sign-in, visibility, SVG
+  pictures, the history recorder. core, store, access, security; the gateway's status,
+  "fetch now" and the rest are injected.
 - ``app``: running a gateway: config, storage selection, service wiring, reload, logs,
   metrics, the control socket, status, backup, user admin, UIDL import. Everything above.
 - ``testing``: fakes and real-peer harnesses (fake POP3 server, sample mail, Dovecot, test CA),
@@ -25,7 +28,7 @@ import breaks this map, when modules import each other in a cycle, or when anyth
 """
 
 _FOUNDATION = frozenset({"core", "message", "store", "access", "security"})
-_SERVERS = frozenset({"imap", "pop3", "managesieve"})
+_SERVERS = frozenset({"imap", "pop3", "managesieve", "web"})
 
 ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "core": frozenset(),
@@ -36,6 +39,7 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "imap": _FOUNDATION,
     "pop3": _FOUNDATION,
     "managesieve": frozenset({"core", "store", "security"}),
+    "web": frozenset({"core", "store", "access", "security"}),
     "app": _FOUNDATION | _SERVERS,
     "testing": _FOUNDATION | _SERVERS | {"app"},
     "cli": _FOUNDATION | _SERVERS | {"app", "testing"},
