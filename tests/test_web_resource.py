@@ -17,6 +17,7 @@ from web_helpers import PASSWORDS, Client, WebWorld, start_world
 
 from gateway.testing.tlsca import CA, ServerTLSContext
 
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebWorld]:
     built = start_world(tmp_path_factory.mktemp("web"), seed_history=False)
@@ -57,6 +58,36 @@ def test_cookie_is_secure_on_a_tls_listener(world: WebWorld, tls_ca: CA, tmp_pat
     assert client.sign_in("alice") == 303
     status, _, body = client.request("GET", "/")
     assert status == 200 and "Signed in as" in body
+
+
+def _own_lan_address() -> str | None:
+    """An address of this machine that is not loopback, if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent for UDP connect
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+def test_no_password_in_clear_from_another_machine(world: WebWorld) -> None:
+    """Reached over the LAN without TLS, the form says to use HTTPS, and neither the form
+    nor Basic credentials get a password checked (IMAP's LOGINDISABLED rule)."""
+    lan = _own_lan_address()
+    if lan is None:
+        pytest.skip("this machine has no non-loopback address to connect from")
+    client = Client(world.listen(interface=lan))
+    status, _, body = client.request("GET", "/signin")
+    assert status == 200 and "Signing in needs HTTPS" in body and " disabled" in body
+    token = client.csrf("/signin")
+    form = {"csrf": token, "user": "alice", "password": PASSWORDS["alice"]}
+    status, _, body = client.request("POST", "/signin", form)
+    assert status == 403 and "Signing in needs HTTPS" in body
+    assert client.request("GET", "/")[0] == 303  # still not signed in
+    basic = base64.b64encode(b"alice:" + PASSWORDS["alice"].encode()).decode()
+    status, _, body = client.request("GET", "/api/status", Authorization=f"Basic {basic}")
+    assert status == 403 and json.loads(body) == {"error": "use HTTPS"}
 
 
 def test_security_headers(world: WebWorld) -> None:

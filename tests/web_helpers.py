@@ -77,19 +77,19 @@ class WebWorld:
 
         self.runner.call(add)
 
-    def listen(self, **tls: Any) -> str:
-        """Serve the site on another loopback port (TLS with ``context=``); its URL."""
+    def listen(self, interface: str = "127.0.0.1", **tls: Any) -> str:
+        """Serve the site on another port (TLS with ``context=``); its URL."""
 
         def start() -> str:
             site = web_site(self.services)
             if "context" in tls:
-                port = reactor.listenSSL(0, site, tls["context"], interface="127.0.0.1")
+                port = reactor.listenSSL(0, site, tls["context"], interface=interface)
                 scheme = "https"
             else:
-                port = reactor.listenTCP(0, site, interface="127.0.0.1")
+                port = reactor.listenTCP(0, site, interface=interface)
                 scheme = "http"
             self.ports.append(port)
-            return f"{scheme}://127.0.0.1:{port.getHost().port}"
+            return f"{scheme}://{interface}:{port.getHost().port}"
 
         return self.runner.call(start)
 
