@@ -8,8 +8,8 @@ Routes: ``GET /`` (status page), ``GET|POST /signin``, ``POST /signout``, ``POST
 also takes HTTP Basic credentials, RFC 7617, for scripts, under the same sign-in rules);
 every POST needs the session's CSRF token and, when the browser sends ``Origin``, the
 page's own origin. Responses carry a strict Content-Security-Policy (no scripts at all,
-no inline styles, nothing from elsewhere), ``no-store`` caching and no referrer to other sites (``same-origin``: a browser sends
-the page's own Origin with its forms; ``no-referrer`` would make it ``null``).
+no inline styles, nothing from elsewhere), ``no-store`` caching, and no referrer to other
+sites (``same-origin``: with ``no-referrer`` a browser would send ``Origin: null``).
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ html { -webkit-text-size-adjust: 100%; }
 body { margin: 0; background: var(--bg); color: var(--ink);
        font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
 header.top { display: flex; align-items: center; gap: 1rem; flex-wrap: wrap;
-             padding: .75rem 1.25rem; background: var(--card); border-bottom: 1px solid var(--line); }
+             padding: .75rem 1.25rem; background: var(--card);
+             border-bottom: 1px solid var(--line); }
 header.top h1 { font-size: 1.2rem; margin: 0; }
 header.top h1 span { color: var(--muted); font-weight: normal; }
 header.top .who { margin-left: auto; color: var(--muted); }
@@ -28,7 +29,8 @@ header.top form { margin: 0; }
 main { max-width: 1200px; margin: 0 auto; padding: 1rem 1.25rem 2rem; }
 h2 { font-size: 1.05rem; margin: 1.5rem 0 .6rem; color: var(--muted);
      text-transform: uppercase; letter-spacing: .04em; }
-.cards { display: grid; gap: 1rem; grid-template-columns: repeat(auto-fill, minmax(min(100%, 540px), 1fr)); }
+.cards { display: grid; gap: 1rem;
+         grid-template-columns: repeat(auto-fill, minmax(min(100%, 540px), 1fr)); }
 .card { background: var(--card); border: 1px solid var(--line); border-radius: 10px;
         padding: 1rem 1.1rem; min-width: 0; border-left-width: 6px; }
 .card.state-ok { border-left-color: var(--ok); }
@@ -42,7 +44,8 @@ h2 { font-size: 1.05rem; margin: 1.5rem 0 .6rem; color: var(--muted);
 .badge.ok { color: var(--ok); } .badge.failing { color: var(--bad); }
 .badge.fetching { color: var(--busy); } .badge.waiting { color: var(--idle); }
 .where { margin: .2rem 0 .6rem; color: var(--muted); overflow-wrap: anywhere; }
-dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: .25rem .9rem; margin: 0 0 .6rem; }
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: .25rem .9rem;
+           margin: 0 0 .6rem; }
 dl.facts dt { color: var(--muted); }
 dl.facts dd { margin: 0; overflow-wrap: anywhere; }
 dd.error { color: var(--bad); font-weight: 600; }
