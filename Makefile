@@ -5,8 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests drive as real peers: Dovecot as the POP3 upstream (and
 # reference IMAP server), curl and mbsync (isync) as IMAP clients, openssl for test CAs;
-# Postfix (its smtp-sink as the upstream SMTP), swaks and msmtp as submission clients.
-DEB_PACKAGES := dovecot-core dovecot-pop3d dovecot-imapd curl isync openssl offlineimap3 fetchmail getmail6 sieve-connect dovecot-managesieved dovecot-sieve postfix swaks msmtp
+# Postfix (its smtp-sink as the upstream SMTP), swaks and msmtp as submission clients;
+# Chromium and its driver as the browser of the web page tests.
+DEB_PACKAGES := dovecot-core dovecot-pop3d dovecot-imapd curl isync openssl offlineimap3 fetchmail getmail6 sieve-connect dovecot-managesieved dovecot-sieve postfix swaks msmtp chromium chromium-driver
 # Bench-only peers (make bench): the ingest tools popgate is measured against.
 BENCH_PACKAGES := getmail6 fetchmail
 

@@ -25,6 +25,9 @@ import breaks this map, when modules import each other in a cycle, or when anyth
   core, message, store, access, security.
 - ``managesieve``: the ManageSieve server (RFC 5804): sans-I/O parser, session, Twisted protocol.
   core, store, security (and the Sieve language, injected as a checker).
+- ``web``: the household's status page (twisted.web): sessions, sign-in, visibility, SVG
+  pictures, the history recorder. core, store, access, security; the gateway's status,
+  "fetch now" and the rest are injected.
 - ``app``: running a gateway: config, storage selection, service wiring, reload, logs,
   metrics, the control socket, status, backup, user admin, UIDL import. Everything above.
 - ``testing``: fakes, drivers and real-peer harnesses (fake POP3 server, the IMAP drivers over
@@ -34,7 +37,7 @@ import breaks this map, when modules import each other in a cycle, or when anyth
 """
 
 _FOUNDATION = frozenset({"core", "message", "store", "access", "security"})
-_SERVERS = frozenset({"imap", "pop3", "submission", "managesieve", "sieve"})
+_SERVERS = frozenset({"imap", "pop3", "submission", "managesieve", "sieve", "web"})
 
 ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "core": frozenset(),
@@ -48,6 +51,7 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "pop3": _FOUNDATION | {"oauth"},
     "submission": _FOUNDATION,
     "managesieve": frozenset({"core", "store", "security"}),
+    "web": frozenset({"core", "store", "access", "security"}),
     "app": _FOUNDATION | _SERVERS | {"oauth"},
     "testing": _FOUNDATION | _SERVERS | {"oauth", "app"},
     "cli": _FOUNDATION | _SERVERS | {"oauth", "app", "testing"},
