@@ -144,7 +144,8 @@ def test_fetch_over_tls_with_private_ca(dovecot_server, tmp_path, tls):
 
 @pytest.mark.parametrize("tls", ["starttls", "implicit"])
 def test_wrong_host_certificate_is_refused(tmp_path, tls):
-    """A certificate for another host name: a clear log line, nothing fetched."""
+    """A certificate for another host name: a clear log line, nothing fetched, and the one
+    failure notice (issue 14: an untrusted certificate will not fix itself) in INBOX."""
     from gateway.testing import samplemail
 
     with Dovecot(cert_names=["wrong.example"]) as server:
@@ -159,5 +160,10 @@ def test_wrong_host_certificate_is_refused(tmp_path, tls):
         with gw:
             event = gw.wait_for_event("pop3.fetch_failed", timeout=WAIT)
             assert "certificate" in str(event).lower()
-            assert imap_messages(gw.port) == {}
+            gw.wait_for_event("pop3.notice_filed", timeout=WAIT)
+            got = imap_messages(gw.port)
+            assert len(got) == 1  # the notice, none of the three upstream messages
+            (notice,) = got.values()
+            assert notice.startswith(b"From: popgate <postmaster@localhost>\r\n")
+            assert b"Auto-Submitted: auto-generated" in notice and b"tls_verify" in notice
         assert "secret" not in gw.log_text()
