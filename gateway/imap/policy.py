@@ -27,9 +27,10 @@ from gateway.imap.framing import (
     MAX_NESTING,
     MAX_SEQUENCE_RANGES,
     PRELOGIN_MAX_LITERAL_SIZE,
+    CommandParser,
     prelogin_command_size,
 )
-from gateway.imap.spool import SPOOL_THRESHOLD
+from gateway.imap.spool import SPOOL_THRESHOLD, LiteralSpool
 from gateway.store.search import MAX_SEARCH_DEPTH
 
 UTF8_ACCEPT_SUPPORTED = False
@@ -146,6 +147,37 @@ class IMAPLimits:
     def max_prelogin_command_size(self) -> int:
         """A whole command before login: one full line plus LOGIN's two literals."""
         return prelogin_command_size(self.max_line_length, self.max_prelogin_literal_size)
+
+    def new_parser(
+        self,
+        *,
+        spool: Callable[[int], LiteralSpool] | None = None,
+        literal_gate: Callable[[int], str | None] | None = None,
+    ) -> CommandParser:
+        """A parser with these caps (those of the authenticated state: see :meth:`apply_state`)."""
+        return CommandParser(
+            max_line_length=self.max_line_length,
+            max_literal_size=self.max_literal_size,
+            max_command_size=self.max_command_size,
+            max_literals=self.max_literals,
+            max_nesting=self.max_nesting,
+            max_search_depth=self.max_search_depth,
+            max_sequence_ranges=self.max_sequence_ranges,
+            spool=spool,
+            spool_threshold=self.spool_threshold,
+            literal_gate=literal_gate,
+        )
+
+    def apply_state(self, parser: CommandParser, authenticated: bool) -> None:
+        """Before login only small literals and commands (issue 20 item 2); the full sizes
+        once authenticated. Parsing is lazy, so a command pipelined after LOGIN is read
+        with the caps of the state LOGIN left."""
+        if authenticated:
+            parser.max_literal_size = self.max_literal_size
+            parser.max_command_size = self.max_command_size
+        else:
+            parser.max_literal_size = self.max_prelogin_literal_size
+            parser.max_command_size = self.max_prelogin_command_size
 
 
 def thread_runner(reactor: Any) -> RunBlockingFn:

@@ -187,33 +187,12 @@ class IMAPServerProtocol(Protocol):
         )
 
     def _new_parser(self) -> CommandParser:
-        limits = self.factory.limits
-        parser = CommandParser(
-            max_line_length=limits.max_line_length,
-            max_literal_size=limits.max_literal_size,
-            max_command_size=limits.max_command_size,
-            max_literals=limits.max_literals,
-            max_nesting=limits.max_nesting,
-            max_search_depth=limits.max_search_depth,
-            max_sequence_ranges=limits.max_sequence_ranges,
+        parser = self.factory.limits.new_parser(
             spool=self._budget.open_spool,
-            spool_threshold=limits.spool_threshold,
             literal_gate=lambda size: self._budget.reserve(self.session.user, size),
         )
-        self._apply_state_limits(parser)
+        self.factory.limits.apply_state(parser, self.session.user is not None)
         return parser
-
-    def _apply_state_limits(self, parser: CommandParser) -> None:
-        """Before login only small literals and commands (issue 20 item 2); the full
-        sizes once authenticated. Parsing is lazy, so a command pipelined after LOGIN is
-        read with the caps of the state LOGIN left."""
-        limits = self.factory.limits
-        if self.session.user is None:
-            parser.max_literal_size = limits.max_prelogin_literal_size
-            parser.max_command_size = limits.max_prelogin_command_size
-        else:
-            parser.max_literal_size = limits.max_literal_size
-            parser.max_command_size = limits.max_command_size
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -482,7 +461,7 @@ class IMAPServerProtocol(Protocol):
         # RFC 6855 §3: after ENABLE UTF8=ACCEPT, the next commands may carry UTF-8.
         self.parser.utf8_accept = self.session.utf8_enabled()
         self._budget.command_done()  # its literals' reservations and spool files
-        self._apply_state_limits(self.parser)
+        self.factory.limits.apply_state(self.parser, self.session.user is not None)
         self._reset_timeout()
         self._turn_commands += 1
         self._again = True
