@@ -6,6 +6,7 @@ the command ends. Real sockets; assertions read the server's accounting (the par
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -213,7 +214,7 @@ def test_crlf_rewrite_across_chunk_edges(tmp_path: Path, chunk_edge: int, monkey
     from gateway.imap import spool as spool_module
 
     monkeypatch.setattr(spool_module, "COPY_CHUNK", 8)
-    data = b"a" * (8 - chunk_edge) + b"\r\nb\nc\r\n\n" + b"\n" * 9 + b"end\r"
+    data = b"\n" + b"a" * (8 - chunk_edge) + b"\r\nb\nc\r\n\n" + b"\n" * 9 + b"end\r"
     source = LiteralSpool(len(data), tmp_path)
     source.write(data)
     done = source.finish()
@@ -222,3 +223,80 @@ def test_crlf_rewrite_across_chunk_edges(tmp_path: Path, chunk_edge: int, monkey
     assert bytes(converted) == expected
     done.close()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("chunk_edge", [0, 1, 2, 3])
+@pytest.mark.parametrize("bare", [False, True])
+def test_bare_line_feeds_are_found_across_chunk_edges(
+    tmp_path: Path, chunk_edge: int, bare: bool, monkeypatch
+) -> None:
+    """A CRLF split by a chunk edge is not a bare LF; a LF alone anywhere is; a message
+    without bare LFs is handed on as it is (no rewrite)."""
+    from gateway.imap import spool as spool_module
+
+    monkeypatch.setattr(spool_module, "COPY_CHUNK", 8)
+    data = b"a" * (7 - chunk_edge) + b"\r\nbc\r\nd\r\n\r\ne" + (b"\n" if bare else b"")
+    source = LiteralSpool(len(data), tmp_path)
+    source.write(data)
+    done = source.finish()
+    assert spool_module.has_bare_lf(done) is bare
+    assert (crlf_spooled(done) is done) is not bare
+    done.close()
+
+
+@pytest.mark.slow
+def test_eight_parallel_sixty_megabyte_appends_go_through_the_spool(tmp_path: Path) -> None:
+    """The load from the issue: 8 connections (8 users: one user's in-flight budget is
+    256 MiB) APPEND 60 MB each at once. Half-way, the
+    parsers hold next to nothing in memory while the spool holds what has arrived; at
+    the end all 8 messages are stored at full size and every spool byte, reservation and
+    file is given back (no lingering buffers). (RSS figures: see the issue 20 report.)"""
+    size, count = 60_000_000, 8
+    raw = big_message(size)
+    half = size // 2
+    users = {f"user{i}": PASSWORD for i in range(count)}
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    with serving(tmp_path, fake_clock=False, users=users) as server:
+        server.factory.spool_dir = spool_dir  # read by each new connection
+        clients = [server.connect() for _ in range(count)]
+        try:
+            for user, client in zip(users, clients, strict=True):
+                client.login(user)
+                client.send(b"a APPEND INBOX {%d}\r\n" % size)
+                assert client.read_line() == b"+ Ready for literal data\r\n"
+
+            def send(client: RawClient, start: int, end: int) -> None:
+                client.sock.sendall(memoryview(raw)[start:end])
+
+            def all_send(start: int, end: int, tail: bytes = b"") -> None:
+                threads = [threading.Thread(target=send, args=(c, start, end)) for c in clients]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                for client in clients:
+                    if tail:
+                        client.send(tail)
+
+            all_send(0, half)
+            wait_until(server, lambda: server.factory.budgets.spooled == count * half, "spool")
+            in_memory = server.call(held_by_parsers, server)
+            assert in_memory < count * SPOOL_THRESHOLD, in_memory
+            budgets = server.call(lambda: server.factory.budgets)
+            assert budgets.in_flight == count * size
+            all_send(half, size, b"\r\n")
+            for client in clients:
+                assert client.read_line().startswith(b"a OK [APPENDUID")
+            budgets = server.call(lambda: server.factory.budgets)
+            assert (budgets.spooled, budgets.in_flight, budgets.in_flight_by_user) == (0, 0, {})
+            assert size <= budgets.spool_peak <= count * size
+            assert server.call(held_by_parsers, server) < 64 * 1024
+            assert list(spool_dir.iterdir()) == []
+        finally:
+            for client in clients:
+                client.close()
+        for user in users:
+            box = server.mailbox_id("INBOX", user)
+            infos = server.call(lambda b=box: server.store.message_info(b, [1, 2]))
+            assert [i.size for i in infos] == [size]
