@@ -13,8 +13,8 @@ import pytest
 
 from gateway.imap.policy import IMAPLimits
 from gateway.imap.spool import SPOOL_THRESHOLD, LiteralSpool, crlf_spooled
-from tests.imap_helpers import PASSWORD, RawClient, ServerHandle, message
-from tests.security_helpers import serving, wait_until
+from gateway.testing.imapclient import PASSWORD, RawClient, ServerHandle, running_server
+from gateway.testing.messages import message
 
 MiB = 1024 * 1024
 
@@ -46,7 +46,7 @@ def stored_bodies(server: ServerHandle, user: str = "alice") -> list[bytes]:
 
 @pytest.fixture
 def server(tmp_path: Path):
-    with serving(tmp_path, fake_clock=False) as handle:
+    with running_server(tmp_path) as handle:
         yield handle
 
 
@@ -60,7 +60,7 @@ def test_a_large_literal_is_spooled_not_buffered(server: ServerHandle) -> None:
         client.send(b"a APPEND INBOX {%d}\r\n" % len(raw))
         assert client.read_line() == b"+ Ready for literal data\r\n"
         client.send(raw[:MiB])
-        wait_until(server, lambda: server.factory.budgets.spooled == MiB, "the spool")
+        server.wait_until(lambda: server.factory.budgets.spooled == MiB, "the spool")
         assert server.call(held_by_parsers, server) < SPOOL_THRESHOLD
         assert server.call(lambda: server.factory.budgets.in_flight) == len(raw)
         client.send(raw[MiB:] + b"\r\n")
@@ -115,7 +115,7 @@ def two_users(tmp_path: Path):
         max_append_in_flight_per_user=3 * MiB, max_append_in_flight=4 * MiB + MiB // 2
     )
     users = {"alice": PASSWORD, "bob": PASSWORD}
-    with serving(tmp_path, limits=limits, fake_clock=False, users=users) as handle:
+    with running_server(tmp_path, limits=limits, users=users) as handle:
         yield handle
 
 
@@ -152,7 +152,7 @@ def test_append_bytes_in_flight_are_capped_per_user(two_users: ServerHandle) -> 
                 assert bob.read_line().startswith(b"e OK")
             holder.send(b"x" * MiB + b"\r\n")
             assert holder.read_line().startswith(b"a OK")  # stored (junk, but a message)
-            wait_until(server, lambda: server.factory.budgets.in_flight == 0, "release")
+            server.wait_until(lambda: server.factory.budgets.in_flight == 0, "release")
             client.send(b"f APPEND INBOX {%d}\r\n" % (2 * MiB))
             assert client.read_line() == b"+ Ready for literal data\r\n"
             client.send(message().ljust(2 * MiB, b"z") + b"\r\n")
@@ -171,7 +171,7 @@ def test_append_bytes_in_flight_are_capped_in_total(two_users: ServerHandle) -> 
     first = _start_append(server, "alice", 2 * MiB)
     second = _start_append(server, "bob", 2 * MiB)
     try:
-        wait_until(server, lambda: server.factory.budgets.in_flight == 4 * MiB, "reservations")
+        server.wait_until(lambda: server.factory.budgets.in_flight == 4 * MiB, "reservations")
         with server.connect() as client:
             client.login("bob")
             client.send(b"b APPEND INBOX {%d}\r\n" % (MiB // 2 + 1))
@@ -181,16 +181,16 @@ def test_append_bytes_in_flight_are_capped_in_total(two_users: ServerHandle) -> 
     finally:
         first.close()
         second.close()
-    wait_until(server, lambda: not server.factory.protocols, "connections to close")
+    server.wait_until(lambda: not server.factory.protocols, "connections to close")
     budgets = server.call(lambda: server.factory.budgets)
     assert (budgets.in_flight, budgets.spooled, budgets.in_flight_by_user) == (0, 0, {})
 
 
 def test_a_connection_lost_mid_literal_gives_everything_back(server: ServerHandle) -> None:
     client = _start_append(server, "alice", 4 * MiB)
-    wait_until(server, lambda: server.factory.budgets.spooled >= MiB, "the spool")
+    server.wait_until(lambda: server.factory.budgets.spooled >= MiB, "the spool")
     client.close()
-    wait_until(server, lambda: not server.factory.protocols, "the connection to close")
+    server.wait_until(lambda: not server.factory.protocols, "the connection to close")
     budgets = server.call(lambda: server.factory.budgets)
     assert (budgets.in_flight, budgets.spooled) == (0, 0)
 
@@ -257,7 +257,7 @@ def test_eight_parallel_sixty_megabyte_appends_go_through_the_spool(tmp_path: Pa
     users = {f"user{i}": PASSWORD for i in range(count)}
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
-    with serving(tmp_path, fake_clock=False, users=users) as server:
+    with running_server(tmp_path, users=users) as server:
         server.factory.spool_dir = spool_dir  # read by each new connection
         clients = [server.connect() for _ in range(count)]
         try:
@@ -280,7 +280,7 @@ def test_eight_parallel_sixty_megabyte_appends_go_through_the_spool(tmp_path: Pa
                         client.send(tail)
 
             all_send(0, half)
-            wait_until(server, lambda: server.factory.budgets.spooled == count * half, "spool")
+            server.wait_until(lambda: server.factory.budgets.spooled == count * half, "spool")
             in_memory = server.call(held_by_parsers, server)
             assert in_memory < count * SPOOL_THRESHOLD, in_memory
             budgets = server.call(lambda: server.factory.budgets)

@@ -11,21 +11,20 @@ import pytest
 
 from gateway.imap.framing import PRELOGIN_MAX_LITERAL_SIZE
 from gateway.imap.policy import IMAPLimits
-from tests.imap_helpers import RawClient, ServerHandle
-from tests.security_helpers import serving, wait_until
+from gateway.testing.imapclient import RawClient, ServerHandle, running_server
 
 CAP = PRELOGIN_MAX_LITERAL_SIZE
 
 
 @pytest.fixture
 def server(tmp_path: Path):
-    with serving(tmp_path, fake_clock=False) as handle:
+    with running_server(tmp_path) as handle:
         yield handle
 
 
 def held_by_parsers(server: ServerHandle) -> int:
     """Bytes all connections' parsers hold right now (exists with or without the fix).
-    Runs on the reactor thread (as a :func:`wait_until` predicate or through ``call``)."""
+    Runs on the reactor thread (as a ``wait_until`` predicate or through ``call``)."""
     return sum(p.parser.buffered_size for p in server.factory.protocols)
 
 
@@ -106,7 +105,7 @@ def test_red_team_sixteen_huge_literal_announcements_hold_almost_nothing(
             except OSError:
                 pass  # already closed by the server: the point
             assert client.read_to_eof().startswith(b"* BYE [TOOBIG]")
-        wait_until(server, lambda: not server.factory.protocols, "all connections to close")
+        server.wait_until(lambda: not server.factory.protocols, "all connections to close")
         budgets = server.call(lambda: server.factory.budgets)
         assert budgets.prelogin_peak < 16 * 1024, budgets.prelogin_peak
         assert budgets.prelogin_buffered == 0
@@ -119,12 +118,12 @@ def test_input_held_before_login_is_counted_and_released(server: ServerHandle) -
     with server.connect() as client:
         client.greeting()
         client.send(b"a NOOP " + b"x" * 5000)
-        wait_until(server, lambda: held_by_parsers(server) == 5007, "the partial line")
+        server.wait_until(lambda: held_by_parsers(server) == 5007, "the partial line")
         assert server.call(prelogin_buffered, server) == 5007
         client.send(b"\r\n")
         assert client.read_line().startswith(b"a BAD")
-        wait_until(server, lambda: prelogin_buffered(server) == 0, "the line to be consumed")
-    wait_until(server, lambda: not server.factory.protocols, "the connection to close")
+        server.wait_until(lambda: prelogin_buffered(server) == 0, "the line to be consumed")
+    server.wait_until(lambda: not server.factory.protocols, "the connection to close")
     assert server.call(prelogin_buffered, server) == 0
 
 
@@ -138,7 +137,7 @@ def test_logged_in_input_does_not_count_and_full_literals_are_allowed(
         client.send(b"a APPEND INBOX {%d}\r\n" % (CAP * 4))
         assert client.read_line() == b"+ Ready for literal data\r\n"
         client.send(b"x" * 1000)
-        wait_until(server, lambda: held_by_parsers(server) >= 1000, "the partial literal")
+        server.wait_until(lambda: held_by_parsers(server) >= 1000, "the partial literal")
         assert server.call(prelogin_buffered, server) == 0
         client.send(b"y" * (CAP * 4 - 1000) + b"\r\n")
         assert client.read_line().startswith(b"a OK [APPENDUID")
@@ -151,14 +150,13 @@ def test_prelogin_budget_across_connections_closes_the_one_that_would_pass_it(
     200,000); the fifth connection's bytes would pass it: ``* BYE [LIMIT]``. The sum
     never exceeds the cap, and the others are untouched."""
     limits = IMAPLimits(max_prelogin_buffered=200_000)
-    with serving(tmp_path, limits=limits, fake_clock=False) as server:
+    with running_server(tmp_path, limits=limits) as server:
         clients = [server.connect() for _ in range(5)]
         try:
             for index, client in enumerate(clients[:4]):
                 client.greeting()
                 client.send(b"a NOOP " + b"x" * (50_000 - 7))
-                wait_until(
-                    server,
+                server.wait_until(
                     lambda n=index: prelogin_buffered(server) == 50_000 * (n + 1),
                     "the partial line",
                 )
@@ -171,11 +169,11 @@ def test_prelogin_budget_across_connections_closes_the_one_that_would_pass_it(
             assert budgets.prelogin_refusals == 1
             clients[0].send(b"\r\n")
             assert clients[0].read_line().startswith(b"a BAD")
-            wait_until(server, lambda: prelogin_buffered(server) == 150_000, "release")
+            server.wait_until(lambda: prelogin_buffered(server) == 150_000, "release")
         finally:
             for client in clients:
                 client.close()
-        wait_until(server, lambda: not server.factory.protocols, "connections to close")
+        server.wait_until(lambda: not server.factory.protocols, "connections to close")
         assert server.call(prelogin_buffered, server) == 0
 
 
