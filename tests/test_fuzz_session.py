@@ -49,6 +49,7 @@ LIMITS = IMAPLimits(
     max_search_depth=12,
     max_sequence_ranges=50,
     max_pipelined_commands=7,
+    max_prelogin_literal_size=1024,
 )
 
 USER, PASSWORD = "alice", "pw"
@@ -368,3 +369,96 @@ def test_random_bytes_after_login_never_break_the_server(raw: bytes, cuts: list[
     _conn, output, events = drive([prefix, *split(raw, cuts)])
     assert_no_internal_error(output, events)
     assert b"a OK" in output
+
+
+# ---- literal announcements before login (issue 20 item 2) -----------------------------
+
+PRELOGIN_CAP = LIMITS.max_prelogin_literal_size
+_announced_size = st.one_of(
+    st.sampled_from(
+        [1, PRELOGIN_CAP - 1, PRELOGIN_CAP, PRELOGIN_CAP + 1, LIMITS.max_literal_size + 1]
+    ),
+    st.sampled_from([60_000_000, 10**30]),
+    st.integers(1, 2 * PRELOGIN_CAP),
+)
+_announcement = st.tuples(
+    st.sampled_from(["LOGIN", "ID"]), _announced_size, st.booleans(), st.integers(0, 3 * 8192)
+)
+
+
+def _announce(tag: str, command: str, size: int, sync: bool, body: bytes) -> bytes:
+    marker = b"{%d}" % size if sync else b"{%d+}" % size
+    head = b"LOGIN " if command == "LOGIN" else b'ID ("name" '
+    tail = b" pw\r\n" if command == "LOGIN" else b")\r\n"
+    return tag.encode() + b" " + head + marker + b"\r\n" + body + tail
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    st.lists(_announcement, min_size=1, max_size=6),
+    st.booleans(),
+    st.lists(st.integers(0, 1 << 16), max_size=8),
+)
+def test_literal_announcements_before_login_stay_small(
+    announcements: list[tuple[str, int, bool, int]], honest: bool, cuts: list[int]
+) -> None:
+    """Synchronizing and non-synchronizing literals around the pre-login cap, from an
+    honest client (bytes only for what the server accepts) or a hostile one (some bytes
+    whatever the size). The parser never holds more than a pre-login command, the
+    listener's pre-login accounting matches it and ends at zero, and no internal error
+    happens. An honest client gets, for each command: its normal reply when the literal
+    fits, ``NO [TOOBIG]`` (and no ``+``) for ``{n}`` over the cap, ``* BYE [TOOBIG]`` and
+    the end of the connection for ``{n+}`` over it (RFC 7888 §4)."""
+    stream = b""
+    expected: list[tuple[str, bytes]] = []
+    for i, (command, size, sync, sent) in enumerate(announcements):
+        tag = f"t{i}"
+        fits = size <= PRELOGIN_CAP
+        if honest:
+            body = b"u" * size if fits else b""
+            if not fits and sync:
+                stream += tag.encode() + b" LOGIN {%d}\r\n" % size
+                expected.append((tag, b"NO [TOOBIG]"))
+                continue
+            stream += _announce(tag, command, size, sync, body)
+            if not fits:
+                expected.append(("*", b"BYE [TOOBIG]"))
+                break
+            expected.append((tag, b"NO [AUTHENTICATIONFAILED]" if command == "LOGIN" else b"OK"))
+        else:
+            stream += _announce(tag, command, size, sync, b"u" * min(size, sent))
+    conn = connect()
+    protocol = conn.protocol
+    budgets = protocol.factory.budgets
+    bound = LIMITS.max_line_length + 2 + LIMITS.max_prelogin_command_size
+    with structlog.testing.capture_logs() as events:
+        for chunk in split(stream, cuts):
+            if conn.transport.disconnecting:
+                break
+            protocol.dataReceived(chunk)
+            settle(conn)
+            assert protocol.session.user is None
+            assert protocol.parser.buffered_size <= bound + len(chunk)
+            held = 0 if conn.transport.disconnecting else protocol.parser.buffered_size
+            assert budgets.prelogin_buffered == held
+            assert budgets.spool_peak == 0  # nothing this small is spooled
+        assert_quiescent(conn)
+        protocol.connectionLost(None)
+    output = conn.transport.value()
+    assert_no_internal_error(output, events)
+    assert budgets.prelogin_buffered == 0
+    assert budgets.prelogin_peak <= bound + max(map(len, split(stream, cuts)), default=0)
+    if honest:
+        lines = [line for line in output.split(b"\r\n")[1:] if line]
+        replies = [line for line in lines if not line.startswith((b"+ ", b"* ID", b"* OK"))]
+        assert len(replies) == len(expected), (replies, expected)
+        for line, (tag, start) in zip(replies, expected, strict=True):
+            assert line.startswith(tag.encode() + b" " + start), (line, tag, start)
+        refused_sync = [t for t, start in expected if start == b"NO [TOOBIG]"]
+        for tag in refused_sync:  # no continuation between the announcement and the NO
+            at = output.index(tag.encode() + b" NO [TOOBIG]")
+            assert not output[:at].endswith(b"+ Ready for literal data\r\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import mmap
 import random
 import tempfile
 from array import array
@@ -595,6 +596,35 @@ def test_append_many_is_all_or_nothing(store: Store) -> None:
     assert (after.uidnext, after.highestmodseq) == (before.uidnext, before.highestmodseq)
     assert heard == []
     assert store.append_many(box, [good, good]) == [1, 2]
+
+
+def _mapped(directory: Path, data: bytes) -> mmap.mmap:
+    """A read-only map of a file holding ``data``, as the IMAP server spools a large
+    APPEND (gateway/imap/spool.py)."""
+    path = directory / f"spool-{len(data)}"
+    path.write_bytes(data)
+    with path.open("rb") as file:
+        return mmap.mmap(file.fileno(), len(data), access=mmap.ACCESS_READ)
+
+
+def test_append_many_takes_a_map_of_a_spooled_file(store: Store, tmp_path: Path) -> None:
+    """Issue 20: ``NewMessage.raw`` may be a read-only ``mmap``; the message is stored
+    byte for byte, sized and analysed as from bytes, the size limit still applies, and
+    the backend keeps no reference to the map (the caller can close it at once)."""
+    box = inbox(store)
+    raw = make_message(subject="spooled", body="mapped body " * 40)
+    mapped = _mapped(tmp_path, raw)
+    (uid,) = store.append_many(box, [NewMessage(mapped, ("\\Seen",))])
+    mapped.close()  # BufferError here would mean the store still holds the buffer
+    assert store.message_bytes(box, uid) == raw
+    (info,) = store.message_info(box, [uid])
+    assert info.size == len(raw)
+    assert info.bodystructure == analyze(raw).bodystructure
+    too_big = _mapped(tmp_path, make_message(body="x" * SMALL_LIMIT))
+    with pytest.raises(MessageTooLarge):
+        store.append_many(box, [NewMessage(too_big)])
+    too_big.close()
+    assert [r.uid for r in store.message_rows(box)] == [uid]
 
 
 def test_append_many_to_missing_mailbox_raises_not_found(store: Store) -> None:

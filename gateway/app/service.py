@@ -162,6 +162,7 @@ def build_service(
         tls_context_factory=server_tls,
         allow_plaintext_auth=False,
         penalty=penalty,
+        spool_dir=prepare_state_dir(os.path.join(cfg.state_dir, "spool")),  # large literals
     )
     factory.households.update({name: s.members for name, s in cfg.shared.items()})
     factory.quotas = quotas

@@ -12,6 +12,7 @@ import datetime
 from dataclasses import dataclass, field
 
 from gateway.core.criteria import Criteria, SequenceSet
+from gateway.imap.spool import Spooled
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,8 @@ class Status(Command):
 class AppendMessage:
     flags: tuple[str, ...]
     date: datetime.datetime | None  # timezone-aware
-    data: bytes
+    data: bytes | Spooled
+    """The message; a large one stays in its spool file (:mod:`gateway.imap.spool`)."""
 
 
 @dataclass(frozen=True)

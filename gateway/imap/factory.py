@@ -5,6 +5,7 @@ adds its :class:`~gateway.imap.policy.ListenerPolicy`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -12,6 +13,7 @@ from twisted.internet.protocol import Factory
 
 from gateway.access.households import Households
 from gateway.access.quota import Quotas
+from gateway.imap.budgets import ByteBudgets
 from gateway.imap.policy import (
     IMAPLimits,
     ListenerPolicy,
@@ -37,6 +39,8 @@ class IMAPServerFactory(Factory):
     STATUS of a mailbox (the service wires it to fetch-on-demand).
     ``penalty`` (:class:`~gateway.security.penalty.AuthPenalty`) delays failed logins and
     enforces failure budgets; None turns both off (tests of other features).
+    ``spool_dir`` holds the temp files of large literals (None: the system temp dir);
+    :attr:`budgets` counts the bytes all connections buffer (:mod:`gateway.imap.budgets`).
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class IMAPServerFactory(Factory):
         clock: IReactorTime | None = None,
         activity: ActivityHook | None = None,
         penalty: AuthPenalty | None = None,
+        spool_dir: Path | None = None,
     ) -> None:
         self.store = store
         self.activity = activity
@@ -63,6 +68,13 @@ class IMAPServerFactory(Factory):
         self.tls_context_factory = tls_context_factory
         self.allow_plaintext_auth = allow_plaintext_auth
         self.penalty = penalty
+        self.spool_dir = spool_dir
+        self.budgets = ByteBudgets(
+            self.limits.max_prelogin_buffered,
+            self.limits.max_append_in_flight_per_user,
+            self.limits.max_append_in_flight,
+        )
+        """Pre-login input, APPEND bytes in flight and spool use, over all connections."""
         self.households = Households()
         """Shared mailboxes and their members; the service fills it from the config."""
         self.quotas = Quotas()

@@ -17,6 +17,7 @@ public methods: any problem, including a bug here, becomes a :class:`ParseError`
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import structlog
 
@@ -24,6 +25,7 @@ from gateway.core.limits import DEFAULT_MAX_MESSAGE_SIZE
 from gateway.imap.command import NEED_DATA, Command, ContinuationNeeded, Event, ParseError, RawLine
 from gateway.imap.grammar import read_command
 from gateway.imap.reader import SP, TAG_RE, Incomplete, Literal, Reader, Syntax
+from gateway.imap.spool import SPOOL_THRESHOLD, LiteralSpool
 from gateway.store.search import MAX_SEARCH_DEPTH
 
 log = structlog.get_logger(__name__)
@@ -40,6 +42,19 @@ the bytes), fatal for ``{n+}`` (the bytes are already on their way)."""
 
 MAX_COMMAND_SIZE = 2 * MAX_LITERAL_SIZE
 """Largest whole command, lines plus literals (a MULTIAPPEND carries several messages)."""
+
+PRELOGIN_MAX_LITERAL_SIZE = 8192
+"""Largest literal before login (issue 20 item 2). Dovecot's imap-login bounds a whole
+pre-login command, literals included, by its 8,192-octet ``MAX_IMAP_LINE``: a user name or
+password never needs more, and a stranger must not make the server hold 64 MiB. The
+server applies it (with :func:`prelogin_command_size`) while the session is not
+authenticated; the refusal is the same as for any literal over the cap."""
+
+
+def prelogin_command_size(max_line_length: int, max_literal_size: int) -> int:
+    """Largest whole command before login: one full line plus LOGIN's two literals."""
+    return max_line_length + 2 + 2 * max_literal_size
+
 
 MAX_LITERALS = 10_000
 """Most literals in one command; bounds the bookkeeping objects a command can create."""
@@ -96,6 +111,9 @@ class CommandParser:
         max_nesting: int = MAX_NESTING,
         max_search_depth: int = MAX_SEARCH_DEPTH,
         max_sequence_ranges: int = MAX_SEQUENCE_RANGES,
+        spool: Callable[[int], LiteralSpool] | None = None,
+        spool_threshold: int = SPOOL_THRESHOLD,
+        literal_gate: Callable[[int], str | None] | None = None,
     ) -> None:
         self.max_line_length = max_line_length
         self.max_literal_size = max_literal_size
@@ -104,6 +122,14 @@ class CommandParser:
         self.max_nesting = max_nesting
         self.max_search_depth = max_search_depth
         self.max_sequence_ranges = max_sequence_ranges
+        self.spool = spool
+        """Opens a :class:`LiteralSpool` for a literal larger than ``spool_threshold``:
+        its bytes go there as they arrive instead of into memory (None: never)."""
+        self.spool_threshold = spool_threshold
+        self.literal_gate = literal_gate
+        """Asked ``gate(size)`` before a literal is accepted; a returned text refuses the
+        command with ``NO [LIMIT] text`` (the bytes of a ``{n+}`` literal are skipped).
+        The server uses it for its APPEND byte budgets (None: every literal passes)."""
         self.utf8_accept = False
         self._buf = bytearray()
         self._scanned = 0  # leading bytes of _buf known to hold no LF
@@ -164,6 +190,7 @@ class CommandParser:
         self._tag: str | None = None
         self._checked = False
         self._lit_parts: list[bytes] = []
+        self._lit_spool: LiteralSpool | None = None
         self._lit_remaining = 0
         self._pending: ParseError | None = None
 
@@ -234,7 +261,9 @@ class CommandParser:
         buf = self._buf
         take = min(len(buf), self._lit_remaining)
         if take:
-            if keep:
+            if keep and self._lit_spool is not None:
+                self._lit_spool.write(buf[:take])
+            elif keep:
                 self._lit_parts.append(bytes(buf[:take]))
                 self._collected += take
             del buf[:take]
@@ -245,7 +274,11 @@ class CommandParser:
         if keep:
             lit = self._lits[-1]
             assert lit is not None
-            lit.data = b"".join(self._lit_parts)
+            if self._lit_spool is not None:
+                lit.data = self._lit_spool.finish()
+                self._lit_spool = None
+            else:
+                lit.data = b"".join(self._lit_parts)
             self._lit_parts = []
             self._state = _LINE
         else:
@@ -303,11 +336,17 @@ class CommandParser:
                 self._too_big(f"more than {self.max_literals} literals in one command", "LIMIT"),
                 marker,
             )
+        if self.literal_gate is not None:
+            refusal = self.literal_gate(size)
+            if refusal is not None:
+                return self._refuse(self._too_big(refusal, "LIMIT"), marker)
         self._size += size
         self._nlits += 1
         self._collected += start
         self._segs.append(line[:start])
         self._lits.append(Literal(None, binary))
+        if self.spool is not None and size > self.spool_threshold:
+            self._lit_spool = self.spool(size)
         self._lit_remaining = size
         self._state = _LITERAL
         if not sync:

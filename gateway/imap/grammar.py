@@ -302,7 +302,7 @@ def _cmd_append(r: Reader, tag: str, name: str, uid: bool) -> Command:
             r.sp("a message literal")
         if not r.at_literal():
             r.fail("a message literal")
-        data = r.literal(binary_ok=True)
+        data = r.message_literal(binary_ok=True)
         messages.append(AppendMessage(flags=flags, date=date, data=data))
         if r.at_end():
             break

@@ -10,7 +10,7 @@ session's catch-up after the command never repeats a response.
 
 from __future__ import annotations
 
-import re
+import mmap
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,7 @@ from gateway.imap.capabilities import QRESYNC
 from gateway.imap.command import Append, Copy, Fetch, FetchAttr, Search, Simple, UidExpunge
 from gateway.imap.command import Store as StoreCmd
 from gateway.imap.handler import BadCommand, Handler, Refused, ok
+from gateway.imap.spool import BARE_LF, Spooled, crlf_spooled
 from gateway.imap.view import expunge_responses
 from gateway.store.interfaces import MailboxNotFound, MessageInfo, NewMessage
 
@@ -40,8 +41,6 @@ FLUSH_BYTES = 64 * 1024
 
 LITERAL_PIECE = 64 * 1024
 """A large literal is yielded in pieces of this size so the server can apply backpressure."""
-
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 # ---- shared helpers --------------------------------------------------------------------
@@ -574,7 +573,7 @@ def crlf_lines(data: bytes) -> bytes:
     """
     if b"\n" not in data or data.count(b"\n") == data.count(b"\r\n"):
         return data
-    return _BARE_LF.sub(b"\r\n", data)
+    return BARE_LF.sub(b"\r\n", data)
 
 
 def append(session: Session, cmd: Append) -> Handler:
@@ -584,7 +583,9 @@ def append(session: Session, cmd: Append) -> Handler:
     §6.3.11): the messages go to the store in one transaction (``append_many``), so a
     refused one leaves no trace of the others, not even a modseq or UID. Bare LF line
     endings are stored as CRLF (:func:`crlf_lines`). New messages in the selected
-    mailbox are announced by the session's catch-up (EXISTS), not here.
+    mailbox are announced by the session's catch-up (EXISTS), not here. A large
+    message arrives spooled (:mod:`gateway.imap.spool`) and goes to the store as a map of
+    its file; the server deletes the file when the command ends.
     """
     target = _existing_mailbox(session, cmd.mailbox)
     if not cmd.messages:
@@ -593,8 +594,11 @@ def append(session: Session, cmd: Append) -> Handler:
     for message in cmd.messages:
         if not message.data:
             raise BadCommand("empty message")
-        data = crlf_lines(message.data)
-        prepared.append(NewMessage(data, tuple(clean_flags(message.flags)), message.date))
+        if isinstance(message.data, Spooled):
+            raw: bytes | mmap.mmap = crlf_spooled(message.data).buffer
+        else:
+            raw = crlf_lines(message.data)
+        prepared.append(NewMessage(raw, tuple(clean_flags(message.flags)), message.date))
     done = session.store.append_many(target.id, prepared)
     yield from ()  # a handler is a generator even when it has no untagged data
     code = f"APPENDUID {target.uidvalidity} {wire.sequence_set_text(sorted(done)).decode()}"

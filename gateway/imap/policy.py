@@ -15,13 +15,22 @@ from typing import Any
 from twisted.internet import threads
 from twisted.internet.defer import Deferred
 
+from gateway.imap.budgets import (
+    MAX_APPEND_IN_FLIGHT,
+    MAX_APPEND_IN_FLIGHT_PER_USER,
+    MAX_PRELOGIN_BUFFERED,
+)
 from gateway.imap.framing import (
     MAX_LINE_LENGTH,
     MAX_LITERAL_SIZE,
     MAX_LITERALS,
     MAX_NESTING,
     MAX_SEQUENCE_RANGES,
+    PRELOGIN_MAX_LITERAL_SIZE,
+    CommandParser,
+    prelogin_command_size,
 )
+from gateway.imap.spool import SPOOL_THRESHOLD, LiteralSpool
 from gateway.store.search import MAX_SEARCH_DEPTH
 
 UTF8_ACCEPT_SUPPORTED = False
@@ -112,10 +121,63 @@ class IMAPLimits:
     """Connections (logged in or not) from one address; beyond it a new connection gets
     ``* BYE`` at once, which bounds what one slow-loris source can hold (0: no limit)."""
 
+    max_prelogin_literal_size: int = PRELOGIN_MAX_LITERAL_SIZE
+    """Largest literal before login; over it ``NO [TOOBIG]`` for ``{n}`` (no ``+``), BYE
+    for ``{n+}`` (RFC 7888 §4: the bytes are already on their way)."""
+
+    max_prelogin_buffered: int = MAX_PRELOGIN_BUFFERED
+    """Input held by all unauthenticated connections together; the connection that would
+    pass it gets ``* BYE [LIMIT]`` (:mod:`gateway.imap.budgets`)."""
+
+    max_append_in_flight_per_user: int = MAX_APPEND_IN_FLIGHT_PER_USER
+    """Literal bytes one user may have announced and not yet stored; beyond: ``NO [LIMIT]``."""
+
+    max_append_in_flight: int = MAX_APPEND_IN_FLIGHT
+    """Literal bytes in flight for all users together; beyond: ``NO [LIMIT]``."""
+
+    spool_threshold: int = SPOOL_THRESHOLD
+    """Literals larger than this are written to a spool file, not kept in memory."""
+
     @property
     def max_command_size(self) -> int:
         """A whole command, literals included (MULTIAPPEND may carry a few messages)."""
         return 2 * self.max_literal_size
+
+    @property
+    def max_prelogin_command_size(self) -> int:
+        """A whole command before login: one full line plus LOGIN's two literals."""
+        return prelogin_command_size(self.max_line_length, self.max_prelogin_literal_size)
+
+    def new_parser(
+        self,
+        *,
+        spool: Callable[[int], LiteralSpool] | None = None,
+        literal_gate: Callable[[int], str | None] | None = None,
+    ) -> CommandParser:
+        """A parser with these caps (those of the authenticated state: see :meth:`apply_state`)."""
+        return CommandParser(
+            max_line_length=self.max_line_length,
+            max_literal_size=self.max_literal_size,
+            max_command_size=self.max_command_size,
+            max_literals=self.max_literals,
+            max_nesting=self.max_nesting,
+            max_search_depth=self.max_search_depth,
+            max_sequence_ranges=self.max_sequence_ranges,
+            spool=spool,
+            spool_threshold=self.spool_threshold,
+            literal_gate=literal_gate,
+        )
+
+    def apply_state(self, parser: CommandParser, authenticated: bool) -> None:
+        """Before login only small literals and commands (issue 20 item 2); the full sizes
+        once authenticated. Parsing is lazy, so a command pipelined after LOGIN is read
+        with the caps of the state LOGIN left."""
+        if authenticated:
+            parser.max_literal_size = self.max_literal_size
+            parser.max_command_size = self.max_command_size
+        else:
+            parser.max_literal_size = self.max_prelogin_literal_size
+            parser.max_command_size = self.max_prelogin_command_size
 
 
 def thread_runner(reactor: Any) -> RunBlockingFn:

@@ -16,6 +16,7 @@ from typing import NoReturn, TypeVar
 
 from gateway.core.criteria import SeqRange, SequenceSet
 from gateway.core.flags import canonical_flag
+from gateway.imap.spool import Spooled
 
 T = TypeVar("T")
 
@@ -83,7 +84,7 @@ class Literal:
 
     __slots__ = ("binary", "data")
 
-    def __init__(self, data: bytes | None, binary: bool) -> None:
+    def __init__(self, data: bytes | Spooled | None, binary: bool) -> None:
         self.data = data
         self.binary = binary
 
@@ -278,6 +279,13 @@ class Reader:
         raise Syntax("control character in a quoted string")
 
     def literal(self, binary_ok: bool = False) -> bytes:
+        """The next literal's bytes (a spooled one is read into memory: only APPEND's
+        message data stays on disk, through :meth:`message_literal`)."""
+        data = self.message_literal(binary_ok)
+        return data if isinstance(data, bytes) else bytes(data)
+
+    def message_literal(self, binary_ok: bool = False) -> bytes | Spooled:
+        """The next literal as the parser kept it: bytes, or a :class:`Spooled` file."""
         lit = self._lits[self._i]
         if lit is None or self.pos < self.end:
             self.fail("a literal")

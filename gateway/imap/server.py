@@ -13,7 +13,10 @@ and applies backpressure both ways:
   pipelined commands wait as unparsed bytes in the parser; once more than
   :attr:`IMAPLimits.max_buffered_input` bytes wait, the transport stops reading;
 * fairness: after :attr:`IMAPLimits.max_pipelined_commands` pipelined commands in a
-  row the connection lets the reactor serve others before going on.
+  row the connection lets the reactor serve others before going on;
+* byte budgets (issue 20): small literals and a listener-wide input budget before login,
+  large literals spooled to disk and APPEND bytes in flight capped after it
+  (:mod:`gateway.imap.budgets`); the parser's caps follow the session's state.
 
 Timers (RFC 3501 §5.4 autologout, RFC 2177 IDLE keep-alive) run on an injected clock.
 The factories that build these connections are in :mod:`gateway.imap.factory`, the limits
@@ -32,6 +35,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.imap.budgets import ConnectionBudget
 from gateway.imap.command import (
     Command,
     ContinuationNeeded,
@@ -95,6 +99,7 @@ class IMAPServerProtocol(Protocol):
         self.peer_host = "local"
         self._source_counted = False
         self._login_limits = LoginLimits(factory)
+        self._budget = ConnectionBudget(factory.budgets, factory.spool_dir)
         self._login_delay_call: IDelayedCall | None = None
         self._current: Run | None = None
         self._waiting: RunBlocking | ReadLine | WaitIdle | None = None
@@ -165,6 +170,7 @@ class IMAPServerProtocol(Protocol):
         self._drop_current()
         self._cancel_timers()
         self.factory.protocols.discard(self)
+        self._budget.close()
         if getattr(self, "session", None) is not None:
             self.factory.observer.connection_closed(
                 self.factory.clock.seconds() - self._connected_at
@@ -181,16 +187,12 @@ class IMAPServerProtocol(Protocol):
         )
 
     def _new_parser(self) -> CommandParser:
-        limits = self.factory.limits
-        return CommandParser(
-            max_line_length=limits.max_line_length,
-            max_literal_size=limits.max_literal_size,
-            max_command_size=limits.max_command_size,
-            max_literals=limits.max_literals,
-            max_nesting=limits.max_nesting,
-            max_search_depth=limits.max_search_depth,
-            max_sequence_ranges=limits.max_sequence_ranges,
+        parser = self.factory.limits.new_parser(
+            spool=self._budget.open_spool,
+            literal_gate=lambda size: self._budget.reserve(self.session.user, size),
         )
+        self.factory.limits.apply_state(parser, self.session.user is not None)
+        return parser
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -231,6 +233,12 @@ class IMAPServerProtocol(Protocol):
         finally:
             self._busy = False
         self._update_reading()
+        held = self.parser.buffered_size if self.session.user is None and not self._closing else 0
+        if not self._budget.hold_prelogin(held):
+            # The listener-wide pre-login budget is spent (RFC 5530 LIMIT).
+            self._drop_current()
+            self.transport.write(b"* BYE [LIMIT] Too much input before login\r\n")
+            self._close()
 
     def _pump_input(self) -> None:
         """Take parser events: a raw line when one was asked for, otherwise the next
@@ -452,6 +460,8 @@ class IMAPServerProtocol(Protocol):
             self._cancel_keepalive()
         # RFC 6855 §3: after ENABLE UTF8=ACCEPT, the next commands may carry UTF-8.
         self.parser.utf8_accept = self.session.utf8_enabled()
+        self._budget.command_done()  # its literals' reservations and spool files
+        self.factory.limits.apply_state(self.parser, self.session.user is not None)
         self._reset_timeout()
         self._turn_commands += 1
         self._again = True
@@ -508,6 +518,7 @@ class IMAPServerProtocol(Protocol):
             return
         self._closing = True
         self._cancel_timers()
+        self._budget.hold_prelogin(0)
         if self._reading_paused:
             self._reading_paused = False
             self.transport.resumeProducing()
@@ -517,6 +528,7 @@ class IMAPServerProtocol(Protocol):
     def _abort(self) -> None:
         self._closing = True
         self._cancel_timers()
+        self._budget.hold_prelogin(0)
         self.transport.abortConnection()
 
     # -- timers --

@@ -70,6 +70,7 @@ call stack may be another session's command.
 from __future__ import annotations
 
 import datetime
+import mmap
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -220,9 +221,14 @@ class StoreResult:
 @dataclass(frozen=True)
 class NewMessage:
     """One message for :meth:`Store.append_many`: the bytes, the flags to set and the
-    INTERNALDATE (None: now), as one APPEND argument carries them (RFC 3501 §6.3.11)."""
+    INTERNALDATE (None: now), as one APPEND argument carries them (RFC 3501 §6.3.11).
 
-    raw: bytes
+    ``raw`` may be a read-only ``mmap`` of a spooled file instead of ``bytes`` (a large
+    APPEND, issue 20): a backend must then not keep more than one transient copy of it in
+    memory (SQLite writes it with incremental blob I/O); the caller closes the map
+    after the call."""
+
+    raw: bytes | mmap.mmap
     flags: tuple[str, ...] = ()
     internaldate: datetime.datetime | None = None
 

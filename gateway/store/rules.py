@@ -11,6 +11,7 @@ for values no caller should pass) and touch no storage.
 from __future__ import annotations
 
 import datetime
+import mmap
 from collections.abc import Iterable
 
 from gateway.core.flags import RECENT, canonical_flag
@@ -41,9 +42,10 @@ SEEN_KEY = "\\seen"
 _ATOM_SPECIALS = frozenset('(){ %*"\\]')
 
 
-def check_message(raw: bytes, limit: int) -> None:
-    """What every backend checks before storing a message: bytes, and not over ``limit``."""
-    if not isinstance(raw, bytes):
+def check_message(raw: bytes | mmap.mmap, limit: int) -> None:
+    """What every backend checks before storing a message: bytes (or a read-only map of
+    a spooled file, see :class:`~gateway.store.interfaces.NewMessage`), not over ``limit``."""
+    if not isinstance(raw, bytes | mmap.mmap):
         raise TypeError("raw message must be bytes")
     if len(raw) > limit:
         raise MessageTooLarge(f"message of {len(raw)} bytes exceeds the limit of {limit}")

@@ -10,6 +10,7 @@ SQLite's ``private_flag`` table does.
 from __future__ import annotations
 
 import datetime
+import mmap
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -189,8 +190,9 @@ class MemoryBase:
                 except Exception:
                     log.exception("store.listener_failed", mailbox_id=mailbox_id)
 
-    def _ingest(self, raw: bytes, when: datetime.datetime | None) -> Message:
+    def _ingest(self, raw: bytes | mmap.mmap, when: datetime.datetime | None) -> Message:
         check_message(raw, self.max_message_size)
+        raw = bytes(raw)  # a spooled message: this backend keeps everything in memory
         now = datetime.datetime.fromtimestamp(int(self._clock())).astimezone()
         when = stored_internaldate(when, now)
         analysis = self._analyze(raw)

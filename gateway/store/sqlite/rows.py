@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import mmap
 import sqlite3
 from collections.abc import Iterable, Sequence
 
@@ -70,6 +71,25 @@ def split_seen(flags: dict[str, str], shared: bool) -> tuple[str, bool]:
 def uid_list(uids: Iterable[int]) -> str:
     """UIDs as one JSON parameter for ``json_each``: any count, one bound value."""
     return json.dumps([int(u) for u in uids])
+
+
+BLOB_CHUNK = 1024 * 1024
+"""Bytes written at a time when a large message goes in through incremental blob I/O."""
+
+
+def _insert_content(cur: sqlite3.Connection, message_id: int, raw: bytes | mmap.mmap) -> None:
+    """The message's bytes. A spooled message (an ``mmap``) is written piece by piece
+    into a ``zeroblob`` with :meth:`sqlite3.Connection.blobopen`: binding it whole would
+    make SQLite copy it (``SQLITE_TRANSIENT``) and then build the row record, two more
+    copies of a message that may be 64 MiB."""
+    if isinstance(raw, bytes):
+        cur.execute("INSERT INTO content (message_id, raw) VALUES (?, ?)", (message_id, raw))
+        return
+    size = len(raw)
+    cur.execute("INSERT INTO content (message_id, raw) VALUES (?, zeroblob(?))", (message_id, size))
+    with cur.blobopen("content", "raw", message_id) as blob, memoryview(raw) as view:
+        for start in range(0, size, BLOB_CHUNK):
+            blob.write(view[start : start + BLOB_CHUNK])
 
 
 class SQLiteRows(SQLiteConnection):
@@ -188,8 +208,8 @@ class SQLiteRows(SQLiteConnection):
         return int(when.timestamp()), int(offset.total_seconds() // 60), when.date().toordinal()
 
     def _ingest(
-        self, raw: bytes, internaldate: datetime.datetime | None
-    ) -> tuple[bytes, Analysis, tuple[int, int, int]]:
+        self, raw: bytes | mmap.mmap, internaldate: datetime.datetime | None
+    ) -> tuple[bytes | mmap.mmap, Analysis, tuple[int, int, int]]:
         """Checks and computations done before the write transaction starts."""
         check_message(raw, self.max_message_size)
         return raw, self._analyze(raw), self._internaldate(internaldate)
@@ -197,7 +217,7 @@ class SQLiteRows(SQLiteConnection):
     def _insert_message(
         self,
         cur: sqlite3.Connection,
-        raw: bytes,
+        raw: bytes | mmap.mmap,
         analysis: Analysis,
         internal: tuple[int, int, int],
     ) -> int:
@@ -234,7 +254,7 @@ class SQLiteRows(SQLiteConnection):
                 ),
             ).lastrowid
         )
-        cur.execute("INSERT INTO content (message_id, raw) VALUES (?, ?)", (message_id, raw))
+        _insert_content(cur, message_id, raw)
         cur.executemany(
             "INSERT INTO header_field (message_id, name, pos, value_folded) VALUES (?, ?, ?, ?)",
             [
