@@ -19,6 +19,7 @@ from gateway.imap.command import Create, List, MailboxCommand, Rename, Status
 from gateway.imap.handler import BadCommand, Handler, Pause, Refused, ok
 from gateway.imap.listpattern import WILDCARDS, PatternSet
 from gateway.store.interfaces import DELIMITER, INBOX, Mailbox, MailboxCounts, MailboxNotFound
+from gateway.store.rules import check_name_characters
 
 if TYPE_CHECKING:
     from gateway.imap.handler import Session
@@ -47,15 +48,21 @@ def _user(session: Session) -> str:
     return session.user
 
 
+def _refuse_wildcards(name: str) -> None:
+    """A name with a LIST wildcard could never be listed alone (RFC 3501 §6.3.8), so no
+    client may make one exist: neither as a mailbox nor as a subscription."""
+    if any(c in name for c in WILDCARDS):
+        raise Refused("Mailbox names may not contain % or *", "CANNOT")
+
+
 def _new_name(session: Session, raw: bytes) -> str:
     """A name for a mailbox about to exist: a single trailing delimiter is dropped
     (RFC 3501 §6.3.3: it only says "I intend to create children") and wildcards are
-    refused."""
+    refused; the store applies the rest of the name rules (gateway.store.rules)."""
     name = session.mailbox_name(raw)
     if name.endswith(DELIMITER) and len(name) > 1:
         name = name[:-1]
-    if any(c in name for c in WILDCARDS):
-        raise Refused("Mailbox names may not contain % or *", "CANNOT")
+    _refuse_wildcards(name)
     return name
 
 
@@ -116,8 +123,13 @@ def rename(session: Session, cmd: Rename) -> Handler:
 
 def subscribe(session: Session, cmd: MailboxCommand) -> Handler:
     """SUBSCRIBE, RFC 3501 §6.3.6. Names without a mailbox may be subscribed too (the
-    RFC allows it, and subscriptions outlive deletions). State: authenticated or selected."""
-    session.store.set_subscribed(_user(session), session.mailbox_name(cmd.mailbox), True)
+    RFC allows it, and subscriptions outlive deletions), but only names a mailbox could
+    have: no wildcards, no control or format characters, as for CREATE (Dovecot goes
+    further and refuses any name without a mailbox). State: authenticated or selected."""
+    name = session.mailbox_name(cmd.mailbox)
+    _refuse_wildcards(name)
+    check_name_characters(name)
+    session.store.set_subscribed(_user(session), name, True)
     yield from ()
     return ok("SUBSCRIBE completed")
 

@@ -77,6 +77,7 @@ from typing import Protocol, runtime_checkable
 
 from gateway.core.criteria import Criteria
 from gateway.store.errors import (
+    InvalidMailboxName,
     MailboxExists,
     MailboxNotAllowed,
     MailboxNotFound,
@@ -96,6 +97,7 @@ __all__ = [
     "ChangeNotifier",
     "Changes",
     "Delivery",
+    "InvalidMailboxName",
     "Ledger",
     "LedgerEntry",
     "MailStore",
