@@ -22,22 +22,19 @@ raises the number of examples for a long run (see README.md, "Fuzzing").
 from __future__ import annotations
 
 import base64
-import math
 import os
 import re
-from unittest import mock
 
 import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import task
 
-from gateway.imap import mailboxes
 from gateway.imap.handler import ReadLine
-from gateway.imap.listpattern import WORD_BITS, PatternSet
 from gateway.imap.policy import IMAPLimits
 from gateway.store.memory import MemoryStore
 from gateway.testing.imapsession import WiredServer
+from gateway.testing.listwork import assert_linear, counting
 
 EXAMPLES = int(os.environ.get("POPGATE_FUZZ_EXAMPLES", "200"))
 """Examples per property; the long run sets POPGATE_FUZZ_EXAMPLES=100000 or so."""
@@ -67,30 +64,6 @@ _MESSAGE = (
     b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
     b"Content-Type: text/plain\r\n\r\nhello\r\n--b--\r\n"
 )
-
-
-class CountingPatternSet(PatternSet):
-    """The LIST automaton, remembering every instance and the names each one read."""
-
-    made: list[CountingPatternSet] = []
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.read: list[str] = []
-        CountingPatternSet.made.append(self)
-
-    def matching_levels(self, name: str) -> list[str]:
-        self.read.append(name)
-        return super().matching_levels(name)
-
-
-def assert_bounded_matching(made: list[CountingPatternSet]) -> None:
-    """No pattern, however hostile, costs more than linear work per name (issue 20)."""
-    for compiled in made:
-        assert compiled.states <= mailboxes.MAX_PATTERN_STATES or not compiled.read
-        assert len(compiled.read) == len(set(compiled.read)), compiled.read
-        words = math.ceil(compiled.states / WORD_BITS) if compiled.states else 1
-        assert compiled.steps <= sum(len(n) + 1 for n in compiled.read) * words
 
 
 TREE = ("Foo/Bar/Baz", "Foo/Qux", "INBOX/Sub/Deep", "aaaaaaaaaaaaaaaaaaaa")
@@ -123,11 +96,7 @@ def settle(conn: WiredServer) -> None:
 
 def drive(chunks: list[bytes]) -> tuple[WiredServer, bytes, list[dict]]:
     conn = connect()
-    CountingPatternSet.made.clear()
-    with (
-        structlog.testing.capture_logs() as events,
-        mock.patch.object(mailboxes, "PatternSet", CountingPatternSet),
-    ):
+    with structlog.testing.capture_logs() as events, counting() as automata:
         for chunk in chunks:
             if conn.transport.disconnecting:
                 break
@@ -140,7 +109,7 @@ def drive(chunks: list[bytes]) -> tuple[WiredServer, bytes, list[dict]]:
             )
         assert_quiescent(conn)
         conn.protocol.connectionLost(None)
-    assert_bounded_matching(CountingPatternSet.made)
+    assert_linear(automata)
     return conn, conn.transport.value(), events
 
 

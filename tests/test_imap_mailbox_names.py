@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from gateway.imap import mutf7
-from tests.imap_helpers import RawClient, message, running_server
+from gateway.testing.imapclient import RawClient, running_server
+from gateway.testing.messages import message
 
 
 @pytest.fixture

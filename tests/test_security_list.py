@@ -14,27 +14,21 @@ the client's socket timeout ends the test instead of a hang; the server is SIGKI
 
 from __future__ import annotations
 
-import math
 import re
 import socket
 import time
 from collections.abc import Iterator
-from unittest import mock
 
 import pytest
-from twisted.internet import task
-from twisted.internet.defer import maybeDeferred
-from twisted.internet.testing import StringTransport
 
 from bench.popgate import GatewayServer
 from gateway.app.storage import STORE_FILE
 from gateway.imap import mailboxes
-from gateway.imap.factory import IMAPServerFactory
-from gateway.imap.listpattern import WORD_BITS, PatternSet
-from gateway.security.penalty import AuthPenalty
 from gateway.store.memory import MemoryStore
 from gateway.store.sqlite import SQLiteStore
-from tests.imap_helpers import PASSWORD, USER, RawClient
+from gateway.testing.imapclient import PASSWORD, USER, RawClient
+from gateway.testing.imapsession import WiredServer
+from gateway.testing.listwork import assert_linear, counting
 
 MAILBOXES = 6000
 NAMES = [f"{'a' * 15}{i:05d}" for i in range(MAILBOXES)]
@@ -52,62 +46,29 @@ _LIST_NAME = re.compile(rb'^\* LIST \([^)]*\) "/" "?([^"\r]*)"?\r$', re.M)
 # ---- in process: pauses, bounded work, the LIMIT -----------------------------------------
 
 
-class _Passwords:
-    def authenticate(self, user: str, password: bytes) -> str | None:
-        return user if (user, password) == (USER, PASSWORD.encode()) else None
+def _wired(store: MemoryStore) -> WiredServer:
+    server = WiredServer(store, passwords={USER: PASSWORD})
+    server.feed(f"a LOGIN {USER} {PASSWORD}\r\n".encode())
+    server.clock.advance(0)
+    assert b"a OK" in server.take()
+    return server
 
 
-class _Recording(PatternSet):
-    """A PatternSet that remembers every instance, and the names it read."""
-
-    made: list[_Recording] = []
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.read: list[str] = []
-        _Recording.made.append(self)
-
-    def matching_levels(self, name: str) -> list[str]:
-        self.read.append(name)
-        return super().matching_levels(name)
-
-
-def _wired(store: MemoryStore) -> tuple[task.Clock, StringTransport, object]:
-    clock = task.Clock()
-    factory = IMAPServerFactory(
-        store,
-        _Passwords(),
-        reactor=clock,
-        clock=clock,
-        run_blocking=lambda call: maybeDeferred(call),
-        penalty=AuthPenalty(clock),
-    )
-    factory.doStart()
-    protocol = factory.buildProtocol(None)
-    transport = StringTransport()
-    protocol.makeConnection(transport)
-    protocol.dataReceived(f"a LOGIN {USER} {PASSWORD}\r\n".encode())
-    clock.advance(0)
-    assert b"a OK" in transport.value()
-    transport.clear()
-    return clock, transport, protocol
-
-
-def _run_pausing(clock: task.Clock, transport: StringTransport, protocol: object, line: bytes):
+def _run_pausing(server: WiredServer, line: bytes) -> tuple[int, bytes]:
     """Send ``line``; count the reactor turns the command takes until its tagged reply."""
     tag = line.split(b" ", 1)[0]
-    protocol.dataReceived(line)  # type: ignore[attr-defined]
-    turns = 0
-    while not re.search(rb"^" + tag + rb" ", transport.value(), re.M):
+    server.feed(line)
+    clock, turns = server.clock, 0
+    while not re.search(rb"^" + tag + rb" ", server.transport.value(), re.M):
         # One reactor turn: only the call due now, not those it schedules in turn
         # (Clock.advance would run those too).
-        due = sorted(clock.getDelayedCalls(), key=lambda c: c.getTime())
-        assert due and due[0].getTime() <= clock.seconds(), "the command did not finish"
-        clock.calls.remove(due[0])
-        due[0].called = True
-        due[0].func(*due[0].args, **due[0].kw)
+        due = min(clock.getDelayedCalls(), key=lambda c: c.getTime())
+        assert due.getTime() <= clock.seconds(), "the command neither finished nor paused"
+        clock.calls.remove(due)
+        due.called = True
+        due.func(*due.args, **due.kw)
         turns += 1
-    return turns, transport.value()
+    return turns, server.take()
 
 
 @pytest.mark.parametrize(
@@ -127,20 +88,17 @@ def test_a_long_listing_pauses_for_the_reactor_and_reads_each_name_once(
     for name in names:
         store.create_mailbox(USER, name)
         store.set_subscribed(USER, name, True)
-    clock, transport, protocol = _wired(store)
-    _Recording.made.clear()
-    line = f'b {command} "" "{pattern}"\r\n'.encode()
-    with mock.patch.object(mailboxes, "PatternSet", _Recording):
-        turns, reply = _run_pausing(clock, transport, protocol, line)
+    server = _wired(store)
+    with counting() as made:
+        turns, reply = _run_pausing(server, f'b {command} "" "{pattern}"\r\n'.encode())
     assert reply.endswith(f"b OK {command} completed\r\n".encode()), reply[-200:]
     assert (b'"/" "p"\r\n' in reply) == lists_p  # LIST: a mailbox; LSUB "%": a stand-in
     defaults = 6  # INBOX, Sent, Drafts, Trash, Junk, Archive: all subscribed
     expected = (len(names) if pattern == "*" else 0) + int(lists_p) + defaults
     assert reply.count(f"* {command} ".encode()) == expected
-    (compiled,) = _Recording.made
-    assert len(compiled.read) == len(set(compiled.read)) and set(names) <= set(compiled.read)
-    words = math.ceil(compiled.states / WORD_BITS)
-    assert compiled.steps <= sum(len(n) + 1 for n in compiled.read) * words
+    (compiled,) = made
+    assert_linear(made)
+    assert set(names) <= set(compiled.read)
     assert turns >= compiled.steps // mailboxes.PAUSE_STEPS
     if pattern == "*":
         assert turns >= 3
@@ -151,13 +109,12 @@ def test_patterns_too_large_for_the_automaton_are_refused_with_limit() -> None:
     states (wildcard runs collapse first, so a hostile run of them costs nothing)."""
     store = MemoryStore()
     store.ensure_user(USER)
-    clock, transport, protocol = _wired(store)
+    server = _wired(store)
     many = " ".join(f'"{"ab%" * 40}{i}"' for i in range(40))
-    _turns, reply = _run_pausing(clock, transport, protocol, f'b LIST "" ({many})\r\n'.encode())
+    _turns, reply = _run_pausing(server, f'b LIST "" ({many})\r\n'.encode())
     assert reply.endswith(b"b NO [LIMIT] LIST patterns too long\r\n"), reply
-    transport.clear()
     hostile = "%*" * 2000 + "q"
-    _turns, reply = _run_pausing(clock, transport, protocol, f'c LIST "" "{hostile}"\r\n'.encode())
+    _turns, reply = _run_pausing(server, f'c LIST "" "{hostile}"\r\n'.encode())
     assert reply == b"c OK LIST completed\r\n"
 
 
