@@ -20,12 +20,14 @@ delimiter included; ``%`` matches any sequence without the delimiter; every othe
 character matches itself exactly, except that INBOX is case-insensitive (§5.1): a name
 that is ``INBOX`` or starts with ``INBOX/`` matches if the pattern matches it with *some*
 spelling of that leading ``INBOX`` (``inbox/%``, ``In*`` and ``*box`` reach it; every
-other name is compared exactly). Pure: no I/O, no store.
+other name is compared exactly). Pure: no I/O (only the store's naming constants).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+
+from gateway.store.interfaces import DELIMITER, INBOX
 
 STAR = "*"
 """Matches any sequence of characters, the hierarchy delimiter included."""
@@ -35,8 +37,6 @@ PERCENT = "%"
 
 WILDCARDS = STAR + PERCENT
 """The LIST wildcards (RFC 3501 §6.3.8); a mailbox named with one could never be listed alone."""
-
-INBOX = "INBOX"
 
 WORD_BITS = 64
 """The bit-set width one unit of :attr:`PatternSet.steps` stands for."""
@@ -74,7 +74,7 @@ class PatternSet:
     two wildcards are adjacent after :func:`normalise`, so one such step suffices.
     """
 
-    def __init__(self, patterns: Iterable[str], *, delimiter: str = "/") -> None:
+    def __init__(self, patterns: Iterable[str], *, delimiter: str = DELIMITER) -> None:
         self.delimiter = delimiter
         self.patterns = tuple(dict.fromkeys(normalise(p) for p in patterns))
         starts = accepts = star = percent = 0
@@ -149,6 +149,6 @@ class PatternSet:
         return live & self._accepts
 
 
-def matcher(pattern: str, *, delimiter: str = "/") -> Callable[[str], bool]:
+def matcher(pattern: str, *, delimiter: str = DELIMITER) -> Callable[[str], bool]:
     """The test for names matching one pattern."""
     return PatternSet([pattern], delimiter=delimiter).matches
