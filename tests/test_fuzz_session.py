@@ -8,6 +8,9 @@ Properties (mox's fuzz test drives its whole server the same way):
 * no hang: after the input ends, the connection is waiting for input, closed, or in
   IDLE; nothing is left half-done with no timer to finish it;
 * bounded memory: the parser never holds more than its documented bound;
+* bounded matching: every LIST/LSUB pattern automaton (gateway/imap/listpattern.py) stays
+  within MAX_PATTERN_STATES, reads each name at most once per command, and does at most
+  (len(name) + 1) × words of work per name, whatever the (wildcard-heavy) patterns;
 * well-formed streams: every complete command gets exactly one tagged reply, in order,
   up to the point where the server closes the connection.
 
@@ -31,6 +34,7 @@ from gateway.imap.handler import ReadLine
 from gateway.imap.policy import IMAPLimits
 from gateway.store.memory import MemoryStore
 from gateway.testing.imapsession import WiredServer
+from gateway.testing.listwork import assert_linear, counting
 
 EXAMPLES = int(os.environ.get("POPGATE_FUZZ_EXAMPLES", "200"))
 """Examples per property; the long run sets POPGATE_FUZZ_EXAMPLES=100000 or so."""
@@ -63,10 +67,17 @@ _MESSAGE = (
 )
 
 
+TREE = ("Foo/Bar/Baz", "Foo/Qux", "INBOX/Sub/Deep", "aaaaaaaaaaaaaaaaaaaa")
+"""Mailboxes (and subscriptions) beyond the defaults, for patterns to walk."""
+
+
 def connect() -> WiredServer:
     clock = task.Clock()
     store = MemoryStore(clock=clock.seconds)
     store.ensure_user(USER)
+    for name in TREE:
+        store.create_mailbox(USER, name)
+        store.set_subscribed(USER, name, True)
     inbox = store.get_mailbox(USER, "INBOX")
     for flags in ([], ["\\Seen"], ["\\Flagged", "\\Deleted"]):
         store.append(inbox.id, _MESSAGE, flags)
@@ -86,7 +97,7 @@ def settle(conn: WiredServer) -> None:
 
 def drive(chunks: list[bytes]) -> tuple[WiredServer, bytes, list[dict]]:
     conn = connect()
-    with structlog.testing.capture_logs() as events:
+    with structlog.testing.capture_logs() as events, counting() as automata:
         for chunk in chunks:
             if conn.transport.disconnecting:
                 break
@@ -99,6 +110,7 @@ def drive(chunks: list[bytes]) -> tuple[WiredServer, bytes, list[dict]]:
             )
         assert_quiescent(conn)
         conn.protocol.connectionLost(None)
+    assert_linear(automata)
     return conn, conn.transport.value(), events
 
 
@@ -177,6 +189,33 @@ def _sasl(user: str, password: str) -> str:
     return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
 
 
+_pattern_text = st.lists(
+    st.sampled_from(["%", "*", "%", "*", "%*", "*%", "a", "F", "o", "/", "I", "n", "x", "q"]),
+    max_size=40,
+).map("".join)
+"""Wildcard-heavy LIST patterns (the red team's ``%*%*...q`` is one of them)."""
+
+
+def _astring(text: str, literal: bool) -> str:
+    return _literal(text.encode(), plus=True) if literal else f'"{text}"'
+
+
+_pattern = st.builds(_astring, _pattern_text, st.booleans())
+_reference = st.sampled_from(['""', '""', '"Foo"', '"Foo/"', '"INBOX/"', '"%"', '"*/"'])
+_listing = st.one_of(
+    st.builds(lambda r, p: f"LIST {r} {p}", _reference, _pattern),
+    st.builds(lambda r, p: f"LSUB {r} {p}", _reference, _pattern),
+    st.builds(
+        lambda sel, r, ps, ret: f"LIST ({sel}) {r} ({' '.join(ps)}){ret}",
+        st.sampled_from(["", "SUBSCRIBED", "SUBSCRIBED RECURSIVEMATCH", "SPECIAL-USE"]),
+        _reference,
+        st.lists(_pattern, min_size=1, max_size=4),
+        st.sampled_from(["", " RETURN (CHILDREN)", " RETURN (SUBSCRIBED STATUS (MESSAGES))"]),
+    ),
+    st.builds(lambda p: f"SUBSCRIBE {p}", _pattern),
+)
+"""LIST, LSUB, LIST-EXTENDED (RFC 5258) with generated patterns, and SUBSCRIBE of them."""
+
 _FIXED = st.sampled_from(
     [
         "CAPABILITY",
@@ -227,6 +266,9 @@ _simple = st.one_of(
     _FIXED,
     _FIXED,
     _FIXED,
+    _listing,
+    _listing,
+    _listing,
     st.builds(lambda m: f"SELECT {m}", _mailbox),
     st.builds(lambda m: f"EXAMINE {m}", _mailbox),
     st.builds(lambda m: f"CREATE {m}", _mailbox),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.imap.handler import BadCommand
-from gateway.imap.mailboxes import matcher
+from gateway.imap.listpattern import matcher
 from gateway.imap.session import IMAPSession
 from gateway.testing.imapclient import USER, RawClient, ServerHandle, running_server
 from gateway.testing.messages import message

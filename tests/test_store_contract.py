@@ -283,6 +283,22 @@ def test_inbox_is_case_insensitive_also_as_a_parent(store: Store) -> None:
         "a\nb",
         "x" * (MAX_MAILBOX_NAME_LENGTH + 1),
         "/".join(["d"] * (MAX_MAILBOX_DEPTH + 1)),
+        # Format and bidi controls (Unicode Cf) and line/paragraph separators: invisible,
+        # or reordering what a user sees (U+202E shows "evil\u202etxt.exe" as
+        # "evilexe.txt"); refused like the C0 controls (issue 20, item 15).
+        "evil\u202etxt.exe",
+        "a\u200eb",
+        "a\u200fb",
+        "a\u2066b\u2069",
+        "a\u2067b",
+        "a\u2068b",
+        "a\u061cb",
+        "a\u2028b",
+        "a\u2029b",
+        "\ufeffInbox",
+        "soft\u00adhyphen",
+        "Work/\u202dx",
+        "a\ud800b",  # a lone surrogate is no character at all
     ],
 )
 def test_create_mailbox_refuses_bad_names(store: Store, name: str) -> None:
@@ -290,6 +306,16 @@ def test_create_mailbox_refuses_bad_names(store: Store, name: str) -> None:
     with pytest.raises(MailboxNotAllowed):
         store.create_mailbox("alice", name)
     assert store.list_mailboxes("alice") == before
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Family \U0001f468\u200d\U0001f469\u200d\U0001f467", "\u0645\u06cc\u200c\u0631\u0648\u0645"],
+)
+def test_create_mailbox_accepts_joiners_inside_text(store: Store, name: str) -> None:
+    """ZWJ and ZWNJ (U+200D, U+200C) are Cf but part of emoji sequences and of words in
+    Persian and Indic scripts; they reorder nothing, so names may hold them."""
+    assert store.create_mailbox("alice", name).name == name
 
 
 def test_create_mailbox_accepts_the_longest_allowed_name(store: Store) -> None:
@@ -426,6 +452,8 @@ def test_rename_refusals(store: Store) -> None:
         store.rename_mailbox("alice", "a", "a/x/y")
     with pytest.raises(MailboxNotAllowed):
         store.rename_mailbox("alice", "a", "bad//name")
+    with pytest.raises(MailboxNotAllowed):
+        store.rename_mailbox("alice", "a", "evil\u202etxt.exe")
     assert store.get_mailbox("alice", "a/x").name == "a/x"
     with pytest.raises(MailboxNotFound):
         store.get_mailbox("alice", "b")

@@ -17,6 +17,7 @@ from gateway.imap.handler import (
     Action,
     Close,
     IdleEvent,
+    Pause,
     ReadLine,
     RunBlocking,
     StartTLS,
@@ -194,6 +195,7 @@ def test_the_driver_performs_or_refuses_every_action_the_handlers_define(
         (RunBlocking(lambda: "ran"), (), "ran"),
         (ReadLine(b"+ \r\n"), [b"line"], b"line"),
         (WaitIdle(), [IdleEvent.CHANGED], IdleEvent.CHANGED),
+        (Pause(), (), None),
         (Close(), (), None),
     ]
     assert {type(action) for action, _, _ in performed} | {StartTLS} == set(get_args(Action))

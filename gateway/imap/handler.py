@@ -7,7 +7,7 @@ piece of a long one; literals may be split across chunks) and *returns* the
 large FETCH with backpressure: it pulls the next chunk only when the transport wants
 more, so 1,000 messages of 1 MB never sit in memory together. Where a handler needs the
 outside world it yields an *action* instead (:class:`RunBlocking`, :class:`ReadLine`,
-:class:`WaitIdle`) and is resumed with the outcome; the transport glue in
+:class:`WaitIdle`, :class:`Pause`) and is resumed with the outcome; the transport glue in
 :mod:`gateway.imap.server` performs it.
 
 Handlers never change the session's state themselves (RFC 3501 §3, STYLE.md habit 3):
@@ -112,6 +112,15 @@ class WaitIdle:
 
 
 @dataclass(frozen=True)
+class Pause:
+    """Let the reactor serve other connections and timers, then resume (with ``None``).
+
+    Output chunks alone do not give the reactor a turn while the client keeps reading,
+    so a handler with a long stretch of work (LIST over thousands of names) yields this
+    between chunks of it: no single command may hold the gateway (issue 20)."""
+
+
+@dataclass(frozen=True)
 class StartTLS:
     """Discard buffered plaintext input and start TLS (RFC 3501 §6.2.1)."""
 
@@ -121,7 +130,7 @@ class Close:
     """Close the connection once everything written so far has been sent."""
 
 
-Action = RunBlocking | ReadLine | WaitIdle | StartTLS | Close
+Action = RunBlocking | ReadLine | WaitIdle | Pause | StartTLS | Close
 Output = bytes | Action
 Run = Generator[Output, Any, None]
 """What the session core gives the transport glue for one command."""

@@ -9,23 +9,32 @@ session in one place.
 
 from __future__ import annotations
 
-import itertools
-import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from gateway.access.households import UserStore
 from gateway.access.quota import KIB, storage_kib
 from gateway.core.flags import SPECIAL_USES, VIRTUAL_SPECIAL_USES
 from gateway.imap.command import Create, List, MailboxCommand, Rename, Status
-from gateway.imap.handler import BadCommand, Handler, Refused, ok
-from gateway.store.interfaces import DELIMITER, INBOX, Mailbox, MailboxCounts
+from gateway.imap.handler import BadCommand, Handler, Pause, Refused, ok
+from gateway.imap.listpattern import WILDCARDS, PatternSet
+from gateway.store.interfaces import DELIMITER, INBOX, Mailbox, MailboxCounts, MailboxNotFound
+from gateway.store.rules import check_name_characters
 
 if TYPE_CHECKING:
     from gateway.imap.handler import Session
 
-WILDCARDS = "%*"
-"""LIST wildcards (RFC 3501 §6.3.8); a mailbox named with one could never be listed alone."""
+MAX_PATTERN_STATES = 4096
+"""Most automaton states the patterns of one LIST or LSUB may compile to (their normalised
+lengths plus one each, :class:`PatternSet`); beyond, ``NO [LIMIT]`` (RFC 5530). Real
+clients send one or two short patterns; the bound keeps each name's match cheap."""
+
+PAUSE_STEPS = 20_000
+"""Matcher work (:attr:`PatternSet.steps`) after which LIST lets the reactor serve other
+connections before going on (a :class:`Pause`): a few tens of milliseconds."""
+
+PAUSE_STATUS_LINES = 200
+"""LIST-STATUS lookups (one store query each) between two pauses."""
 
 CREATABLE_SPECIAL_USES = frozenset(SPECIAL_USES) - VIRTUAL_SPECIAL_USES
 """RFC 6154 §2 / RFC 8457 attributes CREATE may set (not the virtual ones)."""
@@ -39,15 +48,21 @@ def _user(session: Session) -> str:
     return session.user
 
 
+def _refuse_wildcards(name: str) -> None:
+    """A name with a LIST wildcard could never be listed alone (RFC 3501 §6.3.8), so no
+    client may make one exist: neither as a mailbox nor as a subscription."""
+    if any(c in name for c in WILDCARDS):
+        raise Refused("Mailbox names may not contain % or *", "CANNOT")
+
+
 def _new_name(session: Session, raw: bytes) -> str:
     """A name for a mailbox about to exist: a single trailing delimiter is dropped
     (RFC 3501 §6.3.3: it only says "I intend to create children") and wildcards are
-    refused."""
+    refused; the store applies the rest of the name rules (gateway.store.rules)."""
     name = session.mailbox_name(raw)
     if name.endswith(DELIMITER) and len(name) > 1:
         name = name[:-1]
-    if any(c in name for c in WILDCARDS):
-        raise Refused("Mailbox names may not contain % or *", "CANNOT")
+    _refuse_wildcards(name)
     return name
 
 
@@ -108,8 +123,13 @@ def rename(session: Session, cmd: Rename) -> Handler:
 
 def subscribe(session: Session, cmd: MailboxCommand) -> Handler:
     """SUBSCRIBE, RFC 3501 §6.3.6. Names without a mailbox may be subscribed too (the
-    RFC allows it, and subscriptions outlive deletions). State: authenticated or selected."""
-    session.store.set_subscribed(_user(session), session.mailbox_name(cmd.mailbox), True)
+    RFC allows it, and subscriptions outlive deletions), but only names a mailbox could
+    have: no wildcards, no control or format characters, as for CREATE (Dovecot goes
+    further and refuses any name without a mailbox). State: authenticated or selected."""
+    name = session.mailbox_name(cmd.mailbox)
+    _refuse_wildcards(name)
+    check_name_characters(name)
+    session.store.set_subscribed(_user(session), name, True)
     yield from ()
     return ok("SUBSCRIBE completed")
 
@@ -131,43 +151,6 @@ def _ancestors(name: str) -> Iterator[str]:
     while index >= 0:
         yield name[:index]
         index = name.find(DELIMITER, index + 1)
-
-
-def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    parts = []
-    for char in pattern:
-        if char == "*":
-            parts.append(".*")
-        elif char == "%":
-            parts.append("[^" + re.escape(DELIMITER) + "]*")
-        else:
-            parts.append(re.escape(char))
-    return re.compile("".join(parts), re.DOTALL)
-
-
-_INBOX_CASINGS = tuple(
-    "".join(letters) for letters in itertools.product(*((c, c.lower()) for c in INBOX))
-)
-"""Every spelling of INBOX in upper and lower case letters (32 of them)."""
-
-
-def matcher(pattern: str) -> Callable[[str], bool]:
-    """A test for names matching a LIST pattern (RFC 3501 §6.3.8): ``*`` matches
-    anything, ``%`` anything but the delimiter. Only INBOX is case-insensitive (§5.1):
-    a name in the INBOX hierarchy matches if the pattern matches it with *some*
-    spelling of its leading "INBOX", so ``inbox/%``, ``In*`` and ``*box`` reach INBOX
-    while every other name is compared exactly."""
-    regex = _pattern_regex(pattern)
-
-    def matches(name: str) -> bool:
-        if regex.fullmatch(name):
-            return True
-        if name == INBOX or name.startswith(INBOX + DELIMITER):
-            rest = name[len(INBOX) :]
-            return any(regex.fullmatch(spelling + rest) for spelling in _INBOX_CASINGS)
-        return False
-
-    return matches
 
 
 def _full_pattern(reference: str, pattern: str) -> str:
@@ -217,6 +200,37 @@ def _status_line(session: Session, name: str, counts: MailboxCounts, items: Iter
     return b"* STATUS " + session.wire_name(name) + b" (" + body.encode("ascii") + b")\r\n"
 
 
+def _compile(reference: str, patterns: list[str]) -> PatternSet:
+    """The command's patterns, each read in the context of the reference (RFC 3501
+    §6.3.8), compiled into one linear-time automaton (:mod:`gateway.imap.listpattern`);
+    more than :data:`MAX_PATTERN_STATES` states is refused."""
+    compiled = PatternSet(
+        (_full_pattern(reference, p) for p in patterns if p != ""), delimiter=DELIMITER
+    )
+    if compiled.states > MAX_PATTERN_STATES:
+        raise Refused("LIST patterns too long", "LIMIT")
+    return compiled
+
+
+def _scan(
+    patterns: PatternSet, names: Iterable[str]
+) -> Generator[Pause, object, dict[str, list[str]]]:
+    """Each name → the names among it and its superiors that match, shortest first
+    (:meth:`PatternSet.matching_levels`), for names with any. The work is bounded per
+    name and the reactor gets a turn every :data:`PAUSE_STEPS` of it, so no LIST holds
+    the gateway however many mailboxes a user has (issue 20)."""
+    found: dict[str, list[str]] = {}
+    pause_at = patterns.steps + PAUSE_STEPS
+    for name in names:
+        levels = patterns.matching_levels(name)
+        if levels:
+            found[name] = levels
+        if patterns.steps >= pause_at:
+            yield Pause()
+            pause_at = patterns.steps + PAUSE_STEPS
+    return found
+
+
 def list_(session: Session, cmd: List) -> Handler:
     """LIST (RFC 3501 §6.3.8, RFC 5258, RFC 5819, RFC 6154) and LSUB (§6.3.9).
 
@@ -224,24 +238,22 @@ def list_(session: Session, cmd: List) -> Handler:
     not exist themselves (left behind by DELETE) appear as ``\\Noselect`` (plain LIST)
     or ``\\NonExistent`` (LIST-EXTENDED) with ``\\HasChildren``. \\HasChildren /
     \\HasNoChildren and special-use attributes are always given (RFC 5258 §4, RFC 6154
-    §2 allow it). State: authenticated or selected.
+    §2 allow it). Each name is read once by the pattern automaton, in linear time, with
+    pauses for the reactor between chunks. State: authenticated or selected.
     """
     user = _user(session)
     lsub = cmd.name.upper() == "LSUB"
     verb = b"LSUB" if lsub else b"LIST"
     reference = session.mailbox_name(cmd.reference)
-    patterns = [session.mailbox_name(p) for p in cmd.patterns]
-    if len(patterns) == 1 and patterns[0] == "":
+    names = [session.mailbox_name(p) for p in cmd.patterns]
+    if len(names) == 1 and names[0] == "":
         yield _root_line(verb)
         return ok(f"{verb.decode()} completed")
-    tests = [matcher(_full_pattern(reference, p)) for p in patterns if p != ""]
-
-    def matches(name: str) -> bool:
-        return any(test(name) for test in tests)
+    patterns = _compile(reference, names)
 
     store = session.store
     if lsub:
-        yield from _lsub(session, store.subscriptions(user), store.list_mailboxes(user), tests)
+        yield from _lsub(session, store.subscriptions(user), store.list_mailboxes(user), patterns)
         return ok("LSUB completed")
 
     mailboxes = {m.name: m for m in store.list_mailboxes(user)}
@@ -271,30 +283,38 @@ def list_(session: Session, cmd: List) -> Handler:
         return attrs
 
     # Which names to report, and which get RFC 5258 §3.5 CHILDINFO instead.
+    childinfo: set[str] = set()
     if "SUBSCRIBED" in selection:
-        chosen = {n for n in subscribed if matches(n)}
+        found = yield from _scan(patterns, subscribed)
+        chosen = {name for name, levels in found.items() if levels[-1] == name}
+        if "RECURSIVEMATCH" in selection:
+            # RFC 5258 §3.5: a matching name whose subscribed descendant does not match
+            # itself carries CHILDINFO, so the client learns where subscriptions hide.
+            for name, levels in found.items():
+                if levels[-1] != name:
+                    childinfo.update(levels)
     else:
-        chosen = {n for n in mailboxes if matches(n)} | {n for n in parents if matches(n)}
+        # The superiors that match are exactly the matching names in ``parents``.
+        found = yield from _scan(patterns, mailboxes)
+        chosen = {level for levels in found.values() for level in levels}
     if "SPECIAL-USE" in selection:
         chosen = {n for n in chosen if n in mailboxes and mailboxes[n].special_use}
-    childinfo: set[str] = set()
-    if "RECURSIVEMATCH" in selection and "SUBSCRIBED" in selection:
-        # RFC 5258 §3.5: a matching name whose subscribed descendant does not match
-        # itself carries CHILDINFO, so the client learns where subscriptions hide.
-        for name in subscribed:
-            if matches(name):
-                continue
-            for ancestor in _ancestors(name):
-                if matches(ancestor):
-                    childinfo.add(ancestor)
 
+    lookups = 0
     for name in _in_order(chosen | childinfo):
         extra = b' ("CHILDINFO" ("SUBSCRIBED"))' if name in childinfo else b""
         yield _line(session, verb, attributes(name), name, extra)
         mailbox = mailboxes.get(name)
         if status_items and mailbox is not None:
             # RFC 5819 §2: STATUS right after the LIST line of each selectable mailbox.
-            yield _status_line(session, name, store.counts(mailbox.id), status_items)
+            try:
+                counts = store.counts(mailbox.id)
+            except MailboxNotFound:
+                continue  # deleted by another session during a pause
+            yield _status_line(session, name, counts, status_items)
+            lookups += 1
+            if lookups % PAUSE_STATUS_LINES == 0:
+                yield Pause()
     return ok("LIST completed")
 
 
@@ -302,27 +322,25 @@ def _lsub(
     session: Session,
     subscriptions: list[str],
     mailboxes: list[Mailbox],
-    tests: list[Callable[[str], bool]],
-) -> Iterator[bytes]:
+    patterns: PatternSet,
+) -> Generator[bytes | Pause, object, None]:
     """LSUB, RFC 3501 §6.3.9: subscribed names matching the pattern; a subscribed name
     whose mailbox is gone is ``\\Noselect``. A superior name that is not subscribed but
     has subscribed inferiors is returned ``\\Noselect`` when the pattern matches it but
-    none of those inferiors (the ``%`` case of the RFC)."""
-
-    def matches(name: str) -> bool:
-        return any(test(name) for test in tests)
-
+    none of those inferiors (the ``%`` case of the RFC). Linear in the names: each is
+    read once by the automaton."""
     existing = {m.name for m in mailboxes}
     subscribed = set(subscriptions)
-    chosen = {n for n in subscribed if matches(n)}
-    stand_ins: set[str] = set()
-    for name in subscribed:
-        for ancestor in _ancestors(name):
-            if ancestor in subscribed or ancestor in chosen or not matches(ancestor):
-                continue
-            prefix = ancestor + DELIMITER
-            if not any(s.startswith(prefix) and matches(s) for s in subscribed):
-                stand_ins.add(ancestor)
+    found = yield from _scan(patterns, subscribed)
+    chosen = {name for name, levels in found.items() if levels[-1] == name}
+    # Superiors of a matching subscribed name are never stand-ins.
+    covered = {ancestor for name in chosen for ancestor in _ancestors(name)}
+    stand_ins = {
+        level
+        for name, levels in found.items()
+        for level in levels
+        if level != name and level not in subscribed and level not in covered
+    }
     for name in _in_order(chosen | stand_ins):
         attrs = [] if name in chosen and name in existing else ["\\Noselect"]
         yield _line(session, b"LSUB", attrs, name)

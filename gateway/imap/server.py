@@ -13,7 +13,8 @@ and applies backpressure both ways:
   pipelined commands wait as unparsed bytes in the parser; once more than
   :attr:`IMAPLimits.max_buffered_input` bytes wait, the transport stops reading;
 * fairness: after :attr:`IMAPLimits.max_pipelined_commands` pipelined commands in a
-  row the connection lets the reactor serve others before going on;
+  row, or when a long command yields :class:`~gateway.imap.handler.Pause`, the
+  connection lets the reactor serve others before going on;
 * byte budgets (issue 20): small literals and a listener-wide input budget before login,
   large literals spooled to disk and APPEND bytes in flight capped after it
   (:mod:`gateway.imap.budgets`); the parser's caps follow the session's state.
@@ -48,6 +49,7 @@ from gateway.imap.handler import (
     BadCommand,
     Close,
     IdleEvent,
+    Pause,
     ReadLine,
     Run,
     RunBlocking,
@@ -102,7 +104,7 @@ class IMAPServerProtocol(Protocol):
         self._budget = ConnectionBudget(factory.budgets, factory.spool_dir)
         self._login_delay_call: IDelayedCall | None = None
         self._current: Run | None = None
-        self._waiting: RunBlocking | ReadLine | WaitIdle | None = None
+        self._waiting: RunBlocking | ReadLine | WaitIdle | Pause | None = None
         self._send: Any = None
         self._throw: BaseException | None = None
         self._blocking: object | None = None
@@ -301,8 +303,8 @@ class IMAPServerProtocol(Protocol):
         while not self._closing and self._current is not None:
             waiting = self._waiting
             if waiting is not None:
-                if isinstance(waiting, RunBlocking):
-                    return  # the Deferred's callback resumes us
+                if isinstance(waiting, RunBlocking | Pause):
+                    return  # the Deferred's callback (or the next turn) resumes us
                 if self._raw_error is not None:
                     error, self._raw_error = self._raw_error, None
                     self._waiting = None
@@ -376,6 +378,10 @@ class IMAPServerProtocol(Protocol):
             self._waiting = action
             self._request_raw()
             self._again = True  # DONE may already be buffered
+        elif isinstance(action, Pause):
+            # Resumed by _next_turn, after the reactor has served everyone else.
+            self._waiting = action
+            self._schedule_next_turn()
         elif isinstance(action, StartTLS):
             self._start_tls()
         elif isinstance(action, Close):
@@ -472,6 +478,8 @@ class IMAPServerProtocol(Protocol):
 
     def _next_turn(self) -> None:
         self._next_turn_call = None
+        if isinstance(self._waiting, Pause):
+            self._waiting = None
         if not self._closing:
             self._run()
 

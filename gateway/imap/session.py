@@ -48,6 +48,7 @@ from gateway.security.auth import Authenticator
 from gateway.store.interfaces import (
     DELIMITER,
     INBOX,
+    InvalidMailboxName,
     MailboxExists,
     MailboxNotAllowed,
     MailboxNotFound,
@@ -494,6 +495,8 @@ def _store_error_reply(exc: Exception, command: str) -> Reply | None:
         return Reply("NO", "Mailbox does not exist", "NONEXISTENT")
     if isinstance(exc, MailboxExists):
         return Reply("NO", "Mailbox already exists", "ALREADYEXISTS")
+    if isinstance(exc, InvalidMailboxName):
+        return Reply("NO", f"Invalid mailbox name: {exc.reason}", "CANNOT")
     if isinstance(exc, MailboxNotAllowed):
         return Reply("NO", "Operation not allowed on this mailbox", "CANNOT")
     if isinstance(exc, OverQuota):

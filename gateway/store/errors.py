@@ -27,6 +27,16 @@ class MailboxNotAllowed(StoreError):
     """The operation is not allowed on this mailbox (delete INBOX, bad name) → NO [CANNOT]."""
 
 
+class InvalidMailboxName(MailboxNotAllowed):
+    """A name no mailbox may have (:func:`gateway.store.rules.check_mailbox_name`) → NO
+    [CANNOT] with :attr:`reason`, a fixed phrase of that rule (never the client's text),
+    so the user learns what to change."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class OverQuota(StoreError):
     """→ NO [OVERQUOTA]."""
 

@@ -78,6 +78,7 @@ from typing import Protocol, runtime_checkable
 
 from gateway.core.criteria import Criteria
 from gateway.store.errors import (
+    InvalidMailboxName,
     MailboxExists,
     MailboxNotAllowed,
     MailboxNotFound,
@@ -97,6 +98,7 @@ __all__ = [
     "ChangeNotifier",
     "Changes",
     "Delivery",
+    "InvalidMailboxName",
     "Ledger",
     "LedgerEntry",
     "MailStore",

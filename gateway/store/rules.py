@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import datetime
 import mmap
+import unicodedata
 from collections.abc import Iterable
 
 from gateway.core.flags import RECENT, canonical_flag
-from gateway.store.errors import MailboxNotAllowed, MessageTooLarge
+from gateway.store.errors import InvalidMailboxName, MessageTooLarge
 from gateway.store.interfaces import DELIMITER, INBOX
 
 MAX_MAILBOX_NAME_LENGTH = 512
@@ -40,6 +41,17 @@ SEEN_KEY = "\\seen"
 """\\Seen as a key of :func:`flag_map` (lower case): private per viewer when shared."""
 
 _ATOM_SPECIALS = frozenset('(){ %*"\\]')
+
+REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+"""Unicode categories no mailbox name may hold: controls (C0, DEL, C1), format and bidi
+controls (U+202E shows ``evil\u202etxt.exe`` as ``evilexe.txt``; U+200E/F, U+2066–2069,
+U+061C, U+FEFF, ... are invisible), lone surrogates (no character at all) and the line
+and paragraph separators U+2028/2029. A name is shown to users by every client: what it
+displays must be what it is."""
+
+JOINERS = frozenset("\u200c\u200d")
+"""ZWNJ and ZWJ: format characters (Cf) that reorder and hide nothing, and that emoji
+sequences and words in Persian and Indic scripts need, so names may hold them."""
 
 
 def check_message(raw: bytes | mmap.mmap, limit: int) -> None:
@@ -78,21 +90,35 @@ def normalise_name(name: str) -> str:
 def check_mailbox_name(name: str) -> None:
     """Raise :class:`MailboxNotAllowed` unless ``name`` can name a mailbox here.
 
-    Refused: empty names or levels ("a//b"), a leading or trailing delimiter, control
-    characters, more than :data:`MAX_MAILBOX_NAME_LENGTH` characters or
+    Refused (as :class:`InvalidMailboxName`, a MailboxNotAllowed): empty names or levels
+    ("a//b"), a leading or trailing delimiter, characters :func:`check_name_characters`
+    refuses, more than :data:`MAX_MAILBOX_NAME_LENGTH` characters or
     :data:`MAX_MAILBOX_DEPTH` levels.
     """
     if not name:
-        raise MailboxNotAllowed("empty mailbox name")
+        raise InvalidMailboxName("empty name")
     if len(name) > MAX_MAILBOX_NAME_LENGTH:
-        raise MailboxNotAllowed(f"mailbox name longer than {MAX_MAILBOX_NAME_LENGTH}")
-    if any(ord(c) < 0x20 or c == "\x7f" for c in name):
-        raise MailboxNotAllowed("control character in mailbox name")
+        raise InvalidMailboxName(f"longer than {MAX_MAILBOX_NAME_LENGTH} characters")
+    check_name_characters(name)
     levels = name.split(DELIMITER)
     if len(levels) > MAX_MAILBOX_DEPTH:
-        raise MailboxNotAllowed(f"mailbox name deeper than {MAX_MAILBOX_DEPTH} levels")
+        raise InvalidMailboxName(f"deeper than {MAX_MAILBOX_DEPTH} levels")
     if any(level == "" for level in levels):
-        raise MailboxNotAllowed("empty hierarchy level in mailbox name")
+        raise InvalidMailboxName("empty hierarchy level")
+
+
+def check_name_characters(name: str) -> None:
+    """Raise :class:`InvalidMailboxName` if ``name`` holds a character of
+    :data:`REFUSED_CATEGORIES` other than the :data:`JOINERS`: the one rule for the
+    characters of every name a client can make exist (mailboxes, subscriptions)."""
+    if name.isascii():
+        refused = any(c < " " or c == "\x7f" for c in name)
+    else:
+        refused = any(
+            unicodedata.category(c) in REFUSED_CATEGORIES and c not in JOINERS for c in name
+        )
+    if refused:
+        raise InvalidMailboxName("control or format character")
 
 
 def parent_names(name: str) -> list[str]:

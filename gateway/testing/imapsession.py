@@ -35,6 +35,7 @@ from gateway.imap.framing import CommandParser
 from gateway.imap.handler import (
     Close,
     IdleEvent,
+    Pause,
     ReadLine,
     Reply,
     RunBlocking,
@@ -157,6 +158,8 @@ class SessionDriver:
                     sent = _next_input(script, item, lines_only=True)
                 elif isinstance(item, WaitIdle):
                     sent = _next_input(script, item, lines_only=False)
+                elif isinstance(item, Pause):
+                    pass  # the reactor's turn for others: nothing else runs here
                 elif isinstance(item, Close):
                     self.closed = True
                 elif isinstance(item, StartTLS):
