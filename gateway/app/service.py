@@ -113,7 +113,7 @@ def build_service(
         max_connections_per_user_ip=cfg.security.max_connections_per_user_ip,
         max_connections_per_ip=cfg.security.max_connections_per_ip,
     )
-    server_tls, penalty = _security_parts(cfg, reactor)
+    server_tls, penalty = _security_parts(cfg, reactor, store)
     pollers: dict[str, UpstreamPoller] = {}
     quotas = Quotas(quota_limits(cfg))
     delivery_store = DeliveryQuotaGuard(store, quotas)  # over quota: held upstream
@@ -162,6 +162,7 @@ def build_service(
         tls_context_factory=server_tls,
         allow_plaintext_auth=False,
         penalty=penalty,
+        directory=authenticator,
     )
     factory.households.update({name: s.members for name, s in cfg.shared.items()})
     factory.quotas = quotas
@@ -185,6 +186,9 @@ def build_service(
     add_reload_hook(top, "users", _users_reloader(authenticator, store))
     add_reload_hook(top, "shared", _shared_reloader(factory.households, store))
     add_reload_hook(top, "quotas", lambda new: quotas.update(quota_limits(new)))
+    # After users and households: sessions that lost access end (IDLE at once, others
+    # at their next command; gateway/imap/session.py).
+    add_reload_hook(top, "sessions", lambda _new: factory.access_changed())
     SighupReload(top, reactor).setServiceParent(top)
     log.info(
         "service.built",
@@ -428,10 +432,12 @@ def makeService(options: Options) -> service.IService:
 # ---- TLS, login penalties, listeners, SIGHUP (issue 7) --------------------------------
 
 
-def _security_parts(cfg: configmod.Config, reactor: Any) -> tuple[Any, Any]:
-    """The TLS connection creator (None without ``[tls]``) and the login penalty."""
+def _security_parts(cfg: configmod.Config, reactor: Any, store: Any) -> tuple[Any, Any]:
+    """The TLS connection creator (None without ``[tls]``) and the login penalty, which
+    keeps the sources users logged in from in the store (they survive a restart)."""
     from gateway.security.penalty import AuthPenalty, PenaltySettings
     from gateway.security.tls import ServerTLS, TLSConfigError, TLSFiles
+    from gateway.store.known_sources import KnownSources
 
     server_tls = None
     if cfg.tls is not None:
@@ -450,6 +456,7 @@ def _security_parts(cfg: configmod.Config, reactor: Any) -> tuple[Any, Any]:
             ip_budget=sec.auth_failures_per_ip,
             user_budget=sec.auth_failures_per_user,
         ),
+        known_sources=store if isinstance(store, KnownSources) else None,
     )
     return server_tls, penalty
 

@@ -21,7 +21,7 @@ from gateway.imap.policy import (
 )
 from gateway.imap.server import IMAPServerProtocol
 from gateway.imap.session import ActivityHook
-from gateway.security.auth import Authenticator
+from gateway.security.auth import Authenticator, UserDirectory
 from gateway.security.penalty import AuthPenalty, source_key
 from gateway.store.interfaces import Store
 
@@ -37,6 +37,9 @@ class IMAPServerFactory(Factory):
     STATUS of a mailbox (the service wires it to fetch-on-demand).
     ``penalty`` (:class:`~gateway.security.penalty.AuthPenalty`) delays failed logins and
     enforces failure budgets; None turns both off (tests of other features).
+    ``directory`` says who still has an account: sessions of a deleted user end at their
+    next command (None: no check). After a reload changes accounts or households, the
+    service calls :meth:`access_changed` so that idling sessions check at once.
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class IMAPServerFactory(Factory):
         clock: IReactorTime | None = None,
         activity: ActivityHook | None = None,
         penalty: AuthPenalty | None = None,
+        directory: UserDirectory | None = None,
     ) -> None:
         self.store = store
         self.activity = activity
@@ -63,6 +67,7 @@ class IMAPServerFactory(Factory):
         self.tls_context_factory = tls_context_factory
         self.allow_plaintext_auth = allow_plaintext_auth
         self.penalty = penalty
+        self.directory = directory
         self.households = Households()
         """Shared mailboxes and their members; the service fills it from the config."""
         self.quotas = Quotas()
@@ -118,6 +123,12 @@ class IMAPServerFactory(Factory):
         self._changed.add(mailbox_id)
         if self._flush_call is None:
             self._flush_call = self.reactor.callLater(0, self._flush_changes)
+
+    def access_changed(self) -> None:
+        """A reload changed accounts or household membership: every session checks its
+        access at its next command anyway; an idling one is woken to check now."""
+        for protocol in list(self.protocols):
+            protocol.access_changed()
 
     def _flush_changes(self) -> None:
         self._flush_call = None
