@@ -326,8 +326,9 @@ def reload(top: service.MultiService) -> bool:
 
 
 def _users_reloader(authenticator: PasswordTable, store: Any) -> ReloadHook:
-    """Swap the IMAP password table in one assignment: logged-in sessions stay, new
-    logins see the new table; a removed user cannot log in again."""
+    """Swap the IMAP password table in one assignment: new logins see the new table; a
+    removed user cannot log in again, and their open sessions end at their next command
+    (the table is also the sessions' UserDirectory; the "sessions" hook wakes IDLE)."""
 
     def reload_users(new: configmod.Config) -> None:
         before = set(authenticator.users())

@@ -254,10 +254,8 @@ class AuthPenalty:
             return "source"
         user = _user_key(user)
         used = self._spent(self._users, self._in_flight_users, user)
-        if s.user_budget and used >= s.user_budget:
-            seen = self._known_for(user).get(source)
-            if seen is None or self.clock.seconds() - seen > KNOWN_GOOD_TTL:
-                return "user"
+        if s.user_budget and used >= s.user_budget and not self.known(host, user):
+            return "user"
         return None
 
     def _spent(self, table: _Bounded[str, _Record], in_flight: dict[str, int], key: str) -> int:
@@ -289,6 +287,11 @@ class AuthPenalty:
     def in_flight(self, host: str) -> int:
         """Password checks under way for this source."""
         return self._in_flight_sources.get(source_key(host), 0)
+
+    def known(self, host: str, user: str) -> bool:
+        """Whether ``host`` is a known source for ``user`` (exempt from the user budget)."""
+        seen = self._known_for(_user_key(user)).get(source_key(host))
+        return seen is not None and self.clock.seconds() - seen <= KNOWN_GOOD_TTL
 
     def _known_for(self, user: str) -> dict[str, float]:
         """The user's known sources (source → last seen), read from the store once."""
