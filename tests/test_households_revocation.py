@@ -22,8 +22,8 @@ from gateway.app.service import build_service, reload
 from gateway.security.passwords import hash_password
 from gateway.store.interfaces import MailboxNotFound
 from gateway.store.memory import MemoryStore
-from tests.imap_helpers import PASSWORD, USER, RawClient, ServerHandle, message, running_server
-from tests.security_helpers import wait_until
+from gateway.testing.imapclient import PASSWORD, USER, RawClient, ServerHandle, running_server
+from gateway.testing.messages import message
 
 BOB, BOB_PASSWORD = "bob", "bob-password"
 WITHDRAWN = b"* BYE [NOPERM] Access to the selected mailbox was withdrawn\r\n"
@@ -132,7 +132,7 @@ def _delete_bob(server: ServerHandle) -> None:
     """What `popgate deluser bob` + SIGHUP do to the live objects."""
 
     def run() -> None:
-        server.factory.authenticator.replace({USER: hash_password(PASSWORD)})
+        server.factory.authenticator.replace({USER: PASSWORD})
         server.factory.access_changed()
 
     server.call(run)
@@ -154,7 +154,7 @@ def test_a_deleted_users_idling_session_ends_at_once(family: ServerHandle) -> No
         assert bob.read_line() == b"+ idling\r\n"
         _delete_bob(family)
         assert bob.read_to_eof() == REMOVED
-    wait_until(family, lambda: len(family.factory.protocols) == 0, "session gone")
+    family.wait_until(lambda: len(family.factory.protocols) == 0, "session gone")
 
 
 def test_a_deleted_user_cannot_authenticate_plain_either(family: ServerHandle) -> None:

@@ -15,14 +15,13 @@ import pytest
 
 from gateway.security.penalty import PenaltySettings
 from gateway.security.sasl import MalformedPlain, PlainCredentials, check_plain, decode_plain
+from gateway.testing.imapclient import HOST, PASSWORD, USER, running_server
 from gateway.testing.managesieved import PASSWORD as SIEVE_PASSWORD
 from gateway.testing.managesieved import USER as SIEVE_USER
 from gateway.testing.managesieved import popgate_managesieve
 from gateway.testing.ports import free_port
+from gateway.testing.submission import USERS, SubmissionGateway, running_gateway, upstream_for
 from gateway.testing.tlsca import CA
-from tests.imap_helpers import HOST, PASSWORD, USER
-from tests.security_helpers import pending_delays, serving, wait_until
-from tests.submission_helpers import USERS, SubmissionGateway, running_gateway, upstream_for
 
 FAILED = b"NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
 
@@ -97,15 +96,15 @@ def test_check_plain_always_checks_the_password(
 
 
 def test_imap_foreign_authzid_is_a_delayed_counted_failure(tmp_path: Path) -> None:
-    with serving(tmp_path, penalty=PenaltySettings()) as server:
+    with running_server(tmp_path, fake_clock=True, penalty=PenaltySettings()) as server:
         penalty = server.factory.penalty
         assert penalty is not None
         with server.connect() as client:
             client.greeting()
             client.send(f"a AUTHENTICATE PLAIN {_plain('bob', USER, PASSWORD)}\r\n".encode())
-            wait_until(server, lambda: penalty.failures(HOST) == 1, "failure recorded")
+            server.wait_until(lambda: penalty.failures(HOST) == 1, "failure recorded")
             limit = server.factory.limits.prelogin_timeout
-            assert [d for d in pending_delays(server) if d < limit] == [2.0]
+            assert [d for d in server.pending_delays() if d < limit] == [2.0]
             server.advance(2.0)
             assert client.read_line() == b"a " + FAILED
             assert not server.call(penalty.known, HOST, USER)
