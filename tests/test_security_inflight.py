@@ -140,3 +140,31 @@ def test_source_budget_counts_attempts_in_flight() -> None:
     assert penalty.refusal(HOST, "carol") == "source"
     first.succeeded("alice")  # a success releases its slot (and resets the failures)
     assert penalty.refusal(HOST, "carol") is None
+
+
+def test_web_sign_in_counts_checks_in_flight_too() -> None:
+    """The household web page's sign-in shares the penalty: parallel attempts beyond the
+    source's budget are refused without a password check."""
+    from twisted.internet import defer
+
+    from gateway.web.signin import Refused, SignIn
+
+    clock = task.Clock()
+    pending: list[defer.Deferred[str | None]] = []
+
+    def run_blocking(*_args: object) -> defer.Deferred[str | None]:
+        pending.append(defer.Deferred())
+        return pending[-1]
+
+    penalty = AuthPenalty(clock, PenaltySettings(ip_budget=2, user_budget=0))
+    signin = SignIn(GatedPasswords({}), penalty, run_blocking, clock)
+    results = [signin.attempt(HOST, "alice", b"wrong") for _ in range(5)]
+    assert len(pending) == 2  # only the budget's worth of checks started
+    refused: list[object] = []
+    for result in results[2:]:
+        result.addErrback(lambda f: refused.append(f.check(Refused)))
+    assert refused == [Refused, Refused, Refused]
+    for d in pending:
+        d.callback(None)
+    assert penalty.failures(HOST) == 2 and penalty.in_flight(HOST) == 0
+    clock.advance(60)
