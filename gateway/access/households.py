@@ -29,7 +29,14 @@ it, never to the raw store, so every command that takes a mailbox name goes thro
   put on the message ($Junk, $Forwarded, "Bills"), which the household wants to agree on.
 * Mailbox-id methods get the user as ``viewer``, so in shared mailboxes \\Seen is the
   user's own (see :mod:`gateway.store.interfaces`). Mailbox ids reach a session only
-  through :meth:`UserStore.get_mailbox`, which is where access is checked.
+  through this class (:meth:`UserStore.get_mailbox`, LIST, CREATE), which remembers
+  whose tree each id is in.
+* Access is checked on every call against the *current* membership, for ids as well as
+  names (issue 20): an id handed out before a reload removed the user from the
+  household answers exactly like a mailbox that does not exist
+  (:meth:`UserStore.may_use`). The IMAP session checks the same rule before each command
+  and ends a session whose selected mailbox is no longer reachable (see
+  :mod:`gateway.imap.session`); this check is the backstop under it.
 """
 
 from __future__ import annotations
@@ -121,7 +128,8 @@ class UserStore:
       user; anything else answers MailboxNotFound), and writes that add mail are checked
       against the owner's quota;
     - :meth:`message_uids`, :meth:`message_bytes`, :meth:`message_bytes_batch`,
-      :meth:`expunge` and :meth:`clear_recent` pass through unchanged.
+      :meth:`expunge` and :meth:`clear_recent` pass through unchanged;
+    - every mailbox-id method first checks :meth:`may_use` (MailboxNotFound if not).
 
     The ledger, listeners and the store's lifetime are not per user and not here: the
     fetcher and the server hold the store itself.
@@ -182,6 +190,25 @@ class UserStore:
         if mailbox.owner == self.user:
             return mailbox
         return dataclasses.replace(mailbox, name=self.presented(mailbox.owner, mailbox.name))
+
+    def may_use(self, mailbox_id: int) -> bool:
+        """Whether this user may still reach a mailbox id this view handed out: always
+        for the user's own tree, for a shared tree only while a member (the membership
+        of now, not of when the id was handed out). Unknown ids: no."""
+        owner = self._owners.get(mailbox_id)
+        if owner is None:
+            return False
+        if owner == self.user:
+            return True
+        if not owner.startswith(SHARED_OWNER_PREFIX):
+            return False
+        return self.households.is_member(self.user, owner[len(SHARED_OWNER_PREFIX) :])
+
+    def _id(self, mailbox_id: int) -> int:
+        """``mailbox_id`` if this user may use it now, else MailboxNotFound."""
+        if not self.may_use(mailbox_id):
+            raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
+        return mailbox_id
 
     def shared_namespace(self) -> str | None:
         """The prefix of the shared namespace this user sees (RFC 2342), or None."""
@@ -290,21 +317,21 @@ class UserStore:
     # ---- messages: changed, the user is the viewer; additions checked against quota -----
 
     def counts(self, mailbox_id: int, *, viewer: str | None = None) -> MailboxCounts:
-        return self.base.counts(mailbox_id, viewer=self._viewer(viewer))
+        return self.base.counts(self._id(mailbox_id), viewer=self._viewer(viewer))
 
     def message_rows(self, mailbox_id: int, *, viewer: str | None = None) -> list[MessageRow]:
-        return self.base.message_rows(mailbox_id, viewer=self._viewer(viewer))
+        return self.base.message_rows(self._id(mailbox_id), viewer=self._viewer(viewer))
 
     def selection_summary(self, mailbox_id: int, *, viewer: str | None = None) -> SelectionSummary:
-        return self.base.selection_summary(mailbox_id, viewer=self._viewer(viewer))
+        return self.base.selection_summary(self._id(mailbox_id), viewer=self._viewer(viewer))
 
     def changes_since(self, mailbox_id: int, modseq: int, *, viewer: str | None = None) -> Changes:
-        return self.base.changes_since(mailbox_id, modseq, viewer=self._viewer(viewer))
+        return self.base.changes_since(self._id(mailbox_id), modseq, viewer=self._viewer(viewer))
 
     def message_info(
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
     ) -> list[MessageInfo]:
-        return self.base.message_info(mailbox_id, uids, viewer=self._viewer(viewer))
+        return self.base.message_info(self._id(mailbox_id), uids, viewer=self._viewer(viewer))
 
     def append(
         self,
@@ -317,14 +344,14 @@ class UserStore:
     ) -> int:
         user = self._viewer(viewer)
         self._check_quota(mailbox_id, len(raw))
-        return self.base.append(mailbox_id, raw, flags, internaldate, viewer=user)
+        return self.base.append(self._id(mailbox_id), raw, flags, internaldate, viewer=user)
 
     def append_many(
         self, mailbox_id: int, messages: Sequence[NewMessage], *, viewer: str | None = None
     ) -> list[int]:
         user = self._viewer(viewer)
         self._check_quota(mailbox_id, sum(len(m.raw) for m in messages))
-        return self.base.append_many(mailbox_id, messages, viewer=user)
+        return self.base.append_many(self._id(mailbox_id), messages, viewer=user)
 
     def store_flags(
         self,
@@ -337,7 +364,7 @@ class UserStore:
         viewer: str | None = None,
     ) -> StoreResult:
         return self.base.store_flags(
-            mailbox_id, uids, mode, flags, unchangedsince, viewer=self._viewer(viewer)
+            self._id(mailbox_id), uids, mode, flags, unchangedsince, viewer=self._viewer(viewer)
         )
 
     def copy(
@@ -350,6 +377,8 @@ class UserStore:
         viewer: str | None = None,
     ) -> list[tuple[int, int]]:
         user = self._viewer(viewer)
+        self._id(src_mailbox_id)
+        self._id(dst_mailbox_id)
         owner = self._owners.get(dst_mailbox_id)
         limited = owner is not None and self.quotas.limit(owner) is not None
         if limited and not (move and self._owners.get(src_mailbox_id) == owner):
@@ -360,21 +389,21 @@ class UserStore:
     def search(
         self, mailbox_id: int, criteria: Criteria, *, viewer: str | None = None
     ) -> list[int]:
-        return self.base.search(mailbox_id, criteria, viewer=self._viewer(viewer))
+        return self.base.search(self._id(mailbox_id), criteria, viewer=self._viewer(viewer))
 
     # ---- messages: unchanged (no viewer, no quota) -----------------------------------------
 
     def message_uids(self, mailbox_id: int) -> array:
-        return self.base.message_uids(mailbox_id)
+        return self.base.message_uids(self._id(mailbox_id))
 
     def message_bytes(self, mailbox_id: int, uid: int) -> bytes:
-        return self.base.message_bytes(mailbox_id, uid)
+        return self.base.message_bytes(self._id(mailbox_id), uid)
 
     def message_bytes_batch(self, mailbox_id: int, uids: Sequence[int]) -> dict[int, bytes]:
-        return self.base.message_bytes_batch(mailbox_id, uids)
+        return self.base.message_bytes_batch(self._id(mailbox_id), uids)
 
     def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
-        return self.base.expunge(mailbox_id, uids)
+        return self.base.expunge(self._id(mailbox_id), uids)
 
     def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> None:
-        self.base.clear_recent(mailbox_id, uids)
+        self.base.clear_recent(self._id(mailbox_id), uids)

@@ -113,7 +113,7 @@ def build_service(
         max_connections_per_user_ip=cfg.security.max_connections_per_user_ip,
         max_connections_per_ip=cfg.security.max_connections_per_ip,
     )
-    server_tls, penalty = _security_parts(cfg, reactor)
+    server_tls, penalty = _security_parts(cfg, reactor, store)
     pollers: dict[str, UpstreamPoller] = {}
     quotas = Quotas(quota_limits(cfg))
     delivery_store = DeliveryQuotaGuard(store, quotas)  # over quota: held upstream
@@ -163,6 +163,7 @@ def build_service(
         allow_plaintext_auth=False,
         penalty=penalty,
         spool_dir=prepare_state_dir(os.path.join(cfg.state_dir, "spool")),  # large literals
+        directory=authenticator,
     )
     factory.households.update({name: s.members for name, s in cfg.shared.items()})
     factory.quotas = quotas
@@ -186,6 +187,9 @@ def build_service(
     add_reload_hook(top, "users", _users_reloader(authenticator, store))
     add_reload_hook(top, "shared", _shared_reloader(factory.households, store))
     add_reload_hook(top, "quotas", lambda new: quotas.update(quota_limits(new)))
+    # After users and households: sessions that lost access end (IDLE at once, others
+    # at their next command; gateway/imap/session.py).
+    add_reload_hook(top, "sessions", lambda _new: factory.access_changed())
     SighupReload(top, reactor).setServiceParent(top)
     log.info(
         "service.built",
@@ -323,8 +327,9 @@ def reload(top: service.MultiService) -> bool:
 
 
 def _users_reloader(authenticator: PasswordTable, store: Any) -> ReloadHook:
-    """Swap the IMAP password table in one assignment: logged-in sessions stay, new
-    logins see the new table; a removed user cannot log in again."""
+    """Swap the IMAP password table in one assignment: new logins see the new table; a
+    removed user cannot log in again, and their open sessions end at their next command
+    (the table is also the sessions' UserDirectory; the "sessions" hook wakes IDLE)."""
 
     def reload_users(new: configmod.Config) -> None:
         before = set(authenticator.users())
@@ -429,10 +434,12 @@ def makeService(options: Options) -> service.IService:
 # ---- TLS, login penalties, listeners, SIGHUP (issue 7) --------------------------------
 
 
-def _security_parts(cfg: configmod.Config, reactor: Any) -> tuple[Any, Any]:
-    """The TLS connection creator (None without ``[tls]``) and the login penalty."""
+def _security_parts(cfg: configmod.Config, reactor: Any, store: Any) -> tuple[Any, Any]:
+    """The TLS connection creator (None without ``[tls]``) and the login penalty, which
+    keeps the sources users logged in from in the store (they survive a restart)."""
     from gateway.security.penalty import AuthPenalty, PenaltySettings
     from gateway.security.tls import ServerTLS, TLSConfigError, TLSFiles
+    from gateway.store.known_sources import KnownSources
 
     server_tls = None
     if cfg.tls is not None:
@@ -451,6 +458,7 @@ def _security_parts(cfg: configmod.Config, reactor: Any) -> tuple[Any, Any]:
             ip_budget=sec.auth_failures_per_ip,
             user_budget=sec.auth_failures_per_user,
         ),
+        known_sources=store if isinstance(store, KnownSources) else None,
     )
     return server_tls, penalty
 

@@ -96,3 +96,5 @@ def idle(session: Session, cmd: Command) -> Handler:
             yield b"* OK Still here\r\n"
         elif event is IdleEvent.CHANGED and session.selected is not None:
             yield from session.catch_up(allow_expunge=True)
+        elif event is IdleEvent.ACCESS:
+            session.check_access()  # a reload may have ended this session's access

@@ -23,7 +23,7 @@ from gateway.imap.policy import (
 )
 from gateway.imap.server import IMAPServerProtocol
 from gateway.imap.session import ActivityHook
-from gateway.security.auth import Authenticator
+from gateway.security.auth import Authenticator, UserDirectory
 from gateway.security.penalty import AuthPenalty, source_key
 from gateway.store.interfaces import Store
 
@@ -41,6 +41,9 @@ class IMAPServerFactory(Factory):
     enforces failure budgets; None turns both off (tests of other features).
     ``spool_dir`` holds the temp files of large literals (None: the system temp dir);
     :attr:`budgets` counts the bytes all connections buffer (:mod:`gateway.imap.budgets`).
+    ``directory`` says who still has an account: sessions of a deleted user end at their
+    next command (None: no check). After a reload changes accounts or households, the
+    service calls :meth:`access_changed` so that idling sessions check at once.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class IMAPServerFactory(Factory):
         activity: ActivityHook | None = None,
         penalty: AuthPenalty | None = None,
         spool_dir: Path | None = None,
+        directory: UserDirectory | None = None,
     ) -> None:
         self.store = store
         self.activity = activity
@@ -75,6 +79,7 @@ class IMAPServerFactory(Factory):
             self.limits.max_append_in_flight,
         )
         """Pre-login input, APPEND bytes in flight and spool use, over all connections."""
+        self.directory = directory
         self.households = Households()
         """Shared mailboxes and their members; the service fills it from the config."""
         self.quotas = Quotas()
@@ -130,6 +135,12 @@ class IMAPServerFactory(Factory):
         self._changed.add(mailbox_id)
         if self._flush_call is None:
             self._flush_call = self.reactor.callLater(0, self._flush_changes)
+
+    def access_changed(self) -> None:
+        """A reload changed accounts or household membership: every session checks its
+        access at its next command anyway; an idling one is woken to check now."""
+        for protocol in list(self.protocols):
+            protocol.access_changed()
 
     def _flush_changes(self) -> None:
         self._flush_call = None

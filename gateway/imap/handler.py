@@ -77,6 +77,17 @@ class BadCommand(Exception):
         self.code = code
 
 
+class SessionRevoked(Exception):
+    """The session may not go on: the user's account was deleted, or the selected
+    mailbox is no longer theirs to use (a reload took them out of its household). The
+    session core answers ``* BYE`` and closes (see :meth:`Session.check_access`)."""
+
+    def __init__(self, text: str, code: str | None = None) -> None:
+        super().__init__(text)
+        self.text = text
+        self.code = code
+
+
 # ---- actions: what a handler asks the transport glue to do -----------------------------
 
 
@@ -104,6 +115,7 @@ class IdleEvent(enum.Enum):
 
     CHANGED = "changed"  # the selected mailbox changed (RFC 2177: tell the client now)
     KEEPALIVE = "keepalive"  # time for ``* OK Still here``
+    ACCESS = "access"  # a reload changed accounts or households: check access now
 
 
 @dataclass(frozen=True)
@@ -229,6 +241,11 @@ class Session(Protocol):
 
     def user_store(self, user: str) -> UserStore:
         """The store as ``user`` sees it (personal and shared namespaces, own \\Seen)."""
+
+    def check_access(self) -> None:
+        """Raise :class:`SessionRevoked` when the logged-in user's account is gone or the
+        selected mailbox is no longer reachable for them (checked against the current
+        config before every command, and by IDLE when a reload happens)."""
 
     def catch_up(self, *, allow_expunge: bool, uid_form: bool = False) -> Iterator[bytes]:
         """The untagged responses telling the client what changed in the selected mailbox

@@ -26,6 +26,7 @@ from gateway.imap.handler import (
     logged,
     ok,
 )
+from gateway.security.sasl import MalformedPlain, check_plain, decode_plain
 
 log = structlog.get_logger(__name__)
 
@@ -94,20 +95,14 @@ def authenticate(session: Session, cmd: Authenticate) -> Handler:
         message = base64.b64decode(response, validate=True)
     except (binascii.Error, ValueError):
         raise BadCommand("Invalid base64 in the SASL response") from None
-    parts = message.split(b"\0")
-    if len(parts) != 3:
-        log.warning("imap.auth_failed", user="", peer=session.peer, reason="malformed")
-        raise Refused("Authentication failed.", "AUTHENTICATIONFAILED")
-    authzid, authcid, password = parts
     try:
-        user = authcid.decode("utf-8")
-        proxy = authzid.decode("utf-8")
-    except UnicodeDecodeError:
-        return _finish_login(session, authcid.decode("utf-8", "replace"), None)
+        credentials = decode_plain(message)
+    except MalformedPlain:
+        log.warning("imap.auth_failed", user="", peer=session.peer, reason="malformed")
+        raise Refused("Authentication failed.", "AUTHENTICATIONFAILED") from None
+    # A foreign authzid (RFC 4616 §2: acting as another user is not supported) fails
+    # inside the check, so it is delayed and counted like a wrong password.
     canonical = yield RunBlocking(
-        partial(session.authenticator.authenticate, user, password), login=user
+        partial(check_plain, session.authenticator, credentials), login=credentials.authcid
     )
-    if proxy and proxy not in (user, canonical):
-        # RFC 4616 §2: acting as another user (authzid) is not supported.
-        canonical = None
-    return _finish_login(session, user, canonical)
+    return _finish_login(session, credentials.authcid, canonical)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from gateway.imap.handler import Refused, logged
+from gateway.security.penalty import LoginAttempt
 
 if TYPE_CHECKING:
     from gateway.imap.factory import IMAPServerFactory
@@ -31,16 +32,20 @@ class LoginLimits:
         self.factory = factory
         self.slot: tuple[str, str] | None = None
         """The (user, address) connection slot this connection holds, once logged in."""
+        self.attempt: LoginAttempt | None = None
+        """The password check under way, counted against the failure budgets."""
 
-    def refusal(self, host: str, peer: str, user: str) -> Outcome | None:
+    def begin(self, host: str, peer: str, user: str) -> Outcome | None:
         """Before a password check: refuse it unchecked when the source's or the user's
-        failure budget is spent (``NO [UNAVAILABLE]``, RFC 5530), after the source's
-        current delay so a retry loop gains nothing. None: go ahead and check."""
+        failure budget is spent, counting checks under way (``NO [UNAVAILABLE]``,
+        RFC 5530), after the source's current delay so a retry loop gains nothing.
+        None: go ahead and check (the check now counts as in flight)."""
         penalty = self.factory.penalty
         if penalty is None:
             return None
         reason = penalty.refusal(host, user)
         if reason is None:
+            self.attempt = penalty.begin(host, user)
             return None
         log.warning("imap.auth_refused", user=logged(user), peer=peer, budget=reason)
         error = Refused("Too many failed logins; try again later", "UNAVAILABLE")
@@ -50,12 +55,12 @@ class LoginLimits:
         """After a password check: a failure is answered after the source's doubling
         delay (the same for unknown users and wrong passwords, so timing tells nothing);
         a success resets it and takes one of the user's per-address connection slots."""
-        penalty = self.factory.penalty
+        attempt, self.attempt = self.attempt, None
         if canonical is None:
-            delay = penalty.failed(host, user) if penalty is not None else 0.0
+            delay = attempt.failed() if attempt is not None else 0.0
             return delay, None, None
-        if penalty is not None:
-            penalty.succeeded(host, canonical)
+        if attempt is not None:
+            attempt.succeeded(canonical)
         if self.slot is None:
             key = (canonical, host)
             if not self.factory.take_user_slot(key):
@@ -64,6 +69,23 @@ class LoginLimits:
                 return 0.0, None, error
             self.slot = key
         return 0.0, canonical, None
+
+    def settle(self, attempt: LoginAttempt | None, canonical: str | None) -> None:
+        """A check's outcome arrived after its command was dropped (the client hung up):
+        it still counts, so hanging up does not make a guess free."""
+        if attempt is None:
+            return
+        if self.attempt is attempt:
+            self.attempt = None
+        attempt.record(canonical)
+
+    def abandon(self, attempt: LoginAttempt | None) -> None:
+        """The check itself failed (a server error): it no longer counts."""
+        if attempt is None:
+            return
+        if self.attempt is attempt:
+            self.attempt = None
+        attempt.abandoned()
 
     def release(self) -> None:
         """Give the user slot back (the connection ended, or the login failed after all)."""

@@ -59,6 +59,7 @@ from gateway.imap.handler import (
 from gateway.imap.login_limits import LoginLimits
 from gateway.imap.policy import UTF8_ACCEPT_SUPPORTED, ListenerPolicy
 from gateway.imap.session import IMAPSession
+from gateway.security.penalty import LoginAttempt
 
 if TYPE_CHECKING:
     from gateway.imap.factory import IMAPServerFactory
@@ -158,6 +159,7 @@ class IMAPServerProtocol(Protocol):
             activity=factory.activity,
             households=factory.households,
             quotas=factory.quotas,
+            directory=factory.directory,
         )
         self.parser = self._new_parser()
         self.transport.registerProducer(self, True)
@@ -351,10 +353,11 @@ class IMAPServerProtocol(Protocol):
             token = self._blocking = object()
             if action.login is not None:
                 # Login limits (RFC 5530 UNAVAILABLE): maybe refused before any check.
-                refused = self._login_limits.refusal(self.peer_host, self.peer, action.login)
+                refused = self._login_limits.begin(self.peer_host, self.peer, action.login)
                 if refused is not None:
                     self._resume_later(refused[0], token, refused[1], refused[2])
                     return
+            attempt = self._login_limits.attempt if action.login is not None else None
             try:
                 deferred = self.factory.run_blocking(action.call)
             except Exception:
@@ -362,8 +365,8 @@ class IMAPServerProtocol(Protocol):
             deferred.addCallbacks(
                 self._blocking_done,
                 self._blocking_failed,
-                callbackArgs=(token,),
-                errbackArgs=(token,),
+                callbackArgs=(token, attempt),
+                errbackArgs=(token, attempt),
             )
         elif isinstance(action, ReadLine):
             self.transport.write(action.prompt)
@@ -389,8 +392,10 @@ class IMAPServerProtocol(Protocol):
         else:  # pragma: no cover - the session yields nothing else
             raise TypeError(f"unknown session action {action!r}")
 
-    def _blocking_done(self, result: Any, token: object) -> None:
+    def _blocking_done(self, result: Any, token: object, attempt: LoginAttempt | None) -> None:
         if self._blocking is not token or self._closing:
+            # The command is gone (the client hung up): a password check still counts.
+            self._login_limits.settle(attempt, result if isinstance(result, str) else None)
             return
         action = self._waiting
         if isinstance(action, RunBlocking) and action.login is not None:
@@ -424,7 +429,10 @@ class IMAPServerProtocol(Protocol):
                 delay, self._resume, token, result, error
             )
 
-    def _blocking_failed(self, failure: Failure, token: object) -> None:
+    def _blocking_failed(
+        self, failure: Failure, token: object, attempt: LoginAttempt | None
+    ) -> None:
+        self._login_limits.abandon(attempt)
         if self._blocking is not token or self._closing:
             return
         self._blocking = None
@@ -614,6 +622,15 @@ class IMAPServerProtocol(Protocol):
             call.cancel()
 
     # -- change notification --
+
+    def access_changed(self) -> None:
+        """A reload changed accounts or households: an idling session checks its access
+        now (and says BYE if it lost it); others check before their next command."""
+        if not self._idling or self._closing:
+            return
+        if IdleEvent.ACCESS not in self._idle_events:
+            self._idle_events.append(IdleEvent.ACCESS)
+        self._run()
 
     def mailbox_changed(self, mailbox_id: int) -> None:
         """RFC 2177: an IDLE client hears about changes to its mailbox at once; other

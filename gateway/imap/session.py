@@ -10,6 +10,23 @@ world, an *action* (:mod:`gateway.imap.handler`: :class:`RunBlocking`, :class:`R
 this module can be read and tested without a reactor, and it is the only module that
 changes the session state (RFC 3501 §3, STYLE.md habit 3): handlers (listed in
 :mod:`gateway.imap.states`) call its transitions.
+
+Access is checked per command against the current config (issue 20): before each
+command, :meth:`IMAPSession.check_access` asks whether the user still has an account
+(the :class:`~gateway.security.auth.UserDirectory`) and whether the selected mailbox is
+still theirs to use (:meth:`~gateway.access.households.UserStore.may_use`, the current
+household membership); IDLE asks again when a reload happens. When the answer is no,
+the session says ``* BYE`` and closes, before the command does anything. Why BYE rather
+than deselecting with ``* OK [CLOSED]`` (RFC 7162 §3.2.11) or a tagged NO: IMAP has no
+way for a server to leave the selected state on its own; ``[CLOSED]`` is defined only
+for the SELECT/EXAMINE that replaces a mailbox, so a client told it unasked would still
+believe its mailbox selected and send FETCH/STORE against sequence numbers of nothing,
+and a NO per command would leave it retrying forever. A BYE is understood by every
+client, which reconnects and sees the mailbox list as it now is; Dovecot does the same
+when a selected mailbox is deleted under a session ("Selected mailbox was deleted, have
+to disconnect"), and so does popgate (:meth:`IMAPSession._selected_mailbox_gone`). A
+member removed from a household whose session has no shared mailbox selected keeps the
+session; only the shared names stop resolving (``NO [NONEXISTENT]``).
 """
 
 from __future__ import annotations
@@ -40,11 +57,12 @@ from gateway.imap.handler import (
     Refused,
     Reply,
     Run,
+    SessionRevoked,
     StartTLS,
 )
 from gateway.imap.states import ACTIVITY_COMMANDS, COMMANDS, TRYCREATE_COMMANDS, State, table_key
 from gateway.imap.view import CATCH_UP_CHUNK, View, expunge_responses, flag_list
-from gateway.security.auth import Authenticator
+from gateway.security.auth import Authenticator, UserDirectory
 from gateway.store.interfaces import (
     DELIMITER,
     INBOX,
@@ -117,6 +135,7 @@ class IMAPSession:
         activity: ActivityHook | None = None,
         households: Households | None = None,
         quotas: Quotas | None = None,
+        directory: UserDirectory | None = None,
     ) -> None:
         self.store = store
         """Before login the raw store; after it the user's :class:`UserStore` view."""
@@ -124,6 +143,9 @@ class IMAPSession:
         self.households = households if households is not None else Households()
         self.quotas = quotas if quotas is not None else Quotas()
         self.authenticator = authenticator
+        self.directory = directory
+        """Who still has an account (None: no check, e.g. tests of other features)."""
+        self._user_store: UserStore | None = None
         self.activity = activity
         self.peer = peer
         self.tls_active = tls_active
@@ -193,9 +215,23 @@ class IMAPSession:
 
     def log_in(self, user: str) -> None:
         """LOGIN or AUTHENTICATE succeeded: authenticated as ``user`` (RFC 3501 §3.2)."""
-        self.store = self.user_store(user)
+        self.store = self._user_store = self.user_store(user)
         self.user = user
         self.state = State.AUTHENTICATED
+
+    def check_access(self) -> None:
+        """Raise :class:`SessionRevoked` when the user's account is gone or the selected
+        mailbox is no longer theirs to use, by the config as it is now (see the module
+        docstring for why the answer is BYE)."""
+        user = self.user
+        if user is None:
+            return
+        if self.directory is not None and not self.directory.knows(user):
+            raise SessionRevoked("Your account was removed")
+        view = self.selected
+        users = self._user_store
+        if view is not None and users is not None and not users.may_use(view.mailbox.id):
+            raise SessionRevoked("Access to the selected mailbox was withdrawn", "NOPERM")
 
     def select(self, view: View) -> None:
         """SELECT or EXAMINE succeeded: ``view`` is the selected mailbox (§3.3)."""
@@ -261,6 +297,11 @@ class IMAPSession:
         key = table_key(cmd)
         spec = COMMANDS.get(key)
         self.last_reply = None
+        try:
+            self.check_access()
+        except SessionRevoked as revoked:
+            yield from self._revoked(revoked)
+            return
         if spec is not None and key in ACTIVITY_COMMANDS and self.state in spec.states:
             self._note_activity(cmd)
         if spec is None:
@@ -301,6 +342,9 @@ class IMAPSession:
                         thrown = exc
             if not isinstance(reply, Reply):
                 raise TypeError(f"handler for {key} returned {type(reply).__name__}")
+        except SessionRevoked as revoked:  # IDLE heard of a reload that ended access
+            yield from self._revoked(revoked, mid_line=mid_line)
+            return
         except Exception as exc:
             reply = self.reply_for_error(exc, cmd)
             if mid_line:
@@ -318,6 +362,11 @@ class IMAPSession:
             try:
                 yield from self.catch_up(allow_expunge=allow_expunge, uid_form=cmd.uid)
             except MailboxNotFound:
+                try:
+                    self.check_access()  # access may have ended while the command ran
+                except SessionRevoked as revoked:
+                    yield from self._revoked(revoked, mid_line=mid_line)
+                    return
                 yield from self._selected_mailbox_gone()
                 return
             except Exception as exc:
@@ -412,6 +461,16 @@ class IMAPSession:
         log.info("imap.selected_mailbox_deleted", user=self.user, peer=self.peer)
         self._enter_logout()
         yield b"* BYE Selected mailbox was deleted, have to disconnect\r\n"
+        yield Close()
+
+    def _revoked(self, revoked: SessionRevoked, *, mid_line: bool = False) -> Iterator[Output]:
+        """The account or the selected mailbox's household membership is gone: ``* BYE``
+        (RFC 3501 §7.1.5) and close, as for a deleted selected mailbox."""
+        log.info("imap.access_revoked", user=self.user, peer=self.peer, reason=revoked.text)
+        self._enter_logout()
+        if not mid_line:
+            code = f"[{_clean_code(revoked.code)}] " if revoked.code else ""
+            yield f"* BYE {code}{_clean_text(revoked.text)}\r\n".encode("ascii")
         yield Close()
 
     # -- catch-up --

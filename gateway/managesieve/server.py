@@ -48,7 +48,7 @@ from gateway.managesieve.session import (
     StartTLS,
 )
 from gateway.security.auth import Authenticator
-from gateway.security.penalty import AuthPenalty, source_key
+from gateway.security.penalty import AuthPenalty, LoginAttempt, source_key
 from gateway.store.scripts import ScriptStore
 
 log = structlog.get_logger(__name__)
@@ -267,8 +267,13 @@ class ManageSieveProtocol(Protocol):
         if isinstance(action, RunBlocking):
             self._waiting = action
             token = self._token = object()
-            if action.login is not None and self._login_refused(action.login, token):
-                return
+            attempt = None
+            if action.login is not None:
+                if self._login_refused(action.login, token):
+                    return
+                penalty = self.factory.penalty
+                # In flight from now: counted against the budgets (gateway/security/penalty.py).
+                attempt = penalty.begin(self.peer_host, action.login) if penalty else None
             try:
                 deferred = self.factory.run_blocking(action.call)
             except Exception:
@@ -276,8 +281,8 @@ class ManageSieveProtocol(Protocol):
             deferred.addCallbacks(
                 self._blocking_done,
                 self._blocking_failed,
-                callbackArgs=(token,),
-                errbackArgs=(token,),
+                callbackArgs=(token, attempt),
+                errbackArgs=(token, attempt),
             )
         elif isinstance(action, ReadString):
             self.transport.write(action.prompt)
@@ -316,13 +321,19 @@ class ManageSieveProtocol(Protocol):
                 delay, self._resume, token, result, error
             )
 
-    def _blocking_failed(self, failure: Failure, token: object) -> None:
+    def _blocking_failed(
+        self, failure: Failure, token: object, attempt: LoginAttempt | None
+    ) -> None:
+        if attempt is not None:
+            attempt.abandoned()
         self._resume(token, None, failure.value)
 
-    def _blocking_done(self, result: Any, token: object) -> None:
+    def _blocking_done(self, result: Any, token: object, attempt: LoginAttempt | None) -> None:
         action = self._waiting
         if isinstance(action, RunBlocking) and action.login is not None and self._token is token:
-            self._password_checked(action.login, result, token)
+            self._password_checked(attempt, result, token)
+        elif attempt is not None:
+            attempt.record(result)  # the client hung up: the check still counts
         else:
             self._resume(token, result, None)
 
@@ -340,14 +351,13 @@ class ManageSieveProtocol(Protocol):
         self._resume_later(penalty.current_delay(self.peer_host), token, None, error)
         return True
 
-    def _password_checked(self, user: str, canonical: str | None, token: object) -> None:
-        penalty = self.factory.penalty
+    def _password_checked(
+        self, attempt: LoginAttempt | None, canonical: str | None, token: object
+    ) -> None:
+        delay = attempt.record(canonical) if attempt is not None else 0.0
         if canonical is None:
-            delay = penalty.failed(self.peer_host, user) if penalty is not None else 0.0
             self._resume_later(delay, token, None, None)
             return
-        if penalty is not None:
-            penalty.succeeded(self.peer_host, canonical)
         if self._user_slot is None:
             key = (canonical, self.peer_host)
             if not self.factory.take_user_slot(key):

@@ -33,6 +33,7 @@ from gateway.managesieve.parser import (
 )
 from gateway.managesieve.wire import quoted, string_s2c
 from gateway.security.auth import Authenticator
+from gateway.security.sasl import MalformedPlain, check_plain, decode_plain
 from gateway.store.interfaces import StoreError
 from gateway.store.scripts import (
     BadScriptName,
@@ -493,22 +494,17 @@ def _authenticate(session: ManageSieveSession, cmd: Command) -> Handler:
         message = base64.b64decode(answer, validate=True)
     except (binascii.Error, ValueError):
         raise Refused("Invalid base64 in the SASL response") from None
-    parts = message.split(b"\0")
-    if len(parts) != 3:
-        log.warning("managesieve.auth_failed", user="", peer=session.peer, reason="malformed")
-        raise Refused("Authentication failed")
-    authzid, authcid, password = parts
     try:
-        user = authcid.decode("utf-8")
-        proxy = authzid.decode("utf-8")
-    except UnicodeDecodeError:
+        credentials = decode_plain(message)
+    except MalformedPlain:
+        log.warning("managesieve.auth_failed", user="", peer=session.peer, reason="malformed")
         raise Refused("Authentication failed") from None
+    # A foreign authzid fails inside the check (gateway/security/sasl.py), so it is
+    # delayed and counted like a wrong password.
+    user = credentials.authcid
     canonical = yield RunBlocking(
-        partial(session.authenticator.authenticate, user, password), login=user
+        partial(check_plain, session.authenticator, credentials), login=user
     )
-    if canonical is not None and proxy and proxy not in (user, canonical):
-        log.warning("managesieve.auth_failed", user=user[:MAX_LOGGED_NAME], reason="authzid")
-        canonical = None
     if canonical is None:
         log.warning("managesieve.auth_failed", user=user[:MAX_LOGGED_NAME], peer=session.peer)
         raise Refused("Authentication failed")

@@ -20,6 +20,14 @@ class Authenticator(Protocol):
         """
 
 
+class UserDirectory(Protocol):
+    """Who has an account right now (after the last reload). Sessions ask it before
+    every command, so a deleted user's open sessions end at their next command."""
+
+    def knows(self, user: str) -> bool:
+        """True while ``user`` (a canonical name) has an account."""
+
+
 class PasswordTable:
     """Authenticator over ``{user: scrypt hash}`` from the config file."""
 
@@ -31,6 +39,9 @@ class PasswordTable:
 
     def users(self) -> list[str]:
         return sorted(self._hashes)
+
+    def knows(self, user: str) -> bool:
+        return user in self._hashes
 
     def authenticate(self, user: str, password: bytes) -> str | None:
         stored = self._hashes.get(user)

@@ -30,6 +30,9 @@ Table layout and why:
   mailboxes (owner ``shared:NAME``): one row per (mailbox, user, UID) the user ever
   changed, with the modseq of that change, taken from the mailbox's one counter. The
   shared ``mailbox_message.flags`` of a shared mailbox never holds \\Seen.
+* ``known_source`` (version 4, issue 20) remembers, per user, the sources (address or
+  IPv6 /64) they logged in from and when last, so the login penalty's lockout protection
+  survives a restart (:mod:`gateway.store.known_sources`; at most a few rows per user).
 """
 
 from __future__ import annotations
@@ -202,7 +205,20 @@ _V3 = _statements(
     "CREATE INDEX private_flag_modseq ON private_flag (mailbox_id, user, modseq)",
 )
 
-MIGRATIONS: Sequence[Migration] = (_V1, _V2, _V3)
+# Version 4 (login penalty, issue 20): where each user logged in from, kept across
+# restarts. Not tied to any mailbox: a deleted user's few rows age out by time.
+_V4 = _statements(
+    """
+    CREATE TABLE known_source (
+        user   TEXT NOT NULL,
+        source TEXT NOT NULL,
+        seen   REAL NOT NULL,
+        PRIMARY KEY (user, source)
+    ) WITHOUT ROWID
+    """,
+)
+
+MIGRATIONS: Sequence[Migration] = (_V1, _V2, _V3, _V4)
 """Entry *i* takes a database from version *i* to *i + 1*. Append only."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

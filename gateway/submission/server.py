@@ -26,7 +26,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from gateway.security.auth import Authenticator
-from gateway.security.penalty import AuthPenalty, source_key
+from gateway.security.penalty import AuthPenalty, LoginAttempt, source_key
 from gateway.submission.parser import (
     Line,
     LineTooLong,
@@ -238,6 +238,9 @@ class SubmissionProtocol(Protocol):
             token = self._token = object()
             if self._login_refused(action.login, token):
                 return
+            penalty = self.factory.penalty
+            # In flight from now: counted against the budgets (gateway/security/penalty.py).
+            attempt = penalty.begin(self.peer_host, action.login) if penalty else None
             try:
                 deferred = self.factory.run_blocking(action.call)
             except Exception as e:
@@ -245,9 +248,9 @@ class SubmissionProtocol(Protocol):
                 deferred.errback(e)
             deferred.addCallbacks(
                 self._password_checked,
-                self._failed,
-                callbackArgs=(action.login, token),
-                errbackArgs=(token,),
+                self._check_failed,
+                callbackArgs=(attempt, token),
+                errbackArgs=(attempt, token),
             )
         elif isinstance(action, Call):
             self._waiting = action
@@ -310,15 +313,20 @@ class SubmissionProtocol(Protocol):
         self._resume_later(penalty.current_delay(self.peer_host), token, None, error)
         return True
 
-    def _password_checked(self, canonical: str | None, user: str, token: object) -> None:
-        penalty = self.factory.penalty
+    def _password_checked(
+        self, canonical: str | None, attempt: LoginAttempt | None, token: object
+    ) -> None:
+        """Recorded even when the client has hung up (``_resume`` then does nothing)."""
+        delay = attempt.record(canonical) if attempt is not None else 0.0
         if canonical is None:
-            delay = penalty.failed(self.peer_host, user) if penalty is not None else 0.0
             self._resume_later(delay, token, None, None)
             return
-        if penalty is not None:
-            penalty.succeeded(self.peer_host, canonical)
         self._resume(token, canonical, None)
+
+    def _check_failed(self, failure: Failure, attempt: LoginAttempt | None, token: object) -> None:
+        if attempt is not None:
+            attempt.abandoned()
+        self._failed(failure, token)
 
     # -- reading, closing, timers --
 

@@ -49,6 +49,10 @@ class CheapPasswords:
     def users(self) -> list[str]:
         return sorted(self._digests)
 
+    def knows(self, user: str) -> bool:
+        """:class:`gateway.security.auth.UserDirectory`, as the password table offers it."""
+        return user in self._digests
+
     def authenticate(self, user: str, password: bytes) -> str | None:
         stored = self._digests.get(user)
         ok = hmac.compare_digest(_digest(password), stored if stored is not None else _NOBODY)

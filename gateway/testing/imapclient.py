@@ -48,7 +48,7 @@ from gateway.imap.factory import IMAPServerFactory, ListenerFactory
 from gateway.imap.policy import IMAPLimits, ListenerPolicy, thread_runner
 from gateway.security.auth import Authenticator, PasswordTable
 from gateway.security.passwords import hash_password
-from gateway.security.penalty import AuthPenalty, PenaltySettings
+from gateway.security.penalty import AuthPenalty, KnownSourceBook, PenaltySettings
 from gateway.store.sqlite import SQLiteStore
 from gateway.testing.auth import CheapPasswords
 from gateway.testing.messages import message
@@ -197,6 +197,8 @@ def running_server(
     policy: ListenerPolicy | None = None,
     penalty: PenaltySettings | None = None,
     scrypt: bool = False,
+    authenticator: Authenticator | None = None,
+    known_sources: KnownSourceBook | None = None,
 ) -> Iterator[ServerHandle]:
     """A listening server for one test; see the module docstring.
 
@@ -205,12 +207,16 @@ def running_server(
     bytes by owner (``"alice"``, ``"shared:family"``). With ``policy`` the listener
     applies it, and with ``policy.implicit_tls`` wraps every connection in TLS with
     ``tls_context_factory`` (IMAPS). ``penalty`` turns the login penalty on. ``scrypt``
-    checks passwords with the product's scrypt table instead of the cheap one.
+    checks passwords with the product's scrypt table instead of the cheap one;
+    ``authenticator`` replaces either (e.g. one that counts or holds checks).
+    ``known_sources`` is where the penalty keeps known sources (default: memory only).
     """
     reactor = global_reactor()
     ensure_reactor(reactor)
     accounts = {USER: PASSWORD, **(users or {})}
     table: Authenticator = scrypt_table(accounts) if scrypt else CheapPasswords(accounts)
+    if authenticator is not None:
+        table = authenticator
     clock = task.Clock() if fake_clock else None
 
     def start() -> tuple[SQLiteStore, IMAPServerFactory, Any]:
@@ -226,7 +232,11 @@ def running_server(
             tls_context_factory=tls_context_factory,
             allow_plaintext_auth=allow_plaintext_auth,
             clock=clock,
-            penalty=AuthPenalty(clock or reactor, penalty) if penalty is not None else None,
+            penalty=(
+                AuthPenalty(clock or reactor, penalty, known_sources)
+                if penalty is not None
+                else None
+            ),
         )
         if shared:
             factory.households.update(shared)

@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from gateway.core.net import is_loopback_host
 from gateway.security.auth import Authenticator
-from gateway.security.penalty import AuthPenalty
+from gateway.security.penalty import AuthPenalty, LoginAttempt
 
 log = structlog.get_logger(__name__)
 
@@ -83,19 +83,31 @@ class SignIn:
             return self._later(penalty.current_delay(peer_host), Refused(reason))
         if len(user) > MAX_USER_LENGTH or len(password) > MAX_PASSWORD_LENGTH or not user:
             return defer.succeed(None).addCallback(lambda _: self._failed(peer_host, user))
+        # In flight from now: counted against the budgets (gateway/security/penalty.py).
+        attempt = penalty.begin(peer_host, user) if penalty is not None else None
         d = self.run_blocking(self.authenticator.authenticate, user, password)
 
         def checked(canonical: str | None) -> Any:
             if canonical is None:
-                return self._failed(peer_host, user)
-            if penalty is not None:
-                penalty.succeeded(peer_host, canonical)
+                return self._failed(peer_host, user, attempt)
+            if attempt is not None:
+                attempt.succeeded(canonical)
             log.info("web.signed_in", user=canonical, peer=peer_host)
             return canonical
 
-        return d.addCallback(checked)
+        def broken(failure: Any) -> Any:
+            if attempt is not None:
+                attempt.abandoned()
+            return failure
 
-    def _failed(self, peer_host: str, user: str) -> defer.Deferred[None]:
+        return d.addCallbacks(checked, broken)
+
+    def _failed(
+        self, peer_host: str, user: str, attempt: LoginAttempt | None = None
+    ) -> defer.Deferred[None]:
         log.info("web.signin_failed", user=user[:64], peer=peer_host)
-        delay = self.penalty.failed(peer_host, user) if self.penalty is not None else 0.0
+        if attempt is not None:
+            delay = attempt.failed()
+        else:
+            delay = self.penalty.failed(peer_host, user) if self.penalty is not None else 0.0
         return self._later(delay, None)

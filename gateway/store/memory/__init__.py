@@ -7,11 +7,12 @@ flags, message checks, search validation) through :mod:`gateway.store.rules` and
 :class:`MemoryState` is the whole "file", and passing the same state to a new
 :class:`MemoryStore` plays the part of reopening it. The modules follow the contract's
 concerns as the SQLite package does: ``state`` (records and shared steps),
-``mailboxes``, ``messages``, ``ledger``.
+``mailboxes``, ``messages``, ``ledger``, ``known_sources``.
 """
 
 from __future__ import annotations
 
+from gateway.store.memory.known_sources import MemoryKnownSources
 from gateway.store.memory.ledger import MemoryLedger
 from gateway.store.memory.mailboxes import MemoryMailboxes
 from gateway.store.memory.messages import MemoryMessages
@@ -20,5 +21,5 @@ from gateway.store.memory.state import MemoryState
 __all__ = ["MemoryState", "MemoryStore"]
 
 
-class MemoryStore(MemoryMailboxes, MemoryMessages, MemoryLedger):
+class MemoryStore(MemoryMailboxes, MemoryMessages, MemoryLedger, MemoryKnownSources):
     """The store contract on plain Python objects; same constructor knobs as SQLiteStore."""

@@ -110,6 +110,8 @@ class MemoryState:
     ledger: dict[tuple[str, str], LedgerEntry] = field(default_factory=dict)
     ledger_messages: dict[tuple[str, str], Message] = field(default_factory=dict)
     """The message each delivered ledger row points at (SQLite's ledger.message_id)."""
+    known_sources: dict[str, dict[str, float]] = field(default_factory=dict)
+    """user → source → last seen (SQLite's known_source table)."""
 
 
 class MemoryBase:

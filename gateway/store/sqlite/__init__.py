@@ -15,7 +15,9 @@ leaves open it makes:
   message insertion, a shared mailbox member's private \\Seen);
 - :mod:`~gateway.store.sqlite.mailboxes`: mailboxes and subscriptions;
 - :mod:`~gateway.store.sqlite.messages`: messages, flags, expunge, copy/move, search;
-- :mod:`~gateway.store.sqlite.ledger`: the POP3 ledger and exactly-once delivery.
+- :mod:`~gateway.store.sqlite.ledger`: the POP3 ledger and exactly-once delivery;
+- :mod:`~gateway.store.sqlite.known_sources`: where users logged in from (the login
+  penalty's lockout protection, :mod:`gateway.store.known_sources`).
 
 Listeners are called, once per mailbox per write, for content changes (append,
 delivery, STORE that changed something, expunge, copy/move) and for DELETE and RENAME;
@@ -26,6 +28,7 @@ in :mod:`gateway.store.schema`.
 
 from __future__ import annotations
 
+from gateway.store.sqlite.known_sources import SQLiteKnownSources
 from gateway.store.sqlite.ledger import SQLiteLedger
 from gateway.store.sqlite.mailboxes import SQLiteMailboxes
 from gateway.store.sqlite.messages import SQLiteMessages
@@ -33,6 +36,6 @@ from gateway.store.sqlite.messages import SQLiteMessages
 __all__ = ["SQLiteStore"]
 
 
-class SQLiteStore(SQLiteMailboxes, SQLiteMessages, SQLiteLedger):
+class SQLiteStore(SQLiteMailboxes, SQLiteMessages, SQLiteLedger, SQLiteKnownSources):
     """The :class:`~gateway.store.interfaces.Store` on one SQLite file: the concern
     classes over one :class:`~gateway.store.sqlite.connection.SQLiteConnection`."""
