@@ -109,6 +109,8 @@ class MemoryState:
     ledger: dict[tuple[str, str], LedgerEntry] = field(default_factory=dict)
     ledger_messages: dict[tuple[str, str], Message] = field(default_factory=dict)
     """The message each delivered ledger row points at (SQLite's ledger.message_id)."""
+    duplicates: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    """RFC 7352 duplicate IDs: (owner, handle, id) → expiry (SQLite's sieve_duplicate)."""
 
 
 class MemoryBase:

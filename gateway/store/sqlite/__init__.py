@@ -15,7 +15,10 @@ leaves open it makes:
   message insertion, a shared mailbox member's private \\Seen);
 - :mod:`~gateway.store.sqlite.mailboxes`: mailboxes and subscriptions;
 - :mod:`~gateway.store.sqlite.messages`: messages, flags, expunge, copy/move, search;
-- :mod:`~gateway.store.sqlite.ledger`: the POP3 ledger and exactly-once delivery.
+- :mod:`~gateway.store.sqlite.ledger`: the POP3 ledger and exactly-once delivery (also
+  routed by Sieve, with RFC 7352 duplicate tracking);
+- :mod:`~gateway.store.sqlite.scripts`: each owner's Sieve scripts
+  (:class:`~gateway.store.scripts.ScriptStore`).
 
 Listeners are called, once per mailbox per write, for content changes (append,
 delivery, STORE that changed something, expunge, copy/move) and for DELETE and RENAME;
@@ -29,10 +32,12 @@ from __future__ import annotations
 from gateway.store.sqlite.ledger import SQLiteLedger
 from gateway.store.sqlite.mailboxes import SQLiteMailboxes
 from gateway.store.sqlite.messages import SQLiteMessages
+from gateway.store.sqlite.scripts import SQLiteScripts
 
 __all__ = ["SQLiteStore"]
 
 
-class SQLiteStore(SQLiteMailboxes, SQLiteMessages, SQLiteLedger):
-    """The :class:`~gateway.store.interfaces.Store` on one SQLite file: the concern
-    classes over one :class:`~gateway.store.sqlite.connection.SQLiteConnection`."""
+class SQLiteStore(SQLiteMailboxes, SQLiteMessages, SQLiteLedger, SQLiteScripts):
+    """The :class:`~gateway.store.interfaces.Store` (and the
+    :class:`~gateway.store.scripts.ScriptStore`) on one SQLite file: the concern classes
+    over one :class:`~gateway.store.sqlite.connection.SQLiteConnection`."""
