@@ -224,6 +224,10 @@ def test_envelope_of_pop3_mail() -> None:
     )
     assert envelope_for(raw, None) == Envelope("Bounce@Lists.example", "me@isp.example")
     assert envelope_for(b"Return-Path: <>\r\n\r\nx", None) == Envelope("", "")
+    folded = b"Subject: x\r\nreturn-path:\r\n <a@b.example>\r\nDelivered-To: <c@d.example>\r\n\r\n"
+    assert envelope_for(folded, None) == Envelope("a@b.example", "c@d.example")
+    body_only = b"Subject: x\r\n\r\nReturn-Path: <not@header.example>\r\n"
+    assert envelope_for(body_only, None) == Envelope("", "")
     assert upstream_address("me@isp.example") == "me@isp.example"
     assert upstream_address("me") is None
 
