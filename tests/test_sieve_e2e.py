@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from gateway.app import control
+from gateway.cli.main import main
 from gateway.sieve import Envelope, FileInto, Keep, compile_script, run
 from gateway.store.sqlite import SQLiteStore
 from gateway.testing import samplemail
@@ -188,6 +189,24 @@ def test_sieve_connect_manages_scripts_and_pop3_mail_arrives_filed_for_idle_clie
         (error,) = [e for e in gw.events() if e.get("event") == "sieve.runtime_error"]
         assert error["owner"] == USER and error["script"] == "rules"
         assert "confidential" not in gw.log_text()
+
+        # the admin CLI while the gateway runs: a new script (on the WAL store), then a
+        # refile of INBOX through the control socket, seen by an IDLE client as EXPUNGE
+        refile = tmp_path / "refile.sieve"
+        refile.write_text(
+            'require ["fileinto", "mailbox"];\n'
+            'if header :is "subject" "hello" { fileinto :create "Refiled"; }\n'
+        )
+        cfg = str(gw.config_path)
+        assert main(["sieve", "put", "-c", cfg, USER, "refile", str(refile), "--activate"]) == 0
+        inbox = RawIMAP(gw.port)
+        inbox.command(f'LOGIN {USER} "{PASSWORD}"')
+        inbox.command("SELECT INBOX")
+        assert main(["sieve", "run", "-c", cfg, USER, "--mailbox", "INBOX"]) == 0
+        assert any(b"EXPUNGE" in line for line in inbox.idle_until(b"EXPUNGE", timeout=30))
+        status = b"".join(inbox.command("STATUS Refiled (MESSAGES)"))
+        assert b"MESSAGES 1" in status
+        inbox.close()
 
 
 # ---- exactly-once per final mailbox under SIGKILL -----------------------------------------

@@ -71,13 +71,13 @@ def parse_server(top: Reader) -> Server:
     for i, item in enumerate(server.get("managesieve", list, []) or []):
         if not isinstance(item, str):
             server.problem(f"managesieve[{i}]", f"expected an endpoint string, got {item!r}")
-        elif (why := endpoint_problem(item)) is not None:
-            server.problem(f"managesieve[{i}]", why)
         elif item.split(":", 1)[0].lower() == "ssl":
             server.problem(
                 f"managesieve[{i}]",
                 "ManageSieve uses STARTTLS (RFC 5804 §2.2); give a plain endpoint (tcp:4190)",
             )
+        elif (why := endpoint_problem(item)) is not None:
+            server.problem(f"managesieve[{i}]", why)
         else:
             managesieve.append(item)
     allow_insecure = server.get("allow_insecure_listener", bool, False)
