@@ -9,6 +9,7 @@ qresync, concurrent, memory.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import socket
 import time
@@ -638,7 +639,7 @@ def memory(bench: Bench) -> None:
 
 SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "ingest": ingest,
-    "sieve": sieve_ingest,
+    "sieve": functools.partial(sieve_ingest, pop_user=POP_USER),
     "mbsync": mbsync,
     "fetch": fetch,
     "qresync": qresync,

@@ -52,15 +52,15 @@ if anyof (header :contains "subject" "urgent", header :is "importance" "high") {
 """Twenty rules (comments mark the groups); checked to compile by the scenario."""
 
 
-def sieve_ingest(bench: Any) -> None:
-    """Alternate imports with and without the script, ``repeats`` times each."""
-    from bench.scenarios import POP_USER
+def sieve_ingest(bench: Any, pop_user: tuple[str, str]) -> None:
+    """Alternate imports with and without the script, ``repeats`` times each, from the
+    ``pop_user`` (name, password) POP3 account the ingest scenario also imports."""
     from gateway.sieve import compile_script
 
     compile_script(RULES)
     script = bench.root / "rules.sieve"
     script.write_text(RULES)
-    user, password = POP_USER
+    user, password = pop_user
     host, port, count = bench.dovecot.host, bench.dovecot.pop3_port, bench.sizes.ingest
     rates: dict[str, list[float]] = {"with": [], "without": []}
     for repeat in range(bench.sizes.repeats):

@@ -11,7 +11,6 @@ import collections
 import datetime as dt
 import os
 import random
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from gateway.testing import samplemail
 from gateway.testing.dovecot import Dovecot
 from gateway.testing.fakepop3 import normalize_message
 from gateway.testing.gateway_proc import GatewayProcess
+from gateway.testing.imapclient import RawClient
 from gateway.testing.managesieved import PASSWORD, USER
 from gateway.testing.tlsca import CA
 from tests.test_crash import event_count, wait_for_event_count
@@ -51,45 +51,35 @@ def message(sender: str, subject: str, n: int) -> bytes:
     ).encode()
 
 
-class RawIMAP:
-    """Just enough IMAP over a socket for LOGIN, CREATE, SELECT and IDLE."""
+def imap(port: int) -> RawClient:
+    """A raw IMAP client (gateway/testing/imapclient.py) logged in as the test user."""
+    client = RawClient(port)
+    client.login(USER, PASSWORD)
+    return client
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.file = self.sock.makefile("rb")
-        self.file.readline()
-        self.tag = 0
 
-    def command(self, text: str) -> list[bytes]:
-        self.tag += 1
-        tag = f"t{self.tag}".encode()
-        self.sock.sendall(tag + b" " + text.encode() + b"\r\n")
-        lines = []
-        while True:
-            line = self.file.readline()
-            assert line, "connection closed"
-            lines.append(line)
-            if line.startswith(tag + b" "):
-                assert line.split()[1] == b"OK", lines
-                return lines
+_tags = iter(range(1, 1_000_000))
 
-    def idle_until(self, wanted: bytes, timeout: float) -> list[bytes]:
-        self.sock.sendall(b"idle IDLE\r\n")
-        assert self.file.readline().startswith(b"+")
-        self.sock.settimeout(timeout)
-        seen = []
-        while True:
-            line = self.file.readline()
-            seen.append(line)
-            if wanted in line:
-                break
-        self.sock.sendall(b"DONE\r\n")
-        while not self.file.readline().startswith(b"idle "):
-            pass
-        return seen
 
-    def close(self) -> None:
-        self.sock.close()
+def ok(client: RawClient, text: str) -> bytes:
+    tag = f"t{next(_tags)}"
+    reply = client.command(tag, text)
+    assert reply.splitlines()[-1].startswith(f"{tag} OK".encode()), reply
+    return reply
+
+
+def idle_until(client: RawClient, wanted: bytes, timeout: float) -> list[bytes]:
+    """IDLE (RFC 2177) until an untagged line containing ``wanted``; then DONE."""
+    client.send(b"idle IDLE\r\n")
+    assert client.read_line().startswith(b"+")
+    client.sock.settimeout(timeout)
+    seen = []
+    while wanted not in (line := client.read_line()):
+        seen.append(line)
+    seen.append(line)
+    client.send(b"DONE\r\n")
+    client.read_until_tagged("idle")
+    return seen
 
 
 def gateway(workdir: Path, dovecot: Dovecot, tls_ca: CA | None, **up: object) -> GatewayProcess:
@@ -157,10 +147,9 @@ def test_sieve_connect_manages_scripts_and_pop3_mail_arrives_filed_for_idle_clie
         assert "line 4, column 1" in refused.stdout + refused.stderr
 
         # an IMAP client idles on the folder the script files into
-        watcher = RawIMAP(gw.port)
-        watcher.command(f'LOGIN {USER} "{PASSWORD}"')
-        watcher.command("CREATE Work")
-        watcher.command("SELECT Work")
+        watcher = imap(gw.port)
+        ok(watcher, "CREATE Work")
+        ok(watcher, "SELECT Work")
         for n, (sender, subject) in enumerate(
             [
                 ("boss@work.example", "quarterly plan"),
@@ -172,19 +161,16 @@ def test_sieve_connect_manages_scripts_and_pop3_mail_arrives_filed_for_idle_clie
             dovecot.deliver("alice", message(sender, subject, n))
         answer = control.request(str(gw.state_dir), {"command": "fetch"}, timeout=60)
         assert answer["ok"], answer
-        seen = watcher.idle_until(b"EXISTS", timeout=30)
+        seen = idle_until(watcher, b"EXISTS", timeout=30)
         assert any(line.strip() == b"* 1 EXISTS" for line in seen), seen
-        flags = watcher.command("FETCH 1 FLAGS")
-        assert b"\\Flagged" in b"".join(flags)
+        assert b"\\Flagged" in ok(watcher, "FETCH 1 FLAGS")
         watcher.close()
 
         counts = {}
         for folder in ("INBOX", "Work", "Bills"):
-            reader = RawIMAP(gw.port)
-            reader.command(f'LOGIN {USER} "{PASSWORD}"')
-            status = b"".join(reader.command(f"STATUS {folder} (MESSAGES)"))
+            with imap(gw.port) as reader:
+                status = ok(reader, f"STATUS {folder} (MESSAGES)")
             counts[folder] = int(status.split(b"MESSAGES ")[1].split(b")")[0])
-            reader.close()
         assert counts == {"INBOX": 2, "Work": 1, "Bills": 1}  # "oops" kept after the error
         (error,) = [e for e in gw.events() if e.get("event") == "sieve.runtime_error"]
         assert error["owner"] == USER and error["script"] == "rules"
@@ -199,14 +185,11 @@ def test_sieve_connect_manages_scripts_and_pop3_mail_arrives_filed_for_idle_clie
         )
         cfg = str(gw.config_path)
         assert main(["sieve", "put", "-c", cfg, USER, "refile", str(refile), "--activate"]) == 0
-        inbox = RawIMAP(gw.port)
-        inbox.command(f'LOGIN {USER} "{PASSWORD}"')
-        inbox.command("SELECT INBOX")
-        assert main(["sieve", "run", "-c", cfg, USER, "--mailbox", "INBOX"]) == 0
-        assert any(b"EXPUNGE" in line for line in inbox.idle_until(b"EXPUNGE", timeout=30))
-        status = b"".join(inbox.command("STATUS Refiled (MESSAGES)"))
-        assert b"MESSAGES 1" in status
-        inbox.close()
+        with imap(gw.port) as inbox:
+            ok(inbox, "SELECT INBOX")
+            assert main(["sieve", "run", "-c", cfg, USER, "--mailbox", "INBOX"]) == 0
+            assert b"EXPUNGE" in idle_until(inbox, b"EXPUNGE", timeout=30)[-1]
+            assert b"MESSAGES 1" in ok(inbox, "STATUS Refiled (MESSAGES)")
 
 
 # ---- exactly-once per final mailbox under SIGKILL -----------------------------------------

@@ -1,7 +1,7 @@
 """The ``popgate`` command: builds the argument parser from the command groups and dispatches.
 
-Each group is a module of this package (serve, status, fetch, migrate, users, backup, sieve)
-with an ``add_parsers`` function; each sub-command is a function taking parsed arguments and
+Each group is a module of this package (serve, status, fetch, migrate, users, backup, oauth,
+sieve) with an ``add_parsers`` function; each sub-command is a function taking parsed arguments and
 returning an exit status, so tests call them without a subprocess where that is enough.
 """
 
