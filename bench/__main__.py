@@ -55,15 +55,20 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs ({model}){memory}, Python {platform.python_version()}"
 
 
-def check_peers() -> None:
+PEERS_BY_SCENARIO = {
+    "ingest": (("getmail", "getmail6"), ("fetchmail", "fetchmail")),
+    "mbsync": (("mbsync", "isync"),),
+}
+"""The peer programs a scenario runs besides Dovecot (the others compare popgate with
+Dovecot, or with itself)."""
+
+
+def check_peers(chosen: list[str]) -> None:
     """Fail at once, naming the packages, rather than after minutes of preparation."""
     find_dovecot()
-    for binary, package in (
-        ("getmail", "getmail6"),
-        ("fetchmail", "fetchmail"),
-        ("mbsync", "isync"),
-    ):
-        peers.require(binary, package)
+    for name in chosen:
+        for binary, package in PEERS_BY_SCENARIO.get(name, ()):
+            peers.require(binary, package)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -88,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats:
         sizes = replace(sizes, repeats=args.repeats)
     chosen = [name for name in SCENARIOS if not args.only or name in args.only]
-    check_peers()
+    check_peers(chosen)
     logs.configure("warning", "console", stream=sys.stderr)  # the store logs each open
     began = time.perf_counter()
 

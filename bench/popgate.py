@@ -252,9 +252,16 @@ class GatewayServer:
 
 
 def fetch_import(
-    workdir: Path, *, host: str, port: int, user: str, password: str
+    workdir: Path,
+    *,
+    host: str,
+    port: int,
+    user: str,
+    password: str,
+    sieve: Path | None = None,
 ) -> tuple[float, dict[str, Any]]:
-    """One popgate fetch pass into a fresh store in a fresh process.
+    """One popgate fetch pass into a fresh store in a fresh process (``sieve``: with this
+    script active for the owner, delivered through Sieve at ingest).
 
     Returns (wall-clock seconds of the whole process, the worker's JSON report). The
     wall clock includes interpreter start-up and store creation, as for the peers.
@@ -276,6 +283,7 @@ def fetch_import(
         password,
         "--store",
         str(workdir / "popgate.sqlite3"),
+        *(["--sieve", str(sieve)] if sieve is not None else []),
     ]
     with open(log_path, "wb") as log:
         started = time.perf_counter()

@@ -9,6 +9,7 @@ qresync, concurrent, memory.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import socket
 import time
@@ -23,6 +24,7 @@ from bench.imapwire import IMAPConnection, untagged_number
 from bench.load import run_load
 from bench.popgate import GatewayServer, fetch_import, load_store
 from bench.report import Row, Target
+from bench.sieve_ingest import sieve_ingest
 from gateway.testing import samplemail
 from gateway.testing.dovecot import Dovecot
 
@@ -637,6 +639,7 @@ def memory(bench: Bench) -> None:
 
 SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "ingest": ingest,
+    "sieve": functools.partial(sieve_ingest, pop_user=POP_USER),
     "mbsync": mbsync,
     "fetch": fetch,
     "qresync": qresync,

@@ -96,6 +96,7 @@ def serve(args: argparse.Namespace) -> int:
 def ingest(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
 
+    from gateway.access.filtering import SieveDelivery
     from gateway.app import logs
     from gateway.app.config import Upstream
     from gateway.pop3.fetcher import fetch_once
@@ -103,6 +104,11 @@ def ingest(args: argparse.Namespace) -> int:
 
     logs.configure("warning", "json", stream=sys.stderr)
     store = SQLiteStore(args.store)
+    if args.sieve:
+        store.put_script("alice", "bench", Path(args.sieve).read_text())
+        store.set_active("alice", "bench")
+    # As the service wires it: Sieve in front of the store (a pass-through without a script).
+    ledger = SieveDelivery(store, store, store, addresses={"bench": None})
     upstream = Upstream(
         name="bench",
         owner="alice",
@@ -117,7 +123,7 @@ def ingest(args: argparse.Namespace) -> int:
 
     def run() -> None:
         started = time.perf_counter()
-        d = fetch_once(upstream, store, reactor=reactor)
+        d = fetch_once(upstream, ledger, reactor=reactor)
 
         def done(result: Any) -> None:
             outcome["seconds"] = time.perf_counter() - started
@@ -151,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--user", required=True)
     p.add_argument("--password", required=True)
     p.add_argument("--store", required=True)
+    p.add_argument("--sieve", help="a Sieve script to make the owner's active one")
     p.set_defaults(func=ingest)
     args = parser.parse_args(argv)
     return int(args.func(args))

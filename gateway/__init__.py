@@ -8,11 +8,11 @@ import breaks this map, when modules import each other in a cycle, or when anyth
 - ``core``: the shared vocabulary (search criteria, sequence sets, flags, host rules). Imports nothing.
 - ``message``: reading RFC 5322/MIME messages (ENVELOPE, BODYSTRUCTURE, search text). core.
 - ``store``: the storage contract and its backends (SQLite, memory). core, message.
-- ``access``: per-user views of the store: households (shared trees, private \\Seen), quotas.
-  core, store.
-- ``security``: passwords, the authenticator, login penalties, TLS contexts. core.
 - ``sieve``: the Sieve language (RFC 5228 and extensions): parser, validator, interpreter. Pure;
   imports nothing else from ``gateway``.
+- ``access``: per-user views of the store: households (shared trees, private \\Seen), quotas,
+  Sieve at ingest (the owner's script routing each fetched message). core, store, sieve.
+- ``security``: passwords, the authenticator, login penalties, TLS contexts. core.
 - ``imap``: the IMAP server: sans-I/O parser, session and handlers, one Twisted protocol.
   core, message, store, access, security.
 - ``oauth``: OAuth 2.0 for upstreams: provider presets, token file, device login (RFC 8628),
@@ -43,7 +43,7 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "core": frozenset(),
     "message": frozenset({"core"}),
     "store": frozenset({"core", "message"}),
-    "access": frozenset({"core", "store"}),
+    "access": frozenset({"core", "store", "sieve"}),
     "security": frozenset({"core"}),
     "sieve": frozenset(),
     "oauth": frozenset({"core", "security"}),

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from gateway.access.filtering import check_script
 from gateway.managesieve.parser import (
     Command,
     CommandParser,
@@ -27,7 +28,6 @@ from gateway.managesieve.session import (
 )
 from gateway.store.memory_scripts import MemoryScriptStore
 from gateway.store.scripts import ScriptLimits
-from gateway.testing.managesieved import stand_in_check
 
 
 class Users:
@@ -38,7 +38,7 @@ class Users:
 def make(**kwargs: Any) -> ManageSieveSession:
     store = kwargs.pop("store", None) or MemoryScriptStore(ScriptLimits(100, 3))
     kwargs.setdefault("sieve_extensions", ("fileinto",))
-    return ManageSieveSession(store, Users(), kwargs.pop("checker", stand_in_check), **kwargs)
+    return ManageSieveSession(store, Users(), kwargs.pop("checker", check_script), **kwargs)
 
 
 def run(session: ManageSieveSession, line: bytes, answers: list[bytes] | None = None) -> bytes:
@@ -242,7 +242,8 @@ def test_bad_script_refused_with_line_and_column_and_not_stored() -> None:
     out = run(s, b'PUTSCRIPT "a" {12+}\r\nkeep;\r\nfoo;')
     assert out == b"NO \"line 2, column 1: unknown command 'foo'\"\r\n"
     assert s.store.get_script("alice", "a") == "keep;"
-    assert run(s, b'CHECKSCRIPT "if true {"').startswith(b'NO "line 1, column 9: block')
+    refused = run(s, b'CHECKSCRIPT "if true {"')
+    assert refused.startswith(b'NO "line 1, column 9: ') and b"missing '}'" in refused
     assert run(s, b'CHECKSCRIPT "keep;"') == b'OK "Script checked successfully"\r\n'
 
 

@@ -33,10 +33,19 @@ from gateway.store.scripts import (
     ScriptTooLarge,
     TooManyScripts,
 )
+from gateway.store.sqlite import SQLiteStore
 
 BACKENDS: dict[str, Callable[[Path, ScriptLimits], ScriptStore]] = {
     "memory": lambda tmp, limits: MemoryScriptStore(limits),
+    "sqlite": lambda tmp, limits: _sqlite(tmp, limits),
 }
+
+
+def _sqlite(tmp: Path, limits: ScriptLimits) -> ScriptStore:
+    """A fresh SQLite store (its own directory: a test may build several) with ``limits``."""
+    store = SQLiteStore(Path(tempfile.mkdtemp(dir=tmp)) / "store.db")
+    store.limits = limits
+    return store
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -194,9 +203,16 @@ def _model_backend(name: str) -> type[RuleBasedStateMachine]:
 
         def __init__(self) -> None:
             super().__init__()
-            self.store = BACKENDS[name](Path(tempfile.mkdtemp()), ScriptLimits(10, 3))
+            self.directory = tempfile.TemporaryDirectory()
+            self.store = BACKENDS[name](Path(self.directory.name), ScriptLimits(10, 3))
             self.scripts: dict[str, dict[str, str]] = {"alice": {}, "bob": {}}
             self.active: dict[str, str | None] = {"alice": None, "bob": None}
+
+        def teardown(self) -> None:
+            close = getattr(self.store, "close", None)
+            if close is not None:
+                close()
+            self.directory.cleanup()
 
         def _same(self, call: Callable[[], object], expected: type[Exception] | None) -> bool:
             try:

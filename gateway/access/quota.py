@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from gateway.store.interfaces import Delivery, LedgerEntry, MailStore, OverQuota, Store
+from gateway.store.interfaces import Delivery, LedgerEntry, MailStore, OverQuota, Routed, Store
 
 KIB = 1024
 """RFC 9208 §5.1: STORAGE is counted in units of 1024 octets."""
@@ -89,7 +89,23 @@ class DeliveryQuotaGuard:
             check(self.base, self.quotas, owner, adding)
         return self.base.deliver_many(owner, mailbox, deliveries, dedup=dedup)
 
+    def deliver_routed(
+        self, owner: str, default: str, items: Sequence[Routed], *, dedup: bool = False
+    ) -> list[dict[str, int] | None]:
+        """A message filed into several mailboxes counts once per mailbox (as a copy
+        would); a discarded one counts nothing."""
+        if self.quotas.limit(owner) is not None and items:
+            known = self.base.known_uidls(items[0].delivery.upstream)
+            adding = sum(
+                len(i.delivery.raw) * len(i.targets) for i in items if i.delivery.uidl not in known
+            )
+            check(self.base, self.quotas, owner, adding)
+        return self.base.deliver_routed(owner, default, items, dedup=dedup)
+
     # ---- unchanged ------------------------------------------------------------------
+
+    def duplicate_seen(self, owner: str, handle: str, id: str) -> bool:
+        return self.base.duplicate_seen(owner, handle, id)
 
     def known_uidls(self, upstream: str) -> set[str]:
         return self.base.known_uidls(upstream)

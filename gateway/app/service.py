@@ -1,4 +1,5 @@
-"""Assembling the running gateway from a validated config: store, IMAP listeners, upstream pollers.
+"""Assembling the running gateway from a validated config: store, IMAP and ManageSieve
+listeners, upstream pollers with Sieve at ingest.
 
 This is the thin Twisted glue: everything it wires together takes its reactor and
 collaborators as arguments, so tests build the same service on a private reactor.
@@ -19,6 +20,7 @@ import structlog
 from twisted.application import service, strports
 from twisted.python import usage
 
+from gateway.access.filtering import SieveDelivery, upstream_address
 from gateway.access.households import SHARED_PREFIX, shared_owner
 from gateway.access.quota import DeliveryQuotaGuard, Quotas
 from gateway.app import config as configmod
@@ -116,7 +118,15 @@ def build_service(
     server_tls, penalty = _security_parts(cfg, reactor, store)
     pollers: dict[str, UpstreamPoller] = {}
     quotas = Quotas(quota_limits(cfg))
-    delivery_store = DeliveryQuotaGuard(store, quotas)  # over quota: held upstream
+    # The fetcher's ledger: each owner's Sieve script routes the message (issue 16), then
+    # the quota guard (over quota: held upstream), then the store.
+    delivery_store = SieveDelivery(
+        DeliveryQuotaGuard(store, quotas),
+        store,
+        store,
+        addresses={u.name: upstream_address(u.username) for u in cfg.upstreams},
+        clock=reactor.seconds,
+    )
     # Where the fetcher's store calls run: SQLite runs inline (gateway/store/runner.py).
     store_runner = runner_for(delivery_store)
     fetch_with_runner = functools.partial(fetch_once, runner=store_runner)
@@ -177,6 +187,12 @@ def build_service(
     control = control_service(top, cfg, reactor)
     control.register("fetch", fetch_handler(pollers))
     _add_listeners(top, cfg, factory, server_tls, reactor)
+    from gateway.app.sievecmd import add_managesieve, sieve_run_handler
+
+    top.managesieve_factory = add_managesieve(  # type: ignore[attr-defined]
+        top, cfg, store, authenticator, server_tls, penalty, reactor, password_pool
+    )
+    control.register("sieve-run", sieve_run_handler(store, delivery_store, reactor))
     top.store = store  # type: ignore[attr-defined]
     top.password_pool = password_pool  # type: ignore[attr-defined]
     top.imap_factory = factory  # type: ignore[attr-defined]
@@ -196,6 +212,7 @@ def build_service(
         config=cfg.path,
         state_dir=cfg.state_dir,
         listeners=list(cfg.imap),
+        managesieve=[m.endpoint for m in cfg.managesieve],
         users=len(cfg.users),
         upstreams=[u.name for u in cfg.upstreams],
     )
@@ -263,6 +280,7 @@ def _serve_status(top, cfg, reactor, factory, pollers, store) -> None:
         config_path=cfg.path,
         state_dir=cfg.state_dir,
         imap_listeners=cfg.imap,
+        managesieve_listeners=[m.endpoint for m in cfg.managesieve],
         factory=factory,
         pollers=pollers,
         store_path=getattr(store, "path", None),
@@ -285,6 +303,7 @@ RESTART_ONLY = (
     "state_dir",
     "imap",
     "listeners",
+    "managesieve",
     "tls",
     "security",
     "upstreams",

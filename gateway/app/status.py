@@ -6,7 +6,8 @@ times are Unix seconds (the reactor's clock), durations are seconds, and every s
 is present even when empty. Keys, by section:
 
 * ``version``, ``pid``, ``config``, ``state_dir``, ``started_at``, ``now``, ``uptime_seconds``;
-* ``listeners``: ``imap`` (endpoint strings), ``metrics`` (string or None), ``control``;
+* ``listeners``: ``imap`` and ``managesieve`` (endpoint strings), ``metrics`` (string or
+  None), ``control``;
 * ``clients``: ``total``, ``by_state`` (RFC 3501 §3 state → count) and ``by_user``
   (user → state → count; connections not yet logged in only count in ``by_state``);
 * ``upstreams``: one dict per upstream: ``name``, ``owner``, ``folder``, ``host``,
@@ -150,7 +151,9 @@ class StatusSource:
         control_path: str | Path | None = None,
         store: Any = None,
         owners: Callable[[], Iterable[str]] = tuple,
+        managesieve_listeners: Iterable[str] = (),
     ) -> None:
+        self.managesieve_listeners = list(managesieve_listeners)
         self.store = store
         self.owners = owners
         self.reactor = reactor
@@ -194,6 +197,7 @@ class StatusSource:
             "uptime_seconds": max(0.0, now - self.started_at),
             "listeners": {
                 "imap": list(self.imap_listeners),
+                "managesieve": list(self.managesieve_listeners),
                 "metrics": self.metrics_listener,
                 "control": self.control_path,
             },
@@ -287,6 +291,8 @@ def render(status: Mapping[str, Any]) -> str:
     ]
     listeners = status.get("listeners", {})
     parts = [f"imap {', '.join(listeners.get('imap') or []) or '-'}"]
+    if listeners.get("managesieve"):
+        parts.append(f"managesieve {', '.join(listeners['managesieve'])}")
     if listeners.get("metrics"):
         parts.append(f"metrics {listeners['metrics']}")
     if listeners.get("control"):

@@ -1,7 +1,7 @@
 """The ``popgate`` command: builds the argument parser from the command groups and dispatches.
 
-Each group is a module of this package (serve, status, fetch, migrate, users, backup) with
-an ``add_parsers`` function; each sub-command is a function taking parsed arguments and
+Each group is a module of this package (serve, status, fetch, migrate, users, backup, oauth,
+sieve) with an ``add_parsers`` function; each sub-command is a function taking parsed arguments and
 returning an exit status, so tests call them without a subprocess where that is enough.
 """
 
@@ -11,12 +11,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gateway.cli import backup, fetch, migrate, oauth, serve, status, users
+from gateway.cli import backup, fetch, migrate, oauth, serve, sieve, status, users
 from gateway.cli.common import DEFAULT_CONFIG
 
 __all__ = ["DEFAULT_CONFIG", "build_parser", "main"]
 
-GROUPS = (serve, status, fetch, migrate, users, backup, oauth)
+GROUPS = (serve, status, fetch, migrate, users, backup, oauth, sieve)
 """The command groups, in the order ``popgate --help`` lists their commands."""
 
 

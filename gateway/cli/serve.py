@@ -28,7 +28,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     print(
         f"{cfg.path}: ok ({len(cfg.users)} users, {len(cfg.upstreams)} upstreams, "
-        f"listeners: {', '.join(cfg.imap)})"
+        f"listeners: {', '.join(cfg.imap)}"
+        + (
+            f"; managesieve: {', '.join(m.endpoint for m in cfg.managesieve)}"
+            if cfg.managesieve
+            else ""
+        )
+        + ")"
     )
     return 0
 

@@ -209,14 +209,29 @@ class SieveMessage:
             fields.append((name.rstrip(b" \t").decode("latin-1").lower(), value))
         return fields
 
+    @cached_property
+    def _by_name(self) -> dict[str, list[bytes]]:
+        by_name: dict[str, list[bytes]] = {}
+        for key, value in self._fields:
+            by_name.setdefault(key, []).append(value)
+        return by_name
+
+    @cached_property
+    def _decoded(self) -> dict[str, list[str]]:
+        return {}
+
     def raw_values(self, name: str) -> list[str]:
         """Unfolded values of every `name` field, in order, not RFC 2047 decoded."""
-        name = name.lower()
-        return [_unfold(value) for key, value in self._fields if key == name]
+        return [_unfold(value) for value in self._by_name.get(name.lower(), ())]
 
     def header_values(self, name: str) -> list[str]:
-        """Decoded values (RFC 5228 §2.7.2) of every `name` field, in order."""
-        return [decode_header_value(v) for v in self.raw_values(name)]
+        """Decoded values (RFC 5228 §2.7.2) of every `name` field, in order. Decoded once
+        per name: a filter set tests the same few fields (Subject, From) rule after rule."""
+        name = name.lower()
+        found = self._decoded.get(name)
+        if found is None:
+            found = self._decoded[name] = [decode_header_value(v) for v in self.raw_values(name)]
+        return list(found)
 
     def has_header(self, name: str) -> bool:
         name = name.lower()

@@ -98,8 +98,10 @@ __all__ = [
     "ChangeNotifier",
     "Changes",
     "Delivery",
+    "DuplicateRecord",
     "InvalidMailboxName",
     "Ledger",
+    "Routed",
     "LedgerEntry",
     "MailStore",
     "Mailbox",
@@ -120,6 +122,7 @@ __all__ = [
     "StoreError",
     "StoreResult",
     "Subscriptions",
+    "Target",
     "is_shared_owner",
 ]
 
@@ -244,6 +247,40 @@ class Delivery:
     raw: bytes
     internaldate: datetime.datetime | None = None
     size_on_server: int | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """One mailbox a routed delivery files the message into, with its flags (RFC 5232)
+    and whether a missing mailbox is created (RFC 5490 §3.2 ``:create``). A target whose
+    mailbox is missing and may not be created is filed into the delivery's default
+    mailbox instead (the Sieve implicit keep, RFC 5228 §2.10.6): mail is never lost."""
+
+    mailbox: str
+    flags: tuple[str, ...] = ()
+    create: bool = False
+
+
+@dataclass(frozen=True)
+class DuplicateRecord:
+    """An RFC 7352 duplicate ID to remember for ``period`` seconds once the delivery commits.
+    ``refresh`` (``:last``): restart the period even if the ID is already remembered;
+    otherwise an ID still remembered keeps its first expiry (RFC 7352 §3.1)."""
+
+    handle: str
+    id: str
+    period: int
+    refresh: bool = False
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A fetched message and where it goes (issue 16: the outcome of the owner's Sieve
+    script). No targets means discarded: the ledger row is written, no message."""
+
+    delivery: Delivery
+    targets: tuple[Target, ...]
+    duplicates: tuple[DuplicateRecord, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -447,6 +484,23 @@ class Ledger(Protocol):
         already known, or (``dedup``) the mailbox already holds the same bytes delivered
         through another upstream, in which case the ledger row is still written and
         points at that message."""
+
+    def deliver_routed(
+        self, owner: str, default: str, items: Sequence[Routed], *, dedup: bool = False
+    ) -> list[dict[str, int] | None]:
+        """Like :meth:`deliver_many`, but each message goes to its own targets (one message
+        stored once, one mailbox row per target, with the target's flags) and its
+        duplicate IDs are recorded, all in ONE durable transaction with the ledger rows:
+        exactly-once holds per final mailbox. A target that is missing and not
+        ``create`` goes to ``default`` (created if missing). Returns, per item, mailbox
+        name → new UID (empty for a discard, or for targets ``dedup`` found already
+        holding the bytes from another upstream), or None if the UIDL was already known
+        (nothing written). Raises MessageTooLarge (nothing written) like deliver_many.
+        Flags that are not valid IMAP flags are dropped (RFC 5232 §3 lets Sieve carry any
+        string); \\Seen in a shared mailbox is not stored (it is per member)."""
+
+    def duplicate_seen(self, owner: str, handle: str, id: str) -> bool:
+        """True if (handle, id) was recorded for ``owner`` and has not expired (RFC 7352)."""
 
     def record_skipped(self, upstream: str, uidl: str, reason: str) -> None:
         """Remembers a UIDL that will not be fetched (e.g. too large), so status shows it."""

@@ -15,8 +15,8 @@ import mmap
 import unicodedata
 from collections.abc import Iterable
 
-from gateway.core.flags import RECENT, canonical_flag
-from gateway.store.errors import InvalidMailboxName, MessageTooLarge
+from gateway.core.flags import RECENT, SETTABLE_FLAGS, canonical_flag
+from gateway.store.errors import InvalidMailboxName, MailboxNotAllowed, MessageTooLarge
 from gateway.store.interfaces import DELIMITER, INBOX
 
 MAX_MAILBOX_NAME_LENGTH = 512
@@ -147,3 +147,32 @@ def flag_map(flags: Iterable[str]) -> dict[str, str]:
         if flag != RECENT:
             out.setdefault(flag.lower(), flag)
     return out
+
+
+def filing_flags(flags: Iterable[str]) -> dict[str, str]:
+    """Flags a routed delivery sets (Sieve imap4flags, RFC 5232 §3): like :func:`flag_map`,
+    but a string that is not a valid IMAP flag is dropped instead of refused, since a
+    script may set any string and the message must still be filed."""
+    out: dict[str, str] = {}
+    for flag in flags:
+        try:
+            out.update(flag_map([flag]))
+        except (ValueError, TypeError):
+            continue
+    for key, value in list(out.items()):
+        if value.startswith("\\") and value not in SETTABLE_FLAGS:
+            del out[key]  # an unknown \Flag is not settable (RFC 3501 §2.3.2)
+    return out
+
+
+def filing_name(mailbox: str) -> str | None:
+    """The normalised mailbox name a routed delivery's target means, or None when the
+    name cannot name a mailbox (the target then goes to the default mailbox)."""
+    name = normalise_name(mailbox)
+    if name == INBOX:
+        return name
+    try:
+        check_mailbox_name(name)
+    except MailboxNotAllowed:
+        return None
+    return name

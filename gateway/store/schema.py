@@ -33,6 +33,10 @@ Table layout and why:
 * ``known_source`` (version 4, issue 20) remembers, per user, the sources (address or
   IPv6 /64) they logged in from and when last, so the login penalty's lockout protection
   survives a restart (:mod:`gateway.store.known_sources`; at most a few rows per user).
+* ``sieve_script`` (version 5, issue 16) holds each owner's Sieve scripts, at most one
+  active per owner (a partial unique index says so), so backups carry them with the mail.
+  ``sieve_duplicate`` is the RFC 7352 duplicate-tracking record: (owner, handle, ID) with
+  the time it expires, written in the transaction that files the message.
 """
 
 from __future__ import annotations
@@ -218,7 +222,32 @@ _V4 = _statements(
     """,
 )
 
-MIGRATIONS: Sequence[Migration] = (_V1, _V2, _V3, _V4)
+# Version 5 (Sieve, issue 16): scripts per owner and RFC 7352 duplicate tracking. Self-contained
+# (two new tables, touching no other), so it can be renumbered when merged next to another.
+_V5_SIEVE = _statements(
+    """
+    CREATE TABLE sieve_script (
+        owner  TEXT NOT NULL,
+        name   TEXT NOT NULL,
+        text   TEXT NOT NULL,
+        active INTEGER NOT NULL DEFAULT 0 CHECK (active IN (0, 1)),
+        PRIMARY KEY (owner, name)
+    ) WITHOUT ROWID
+    """,
+    "CREATE UNIQUE INDEX sieve_script_active ON sieve_script (owner) WHERE active = 1",
+    """
+    CREATE TABLE sieve_duplicate (
+        owner   TEXT NOT NULL,
+        handle  TEXT NOT NULL,
+        id      TEXT NOT NULL,
+        expires REAL NOT NULL,
+        PRIMARY KEY (owner, handle, id)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX sieve_duplicate_expires ON sieve_duplicate (owner, expires)",
+)
+
+MIGRATIONS: Sequence[Migration] = (_V1, _V2, _V3, _V4, _V5_SIEVE)
 """Entry *i* takes a database from version *i* to *i + 1*. Append only."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -42,11 +42,14 @@ class GatewayProcess:
         upstreams: list[dict[str, Any]] = (),
         extra_server: dict[str, Any] | None = None,
         tables: dict[str, dict[str, Any]] | None = None,
+        managesieve: bool = False,
     ) -> None:
-        """``tables``: extra TOML tables by name, e.g. ``{"shared.family": {"members": [...]}}``."""
+        """``tables``: extra TOML tables by name, e.g. ``{"shared.family": {"members": [...]}}``;
+        ``managesieve``: also listen for ManageSieve on loopback (``managesieve_port``)."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.managesieve_port = free_port() if managesieve else None
         self.state_dir = self.workdir / "state"
         self.config_path = self.workdir / "popgate.toml"
         self.log_path = self.workdir / "gateway.log"
@@ -57,6 +60,9 @@ class GatewayProcess:
             'log_format = "json"',
             'log_level = "debug"',
         ]
+        if self.managesieve_port is not None:
+            endpoint = f"tcp:{self.managesieve_port}:interface=127.0.0.1"
+            lines.append(f"managesieve = [{toml_value(endpoint)}]")
         for k, v in (extra_server or {}).items():
             lines.append(f"{k} = {toml_value(v)}")
         for name, password in users.items():

@@ -25,6 +25,7 @@ from twisted.internet import reactor as _global_reactor
 from twisted.internet import task
 from twisted.internet.defer import inlineCallbacks
 
+from gateway.access.filtering import check_script
 from gateway.managesieve.server import (
     ListenerFactory,
     ListenerPolicy,
@@ -32,6 +33,7 @@ from gateway.managesieve.server import (
     ManageSieveLimits,
 )
 from gateway.security.penalty import AuthPenalty
+from gateway.sieve import EXTENSIONS
 from gateway.store.memory_scripts import MemoryScriptStore
 from gateway.store.scripts import ScriptLimits
 from gateway.testing.dovecot import DEBIAN_LIBEXEC, Dovecot, DovecotNotInstalled, DovecotStartError
@@ -151,83 +153,10 @@ def sieve_connect_binary() -> str | None:
 # (the same arrangement as gateway/testing/imapclient.py: one shared reactor thread; everything
 # touching Twisted or the store runs on it)
 
-
-class StandInSieveError(Exception):
-    """TEST STAND-IN ONLY: the error shape the real ``gateway.sieve`` checker raises."""
-
-    def __init__(self, line: int, column: int, message: str) -> None:
-        super().__init__(f"line {line}, column {column}: {message}")
-        self.line = line
-        self.column = column
-        self.message = message
-
-
-STAND_IN_COMMANDS = frozenset(
-    "require if elsif else keep discard stop fileinto true false not allof anyof "
-    "header address envelope exists size addflag setflag removeflag".split()
-)
-
-
-def stand_in_check(script: str) -> None:
-    """TEST STAND-IN ONLY, not a Sieve parser: until ``gateway.sieve`` is merged, the
-    ManageSieve tests need *a* checker with the agreed interface. It refuses unknown
-    command words at the start of a statement, unbalanced braces and a missing final
-    ``;``, with a 1-based line and column, and accepts everything else."""
-    depth = 0
-    statement_start = True
-    line, column = 1, 0
-    i = 0
-    last_open: tuple[int, int] = (1, 1)
-    pending = False
-    while i < len(script):
-        c = script[i]
-        column += 1
-        if c == "\n":
-            line, column = line + 1, 0
-        elif c == "#":
-            while i < len(script) and script[i] != "\n":
-                i += 1
-            continue
-        elif c == '"':
-            i += 1
-            while i < len(script) and script[i] != '"':
-                if script[i] == "\n":
-                    line, column = line + 1, 0
-                i += 1
-        elif c.isalpha() and statement_start:
-            j = i
-            while j < len(script) and (script[j].isalnum() or script[j] in "_-"):
-                j += 1
-            word = script[i:j]
-            if word.lower() not in STAND_IN_COMMANDS:
-                raise StandInSieveError(line, column, f"unknown command '{word}'")
-            column += j - i - 1
-            i = j
-            statement_start = False
-            pending = True
-            continue
-        elif c == "{":
-            depth += 1
-            last_open = (line, column)
-            statement_start, pending = True, False
-        elif c == "}":
-            depth -= 1
-            if depth < 0:
-                raise StandInSieveError(line, column, "unexpected '}'")
-            statement_start, pending = True, False
-        elif c == ";":
-            statement_start, pending = True, False
-        i += 1
-    if depth > 0:
-        raise StandInSieveError(*last_open, "block opened here is never closed")
-    if pending:
-        raise StandInSieveError(line, column + 1, "expected ';' at end of script")
-
-
 USER = "alice"
 PASSWORD = "alice-password"
-SIEVE_EXTENSIONS = ("fileinto", "imap4flags")
-"""What the test server's SIEVE capability lists (injected, as the integrator will)."""
+SIEVE_EXTENSIONS = EXTENSIONS
+"""What the test server's SIEVE capability lists: the real engine's, as the service does."""
 
 SOCKET_TIMEOUT = 20.0
 """Seconds a client read may block before the test fails instead of hanging."""
@@ -269,10 +198,10 @@ def popgate_managesieve(
     penalty: bool = False,
     fake_clock: bool = False,
     owner_of: Callable[[str], str] | None = None,
-    checker: Callable[[str], Any] = stand_in_check,
+    checker: Callable[[str], Any] = check_script,
 ) -> Iterator[PopgateSieve]:
     """popgate's ManageSieve server on 127.0.0.1, port 0, with a fresh in-memory
-    store, user ``alice`` (plus ``users``) and the STAND-IN checker by default."""
+    store, user ``alice`` (plus ``users``) and the real Sieve checker (as the service wires it)."""
     runner = ReactorThread.shared(reactor)
     accounts = {USER: PASSWORD, **(users or {})}
     clock = task.Clock() if fake_clock else None

@@ -16,7 +16,7 @@ import os
 import tomllib
 from typing import Any
 
-from gateway.app.config.listeners import endpoint_is_local, parse_listeners
+from gateway.app.config.listeners import endpoint_is_local, parse_listeners, parse_managesieve
 from gateway.app.config.reader import ConfigError, Reader, parse_duration, parse_size
 from gateway.app.config.sections import (
     USER_NAME_RE,
@@ -104,6 +104,7 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
         tls,
         server.allow_insecure,
     )
+    managesieve = parse_managesieve(path, problems, server.managesieve, tls, server.allow_insecure)
     top.finish()
     if problems:
         raise ConfigError(problems)
@@ -121,4 +122,5 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
         listeners=listeners,
         security=security,
         shared=shared,
+        managesieve=managesieve,
     )

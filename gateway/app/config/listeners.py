@@ -1,5 +1,6 @@
-"""The IMAP listeners: ``[server] imap``/``imaps`` and ``[[listeners]]`` tables, each with
-its effective TLS mode and whether it takes passwords before TLS.
+"""The IMAP listeners (``[server] imap``/``imaps`` and ``[[listeners]]`` tables) and the
+ManageSieve listeners (``[server] managesieve``), each with its effective TLS mode and
+whether it takes passwords before TLS.
 
 Secure by default: a listener reachable from the network with no TLS to offer is refused
 (passwords would travel in clear) unless ``server.allow_insecure_listener`` says so.
@@ -126,4 +127,29 @@ def parse_listeners(
         if plaintext is None:
             plaintext = local or (mode == "starttls" and tls is None and allow_insecure)
         out.append(Listener(endpoint, mode, plaintext, local))
+    return tuple(out)
+
+
+def parse_managesieve(
+    path: str,
+    problems: list[str],
+    endpoints: list[str],
+    tls: TLSSettings | None,
+    allow_insecure: bool,
+) -> tuple[Listener, ...]:
+    """``[server] managesieve``: STARTTLS listeners (RFC 5804 §2.2) under the IMAP rule:
+    passwords in clear only on local listeners; a listener reachable from the network
+    needs ``[tls]`` (then passwords only after STARTTLS) or ``allow_insecure_listener``."""
+    out: list[Listener] = []
+    for i, endpoint in enumerate(endpoints):
+        local = endpoint_is_local(endpoint)
+        if tls is None and not local and not allow_insecure:
+            problems.append(
+                f"{path}: server.managesieve[{i}]: {endpoint!r} is reachable from the network "
+                "but no TLS is configured, so passwords would travel in clear; set [tls] "
+                "cert_file and key_file, or server.allow_insecure_listener = true to run it anyway"
+            )
+            continue
+        plaintext = local or (tls is None and allow_insecure)
+        out.append(Listener(endpoint, "starttls", plaintext, local))
     return tuple(out)

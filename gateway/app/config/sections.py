@@ -45,6 +45,7 @@ class Server:
     state_dir: str
     imap: list[str]
     imaps: list[Any]
+    managesieve: list[str]
     allow_insecure: bool
     log_level: str
     log_format: str
@@ -66,6 +67,19 @@ def parse_server(top: Reader) -> Server:
         else:
             listeners.append(item)
     imaps = server.get("imaps", list, [])
+    managesieve: list[str] = []
+    for i, item in enumerate(server.get("managesieve", list, []) or []):
+        if not isinstance(item, str):
+            server.problem(f"managesieve[{i}]", f"expected an endpoint string, got {item!r}")
+        elif item.split(":", 1)[0].lower() == "ssl":
+            server.problem(
+                f"managesieve[{i}]",
+                "ManageSieve uses STARTTLS (RFC 5804 §2.2); give a plain endpoint (tcp:4190)",
+            )
+        elif (why := endpoint_problem(item)) is not None:
+            server.problem(f"managesieve[{i}]", why)
+        else:
+            managesieve.append(item)
     allow_insecure = server.get("allow_insecure_listener", bool, False)
     log_level = server.get("log_level", str, "info")
     if log_level is not None and log_level not in LOG_LEVELS:
@@ -75,7 +89,14 @@ def parse_server(top: Reader) -> Server:
         server.problem("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
     server.finish()
     return Server(
-        server, state_dir, listeners, imaps or [], bool(allow_insecure), log_level, log_format
+        server,
+        state_dir,
+        listeners,
+        imaps or [],
+        managesieve,
+        bool(allow_insecure),
+        log_level,
+        log_format,
     )
 
 

@@ -54,7 +54,8 @@ class Metrics:
 
 @dataclass(frozen=True)
 class Listener:
-    """One IMAP listener (``[server] imap``/``imaps`` or a ``[[listeners]]`` table).
+    """One IMAP listener (``[server] imap``/``imaps`` or a ``[[listeners]]`` table), or a
+    ManageSieve listener (``[server] managesieve``, always "starttls").
 
     ``tls``: "starttls" (plaintext first, STARTTLS offered when ``[tls]`` is set),
     "implicit" (IMAPS: TLS from the first byte with the ``[tls]`` certificate) or
@@ -105,3 +106,5 @@ class Config:
     listeners: tuple[Listener, ...] = ()
     security: Security = Security()
     shared: dict[str, Shared] = field(default_factory=dict)
+    managesieve: tuple[Listener, ...] = ()
+    """``[server] managesieve``: ManageSieve (RFC 5804) listeners; none by default."""

@@ -7,9 +7,9 @@ import dataclasses
 import datetime
 from collections.abc import Iterable, Sequence
 
-from gateway.store.interfaces import INBOX, Delivery, LedgerEntry
-from gateway.store.memory.state import MemoryBase, Message
-from gateway.store.rules import check_mailbox_name, normalise_name
+from gateway.store.interfaces import INBOX, Delivery, LedgerEntry, Routed
+from gateway.store.memory.state import Box, MemoryBase, Message
+from gateway.store.rules import check_mailbox_name, filing_flags, filing_name, normalise_name
 
 
 class MemoryLedger(MemoryBase):
@@ -100,6 +100,96 @@ class MemoryLedger(MemoryBase):
                 results[index] = uid
             self._notify([box.id])
         return results
+
+    def deliver_routed(
+        self, owner: str, default: str, items: Sequence[Routed], *, dedup: bool = False
+    ) -> list[dict[str, int] | None]:
+        default = normalise_name(default)
+        if default != INBOX:
+            check_mailbox_name(default)
+        state = self._live()
+        items = list(items)
+        ready: list[Message | None] = [
+            None
+            if (i.delivery.upstream, i.delivery.uidl) in state.ledger
+            else self._ingest(i.delivery.raw, i.delivery.internaldate)
+            for i in items
+        ]
+        results: list[dict[str, int] | None] = [None] * len(items)
+        if all(m is None for m in ready):
+            return results
+        self.ensure_user(owner)
+        now = self._clock()
+        stamp = datetime.datetime.fromtimestamp(now, datetime.UTC)
+
+        def box(name: str, create: bool) -> Box | None:
+            found = self._find(owner, name)
+            if found is None and create:
+                self._create_parents(owner, name)
+                found = self._create(owner, name, None)
+            return found
+
+        added: dict[int, tuple[Box, list[tuple[int, str, Message, dict[str, str]]]]] = {}
+        for index, (item, message) in enumerate(zip(items, ready, strict=True)):
+            d = item.delivery
+            key = (d.upstream, d.uidl)
+            if message is None or key in state.ledger:
+                continue
+            results[index] = {}
+            wanted: dict[int, tuple[Box, dict[str, str]]] = {}
+            for target in item.targets:
+                name = filing_name(target.mailbox)
+                found = box(name, target.create) if name is not None else None
+                if found is None:
+                    found = box(default, True)
+                assert found is not None
+                flags = filing_flags(target.flags)
+                if found.id in wanted:
+                    flags = {**flags, **wanted[found.id][1]}
+                wanted[found.id] = (found, flags)
+            stored: Message | None = None
+            if dedup:
+                others = {id(m) for k, m in state.ledger_messages.items() if k[0] != d.upstream}
+                for box_id, (target_box, _flags) in list(wanted.items()):
+                    for row in target_box.rows.values():
+                        if id(row.message) in others and row.message.raw == message.raw:
+                            stored = row.message
+                            del wanted[box_id]
+                            break
+            if wanted:
+                stored = message
+            for target_box, flags in wanted.values():
+                pending = added.setdefault(target_box.id, (target_box, []))[1]
+                pending.append((index, target_box.name, message, flags))
+            size = d.size_on_server
+            state.ledger[key] = LedgerEntry(
+                upstream=d.upstream,
+                uidl=d.uidl,
+                state="delivered",
+                reason=None,
+                fetched_at=stamp,
+                size=size if size is not None else len(d.raw),
+            )
+            if stored is not None:
+                state.ledger_messages[key] = stored
+            for record in item.duplicates:
+                dup = (owner, record.handle, record.id)
+                if record.refresh or state.duplicates.get(dup, 0.0) <= now:
+                    state.duplicates[dup] = now + record.period
+        for target_box, entries in added.values():
+            uids = self._add(target_box, [(m, f) for _i, _n, m, f in entries])
+            for (index, name, _m, _f), uid in zip(entries, uids, strict=True):
+                filed = results[index]
+                assert filed is not None
+                filed[name] = uid
+        for dup, expires in list(state.duplicates.items()):
+            if dup[0] == owner and expires <= now:
+                del state.duplicates[dup]
+        self._notify(added)
+        return results
+
+    def duplicate_seen(self, owner: str, handle: str, id: str) -> bool:
+        return self._live().duplicates.get((owner, handle, id), 0.0) > self._clock()
 
     def record_imported(self, upstream: str, uidls: Iterable[str], reason: str) -> int:
         if isinstance(uidls, str):

@@ -112,6 +112,8 @@ class MemoryState:
     """The message each delivered ledger row points at (SQLite's ledger.message_id)."""
     known_sources: dict[str, dict[str, float]] = field(default_factory=dict)
     """user → source → last seen (SQLite's known_source table)."""
+    duplicates: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    """RFC 7352 duplicate IDs: (owner, handle, id) → expiry (SQLite's sieve_duplicate)."""
 
 
 class MemoryBase:

@@ -15,9 +15,12 @@ leaves open it makes:
   message insertion, a shared mailbox member's private \\Seen);
 - :mod:`~gateway.store.sqlite.mailboxes`: mailboxes and subscriptions;
 - :mod:`~gateway.store.sqlite.messages`: messages, flags, expunge, copy/move, search;
-- :mod:`~gateway.store.sqlite.ledger`: the POP3 ledger and exactly-once delivery;
+- :mod:`~gateway.store.sqlite.ledger`: the POP3 ledger and exactly-once delivery (also
+  routed by Sieve, with RFC 7352 duplicate tracking);
 - :mod:`~gateway.store.sqlite.known_sources`: where users logged in from (the login
-  penalty's lockout protection, :mod:`gateway.store.known_sources`).
+  penalty's lockout protection, :mod:`gateway.store.known_sources`);
+- :mod:`~gateway.store.sqlite.scripts`: each owner's Sieve scripts
+  (:class:`~gateway.store.scripts.ScriptStore`).
 
 Listeners are called, once per mailbox per write, for content changes (append,
 delivery, STORE that changed something, expunge, copy/move) and for DELETE and RENAME;
@@ -32,10 +35,12 @@ from gateway.store.sqlite.known_sources import SQLiteKnownSources
 from gateway.store.sqlite.ledger import SQLiteLedger
 from gateway.store.sqlite.mailboxes import SQLiteMailboxes
 from gateway.store.sqlite.messages import SQLiteMessages
+from gateway.store.sqlite.scripts import SQLiteScripts
 
 __all__ = ["SQLiteStore"]
 
 
-class SQLiteStore(SQLiteMailboxes, SQLiteMessages, SQLiteLedger, SQLiteKnownSources):
-    """The :class:`~gateway.store.interfaces.Store` on one SQLite file: the concern
-    classes over one :class:`~gateway.store.sqlite.connection.SQLiteConnection`."""
+class SQLiteStore(SQLiteMailboxes, SQLiteMessages, SQLiteLedger, SQLiteKnownSources, SQLiteScripts):
+    """The :class:`~gateway.store.interfaces.Store` (and the
+    :class:`~gateway.store.scripts.ScriptStore`) on one SQLite file: the concern classes
+    over one :class:`~gateway.store.sqlite.connection.SQLiteConnection`."""

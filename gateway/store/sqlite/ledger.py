@@ -15,9 +15,9 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 
 from gateway.message.analysis import Analysis
-from gateway.store.interfaces import INBOX, Delivery, LedgerEntry
-from gateway.store.rules import check_mailbox_name, normalise_name
-from gateway.store.sqlite.rows import SQLiteRows
+from gateway.store.interfaces import INBOX, Delivery, DuplicateRecord, LedgerEntry, Routed
+from gateway.store.rules import check_mailbox_name, filing_flags, filing_name, normalise_name
+from gateway.store.sqlite.rows import SQLiteRows, split_seen
 
 
 class SQLiteLedger(SQLiteRows):
@@ -139,6 +139,135 @@ class SQLiteLedger(SQLiteRows):
                 ledger_rows,
             )
         return results
+
+    def deliver_routed(
+        self, owner: str, default: str, items: Sequence[Routed], *, dedup: bool = False
+    ) -> list[dict[str, int] | None]:
+        """Routed exactly-once delivery (issue 16): per message one ``message`` row, one
+        ``mailbox_message`` row per final mailbox and the ledger row, plus the RFC 7352
+        duplicate IDs, in ONE ``BEGIN IMMEDIATE`` transaction. A discard writes the
+        ledger row with no message (``stored`` then reads False)."""
+        default = normalise_name(default)
+        if default != INBOX:
+            check_mailbox_name(default)
+        items = list(items)
+        prepared: list[tuple[bytes, Analysis, tuple[int, int, int]] | None] = []
+        for item in items:
+            d = item.delivery
+            if self._ledger_has(self.db, d.upstream, d.uidl):
+                prepared.append(None)
+            else:
+                prepared.append(self._ingest(d.raw, d.internaldate))
+        results: list[dict[str, int] | None] = [None] * len(items)
+        if all(p is None for p in prepared):
+            return results
+        now = self._clock()
+        with self._write() as changed:
+            cur = self.db
+            self._ensure_user_tx(cur, owner)
+            boxes: dict[str, tuple[int, bool]] = {}  # name → (mailbox id, shared)
+
+            def box(name: str, create: bool) -> tuple[str, int, bool] | None:
+                if name not in boxes:
+                    found = self._find(cur, owner, name)
+                    if found is not None:
+                        boxes[name] = (found.id, self._is_shared(cur, found.id))
+                    elif create:
+                        self._create_parents_tx(cur, owner, name)
+                        created = self._create_tx(cur, owner, name, None)
+                        boxes[name] = (created, self._is_shared(cur, created))
+                    else:
+                        return None
+                return (name, *boxes[name])
+
+            rows: dict[int, list[tuple[int, str, int, str]]] = {}  # box → (index, name, msg, flags)
+            ledger_rows: list[tuple[str, str, int | None, float, int]] = []
+            seen: set[tuple[str, str]] = set()
+            sha = hashlib.sha256
+            for index, (item, ready) in enumerate(zip(items, prepared, strict=True)):
+                d = item.delivery
+                key = (d.upstream, d.uidl)
+                if ready is None or key in seen or self._ledger_has(cur, *key):
+                    continue
+                seen.add(key)
+                raw, analysis, internal = ready
+                results[index] = {}
+                wanted: dict[int, tuple[str, dict[str, str], bool]] = {}
+                for target in item.targets:
+                    name = filing_name(target.mailbox)
+                    found = box(name, target.create) if name is not None else None
+                    if found is None:
+                        found = box(default, True)
+                    assert found is not None
+                    name, mailbox_id, shared = found
+                    flags = filing_flags(target.flags)
+                    if mailbox_id in wanted:
+                        flags = {**flags, **wanted[mailbox_id][1]}
+                    wanted[mailbox_id] = (name, flags, shared)
+                message_id: int | None = None
+                digest = sha(raw).digest() if dedup else b""
+                for mailbox_id in list(wanted):
+                    if not dedup:
+                        break
+                    existing = cur.execute(
+                        "SELECT m.id FROM message m WHERE m.sha256 = ? AND EXISTS"
+                        " (SELECT 1 FROM mailbox_message mm WHERE mm.message_id = m.id"
+                        " AND mm.mailbox_id = ?) AND EXISTS (SELECT 1 FROM ledger l"
+                        " WHERE l.message_id = m.id AND l.upstream != ?) LIMIT 1",
+                        (digest, mailbox_id, d.upstream),
+                    ).fetchone()
+                    if existing is not None:
+                        message_id = int(existing[0])
+                        del wanted[mailbox_id]
+                if wanted:
+                    message_id = self._insert_message(cur, raw, analysis, internal)
+                for mailbox_id, (name, flags, shared) in wanted.items():
+                    assert message_id is not None
+                    text, _seen = split_seen(flags, shared)
+                    rows.setdefault(mailbox_id, []).append((index, name, message_id, text))
+                size = d.size_on_server if d.size_on_server is not None else len(raw)
+                ledger_rows.append((*key, message_id, now, size))
+                self._record_duplicates(cur, owner, item.duplicates, now)
+            for mailbox_id, entries in rows.items():
+                uids = self._add_rows(cur, mailbox_id, [(m, f) for _i, _n, m, f in entries])
+                for (index, name, _m, _f), uid in zip(entries, uids, strict=True):
+                    filed = results[index]
+                    assert filed is not None
+                    filed[name] = uid
+                changed.add(mailbox_id)
+            cur.executemany(
+                "INSERT INTO ledger (upstream, uidl, message_id, state, reason, fetched_at, size)"
+                " VALUES (?, ?, ?, 'delivered', NULL, ?, ?)",
+                ledger_rows,
+            )
+            cur.execute(
+                "DELETE FROM sieve_duplicate WHERE owner = ? AND expires <= ?", (owner, now)
+            )
+        return results
+
+    def _record_duplicates(
+        self,
+        cur: sqlite3.Connection,
+        owner: str,
+        records: Sequence[DuplicateRecord],
+        now: float,
+    ) -> None:
+        """RFC 7352 §3.1: an ID still remembered keeps its expiry unless ``refresh``."""
+        for record in records:
+            cur.execute(
+                "INSERT INTO sieve_duplicate (owner, handle, id, expires) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (owner, handle, id) DO UPDATE SET expires = excluded.expires"
+                " WHERE ? OR sieve_duplicate.expires <= ?",
+                (owner, record.handle, record.id, now + record.period, record.refresh, now),
+            )
+
+    def duplicate_seen(self, owner: str, handle: str, id: str) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM sieve_duplicate WHERE owner = ? AND handle = ? AND id = ?"
+            " AND expires > ?",
+            (owner, handle, id, self._clock()),
+        ).fetchone()
+        return row is not None
 
     def record_imported(self, upstream: str, uidls: Iterable[str], reason: str) -> int:
         """UIDLs already in the ledger keep their entry (a delivered one stays delivered)."""
