@@ -38,6 +38,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 
 from gateway.store.interfaces import StoreError
+from gateway.store.sqlite_queue import QUEUE_DDL
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -202,7 +203,13 @@ _V3 = _statements(
     "CREATE INDEX private_flag_modseq ON private_flag (mailbox_id, user, modseq)",
 )
 
-MIGRATIONS: Sequence[Migration] = (_V1, _V2, _V3)
+# Version 4 (submission relay, issue 15): the outbound queue (``outbound_queue`` and
+# ``outbound_routes``, gateway/store/sqlite_queue.py) moves into the store file, so a
+# backup carries the mail still waiting to be relayed. Its DDL is the queue module's own
+# (idempotent: a file whose queue tables exist already keeps them).
+_V4 = _statements(*(s for s in QUEUE_DDL.split(";") if s.strip()))
+
+MIGRATIONS: Sequence[Migration] = (_V1, _V2, _V3, _V4)
 """Entry *i* takes a database from version *i* to *i + 1*. Append only."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
