@@ -158,6 +158,7 @@ class IMAPServerProtocol(Protocol):
             activity=factory.activity,
             households=factory.households,
             quotas=factory.quotas,
+            sent_append=factory.sent_append,
         )
         self.parser = self._new_parser()
         self.transport.registerProducer(self, True)

@@ -40,9 +40,7 @@ def parse_submission(top: Reader, listeners: tuple[Listener, ...]) -> Submission
         return default if value is None else value
 
     size = r.get("max_message_size", (int, str), d.max_message_size, convert=parse_size)
-    lifetime = r.get(
-        "queue_lifetime", (int, float, str), d.queue_lifetime, convert=parse_duration
-    )
+    lifetime = r.get("queue_lifetime", (int, float, str), d.queue_lifetime, convert=parse_duration)
     if lifetime is not None and lifetime < 60:
         r.problem("queue_lifetime", 'must be at least a minute, e.g. "2d"')
         lifetime = None
@@ -99,7 +97,9 @@ def _addresses(r: Reader, up: Upstream) -> tuple[str, ...]:
     good: list[str] = []
     for i, item in enumerate(raw or []):
         if not isinstance(item, str) or not _looks_like_address(item):
-            r.problem(f"addresses[{i}]", f"expected an address like alice@isp.example, got {item!r}")
+            r.problem(
+                f"addresses[{i}]", f"expected an address like alice@isp.example, got {item!r}"
+            )
         elif normalize_address(item) in {normalize_address(a) for a in good}:
             r.problem(f"addresses[{i}]", f"{item} is listed twice")
         else:
