@@ -40,6 +40,9 @@ from gateway.submission.server import ListenerFactory, ListenerPolicy, Submissio
 
 log = structlog.get_logger(__name__)
 
+POLL_INTERVAL = 30.0
+"""Longest wait between two looks at the queue for due retries, in seconds."""
+
 SENT_NAME = "Sent"
 """The mailbox created for Sent copies when a user has none marked ``\\Sent``."""
 
@@ -195,6 +198,9 @@ def build_sending(
         file_bounce=filing.file_bounce,
         hostname=hostname,
         deliver=with_oauth_tokens(relay_message, tokens),
+        schedule=cfg.submission.retry_intervals,
+        # a due retry is noticed within its own interval (or every 30 s)
+        poll_interval=min(POLL_INTERVAL, *cfg.submission.retry_intervals),
     )
     relay.setServiceParent(top)
     accept = Acceptor(

@@ -44,6 +44,18 @@ def parse_submission(top: Reader, listeners: tuple[Listener, ...]) -> Submission
     if lifetime is not None and lifetime < 60:
         r.problem("queue_lifetime", 'must be at least a minute, e.g. "2d"')
         lifetime = None
+    retry = r.get("retry_intervals", list, list(d.retry_intervals))
+    intervals: list[float] = []
+    for i, item in enumerate(retry or []):
+        try:
+            intervals.append(parse_duration(item))
+        except ValueError as e:
+            r.problem(f"retry_intervals[{i}]", str(e))
+    if retry is not None and not retry:
+        r.problem("retry_intervals", 'needs at least one duration, e.g. ["1m", "5m", "1h"]')
+    if any(x <= 0 for x in intervals):
+        r.problem("retry_intervals", "durations must be positive")
+        intervals = []
     settings = SubmissionSettings(
         listeners=listeners,
         max_message_size=size or d.max_message_size,
@@ -51,6 +63,7 @@ def parse_submission(top: Reader, listeners: tuple[Listener, ...]) -> Submission
         max_recipients=count("max_recipients", d.max_recipients, 1),
         max_messages_per_hour=count("max_messages_per_hour", d.max_messages_per_hour, 0),
         queue_lifetime=lifetime or d.queue_lifetime,
+        retry_intervals=tuple(intervals) or d.retry_intervals,
     )
     r.finish()
     return settings

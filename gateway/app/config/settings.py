@@ -18,6 +18,7 @@ from gateway.submission.policy import (
     DEFAULT_MAX_MESSAGES_PER_HOUR,
     DEFAULT_MAX_RECIPIENTS,
     DEFAULT_QUEUE_LIFETIME,
+    RETRY_SCHEDULE,
     SmtpUpstream,
 )
 
@@ -131,6 +132,8 @@ class SubmissionSettings:
     max_recipients: int = DEFAULT_MAX_RECIPIENTS
     max_messages_per_hour: int = DEFAULT_MAX_MESSAGES_PER_HOUR
     queue_lifetime: float = DEFAULT_QUEUE_LIFETIME
+    retry_intervals: tuple[float, ...] = RETRY_SCHEDULE
+    """Waits before the 1st, 2nd, ... retry of a message (the last one repeats)."""
 
 
 @dataclass(frozen=True)
