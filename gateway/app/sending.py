@@ -131,13 +131,13 @@ class StoreFiling:
         self.dedup.remember(user, raw, (mailbox_id, uid), self.clock.seconds())
 
 
-def with_oauth_tokens(deliver: Callable[..., Any], tokens: Mapping[str, Any]) -> Any:
+def with_oauth_tokens(deliver: Callable[..., Any], tokens: Mapping[tuple[str, str], Any]) -> Any:
     """``deliver`` with a fresh OAuth2 access token put in ``upstream.password`` for the
-    SMTP servers of ``auth = "oauth2"`` upstreams (the POP3 poller's own token source,
-    by upstream name, so one refresh serves both)."""
+    SMTP servers of ``auth = "oauth2"`` upstreams, keyed by (SMTP username, host): the
+    POP3 poller's own token source, so one refresh serves both."""
 
     async def run(upstream: SmtpUpstream, **kwargs: Any) -> RelayOutcome:
-        source = tokens.get(upstream.username + "\0" + upstream.host)
+        source = tokens.get((upstream.username, upstream.host))
         if upstream.mechanism == "xoauth2" and source is not None:
             try:
                 token = await source.access_token()
@@ -181,10 +181,10 @@ def build_sending(
     policy = SenderPolicy(routes_from_config(cfg))
     queue = outbound_queue(store)
     filing = StoreFiling(store, SentDedup(), reactor)
-    tokens = {}
+    tokens: dict[tuple[str, str], Any] = {}
     for sending in cfg.sending:
         if sending.oauth2 and sending.smtp is not None and sending.upstream in token_sources:
-            key = sending.smtp.username + "\0" + sending.smtp.host
+            key = (sending.smtp.username, sending.smtp.host)
             tokens[key] = token_sources[sending.upstream]
 
     def smtp_of(name: str) -> SmtpUpstream | None:
