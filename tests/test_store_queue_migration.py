@@ -12,7 +12,6 @@ from gateway.store.sqlite import SQLiteStore
 from gateway.store.sqlite_queue import QUEUE_DDL, SQLiteOutboundQueue
 
 
-
 def _tables(conn: sqlite3.Connection) -> set[str]:
     return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
