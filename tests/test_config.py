@@ -193,6 +193,7 @@ def test_example_config_documents_every_key():
     data = tomllib.loads(EXAMPLE.read_text())
     shown = set(data["server"]) | set(data["limits"]) | set(data["upstreams"][0])
     shown |= set(data["users"]["alice"]) | set(data["metrics"])
+    shown |= set(data["submission"]) | set(data["upstreams"][0]["smtp"])
     text = EXAMPLE.read_text()
     commented = set(re.findall(r"^# ([a-z_]+) = ", text, re.M))
     tables = {"server", "limits", "users", "upstreams", "metrics", "tls", "security", "listeners"}

@@ -191,6 +191,8 @@ class GatewayMetrics:
         self.lag: LagMonitor | None = None
         self._backlog: dict[str, int] = {}
         self._last_success: dict[str, float] = {}
+        self.sending: Any = None
+        """The submission relay's parts (gateway.app.sending.SendingParts) or None."""
         self.registry = CollectorRegistry()
         """This gateway's own registry (not the library's process-global default)."""
 
@@ -385,6 +387,7 @@ class GatewayCollector(Collector):
         ):
             yield from _without_created(counted.collect())
         yield from self._upstream_families()
+        yield from self._queue_families()
         if m.store_path is not None:
             yield _gauge(
                 "popgate_store_size_bytes",
@@ -447,6 +450,35 @@ class GatewayCollector(Collector):
             "New messages the upstream listed at its last pass that the pass did not store "
             "(non-zero after an interrupted pass).",
             backlogs,
+        )
+
+    def _queue_families(self) -> Iterator[Metric]:
+        """The outbound queue per upstream SMTP (issue 15), read on the reactor thread
+        (the queue shares the store's connection; scrapes run on a pool thread)."""
+        sending = self.metrics.sending
+        if sending is None:
+            return
+        from twisted.internet.threads import blockingCallFromThread
+        from twisted.python.threadable import isInIOThread
+
+        if isInIOThread():
+            rows = sending.queue.status()
+        else:
+            rows = blockingCallFromThread(self.metrics.reactor, sending.queue.status)
+        yield _gauge(
+            "popgate_outbound_queued_messages",
+            "Messages waiting to be relayed, per upstream SMTP.",
+            [({"upstream": r.route}, r.queued) for r in rows],
+        )
+        yield _gauge(
+            "popgate_outbound_oldest_timestamp_seconds",
+            "When the oldest message still waiting was accepted, per upstream SMTP (Unix time).",
+            [({"upstream": r.route}, r.oldest) for r in rows if r.oldest is not None],
+        )
+        yield _gauge(
+            "popgate_outbound_failing",
+            "1 when the last relay attempt through this upstream SMTP failed, else 0.",
+            [({"upstream": r.route}, 1 if r.last_error else 0) for r in rows],
         )
 
 

@@ -130,6 +130,7 @@ def build_service(
     # Where the fetcher's store calls run: SQLite runs inline (gateway/store/runner.py).
     store_runner = runner_for(delivery_store)
     fetch_with_runner = functools.partial(fetch_once, runner=store_runner)
+    token_sources: dict[str, TokenSource] = {}  # shared with the SMTP relay (XOAUTH2)
     for upstream in cfg.upstreams:
         fetch = fetch_with_runner
         if upstream.auth == "oauth2" and upstream.oauth2 is not None:
@@ -142,6 +143,7 @@ def build_service(
                 reactor=reactor,
             )
             fetch = with_oauth_token(fetch_with_runner, tokens)
+            token_sources[upstream.name] = tokens
         # Notices go to the raw store: an over-quota owner still learns that fetching broke.
         notifier = FailureNotifier(upstream, store, cfg.state_dir)
         poller = UpstreamPoller(
@@ -200,6 +202,23 @@ def build_service(
     top.control = control  # type: ignore[attr-defined]
     _serve_metrics(top, cfg, reactor, metrics, factory, pollers, store)
     _serve_status(top, cfg, reactor, factory, pollers, store)
+    # Sending mail (issue 15): the submission relay, its queue, Sent copies and bounces.
+    from gateway.app.sending import build_sending
+
+    top.sending = build_sending(  # type: ignore[attr-defined]
+        top,
+        cfg,
+        reactor,
+        store=store,
+        authenticator=authenticator,
+        run_blocking=run_blocking,
+        penalty=penalty,
+        server_tls=server_tls,
+        imap_factory=factory,
+        token_sources=token_sources,
+    )
+    top.status.sending = top.sending  # type: ignore[attr-defined]
+    top.metrics.sending = top.sending  # type: ignore[attr-defined]
     add_reload_hook(top, "users", _users_reloader(authenticator, store))
     add_reload_hook(top, "shared", _shared_reloader(factory.households, store))
     add_reload_hook(top, "quotas", lambda new: quotas.update(quota_limits(new)))
@@ -310,6 +329,8 @@ RESTART_ONLY = (
     "metrics",
     "log_level",
     "log_format",
+    "submission",
+    "sending",
 )
 """Config fields a reload does not apply; a change to one is logged as needing a restart."""
 

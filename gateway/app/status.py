@@ -13,7 +13,10 @@ is present even when empty. Keys, by section:
 * ``upstreams``: one dict per upstream: ``name``, ``owner``, ``folder``, ``host``,
   ``state`` (see :func:`upstream_state`), the poller's health fields and ``next_poll_in``;
 * ``store``: ``path`` and ``size_bytes``;
-* ``recent_errors``: the last warning/error log events, oldest first (scrubbed).
+* ``recent_errors``: the last warning/error log events, oldest first (scrubbed);
+* ``submission`` (issue 15): ``enabled``, and ``queue``, one dict per upstream SMTP with
+  anything queued or a last error: ``route``, ``queued``, ``oldest`` (Unix seconds),
+  ``oldest_age`` (seconds), ``last_error``; ``listeners.submission`` lists its endpoints.
 """
 
 from __future__ import annotations
@@ -168,6 +171,8 @@ class StatusSource:
         self.metrics_listener = metrics_listener
         self.control_path = str(control_path) if control_path is not None else None
         self.started_at = reactor.seconds()
+        self.sending: Any = None
+        """The submission relay's parts (gateway.app.sending.SendingParts) or None."""
 
     def collect(self) -> dict[str, Any]:
         now = self.reactor.seconds()
@@ -187,7 +192,7 @@ class StatusSource:
                     "next_poll_in": None if next_at is None else max(0.0, next_at - now),
                 }
             )
-        return {
+        status: dict[str, Any] = {
             "version": self.version,
             "pid": os.getpid(),
             "config": self.config_path,
@@ -211,7 +216,17 @@ class StatusSource:
             if self.store is not None
             else [],
             "recent_errors": [_plain(e) for e in self.recent_errors()],
+            "submission": self._submission(now),
         }
+        status["listeners"]["submission"] = list(getattr(self.sending, "listeners", ()))
+        return status
+
+    def _submission(self, now: float) -> dict[str, Any]:
+        from gateway.app.sending import queue_status
+
+        if self.sending is None:
+            return {"enabled": False, "queue": []}
+        return {"enabled": True, "queue": queue_status(self.sending.queue, now)}
 
     def handle(self, request: dict[str, Any], progress: Callable[[dict[str, Any]], None]) -> dict:
         """The control socket's ``status`` command (it takes no arguments)."""
@@ -293,6 +308,8 @@ def render(status: Mapping[str, Any]) -> str:
     parts = [f"imap {', '.join(listeners.get('imap') or []) or '-'}"]
     if listeners.get("managesieve"):
         parts.append(f"managesieve {', '.join(listeners['managesieve'])}")
+    if listeners.get("submission"):
+        parts.append(f"submission {', '.join(listeners['submission'])}")
     if listeners.get("metrics"):
         parts.append(f"metrics {listeners['metrics']}")
     if listeners.get("control"):
@@ -381,6 +398,8 @@ def render(status: Mapping[str, Any]) -> str:
             ],
         )
 
+    lines += _render_queue(status.get("submission") or {}, now)
+
     errors = status.get("recent_errors") or []
     lines.append("")
     if errors:
@@ -390,3 +409,22 @@ def render(status: Mapping[str, Any]) -> str:
     else:
         lines.append("Recent errors: none")
     return "\n".join(lines) + "\n"
+
+
+def _render_queue(submission: Mapping[str, Any], now: float) -> list[str]:
+    """The outbound queue per upstream SMTP (nothing when the relay is off)."""
+    if not submission.get("enabled"):
+        return []
+    queue = submission.get("queue") or []
+    if not queue:
+        return ["", "Outbound queue: empty"]
+    rows = [
+        [
+            str(q.get("route")),
+            str(q.get("queued", 0)),
+            _ago(q.get("oldest"), now) if q.get("oldest") else "-",
+            _shorten(str(q.get("last_error") or "-"), 60),
+        ]
+        for q in queue
+    ]
+    return ["", *_table(["OUTBOUND VIA", "QUEUED", "OLDEST", "LAST ERROR"], rows)]

@@ -26,9 +26,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if cfg is None:
         return 1
+    listeners = ", ".join(cfg.imap)
+    submission = [f"{x.endpoint} ({x.tls})" for x in cfg.submission.listeners]
+    if submission:
+        listeners += "; submission: " + ", ".join(submission)
     print(
         f"{cfg.path}: ok ({len(cfg.users)} users, {len(cfg.upstreams)} upstreams, "
-        f"listeners: {', '.join(cfg.imap)}"
+        f"listeners: {listeners}"
         + (
             f"; managesieve: {', '.join(m.endpoint for m in cfg.managesieve)}"
             if cfg.managesieve

@@ -50,6 +50,10 @@ SPECIAL_USES: tuple[str, ...] = (
 )
 """Mailbox special-use attributes: RFC 6154 §2 plus RFC 8457 ``\\Important``."""
 
+SENT_USE = "\\Sent"
+"""The special use of the mailbox holding sent mail (RFC 6154 §2): where the submission
+relay files the Sent copy, and where an APPEND of the same message is kept once."""
+
 VIRTUAL_SPECIAL_USES: frozenset[str] = frozenset(("\\All", "\\Flagged"))
 """Special uses that name virtual mailboxes (every message, every flagged message), which
 popgate does not have: CREATE refuses them with ``NO [USEATTR]`` (RFC 6154 §5.3)."""

@@ -22,7 +22,7 @@ from gateway.imap.policy import (
     ServerObserver,
 )
 from gateway.imap.server import IMAPServerProtocol
-from gateway.imap.session import ActivityHook
+from gateway.imap.session import ActivityHook, SentAppendHook
 from gateway.security.auth import Authenticator, UserDirectory
 from gateway.security.penalty import AuthPenalty, source_key
 from gateway.store.interfaces import Store
@@ -84,6 +84,9 @@ class IMAPServerFactory(Factory):
         """Shared mailboxes and their members; the service fills it from the config."""
         self.quotas = Quotas()
         """Storage limits by owner (RFC 9208); the service fills it from the config."""
+        self.sent_append: SentAppendHook | None = None
+        """Keeps one copy of a sent message in \\Sent; the service sets it when the
+        submission relay runs (see :class:`~gateway.imap.session.SentAppendHook`)."""
         self.observer: ServerObserver = NullObserver()
         """Told about connections and commands (the service sets the metrics here)."""
         self.protocols: set[IMAPServerProtocol] = set()

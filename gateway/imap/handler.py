@@ -216,6 +216,7 @@ class Session(Protocol):
     tls_active: bool
     tls_available: bool
     utf8_available: bool  # UTF8=ACCEPT may be enabled (RFC 6855)
+    sent_append: Any  # SentAppendHook | None: one copy of a sent message (APPEND)
 
     @property
     def enabled(self) -> Set[str]:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from gateway.core import criteria as c
-from gateway.core.flags import RECENT, SEEN, canonical_flag, is_system_flag
+from gateway.core.flags import RECENT, SEEN, SENT_USE, canonical_flag, is_system_flag
 from gateway.imap import fetch_items, wire
 from gateway.imap.capabilities import QRESYNC
 from gateway.imap.command import Append, Copy, Fetch, FetchAttr, Search, Simple, UidExpunge
@@ -576,6 +576,17 @@ def crlf_lines(data: bytes) -> bytes:
     return BARE_LF.sub(b"\r\n", data)
 
 
+SENT_HEADER_LIMIT = 64 * 1024
+"""Octets of an APPEND to ``\\Sent`` read for the Sent-copy comparison (its header section)."""
+
+
+def _header_section(raw: bytes | mmap.mmap) -> bytes:
+    """The header section of a message (RFC 5322 §2.1), which is all the Sent-copy
+    comparison reads; a spooled message is not read whole."""
+    end = raw.find(b"\r\n\r\n", 0, SENT_HEADER_LIMIT)
+    return bytes(raw[: end + 4 if end >= 0 else SENT_HEADER_LIMIT])
+
+
 def append(session: Session, cmd: Append) -> Handler:
     """APPEND, RFC 3501 §6.3.11, MULTIAPPEND (RFC 3502) and APPENDUID (RFC 4315 §3).
 
@@ -586,6 +597,10 @@ def append(session: Session, cmd: Append) -> Handler:
     mailbox are announced by the session's catch-up (EXISTS), not here. A large
     message arrives spooled (:mod:`gateway.imap.spool`) and goes to the store as a map of
     its file; the server deletes the file when the command ends.
+
+    One message APPENDed to the ``\\Sent`` mailbox goes through the session's
+    ``sent_append`` hook: a copy the submission relay filed already is kept instead
+    (OK with its APPENDUID), so a client saving its own Sent copy makes no second one.
     """
     target = _existing_mailbox(session, cmd.mailbox)
     if not cmd.messages:
@@ -599,7 +614,17 @@ def append(session: Session, cmd: Append) -> Handler:
         else:
             raw = crlf_lines(message.data)
         prepared.append(NewMessage(raw, tuple(clean_flags(message.flags)), message.date))
+    hook = session.sent_append if target.special_use == SENT_USE and len(prepared) == 1 else None
+    one = _header_section(prepared[0].raw) if hook is not None else b""
+    user = session.user or ""
+    if hook is not None:
+        kept = hook.kept_copy(user, target.id, one)
+        if kept is not None:  # the server filed this message already: one copy (issue 15)
+            yield from ()
+            return ok("APPEND completed", f"APPENDUID {target.uidvalidity} {kept}")
     done = session.store.append_many(target.id, prepared)
+    if hook is not None:
+        hook.filed(user, target.id, one, done[0])
     yield from ()  # a handler is a generator even when it has no untagged data
     code = f"APPENDUID {target.uidvalidity} {wire.sequence_set_text(sorted(done)).decode()}"
     return ok("APPEND completed", code)

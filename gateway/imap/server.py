@@ -160,6 +160,7 @@ class IMAPServerProtocol(Protocol):
             households=factory.households,
             quotas=factory.quotas,
             directory=factory.directory,
+            sent_append=factory.sent_append,
         )
         self.parser = self._new_parser()
         self.transport.registerProducer(self, True)

@@ -32,7 +32,7 @@ session; only the shared names stop resolving (``NO [NONEXISTENT]``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -86,6 +86,19 @@ ActivityHook = Callable[[str, str], None]
 """Told (user, mailbox name) when a client looks at a mailbox (states.ACTIVITY_COMMANDS)."""
 
 
+class SentAppendHook(Protocol):
+    """Keeps one copy of a sent message in ``\\Sent`` (issue 15): when the server has
+    filed the Sent copy of a submission and the client APPENDs its own as well (what
+    Thunderbird and iOS do), the APPEND is answered with the kept copy. Injected by the
+    service (the submission relay); IMAP knows nothing about submission."""
+
+    def kept_copy(self, user: str, mailbox_id: int, raw: bytes) -> int | None:
+        """The UID of the same message already filed in this mailbox, or None."""
+
+    def filed(self, user: str, mailbox_id: int, raw: bytes, uid: int) -> None:
+        """The client's own copy was appended as ``uid`` (a later server copy is skipped)."""
+
+
 def _clean_text(text: str) -> str:
     """Response text: printable ASCII only, bounded (it may echo client input)."""
     cleaned = "".join(c if " " <= c <= "~" else "?" for c in text)
@@ -136,8 +149,11 @@ class IMAPSession:
         households: Households | None = None,
         quotas: Quotas | None = None,
         directory: UserDirectory | None = None,
+        sent_append: SentAppendHook | None = None,
     ) -> None:
         self.store = store
+        self.sent_append = sent_append
+        """One copy of a sent message in \\Sent (see :class:`SentAppendHook`); None: off."""
         """Before login the raw store; after it the user's :class:`UserStore` view."""
         self.base_store = store
         self.households = households if households is not None else Households()

@@ -45,6 +45,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 
 from gateway.store.interfaces import StoreError
+from gateway.store.sqlite_queue import QUEUE_DDL
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -247,7 +248,13 @@ _V5_SIEVE = _statements(
     "CREATE INDEX sieve_duplicate_expires ON sieve_duplicate (owner, expires)",
 )
 
-MIGRATIONS: Sequence[Migration] = (_V1, _V2, _V3, _V4, _V5_SIEVE)
+# Version 6 (submission relay, issue 15): the outbound queue (``outbound_queue`` and
+# ``outbound_routes``, gateway/store/sqlite_queue.py) moves into the store file, so a
+# backup carries the mail still waiting to be relayed. Its DDL is the queue module's own
+# (idempotent: a file whose queue tables exist already keeps them).
+_V6_QUEUE = _statements(*(s for s in QUEUE_DDL.split(";") if s.strip()))
+
+MIGRATIONS: Sequence[Migration] = (_V1, _V2, _V3, _V4, _V5_SIEVE, _V6_QUEUE)
 """Entry *i* takes a database from version *i* to *i + 1*. Append only."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

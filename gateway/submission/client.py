@@ -351,7 +351,9 @@ class _Conversation:
             raise _Stop(f"refusing to send credentials to {host} without TLS")
         mechanisms = ext.get("AUTH", "").upper().split()
         user, password = up.username.encode("utf-8"), up.password.encode("utf-8")
-        if "PLAIN" in mechanisms:
+        if up.mechanism == "xoauth2":
+            await self._xoauth2(mechanisms, user, password)
+        elif "PLAIN" in mechanisms:
             token = base64.b64encode(b"\0" + user + b"\0" + password)
             await self.cmd(b"AUTH PLAIN " + token, "AUTH PLAIN", 235)
         elif "LOGIN" in mechanisms:
@@ -360,6 +362,22 @@ class _Conversation:
             await self.cmd(base64.b64encode(password), "AUTH LOGIN", 235)
         else:
             raise _Stop(f"{host} offers no AUTH mechanism popgate speaks (PLAIN, LOGIN)")
+
+    async def _xoauth2(self, mechanisms: list[str], user: bytes, token: bytes) -> None:
+        """SASL XOAUTH2 (Google's and Microsoft's SMTP): one initial response; a failure
+        is a 334 carrying a JSON error, answered with an empty line to get the final
+        reply. A refused token is temporary (the next attempt gets a fresh one)."""
+        host = self.upstream.host
+        if "XOAUTH2" not in mechanisms:
+            raise _Stop(f"{host} does not offer AUTH XOAUTH2")
+        response = base64.b64encode(b"user=" + user + b"\x01auth=Bearer " + token + b"\x01\x01")
+        reply = await self.client.command(
+            b"AUTH XOAUTH2 " + response, self.reactor, self.upstream.timeout
+        )
+        if reply.code == 334:
+            reply = await self.client.command(b"", self.reactor, self.upstream.timeout)
+        if reply.code != 235:
+            raise _Stop(f"{host} refused AUTH XOAUTH2: {reply.text}")
 
     async def _quit(self) -> None:
         try:

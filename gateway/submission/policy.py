@@ -64,6 +64,10 @@ class SmtpUpstream:
     password: str = field(default="", repr=False)
     timeout: float = 60.0
     """Seconds without an answer from the server before the attempt is abandoned."""
+    mechanism: str = "password"
+    """``password`` (AUTH PLAIN or LOGIN) or ``xoauth2`` (``password`` is then an OAuth2
+    access token, put in before each attempt; SASL XOAUTH2 as Google and Microsoft
+    define it)."""
 
 
 @dataclass(frozen=True)

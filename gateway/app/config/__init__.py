@@ -6,7 +6,8 @@ and the service only ever sees a fully valid :class:`Config`.
 
 The package, along its seams: ``reader`` (the table walker, durations, sizes),
 ``settings`` (the dataclasses), ``sections`` (``[server]``, ``[limits]``, ``[users]``,
-``[shared]``, ``[metrics]``, ``[tls]``, ``[security]``), ``upstreams`` and ``listeners``.
+``[shared]``, ``[metrics]``, ``[tls]``, ``[security]``), ``upstreams``, ``listeners`` and
+``sending`` (``addresses``, ``[upstreams.smtp]``, ``[submission]``).
 :func:`parse` only runs them in order.
 """
 
@@ -16,7 +17,12 @@ import os
 import tomllib
 from typing import Any
 
-from gateway.app.config.listeners import endpoint_is_local, parse_listeners, parse_managesieve
+from gateway.app.config.listeners import (
+    endpoint_is_local,
+    parse_listeners,
+    parse_managesieve,
+    parse_submission_listeners,
+)
 from gateway.app.config.reader import ConfigError, Reader, parse_duration, parse_size
 from gateway.app.config.sections import (
     USER_NAME_RE,
@@ -28,13 +34,16 @@ from gateway.app.config.sections import (
     parse_tls,
     parse_users,
 )
+from gateway.app.config.sending import parse_sending, parse_submission
 from gateway.app.config.settings import (
     Config,
     Limits,
     Listener,
     Metrics,
     Security,
+    Sending,
     Shared,
+    SubmissionSettings,
     TLSSettings,
     User,
 )
@@ -49,7 +58,9 @@ __all__ = [
     "Listener",
     "Metrics",
     "Security",
+    "Sending",
     "Shared",
+    "SubmissionSettings",
     "TLSSettings",
     "Upstream",
     "User",
@@ -105,6 +116,20 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
         server.allow_insecure,
     )
     managesieve = parse_managesieve(path, problems, server.managesieve, tls, server.allow_insecure)
+    # Sending mail (issue 15): submission listeners, [submission], addresses and smtp.
+    submission = parse_submission(
+        top,
+        parse_submission_listeners(
+            path,
+            problems,
+            server.reader,
+            server.submission,
+            server.submissions,
+            tls,
+            server.allow_insecure,
+        ),
+    )
+    sending = parse_sending(path, problems, top.get("upstreams", list, []) or [], upstreams)
     top.finish()
     if problems:
         raise ConfigError(problems)
@@ -123,4 +148,6 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
         security=security,
         shared=shared,
         managesieve=managesieve,
+        submission=submission,
+        sending=sending,
     )

@@ -1,5 +1,6 @@
-"""The IMAP listeners (``[server] imap``/``imaps`` and ``[[listeners]]`` tables) and the
-ManageSieve listeners (``[server] managesieve``), each with its effective TLS mode and
+"""The listeners: IMAP (``[server] imap``/``imaps`` and ``[[listeners]]`` tables), SMTP
+submission (``[server] submission``/``submissions``) and ManageSieve (``[server]
+managesieve``), each with its effective TLS mode and
 whether it takes passwords before TLS.
 
 Secure by default: a listener reachable from the network with no TLS to offer is refused
@@ -109,13 +110,24 @@ def parse_listeners(
         raw.append((r.prefix, endpoint, mode, plaintext))
     if not server.table.get("imap", DEFAULT_IMAP) and not imaps and not tables:
         server.problem("imap", "needs at least one listener")
+    return _effective(path, problems, raw, tls, allow_insecure, "an IMAPS listener")
+
+
+def _effective(
+    path: str,
+    problems: list[str],
+    raw: list[tuple[str, str, str, bool | None]],
+    tls: TLSSettings | None,
+    allow_insecure: bool,
+    implicit_name: str,
+) -> tuple[Listener, ...]:
+    """The listeners of ``raw`` (where, endpoint, tls mode, plaintext_auth or None) with
+    the secure-by-default rules applied; refused ones are reported in ``problems``."""
     out: list[Listener] = []
     for where, endpoint, mode, plaintext in raw:
         local = endpoint_is_local(endpoint)
         if mode == "implicit" and tls is None:
-            problems.append(
-                f"{path}: {where}: an IMAPS listener needs [tls] cert_file and key_file"
-            )
+            problems.append(f"{path}: {where}: {implicit_name} needs [tls] cert_file and key_file")
             continue
         if mode == "starttls" and tls is None and not local and not allow_insecure:
             problems.append(
@@ -153,3 +165,33 @@ def parse_managesieve(
         plaintext = local or (tls is None and allow_insecure)
         out.append(Listener(endpoint, "starttls", plaintext, local))
     return tuple(out)
+
+
+def parse_submission_listeners(
+    path: str,
+    problems: list[str],
+    server: Reader,
+    submission: list[Any],
+    submissions: list[Any],
+    tls: TLSSettings | None,
+    allow_insecure: bool,
+) -> tuple[Listener, ...]:
+    """``[server] submission`` (RFC 6409, STARTTLS with ``[tls]``) and ``submissions``
+    (RFC 8314 implicit TLS) with the same rules as the IMAP listeners: a plain listener
+    reachable from the network needs ``[tls]`` (or ``allow_insecure_listener``), and
+    AUTH is taken before TLS only on loopback (RFC 8314 §3.3 prefers implicit TLS)."""
+    raw: list[tuple[str, str, str, bool | None]] = []
+    for key, items, mode in (
+        ("submission", submission, "starttls"),
+        ("submissions", submissions, "implicit"),
+    ):
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                server.problem(f"{key}[{i}]", f"expected an endpoint string, got {item!r}")
+            elif (why := endpoint_problem(item)) is not None:
+                server.problem(f"{key}[{i}]", why)
+            elif split_endpoint(item)[0] == "ssl":
+                server.problem(f"{key}[{i}]", "give a plain endpoint (tcp:465); [tls] adds the TLS")
+            else:
+                raw.append((f"server.{key}[{i}]", item, mode, None))
+    return _effective(path, problems, raw, tls, allow_insecure, "a submissions listener")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.app.config.reader import Reader, endpoint_problem, parse_duration, parse_size
@@ -49,6 +49,9 @@ class Server:
     allow_insecure: bool
     log_level: str
     log_format: str
+    submission: list[Any] = field(default_factory=list)
+    """``submission``/``submissions`` endpoints (issue 15), checked by the listener rules."""
+    submissions: list[Any] = field(default_factory=list)
 
 
 def parse_server(top: Reader) -> Server:
@@ -87,6 +90,8 @@ def parse_server(top: Reader) -> Server:
     log_format = server.get("log_format", str, "auto")
     if log_format is not None and log_format not in LOG_FORMATS:
         server.problem("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
+    submission = server.get("submission", list, [])
+    submissions = server.get("submissions", list, [])
     server.finish()
     return Server(
         server,
@@ -97,6 +102,8 @@ def parse_server(top: Reader) -> Server:
         bool(allow_insecure),
         log_level,
         log_format,
+        submission or [],
+        submissions or [],
     )
 
 

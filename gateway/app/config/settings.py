@@ -11,6 +11,16 @@ from dataclasses import dataclass, field
 
 from gateway.core.limits import DEFAULT_MAX_MESSAGE_SIZE
 from gateway.pop3.upstream import Upstream
+from gateway.submission.policy import (
+    DEFAULT_MAX_MESSAGE_SIZE as DEFAULT_SUBMISSION_SIZE,
+)
+from gateway.submission.policy import (
+    DEFAULT_MAX_MESSAGES_PER_HOUR,
+    DEFAULT_MAX_RECIPIENTS,
+    DEFAULT_QUEUE_LIFETIME,
+    RETRY_SCHEDULE,
+    SmtpUpstream,
+)
 
 DEFAULT_STATE_DIR = "/var/lib/popgate"
 DEFAULT_IMAP = ("tcp:1143:interface=127.0.0.1",)
@@ -108,3 +118,35 @@ class Config:
     shared: dict[str, Shared] = field(default_factory=dict)
     managesieve: tuple[Listener, ...] = ()
     """``[server] managesieve``: ManageSieve (RFC 5804) listeners; none by default."""
+    submission: SubmissionSettings = field(default_factory=lambda: SubmissionSettings())
+    sending: tuple[Sending, ...] = ()
+
+
+# ---- sending mail (issue 15): [server] submission/submissions, [submission], smtp --------
+
+
+@dataclass(frozen=True)
+class SubmissionSettings:
+    """``[submission]``: the submission relay's limits and queue lifetime, with the
+    ``[server] submission``/``submissions`` listeners (none: the relay is off)."""
+
+    listeners: tuple[Listener, ...] = ()
+    max_message_size: int = DEFAULT_SUBMISSION_SIZE
+    max_recipients: int = DEFAULT_MAX_RECIPIENTS
+    max_messages_per_hour: int = DEFAULT_MAX_MESSAGES_PER_HOUR
+    queue_lifetime: float = DEFAULT_QUEUE_LIFETIME
+    retry_intervals: tuple[float, ...] = RETRY_SCHEDULE
+    """Waits before the 1st, 2nd, ... retry of a message (the last one repeats)."""
+
+
+@dataclass(frozen=True)
+class Sending:
+    """What one ``[[upstreams]]`` table says about sending: the addresses it sends for,
+    who may use them, and its ``[upstreams.smtp]`` server (None: it cannot send)."""
+
+    upstream: str
+    owner: str
+    addresses: tuple[str, ...]
+    smtp: SmtpUpstream | None = None
+    oauth2: bool = False
+    """The SMTP password is the upstream's OAuth2 access token (SASL XOAUTH2)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.app.config.reader import Reader, check_secret_file, parse_duration, parse_size
+from gateway.app.config.sending import SENDING_KEYS
 from gateway.app.config.settings import Limits, Shared
 from gateway.core.net import is_loopback_host
 from gateway.oauth.settings import parse_oauth2_table
@@ -162,6 +163,7 @@ def parse_upstreams(
         )
         if notify_after is not None and notify_after <= 0:
             r.problem("notify_after", 'must be a positive duration such as "6h"')
+        r.seen.update(SENDING_KEYS)  # addresses, [upstreams.smtp]: config/sending.py
         r.finish()
         if None in (name, owner, host, tls, port, username, secret, auth, poll, timeout):
             continue
