@@ -17,11 +17,13 @@ from typing import Any
 
 import structlog
 from twisted.application import service, strports
+from twisted.internet import defer
 from twisted.python import usage
 
 from gateway.access.households import SHARED_PREFIX, shared_owner
 from gateway.access.quota import DeliveryQuotaGuard, Quotas
 from gateway.app import config as configmod
+from gateway.app.shutdown import GatewayService, StopSignals
 from gateway.app.storage import open_store, prepare_state_dir
 from gateway.security.auth import PasswordTable
 
@@ -40,24 +42,54 @@ def password_threads() -> int:
 
 
 class ThreadPoolService(service.Service):
-    """Starts a private thread pool with the service and stops it (joining its threads)
-    when the service stops; work queued before the start runs once it has started."""
+    """Starts a private thread pool with the service and stops it when the service stops;
+    work queued before the start runs once it has started.
 
-    def __init__(self, pool: Any) -> None:
+    Stopping never blocks the reactor: work still queued is dropped (its caller gets
+    ``CancelledError``: a login whose connection is about to close), and the pool's
+    threads are joined on a helper thread, the returned Deferred firing once the calls
+    already running have ended (the gateway's stop bounds the wait:
+    ``gateway.app.shutdown.STOP_TIMEOUT``)."""
+
+    def __init__(self, pool: Any, reactor: Any) -> None:
         self.pool = pool
+        self.reactor = reactor
+        self._closing = False
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` on the pool; a Deferred of its result."""
+        from twisted.internet.threads import deferToThreadPool
+
+        def unless_stopping() -> Any:
+            if self._closing:
+                raise defer.CancelledError()
+            return fn(*args, **kwargs)
+
+        return deferToThreadPool(self.reactor, self.pool, unless_stopping)
 
     def startService(self) -> None:
         super().startService()
+        self._closing = False
         self.pool.start()
 
-    def stopService(self):
+    def stopService(self) -> defer.Deferred[None]:
         super().stopService()
-        self.pool.stop()
+        self._closing = True
+        joined: defer.Deferred[None] = defer.Deferred()
+
+        def join() -> None:
+            self.pool.stop()  # joins the threads: off the reactor thread
+            self.reactor.callFromThread(lambda: joined.called or joined.callback(None))
+
+        threading.Thread(target=join, name=f"{self.pool.name}-stop", daemon=True).start()
+        return joined
 
 
 class StoreService(service.Service):
-    """Closes the store when the service stops, after listeners and pollers (started first,
-    stopped last: it is the first child added)."""
+    """Closes the store when the service stops: last, after everything that uses it has
+    stopped (``stop_last``: see gateway/app/shutdown.py, GatewayService)."""
+
+    stop_last = True
 
     def __init__(self, store: Any) -> None:
         self.store = store
@@ -71,7 +103,6 @@ def build_service(
     cfg: configmod.Config, reactor: Any, *, store: Any = None
 ) -> service.MultiService:
     """The whole gateway as one MultiService; ``store`` may be passed in (the demo does)."""
-    from twisted.internet.threads import deferToThreadPool
     from twisted.python.threadpool import ThreadPool
 
     from gateway.imap.factory import IMAPServerFactory
@@ -84,7 +115,7 @@ def build_service(
     from gateway.pop3.poller import UpstreamPoller
     from gateway.store.runner import runner_for
 
-    top = service.MultiService()
+    top = GatewayService(reactor)
     top.config = cfg  # type: ignore[attr-defined]
     top.reload_hooks = []  # type: ignore[attr-defined]
     metrics = _new_metrics(reactor)
@@ -98,10 +129,9 @@ def build_service(
     # of logins bounds its hashing memory and leaves the reactor's pool to the rest.
     # Added right after the store: it stops after the listeners, before the store.
     password_pool = ThreadPool(minthreads=0, maxthreads=password_threads(), name="passwords")
-    ThreadPoolService(password_pool).setServiceParent(top)
-
-    def run_blocking(fn, *args, **kwargs):
-        return deferToThreadPool(reactor, password_pool, fn, *args, **kwargs)
+    passwords = ThreadPoolService(password_pool, reactor)
+    passwords.setServiceParent(top)
+    run_blocking = passwords.run
 
     limits = IMAPLimits(
         max_line_length=cfg.limits.max_line_length,
@@ -191,6 +221,7 @@ def build_service(
     # at their next command; gateway/imap/session.py).
     add_reload_hook(top, "sessions", lambda _new: factory.access_changed())
     SighupReload(top, reactor).setServiceParent(top)
+    StopSignals(reactor).setServiceParent(top)
     log.info(
         "service.built",
         config=cfg.path,
