@@ -13,6 +13,7 @@ It never imports the global reactor: :meth:`FakePOP3Server.listen` is given one.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import re
@@ -69,6 +70,12 @@ class StoredMessage:
     @property
     def size(self) -> int:
         return len(self.raw)
+
+    @functools.cached_property
+    def stuffed(self) -> bytes:
+        """The RETR answer's body (:func:`dot_stuff`), computed once: the fake shares its
+        reactor with the gateway under test, whose reactor lag some tests measure."""
+        return dot_stuff(self.raw)
 
 
 @dataclass
@@ -423,7 +430,7 @@ class FakePOP3Protocol(LineOnlyReceiver):
         if message.uidl in faults.err_on_retr:
             self.err(b"message cannot be retrieved right now")
             return
-        body = dot_stuff(message.raw)
+        body = message.stuffed
         if message.uidl in faults.drop_mid_retr:
             faults.drop_mid_retr.discard(message.uidl)
             self.transport.write(b"+OK %d octets\r\n" % message.size + body[: len(body) // 2])
@@ -574,7 +581,9 @@ class FakePOP3Server(ServerFactory):
             uidl = f"{self.uidl_prefix}{self._counter:08d}"
         if not uidl or not all(0x21 <= ord(c) <= 0x7E for c in uidl):
             raise ValueError(f"UIDL must be printable ASCII without spaces: {uidl!r}")
-        self.messages.append(StoredMessage(uidl, normalize_message(raw)))
+        message = StoredMessage(uidl, normalize_message(raw))
+        message.stuffed  # noqa: B018 -- computed now, on the caller's thread, not at RETR
+        self.messages.append(message)
         return uidl
 
     def remove_message(self, uidl: str) -> None:
