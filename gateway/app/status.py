@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.app.metrics import file_size
+from gateway.core.display import printable_tree
 
 RECENT_ERRORS_SHOWN = 10
 """How many of the recent errors the table shows (``--json`` has all that are kept)."""
@@ -279,7 +280,10 @@ def _error_line(event: Mapping[str, Any]) -> str:
 
 
 def render(status: Mapping[str, Any]) -> str:
-    """The status as text for a terminal: a summary, then the upstream table and errors."""
+    """The status as text for a terminal: a summary, then the upstream table and errors.
+    Every string in it is escaped first (user names from failed logins, upstream error
+    texts: gateway/core/display.py)."""
+    status = printable_tree(status)
     now = status.get("now") or 0.0
     lines = [
         f"popgate {status.get('version')}, up {duration(status.get('uptime_seconds'))} "

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from gateway.cli.common import DEFAULT_CONFIG, add_config_option, load_config
+from gateway.core.display import printable
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -41,7 +42,7 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     try:
         password = read_password(sys.stdin, first_prompt="Password: ")
     except AdminError as e:
-        print(f"popgate: {e}", file=sys.stderr)
+        print(printable(f"popgate: {e}"), file=sys.stderr)
         return 1
     print(hash_password(password))
     return 0
