@@ -23,6 +23,7 @@ from twisted.python import usage
 from gateway.access.households import SHARED_PREFIX, shared_owner
 from gateway.access.quota import DeliveryQuotaGuard, Quotas
 from gateway.app import config as configmod
+from gateway.app.config.listeners import imap_listeners, served_listeners
 from gateway.app.shutdown import GatewayService, StopSignals
 from gateway.app.storage import open_store, prepare_state_dir
 from gateway.security.auth import PasswordTable
@@ -226,7 +227,7 @@ def build_service(
         "service.built",
         config=cfg.path,
         state_dir=cfg.state_dir,
-        listeners=list(cfg.imap),
+        listeners=[str(listener) for listener in served_listeners(cfg)],
         users=len(cfg.users),
         upstreams=[u.name for u in cfg.upstreams],
     )
@@ -293,7 +294,7 @@ def _serve_status(top, cfg, reactor, factory, pollers, store) -> None:
         version=_version(),
         config_path=cfg.path,
         state_dir=cfg.state_dir,
-        imap_listeners=cfg.imap,
+        served_listeners=[(s.kind, s.endpoint) for s in served_listeners(cfg)],
         factory=factory,
         pollers=pollers,
         store_path=getattr(store, "path", None),
@@ -507,10 +508,7 @@ def _add_listeners(
     from gateway.imap.factory import ListenerFactory
     from gateway.imap.policy import ListenerPolicy
 
-    listeners = cfg.listeners or tuple(
-        configmod.Listener(d, plaintext_auth=True, local=True) for d in cfg.imap
-    )
-    for listener in listeners:
+    for listener in imap_listeners(cfg):
         implicit = listener.tls == "implicit"
         policy = ListenerPolicy(implicit_tls=implicit, plaintext_auth=listener.plaintext_auth)
         wrapped: Any = ListenerFactory(factory, policy)

@@ -6,7 +6,8 @@ times are Unix seconds (the reactor's clock), durations are seconds, and every s
 is present even when empty. Keys, by section:
 
 * ``version``, ``pid``, ``config``, ``state_dir``, ``started_at``, ``now``, ``uptime_seconds``;
-* ``listeners``: ``imap`` (endpoint strings), ``metrics`` (string or None), ``control``;
+* ``listeners``: ``served`` (every listener: ``kind`` and ``endpoint``), ``imap`` (the plain
+  IMAP endpoints), ``metrics`` (string or None), ``control``;
 * ``clients``: ``total``, ``by_state`` (RFC 3501 §3 state → count) and ``by_user``
   (user → state → count; connections not yet logged in only count in ``by_state``);
 * ``upstreams``: one dict per upstream: ``name``, ``owner``, ``folder``, ``host``,
@@ -142,7 +143,7 @@ class StatusSource:
         version: str,
         config_path: str,
         state_dir: str,
-        imap_listeners: Iterable[str],
+        imap_listeners: Iterable[str] = (),
         factory: Any,
         pollers: Mapping[str, Any],
         store_path: str | Path | None,
@@ -151,14 +152,20 @@ class StatusSource:
         control_path: str | Path | None = None,
         store: Any = None,
         owners: Callable[[], Iterable[str]] = tuple,
+        served_listeners: Iterable[tuple[str, str]] | None = None,
     ) -> None:
+        """``served_listeners``: every (kind, endpoint) the gateway listens on
+        (``gateway.app.config.listeners.served_listeners``); ``imap_listeners`` is the
+        shorthand for plain IMAP endpoints only."""
         self.store = store
         self.owners = owners
         self.reactor = reactor
         self.version = version
         self.config_path = config_path
         self.state_dir = state_dir
-        self.imap_listeners = list(imap_listeners)
+        if served_listeners is None:
+            served_listeners = [("imap", endpoint) for endpoint in imap_listeners]
+        self.served_listeners = [(str(k), str(e)) for k, e in served_listeners]
         self.factory = factory
         self.pollers = pollers
         self.store_path = Path(store_path) if store_path is not None else None
@@ -194,7 +201,8 @@ class StatusSource:
             "now": now,
             "uptime_seconds": max(0.0, now - self.started_at),
             "listeners": {
-                "imap": list(self.imap_listeners),
+                "imap": [e for k, e in self.served_listeners if k == "imap"],
+                "served": [{"kind": k, "endpoint": e} for k, e in self.served_listeners],
                 "metrics": self.metrics_listener,
                 "control": self.control_path,
             },
@@ -290,7 +298,13 @@ def render(status: Mapping[str, Any]) -> str:
         f"(pid {status.get('pid')}), config {status.get('config')}"
     ]
     listeners = status.get("listeners", {})
-    parts = [f"imap {', '.join(listeners.get('imap') or []) or '-'}"]
+    served = listeners.get("served")
+    if served is None:  # a gateway from before "served" existed
+        served = [{"kind": "imap", "endpoint": e} for e in listeners.get("imap") or []]
+    by_kind: dict[str, list[str]] = {}
+    for item in served:
+        by_kind.setdefault(str(item.get("kind")), []).append(str(item.get("endpoint")))
+    parts = [f"{kind} {', '.join(endpoints)}" for kind, endpoints in by_kind.items()] or ["-"]
     if listeners.get("metrics"):
         parts.append(f"metrics {listeners['metrics']}")
     if listeners.get("control"):

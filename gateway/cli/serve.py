@@ -27,9 +27,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if cfg is None:
         return 1
+    from gateway.app.config.listeners import served_listeners
+
+    listeners = ", ".join(str(listener) for listener in served_listeners(cfg))
     print(
-        f"{cfg.path}: ok ({len(cfg.users)} users, {len(cfg.upstreams)} upstreams, "
-        f"listeners: {', '.join(cfg.imap)})"
+        printable(
+            f"{cfg.path}: ok ({len(cfg.users)} users, {len(cfg.upstreams)} upstreams, "
+            f"listeners: {listeners})"
+        )
     )
     return 0
 
