@@ -35,6 +35,9 @@ MAX_SASL_RESPONSE_LENGTH = 16384
 GARBAGE_LINE = b"this is not a listing line"
 """The malformed line injected into UIDL and LIST answers by ``Faults.garbage_in_listings``."""
 
+ENDLESS_GREETING_OCTETS = 2 * 1024 * 1024
+"""What ``Faults.endless_greeting`` sends: more than any client's line limit."""
+
 _LINE_END = re.compile(rb"\r?\n")
 _OAUTH_MECHANISMS = ("XOAUTH2", "OAUTHBEARER")
 
@@ -116,6 +119,8 @@ class Faults:
     """Every login attempt is answered ``-ERR`` + this text (e.g. b"[SYS/TEMP] try later")."""
     login_delay: int | None = None
     """CAPA announces ``LOGIN-DELAY n`` (RFC 2449 §6.8)."""
+    endless_greeting: bool = False
+    """The greeting never ends: :data:`ENDLESS_GREETING_OCTETS` octets without a line end."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,9 @@ class FakePOP3Protocol(LineOnlyReceiver):
     def connectionMade(self) -> None:
         self.tls = interfaces.ISSLTransport.providedBy(self.transport)
         greeting = b"+OK popgate fake POP3 server ready"
+        if self.server.faults.endless_greeting:
+            self.transport.write(greeting + b"!" * ENDLESS_GREETING_OCTETS)
+            return
         if self.server.faults.apop_challenge:
             greeting += b" " + self.challenge
         self.sendLine(greeting)
