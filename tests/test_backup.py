@@ -79,6 +79,18 @@ def test_backup_into_a_directory_gets_a_timestamped_name(state, tmp_path):
     assert counts(result.path)[2] == "ok"
 
 
+def test_backup_to_a_missing_directory_fails_instead_of_writing_a_file_of_that_name(
+    state, tmp_path, capsys
+):
+    missing = f"{tmp_path / 'backups'}/"
+    with pytest.raises(backup.BackupError, match="backups/: no such directory"):
+        backup.backup(state / STORE_FILE, missing)
+    assert not (tmp_path / "backups").exists()
+    assert cli.main(["backup", missing, "--state-dir", str(state)]) == 1
+    assert "backups/: no such directory" in capsys.readouterr().err
+    assert not (tmp_path / "backups").exists()
+
+
 def test_backup_never_overwrites(state, tmp_path):
     dest = tmp_path / "copy.sqlite3"
     dest.write_text("precious")

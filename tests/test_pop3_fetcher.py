@@ -759,6 +759,7 @@ def test_a_listing_longer_than_its_bound_is_a_protocol_error() -> None:
     failures = []
     d.addErrback(failures.append)
     assert failures and failures[0].check(UpstreamProtocolError)
+    assert str(failures[0].value) == "pop.example.net sent more than 2 lines in a UIDL listing"
     assert client._aborted
 
 

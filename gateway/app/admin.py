@@ -29,6 +29,7 @@ from tomlkit.toml_document import TOMLDocument
 
 from gateway.app import config as configmod
 from gateway.app.config.sections import NAME_RULE
+from gateway.core.display import printable, printable_lines
 from gateway.security.passwords import hash_password
 
 RELOAD_HINT = "A running gateway applies this on SIGHUP: systemctl reload popgate"
@@ -341,11 +342,11 @@ def run(args: argparse.Namespace) -> int:
         elif args.command == "deluser":
             out = deluser(args.config, args.name, purge=args.purge)
         else:
-            sys.stdout.write(users_report(args.config))
+            sys.stdout.write(printable_lines(users_report(args.config)))
             return 0
     except AdminError as e:
-        print(f"popgate: {e}", file=sys.stderr)
+        print(printable(f"popgate: {e}"), file=sys.stderr)
         return 1
-    print(out)
+    print(printable_lines(out))
     print(RELOAD_HINT)
     return 0

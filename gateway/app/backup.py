@@ -178,9 +178,13 @@ def backup(
     progress: Progress | None = None,
 ) -> BackupResult:
     """Copy the store at ``store_path`` to ``dest`` (a new file, or a directory to put a
-    timestamped file in). Safe while the gateway runs. Refuses to overwrite."""
+    timestamped file in). Safe while the gateway runs. Refuses to overwrite. A ``dest``
+    written as a directory (ending in ``/``) must be one: ``Path`` would drop the slash
+    and the backup would become a file of that name."""
     store = Path(store_path)
     target = Path(dest)
+    if os.fspath(dest).endswith(("/", os.sep)) and not target.is_dir():
+        raise BackupError(f"{os.fspath(dest)}: no such directory")
     if target.is_dir():
         target = target / default_name()
     if target.exists():

@@ -19,6 +19,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from gateway.core.display import printable, printable_lines
+
 SECRET_KEYS = frozenset({"password", "passwd", "secret", "pass", "credentials", "auth_response"})
 
 RECENT_ERRORS_SIZE = 50
@@ -122,7 +124,7 @@ def configure(
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        renderer = console_renderer()
     structlog.configure(
         processors=processors(renderer, recent),
         wrapper_class=structlog.make_filtering_bound_logger(
@@ -133,6 +135,24 @@ def configure(
         logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+
+
+def console_renderer() -> Any:
+    """structlog's console renderer, with every string escaped first (a user name or an
+    upstream's error text must not drive the terminal: gateway/core/display.py). A
+    formatted traceback keeps its line breaks; every other value is one line."""
+    render = structlog.dev.ConsoleRenderer(colors=False)
+
+    def escaped(logger: Any, name: str, event: dict[str, Any]) -> str:
+        safe = {
+            key: (printable_lines(v) if key == "exception" else printable(v))
+            if isinstance(v, str)
+            else v
+            for key, v in event.items()
+        }
+        return render(logger, name, safe)
+
+    return escaped
 
 
 def configure_for_tests() -> None:

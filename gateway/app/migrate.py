@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from gateway.core.display import printable
+
 MAX_STATE_FILE_SIZE = 256 * 1024 * 1024
 """Largest state file read (millions of UIDLs fit well within this)."""
 
@@ -129,25 +131,30 @@ def run_import(
         cfg = configmod.load(config_path)
     except configmod.ConfigError as e:
         for problem in e.problems:
-            print(problem, file=err)
+            print(printable(problem), file=err)
         return 1
     if upstream not in {u.name for u in cfg.upstreams}:
         known = ", ".join(u.name for u in cfg.upstreams) or "none"
-        print(f"popgate: no upstream named {upstream!r} in {cfg.path} (have: {known})", file=err)
+        print(
+            printable(f"popgate: no upstream named {upstream!r} in {cfg.path} (have: {known})"),
+            file=err,
+        )
         return 1
     path = Path(file)
     try:
         if path.stat().st_size > MAX_STATE_FILE_SIZE:
-            print(f"popgate: {path} is larger than {MAX_STATE_FILE_SIZE} bytes", file=err)
+            print(
+                printable(f"popgate: {path} is larger than {MAX_STATE_FILE_SIZE} bytes"), file=err
+            )
             return 1
         data = path.read_bytes()
     except OSError as e:
-        print(f"popgate: cannot read {path}: {e.strerror}", file=err)
+        print(printable(f"popgate: cannot read {path}: {e.strerror}"), file=err)
         return 1
     try:
         state = parse_state_file(data, account)
     except StateFileError as e:
-        print(f"popgate: {path}: {e}", file=err)
+        print(printable(f"popgate: {path}: {e}"), file=err)
         return 1
     store = open_store(cfg)
     try:

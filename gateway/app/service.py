@@ -18,12 +18,15 @@ from typing import Any
 
 import structlog
 from twisted.application import service, strports
+from twisted.internet import defer
 from twisted.python import usage
 
 from gateway.access.filtering import SieveDelivery, upstream_address
 from gateway.access.households import SHARED_PREFIX, shared_owner
 from gateway.access.quota import DeliveryQuotaGuard, Quotas
 from gateway.app import config as configmod
+from gateway.app.config.listeners import imap_listeners, served_listeners
+from gateway.app.shutdown import GatewayService, StopSignals
 from gateway.app.storage import open_store, prepare_state_dir
 from gateway.security.auth import PasswordTable
 
@@ -42,24 +45,54 @@ def password_threads() -> int:
 
 
 class ThreadPoolService(service.Service):
-    """Starts a private thread pool with the service and stops it (joining its threads)
-    when the service stops; work queued before the start runs once it has started."""
+    """Starts a private thread pool with the service and stops it when the service stops;
+    work queued before the start runs once it has started.
 
-    def __init__(self, pool: Any) -> None:
+    Stopping never blocks the reactor: work still queued is dropped (its caller gets
+    ``CancelledError``: a login whose connection is about to close), and the pool's
+    threads are joined on a helper thread, the returned Deferred firing once the calls
+    already running have ended (the gateway's stop bounds the wait:
+    ``gateway.app.shutdown.STOP_TIMEOUT``)."""
+
+    def __init__(self, pool: Any, reactor: Any) -> None:
         self.pool = pool
+        self.reactor = reactor
+        self._closing = False
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` on the pool; a Deferred of its result."""
+        from twisted.internet.threads import deferToThreadPool
+
+        def unless_stopping() -> Any:
+            if self._closing:
+                raise defer.CancelledError()
+            return fn(*args, **kwargs)
+
+        return deferToThreadPool(self.reactor, self.pool, unless_stopping)
 
     def startService(self) -> None:
         super().startService()
+        self._closing = False
         self.pool.start()
 
-    def stopService(self):
+    def stopService(self) -> defer.Deferred[None]:
         super().stopService()
-        self.pool.stop()
+        self._closing = True
+        joined: defer.Deferred[None] = defer.Deferred()
+
+        def join() -> None:
+            self.pool.stop()  # joins the threads: off the reactor thread
+            self.reactor.callFromThread(lambda: joined.called or joined.callback(None))
+
+        threading.Thread(target=join, name=f"{self.pool.name}-stop", daemon=True).start()
+        return joined
 
 
 class StoreService(service.Service):
-    """Closes the store when the service stops, after listeners and pollers (started first,
-    stopped last: it is the first child added)."""
+    """Closes the store when the service stops: last, after everything that uses it has
+    stopped (``stop_last``: see gateway/app/shutdown.py, GatewayService)."""
+
+    stop_last = True
 
     def __init__(self, store: Any) -> None:
         self.store = store
@@ -73,7 +106,6 @@ def build_service(
     cfg: configmod.Config, reactor: Any, *, store: Any = None
 ) -> service.MultiService:
     """The whole gateway as one MultiService; ``store`` may be passed in (the demo does)."""
-    from twisted.internet.threads import deferToThreadPool
     from twisted.python.threadpool import ThreadPool
 
     from gateway.imap.factory import IMAPServerFactory
@@ -86,7 +118,7 @@ def build_service(
     from gateway.pop3.poller import UpstreamPoller
     from gateway.store.runner import runner_for
 
-    top = service.MultiService()
+    top = GatewayService(reactor)
     top.config = cfg  # type: ignore[attr-defined]
     top.reload_hooks = []  # type: ignore[attr-defined]
     metrics = _new_metrics(reactor)
@@ -100,10 +132,9 @@ def build_service(
     # of logins bounds its hashing memory and leaves the reactor's pool to the rest.
     # Added right after the store: it stops after the listeners, before the store.
     password_pool = ThreadPool(minthreads=0, maxthreads=password_threads(), name="passwords")
-    ThreadPoolService(password_pool).setServiceParent(top)
-
-    def run_blocking(fn, *args, **kwargs):
-        return deferToThreadPool(reactor, password_pool, fn, *args, **kwargs)
+    passwords = ThreadPoolService(password_pool, reactor)
+    passwords.setServiceParent(top)
+    run_blocking = passwords.run
 
     limits = IMAPLimits(
         max_line_length=cfg.limits.max_line_length,
@@ -226,12 +257,12 @@ def build_service(
     # at their next command; gateway/imap/session.py).
     add_reload_hook(top, "sessions", lambda _new: factory.access_changed())
     SighupReload(top, reactor).setServiceParent(top)
+    StopSignals(reactor).setServiceParent(top)
     log.info(
         "service.built",
         config=cfg.path,
         state_dir=cfg.state_dir,
-        listeners=list(cfg.imap),
-        managesieve=[m.endpoint for m in cfg.managesieve],
+        listeners=[str(listener) for listener in served_listeners(cfg)],
         users=len(cfg.users),
         upstreams=[u.name for u in cfg.upstreams],
     )
@@ -298,8 +329,7 @@ def _serve_status(top, cfg, reactor, factory, pollers, store) -> None:
         version=_version(),
         config_path=cfg.path,
         state_dir=cfg.state_dir,
-        imap_listeners=cfg.imap,
-        managesieve_listeners=[m.endpoint for m in cfg.managesieve],
+        served_listeners=[(s.kind, s.endpoint) for s in served_listeners(cfg)],
         factory=factory,
         pollers=pollers,
         store_path=getattr(store, "path", None),
@@ -516,10 +546,7 @@ def _add_listeners(
     from gateway.imap.factory import ListenerFactory
     from gateway.imap.policy import ListenerPolicy
 
-    listeners = cfg.listeners or tuple(
-        configmod.Listener(d, plaintext_auth=True, local=True) for d in cfg.imap
-    )
-    for listener in listeners:
+    for listener in imap_listeners(cfg):
         implicit = listener.tls == "implicit"
         policy = ListenerPolicy(implicit_tls=implicit, plaintext_auth=listener.plaintext_auth)
         wrapped: Any = ListenerFactory(factory, policy)

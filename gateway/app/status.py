@@ -6,7 +6,8 @@ times are Unix seconds (the reactor's clock), durations are seconds, and every s
 is present even when empty. Keys, by section:
 
 * ``version``, ``pid``, ``config``, ``state_dir``, ``started_at``, ``now``, ``uptime_seconds``;
-* ``listeners``: ``imap`` and ``managesieve`` (endpoint strings), ``metrics`` (string or
+* ``listeners``: ``served`` (every listener: ``kind`` and ``endpoint``), ``imap`` (the plain
+  IMAP endpoints), ``managesieve`` and ``submission`` (endpoints), ``metrics`` (string or
   None), ``control``;
 * ``clients``: ``total``, ``by_state`` (RFC 3501 §3 state → count) and ``by_user``
   (user → state → count; connections not yet logged in only count in ``by_state``);
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.app.metrics import file_size
+from gateway.core.display import printable_tree
 
 RECENT_ERRORS_SHOWN = 10
 """How many of the recent errors the table shows (``--json`` has all that are kept)."""
@@ -145,7 +147,7 @@ class StatusSource:
         version: str,
         config_path: str,
         state_dir: str,
-        imap_listeners: Iterable[str],
+        imap_listeners: Iterable[str] = (),
         factory: Any,
         pollers: Mapping[str, Any],
         store_path: str | Path | None,
@@ -154,16 +156,20 @@ class StatusSource:
         control_path: str | Path | None = None,
         store: Any = None,
         owners: Callable[[], Iterable[str]] = tuple,
-        managesieve_listeners: Iterable[str] = (),
+        served_listeners: Iterable[tuple[str, str]] | None = None,
     ) -> None:
-        self.managesieve_listeners = list(managesieve_listeners)
+        """``served_listeners``: every (kind, endpoint) the gateway listens on
+        (``gateway.app.config.listeners.served_listeners``); ``imap_listeners`` is the
+        shorthand for plain IMAP endpoints only."""
         self.store = store
         self.owners = owners
         self.reactor = reactor
         self.version = version
         self.config_path = config_path
         self.state_dir = state_dir
-        self.imap_listeners = list(imap_listeners)
+        if served_listeners is None:
+            served_listeners = [("imap", endpoint) for endpoint in imap_listeners]
+        self.served_listeners = [(str(k), str(e)) for k, e in served_listeners]
         self.factory = factory
         self.pollers = pollers
         self.store_path = Path(store_path) if store_path is not None else None
@@ -201,8 +207,9 @@ class StatusSource:
             "now": now,
             "uptime_seconds": max(0.0, now - self.started_at),
             "listeners": {
-                "imap": list(self.imap_listeners),
-                "managesieve": list(self.managesieve_listeners),
+                "imap": [e for k, e in self.served_listeners if k == "imap"],
+                "managesieve": [e for k, e in self.served_listeners if k == "managesieve"],
+                "served": [{"kind": k, "endpoint": e} for k, e in self.served_listeners],
                 "metrics": self.metrics_listener,
                 "control": self.control_path,
             },
@@ -298,18 +305,23 @@ def _error_line(event: Mapping[str, Any]) -> str:
 
 
 def render(status: Mapping[str, Any]) -> str:
-    """The status as text for a terminal: a summary, then the upstream table and errors."""
+    """The status as text for a terminal: a summary, then the upstream table and errors.
+    Every string in it is escaped first (user names from failed logins, upstream error
+    texts: gateway/core/display.py)."""
+    status = printable_tree(status)
     now = status.get("now") or 0.0
     lines = [
         f"popgate {status.get('version')}, up {duration(status.get('uptime_seconds'))} "
         f"(pid {status.get('pid')}), config {status.get('config')}"
     ]
     listeners = status.get("listeners", {})
-    parts = [f"imap {', '.join(listeners.get('imap') or []) or '-'}"]
-    if listeners.get("managesieve"):
-        parts.append(f"managesieve {', '.join(listeners['managesieve'])}")
-    if listeners.get("submission"):
-        parts.append(f"submission {', '.join(listeners['submission'])}")
+    served = listeners.get("served")
+    if served is None:  # a gateway from before "served" existed
+        served = [{"kind": "imap", "endpoint": e} for e in listeners.get("imap") or []]
+    by_kind: dict[str, list[str]] = {}
+    for item in served:
+        by_kind.setdefault(str(item.get("kind")), []).append(str(item.get("endpoint")))
+    parts = [f"{kind} {', '.join(endpoints)}" for kind, endpoints in by_kind.items()] or ["-"]
     if listeners.get("metrics"):
         parts.append(f"metrics {listeners['metrics']}")
     if listeners.get("control"):

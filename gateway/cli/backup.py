@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from gateway.cli.common import add_state_dir_options, state_dir
+from gateway.core.display import printable
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -21,11 +22,13 @@ def cmd_backup(args: argparse.Namespace) -> int:
     try:
         result = backup.backup(os.path.join(where, STORE_FILE), args.dest)
     except backup.BackupError as e:
-        print(f"popgate: backup failed: {e}", file=sys.stderr)
+        print(printable(f"popgate: backup failed: {e}"), file=sys.stderr)
         return 1
     print(
-        f"{result.path}: {result.size} bytes, {result.mailboxes} mailboxes, "
-        f"{result.messages} messages, integrity ok"
+        printable(
+            f"{result.path}: {result.size} bytes, {result.mailboxes} mailboxes, "
+            f"{result.messages} messages, integrity ok"
+        )
     )
     return 0
 
@@ -44,7 +47,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         pass
     except (control.ControlError, TimeoutError, OSError) as e:
         print(
-            f"popgate: cannot tell whether popgate is running ({e}); stop it first", file=sys.stderr
+            printable(f"popgate: cannot tell whether popgate is running ({e}); stop it first"),
+            file=sys.stderr,
         )
         return 1
     else:
@@ -57,11 +61,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
     try:
         result = backup.restore(args.src, os.path.join(where, STORE_FILE))
     except backup.BackupError as e:
-        print(f"popgate: restore failed: {e}", file=sys.stderr)
+        print(printable(f"popgate: restore failed: {e}"), file=sys.stderr)
         return 1
-    print(f"{result.path}: restored from {args.src} ({result.messages} messages)")
+    print(printable(f"{result.path}: restored from {args.src} ({result.messages} messages)"))
     if result.previous is not None:
-        print(f"the store it replaced is kept as {result.previous}")
+        print(printable(f"the store it replaced is kept as {result.previous}"))
     return 0
 
 

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from gateway.app import config as configmod
+from gateway.core.display import printable
 
 DEFAULT_CONFIG = "/etc/popgate/popgate.toml"
 
@@ -17,7 +18,7 @@ def load_config(path: str) -> configmod.Config | None:
         return configmod.load(path)
     except configmod.ConfigError as e:
         for problem in e.problems:
-            print(problem, file=sys.stderr)
+            print(printable(problem), file=sys.stderr)
         return None
 
 

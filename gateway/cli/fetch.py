@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from gateway.cli.common import add_state_dir_options, state_dir
+from gateway.core.display import printable
 
 BAR_WIDTH = 24
 """Characters of the bar itself."""
@@ -44,12 +45,12 @@ def progress_text(info: dict[str, Any]) -> str:
     size, elapsed = float(info.get("bytes", 0)), float(info.get("elapsed", 0.0))
     phase = info.get("phase", "")
     if phase in ("", "listing") and not total:
-        return f"{name} listing..."
+        return printable(f"{name} listing...")
     done = BAR_WIDTH if not total else min(BAR_WIDTH, BAR_WIDTH * received // total)
     bar = "#" * done + "." * (BAR_WIDTH - done)
     rate = received / elapsed if elapsed > 0 else 0.0
     speed = size / elapsed if elapsed > 0 else 0.0
-    return (
+    return printable(
         f"{name} [{bar}] {received}/{total} {human_bytes(size)} "
         f"{rate:.0f} msg/s {human_bytes(speed)}/s"
     )
@@ -76,9 +77,10 @@ def summary_text(outcome: dict[str, Any]) -> str:
         if r.get(key):
             parts.append(f"{r[key]} {label}")
     if outcome.get("ok"):
-        return f"{name}: " + "; ".join(parts)
-    return f"{name}: FAILED ({outcome.get('kind', 'error')}): {outcome.get('error')}" + (
-        f" (before failing: {'; '.join(parts)})" if r else ""
+        return printable(f"{name}: " + "; ".join(parts))
+    return printable(
+        f"{name}: FAILED ({outcome.get('kind', 'error')}): {outcome.get('error')}"
+        + (f" (before failing: {'; '.join(parts)})" if r else "")
     )
 
 
@@ -147,11 +149,11 @@ def run(
         result = control.request(state_dir, payload, on_progress=view, timeout=timeout)
     except control.GatewayNotRunning as e:
         view.end()
-        print(f"popgate: {e}", file=err)
+        print(printable(f"popgate: {e}"), file=err)
         return EXIT_NOT_RUNNING
     except (control.ControlError, TimeoutError, OSError) as e:
         view.end()
-        print(f"popgate: fetch failed: {e}", file=err)
+        print(printable(f"popgate: fetch failed: {e}"), file=err)
         return EXIT_FAILED
     view.end()
     outcomes = result.get("upstreams") or []

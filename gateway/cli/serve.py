@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from gateway.cli.common import DEFAULT_CONFIG, add_config_option, load_config
+from gateway.core.display import printable
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -26,19 +27,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if cfg is None:
         return 1
-    listeners = ", ".join(cfg.imap)
-    submission = [f"{x.endpoint} ({x.tls})" for x in cfg.submission.listeners]
-    if submission:
-        listeners += "; submission: " + ", ".join(submission)
+    from gateway.app.config.listeners import served_listeners
+
+    listeners = ", ".join(str(listener) for listener in served_listeners(cfg))
     print(
-        f"{cfg.path}: ok ({len(cfg.users)} users, {len(cfg.upstreams)} upstreams, "
-        f"listeners: {listeners}"
-        + (
-            f"; managesieve: {', '.join(m.endpoint for m in cfg.managesieve)}"
-            if cfg.managesieve
-            else ""
+        printable(
+            f"{cfg.path}: ok ({len(cfg.users)} users, {len(cfg.upstreams)} upstreams, "
+            f"listeners: {listeners})"
         )
-        + ")"
     )
     return 0
 
@@ -51,7 +47,7 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     try:
         password = read_password(sys.stdin, first_prompt="Password: ")
     except AdminError as e:
-        print(f"popgate: {e}", file=sys.stderr)
+        print(printable(f"popgate: {e}"), file=sys.stderr)
         return 1
     print(hash_password(password))
     return 0

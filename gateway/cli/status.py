@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from gateway.cli.common import add_state_dir_options, state_dir
+from gateway.core.display import printable
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -20,10 +21,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         result = control.request(where, {"command": "status"}, timeout=args.timeout)
     except control.GatewayNotRunning as e:
-        print(f"popgate: {e}", file=sys.stderr)
+        print(printable(f"popgate: {e}"), file=sys.stderr)
         return 3  # LSB "program is not running"
     except (control.ControlError, TimeoutError, OSError) as e:
-        print(f"popgate: status failed: {e}", file=sys.stderr)
+        print(printable(f"popgate: status failed: {e}"), file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 
 from gateway.message.envelope import envelope
-from gateway.message.fields import scan_fields, unfold
+from gateway.message.fields import analyzed_header_end, scan_fields, unfold
 from gateway.message.structure import body_structure, parse, part_map
 from gateway.message.text import collect_text, decoded_header, sent_date, text_of_value
 
@@ -42,10 +42,12 @@ def analyze(raw: bytes) -> Analysis:
     """Analyse one stored message (RFC 5322 / MIME) for FETCH and SEARCH.
 
     Never raises for any bytes: malformed structure degrades to the RFC 2045 defaults.
+    Bounded: a header section is parsed up to :data:`~gateway.message.fields.MAX_ANALYZED_HEADER`
+    octets, text is decoded up to :data:`~gateway.message.text.MAX_TEXT_INPUT` per part.
     """
     raw = bytes(raw)
     root = parse(raw)
-    fields = scan_fields(raw, root.hs, root.he)
+    fields = scan_fields(raw, root.hs, analyzed_header_end(raw, root.hs, root.he))
     headers = [
         (f.name, decoded_header(unfold(raw[f.value : f.end]))) for f in fields if f.name is not None
     ]

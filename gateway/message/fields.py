@@ -21,6 +21,14 @@ class Field:
     end: int  # one past the field's last line end
 
 
+MAX_ANALYZED_HEADER = 256 * 1024
+"""Octets of one entity's header section that ingest parses into fields (ENVELOPE, SEARCH,
+BODYSTRUCTURE). Fields beyond are kept byte-exact in the stored message (``BODY[HEADER]``
+returns them) but are not parsed or indexed: a hostile upstream sending a 50 MB header
+would otherwise hold the reactor for seconds and index half a million fields. Real mail
+stays far below (long ``Received``/DKIM/ARC chains reach tens of KB); Postfix bounds
+what it keeps of a header in a similar way (``header_size_limit``)."""
+
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 
 
@@ -38,6 +46,17 @@ def split_header(raw: bytes, start: int, end: int) -> tuple[int, int]:
     if m is None:
         return end, end
     return m.start() + 1, m.end()
+
+
+def analyzed_header_end(raw: bytes, start: int, header_end: int) -> int:
+    """Where ingest stops parsing the header section raw[start:header_end]: at its end, or
+    at the last line end within :data:`MAX_ANALYZED_HEADER` octets (a field that runs past
+    the limit is cut at a line boundary)."""
+    limit = start + MAX_ANALYZED_HEADER
+    if header_end <= limit:
+        return header_end
+    nl = raw.rfind(b"\n", start, limit)
+    return nl + 1 if nl >= start else limit
 
 
 def scan_fields(raw: bytes, start: int, end: int) -> list[Field]:

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 
 from gateway.message.envelope import envelope
-from gateway.message.fields import first_values, scan_fields, split_header
+from gateway.message.fields import analyzed_header_end, first_values, scan_fields, split_header
 from gateway.message.params import merge_params, param, params_wire, split_value, strip_comments
 from gateway.message.wire import NIL, nstring
 
@@ -90,7 +90,7 @@ def _parse_entity(
 ) -> Entity:
     budget.left -= 1
     he, bs = split_header(raw, start, end)
-    values = first_values(raw, scan_fields(raw, start, he))
+    values = first_values(raw, scan_fields(raw, start, analyzed_header_end(raw, start, he)))
     ctype, csub, params = _content_type(values, default)
     ent = Entity(start, he, bs, end, values, ctype, csub, params)
     is_message = ctype == b"MESSAGE" and csub in (b"RFC822", b"GLOBAL")

@@ -30,6 +30,7 @@ from typing import Any
 
 from twisted.internet import defer, error, interfaces
 from twisted.mail.pop3 import AdvancedPOP3Client, ServerErrorResponse
+from twisted.mail.pop3 import LineTooLong as TwistedLineTooLong
 from twisted.python.failure import Failure
 
 from gateway.pop3.errors import UpstreamProtocolError
@@ -150,13 +151,27 @@ class UpstreamClient(AdvancedPOP3Client):
             self._consumer = self._consumer.consumer
         return super().state_LONG_INITIAL(line)
 
-    def _protocol_violation(self, line: bytes, what: str = "where +OK or -ERR was expected") -> str:
+    def _protocol_violation(self, line: bytes) -> str:
+        return self._fail_command(
+            UpstreamProtocolError(f"{self.host} sent {line[:80]!r} where +OK or -ERR was expected")
+        )
+
+    def _fail_command(self, reason: Exception) -> str:
+        """Fail the command in flight with ``reason`` and drop the connection."""
         waiting, self._waiting = self._waiting, None
         self._consumer = self._xform = None
         if waiting is not None:
-            waiting.errback(UpstreamProtocolError(f"{self.host} sent {line[:80]!r} {what}"))
+            waiting.errback(reason)
         self.abort()
         return "WAITING"
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A line over :data:`MAX_LINE_LENGTH`: the command in flight fails with Twisted's
+        ``LineTooLong`` (Twisted's own handling), and so does a greeting still awaited,
+        which Twisted would report as a closed connection."""
+        if not self.greeting.called:
+            self.greeting.errback(TwistedLineTooLong())
+        super().lineLengthExceeded(line)
 
     def lineReceived(self, line: bytes) -> None:
         # After an abort, lines already read in the same chunk must not reach the state
@@ -294,21 +309,29 @@ class UpstreamClient(AdvancedPOP3Client):
         command: bytes,
         args: bytes | None = None,
         *,
-        max_lines: int = MAX_LISTING_LINES,
+        max_lines: int | None = None,
         max_line_length: int = MAX_LISTING_LINE_LENGTH,
     ) -> defer.Deferred[list[bytes]]:
         """Send a multi-line command and collect its lines unparsed (Twisted's own
         UIDL/LIST parsers raise inside the protocol on a malformed line).
 
         Bounded: a line longer than ``max_line_length`` is kept as an empty line (which
-        the listing parser rejects as malformed), and more than ``max_lines`` lines drop
-        the connection with :class:`UpstreamProtocolError`."""
+        the listing parser rejects as malformed), and more than ``max_lines`` (default
+        :data:`MAX_LISTING_LINES`) lines drop the connection with
+        :class:`UpstreamProtocolError`."""
         lines: list[bytes] = []
+        if max_lines is None:
+            max_lines = MAX_LISTING_LINES
 
         def collect(line: bytes) -> None:
             if len(lines) >= max_lines:
                 if self._waiting is not None:
-                    self._protocol_violation(b"", f"in a listing over {max_lines} lines")
+                    self._fail_command(
+                        UpstreamProtocolError(
+                            f"{self.host} sent more than {max_lines} lines in a"
+                            f" {command.decode('ascii', 'replace')} listing"
+                        )
+                    )
                 return
             lines.append(line if len(line) <= max_line_length else b"")
 

@@ -270,8 +270,16 @@ class Regex:
 
     def search(self, text: str) -> list[str] | None:
         """Leftmost match anywhere in `text`: [whole, group1, ...] ("" for unset groups)."""
+        return self.search_counted(text)[0]
+
+    def search_counted(self, text: str) -> tuple[list[str] | None, int]:
+        """:meth:`search` plus its work: the threads carried from one position to the
+        next, never more than ``(len(text) + 1) * len(program)`` (each program step at
+        most once per position). That bound is what keeps a hostile pattern linear in
+        the input, and the tests check it rather than a clock."""
         prog, slots = self.program, 2 * (self.groups + 1)
         n = len(text)
+        work = 0
         clist: list[tuple[int, tuple]] = []
         matched: tuple | None = None
         for pos in range(n + 1):
@@ -325,15 +333,16 @@ class Regex:
                     if prog[pc][1](ch):
                         nlist.append((pc + 1, caps))
             clist = nlist
+            work += len(clist)
             if matched is not None and not clist:
                 break
         if matched is None:
-            return None
+            return None, work
         out = []
         for g in range(self.groups + 1):
             s, e = matched[2 * g], matched[2 * g + 1]
             out.append(text[s:e] if s is not None and e is not None else "")
-        return out
+        return out, work
 
 
 def compile_regex(pattern: str, casemap: bool = False) -> Regex:

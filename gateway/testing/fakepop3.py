@@ -13,6 +13,7 @@ It never imports the global reactor: :meth:`FakePOP3Server.listen` is given one.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import re
@@ -33,6 +34,9 @@ MAX_SASL_RESPONSE_LENGTH = 16384
 
 GARBAGE_LINE = b"this is not a listing line"
 """The malformed line injected into UIDL and LIST answers by ``Faults.garbage_in_listings``."""
+
+ENDLESS_GREETING_OCTETS = 2 * 1024 * 1024
+"""What ``Faults.endless_greeting`` sends: more than any client's line limit."""
 
 _LINE_END = re.compile(rb"\r?\n")
 _OAUTH_MECHANISMS = ("XOAUTH2", "OAUTHBEARER")
@@ -69,6 +73,12 @@ class StoredMessage:
     @property
     def size(self) -> int:
         return len(self.raw)
+
+    @functools.cached_property
+    def stuffed(self) -> bytes:
+        """The RETR answer's body (:func:`dot_stuff`), computed once: the fake shares its
+        reactor with the gateway under test, whose reactor lag some tests measure."""
+        return dot_stuff(self.raw)
 
 
 @dataclass
@@ -109,6 +119,8 @@ class Faults:
     """Every login attempt is answered ``-ERR`` + this text (e.g. b"[SYS/TEMP] try later")."""
     login_delay: int | None = None
     """CAPA announces ``LOGIN-DELAY n`` (RFC 2449 §6.8)."""
+    endless_greeting: bool = False
+    """The greeting never ends: :data:`ENDLESS_GREETING_OCTETS` octets without a line end."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +157,9 @@ class FakePOP3Protocol(LineOnlyReceiver):
     def connectionMade(self) -> None:
         self.tls = interfaces.ISSLTransport.providedBy(self.transport)
         greeting = b"+OK popgate fake POP3 server ready"
+        if self.server.faults.endless_greeting:
+            self.transport.write(greeting + b"!" * ENDLESS_GREETING_OCTETS)
+            return
         if self.server.faults.apop_challenge:
             greeting += b" " + self.challenge
         self.sendLine(greeting)
@@ -423,7 +438,7 @@ class FakePOP3Protocol(LineOnlyReceiver):
         if message.uidl in faults.err_on_retr:
             self.err(b"message cannot be retrieved right now")
             return
-        body = dot_stuff(message.raw)
+        body = message.stuffed
         if message.uidl in faults.drop_mid_retr:
             faults.drop_mid_retr.discard(message.uidl)
             self.transport.write(b"+OK %d octets\r\n" % message.size + body[: len(body) // 2])
@@ -574,7 +589,9 @@ class FakePOP3Server(ServerFactory):
             uidl = f"{self.uidl_prefix}{self._counter:08d}"
         if not uidl or not all(0x21 <= ord(c) <= 0x7E for c in uidl):
             raise ValueError(f"UIDL must be printable ASCII without spaces: {uidl!r}")
-        self.messages.append(StoredMessage(uidl, normalize_message(raw)))
+        message = StoredMessage(uidl, normalize_message(raw))
+        message.stuffed  # noqa: B018 -- computed now, on the caller's thread, not at RETR
+        self.messages.append(message)
         return uidl
 
     def remove_message(self, uidl: str) -> None:

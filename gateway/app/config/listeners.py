@@ -9,6 +9,7 @@ Secure by default: a listener reachable from the network with no TLS to offer is
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.app.config.reader import Reader, endpoint_problem
@@ -16,6 +17,45 @@ from gateway.app.config.settings import DEFAULT_IMAP, Listener, TLSSettings
 from gateway.core.net import is_loopback_host
 
 LISTENER_TLS = ("starttls", "implicit")
+
+
+@dataclass(frozen=True)
+class ServedListener:
+    """One listening socket the gateway opens, as operators are shown it: its protocol
+    ``kind`` ("imap", "imaps"; later "managesieve", "submission", "submissions") and its
+    endpoint string."""
+
+    kind: str
+    endpoint: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.endpoint}"
+
+
+def imap_listeners(cfg: Any) -> tuple[Listener, ...]:
+    """The IMAP listeners to open: ``cfg.listeners`` (``[server] imap``/``imaps`` and
+    ``[[listeners]]``), or, for a Config built without them, one local listener per
+    ``imap`` endpoint."""
+    return cfg.listeners or tuple(Listener(d, plaintext_auth=True, local=True) for d in cfg.imap)
+
+
+def served_listeners(cfg: Any) -> tuple[ServedListener, ...]:
+    """Every listener the config opens, with its kind, in config order: what
+    ``check-config``, ``popgate status`` and the ``service.built`` event list. A new
+    protocol's listeners are added here (the metrics endpoint and the control socket
+    are shown separately)."""
+    served = [
+        ServedListener("imap" if listener.tls == "starttls" else "imaps", listener.endpoint)
+        for listener in imap_listeners(cfg)
+    ]
+    served += [
+        ServedListener(
+            "submission" if listener.tls == "starttls" else "submissions", listener.endpoint
+        )
+        for listener in getattr(getattr(cfg, "submission", None), "listeners", ())
+    ]
+    served += [ServedListener("managesieve", m.endpoint) for m in getattr(cfg, "managesieve", ())]
+    return tuple(served)
 
 
 def split_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
