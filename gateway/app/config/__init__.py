@@ -6,7 +6,8 @@ and the service only ever sees a fully valid :class:`Config`.
 
 The package, along its seams: ``reader`` (the table walker, durations, sizes),
 ``settings`` (the dataclasses), ``sections`` (``[server]``, ``[limits]``, ``[users]``,
-``[shared]``, ``[metrics]``, ``[tls]``, ``[security]``), ``upstreams`` and ``listeners``.
+``[shared]``, ``[metrics]``, ``[tls]``, ``[security]``), ``upstreams``, ``listeners`` and
+``web`` (the web page's listeners and admins).
 :func:`parse` only runs them in order.
 """
 
@@ -37,8 +38,10 @@ from gateway.app.config.settings import (
     Shared,
     TLSSettings,
     User,
+    WebListener,
 )
 from gateway.app.config.upstreams import parse_upstreams
+from gateway.app.config.web import parse_admins, parse_web
 from gateway.pop3.upstream import Upstream
 
 __all__ = [
@@ -53,6 +56,7 @@ __all__ = [
     "TLSSettings",
     "Upstream",
     "User",
+    "WebListener",
     "endpoint_is_local",
     "load",
     "parse",
@@ -104,6 +108,8 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
         tls,
         server.allow_insecure,
     )
+    web = parse_web(path, problems, server.web, tls, server.allow_insecure)
+    admins = parse_admins(path, problems, server.admins, users_table)
     top.finish()
     if problems:
         raise ConfigError(problems)
@@ -121,4 +127,7 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
         listeners=listeners,
         security=security,
         shared=shared,
+        web=web,
+        admins=admins,
+        allow_insecure_listener=server.allow_insecure,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.app.config.reader import Reader, endpoint_problem, parse_duration, parse_size
@@ -48,10 +48,13 @@ class Server:
     allow_insecure: bool
     log_level: str
     log_format: str
+    web: list[Any] = field(default_factory=list)  # checked by config/web.py
+    admins: list[Any] = field(default_factory=list)
 
 
 def parse_server(top: Reader) -> Server:
-    """``[server]``: state directory, IMAP endpoints, logging."""
+    """``[server]``: state directory, IMAP endpoints, logging; the web page's ``web`` and
+    ``admins`` are only read here (config/web.py checks them against [tls] and [users])."""
     path, problems = top.path, top.problems
     server_table = top.get("server", dict, {})
     server = Reader(path, problems, "server", server_table or {})
@@ -73,9 +76,19 @@ def parse_server(top: Reader) -> Server:
     log_format = server.get("log_format", str, "auto")
     if log_format is not None and log_format not in LOG_FORMATS:
         server.problem("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
+    web = server.get("web", list, [])
+    admins = server.get("admins", list, [])
     server.finish()
     return Server(
-        server, state_dir, listeners, imaps or [], bool(allow_insecure), log_level, log_format
+        server,
+        state_dir,
+        listeners,
+        imaps or [],
+        bool(allow_insecure),
+        log_level,
+        log_format,
+        web or [],
+        admins or [],
     )
 
 
