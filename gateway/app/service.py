@@ -183,6 +183,24 @@ def build_service(
     top.control = control  # type: ignore[attr-defined]
     _serve_metrics(top, cfg, reactor, metrics, factory, pollers, store)
     _serve_status(top, cfg, reactor, factory, pollers, store)
+    # The household's web page (issue 18): IMAP's password table, pool and penalty.
+    from gateway.app.website import serve_web
+
+    top.web = serve_web(  # type: ignore[attr-defined]
+        top,
+        cfg,
+        reactor,
+        authenticator=authenticator,
+        run_blocking=run_blocking,
+        penalty=penalty,
+        pollers=pollers,
+        households=factory.households,
+        quotas=quotas,
+        store=store,
+        status=top.status,  # type: ignore[attr-defined]
+        server_tls=server_tls,
+        add_reload_hook=add_reload_hook,
+    )
     add_reload_hook(top, "users", _users_reloader(authenticator, store))
     add_reload_hook(top, "shared", _shared_reloader(factory.households, store))
     add_reload_hook(top, "quotas", lambda new: quotas.update(quota_limits(new)))
@@ -192,6 +210,7 @@ def build_service(
         config=cfg.path,
         state_dir=cfg.state_dir,
         listeners=list(cfg.imap),
+        web=[w.endpoint for w in cfg.web],
         users=len(cfg.users),
         upstreams=[u.name for u in cfg.upstreams],
     )
@@ -270,6 +289,7 @@ def _serve_status(top, cfg, reactor, factory, pollers, store) -> None:
             *factory.authenticator.users(),
             *(shared_owner(g) for g in sorted(factory.households.groups)),
         ],
+        web_listeners=[w.endpoint for w in cfg.web],
     )
     control.register("status", source.handle)
     top.status = source  # type: ignore[attr-defined]
@@ -287,6 +307,8 @@ RESTART_ONLY = (
     "metrics",
     "log_level",
     "log_format",
+    "web",
+    "allow_insecure_listener",
 )
 """Config fields a reload does not apply; a change to one is logged as needing a restart."""
 

@@ -26,9 +26,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if cfg is None:
         return 1
+    web = f"; web: {', '.join(w.endpoint for w in cfg.web)}" if cfg.web else ""
     print(
         f"{cfg.path}: ok ({len(cfg.users)} users, {len(cfg.upstreams)} upstreams, "
-        f"listeners: {', '.join(cfg.imap)})"
+        f"listeners: {', '.join(cfg.imap)}{web})"
     )
     return 0
 
@@ -50,7 +51,12 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.cli import demo
 
-    return demo.run(state_dir=args.state_dir, port=args.port, interval=args.interval)
+    return demo.run(
+        state_dir=args.state_dir,
+        port=args.port,
+        interval=args.interval,
+        web_port=args.web_port or demo.DEMO_WEB_PORT,
+    )
 
 
 def add_parsers(sub: Any) -> None:
@@ -69,4 +75,5 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--state-dir", default="demo-state")
     p.add_argument("--port", type=int, default=1143)
     p.add_argument("--interval", type=float, default=60.0, help="seconds between new demo messages")
+    p.add_argument("--web-port", type=int, help="port of the web page (loopback; default 8025)")
     p.set_defaults(func=cmd_demo)

@@ -30,6 +30,8 @@ Table layout and why:
   mailboxes (owner ``shared:NAME``): one row per (mailbox, user, UID) the user ever
   changed, with the modseq of that change, taken from the mailbox's one counter. The
   shared ``mailbox_message.flags`` of a shared mailbox never holds \\Seen.
+* ``timeseries_point`` (the web page's history, issue 18) holds the points of
+  :mod:`gateway.store.sqlite_timeseries`: in the store's file, so a backup carries it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 
 from gateway.store.interfaces import StoreError
+from gateway.store.sqlite_timeseries import TIMESERIES_DDL
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -202,7 +205,12 @@ _V3 = _statements(
     "CREATE INDEX private_flag_modseq ON private_flag (mailbox_id, user, modseq)",
 )
 
-MIGRATIONS: Sequence[Migration] = (_V1, _V2, _V3)
+# Time series (web page history): the table SQLiteTimeSeries used to create by itself on
+# the store's connection. Its DDL says IF NOT EXISTS, so a file where that already
+# happened upgrades in place, points kept.
+TIMESERIES = _statements(TIMESERIES_DDL)
+
+MIGRATIONS: Sequence[Migration] = (_V1, _V2, _V3, TIMESERIES)
 """Entry *i* takes a database from version *i* to *i + 1*. Append only."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
