@@ -17,7 +17,7 @@ from twisted.web.server import Site
 
 from gateway.app import config as configmod
 from gateway.app.service import build_service, reload
-from gateway.app.status import upstream_extras
+from gateway.app.status import render, upstream_extras
 from gateway.oauth.tokenfile import TokenSet, save_tokens, token_path
 from gateway.security.passwords import hash_password
 from gateway.store.schema import MIGRATIONS, SCHEMA_VERSION, TIMESERIES, migrate
@@ -137,6 +137,7 @@ def test_status_has_the_pages_fields_and_the_web_listeners(built) -> None:
     _path, top, _reactor = built
     status = top.status.collect()
     assert status["listeners"]["web"] == ["tcp:8025:interface=127.0.0.1"]
+    assert "; web tcp:8025:interface=127.0.0.1" in render(status)
     (up,) = status["upstreams"]
     assert up["node"] is None and up["failing_since"] is None
     assert up["oauth2"]["expires_at"] is None  # not signed in yet
