@@ -1,7 +1,8 @@
 """User story: a newcomer runs `make demo` on a fresh clone and reads mail in a client.
 
 Runs the README's command in a copy of this checkout with no venv, so it proves the
-set-up steps too (venv creation, install), then looks with curl and imaplib.
+set-up steps too (venv creation, install), then looks with curl and imaplib, and at the
+web page whose address the banner prints.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -44,10 +46,11 @@ def test_make_demo_on_a_fresh_checkout(tmp_path):
     copy_checkout(clone)
     assert not (clone / ".venv").exists()
     port = free_port()
+    web_port = free_port()
     log_path = tmp_path / "demo.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            ["make", "demo", f"DEMO_ARGS=--port {port} --interval 3"],
+            ["make", "demo", f"DEMO_ARGS=--port {port} --web-port {web_port} --interval 3"],
             cwd=clone,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -62,6 +65,14 @@ def test_make_demo_on_a_fresh_checkout(tmp_path):
             time.sleep(0.5)
         banner = log_path.read_text(errors="replace")
         assert f"127.0.0.1:{port}" in banner and "curl" in banner
+
+        # the web page: its address is in the banner, and it answers with the sign-in page
+        address = f"http://127.0.0.1:{web_port}/"
+        assert address in banner
+        with urllib.request.urlopen(address, timeout=20) as page:  # redirected to /signin
+            assert page.geturl() == address + "signin"
+            text = page.read().decode()
+        assert 'name="password"' in text and 'name="csrf"' in text
 
         # the seeded mail arrives (first poll right after start)
         count = 0

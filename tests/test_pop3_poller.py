@@ -117,6 +117,20 @@ def test_failures_back_off_exponentially_up_to_the_cap_and_success_resets() -> N
     assert p.health.next_poll_at - clock.seconds() == 300.0
 
 
+def test_failing_since_is_the_first_failure_of_the_episode_and_clears_on_success() -> None:
+    clock, fetch = Clock(), ScriptedFetch()
+    p = poller(clock, fetch, first_delay=0, backoff_base=10.0)
+    clock.advance(5)
+    fetch.fail()
+    assert p.health.failing_since == 5.0
+    clock.advance(p.health.next_poll_at - clock.seconds())
+    fetch.fail()
+    assert p.health.failing_since == 5.0 and p.health_dict()["failing_since"] == 5.0
+    clock.advance(p.health.next_poll_at - clock.seconds())
+    fetch.succeed()
+    assert p.health.failing_since is None
+
+
 def test_failed_pass_still_counts_what_it_delivered() -> None:
     clock, fetch = Clock(), ScriptedFetch()
     p = poller(clock, fetch, first_delay=0)

@@ -250,6 +250,25 @@ def build_service(
     )
     top.status.sending = top.sending  # type: ignore[attr-defined]
     top.metrics.sending = top.sending  # type: ignore[attr-defined]
+
+    # The household's web page (issue 18): IMAP's password table, pool and penalty.
+    from gateway.app.website import serve_web
+
+    top.web = serve_web(  # type: ignore[attr-defined]
+        top,
+        cfg,
+        reactor,
+        authenticator=authenticator,
+        run_blocking=run_blocking,
+        penalty=penalty,
+        pollers=pollers,
+        households=factory.households,
+        quotas=quotas,
+        store=store,
+        status=top.status,  # type: ignore[attr-defined]
+        server_tls=server_tls,
+        add_reload_hook=add_reload_hook,
+    )
     add_reload_hook(top, "users", _users_reloader(authenticator, store))
     add_reload_hook(top, "shared", _shared_reloader(factory.households, store))
     add_reload_hook(top, "quotas", lambda new: quotas.update(quota_limits(new)))
@@ -361,6 +380,8 @@ RESTART_ONLY = (
     "log_format",
     "submission",
     "sending",
+    "web",
+    "allow_insecure_listener",
 )
 """Config fields a reload does not apply; a change to one is logged as needing a restart."""
 

@@ -7,12 +7,16 @@ is present even when empty. Keys, by section:
 
 * ``version``, ``pid``, ``config``, ``state_dir``, ``started_at``, ``now``, ``uptime_seconds``;
 * ``listeners``: ``served`` (every listener: ``kind`` and ``endpoint``), ``imap`` (the plain
-  IMAP endpoints), ``managesieve`` and ``submission`` (endpoints), ``metrics`` (string or
-  None), ``control``;
+  IMAP endpoints), ``managesieve``, ``submission`` and ``web`` (endpoints), ``metrics``
+  (string or None), ``control``;
 * ``clients``: ``total``, ``by_state`` (RFC 3501 §3 state → count) and ``by_user``
   (user → state → count; connections not yet logged in only count in ``by_state``);
 * ``upstreams``: one dict per upstream: ``name``, ``owner``, ``folder``, ``host``,
   ``state`` (see :func:`upstream_state`), the poller's health fields and ``next_poll_in``;
+  and what the web page shows (:func:`upstream_extras`): ``node`` (the cluster node
+  holding it; None until clustering), ``failing_since`` (the first failure of the current
+  episode; None when not failing) and ``oauth2`` (``{"expires_at", "login_command"}``
+  for an OAuth2 upstream, None otherwise);
 * ``store``: ``path`` and ``size_bytes``;
 * ``recent_errors``: the last warning/error log events, oldest first (scrubbed);
 * ``submission`` (issue 15): ``enabled``, and ``queue``, one dict per upstream SMTP with
@@ -25,12 +29,14 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import shlex
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from gateway.app.metrics import file_size
 from gateway.core.display import printable_tree
+from gateway.oauth.tokenfile import TokenFileError, load_tokens, token_path
 
 RECENT_ERRORS_SHOWN = 10
 """How many of the recent errors the table shows (``--json`` has all that are kept)."""
@@ -45,6 +51,7 @@ _HEALTH_FIELDS = {
     "last_error_kind": "last_error_kind",
     "last_error_at": "last_error_at",
     "consecutive_failures": "consecutive_failures",
+    "failing_since": "failing_since",
     "messages_fetched": "fetched_total",
     "bytes_fetched": "bytes_total",
     "passes": "passes",
@@ -93,6 +100,41 @@ def upstream_state(health: Mapping[str, Any]) -> str:
     if health.get("last_success") is not None:
         return "ok"
     return "waiting"
+
+
+def upstream_extras(
+    poller: Any, health: Mapping[str, Any], *, state_dir: str, config_path: str
+) -> dict[str, Any]:
+    """The web page's per-upstream fields (issue 18): ``node``, ``failing_since`` and
+    ``oauth2``. ``failing_since`` is the earlier of the poller's (this process) and the
+    failure notifier's episode (kept on disk, so it survives a restart)."""
+    since = health.get("failing_since")
+    if health.get("consecutive_failures"):
+        episode = getattr(getattr(poller, "notifier", None), "episode", None)
+        kept = getattr(episode, "failing_since", None)
+        if isinstance(kept, int | float) and (since is None or kept < since):
+            since = kept
+    else:
+        since = None
+    up = getattr(poller, "upstream", None)
+    oauth2 = None
+    if getattr(up, "auth", None) == "oauth2":
+        oauth2 = oauth2_status(str(up.name), state_dir=state_dir, config_path=config_path)
+    return {"node": None, "failing_since": since, "oauth2": oauth2}
+
+
+def oauth2_status(name: str, *, state_dir: str, config_path: str) -> dict[str, Any]:
+    """An OAuth2 upstream's access-token expiry (None: not signed in, or the provider did
+    not say) and the command that signs it in again."""
+    try:
+        tokens = load_tokens(token_path(state_dir, name))
+    except (TokenFileError, OSError):
+        tokens = None
+    command = f"popgate oauth login --config {shlex.quote(config_path)} {shlex.quote(name)}"
+    return {
+        "expires_at": tokens.expires_at if tokens is not None else None,
+        "login_command": command,
+    }
 
 
 def clients(protocols: Iterable[Any]) -> dict[str, Any]:
@@ -196,6 +238,9 @@ class StatusSource:
                     "state": upstream_state(health),
                     **health,
                     "next_poll_in": None if next_at is None else max(0.0, next_at - now),
+                    **upstream_extras(
+                        poller, health, state_dir=self.state_dir, config_path=self.config_path
+                    ),
                 }
             )
         status: dict[str, Any] = {
@@ -212,6 +257,7 @@ class StatusSource:
                 "served": [{"kind": k, "endpoint": e} for k, e in self.served_listeners],
                 "metrics": self.metrics_listener,
                 "control": self.control_path,
+                "web": [e for k, e in self.served_listeners if k == "web"],
             },
             "clients": clients(getattr(self.factory, "protocols", ())),
             "upstreams": upstreams,
@@ -326,6 +372,8 @@ def render(status: Mapping[str, Any]) -> str:
         parts.append(f"metrics {listeners['metrics']}")
     if listeners.get("control"):
         parts.append(f"control {listeners['control']}")
+    if listeners.get("web"):
+        parts.append(f"web {', '.join(listeners['web'])}")
     lines.append("Listeners: " + "; ".join(parts))
     store = status.get("store", {})
     lines.append(f"Store: {store.get('path')} ({size(store.get('size_bytes'))})")

@@ -3,7 +3,8 @@
 An embedded POP3 upstream (gateway.testing.fakepop3.FakePOP3Server, a real POP3 server on a
 loopback port in this process) is seeded with generated, realistic mail; the gateway
 fetches from it exactly as from a provider and serves IMAP on 127.0.0.1. A new message
-arrives upstream every ``interval`` seconds so the user can watch it come in.
+arrives upstream every ``interval`` seconds so the user can watch it come in. The web page
+(issue 18) is served on 127.0.0.1 too, with the demo user as its admin.
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ UPSTREAM_USER = "demo@pop.example.net"
 UPSTREAM_PASSWORD = "upstream-demo-password"
 SEED_MESSAGES = 25
 DEMO_POLL = "15s"
+DEMO_WEB_PORT = 8025
 
 
-def banner(port: int, state_dir: Path, interval: float) -> str:
+def banner(port: int, state_dir: Path, interval: float, web_port: int = DEMO_WEB_PORT) -> str:
     return f"""
 popgate demo is running.
 
   IMAP server : 127.0.0.1:{port}  (plain, loopback only)
+  web page    : http://127.0.0.1:{web_port}/  (sign in with the same login)
   login       : {DEMO_USER} / {DEMO_PASSWORD}
   state       : {state_dir}  (delete it to start over)
 
@@ -51,12 +54,16 @@ Press Ctrl-C to stop.
 """
 
 
-def demo_config(state_dir: Path, port: int, upstream_port: int) -> configmod.Config:
+def demo_config(
+    state_dir: Path, port: int, upstream_port: int, web_port: int = DEMO_WEB_PORT
+) -> configmod.Config:
     """The demo's config, validated by the same code as a real file."""
     data = {
         "server": {
             "state_dir": str(state_dir),
             "imap": [f"tcp:{port}:interface=127.0.0.1"],
+            "web": [f"tcp:{web_port}:interface=127.0.0.1"],
+            "admins": [DEMO_USER],
             "log_format": "console",
         },
         "users": {DEMO_USER: {"password": hash_password(DEMO_PASSWORD)}},
@@ -77,7 +84,12 @@ def demo_config(state_dir: Path, port: int, upstream_port: int) -> configmod.Con
     return configmod.parse(data, "<demo>")
 
 
-def run(state_dir: str = "demo-state", port: int = 1143, interval: float = 60.0) -> int:
+def run(
+    state_dir: str = "demo-state",
+    port: int = 1143,
+    interval: float = 60.0,
+    web_port: int = DEMO_WEB_PORT,
+) -> int:
     from twisted.internet.task import LoopingCall
 
     from gateway.app.runner import run_reactor_with
@@ -96,7 +108,7 @@ def run(state_dir: str = "demo-state", port: int = 1143, interval: float = 60.0)
             # stable UIDLs: a restarted demo finds them in its ledger and fetches nothing twice
             upstream.add_message(raw, uidl=f"demo-seed-{i:04d}")
         listening = reactor.listenTCP(0, upstream, interface="127.0.0.1")
-        cfg = demo_config(state, port, listening.getHost().port)
+        cfg = demo_config(state, port, listening.getHost().port, web_port)
         svc = build_service(cfg, reactor)
 
         def new_mail() -> None:
@@ -111,7 +123,7 @@ def run(state_dir: str = "demo-state", port: int = 1143, interval: float = 60.0)
         ticker.start(interval, now=False)
         reactor.addSystemEventTrigger("before", "shutdown", ticker.stop)
         reactor.addSystemEventTrigger("before", "shutdown", listening.stopListening)
-        reactor.callLater(0, print, banner(port, state, interval), flush=True)
+        reactor.callLater(0, print, banner(port, state, interval, web_port), flush=True)
         return svc
 
     return run_reactor_with(build)

@@ -56,7 +56,12 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.cli import demo
 
-    return demo.run(state_dir=args.state_dir, port=args.port, interval=args.interval)
+    return demo.run(
+        state_dir=args.state_dir,
+        port=args.port,
+        interval=args.interval,
+        web_port=args.web_port or demo.DEMO_WEB_PORT,
+    )
 
 
 def add_parsers(sub: Any) -> None:
@@ -75,4 +80,5 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--state-dir", default="demo-state")
     p.add_argument("--port", type=int, default=1143)
     p.add_argument("--interval", type=float, default=60.0, help="seconds between new demo messages")
+    p.add_argument("--web-port", type=int, help="port of the web page (loopback; default 8025)")
     p.set_defaults(func=cmd_demo)

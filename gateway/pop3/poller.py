@@ -83,6 +83,7 @@ class PollerHealth:
     last_error_kind: str | None = None
     last_error_at: float | None = None
     consecutive_failures: int = 0
+    failing_since: float | None = None  # the first failure of the current episode
     fetched_total: int = 0
     bytes_total: int = 0
     passes: int = 0
@@ -284,6 +285,7 @@ class UpstreamPoller(Service):
         h.passes += 1
         h.last_success = self.reactor.seconds()
         h.consecutive_failures = 0
+        h.failing_since = None
         h.last_result = result
         h.fetched_total += result.fetched
         h.bytes_total += result.bytes
@@ -303,6 +305,8 @@ class UpstreamPoller(Service):
             h.backlog = partial.backlog
         h.consecutive_failures += 1
         h.last_error_at = self.reactor.seconds()
+        if h.failing_since is None:
+            h.failing_since = h.last_error_at
         h.last_error_kind = error.kind if isinstance(error, FetchError) else "internal"
         h.last_error = str(error) or type(error).__name__
         if not isinstance(error, FetchError):
@@ -393,6 +397,7 @@ class UpstreamPoller(Service):
             "last_error_kind": h.last_error_kind,
             "last_error_at": h.last_error_at,
             "consecutive_failures": h.consecutive_failures,
+            "failing_since": h.failing_since,
             "messages_fetched": h.fetched_total,
             "bytes_fetched": h.bytes_total,
             "passes": h.passes,

@@ -37,6 +37,8 @@ Table layout and why:
   active per owner (a partial unique index says so), so backups carry them with the mail.
   ``sieve_duplicate`` is the RFC 7352 duplicate-tracking record: (owner, handle, ID) with
   the time it expires, written in the transaction that files the message.
+* ``timeseries_point`` (version 7, the web page's history, issue 18) holds the points of
+  :mod:`gateway.store.sqlite_timeseries`: in the store's file, so a backup carries it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from collections.abc import Callable, Sequence
 
 from gateway.store.interfaces import StoreError
 from gateway.store.sqlite_queue import QUEUE_DDL
+from gateway.store.sqlite_timeseries import TIMESERIES_DDL
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -254,7 +257,12 @@ _V5_SIEVE = _statements(
 # (idempotent: a file whose queue tables exist already keeps them).
 _V6_QUEUE = _statements(*(s for s in QUEUE_DDL.split(";") if s.strip()))
 
-MIGRATIONS: Sequence[Migration] = (_V1, _V2, _V3, _V4, _V5_SIEVE, _V6_QUEUE)
+# Version 7 (web page history, issue 18): the table SQLiteTimeSeries used to create by itself on
+# the store's connection. Its DDL says IF NOT EXISTS, so a file where that already
+# happened upgrades in place, points kept.
+TIMESERIES = _statements(TIMESERIES_DDL)
+
+MIGRATIONS: Sequence[Migration] = (_V1, _V2, _V3, _V4, _V5_SIEVE, _V6_QUEUE, TIMESERIES)
 """Entry *i* takes a database from version *i* to *i + 1*. Append only."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,9 +1,10 @@
 """The :class:`~gateway.store.timeseries.TimeSeries` on SQLite: one table of points, keyed
 by (series, time), on the store's own connection or a file of its own.
 
-The table is created idempotently from :data:`TIMESERIES_DDL` when the object is built, so
-it can live in the main store file beside the mail (its history then survives restarts
-and backups with it) until the store's migrations take the DDL over.
+In the main store file the table is one of the store's migrations
+(:mod:`gateway.store.schema` runs :data:`TIMESERIES_DDL`), so the history survives
+restarts and backups with the mail; the object still creates it idempotently when built,
+for a file of its own (:meth:`SQLiteTimeSeries.open`) or a bare connection.
 """
 
 from __future__ import annotations

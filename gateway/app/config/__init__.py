@@ -7,7 +7,8 @@ and the service only ever sees a fully valid :class:`Config`.
 The package, along its seams: ``reader`` (the table walker, durations, sizes),
 ``settings`` (the dataclasses), ``sections`` (``[server]``, ``[limits]``, ``[users]``,
 ``[shared]``, ``[metrics]``, ``[tls]``, ``[security]``), ``upstreams``, ``listeners`` and
-``sending`` (``addresses``, ``[upstreams.smtp]``, ``[submission]``).
+``sending`` (``addresses``, ``[upstreams.smtp]``, ``[submission]``);
+``web`` (the web page's listeners and admins).
 :func:`parse` only runs them in order.
 """
 
@@ -46,8 +47,10 @@ from gateway.app.config.settings import (
     SubmissionSettings,
     TLSSettings,
     User,
+    WebListener,
 )
 from gateway.app.config.upstreams import parse_upstreams
+from gateway.app.config.web import parse_admins, parse_web
 from gateway.pop3.upstream import Upstream
 
 __all__ = [
@@ -64,6 +67,7 @@ __all__ = [
     "TLSSettings",
     "Upstream",
     "User",
+    "WebListener",
     "endpoint_is_local",
     "load",
     "parse",
@@ -130,6 +134,8 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
         ),
     )
     sending = parse_sending(path, problems, top.get("upstreams", list, []) or [], upstreams)
+    web = parse_web(path, problems, server.web, tls, server.allow_insecure)
+    admins = parse_admins(path, problems, server.admins, users_table)
     top.finish()
     if problems:
         raise ConfigError(problems)
@@ -150,4 +156,7 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
         managesieve=managesieve,
         submission=submission,
         sending=sending,
+        web=web,
+        admins=admins,
+        allow_insecure_listener=server.allow_insecure,
     )

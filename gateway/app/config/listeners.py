@@ -55,6 +55,7 @@ def served_listeners(cfg: Any) -> tuple[ServedListener, ...]:
         for listener in getattr(getattr(cfg, "submission", None), "listeners", ())
     ]
     served += [ServedListener("managesieve", m.endpoint) for m in getattr(cfg, "managesieve", ())]
+    served += [ServedListener("web", w.endpoint) for w in getattr(cfg, "web", ())]
     return tuple(served)
 
 

@@ -52,10 +52,13 @@ class Server:
     submission: list[Any] = field(default_factory=list)
     """``submission``/``submissions`` endpoints (issue 15), checked by the listener rules."""
     submissions: list[Any] = field(default_factory=list)
+    web: list[Any] = field(default_factory=list)  # checked by config/web.py
+    admins: list[Any] = field(default_factory=list)
 
 
 def parse_server(top: Reader) -> Server:
-    """``[server]``: state directory, IMAP endpoints, logging."""
+    """``[server]``: state directory, IMAP endpoints, logging; the web page's ``web`` and
+    ``admins`` are only read here (config/web.py checks them against [tls] and [users])."""
     path, problems = top.path, top.problems
     server_table = top.get("server", dict, {})
     server = Reader(path, problems, "server", server_table or {})
@@ -92,6 +95,8 @@ def parse_server(top: Reader) -> Server:
         server.problem("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
     submission = server.get("submission", list, [])
     submissions = server.get("submissions", list, [])
+    web = server.get("web", list, [])
+    admins = server.get("admins", list, [])
     server.finish()
     return Server(
         server,
@@ -104,6 +109,8 @@ def parse_server(top: Reader) -> Server:
         log_format,
         submission or [],
         submissions or [],
+        web or [],
+        admins or [],
     )
 
 

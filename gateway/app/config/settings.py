@@ -80,6 +80,22 @@ class Listener:
 
 
 @dataclass(frozen=True)
+class WebListener:
+    """One ``[server] web`` listener of the web page (gateway/app/config/web.py).
+
+    ``endpoint`` is as written; ``listen`` is what is bound (``tcp:`` for an ``ssl:``
+    listener on the ``[tls]`` certificate). ``tls``: "none" (plain HTTP), "implicit"
+    (HTTPS with the ``[tls]`` certificate, reloaded on SIGHUP) or "endpoint" (an
+    ``ssl:`` endpoint with its own ``privateKey``/``certKey``).
+    """
+
+    endpoint: str
+    listen: str
+    tls: str = "none"
+    local: bool = False
+
+
+@dataclass(frozen=True)
 class TLSSettings:
     """``[tls]``: the server certificate for STARTTLS and IMAPS (reloaded on SIGHUP)."""
 
@@ -120,6 +136,12 @@ class Config:
     """``[server] managesieve``: ManageSieve (RFC 5804) listeners; none by default."""
     submission: SubmissionSettings = field(default_factory=lambda: SubmissionSettings())
     sending: tuple[Sending, ...] = ()
+
+    # the web page (issue 18): its listeners, its admins, and whether plain HTTP may
+    # take passwords from other machines (server.allow_insecure_listener)
+    web: tuple[WebListener, ...] = ()
+    admins: tuple[str, ...] = ()
+    allow_insecure_listener: bool = False
 
 
 # ---- sending mail (issue 15): [server] submission/submissions, [submission], smtp --------
