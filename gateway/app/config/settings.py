@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.core.limits import DEFAULT_MAX_MESSAGE_SIZE
+from gateway.imap.policy import IMAPLimits
 from gateway.pop3.upstream import Upstream
 from gateway.submission.policy import (
     DEFAULT_MAX_MESSAGE_SIZE as DEFAULT_SUBMISSION_SIZE,
@@ -29,12 +30,15 @@ DEFAULT_METRICS_LISTEN = "tcp:9143:interface=127.0.0.1"
 
 @dataclass(frozen=True)
 class Limits:
+    """``[limits]``: what an operator may change of the IMAP server's bounds. The defaults
+    are the server's own (:class:`~gateway.imap.policy.IMAPLimits`), defined there once."""
+
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    max_line_length: int = 64 * 1024
-    max_pipelined_commands: int = 100
-    prelogin_timeout: float = 60.0
-    idle_timeout: float = 30 * 60.0
-    idle_command_timeout: float = 60 * 60.0
+    max_line_length: int = IMAPLimits.max_line_length
+    max_pipelined_commands: int = IMAPLimits.max_pipelined_commands
+    prelogin_timeout: float = IMAPLimits.prelogin_timeout
+    idle_timeout: float = IMAPLimits.idle_timeout
+    idle_command_timeout: float = IMAPLimits.idle_command_timeout
 
 
 @dataclass(frozen=True)
