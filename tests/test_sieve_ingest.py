@@ -204,9 +204,9 @@ def test_the_script_cache_compiles_each_text_once(monkeypatch) -> None:
     calls = []
     import gateway.access.filtering as filtering_module
 
-    def counting(text):
+    def counting(text, **kwargs):
         calls.append(text)
-        return compile_script(text)
+        return compile_script(text, **kwargs)
 
     monkeypatch.setattr(filtering_module, "compile_script", counting)
     cache = ScriptCache(size=2)

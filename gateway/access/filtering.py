@@ -35,15 +35,19 @@ from typing import Any
 
 import structlog
 
+from gateway.access.outbound import Outcome, SieveOutbound
 from gateway.sieve import (
     Discard,
     Envelope,
     FileInto,
     Keep,
+    Redirect,
     Result,
     Script,
     SieveSyntaxError,
+    Vacation,
     compile_script,
+    is_sending,
     run,
 )
 from gateway.store.interfaces import (
@@ -64,11 +68,12 @@ SCRIPT_CACHE_SIZE = 256
 change, not once per message)."""
 
 
-def check_script(text: str) -> None:
+def check_script(text: str, *, sending: bool = False) -> None:
     """The ManageSieve and CLI checker: raises SieveSyntaxError (``line``, ``column``,
-    ``message``) for a script that must be refused at upload, including actions that need
-    sending (``redirect``, ``vacation``, ``reject``) until the submission relay exists."""
-    compile_script(text)
+    ``message``) for a script that must be refused at upload. ``sending``: the owner has
+    an upstream with ``[upstreams.smtp]``, so ``redirect`` and ``vacation`` are allowed
+    (otherwise refused, naming why); ``reject``/``ereject`` are always refused."""
+    compile_script(text, sending=sending)
 
 
 class ScriptCache:
@@ -85,7 +90,9 @@ class ScriptCache:
         found = self._items.get(key)
         if found is None:
             try:
-                found = compile_script(text)
+                # A stored script passed the upload check; whether its redirect or
+                # vacation can send is decided per message (gateway/access/outbound.py).
+                found = compile_script(text, sending=True)
             except SieveSyntaxError as e:
                 found = e
             self._items[key] = found
@@ -185,9 +192,10 @@ class StoreEnvironment:
                 self.marked[key] = now + record.period
 
 
-def route(result: Result, delivery: Delivery, default: str) -> Routed:
+def route(result: Result, delivery: Delivery, default: str, sent: Outcome | None = None) -> Routed:
     """A Sieve outcome as store targets: Keep → the default folder, FileInto → its
-    mailbox, Discard → nothing (only the ledger row)."""
+    mailbox, Discard → nothing (only the ledger row); ``sent`` adds the redirects and
+    vacation replies to queue with it, and their response records."""
     targets: list[Target] = []
     for action in result.actions:
         if isinstance(action, Keep):
@@ -195,9 +203,19 @@ def route(result: Result, delivery: Delivery, default: str) -> Routed:
         elif isinstance(action, FileInto):
             targets.append(Target(action.mailbox, action.flags, action.create))
         else:
-            assert isinstance(action, Discard)
+            assert isinstance(action, Discard | Redirect | Vacation)
     marks = tuple(DuplicateRecord(d.handle, d.id, d.period, d.last) for d in result.duplicates)
-    return Routed(delivery, tuple(targets), marks)
+    if sent is None:
+        return Routed(delivery, tuple(targets), marks)
+    if sent.keep_instead and not any(t.mailbox == default for t in targets):
+        targets.append(Target(default, (), create=True))  # never lose a redirect
+    return Routed(
+        delivery,
+        tuple(targets),
+        marks + tuple(sent.duplicates),
+        tuple(sent.outbound),
+        sent.lifetime,
+    )
 
 
 class SieveDelivery:
@@ -215,7 +233,13 @@ class SieveDelivery:
         addresses: Mapping[str, str | None] | None = None,
         clock: Callable[[], float] = time.time,
         cache: ScriptCache | None = None,
+        outbound: SieveOutbound | None = None,
+        on_queued: Callable[[], Any] | None = None,
     ) -> None:
+        self.outbound = outbound
+        """How redirect/vacation send (None: they send nothing and a redirect keeps);
+        the app sets it (and ``on_queued``, the relay's kick) once the relay is built."""
+        self.on_queued = on_queued
         self.base = ledger
         self.mail = mail
         self.scripts = scripts
@@ -256,10 +280,10 @@ class SieveDelivery:
                 items.append(Routed(delivery, ()))
                 continue
             batch.add((delivery.upstream, delivery.uidl))
+            envelope = envelope_for(delivery.raw, self.addresses.get(delivery.upstream))
             if script is None:
                 result = Result([Keep()], True, error)
             else:
-                envelope = envelope_for(delivery.raw, self.addresses.get(delivery.upstream))
                 result = run(script, delivery.raw, envelope, env)
             if result.error is not None:
                 log.warning(
@@ -270,11 +294,33 @@ class SieveDelivery:
                     script=active.name,
                     error=result.error,
                 )
-            routed = route(result, delivery, mailbox)
+            sent = self._sends(owner, result, delivery, envelope, env)
+            routed = route(result, delivery, mailbox, sent)
             env.committing(routed)
             items.append(routed)
         filed = self.base.deliver_routed(owner, mailbox, items, dedup=dedup)
+        if self.on_queued is not None and any(
+            r.outbound and f is not None for r, f in zip(items, filed, strict=True)
+        ):
+            self.on_queued()
         return [_first_uid(f) for f in filed]
+
+    def _sends(
+        self,
+        owner: str,
+        result: Result,
+        delivery: Delivery,
+        envelope: Envelope,
+        env: StoreEnvironment,
+    ) -> Outcome | None:
+        """Queue items for the run's redirect/vacation actions (gateway/access/outbound.py)."""
+        if not any(is_sending(a) for a in result.actions):
+            return None
+        if self.outbound is None:
+            log.warning("sieve.sending_unavailable", owner=owner, uidl=delivery.uidl)
+            redirected = any(isinstance(a, Redirect) and not a.copy for a in result.actions)
+            return Outcome(keep_instead=redirected)
+        return self.outbound.outcome(owner, result, delivery, envelope, env, self.clock())
 
     def deliver_routed(
         self, owner: str, default: str, items: Sequence[Routed], *, dedup: bool = False

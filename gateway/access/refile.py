@@ -5,8 +5,9 @@ and describing a Sieve outcome one action a line, as Pigeonhole's ``sieve-test``
 Refiling uses normal store copies and moves (RFC 6851 MOVE semantics: one transaction per
 message), so IMAP clients watching either mailbox see EXPUNGE/EXISTS as for any move.
 What refiling never does: delete mail (a ``discard`` leaves the message where it is),
-record RFC 7352 duplicate IDs (the messages were delivered long ago), or touch a message
-the script keeps (``keep``/implicit keep leaves it in place, adding any flags).
+record RFC 7352 duplicate IDs (the messages were delivered long ago), send mail (a
+``redirect`` or ``vacation`` is for mail as it arrives; a redirected message stays where it
+is), or touch a message the script keeps (``keep``/implicit keep leaves it in place, adding any flags).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from gateway.access.filtering import ScriptCache, StoreEnvironment, envelope_for
-from gateway.sieve import Discard, FileInto, Keep, Result, run
+from gateway.sieve import Discard, FileInto, Keep, Redirect, Result, Vacation, run
 from gateway.store.interfaces import MailboxNotFound, MailStore
 from gateway.store.rules import filing_flags, filing_name
 from gateway.store.scripts import ScriptStore
@@ -29,6 +30,12 @@ def describe(result: Result) -> list[str]:
     for action in result.actions:
         if isinstance(action, Discard):
             lines.append("discard")
+            continue
+        if isinstance(action, Redirect):
+            lines.append(f'redirect{" :copy" if action.copy else ""} "{action.address}"')
+            continue
+        if isinstance(action, Vacation):
+            lines.append(f"vacation (at most once per {action.period} s per sender)")
             continue
         if isinstance(action, Keep):
             text = "keep"

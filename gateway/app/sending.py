@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 from twisted.application import service, strports
 
+from gateway.access.outbound import SendingRoute, SieveOutbound
 from gateway.app import config as configmod
 from gateway.core.flags import SENT_USE
 from gateway.store.interfaces import INBOX, SHARED_OWNER_PREFIX, MailboxExists, MailboxNotFound
@@ -29,6 +30,8 @@ from gateway.store.sqlite_queue import SQLiteOutboundQueue
 from gateway.submission.accept import Acceptor
 from gateway.submission.client import RelayOutcome, relay_message
 from gateway.submission.policy import (
+    RateLimiter,
+    Refusal,
     SenderPolicy,
     SmtpUpstream,
     SubmissionLimits,
@@ -67,17 +70,71 @@ def routes_from_config(cfg: configmod.Config) -> list[SubmissionRoute]:
     return routes
 
 
+class SieveSending:
+    """:class:`gateway.access.outbound.Sending` from the config: an owner's Sieve mail
+    leaves through the SMTP of the upstream that fetched the message, else through the
+    first of the owner's upstreams with ``[upstreams.smtp]`` and addresses; it counts
+    against the same per-user hourly cap as submitted mail (``rate``: the submission
+    server's own limiter, so a script and a client share one budget)."""
+
+    def __init__(
+        self,
+        sending: tuple[configmod.Sending, ...],
+        *,
+        lifetime: float,
+        rate: RateLimiter,
+    ) -> None:
+        self.lifetime = lifetime
+        self.rate = rate
+        self._routes: dict[str, list[SendingRoute]] = {}
+        self._by_upstream: dict[str, SendingRoute] = {}
+        self._addresses: dict[str, list[str]] = {}
+        for entry in sending:
+            self._addresses.setdefault(entry.owner, []).extend(entry.addresses)
+            if entry.smtp is None or not entry.addresses:
+                continue
+            route = SendingRoute(entry.upstream, entry.addresses)
+            self._routes.setdefault(entry.owner, []).append(route)
+            self._by_upstream[entry.upstream] = route
+
+    def route_for(self, owner: str, upstream: str) -> SendingRoute | None:
+        own = self._routes.get(owner)
+        if not own:
+            return None
+        found = self._by_upstream.get(upstream)
+        return found if found in own else own[0]
+
+    def own_addresses(self, owner: str) -> tuple[str, ...]:
+        return tuple(self._addresses.get(owner, ()))
+
+    def allow(self, owner: str, now: float) -> bool:
+        try:
+            self.rate.check(owner, now)
+        except Refusal:
+            return False
+        self.rate.record(owner, now)
+        return True
+
+
+def sieve_outbound(cfg: configmod.Config, rate: RateLimiter | None = None) -> SieveOutbound:
+    """The Sieve side of sending, for ingest and for the upload check (``can_send``)."""
+    limiter = rate if rate is not None else RateLimiter(cfg.submission.max_messages_per_hour)
+    sending = SieveSending(cfg.sending, lifetime=cfg.submission.queue_lifetime, rate=limiter)
+    return SieveOutbound(sending, socket.gethostname() or "localhost")
+
+
 def wanted(cfg: configmod.Config) -> bool:
     """Run the relay when something can submit or send (listeners or an SMTP upstream)."""
     return bool(cfg.submission.listeners) or any(s.smtp is not None for s in cfg.sending)
 
 
 def outbound_queue(store: Any) -> OutboundQueue:
-    """The queue in the store's own SQLite file (schema version 4), or in memory for a
-    store without one (the demo's)."""
+    """The queue in the store's own SQLite file (schema version 6), or the memory store's
+    own (the demo's): where Sieve's routed deliveries queue redirects and replies."""
     db = getattr(store, "db", None)
     if db is None:
-        return MemoryOutboundQueue()
+        found = getattr(getattr(store, "state", None), "outbound", None)
+        return found if found is not None else MemoryOutboundQueue()
     return SQLiteOutboundQueue(db)
 
 
@@ -173,8 +230,11 @@ def build_sending(
     server_tls: Any,
     imap_factory: Any,
     token_sources: Mapping[str, Any],
+    sieve_delivery: Any = None,
 ) -> SendingParts | None:
-    """The relay and its listeners as children of ``top`` (None when nothing sends)."""
+    """The relay and its listeners as children of ``top`` (None when nothing sends).
+    ``sieve_delivery`` (the fetcher's :class:`~gateway.access.filtering.SieveDelivery`)
+    gets the way to queue Sieve's redirects and vacation replies, and the relay's kick."""
     if not wanted(cfg):
         return None
     hostname = socket.gethostname() or "localhost"
@@ -230,6 +290,9 @@ def build_sending(
     )
     _listen(top, sub.listeners, factory, server_tls, reactor)
     imap_factory.sent_append = filing
+    if sieve_delivery is not None:
+        sieve_delivery.outbound = sieve_outbound(cfg, factory.rate)
+        sieve_delivery.on_queued = relay.kick
     log.info(
         "submission.enabled",
         listeners=[listener.endpoint for listener in sub.listeners],

@@ -247,6 +247,7 @@ def build_service(
         server_tls=server_tls,
         imap_factory=factory,
         token_sources=token_sources,
+        sieve_delivery=delivery_store,
     )
     top.status.sending = top.sending  # type: ignore[attr-defined]
     top.metrics.sending = top.sending  # type: ignore[attr-defined]

@@ -6,7 +6,9 @@ logins (the IMAP password table, reloaded with it), the same login penalty objec
 failures on either protocol count together), the same ``[tls]`` certificate for STARTTLS,
 and the same rule for passwords in clear (only on local listeners; elsewhere after
 STARTTLS). Scripts live in the store (:class:`~gateway.store.scripts.ScriptStore`), and
-uploads are checked by the real Sieve compiler (:func:`gateway.access.filtering.check_script`).
+uploads are checked by the real Sieve compiler (:func:`gateway.access.filtering.check_script`),
+with ``redirect``/``vacation`` allowed only for an owner whose upstreams can send
+(:func:`owner_can_send`).
 A user manages only their own scripts (owner = user name); a household's script (owner
 ``shared:NAME``) is edited by an admin with ``popgate sieve`` (README, "Filtering with Sieve").
 
@@ -29,7 +31,7 @@ from gateway.access.filtering import ScriptCache, check_script
 from gateway.access.refile import NoActiveScript, RefileReport, refile
 from gateway.app import config as configmod
 from gateway.app.control import ControlError
-from gateway.sieve import EXTENSIONS, SieveSyntaxError
+from gateway.sieve import EXTENSIONS, MAX_REDIRECTS, SieveSyntaxError
 from gateway.store.interfaces import MailboxNotFound
 
 PROGRESS_EVERY = 100
@@ -65,10 +67,13 @@ def add_managesieve(
         max_connections_per_ip=cfg.security.max_connections_per_ip,
         max_connections_per_user_ip=cfg.security.max_connections_per_user_ip,
     )
+    can_send = owner_can_send(cfg)
     factory = ManageSieveFactory(
         store,
         authenticator,
         check_script,
+        owner_checker=lambda owner, text: check_script(text, sending=can_send(owner)),
+        max_redirects=MAX_REDIRECTS if any(s.smtp for s in cfg.sending) else None,
         reactor=reactor,
         run_blocking=lambda call: deferToThreadPool(reactor, password_pool, call),
         sieve_extensions=EXTENSIONS,
@@ -81,6 +86,14 @@ def add_managesieve(
         wrapped = ListenerFactory(factory, ListenerPolicy(plaintext_auth=listener.plaintext_auth))
         strports.service(listener.endpoint, wrapped, reactor=reactor).setServiceParent(top)
     return factory
+
+
+def owner_can_send(cfg: configmod.Config) -> Callable[[str], bool]:
+    """Whether an owner's script may use ``redirect``/``vacation``: the owner has an
+    upstream with ``[upstreams.smtp]`` and addresses (gateway/app/sending.py routes it)."""
+    from gateway.app.sending import sieve_outbound
+
+    return sieve_outbound(cfg).can_send
 
 
 def sieve_run_handler(

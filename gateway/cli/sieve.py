@@ -46,13 +46,27 @@ def _read_script(path: str) -> str | None:
         return None
 
 
-def _checked(text: str, path: str) -> bool:
+def _sending(args: argparse.Namespace) -> bool:
+    """Whether USER (``args.user``) may upload ``redirect``/``vacation``: one of their
+    upstreams has ``[upstreams.smtp]`` (False without a user or a readable config)."""
+    from gateway.app.sievecmd import owner_can_send
+
+    if getattr(args, "user", None) is None:
+        return False
+    cfg = load_config(args.config)
+    if cfg is None:
+        return False
+    owner = _owner(cfg, args.user)
+    return owner is not None and owner_can_send(cfg)(owner)
+
+
+def _checked(text: str, path: str, sending: bool = False) -> bool:
     """True if the script compiles; else prints ``FILE:LINE:COLUMN: message``."""
     from gateway.access.filtering import check_script
     from gateway.sieve import SieveSyntaxError
 
     try:
-        check_script(text)
+        check_script(text, sending=sending)
     except SieveSyntaxError as e:
         print(f"{path}:{e.line}:{e.column}: {e.message}", file=sys.stderr)
         return False
@@ -83,7 +97,7 @@ def _with_store(args: argparse.Namespace, work: Any) -> int:
 def cmd_put(args: argparse.Namespace) -> int:
     """Upload (create or replace) a script after checking it; ``--activate`` too."""
     text = _read_script(args.file)
-    if text is None or not _checked(text, args.file):
+    if text is None or not _checked(text, args.file, _sending(args)):
         return EXIT_FAILED
 
     def work(store: Any, owner: str) -> int:
@@ -141,9 +155,11 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Compile a script file as an upload would (``FILE:LINE:COLUMN: message`` if not)."""
+    """Compile a script file as an upload would (``FILE:LINE:COLUMN: message`` if not);
+    ``--user`` checks it for that owner (``redirect``/``vacation`` need an upstream that
+    can send)."""
     text = _read_script(args.file)
-    if text is None or not _checked(text, args.file):
+    if text is None or not _checked(text, args.file, _sending(args)):
         return EXIT_FAILED
     print(f"{args.file}: ok")
     return EXIT_OK
@@ -166,7 +182,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     override = None
     if args.script:
         override = _read_script(args.script)
-        if override is None or not _checked(override, args.script):
+        if override is None or not _checked(override, args.script, sending=True):
             return EXIT_FAILED
 
     def work(store: Any, owner: str) -> int:
@@ -177,7 +193,7 @@ def cmd_test(args: argparse.Namespace) -> int:
                 print(f"popgate: {owner} has no active script (use --script)", file=sys.stderr)
                 return EXIT_FAILED
             text = active.text
-            if not _checked(text, f"{owner}'s active script"):
+            if not _checked(text, f"{owner}'s active script", sending=True):
                 return EXIT_FAILED
         envelope = envelope_for(raw, None)
         if args.envelope_to or args.envelope_from is not None:
@@ -186,7 +202,8 @@ def cmd_test(args: argparse.Namespace) -> int:
                 args.envelope_to or envelope.rcpt_to,
             )
         env = StoreEnvironment(store, store, owner, time.time)
-        for line in describe(run(compile_script(text), raw, envelope, env)):
+        script = compile_script(text, sending=True)  # shows what would be sent
+        for line in describe(run(script, raw, envelope, env)):
             print(line)
         return EXIT_OK
 
@@ -249,7 +266,9 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("name", nargs="?")
     c.add_argument("--none", action="store_true", help="deactivate: no script runs")
     command("delete", cmd_delete, "delete a script (not the active one)").add_argument("name")
-    command("check", cmd_check, "compile a script file", user=False).add_argument("file")
+    c = command("check", cmd_check, "compile a script file", user=False)
+    c.add_argument("file")
+    c.add_argument("--user", help="check as an upload by this user (may they redirect?)")
     c = command("test", cmd_test, "print where a message would go, one line per action")
     c.add_argument("message", help="the message file (.eml)")
     c.add_argument("--script", help="this script instead of the active one")

@@ -39,6 +39,7 @@ from gateway.managesieve.parser import (
 from gateway.managesieve.session import (
     Close,
     ManageSieveSession,
+    OwnerChecker,
     OwnerOf,
     ReadString,
     Refused,
@@ -148,6 +149,8 @@ class ManageSieveProtocol(Protocol):
             factory.checker,
             sieve_extensions=factory.sieve_extensions,
             owner_of=factory.owner_of,
+            owner_checker=factory.owner_checker,
+            max_redirects=factory.max_redirects,
             peer=self.peer,
             tls_active=ISSLTransport.providedBy(self.transport),
             tls_available=factory.tls_context_factory is not None,
@@ -451,8 +454,11 @@ class ManageSieveFactory(Factory):
     """Builds :class:`ManageSieveProtocol` connections sharing one script store,
     authenticator, checker and login penalty.
 
-    ``checker(script_text)`` validates Sieve (the Sieve engine's); ``sieve_extensions``
-    is what the SIEVE capability lists; ``owner_of(user)`` maps a canonical user to the
+    ``checker(script_text)`` validates Sieve (the Sieve engine's); ``owner_checker(owner,
+    script_text)``, when given, is used instead with the script's owner (whether
+    ``redirect``/``vacation`` are allowed depends on the owner's upstreams);
+    ``max_redirects`` is the MAXREDIRECTS capability (None: not announced);
+    ``sieve_extensions`` is what the SIEVE capability lists; ``owner_of(user)`` maps a canonical user to the
     script owner (households); ``run_blocking(call) -> Deferred`` runs the password
     check off the reactor thread; ``penalty`` should be the one the IMAP factory uses, so
     failures on either protocol count together. ``allow_plaintext_auth`` false means
@@ -474,10 +480,14 @@ class ManageSieveFactory(Factory):
         allow_plaintext_auth: bool = True,
         clock: IReactorTime | None = None,
         penalty: AuthPenalty | None = None,
+        owner_checker: OwnerChecker | None = None,
+        max_redirects: int | None = None,
     ) -> None:
         self.store = store
         self.authenticator = authenticator
         self.checker = checker
+        self.owner_checker = owner_checker
+        self.max_redirects = max_redirects
         self.reactor = reactor
         self.run_blocking = run_blocking
         self.sieve_extensions = tuple(sieve_extensions)

@@ -141,6 +141,10 @@ class ScriptChecker(Protocol):
     def __call__(self, script: str) -> Iterable[str] | None: ...
 
 
+OwnerChecker = Callable[[str, str], Iterable[str] | None]
+"""``(owner, script)`` → like :class:`ScriptChecker`, for checks that depend on the owner
+(``redirect``/``vacation`` need the owner to have an upstream that can send)."""
+
 OwnerOf = Callable[[str], str]
 """Canonical user name → the script owner (identity unless the integrator maps it)."""
 
@@ -202,6 +206,8 @@ class ManageSieveSession:
         *,
         sieve_extensions: Iterable[str] = (),
         owner_of: OwnerOf | None = None,
+        owner_checker: OwnerChecker | None = None,
+        max_redirects: int | None = None,
         peer: str = "",
         tls_active: bool = False,
         tls_available: bool = False,
@@ -212,6 +218,8 @@ class ManageSieveSession:
         self.checker = checker
         self.sieve_extensions = tuple(sieve_extensions)
         self.owner_of: OwnerOf = owner_of if owner_of is not None else _identity
+        self.owner_checker = owner_checker
+        self.max_redirects = max_redirects
         self.peer = peer
         self.tls_active = tls_active
         self.tls_available = tls_available
@@ -232,13 +240,16 @@ class ManageSieveSession:
     def capability_lines(self) -> bytes:
         """RFC 5804 §1.7 capability response lines (without the final OK). SASL is empty
         while passwords are refused here; STARTTLS only while it can still be done;
-        OWNER once logged in. MAXREDIRECTS and NOTIFY are left out: nothing can send
-        mail yet, so no redirect or notify action is allowed."""
+        OWNER once logged in; MAXREDIRECTS when the server can redirect (RFC 5804 §1.7:
+        the most redirects one script run may do). NOTIFY is left out (no notify
+        extension)."""
         caps: list[tuple[str, str | None]] = [("IMPLEMENTATION", IMPLEMENTATION)]
         if self.state is State.NON_AUTHENTICATED:
             mechanisms = " ".join(SASL_MECHANISMS) if self.auth_permitted() else ""
             caps.append(("SASL", mechanisms))
         caps.append(("SIEVE", " ".join(self.sieve_extensions)))
+        if self.max_redirects is not None:
+            caps.append(("MAXREDIRECTS", str(self.max_redirects)))
         if self.state is State.NON_AUTHENTICATED and self.tls_available and not self.tls_active:
             caps.append(("STARTTLS", None))
         if self.owner is not None and self.user is not None:
@@ -400,7 +411,10 @@ class ManageSieveSession:
         if script_size(text) > self.store.limits.max_script_size:
             raise ScriptTooLarge("script too large")
         try:
-            warnings = self.checker(text)
+            if self.owner_checker is not None and self.owner is not None:
+                warnings = self.owner_checker(self.owner, text)
+            else:
+                warnings = self.checker(text)
         except Exception as exc:
             line, column = getattr(exc, "line", None), getattr(exc, "column", None)
             message = getattr(exc, "message", None)

@@ -35,7 +35,33 @@ class Discard:
     """The script discarded the message (RFC 5228 §4.4); other actions may still file it."""
 
 
-Action = Keep | FileInto | Discard
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """Send the message on to `address` (RFC 5228 §4.2). Without `copy` it cancels the
+    implicit keep; with `copy` (RFC 3894 §3) the message is also kept."""
+
+    address: str
+    copy: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Vacation:
+    """Answer the sender with `reason` at most once per `period` seconds per sender and
+    `handle` (RFC 5230 §4; `:seconds` of RFC 6131). Whether a reply is actually due (the
+    sender's history, auto-submitted mail, lists, RFC 5230 §4.5) is the caller's decision:
+    only it knows the user's addresses and the response record. Does not cancel the
+    implicit keep (RFC 5230 §4.7)."""
+
+    reason: str
+    handle: str
+    period: int
+    subject: str | None = None
+    from_address: str | None = None
+    addresses: tuple[str, ...] = ()
+    mime: bool = False
+
+
+Action = Keep | FileInto | Discard | Redirect | Vacation
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +93,11 @@ class Result:
             elif isinstance(action, FileInto):
                 out[action.mailbox] = action.flags
         return out
+
+
+def is_sending(action: Action) -> bool:
+    """True for the actions that send mail (through the submission relay)."""
+    return isinstance(action, Redirect | Vacation)
 
 
 def is_inbox(name: str) -> bool:

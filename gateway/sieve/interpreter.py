@@ -29,14 +29,23 @@ from gateway.sieve.actions import (
     DuplicateMark,
     FileInto,
     Keep,
+    Redirect,
     Result,
+    Vacation,
     is_inbox,
     merge_flags,
 )
 from gateway.sieve.errors import SieveRuntimeError
 from gateway.sieve.matching import check_regex, match, quote_regex, quote_wildcard
 from gateway.sieve.message import Address, SieveMessage, parse_addresses
-from gateway.sieve.validator import Node, Script
+from gateway.sieve.validator import (
+    MAX_REDIRECTS,
+    VACATION_DEFAULT_DAYS,
+    VACATION_MAX_DAYS,
+    VACATION_MIN_DAYS,
+    Node,
+    Script,
+)
 
 MAX_ACTIONS = 32
 """Most actions one run may take (Pigeonhole's sieve_max_actions); more is a runtime error."""
@@ -156,6 +165,10 @@ class _Run:
             self.flag_command(node)
         elif name == "set":
             self.set_variable(node)
+        elif name == "redirect":
+            self.redirect(node)
+        elif name == "vacation":
+            self.vacation(node)
         else:  # validated scripts hold no other command
             raise SieveRuntimeError(f"line {node.line}: unsupported command {name}")
 
@@ -185,6 +198,55 @@ class _Run:
             self.flags = new
         else:
             self.variables[variable.lower()] = " ".join(new)
+
+    def redirect(self, node: Node) -> None:
+        """RFC 5228 §4.2: one address; a repeat to the same address is one redirect."""
+        address = self.expand(node.args[0]).strip()
+        parsed = parse_addresses(address)
+        if len(parsed) != 1 or parsed[0].domain is None or not parsed[0].localpart:
+            raise SieveRuntimeError(f'line {node.line}: redirect to an invalid address "{address}"')
+        target = parsed[0].all
+        if not any(
+            isinstance(a, Redirect) and a.address.lower() == target.lower() for a in self.actions
+        ):
+            redirects = sum(isinstance(a, Redirect) for a in self.actions)
+            if redirects >= MAX_REDIRECTS:
+                raise SieveRuntimeError(f"more than {MAX_REDIRECTS} redirects")
+            self.add(Redirect(target, bool(node.tags.get("copy"))))
+        if not node.tags.get("copy"):
+            self.implicit_keep = False
+
+    def vacation(self, node: Node) -> None:
+        """RFC 5230 §4: at most one per run (§4.7 makes a second one an error)."""
+        if any(isinstance(a, Vacation) for a in self.actions):
+            raise SieveRuntimeError(f"line {node.line}: vacation more than once")
+        kind, amount = node.tags.get("period", ("days", VACATION_DEFAULT_DAYS))
+        if kind == "days":
+            period = min(max(amount, VACATION_MIN_DAYS), VACATION_MAX_DAYS) * 86400
+        else:  # RFC 6131 §2: :seconds 0 means "always reply"; capped like :days
+            period = min(amount, VACATION_MAX_DAYS * 86400)
+        reason = self.expand(node.args[0])
+        subject = node.tags.get("subject")
+        sender = node.tags.get("from")
+        addresses = tuple(self.expand_all(node.tags.get("addresses", ())))
+        mime = bool(node.tags.get("mime"))
+        handle = node.tags.get("handle")
+        if handle is None:
+            # RFC 5230 §4.2: without :handle, the reply's content identifies it
+            handle = "\x00".join(
+                [reason, subject or "", sender or "", " ".join(addresses), str(mime)]
+            )
+        self.add(
+            Vacation(
+                reason=reason,
+                handle=self.expand(handle),
+                period=period,
+                subject=None if subject is None else self.expand(subject),
+                from_address=None if sender is None else self.expand(sender),
+                addresses=addresses,
+                mime=mime,
+            )
+        )
 
     def get(self, name: str) -> str:
         return self.variables.get(name.lower(), "")
@@ -378,6 +440,9 @@ def _merge(actions: list[Action]) -> list[Action]:
     out: list[Action] = []
     where: dict[str, int] = {}
     for action in actions:
+        if isinstance(action, Redirect | Vacation):
+            out.append(action)
+            continue
         if isinstance(action, Discard):
             if not any(isinstance(a, Discard) for a in out):
                 out.append(action)

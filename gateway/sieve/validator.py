@@ -30,6 +30,8 @@ EXTENSIONS = frozenset(
         "index",
         "regex",
         "duplicate",
+        "vacation",
+        "vacation-seconds",
         "encoded-character",
         "comparator-i;ascii-numeric",
         "comparator-i;octet",
@@ -38,8 +40,42 @@ EXTENSIONS = frozenset(
 )
 """Extensions a script may `require` (RFC 5228 §3.2); the capability list of ManageSieve."""
 
-NEEDS_SUBMISSION = frozenset({"vacation", "vacation-seconds", "reject", "ereject", "redirect"})
-"""What sends mail: refused until the submission relay exists. The one place to lift it."""
+SENDING = frozenset({"vacation", "vacation-seconds", "redirect"})
+"""Extensions and commands that send mail through the submission relay: accepted only
+when the script's owner has an upstream with ``[upstreams.smtp]`` (``compile_script(...,
+sending=True)``); otherwise refused at upload with :data:`NO_SENDING_UPSTREAM`."""
+
+NO_SENDING_UPSTREAM = (
+    "sends mail through the submission relay, which needs one of your upstreams to have "
+    "[upstreams.smtp] configured; you have none"
+)
+"""Why a sending action is refused (the end of the upload error)."""
+
+NEVER = frozenset({"reject", "ereject"})
+"""Refused always: a POP3 message was already accepted by the provider, so refusing it
+now can only mean sending a non-delivery report to its (often forged) sender: backscatter
+(RFC 5429 §2.1.1 asks to refuse at SMTP time, which popgate never sees)."""
+
+REJECT_REFUSED = (
+    "is not supported: POP3 mail was already accepted by your provider, so a reject would "
+    "bounce it to a possibly forged sender (backscatter); use discard or fileinto instead"
+)
+
+NEEDS_SUBMISSION = SENDING | NEVER
+"""Everything that would send mail: the one refusal point (kept name, issue 16)."""
+
+MAX_REDIRECTS = 4
+"""Most redirects one run may do (RFC 5228 §4.2 asks for a limit; Pigeonhole's
+``sieve_max_redirects`` default); ManageSieve announces it as MAXREDIRECTS (RFC 5804 §1.7)."""
+
+VACATION_MIN_DAYS = 1
+"""RFC 5230 §4.1: :days below 1 is raised to 1 (sites may set a higher minimum)."""
+
+VACATION_DEFAULT_DAYS = 7
+"""RFC 5230 §4.1: the period without :days."""
+
+VACATION_MAX_DAYS = 90
+"""Longest :days honoured (RFC 5230 §4.1 lets sites cap it)."""
 
 MAX_VARIABLES = 255
 """Most distinct variables one script may set (RFC 5229 §6 lets implementations bound it)."""
@@ -135,6 +171,20 @@ COMMANDS: dict[str, _Spec] = {
     "addflag": _Spec(("s", "l"), ext="imap4flags", optional_first=True),
     "removeflag": _Spec(("s", "l"), ext="imap4flags", optional_first=True),
     "set": _Spec(("s", "s"), dict(_MODIFIERS), "variables"),
+    "redirect": _Spec(("s",), {"copy": _Tag("copy", None, "copy")}),
+    "vacation": _Spec(
+        ("s",),
+        {
+            "days": _Tag("period", "n"),
+            "seconds": _Tag("period", "n", "vacation-seconds"),
+            "subject": _Tag("subject", "s"),
+            "from": _Tag("from", "s"),
+            "addresses": _Tag("addresses", "l"),
+            "mime": _Tag("mime"),
+            "handle": _Tag("handle", "s"),
+        },
+        "vacation",
+    ),
 }
 
 TESTS: dict[str, _Spec] = {
@@ -205,9 +255,16 @@ def decode_encoded_characters(value: str) -> str:
 
 
 class _Validator:
-    def __init__(self) -> None:
+    def __init__(self, sending: bool) -> None:
+        self.sending = sending
         self.required: set[str] = set()
         self.variables: set[str] = set()
+
+    def refuse_sending(self, name: str, where: Command | Test | Argument) -> None:
+        if name in NEVER:
+            raise self.fail(where, f"{name} {REJECT_REFUSED}")
+        if name in SENDING and not self.sending:
+            raise self.fail(where, f"{name} {NO_SENDING_UPSTREAM}")
 
     def fail(self, where: Command | Test | Argument, message: str) -> SieveValidationError:
         return SieveValidationError(where.line, where.column, message)
@@ -243,18 +300,13 @@ class _Validator:
             raise self.fail(cmd, "require takes one string list")
         for name in cmd.args[0].values:
             lowered = name.lower() if name.lower().startswith("comparator-") else name
-            if lowered in NEEDS_SUBMISSION:
-                raise self.fail(
-                    cmd.args[0],
-                    f'extension "{name}" needs the submission relay, not available yet',
-                )
+            self.refuse_sending(lowered, cmd.args[0])
             if lowered not in EXTENSIONS:
                 raise self.fail(cmd.args[0], f'unknown extension "{name}"')
             self.required.add(lowered)
 
     def node(self, item: Command | Test, table: dict[str, _Spec], kind: str) -> Node:
-        if item.name in NEEDS_SUBMISSION:
-            raise self.fail(item, f"{item.name} needs the submission relay, not available yet")
+        self.refuse_sending(item.name, item)
         spec = table.get(item.name)
         if spec is None:
             raise self.fail(item, f"unknown {kind} '{item.name}'")
@@ -291,7 +343,7 @@ class _Validator:
                     tags["relation"] = value
             elif tag.role.startswith("mod"):
                 tags[tag.role] = arg.name
-            elif tag.role in ("addrpart", "transform", "zone", "size", "dupid"):
+            elif tag.role in ("addrpart", "transform", "zone", "size", "dupid", "period"):
                 tags[tag.role] = arg.name if tag.value is None else (arg.name, value)
             else:
                 tags[tag.role] = value
@@ -397,6 +449,7 @@ class _Validator:
                     raise self.fail(item, f'unknown envelope part "{part}"')
         if node.name == "set":
             self.variable_name(item, node.args[0])
+
         if node.name in ("setflag", "addflag", "removeflag", "hasflag") and node.args[0]:
             self.need("variables", item, "a flag variable")
             for name in [node.args[0]] if isinstance(node.args[0], str) else node.args[0]:
@@ -418,11 +471,13 @@ class Script:
     required: frozenset[str]
 
 
-def compile_script(source: str | bytes) -> Script:
+def compile_script(source: str | bytes, *, sending: bool = False) -> Script:
     """Parse and validate a script (what PUTSCRIPT and CHECKSCRIPT do, RFC 5804 §2.6).
 
+    ``sending``: the owner has an upstream that can send (``[upstreams.smtp]``), so
+    ``redirect`` and ``vacation`` are allowed; ``reject``/``ereject`` never are.
     Raises SieveSyntaxError (or its subclass SieveValidationError) with line and column.
     """
-    validator = _Validator()
+    validator = _Validator(sending)
     commands = validator.commands(parse(source), True)
     return Script(commands, frozenset(validator.required))

@@ -274,6 +274,22 @@ class DuplicateRecord:
 
 
 @dataclass(frozen=True)
+class NewOutbound:
+    """A message for the outbound queue (:mod:`gateway.store.queue`): what the submission
+    server hands over, or what a Sieve ``redirect``/``vacation`` sends."""
+
+    user: str
+    route: str
+    """The upstream (``SubmissionRoute.name``) whose SMTP server relays it."""
+    mail_from: str
+    """The envelope sender; "" for the null reverse-path ``<>`` (RFC 5230 §5)."""
+    recipients: tuple[str, ...]
+    content: bytes
+    """The relayed copy (Bcc removed), CRLF line ends."""
+    message_id: str | None = None
+
+
+@dataclass(frozen=True)
 class Routed:
     """A fetched message and where it goes (issue 16: the outcome of the owner's Sieve
     script). No targets means discarded: the ledger row is written, no message."""
@@ -281,6 +297,11 @@ class Routed:
     delivery: Delivery
     targets: tuple[Target, ...]
     duplicates: tuple[DuplicateRecord, ...] = ()
+    outbound: tuple[NewOutbound, ...] = ()
+    """Mail the script sends (``redirect``, a ``vacation`` reply), put in the outbound
+    queue in the SAME transaction as the ledger row: sent once per fetched message."""
+    lifetime: float = 0.0
+    """Queue lifetime of ``outbound``, in seconds (the ``[submission]`` setting)."""
 
 
 @dataclass(frozen=True)
@@ -490,8 +511,9 @@ class Ledger(Protocol):
     ) -> list[dict[str, int] | None]:
         """Like :meth:`deliver_many`, but each message goes to its own targets (one message
         stored once, one mailbox row per target, with the target's flags) and its
-        duplicate IDs are recorded, all in ONE durable transaction with the ledger rows:
-        exactly-once holds per final mailbox. A target that is missing and not
+        duplicate IDs are recorded and its ``outbound`` mail queued, all in ONE durable
+        transaction with the ledger rows: exactly-once holds per final mailbox and per
+        sent message. A target that is missing and not
         ``create`` goes to ``default`` (created if missing). Returns, per item, mailbox
         name → new UID (empty for a discard, or for targets ``dedup`` found already
         holding the bytes from another upstream), or None if the UIDL was already known

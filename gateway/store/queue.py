@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+# NewOutbound lives next to Routed, which carries Sieve's outbound mail; re-exported here.
+from gateway.store.interfaces import NewOutbound as NewOutbound
 from gateway.store.interfaces import StoreError
 
 QUEUED = "queued"
@@ -46,20 +48,6 @@ class QueueItemNotFound(QueueError):
 
 class QueueStateError(QueueError):
     """The call does not apply to the item's state (e.g. mark_sent on a failed item)."""
-
-
-@dataclass(frozen=True)
-class NewOutbound:
-    """What the submission server hands over."""
-
-    user: str
-    route: str
-    """The upstream (``SubmissionRoute.name``) whose SMTP server relays it."""
-    mail_from: str
-    recipients: tuple[str, ...]
-    content: bytes
-    """The relayed copy (Bcc removed), CRLF line ends."""
-    message_id: str | None = None
 
 
 @dataclass(frozen=True)

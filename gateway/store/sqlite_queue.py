@@ -111,6 +111,35 @@ def _recipients(addresses: Sequence[str]) -> str:
     return "\n".join(addresses)
 
 
+def insert_queued(
+    conn: sqlite3.Connection, item: NewOutbound, *, now: float, lifetime: float
+) -> int:
+    """Insert one queued row on an open transaction (the caller commits): what
+    :meth:`SQLiteOutboundQueue.enqueue` does, and what the store's routed delivery does for
+    Sieve's outbound mail in the delivery's own transaction. Returns the new id."""
+    validate_new(item)
+    cursor = conn.execute(
+        "INSERT INTO outbound_queue (user, route, mail_from, recipients, size, "
+        "message_id, content, state, queued_at, expires_at, next_attempt) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            item.user,
+            item.route,
+            item.mail_from,
+            _recipients(item.recipients),
+            len(item.content),
+            item.message_id,
+            item.content,
+            QUEUED,
+            now,
+            now + lifetime,
+            now,
+        ),
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
 class SQLiteOutboundQueue:
     def __init__(self, target: str | Path | sqlite3.Connection) -> None:
         if isinstance(target, sqlite3.Connection):
@@ -149,28 +178,8 @@ class SQLiteOutboundQueue:
         return [_row(r) for r in rows.fetchall()]
 
     def enqueue(self, item: NewOutbound, *, now: float, lifetime: float) -> QueueItem:
-        validate_new(item)
         with self._write() as conn:
-            cursor = conn.execute(
-                "INSERT INTO outbound_queue (user, route, mail_from, recipients, size, "
-                "message_id, content, state, queued_at, expires_at, next_attempt) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    item.user,
-                    item.route,
-                    item.mail_from,
-                    _recipients(item.recipients),
-                    len(item.content),
-                    item.message_id,
-                    item.content,
-                    QUEUED,
-                    now,
-                    now + lifetime,
-                    now,
-                ),
-            )
-            item_id = cursor.lastrowid
-        assert item_id is not None
+            item_id = insert_queued(conn, item, now=now, lifetime=lifetime)
         return self.get(item_id)
 
     def get(self, item_id: int) -> QueueItem:

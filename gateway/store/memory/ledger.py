@@ -172,6 +172,8 @@ class MemoryLedger(MemoryBase):
             )
             if stored is not None:
                 state.ledger_messages[key] = stored
+            for outbound in item.outbound:  # Sieve's redirect/vacation, with the delivery
+                state.outbound.enqueue(outbound, now=now, lifetime=item.lifetime)
             for record in item.duplicates:
                 dup = (owner, record.handle, record.id)
                 if record.refresh or state.duplicates.get(dup, 0.0) <= now:

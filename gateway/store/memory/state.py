@@ -22,6 +22,7 @@ from gateway.core.limits import DEFAULT_MAX_MESSAGE_SIZE
 from gateway.message.analysis import Analysis, analyze
 from gateway.store.errors import MailboxNotFound, StoreError
 from gateway.store.interfaces import ChangeListener, LedgerEntry, Mailbox, is_shared_owner
+from gateway.store.memory_queue import MemoryOutboundQueue
 from gateway.store.rules import (
     MAX_UID,
     SEEN_KEY,
@@ -114,6 +115,9 @@ class MemoryState:
     """user → source → last seen (SQLite's known_source table)."""
     duplicates: dict[tuple[str, str, str], float] = field(default_factory=dict)
     """RFC 7352 duplicate IDs: (owner, handle, id) → expiry (SQLite's sieve_duplicate)."""
+    outbound: MemoryOutboundQueue = field(default_factory=MemoryOutboundQueue)
+    """Outbound mail (SQLite's outbound_queue): Sieve's redirects and vacation replies are
+    queued here by routed deliveries, and the demo's submission relay drains it."""
 
 
 class MemoryBase:

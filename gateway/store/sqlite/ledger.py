@@ -18,6 +18,7 @@ from gateway.message.analysis import Analysis
 from gateway.store.interfaces import INBOX, Delivery, DuplicateRecord, LedgerEntry, Routed
 from gateway.store.rules import check_mailbox_name, filing_flags, filing_name, normalise_name
 from gateway.store.sqlite.rows import SQLiteRows, split_seen
+from gateway.store.sqlite_queue import insert_queued
 
 
 class SQLiteLedger(SQLiteRows):
@@ -228,6 +229,8 @@ class SQLiteLedger(SQLiteRows):
                 size = d.size_on_server if d.size_on_server is not None else len(raw)
                 ledger_rows.append((*key, message_id, now, size))
                 self._record_duplicates(cur, owner, item.duplicates, now)
+                for outbound in item.outbound:  # Sieve's redirect/vacation: same transaction
+                    insert_queued(cur, outbound, now=now, lifetime=item.lifetime)
             for mailbox_id, entries in rows.items():
                 uids = self._add_rows(cur, mailbox_id, [(m, f) for _i, _n, m, f in entries])
                 for (index, name, _m, _f), uid in zip(entries, uids, strict=True):
