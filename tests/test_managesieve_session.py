@@ -334,3 +334,23 @@ def test_fatal_parse_error_is_bye() -> None:
     s = make()
     gen = s.protocol_error(LineTooLong("line longer than 10 octets"))
     assert list(gen) == [b'BYE "line longer than 10 octets"\r\n', Close()]
+
+
+def test_maxredirects_is_announced_and_the_owner_checker_sees_the_owner() -> None:
+    """RFC 5804 §1.7 MAXREDIRECTS; redirect/vacation allowed per owner (issue 16)."""
+    seen: list[tuple[str, str]] = []
+
+    def owner_checker(owner: str, text: str) -> None:
+        seen.append((owner, text))
+        check_script(text, sending=owner == "alice")
+
+    session = make(max_redirects=4, owner_checker=owner_checker)
+    assert b'"MAXREDIRECTS" "4"' in session.capability_lines()
+    assert b"MAXREDIRECTS" not in make().capability_lines()
+    run(session, f'AUTHENTICATE "PLAIN" "{plain()}"'.encode())
+    assert run(session, b'CHECKSCRIPT "redirect \\"x@y.example\\";"').startswith(b"OK")
+    assert seen == [("alice", 'redirect "x@y.example";')]
+    other = make(owner_checker=owner_checker)
+    run(other, f'AUTHENTICATE "PLAIN" "{plain("bob", "pw2")}"'.encode())
+    refused = run(other, b'CHECKSCRIPT "redirect \\"x@y.example\\";"')
+    assert refused.startswith(b"NO") and b"[upstreams.smtp]" in refused

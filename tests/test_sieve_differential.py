@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.sieve import Discard, Envelope, Result, compile_script, run
+from gateway.sieve import Discard, Envelope, Redirect, Result, Vacation, compile_script, run
 from gateway.testing.pigeonhole import (
     Outcome,
     SieveTestNotInstalled,
@@ -71,7 +71,13 @@ def outcome_of(result: Result) -> Outcome:
     folders = frozenset(
         (normalise_mailbox(box), normalise_flags(flags)) for box, flags in result.folders().items()
     )
-    return Outcome(folders, any(isinstance(a, Discard) for a in result.actions))
+    vacations = [a.period for a in result.actions if isinstance(a, Vacation)]
+    return Outcome(
+        folders,
+        any(isinstance(a, Discard) for a in result.actions),
+        frozenset(a.address.lower() for a in result.actions if isinstance(a, Redirect)),
+        vacations[0] if vacations else None,
+    )
 
 
 def corpus_messages() -> list[tuple[str, bytes]]:
@@ -100,7 +106,7 @@ def differential() -> tuple[int, list[str], float]:
     started = time.monotonic()
     with pigeonhole(MAILBOXES) as ph:
         script_paths = {n: ph.add_file("scripts", f"{n}.sieve", s.encode()) for n, s in scripts}
-        compiled = {n: compile_script(s) for n, s in scripts}
+        compiled = {n: compile_script(s, sending=True) for n, s in scripts}
         pairs, keys, ours = [], [], []
         for mname, raw in messages:
             path = ph.add_file("messages", f"{mname}.eml", raw)

@@ -34,10 +34,15 @@ class SieveTestNotInstalled(Exception):
 
 @dataclass(frozen=True)
 class Outcome:
-    """Where a message goes: mailbox → normalised flags, plus whether discard ran."""
+    """Where a message goes: mailbox → normalised flags, plus whether discard ran, where
+    it is redirected to, and the period (seconds) of a vacation action. The vacation
+    action is compared, not whether a reply is sent: sieve-test prints the action before
+    the RFC 5230 §4.5 checks that run when it is executed."""
 
     folders: frozenset[tuple[str, frozenset[str]]]
     discarded: bool
+    redirects: frozenset[str] = frozenset()
+    vacation: int | None = None
 
 
 def normalise_flags(flags: Iterable[str]) -> frozenset[str]:
@@ -58,6 +63,8 @@ def find_sieve_test() -> str:
 
 _STORE = re.compile(r"^ \* store message in folder: (.*)$")
 _FLAGS = re.compile(r"^\s+\+ add IMAP flags: (.*)$")
+_REDIRECT = re.compile(r"^ \* redirect message to: <?([^>]*)>?$")
+_VACATION_SECONDS = re.compile(r"^\s+=> seconds : (\d+)$")
 
 
 def parse_output(text: str) -> Outcome:
@@ -65,7 +72,15 @@ def parse_output(text: str) -> Outcome:
     folders: dict[str, set[str]] = {}
     current: str | None = None
     discarded = False
+    redirects: set[str] = set()
+    vacation: int | None = None
     for line in text.splitlines():
+        redirect = _REDIRECT.match(line)
+        if redirect:
+            redirects.add(redirect.group(1).lower())
+        seconds = _VACATION_SECONDS.match(line)
+        if seconds:
+            vacation = int(seconds.group(1))
         store = _STORE.match(line)
         if store:
             current = normalise_mailbox(store.group(1))
@@ -79,7 +94,12 @@ def parse_output(text: str) -> Outcome:
             current = None
             if line.strip() == "* discard":
                 discarded = True
-    return Outcome(frozenset((k, frozenset(v)) for k, v in folders.items()), discarded)
+    return Outcome(
+        frozenset((k, frozenset(v)) for k, v in folders.items()),
+        discarded,
+        frozenset(redirects),
+        vacation,
+    )
 
 
 class Pigeonhole:
