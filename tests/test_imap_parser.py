@@ -578,7 +578,7 @@ FIXTURES: list[tuple[bytes, Command]] = [
                 (
                     Flag("\\Flagged"),
                     Date("internal", "since", datetime.date(1994, 2, 1)),
-                    Not(Header("from", "Smith")),
+                    Not(Header("from", "Smith", address=True)),
                 )
             ),
         ),
@@ -646,9 +646,9 @@ FIXTURES: list[tuple[bytes, Command]] = [
             criteria=And(
                 (
                     Header("message-id", "<x@y>"),
-                    Header("bcc", "b"),
-                    Header("cc", "c"),
-                    Header("to", ""),
+                    Header("bcc", "b", address=True),
+                    Header("cc", "c", address=True),
+                    Header("to", "", address=True),
                     Header("subject", "subj"),
                     Text("BODY", "two words"),
                 )
@@ -1320,8 +1320,7 @@ class Writer:
                 return w("RECENT")
             return w("KEYWORD" if c.present else "UNKEYWORD") + b" " + self.flag(c.flag)
         if isinstance(c, Header):
-            short = {"from", "to", "cc", "bcc", "subject"}
-            if c.field in short and self.rnd.random() < 0.7:
+            if c.address or (c.field == "subject" and self.rnd.random() < 0.7):
                 return w(c.field) + b" " + self.text(c.value)
             return w("HEADER") + b" " + self.text(c.field) + b" " + self.text(c.value)
         if isinstance(c, Text):
@@ -1522,6 +1521,11 @@ def _dates():
 search_leaves = st.one_of(
     st.just(All()),
     st.builds(Flag, flags, st.booleans()),
+    st.builds(
+        lambda field, value: Header(field, value, address=True),
+        st.sampled_from(["from", "to", "cc", "bcc"]),
+        texts,
+    ),
     st.builds(Header, st.sampled_from(["from", "to", "cc", "bcc", "subject"]), texts),
     st.builds(Header, st.from_regex(r"[a-z][a-z0-9\-]{0,10}", fullmatch=True), texts),
     st.builds(Text, st.sampled_from(["BODY", "TEXT"]), texts),
