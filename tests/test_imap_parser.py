@@ -5,6 +5,7 @@ pipelining, raw lines and error messages."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import random
 import re
@@ -1602,17 +1603,32 @@ def stores(draw):
     )
 
 
+def _ascii_strings(node: object) -> bool:
+    """Whether every string inside a criteria tree is US-ASCII."""
+    if isinstance(node, str):
+        return node.isascii()
+    if isinstance(node, tuple):
+        return all(_ascii_strings(n) for n in node)
+    if dataclasses.is_dataclass(node):
+        return all(_ascii_strings(getattr(node, f.name)) for f in dataclasses.fields(node))
+    return True
+
+
 @st.composite
 def searches(draw):
     returns = draw(
         st.none() | st.lists(st.sampled_from(sorted(SEARCH_RETURN_OPTIONS)), min_size=1, max_size=4)
     )
+    criteria = draw(search_criteria)
+    charset = draw(st.sampled_from([None, "US-ASCII", "UTF-8"]))
+    if charset == "US-ASCII" and not _ascii_strings(criteria):
+        charset = "UTF-8"  # 8-bit strings under CHARSET US-ASCII are BAD (issue 17)
     return Search(
         tag=draw(tags),
         name="SEARCH",
         uid=draw(st.booleans()),
-        charset=draw(st.sampled_from([None, "US-ASCII", "UTF-8"])),
-        criteria=draw(search_criteria),
+        charset=charset,
+        criteria=criteria,
         returns=None if returns is None else tuple(returns),
     )
 
