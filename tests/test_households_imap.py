@@ -336,7 +336,8 @@ def test_modified_utf7_encodings_of_the_delimiter_are_refused(
     for i, template in enumerate(COMMANDS + ["CREATE {n}"]):
         tag = f"u{i}"
         reply = carol.command(tag, template.format(n=name))
-        assert tagged_line(reply).startswith(tag.encode() + b" BAD"), (template, reply)
+        # RFC 3501 §6.3.1: a well-formed command naming a mailbox that cannot exist is NO.
+        assert tagged_line(reply).startswith(tag.encode() + b" NO"), (template, reply)
 
 
 def test_member_case_games_do_not_create_look_alikes(server: ServerHandle) -> None:

@@ -284,14 +284,14 @@ def test_create_special_use(client: RawClient) -> None:
 
 def test_mailbox_names_in_modified_utf7(server: ServerHandle, client: RawClient) -> None:
     """RFC 3501 §5.1.3: modified UTF-7 on the wire, Unicode in the store; an undecodable
-    name is BAD."""
+    name is NO (it names a mailbox that cannot exist, RFC 3501 §6.3.1), not BAD."""
     assert client.command("a", 'CREATE "&AOk-t&AOk-"') == b"a OK CREATE completed\r\n"
     stored = server.call(lambda: [m.name for m in server.store.list_mailboxes(USER)])
     assert "été" in stored
     assert client.command("l", 'LIST "" "*t&AOk-"') == (
         b'* LIST (\\HasNoChildren) "/" "&AOk-t&AOk-"\r\nl OK LIST completed\r\n'
     )
-    assert client.command("b", 'CREATE "&Jjo"').startswith(b"b BAD ")
+    assert client.command("b", 'CREATE "&Jjo"').startswith(b"b NO [CANNOT] ")
 
 
 def test_mailbox_names_after_utf8_accept() -> None:

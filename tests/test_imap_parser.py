@@ -5,6 +5,7 @@ pipelining, raw lines and error messages."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import random
 import re
@@ -578,7 +579,7 @@ FIXTURES: list[tuple[bytes, Command]] = [
                 (
                     Flag("\\Flagged"),
                     Date("internal", "since", datetime.date(1994, 2, 1)),
-                    Not(Header("from", "Smith")),
+                    Not(Header("from", "Smith", address=True)),
                 )
             ),
         ),
@@ -646,9 +647,9 @@ FIXTURES: list[tuple[bytes, Command]] = [
             criteria=And(
                 (
                     Header("message-id", "<x@y>"),
-                    Header("bcc", "b"),
-                    Header("cc", "c"),
-                    Header("to", ""),
+                    Header("bcc", "b", address=True),
+                    Header("cc", "c", address=True),
+                    Header("to", "", address=True),
                     Header("subject", "subj"),
                     Text("BODY", "two words"),
                 )
@@ -1320,8 +1321,7 @@ class Writer:
                 return w("RECENT")
             return w("KEYWORD" if c.present else "UNKEYWORD") + b" " + self.flag(c.flag)
         if isinstance(c, Header):
-            short = {"from", "to", "cc", "bcc", "subject"}
-            if c.field in short and self.rnd.random() < 0.7:
+            if c.address or (c.field == "subject" and self.rnd.random() < 0.7):
                 return w(c.field) + b" " + self.text(c.value)
             return w("HEADER") + b" " + self.text(c.field) + b" " + self.text(c.value)
         if isinstance(c, Text):
@@ -1522,6 +1522,11 @@ def _dates():
 search_leaves = st.one_of(
     st.just(All()),
     st.builds(Flag, flags, st.booleans()),
+    st.builds(
+        lambda field, value: Header(field, value, address=True),
+        st.sampled_from(["from", "to", "cc", "bcc"]),
+        texts,
+    ),
     st.builds(Header, st.sampled_from(["from", "to", "cc", "bcc", "subject"]), texts),
     st.builds(Header, st.from_regex(r"[a-z][a-z0-9\-]{0,10}", fullmatch=True), texts),
     st.builds(Text, st.sampled_from(["BODY", "TEXT"]), texts),
@@ -1598,17 +1603,32 @@ def stores(draw):
     )
 
 
+def _ascii_strings(node: object) -> bool:
+    """Whether every string inside a criteria tree is US-ASCII."""
+    if isinstance(node, str):
+        return node.isascii()
+    if isinstance(node, tuple):
+        return all(_ascii_strings(n) for n in node)
+    if dataclasses.is_dataclass(node):
+        return all(_ascii_strings(getattr(node, f.name)) for f in dataclasses.fields(node))
+    return True
+
+
 @st.composite
 def searches(draw):
     returns = draw(
         st.none() | st.lists(st.sampled_from(sorted(SEARCH_RETURN_OPTIONS)), min_size=1, max_size=4)
     )
+    criteria = draw(search_criteria)
+    charset = draw(st.sampled_from([None, "US-ASCII", "UTF-8"]))
+    if charset == "US-ASCII" and not _ascii_strings(criteria):
+        charset = "UTF-8"  # 8-bit strings under CHARSET US-ASCII are BAD (issue 17)
     return Search(
         tag=draw(tags),
         name="SEARCH",
         uid=draw(st.booleans()),
-        charset=draw(st.sampled_from([None, "US-ASCII", "UTF-8"])),
-        criteria=draw(search_criteria),
+        charset=charset,
+        criteria=criteria,
         returns=None if returns is None else tuple(returns),
     )
 

@@ -77,10 +77,14 @@ class Header:
 
     FROM, TO, CC, BCC and SUBJECT are Header keys with that field name; an empty
     ``value`` matches every message that has the field at all (RFC 3501 §6.4.4).
+    FROM, TO, CC and BCC set ``address``: they match the addresses as parsed (comments,
+    folding and quoting removed), as Dovecot does, while ``HEADER From`` matches the
+    field's text as written.
     """
 
     field: str
     value: str
+    address: bool = False
 
 
 @dataclass(frozen=True)

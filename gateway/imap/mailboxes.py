@@ -244,8 +244,12 @@ def list_(session: Session, cmd: List) -> Handler:
     user = _user(session)
     lsub = cmd.name.upper() == "LSUB"
     verb = b"LSUB" if lsub else b"LIST"
-    reference = session.mailbox_name(cmd.reference)
-    names = [session.mailbox_name(p) for p in cmd.patterns]
+    try:
+        reference = session.mailbox_name(cmd.reference)
+        names = [session.mailbox_name(p) for p in cmd.patterns]
+    except Refused:
+        # A pattern no mailbox name can have (not modified UTF-7) matches none: OK, empty.
+        return ok(f"{verb.decode()} completed")
     if len(names) == 1 and names[0] == "":
         yield _root_line(verb)
         return ok(f"{verb.decode()} completed")

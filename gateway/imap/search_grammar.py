@@ -94,7 +94,30 @@ def cmd_search(r: Reader, tag: str, name: str, uid: bool) -> Command:
     if len(keys) > 1:
         _reach(r, r.search_peak + 1)  # every key sits one level down, in the implicit AND
     criteria = keys[0] if len(keys) == 1 else And(tuple(keys))
+    if charset == "US-ASCII" and not _all_ascii(criteria):
+        raise Syntax("a search string is not US-ASCII, the CHARSET named (use CHARSET UTF-8)")
     return Search(tag=tag, name=name, uid=uid, charset=charset, criteria=criteria, returns=returns)
+
+
+def _all_ascii(criteria: Criteria) -> bool:
+    """Whether every search string in the tree is US-ASCII.
+
+    RFC 3501 §6.4.4: the strings are in the CHARSET named. Without CHARSET, 8-bit strings
+    are taken as UTF-8 (as clients send them); with an explicit ``CHARSET US-ASCII`` an
+    8-bit octet cannot be read, so the command is BAD rather than searched as UTF-8.
+    """
+    stack = [criteria]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Header | Text) and not node.value.isascii():
+            return False
+        if isinstance(node, And):
+            stack.extend(node.keys)
+        elif isinstance(node, Or):
+            stack.extend((node.left, node.right))
+        elif isinstance(node, Not):
+            stack.append(node.key)
+    return True
 
 
 def _search_return(r: Reader) -> str:
@@ -143,7 +166,8 @@ def _search_word(r: Reader, word: str) -> Criteria:
         return simple
     if word in _SEARCH_HEADERS:
         r.sp(f"a string after {word}")
-        return Header(_SEARCH_HEADERS[word], _search_string(r))
+        field = _SEARCH_HEADERS[word]
+        return Header(field, _search_string(r), address=field != "subject")
     if word in _SEARCH_TEXT:
         r.sp(f"a string after {word}")
         return Text(word, _search_string(r))

@@ -207,6 +207,12 @@ class IMAPSession:
         return UTF8_ACCEPT in self._enabled
 
     def mailbox_name(self, raw: bytes) -> str:
+        """The mailbox name a command gave, decoded.
+
+        A name that is not valid modified UTF-7 (RFC 3501 §5.1.3) is well-formed IMAP but
+        names a mailbox that cannot exist: NO [CANNOT], not BAD (RFC 3501 §6.3.1, and as
+        Dovecot answers), and the session goes on.
+        """
         if self.utf8_enabled():
             try:
                 name = raw.decode("utf-8")
@@ -216,7 +222,7 @@ class IMAPSession:
             try:
                 name = mutf7.decode(raw)
             except ValueError:
-                raise BadCommand("mailbox name is not valid modified UTF-7") from None
+                raise Refused("mailbox name is not valid modified UTF-7", "CANNOT") from None
         return normalise_inbox(name)
 
     def wire_name(self, name: str) -> bytes:

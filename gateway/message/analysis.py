@@ -18,10 +18,13 @@ import datetime
 import json
 from dataclasses import dataclass
 
-from gateway.message.envelope import envelope
-from gateway.message.fields import analyzed_header_end, scan_fields, unfold
+from gateway.message.envelope import address_text, envelope
+from gateway.message.fields import Field, analyzed_header_end, scan_fields, split_header, unfold
 from gateway.message.structure import body_structure, parse, part_map
 from gateway.message.text import collect_text, decoded_header, sent_date, text_of_value
+
+ADDRESS_FIELDS = frozenset({"from", "to", "cc", "bcc"})
+"""Header fields SEARCH FROM/TO/CC/BCC match by their parsed addresses (RFC 3501 §6.4.4)."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class Analysis:
     body: bytes  # BODY, the non-extensible form
     parts: str  # compact JSON part map of byte offsets, consumed by section()
     headers: list[tuple[str, str]]  # (lower-case name, decoded value), top-level, in order
+    addresses: list[tuple[str, str]]  # (name, decoded address_text) of each From/To/Cc/Bcc
     text: str  # decoded text of the text/* leaves, for SEARCH BODY/TEXT
     sent_date: datetime.datetime | None  # the Date: header, timezone-aware
     message_id: str | None
@@ -51,6 +55,7 @@ def analyze(raw: bytes) -> Analysis:
     headers = [
         (f.name, decoded_header(unfold(raw[f.value : f.end]))) for f in fields if f.name is not None
     ]
+    addresses = _addresses(raw, fields)
     message_id = root.values.get("message-id")
     return Analysis(
         envelope=envelope(root.values),
@@ -58,7 +63,24 @@ def analyze(raw: bytes) -> Analysis:
         body=body_structure(raw, root, False),
         parts=json.dumps(part_map(root), separators=(",", ":")),
         headers=headers,
+        addresses=addresses,
         text=collect_text(raw, root),
         sent_date=sent_date(root.values.get("date")),
         message_id=text_of_value(message_id) if message_id else None,
     )
+
+
+def _addresses(raw: bytes, fields: list[Field]) -> list[tuple[str, str]]:
+    return [
+        (f.name, decoded_header(address_text(unfold(raw[f.value : f.end]))))
+        for f in fields
+        if f.name in ADDRESS_FIELDS
+    ]
+
+
+def header_addresses(raw: bytes) -> list[tuple[str, str]]:
+    """:attr:`Analysis.addresses` of a message from its first octets alone (at least its
+    header section up to :data:`~gateway.message.fields.MAX_ANALYZED_HEADER`), for a store
+    adding them to messages analysed before they existed."""
+    header_end, _ = split_header(raw, 0, len(raw))
+    return _addresses(raw, scan_fields(raw, 0, analyzed_header_end(raw, 0, header_end)))

@@ -155,6 +155,31 @@ def _addresses_wire(value: bytes | None) -> bytes | None:
     )
 
 
+def address_text(value: bytes) -> bytes:
+    """An address-list header value as parsed, for SEARCH FROM/TO/CC/BCC (RFC 3501 §6.4.4).
+
+    Comments, folding and quoting are gone: ``<user (c)@ (c) example.org>`` becomes
+    ``user@example.org`` and ``"Doe, J." <j@x>`` becomes ``Doe, J. <j@x>``, so a search for
+    the address finds it as other servers (Dovecot's normalised address) do. A comment
+    standing in for a display name (``j@x (John Doe)``) stays, as the ENVELOPE name does.
+    Groups read ``name: ...;``. Encoded words stay encoded (the caller decodes).
+    """
+    out: list[bytes] = []
+    group: tuple[bytes, list[bytes]] | None = None
+    for name, _adl, mailbox, host in _parse_addresses(value):
+        if mailbox is None:  # group end
+            if group is not None:
+                out.append(group[0] + b": " + b", ".join(group[1]) + b";")
+            group = None
+        elif host is None:  # group start: the mailbox slot holds the group's name
+            group = (mailbox, [])
+        else:
+            spec = mailbox + b"@" + host if host else mailbox
+            item = name + b" <" + spec + b">" if name else spec
+            (group[1] if group is not None else out).append(item)
+    return b", ".join(out)
+
+
 def envelope(values: dict[str, bytes]) -> bytes:
     """ENVELOPE (RFC 3501 §7.4.2) from the unfolded, still-encoded first field values."""
     from_ = _addresses_wire(values.get("from"))

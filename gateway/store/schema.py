@@ -39,6 +39,9 @@ Table layout and why:
   the time it expires, written in the transaction that files the message.
 * ``timeseries_point`` (version 7, the web page's history, issue 18) holds the points of
   :mod:`gateway.store.sqlite_timeseries`: in the store's file, so a backup carries it.
+* ``header_field`` rows named ``":from"``, ``":to"``, ``":cc"``, ``":bcc"`` (version 8,
+  issue 17) hold those fields' addresses as parsed, for SEARCH FROM/TO/CC/BCC; the
+  migration adds them to the messages already stored.
 """
 
 from __future__ import annotations
@@ -46,7 +49,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Sequence
 
+from gateway.message.analysis import header_addresses
+from gateway.message.fields import MAX_ANALYZED_HEADER
 from gateway.store.interfaces import StoreError
+from gateway.store.search import address_row_name
 from gateway.store.sqlite_queue import QUEUE_DDL
 from gateway.store.sqlite_timeseries import TIMESERIES_DDL
 
@@ -262,7 +268,37 @@ _V6_QUEUE = _statements(*(s for s in QUEUE_DDL.split(";") if s.strip()))
 # happened upgrades in place, points kept.
 TIMESERIES = _statements(TIMESERIES_DDL)
 
-MIGRATIONS: Sequence[Migration] = (_V1, _V2, _V3, _V4, _V5_SIEVE, _V6_QUEUE, TIMESERIES)
+
+def _address_rows(conn: sqlite3.Connection) -> None:
+    """Issue 17: SEARCH FROM/TO/CC/BCC match parsed addresses, kept as ``header_field``
+    rows named ``":from"`` etc. (:data:`gateway.store.search.ADDRESS_ROW_PREFIX`); add them
+    for the messages stored before, reading only each message's header section."""
+    cursor = conn.execute(
+        "SELECT message_id, substr(raw, 1, ?) FROM content ORDER BY message_id",
+        (MAX_ANALYZED_HEADER + 2,),
+    )
+    while batch := cursor.fetchmany(500):
+        conn.executemany(
+            "INSERT OR IGNORE INTO header_field (message_id, name, pos, value_folded)"
+            " VALUES (?, ?, ?, ?)",
+            [
+                (message_id, address_row_name(name), pos, value.casefold())
+                for message_id, head in batch
+                for pos, (name, value) in enumerate(header_addresses(bytes(head)))
+            ],
+        )
+
+
+MIGRATIONS: Sequence[Migration] = (
+    _V1,
+    _V2,
+    _V3,
+    _V4,
+    _V5_SIEVE,
+    _V6_QUEUE,
+    TIMESERIES,
+    _address_rows,
+)
 """Entry *i* takes a database from version *i* to *i + 1*. Append only."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -44,6 +44,18 @@ MAX_SEARCH_NODES = 500
 MAX_SEARCH_DEPTH = 40
 """Deepest nesting of NOT/OR/AND accepted."""
 
+ADDRESS_ROW_PREFIX = ":"
+"""``header_field`` rows named ``":from"`` (``":to"``, ``":cc"``, ``":bcc"``) hold the
+field's addresses as parsed (:func:`gateway.message.envelope.address_text`), which
+SEARCH FROM/TO/CC/BCC match. No real field name contains a colon (RFC 5322 §2.2), so
+these rows never answer a ``HEADER`` key."""
+
+
+def address_row_name(field: str) -> str:
+    """The ``header_field`` name under which ``field``'s parsed addresses are stored."""
+    return ADDRESS_ROW_PREFIX + field
+
+
 MAX_INLINE_UID_RANGES = 8
 """UID sets with more ranges than this are passed as one JSON parameter instead of an
 ``OR`` chain of ``BETWEEN``s, bounding the number of SQL parameters per node."""
@@ -191,7 +203,10 @@ class _Translator:
         return f"({test})" if node.present else f"(NOT ({test}))"
 
     def _header(self, node: Header) -> str:
-        self.params.append(node.field.lower())
+        if ":" in node.field:
+            return "0"  # no field name holds a colon (RFC 5322 §2.2)
+        name = node.field.lower()
+        self.params.append(address_row_name(name) if node.address else name)
         if node.value == "":
             # RFC 3501 §6.4.4: an empty string matches every message with the field.
             return (

@@ -280,7 +280,8 @@ def _matches(node: Criteria, uid: int, row: Row, largest: int) -> bool:
         return present == node.present
     if isinstance(node, Header):
         name, needle = node.field.lower(), node.value.casefold()
-        return any(n == name and needle in v for n, v in m.headers)
+        fields = m.addresses if node.address else m.headers
+        return any(n == name and needle in v for n, v in fields)
     if isinstance(node, Text):
         needle = node.value.casefold()
         if needle in m.text:

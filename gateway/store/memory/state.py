@@ -44,6 +44,7 @@ class Message:
     analysis: Analysis
     header_lines: tuple[str, ...]  # case-folded "name: value"
     headers: tuple[tuple[str, str], ...]  # (lower-case name, case-folded value)
+    addresses: tuple[tuple[str, str], ...]  # (name, case-folded parsed From/To/Cc/Bcc)
     text: str  # case-folded body text
 
 
@@ -215,6 +216,7 @@ class MemoryBase:
             analysis=analysis,
             header_lines=tuple(f"{n.lower()}: {v}".casefold() for n, v in analysis.headers),
             headers=headers,
+            addresses=tuple((n, v.casefold()) for n, v in analysis.addresses),
             text=analysis.text.casefold(),
         )
 

@@ -29,6 +29,7 @@ from gateway.store.rules import (
     parent_names,
     stored_internaldate,
 )
+from gateway.store.search import address_row_name
 from gateway.store.sqlite.connection import SQLiteConnection
 
 SEEN_TOKEN = " \\Seen "
@@ -260,6 +261,10 @@ class SQLiteRows(SQLiteConnection):
             [
                 (message_id, name.lower(), pos, value.casefold())
                 for pos, (name, value) in enumerate(analysis.headers)
+            ]
+            + [
+                (message_id, address_row_name(name), pos, value.casefold())
+                for pos, (name, value) in enumerate(analysis.addresses)
             ],
         )
         header_text = "\n".join(f"{name.lower()}: {value}" for name, value in analysis.headers)
