@@ -36,6 +36,9 @@ EXTENSIONS: tuple[str, ...] = (
     "STATUS=SIZE",  # RFC 8438
     "QUOTA",  # RFC 9208: GETQUOTA, GETQUOTAROOT, NO [OVERQUOTA] (limits come from the config)
     "QUOTA=RES-STORAGE",  # RFC 9208 §5.1
+    "ACL",  # RFC 4314, read side: see gateway/imap/acl.py
+    "RIGHTS=texk",  # RFC 4314 §2.1
+    "LIST-MYRIGHTS",  # RFC 8440
 )
 """Extensions available in every state (clients may look before logging in)."""
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from gateway.core.criteria import SequenceSet
 from gateway.core.flags import canonical_special_use
+from gateway.imap.acl import ACL_COMMANDS, cmd_acl
 from gateway.imap.command import (
     Append,
     AppendMessage,
@@ -55,8 +56,8 @@ STATUS_ITEMS = frozenset("MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODS
 LIST_SELECTION_OPTIONS = frozenset(("SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"))
 """RFC 5258 §3.1 and RFC 6154 §5.1 LIST selection options."""
 
-LIST_RETURN_OPTIONS = frozenset(("SUBSCRIBED", "CHILDREN", "SPECIAL-USE"))
-"""RFC 5258 §3.2 and RFC 6154 §5.1 LIST return options; STATUS (RFC 5819) is separate."""
+LIST_RETURN_OPTIONS = frozenset(("SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "MYRIGHTS"))
+"""RFC 5258 §3.2, RFC 6154 §5.1 and RFC 8440 LIST return options; STATUS (RFC 5819) is separate."""
 
 
 _STORE_ACTIONS = {
@@ -439,6 +440,7 @@ _COMMANDS: dict[str, _Grammar] = {
     "ENABLE": _cmd_enable,
     "ID": _cmd_id,
     "SETQUOTA": _cmd_setquota,
+    **{n: cmd_acl for n in ACL_COMMANDS},  # RFC 4314
 }
 _UID_COMMANDS: dict[str, _Grammar] = {
     "FETCH": cmd_fetch,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from gateway.access.households import UserStore
 from gateway.access.quota import KIB, storage_kib
 from gateway.core.flags import SPECIAL_USES, VIRTUAL_SPECIAL_USES
+from gateway.imap import acl
 from gateway.imap.command import Create, List, MailboxCommand, Rename, Status
 from gateway.imap.handler import BadCommand, Handler, Pause, Refused, ok
 from gateway.imap.listpattern import WILDCARDS, PatternSet
@@ -309,6 +310,8 @@ def list_(session: Session, cmd: List) -> Handler:
         extra = b' ("CHILDINFO" ("SUBSCRIBED"))' if name in childinfo else b""
         yield _line(session, verb, attributes(name), name, extra)
         mailbox = mailboxes.get(name)
+        if "MYRIGHTS" in cmd.returns and mailbox is not None:
+            yield acl.myrights_line(session, name)  # RFC 8440 §3
         if status_items and mailbox is not None:
             # RFC 5819 §2: STATUS right after the LIST line of each selectable mailbox.
             try:

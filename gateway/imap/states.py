@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.imap import connection, login, mailboxes, messages, selection
+from gateway.imap import acl, connection, login, mailboxes, messages, selection
 from gateway.imap.command import Command, UidExpunge
 from gateway.imap.handler import Handler
 
@@ -78,6 +78,11 @@ COMMANDS: dict[str, CommandSpec] = {
     "GETQUOTAROOT": CommandSpec(_AUTHED, mailboxes.getquotaroot),
     "GETQUOTA": CommandSpec(_AUTHED, mailboxes.getquota),
     "APPEND": CommandSpec(_AUTHED, messages.append),
+    "MYRIGHTS": CommandSpec(_AUTHED, acl.myrights),  # RFC 4314 §3.8
+    "GETACL": CommandSpec(_AUTHED, acl.getacl),  # RFC 4314 §3.3, read-only
+    "LISTRIGHTS": CommandSpec(_AUTHED, acl.listrights),  # RFC 4314 §3.7
+    "SETACL": CommandSpec(_AUTHED, acl.refuse_change),  # RFC 4314 §3.1: NO [NOPERM]
+    "DELETEACL": CommandSpec(_AUTHED, acl.refuse_change),  # RFC 4314 §3.2: NO [NOPERM]
     # selected (§6.4, RFC 3691, RFC 4315, RFC 6851)
     "CHECK": CommandSpec(_SELECTED, connection.noop),
     "CLOSE": CommandSpec(_SELECTED, selection.close),
