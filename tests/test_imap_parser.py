@@ -32,6 +32,7 @@ from gateway.core.criteria import (
 )
 from gateway.core.flags import SPECIAL_USES, SYSTEM_FLAGS
 from gateway.imap import framing, grammar
+from gateway.imap.acl import AclCommand
 from gateway.imap.command import (
     NEED_DATA,
     Append,
@@ -64,6 +65,7 @@ from gateway.imap.command import (
 from gateway.imap.fetch_grammar import FETCH_ATTRS
 from gateway.imap.framing import CommandParser
 from gateway.imap.grammar import LIST_RETURN_OPTIONS, STATUS_ITEMS
+from gateway.imap.notify import EventGroup, Notify
 from gateway.imap.search_grammar import SEARCH_RETURN_OPTIONS
 from gateway.store.search import MAX_SEARCH_DEPTH, check_size
 
@@ -393,6 +395,45 @@ FIXTURES: list[tuple[bytes, Command]] = [
         SetQuota("q", "SETQUOTA", root=b"", limits=(("STORAGE", 512), ("MESSAGE", 1000))),
     ),
     (b"q SETQUOTA x ()\r\n", SetQuota("q", "SETQUOTA", root=b"x", limits=())),
+    # RFC 4314 ACL read side
+    (b"r MYRIGHTS INBOX\r\n", AclCommand("r", "MYRIGHTS", mailbox=b"INBOX")),
+    (b'r GETACL "Shared/x"\r\n', AclCommand("r", "GETACL", mailbox=b"Shared/x")),
+    (
+        b"r LISTRIGHTS INBOX bob\r\n",
+        AclCommand("r", "LISTRIGHTS", mailbox=b"INBOX", identifier=b"bob"),
+    ),
+    (
+        b"r DELETEACL INBOX bob\r\n",
+        AclCommand("r", "DELETEACL", mailbox=b"INBOX", identifier=b"bob"),
+    ),
+    (
+        b'r SETACL INBOX bob "+lr"\r\n',
+        AclCommand("r", "SETACL", mailbox=b"INBOX", identifier=b"bob", rights=b"+lr"),
+    ),
+    # RFC 5465 NOTIFY
+    (b"n NOTIFY NONE\r\n", Notify("n", "NOTIFY", none=True)),
+    (
+        b"n NOTIFY SET STATUS (selected (MessageNew (uid) MessageExpunge)) "
+        b"(subtree (Lists Work) (MessageNew MessageExpunge FlagChange)) (personal NONE)\r\n",
+        Notify(
+            "n",
+            "NOTIFY",
+            status=True,
+            groups=(
+                EventGroup(
+                    "SELECTED",
+                    events=frozenset(("MESSAGENEW", "MESSAGEEXPUNGE")),
+                    fetch_items=(FetchAttr("UID"),),
+                ),
+                EventGroup(
+                    "SUBTREE",
+                    mailboxes=(b"Lists", b"Work"),
+                    events=frozenset(("MESSAGENEW", "MESSAGEEXPUNGE", "FLAGCHANGE")),
+                ),
+                EventGroup("PERSONAL"),
+            ),
+        ),
+    ),
     # selected (§6.4)
     (b"k CHECK\r\n", Simple("k", "CHECK")),
     (b"k CLOSE\r\n", Simple("k", "CLOSE")),

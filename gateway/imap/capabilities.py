@@ -39,10 +39,17 @@ EXTENSIONS: tuple[str, ...] = (
     "ACL",  # RFC 4314, read side: see gateway/imap/acl.py
     "RIGHTS=texk",  # RFC 4314 §2.1
     "LIST-MYRIGHTS",  # RFC 8440
+    "NOTIFY",  # RFC 5465: see gateway/imap/notify.py
 )
 """Extensions available in every state (clients may look before logging in)."""
 
 UTF8_ACCEPT = "UTF8=ACCEPT"  # RFC 6855, announced only if the parser can honour it
+IMAP4REV2 = "IMAP4rev2"  # RFC 9051, next to IMAP4rev1; also an ENABLE argument (§6.3.1)
+REV2_NEEDS: tuple[str, ...] = ("BINARY", "SEARCHRES", UTF8_ACCEPT)
+"""What RFC 9051 makes part of IMAP4rev2 and other modules add (BINARY §6.4.5, SEARCHRES
+§6.4.4.1, UTF-8 mailbox names §5.1): IMAP4rev2 is announced only when all of them are, so
+it lights up the day the last one lands; what popgate changes itself once a client has
+enabled it is in :mod:`gateway.imap.rev2`."""
 CONDSTORE = "CONDSTORE"  # RFC 7162 §3.1, also as an ENABLE argument
 QRESYNC = "QRESYNC"  # RFC 7162 §3.2, also as an ENABLE argument
 
@@ -85,6 +92,8 @@ def capabilities(situation: Situation) -> list[str]:
     caps.extend(EXTENSIONS)
     if situation.utf8_accept:
         caps.append(UTF8_ACCEPT)
+    if all(need in caps for need in REV2_NEEDS):
+        caps.insert(1, IMAP4REV2)
     return caps
 
 

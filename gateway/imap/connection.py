@@ -84,8 +84,7 @@ def idle(session: Session, cmd: Command) -> Handler:
     happen, ``* OK Still here`` on each keep-alive tick, until the client sends ``DONE``
     (anything else is BAD and ends the IDLE). State: authenticated or selected."""
     yield b"+ idling\r\n"
-    if session.selected is not None:
-        yield from session.catch_up(allow_expunge=True)
+    yield from session.notifications(idling=True)
     while True:
         event = yield WaitIdle()
         if isinstance(event, bytes):
@@ -94,7 +93,7 @@ def idle(session: Session, cmd: Command) -> Handler:
             raise BadCommand("Expected DONE to end IDLE")
         if event is IdleEvent.KEEPALIVE:
             yield b"* OK Still here\r\n"
-        elif event is IdleEvent.CHANGED and session.selected is not None:
-            yield from session.catch_up(allow_expunge=True)
+        elif event is IdleEvent.CHANGED:
+            yield from session.notifications(idling=True)  # RFC 2177, RFC 5465
         elif event is IdleEvent.ACCESS:
             session.check_access()  # a reload may have ended this session's access

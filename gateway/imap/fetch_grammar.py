@@ -99,6 +99,10 @@ def _fetch_att(r: Reader, out: list[FetchItem], macro_ok: bool) -> None:
         raise Syntax(f"unknown fetch attribute {show(m.group())}")
 
 
+fetch_att = _fetch_att
+"""One fetch attribute (or macro) into ``out``: also NOTIFY's MessageNew list (RFC 5465 §5.2)."""
+
+
 def _body_section(r: Reader, peek: bool) -> BodySection:
     """``[section]<origin.count>``, RFC 3501 §6.4.5 and the section grammar of §9."""
     r.expect(b"[", '"["')

@@ -37,6 +37,7 @@ from gateway.imap.command import (
     UidExpunge,
 )
 from gateway.imap.fetch_grammar import cmd_fetch
+from gateway.imap.notify import cmd_notify
 from gateway.imap.reader import DQ, LPAREN, NUMBER64_MAX, TAG_RE, Reader, Syntax, show
 from gateway.imap.search_grammar import cmd_search
 
@@ -50,8 +51,11 @@ _SIMPLE_COMMANDS = frozenset(
 )
 _MAILBOX_COMMANDS = frozenset("DELETE SUBSCRIBE UNSUBSCRIBE GETQUOTAROOT GETQUOTA".split())
 
-STATUS_ITEMS = frozenset("MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ SIZE".split())
-"""RFC 3501 §6.3.10, RFC 7162 §3.1.8 (HIGHESTMODSEQ), RFC 8438 (SIZE)."""
+STATUS_ITEMS = frozenset(
+    "MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ SIZE DELETED".split()
+)
+"""RFC 3501 §6.3.10, RFC 7162 §3.1.8 (HIGHESTMODSEQ), RFC 8438 (SIZE), RFC 9051 §6.3.11
+(DELETED)."""
 
 LIST_SELECTION_OPTIONS = frozenset(("SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"))
 """RFC 5258 §3.1 and RFC 6154 §5.1 LIST selection options."""
@@ -441,6 +445,7 @@ _COMMANDS: dict[str, _Grammar] = {
     "ID": _cmd_id,
     "SETQUOTA": _cmd_setquota,
     **{n: cmd_acl for n in ACL_COMMANDS},  # RFC 4314
+    "NOTIFY": cmd_notify,  # RFC 5465
 }
 _UID_COMMANDS: dict[str, _Grammar] = {
     "FETCH": cmd_fetch,

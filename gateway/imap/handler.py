@@ -217,6 +217,7 @@ class Session(Protocol):
     tls_available: bool
     utf8_available: bool  # UTF8=ACCEPT may be enabled (RFC 6855)
     sent_append: Any  # SentAppendHook | None: one copy of a sent message (APPEND)
+    notifier: Any  # gateway.imap.notify.Notifier | None: NOTIFY (RFC 5465)
 
     @property
     def enabled(self) -> Set[str]:
@@ -248,6 +249,9 @@ class Session(Protocol):
         selected mailbox is no longer reachable for them (checked against the current
         config before every command, and by IDLE when a reload happens)."""
 
+    def notifications(self, *, idling: bool = False) -> Iterator[Output]:
+        """Changes told without a command: IDLE (RFC 2177) and NOTIFY (RFC 5465)."""
+
     def catch_up(self, *, allow_expunge: bool, uid_form: bool = False) -> Iterator[bytes]:
         """The untagged responses telling the client what changed in the selected mailbox
         (RFC 3501 §7); IDLE sends them as changes happen (RFC 2177)."""
@@ -271,6 +275,9 @@ class Session(Protocol):
 
     def enable(self, capabilities: Iterable[str]) -> list[str]:
         """ENABLE (RFC 5161): turn capabilities on; those newly enabled, in order."""
+
+    def set_notifier(self, notifier: Any) -> None:
+        """NOTIFY SET (a :class:`gateway.imap.notify.Notifier`) or NONE (None), RFC 5465."""
 
     def enable_condstore(self) -> None:
         """A CONDSTORE enabling command ran (RFC 7162 §3.1): CONDSTORE is on from now."""

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 from gateway.access.households import UserStore
 from gateway.access.quota import KIB, storage_kib
-from gateway.core.flags import SPECIAL_USES, VIRTUAL_SPECIAL_USES
-from gateway.imap import acl
+from gateway.core.criteria import Flag
+from gateway.core.flags import DELETED, SPECIAL_USES, VIRTUAL_SPECIAL_USES
+from gateway.imap import acl, rev2
 from gateway.imap.command import Create, List, MailboxCommand, Rename, Status
 from gateway.imap.handler import BadCommand, Handler, Pause, Refused, ok
 from gateway.imap.listpattern import WILDCARDS, PatternSet
@@ -187,7 +188,24 @@ def _line(session: Session, verb: bytes, attrs: list[str], name: str, extra: byt
     )
 
 
-def _status_line(session: Session, name: str, counts: MailboxCounts, items: Iterable[str]) -> bytes:
+def _check_status_items(session: Session, items: Iterable[str]) -> None:
+    """RFC 9051 §6.3.11: RECENT is not a status item for an IMAP4rev2 client."""
+    if rev2.active(session) and rev2.REV1_ONLY_STATUS_ITEMS.intersection(items):
+        raise BadCommand("STATUS RECENT is not part of IMAP4rev2")
+
+
+def _deleted(session: Session, mailbox_id: int) -> int:
+    """RFC 9051 §6.3.11 STATUS DELETED: the messages with \\Deleted (one store search)."""
+    return len(session.store.search(mailbox_id, Flag(DELETED)))
+
+
+def _status_line(
+    session: Session,
+    name: str,
+    counts: MailboxCounts,
+    items: Iterable[str],
+    deleted: int | None = None,
+) -> bytes:
     values = {
         "MESSAGES": counts.messages,
         "RECENT": counts.recent,
@@ -196,6 +214,7 @@ def _status_line(session: Session, name: str, counts: MailboxCounts, items: Iter
         "UNSEEN": counts.unseen,
         "HIGHESTMODSEQ": counts.highestmodseq,
         "SIZE": counts.size,
+        "DELETED": deleted,
     }
     body = " ".join(f"{item} {values[item]}" for item in items)
     return b"* STATUS " + session.wire_name(name) + b" (" + body.encode("ascii") + b")\r\n"
@@ -269,6 +288,8 @@ def list_(session: Session, cmd: List) -> Handler:
     selection = set(cmd.selection)
     want_subscribed = "SUBSCRIBED" in selection or "SUBSCRIBED" in cmd.returns
     status_items = list(cmd.status_items)
+    imap4rev2 = rev2.active(session)
+    _check_status_items(session, status_items)
     if STATUS_CONDSTORE_ITEM in status_items:
         session.enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
 
@@ -276,7 +297,8 @@ def list_(session: Session, cmd: List) -> Handler:
         mailbox = mailboxes.get(name)
         attrs: list[str] = []
         if mailbox is None:
-            attrs.append("\\NonExistent" if cmd.extended else "\\Noselect")
+            # RFC 9051 §6.3.9: \\NonExistent (implying \\Noselect) for rev2 clients too
+            attrs.append("\\NonExistent" if cmd.extended or imap4rev2 else "\\Noselect")
         if name in parents:
             attrs.append("\\HasChildren")
         elif mailbox is not None:
@@ -318,7 +340,8 @@ def list_(session: Session, cmd: List) -> Handler:
                 counts = store.counts(mailbox.id)
             except MailboxNotFound:
                 continue  # deleted by another session during a pause
-            yield _status_line(session, name, counts, status_items)
+            deleted = _deleted(session, mailbox.id) if "DELETED" in status_items else None
+            yield _status_line(session, name, counts, status_items, deleted)
             lookups += 1
             if lookups % PAUSE_STATUS_LINES == 0:
                 yield Pause()
@@ -361,11 +384,13 @@ def status(session: Session, cmd: Status) -> Handler:
     Figures always come from the store, never from a session's view, so STATUS of the
     selected mailbox is as fresh as any other. State: authenticated or selected."""
     name = session.mailbox_name(cmd.mailbox)
+    _check_status_items(session, cmd.items)
     mailbox = session.store.get_mailbox(_user(session), name)
     if STATUS_CONDSTORE_ITEM in cmd.items:
         session.enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
     counts = session.store.counts(mailbox.id)
-    yield _status_line(session, name, counts, cmd.items)
+    deleted = _deleted(session, mailbox.id) if "DELETED" in cmd.items else None
+    yield _status_line(session, name, counts, cmd.items, deleted)
     return ok("STATUS completed")
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from gateway.core import criteria as c
 from gateway.core.flags import RECENT, SEEN, SENT_USE, canonical_flag, is_system_flag
-from gateway.imap import fetch_items, wire
+from gateway.imap import fetch_items, rev2, wire
 from gateway.imap.capabilities import QRESYNC
 from gateway.imap.command import Append, Copy, Fetch, FetchAttr, Search, Simple, UidExpunge
 from gateway.imap.command import Store as StoreCmd
@@ -462,7 +462,7 @@ def search(session: Session, cmd: Search) -> Handler:
     def highest_modseq(uids: list[int]) -> int:
         return max((i.modseq for i in _infos(session, mailbox_id, uids)), default=0)
 
-    if cmd.returns is None:
+    if cmd.returns is None and not rev2.active(session):
         text = b"* SEARCH"
         if numbers:
             text += b" " + _numbers(numbers)
@@ -471,7 +471,7 @@ def search(session: Session, cmd: Search) -> Handler:
         yield text + b"\r\n"
         return ok("SEARCH completed")
 
-    returns = set(cmd.returns) or {"ALL"}
+    returns = set(cmd.returns or ()) or {"ALL"}  # RFC 9051 §6.4.4: plain SEARCH is ALL
     parts = [b"* ESEARCH (TAG " + wire.quote(cmd.tag.encode()) + b")"]
     if cmd.uid:
         parts.append(b"UID")

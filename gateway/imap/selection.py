@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from gateway.core.flags import SETTABLE_FLAGS
-from gateway.imap import wire
+from gateway.imap import rev2, wire
 from gateway.imap.capabilities import QRESYNC
 from gateway.imap.command import Command, Select
 from gateway.imap.handler import BadCommand, Handler, Session, ok
@@ -40,6 +40,8 @@ def select(session: Session, cmd: Select) -> Handler:
     uids = store.message_uids(mailbox.id)
     summary = store.selection_summary(mailbox.id)
     view = View(mailbox, readonly, uids, mailbox.highestmodseq, summary.recent)
+    imap4rev2 = rev2.active(session)
+    view.show_recent = not imap4rev2
     if not readonly and summary.recent:
         store.clear_recent(mailbox.id, summary.recent)
     session.select(view)
@@ -57,14 +59,20 @@ def select(session: Session, cmd: Select) -> Handler:
         + b"] "
         + (b"Read-only mailbox\r\n" if readonly else b"Flags permitted\r\n"),
         b"* %d EXISTS\r\n" % len(uids),
-        b"* %d RECENT\r\n" % len(view.recent),
     ]
+    if not imap4rev2:  # RFC 9051 Appendix E: no RECENT, no [UNSEEN n]
+        lines.append(b"* %d RECENT\r\n" % len(view.recent))
     unseen = None if summary.first_unseen_uid is None else view.seq_of(summary.first_unseen_uid)
-    if unseen is not None:
+    if unseen is not None and not imap4rev2:
         lines.append(b"* OK [UNSEEN %d] First unseen\r\n" % unseen)
     lines.append(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mailbox.uidvalidity)
     lines.append(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % uidnext)
     lines.append(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % view.highestmodseq)
+    if imap4rev2:  # RFC 9051 §6.3.2: the mailbox's LIST response
+        use = f" {mailbox.special_use}" if mailbox.special_use else ""
+        lines.append(
+            b"* LIST (" + use.strip().encode() + b') "/" ' + session.wire_name(name) + b"\r\n"
+        )
     yield b"".join(lines)
     if cmd.qresync is not None and cmd.qresync.uidvalidity == mailbox.uidvalidity:
         yield from _qresync(session, view, cmd)

@@ -113,6 +113,7 @@ class IMAPServerProtocol(Protocol):
         self._raw_line: bytes | None = None
         self._raw_error: ParseError | None = None
         self._idle_events: deque[IdleEvent] = deque()
+        self._notifying = False  # the current run is NOTIFY's, not a command
         self._idling = False
         self._output_paused = False
         self._reading_paused = False
@@ -477,9 +478,17 @@ class IMAPServerProtocol(Protocol):
         self.parser.utf8_accept = self.session.utf8_enabled()
         self._budget.command_done()  # its literals' reservations and spool files
         self.factory.limits.apply_state(self.parser, self.session.user is not None)
-        self._reset_timeout()
-        self._turn_commands += 1
+        if self._notifying:
+            self._notifying = False  # the client did nothing: its inactivity timer runs on
+        else:
+            self._reset_timeout()
+            self._turn_commands += 1
         self._again = True
+        notifier = self.session.notifier
+        if notifier is not None and notifier.has_pending() and not self._closing:
+            # Events that arrived after the command's own delivery (RFC 5465).
+            self._notifying = True
+            self._start(self.session.notifications())
 
     def _schedule_next_turn(self) -> None:
         if self._next_turn_call is None:
@@ -635,10 +644,26 @@ class IMAPServerProtocol(Protocol):
 
     def mailbox_changed(self, mailbox_id: int) -> None:
         """RFC 2177: an IDLE client hears about changes to its mailbox at once; other
-        sessions learn at their next command (the catch-up after every command)."""
-        view = self.session.selected
-        if not self._idling or self._closing or view is None or view.mailbox.id != mailbox_id:
+        sessions learn at their next command (the catch-up after every command). Under
+        NOTIFY (RFC 5465) the mailboxes it watches count too, idle or not: between
+        commands the notifications are sent at once, as a run without a tag."""
+        if self._closing:
             return
-        if IdleEvent.CHANGED not in self._idle_events:
-            self._idle_events.append(IdleEvent.CHANGED)
+        view = self.session.selected
+        selected_id = view.mailbox.id if view is not None else None
+        notifier = self.session.notifier
+        wanted = notifier is not None and notifier.changed(mailbox_id, selected_id)
+        if self._idling:
+            if wanted or mailbox_id == selected_id:
+                if IdleEvent.CHANGED not in self._idle_events:
+                    self._idle_events.append(IdleEvent.CHANGED)
+                self._run()
+            return
+        if wanted and self._current is None:
+            self._start_notifications()
+
+    def _start_notifications(self) -> None:
+        """RFC 5465 §1: NOTIFY's untagged responses may go out while no command runs."""
+        self._notifying = True
+        self._start(self.session.notifications())
         self._run()

@@ -42,12 +42,14 @@ from gateway.core.flags import RECENT
 from gateway.imap import mutf7, wire
 from gateway.imap.capabilities import (
     CONDSTORE,
+    IMAP4REV2,
     QRESYNC,
     SERVER_NAME,
     UTF8_ACCEPT,
     Situation,
     capability_text,
 )
+from gateway.imap.capabilities import capabilities as capabilities_of
 from gateway.imap.command import Command, ParseError, Select, Status
 from gateway.imap.handler import (
     Action,
@@ -60,6 +62,7 @@ from gateway.imap.handler import (
     SessionRevoked,
     StartTLS,
 )
+from gateway.imap.notify import Notifier
 from gateway.imap.states import ACTIVITY_COMMANDS, COMMANDS, TRYCREATE_COMMANDS, State, table_key
 from gateway.imap.view import CATCH_UP_CHUNK, View, expunge_responses, flag_list
 from gateway.security.auth import Authenticator, UserDirectory
@@ -176,6 +179,8 @@ class IMAPSession:
         """The tagged reply of the last command run (None when it ended the connection
         without one, e.g. BYE); the transport glue reports it to its observer."""
         self._after_reply: Action | None = None
+        self.notifier: Notifier | None = None
+        """NOTIFY (RFC 5465): what this connection asked to hear about, or None."""
 
     # -- facts for the transport glue and the handlers --
 
@@ -204,7 +209,8 @@ class IMAPSession:
         return CONDSTORE in self._enabled
 
     def utf8_enabled(self) -> bool:
-        return UTF8_ACCEPT in self._enabled
+        """UTF-8 mailbox names: UTF8=ACCEPT (RFC 6855) or IMAP4rev2 (RFC 9051 §5.1)."""
+        return bool({UTF8_ACCEPT, IMAP4REV2.upper()} & self._enabled)
 
     def mailbox_name(self, raw: bytes) -> str:
         """The mailbox name a command gave, decoded.
@@ -284,15 +290,36 @@ class IMAPSession:
         known = {CONDSTORE, QRESYNC}
         if self.utf8_available:
             known.add(UTF8_ACCEPT)
+        if IMAP4REV2 in capabilities_of(self.situation()):
+            known.add(IMAP4REV2.upper())  # RFC 9051 §6.3.1
         newly: list[str] = []
         for capability in capabilities:
             capability = capability.upper()
             if capability in known and capability not in self._enabled:
                 self._enabled.add(capability)
-                newly.append(capability)
+                newly.append(IMAP4REV2 if capability == IMAP4REV2.upper() else capability)
             if capability == QRESYNC:
                 self._enabled.add(CONDSTORE)
         return newly
+
+    def set_notifier(self, notifier: Notifier | None) -> None:
+        """NOTIFY SET / NOTIFY NONE, or NOTIFICATIONOVERFLOW turning it off (RFC 5465)."""
+        self.notifier = notifier
+
+    def notifications(self, *, idling: bool = False) -> Iterator[Output]:
+        """What changed, told without a command (RFC 5465 between commands; RFC 2177
+        while idling, where the selected mailbox is always caught up)."""
+        notifier = self.notifier
+        try:
+            if idling and self.selected is not None:
+                if notifier is not None and notifier.handles_selected():
+                    notifier.selected_pending = True  # told below, with MessageNew's items
+                else:
+                    yield from self.catch_up(allow_expunge=True)
+            if notifier is not None:
+                yield from notifier.deliver(self, between_commands=True, idling=idling)
+        except MailboxNotFound:
+            yield from self._selected_mailbox_gone()
 
     def enable_condstore(self) -> None:
         """A CONDSTORE enabling command ran (RFC 7162 §3.1: FETCH MODSEQ, CHANGEDSINCE,
@@ -403,6 +430,8 @@ class IMAPSession:
                 # RFC 7162 §3.1: the first CONDSTORE enabling command run while a mailbox
                 # is selected tells the client where modseqs stand.
                 yield b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % self.selected.highestmodseq
+        if self.notifier is not None and self.state is not State.LOGOUT:
+            yield from self.notifier.deliver(self, between_commands=False)
         yield self._tagged(cmd.tag, reply)
         after, self._after_reply = self._after_reply, None
         if after is not None:
@@ -528,7 +557,9 @@ class IMAPSession:
         if new_rows:
             for row in new_rows:
                 view.add(row.uid, RECENT in row.flags)
-            yield b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(view.uids), len(view.recent))
+            yield b"* %d EXISTS\r\n" % len(view.uids)
+            if view.show_recent:  # RFC 9051 has no RECENT response
+                yield b"* %d RECENT\r\n" % len(view.recent)
         condstore = self.condstore_active()
         with_uid = uid_form or condstore
         reported = view.reported

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.imap import acl, connection, login, mailboxes, messages, selection
+from gateway.imap import acl, connection, login, mailboxes, messages, notify, selection
 from gateway.imap.command import Command, UidExpunge
 from gateway.imap.handler import Handler
 
@@ -78,6 +78,7 @@ COMMANDS: dict[str, CommandSpec] = {
     "GETQUOTAROOT": CommandSpec(_AUTHED, mailboxes.getquotaroot),
     "GETQUOTA": CommandSpec(_AUTHED, mailboxes.getquota),
     "APPEND": CommandSpec(_AUTHED, messages.append),
+    "NOTIFY": CommandSpec(_AUTHED, notify.notify),  # RFC 5465
     "MYRIGHTS": CommandSpec(_AUTHED, acl.myrights),  # RFC 4314 §3.8
     "GETACL": CommandSpec(_AUTHED, acl.getacl),  # RFC 4314 §3.3, read-only
     "LISTRIGHTS": CommandSpec(_AUTHED, acl.listrights),  # RFC 4314 §3.7

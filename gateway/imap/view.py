@@ -64,6 +64,8 @@ class View:
         self.highestmodseq = highestmodseq
         self.reported: dict[int, int] = {}
         self.pending_expunge: set[int] = set()
+        self.show_recent = True
+        """False for an IMAP4rev2 client: RFC 9051 has no \\Recent (gateway/imap/rev2.py)."""
 
     def resolve(self, seqset: SequenceSet, uid_mode: bool) -> list[int]:
         """UIDs (ascending, in the view) named by ``seqset``; RFC 3501 §6.4.8 and §9.
@@ -118,7 +120,7 @@ class View:
 
     def shown_flags(self, uid: int, stored: frozenset[str]) -> frozenset[str]:
         """The store's flags as this session shows them, with its own \\Recent."""
-        recent = self.is_recent(uid)
+        recent = self.show_recent and self.is_recent(uid)
         if (RECENT in stored) == recent:
             return stored
         return stored | {RECENT} if recent else stored - {RECENT}
