@@ -61,7 +61,10 @@ def test_notify_set_status_reports_each_watched_mailbox_but_the_selected(
     client.command("S", "SELECT INBOX")
     reply = client.command("N", "NOTIFY SET STATUS (PERSONAL (MessageNew MessageExpunge))")
     validity = server.call(lambda: server.store.get_mailbox(USER, "Work").uidvalidity)
-    assert b'* STATUS "Work" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY %d UNSEEN 1)\r\n' % validity in reply
+    assert (
+        b'* STATUS "Work" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY %d UNSEEN 1 HIGHESTMODSEQ ' % validity
+        in reply
+    )
     assert b'"INBOX"' not in reply
     assert tagged_line(reply) == b"N OK NOTIFY completed"
     client.close()
@@ -71,17 +74,29 @@ def test_other_mailboxes_are_announced_between_commands(server: ServerHandle) ->
     """Another session's APPEND and STORE, and a POP3 delivery, reach the watcher without
     it sending anything (RFC 5465 §5.1-5.3)."""
     with watcher(server) as alice, server.login() as other:
+        work = server.call(lambda: server.store.get_mailbox(USER, "Work").uidvalidity)
+        dev = server.call(lambda: server.store.get_mailbox(USER, "Lists/dev").uidvalidity)
         other.command("A", "APPEND Work {3+}\r\nhi!")
-        assert alice.read_line() == b'* STATUS "Work" (MESSAGES 1 UIDNEXT 2 UNSEEN 1)\r\n'
+        assert alice.read_line() == (
+            b'* STATUS "Work" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY %d UNSEEN 1 HIGHESTMODSEQ 2)\r\n'
+            % work
+        )
         other.command("S", "SELECT Work")
         other.command("F", "STORE 1 +FLAGS (\\Seen)")
-        assert alice.read_line() == b'* STATUS "Work" (MESSAGES 1 UIDNEXT 2 UNSEEN 0)\r\n'
+        assert (
+            alice.read_line() == b'* STATUS "Work" (UNSEEN 0 HIGHESTMODSEQ 3)\r\n'
+        )  # CONDSTORE on
         deliver_pop3(server, "Lists/dev", "u1")
-        assert alice.read_line() == b'* STATUS "Lists/dev" (MESSAGES 1 UIDNEXT 2 UNSEEN 1)\r\n'
-        other.command("D", "STORE 1 +FLAGS (\\Deleted)")
-        assert b"UNSEEN 0" in alice.read_line()  # a flag change: FlagChange asked for
+        assert alice.read_line() == (
+            b'* STATUS "Lists/dev" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY %d UNSEEN 1 HIGHESTMODSEQ 2)\r\n'
+            % dev
+        )
+        other.command("D", "STORE 1 +FLAGS (\\Deleted)")  # news only because of CONDSTORE
+        assert alice.read_line() == b'* STATUS "Work" (HIGHESTMODSEQ 4)\r\n'
         other.command("X", "EXPUNGE")
-        assert alice.read_line() == b'* STATUS "Work" (MESSAGES 0 UIDNEXT 2 UNSEEN 0)\r\n'
+        assert alice.read_line() == (
+            b'* STATUS "Work" (MESSAGES 0 UIDNEXT 2 UNSEEN 0 HIGHESTMODSEQ 5)\r\n'
+        )
         # the watcher's own next command still completes normally
         assert alice.command("Z", "NOOP") == b"Z OK NOOP completed\r\n"
 
@@ -93,10 +108,16 @@ def test_selected_mailbox_events_carry_the_messagenew_items(server: ServerHandle
         assert alice.read_line() == b"* 1 EXISTS\r\n"
         assert alice.read_line() == b"* 1 RECENT\r\n"
         line = alice.read_line()
-        assert re.fullmatch(rb"\* 1 FETCH \(UID 1 RFC822\.SIZE \d+ FLAGS \(\\Recent\)\)\r\n", line)
+        assert re.fullmatch(
+            rb"\* 1 FETCH \(UID 1 RFC822\.SIZE \d+ FLAGS \(\\Recent\) MODSEQ \(\d+\)\)\r\n", line
+        )
         other.command("S", "SELECT INBOX")
         other.command("F", "STORE 1 +FLAGS.SILENT (\\Deleted)")
-        assert alice.read_line() == b"* 1 FETCH (FLAGS (\\Deleted \\Recent))\r\n"
+        # NOTIFY SET STATUS enabled CONDSTORE (RFC 7162 §3.1): UID and MODSEQ come along
+        assert re.fullmatch(
+            rb"\* 1 FETCH \(FLAGS \(\\Deleted \\Recent\) UID 1 MODSEQ \(\d+\)\)\r\n",
+            alice.read_line(),
+        )
         other.command("X", "EXPUNGE")
         assert alice.read_line() == b"* 1 EXPUNGE\r\n"
 
@@ -106,7 +127,7 @@ def test_events_reach_an_idling_watcher(server: ServerHandle) -> None:
         alice.send(b"I IDLE\r\n")
         assert alice.read_line() == b"+ idling\r\n"
         other.command("A", "APPEND Lists {3+}\r\nhi!")
-        assert alice.read_line() == b'* STATUS "Lists" (MESSAGES 1 UIDNEXT 2 UNSEEN 1)\r\n'
+        assert alice.read_line().startswith(b'* STATUS "Lists" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY ')
         deliver_pop3(server, INBOX, "u1")
         assert alice.read_line() == b"* 1 EXISTS\r\n"
         assert alice.read_line() == b"* 1 RECENT\r\n"
@@ -119,7 +140,7 @@ def test_notify_none_and_filters_limit_what_is_told(server: ServerHandle) -> Non
     with watcher(server, "NOTIFY SET (SUBTREE Lists (MessageNew MessageExpunge))") as alice:
         deliver_pop3(server, "Work", "w1")  # not watched
         deliver_pop3(server, "Lists/dev", "d1")
-        assert alice.read_line() == b'* STATUS "Lists/dev" (MESSAGES 1 UIDNEXT 2 UNSEEN 1)\r\n'
+        assert alice.read_line().startswith(b'* STATUS "Lists/dev" (MESSAGES 1 UIDNEXT 2 ')
         assert alice.command("N", "NOTIFY NONE") == b"N OK NOTIFY completed\r\n"
         deliver_pop3(server, "Lists", "l1")
         # nothing unsolicited: the next reply is the command's own
@@ -216,7 +237,11 @@ def test_fairemail_like_replay(server: ServerHandle) -> None:
         assert raw.read_line().startswith(b"+ ")
         deliver_pop3(server, "Archive", "a1")
         line = raw.read_line()
-        assert line.startswith(b'* STATUS "Archive" (MESSAGES 1 UIDNEXT 2 UNSEEN 1 HIGHESTMODSEQ')
+        assert re.match(
+            rb'\* STATUS "Archive" \(MESSAGES 1 UIDNEXT 2 UIDVALIDITY \d+ UNSEEN 1 '
+            rb"HIGHESTMODSEQ \d+\)\r\n",
+            line,
+        ), line
         deliver_pop3(server, INBOX, "i1")
         assert raw.read_line() == b"* 1 EXISTS\r\n"
         assert raw.read_line() == b"* 1 RECENT\r\n"

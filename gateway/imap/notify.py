@@ -9,10 +9,12 @@ hears, without polling, about:
   each new message; ``SELECTED-DELAYED`` keeps expunges for the moments RFC 3501 §7.4.1
   allows them (the end of a command that is not FETCH, STORE or SEARCH);
 * other mailboxes matched by ``INBOXES``, ``PERSONAL``, ``SUBSCRIBED``, ``SUBTREE`` or
-  ``MAILBOXES`` (RFC 5465 §6): a ``* STATUS`` with MESSAGES, UIDNEXT and UNSEEN (and
-  HIGHESTMODSEQ once CONDSTORE is on), as Dovecot sends it, when their message count,
-  UIDNEXT or (with ``FlagChange``) their unseen count or modseq moved (§5.1-5.3); never
-  for the selected mailbox (§5, it has its own events);
+  ``MAILBOXES`` (RFC 5465 §6): a ``* STATUS`` when their message count or UIDNEXT
+  moved (MESSAGES, UIDNEXT, UNSEEN; UIDVALIDITY too for new mail) or, with
+  ``FlagChange``, their flags (UNSEEN if it moved; under CONDSTORE any flag change), plus
+  HIGHESTMODSEQ once CONDSTORE is on (§5.1-5.3; ``NOTIFY SET STATUS`` turns it on, as in Dovecot): the forms Dovecot 2.3
+  sends (``tests/test_imap_acl_notify_dovecot.py``); never for the selected mailbox (§5:
+  it has its own events);
 * ``MailboxName`` (§5.4): ``* LIST`` for a name that appeared, ``* LIST (\\NonExistent)``
   for one that went, ``OLDNAME`` for a rename; ``SubscriptionChange`` (§5.5): ``* LIST``
   with or without ``\\Subscribed``.
@@ -191,7 +193,10 @@ def notify(session: Session, cmd: Notify) -> Handler:
     notifier.start(session)
     session.set_notifier(notifier)
     if cmd.status:
-        # RFC 5465 §3: the STATUS option reports where the watched mailboxes stand now.
+        # RFC 5465 §3: the STATUS option reports where the watched mailboxes stand now,
+        # with HIGHESTMODSEQ, which makes it a CONDSTORE enabling command (RFC 7162 §3.1),
+        # as in Dovecot 2.3.
+        session.enable_condstore()
         yield from notifier.initial_status(session)
     return ok("NOTIFY completed")
 
@@ -199,11 +204,26 @@ def notify(session: Session, cmd: Notify) -> Handler:
 # ---- the per-connection state ---------------------------------------------------------
 
 
-def _status_line(session: Session, name: str, counts: MailboxCounts, *, validity: bool) -> bytes:
-    items = [f"MESSAGES {counts.messages}", f"UIDNEXT {counts.uidnext}"]
-    if validity:
+def _status_line(
+    session: Session,
+    name: str,
+    counts: MailboxCounts,
+    *,
+    messages: bool,
+    new: bool,
+    unseen: bool = True,
+) -> bytes:
+    """``* STATUS`` as Dovecot 2.3 sends it for NOTIFY (RFC 5465 §3, §5.1-5.3): MESSAGES,
+    UIDNEXT and UNSEEN when messages came or went, UNSEEN for a flag change that moved it
+    (``unseen``); with ``new`` (new mail, or NOTIFY SET STATUS's first report) also
+    UIDVALIDITY; HIGHESTMODSEQ whenever CONDSTORE is on."""
+    items = []
+    if messages:
+        items += [f"MESSAGES {counts.messages}", f"UIDNEXT {counts.uidnext}"]
+    if new:
         items.append(f"UIDVALIDITY {counts.uidvalidity}")
-    items.append(f"UNSEEN {counts.unseen}")
+    if unseen:
+        items.append(f"UNSEEN {counts.unseen}")
     if session.condstore_active():
         items.append(f"HIGHESTMODSEQ {counts.highestmodseq}")
     return b"* STATUS " + session.wire_name(name) + b" (" + " ".join(items).encode() + b")\r\n"
@@ -319,7 +339,7 @@ class Notifier:
         for mailbox_id, counts in sorted(self.told.items(), key=lambda kv: self.names[kv[0]]):
             if mailbox_id != selected:
                 name = self.names[mailbox_id]
-                yield _status_line(session, name, counts, validity=True)
+                yield _status_line(session, name, counts, messages=True, new=True)
 
     def changed(self, mailbox_id: int, selected_id: int | None) -> bool:
         """A store event; True when this connection has something new to deliver."""
@@ -383,9 +403,17 @@ class Notifier:
                 continue
             before = self.told.get(mailbox_id)
             self.told[mailbox_id] = counts
-            if before is not None and not _news(before, counts, group):
-                continue
-            yield _status_line(session, name, counts, validity=False)
+            moved = before is None or (before.messages, before.uidnext) != (
+                counts.messages,
+                counts.uidnext,
+            )
+            flags = FLAG_CHANGE in group.events and _flags_moved(
+                before, counts, session.condstore_active()
+            )
+            if moved or flags:
+                new = before is None or before.uidnext != counts.uidnext
+                unseen = moved or before is None or before.unseen != counts.unseen
+                yield _status_line(session, name, counts, messages=moved, new=new, unseen=unseen)
 
     def _selected(self, session: Session, *, idling: bool) -> Iterator[Output]:
         """SELECTED events between commands: the catch-up IDLE would send (EXPUNGE held
@@ -407,10 +435,9 @@ class Notifier:
             )
 
 
-def _news(before: MailboxCounts, after: MailboxCounts, group: EventGroup) -> bool:
-    """Whether a mailbox's counts moved in a way the group asked to hear about."""
-    if (before.messages, before.uidnext) != (after.messages, after.uidnext):
+def _flags_moved(before: MailboxCounts | None, after: MailboxCounts, condstore: bool) -> bool:
+    """Whether a flag change is news: the unseen count moved, or under CONDSTORE the
+    modseq (without it Dovecot says nothing of a \\Deleted or \\Flagged, nor do we)."""
+    if before is None or before.unseen != after.unseen:
         return True
-    if FLAG_CHANGE in group.events:
-        return (before.unseen, before.highestmodseq) != (after.unseen, after.highestmodseq)
-    return False
+    return condstore and before.highestmodseq != after.highestmodseq
