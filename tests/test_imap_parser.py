@@ -1093,7 +1093,9 @@ ERRORS = [
     (b"a FETCH 1 BODY[HEADER.FIELDS (a:b)]\r\n", "a", "invalid header field name", None, "BAD"),
     (b"a FETCH 1 BODY[FOO]\r\n", "a", "unknown section FOO", None, "BAD"),
     (b"a FETCH 1 BODY[]<0.0>\r\n", "a", "octet count", None, "BAD"),
-    (b"a FETCH 1 BINARY[]\r\n", "a", "unknown fetch attribute BINARY", None, "BAD"),
+    # RFC 3516 §4.2: BINARY takes part numbers only (BINARY[] itself is valid since BINARY)
+    (b"a FETCH 1 BINARY[HEADER]\r\n", "a", "BINARY takes part numbers only", None, "BAD"),
+    (b"a FETCH 1 BINARY.SIZE\r\n", "a", "BINARY needs a section", None, "BAD"),
     (b"a FETCH 1 BODY.PEEK\r\n", "a", "BODY.PEEK needs a section", None, "BAD"),
     (b"a FETCH 1 FLAGS (VANISHED)\r\n", "a", "only allowed with UID FETCH", None, "BAD"),
     (
@@ -1139,7 +1141,8 @@ ERRORS = [
     (b"a SEARCH\r\n", "a", "SEARCH: expected search criteria", None, "BAD"),
     (b"a SEARCH FOO\r\n", "a", "unknown search key FOO", None, "BAD"),
     (b"a SEARCH CHARSET KOI8-R ALL\r\n", "a", "charset", "BADCHARSET (US-ASCII UTF-8)", "NO"),
-    (b"a SEARCH RETURN (SAVE) ALL\r\n", "a", "unknown search return option SAVE", None, "BAD"),
+    # RFC 5182 SAVE is a return option since SEARCHRES; an unknown one is still BAD
+    (b"a SEARCH RETURN (KEEP) ALL\r\n", "a", "unknown search return option KEEP", None, "BAD"),
     (b"a SEARCH BEFORE 31-Feb-2024\r\n", "a", "invalid date", None, "BAD"),
     (b"a SEARCH BEFORE 1-Fbr-2024\r\n", "a", "invalid date", None, "BAD"),
     (b"a SEARCH SINCE yesterday\r\n", "a", "expected a date", None, "BAD"),
@@ -1147,7 +1150,7 @@ ERRORS = [
     (b"a SEARCH OR SEEN\r\n", "a", "second search key", None, "BAD"),
     (b"a SEARCH (SEEN\r\n", "a", "search key", None, "BAD"),
     (b"a SEARCH SEEN)\r\n", "a", "space before a search key", None, "BAD"),
-    (b"a SEARCH $\r\n", "a", "search key", None, "BAD"),
+    (b"a SEARCH $:3\r\n", "a", "space before a search key", None, "BAD"),  # RFC 5182: "$" alone
     (b"a UID FOO 1\r\n", "a", "not a UID command", None, "BAD"),
     (b"a UID\r\n", "a", "UID", None, "BAD"),
     (b'a LOGIN "caf\xe9" x\r\n', "a", "not valid UTF-8", None, "BAD"),

@@ -36,6 +36,13 @@ EXTENSIONS: tuple[str, ...] = (
     "STATUS=SIZE",  # RFC 8438
     "QUOTA",  # RFC 9208: GETQUOTA, GETQUOTAROOT, NO [OVERQUOTA] (limits come from the config)
     "QUOTA=RES-STORAGE",  # RFC 9208 §5.1
+    "BINARY",  # RFC 3516: FETCH BINARY[...], BINARY.SIZE, literal8 in APPEND
+    "SEARCHRES",  # RFC 5182: SEARCH RETURN (SAVE) and "$"
+    "CATENATE",  # RFC 4469: APPEND ... CATENATE (TEXT/URL ...)
+    "WITHIN",  # RFC 5032: SEARCH OLDER / YOUNGER
+    "SAVEDATE",  # RFC 8514: FETCH SAVEDATE, SEARCH SAVED*
+    "PREVIEW",  # RFC 8970: FETCH PREVIEW
+    "OBJECTID",  # RFC 8474: MAILBOXID, EMAILID (THREADID is NIL)
 )
 """Extensions available in every state (clients may look before logging in)."""
 

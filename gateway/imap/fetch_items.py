@@ -14,8 +14,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gateway.imap import wire
-from gateway.imap.command import BodySection, FetchAttr, FetchItem
+from gateway.imap.command import BinarySection, BodySection, FetchAttr, FetchItem
 from gateway.imap.view import flag_list
+from gateway.message.binary import binary_section
+from gateway.message.preview import preview
 from gateway.message.sections import section
 from gateway.store.interfaces import MessageInfo
 
@@ -29,8 +31,16 @@ BODYSTRUCTURE = 5
 UID = 6
 MODSEQ = 7
 SECTION = 8
+SAVEDATE = 9  # RFC 8514 §4.1
+EMAILID = 10  # RFC 8474 §5.1
+THREADID = 11  # RFC 8474 §5.2
+PREVIEW = 12  # RFC 8970 §3
 
 _ATTR_CODES = {
+    "SAVEDATE": SAVEDATE,
+    "EMAILID": EMAILID,
+    "THREADID": THREADID,
+    "PREVIEW": PREVIEW,
     "FLAGS": FLAGS,
     "INTERNALDATE": INTERNALDATE,
     "RFC822.SIZE": RFC822_SIZE,
@@ -80,6 +90,11 @@ class Section:
     fields: tuple[str, ...]
     partial: tuple[int, int] | None
     seen: bool
+    binary: int = 0  # 0: BODY/RFC822 forms; BINARY_CONTENT or BINARY_SIZE (RFC 3516)
+
+
+BINARY_CONTENT = 1
+BINARY_SIZE = 2
 
 
 @dataclass(frozen=True)
@@ -122,6 +137,16 @@ def compile_plan(items: Iterable[FetchItem], uid_mode: bool, with_modseq: bool) 
                 sec = Section(b"RFC822.TEXT", (), "TEXT", (), None, True)
             else:
                 raise ValueError(f"unknown fetch attribute {item.name!r}")
+        elif isinstance(item, BinarySection):
+            sec = Section(
+                item.response_name().encode("ascii"),
+                item.part,
+                "",
+                (),
+                item.partial,
+                not item.peek and not item.size_only,
+                BINARY_SIZE if item.size_only else BINARY_CONTENT,
+            )
         elif isinstance(item, BodySection):
             sec = Section(
                 item.response_name().encode("ascii"),
@@ -142,7 +167,9 @@ def compile_plan(items: Iterable[FetchItem], uid_mode: bool, with_modseq: bool) 
                 assert old is not None
                 steps[i] = (
                     SECTION,
-                    Section(old.name, old.part, old.kind, old.fields, old.partial, True),
+                    Section(
+                        old.name, old.part, old.kind, old.fields, old.partial, True, old.binary
+                    ),
                 )
             continue
         seen_names.add(sec.name)
@@ -158,7 +185,7 @@ def compile_plan(items: Iterable[FetchItem], uid_mode: bool, with_modseq: bool) 
     sections = [s for code, s in steps if code == SECTION and s is not None]
     return FetchPlan(
         steps=tuple(steps),
-        needs_bytes=bool(sections),
+        needs_bytes=bool(sections) or PREVIEW in codes,
         sets_seen=any(s.seen for s in sections),
         has_flags=FLAGS in codes,
         has_uid=UID in codes,
@@ -177,6 +204,28 @@ def section_bytes(raw: bytes, parts: str, sec: Section) -> bytes:
         origin, count = sec.partial
         data = data[origin : origin + count]
     return data
+
+
+def binary_bytes(raw: bytes, parts: str, sec: Section) -> bytes | None:
+    """The decoded content of a BINARY item, partial applied (RFC 3516 §4.2); None for a
+    part that does not exist. Raises :class:`gateway.message.binary.UnknownCte`."""
+    data = binary_section(raw, parts, sec.part)
+    if data is not None and sec.partial is not None:
+        origin, count = sec.partial
+        data = data[origin : origin + count]
+    return data
+
+
+def _binary_item(raw: bytes, info: MessageInfo, sec: Section) -> bytes:
+    data = binary_bytes(raw, info.parts, sec)
+    if sec.binary == BINARY_SIZE:
+        return b"%s %d" % (sec.name, 0 if data is None else len(data))
+    if data is None:
+        return sec.name + b" NIL"
+    # RFC 3516 §4.2: literal8 only where the content needs it (a NUL octet); clients
+    # such as Roundcube read either form.
+    marker = b"~" if b"\x00" in data else b""
+    return b"%s %s{%d}\r\n" % (sec.name, marker, len(data)) + data
 
 
 def render(
@@ -217,6 +266,32 @@ def render(
             cur.append(b"INTERNALDATE " + wire.format_internaldate(info.internaldate))
         elif code == MODSEQ:
             cur.append(b"MODSEQ (%d)" % modseq)
+        elif code == SAVEDATE:
+            saved = info.savedate
+            cur.append(
+                b"SAVEDATE " + (b"NIL" if saved is None else wire.format_internaldate(saved))
+            )
+        elif code == EMAILID:
+            cur.append(
+                b"EMAILID " + (b"NIL" if not info.emailid else b"(%s)" % info.emailid.encode())
+            )
+        elif code == THREADID:
+            cur.append(b"THREADID NIL")  # gateway.store.objectid: no stable thread ids
+        elif code == PREVIEW:
+            assert raw is not None
+            cur.append(b"PREVIEW " + wire.quote(preview(raw).encode("utf-8")))
+        elif sec is not None and sec.binary:
+            assert raw is not None
+            item = _binary_item(raw, info, sec)
+            if len(item) > INLINE_LITERAL_LIMIT:
+                head, _, data = item.partition(b"\r\n")
+                cur.append(head + b"\r\n")
+                prefix = b"" if out else b"* %d FETCH (" % seq
+                out.append(prefix + b" ".join(cur))
+                out.append(data)
+                cur = [b""]
+            else:
+                cur.append(item)
         else:
             assert sec is not None and raw is not None
             data = section_bytes(raw, info.parts, sec)

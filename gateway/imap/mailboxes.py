@@ -19,6 +19,7 @@ from gateway.imap.command import Create, List, MailboxCommand, Rename, Status
 from gateway.imap.handler import BadCommand, Handler, Pause, Refused, ok
 from gateway.imap.listpattern import WILDCARDS, PatternSet
 from gateway.store.interfaces import DELIMITER, INBOX, Mailbox, MailboxCounts, MailboxNotFound
+from gateway.store.objectid import mailbox_id_text
 from gateway.store.rules import check_name_characters
 
 if TYPE_CHECKING:
@@ -82,9 +83,10 @@ def create(session: Session, cmd: Create) -> Handler:
             raise Refused(f"Special-use attribute {use} is not supported", "USEATTR")
     if name == INBOX:
         raise Refused("INBOX always exists", "ALREADYEXISTS")
-    session.store.create_mailbox(_user(session), name, use)
+    created = session.store.create_mailbox(_user(session), name, use)
     yield from ()
-    return ok("CREATE completed")
+    # RFC 8474 §4.1: the new mailbox's id in the tagged OK.
+    return ok("CREATE completed", f"MAILBOXID ({mailbox_id_text(created.id)})")
 
 
 def delete(session: Session, cmd: MailboxCommand) -> Handler:
@@ -186,8 +188,11 @@ def _line(session: Session, verb: bytes, attrs: list[str], name: str, extra: byt
     )
 
 
-def _status_line(session: Session, name: str, counts: MailboxCounts, items: Iterable[str]) -> bytes:
-    values = {
+def _status_line(
+    session: Session, name: str, counts: MailboxCounts, items: Iterable[str], mailbox_id: int
+) -> bytes:
+    values: dict[str, object] = {
+        "MAILBOXID": f"({mailbox_id_text(mailbox_id)})",  # RFC 8474 §4.2
         "MESSAGES": counts.messages,
         "RECENT": counts.recent,
         "UIDNEXT": counts.uidnext,
@@ -315,7 +320,7 @@ def list_(session: Session, cmd: List) -> Handler:
                 counts = store.counts(mailbox.id)
             except MailboxNotFound:
                 continue  # deleted by another session during a pause
-            yield _status_line(session, name, counts, status_items)
+            yield _status_line(session, name, counts, status_items, mailbox.id)
             lookups += 1
             if lookups % PAUSE_STATUS_LINES == 0:
                 yield Pause()
@@ -362,7 +367,7 @@ def status(session: Session, cmd: Status) -> Handler:
     if STATUS_CONDSTORE_ITEM in cmd.items:
         session.enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
     counts = session.store.counts(mailbox.id)
-    yield _status_line(session, name, counts, cmd.items)
+    yield _status_line(session, name, counts, cmd.items, mailbox.id)
     return ok("STATUS completed")
 
 
