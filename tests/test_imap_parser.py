@@ -18,6 +18,7 @@ from gateway.core.criteria import (
     All,
     And,
     Date,
+    EmailId,
     Flag,
     Header,
     ModSeq,
@@ -29,6 +30,7 @@ from gateway.core.criteria import (
     Size,
     Text,
     Uid,
+    Within,
 )
 from gateway.core.flags import SPECIAL_USES, SYSTEM_FLAGS
 from gateway.imap import framing, grammar
@@ -37,7 +39,9 @@ from gateway.imap.command import (
     Append,
     AppendMessage,
     Authenticate,
+    BinarySection,
     BodySection,
+    CatenatePart,
     Command,
     ContinuationNeeded,
     Copy,
@@ -1272,6 +1276,8 @@ class Writer:
         def num(n):
             return b"*" if n is None else b"%d" % n
 
+        if s.saved:  # RFC 5182 "$"
+            return b"$"
         return b",".join(
             num(r.start) if r.start == r.end else num(r.start) + b":" + num(r.end) for r in s.ranges
         )
@@ -1331,9 +1337,13 @@ class Writer:
             return w(c.where) + b" " + self.text(c.value)
         if isinstance(c, Date):
             word = {"before": "BEFORE", "on": "ON", "since": "SINCE"}[c.op]
-            if c.field == "sent":
-                word = "SENT" + word
+            if c.field != "internal":
+                word = ("SENT" if c.field == "sent" else "SAVED") + word
             return w(word) + b" " + self.date(c.date)
+        if isinstance(c, Within):
+            return w(c.op.upper()) + b" %d" % c.seconds
+        if isinstance(c, EmailId):
+            return w("EMAILID") + b" " + c.value.encode()
         if isinstance(c, Size):
             return w(c.op) + b" %d" % c.size
         if isinstance(c, Seq):
@@ -1347,7 +1357,13 @@ class Writer:
 
     def fetch_item(self, item) -> bytes:
         if isinstance(item, FetchAttr):
+            if item.name == "PREVIEW" and self.rnd.random() < 0.3:
+                return self.word("PREVIEW") + b" (" + self.word("LAZY") + b")"
             return self.word(item.name)
+        if isinstance(item, BinarySection):
+            word = "BINARY.SIZE" if item.size_only else "BINARY.PEEK" if item.peek else "BINARY"
+            text = self.word(word) + b"[" + ".".join(str(p) for p in item.part).encode() + b"]"
+            return text + (b"<%d.%d>" % item.partial if item.partial else b"")
         text = self.word("BODY.PEEK" if item.peek else "BODY") + b"["
         spec = [".".join(str(p) for p in item.part)] if item.part else []
         if item.kind:
@@ -1436,7 +1452,18 @@ class Writer:
                     out += sp + self.flags(m.flags)
                 if m.date is not None:
                     out += sp + self.date_time(m.date)
-                out += sp + self.literal(m.data, binary_ok=True)
+                if m.catenate is not None:  # RFC 4469 §5
+                    parts = [
+                        w("URL") + sp + self.astring(part.data)
+                        if part.kind == "URL"
+                        else w("TEXT") + sp + self.literal(part.data, binary_ok=True)
+                        for part in m.catenate
+                    ]
+                    out += sp + w("CATENATE") + b" (" + b" ".join(parts) + b")"
+                elif m.utf8:  # RFC 6855 §4
+                    out += sp + w("UTF8") + b" (~{%d}\r\n" % len(m.data) + m.data + b")"
+                else:
+                    out += sp + self.literal(m.data, binary_ok=True)
             return out
         if isinstance(c, Fetch):
             items = [self.fetch_item(i) for i in c.items]
@@ -1508,7 +1535,9 @@ seq_ranges = st.one_of(
     seq_numbers.map(lambda n: SeqRange(n, n)),
     st.builds(SeqRange, seq_numbers, seq_numbers),
 )
-seqsets = st.lists(seq_ranges, min_size=1, max_size=5).map(lambda r: SequenceSet(tuple(r)))
+seqsets = st.lists(seq_ranges, min_size=1, max_size=5).map(
+    lambda r: SequenceSet(tuple(r))
+) | st.just(SequenceSet((), saved=True))
 keywords = st.from_regex(r"\$?[A-Za-z][A-Za-z0-9_\-]{0,8}", fullmatch=True)
 extension_flags = st.from_regex(r"\\[A-Za-z]{1,8}", fullmatch=True).filter(
     lambda f: f.lower() not in {s.lower() for s in SYSTEM_FLAGS}
@@ -1535,10 +1564,12 @@ search_leaves = st.one_of(
     st.builds(Text, st.sampled_from(["BODY", "TEXT"]), texts),
     st.builds(
         Date,
-        st.sampled_from(["internal", "sent"]),
+        st.sampled_from(["internal", "sent", "saved"]),
         st.sampled_from(["before", "on", "since"]),
         _dates(),
     ),
+    st.builds(Within, st.sampled_from(["older", "younger"]), st.integers(1, 2**32 - 1)),
+    st.builds(EmailId, st.from_regex(r"M[0-9a-f]{24}|[A-Za-z0-9_\-]{1,20}", fullmatch=True)),
     st.builds(Size, st.sampled_from(["larger", "smaller"]), st.integers(0, 2**63 - 1)),
     st.builds(Seq, seqsets),
     st.builds(Uid, seqsets),
@@ -1573,7 +1604,21 @@ def body_sections(draw):
     )
 
 
-fetch_items = st.builds(FetchAttr, st.sampled_from(sorted(FETCH_ATTRS))) | body_sections()
+binary_sections = st.builds(
+    lambda peek, part, partial, size_only: BinarySection(
+        peek=peek and not size_only,
+        part=tuple(part),
+        partial=None if size_only else partial,
+        size_only=size_only,
+    ),
+    st.booleans(),
+    st.lists(st.integers(1, 2**32 - 1), max_size=3),
+    st.none() | st.tuples(st.integers(0, 2**32 - 1), st.integers(1, 2**32 - 1)),
+    st.booleans(),
+)
+fetch_items = (
+    st.builds(FetchAttr, st.sampled_from(sorted(FETCH_ATTRS))) | body_sections() | binary_sections
+)
 
 
 @st.composite
@@ -1691,20 +1736,36 @@ datetimes = st.builds(
 )
 
 
+cat_parts = st.builds(CatenatePart, st.just("TEXT"), st.binary(max_size=20)) | st.builds(
+    CatenatePart, st.just("URL"), st.sampled_from([b"/INBOX;UIDVALIDITY=7/;UID=3", b";UID=1"])
+)
+append_messages = st.one_of(
+    st.builds(
+        AppendMessage,
+        st.lists(flags, max_size=3).map(tuple),
+        st.none() | datetimes,
+        st.binary(max_size=30),
+    ),
+    st.builds(  # RFC 6855 §4 UTF8 (~{n})
+        AppendMessage,
+        st.lists(flags, max_size=3).map(tuple),
+        st.none() | datetimes,
+        st.binary(max_size=30),
+        utf8=st.just(True),
+    ),
+    st.builds(  # RFC 4469 CATENATE
+        AppendMessage,
+        st.lists(flags, max_size=3).map(tuple),
+        st.none() | datetimes,
+        st.just(b""),
+        catenate=st.lists(cat_parts, min_size=1, max_size=3).map(tuple),
+    ),
+)
+
+
 @st.composite
 def appends(draw):
-    messages = draw(
-        st.lists(
-            st.builds(
-                AppendMessage,
-                st.lists(flags, max_size=3).map(tuple),
-                st.none() | datetimes,
-                st.binary(max_size=30),
-            ),
-            min_size=1,
-            max_size=3,
-        )
-    )
+    messages = draw(st.lists(append_messages, min_size=1, max_size=3))
     return Append(tag=draw(tags), name="APPEND", mailbox=draw(names), messages=tuple(messages))
 
 

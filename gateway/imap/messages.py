@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from gateway.core import criteria as c
 from gateway.core.flags import RECENT, SEEN, SENT_USE, canonical_flag, is_system_flag
-from gateway.imap import fetch_items, wire
+from gateway.imap import catenate, fetch_items, wire
 from gateway.imap.capabilities import QRESYNC
 from gateway.imap.command import Append, Copy, Fetch, FetchAttr, Search, Simple, UidExpunge
 from gateway.imap.command import Store as StoreCmd
@@ -623,7 +623,8 @@ def _header_section(raw: bytes | mmap.mmap) -> bytes:
 
 
 def append(session: Session, cmd: Append) -> Handler:
-    """APPEND, RFC 3501 §6.3.11, MULTIAPPEND (RFC 3502) and APPENDUID (RFC 4315 §3).
+    """APPEND, RFC 3501 §6.3.11, MULTIAPPEND (RFC 3502), APPENDUID (RFC 4315 §3),
+    CATENATE (RFC 4469, :mod:`gateway.imap.catenate`) and RFC 6855 §4 ``UTF8 (~{n})`` data.
 
     A missing mailbox is ``NO [TRYCREATE]``. MULTIAPPEND is all-or-nothing (RFC 3502
     §6.3.11): the messages go to the store in one transaction (``append_many``), so a
@@ -642,6 +643,13 @@ def append(session: Session, cmd: Append) -> Handler:
         raise BadCommand("no message to append")
     prepared = []
     for message in cmd.messages:
+        if message.catenate is not None:
+            # RFC 4469 §5: the parts are resolved before anything is stored.
+            raw = crlf_lines(catenate.assemble(session, message.catenate))
+            if not raw:
+                raise BadCommand("empty message")
+            prepared.append(NewMessage(raw, tuple(clean_flags(message.flags)), message.date))
+            continue
         if not message.data:
             raise BadCommand("empty message")
         if isinstance(message.data, Spooled):
