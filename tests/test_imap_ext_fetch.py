@@ -73,11 +73,25 @@ def test_binary_decodes_base64_into_a_literal8(client: RawClient) -> None:
     )
 
 
-def test_binary_decodes_quoted_printable_as_a_plain_literal(client: RawClient) -> None:
+def test_binary_decodes_quoted_printable_8bit_content_as_a_literal8(client: RawClient) -> None:
+    """8-bit decoded content is a literal8 too (as Dovecot answers)."""
     reply = client.command("f", "FETCH 1 (BINARY.PEEK[1])")
     text = "Café   at\r\n   noon today.".encode()
     assert reply == (
-        b"* 1 FETCH (BINARY[1] {%d}\r\n" % len(text) + text + b")\r\nf OK FETCH completed\r\n"
+        b"* 1 FETCH (BINARY[1] ~{%d}\r\n" % len(text) + text + b")\r\nf OK FETCH completed\r\n"
+    )
+
+
+def test_binary_of_7bit_content_is_a_plain_literal(server: ServerHandle, client: RawClient) -> None:
+    text = b"plain ascii text"
+    server.append(
+        raw=b"Subject: t\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + base64.b64encode(text)
+        + b"\r\n"
+    )
+    client.command("n", "NOOP")
+    assert client.command("f", "FETCH 2 (BINARY.PEEK[1])") == (
+        b"* 2 FETCH (BINARY[1] {16}\r\n" + text + b")\r\nf OK FETCH completed\r\n"
     )
 
 
@@ -85,14 +99,14 @@ def test_binary_size_and_partial(client: RawClient) -> None:
     """RFC 3516 §4.2: BINARY.SIZE is the decoded size; ``<origin.count>`` cuts decoded octets."""
     reply = client.command("f", "FETCH 1 (BINARY.SIZE[2] BINARY.PEEK[2]<65.3>)")
     assert reply == (
-        b"* 1 FETCH (BINARY.SIZE[2] 256 BINARY[2]<65> {3}\r\nABC)\r\nf OK FETCH completed\r\n"
+        b"* 1 FETCH (BINARY.SIZE[2] 256 BINARY[2]<65> ~{3}\r\nABC)\r\nf OK FETCH completed\r\n"
     )
 
 
 def test_binary_without_peek_sets_seen_like_body(client: RawClient) -> None:
     reply = client.command("f", "FETCH 1 (BINARY[1]<0.4>)")
     assert reply == (
-        b"* 1 FETCH (BINARY[1]<0> {4}\r\nCaf\xc3 FLAGS (\\Recent \\Seen))\r\n"
+        b"* 1 FETCH (BINARY[1]<0> ~{4}\r\nCaf\xc3 FLAGS (\\Recent \\Seen))\r\n"
         b"f OK FETCH completed\r\n"
     )
 

@@ -185,7 +185,7 @@ def test_catenate_with_a_bad_url_is_badurl_and_stores_nothing(
     server.append("Drafts", raw=DRAFT)
     for url in ("/Drafts;UIDVALIDITY=1/;UID=1", "/Drafts/;UID=9", "/Nope/;UID=1", "http://x/"):
         reply = client.command("b", f'APPEND Drafts CATENATE (TEXT {{1+}}\r\nx URL "{url}")')
-        assert reply == f'b NO [BADURL "{url}"] CATENATE URL cannot be resolved\r\n'.encode()
+        assert reply == f"b NO [BADURL {url}] CATENATE URL cannot be resolved\r\n".encode()
     assert client.command("st", "STATUS Drafts (MESSAGES)") == (
         b'* STATUS "Drafts" (MESSAGES 1)\r\nst OK STATUS completed\r\n'
     )

@@ -16,7 +16,6 @@ import re
 import urllib.parse
 from typing import TYPE_CHECKING
 
-from gateway.imap import wire
 from gateway.imap.command import CatenatePart
 from gateway.imap.handler import BadCommand, Refused
 from gateway.message.sections import section
@@ -38,8 +37,14 @@ _SECTION_RE = re.compile(
 )
 
 
+_NOT_URL_RESP_TEXT = re.compile(rb"[^\x01-\x09\x0b\x0c\x0e-\x5c\x5e-\x7f]")
+
+
 def _bad(url: bytes) -> Refused:
-    return Refused("CATENATE URL cannot be resolved", "BADURL " + wire.quote(url).decode("latin-1"))
+    """``NO [BADURL url]``: RFC 4469 §6 ``url-resp-text`` is bare text without ``]``, CR or
+    LF (not a quoted string), so any such octet is dropped from the echo."""
+    text = _NOT_URL_RESP_TEXT.sub(b"", url).decode("ascii")
+    return Refused("CATENATE URL cannot be resolved", f"BADURL {text}")
 
 
 def _section(url: bytes, text: str | None) -> tuple[tuple[int, ...], str] | None:

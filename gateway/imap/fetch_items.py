@@ -10,6 +10,7 @@ flag set and cached.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -206,25 +207,24 @@ def section_bytes(raw: bytes, parts: str, sec: Section) -> bytes:
     return data
 
 
-def binary_bytes(raw: bytes, parts: str, sec: Section) -> bytes | None:
-    """The decoded content of a BINARY item, partial applied (RFC 3516 §4.2); None for a
-    part that does not exist. Raises :class:`gateway.message.binary.UnknownCte`."""
-    data = binary_section(raw, parts, sec.part)
-    if data is not None and sec.partial is not None:
-        origin, count = sec.partial
-        data = data[origin : origin + count]
-    return data
+_NOT_7BIT = re.compile(rb"[\x00\x80-\xff]")
 
 
 def _binary_item(raw: bytes, info: MessageInfo, sec: Section) -> bytes:
-    data = binary_bytes(raw, info.parts, sec)
+    """One BINARY or BINARY.SIZE item (RFC 3516 §4.2); a missing part is NIL (size 0).
+
+    The content goes in a literal8 when the decoded part holds NUL or 8-bit octets, judged
+    on the whole part before any ``<partial>`` cut, as Dovecot does; a 7-bit part (text
+    in base64) is an ordinary literal. Raises :class:`gateway.message.binary.UnknownCte`."""
+    data = binary_section(raw, info.parts, sec.part)
     if sec.binary == BINARY_SIZE:
         return b"%s %d" % (sec.name, 0 if data is None else len(data))
     if data is None:
         return sec.name + b" NIL"
-    # RFC 3516 §4.2: literal8 only where the content needs it (a NUL octet); clients
-    # such as Roundcube read either form.
-    marker = b"~" if b"\x00" in data else b""
+    marker = b"~" if _NOT_7BIT.search(data) else b""
+    if sec.partial is not None:
+        origin, count = sec.partial
+        data = data[origin : origin + count]
     return b"%s %s{%d}\r\n" % (sec.name, marker, len(data)) + data
 
 
