@@ -305,14 +305,15 @@ def test_mailbox_names_in_modified_utf7(server: ServerHandle, client: RawClient)
 
 
 def test_mailbox_names_after_utf8_accept() -> None:
-    """RFC 6855 §3: once UTF8=ACCEPT is enabled, names are UTF-8 both ways (8-bit names go
-    out as literals); INBOX stays case-insensitive (RFC 3501 §5.1)."""
+    """RFC 6855 §3: once UTF8=ACCEPT is enabled, names are UTF-8 both ways (in quoted
+    strings, as Dovecot sends them); INBOX stays case-insensitive (RFC 3501 §5.1)."""
     session = IMAPSession(store=None, authenticator=None, utf8_available=True)  # type: ignore[arg-type]
     assert session.mailbox_name(b"&AOk-t&AOk-") == "été"
     assert session.enable(["UTF8=ACCEPT"]) == ["UTF8=ACCEPT"]
     assert session.mailbox_name("été".encode()) == "été"
     assert session.mailbox_name(b"inbox/x") == "INBOX/x"
-    assert session.wire_name("été") == b"{5}\r\n" + "été".encode()
+    assert session.wire_name("été") == b'"' + "été".encode() + b'"'
+    assert session.wire_name('a"b') == b'"a\\"b"'
     with pytest.raises(BadCommand):
         session.mailbox_name(b"\xff")
 

@@ -52,7 +52,7 @@ PRE_LOGIN_CAPS = (
     "IMAP4rev1 AUTH=PLAIN LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE "
     "MULTIAPPEND CHILDREN SPECIAL-USE CREATE-SPECIAL-USE LIST-EXTENDED LIST-STATUS CONDSTORE "
     "QRESYNC ESEARCH STATUS=SIZE QUOTA QUOTA=RES-STORAGE BINARY SEARCHRES CATENATE WITHIN "
-    "SAVEDATE PREVIEW OBJECTID"
+    "SAVEDATE PREVIEW OBJECTID UTF8=ACCEPT"
 )
 POST_LOGIN_CAPS = PRE_LOGIN_CAPS.replace(" AUTH=PLAIN", "")
 
@@ -247,9 +247,9 @@ def test_enable_reports_only_newly_enabled(logged_in: RawClient) -> None:
         b"* ENABLED QRESYNC\r\na OK ENABLE completed\r\n"
     )
     assert logged_in.command("b", "ENABLE QRESYNC") == b"* ENABLED\r\nb OK ENABLE completed\r\n"
-    # CONDSTORE came with QRESYNC; UTF8=ACCEPT is not offered (see server.py).
+    # CONDSTORE came with QRESYNC; UTF8=ACCEPT (RFC 6855) is new.
     assert logged_in.command("c", "ENABLE CONDSTORE UTF8=ACCEPT") == (
-        b"* ENABLED\r\nc OK ENABLE completed\r\n"
+        b"* ENABLED UTF8=ACCEPT\r\nc OK ENABLE completed\r\n"
     )
 
 

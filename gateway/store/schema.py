@@ -290,15 +290,23 @@ def _address_rows(conn: sqlite3.Connection) -> None:
             ],
         )
 
+
 # SAVEDATE (RFC 8514, issue 17): the epoch second each row entered its mailbox (APPEND,
 # delivery, COPY, MOVE). Rows older than this version never recorded it; their
 # INTERNALDATE is the best knowledge there is (for POP3-delivered mail it is the arrival),
 # so they are filled from it and the column is never NULL.
-SAVEDATE = _statements(
-    "ALTER TABLE mailbox_message ADD COLUMN savedate INTEGER NOT NULL DEFAULT 0",
-    "UPDATE mailbox_message SET savedate ="
-    " (SELECT m.internaldate FROM message m WHERE m.id = mailbox_message.message_id)",
-)
+def SAVEDATE(conn: sqlite3.Connection) -> None:
+    """Add and fill ``mailbox_message.savedate``; a file that has the column already (a
+    version number rolled back by hand) keeps its values."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(mailbox_message)")}
+    if "savedate" in columns:
+        return
+    conn.execute("ALTER TABLE mailbox_message ADD COLUMN savedate INTEGER NOT NULL DEFAULT 0")
+    conn.execute(
+        "UPDATE mailbox_message SET savedate ="
+        " (SELECT m.internaldate FROM message m WHERE m.id = mailbox_message.message_id)"
+    )
+
 
 MIGRATIONS: Sequence[Migration] = (
     _V1,
