@@ -252,7 +252,9 @@ def test_create_variants(client: RawClient) -> None:
     """RFC 3501 §6.3.3: a trailing delimiter is dropped; superiors are created; an
     existing name (INBOX in any case too) is NO [ALREADYEXISTS] (RFC 5530); names with
     wildcards or empty levels are NO [CANNOT]."""
-    assert client.command("a", "CREATE Foo/") == b"a OK CREATE completed\r\n"
+    assert re.fullmatch(
+        rb"a OK \[MAILBOXID \(F\d+\)\] CREATE completed\r\n", client.command("a", "CREATE Foo/")
+    )
     assert client.command("b", "CREATE Foo") == b"b NO [ALREADYEXISTS] Mailbox already exists\r\n"
     assert client.command("c", "CREATE inbox") == b"c NO [ALREADYEXISTS] INBOX always exists\r\n"
     assert client.command("d", 'CREATE "a*b"') == (
@@ -261,7 +263,9 @@ def test_create_variants(client: RawClient) -> None:
     assert client.command("e", 'CREATE "a//b"') == (
         b"e NO [CANNOT] Operation not allowed on this mailbox\r\n"
     )
-    assert client.command("f", "CREATE x/y/z") == b"f OK CREATE completed\r\n"
+    assert re.fullmatch(
+        rb"f OK \[MAILBOXID \(F\d+\)\] CREATE completed\r\n", client.command("f", "CREATE x/y/z")
+    )
     assert client.command("l", 'LIST "" "x*"') == (
         b'* LIST (\\HasChildren) "/" "x"\r\n'
         b'* LIST (\\HasChildren) "/" "x/y"\r\n'
@@ -273,7 +277,10 @@ def test_create_variants(client: RawClient) -> None:
 def test_create_special_use(client: RawClient) -> None:
     """RFC 6154 §3 CREATE ... (USE (\\Sent)); an unsupported attribute is NO [USEATTR]
     (§5.3)."""
-    assert client.command("a", "CREATE Outbox (USE (\\Sent))") == b"a OK CREATE completed\r\n"
+    assert re.fullmatch(
+        rb"a OK \[MAILBOXID \(F\d+\)\] CREATE completed\r\n",
+        client.command("a", "CREATE Outbox (USE (\\Sent))"),
+    )
     assert client.command("l", 'LIST "" Outbox') == (
         b'* LIST (\\HasNoChildren \\Sent) "/" "Outbox"\r\nl OK LIST completed\r\n'
     )
@@ -285,7 +292,10 @@ def test_create_special_use(client: RawClient) -> None:
 def test_mailbox_names_in_modified_utf7(server: ServerHandle, client: RawClient) -> None:
     """RFC 3501 §5.1.3: modified UTF-7 on the wire, Unicode in the store; an undecodable
     name is NO (it names a mailbox that cannot exist, RFC 3501 §6.3.1), not BAD."""
-    assert client.command("a", 'CREATE "&AOk-t&AOk-"') == b"a OK CREATE completed\r\n"
+    assert re.fullmatch(
+        rb"a OK \[MAILBOXID \(F\d+\)\] CREATE completed\r\n",
+        client.command("a", 'CREATE "&AOk-t&AOk-"'),
+    )
     stored = server.call(lambda: [m.name for m in server.store.list_mailboxes(USER)])
     assert "été" in stored
     assert client.command("l", 'LIST "" "*t&AOk-"') == (
@@ -295,14 +305,15 @@ def test_mailbox_names_in_modified_utf7(server: ServerHandle, client: RawClient)
 
 
 def test_mailbox_names_after_utf8_accept() -> None:
-    """RFC 6855 §3: once UTF8=ACCEPT is enabled, names are UTF-8 both ways (8-bit names go
-    out as literals); INBOX stays case-insensitive (RFC 3501 §5.1)."""
+    """RFC 6855 §3: once UTF8=ACCEPT is enabled, names are UTF-8 both ways (in quoted
+    strings, as Dovecot sends them); INBOX stays case-insensitive (RFC 3501 §5.1)."""
     session = IMAPSession(store=None, authenticator=None, utf8_available=True)  # type: ignore[arg-type]
     assert session.mailbox_name(b"&AOk-t&AOk-") == "été"
     assert session.enable(["UTF8=ACCEPT"]) == ["UTF8=ACCEPT"]
     assert session.mailbox_name("été".encode()) == "été"
     assert session.mailbox_name(b"inbox/x") == "INBOX/x"
-    assert session.wire_name("été") == b"{5}\r\n" + "été".encode()
+    assert session.wire_name("été") == b'"' + "été".encode() + b'"'
+    assert session.wire_name('a"b') == b'"a\\"b"'
     with pytest.raises(BadCommand):
         session.mailbox_name(b"\xff")
 

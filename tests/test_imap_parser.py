@@ -18,6 +18,7 @@ from gateway.core.criteria import (
     All,
     And,
     Date,
+    EmailId,
     Flag,
     Header,
     ModSeq,
@@ -29,6 +30,7 @@ from gateway.core.criteria import (
     Size,
     Text,
     Uid,
+    Within,
 )
 from gateway.core.flags import SPECIAL_USES, SYSTEM_FLAGS
 from gateway.imap import framing, grammar
@@ -38,7 +40,9 @@ from gateway.imap.command import (
     Append,
     AppendMessage,
     Authenticate,
+    BinarySection,
     BodySection,
+    CatenatePart,
     Command,
     ContinuationNeeded,
     Copy,
@@ -1134,7 +1138,9 @@ ERRORS = [
     (b"a FETCH 1 BODY[HEADER.FIELDS (a:b)]\r\n", "a", "invalid header field name", None, "BAD"),
     (b"a FETCH 1 BODY[FOO]\r\n", "a", "unknown section FOO", None, "BAD"),
     (b"a FETCH 1 BODY[]<0.0>\r\n", "a", "octet count", None, "BAD"),
-    (b"a FETCH 1 BINARY[]\r\n", "a", "unknown fetch attribute BINARY", None, "BAD"),
+    # RFC 3516 §4.2: BINARY takes part numbers only (BINARY[] itself is valid since BINARY)
+    (b"a FETCH 1 BINARY[HEADER]\r\n", "a", "BINARY takes part numbers only", None, "BAD"),
+    (b"a FETCH 1 BINARY.SIZE\r\n", "a", "BINARY needs a section", None, "BAD"),
     (b"a FETCH 1 BODY.PEEK\r\n", "a", "BODY.PEEK needs a section", None, "BAD"),
     (b"a FETCH 1 FLAGS (VANISHED)\r\n", "a", "only allowed with UID FETCH", None, "BAD"),
     (
@@ -1180,7 +1186,8 @@ ERRORS = [
     (b"a SEARCH\r\n", "a", "SEARCH: expected search criteria", None, "BAD"),
     (b"a SEARCH FOO\r\n", "a", "unknown search key FOO", None, "BAD"),
     (b"a SEARCH CHARSET KOI8-R ALL\r\n", "a", "charset", "BADCHARSET (US-ASCII UTF-8)", "NO"),
-    (b"a SEARCH RETURN (SAVE) ALL\r\n", "a", "unknown search return option SAVE", None, "BAD"),
+    # RFC 5182 SAVE is a return option since SEARCHRES; an unknown one is still BAD
+    (b"a SEARCH RETURN (KEEP) ALL\r\n", "a", "unknown search return option KEEP", None, "BAD"),
     (b"a SEARCH BEFORE 31-Feb-2024\r\n", "a", "invalid date", None, "BAD"),
     (b"a SEARCH BEFORE 1-Fbr-2024\r\n", "a", "invalid date", None, "BAD"),
     (b"a SEARCH SINCE yesterday\r\n", "a", "expected a date", None, "BAD"),
@@ -1188,7 +1195,7 @@ ERRORS = [
     (b"a SEARCH OR SEEN\r\n", "a", "second search key", None, "BAD"),
     (b"a SEARCH (SEEN\r\n", "a", "search key", None, "BAD"),
     (b"a SEARCH SEEN)\r\n", "a", "space before a search key", None, "BAD"),
-    (b"a SEARCH $\r\n", "a", "search key", None, "BAD"),
+    (b"a SEARCH $:3\r\n", "a", "space before a search key", None, "BAD"),  # RFC 5182: "$" alone
     (b"a UID FOO 1\r\n", "a", "not a UID command", None, "BAD"),
     (b"a UID\r\n", "a", "UID", None, "BAD"),
     (b'a LOGIN "caf\xe9" x\r\n', "a", "not valid UTF-8", None, "BAD"),
@@ -1310,6 +1317,8 @@ class Writer:
         def num(n):
             return b"*" if n is None else b"%d" % n
 
+        if s.saved:  # RFC 5182 "$"
+            return b"$"
         return b",".join(
             num(r.start) if r.start == r.end else num(r.start) + b":" + num(r.end) for r in s.ranges
         )
@@ -1369,9 +1378,13 @@ class Writer:
             return w(c.where) + b" " + self.text(c.value)
         if isinstance(c, Date):
             word = {"before": "BEFORE", "on": "ON", "since": "SINCE"}[c.op]
-            if c.field == "sent":
-                word = "SENT" + word
+            if c.field != "internal":
+                word = ("SENT" if c.field == "sent" else "SAVED") + word
             return w(word) + b" " + self.date(c.date)
+        if isinstance(c, Within):
+            return w(c.op.upper()) + b" %d" % c.seconds
+        if isinstance(c, EmailId):
+            return w("EMAILID") + b" " + c.value.encode()
         if isinstance(c, Size):
             return w(c.op) + b" %d" % c.size
         if isinstance(c, Seq):
@@ -1385,7 +1398,13 @@ class Writer:
 
     def fetch_item(self, item) -> bytes:
         if isinstance(item, FetchAttr):
+            if item.name == "PREVIEW" and self.rnd.random() < 0.3:
+                return self.word("PREVIEW") + b" (" + self.word("LAZY") + b")"
             return self.word(item.name)
+        if isinstance(item, BinarySection):
+            word = "BINARY.SIZE" if item.size_only else "BINARY.PEEK" if item.peek else "BINARY"
+            text = self.word(word) + b"[" + ".".join(str(p) for p in item.part).encode() + b"]"
+            return text + (b"<%d.%d>" % item.partial if item.partial else b"")
         text = self.word("BODY.PEEK" if item.peek else "BODY") + b"["
         spec = [".".join(str(p) for p in item.part)] if item.part else []
         if item.kind:
@@ -1474,7 +1493,18 @@ class Writer:
                     out += sp + self.flags(m.flags)
                 if m.date is not None:
                     out += sp + self.date_time(m.date)
-                out += sp + self.literal(m.data, binary_ok=True)
+                if m.catenate is not None:  # RFC 4469 §5
+                    parts = [
+                        w("URL") + sp + self.astring(part.data)
+                        if part.kind == "URL"
+                        else w("TEXT") + sp + self.literal(part.data, binary_ok=True)
+                        for part in m.catenate
+                    ]
+                    out += sp + w("CATENATE") + b" (" + b" ".join(parts) + b")"
+                elif m.utf8:  # RFC 6855 §4
+                    out += sp + w("UTF8") + b" (~{%d}\r\n" % len(m.data) + m.data + b")"
+                else:
+                    out += sp + self.literal(m.data, binary_ok=True)
             return out
         if isinstance(c, Fetch):
             items = [self.fetch_item(i) for i in c.items]
@@ -1546,7 +1576,9 @@ seq_ranges = st.one_of(
     seq_numbers.map(lambda n: SeqRange(n, n)),
     st.builds(SeqRange, seq_numbers, seq_numbers),
 )
-seqsets = st.lists(seq_ranges, min_size=1, max_size=5).map(lambda r: SequenceSet(tuple(r)))
+seqsets = st.lists(seq_ranges, min_size=1, max_size=5).map(
+    lambda r: SequenceSet(tuple(r))
+) | st.just(SequenceSet((), saved=True))
 keywords = st.from_regex(r"\$?[A-Za-z][A-Za-z0-9_\-]{0,8}", fullmatch=True)
 extension_flags = st.from_regex(r"\\[A-Za-z]{1,8}", fullmatch=True).filter(
     lambda f: f.lower() not in {s.lower() for s in SYSTEM_FLAGS}
@@ -1573,10 +1605,12 @@ search_leaves = st.one_of(
     st.builds(Text, st.sampled_from(["BODY", "TEXT"]), texts),
     st.builds(
         Date,
-        st.sampled_from(["internal", "sent"]),
+        st.sampled_from(["internal", "sent", "saved"]),
         st.sampled_from(["before", "on", "since"]),
         _dates(),
     ),
+    st.builds(Within, st.sampled_from(["older", "younger"]), st.integers(1, 2**32 - 1)),
+    st.builds(EmailId, st.from_regex(r"M[0-9a-f]{24}|[A-Za-z0-9_\-]{1,20}", fullmatch=True)),
     st.builds(Size, st.sampled_from(["larger", "smaller"]), st.integers(0, 2**63 - 1)),
     st.builds(Seq, seqsets),
     st.builds(Uid, seqsets),
@@ -1611,7 +1645,21 @@ def body_sections(draw):
     )
 
 
-fetch_items = st.builds(FetchAttr, st.sampled_from(sorted(FETCH_ATTRS))) | body_sections()
+binary_sections = st.builds(
+    lambda peek, part, partial, size_only: BinarySection(
+        peek=peek and not size_only,
+        part=tuple(part),
+        partial=None if size_only else partial,
+        size_only=size_only,
+    ),
+    st.booleans(),
+    st.lists(st.integers(1, 2**32 - 1), max_size=3),
+    st.none() | st.tuples(st.integers(0, 2**32 - 1), st.integers(1, 2**32 - 1)),
+    st.booleans(),
+)
+fetch_items = (
+    st.builds(FetchAttr, st.sampled_from(sorted(FETCH_ATTRS))) | body_sections() | binary_sections
+)
 
 
 @st.composite
@@ -1729,20 +1777,36 @@ datetimes = st.builds(
 )
 
 
+cat_parts = st.builds(CatenatePart, st.just("TEXT"), st.binary(max_size=20)) | st.builds(
+    CatenatePart, st.just("URL"), st.sampled_from([b"/INBOX;UIDVALIDITY=7/;UID=3", b";UID=1"])
+)
+append_messages = st.one_of(
+    st.builds(
+        AppendMessage,
+        st.lists(flags, max_size=3).map(tuple),
+        st.none() | datetimes,
+        st.binary(max_size=30),
+    ),
+    st.builds(  # RFC 6855 §4 UTF8 (~{n})
+        AppendMessage,
+        st.lists(flags, max_size=3).map(tuple),
+        st.none() | datetimes,
+        st.binary(max_size=30),
+        utf8=st.just(True),
+    ),
+    st.builds(  # RFC 4469 CATENATE
+        AppendMessage,
+        st.lists(flags, max_size=3).map(tuple),
+        st.none() | datetimes,
+        st.just(b""),
+        catenate=st.lists(cat_parts, min_size=1, max_size=3).map(tuple),
+    ),
+)
+
+
 @st.composite
 def appends(draw):
-    messages = draw(
-        st.lists(
-            st.builds(
-                AppendMessage,
-                st.lists(flags, max_size=3).map(tuple),
-                st.none() | datetimes,
-                st.binary(max_size=30),
-            ),
-            min_size=1,
-            max_size=3,
-        )
-    )
+    messages = draw(st.lists(append_messages, min_size=1, max_size=3))
     return Append(tag=draw(tags), name="APPEND", mailbox=draw(names), messages=tuple(messages))
 
 

@@ -49,9 +49,10 @@ from gateway.testing.messages import message
 from gateway.testing.tlsca import ServerTLSContext
 
 PRE_LOGIN_CAPS = (
-    "IMAP4rev1 AUTH=PLAIN LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE "
+    "IMAP4rev1 IMAP4rev2 AUTH=PLAIN LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE "
     "MULTIAPPEND CHILDREN SPECIAL-USE CREATE-SPECIAL-USE LIST-EXTENDED LIST-STATUS CONDSTORE "
-    "QRESYNC ESEARCH STATUS=SIZE QUOTA QUOTA=RES-STORAGE ACL RIGHTS=texk LIST-MYRIGHTS NOTIFY"
+    "QRESYNC ESEARCH STATUS=SIZE QUOTA QUOTA=RES-STORAGE ACL RIGHTS=texk LIST-MYRIGHTS NOTIFY "
+    "BINARY SEARCHRES CATENATE WITHIN SAVEDATE PREVIEW OBJECTID UTF8=ACCEPT"
 )
 POST_LOGIN_CAPS = PRE_LOGIN_CAPS.replace(" AUTH=PLAIN", "")
 
@@ -246,9 +247,9 @@ def test_enable_reports_only_newly_enabled(logged_in: RawClient) -> None:
         b"* ENABLED QRESYNC\r\na OK ENABLE completed\r\n"
     )
     assert logged_in.command("b", "ENABLE QRESYNC") == b"* ENABLED\r\nb OK ENABLE completed\r\n"
-    # CONDSTORE came with QRESYNC; UTF8=ACCEPT is not offered (see server.py).
+    # CONDSTORE came with QRESYNC; UTF8=ACCEPT (RFC 6855) is new.
     assert logged_in.command("c", "ENABLE CONDSTORE UTF8=ACCEPT") == (
-        b"* ENABLED\r\nc OK ENABLE completed\r\n"
+        b"* ENABLED UTF8=ACCEPT\r\nc OK ENABLE completed\r\n"
     )
 
 
@@ -271,7 +272,9 @@ def test_namespace_is_one_personal_namespace(logged_in: RawClient) -> None:
 # ---- SELECT / EXAMINE ----------------------------------------------------------------------
 
 
-def select_lines(uidvalidity: int, highestmodseq: int, *, readonly: bool, recent: int) -> bytes:
+def select_lines(
+    uidvalidity: int, highestmodseq: int, *, readonly: bool, recent: int, mailbox_id: int
+) -> bytes:
     permanent = b"()" if readonly else b"(\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label \\*)"
     text = b"Read-only mailbox" if readonly else b"Flags permitted"
     return (
@@ -282,8 +285,9 @@ def select_lines(uidvalidity: int, highestmodseq: int, *, readonly: bool, recent
         b"* OK [UNSEEN 2] First unseen\r\n"
         b"* OK [UIDVALIDITY %d] UIDs valid\r\n"
         b"* OK [UIDNEXT 4] Predicted next UID\r\n"
+        b"* OK [MAILBOXID (F%d)] Ok\r\n"
         b"* OK [HIGHESTMODSEQ %d] Highest\r\n"
-    ) % (recent, uidvalidity, highestmodseq)
+    ) % (recent, uidvalidity, mailbox_id, highestmodseq)
 
 
 def test_select_and_examine_responses(server: ServerHandle, client: RawClient) -> None:
@@ -296,11 +300,15 @@ def test_select_and_examine_responses(server: ServerHandle, client: RawClient) -
     server.append(flags=("$Label",))
     box = inbox(server)
     client.login()
-    expected_ro = select_lines(box.uidvalidity, box.highestmodseq, readonly=True, recent=3)
+    expected_ro = select_lines(
+        box.uidvalidity, box.highestmodseq, readonly=True, recent=3, mailbox_id=box.id
+    )
     assert client.command("e", "EXAMINE INBOX") == (
         expected_ro + b"e OK [READ-ONLY] EXAMINE completed\r\n"
     )
-    expected_rw = select_lines(box.uidvalidity, box.highestmodseq, readonly=False, recent=3)
+    expected_rw = select_lines(
+        box.uidvalidity, box.highestmodseq, readonly=False, recent=3, mailbox_id=box.id
+    )
     assert client.command("s", "SELECT INBOX") == (
         b"* OK [CLOSED] Previous mailbox closed\r\n"
         + expected_rw
@@ -308,7 +316,9 @@ def test_select_and_examine_responses(server: ServerHandle, client: RawClient) -
     )
     with server.connect() as other:
         other.login()
-        again = select_lines(box.uidvalidity, box.highestmodseq, readonly=False, recent=0)
+        again = select_lines(
+            box.uidvalidity, box.highestmodseq, readonly=False, recent=0, mailbox_id=box.id
+        )
         assert (
             other.command("s", "SELECT inbox") == again + b"s OK [READ-WRITE] SELECT completed\r\n"
         )

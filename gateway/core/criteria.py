@@ -25,6 +25,9 @@ class SequenceSet:
     """RFC 3501 sequence-set, kept symbolic so that ``*`` is resolved late."""
 
     ranges: tuple[SeqRange, ...]
+    saved: bool = False
+    """RFC 5182 ``$``: the result saved by ``SEARCH RETURN (SAVE)`` (``ranges`` is then
+    empty); only the session knows those UIDs, so it replaces this before the store."""
 
     def resolve(self, largest: int) -> list[tuple[int, int]]:
         """Concrete inclusive ranges, ``*`` meaning ``largest``; low <= high in each."""
@@ -100,7 +103,7 @@ class Date:
     """INTERNALDATE (``field="internal"``) or the Date: header (``"sent"``) compared by day,
     disregarding time and timezone, as RFC 3501 §6.4.4 requires."""
 
-    field: str  # "internal" | "sent"
+    field: str  # "internal" | "sent" | "saved" (RFC 8514 SAVEDBEFORE/SAVEDON/SAVEDSINCE)
     op: str  # "before" | "on" | "since"
     date: datetime.date
 
@@ -130,4 +133,46 @@ class ModSeq:
     modseq: int
 
 
-Criteria = All | And | Or | Not | Flag | Header | Text | Date | Size | Seq | Uid | ModSeq
+@dataclass(frozen=True)
+class Within:
+    """RFC 5032 ``OLDER n`` (``op="older"``) / ``YOUNGER n`` (``"younger"``): INTERNALDATE
+    compared with the time of the search. The session rewrites it to :class:`Instant`
+    (it owns the clock), so stores never see it."""
+
+    op: str  # "older" | "younger"
+    seconds: int
+
+
+@dataclass(frozen=True)
+class Instant:
+    """INTERNALDATE before (``op="before"``: strictly earlier) or since (``"since"``: at or
+    after) an instant in epoch seconds: what :class:`Within` becomes."""
+
+    op: str  # "before" | "since"
+    epoch: int
+
+
+@dataclass(frozen=True)
+class EmailId:
+    """RFC 8474 §6 ``EMAILID objectid``: the message whose EMAILID is ``value``."""
+
+    value: str
+
+
+Criteria = (
+    All
+    | And
+    | Or
+    | Not
+    | Flag
+    | Header
+    | Text
+    | Date
+    | Size
+    | Seq
+    | Uid
+    | ModSeq
+    | Within
+    | Instant
+    | EmailId
+)

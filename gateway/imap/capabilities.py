@@ -40,6 +40,13 @@ EXTENSIONS: tuple[str, ...] = (
     "RIGHTS=texk",  # RFC 4314 §2.1
     "LIST-MYRIGHTS",  # RFC 8440
     "NOTIFY",  # RFC 5465: see gateway/imap/notify.py
+    "BINARY",  # RFC 3516: FETCH BINARY[...], BINARY.SIZE, literal8 in APPEND
+    "SEARCHRES",  # RFC 5182: SEARCH RETURN (SAVE) and "$"
+    "CATENATE",  # RFC 4469: APPEND ... CATENATE (TEXT/URL ...)
+    "WITHIN",  # RFC 5032: SEARCH OLDER / YOUNGER
+    "SAVEDATE",  # RFC 8514: FETCH SAVEDATE, SEARCH SAVED*
+    "PREVIEW",  # RFC 8970: FETCH PREVIEW
+    "OBJECTID",  # RFC 8474: MAILBOXID, EMAILID (THREADID is NIL)
 )
 """Extensions available in every state (clients may look before logging in)."""
 

@@ -112,11 +112,24 @@ class Status(Command):
 
 
 @dataclass(frozen=True)
+class CatenatePart:
+    """One RFC 4469 §5 ``CATENATE`` part: ``TEXT`` with its literal (``UTF8 (~{n})`` per
+    RFC 6855 §4 too), or ``URL`` with the IMAP URL naming an existing message or part."""
+
+    kind: str  # "TEXT" | "URL"
+    data: bytes | Spooled
+
+
+@dataclass(frozen=True)
 class AppendMessage:
     flags: tuple[str, ...]
     date: datetime.datetime | None  # timezone-aware
     data: bytes | Spooled
     """The message; a large one stays in its spool file (:mod:`gateway.imap.spool`)."""
+    catenate: tuple[CatenatePart, ...] | None = None
+    """RFC 4469: the parts to join into the message (``data`` is then empty)."""
+    utf8: bool = False
+    """RFC 6855 §4: sent as ``UTF8 (~{n})`` (the message may carry UTF-8 headers)."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +182,28 @@ class BodySection:
         return name
 
 
-FetchItem = FetchAttr | BodySection
+@dataclass(frozen=True)
+class BinarySection:
+    """RFC 3516 ``BINARY[part]<partial>``, ``BINARY.PEEK[...]`` and ``BINARY.SIZE[part]``
+    (``size_only``): the part's content with its transfer encoding removed."""
+
+    peek: bool = False
+    part: tuple[int, ...] = ()
+    partial: tuple[int, int] | None = None
+    size_only: bool = False
+
+    def response_name(self) -> str:
+        """``BINARY[1.2]<origin>`` or ``BINARY.SIZE[1.2]`` as the response names it (§4.2)."""
+        section = ".".join(str(p) for p in self.part)
+        if self.size_only:
+            return f"BINARY.SIZE[{section}]"
+        name = f"BINARY[{section}]"
+        if self.partial is not None:
+            name += f"<{self.partial[0]}>"
+        return name
+
+
+FetchItem = FetchAttr | BodySection | BinarySection
 
 
 @dataclass(frozen=True)

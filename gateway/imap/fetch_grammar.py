@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import re
 
-from gateway.imap.command import BodySection, Command, Fetch, FetchAttr, FetchItem
+from gateway.imap.command import (
+    BinarySection,
+    BodySection,
+    Command,
+    Fetch,
+    FetchAttr,
+    FetchItem,
+)
 from gateway.imap.reader import LBRACKET, LPAREN, NUMBER_MAX, Reader, Syntax, show
 
 _FETCH_NAME_RE = re.compile(rb"[A-Za-z0-9.]+")
@@ -19,9 +26,17 @@ _FIELD_NAME_RE = re.compile(rb"[\x21-\x39\x3b-\x7e]+")  # RFC 5322 ftext
 
 FETCH_ATTRS = frozenset(
     "FLAGS INTERNALDATE RFC822.SIZE ENVELOPE BODY BODYSTRUCTURE UID RFC822 RFC822.HEADER "
-    "RFC822.TEXT MODSEQ".split()
+    "RFC822.TEXT MODSEQ SAVEDATE EMAILID THREADID PREVIEW".split()
 )
-"""RFC 3501 §6.4.5 plain fetch attributes, plus RFC 7162 MODSEQ."""
+"""RFC 3501 §6.4.5 plain fetch attributes, plus RFC 7162 MODSEQ, RFC 8514 SAVEDATE,
+RFC 8474 EMAILID and THREADID, RFC 8970 PREVIEW."""
+
+BINARY_WORDS = {
+    "BINARY": (False, False),
+    "BINARY.PEEK": (True, False),
+    "BINARY.SIZE": (False, True),
+}
+"""RFC 3516 §4.2 fetch attributes → (peek, size only); each needs a ``[section]``."""
 
 _FAST = ("FLAGS", "INTERNALDATE", "RFC822.SIZE")
 FETCH_MACROS = {
@@ -83,10 +98,19 @@ def _fetch_att(r: Reader, out: list[FetchItem], macro_ok: bool) -> None:
         r.fail("a fetch attribute")
     r.pos = m.end()
     word = m.group().decode("ascii").upper()
-    if r.peek() == LBRACKET:
+    if word in BINARY_WORDS:
+        out.append(_binary_section(r, *BINARY_WORDS[word]))
+    elif r.peek() == LBRACKET:
         if word not in ("BODY", "BODY.PEEK"):
             raise Syntax(f"unknown fetch attribute {show(m.group())}[")
         out.append(_body_section(r, peek=word == "BODY.PEEK"))
+    elif word == "PREVIEW":
+        out.append(FetchAttr(word))
+        if r.text.startswith(b" (", r.pos):  # RFC 8970 §3.1 preview modifiers
+            r.sp("preview modifiers")
+            for mod in r.paren_list(lambda: r.word("a preview modifier"), "preview modifiers"):
+                if mod != "LAZY":
+                    raise Syntax(f"unknown preview modifier {show(mod.encode())}")
     elif word in FETCH_ATTRS:
         out.append(FetchAttr(word))
     elif word == "BODY.PEEK":
@@ -134,6 +158,29 @@ def _body_section(r: Reader, peek: bool) -> BodySection:
         r.expect(b">", '">" to end the partial range')
         partial = (origin, count)
     return BodySection(peek=peek, part=part, kind=kind, fields=fields, partial=partial)
+
+
+def _binary_section(r: Reader, peek: bool, size_only: bool) -> BinarySection:
+    """``[section-part]<origin.count>``, RFC 3516 §4.2 (no HEADER/TEXT/MIME; BINARY.SIZE
+    takes no partial range)."""
+    r.expect(b"[", '"[" (BINARY needs a section, as in BINARY[1])')
+    part: tuple[int, ...] = ()
+    m = _SECTION_PART_RE.match(r.text, r.pos)
+    if m is not None:
+        numbers = m.group().split(b".")
+        if any(len(n) > 10 or int(n) == 0 or int(n) > NUMBER_MAX for n in numbers):
+            raise Syntax("section part numbers are from 1 to 4294967295")
+        part = tuple(int(n) for n in numbers)
+        r.pos = m.end()
+    r.expect(b"]", '"]" to end the section (BINARY takes part numbers only)')
+    partial = None
+    if not size_only and r.take(b"<"):
+        origin = r.number("a partial origin")
+        r.expect(b".", '"." and an octet count')
+        count = r.nz_number("a partial octet count")
+        r.expect(b">", '">" to end the partial range')
+        partial = (origin, count)
+    return BinarySection(peek=peek, part=part, partial=partial, size_only=size_only)
 
 
 def _section_kind(r: Reader) -> str:

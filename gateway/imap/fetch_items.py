@@ -10,12 +10,15 @@ flag set and cached.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gateway.imap import wire
-from gateway.imap.command import BodySection, FetchAttr, FetchItem
+from gateway.imap.command import BinarySection, BodySection, FetchAttr, FetchItem
 from gateway.imap.view import flag_list
+from gateway.message.binary import binary_section
+from gateway.message.preview import preview
 from gateway.message.sections import section
 from gateway.store.interfaces import MessageInfo
 
@@ -29,8 +32,16 @@ BODYSTRUCTURE = 5
 UID = 6
 MODSEQ = 7
 SECTION = 8
+SAVEDATE = 9  # RFC 8514 §4.1
+EMAILID = 10  # RFC 8474 §5.1
+THREADID = 11  # RFC 8474 §5.2
+PREVIEW = 12  # RFC 8970 §3
 
 _ATTR_CODES = {
+    "SAVEDATE": SAVEDATE,
+    "EMAILID": EMAILID,
+    "THREADID": THREADID,
+    "PREVIEW": PREVIEW,
     "FLAGS": FLAGS,
     "INTERNALDATE": INTERNALDATE,
     "RFC822.SIZE": RFC822_SIZE,
@@ -80,6 +91,11 @@ class Section:
     fields: tuple[str, ...]
     partial: tuple[int, int] | None
     seen: bool
+    binary: int = 0  # 0: BODY/RFC822 forms; BINARY_CONTENT or BINARY_SIZE (RFC 3516)
+
+
+BINARY_CONTENT = 1
+BINARY_SIZE = 2
 
 
 @dataclass(frozen=True)
@@ -122,6 +138,16 @@ def compile_plan(items: Iterable[FetchItem], uid_mode: bool, with_modseq: bool) 
                 sec = Section(b"RFC822.TEXT", (), "TEXT", (), None, True)
             else:
                 raise ValueError(f"unknown fetch attribute {item.name!r}")
+        elif isinstance(item, BinarySection):
+            sec = Section(
+                item.response_name().encode("ascii"),
+                item.part,
+                "",
+                (),
+                item.partial,
+                not item.peek and not item.size_only,
+                BINARY_SIZE if item.size_only else BINARY_CONTENT,
+            )
         elif isinstance(item, BodySection):
             sec = Section(
                 item.response_name().encode("ascii"),
@@ -142,7 +168,9 @@ def compile_plan(items: Iterable[FetchItem], uid_mode: bool, with_modseq: bool) 
                 assert old is not None
                 steps[i] = (
                     SECTION,
-                    Section(old.name, old.part, old.kind, old.fields, old.partial, True),
+                    Section(
+                        old.name, old.part, old.kind, old.fields, old.partial, True, old.binary
+                    ),
                 )
             continue
         seen_names.add(sec.name)
@@ -158,7 +186,7 @@ def compile_plan(items: Iterable[FetchItem], uid_mode: bool, with_modseq: bool) 
     sections = [s for code, s in steps if code == SECTION and s is not None]
     return FetchPlan(
         steps=tuple(steps),
-        needs_bytes=bool(sections),
+        needs_bytes=bool(sections) or PREVIEW in codes,
         sets_seen=any(s.seen for s in sections),
         has_flags=FLAGS in codes,
         has_uid=UID in codes,
@@ -177,6 +205,27 @@ def section_bytes(raw: bytes, parts: str, sec: Section) -> bytes:
         origin, count = sec.partial
         data = data[origin : origin + count]
     return data
+
+
+_NOT_7BIT = re.compile(rb"[\x00\x80-\xff]")
+
+
+def _binary_item(raw: bytes, info: MessageInfo, sec: Section) -> bytes:
+    """One BINARY or BINARY.SIZE item (RFC 3516 §4.2); a missing part is NIL (size 0).
+
+    The content goes in a literal8 when the decoded part holds NUL or 8-bit octets, judged
+    on the whole part before any ``<partial>`` cut, as Dovecot does; a 7-bit part (text
+    in base64) is an ordinary literal. Raises :class:`gateway.message.binary.UnknownCte`."""
+    data = binary_section(raw, info.parts, sec.part)
+    if sec.binary == BINARY_SIZE:
+        return b"%s %d" % (sec.name, 0 if data is None else len(data))
+    if data is None:
+        return sec.name + b" NIL"
+    marker = b"~" if _NOT_7BIT.search(data) else b""
+    if sec.partial is not None:
+        origin, count = sec.partial
+        data = data[origin : origin + count]
+    return b"%s %s{%d}\r\n" % (sec.name, marker, len(data)) + data
 
 
 def render(
@@ -217,6 +266,32 @@ def render(
             cur.append(b"INTERNALDATE " + wire.format_internaldate(info.internaldate))
         elif code == MODSEQ:
             cur.append(b"MODSEQ (%d)" % modseq)
+        elif code == SAVEDATE:
+            saved = info.savedate
+            cur.append(
+                b"SAVEDATE " + (b"NIL" if saved is None else wire.format_internaldate(saved))
+            )
+        elif code == EMAILID:
+            cur.append(
+                b"EMAILID " + (b"NIL" if not info.emailid else b"(%s)" % info.emailid.encode())
+            )
+        elif code == THREADID:
+            cur.append(b"THREADID NIL")  # gateway.store.objectid: no stable thread ids
+        elif code == PREVIEW:
+            assert raw is not None
+            cur.append(b"PREVIEW " + wire.quote(preview(raw).encode("utf-8")))
+        elif sec is not None and sec.binary:
+            assert raw is not None
+            item = _binary_item(raw, info, sec)
+            if len(item) > INLINE_LITERAL_LIMIT:
+                head, _, data = item.partition(b"\r\n")
+                cur.append(head + b"\r\n")
+                prefix = b"" if out else b"* %d FETCH (" % seq
+                out.append(prefix + b" ".join(cur))
+                out.append(data)
+                cur = [b""]
+            else:
+                cur.append(item)
         else:
             assert sec is not None and raw is not None
             data = section_bytes(raw, info.parts, sec)

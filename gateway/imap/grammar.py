@@ -19,6 +19,7 @@ from gateway.imap.command import (
     Append,
     AppendMessage,
     Authenticate,
+    CatenatePart,
     Command,
     Copy,
     Create,
@@ -40,6 +41,7 @@ from gateway.imap.fetch_grammar import cmd_fetch
 from gateway.imap.notify import cmd_notify
 from gateway.imap.reader import DQ, LPAREN, NUMBER64_MAX, TAG_RE, Reader, Syntax, show
 from gateway.imap.search_grammar import cmd_search
+from gateway.imap.spool import Spooled
 
 _BASE64_RE = re.compile(rb"[A-Za-z0-9+/]+={0,2}|=")
 
@@ -52,10 +54,10 @@ _SIMPLE_COMMANDS = frozenset(
 _MAILBOX_COMMANDS = frozenset("DELETE SUBSCRIBE UNSUBSCRIBE GETQUOTAROOT GETQUOTA".split())
 
 STATUS_ITEMS = frozenset(
-    "MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ SIZE DELETED".split()
+    "MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ SIZE DELETED MAILBOXID".split()
 )
 """RFC 3501 §6.3.10, RFC 7162 §3.1.8 (HIGHESTMODSEQ), RFC 8438 (SIZE), RFC 9051 §6.3.11
-(DELETED)."""
+(DELETED), RFC 8474 (MAILBOXID)."""
 
 LIST_SELECTION_OPTIONS = frozenset(("SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"))
 """RFC 5258 §3.1 and RFC 6154 §5.1 LIST selection options."""
@@ -291,7 +293,8 @@ def _cmd_status(r: Reader, tag: str, name: str, uid: bool) -> Command:
 
 def _cmd_append(r: Reader, tag: str, name: str, uid: bool) -> Command:
     """APPEND mailbox [flags] [date-time] literal, repeated for MULTIAPPEND (RFC 3501
-    §6.3.11, RFC 3502 §6); the data may be a literal8 (RFC 3516 §4.4)."""
+    §6.3.11, RFC 3502 §6); the data may be a literal8 (RFC 3516 §4.4), ``UTF8 (~{n})``
+    (RFC 6855 §4) or ``CATENATE (...)`` (RFC 4469 §5)."""
     r.sp("a mailbox name")
     mailbox = r.astring("a mailbox name")
     messages = []
@@ -306,12 +309,56 @@ def _cmd_append(r: Reader, tag: str, name: str, uid: bool) -> Command:
             date = r.date_time()
             r.sp("a message literal")
         if not r.at_literal():
-            r.fail("a message literal")
+            word = r.peek_word()
+            if word == "CATENATE":
+                r.pos += len(word)
+                r.sp("CATENATE parts")
+                parts = tuple(r.paren_list(lambda: _cat_part(r), "CATENATE parts"))
+                messages.append(AppendMessage(flags, date, b"", catenate=parts))
+                if r.at_end():
+                    break
+                continue
+            if word != "UTF8":
+                r.fail("a message literal")
+            r.pos += len(word)
+            data = _utf8_literal(r)
+            messages.append(AppendMessage(flags=flags, date=date, data=data, utf8=True))
+            if r.at_end():
+                break
+            continue
         data = r.message_literal(binary_ok=True)
         messages.append(AppendMessage(flags=flags, date=date, data=data))
         if r.at_end():
             break
     return Append(tag=tag, name=name, mailbox=mailbox, messages=tuple(messages))
+
+
+def _utf8_literal(r: Reader) -> bytes | Spooled:
+    """``UTF8 SP "(" literal8 ")"`` after the word UTF8, RFC 6855 §4."""
+    r.sp('"(" and a literal8')
+    r.open('"(" and a literal8')
+    if not r.at_literal():
+        r.fail("a literal8 (~{n}) inside UTF8 (...)")
+    data = r.message_literal(binary_ok=True)
+    r.close('")" after the UTF8 literal')
+    return data
+
+
+def _cat_part(r: Reader) -> CatenatePart:
+    """``TEXT SP literal`` / ``UTF8 SP "(" literal8 ")"`` / ``URL SP astring``, RFC 4469 §5
+    and RFC 6855 §4."""
+    word = r.word("TEXT or URL")
+    if word == "URL":
+        r.sp("an IMAP URL")
+        return CatenatePart("URL", r.astring("an IMAP URL"))
+    if word == "UTF8":
+        return CatenatePart("TEXT", _utf8_literal(r))
+    if word != "TEXT":
+        raise Syntax(f"unknown CATENATE part {show(word.encode())}")
+    r.sp("a literal")
+    if not r.at_literal():
+        r.fail("a literal after TEXT")
+    return CatenatePart("TEXT", r.message_literal(binary_ok=True))
 
 
 def _cmd_store(r: Reader, tag: str, name: str, uid: bool) -> Command:

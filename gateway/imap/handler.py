@@ -171,6 +171,7 @@ class SelectedView(Protocol):
     uids: Sequence[int]  # ascending (an array('I'))
     recent: Sequence[int]  # UIDs this session shows as \Recent, ascending (RFC 3501 §2.3.2)
     highestmodseq: int  # every flag change up to here has been told to the client
+    saved: Sequence[int]  # RFC 5182 saved search result ("$"), UIDs ascending
 
     def resolve(self, seqset: SequenceSet, uid_mode: bool) -> list[int]:
         """UIDs (ascending, existing in the view) named by a sequence set.
@@ -182,6 +183,9 @@ class SelectedView(Protocol):
 
     def seq_of(self, uid: int) -> int | None:
         """The message sequence number of ``uid`` in this view, or None."""
+
+    def save_result(self, uids: Iterable[int]) -> None:
+        """Replace the RFC 5182 saved search result."""
 
     def shown_flags(self, uid: int, stored: frozenset[str]) -> frozenset[str]:
         """The store's flags as this session shows them: ``\\Recent`` is per session

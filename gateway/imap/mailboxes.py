@@ -21,6 +21,7 @@ from gateway.imap.command import Create, List, MailboxCommand, Rename, Status
 from gateway.imap.handler import BadCommand, Handler, Pause, Refused, ok
 from gateway.imap.listpattern import WILDCARDS, PatternSet
 from gateway.store.interfaces import DELIMITER, INBOX, Mailbox, MailboxCounts, MailboxNotFound
+from gateway.store.objectid import mailbox_id_text
 from gateway.store.rules import check_name_characters
 
 if TYPE_CHECKING:
@@ -84,9 +85,10 @@ def create(session: Session, cmd: Create) -> Handler:
             raise Refused(f"Special-use attribute {use} is not supported", "USEATTR")
     if name == INBOX:
         raise Refused("INBOX always exists", "ALREADYEXISTS")
-    session.store.create_mailbox(_user(session), name, use)
+    created = session.store.create_mailbox(_user(session), name, use)
     yield from ()
-    return ok("CREATE completed")
+    # RFC 8474 §4.1: the new mailbox's id in the tagged OK.
+    return ok("CREATE completed", f"MAILBOXID ({mailbox_id_text(created.id)})")
 
 
 def delete(session: Session, cmd: MailboxCommand) -> Handler:
@@ -204,9 +206,11 @@ def _status_line(
     name: str,
     counts: MailboxCounts,
     items: Iterable[str],
+    mailbox_id: int,
     deleted: int | None = None,
 ) -> bytes:
-    values = {
+    values: dict[str, object] = {
+        "MAILBOXID": f"({mailbox_id_text(mailbox_id)})",  # RFC 8474 §4.2
         "MESSAGES": counts.messages,
         "RECENT": counts.recent,
         "UIDNEXT": counts.uidnext,
@@ -341,7 +345,7 @@ def list_(session: Session, cmd: List) -> Handler:
             except MailboxNotFound:
                 continue  # deleted by another session during a pause
             deleted = _deleted(session, mailbox.id) if "DELETED" in status_items else None
-            yield _status_line(session, name, counts, status_items, deleted)
+            yield _status_line(session, name, counts, status_items, mailbox.id, deleted)
             lookups += 1
             if lookups % PAUSE_STATUS_LINES == 0:
                 yield Pause()
@@ -390,7 +394,7 @@ def status(session: Session, cmd: Status) -> Handler:
         session.enable_condstore()  # RFC 7162 §3.1: a CONDSTORE enabling command
     counts = session.store.counts(mailbox.id)
     deleted = _deleted(session, mailbox.id) if "DELETED" in cmd.items else None
-    yield _status_line(session, name, counts, cmd.items, deleted)
+    yield _status_line(session, name, counts, cmd.items, mailbox.id, deleted)
     return ok("STATUS completed")
 
 

@@ -11,18 +11,20 @@ session's catch-up after the command never repeats a response.
 from __future__ import annotations
 
 import mmap
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from gateway.core import criteria as c
 from gateway.core.flags import RECENT, SEEN, SENT_USE, canonical_flag, is_system_flag
-from gateway.imap import fetch_items, rev2, wire
+from gateway.imap import catenate, fetch_items, rev2, wire
 from gateway.imap.capabilities import QRESYNC
 from gateway.imap.command import Append, Copy, Fetch, FetchAttr, Search, Simple, UidExpunge
 from gateway.imap.command import Store as StoreCmd
 from gateway.imap.handler import BadCommand, Handler, Refused, ok
 from gateway.imap.spool import BARE_LF, Spooled, crlf_spooled
 from gateway.imap.view import expunge_responses
+from gateway.message.binary import UnknownCte
 from gateway.store.interfaces import MailboxNotFound, MessageInfo, NewMessage
 
 if TYPE_CHECKING:
@@ -214,7 +216,11 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
                 if raw is None:
                     missing = True  # expunged by another session since message_info
                     continue
-            chunks = fetch_items.render(plan, seq, info, flags, modseq, raw, extra)
+            try:
+                chunks = fetch_items.render(plan, seq, info, flags, modseq, raw, extra)
+            except UnknownCte:
+                # RFC 3516 §4.3: the part's encoding cannot be undone here.
+                raise Refused("unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
             if flags is not None:
                 view.note_flags(uid, flags, modseq)
             for chunk in chunks:
@@ -395,6 +401,14 @@ class _Rewriter:
 
     def __call__(self, node: c.Criteria) -> c.Criteria:
         uids = self.view.uids
+        if isinstance(node, c.Seq | c.Uid) and node.set.saved:
+            # RFC 5182 §2.1: "$" is the saved result, messages rather than numbers.
+            return _uid_ranges(self.view.resolve(node.set, True))
+        if isinstance(node, c.Within):
+            # RFC 5032 §3: OLDER n = INTERNALDATE more than n seconds ago; YOUNGER n =
+            # at most n seconds ago, both against the time the search runs.
+            edge = int(time.time()) - node.seconds
+            return c.Instant("before" if node.op == "older" else "since", edge)
         if isinstance(node, c.Seq):
             count = len(uids)
             ranges = []
@@ -448,7 +462,13 @@ def search(session: Session, cmd: Search) -> Handler:
     if want_modseq:
         session.enable_condstore()
     mailbox_id = view.mailbox.id
-    found = session.store.search(mailbox_id, _Rewriter(view)(criteria))
+    save = cmd.returns is not None and "SAVE" in cmd.returns
+    try:
+        found = session.store.search(mailbox_id, _Rewriter(view)(criteria))
+    except Exception:
+        if save:
+            view.save_result(())  # RFC 5182 §2.1: a failed SEARCH leaves "$" empty
+        raise
     seq_of = view.seq_of
     matched: list[int] = []  # UIDs, ascending
     seqs: list[int] = []
@@ -472,6 +492,21 @@ def search(session: Session, cmd: Search) -> Handler:
         return ok("SEARCH completed")
 
     returns = set(cmd.returns or ()) or {"ALL"}  # RFC 9051 §6.4.4: plain SEARCH is ALL
+    if save:
+        returns.discard("SAVE")
+        if returns and returns <= {"MIN", "MAX"}:
+            # RFC 5182 §2.1: with only MIN/MAX, those messages are what is saved.
+            kept = []
+            if matched and "MIN" in returns:
+                kept.append(matched[0])
+            if matched and "MAX" in returns:
+                kept.append(matched[-1])
+            view.save_result(kept)
+        else:
+            view.save_result(matched)
+        if not returns:
+            # RFC 5182 §2.1: SAVE alone asks for no ESEARCH response at all.
+            return ok("SEARCH completed")
     parts = [b"* ESEARCH (TAG " + wire.quote(cmd.tag.encode()) + b")"]
     if cmd.uid:
         parts.append(b"UID")
@@ -588,7 +623,8 @@ def _header_section(raw: bytes | mmap.mmap) -> bytes:
 
 
 def append(session: Session, cmd: Append) -> Handler:
-    """APPEND, RFC 3501 §6.3.11, MULTIAPPEND (RFC 3502) and APPENDUID (RFC 4315 §3).
+    """APPEND, RFC 3501 §6.3.11, MULTIAPPEND (RFC 3502), APPENDUID (RFC 4315 §3),
+    CATENATE (RFC 4469, :mod:`gateway.imap.catenate`) and RFC 6855 §4 ``UTF8 (~{n})`` data.
 
     A missing mailbox is ``NO [TRYCREATE]``. MULTIAPPEND is all-or-nothing (RFC 3502
     §6.3.11): the messages go to the store in one transaction (``append_many``), so a
@@ -607,6 +643,13 @@ def append(session: Session, cmd: Append) -> Handler:
         raise BadCommand("no message to append")
     prepared = []
     for message in cmd.messages:
+        if message.catenate is not None:
+            # RFC 4469 §5: the parts are resolved before anything is stored.
+            raw = crlf_lines(catenate.assemble(session, message.catenate))
+            if not raw:
+                raise BadCommand("empty message")
+            prepared.append(NewMessage(raw, tuple(clean_flags(message.flags)), message.date))
+            continue
         if not message.data:
             raise BadCommand("empty message")
         if isinstance(message.data, Spooled):

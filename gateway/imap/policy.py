@@ -33,10 +33,10 @@ from gateway.imap.framing import (
 from gateway.imap.spool import SPOOL_THRESHOLD, LiteralSpool
 from gateway.store.search import MAX_SEARCH_DEPTH
 
-UTF8_ACCEPT_SUPPORTED = False
-"""RFC 6855 UTF8=ACCEPT stays unannounced: the session and parser handle UTF-8 names and
-quoted strings, but the parser lacks the APPEND ``UTF8 (~{n})`` data extension that
-§4 of the RFC requires of a server announcing it."""
+UTF8_ACCEPT_SUPPORTED = True
+"""RFC 6855 UTF8=ACCEPT is announced: the session and parser handle UTF-8 names and
+quoted strings after ``ENABLE UTF8=ACCEPT``, and APPEND takes the ``UTF8 (~{n})`` data
+extension of §4 (:func:`gateway.imap.grammar._utf8_literal`)."""
 
 RunBlockingFn = Callable[[Callable[[], Any]], Deferred]
 

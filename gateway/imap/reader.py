@@ -343,7 +343,11 @@ class Reader:
             raise Syntax(f"{what} is not valid UTF-8") from None
 
     def seqset(self, what: str = "a sequence set") -> SequenceSet:
-        """RFC 3501 sequence-set; ``*`` becomes None, 0 is refused."""
+        """RFC 3501 sequence-set; ``*`` becomes None, 0 is refused. RFC 5182 §2.1 ``$``
+        (the saved search result) is a set of its own, ``SequenceSet((), saved=True)``."""
+        if self.text.startswith(b"$", self.pos):
+            self.pos += 1
+            return SequenceSet((), saved=True)
         m = _SEQSET_TOKEN_RE.match(self.text, self.pos)
         if m is None:
             self.fail(what)

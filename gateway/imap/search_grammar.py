@@ -1,4 +1,6 @@
-"""The SEARCH grammar, RFC 3501 §6.4.4 with RFC 4731 (ESEARCH) and RFC 7162 §3.1.5 (MODSEQ).
+"""The SEARCH grammar, RFC 3501 §6.4.4 with RFC 4731 (ESEARCH), RFC 7162 §3.1.5 (MODSEQ),
+RFC 5182 (SEARCHRES: ``RETURN (SAVE)`` and ``$``), RFC 5032 (WITHIN: OLDER/YOUNGER),
+RFC 8514 (SAVEDATE keys) and RFC 8474 §6 (EMAILID/THREADID keys).
 
 Reads ``SEARCH [RETURN (...)] [CHARSET x] keys`` into a :mod:`gateway.core.criteria`
 tree. The depth of that tree is bounded by the reader's ``max_search_depth``, which is
@@ -14,15 +16,19 @@ from gateway.core.criteria import (
     And,
     Criteria,
     Date,
+    EmailId,
     Flag,
     Header,
     ModSeq,
     Not,
     Or,
     Seq,
+    SeqRange,
+    SequenceSet,
     Size,
     Text,
     Uid,
+    Within,
 )
 from gateway.core.flags import ANSWERED, DELETED, DRAFT, FLAGGED, RECENT, SEEN
 from gateway.imap.command import Command, Search
@@ -31,8 +37,11 @@ from gateway.imap.reader import DQ, LPAREN, NUMBER64_MAX, Reader, Syntax, show
 SUPPORTED_CHARSETS = ("US-ASCII", "UTF-8")
 """SEARCH charsets; strings are decoded as UTF-8, of which US-ASCII is a subset."""
 
-SEARCH_RETURN_OPTIONS = frozenset(("MIN", "MAX", "ALL", "COUNT"))
-"""RFC 4731 §3.1 ESEARCH result options."""
+SEARCH_RETURN_OPTIONS = frozenset(("MIN", "MAX", "ALL", "COUNT", "SAVE"))
+"""RFC 4731 §3.1 ESEARCH result options, and RFC 5182 §2.1 SAVE."""
+
+NOTHING = Uid(SequenceSet((SeqRange(0, 0),)))
+"""A key no message matches (UID 0 never exists)."""
 
 
 _SEARCH_SIMPLE: dict[str, Criteria] = {
@@ -50,6 +59,8 @@ _SEARCH_SIMPLE: dict[str, Criteria] = {
     "UNSEEN": Flag(SEEN, False),
     "NEW": And((Flag(RECENT), Flag(SEEN, False))),
     "OLD": Not(Flag(RECENT)),
+    # RFC 8514 §4.2: every mailbox here records save dates, so this matches all.
+    "SAVEDATESUPPORTED": All(),
 }
 _SEARCH_HEADERS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
 _SEARCH_TEXT = frozenset(("BODY", "TEXT"))
@@ -60,7 +71,11 @@ _SEARCH_DATES = {
     "SENTBEFORE": ("sent", "before"),
     "SENTON": ("sent", "on"),
     "SENTSINCE": ("sent", "since"),
+    "SAVEDBEFORE": ("saved", "before"),  # RFC 8514 §4.2
+    "SAVEDON": ("saved", "on"),
+    "SAVEDSINCE": ("saved", "since"),
 }
+_SEARCH_WITHIN = {"OLDER": "older", "YOUNGER": "younger"}  # RFC 5032 §3
 _SEARCH_SIZES = {"LARGER": "larger", "SMALLER": "smaller"}
 
 
@@ -149,7 +164,7 @@ def _search_key(r: Reader) -> Criteria:
             r.sp("a search key")
             keys.append(_search_key(r))
         key = keys[0] if len(keys) == 1 else And(tuple(keys))
-    elif 0x30 <= c <= 0x39 or c == 0x2A:
+    elif 0x30 <= c <= 0x39 or c == 0x2A or c == 0x24:  # digits, "*", "$" (RFC 5182)
         key = Seq(r.seqset())
     else:
         word = r.word("a search key")
@@ -183,6 +198,14 @@ def _search_word(r: Reader, word: str) -> Criteria:
         field = _search_string(r, "header field name").lower()
         r.sp("a string after the header field name")
         return Header(field, _search_string(r))
+    if word in _SEARCH_WITHIN:
+        r.sp(f"a number of seconds after {word}")
+        return Within(_SEARCH_WITHIN[word], r.nz_number("a number of seconds"))
+    if word in ("EMAILID", "THREADID"):
+        r.sp(f"an object id after {word}")
+        value = r.atom("an object id").decode("ascii", "replace")
+        # RFC 8474 §5.2: THREADID is NIL for every message here, so no thread matches.
+        return EmailId(value) if word == "EMAILID" else NOTHING
     if word in ("KEYWORD", "UNKEYWORD"):
         r.sp(f"a keyword after {word}")
         return Flag(r.flag("a keyword"), word == "KEYWORD")

@@ -16,6 +16,7 @@ from gateway.imap.capabilities import QRESYNC
 from gateway.imap.command import Command, Select
 from gateway.imap.handler import BadCommand, Handler, Session, ok
 from gateway.imap.view import CATCH_UP_CHUNK, View, flag_list
+from gateway.store.objectid import mailbox_id_text
 
 
 def select(session: Session, cmd: Select) -> Handler:
@@ -67,6 +68,8 @@ def select(session: Session, cmd: Select) -> Handler:
         lines.append(b"* OK [UNSEEN %d] First unseen\r\n" % unseen)
     lines.append(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mailbox.uidvalidity)
     lines.append(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % uidnext)
+    # RFC 8474 §4.3
+    lines.append(b"* OK [MAILBOXID (%s)] Ok\r\n" % mailbox_id_text(mailbox.id).encode())
     lines.append(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % view.highestmodseq)
     if imap4rev2:  # RFC 9051 §6.3.2: the mailbox's LIST response
         use = f" {mailbox.special_use}" if mailbox.special_use else ""

@@ -232,8 +232,9 @@ class IMAPSession:
         return normalise_inbox(name)
 
     def wire_name(self, name: str) -> bytes:
-        encoded = name.encode("utf-8") if self.utf8_enabled() else mutf7.encode(name)
-        return wire.quote(encoded)
+        if self.utf8_enabled():
+            return wire.quote_utf8(name.encode("utf-8"))  # RFC 6855 §3
+        return wire.quote(mutf7.encode(name))
 
     # -- state transitions (the only place the state changes) --
 

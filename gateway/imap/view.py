@@ -66,6 +66,10 @@ class View:
         self.pending_expunge: set[int] = set()
         self.show_recent = True
         """False for an IMAP4rev2 client: RFC 9051 has no \\Recent (gateway/imap/rev2.py)."""
+        self.saved: array[int] = array("I")
+        """RFC 5182 §2.1: the UIDs of the last ``SEARCH RETURN (SAVE)`` (``$``); empty at
+        SELECT. It names messages, not numbers, so it is kept as UIDs and read through
+        the view: an expunged message drops out of it by itself."""
 
     def resolve(self, seqset: SequenceSet, uid_mode: bool) -> list[int]:
         """UIDs (ascending, in the view) named by ``seqset``; RFC 3501 §6.4.8 and §9.
@@ -75,6 +79,9 @@ class View:
         nothing (clients routinely send ``1:*``) while an explicit number is BAD.
         """
         uids = self.uids
+        if seqset.saved:
+            # RFC 5182 §2.1: "$" names the same messages in FETCH and UID FETCH alike.
+            return [u for u in self.saved if self.seq_of(u) is not None]
         if uid_mode:
             largest = uids[-1] if uids else 0
             ranges = seqset.resolve(largest)
@@ -149,6 +156,10 @@ class View:
         self.uids.append(uid)
         if recent:
             self.recent.append(uid)
+
+    def save_result(self, uids: Iterable[int]) -> None:
+        """Replace the saved search result (RFC 5182 §2.1; an empty one on failure)."""
+        self.saved = array("I", sorted(uids))
 
     def forget(self, gone: Iterable[int]) -> list[tuple[int, int]]:
         """Remove UIDs; ``(seq, uid)`` pairs highest sequence number first, the order in

@@ -35,6 +35,21 @@ def quote(data: bytes) -> bytes:
     return b'"' + _ESCAPE_RE.sub(rb"\\\1", data) + b'"'
 
 
+_NEEDS_LITERAL_UTF8_RE = re.compile(rb"[\x00\r\n]")
+
+
+def quote_utf8(data: bytes) -> bytes:
+    """:func:`quote` for a connection with UTF8=ACCEPT enabled (RFC 6855 §3: quoted strings
+    may then carry UTF-8), for valid UTF-8 ``data``; other values as :func:`quote`."""
+    if len(data) > MAX_QUOTED_LENGTH or _NEEDS_LITERAL_UTF8_RE.search(data):
+        return literal(data)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return quote(data)
+    return b'"' + _ESCAPE_RE.sub(rb"\\\1", data) + b'"'
+
+
 def astring(data: bytes) -> bytes:
     """RFC 3501 astring: a bare atom when every octet is an ASTRING-CHAR, else
     :func:`quote`. ``NIL`` is always quoted, since a reader expecting an nstring would

@@ -26,7 +26,7 @@ def _enter(message: list, num: int) -> list | None:
     return message if num == 1 else None
 
 
-def _resolve(root: list, part: tuple[int, ...]) -> list | None:
+def resolve_node(root: list, part: tuple[int, ...]) -> list | None:
     """The part-map node for a dotted part number (RFC 3501 §6.4.5).
 
     Below a message/rfc822 part the numbering continues in the encapsulated message; a part
@@ -87,7 +87,7 @@ def section(
         if kind == "":
             return raw
         return _message_section(raw, root, kind, fields)
-    node = _resolve(root, part)
+    node = resolve_node(root, part)
     if node is None:
         return b""
     if kind == "":

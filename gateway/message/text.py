@@ -58,7 +58,7 @@ def text_of_value(value: bytes) -> str:
         return value.decode("latin-1")
 
 
-def _b64decode(data: bytes) -> bytes:
+def b64decode(data: bytes) -> bytes:
     data = _B64_JUNK.sub(b"", data)
     data = data[: len(data) - (len(data) % 4 == 1)]
     data += b"=" * (-len(data) % 4)
@@ -83,7 +83,7 @@ def _decode_words(text: str) -> str:
         charset = m.group(1).split("*", 1)[0]
         payload = m.group(3).encode("latin-1", "replace")
         if m.group(2) in "bB":
-            data = _b64decode(payload)
+            data = b64decode(payload)
         else:
             data = binascii.a2b_qp(payload, header=True)
         out.append(_decode_bytes(data, charset))
@@ -96,12 +96,12 @@ def decoded_header(value: bytes) -> str:
     return _decode_words(text_of_value(value))
 
 
-def _leaf_text(raw: bytes, ent: Entity, limit: int) -> str:
+def leaf_text(raw: bytes, ent: Entity, limit: int) -> str:
     """Transfer- and charset-decoded text of one text/* leaf, at most ``limit`` characters."""
     data = raw[ent.bs : min(ent.be, ent.bs + MAX_TEXT_INPUT)]
     cte = ent.values.get("content-transfer-encoding", b"").strip().lower()
     if cte == b"base64":
-        data = _b64decode(data)
+        data = b64decode(data)
     elif cte == b"quoted-printable":
         data = binascii.a2b_qp(data)
     charset = param(ent.params, b"CHARSET")
@@ -122,7 +122,7 @@ def collect_text(raw: bytes, root: Entity) -> str:
         elif ent.kind == "R" and ent.inner is not None:
             stack.append(ent.inner)
         elif ent.ctype == b"TEXT":
-            text = _leaf_text(raw, ent, left)
+            text = leaf_text(raw, ent, left)
             pieces.append(text)
             left -= len(text) + 1
     return "\n".join(pieces)[:MAX_TEXT_CHARS]

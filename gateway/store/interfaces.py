@@ -179,6 +179,11 @@ class MessageInfo:
     bodystructure: bytes
     body: bytes
     parts: str
+    savedate: datetime.datetime | None = None
+    """RFC 8514: when the message entered this mailbox (UTC); None from a backend that
+    cannot tell (FETCH SAVEDATE then answers NIL)."""
+    emailid: str | None = None
+    """RFC 8474 §5.1 EMAILID (:mod:`gateway.store.objectid`); None: not known."""
 
 
 @dataclass(frozen=True)

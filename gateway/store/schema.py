@@ -42,6 +42,8 @@ Table layout and why:
 * ``header_field`` rows named ``":from"``, ``":to"``, ``":cc"``, ``":bcc"`` (version 8,
   issue 17) hold those fields' addresses as parsed, for SEARCH FROM/TO/CC/BCC; the
   migration adds them to the messages already stored.
+* ``mailbox_message.savedate`` (version 9, issue 17) is the RFC 8514 save date: the epoch
+  second the row entered its mailbox.
 """
 
 from __future__ import annotations
@@ -289,6 +291,23 @@ def _address_rows(conn: sqlite3.Connection) -> None:
         )
 
 
+# SAVEDATE (RFC 8514, issue 17): the epoch second each row entered its mailbox (APPEND,
+# delivery, COPY, MOVE). Rows older than this version never recorded it; their
+# INTERNALDATE is the best knowledge there is (for POP3-delivered mail it is the arrival),
+# so they are filled from it and the column is never NULL.
+def SAVEDATE(conn: sqlite3.Connection) -> None:
+    """Add and fill ``mailbox_message.savedate``; a file that has the column already (a
+    version number rolled back by hand) keeps its values."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(mailbox_message)")}
+    if "savedate" in columns:
+        return
+    conn.execute("ALTER TABLE mailbox_message ADD COLUMN savedate INTEGER NOT NULL DEFAULT 0")
+    conn.execute(
+        "UPDATE mailbox_message SET savedate ="
+        " (SELECT m.internaldate FROM message m WHERE m.id = mailbox_message.message_id)"
+    )
+
+
 MIGRATIONS: Sequence[Migration] = (
     _V1,
     _V2,
@@ -298,6 +317,7 @@ MIGRATIONS: Sequence[Migration] = (
     _V6_QUEUE,
     TIMESERIES,
     _address_rows,
+    SAVEDATE,
 )
 """Entry *i* takes a database from version *i* to *i + 1*. Append only."""
 

@@ -24,8 +24,10 @@ from gateway.core.criteria import (
     And,
     Criteria,
     Date,
+    EmailId,
     Flag,
     Header,
+    Instant,
     ModSeq,
     Not,
     Or,
@@ -34,9 +36,11 @@ from gateway.core.criteria import (
     Size,
     Text,
     Uid,
+    Within,
 )
 from gateway.core.flags import RECENT, canonical_flag, is_system_flag
 from gateway.store.errors import SearchTooComplex
+from gateway.store.objectid import EMAILID_HEX, EPOCH_ORDINAL, email_id_prefix
 
 MAX_SEARCH_NODES = 500
 """Most criteria nodes one SEARCH may hold; IMAP clients send a handful."""
@@ -140,7 +144,13 @@ def _balanced(op: str, parts: list[str]) -> str:
 
 
 _DATE_OPS = {"before": "<", "on": "=", "since": ">="}
-_DATE_COLUMNS = {"internal": "m.internal_day", "sent": "m.sent_day"}
+_DATE_COLUMNS = {
+    "internal": "m.internal_day",
+    "sent": "m.sent_day",
+    # RFC 8514 §4.2: the save date's UTC day (see gateway.store.objectid)
+    "saved": f"(mm.savedate / 86400 + {EPOCH_ORDINAL})",
+}
+_INSTANT_OPS = {"before": "<", "since": ">="}
 _SIZE_OPS = {"larger": ">", "smaller": "<"}
 
 
@@ -184,6 +194,22 @@ class _Translator:
         if isinstance(node, ModSeq):
             self.params.append(int(node.modseq))
             return "(mm.modseq >= ?)"
+        if isinstance(node, Instant):
+            op = _INSTANT_OPS.get(node.op)
+            if op is None:
+                raise ValueError(f"unknown INTERNALDATE comparison {node.op!r}")
+            self.needs_message = True
+            self.params.append(int(node.epoch))
+            return f"(m.internaldate {op} ?)"
+        if isinstance(node, EmailId):
+            prefix = email_id_prefix(node.value)
+            if prefix is None:
+                return "0"
+            self.needs_message = True
+            self.params.append(prefix)
+            return f"(substr(m.sha256, 1, {EMAILID_HEX // 2}) = ?)"
+        if isinstance(node, Within):
+            raise ValueError("Within keys must be rewritten to Instant before reaching the store")
         if isinstance(node, Seq):
             raise ValueError("Seq search keys must be rewritten to Uid before reaching the store")
         raise ValueError(f"unknown search key {node!r}")
@@ -245,6 +271,8 @@ class _Translator:
         return f"({column} {op} ?)"
 
     def _uid(self, uids: SequenceSet) -> str:
+        if uids.saved:
+            raise ValueError("$ must be replaced by the saved UIDs before reaching the store")
         ranges = merge_ranges(uids.resolve(self.largest_uid))
         if not ranges:
             return "0"

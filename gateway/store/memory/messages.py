@@ -12,8 +12,10 @@ from gateway.core.criteria import (
     And,
     Criteria,
     Date,
+    EmailId,
     Flag,
     Header,
+    Instant,
     ModSeq,
     Not,
     Or,
@@ -32,6 +34,7 @@ from gateway.store.interfaces import (
     StoreResult,
 )
 from gateway.store.memory.state import MemoryBase, Row
+from gateway.store.objectid import email_id, save_day
 from gateway.store.rules import SEEN_KEY, flag_map
 from gateway.store.search import build_query, canonical_flag
 
@@ -107,6 +110,8 @@ class MemoryMessages(MemoryBase):
                     bodystructure=m.analysis.bodystructure,
                     body=m.analysis.body,
                     parts=m.analysis.parts,
+                    savedate=datetime.datetime.fromtimestamp(row.savedate, datetime.UTC),
+                    emailid=email_id(m.digest),
                 )
             )
         return out
@@ -288,7 +293,10 @@ def _matches(node: Criteria, uid: int, row: Row, largest: int) -> bool:
             return True
         return node.where == "TEXT" and needle in "\n".join(m.header_lines)
     if isinstance(node, Date):
-        day = m.internaldate.date() if node.field == "internal" else m.sent_day
+        if node.field == "saved":
+            day = save_day(row.savedate)
+        else:
+            day = m.internaldate.date() if node.field == "internal" else m.sent_day
         if node.op == "before":
             return day < node.date
         return day == node.date if node.op == "on" else day >= node.date
@@ -299,4 +307,9 @@ def _matches(node: Criteria, uid: int, row: Row, largest: int) -> bool:
         return node.set.contains(uid, largest)
     if isinstance(node, ModSeq):
         return row.modseq >= node.modseq
+    if isinstance(node, Instant):
+        epoch = int(m.internaldate.timestamp())
+        return epoch < node.epoch if node.op == "before" else epoch >= node.epoch
+    if isinstance(node, EmailId):
+        return email_id(m.digest) == node.value
     raise ValueError(f"unknown search key {node!r}")

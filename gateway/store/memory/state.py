@@ -10,6 +10,7 @@ SQLite's ``private_flag`` table does.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import mmap
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -46,6 +47,7 @@ class Message:
     headers: tuple[tuple[str, str], ...]  # (lower-case name, case-folded value)
     addresses: tuple[tuple[str, str], ...]  # (name, case-folded parsed From/To/Cc/Bcc)
     text: str  # case-folded body text
+    digest: bytes = b""  # SHA-256 of raw (EMAILID, RFC 8474; SQLite's message.sha256)
 
 
 @dataclass(eq=False)
@@ -56,6 +58,8 @@ class Row:
     recent: bool = True
     private: dict[str, tuple[bool, int]] = field(default_factory=dict)
     """In a shared mailbox: user → (own \\Seen, modseq of that user's last change)."""
+    savedate: int = 0
+    """RFC 8514: epoch second the row entered its mailbox (SQLite's mailbox_message.savedate)."""
 
     def as_seen_by(self, viewer: str | None) -> Row:
         """This row as ``viewer`` sees it (a copy), or itself without private state."""
@@ -65,7 +69,9 @@ class Row:
         flags = dict(self.flags)
         if seen:
             flags[SEEN_KEY] = "\\Seen"
-        return Row(self.message, flags, max(self.modseq, modseq), self.recent)
+        return Row(
+            self.message, flags, max(self.modseq, modseq), self.recent, savedate=self.savedate
+        )
 
     def view(self) -> frozenset[str]:
         shown = set(self.flags.values())
@@ -218,6 +224,7 @@ class MemoryBase:
             headers=headers,
             addresses=tuple((n, v.casefold()) for n, v in analysis.addresses),
             text=analysis.text.casefold(),
+            digest=hashlib.sha256(raw).digest(),
         )
 
     def _add(
@@ -231,8 +238,9 @@ class MemoryBase:
             raise StoreError("UID space of the mailbox exhausted")
         box.highestmodseq += 1
         uids = []
+        saved = int(self._clock())  # RFC 8514 §3
         for message, flags in entries:
-            row = Row(message, dict(flags), box.highestmodseq)
+            row = Row(message, dict(flags), box.highestmodseq, savedate=saved)
             if box.shared and SEEN_KEY in row.flags:
                 del row.flags[SEEN_KEY]
                 if viewer is not None:

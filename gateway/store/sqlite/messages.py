@@ -27,6 +27,7 @@ from gateway.store.interfaces import (
     SelectionSummary,
     StoreResult,
 )
+from gateway.store.objectid import email_id
 from gateway.store.rules import SEEN_KEY, flag_map
 from gateway.store.search import build_query
 from gateway.store.sqlite.rows import (
@@ -164,7 +165,8 @@ class SQLiteMessages(SQLiteRows):
                 where, params = "mm.uid IN (SELECT value FROM json_each(?))", [uid_list(wanted)]
             rows = conn.execute(
                 "SELECT mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.internaldate,"
-                " m.internaldate_tz, m.envelope, m.bodystructure, m.body, m.parts"
+                " m.internaldate_tz, m.envelope, m.bodystructure, m.body, m.parts,"
+                " mm.savedate, m.sha256"
                 f" FROM {source} mm JOIN message m ON m.id = mm.message_id"
                 f" WHERE mm.mailbox_id = ? AND {where} ORDER BY mm.uid",
                 (*source_params, mailbox_id, *params),
@@ -180,6 +182,8 @@ class SQLiteMessages(SQLiteRows):
                 bodystructure=bodystructure,
                 body=body,
                 parts=parts,
+                savedate=datetime.datetime.fromtimestamp(saved, datetime.UTC),
+                emailid=email_id(digest),
             )
             for (
                 uid,
@@ -193,6 +197,8 @@ class SQLiteMessages(SQLiteRows):
                 bodystructure,
                 body,
                 parts,
+                saved,
+                digest,
             ) in rows
         ]
 

@@ -38,7 +38,8 @@ DELETED_TOKEN = " \\Deleted "
 PRIVATE_SOURCE = (
     "(SELECT x.mailbox_id AS mailbox_id, x.uid AS uid, x.message_id AS message_id,"
     " CASE WHEN p.seen = 1 THEN trim(x.flags || ' \\Seen') ELSE x.flags END AS flags,"
-    " max(x.modseq, coalesce(p.modseq, 0)) AS modseq, x.recent AS recent"
+    " max(x.modseq, coalesce(p.modseq, 0)) AS modseq, x.recent AS recent,"
+    " x.savedate AS savedate"
     " FROM mailbox_message x LEFT JOIN private_flag p ON p.mailbox_id = x.mailbox_id"
     " AND p.uid = x.uid AND p.user = ?)"
 )
@@ -289,11 +290,13 @@ class SQLiteRows(SQLiteConnection):
             raise StoreError("UID space of the mailbox exhausted")
         first = end - count
         uids = list(range(first, end))
+        saved = int(self._clock())  # RFC 8514 §3: when the row entered this mailbox
         cur.executemany(
-            "INSERT INTO mailbox_message (mailbox_id, uid, message_id, flags, modseq, recent)"
-            " VALUES (?, ?, ?, ?, ?, 1)",
+            "INSERT INTO mailbox_message"
+            " (mailbox_id, uid, message_id, flags, modseq, recent, savedate)"
+            " VALUES (?, ?, ?, ?, ?, 1, ?)",
             [
-                (mailbox_id, uid, message_id, flags, modseq)
+                (mailbox_id, uid, message_id, flags, modseq, saved)
                 for uid, (message_id, flags) in zip(uids, entries, strict=True)
             ],
         )
