@@ -49,7 +49,8 @@ from gateway.managesieve.session import (
     StartTLS,
 )
 from gateway.security.auth import Authenticator
-from gateway.security.penalty import AuthPenalty, LoginAttempt, source_key
+from gateway.security.connections import ConnectionCounts, peer_address
+from gateway.security.penalty import AuthPenalty, LoginAttempt
 from gateway.store.scripts import ScriptStore
 
 log = structlog.get_logger(__name__)
@@ -93,18 +94,6 @@ class ListenerPolicy:
     """Passwords without TLS here (loopback); None: the factory's ``allow_plaintext_auth``."""
 
 
-def _peer(transport: Any) -> tuple[str, str]:
-    """(host for accounting, "host:port" for logs)."""
-    try:
-        peer = transport.getPeer()
-    except Exception:
-        return "local", "unknown"
-    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
-    if not isinstance(host, str) or not host:
-        return "local", str(peer)
-    return host, f"{host}:{port}"
-
-
 class ManageSieveProtocol(Protocol):
     """One ManageSieve connection."""
 
@@ -134,7 +123,7 @@ class ManageSieveProtocol(Protocol):
 
     def connectionMade(self) -> None:
         factory = self.factory
-        self.peer_host, self.peer = _peer(self.transport)
+        self.peer_host, self.peer = peer_address(self.transport)
         if not factory.admit_source(self.peer_host):
             self._closing = True
             log.warning("managesieve.connection_refused", peer=self.peer, reason="per_ip_limit")
@@ -450,7 +439,7 @@ class ManageSieveProtocol(Protocol):
                 call.cancel()
 
 
-class ManageSieveFactory(Factory):
+class ManageSieveFactory(ConnectionCounts, Factory):
     """Builds :class:`ManageSieveProtocol` connections sharing one script store,
     authenticator, checker and login penalty.
 
@@ -498,42 +487,10 @@ class ManageSieveFactory(Factory):
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.penalty = penalty
         self.protocols: set[ManageSieveProtocol] = set()
-        self._per_source: dict[str, int] = {}
-        self._per_user_source: dict[tuple[str, str], int] = {}
+        ConnectionCounts.__init__(self)
 
     def buildProtocol(self, addr: Any) -> ManageSieveProtocol:
         return ManageSieveProtocol(self)
-
-    def admit_source(self, host: str) -> bool:
-        key = source_key(host)
-        count = self._per_source.get(key, 0)
-        limit = self.limits.max_connections_per_ip
-        if limit and count >= limit:
-            return False
-        self._per_source[key] = count + 1
-        return True
-
-    def release_source(self, host: str) -> None:
-        _decrement(self._per_source, source_key(host))
-
-    def take_user_slot(self, key: tuple[str, str]) -> bool:
-        count = self._per_user_source.get(key, 0)
-        limit = self.limits.max_connections_per_user_ip
-        if limit and count >= limit:
-            return False
-        self._per_user_source[key] = count + 1
-        return True
-
-    def release_user_slot(self, key: tuple[str, str]) -> None:
-        _decrement(self._per_user_source, key)
-
-
-def _decrement(counts: dict[Any, int], key: Any) -> None:
-    left = counts.get(key, 0) - 1
-    if left > 0:
-        counts[key] = left
-    else:
-        counts.pop(key, None)
 
 
 class ListenerFactory(Factory):

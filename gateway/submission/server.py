@@ -26,7 +26,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from gateway.security.auth import Authenticator
-from gateway.security.penalty import AuthPenalty, LoginAttempt, source_key
+from gateway.security.connections import ConnectionCounts, peer_address
+from gateway.security.penalty import AuthPenalty, LoginAttempt
 from gateway.submission.parser import (
     Line,
     LineTooLong,
@@ -67,17 +68,6 @@ class ListenerPolicy:
     """Passwords without TLS here (a loopback listener); None: the factory's default."""
 
 
-def _peer(transport: Any) -> tuple[str, str]:
-    try:
-        peer = transport.getPeer()
-    except Exception:
-        return "local", "unknown"
-    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
-    if not isinstance(host, str) or not host:
-        return "local", str(peer)
-    return host, f"{host}:{port}"
-
-
 class SubmissionProtocol(Protocol):
     """One submission connection."""
 
@@ -106,7 +96,7 @@ class SubmissionProtocol(Protocol):
 
     def connectionMade(self) -> None:
         factory = self.factory
-        self.peer_host, self.peer = _peer(self.transport)
+        self.peer_host, self.peer = peer_address(self.transport)
         if not factory.admit_source(self.peer_host):
             self._closing = True
             log.warning("submission.connection_refused", peer=self.peer, reason="per_ip_limit")
@@ -394,7 +384,7 @@ class SubmissionProtocol(Protocol):
                 call.cancel()
 
 
-class SubmissionFactory(Factory):
+class SubmissionFactory(ConnectionCounts, Factory):
     """Builds :class:`SubmissionProtocol` connections sharing one sender policy, rate
     limiter, authenticator and login penalty.
 
@@ -433,29 +423,12 @@ class SubmissionFactory(Factory):
         self.penalty = penalty
         self.rate = RateLimiter(self.limits.max_messages_per_hour)
         self.protocols: set[SubmissionProtocol] = set()
-        self._per_source: dict[str, int] = {}
+        ConnectionCounts.__init__(self)
 
     def buildProtocol(self, addr: Any) -> SubmissionProtocol:
         protocol = SubmissionProtocol(self)
         protocol.factory = self
         return protocol
-
-    def admit_source(self, host: str) -> bool:
-        key = source_key(host)
-        count = self._per_source.get(key, 0)
-        limit = self.limits.max_connections_per_ip
-        if limit and count >= limit:
-            return False
-        self._per_source[key] = count + 1
-        return True
-
-    def release_source(self, host: str) -> None:
-        key = source_key(host)
-        left = self._per_source.get(key, 0) - 1
-        if left > 0:
-            self._per_source[key] = left
-        else:
-            self._per_source.pop(key, None)
 
 
 class ListenerFactory(Factory):
