@@ -27,18 +27,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTranspor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from gateway.managesieve.parser import (
-    MAX_DISCARD_SIZE,
-    MAX_LINE_LENGTH,
-    Command,
-    CommandParser,
-    NeedData,
-    ProtocolError,
-    StringResponse,
-)
-from gateway.managesieve.session import (
+from gateway.managesieve.handler import (
     Close,
-    ManageSieveSession,
     OwnerChecker,
     OwnerOf,
     ReadString,
@@ -48,6 +38,16 @@ from gateway.managesieve.session import (
     ScriptChecker,
     StartTLS,
 )
+from gateway.managesieve.parser import (
+    MAX_DISCARD_SIZE,
+    MAX_LINE_LENGTH,
+    Command,
+    CommandParser,
+    NeedData,
+    ProtocolError,
+    StringResponse,
+)
+from gateway.managesieve.session import ManageSieveSession
 from gateway.security.auth import Authenticator
 from gateway.security.connections import ConnectionCounts, peer_address
 from gateway.security.penalty import AuthPenalty, LoginAttempt
