@@ -49,7 +49,8 @@ from gateway.managesieve.parser import (
 )
 from gateway.managesieve.session import ManageSieveSession
 from gateway.security.auth import Authenticator
-from gateway.security.connections import ConnectionCounts, peer_address
+from gateway.security.connections import ConnectionCounts, ListenerPolicy, peer_address
+from gateway.security.connections import ListenerFactory as SharedListenerFactory
 from gateway.security.penalty import AuthPenalty, LoginAttempt
 from gateway.store.scripts import ScriptStore
 
@@ -84,14 +85,6 @@ class ManageSieveLimits:
     max_connections_per_user_ip: int = 20
     """Logged-in connections of one user from one address; the next login is refused
     ``NO (TRYLATER)``. Script editors hold one or two; 0 means no limit."""
-
-
-@dataclass(frozen=True)
-class ListenerPolicy:
-    """What one listener adds to the shared factory's settings."""
-
-    plaintext_auth: bool | None = None
-    """Passwords without TLS here (loopback); None: the factory's ``allow_plaintext_auth``."""
 
 
 class ManageSieveProtocol(Protocol):
@@ -131,7 +124,6 @@ class ManageSieveProtocol(Protocol):
             self.transport.loseConnection()
             return
         self._source_counted = True
-        plaintext = self.policy.plaintext_auth
         self.session = ManageSieveSession(
             factory.store,
             factory.authenticator,
@@ -141,11 +133,9 @@ class ManageSieveProtocol(Protocol):
             owner_checker=factory.owner_checker,
             max_redirects=factory.max_redirects,
             peer=self.peer,
-            tls_active=ISSLTransport.providedBy(self.transport),
+            tls_active=self.policy.implicit_tls or ISSLTransport.providedBy(self.transport),
             tls_available=factory.tls_context_factory is not None,
-            plaintext_auth_allowed=plaintext
-            if plaintext is not None
-            else factory.allow_plaintext_auth,
+            plaintext_auth_allowed=self.policy.plaintext_auth_or(factory.allow_plaintext_auth),
         )
         self.parser = self._new_parser()
         factory.protocols.add(self)
@@ -493,13 +483,8 @@ class ManageSieveFactory(ConnectionCounts, Factory):
         return ManageSieveProtocol(self)
 
 
-class ListenerFactory(Factory):
+class ListenerFactory(SharedListenerFactory):
     """One listener's view of the shared :class:`ManageSieveFactory` (its own
     :class:`ListenerPolicy`, shared store, limits, penalty and connection counts)."""
 
-    def __init__(self, shared: ManageSieveFactory, policy: ListenerPolicy) -> None:
-        self.shared = shared
-        self.policy = policy
-
-    def buildProtocol(self, addr: Any) -> ManageSieveProtocol:
-        return ManageSieveProtocol(self.shared, self.policy)
+    protocol = ManageSieveProtocol

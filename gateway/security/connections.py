@@ -11,7 +11,10 @@ check.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+from twisted.internet.protocol import Factory
 
 from gateway.security.penalty import source_key
 
@@ -23,6 +26,39 @@ class ConnectionCaps(Protocol):
     def max_connections_per_ip(self) -> int:
         """Connections from one source; 0 means no limit."""
         ...
+
+
+@dataclass(frozen=True)
+class ListenerPolicy:
+    """What one listener adds to its server's shared factory (the same for IMAP,
+    ManageSieve and submission): one factory counts and limits connections for all the
+    listeners of a protocol, each listener says how its connections start."""
+
+    implicit_tls: bool = False
+    """Connections are TLS from their first byte (IMAPS, ``submissions``: RFC 8314 §3.3)."""
+
+    plaintext_auth: bool | None = None
+    """Passwords without TLS on this listener (a loopback one); None: the factory's
+    ``allow_plaintext_auth``."""
+
+    def plaintext_auth_or(self, default: bool) -> bool:
+        """Whether passwords may be sent in the clear here, ``default`` unless set."""
+        return self.plaintext_auth if self.plaintext_auth is not None else default
+
+
+class ListenerFactory(Factory):
+    """One listener's view of a server's shared factory: connections get this listener's
+    :class:`ListenerPolicy` but share the shared factory's settings and connection counts.
+    Subclasses name the connection class as ``protocol(shared, policy)``."""
+
+    protocol: Any
+
+    def __init__(self, shared: Any, policy: ListenerPolicy) -> None:
+        self.shared = shared
+        self.policy = policy
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.protocol(self.shared, self.policy)
 
 
 def peer_address(transport: Any) -> tuple[str, str]:

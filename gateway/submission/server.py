@@ -16,7 +16,6 @@ timers before login, after login and during DATA (RFC 5321 §4.5.3.2) on an inje
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -26,7 +25,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from gateway.security.auth import Authenticator
-from gateway.security.connections import ConnectionCounts, peer_address
+from gateway.security.connections import ConnectionCounts, ListenerPolicy, peer_address
+from gateway.security.connections import ListenerFactory as SharedListenerFactory
 from gateway.security.penalty import AuthPenalty, LoginAttempt
 from gateway.submission.parser import (
     Line,
@@ -55,17 +55,6 @@ RunBlockingFn = Callable[[Callable[[], Any]], Deferred]
 
 MAX_BUFFERED_INPUT = 256 * 1024
 """Unparsed pipelined command input held while a command runs before reading pauses."""
-
-
-@dataclass(frozen=True)
-class ListenerPolicy:
-    """What one listener adds to the shared factory (as for IMAP)."""
-
-    implicit_tls: bool = False
-    """TLS from the first byte (``submissions``, RFC 8314 §3.3)."""
-
-    plaintext_auth: bool | None = None
-    """Passwords without TLS here (a loopback listener); None: the factory's default."""
 
 
 class SubmissionProtocol(Protocol):
@@ -104,7 +93,6 @@ class SubmissionProtocol(Protocol):
             self.transport.loseConnection()
             return
         self._counted = True
-        plaintext = self.policy.plaintext_auth
         self.session = SubmissionSession(
             hostname=factory.hostname,
             policy=factory.policy,
@@ -116,9 +104,7 @@ class SubmissionProtocol(Protocol):
             peer=self.peer,
             tls_active=self.policy.implicit_tls or ISSLTransport.providedBy(self.transport),
             tls_available=factory.tls_context_factory is not None,
-            plaintext_auth_allowed=plaintext
-            if plaintext is not None
-            else factory.allow_plaintext_auth,
+            plaintext_auth_allowed=self.policy.plaintext_auth_or(factory.allow_plaintext_auth),
         )
         self.parser = SMTPParser(factory.limits.max_command_line)
         factory.protocols.add(self)
@@ -431,13 +417,8 @@ class SubmissionFactory(ConnectionCounts, Factory):
         return protocol
 
 
-class ListenerFactory(Factory):
+class ListenerFactory(SharedListenerFactory):
     """One listener's view of the shared :class:`SubmissionFactory` (its own
     :class:`ListenerPolicy`: ``submission`` with STARTTLS or ``submissions``)."""
 
-    def __init__(self, shared: SubmissionFactory, policy: ListenerPolicy) -> None:
-        self.shared = shared
-        self.policy = policy
-
-    def buildProtocol(self, addr: Any) -> SubmissionProtocol:
-        return SubmissionProtocol(self.shared, self.policy)
+    protocol = SubmissionProtocol
