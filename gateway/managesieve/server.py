@@ -51,6 +51,7 @@ from gateway.managesieve.session import ManageSieveSession
 from gateway.security.auth import Authenticator
 from gateway.security.connections import ConnectionCounts, ListenerPolicy, peer_address
 from gateway.security.connections import ListenerFactory as SharedListenerFactory
+from gateway.security.logins import LoginLimits
 from gateway.security.penalty import AuthPenalty, LoginAttempt
 from gateway.store.scripts import ScriptStore
 
@@ -99,7 +100,14 @@ class ManageSieveProtocol(Protocol):
         self.peer = "unknown"
         self.peer_host = "local"
         self._source_counted = False
-        self._user_slot: tuple[str, str] | None = None
+        self._login_limits = LoginLimits(
+            factory,
+            protocol="managesieve",
+            refused=lambda: Refused("Too many failed logins; try again later", "TRYLATER"),
+            over_limit=lambda: Refused(
+                "Too many connections for this user from your address", "TRYLATER"
+            ),
+        )
         self._current: Run | None = None
         self._waiting: RunBlocking | ReadString | None = None
         self._send: Any = None
@@ -148,7 +156,7 @@ class ManageSieveProtocol(Protocol):
         self._drop_current()
         self._cancel_timers()
         self.factory.protocols.discard(self)
-        self._release_user_slot()
+        self._login_limits.release()
         if self._source_counted:
             self._source_counted = False
             self.factory.release_source(self.peer_host)
@@ -249,13 +257,13 @@ class ManageSieveProtocol(Protocol):
         if isinstance(action, RunBlocking):
             self._waiting = action
             token = self._token = object()
-            attempt = None
             if action.login is not None:
-                if self._login_refused(action.login, token):
+                # Login limits: maybe refused (TRYLATER) before any check.
+                refused = self._login_limits.begin(self.peer_host, self.peer, action.login)
+                if refused is not None:
+                    self._resume_later(refused[0], token, refused[1], refused[2])
                     return
-                penalty = self.factory.penalty
-                # In flight from now: counted against the budgets (gateway/security/penalty.py).
-                attempt = penalty.begin(self.peer_host, action.login) if penalty else None
+            attempt = self._login_limits.attempt if action.login is not None else None
             try:
                 deferred = self.factory.run_blocking(action.call)
             except Exception:
@@ -306,61 +314,27 @@ class ManageSieveProtocol(Protocol):
     def _blocking_failed(
         self, failure: Failure, token: object, attempt: LoginAttempt | None
     ) -> None:
-        if attempt is not None:
-            attempt.abandoned()
+        self._login_limits.abandon(attempt)
         self._resume(token, None, failure.value)
 
     def _blocking_done(self, result: Any, token: object, attempt: LoginAttempt | None) -> None:
-        action = self._waiting
-        if isinstance(action, RunBlocking) and action.login is not None and self._token is token:
-            self._password_checked(attempt, result, token)
-        elif attempt is not None:
-            attempt.record(result)  # the client hung up: the check still counts
-        else:
-            self._resume(token, result, None)
-
-    # -- login penalties and limits (the same bookkeeping as IMAP: one AuthPenalty) --
-
-    def _login_refused(self, user: str, token: object) -> bool:
-        penalty = self.factory.penalty
-        if penalty is None:
-            return False
-        reason = penalty.refusal(self.peer_host, user)
-        if reason is None:
-            return False
-        log.warning("managesieve.auth_refused", user=user[:128], peer=self.peer, budget=reason)
-        error = Refused("Too many failed logins; try again later", "TRYLATER")
-        self._resume_later(penalty.current_delay(self.peer_host), token, None, error)
-        return True
-
-    def _password_checked(
-        self, attempt: LoginAttempt | None, canonical: str | None, token: object
-    ) -> None:
-        delay = attempt.record(canonical) if attempt is not None else 0.0
-        if canonical is None:
-            self._resume_later(delay, token, None, None)
+        if self._token is not token or self._closing:
+            # The command is gone (the client hung up): a password check still counts.
+            self._login_limits.settle(attempt, result if isinstance(result, str) else None)
             return
-        if self._user_slot is None:
-            key = (canonical, self.peer_host)
-            if not self.factory.take_user_slot(key):
-                log.warning(
-                    "managesieve.login_refused", user=canonical, peer=self.peer, reason="limit"
-                )
-                error = Refused("Too many connections for this user from your address", "TRYLATER")
-                self._resume(token, None, error)
-                return
-            self._user_slot = key
-        self._resume(token, canonical, None)
+        action = self._waiting
+        if isinstance(action, RunBlocking) and action.login is not None:
+            # A password check: failures are delayed, successes take a connection slot.
+            limits = self._login_limits
+            delay, user, error = limits.checked(self.peer_host, self.peer, action.login, result)
+            self._resume_later(delay, token, user, error)
+            return
+        self._resume(token, result, None)
 
     def _release_unused_slot(self) -> None:
         """A slot taken for a login that did not complete, or left by UNAUTHENTICATE."""
-        if self._user_slot is not None and self.session.user is None:
-            self._release_user_slot()
-
-    def _release_user_slot(self) -> None:
-        key, self._user_slot = self._user_slot, None
-        if key is not None:
-            self.factory.release_user_slot(key)
+        if self._login_limits.slot is not None and self.session.user is None:
+            self._login_limits.release()
 
     # -- reading, closing, timers --
 

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from gateway.security.auth import Authenticator
 from gateway.security.connections import ConnectionCounts, ListenerPolicy, peer_address
 from gateway.security.connections import ListenerFactory as SharedListenerFactory
+from gateway.security.logins import LoginLimits
 from gateway.security.penalty import AuthPenalty, LoginAttempt
 from gateway.submission.parser import (
     Line,
@@ -69,6 +70,12 @@ class SubmissionProtocol(Protocol):
         self.peer = "unknown"
         self.peer_host = "local"
         self._counted = False
+        self._login_limits = LoginLimits(
+            factory,
+            protocol="submission",
+            refused=lambda: Refusal(454, "4.7.0", "Too many failed logins; try again later"),
+            over_limit=None,
+        )
         self._current: Any = None
         self._waiting: Any = None
         self._send: Any = None
@@ -212,11 +219,11 @@ class SubmissionProtocol(Protocol):
         if isinstance(action, RunBlocking):
             self._waiting = action
             token = self._token = object()
-            if self._login_refused(action.login, token):
+            refused = self._login_limits.begin(self.peer_host, self.peer, action.login)
+            if refused is not None:
+                self._resume_later(refused[0], token, refused[1], refused[2])
                 return
-            penalty = self.factory.penalty
-            # In flight from now: counted against the budgets (gateway/security/penalty.py).
-            attempt = penalty.begin(self.peer_host, action.login) if penalty else None
+            attempt = self._login_limits.attempt
             try:
                 deferred = self.factory.run_blocking(action.call)
             except Exception as e:
@@ -277,31 +284,21 @@ class SubmissionProtocol(Protocol):
         else:
             self._delay = self.factory.clock.callLater(delay, self._resume, token, result, error)
 
-    def _login_refused(self, user: str, token: object) -> bool:
-        penalty = self.factory.penalty
-        if penalty is None:
-            return False
-        budget = penalty.refusal(self.peer_host, user)
-        if budget is None:
-            return False
-        log.warning("submission.auth_refused", user=user[:128], peer=self.peer, budget=budget)
-        error = Refusal(454, "4.7.0", "Too many failed logins; try again later")
-        self._resume_later(penalty.current_delay(self.peer_host), token, None, error)
-        return True
-
     def _password_checked(
         self, canonical: str | None, attempt: LoginAttempt | None, token: object
     ) -> None:
-        """Recorded even when the client has hung up (``_resume`` then does nothing)."""
-        delay = attempt.record(canonical) if attempt is not None else 0.0
-        if canonical is None:
-            self._resume_later(delay, token, None, None)
+        if self._token is not token or self._closing:
+            # The command is gone (the client hung up): a password check still counts.
+            self._login_limits.settle(attempt, canonical)
             return
-        self._resume(token, canonical, None)
+        waiting = self._waiting
+        assert isinstance(waiting, RunBlocking)
+        limits = self._login_limits
+        delay, user, error = limits.checked(self.peer_host, self.peer, waiting.login, canonical)
+        self._resume_later(delay, token, user, error)
 
     def _check_failed(self, failure: Failure, attempt: LoginAttempt | None, token: object) -> None:
-        if attempt is not None:
-            attempt.abandoned()
+        self._login_limits.abandon(attempt)
         self._failed(failure, token)
 
     # -- reading, closing, timers --
