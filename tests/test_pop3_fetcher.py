@@ -31,7 +31,7 @@ from gateway.pop3.framing import MAX_LINE_LENGTH
 from gateway.pop3.spool import MessageSink
 from gateway.store.sqlite import SQLiteStore
 from gateway.testing import samplemail
-from gateway.testing.fakepop3 import dot_stuff, normalize_message
+from gateway.testing.pop3data import dot_stuff, normalize_message
 from gateway.testing.pop3fetch import OWNER, PASSWORD, USER
 from gateway.testing.tlsca import CA, ServerTLSContext, make_ca
 

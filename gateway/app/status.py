@@ -37,6 +37,8 @@ from typing import Any
 from gateway.app.metrics import file_size
 from gateway.core.display import printable_tree
 from gateway.oauth.tokenfile import TokenFileError, load_tokens, token_path
+from gateway.web.text import duration as _duration
+from gateway.web.text import size as _size
 
 RECENT_ERRORS_SHOWN = 10
 """How many of the recent errors the table shows (``--json`` has all that are kept)."""
@@ -291,30 +293,12 @@ class StatusSource:
 
 def duration(seconds: float | None) -> str:
     """``3d 4h``, ``2h 5m``, ``4m 10s``, ``12s``: two units at most, for a table."""
-    if seconds is None:
-        return "-"
-    s = int(round(seconds))
-    days, s = divmod(s, 86400)
-    hours, s = divmod(s, 3600)
-    minutes, s = divmod(s, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    if minutes:
-        return f"{minutes}m {s}s"
-    return f"{s}s"
+    return _duration(seconds, missing="-")
 
 
 def size(octets: float | None) -> str:
-    if octets is None:
-        return "-"
-    value = float(octets)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"  # pragma: no cover - the loop always returns
+    """``512 B``, ``1.5 KiB``, ``12.0 MiB``, for a table."""
+    return _size(octets, missing="-")
 
 
 def timestamp(epoch: float | None) -> str:

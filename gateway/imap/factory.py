@@ -24,11 +24,12 @@ from gateway.imap.policy import (
 from gateway.imap.server import IMAPServerProtocol
 from gateway.imap.session import ActivityHook, SentAppendHook
 from gateway.security.auth import Authenticator, UserDirectory
-from gateway.security.penalty import AuthPenalty, source_key
+from gateway.security.connections import ConnectionCounts
+from gateway.security.penalty import AuthPenalty
 from gateway.store.interfaces import Store
 
 
-class IMAPServerFactory(Factory):
+class IMAPServerFactory(ConnectionCounts, Factory):
     """Builds :class:`IMAPServerProtocol` connections sharing one store and authenticator.
 
     ``run_blocking(call) -> Deferred`` runs a blocking call (scrypt) off the reactor
@@ -90,38 +91,12 @@ class IMAPServerFactory(Factory):
         self.observer: ServerObserver = NullObserver()
         """Told about connections and commands (the service sets the metrics here)."""
         self.protocols: set[IMAPServerProtocol] = set()
-        self._per_source: dict[str, int] = {}
-        self._per_user_source: dict[tuple[str, str], int] = {}
+        ConnectionCounts.__init__(self)
         self._changed: set[int] = set()
         self._flush_call: IDelayedCall | None = None
 
     def buildProtocol(self, addr: Any) -> IMAPServerProtocol:
         return IMAPServerProtocol(self)
-
-    def admit_source(self, host: str) -> bool:
-        """Count a new connection from ``host``; False if it is one too many."""
-        key = source_key(host)
-        count = self._per_source.get(key, 0)
-        limit = self.limits.max_connections_per_ip
-        if limit and count >= limit:
-            return False
-        self._per_source[key] = count + 1
-        return True
-
-    def release_source(self, host: str) -> None:
-        _decrement(self._per_source, source_key(host))
-
-    def take_user_slot(self, key: tuple[str, str]) -> bool:
-        """Count one more logged-in connection of (user, address); False if over the limit."""
-        count = self._per_user_source.get(key, 0)
-        limit = self.limits.max_connections_per_user_ip
-        if limit and count >= limit:
-            return False
-        self._per_user_source[key] = count + 1
-        return True
-
-    def release_user_slot(self, key: tuple[str, str]) -> None:
-        _decrement(self._per_user_source, key)
 
     def startFactory(self) -> None:
         self.store.add_listener(self._store_changed)
@@ -151,14 +126,6 @@ class IMAPServerFactory(Factory):
         for protocol in list(self.protocols):
             for mailbox_id in sorted(changed):
                 protocol.mailbox_changed(mailbox_id)
-
-
-def _decrement(counts: dict[Any, int], key: Any) -> None:
-    left = counts.get(key, 0) - 1
-    if left > 0:
-        counts[key] = left
-    else:
-        counts.pop(key, None)
 
 
 class ListenerFactory(Factory):

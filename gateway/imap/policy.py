@@ -31,6 +31,7 @@ from gateway.imap.framing import (
     prelogin_command_size,
 )
 from gateway.imap.spool import SPOOL_THRESHOLD, LiteralSpool
+from gateway.security.connections import ListenerPolicy as ListenerPolicy  # one for all servers
 from gateway.store.search import MAX_SEARCH_DEPTH
 
 UTF8_ACCEPT_SUPPORTED = True
@@ -187,14 +188,3 @@ def thread_runner(reactor: Any) -> RunBlockingFn:
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), call)
 
     return run
-
-
-@dataclass(frozen=True)
-class ListenerPolicy:
-    """What one listener adds to the shared factory's settings."""
-
-    implicit_tls: bool = False
-    """Connections are TLS from their first byte (IMAPS, RFC 8314 §3.3)."""
-
-    plaintext_auth: bool | None = None
-    """Passwords without TLS on this listener; None: the factory's ``allow_plaintext_auth``."""

@@ -59,6 +59,7 @@ from gateway.imap.handler import (
 from gateway.imap.login_limits import LoginLimits
 from gateway.imap.policy import UTF8_ACCEPT_SUPPORTED, ListenerPolicy
 from gateway.imap.session import IMAPSession
+from gateway.security.connections import peer_address
 from gateway.security.penalty import LoginAttempt
 
 if TYPE_CHECKING:
@@ -67,24 +68,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 CONTINUE_LITERAL = b"+ Ready for literal data\r\n"
-
-
-def _peer_host(transport: Any) -> str:
-    """The peer's address for per-source accounting ("local" for UNIX sockets)."""
-    try:
-        host = getattr(transport.getPeer(), "host", None)
-    except Exception:
-        host = None
-    return host if isinstance(host, str) and host else "local"
-
-
-def _peer_text(transport: Any) -> str:
-    try:
-        peer = transport.getPeer()
-    except Exception:
-        return "unknown"
-    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
-    return f"{host}:{port}" if host is not None else str(peer)
 
 
 @implementer(IPushProducer)
@@ -132,8 +115,7 @@ class IMAPServerProtocol(Protocol):
     def connectionMade(self) -> None:
         factory = self.factory
         self._connected_at = factory.clock.seconds()
-        self.peer = _peer_text(self.transport)
-        self.peer_host = _peer_host(self.transport)
+        self.peer_host, self.peer = peer_address(self.transport)
         if not factory.admit_source(self.peer_host):
             # One source holding this many connections is abuse (or a broken client);
             # refuse before any per-connection state exists (RFC 3501 §7.1.5 BYE).

@@ -27,18 +27,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTranspor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from gateway.managesieve.parser import (
-    MAX_DISCARD_SIZE,
-    MAX_LINE_LENGTH,
-    Command,
-    CommandParser,
-    NeedData,
-    ProtocolError,
-    StringResponse,
-)
-from gateway.managesieve.session import (
+from gateway.managesieve.handler import (
     Close,
-    ManageSieveSession,
     OwnerChecker,
     OwnerOf,
     ReadString,
@@ -48,8 +38,21 @@ from gateway.managesieve.session import (
     ScriptChecker,
     StartTLS,
 )
+from gateway.managesieve.parser import (
+    MAX_DISCARD_SIZE,
+    MAX_LINE_LENGTH,
+    Command,
+    CommandParser,
+    NeedData,
+    ProtocolError,
+    StringResponse,
+)
+from gateway.managesieve.session import ManageSieveSession
 from gateway.security.auth import Authenticator
-from gateway.security.penalty import AuthPenalty, LoginAttempt, source_key
+from gateway.security.connections import ConnectionCounts, ListenerPolicy, peer_address
+from gateway.security.connections import ListenerFactory as SharedListenerFactory
+from gateway.security.logins import LoginLimits
+from gateway.security.penalty import AuthPenalty, LoginAttempt
 from gateway.store.scripts import ScriptStore
 
 log = structlog.get_logger(__name__)
@@ -85,26 +88,6 @@ class ManageSieveLimits:
     ``NO (TRYLATER)``. Script editors hold one or two; 0 means no limit."""
 
 
-@dataclass(frozen=True)
-class ListenerPolicy:
-    """What one listener adds to the shared factory's settings."""
-
-    plaintext_auth: bool | None = None
-    """Passwords without TLS here (loopback); None: the factory's ``allow_plaintext_auth``."""
-
-
-def _peer(transport: Any) -> tuple[str, str]:
-    """(host for accounting, "host:port" for logs)."""
-    try:
-        peer = transport.getPeer()
-    except Exception:
-        return "local", "unknown"
-    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
-    if not isinstance(host, str) or not host:
-        return "local", str(peer)
-    return host, f"{host}:{port}"
-
-
 class ManageSieveProtocol(Protocol):
     """One ManageSieve connection."""
 
@@ -117,7 +100,14 @@ class ManageSieveProtocol(Protocol):
         self.peer = "unknown"
         self.peer_host = "local"
         self._source_counted = False
-        self._user_slot: tuple[str, str] | None = None
+        self._login_limits = LoginLimits(
+            factory,
+            protocol="managesieve",
+            refused=lambda: Refused("Too many failed logins; try again later", "TRYLATER"),
+            over_limit=lambda: Refused(
+                "Too many connections for this user from your address", "TRYLATER"
+            ),
+        )
         self._current: Run | None = None
         self._waiting: RunBlocking | ReadString | None = None
         self._send: Any = None
@@ -134,7 +124,7 @@ class ManageSieveProtocol(Protocol):
 
     def connectionMade(self) -> None:
         factory = self.factory
-        self.peer_host, self.peer = _peer(self.transport)
+        self.peer_host, self.peer = peer_address(self.transport)
         if not factory.admit_source(self.peer_host):
             self._closing = True
             log.warning("managesieve.connection_refused", peer=self.peer, reason="per_ip_limit")
@@ -142,7 +132,6 @@ class ManageSieveProtocol(Protocol):
             self.transport.loseConnection()
             return
         self._source_counted = True
-        plaintext = self.policy.plaintext_auth
         self.session = ManageSieveSession(
             factory.store,
             factory.authenticator,
@@ -152,11 +141,9 @@ class ManageSieveProtocol(Protocol):
             owner_checker=factory.owner_checker,
             max_redirects=factory.max_redirects,
             peer=self.peer,
-            tls_active=ISSLTransport.providedBy(self.transport),
+            tls_active=self.policy.implicit_tls or ISSLTransport.providedBy(self.transport),
             tls_available=factory.tls_context_factory is not None,
-            plaintext_auth_allowed=plaintext
-            if plaintext is not None
-            else factory.allow_plaintext_auth,
+            plaintext_auth_allowed=self.policy.plaintext_auth_or(factory.allow_plaintext_auth),
         )
         self.parser = self._new_parser()
         factory.protocols.add(self)
@@ -169,7 +156,7 @@ class ManageSieveProtocol(Protocol):
         self._drop_current()
         self._cancel_timers()
         self.factory.protocols.discard(self)
-        self._release_user_slot()
+        self._login_limits.release()
         if self._source_counted:
             self._source_counted = False
             self.factory.release_source(self.peer_host)
@@ -270,13 +257,13 @@ class ManageSieveProtocol(Protocol):
         if isinstance(action, RunBlocking):
             self._waiting = action
             token = self._token = object()
-            attempt = None
             if action.login is not None:
-                if self._login_refused(action.login, token):
+                # Login limits: maybe refused (TRYLATER) before any check.
+                refused = self._login_limits.begin(self.peer_host, self.peer, action.login)
+                if refused is not None:
+                    self._resume_later(refused[0], token, refused[1], refused[2])
                     return
-                penalty = self.factory.penalty
-                # In flight from now: counted against the budgets (gateway/security/penalty.py).
-                attempt = penalty.begin(self.peer_host, action.login) if penalty else None
+            attempt = self._login_limits.attempt if action.login is not None else None
             try:
                 deferred = self.factory.run_blocking(action.call)
             except Exception:
@@ -327,61 +314,27 @@ class ManageSieveProtocol(Protocol):
     def _blocking_failed(
         self, failure: Failure, token: object, attempt: LoginAttempt | None
     ) -> None:
-        if attempt is not None:
-            attempt.abandoned()
+        self._login_limits.abandon(attempt)
         self._resume(token, None, failure.value)
 
     def _blocking_done(self, result: Any, token: object, attempt: LoginAttempt | None) -> None:
-        action = self._waiting
-        if isinstance(action, RunBlocking) and action.login is not None and self._token is token:
-            self._password_checked(attempt, result, token)
-        elif attempt is not None:
-            attempt.record(result)  # the client hung up: the check still counts
-        else:
-            self._resume(token, result, None)
-
-    # -- login penalties and limits (the same bookkeeping as IMAP: one AuthPenalty) --
-
-    def _login_refused(self, user: str, token: object) -> bool:
-        penalty = self.factory.penalty
-        if penalty is None:
-            return False
-        reason = penalty.refusal(self.peer_host, user)
-        if reason is None:
-            return False
-        log.warning("managesieve.auth_refused", user=user[:128], peer=self.peer, budget=reason)
-        error = Refused("Too many failed logins; try again later", "TRYLATER")
-        self._resume_later(penalty.current_delay(self.peer_host), token, None, error)
-        return True
-
-    def _password_checked(
-        self, attempt: LoginAttempt | None, canonical: str | None, token: object
-    ) -> None:
-        delay = attempt.record(canonical) if attempt is not None else 0.0
-        if canonical is None:
-            self._resume_later(delay, token, None, None)
+        if self._token is not token or self._closing:
+            # The command is gone (the client hung up): a password check still counts.
+            self._login_limits.settle(attempt, result if isinstance(result, str) else None)
             return
-        if self._user_slot is None:
-            key = (canonical, self.peer_host)
-            if not self.factory.take_user_slot(key):
-                log.warning(
-                    "managesieve.login_refused", user=canonical, peer=self.peer, reason="limit"
-                )
-                error = Refused("Too many connections for this user from your address", "TRYLATER")
-                self._resume(token, None, error)
-                return
-            self._user_slot = key
-        self._resume(token, canonical, None)
+        action = self._waiting
+        if isinstance(action, RunBlocking) and action.login is not None:
+            # A password check: failures are delayed, successes take a connection slot.
+            limits = self._login_limits
+            delay, user, error = limits.checked(self.peer_host, self.peer, action.login, result)
+            self._resume_later(delay, token, user, error)
+            return
+        self._resume(token, result, None)
 
     def _release_unused_slot(self) -> None:
         """A slot taken for a login that did not complete, or left by UNAUTHENTICATE."""
-        if self._user_slot is not None and self.session.user is None:
-            self._release_user_slot()
-
-    def _release_user_slot(self) -> None:
-        key, self._user_slot = self._user_slot, None
-        if key is not None:
-            self.factory.release_user_slot(key)
+        if self._login_limits.slot is not None and self.session.user is None:
+            self._login_limits.release()
 
     # -- reading, closing, timers --
 
@@ -450,7 +403,7 @@ class ManageSieveProtocol(Protocol):
                 call.cancel()
 
 
-class ManageSieveFactory(Factory):
+class ManageSieveFactory(ConnectionCounts, Factory):
     """Builds :class:`ManageSieveProtocol` connections sharing one script store,
     authenticator, checker and login penalty.
 
@@ -498,51 +451,14 @@ class ManageSieveFactory(Factory):
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.penalty = penalty
         self.protocols: set[ManageSieveProtocol] = set()
-        self._per_source: dict[str, int] = {}
-        self._per_user_source: dict[tuple[str, str], int] = {}
+        ConnectionCounts.__init__(self)
 
     def buildProtocol(self, addr: Any) -> ManageSieveProtocol:
         return ManageSieveProtocol(self)
 
-    def admit_source(self, host: str) -> bool:
-        key = source_key(host)
-        count = self._per_source.get(key, 0)
-        limit = self.limits.max_connections_per_ip
-        if limit and count >= limit:
-            return False
-        self._per_source[key] = count + 1
-        return True
 
-    def release_source(self, host: str) -> None:
-        _decrement(self._per_source, source_key(host))
-
-    def take_user_slot(self, key: tuple[str, str]) -> bool:
-        count = self._per_user_source.get(key, 0)
-        limit = self.limits.max_connections_per_user_ip
-        if limit and count >= limit:
-            return False
-        self._per_user_source[key] = count + 1
-        return True
-
-    def release_user_slot(self, key: tuple[str, str]) -> None:
-        _decrement(self._per_user_source, key)
-
-
-def _decrement(counts: dict[Any, int], key: Any) -> None:
-    left = counts.get(key, 0) - 1
-    if left > 0:
-        counts[key] = left
-    else:
-        counts.pop(key, None)
-
-
-class ListenerFactory(Factory):
+class ListenerFactory(SharedListenerFactory):
     """One listener's view of the shared :class:`ManageSieveFactory` (its own
     :class:`ListenerPolicy`, shared store, limits, penalty and connection counts)."""
 
-    def __init__(self, shared: ManageSieveFactory, policy: ListenerPolicy) -> None:
-        self.shared = shared
-        self.policy = policy
-
-    def buildProtocol(self, addr: Any) -> ManageSieveProtocol:
-        return ManageSieveProtocol(self.shared, self.policy)
+    protocol = ManageSieveProtocol

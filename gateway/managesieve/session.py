@@ -2,10 +2,10 @@
 and the one mapping from errors to responses (RFC 5804).
 
 Sans-I/O like the IMAP session: :meth:`ManageSieveSession.execute` turns one parsed
-command into a generator that yields ``bytes`` to write and *actions*
-(:class:`RunBlocking`, :class:`ReadString`, :class:`StartTLS`, :class:`Close`) that the
-transport glue in :mod:`gateway.managesieve.server` performs before resuming it. This
-module is the only one that changes the session state.
+command into a generator that yields ``bytes`` to write and *actions* (defined with the
+replies in :mod:`gateway.managesieve.handler`) that the transport glue in
+:mod:`gateway.managesieve.server` performs before resuming it. This module is the only one
+that changes the session state.
 
 Responses (RFC 5804 §1.3, §4): ``OK`` / ``NO`` / ``BYE``, an optional response code in
 parentheses, an optional human-readable string. There is no BAD: a malformed command is
@@ -18,13 +18,28 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-from collections.abc import Callable, Generator, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
+from gateway.managesieve.handler import (
+    AfterTLS,
+    Close,
+    Handler,
+    Output,
+    OwnerChecker,
+    OwnerOf,
+    ReadString,
+    Refused,
+    Reply,
+    Run,
+    RunBlocking,
+    ScriptChecker,
+    StartTLS,
+    response,
+)
 from gateway.managesieve.parser import (
     Command,
     LiteralTooLarge,
@@ -70,93 +85,6 @@ class State(enum.Enum):
     NON_AUTHENTICATED = "non-authenticated"  # after the greeting, until AUTHENTICATE
     AUTHENTICATED = "authenticated"  # logged in; ``owner`` names whose scripts are used
     LOGOUT = "logout"  # the last response is out; the connection is being closed
-
-
-# ---- actions: what the session asks the transport glue to do ---------------------------
-
-
-@dataclass(frozen=True)
-class RunBlocking:
-    """Run ``call`` off the reactor thread (scrypt); resume with its result. ``login``
-    (the user name given) makes the glue apply the login penalty around it."""
-
-    call: Callable[[], Any]
-    login: str | None = None
-
-
-@dataclass(frozen=True)
-class ReadString:
-    """Write ``prompt`` (a SASL challenge) and resume with the client's next string."""
-
-    prompt: bytes
-
-
-@dataclass(frozen=True)
-class StartTLS:
-    """Throw away buffered plaintext input and start TLS (RFC 5804 §2.2)."""
-
-
-@dataclass(frozen=True)
-class Close:
-    """Close the connection once everything written so far has been sent."""
-
-
-@dataclass(frozen=True)
-class AfterTLS:
-    """Internal marker: the capability response due once TLS is up (RFC 5804 §2.2)."""
-
-
-Action = RunBlocking | ReadString | StartTLS | Close
-Output = bytes | Action
-Run = Generator[Output, Any, None]
-
-
-@dataclass(frozen=True)
-class Reply:
-    """``status`` OK/NO/BYE, ``code`` (already formatted, e.g. ``QUOTA/MAXSIZE`` or
-    ``TAG "x"``), ``text``."""
-
-    status: str
-    text: str = ""
-    code: str | None = None
-
-
-Handler = Generator[Output, Any, Reply]
-
-
-class Refused(Exception):
-    """A refused operation → NO (code) "text"."""
-
-    def __init__(self, text: str, code: str | None = None) -> None:
-        super().__init__(text)
-        self.text = text
-        self.code = code
-
-
-class ScriptChecker(Protocol):
-    """Sieve validation, injected (the Sieve engine supplies it). Returns None or a
-    list of warnings (→ ``OK (WARNINGS)``); raises an exception with ``line``,
-    ``column`` and ``message`` attributes for a script that must be refused."""
-
-    def __call__(self, script: str) -> Iterable[str] | None: ...
-
-
-OwnerChecker = Callable[[str, str], Iterable[str] | None]
-"""``(owner, script)`` → like :class:`ScriptChecker`, for checks that depend on the owner
-(``redirect``/``vacation`` need the owner to have an upstream that can send)."""
-
-OwnerOf = Callable[[str], str]
-"""Canonical user name → the script owner (identity unless the integrator maps it)."""
-
-
-def response(reply: Reply) -> bytes:
-    """``OK (CODE) "text"`` CRLF (RFC 5804 §4 response-ok / response-nobye)."""
-    out = reply.status.encode("ascii")
-    if reply.code:
-        out += b" (" + reply.code.encode("utf-8") + b")"
-    if reply.text:
-        out += b" " + string_s2c(reply.text.encode("utf-8"))
-    return out + b"\r\n"
 
 
 def _short(text: str) -> str:

@@ -44,19 +44,17 @@ from gateway.pop3.errors import (
     FetchError,
     MessageTooLargeWhileStreaming,
     StoreFailed,
-    UIDLUnsupported,
     UpstreamLineTooLong,
     translate_failure,
 )
 from gateway.pop3.framing import MAX_LINE_LENGTH
+from gateway.pop3.listing import read_listing
 from gateway.pop3.plan import (
     DeletionPolicy,
     LedgerFact,
     ListedMessage,
     Listing,
     SyncPlan,
-    build_listing,
-    fallback_uidl,
     plan_deletions,
     plan_sync,
 )
@@ -79,9 +77,6 @@ slowly still shows up in IMAP promptly."""
 
 PROGRESS_LOG_EVERY = 500
 """A ``pop3.progress`` log event every this many messages received."""
-
-MAX_TOP_HEADER_LINES = 2000
-"""Header lines kept from one ``TOP n 0`` answer when the server has no UIDL."""
 
 SKIP_TOO_LARGE = "too large"
 SKIP_LINE_TOO_LONG = "line too long"
@@ -277,66 +272,13 @@ class _Pass:
     # ---- listing ---------------------------------------------------------------------
 
     async def read_listing(self) -> Listing:
-        """STAT, UIDL and LIST (RFC 1939 §5, §7), joined by the sans-I/O parser; without
-        UIDL, identities come from ``TOP n 0`` headers (:func:`plan.fallback_uidl`)."""
+        """The upstream's listing (:func:`gateway.pop3.listing.read_listing`)."""
         assert self.client is not None
-        count, _octets = await self.command("STAT", self.client.stat())
-        uidl_lines: list[bytes] | None
-        try:
-            uidl_lines = await self.client.long_lines(b"UIDL")
-        except ServerErrorResponse:
-            uidl_lines = None
-        except Exception as e:
-            raise translate_failure(e, self.host, "UIDL") from None
-        try:
-            list_lines: list[bytes] | None = await self.client.long_lines(b"LIST")
-        except ServerErrorResponse:
-            list_lines = None
-        except Exception as e:
-            raise translate_failure(e, self.host, "LIST") from None
-        if uidl_lines is None:
-            uidl_lines = await self.fallback_identities(list_lines)
-        listing = build_listing(uidl_lines, list_lines, stat_count=count)
+        listing = await read_listing(self.client, self.host, self.log, self.upstream.name)
         self.result = replace(
             self.result, listed=len(listing.messages), complete_listing=listing.complete
         )
         return listing
-
-    async def fallback_identities(self, list_lines: list[bytes] | None) -> list[bytes]:
-        """``n uidl`` lines made from each message's headers and LIST size."""
-        assert self.client is not None
-        from gateway.pop3.plan import parse_list_line
-
-        if list_lines is None:
-            raise UIDLUnsupported(
-                f"{self.host} supports neither UIDL nor LIST (RFC 1939 §7): popgate cannot "
-                "tell messages apart to fetch each exactly once"
-            )
-        self.log.info("pop3.uidl_fallback", upstream=self.upstream.name, messages=len(list_lines))
-        lines: list[bytes] = []
-        for line in list_lines:
-            parsed = parse_list_line(line)
-            if parsed is None:
-                continue  # build_listing reports the malformed LIST line
-            number, size = parsed
-            headers: list[bytes] = []
-
-            def keep(header: bytes, headers: list[bytes] = headers) -> None:
-                if len(headers) < MAX_TOP_HEADER_LINES:
-                    headers.append(header)
-
-            try:
-                await self.client.sendLong(b"TOP", b"%d 0" % number, keep, None)
-            except ServerErrorResponse as e:
-                raise UIDLUnsupported(
-                    f"{self.host} supports neither UIDL nor TOP (RFC 1939 §7): "
-                    f"{e.args[0] if e.args else b''!r}; popgate needs one of them to fetch "
-                    "each message exactly once"
-                ) from None
-            except Exception as e:
-                raise translate_failure(e, self.host, f"TOP {number}") from None
-            lines.append(b"%d %s" % (number, fallback_uidl(headers, size).encode("ascii")))
-        return lines
 
     def report_listing(self, listing: Listing, plan: SyncPlan) -> None:
         up = self.upstream

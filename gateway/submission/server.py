@@ -16,7 +16,6 @@ timers before login, after login and during DATA (RFC 5321 §4.5.3.2) on an inje
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -26,7 +25,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from gateway.security.auth import Authenticator
-from gateway.security.penalty import AuthPenalty, LoginAttempt, source_key
+from gateway.security.connections import ConnectionCounts, ListenerPolicy, peer_address
+from gateway.security.connections import ListenerFactory as SharedListenerFactory
+from gateway.security.logins import LoginLimits
+from gateway.security.penalty import AuthPenalty, LoginAttempt
 from gateway.submission.parser import (
     Line,
     LineTooLong,
@@ -56,28 +58,6 @@ MAX_BUFFERED_INPUT = 256 * 1024
 """Unparsed pipelined command input held while a command runs before reading pauses."""
 
 
-@dataclass(frozen=True)
-class ListenerPolicy:
-    """What one listener adds to the shared factory (as for IMAP)."""
-
-    implicit_tls: bool = False
-    """TLS from the first byte (``submissions``, RFC 8314 §3.3)."""
-
-    plaintext_auth: bool | None = None
-    """Passwords without TLS here (a loopback listener); None: the factory's default."""
-
-
-def _peer(transport: Any) -> tuple[str, str]:
-    try:
-        peer = transport.getPeer()
-    except Exception:
-        return "local", "unknown"
-    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
-    if not isinstance(host, str) or not host:
-        return "local", str(peer)
-    return host, f"{host}:{port}"
-
-
 class SubmissionProtocol(Protocol):
     """One submission connection."""
 
@@ -90,6 +70,12 @@ class SubmissionProtocol(Protocol):
         self.peer = "unknown"
         self.peer_host = "local"
         self._counted = False
+        self._login_limits = LoginLimits(
+            factory,
+            protocol="submission",
+            refused=lambda: Refusal(454, "4.7.0", "Too many failed logins; try again later"),
+            over_limit=None,
+        )
         self._current: Any = None
         self._waiting: Any = None
         self._send: Any = None
@@ -106,7 +92,7 @@ class SubmissionProtocol(Protocol):
 
     def connectionMade(self) -> None:
         factory = self.factory
-        self.peer_host, self.peer = _peer(self.transport)
+        self.peer_host, self.peer = peer_address(self.transport)
         if not factory.admit_source(self.peer_host):
             self._closing = True
             log.warning("submission.connection_refused", peer=self.peer, reason="per_ip_limit")
@@ -114,7 +100,6 @@ class SubmissionProtocol(Protocol):
             self.transport.loseConnection()
             return
         self._counted = True
-        plaintext = self.policy.plaintext_auth
         self.session = SubmissionSession(
             hostname=factory.hostname,
             policy=factory.policy,
@@ -126,9 +111,7 @@ class SubmissionProtocol(Protocol):
             peer=self.peer,
             tls_active=self.policy.implicit_tls or ISSLTransport.providedBy(self.transport),
             tls_available=factory.tls_context_factory is not None,
-            plaintext_auth_allowed=plaintext
-            if plaintext is not None
-            else factory.allow_plaintext_auth,
+            plaintext_auth_allowed=self.policy.plaintext_auth_or(factory.allow_plaintext_auth),
         )
         self.parser = SMTPParser(factory.limits.max_command_line)
         factory.protocols.add(self)
@@ -236,11 +219,11 @@ class SubmissionProtocol(Protocol):
         if isinstance(action, RunBlocking):
             self._waiting = action
             token = self._token = object()
-            if self._login_refused(action.login, token):
+            refused = self._login_limits.begin(self.peer_host, self.peer, action.login)
+            if refused is not None:
+                self._resume_later(refused[0], token, refused[1], refused[2])
                 return
-            penalty = self.factory.penalty
-            # In flight from now: counted against the budgets (gateway/security/penalty.py).
-            attempt = penalty.begin(self.peer_host, action.login) if penalty else None
+            attempt = self._login_limits.attempt
             try:
                 deferred = self.factory.run_blocking(action.call)
             except Exception as e:
@@ -301,31 +284,21 @@ class SubmissionProtocol(Protocol):
         else:
             self._delay = self.factory.clock.callLater(delay, self._resume, token, result, error)
 
-    def _login_refused(self, user: str, token: object) -> bool:
-        penalty = self.factory.penalty
-        if penalty is None:
-            return False
-        budget = penalty.refusal(self.peer_host, user)
-        if budget is None:
-            return False
-        log.warning("submission.auth_refused", user=user[:128], peer=self.peer, budget=budget)
-        error = Refusal(454, "4.7.0", "Too many failed logins; try again later")
-        self._resume_later(penalty.current_delay(self.peer_host), token, None, error)
-        return True
-
     def _password_checked(
         self, canonical: str | None, attempt: LoginAttempt | None, token: object
     ) -> None:
-        """Recorded even when the client has hung up (``_resume`` then does nothing)."""
-        delay = attempt.record(canonical) if attempt is not None else 0.0
-        if canonical is None:
-            self._resume_later(delay, token, None, None)
+        if self._token is not token or self._closing:
+            # The command is gone (the client hung up): a password check still counts.
+            self._login_limits.settle(attempt, canonical)
             return
-        self._resume(token, canonical, None)
+        waiting = self._waiting
+        assert isinstance(waiting, RunBlocking)
+        limits = self._login_limits
+        delay, user, error = limits.checked(self.peer_host, self.peer, waiting.login, canonical)
+        self._resume_later(delay, token, user, error)
 
     def _check_failed(self, failure: Failure, attempt: LoginAttempt | None, token: object) -> None:
-        if attempt is not None:
-            attempt.abandoned()
+        self._login_limits.abandon(attempt)
         self._failed(failure, token)
 
     # -- reading, closing, timers --
@@ -394,7 +367,7 @@ class SubmissionProtocol(Protocol):
                 call.cancel()
 
 
-class SubmissionFactory(Factory):
+class SubmissionFactory(ConnectionCounts, Factory):
     """Builds :class:`SubmissionProtocol` connections sharing one sender policy, rate
     limiter, authenticator and login penalty.
 
@@ -433,38 +406,16 @@ class SubmissionFactory(Factory):
         self.penalty = penalty
         self.rate = RateLimiter(self.limits.max_messages_per_hour)
         self.protocols: set[SubmissionProtocol] = set()
-        self._per_source: dict[str, int] = {}
+        ConnectionCounts.__init__(self)
 
     def buildProtocol(self, addr: Any) -> SubmissionProtocol:
         protocol = SubmissionProtocol(self)
         protocol.factory = self
         return protocol
 
-    def admit_source(self, host: str) -> bool:
-        key = source_key(host)
-        count = self._per_source.get(key, 0)
-        limit = self.limits.max_connections_per_ip
-        if limit and count >= limit:
-            return False
-        self._per_source[key] = count + 1
-        return True
 
-    def release_source(self, host: str) -> None:
-        key = source_key(host)
-        left = self._per_source.get(key, 0) - 1
-        if left > 0:
-            self._per_source[key] = left
-        else:
-            self._per_source.pop(key, None)
-
-
-class ListenerFactory(Factory):
+class ListenerFactory(SharedListenerFactory):
     """One listener's view of the shared :class:`SubmissionFactory` (its own
     :class:`ListenerPolicy`: ``submission`` with STARTTLS or ``submissions``)."""
 
-    def __init__(self, shared: SubmissionFactory, policy: ListenerPolicy) -> None:
-        self.shared = shared
-        self.policy = policy
-
-    def buildProtocol(self, addr: Any) -> SubmissionProtocol:
-        return SubmissionProtocol(self.shared, self.policy)
+    protocol = SubmissionProtocol

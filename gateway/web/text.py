@@ -45,10 +45,15 @@ def esc(value: object) -> str:
     return html.escape(visible("" if value is None else str(value)), quote=True)
 
 
-def size(octets: float | None) -> str:
-    """``512 B``, ``1.5 KiB``, ``12.0 MiB``: binary units as the status table uses."""
+MISSING = "–"
+"""What the page shows for a value it does not have."""
+
+
+def size(octets: float | None, missing: str = MISSING) -> str:
+    """``512 B``, ``1.5 KiB``, ``12.0 MiB``: binary units, on the page and in
+    ``popgate status`` (which passes an ASCII ``missing``)."""
     if octets is None:
-        return "–"
+        return missing
     value = float(octets)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(value) < 1024 or unit == "GiB":
@@ -57,10 +62,11 @@ def size(octets: float | None) -> str:
     return f"{value:.1f} GiB"  # pragma: no cover - the loop always returns
 
 
-def duration(seconds: float | None) -> str:
-    """``3d 4h``, ``2h 5m``, ``4m 10s``, ``12s``: two units at most."""
+def duration(seconds: float | None, missing: str = MISSING) -> str:
+    """``3d 4h``, ``2h 5m``, ``4m 10s``, ``12s``: two units at most, on the page and in
+    ``popgate status``."""
     if seconds is None:
-        return "–"
+        return missing
     s = int(round(max(0.0, seconds)))
     days, s = divmod(s, 86400)
     hours, s = divmod(s, 3600)
