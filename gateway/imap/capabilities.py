@@ -42,6 +42,7 @@ EXTENSIONS: tuple[str, ...] = (
 UTF8_ACCEPT = "UTF8=ACCEPT"  # RFC 6855, announced only if the parser can honour it
 CONDSTORE = "CONDSTORE"  # RFC 7162 §3.1, also as an ENABLE argument
 QRESYNC = "QRESYNC"  # RFC 7162 §3.2, also as an ENABLE argument
+COMPRESS_DEFLATE = "COMPRESS=DEFLATE"  # RFC 4978 §3, once logged in and not yet compressed
 
 AUTH_MECHANISMS: tuple[str, ...] = ("PLAIN",)
 """SASL mechanisms (RFC 4616 PLAIN); the only ones ``session`` implements."""
@@ -56,6 +57,7 @@ class Situation:
     tls_available: bool  # the listener has a TLS context, so STARTTLS can work
     plaintext_auth_allowed: bool  # the operator permits passwords over this connection
     utf8_accept: bool = False
+    compress_active: bool = False  # RFC 4978: COMPRESS=DEFLATE is on already
 
 
 def login_permitted(situation: Situation) -> bool:
@@ -69,7 +71,9 @@ def capabilities(situation: Situation) -> list[str]:
 
     Before login: STARTTLS when it can still be done (RFC 3501 §6.2.1), LOGINDISABLED
     and no AUTH= mechanism when passwords are refused on this connection (§6.2.3,
-    RFC 9051 §7.2.2), AUTH=PLAIN otherwise. After login neither is useful any more.
+    RFC 9051 §7.2.2), AUTH=PLAIN otherwise. After login neither is useful any more;
+    COMPRESS=DEFLATE appears then (RFC 4978 §3: COMPRESS is a ``command-auth``), until
+    compression is on.
     """
     caps = [BASE]
     if not situation.authenticated:
@@ -82,6 +86,8 @@ def capabilities(situation: Situation) -> list[str]:
     caps.extend(EXTENSIONS)
     if situation.utf8_accept:
         caps.append(UTF8_ACCEPT)
+    if situation.authenticated and not situation.compress_active:
+        caps.append(COMPRESS_DEFLATE)  # RFC 4978, for command-auth (after login)
     return caps
 
 

@@ -163,6 +163,16 @@ class CommandParser:
         §6.2.2). Normal parsing resumes after that one line."""
         self._raw = True
 
+    def take_unparsed(self) -> bytes:
+        """Remove and return the input not parsed yet, between two commands: the stream
+        beyond them changes encoding (COMPRESS, RFC 4978 §3)."""
+        if self._state is not _START:
+            return b""
+        data = bytes(self._buf)
+        self._buf = bytearray()
+        self._scanned = 0
+        return data
+
     @property
     def buffered_size(self) -> int:
         """Bytes held right now: unparsed input plus the command collected so far.

@@ -35,6 +35,7 @@ from gateway.imap.command import (
     Store,
     UidExpunge,
 )
+from gateway.imap.compress import cmd_compress
 from gateway.imap.fetch_grammar import cmd_fetch
 from gateway.imap.reader import DQ, LPAREN, NUMBER64_MAX, TAG_RE, Reader, Syntax, show
 from gateway.imap.search_grammar import cmd_search
@@ -439,6 +440,7 @@ _COMMANDS: dict[str, _Grammar] = {
     "ENABLE": _cmd_enable,
     "ID": _cmd_id,
     "SETQUOTA": _cmd_setquota,
+    "COMPRESS": cmd_compress,
 }
 _UID_COMMANDS: dict[str, _Grammar] = {
     "FETCH": cmd_fetch,

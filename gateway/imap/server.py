@@ -44,6 +44,7 @@ from gateway.imap.command import (
     ParseError,
     RawLine,
 )
+from gateway.imap.deflate import DeflateError
 from gateway.imap.framing import CommandParser
 from gateway.imap.handler import (
     BadCommand,
@@ -53,12 +54,14 @@ from gateway.imap.handler import (
     ReadLine,
     Run,
     RunBlocking,
+    StartCompress,
     StartTLS,
     WaitIdle,
 )
 from gateway.imap.login_limits import LoginLimits
 from gateway.imap.policy import UTF8_ACCEPT_SUPPORTED, ListenerPolicy
 from gateway.imap.session import IMAPSession
+from gateway.imap.stream import ConnectionStream
 from gateway.security.penalty import LoginAttempt
 
 if TYPE_CHECKING:
@@ -125,6 +128,7 @@ class IMAPServerProtocol(Protocol):
         self._turn_commands = 0
         self._connected_at = 0.0
         self._timing: tuple[str | None, float] | None = None
+        self._stream = ConnectionStream()
 
     # -- connection lifetime --
 
@@ -138,7 +142,7 @@ class IMAPServerProtocol(Protocol):
             # refuse before any per-connection state exists (RFC 3501 §7.1.5 BYE).
             self._closing = True
             log.warning("imap.connection_refused", peer=self.peer, reason="per_ip_limit")
-            self.transport.write(b"* BYE Too many connections from your address\r\n")
+            self._write(b"* BYE Too many connections from your address\r\n")
             self.transport.loseConnection()
             return
         self._source_counted = True
@@ -167,7 +171,7 @@ class IMAPServerProtocol(Protocol):
         factory.protocols.add(self)
         factory.observer.connection_opened()
         log.info("imap.connect", peer=self.peer)
-        self.transport.write(self.session.greeting())
+        self._write(self.session.greeting())
         self._reset_timeout()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -189,6 +193,11 @@ class IMAPServerProtocol(Protocol):
             user=getattr(getattr(self, "session", None), "user", None),
             peer=self.peer,
             duration=round(self.factory.clock.seconds() - self._connected_at, 3),
+            compressed=self._stream.compressed,
+            wire_in=self._stream.wire_in,
+            wire_out=self._stream.wire_out,
+            plain_in=self._stream.plain_in,
+            plain_out=self._stream.plain_out,
         )
 
     def _new_parser(self) -> CommandParser:
@@ -202,8 +211,38 @@ class IMAPServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        self.parser.receive_data(data)
+        self.parser.receive_data(self._stream.received(data))
         self._run()
+
+    def _write(self, data: bytes) -> None:
+        """All output goes here: counted, and deflated once COMPRESS is on."""
+        out = self._stream.outgoing(data)
+        if out:
+            self.transport.write(out)
+
+    def _end_burst(self) -> None:
+        """The engine waits (for the client, a blocking call or the transport): send
+        what a compressor holds back (RFC 4978 §4 sync flush)."""
+        out = self._stream.end_burst()
+        if out:
+            self.transport.write(out)
+
+    def _inflate_input(self) -> None:
+        """Give the parser the next bounded chunk of inflated input, unless the input
+        must wait (the same test that pauses the transport: a zip bomb then stays a few
+        KiB of compressed bytes)."""
+        if not self._stream.pending or self._input_held():
+            return
+        try:
+            data = self._stream.inflate()
+        except DeflateError as exc:
+            log.warning("imap.compress_error", peer=self.peer, error=str(exc)[:200])
+            self._drop_current()
+            self._abort()
+            return
+        self.parser.receive_data(data)
+        if self._stream.pending:
+            self._again = True
 
     # -- IPushProducer: the transport tells us when its buffer is full or drained --
 
@@ -231,18 +270,21 @@ class IMAPServerProtocol(Protocol):
         try:
             while True:
                 self._again = False
+                self._inflate_input()
                 self._pump_input()
                 self._advance()
                 if not self._again or self._closing:
                     break
         finally:
             self._busy = False
+        if not self._closing:
+            self._end_burst()
         self._update_reading()
         held = self.parser.buffered_size if self.session.user is None and not self._closing else 0
         if not self._budget.hold_prelogin(held):
             # The listener-wide pre-login budget is spent (RFC 5530 LIMIT).
             self._drop_current()
-            self.transport.write(b"* BYE [LIMIT] Too much input before login\r\n")
+            self._write(b"* BYE [LIMIT] Too much input before login\r\n")
             self._close()
 
     def _pump_input(self) -> None:
@@ -280,7 +322,7 @@ class IMAPServerProtocol(Protocol):
             if isinstance(event, ContinuationNeeded):
                 # RFC 3501 §7.5; only reached with no command running, so the "+"
                 # cannot land inside another command's responses.
-                self.transport.write(CONTINUE_LITERAL)
+                self._write(CONTINUE_LITERAL)
                 continue
             if isinstance(event, Command):
                 self._reset_timeout()
@@ -344,7 +386,7 @@ class IMAPServerProtocol(Protocol):
                 return
             if isinstance(out, bytes):
                 if out:
-                    self.transport.write(out)
+                    self._write(out)
             else:
                 self._perform(out)
 
@@ -370,7 +412,7 @@ class IMAPServerProtocol(Protocol):
                 errbackArgs=(token, attempt),
             )
         elif isinstance(action, ReadLine):
-            self.transport.write(action.prompt)
+            self._write(action.prompt)
             self._waiting = action
             self._request_raw()
             self._again = True  # the line may already be buffered (a pipelining client)
@@ -388,6 +430,10 @@ class IMAPServerProtocol(Protocol):
             self._schedule_next_turn()
         elif isinstance(action, StartTLS):
             self._start_tls()
+        elif isinstance(action, StartCompress):
+            # RFC 4978 §3: the tagged OK went out uncompressed; everything after it is not.
+            self._stream.start_compress(self.parser.take_unparsed())
+            self._again = True
         elif isinstance(action, Close):
             self._close()
         else:  # pragma: no cover - the session yields nothing else
@@ -502,15 +548,20 @@ class IMAPServerProtocol(Protocol):
             except Exception:
                 log.exception("imap.internal_error", peer=self.peer)
 
-    def _update_reading(self) -> None:
-        """Stop reading while a command runs and too much input is already waiting."""
-        if self._closing:
-            return
-        hold = (
+    def _input_held(self) -> bool:
+        """A command runs (or waits for its turn) and enough input is already waiting."""
+        return (
             (self._current is not None or self._next_turn_call is not None)
             and not self._raw_requested
             and self.parser.buffered_size >= self.factory.limits.max_buffered_input
         )
+
+    def _update_reading(self) -> None:
+        """Stop reading while a command runs and too much input is already waiting
+        (or compressed input waits to be inflated)."""
+        if self._closing:
+            return
+        hold = self._input_held() or self._stream.pending
         if hold and not self._reading_paused:
             self._reading_paused = True
             self.transport.pauseProducing()
@@ -536,6 +587,7 @@ class IMAPServerProtocol(Protocol):
         self._closing = True
         self._cancel_timers()
         self._budget.hold_prelogin(0)
+        self._end_burst()
         if self._reading_paused:
             self._reading_paused = False
             self.transport.resumeProducing()
@@ -588,7 +640,7 @@ class IMAPServerProtocol(Protocol):
             self._abort()
             return
         self._drop_current()
-        self.transport.write(self.session.autologout())
+        self._write(self.session.autologout())
         self._close()
 
     def _schedule_keepalive(self) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.imap import connection, login, mailboxes, messages, selection
+from gateway.imap import compress, connection, login, mailboxes, messages, selection
 from gateway.imap.command import Command, UidExpunge
 from gateway.imap.handler import Handler
 
@@ -78,6 +78,7 @@ COMMANDS: dict[str, CommandSpec] = {
     "GETQUOTAROOT": CommandSpec(_AUTHED, mailboxes.getquotaroot),
     "GETQUOTA": CommandSpec(_AUTHED, mailboxes.getquota),
     "APPEND": CommandSpec(_AUTHED, messages.append),
+    "COMPRESS": CommandSpec(_AUTHED, compress.compress),  # RFC 4978 §3
     # selected (§6.4, RFC 3691, RFC 4315, RFC 6851)
     "CHECK": CommandSpec(_SELECTED, connection.noop),
     "CLOSE": CommandSpec(_SELECTED, selection.close),
