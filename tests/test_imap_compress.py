@@ -8,46 +8,28 @@ import shutil
 import subprocess
 import zlib
 from pathlib import Path
-from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from gateway.imap.deflate import MAX_INFLATE_CHUNK, DeflateCodec, DeflateError
-from gateway.testing.imapclient import HOST, PASSWORD, USER, RawClient, running_server
+from gateway.testing.imapclient import (
+    HOST,
+    PASSWORD,
+    USER,
+    DeflateSocket,
+    RawClient,
+    running_server,
+)
 
 imaplib.Commands.setdefault("COMPRESS", ("AUTH", "SELECTED"))  # imaplib knows no COMPRESS
 SYNC_MARKER = b"\x00\x00\xff\xff"  # what a Z_SYNC_FLUSH ends with (RFC 1951 empty stored block)
 
 
-class DeflateSocket:
-    """A socket as a COMPRESS client sees it after the OK: raw deflate both ways."""
-
-    def __init__(self, sock: Any) -> None:
-        self.sock = sock
-        self.out = zlib.compressobj(6, zlib.DEFLATED, -15)
-        self.inp = zlib.decompressobj(-15)
-
-    def sendall(self, data: bytes) -> None:
-        self.sock.sendall(self.out.compress(data) + self.out.flush(zlib.Z_SYNC_FLUSH))
-
-    def recv(self, size: int) -> bytes:
-        while True:
-            chunk = self.sock.recv(size)
-            if not chunk:
-                return b""
-            data = self.inp.decompress(chunk)
-            if data:
-                return data
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def compressed(client: RawClient) -> RawClient:
     reply = client.command("Z", "COMPRESS DEFLATE")
     assert reply == b"Z OK DEFLATE active\r\n"
-    client.sock = DeflateSocket(client.sock)  # type: ignore[assignment]
+    client.start_deflate()
     return client
 
 
