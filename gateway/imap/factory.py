@@ -90,6 +90,10 @@ class IMAPServerFactory(Factory):
         self.observer: ServerObserver = NullObserver()
         """Told about connections and commands (the service sets the metrics here)."""
         self.protocols: set[IMAPServerProtocol] = set()
+        self.trace_users: frozenset[str] = frozenset()
+        """``[debug] trace_users``: whose connections are traced (gateway.imap.tracefile)."""
+        self.trace_root: Path | None = None
+        """Where traces go (``state_dir/trace``); None: no tracing at all."""
         self._per_source: dict[str, int] = {}
         self._per_user_source: dict[tuple[str, str], int] = {}
         self._changed: set[int] = set()
@@ -144,6 +148,13 @@ class IMAPServerFactory(Factory):
         access at its next command anyway; an idling one is woken to check now."""
         for protocol in list(self.protocols):
             protocol.access_changed()
+
+    def set_trace_users(self, users: frozenset[str], root: Path | None) -> None:
+        """A (re)load set whose connections are traced; logged-in connections follow
+        at their next command boundary (SIGHUP switches tracing on and off)."""
+        self.trace_users, self.trace_root = users, root
+        for protocol in list(self.protocols):
+            protocol.trace_changed()
 
     def _flush_changes(self) -> None:
         self._flush_call = None

@@ -62,6 +62,7 @@ from gateway.imap.login_limits import LoginLimits
 from gateway.imap.policy import UTF8_ACCEPT_SUPPORTED, ListenerPolicy
 from gateway.imap.session import IMAPSession
 from gateway.imap.stream import ConnectionStream
+from gateway.imap.tracefile import ConnectionTrace
 from gateway.security.penalty import LoginAttempt
 
 if TYPE_CHECKING:
@@ -129,6 +130,8 @@ class IMAPServerProtocol(Protocol):
         self._connected_at = 0.0
         self._timing: tuple[str | None, float] | None = None
         self._stream = ConnectionStream()
+        self._trace: ConnectionTrace | None = None
+        self._trace_wanted = False
 
     # -- connection lifetime --
 
@@ -166,6 +169,9 @@ class IMAPServerProtocol(Protocol):
             directory=factory.directory,
             sent_append=factory.sent_append,
         )
+        if factory.trace_users and factory.trace_root is not None:
+            # Whose connection this is is known only at login: keep it in memory till then.
+            self._trace = ConnectionTrace(self.peer)
         self.parser = self._new_parser()
         self.transport.registerProducer(self, True)
         factory.protocols.add(self)
@@ -180,6 +186,7 @@ class IMAPServerProtocol(Protocol):
         self._cancel_timers()
         self.factory.protocols.discard(self)
         self._budget.close()
+        self._stop_trace()
         if getattr(self, "session", None) is not None:
             self.factory.observer.connection_closed(
                 self.factory.clock.seconds() - self._connected_at
@@ -206,6 +213,8 @@ class IMAPServerProtocol(Protocol):
             literal_gate=lambda size: self._budget.reserve(self.session.user, size),
         )
         self.factory.limits.apply_state(parser, self.session.user is not None)
+        if self._trace is not None:
+            parser.tap = self._trace.client.tap
         return parser
 
     def dataReceived(self, data: bytes) -> None:
@@ -216,6 +225,8 @@ class IMAPServerProtocol(Protocol):
 
     def _write(self, data: bytes) -> None:
         """All output goes here: counted, and deflated once COMPRESS is on."""
+        if self._trace is not None:
+            self._trace.server.feed(data)
         out = self._stream.outgoing(data)
         if out:
             self.transport.write(out)
@@ -226,6 +237,8 @@ class IMAPServerProtocol(Protocol):
         out = self._stream.end_burst()
         if out:
             self.transport.write(out)
+        if self._trace is not None:
+            self._trace.flush()
 
     def _inflate_input(self) -> None:
         """Give the parser the next bounded chunk of inflated input, unless the input
@@ -526,6 +539,7 @@ class IMAPServerProtocol(Protocol):
         self._reset_timeout()
         self._turn_commands += 1
         self._again = True
+        self._update_trace()
 
     def _schedule_next_turn(self) -> None:
         if self._next_turn_call is None:
@@ -673,6 +687,43 @@ class IMAPServerProtocol(Protocol):
         call, self._timeout_call = self._timeout_call, None
         if call is not None and call.active():
             call.cancel()
+
+    # -- the protocol trace ([debug] trace_users, gateway.imap.tracefile) --
+
+    def _update_trace(self) -> None:
+        """Between two commands: start, keep or stop tracing for the logged-in user."""
+        user = self.session.user
+        factory = self.factory
+        if user is None:
+            return
+        traced = user in factory.trace_users and factory.trace_root is not None
+        if self._trace is not None and not self._trace.attached:
+            if traced:
+                assert factory.trace_root is not None
+                self._trace.attach(factory.trace_root, user)
+            else:
+                self._stop_trace()
+        elif self._trace is not None and not traced:
+            self._stop_trace()
+        elif self._trace is None and traced and self._trace_wanted:
+            assert factory.trace_root is not None
+            self._trace = ConnectionTrace(self.peer)
+            self._trace.attach(factory.trace_root, user)
+            self.parser.tap = self._trace.client.tap
+        self._trace_wanted = False
+
+    def _stop_trace(self) -> None:
+        trace, self._trace = self._trace, None
+        if trace is not None:
+            trace.close()
+            if getattr(self, "parser", None) is not None:
+                self.parser.tap = None
+
+    def trace_changed(self) -> None:
+        """The traced users changed (a reload): follow at the next command boundary."""
+        self._trace_wanted = True
+        if self._current is None and not self._closing:
+            self._update_trace()
 
     # -- change notification --
 
