@@ -152,6 +152,8 @@ class IMAPServerFactory(Factory):
     def set_trace_users(self, users: frozenset[str], root: Path | None) -> None:
         """A (re)load set whose connections are traced; logged-in connections follow
         at their next command boundary (SIGHUP switches tracing on and off)."""
+        if (users, root) == (self.trace_users, self.trace_root):
+            return
         self.trace_users, self.trace_root = users, root
         for protocol in list(self.protocols):
             protocol.trace_changed()
