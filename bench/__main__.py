@@ -31,7 +31,7 @@ from bench.scenarios import SCENARIOS, Bench, Sizes, prepare, warm_up
 from gateway.app import logs
 from gateway.testing.dovecot import find_dovecot
 
-IMAP_SCENARIOS = frozenset({"mbsync", "fetch", "qresync", "concurrent"})
+IMAP_SCENARIOS = frozenset({"mbsync", "compress", "fetch", "qresync", "concurrent"})
 """Scenarios that need the big mailbox loaded into both IMAP servers."""
 
 
@@ -58,6 +58,7 @@ def machine() -> str:
 PEERS_BY_SCENARIO = {
     "ingest": (("getmail", "getmail6"), ("fetchmail", "fetchmail")),
     "mbsync": (("mbsync", "isync"),),
+    "compress": (("mbsync", "isync"),),
 }
 """The peer programs a scenario runs besides Dovecot (the others compare popgate with
 Dovecot, or with itself)."""

@@ -210,7 +210,9 @@ def fetchmail_import(
 # -- IMAP sync peer ----------------------------------------------------------------------
 
 
-def mbsync_full_sync(work: Path, host: str, port: int, user: str, password: str) -> float:
+def mbsync_full_sync(
+    work: Path, host: str, port: int, user: str, password: str, *, compress: bool = True
+) -> float:
     """First full sync of INBOX by mbsync into an empty Maildir; returns seconds.
 
     Far = the IMAP server, Near = a fresh Maildir store; SyncState in the Maildir, so each
@@ -228,8 +230,7 @@ def mbsync_full_sync(work: Path, host: str, port: int, user: str, password: str)
         f"User {user}\n"
         f'Pass "{password}"\n'
         "SSLType None\n"
-        "AuthMechs LOGIN\n"
-        "\n"
+        "AuthMechs LOGIN\n" + ("" if compress else "DisableExtensions COMPRESS=DEFLATE\n") + "\n"
         "IMAPStore far-store\n"
         "Account far\n"
         "\n"

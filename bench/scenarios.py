@@ -3,13 +3,14 @@
 Every figure is taken for popgate and for its peer in the same run, repeats interleaved
 (popgate, peer, popgate, peer...) so that a noisy minute hurts both alike, and each
 scenario checks that both sides did the same work (same message count, same SEARCH
-hits) before a figure counts. Scenario names, for ``--only``: ingest, mbsync, fetch,
+hits) before a figure counts. Scenario names, for ``--only``: ingest, mbsync, compress, fetch,
 qresync, concurrent, memory.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import socket
 import time
@@ -370,7 +371,8 @@ def mbsync(bench: Bench) -> None:
     for repeat in range(bench.sizes.repeats):
         for name, port in servers(bench):
             work = bench.work_dir(f"mbsync-{name}-{repeat}")
-            seconds = peers.mbsync_full_sync(work, "127.0.0.1", port, *MAILBOX_USER)
+            # Without COMPRESS, as Dovecot here (no imap_zlib): the same work on both sides.
+            seconds = peers.mbsync_full_sync(work, "127.0.0.1", port, *MAILBOX_USER, compress=False)
             got = peers.mbsync_count(work)
             if got != expected:
                 raise RuntimeError(f"mbsync from {name} got {got} of {expected} messages")
@@ -389,6 +391,53 @@ def mbsync(bench: Bench) -> None:
         Target(1.5, at_least=False),
         note=f"{bench.mailbox_bytes / MB:.0f} MB mailbox; mbsync -q into an empty Maildir",
         digits=2,
+    )
+
+
+def _wire_octets(log_path: Path, since: int) -> tuple[int, bool]:
+    """Octets popgate's transport moved for the IMAP connections logged after offset
+    ``since`` of its JSON log (its ``imap.disconnect`` counters), and whether all were
+    compressed."""
+    total, compressed = 0, True
+    with open(log_path, "rb") as log:
+        log.seek(since)
+        for line in log:
+            if b'"imap.disconnect"' not in line:
+                continue
+            event = json.loads(line)
+            total += event["wire_in"] + event["wire_out"]
+            compressed = compressed and event["compressed"]
+    return total, compressed
+
+
+def compress(bench: Bench) -> None:
+    """mbsync's first full sync from popgate with COMPRESS=DEFLATE and without: octets on
+    the wire, counted by popgate's own transport counters (RFC 4978's point is bytes, so
+    no times here). One run of each: the counts do not vary."""
+    expected = bench.sizes.mailbox
+    octets: dict[bool, int] = {}
+    for on in (True, False):
+        work = bench.work_dir(f"compress-{'on' if on else 'off'}")
+        since = bench.popgate.log_path.stat().st_size
+        peers.mbsync_full_sync(work, "127.0.0.1", bench.popgate.port, *MAILBOX_USER, compress=on)
+        if peers.mbsync_count(work) != expected:
+            raise RuntimeError(f"mbsync (compress={on}) got {peers.mbsync_count(work)} messages")
+        shutil.rmtree(work)
+        time.sleep(0.5)  # the disconnect event is logged when popgate sees the close
+        octets[on], all_compressed = _wire_octets(bench.popgate.log_path, since)
+        if all_compressed != on:
+            raise RuntimeError(f"mbsync (compress={on}) connections compressed={all_compressed}")
+        bench.log(f"compress={on}: {octets[on]:,} octets on the wire")
+    bench.row(
+        f"mbsync full sync, {expected} msgs: wire octets with COMPRESS",
+        "bytes",
+        "no COMPRESS",
+        [float(octets[True])],
+        [float(octets[False])],
+        Target(0.6, at_least=False),
+        note="popgate's transport counters (both directions), mbsync with and without "
+        "DisableExtensions COMPRESS=DEFLATE",
+        digits=0,
     )
 
 
@@ -641,6 +690,7 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "ingest": ingest,
     "sieve": functools.partial(sieve_ingest, pop_user=POP_USER),
     "mbsync": mbsync,
+    "compress": compress,
     "fetch": fetch,
     "qresync": qresync,
     "concurrent": concurrent,

@@ -274,10 +274,15 @@ def test_ios_mail_sequence(client: RawClient) -> None:
 def test_k9_sequence(client: RawClient) -> None:
     """K-9/Thunderbird for Android: LIST, SELECT, UID SEARCH, a header fetch with
     lowercase field names and its own X-K9mail-Identity, a 4 KiB partial BODY.PEEK[],
-    NOOP; COMPRESS is used only when advertised."""
+    NOOP; COMPRESS is used only when advertised (after login, RFC 4978), and then the
+    rest of the session runs compressed."""
     d = Dialect(client)
-    caps = d.ok("CAPABILITY")[0]
+    d.ok("CAPABILITY")
     d.ok(f'LOGIN {USER} "{PASSWORD}"')
+    caps = d.ok("CAPABILITY")[0]
+    if b"COMPRESS=DEFLATE" in caps:
+        d.ok("COMPRESS DEFLATE")
+        client.start_deflate()
     d.ok('LIST "" "*"')
     d.ok('SELECT "INBOX"')
     assert search_hits(d.ok("UID SEARCH 1:* NOT DELETED")) == [1, 2, 3, 4]

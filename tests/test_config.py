@@ -194,10 +194,12 @@ def test_example_config_documents_every_key():
     shown = set(data["server"]) | set(data["limits"]) | set(data["upstreams"][0])
     shown |= set(data["users"]["alice"]) | set(data["metrics"])
     shown |= set(data["submission"]) | set(data["upstreams"][0]["smtp"])
+    shown |= set(data["debug"])
     text = EXAMPLE.read_text()
     commented = set(re.findall(r"^# ([a-z_]+) = ", text, re.M))
     tables = {"server", "limits", "users", "upstreams", "metrics", "tls", "security", "listeners"}
     tables.add("shared")  # [shared.NAME] tables, shown commented out
+    tables.add("debug")
     missing = accepted - shown - commented - tables
     assert not missing, f"keys not documented in conf/popgate.toml: {sorted(missing)}"
 

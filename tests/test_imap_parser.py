@@ -66,6 +66,7 @@ from gateway.imap.command import (
     Store,
     UidExpunge,
 )
+from gateway.imap.compress import Compress
 from gateway.imap.fetch_grammar import FETCH_ATTRS
 from gateway.imap.framing import CommandParser
 from gateway.imap.grammar import LIST_RETURN_OPTIONS, STATUS_ITEMS
@@ -438,6 +439,7 @@ FIXTURES: list[tuple[bytes, Command]] = [
             ),
         ),
     ),
+    (b"z COMPRESS deflate\r\n", Compress("z", "COMPRESS", mechanism="DEFLATE")),  # RFC 4978
     # selected (§6.4)
     (b"k CHECK\r\n", Simple("k", "CHECK")),
     (b"k CLOSE\r\n", Simple("k", "CLOSE")),

@@ -20,6 +20,7 @@ from gateway.imap.handler import (
     Pause,
     ReadLine,
     RunBlocking,
+    StartCompress,
     StartTLS,
     WaitIdle,
 )
@@ -198,7 +199,8 @@ def test_the_driver_performs_or_refuses_every_action_the_handlers_define(
         (Pause(), (), None),
         (Close(), (), None),
     ]
-    assert {type(action) for action, _, _ in performed} | {StartTLS} == set(get_args(Action))
+    transport_only = {StartTLS, StartCompress}
+    assert {type(action) for action, _, _ in performed} | transport_only == set(get_args(Action))
     for action, inputs, answer in performed:
 
         def command(action: Any = action) -> Generator[Any, Any, Any]:
@@ -208,3 +210,5 @@ def test_the_driver_performs_or_refuses_every_action_the_handlers_define(
     assert harness.closed
     with pytest.raises(UnexpectedAction, match="StartTLS needs a transport"):
         harness.drive((action for action in [StartTLS()]), ())
+    with pytest.raises(UnexpectedAction, match="StartCompress needs a transport"):
+        harness.drive((action for action in [StartCompress()]), ())

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -28,6 +29,7 @@ from gateway.app import config as configmod
 from gateway.app.config.listeners import imap_listeners, served_listeners
 from gateway.app.shutdown import GatewayService, StopSignals
 from gateway.app.storage import open_store, prepare_state_dir
+from gateway.imap.tracefile import TRACE_DIR
 from gateway.security.auth import PasswordTable
 
 log = structlog.get_logger(__name__)
@@ -210,6 +212,8 @@ def build_service(
     )
     factory.households.update({name: s.members for name, s in cfg.shared.items()})
     factory.quotas = quotas
+    trace_root = Path(cfg.state_dir) / TRACE_DIR
+    factory.set_trace_users(frozenset(cfg.trace_users), trace_root)
     for name in cfg.shared:
         store.ensure_user(shared_owner(name))
     for poller in pollers.values():
@@ -276,6 +280,9 @@ def build_service(
     # After users and households: sessions that lost access end (IDLE at once, others
     # at their next command; gateway/imap/session.py).
     add_reload_hook(top, "sessions", lambda _new: factory.access_changed())
+    add_reload_hook(
+        top, "trace", lambda new: factory.set_trace_users(frozenset(new.trace_users), trace_root)
+    )
     SighupReload(top, reactor).setServiceParent(top)
     StopSignals(reactor).setServiceParent(top)
     log.info(

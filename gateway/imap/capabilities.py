@@ -59,6 +59,7 @@ it lights up the day the last one lands; what popgate changes itself once a clie
 enabled it is in :mod:`gateway.imap.rev2`."""
 CONDSTORE = "CONDSTORE"  # RFC 7162 §3.1, also as an ENABLE argument
 QRESYNC = "QRESYNC"  # RFC 7162 §3.2, also as an ENABLE argument
+COMPRESS_DEFLATE = "COMPRESS=DEFLATE"  # RFC 4978 §3, once logged in and not yet compressed
 
 AUTH_MECHANISMS: tuple[str, ...] = ("PLAIN",)
 """SASL mechanisms (RFC 4616 PLAIN); the only ones ``session`` implements."""
@@ -73,6 +74,7 @@ class Situation:
     tls_available: bool  # the listener has a TLS context, so STARTTLS can work
     plaintext_auth_allowed: bool  # the operator permits passwords over this connection
     utf8_accept: bool = False
+    compress_active: bool = False  # RFC 4978: COMPRESS=DEFLATE is on already
 
 
 def login_permitted(situation: Situation) -> bool:
@@ -86,7 +88,9 @@ def capabilities(situation: Situation) -> list[str]:
 
     Before login: STARTTLS when it can still be done (RFC 3501 §6.2.1), LOGINDISABLED
     and no AUTH= mechanism when passwords are refused on this connection (§6.2.3,
-    RFC 9051 §7.2.2), AUTH=PLAIN otherwise. After login neither is useful any more.
+    RFC 9051 §7.2.2), AUTH=PLAIN otherwise. After login neither is useful any more;
+    COMPRESS=DEFLATE appears then (RFC 4978 §3: COMPRESS is a ``command-auth``), until
+    compression is on.
     """
     caps = [BASE]
     if not situation.authenticated:
@@ -99,6 +103,8 @@ def capabilities(situation: Situation) -> list[str]:
     caps.extend(EXTENSIONS)
     if situation.utf8_accept:
         caps.append(UTF8_ACCEPT)
+    if situation.authenticated and not situation.compress_active:
+        caps.append(COMPRESS_DEFLATE)  # RFC 4978, for command-auth (after login)
     if all(need in caps for need in REV2_NEEDS):
         caps.insert(1, IMAP4REV2)
     return caps

@@ -92,6 +92,10 @@ class IMAPServerFactory(ConnectionCounts, Factory):
         """Told about connections and commands (the service sets the metrics here)."""
         self.protocols: set[IMAPServerProtocol] = set()
         ConnectionCounts.__init__(self)
+        self.trace_users: frozenset[str] = frozenset()
+        """``[debug] trace_users``: whose connections are traced (gateway.imap.tracefile)."""
+        self.trace_root: Path | None = None
+        """Where traces go (``state_dir/trace``); None: no tracing at all."""
         self._changed: set[int] = set()
         self._flush_call: IDelayedCall | None = None
 
@@ -119,6 +123,15 @@ class IMAPServerFactory(ConnectionCounts, Factory):
         access at its next command anyway; an idling one is woken to check now."""
         for protocol in list(self.protocols):
             protocol.access_changed()
+
+    def set_trace_users(self, users: frozenset[str], root: Path | None) -> None:
+        """A (re)load set whose connections are traced; logged-in connections follow
+        at their next command boundary (SIGHUP switches tracing on and off)."""
+        if (users, root) == (self.trace_users, self.trace_root):
+            return
+        self.trace_users, self.trace_root = users, root
+        for protocol in list(self.protocols):
+            protocol.trace_changed()
 
     def _flush_changes(self) -> None:
         self._flush_call = None

@@ -131,6 +131,11 @@ class CommandParser:
         command with ``NO [LIMIT] text`` (the bytes of a ``{n+}`` literal are skipped).
         The server uses it for its APPEND byte budgets (None: every literal passes)."""
         self.utf8_accept = False
+        self.tap: Callable[[str, bytes], None] | None = None
+        """Told every line and literal as it is consumed, with what it is: ``"first"``
+        (a command's first line), ``"more"`` (a line after a literal), ``"literal"``
+        (literal octets, maybe in pieces), ``"raw"`` (a raw line). The protocol trace
+        masks secrets with it (:mod:`gateway.imap.trace`); None: nobody listens."""
         self._buf = bytearray()
         self._scanned = 0  # leading bytes of _buf known to hold no LF
         self._raw = False
@@ -162,6 +167,16 @@ class CommandParser:
         command: IDLE's ``DONE`` (RFC 2177 §3) and AUTHENTICATE responses (RFC 3501
         §6.2.2). Normal parsing resumes after that one line."""
         self._raw = True
+
+    def take_unparsed(self) -> bytes:
+        """Remove and return the input not parsed yet, between two commands: the stream
+        beyond them changes encoding (COMPRESS, RFC 4978 §3)."""
+        if self._state is not _START:
+            return b""
+        data = bytes(self._buf)
+        self._buf = bytearray()
+        self._scanned = 0
+        return data
 
     @property
     def buffered_size(self) -> int:
@@ -212,6 +227,15 @@ class CommandParser:
             line = self._take_line()
             if line is None:
                 return NEED_DATA
+            if self.tap is not None and (line or state is not _START or self._raw):
+                self.tap(
+                    "raw"
+                    if self._raw and state is _START
+                    else "first"
+                    if state is _START
+                    else "more",
+                    line,
+                )
             if state is _START:
                 if self._raw:
                     self._raw = False
@@ -261,6 +285,8 @@ class CommandParser:
         buf = self._buf
         take = min(len(buf), self._lit_remaining)
         if take:
+            if self.tap is not None:
+                self.tap("literal", bytes(buf[:take]))
             if keep and self._lit_spool is not None:
                 self._lit_spool.write(buf[:take])
             elif keep:

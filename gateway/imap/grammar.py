@@ -37,6 +37,7 @@ from gateway.imap.command import (
     Store,
     UidExpunge,
 )
+from gateway.imap.compress import cmd_compress
 from gateway.imap.fetch_grammar import cmd_fetch
 from gateway.imap.notify import cmd_notify
 from gateway.imap.reader import DQ, LPAREN, NUMBER64_MAX, TAG_RE, Reader, Syntax, show
@@ -493,6 +494,7 @@ _COMMANDS: dict[str, _Grammar] = {
     "SETQUOTA": _cmd_setquota,
     **{n: cmd_acl for n in ACL_COMMANDS},  # RFC 4314
     "NOTIFY": cmd_notify,  # RFC 5465
+    "COMPRESS": cmd_compress,
 }
 _UID_COMMANDS: dict[str, _Grammar] = {
     "FETCH": cmd_fetch,

@@ -138,11 +138,16 @@ class StartTLS:
 
 
 @dataclass(frozen=True)
+class StartCompress:
+    """Compress both directions from the octet after the tagged OK (RFC 4978 §3)."""
+
+
+@dataclass(frozen=True)
 class Close:
     """Close the connection once everything written so far has been sent."""
 
 
-Action = RunBlocking | ReadLine | WaitIdle | Pause | StartTLS | Close
+Action = RunBlocking | ReadLine | WaitIdle | Pause | StartTLS | StartCompress | Close
 Output = bytes | Action
 Run = Generator[Output, Any, None]
 """What the session core gives the transport glue for one command."""
@@ -219,6 +224,7 @@ class Session(Protocol):
     authenticator: Authenticator
     tls_active: bool
     tls_available: bool
+    compress_active: bool  # COMPRESS=DEFLATE is on (RFC 4978)
     utf8_available: bool  # UTF8=ACCEPT may be enabled (RFC 6855)
     sent_append: Any  # SentAppendHook | None: one copy of a sent message (APPEND)
     notifier: Any  # gateway.imap.notify.Notifier | None: NOTIFY (RFC 5465)
@@ -276,6 +282,9 @@ class Session(Protocol):
 
     def begin_tls(self) -> None:
         """Start TLS right after the tagged reply (RFC 3501 §6.2.1)."""
+
+    def begin_compress(self) -> None:
+        """Compress both directions right after the tagged OK (RFC 4978 §3)."""
 
     def enable(self, capabilities: Iterable[str]) -> list[str]:
         """ENABLE (RFC 5161): turn capabilities on; those newly enabled, in order."""

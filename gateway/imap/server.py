@@ -44,6 +44,7 @@ from gateway.imap.command import (
     ParseError,
     RawLine,
 )
+from gateway.imap.deflate import DeflateError
 from gateway.imap.framing import CommandParser
 from gateway.imap.handler import (
     BadCommand,
@@ -53,12 +54,15 @@ from gateway.imap.handler import (
     ReadLine,
     Run,
     RunBlocking,
+    StartCompress,
     StartTLS,
     WaitIdle,
 )
 from gateway.imap.login_limits import LoginLimits
 from gateway.imap.policy import UTF8_ACCEPT_SUPPORTED, ListenerPolicy
 from gateway.imap.session import IMAPSession
+from gateway.imap.stream import ConnectionStream
+from gateway.imap.tracefile import ConnectionTrace
 from gateway.security.connections import peer_address
 from gateway.security.penalty import LoginAttempt
 
@@ -109,6 +113,9 @@ class IMAPServerProtocol(Protocol):
         self._turn_commands = 0
         self._connected_at = 0.0
         self._timing: tuple[str | None, float] | None = None
+        self._stream = ConnectionStream()
+        self._trace: ConnectionTrace | None = None
+        self._trace_wanted = False
 
     # -- connection lifetime --
 
@@ -121,7 +128,7 @@ class IMAPServerProtocol(Protocol):
             # refuse before any per-connection state exists (RFC 3501 §7.1.5 BYE).
             self._closing = True
             log.warning("imap.connection_refused", peer=self.peer, reason="per_ip_limit")
-            self.transport.write(b"* BYE Too many connections from your address\r\n")
+            self._write(b"* BYE Too many connections from your address\r\n")
             self.transport.loseConnection()
             return
         self._source_counted = True
@@ -145,12 +152,15 @@ class IMAPServerProtocol(Protocol):
             directory=factory.directory,
             sent_append=factory.sent_append,
         )
+        if factory.trace_users and factory.trace_root is not None:
+            # Whose connection this is is known only at login: keep it in memory till then.
+            self._trace = ConnectionTrace(self.peer)
         self.parser = self._new_parser()
         self.transport.registerProducer(self, True)
         factory.protocols.add(self)
         factory.observer.connection_opened()
         log.info("imap.connect", peer=self.peer)
-        self.transport.write(self.session.greeting())
+        self._write(self.session.greeting())
         self._reset_timeout()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -159,6 +169,7 @@ class IMAPServerProtocol(Protocol):
         self._cancel_timers()
         self.factory.protocols.discard(self)
         self._budget.close()
+        self._stop_trace()
         if getattr(self, "session", None) is not None:
             self.factory.observer.connection_closed(
                 self.factory.clock.seconds() - self._connected_at
@@ -172,6 +183,11 @@ class IMAPServerProtocol(Protocol):
             user=getattr(getattr(self, "session", None), "user", None),
             peer=self.peer,
             duration=round(self.factory.clock.seconds() - self._connected_at, 3),
+            compressed=self._stream.compressed,
+            wire_in=self._stream.wire_in,
+            wire_out=self._stream.wire_out,
+            plain_in=self._stream.plain_in,
+            plain_out=self._stream.plain_out,
         )
 
     def _new_parser(self) -> CommandParser:
@@ -180,13 +196,49 @@ class IMAPServerProtocol(Protocol):
             literal_gate=lambda size: self._budget.reserve(self.session.user, size),
         )
         self.factory.limits.apply_state(parser, self.session.user is not None)
+        if self._trace is not None:
+            parser.tap = self._trace.client.tap
         return parser
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        self.parser.receive_data(data)
+        self.parser.receive_data(self._stream.received(data))
         self._run()
+
+    def _write(self, data: bytes) -> None:
+        """All output goes here: counted, and deflated once COMPRESS is on."""
+        if self._trace is not None:
+            self._trace.server.feed(data)
+        out = self._stream.outgoing(data)
+        if out:
+            self.transport.write(out)
+
+    def _end_burst(self) -> None:
+        """The engine waits (for the client, a blocking call or the transport): send
+        what a compressor holds back (RFC 4978 §4 sync flush)."""
+        out = self._stream.end_burst()
+        if out:
+            self.transport.write(out)
+        if self._trace is not None:
+            self._trace.flush()
+
+    def _inflate_input(self) -> None:
+        """Give the parser the next bounded chunk of inflated input, unless the input
+        must wait (the same test that pauses the transport: a zip bomb then stays a few
+        KiB of compressed bytes)."""
+        if not self._stream.pending or self._input_held():
+            return
+        try:
+            data = self._stream.inflate()
+        except DeflateError as exc:
+            log.warning("imap.compress_error", peer=self.peer, error=str(exc)[:200])
+            self._drop_current()
+            self._abort()
+            return
+        self.parser.receive_data(data)
+        if self._stream.pending:
+            self._again = True
 
     # -- IPushProducer: the transport tells us when its buffer is full or drained --
 
@@ -214,18 +266,21 @@ class IMAPServerProtocol(Protocol):
         try:
             while True:
                 self._again = False
+                self._inflate_input()
                 self._pump_input()
                 self._advance()
                 if not self._again or self._closing:
                     break
         finally:
             self._busy = False
+        if not self._closing:
+            self._end_burst()
         self._update_reading()
         held = self.parser.buffered_size if self.session.user is None and not self._closing else 0
         if not self._budget.hold_prelogin(held):
             # The listener-wide pre-login budget is spent (RFC 5530 LIMIT).
             self._drop_current()
-            self.transport.write(b"* BYE [LIMIT] Too much input before login\r\n")
+            self._write(b"* BYE [LIMIT] Too much input before login\r\n")
             self._close()
 
     def _pump_input(self) -> None:
@@ -263,7 +318,7 @@ class IMAPServerProtocol(Protocol):
             if isinstance(event, ContinuationNeeded):
                 # RFC 3501 §7.5; only reached with no command running, so the "+"
                 # cannot land inside another command's responses.
-                self.transport.write(CONTINUE_LITERAL)
+                self._write(CONTINUE_LITERAL)
                 continue
             if isinstance(event, Command):
                 self._reset_timeout()
@@ -327,7 +382,7 @@ class IMAPServerProtocol(Protocol):
                 return
             if isinstance(out, bytes):
                 if out:
-                    self.transport.write(out)
+                    self._write(out)
             else:
                 self._perform(out)
 
@@ -353,7 +408,7 @@ class IMAPServerProtocol(Protocol):
                 errbackArgs=(token, attempt),
             )
         elif isinstance(action, ReadLine):
-            self.transport.write(action.prompt)
+            self._write(action.prompt)
             self._waiting = action
             self._request_raw()
             self._again = True  # the line may already be buffered (a pipelining client)
@@ -371,6 +426,10 @@ class IMAPServerProtocol(Protocol):
             self._schedule_next_turn()
         elif isinstance(action, StartTLS):
             self._start_tls()
+        elif isinstance(action, StartCompress):
+            # RFC 4978 §3: the tagged OK went out uncompressed; everything after it is not.
+            self._stream.start_compress(self.parser.take_unparsed())
+            self._again = True
         elif isinstance(action, Close):
             self._close()
         else:  # pragma: no cover - the session yields nothing else
@@ -466,6 +525,7 @@ class IMAPServerProtocol(Protocol):
             self._reset_timeout()
             self._turn_commands += 1
         self._again = True
+        self._update_trace()
         notifier = self.session.notifier
         if notifier is not None and notifier.has_pending() and not self._closing:
             # Events that arrived after the command's own delivery (RFC 5465).
@@ -493,15 +553,20 @@ class IMAPServerProtocol(Protocol):
             except Exception:
                 log.exception("imap.internal_error", peer=self.peer)
 
-    def _update_reading(self) -> None:
-        """Stop reading while a command runs and too much input is already waiting."""
-        if self._closing:
-            return
-        hold = (
+    def _input_held(self) -> bool:
+        """A command runs (or waits for its turn) and enough input is already waiting."""
+        return (
             (self._current is not None or self._next_turn_call is not None)
             and not self._raw_requested
             and self.parser.buffered_size >= self.factory.limits.max_buffered_input
         )
+
+    def _update_reading(self) -> None:
+        """Stop reading while a command runs and too much input is already waiting
+        (or compressed input waits to be inflated)."""
+        if self._closing:
+            return
+        hold = self._input_held() or self._stream.pending
         if hold and not self._reading_paused:
             self._reading_paused = True
             self.transport.pauseProducing()
@@ -527,6 +592,7 @@ class IMAPServerProtocol(Protocol):
         self._closing = True
         self._cancel_timers()
         self._budget.hold_prelogin(0)
+        self._end_burst()
         if self._reading_paused:
             self._reading_paused = False
             self.transport.resumeProducing()
@@ -579,7 +645,7 @@ class IMAPServerProtocol(Protocol):
             self._abort()
             return
         self._drop_current()
-        self.transport.write(self.session.autologout())
+        self._write(self.session.autologout())
         self._close()
 
     def _schedule_keepalive(self) -> None:
@@ -612,6 +678,43 @@ class IMAPServerProtocol(Protocol):
         call, self._timeout_call = self._timeout_call, None
         if call is not None and call.active():
             call.cancel()
+
+    # -- the protocol trace ([debug] trace_users, gateway.imap.tracefile) --
+
+    def _update_trace(self) -> None:
+        """Between two commands: start, keep or stop tracing for the logged-in user."""
+        user = self.session.user
+        factory = self.factory
+        if user is None:
+            return
+        traced = user in factory.trace_users and factory.trace_root is not None
+        if self._trace is not None and not self._trace.attached:
+            if traced:
+                assert factory.trace_root is not None
+                self._trace.attach(factory.trace_root, user)
+            else:
+                self._stop_trace()
+        elif self._trace is not None and not traced:
+            self._stop_trace()
+        elif self._trace is None and traced and self._trace_wanted:
+            assert factory.trace_root is not None
+            self._trace = ConnectionTrace(self.peer)
+            self._trace.attach(factory.trace_root, user)
+            self.parser.tap = self._trace.client.tap
+        self._trace_wanted = False
+
+    def _stop_trace(self) -> None:
+        trace, self._trace = self._trace, None
+        if trace is not None:
+            trace.close()
+            if getattr(self, "parser", None) is not None:
+                self.parser.tap = None
+
+    def trace_changed(self) -> None:
+        """The traced users changed (a reload): follow at the next command boundary."""
+        self._trace_wanted = True
+        if self._current is None and not self._closing:
+            self._update_trace()
 
     # -- change notification --
 

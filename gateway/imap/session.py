@@ -60,6 +60,7 @@ from gateway.imap.handler import (
     Reply,
     Run,
     SessionRevoked,
+    StartCompress,
     StartTLS,
 )
 from gateway.imap.notify import Notifier
@@ -175,6 +176,7 @@ class IMAPSession:
         self.user: str | None = None
         self.selected: View | None = None
         self._enabled: set[str] = set()
+        self.compress_active = False
         self.last_reply: Reply | None = None
         """The tagged reply of the last command run (None when it ended the connection
         without one, e.g. BYE); the transport glue reports it to its observer."""
@@ -191,6 +193,7 @@ class IMAPSession:
             tls_available=self.tls_available,
             plaintext_auth_allowed=self.plaintext_auth_allowed,
             utf8_accept=self.utf8_available,
+            compress_active=self.compress_active,
         )
 
     def capability_text(self) -> str:
@@ -283,6 +286,12 @@ class IMAPSession:
     def begin_tls(self) -> None:
         """STARTTLS accepted: the glue starts TLS right after the tagged OK (§6.2.1)."""
         self._after_reply = StartTLS()
+
+    def begin_compress(self) -> None:
+        """COMPRESS accepted (RFC 4978 §3): the glue compresses from the octet after the
+        tagged OK; from then on the capability is no longer announced."""
+        self.compress_active = True
+        self._after_reply = StartCompress()
 
     def enable(self, capabilities: Iterable[str]) -> list[str]:
         """ENABLE, RFC 5161 §3.1: the known capabilities among ``capabilities`` are on

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.imap import acl, connection, login, mailboxes, messages, notify, selection
+from gateway.imap import acl, compress, connection, login, mailboxes, messages, notify, selection
 from gateway.imap.command import Command, UidExpunge
 from gateway.imap.handler import Handler
 
@@ -84,6 +84,7 @@ COMMANDS: dict[str, CommandSpec] = {
     "LISTRIGHTS": CommandSpec(_AUTHED, acl.listrights),  # RFC 4314 §3.7
     "SETACL": CommandSpec(_AUTHED, acl.refuse_change),  # RFC 4314 §3.1: NO [NOPERM]
     "DELETEACL": CommandSpec(_AUTHED, acl.refuse_change),  # RFC 4314 §3.2: NO [NOPERM]
+    "COMPRESS": CommandSpec(_AUTHED, compress.compress),  # RFC 4978 §3
     # selected (§6.4, RFC 3691, RFC 4315, RFC 6851)
     "CHECK": CommandSpec(_SELECTED, connection.noop),
     "CLOSE": CommandSpec(_SELECTED, selection.close),

@@ -34,6 +34,7 @@ import re
 import socket
 import ssl
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -347,6 +348,11 @@ class RawClient:
         data, self.buffer = self.buffer, b""
         return data
 
+    def start_deflate(self) -> None:
+        """After a ``COMPRESS DEFLATE`` answered OK: raw deflate both ways (RFC 4978 §4)."""
+        assert not self.buffer, f"unread data before COMPRESS took effect: {self.buffer!r}"
+        self.sock = DeflateSocket(self.sock)  # type: ignore[assignment]
+
     def start_tls(self, context: ssl.SSLContext, server_hostname: str = "localhost") -> None:
         assert not self.buffer, f"unread plaintext before TLS: {self.buffer!r}"
         self.sock = context.wrap_socket(self.sock, server_hostname=server_hostname)
@@ -362,3 +368,29 @@ class RawClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class DeflateSocket:
+    """A socket as a COMPRESS client sees it after the OK (RFC 4978 §4): raw deflate
+    (``wbits=-15``) both ways, each send sync-flushed. ``sock`` is the socket below."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self._out = zlib.compressobj(6, zlib.DEFLATED, -15)
+        self._in = zlib.decompressobj(-15)
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(self._out.compress(data) + self._out.flush(zlib.Z_SYNC_FLUSH))
+
+    def recv(self, size: int) -> bytes:
+        """Inflated bytes; empty only at the end of the stream."""
+        while True:
+            chunk = self.sock.recv(size)
+            if not chunk:
+                return b""
+            data = self._in.decompress(chunk)
+            if data:
+                return data
+
+    def close(self) -> None:
+        self.sock.close()

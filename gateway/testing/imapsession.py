@@ -9,7 +9,7 @@ does: bytes are collected, :class:`RunBlocking` runs
 inline (a failure is thrown back into the command, as the glue does), :class:`ReadLine`
 writes its prompt and :class:`WaitIdle` waits for the next line or :class:`IdleEvent` that
 the test scripted, and :class:`Close` marks the connection closed. An action the test did
-not script input for, :class:`StartTLS` (which needs a transport), or anything unknown
+not script input for, :class:`StartTLS` and :class:`StartCompress` (which need a transport), or anything unknown
 fails the test at once: no action is ever dropped silently.
 
 :class:`WiredServer` is the whole server protocol (parser, session, glue, limits,
@@ -39,6 +39,7 @@ from gateway.imap.handler import (
     ReadLine,
     Reply,
     RunBlocking,
+    StartCompress,
     StartTLS,
     WaitIdle,
 )
@@ -164,6 +165,8 @@ class SessionDriver:
                     self.closed = True
                 elif isinstance(item, StartTLS):
                     raise UnexpectedAction("StartTLS needs a transport: use running_server")
+                elif isinstance(item, StartCompress):
+                    raise UnexpectedAction("StartCompress needs a transport: use running_server")
                 else:
                     raise UnexpectedAction(f"unknown session output {item!r}")
         except StopIteration as stop:

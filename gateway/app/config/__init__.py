@@ -27,6 +27,7 @@ from gateway.app.config.listeners import (
 from gateway.app.config.reader import ConfigError, Reader, parse_duration, parse_size
 from gateway.app.config.sections import (
     USER_NAME_RE,
+    parse_debug,
     parse_limits,
     parse_metrics,
     parse_security,
@@ -107,6 +108,7 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
         path, problems, top.get("upstreams", list, []) or [], users_table, shared, limits
     )
     metrics = parse_metrics(top, path, problems)
+    trace_users = parse_debug(top, path, problems, users_table)
     tls = parse_tls(path, problems, top.get("tls", dict, None))
     security = parse_security(path, problems, top.get("security", dict, {}) or {})
     listeners = parse_listeners(
@@ -159,4 +161,5 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
         web=web,
         admins=admins,
         allow_insecure_listener=server.allow_insecure,
+        trace_users=trace_users,
     )

@@ -222,6 +222,24 @@ def parse_metrics(top: Reader, path: str, problems: list[str]) -> Metrics:
     return Metrics(enabled=bool(enabled), listen=listen or DEFAULT_METRICS_LISTEN)
 
 
+def parse_debug(
+    top: Reader, path: str, problems: list[str], users: dict[str, Any]
+) -> tuple[str, ...]:
+    """``[debug] trace_users``: users whose IMAP connections are traced (masked) under
+    ``state_dir/trace/USER/`` (gateway.imap.tracefile); each must be in ``[users]``."""
+    table = top.get("debug", dict, {}) or {}
+    r = Reader(path, problems, "debug", table)
+    names = r.get("trace_users", list, []) or []
+    r.finish()
+    traced: list[str] = []
+    for name in names:
+        if not isinstance(name, str) or name not in users:
+            r.problem("trace_users", f"{name!r} is not a user in [users]")
+        elif name not in traced:
+            traced.append(name)
+    return tuple(traced)
+
+
 def parse_tls(path: str, problems: list[str], table: dict[str, Any] | None) -> TLSSettings | None:
     """``[tls]``: the files are loaded now, so a broken certificate stops the start."""
     if table is None:

@@ -147,6 +147,9 @@ class Config:
     admins: tuple[str, ...] = ()
     allow_insecure_listener: bool = False
 
+    trace_users: tuple[str, ...] = ()
+    """``[debug] trace_users``: whose IMAP connections are traced (issue 17)."""
+
 
 # ---- sending mail (issue 15): [server] submission/submissions, [submission], smtp --------
 
