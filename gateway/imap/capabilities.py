@@ -40,6 +40,11 @@ EXTENSIONS: tuple[str, ...] = (
     "RIGHTS=texk",  # RFC 4314 §2.1
     "LIST-MYRIGHTS",  # RFC 8440
     "NOTIFY",  # RFC 5465: see gateway/imap/notify.py
+    "SORT",  # RFC 5256 (gateway/imap/sorting.py)
+    "SORT=DISPLAY",  # RFC 5957
+    "ESORT",  # RFC 5267 §3 (CONTEXT=SORT is not: see gateway/imap/sorting.py)
+    "THREAD=ORDEREDSUBJECT",  # RFC 5256 §3
+    "THREAD=REFERENCES",  # RFC 5256 §3
 )
 """Extensions available in every state (clients may look before logging in)."""
 

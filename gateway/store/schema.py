@@ -42,6 +42,9 @@ Table layout and why:
 * ``header_field`` rows named ``":from"``, ``":to"``, ``":cc"``, ``":bcc"`` (version 8,
   issue 17) hold those fields' addresses as parsed, for SEARCH FROM/TO/CC/BCC; the
   migration adds them to the messages already stored.
+* ``sort_key`` (version 9, SORT/THREAD, issue 17) holds per message the RFC 5256 keys
+  computed at ingest (base subject, first addresses, display names, msg-ids), already
+  ``i;ascii-casemap``ped, so SORT is an ORDER BY (:mod:`gateway.store.sorting`).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from gateway.message.analysis import header_addresses
 from gateway.message.fields import MAX_ANALYZED_HEADER
 from gateway.store.interfaces import StoreError
 from gateway.store.search import address_row_name
+from gateway.store.sorting import migrate_sort_keys
 from gateway.store.sqlite_queue import QUEUE_DDL
 from gateway.store.sqlite_timeseries import TIMESERIES_DDL
 
@@ -289,6 +293,10 @@ def _address_rows(conn: sqlite3.Connection) -> None:
         )
 
 
+# Version 9 (SORT and THREAD, issue 17): the ``sort_key`` table of gateway/store/sorting.py,
+# filled for the mail already stored. Self-contained (one new table), renumberable.
+_V9_SORT_KEYS: Migration = migrate_sort_keys
+
 MIGRATIONS: Sequence[Migration] = (
     _V1,
     _V2,
@@ -298,6 +306,7 @@ MIGRATIONS: Sequence[Migration] = (
     _V6_QUEUE,
     TIMESERIES,
     _address_rows,
+    _V9_SORT_KEYS,
 )
 """Entry *i* takes a database from version *i* to *i + 1*. Append only."""
 

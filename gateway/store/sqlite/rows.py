@@ -30,6 +30,7 @@ from gateway.store.rules import (
     stored_internaldate,
 )
 from gateway.store.search import address_row_name
+from gateway.store.sorting import INSERT_SORT_KEY, sort_key_row
 from gateway.store.sqlite.connection import SQLiteConnection
 
 SEEN_TOKEN = " \\Seen "
@@ -267,6 +268,7 @@ class SQLiteRows(SQLiteConnection):
                 for pos, (name, value) in enumerate(analysis.addresses)
             ],
         )
+        cur.execute(INSERT_SORT_KEY, sort_key_row(message_id, analysis.sort))
         header_text = "\n".join(f"{name.lower()}: {value}" for name, value in analysis.headers)
         cur.execute(
             "INSERT INTO message_text (message_id, header_folded, text_folded) VALUES (?, ?, ?)",
