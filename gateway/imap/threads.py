@@ -95,7 +95,10 @@ def references(messages: Sequence[ThreadFacts]) -> list[_Node]:
     roots = [n for n in table.values() if n.parent is None]
     # (3) the id table is no longer needed. (4) prune dummies.
     roots = _prune(roots, at_root=True)
-    # (5) gather threads with the same base subject.
+    # (5) gather threads with the same base subject. The RFC leaves open the order in
+    # which the root set is walked; walking it oldest first (as after step 6) makes the
+    # result independent of arrival order, and is what Dovecot does.
+    _sort_tree(roots)
     roots = _gather_subjects(roots)
     # (6) sort siblings by sent date, children before parents.
     _sort_tree(roots)
