@@ -58,9 +58,7 @@ def both(tmp_path_factory: pytest.TempPathFactory, tls_ca) -> Iterator[tuple]:
     server.add_user("alice", "secret")
     server.start()
     try:
-        server.deliver_many(
-            "alice", [m.raw for m in mails], whens=[m.internaldate for m in mails]
-        )
+        server.deliver_many("alice", [m.raw for m in mails], whens=[m.internaldate for m in mails])
         client = imaplib.IMAP4(server.host, server.imap_port, timeout=60)
         client.login("alice", "secret")
         client.select("INBOX")
