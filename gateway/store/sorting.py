@@ -105,6 +105,9 @@ def keys_of_raw(raw: bytes) -> SortKeys:
     return sort_keys(root.values)
 
 
+MAX_HEADER_READ = 256 * 1024
+"""Bytes of a stored message the backfill reads: a header section, with room to spare."""
+
 BACKFILL_BATCH = 500
 """Messages read at a time when the migration computes keys for existing mail."""
 
@@ -126,7 +129,3 @@ def migrate_sort_keys(conn: sqlite3.Connection) -> None:
             INSERT_SORT_KEY, [sort_key_row(mid, keys_of_raw(bytes(raw))) for mid, raw in rows]
         )
         last = rows[-1][0]
-
-
-MAX_HEADER_READ = 256 * 1024
-"""Bytes of a stored message the backfill reads: a header section, with room to spare."""
