@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.core.criteria import All, Header, Not
+from gateway.core.criteria import All, Flag, Header, Not
 from gateway.core.sorting import SortCriterion, ThreadFacts
 from gateway.message.analysis import analyze
 from gateway.store.interfaces import Sorting, Store
@@ -162,3 +162,28 @@ def test_schema_step_fills_sort_keys_for_mail_stored_before_it(tmp_path: Path) -
         assert reopened.thread_facts(box, All()) == expected_facts
     finally:
         reopened.close()
+
+
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_sort_answers_follow_every_change(tmp_path: Path, name: str) -> None:
+    """The same SORT asked again after a delivery, a flag change and an expunge sees each
+    change (the SQLite store keeps recent answers only while the mailbox is unchanged)."""
+    store = BACKENDS[name](tmp_path)
+    store.ensure_user("alice")
+    box = store.get_mailbox("alice", "INBOX").id
+    when = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+    for subject in (b"b", b"a"):
+        store.append(box, b"Subject: " + subject + b"\r\n\r\nx\r\n", (), when)
+    program = [SortCriterion("SUBJECT")]
+    unseen = Not(Flag("\\Seen"))
+    assert store.sort(box, unseen, program) == [2, 1]
+    assert store.sort(box, unseen, program) == [2, 1]  # asked again, unchanged
+    store.append(box, b"Subject: 0\r\n\r\nx\r\n", (), when)
+    assert store.sort(box, unseen, program) == [3, 2, 1]
+    store.store_flags(box, [2], "+", ["\\Seen"])
+    assert store.sort(box, unseen, program) == [3, 1]
+    store.store_flags(box, [3], "+", ["\\Deleted"])
+    store.expunge(box)
+    assert store.sort(box, unseen, program) == [1]
+    assert store.sort(box, All(), program) == [2, 1]
+    store.close()

@@ -39,20 +39,25 @@ def sort(session: Session, cmd: Sort) -> Handler:
     view = _selected(session)
     criteria = view_criteria(view, cmd.criteria if cmd.criteria is not None else c.All())
     found = session.store.sort(view.mailbox.id, criteria, cmd.program)
-    seq_of = view.seq_of
-    numbers: list[int] = []
-    for uid in found:
-        seq = seq_of(uid)
-        if seq is not None:
-            numbers.append(uid if cmd.uid else seq)
+    numbers = _known(view, found, cmd.uid)
     if cmd.returns is None:
         text = b"* SORT"
         if numbers:
-            text += b" " + b" ".join(b"%d" % n for n in numbers)
+            text += b" " + " ".join(map(str, numbers)).encode("ascii")
         yield text + b"\r\n"
         return ok("SORT completed")
     yield _esort(cmd, numbers) + b"\r\n"
     return ok("SORT completed")
+
+
+def _known(view: SelectedView, uids: list[int], uid_form: bool) -> list[int]:
+    """The UIDs the view shows (new arrivals wait for EXISTS), as UIDs or as sequence
+    numbers: one set or dict over the view rather than a search per message."""
+    if uid_form:
+        shown = set(view.uids)
+        return [u for u in uids if u in shown]
+    seqs = {u: i for i, u in enumerate(view.uids, 1)}
+    return [seqs[u] for u in uids if u in seqs]
 
 
 def _esort(cmd: Sort, numbers: list[int]) -> bytes:

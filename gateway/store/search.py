@@ -97,13 +97,14 @@ def build_query(
     source: str = "mailbox_message",
     source_params: Sequence[object] = (),
     columns: str = "mm.uid",
-    joins: str | None = None,
+    extra_join: str = "",
     order: str = "mm.uid",
 ) -> Query:
     """The statement answering ``criteria`` in one mailbox.
 
     SORT and THREAD (:mod:`gateway.store.sorting`) reuse it with their own ``columns``,
-    ``joins`` (which must join ``message m``) and ``order``; fixed SQL text only.
+    ``extra_join`` (after ``message m`` when the criteria need it) and ``order``; fixed
+    SQL text only.
 
     ``source`` replaces the ``mailbox_message`` table as the rows searched: the SQLite
     store passes a subquery with a shared mailbox member's own view of flags and modseqs
@@ -118,8 +119,7 @@ def build_query(
     translator = _Translator(mailbox_id, largest_uid)
     where = translator.expr(criteria)
     join = " JOIN message m ON m.id = mm.message_id" if translator.needs_message else ""
-    if joins is not None:
-        join = joins
+    join += extra_join
     sql = (
         f"SELECT {columns} FROM {source} mm{join}"
         f" WHERE mm.mailbox_id = ? AND ({where}) ORDER BY {order}"

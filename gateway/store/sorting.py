@@ -19,9 +19,9 @@ from gateway.message.sortkeys import SortKeys, sort_keys
 from gateway.message.structure import parse
 
 SORT_COLUMNS: dict[str, str] = {
-    "ARRIVAL": "m.internaldate",
-    "DATE": "coalesce(m.sent_date, m.internaldate)",
-    "SIZE": "m.size",
+    "ARRIVAL": "k.arrival",
+    "DATE": "k.sent",
+    "SIZE": "k.size",
     "SUBJECT": "k.subject",
     "FROM": "k.from_key",
     "TO": "k.to_key",
@@ -29,14 +29,13 @@ SORT_COLUMNS: dict[str, str] = {
     "DISPLAYFROM": "k.display_from",
     "DISPLAYTO": "k.display_to",
 }
-"""The SQL expression each sort key orders by (``m``: message, ``k``: sort_key)."""
+"""The SQL expression each sort key orders by (``k``: the sort_key row)."""
 
 assert set(SORT_COLUMNS) == SORT_KEYS | DISPLAY_SORT_KEYS
 
-SORT_JOIN = (
-    " JOIN message m ON m.id = mm.message_id LEFT JOIN sort_key k ON k.message_id = mm.message_id"
-)
-"""Rows searched, joined with what the keys read."""
+SORT_JOIN = " JOIN sort_key k ON k.message_id = mm.message_id"
+"""The rows searched, joined with their keys (one narrow row per message, so a SORT
+reads neither the wide ``message`` rows nor their blobs unless the criteria need them)."""
 
 
 def order_by(program: Sequence[SortCriterion]) -> str:
@@ -51,10 +50,7 @@ def order_by(program: Sequence[SortCriterion]) -> str:
     return ", ".join(terms)
 
 
-THREAD_COLUMNS = (
-    "mm.uid, coalesce(m.sent_date, m.internaldate), coalesce(k.subject, ''),"
-    " coalesce(k.refwd, 0), k.msgid, coalesce(k.refs, '[]')"
-)
+THREAD_COLUMNS = "mm.uid, k.sent, k.subject, k.refwd, k.msgid, k.refs"
 """What :class:`~gateway.core.sorting.ThreadFacts` is made of, in its field order."""
 
 
@@ -63,6 +59,9 @@ THREAD_COLUMNS = (
 SORT_KEY_DDL = """
 CREATE TABLE sort_key (
     message_id   INTEGER PRIMARY KEY REFERENCES message (id) ON DELETE CASCADE,
+    arrival      INTEGER NOT NULL,
+    sent         INTEGER NOT NULL,
+    size         INTEGER NOT NULL,
     subject      TEXT NOT NULL,
     refwd        INTEGER NOT NULL,
     from_key     TEXT NOT NULL,
@@ -74,19 +73,28 @@ CREATE TABLE sort_key (
     refs         TEXT NOT NULL
 )
 """
-"""One row per message: the case-mapped string keys of :class:`~gateway.message.sortkeys.
-SortKeys`, the "reply or forward" bit and the THREAD msg-ids (``refs``: a JSON list)."""
+"""One row per message: INTERNALDATE, the RFC 5256 §2.2 sent date (epoch seconds, UTC,
+INTERNALDATE when there is no usable Date:) and the size, copied from ``message``; the
+case-mapped string keys of :class:`~gateway.message.sortkeys.SortKeys`, the "reply or
+forward" bit and the THREAD msg-ids (``refs``: a JSON list)."""
 
 INSERT_SORT_KEY = (
-    "INSERT OR REPLACE INTO sort_key (message_id, subject, refwd, from_key, to_key, cc_key,"
-    " display_from, display_to, msgid, refs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR REPLACE INTO sort_key (message_id, arrival, sent, size, subject, refwd, from_key,"
+    " to_key, cc_key, display_from, display_to, msgid, refs)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
-def sort_key_row(message_id: int, keys: SortKeys) -> tuple[object, ...]:
-    """The parameters of :data:`INSERT_SORT_KEY` for one message."""
+def sort_key_row(
+    message_id: int, arrival: int, sent: int | None, size: int, keys: SortKeys
+) -> tuple[object, ...]:
+    """The parameters of :data:`INSERT_SORT_KEY` for one message (``sent`` None: no
+    usable Date:, so INTERNALDATE stands in, RFC 5256 §2.2)."""
     return (
         message_id,
+        arrival,
+        arrival if sent is None else sent,
+        size,
         keys.subject,
         int(keys.reply_or_forward),
         keys.from_,
@@ -119,13 +127,18 @@ def migrate_sort_keys(conn: sqlite3.Connection) -> None:
     last = 0
     while True:
         rows = conn.execute(
-            "SELECT message_id, substr(raw, 1, ?) FROM content WHERE message_id > ?"
-            " ORDER BY message_id LIMIT ?",
+            "SELECT m.id, m.internaldate, m.sent_date, m.size, substr(c.raw, 1, ?)"
+            " FROM message m JOIN content c ON c.message_id = m.id WHERE m.id > ?"
+            " ORDER BY m.id LIMIT ?",
             (MAX_HEADER_READ, last, BACKFILL_BATCH),
         ).fetchall()
         if not rows:
             return
         conn.executemany(
-            INSERT_SORT_KEY, [sort_key_row(mid, keys_of_raw(bytes(raw))) for mid, raw in rows]
+            INSERT_SORT_KEY,
+            [
+                sort_key_row(mid, arrival, sent, size, keys_of_raw(bytes(raw)))
+                for mid, arrival, sent, size, raw in rows
+            ],
         )
         last = rows[-1][0]

@@ -268,7 +268,9 @@ class SQLiteRows(SQLiteConnection):
                 for pos, (name, value) in enumerate(analysis.addresses)
             ],
         )
-        cur.execute(INSERT_SORT_KEY, sort_key_row(message_id, analysis.sort))
+        cur.execute(
+            INSERT_SORT_KEY, sort_key_row(message_id, epoch, sent_epoch, len(raw), analysis.sort)
+        )
         header_text = "\n".join(f"{name.lower()}: {value}" for name, value in analysis.headers)
         cur.execute(
             "INSERT INTO message_text (message_id, header_folded, text_folded) VALUES (?, ?, ?)",
