@@ -57,7 +57,7 @@ THREAD_COLUMNS = "mm.uid, k.sent, k.subject, k.refwd, k.msgid, k.refs"
 # ---- the sort_key table (SQLite) ------------------------------------------------------
 
 SORT_KEY_DDL = """
-CREATE TABLE sort_key (
+CREATE TABLE IF NOT EXISTS sort_key (
     message_id   INTEGER PRIMARY KEY REFERENCES message (id) ON DELETE CASCADE,
     arrival      INTEGER NOT NULL,
     sent         INTEGER NOT NULL,
