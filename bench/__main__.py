@@ -31,7 +31,7 @@ from bench.scenarios import SCENARIOS, Bench, Sizes, prepare, warm_up
 from gateway.app import logs
 from gateway.testing.dovecot import find_dovecot
 
-IMAP_SCENARIOS = frozenset({"mbsync", "compress", "fetch", "qresync", "concurrent"})
+IMAP_SCENARIOS = frozenset({"mbsync", "compress", "fetch", "sort", "qresync", "concurrent"})
 """Scenarios that need the big mailbox loaded into both IMAP servers."""
 
 

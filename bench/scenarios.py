@@ -4,7 +4,7 @@ Every figure is taken for popgate and for its peer in the same run, repeats inte
 (popgate, peer, popgate, peer...) so that a noisy minute hurts both alike, and each
 scenario checks that both sides did the same work (same message count, same SEARCH
 hits) before a figure counts. Scenario names, for ``--only``: ingest, mbsync, compress, fetch,
-qresync, concurrent, memory.
+sort, qresync, concurrent, memory.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from bench.load import run_load
 from bench.popgate import GatewayServer, fetch_import, load_store
 from bench.report import Row, Target
 from bench.sieve_ingest import sieve_ingest
+from bench.sorting import sort_scenario
 from gateway.testing import samplemail
 from gateway.testing.dovecot import Dovecot
 
@@ -692,6 +693,7 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "mbsync": mbsync,
     "compress": compress,
     "fetch": fetch,
+    "sort": functools.partial(sort_scenario, mailbox_user=MAILBOX_USER),
     "qresync": qresync,
     "concurrent": concurrent,
     "memory": memory,

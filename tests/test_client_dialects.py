@@ -1,6 +1,6 @@
 """Replays of the exact command sequences real mail clients send at startup and sync.
 
-Thunderbird, iOS Mail, K-9/Android, mutt and offlineimap each speak their own dialect of
+Thunderbird, iOS Mail, K-9/Android, mutt, offlineimap and Roundcube each speak their own dialect of
 IMAP4rev1 (RFC 3501): lowercase command names, SASL-IR or not, ``ENABLE`` of things the
 server may not have, ``BODY.PEEK[HEADER.FIELDS (...)]`` lists in any case, partial body
 fetches. Each test sends one client's sequence over a real socket and asserts that every
@@ -342,6 +342,57 @@ def test_offlineimap_sequence(client: RawClient) -> None:
     (fetched,) = d.ok(f"UID FETCH {uid} (FLAGS INTERNALDATE)")
     assert b'INTERNALDATE " 5-Jan-2024 10:11:12 +0100"' in fetched
     assert b"\\Flagged" in fetched and b"\\Seen" in fetched
+
+
+def test_roundcube_sequence(client: RawClient) -> None:
+    """Roundcube 1.6 (rcube_imap_generic): the message list is a UID SORT with ESORT's
+    ``RETURN (ALL)`` (and ``(ALL COUNT)`` for the pager), the threaded view a
+    ``UID THREAD REFERENCES``, a quick search a SORT with header keys, the unread count
+    ``SEARCH RETURN (COUNT)`` (RFC 5256, RFC 5267, RFC 4731)."""
+    d = Dialect(client)
+    d.ok("CAPABILITY")
+    d.ok(f'LOGIN "{USER}" "{PASSWORD}"')
+    caps = d.ok("CAPABILITY")[0]
+    for needed in (b" SORT", b" ESORT", b" THREAD=REFERENCES", b" THREAD=ORDEREDSUBJECT"):
+        assert needed in caps
+    d.ok('ID ("name" "Roundcube" "version" "1.6.5" "php" "8.2.7" "os" "Linux")')
+    d.ok("NAMESPACE")
+    d.ok('LIST (SUBSCRIBED) "" "*" RETURN (SPECIAL-USE)')
+    d.ok("SELECT INBOX")
+    # Message list: dates tie for UIDs 1-3, so mailbox order breaks the tie both ways.
+    assert d.ok("UID SORT RETURN (ALL) (DATE) UTF-8 ALL UNDELETED") == [
+        b'* ESEARCH (TAG "A008") UID ALL 1:4\r\n'
+    ]
+    assert d.ok("UID SORT RETURN (ALL COUNT) (REVERSE DATE) UTF-8 ALL") == [
+        b'* ESEARCH (TAG "A009") UID COUNT 4 ALL 4,1:3\r\n'
+    ]
+    # The fixture's INTERNALDATEs are "now" (one second or two apart): only the set is fixed.
+    (arrival,) = d.ok("UID SORT (REVERSE ARRIVAL) UTF-8 ALL")
+    assert arrival.startswith(b"* SORT ") and sorted(arrival.split()[2:]) == [
+        b"1",
+        b"2",
+        b"3",
+        b"4",
+    ]
+    assert d.ok("SORT RETURN (COUNT) (SUBJECT) US-ASCII ALL UNDELETED") == [
+        b'* ESEARCH (TAG "A011") COUNT 4\r\n'
+    ]
+    headers = d.ok(
+        "UID FETCH 4,1:3 (UID RFC822.SIZE FLAGS INTERNALDATE BODY.PEEK[HEADER.FIELDS (DATE "
+        "FROM TO SUBJECT CONTENT-TYPE CC REPLY-TO LIST-POST DISPOSITION-NOTIFICATION-TO "
+        "X-PRIORITY)])"
+    )
+    assert sorted(uids_of(headers)) == [1, 2, 3, 4]
+    # Threaded view.
+    assert d.ok("UID THREAD REFERENCES UTF-8 ALL UNDELETED") == [b"* THREAD (1)(2)(3)(4)\r\n"]
+    assert d.ok("THREAD ORDEREDSUBJECT UTF-8 ALL") == [b"* THREAD (1)(2)(3)(4)\r\n"]
+    # Quick search in subject and sender, sorted; the unread count.
+    assert d.ok(
+        "UID SORT RETURN (ALL) (DATE) UTF-8 ALL UNDELETED OR HEADER SUBJECT report "
+        "HEADER FROM report"
+    ) == [b'* ESEARCH (TAG "A015") UID ALL 4\r\n']
+    assert d.ok("SEARCH RETURN (COUNT) UNSEEN UNDELETED") == [b'* ESEARCH (TAG "A016") COUNT 4\r\n']
+    d.ok("LOGOUT")
 
 
 # ---- compliance corners ----------------------------------------------------------------

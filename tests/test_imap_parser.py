@@ -33,6 +33,7 @@ from gateway.core.criteria import (
     Within,
 )
 from gateway.core.flags import SPECIAL_USES, SYSTEM_FLAGS
+from gateway.core.sorting import SortCriterion
 from gateway.imap import framing, grammar
 from gateway.imap.acl import AclCommand
 from gateway.imap.command import (
@@ -62,8 +63,10 @@ from gateway.imap.command import (
     Select,
     SetQuota,
     Simple,
+    Sort,
     Status,
     Store,
+    Thread,
     UidExpunge,
 )
 from gateway.imap.compress import Compress
@@ -668,6 +671,37 @@ FIXTURES: list[tuple[bytes, Command]] = [
         ),
     ),
     (b"s SEARCH NEW\r\n", Search("s", "SEARCH", criteria=NEW)),
+    # RFC 5256 SORT and THREAD, RFC 5267 ESORT/PARTIAL, RFC 5957 display keys
+    (
+        b"o SORT (REVERSE date Subject) UTF-8 ALL\r\n",
+        Sort(
+            "o",
+            "SORT",
+            program=(SortCriterion("DATE", True), SortCriterion("SUBJECT")),
+            criteria=All(),
+        ),
+    ),
+    (
+        b"o UID SORT RETURN (MIN COUNT PARTIAL 1:50) (DISPLAYFROM) us-ascii SEEN 1:3\r\n",
+        Sort(
+            "o",
+            "SORT",
+            uid=True,
+            program=(SortCriterion("DISPLAYFROM"),),
+            charset="US-ASCII",
+            criteria=And((Flag("\\Seen"), Seq(SequenceSet((SeqRange(1, 3),))))),
+            returns=("MIN", "COUNT", "PARTIAL"),
+            partial=(1, 50),
+        ),
+    ),
+    (
+        b"t THREAD REFERENCES UTF-8 UNDELETED\r\n",
+        Thread("t", "THREAD", criteria=Flag("\\Deleted", False)),
+    ),
+    (
+        b"t UID THREAD orderedsubject UTF-8 ALL\r\n",
+        Thread("t", "THREAD", uid=True, algorithm="ORDEREDSUBJECT", criteria=All()),
+    ),
     (b"s SEARCH old\r\n", Search("s", "SEARCH", criteria=Not(Flag("\\Recent")))),
     (b"s SEARCH (SEEN)\r\n", Search("s", "SEARCH", criteria=Flag("\\Seen"))),
     (

@@ -49,6 +49,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from gateway.access import quota
 from gateway.access.quota import Quotas
 from gateway.core.criteria import Criteria
+from gateway.core.sorting import SortCriterion, ThreadFacts
 from gateway.store.interfaces import (
     DELIMITER,
     INBOX,
@@ -390,6 +391,21 @@ class UserStore:
         self, mailbox_id: int, criteria: Criteria, *, viewer: str | None = None
     ) -> list[int]:
         return self.base.search(self._id(mailbox_id), criteria, viewer=self._viewer(viewer))
+
+    def sort(
+        self,
+        mailbox_id: int,
+        criteria: Criteria,
+        program: Sequence[SortCriterion],
+        *,
+        viewer: str | None = None,
+    ) -> list[int]:
+        return self.base.sort(self._id(mailbox_id), criteria, program, viewer=self._viewer(viewer))
+
+    def thread_facts(
+        self, mailbox_id: int, criteria: Criteria, *, viewer: str | None = None
+    ) -> list[ThreadFacts]:
+        return self.base.thread_facts(self._id(mailbox_id), criteria, viewer=self._viewer(viewer))
 
     # ---- messages: unchanged (no viewer, no quota) -----------------------------------------
 

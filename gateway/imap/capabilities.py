@@ -47,6 +47,11 @@ EXTENSIONS: tuple[str, ...] = (
     "SAVEDATE",  # RFC 8514: FETCH SAVEDATE, SEARCH SAVED*
     "PREVIEW",  # RFC 8970: FETCH PREVIEW
     "OBJECTID",  # RFC 8474: MAILBOXID, EMAILID (THREADID is NIL)
+    "SORT",  # RFC 5256 (gateway/imap/sorting.py)
+    "SORT=DISPLAY",  # RFC 5957
+    "ESORT",  # RFC 5267 §3 (CONTEXT=SORT is not: see gateway/imap/sorting.py)
+    "THREAD=ORDEREDSUBJECT",  # RFC 5256 §3
+    "THREAD=REFERENCES",  # RFC 5256 §3
 )
 """Extensions available in every state (clients may look before logging in)."""
 

@@ -12,6 +12,7 @@ import datetime
 from dataclasses import dataclass, field
 
 from gateway.core.criteria import Criteria, SequenceSet
+from gateway.core.sorting import SortCriterion
 from gateway.imap.spool import Spooled
 
 
@@ -233,6 +234,27 @@ class Search(Command):
     charset: str | None = None
     criteria: Criteria | None = None
     returns: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Sort(Command):
+    """SORT (RFC 5256 §3, RFC 5957 display keys); ``returns`` holds RFC 5267 ESORT
+    options (MIN MAX ALL COUNT, and ``partial`` for PARTIAL) or None for the plain form."""
+
+    program: tuple[SortCriterion, ...] = ()
+    charset: str = "UTF-8"
+    criteria: Criteria | None = None
+    returns: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None  # RFC 5267 §4.4 PARTIAL low:high (1-based)
+
+
+@dataclass(frozen=True)
+class Thread(Command):
+    """THREAD (RFC 5256 §3): ``algorithm`` is REFERENCES or ORDEREDSUBJECT."""
+
+    algorithm: str = "REFERENCES"
+    charset: str = "UTF-8"
+    criteria: Criteria | None = None
 
 
 @dataclass(frozen=True)

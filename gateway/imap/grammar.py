@@ -42,6 +42,7 @@ from gateway.imap.fetch_grammar import cmd_fetch
 from gateway.imap.notify import cmd_notify
 from gateway.imap.reader import DQ, LPAREN, NUMBER64_MAX, TAG_RE, Reader, Syntax, show
 from gateway.imap.search_grammar import cmd_search
+from gateway.imap.sort_grammar import cmd_sort, cmd_thread
 from gateway.imap.spool import Spooled
 
 _BASE64_RE = re.compile(rb"[A-Za-z0-9+/]+={0,2}|=")
@@ -489,6 +490,8 @@ _COMMANDS: dict[str, _Grammar] = {
     "COPY": _cmd_copy,
     "MOVE": _cmd_copy,
     "SEARCH": cmd_search,
+    "SORT": cmd_sort,  # RFC 5256
+    "THREAD": cmd_thread,  # RFC 5256
     "ENABLE": _cmd_enable,
     "ID": _cmd_id,
     "SETQUOTA": _cmd_setquota,
@@ -500,6 +503,8 @@ _UID_COMMANDS: dict[str, _Grammar] = {
     "FETCH": cmd_fetch,
     "STORE": _cmd_store,
     "SEARCH": cmd_search,
+    "SORT": cmd_sort,
+    "THREAD": cmd_thread,
     "COPY": _cmd_copy,
     "MOVE": _cmd_copy,
     "EXPUNGE": _cmd_expunge,

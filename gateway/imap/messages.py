@@ -433,6 +433,12 @@ class _Rewriter:
         return node
 
 
+def view_criteria(view: SelectedView, criteria: c.Criteria) -> c.Criteria:
+    """``criteria`` as the store can answer them for this view (:class:`_Rewriter`);
+    SORT and THREAD (:mod:`gateway.imap.sorting`) search the same way."""
+    return _Rewriter(view)(criteria)
+
+
 def _has_modseq(node: c.Criteria) -> bool:
     if isinstance(node, c.ModSeq):
         return True

@@ -102,6 +102,14 @@ def cmd_search(r: Reader, tag: str, name: str, uid: bool) -> Command:
                 status="NO",
             )
         r.sp("search criteria")
+    criteria = search_program(r, charset)
+    return Search(tag=tag, name=name, uid=uid, charset=charset, criteria=criteria, returns=returns)
+
+
+def search_program(r: Reader, charset: str | None) -> Criteria:
+    """``search-key *(SP search-key)`` to the end of the command, as one tree (an implicit
+    AND of several keys), its strings in ``charset``; SORT and THREAD (RFC 5256) end with
+    the same program."""
     keys = [_search_key(r)]
     while not r.at_end():
         r.sp("a search key")
@@ -111,7 +119,7 @@ def cmd_search(r: Reader, tag: str, name: str, uid: bool) -> Command:
     criteria = keys[0] if len(keys) == 1 else And(tuple(keys))
     if charset == "US-ASCII" and not _all_ascii(criteria):
         raise Syntax("a search string is not US-ASCII, the CHARSET named (use CHARSET UTF-8)")
-    return Search(tag=tag, name=name, uid=uid, charset=charset, criteria=criteria, returns=returns)
+    return criteria
 
 
 def _all_ascii(criteria: Criteria) -> bool:

@@ -13,7 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.imap import acl, compress, connection, login, mailboxes, messages, notify, selection
+from gateway.imap import (
+    acl,
+    compress,
+    connection,
+    login,
+    mailboxes,
+    messages,
+    notify,
+    selection,
+    sorting,
+)
 from gateway.imap.command import Command, UidExpunge
 from gateway.imap.handler import Handler
 
@@ -94,6 +104,8 @@ COMMANDS: dict[str, CommandSpec] = {
     "FETCH": CommandSpec(_SELECTED, messages.fetch, defers_expunge=True),
     "STORE": CommandSpec(_SELECTED, messages.store, defers_expunge=True),
     "SEARCH": CommandSpec(_SELECTED, messages.search, defers_expunge=True),
+    "SORT": CommandSpec(_SELECTED, sorting.sort, defers_expunge=True),  # RFC 5256
+    "THREAD": CommandSpec(_SELECTED, sorting.thread, defers_expunge=True),  # RFC 5256
     "COPY": CommandSpec(_SELECTED, messages.copy),
     "MOVE": CommandSpec(_SELECTED, messages.copy),
 }

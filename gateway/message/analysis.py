@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import datetime
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.message.envelope import address_text, envelope
 from gateway.message.fields import Field, analyzed_header_end, scan_fields, split_header, unfold
+from gateway.message.sortkeys import SortKeys, sort_keys
 from gateway.message.structure import body_structure, parse, part_map
 from gateway.message.text import collect_text, decoded_header, sent_date, text_of_value
 
@@ -40,6 +41,7 @@ class Analysis:
     text: str  # decoded text of the text/* leaves, for SEARCH BODY/TEXT
     sent_date: datetime.datetime | None  # the Date: header, timezone-aware
     message_id: str | None
+    sort: SortKeys = field(default_factory=SortKeys)  # SORT/THREAD keys (RFC 5256)
 
 
 def analyze(raw: bytes) -> Analysis:
@@ -67,6 +69,7 @@ def analyze(raw: bytes) -> Analysis:
         text=collect_text(raw, root),
         sent_date=sent_date(root.values.get("date")),
         message_id=text_of_value(message_id) if message_id else None,
+        sort=sort_keys(root.values),
     )
 
 

@@ -83,7 +83,7 @@ def _addr_spec(tokens: list[tuple[str, bytes]]) -> tuple[bytes, bytes]:
     return local, host
 
 
-def _parse_addresses(value: bytes) -> list[Address]:
+def parse_addresses(value: bytes) -> list[Address]:
     """Parse an address-list leniently into ENVELOPE address tuples, groups included."""
     tokens = _addr_tokens(value)
     out: list[Address] = []
@@ -142,7 +142,7 @@ def _addresses_wire(value: bytes | None) -> bytes | None:
     """The ENVELOPE address list for a header value, None when absent or empty."""
     if value is None:
         return None
-    addrs = _parse_addresses(value)
+    addrs = parse_addresses(value)
     if not any(a[2] is not None for a in addrs):
         return None
     return (
@@ -166,7 +166,7 @@ def address_text(value: bytes) -> bytes:
     """
     out: list[bytes] = []
     group: tuple[bytes, list[bytes]] | None = None
-    for name, _adl, mailbox, host in _parse_addresses(value):
+    for name, _adl, mailbox, host in parse_addresses(value):
         if mailbox is None:  # group end
             if group is not None:
                 out.append(group[0] + b": " + b", ".join(group[1]) + b";")

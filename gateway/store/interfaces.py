@@ -77,6 +77,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from gateway.core.criteria import Criteria
+from gateway.core.sorting import SortCriterion, ThreadFacts
 from gateway.store.errors import (
     InvalidMailboxName,
     MailboxExists,
@@ -479,7 +480,29 @@ class Messages(Protocol):
 
 
 @runtime_checkable
-class MailStore(Mailboxes, Subscriptions, Messages, Protocol):
+class Sorting(Protocol):
+    """SORT and THREAD (RFC 5256): the messages matching search criteria, ordered by the
+    keys computed at ingest (:mod:`gateway.store.sorting` states the ordering rules)."""
+
+    def sort(
+        self,
+        mailbox_id: int,
+        criteria: Criteria,
+        program: Sequence[SortCriterion],
+        *,
+        viewer: str | None = None,
+    ) -> list[int]:
+        """Matching UIDs in the order of ``program`` (ties: ascending UID). Raises what
+        :meth:`Messages.search` raises, and ValueError for an unknown sort key."""
+
+    def thread_facts(
+        self, mailbox_id: int, criteria: Criteria, *, viewer: str | None = None
+    ) -> list[ThreadFacts]:
+        """What THREAD needs of each matching message, ascending UID."""
+
+
+@runtime_checkable
+class MailStore(Mailboxes, Subscriptions, Messages, Sorting, Protocol):
     """Everything an IMAP session asks of a store: mailboxes, subscriptions, messages."""
 
 

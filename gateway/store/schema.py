@@ -44,6 +44,9 @@ Table layout and why:
   migration adds them to the messages already stored.
 * ``mailbox_message.savedate`` (version 9, issue 17) is the RFC 8514 save date: the epoch
   second the row entered its mailbox.
+* ``sort_key`` (version 10, SORT/THREAD, issue 17) holds per message the RFC 5256 keys
+  computed at ingest (base subject, first addresses, display names, msg-ids), already
+  ``i;ascii-casemap``ped, so SORT is an ORDER BY (:mod:`gateway.store.sorting`).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from gateway.message.analysis import header_addresses
 from gateway.message.fields import MAX_ANALYZED_HEADER
 from gateway.store.interfaces import StoreError
 from gateway.store.search import address_row_name
+from gateway.store.sorting import migrate_sort_keys
 from gateway.store.sqlite_queue import QUEUE_DDL
 from gateway.store.sqlite_timeseries import TIMESERIES_DDL
 
@@ -308,6 +312,10 @@ def SAVEDATE(conn: sqlite3.Connection) -> None:
     )
 
 
+# Version 10 (SORT and THREAD, issue 17): the ``sort_key`` table of gateway/store/sorting.py,
+# filled for the mail already stored. Self-contained (one new table), renumberable.
+_V10_SORT_KEYS: Migration = migrate_sort_keys
+
 MIGRATIONS: Sequence[Migration] = (
     _V1,
     _V2,
@@ -318,6 +326,7 @@ MIGRATIONS: Sequence[Migration] = (
     TIMESERIES,
     _address_rows,
     SAVEDATE,
+    _V10_SORT_KEYS,
 )
 """Entry *i* takes a database from version *i* to *i + 1*. Append only."""
 

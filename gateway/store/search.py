@@ -100,8 +100,15 @@ def build_query(
     *,
     source: str = "mailbox_message",
     source_params: Sequence[object] = (),
+    columns: str = "mm.uid",
+    extra_join: str = "",
+    order: str = "mm.uid",
 ) -> Query:
     """The statement answering ``criteria`` in one mailbox.
+
+    SORT and THREAD (:mod:`gateway.store.sorting`) reuse it with their own ``columns``,
+    ``extra_join`` (after ``message m`` when the criteria need it) and ``order``; fixed
+    SQL text only.
 
     ``source`` replaces the ``mailbox_message`` table as the rows searched: the SQLite
     store passes a subquery with a shared mailbox member's own view of flags and modseqs
@@ -116,9 +123,10 @@ def build_query(
     translator = _Translator(mailbox_id, largest_uid)
     where = translator.expr(criteria)
     join = " JOIN message m ON m.id = mm.message_id" if translator.needs_message else ""
+    join += extra_join
     sql = (
-        f"SELECT mm.uid FROM {source} mm{join}"
-        f" WHERE mm.mailbox_id = ? AND ({where}) ORDER BY mm.uid"
+        f"SELECT {columns} FROM {source} mm{join}"
+        f" WHERE mm.mailbox_id = ? AND ({where}) ORDER BY {order}"
     )
     return Query(sql, [*source_params, mailbox_id, *translator.params])
 

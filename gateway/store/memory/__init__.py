@@ -7,7 +7,7 @@ flags, message checks, search validation) through :mod:`gateway.store.rules` and
 :class:`MemoryState` is the whole "file", and passing the same state to a new
 :class:`MemoryStore` plays the part of reopening it. The modules follow the contract's
 concerns as the SQLite package does: ``state`` (records and shared steps),
-``mailboxes``, ``messages``, ``ledger``, ``known_sources``.
+``mailboxes``, ``messages``, ``sorting``, ``ledger``, ``known_sources``.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from __future__ import annotations
 from gateway.store.memory.known_sources import MemoryKnownSources
 from gateway.store.memory.ledger import MemoryLedger
 from gateway.store.memory.mailboxes import MemoryMailboxes
-from gateway.store.memory.messages import MemoryMessages
+from gateway.store.memory.sorting import MemorySorting
 from gateway.store.memory.state import MemoryState
 
 __all__ = ["MemoryState", "MemoryStore"]
 
 
-class MemoryStore(MemoryMailboxes, MemoryMessages, MemoryLedger, MemoryKnownSources):
+class MemoryStore(MemoryMailboxes, MemorySorting, MemoryLedger, MemoryKnownSources):
     """The store contract on plain Python objects; same constructor knobs as SQLiteStore."""

@@ -15,6 +15,7 @@ leaves open it makes:
   message insertion, a shared mailbox member's private \\Seen);
 - :mod:`~gateway.store.sqlite.mailboxes`: mailboxes and subscriptions;
 - :mod:`~gateway.store.sqlite.messages`: messages, flags, expunge, copy/move, search;
+- :mod:`~gateway.store.sqlite.sorting`: SORT and THREAD (RFC 5256) as ordered queries;
 - :mod:`~gateway.store.sqlite.ledger`: the POP3 ledger and exactly-once delivery (also
   routed by Sieve, with RFC 7352 duplicate tracking);
 - :mod:`~gateway.store.sqlite.known_sources`: where users logged in from (the login
@@ -36,11 +37,19 @@ from gateway.store.sqlite.ledger import SQLiteLedger
 from gateway.store.sqlite.mailboxes import SQLiteMailboxes
 from gateway.store.sqlite.messages import SQLiteMessages
 from gateway.store.sqlite.scripts import SQLiteScripts
+from gateway.store.sqlite.sorting import SQLiteSorting
 
 __all__ = ["SQLiteStore"]
 
 
-class SQLiteStore(SQLiteMailboxes, SQLiteMessages, SQLiteLedger, SQLiteKnownSources, SQLiteScripts):
+class SQLiteStore(
+    SQLiteMailboxes,
+    SQLiteSorting,
+    SQLiteMessages,
+    SQLiteLedger,
+    SQLiteKnownSources,
+    SQLiteScripts,
+):
     """The :class:`~gateway.store.interfaces.Store` (and the
     :class:`~gateway.store.scripts.ScriptStore`) on one SQLite file: the concern classes
     over one :class:`~gateway.store.sqlite.connection.SQLiteConnection`."""

@@ -30,6 +30,7 @@ from gateway.store.rules import (
     stored_internaldate,
 )
 from gateway.store.search import address_row_name
+from gateway.store.sorting import INSERT_SORT_KEY, sort_key_row
 from gateway.store.sqlite.connection import SQLiteConnection
 
 SEEN_TOKEN = " \\Seen "
@@ -267,6 +268,9 @@ class SQLiteRows(SQLiteConnection):
                 (message_id, address_row_name(name), pos, value.casefold())
                 for pos, (name, value) in enumerate(analysis.addresses)
             ],
+        )
+        cur.execute(
+            INSERT_SORT_KEY, sort_key_row(message_id, epoch, sent_epoch, len(raw), analysis.sort)
         )
         header_text = "\n".join(f"{name.lower()}: {value}" for name, value in analysis.headers)
         cur.execute(

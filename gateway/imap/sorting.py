@@ -1,0 +1,108 @@
+"""SORT and THREAD: RFC 5256 §3 and §4, with RFC 5267 ESORT/PARTIAL and RFC 5957 display keys.
+
+The store orders the matching messages by keys computed at ingest
+(:mod:`gateway.store.sorting`); THREAD runs the pure algorithms of
+:mod:`gateway.imap.threads` on the facts the store returns. As for SEARCH, only
+messages the client knows (the view) are reported. State: selected.
+
+CONTEXT=SORT (RFC 5267 §4) is not announced: its UPDATE option asks the server to
+report later changes of the sorted result unsolicited (ADDTO/REMOVEFROM), which popgate
+does not do. ``RETURN (PARTIAL low:high)`` is accepted all the same, as the one piece of
+it that needs no state across commands.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.core import criteria as c
+from gateway.imap import wire
+from gateway.imap.command import Sort, Thread
+from gateway.imap.handler import BadCommand, Handler, ok
+from gateway.imap.messages import view_criteria
+from gateway.imap.threads import ordered_subject, references, thread_text
+
+if TYPE_CHECKING:
+    from gateway.imap.handler import SelectedView, Session
+
+
+def _selected(session: Session) -> SelectedView:
+    view = session.selected
+    if view is None:
+        raise BadCommand("no mailbox selected")
+    return view
+
+
+def sort(session: Session, cmd: Sort) -> Handler:
+    """SORT and UID SORT, RFC 5256 §3 (``* SORT``), RFC 5267 §3.2 (``* ESEARCH`` with
+    the numbers in sort order) and §4.4 (PARTIAL)."""
+    view = _selected(session)
+    criteria = view_criteria(view, cmd.criteria if cmd.criteria is not None else c.All())
+    found = session.store.sort(view.mailbox.id, criteria, cmd.program)
+    numbers = _known(view, found, cmd.uid)
+    if cmd.returns is None:
+        text = b"* SORT"
+        if numbers:
+            text += b" " + " ".join(map(str, numbers)).encode("ascii")
+        yield text + b"\r\n"
+        return ok("SORT completed")
+    yield _esort(cmd, numbers) + b"\r\n"
+    return ok("SORT completed")
+
+
+def _known(view: SelectedView, uids: list[int], uid_form: bool) -> list[int]:
+    """The UIDs the view shows (new arrivals wait for EXISTS), as UIDs or as sequence
+    numbers: one set or dict over the view rather than a search per message."""
+    if uid_form:
+        shown = set(view.uids)
+        return [u for u in uids if u in shown]
+    seqs = {u: i for i, u in enumerate(view.uids, 1)}
+    return [seqs[u] for u in uids if u in seqs]
+
+
+def _esort(cmd: Sort, numbers: list[int]) -> bytes:
+    """RFC 5267 §3.2: MIN and MAX are the first and last in sort order; ALL keeps the
+    order (ascending runs written as ``a:b``)."""
+    returns = set(cmd.returns or ())
+    parts = [b"* ESEARCH (TAG " + wire.quote(cmd.tag.encode()) + b")"]
+    if cmd.uid:
+        parts.append(b"UID")
+    if numbers:
+        if "MIN" in returns:
+            parts.append(b"MIN %d" % numbers[0])
+        if "MAX" in returns:
+            parts.append(b"MAX %d" % numbers[-1])
+    if "COUNT" in returns:
+        parts.append(b"COUNT %d" % len(numbers))
+    if numbers and "ALL" in returns:
+        parts.append(b"ALL " + wire.sequence_set_text(numbers))
+    if cmd.partial is not None:
+        low, high = cmd.partial
+        window = numbers[low - 1 : high]
+        text = wire.sequence_set_text(window) if window else b"NIL"
+        parts.append(b"PARTIAL (%d:%d %s)" % (low, high, text))
+    return b" ".join(parts)
+
+
+def thread(session: Session, cmd: Thread) -> Handler:
+    """THREAD and UID THREAD, RFC 5256 §3 (REFERENCES, ORDEREDSUBJECT) and §4."""
+    view = _selected(session)
+    criteria = view_criteria(view, cmd.criteria if cmd.criteria is not None else c.All())
+    seq_of = view.seq_of
+    facts = [
+        f
+        for f in session.store.thread_facts(view.mailbox.id, criteria)
+        if seq_of(f.uid) is not None
+    ]
+    roots = references(facts) if cmd.algorithm == "REFERENCES" else ordered_subject(facts)
+
+    def number(uid: int) -> int:
+        if cmd.uid:
+            return uid
+        seq = seq_of(uid)
+        assert seq is not None
+        return seq
+
+    text = thread_text(roots, number)
+    yield b"* THREAD" + (b" " + text if text else b"") + b"\r\n"
+    return ok("THREAD completed")
