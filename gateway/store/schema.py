@@ -42,6 +42,9 @@ Table layout and why:
 * ``header_field`` rows named ``":from"``, ``":to"``, ``":cc"``, ``":bcc"`` (version 8,
   issue 17) hold those fields' addresses as parsed, for SEARCH FROM/TO/CC/BCC; the
   migration adds them to the messages already stored.
+* ``message_text_index`` (version 9, issue 17) is the FTS5 trigram index over
+  ``message_text`` that answers SEARCH BODY/TEXT without a scan
+  (:mod:`gateway.store.sqlite_textindex`).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from gateway.message.fields import MAX_ANALYZED_HEADER
 from gateway.store.interfaces import StoreError
 from gateway.store.search import address_row_name
 from gateway.store.sqlite_queue import QUEUE_DDL
+from gateway.store.sqlite_textindex import migrate_text_index
 from gateway.store.sqlite_timeseries import TIMESERIES_DDL
 
 Migration = Callable[[sqlite3.Connection], None]
@@ -288,6 +292,11 @@ def _address_rows(conn: sqlite3.Connection) -> None:
             ],
         )
 
+# Version 9 (full-text SEARCH, issue 17): the FTS5 trigram index over ``message_text`` and
+# the triggers that keep it in step; messages already stored become a backlog indexed in
+# batches after the migration (gateway/store/sqlite_textindex.py). Self-contained: one
+# virtual table, one side table and two triggers, touching no other table.
+TEXT_INDEX = migrate_text_index
 
 MIGRATIONS: Sequence[Migration] = (
     _V1,
@@ -298,6 +307,7 @@ MIGRATIONS: Sequence[Migration] = (
     _V6_QUEUE,
     TIMESERIES,
     _address_rows,
+    TEXT_INDEX,
 )
 """Entry *i* takes a database from version *i* to *i + 1*. Append only."""
 
