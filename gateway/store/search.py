@@ -250,7 +250,7 @@ class _Translator:
         return (
             f"(mm.message_id IN (SELECT rowid FROM {TEXT_INDEX} WHERE {TEXT_INDEX} MATCH ?)"
             f" OR mm.message_id IN (SELECT u.message_id FROM {UNINDEXED} u"
-            f" JOIN message_text t ON t.message_id = u.message_id WHERE {scan}))"
+            f" CROSS JOIN message_text t ON t.message_id = u.message_id WHERE {scan}))"
         )
 
     def _date(self, node: Date) -> str:
