@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from gateway.core.criteria import Not, Or, Text
 from gateway.store.memory import MemoryStore
-from gateway.store.schema import MIGRATIONS, migrate, schema_version
+from gateway.store.schema import MIGRATIONS, TEXT_INDEX, migrate, schema_version
 from gateway.store.search import build_query
 from gateway.store.sqlite import SQLiteStore
 from gateway.store.sqlite import messages as messages_module
@@ -163,9 +163,9 @@ def test_an_upgraded_store_indexes_its_backlog_in_batches(tmp_path):
     added and removed meanwhile are each indexed exactly once, a text holding NUL stays
     out of the index, and searches give the same answers at every step."""
     path = tmp_path / "old.sqlite3"
-    previous = MIGRATIONS[:-1]
+    previous = MIGRATIONS[: MIGRATIONS.index(TEXT_INDEX)]  # the version before the index
     with pytest.MonkeyPatch.context() as mp:
-        # Fill the file at the previous version: the store opened without the last migration.
+        # Fill the file at the previous version: the store opened before the index migration.
         mp.setattr("gateway.store.sqlite.connection.migrate", lambda c: migrate(c, previous))
         mp.setattr(SQLiteStore, "_index_text_backlog", lambda self: None)
         with SQLiteStore(path) as old:

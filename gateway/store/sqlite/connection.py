@@ -124,7 +124,8 @@ class SQLiteConnection:
         Done when the store opens, before it serves anyone, in batches of
         :data:`~gateway.store.sqlite_textindex.BACKFILL_BATCH` messages, each its own
         write transaction: other processes on the file wait for one batch at most, and an
-        interrupted start resumes where it stopped. A fresh store has no backlog.
+        interrupted start resumes where it stopped. A fresh store has no backlog; one of
+        100,000 small messages takes about 80 s here, once.
         """
         if backlog_done(self.db):
             return
