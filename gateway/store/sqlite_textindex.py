@@ -28,6 +28,9 @@ migration) does not index them inside the migration: it lists them all in
 ``message_text_unindexed`` as backlog, and :func:`index_backlog_step` moves them into the
 index :data:`BACKFILL_BATCH` messages per write transaction. Searches are exact at every
 point of the way (a listed message is scanned), they only get faster as the backlog goes.
+The SQLite store works the backlog off when it opens, before serving
+(:meth:`~gateway.store.sqlite.connection.SQLiteConnection.index_text_step`, one batch a
+call, is what a later change could run between reactor turns instead).
 """
 
 from __future__ import annotations
