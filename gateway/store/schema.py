@@ -292,6 +292,7 @@ def _address_rows(conn: sqlite3.Connection) -> None:
             ],
         )
 
+
 # Version 9 (full-text SEARCH, issue 17): the FTS5 trigram index over ``message_text`` and
 # the triggers that keep it in step; messages already stored become a backlog indexed in
 # batches after the migration (gateway/store/sqlite_textindex.py). Self-contained: one
