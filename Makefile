@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # Chromium and its driver as the browser of the web page tests.
 DEB_PACKAGES := dovecot-core dovecot-pop3d dovecot-imapd curl isync openssl offlineimap3 fetchmail getmail6 sieve-connect dovecot-managesieved dovecot-sieve postfix swaks msmtp chromium chromium-driver
 # Bench-only peers (make bench): the ingest tools popgate is measured against.
-BENCH_PACKAGES := getmail6 fetchmail
+BENCH_PACKAGES := getmail6 fetchmail dovecot-fts-xapian
 
 .PHONY: demo test lint unit system-packages venv bench clean
 

@@ -4,7 +4,7 @@ Every figure is taken for popgate and for its peer in the same run, repeats inte
 (popgate, peer, popgate, peer...) so that a noisy minute hurts both alike, and each
 scenario checks that both sides did the same work (same message count, same SEARCH
 hits) before a figure counts. Scenario names, for ``--only``: ingest, mbsync, compress, fetch,
-sort, qresync, concurrent, memory.
+sort, qresync, concurrent, memory, fulltext (in bench/fulltext.py).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import peers
+from bench.fulltext import fulltext
 from bench.imapwire import IMAPConnection, untagged_number
 from bench.load import run_load
 from bench.popgate import GatewayServer, fetch_import, load_store
@@ -697,5 +698,6 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "qresync": qresync,
     "concurrent": concurrent,
     "memory": memory,
+    "fulltext": fulltext,
 }
 """In run order: QRESYNC changes the big mailbox, so it comes after the read-only ones."""

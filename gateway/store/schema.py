@@ -47,6 +47,9 @@ Table layout and why:
 * ``sort_key`` (version 10, SORT/THREAD, issue 17) holds per message the RFC 5256 keys
   computed at ingest (base subject, first addresses, display names, msg-ids), already
   ``i;ascii-casemap``ped, so SORT is an ORDER BY (:mod:`gateway.store.sorting`).
+* ``message_text_index`` (version 11, issue 17) is the FTS5 trigram index over
+  ``message_text`` that answers SEARCH BODY/TEXT without a scan
+  (:mod:`gateway.store.sqlite_textindex`).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from gateway.store.interfaces import StoreError
 from gateway.store.search import address_row_name
 from gateway.store.sorting import migrate_sort_keys
 from gateway.store.sqlite_queue import QUEUE_DDL
+from gateway.store.sqlite_textindex import migrate_text_index
 from gateway.store.sqlite_timeseries import TIMESERIES_DDL
 
 Migration = Callable[[sqlite3.Connection], None]
@@ -316,6 +320,13 @@ def SAVEDATE(conn: sqlite3.Connection) -> None:
 # filled for the mail already stored. Self-contained (one new table), renumberable.
 _V10_SORT_KEYS: Migration = migrate_sort_keys
 
+
+# Version 11 (full-text SEARCH, issue 17): the FTS5 trigram index over ``message_text`` and
+# the triggers that keep it in step; messages already stored become a backlog indexed in
+# batches after the migration (gateway/store/sqlite_textindex.py). Self-contained: one
+# virtual table, one side table and two triggers, touching no other table.
+TEXT_INDEX = migrate_text_index
+
 MIGRATIONS: Sequence[Migration] = (
     _V1,
     _V2,
@@ -327,6 +338,7 @@ MIGRATIONS: Sequence[Migration] = (
     _address_rows,
     SAVEDATE,
     _V10_SORT_KEYS,
+    TEXT_INDEX,
 )
 """Entry *i* takes a database from version *i* to *i + 1*. Append only."""
 

@@ -41,6 +41,8 @@ from gateway.core.criteria import (
 from gateway.core.flags import RECENT, canonical_flag, is_system_flag
 from gateway.store.errors import SearchTooComplex
 from gateway.store.objectid import EMAILID_HEX, EPOCH_ORDINAL, email_id_prefix
+from gateway.store.sqlite_textindex import TABLE as TEXT_INDEX
+from gateway.store.sqlite_textindex import UNINDEXED, indexable, match_expression
 
 MAX_SEARCH_NODES = 500
 """Most criteria nodes one SEARCH may hold; IMAP clients send a handful."""
@@ -103,6 +105,7 @@ def build_query(
     columns: str = "mm.uid",
     extra_join: str = "",
     order: str = "mm.uid",
+    text_index: bool = False,
 ) -> Query:
     """The statement answering ``criteria`` in one mailbox.
 
@@ -114,13 +117,18 @@ def build_query(
     store passes a subquery with a shared mailbox member's own view of flags and modseqs
     (same columns), whose parameters are ``source_params``.
 
+    ``text_index`` says the database has the FTS5 trigram index of
+    :mod:`gateway.store.sqlite_textindex`: BODY and TEXT needles it can answer are looked
+    up there (and in the few messages it does not hold) instead of scanned, with the same
+    results.
+
     ``largest_uid`` is the value of ``*`` in UID sets (RFC 3501 §6.4.8: "the largest
     number in use"); with an empty mailbox the caller may pass 0, nothing can match.
     Raises :class:`ValueError` for a ``Seq`` key (the session must rewrite those to
     ``Uid``), an unknown key or operator, and :class:`SearchTooComplex`.
     """
     check_size(criteria)
-    translator = _Translator(mailbox_id, largest_uid)
+    translator = _Translator(mailbox_id, largest_uid, text_index=text_index)
     where = translator.expr(criteria)
     join = " JOIN message m ON m.id = mm.message_id" if translator.needs_message else ""
     join += extra_join
@@ -165,9 +173,10 @@ _SIZE_OPS = {"larger": ">", "smaller": "<"}
 class _Translator:
     """Walks one tree, collecting parameters in the order their ``?`` appear."""
 
-    def __init__(self, mailbox_id: int, largest_uid: int) -> None:
+    def __init__(self, mailbox_id: int, largest_uid: int, *, text_index: bool = False) -> None:
         self.mailbox_id = mailbox_id
         self.largest_uid = largest_uid
+        self.text_index = text_index
         self.params: list[object] = []
         self.needs_message = False
 
@@ -256,18 +265,27 @@ class _Translator:
     def _text(self, node: Text) -> str:
         value = node.value.casefold()
         if node.where == "BODY":
-            self.params.append(value)
+            scan, scan_params = "instr(t.text_folded, ?) > 0", [value]
+        elif node.where == "TEXT":
+            scan = "(instr(t.header_folded, ?) > 0 OR instr(t.text_folded, ?) > 0)"
+            scan_params = [value, value]
+        else:
+            raise ValueError(f"unknown text search location {node.where!r}")
+        if not (self.text_index and indexable(value)):
+            self.params.extend(scan_params)
             return (
                 "EXISTS (SELECT 1 FROM message_text t WHERE t.message_id = mm.message_id"
-                " AND instr(t.text_folded, ?) > 0)"
+                f" AND {scan})"
             )
-        if node.where == "TEXT":
-            self.params.extend((value, value))
-            return (
-                "EXISTS (SELECT 1 FROM message_text t WHERE t.message_id = mm.message_id"
-                " AND (instr(t.header_folded, ?) > 0 OR instr(t.text_folded, ?) > 0))"
-            )
-        raise ValueError(f"unknown text search location {node.where!r}")
+        # Both subqueries are uncorrelated: SQLite runs each once and probes its result per
+        # row. The second scans the few messages the index does not hold.
+        self.params.append(match_expression(value, body_only=node.where == "BODY"))
+        self.params.extend(scan_params)
+        return (
+            f"(mm.message_id IN (SELECT rowid FROM {TEXT_INDEX} WHERE {TEXT_INDEX} MATCH ?)"
+            f" OR mm.message_id IN (SELECT u.message_id FROM {UNINDEXED} u"
+            f" CROSS JOIN message_text t ON t.message_id = u.message_id WHERE {scan}))"
+        )
 
     def _date(self, node: Date) -> str:
         column = _DATE_COLUMNS.get(node.field)

@@ -25,6 +25,7 @@ from gateway.message.analysis import Analysis, analyze
 from gateway.store.errors import StoreError
 from gateway.store.interfaces import ChangeListener
 from gateway.store.schema import migrate, schema_version
+from gateway.store.sqlite_textindex import backlog_done, index_backlog_step
 
 log = structlog.get_logger("gateway.store.sqlite")
 
@@ -114,6 +115,34 @@ class SQLiteConnection:
             schema_version=schema_version(conn),
             migrations_run=ran,
         )
+        self._index_text_backlog()
+
+    def _index_text_backlog(self) -> None:
+        """Index the messages stored before the full-text index existed (the upgrade
+        to it lists them as backlog; searches are exact meanwhile, they scan those).
+
+        Done when the store opens, before it serves anyone, in batches of
+        :data:`~gateway.store.sqlite_textindex.BACKFILL_BATCH` messages, each its own
+        write transaction: other processes on the file wait for one batch at most, and an
+        interrupted start resumes where it stopped. A fresh store has no backlog; one of
+        100,000 small messages takes about 80 s here, once.
+        """
+        if backlog_done(self.db):
+            return
+        started = time.monotonic()
+        log.info("store.text_index_backfill_started", path=str(self.path))
+        while not self.index_text_step():
+            pass
+        log.info(
+            "store.text_index_backfill_done",
+            path=str(self.path),
+            seconds=round(time.monotonic() - started, 1),
+        )
+
+    def index_text_step(self) -> bool:
+        """Index one batch of the full-text backlog; True once none is left."""
+        with self._write():
+            return index_backlog_step(self.db)
 
     @property
     def db(self) -> sqlite3.Connection:

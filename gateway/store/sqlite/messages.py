@@ -442,7 +442,12 @@ class SQLiteMessages(SQLiteRows):
             ).fetchone()
             source, source_params = self._source(conn, mailbox_id, viewer)
             query = build_query(
-                mailbox_id, criteria, largest or 0, source=source, source_params=source_params
+                mailbox_id,
+                criteria,
+                largest or 0,
+                source=source,
+                source_params=source_params,
+                text_index=True,
             )
             if largest is None:
                 return []
