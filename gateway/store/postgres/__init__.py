@@ -1,0 +1,45 @@
+"""The PostgreSQL store: :class:`~gateway.store.interfaces.Store` for several popgate nodes.
+
+Nodes are stateless in front of one PostgreSQL database (issue 13): everything a client
+can see lives in it, and the contract's guarantees hold across nodes, not only across
+calls of one process. Every call is a network round trip, so the store does not run
+inline (``runs_inline = False``): callers go through a
+:class:`~gateway.store.runner.ThreadRunner`, and listeners are handed to the reactor
+thread (``set_dispatcher``). The modules follow the contract's concerns, as the SQLite
+package does:
+
+- :mod:`~gateway.store.postgres.schema`: tables and versioned migrations, safe when
+  several nodes start at once;
+- :mod:`~gateway.store.postgres.connection`: the bounded pool, transactions, listeners,
+  the reactor-thread guard;
+- :mod:`~gateway.store.postgres.rows`: row-level steps and the locks that make UIDs,
+  UIDNEXT and HIGHESTMODSEQ atomic across nodes; the search dialect;
+- :mod:`~gateway.store.postgres.mailboxes`, :mod:`~gateway.store.postgres.messages`,
+  :mod:`~gateway.store.postgres.ledger`: the contract's concerns.
+
+Listeners hear about the same changes as with SQLite (content, flags, expunge, delete,
+rename), after the commit. Changes committed by other nodes are not heard yet: a
+LISTEN/NOTIFY bridge will feed them to
+:meth:`~gateway.store.postgres.connection.PGConnection.dispatch_changes`.
+"""
+
+from __future__ import annotations
+
+from gateway.store.postgres.connection import ReactorThreadCall, StoreUnavailable
+from gateway.store.postgres.ledger import PGLedger
+from gateway.store.postgres.mailboxes import PGMailboxes
+from gateway.store.postgres.messages import PGMessages
+from gateway.store.postgres.schema import SCHEMA_VERSION, SchemaTooNew
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "PostgresStore",
+    "ReactorThreadCall",
+    "SchemaTooNew",
+    "StoreUnavailable",
+]
+
+
+class PostgresStore(PGMailboxes, PGMessages, PGLedger):
+    """The :class:`~gateway.store.interfaces.Store` on a PostgreSQL database: the concern
+    classes over one :class:`~gateway.store.postgres.connection.PGConnection` pool."""

@@ -1,0 +1,184 @@
+"""The PostgreSQL store's POP3 ledger: exactly-once delivery across nodes.
+
+A delivery's first statement claims its ledger row (``INSERT ... ON CONFLICT DO
+NOTHING``, primary key (upstream, uidl)): a second node delivering the same UIDL at the
+same moment waits on that key and, once the first commits, finds it taken and writes
+nothing. The message, its mailbox row and the ledger row then commit together in that one
+transaction, so once :meth:`~PGLedger.deliver` returns the fetcher may DELE upstream; a
+failure anywhere rolls the claim back with the rest.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from collections.abc import Iterable, Sequence
+
+from psycopg import Cursor
+
+from gateway.message.analysis import Analysis
+from gateway.store.interfaces import INBOX, Delivery, LedgerEntry
+from gateway.store.postgres.rows import PGRows
+from gateway.store.rules import check_mailbox_name, normalise_name
+
+
+class PGLedger(PGRows):
+    """:class:`~gateway.store.interfaces.Ledger` on PostgreSQL."""
+
+    def known_uidls(self, upstream: str) -> set[str]:
+        with self._cursor() as cur:
+            cur.execute("SELECT uidl FROM ledger WHERE upstream = %s", (upstream,))
+            return {r[0] for r in cur.fetchall()}
+
+    def _known(self, upstream: str, uidls: list[str]) -> set[str]:
+        with self._cursor() as cur:
+            cur.execute(
+                "SELECT uidl FROM ledger WHERE upstream = %s AND uidl = ANY(%s::text[])",
+                (upstream, uidls),
+            )
+            return {r[0] for r in cur.fetchall()}
+
+    def _claim(self, cur: Cursor, upstream: str, uidl: str, now: float, size: int) -> bool:
+        """Insert the delivered ledger row (message filled in later); False if the UIDL
+        is already in the ledger (committed, or committed meanwhile by another node)."""
+        cur.execute(
+            "INSERT INTO ledger (upstream, uidl, message_id, state, reason, fetched_at, size)"
+            " VALUES (%s, %s, NULL, 'delivered', NULL, %s, %s)"
+            " ON CONFLICT (upstream, uidl) DO NOTHING RETURNING 1",
+            (upstream, uidl, now, size),
+        )
+        return cur.fetchone() is not None
+
+    def _point(self, cur: Cursor, rows: list[tuple[int, str, str]]) -> None:
+        cur.executemany("UPDATE ledger SET message_id = %s WHERE upstream = %s AND uidl = %s", rows)
+
+    def deliver(self, owner: str, mailbox: str, delivery: Delivery) -> int | None:
+        """Exactly-once delivery: the message, its mailbox row and the ledger row commit
+        together, so the fetcher may DELE upstream once this returns. Creates the user
+        and the target mailbox (with parents) if missing."""
+        if self._known(delivery.upstream, [delivery.uidl]):
+            return None
+        (uid,) = self.deliver_many(owner, mailbox, [delivery])
+        return uid
+
+    def deliver_many(
+        self, owner: str, mailbox: str, deliveries: Sequence[Delivery], *, dedup: bool = False
+    ) -> list[int | None]:
+        """Bulk exactly-once delivery in ONE transaction: all committed, or none. MIME
+        analysis runs before it. New messages get consecutive UIDs sharing one modseq.
+        With ``dedup``, a message whose bytes (SHA-256) the target mailbox already holds
+        as delivered by another upstream is not stored again; its ledger row points at
+        the existing message."""
+        mailbox = normalise_name(mailbox)
+        if mailbox != INBOX:
+            check_mailbox_name(mailbox)
+        items = list(deliveries)
+        known: set[tuple[str, str]] = set()
+        for upstream in {d.upstream for d in items}:
+            uidls = [d.uidl for d in items if d.upstream == upstream]
+            known.update((upstream, u) for u in self._known(upstream, uidls))
+        prepared: list[tuple[bytes, Analysis, tuple[int, int, int]] | None] = [
+            None if (d.upstream, d.uidl) in known else self._ingest(d.raw, d.internaldate)
+            for d in items
+        ]
+        results: list[int | None] = [None] * len(items)
+        if all(p is None for p in prepared):
+            return results
+        now = self._clock()
+        with self._write() as (cur, changed):
+            mailbox_id = self._target_mailbox(cur, owner, mailbox)
+            self._lock(cur, mailbox_id)
+            new_rows: list[tuple[int, int]] = []  # (index in items, message id)
+            pointers: list[tuple[int, str, str]] = []  # (message id, upstream, uidl)
+            for index, (delivery, ready) in enumerate(zip(items, prepared, strict=True)):
+                if ready is None:
+                    continue
+                raw, analysis, internal = ready
+                size = delivery.size_on_server
+                if not self._claim(
+                    cur, delivery.upstream, delivery.uidl, now, len(raw) if size is None else size
+                ):
+                    continue
+                existing = None
+                if dedup:
+                    cur.execute(
+                        "SELECT m.id FROM message m WHERE m.sha256 = %s AND EXISTS"
+                        " (SELECT 1 FROM mailbox_message mm WHERE mm.message_id = m.id"
+                        " AND mm.mailbox_id = %s) AND EXISTS (SELECT 1 FROM ledger l"
+                        " WHERE l.message_id = m.id AND l.upstream <> %s) LIMIT 1",
+                        (hashlib.sha256(raw).digest(), mailbox_id, delivery.upstream),
+                    )
+                    existing = cur.fetchone()
+                if existing is not None:
+                    message_id = int(existing[0])
+                else:
+                    message_id = self._insert_message(cur, raw, analysis, internal)
+                    new_rows.append((index, message_id))
+                pointers.append((message_id, delivery.upstream, delivery.uidl))
+            if new_rows:
+                uids = self._add_rows(cur, mailbox_id, [(mid, "") for _i, mid in new_rows])
+                for (index, _mid), uid in zip(new_rows, uids, strict=True):
+                    results[index] = uid
+                changed.add(mailbox_id)
+            if pointers:
+                self._point(cur, pointers)
+        return results
+
+    def record_imported(self, upstream: str, uidls: Iterable[str], reason: str) -> int:
+        """UIDLs already in the ledger keep their entry (a delivered one stays delivered)."""
+        if isinstance(uidls, str):
+            raise TypeError("uidls must be an iterable of str, not one str")
+        values = list(dict.fromkeys(str(u) for u in uidls))
+        if not values:
+            return 0
+        with self._write() as (cur, _changed):
+            cur.execute(
+                "INSERT INTO ledger (upstream, uidl, message_id, state, reason, fetched_at, size)"
+                " SELECT %s, u, NULL, 'imported', %s, %s, NULL FROM unnest(%s::text[]) AS u"
+                " ON CONFLICT (upstream, uidl) DO NOTHING",
+                (upstream, reason, self._clock(), values),
+            )
+            return max(0, cur.rowcount)
+
+    def record_skipped(self, upstream: str, uidl: str, reason: str) -> None:
+        """A delivered entry is never turned into a skipped one; a skipped one gets the
+        latest reason."""
+        with self._cursor() as cur:
+            cur.execute(
+                "INSERT INTO ledger (upstream, uidl, message_id, state, reason, fetched_at, size)"
+                " VALUES (%s, %s, NULL, 'skipped', %s, %s, NULL)"
+                " ON CONFLICT (upstream, uidl) DO UPDATE"
+                " SET reason = excluded.reason, fetched_at = excluded.fetched_at"
+                " WHERE ledger.state = 'skipped'",
+                (upstream, uidl, reason, self._clock()),
+            )
+
+    def forget_uidls(self, upstream: str, uidls: Iterable[str]) -> None:
+        if isinstance(uidls, str):
+            raise TypeError("uidls must be an iterable of str, not one str")
+        with self._cursor() as cur:
+            cur.execute(
+                "DELETE FROM ledger WHERE upstream = %s AND uidl = ANY(%s::text[])",
+                (upstream, [str(u) for u in uidls]),
+            )
+
+    def ledger_entries(self, upstream: str) -> list[LedgerEntry]:
+        with self._cursor() as cur:
+            cur.execute(
+                "SELECT uidl, state, reason, fetched_at, size, message_id IS NOT NULL"
+                ' FROM ledger WHERE upstream = %s ORDER BY uidl COLLATE "C"',
+                (upstream,),
+            )
+            rows = cur.fetchall()
+        return [
+            LedgerEntry(
+                upstream=upstream,
+                uidl=uidl,
+                state=state,
+                reason=reason,
+                fetched_at=datetime.datetime.fromtimestamp(fetched_at, datetime.UTC),
+                size=size,
+                stored=bool(stored) if state == "delivered" else None,
+            )
+            for uidl, state, reason, fetched_at, size, stored in rows
+        ]
