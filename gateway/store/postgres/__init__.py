@@ -25,7 +25,7 @@ LISTEN/NOTIFY bridge will feed them to
 
 from __future__ import annotations
 
-from gateway.store.postgres.connection import ReactorThreadCall, StoreUnavailable
+from gateway.store.postgres.connection import ReactorThreadCall, StoreUnavailable, probe
 from gateway.store.postgres.ledger import PGLedger
 from gateway.store.postgres.mailboxes import PGMailboxes
 from gateway.store.postgres.messages import PGMessages
@@ -37,6 +37,7 @@ __all__ = [
     "ReactorThreadCall",
     "SchemaTooNew",
     "StoreUnavailable",
+    "probe",
 ]
 
 

@@ -275,3 +275,20 @@ def _safe(dsn: str) -> str:
     if "password" in info:
         info["password"] = "***"
     return psycopg.conninfo.make_conninfo(**info)
+
+
+def probe(dsn: str, *, password: str | None = None, schema: str | None = None) -> int:
+    """Connect once (no pool, no migration) and return the schema version, 0 for an
+    empty database: what ``popgate check-config`` reports. Raises
+    :class:`StoreUnavailable` saying what went wrong (refused, authentication...)."""
+    kwargs: dict[str, Any] = {"connect_timeout": int(CONNECT_TIMEOUT)}
+    if password is not None:
+        kwargs["password"] = password
+    if schema is not None:
+        kwargs["options"] = f"-c search_path={schema}"
+    try:
+        with psycopg.connect(dsn, **kwargs) as conn, conn.cursor() as cur:
+            return schema_version(cur)
+    except psycopg.Error as error:
+        text = " ".join(str(error).split()) or type(error).__name__
+        raise StoreUnavailable(text) from None
