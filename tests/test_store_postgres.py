@@ -104,9 +104,7 @@ def test_concurrent_migrations_of_an_empty_database_run_each_step_once(
     for t in threads:
         t.join()
     assert sum(ran) + sum(c["ran"] for c in children) == SCHEMA_VERSION
-    with psycopg.connect(
-        pg.dsn, password=pg.password, options=f"-c search_path={schema}"
-    ) as conn:
+    with psycopg.connect(pg.dsn, password=pg.password, options=f"-c search_path={schema}") as conn:
         with conn.cursor() as cur:
             assert schema_version(cur) == SCHEMA_VERSION
             cur.execute("SELECT count(*) FROM schema_version")
