@@ -132,16 +132,6 @@ BACKENDS: dict[str, Opener] = {
 """Every backend the contract is run on; a new backend is one line here: its name and a
 function opening it in a directory with the test clock and ``SMALL_LIMIT``."""
 
-SERVER_BACKENDS = frozenset({"postgresql"})
-"""Backends that need a database server: their tests carry the ``postgres`` marker, so
-``make unit`` (``-m 'not postgres'``) stays fast."""
-
-BACKEND_PARAMS = [
-    pytest.param(name, marks=pytest.mark.postgres) if name in SERVER_BACKENDS else name
-    for name in sorted(BACKENDS)
-]
-"""``params=``/``parametrize`` values naming every backend, marked as above."""
-
 
 class Backend:
     """Opens stores of one kind in one directory and closes all of them at the end."""
@@ -167,7 +157,7 @@ class Backend:
         forget_memory(self.directory)
 
 
-@pytest.fixture(params=BACKEND_PARAMS)
+@pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     b = Backend(BACKENDS[request.param], tmp_path)
     yield b
@@ -1571,7 +1561,7 @@ def criteria_trees(max_uid: int, max_modseq: int) -> st.SearchStrategy[Criteria]
     )
 
 
-@pytest.fixture(scope="module", params=BACKEND_PARAMS)
+@pytest.fixture(scope="module", params=sorted(BACKENDS))
 def corpus(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Store, int, list[Facts]]]:
@@ -1598,7 +1588,7 @@ def test_search_agrees_with_reference_on_a_varied_mailbox(
     assert store.search(box, criteria) == reference_search(facts, criteria)
 
 
-@pytest.mark.parametrize("backend_name", BACKEND_PARAMS)
+@pytest.mark.parametrize("backend_name", sorted(BACKENDS))
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**32),

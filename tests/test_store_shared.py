@@ -14,12 +14,12 @@ import pytest
 from gateway.core.criteria import Flag, ModSeq
 from gateway.store.interfaces import INBOX, Delivery, NewMessage, Store
 from gateway.store.schema import SCHEMA_VERSION
-from tests.test_store_contract import BACKEND_PARAMS, BACKENDS, Backend, make_message
+from tests.test_store_contract import BACKENDS, Backend, make_message
 
 FAMILY = "shared:family"
 
 
-@pytest.fixture(params=BACKEND_PARAMS)
+@pytest.fixture(params=sorted(BACKENDS))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     backend = Backend(BACKENDS[request.param], tmp_path)
     opened = backend.open()

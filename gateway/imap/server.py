@@ -19,6 +19,16 @@ and applies backpressure both ways:
   large literals spooled to disk and APPEND bytes in flight capped after it
   (:mod:`gateway.imap.budgets`); the parser's caps follow the session's state.
 
+Where command steps run (ARCHITECTURE.md, "Store calls and the reactor"): with a store
+that runs inline (SQLite, memory) each step of a command's generator runs on the reactor
+thread, as it always has. With one that does not (PostgreSQL) the steps run through the
+factory's :class:`~gateway.store.runner.ThreadRunner`: one batch of steps at a time per
+session (:func:`run_steps`, up to :data:`STEP_OUTPUT_BUDGET` bytes or the next action),
+its bytes and action handed back to the reactor thread, which writes them, performs the
+action and schedules the next batch only once the transport wants more. So no database
+round trip happens on the reactor, and a session's state is only ever touched by one
+thread at a time.
+
 Timers (RFC 3501 §5.4 autologout, RFC 2177 IDLE keep-alive) run on an injected clock.
 The factories that build these connections are in :mod:`gateway.imap.factory`, the limits
 and policies they apply in :mod:`gateway.imap.policy`.
@@ -68,6 +78,36 @@ log = structlog.get_logger(__name__)
 
 CONTINUE_LITERAL = b"+ Ready for literal data\r\n"
 
+STEP_OUTPUT_BUDGET = 256 * 1024
+"""Bytes of responses one batch of steps on a store thread may produce before handing
+them to the reactor (backpressure is applied between batches)."""
+
+DONE = object()
+"""What :func:`run_steps` returns as the action when the command's generator ended."""
+
+
+def run_steps(
+    run: Run, throw: BaseException | None, value: Any, budget: int = STEP_OUTPUT_BUDGET
+) -> tuple[list[bytes], Any]:
+    """Advance a command's generator on a store thread: ``throw`` or ``send(value)``,
+    then ``send(None)`` while it yields bytes, until it yields an action, ends
+    (:data:`DONE`) or has produced ``budget`` bytes (action None: call again)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            item = run.throw(throw) if throw is not None else run.send(value)
+        except StopIteration:
+            return chunks, DONE
+        throw = value = None
+        if not isinstance(item, bytes):
+            return chunks, item
+        if item:
+            chunks.append(item)
+            size += len(item)
+            if size >= budget:
+                return chunks, None
+
 
 def _peer_host(transport: Any) -> str:
     """The peer's address for per-source accounting ("local" for UNIX sockets)."""
@@ -105,6 +145,11 @@ class IMAPServerProtocol(Protocol):
         self._budget = ConnectionBudget(factory.budgets, factory.spool_dir)
         self._login_delay_call: IDelayedCall | None = None
         self._current: Run | None = None
+        runner = factory.store_runner
+        self._threads = None if runner.inline else runner
+        """The store's thread runner when command steps must leave the reactor thread."""
+        self._stepping: object | None = None
+        """Token of the batch of steps running on a store thread, if any."""
         self._waiting: RunBlocking | ReadLine | WaitIdle | Pause | None = None
         self._send: Any = None
         self._throw: BaseException | None = None
@@ -157,7 +202,7 @@ class IMAPServerProtocol(Protocol):
             tls_available=factory.tls_context_factory is not None,
             plaintext_auth_allowed=plaintext_auth,
             utf8_available=UTF8_ACCEPT_SUPPORTED,
-            activity=factory.activity,
+            activity=factory.session_activity,
             households=factory.households,
             quotas=factory.quotas,
             directory=factory.directory,
@@ -305,6 +350,8 @@ class IMAPServerProtocol(Protocol):
 
     def _advance(self) -> None:
         while not self._closing and self._current is not None:
+            if self._stepping is not None:
+                return  # a batch of steps runs on a store thread; its callback resumes us
             waiting = self._waiting
             if waiting is not None:
                 if isinstance(waiting, RunBlocking | Pause):
@@ -328,6 +375,9 @@ class IMAPServerProtocol(Protocol):
             if self._output_paused:
                 return
             current = self._current
+            if self._threads is not None:
+                self._step_on_thread(current)
+                return
             try:
                 if self._throw is not None:
                     error_in, self._throw = self._throw, None
@@ -348,6 +398,58 @@ class IMAPServerProtocol(Protocol):
                     self.transport.write(out)
             else:
                 self._perform(out)
+
+    def _step_on_thread(self, current: Run) -> None:
+        """Run the next batch of ``current``'s steps on a store thread (one at a time)."""
+        throw, self._throw = self._throw, None
+        value, self._send = self._send, None
+        token = self._stepping = object()
+        assert self._threads is not None
+        deferred = self._threads.run(run_steps, current, throw, value)
+        deferred.addCallbacks(
+            self._steps_done,
+            self._steps_failed,
+            callbackArgs=(token, current),
+            errbackArgs=(token, current),
+        )
+
+    def _steps_done(self, result: tuple[list[bytes], Any], token: object, current: Run) -> None:
+        if self._stepping is not token:
+            return
+        self._stepping = None
+        if self._current is not current or self._closing:
+            self._close_on_thread(current)  # dropped while its steps ran
+            return
+        chunks, action = result
+        for chunk in chunks:
+            self.transport.write(chunk)
+        if action is DONE:
+            self._command_done()
+        elif action is not None:
+            self._perform(action)
+        self._run()
+
+    def _steps_failed(self, failure: Failure, token: object, current: Run) -> None:
+        if self._stepping is not token:
+            return
+        self._stepping = None
+        if self._current is not current or self._closing:
+            return
+        log.error(
+            "imap.internal_error",
+            peer=self.peer,
+            exc_info=(failure.type, failure.value, failure.getTracebackObject()),
+        )
+        self._current = None
+        self._abort()
+
+    def _close_on_thread(self, current: Run) -> None:
+        """Close a dropped command's generator where its steps run (its ``finally``
+        blocks may call the store)."""
+        assert self._threads is not None
+        self._threads.run(current.close).addErrback(
+            lambda f: log.error("imap.internal_error", peer=self.peer, error=str(f.value))
+        )
 
     def _perform(self, action: Any) -> None:
         if isinstance(action, RunBlocking):
@@ -505,6 +607,11 @@ class IMAPServerProtocol(Protocol):
         current, self._current = self._current, None
         self._waiting = None
         self._blocking = None
+        if current is not None and self._threads is not None:
+            if self._stepping is None:
+                self._close_on_thread(current)
+            # else: its steps are running; _steps_done closes it when they return
+            return
         if current is not None:
             try:
                 current.close()
@@ -588,7 +695,8 @@ class IMAPServerProtocol(Protocol):
             and not self._idling
             and not isinstance(self._waiting, ReadLine)
         )
-        if busy and not self._output_paused:
+        if self._stepping is not None or (busy and not self._output_paused):
+            # (steps running on a store thread own the session until they return)
             self._reset_timeout()
             return
         log.info("imap.autologout", user=self.session.user, peer=self.peer)

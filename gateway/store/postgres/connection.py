@@ -15,9 +15,10 @@ them to the reactor thread when a dispatcher is set (``reactor.callFromThread``,
 the service) and calls them at once otherwise (tests without a reactor). The same method
 is where a LISTEN/NOTIFY bridge delivers changes committed by other nodes.
 
-:attr:`PGConnection.forbidden_thread` is a guard for tests: when set to a thread's
-ident (the reactor's), every connection taken on that thread raises
-:class:`ReactorThreadCall`, proving no database round trip runs on the reactor.
+:attr:`PGConnection.forbidden_thread` is the reactor-thread guard: set to the reactor
+thread's ident, every connection taken on that thread raises :class:`ReactorThreadCall`
+(tests: proof that no database round trip runs on the reactor) or, in a running service
+(``guard_raises = False``), is logged as ``store.reactor_thread_call`` with its stack.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import datetime
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Self
@@ -74,7 +76,11 @@ class PGConnection:
     (see "Store calls and the reactor" in :mod:`gateway.store.interfaces`)."""
 
     forbidden_thread: int | None = None
-    """A thread ident on which taking a connection raises :class:`ReactorThreadCall`."""
+    """A thread ident (the reactor's) on which no connection may be taken."""
+
+    guard_raises: bool = True
+    """On the forbidden thread: raise :class:`ReactorThreadCall` (tests), or only log
+    ``store.reactor_thread_call`` with the stack and go on (a running service)."""
 
     def __init__(
         self,
@@ -169,7 +175,9 @@ class PGConnection:
     def _connection(self) -> Iterator[psycopg.Connection]:
         """A pooled connection for one call; refuses the forbidden (reactor) thread."""
         if self.forbidden_thread is not None and threading.get_ident() == self.forbidden_thread:
-            raise ReactorThreadCall("PostgreSQL store called on the reactor thread")
+            if self.guard_raises:
+                raise ReactorThreadCall("PostgreSQL store called on the reactor thread")
+            log.error("store.reactor_thread_call", stack="".join(traceback.format_stack()))
         pool = self._pool
         if pool is None:
             raise StoreError("store is closed")
