@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from gateway.testing.dovecot import ensure_test_user
 from gateway.testing.ports import LOOPBACK, free_port
@@ -294,3 +295,24 @@ def release_schema(server: Postgres, name: str) -> None:
             conn.execute(f"TRUNCATE {listed} RESTART IDENTITY CASCADE")
     with _SHARED_LOCK:
         _FREE_SCHEMAS.append(name)
+
+
+def open_test_store(**kwargs: object) -> Any:
+    """A :class:`~gateway.store.postgres.PostgresStore` on a clean schema of the shared
+    server (small pool); :func:`close_test_store` closes it and gives the schema back."""
+    from gateway.store.postgres import PostgresStore
+
+    server = shared_server()
+    kwargs.setdefault("pool_size", 2)
+    return PostgresStore(
+        server.dsn,
+        password=server.password,
+        schema=acquire_schema(server),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def close_test_store(store: Any) -> None:
+    store.close()
+    if store.schema is not None:
+        release_schema(shared_server(), store.schema)

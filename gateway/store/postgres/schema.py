@@ -153,7 +153,31 @@ _V1 = _statements(
     "CREATE INDEX private_flag_modseq ON private_flag (mailbox_id, viewer, modseq)",
 )
 
-MIGRATIONS: Sequence[Migration] = (_V1,)
+# Version 2: the other contracts' tables, so a node keeps nothing a client can see on its
+# own disk: Sieve scripts (gateway/store/scripts.py; at most one active per owner, by a
+# partial unique index) and time series (gateway/store/timeseries.py).
+_V2 = _statements(
+    """
+    CREATE TABLE sieve_script (
+        owner  text NOT NULL,
+        name   text NOT NULL,
+        body   text NOT NULL,
+        active boolean NOT NULL DEFAULT FALSE,
+        PRIMARY KEY (owner, name)
+    )
+    """,
+    "CREATE UNIQUE INDEX sieve_script_active ON sieve_script (owner) WHERE active",
+    """
+    CREATE TABLE timeseries_point (
+        series text NOT NULL,
+        at     double precision NOT NULL,
+        value  double precision NOT NULL,
+        PRIMARY KEY (series, at)
+    )
+    """,
+)
+
+MIGRATIONS: Sequence[Migration] = (_V1, _V2)
 """Entry *i* takes a database from version *i* to *i + 1*. Append only."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
