@@ -177,7 +177,40 @@ _V2 = _statements(
     """,
 )
 
-MIGRATIONS: Sequence[Migration] = (_V1, _V2)
+# Version 3: the outbound queue of the submission relay (gateway/store/queue.py), so
+# mail accepted on one node is relayed even if that node goes away.
+_V3 = _statements(
+    """
+    CREATE TABLE outbound_queue (
+        id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        "user"       text NOT NULL,
+        route        text NOT NULL,
+        mail_from    text NOT NULL,
+        recipients   text NOT NULL,
+        size         bigint NOT NULL,
+        message_id   text,
+        content      bytea NOT NULL,
+        state        text NOT NULL CHECK (state IN ('queued', 'sent', 'failed', 'expired')),
+        queued_at    double precision NOT NULL,
+        expires_at   double precision NOT NULL,
+        next_attempt double precision NOT NULL,
+        attempts     integer NOT NULL DEFAULT 0,
+        last_error   text,
+        last_reply   text,
+        finished_at  double precision,
+        bounced      integer NOT NULL DEFAULT 0
+    )
+    """,
+    "CREATE INDEX outbound_queue_due ON outbound_queue (state, next_attempt)",
+    """
+    CREATE TABLE outbound_routes (
+        route      text PRIMARY KEY,
+        last_error text
+    )
+    """,
+)
+
+MIGRATIONS: Sequence[Migration] = (_V1, _V2, _V3)
 """Entry *i* takes a database from version *i* to *i + 1*. Append only."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
