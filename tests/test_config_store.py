@@ -13,6 +13,7 @@ import pytest
 
 from gateway.app import config
 from gateway.app.storage import open_store
+from gateway.store.postgres import SCHEMA_VERSION
 from gateway.testing.postgres import Postgres, new_schema, shared_server
 from tests.test_config import minimal, write
 
@@ -147,7 +148,7 @@ def test_check_config_reports_the_schema_version_or_what_is_wrong(tmp_path: Path
     assert "connected, empty database" in out.stdout
     open_store(config.load(path)).close()  # the first node migrates
     out = _cli("check-config", str(path))
-    assert out.returncode == 0 and "connected, schema version 1" in out.stdout
+    assert out.returncode == 0 and f"connected, schema version {SCHEMA_VERSION}" in out.stdout
     wrong = _pg_config(tmp_path, pg, _schema_dsn(pg, schema), "not-the-password")
     out = _cli("check-config", str(wrong))
     assert out.returncode == 1

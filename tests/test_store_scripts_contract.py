@@ -18,7 +18,6 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from gateway.store.interfaces import StoreError
 from gateway.store.memory_scripts import MemoryScriptStore
-from gateway.store.postgres.scripts import PGScriptStore
 from gateway.store.scripts import (
     MAX_SCRIPT_NAME_LENGTH,
     MAX_SCRIPT_SIZE,
@@ -41,10 +40,11 @@ _PG_STORES: list = []
 
 
 def open_postgresql(tmp: Path, limits: ScriptLimits) -> ScriptStore:
-    """On a PostgreSQL store of its own (closed by :func:`close_all`)."""
+    """A PostgreSQL store of its own (closed by :func:`close_all` or the model)."""
     store = open_test_store()
+    store.limits = limits
     _PG_STORES.append(store)
-    return PGScriptStore(store, limits)
+    return store
 
 
 def close_all() -> None:
@@ -299,9 +299,6 @@ def _model_backend(name: str) -> type[RuleBasedStateMachine]:
                 assert self.store.active_script(owner) == (
                     None if active is None else ActiveScript(active, mine[active])
                 )
-
-        def teardown(self) -> None:
-            close_all()
 
     Model.__name__ = f"Model_{name}"
     return Model

@@ -27,7 +27,7 @@ from gateway.access.quota import DeliveryQuotaGuard, Quotas
 from gateway.app import config as configmod
 from gateway.app.config.listeners import imap_listeners, served_listeners
 from gateway.app.shutdown import GatewayService, StopSignals
-from gateway.app.storage import open_store, prepare_state_dir
+from gateway.app.storage import KnownSourcesOffReactor, open_store, prepare_state_dir
 from gateway.security.auth import PasswordTable
 
 log = structlog.get_logger(__name__)
@@ -194,7 +194,12 @@ def build_service(
         max_connections_per_user_ip=cfg.security.max_connections_per_user_ip,
         max_connections_per_ip=cfg.security.max_connections_per_ip,
     )
-    server_tls, penalty = _security_parts(cfg, reactor, store)
+    known_sources = store
+    if not store_runner.inline:
+        # The penalty asks on the reactor thread: a cache filled off it, writes sent off it.
+        known_sources = KnownSourcesOffReactor(store, store_runner)
+        known_sources.load(list(cfg.users))
+    server_tls, penalty = _security_parts(cfg, reactor, known_sources)
     pollers: dict[str, UpstreamPoller] = {}
     quotas = Quotas(quota_limits(cfg))
     # The fetcher's ledger: each owner's Sieve script routes the message (issue 16), then
@@ -599,7 +604,7 @@ def _security_parts(cfg: configmod.Config, reactor: Any, store: Any) -> tuple[An
             ip_budget=sec.auth_failures_per_ip,
             user_budget=sec.auth_failures_per_user,
         ),
-        known_sources=store if isinstance(store, KnownSources) else None,
+        known_sources=store if isinstance(store, KnownSources | KnownSourcesOffReactor) else None,
     )
     return server_tls, penalty
 

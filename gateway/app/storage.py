@@ -105,3 +105,41 @@ def describe_store(cfg: configmod.Config) -> str:
 
 class StoreCheckFailed(Exception):
     """check-config could not use the configured store; the message says why."""
+
+
+class KnownSourcesOffReactor:
+    """The login penalty's known sources (:mod:`gateway.store.known_sources`) for a store
+    that does not run inline: the penalty asks synchronously on the reactor thread, so
+    reads come from a cache filled on a store thread at start (:meth:`load`, every
+    configured user) and writes go to a store thread without waiting (a failed write is
+    logged; its protection then lasts until the restart, as with an unwritable store)."""
+
+    def __init__(self, store: Any, runner: Any) -> None:
+        self.store = store
+        self.runner = runner
+        self.cache: dict[str, dict[str, float]] = {}
+
+    def load(self, users: list[str]) -> None:
+        def read() -> dict[str, dict[str, float]]:
+            return {user: dict(self.store.known_sources(user)) for user in users}
+
+        def keep(found: dict[str, dict[str, float]]) -> None:
+            for user, sources in found.items():
+                self.cache.setdefault(user, {}).update(sources)
+
+        self.runner.run(read).addCallbacks(
+            keep, lambda f: log.error("store.known_sources_unreadable", reason=str(f.value))
+        )
+
+    def known_sources(self, user: str) -> dict[str, float]:
+        return dict(self.cache.get(user, {}))
+
+    def remember_source(
+        self, user: str, source: str, seen: float, *, keep: int, forget_before: float
+    ) -> None:
+        self.cache.setdefault(user, {})[source] = seen
+        self.runner.run(
+            self.store.remember_source, user, source, seen, keep=keep, forget_before=forget_before
+        ).addErrback(
+            lambda f: log.error("store.known_source_unwritten", user=user, reason=str(f.value))
+        )

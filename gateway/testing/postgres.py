@@ -299,12 +299,19 @@ def release_schema(server: Postgres, name: str) -> None:
 
 def open_test_store(**kwargs: object) -> Any:
     """A :class:`~gateway.store.postgres.PostgresStore` on a clean schema of the shared
-    server (small pool); :func:`close_test_store` closes it and gives the schema back."""
+    server (small pool), for one test: closing it gives the schema back."""
     from gateway.store.postgres import PostgresStore
+
+    class TestStore(PostgresStore):
+        def close(self) -> None:
+            was_open = self._pool is not None
+            super().close()
+            if was_open and self.schema is not None:
+                release_schema(shared_server(), self.schema)
 
     server = shared_server()
     kwargs.setdefault("pool_size", 2)
-    return PostgresStore(
+    return TestStore(
         server.dsn,
         password=server.password,
         schema=acquire_schema(server),
@@ -314,5 +321,3 @@ def open_test_store(**kwargs: object) -> Any:
 
 def close_test_store(store: Any) -> None:
     store.close()
-    if store.schema is not None:
-        release_schema(shared_server(), store.schema)

@@ -15,7 +15,11 @@ package does:
 - :mod:`~gateway.store.postgres.rows`: row-level steps and the locks that make UIDs,
   UIDNEXT and HIGHESTMODSEQ atomic across nodes; the search dialect;
 - :mod:`~gateway.store.postgres.mailboxes`, :mod:`~gateway.store.postgres.messages`,
-  :mod:`~gateway.store.postgres.ledger`: the contract's concerns.
+  :mod:`~gateway.store.postgres.ledger` (with Sieve routing),
+  :mod:`~gateway.store.postgres.known_sources`, :mod:`~gateway.store.postgres.scripts`:
+  the contract's concerns;
+- :mod:`~gateway.store.postgres.timeseries`, :mod:`~gateway.store.postgres.queue`: the
+  time-series and outbound-queue contracts on the same database and pool.
 
 Listeners hear about the same changes as with SQLite (content, flags, expunge, delete,
 rename), after the commit. Changes committed by other nodes are not heard yet: a
@@ -26,10 +30,12 @@ LISTEN/NOTIFY bridge will feed them to
 from __future__ import annotations
 
 from gateway.store.postgres.connection import ReactorThreadCall, StoreUnavailable, probe
+from gateway.store.postgres.known_sources import PGKnownSources
 from gateway.store.postgres.ledger import PGLedger
 from gateway.store.postgres.mailboxes import PGMailboxes
 from gateway.store.postgres.messages import PGMessages
 from gateway.store.postgres.schema import SCHEMA_VERSION, SchemaTooNew
+from gateway.store.postgres.scripts import PGScripts
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -41,6 +47,8 @@ __all__ = [
 ]
 
 
-class PostgresStore(PGMailboxes, PGMessages, PGLedger):
-    """The :class:`~gateway.store.interfaces.Store` on a PostgreSQL database: the concern
-    classes over one :class:`~gateway.store.postgres.connection.PGConnection` pool."""
+class PostgresStore(PGMailboxes, PGMessages, PGLedger, PGKnownSources, PGScripts):
+    """The :class:`~gateway.store.interfaces.Store` (and the
+    :class:`~gateway.store.scripts.ScriptStore`, the known sources) on a PostgreSQL
+    database: the concern classes over one
+    :class:`~gateway.store.postgres.connection.PGConnection` pool."""

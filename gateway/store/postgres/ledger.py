@@ -17,9 +17,10 @@ from collections.abc import Iterable, Sequence
 from psycopg import Cursor
 
 from gateway.message.analysis import Analysis
-from gateway.store.interfaces import INBOX, Delivery, LedgerEntry
+from gateway.store.interfaces import INBOX, Delivery, DuplicateRecord, LedgerEntry, Routed
 from gateway.store.postgres.rows import PGRows
-from gateway.store.rules import check_mailbox_name, normalise_name
+from gateway.store.rowdata import split_seen
+from gateway.store.rules import check_mailbox_name, filing_flags, filing_name, normalise_name
 
 
 class PGLedger(PGRows):
@@ -123,6 +124,134 @@ class PGLedger(PGRows):
             if pointers:
                 self._point(cur, pointers)
         return results
+
+    def deliver_routed(
+        self, owner: str, default: str, items: Sequence[Routed], *, dedup: bool = False
+    ) -> list[dict[str, int] | None]:
+        """Routed exactly-once delivery (issue 16), as the SQLite store does it: per
+        message one ``message`` row, one ``mailbox_message`` row per final mailbox, the
+        ledger row (claimed first, so another node's concurrent delivery of the UIDL
+        writes nothing) and the RFC 7352 duplicate IDs, in ONE transaction. A discard
+        writes the ledger row with no message."""
+        default = normalise_name(default)
+        if default != INBOX:
+            check_mailbox_name(default)
+        items = list(items)
+        known: set[tuple[str, str]] = set()
+        for upstream in {i.delivery.upstream for i in items}:
+            uidls = [i.delivery.uidl for i in items if i.delivery.upstream == upstream]
+            known.update((upstream, u) for u in self._known(upstream, uidls))
+        prepared = [
+            None
+            if (i.delivery.upstream, i.delivery.uidl) in known
+            else self._ingest(i.delivery.raw, i.delivery.internaldate)
+            for i in items
+        ]
+        results: list[dict[str, int] | None] = [None] * len(items)
+        if all(p is None for p in prepared):
+            return results
+        now = self._clock()
+        with self._write() as (cur, changed):
+            self._lock_owner(cur, owner)
+            self._ensure_user_tx(cur, owner)
+            boxes: dict[str, tuple[int, bool]] = {}  # name → (mailbox id, shared)
+
+            def box(name: str, create: bool) -> tuple[str, int, bool] | None:
+                if name not in boxes:
+                    found = self._find(cur, owner, name)
+                    if found is not None:
+                        mailbox_id = found.id
+                    elif create:
+                        self._create_parents_tx(cur, owner, name)
+                        mailbox_id = self._create_tx(cur, owner, name, None)
+                    else:
+                        return None
+                    self._lock(cur, mailbox_id)
+                    boxes[name] = (mailbox_id, self._is_shared(cur, mailbox_id))
+                return (name, *boxes[name])
+
+            rows: dict[int, list[tuple[int, str, int, str]]] = {}  # box → (index, name, msg, flags)
+            pointers: list[tuple[int, str, str]] = []
+            for index, (item, ready) in enumerate(zip(items, prepared, strict=True)):
+                d = item.delivery
+                if ready is None:
+                    continue
+                raw, analysis, internal = ready
+                size = d.size_on_server if d.size_on_server is not None else len(raw)
+                if not self._claim(cur, d.upstream, d.uidl, now, size):
+                    continue
+                results[index] = {}
+                wanted: dict[int, tuple[str, dict[str, str], bool]] = {}
+                for target in item.targets:
+                    name = filing_name(target.mailbox)
+                    found = box(name, target.create) if name is not None else None
+                    if found is None:
+                        found = box(default, True)
+                    assert found is not None
+                    name, mailbox_id, shared = found
+                    flags = filing_flags(target.flags)
+                    if mailbox_id in wanted:
+                        flags = {**flags, **wanted[mailbox_id][1]}
+                    wanted[mailbox_id] = (name, flags, shared)
+                message_id: int | None = None
+                if dedup:
+                    digest = hashlib.sha256(raw).digest()
+                    for mailbox_id in list(wanted):
+                        cur.execute(
+                            "SELECT m.id FROM message m WHERE m.sha256 = %s AND EXISTS"
+                            " (SELECT 1 FROM mailbox_message mm WHERE mm.message_id = m.id"
+                            " AND mm.mailbox_id = %s) AND EXISTS (SELECT 1 FROM ledger l"
+                            " WHERE l.message_id = m.id AND l.upstream <> %s) LIMIT 1",
+                            (digest, mailbox_id, d.upstream),
+                        )
+                        existing = cur.fetchone()
+                        if existing is not None:
+                            message_id = int(existing[0])
+                            del wanted[mailbox_id]
+                if wanted:
+                    message_id = self._insert_message(cur, raw, analysis, internal)
+                for mailbox_id, (name, flags, shared) in wanted.items():
+                    assert message_id is not None
+                    text, _seen = split_seen(flags, shared)
+                    rows.setdefault(mailbox_id, []).append((index, name, message_id, text))
+                if message_id is not None:
+                    pointers.append((message_id, d.upstream, d.uidl))
+                self._record_duplicates(cur, owner, item.duplicates, now)
+            for mailbox_id, entries in rows.items():
+                uids = self._add_rows(cur, mailbox_id, [(m, f) for _i, _n, m, f in entries])
+                for (index, name, _m, _f), uid in zip(entries, uids, strict=True):
+                    filed = results[index]
+                    assert filed is not None
+                    filed[name] = uid
+                changed.add(mailbox_id)
+            if pointers:
+                self._point(cur, pointers)
+            cur.execute(
+                "DELETE FROM sieve_duplicate WHERE owner = %s AND expires <= %s", (owner, now)
+            )
+        return results
+
+    def _record_duplicates(
+        self, cur: Cursor, owner: str, records: Sequence[DuplicateRecord], now: float
+    ) -> None:
+        """RFC 7352 §3.1: an ID still remembered keeps its expiry unless ``refresh``."""
+        for record in records:
+            cur.execute(
+                "INSERT INTO sieve_duplicate (owner, handle, id, expires)"
+                " VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (owner, handle, id) DO UPDATE SET expires = excluded.expires"
+                " WHERE %s OR sieve_duplicate.expires <= %s",
+                (owner, record.handle, record.id, now + record.period, record.refresh, now),
+            )
+
+    def duplicate_seen(self, owner: str, handle: str, id: str) -> bool:
+        with self._cursor() as cur:
+            cur.execute(
+                "SELECT 1 FROM sieve_duplicate WHERE owner = %s AND handle = %s AND id = %s"
+                " AND expires > %s",
+                (owner, handle, id, self._clock()),
+            )
+            return cur.fetchone() is not None
 
     def record_imported(self, upstream: str, uidls: Iterable[str], reason: str) -> int:
         """UIDLs already in the ledger keep their entry (a delivered one stays delivered)."""

@@ -227,7 +227,7 @@ class PGRows(PGConnection):
         return raw, self._analyze(raw), internal_values(internaldate, self._now())
 
     def _insert_message(
-        self, cur: Cursor, raw: bytes, analysis: Analysis, internal: tuple[int, int, int]
+        self, cur: Cursor, raw: Any, analysis: Analysis, internal: tuple[int, int, int]
     ) -> int:
         values = message_values(raw, analysis, internal)
         row = list(values.row)
@@ -242,7 +242,9 @@ class PGRows(PGConnection):
         fetched = cur.fetchone()
         assert fetched is not None
         message_id = int(fetched[0])
-        cur.execute("INSERT INTO content (message_id, raw) VALUES (%s, %s)", (message_id, raw))
+        # A spooled APPEND arrives as an mmap: passed as a memoryview, not copied here.
+        body = raw if isinstance(raw, bytes) else memoryview(raw)
+        cur.execute("INSERT INTO content (message_id, raw) VALUES (%s, %s)", (message_id, body))
         if values.headers:
             cur.executemany(
                 "INSERT INTO header_field (message_id, name, pos, value_folded)"

@@ -153,20 +153,40 @@ _V1 = _statements(
     "CREATE INDEX private_flag_modseq ON private_flag (mailbox_id, viewer, modseq)",
 )
 
-# Version 2: the other contracts' tables, so a node keeps nothing a client can see on its
-# own disk: Sieve scripts (gateway/store/scripts.py; at most one active per owner, by a
-# partial unique index) and time series (gateway/store/timeseries.py).
+# Version 2: the tables of the contracts that grew beside the mail (the SQLite schema's
+# versions 4 and 5, and the time series), so a node keeps nothing a client can see on its
+# own disk: known login sources (gateway/store/known_sources.py), Sieve scripts (at most
+# one active per owner, by a partial unique index) with RFC 7352 duplicate tracking
+# (gateway/store/scripts.py, issue 16), and time series (gateway/store/timeseries.py).
 _V2 = _statements(
+    """
+    CREATE TABLE known_source (
+        "user" text NOT NULL,
+        source text NOT NULL,
+        seen   double precision NOT NULL,
+        PRIMARY KEY ("user", source)
+    )
+    """,
     """
     CREATE TABLE sieve_script (
         owner  text NOT NULL,
         name   text NOT NULL,
-        body   text NOT NULL,
+        text   text NOT NULL,
         active boolean NOT NULL DEFAULT FALSE,
         PRIMARY KEY (owner, name)
     )
     """,
     "CREATE UNIQUE INDEX sieve_script_active ON sieve_script (owner) WHERE active",
+    """
+    CREATE TABLE sieve_duplicate (
+        owner   text NOT NULL,
+        handle  text NOT NULL,
+        id      text NOT NULL,
+        expires double precision NOT NULL,
+        PRIMARY KEY (owner, handle, id)
+    )
+    """,
+    "CREATE INDEX sieve_duplicate_expires ON sieve_duplicate (owner, expires)",
     """
     CREATE TABLE timeseries_point (
         series text NOT NULL,

@@ -1,5 +1,5 @@
-"""The :class:`~gateway.store.scripts.ScriptStore` on PostgreSQL: the ``sieve_script`` table
-(schema version 2) in the store's database, through the store's pool.
+"""The PostgreSQL store's Sieve scripts: :class:`~gateway.store.scripts.ScriptStore` on the
+``sieve_script`` table (schema version 2), as the SQLite store keeps them beside the mail.
 
 The rules are the contract's (:mod:`gateway.store.scripts`: names per RFC 5804 §1.6,
 limits checked by :func:`~gateway.store.scripts.check_space`); each write is one
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from psycopg import Cursor
 
-from gateway.store.postgres.rows import PGRows
+from gateway.store.postgres.connection import PGConnection
 from gateway.store.scripts import (
     ActiveScript,
     ScriptExists,
@@ -28,19 +28,18 @@ from gateway.store.scripts import (
 SCRIPT_LOCK_CLASS = 0x7369_6576  # "siev": advisory-lock namespace of script owners
 
 
-class PGScriptStore:
-    """Scripts in ``sieve_script``, on ``store``'s connections (close the store, not this)."""
+class PGScripts(PGConnection):
+    """:class:`~gateway.store.scripts.ScriptStore` on PostgreSQL, part of the store."""
 
-    def __init__(self, store: PGRows, limits: ScriptLimits | None = None) -> None:
-        self.limits = limits if limits is not None else ScriptLimits()
-        self._store = store
+    limits: ScriptLimits = ScriptLimits()
+    """The per-owner bounds; an instance may be given others (tests, config)."""
 
     @staticmethod
-    def _lock(cur: Cursor, owner: str) -> None:
+    def _lock_scripts(cur: Cursor, owner: str) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (SCRIPT_LOCK_CLASS, owner))
 
     @staticmethod
-    def _require(cur: Cursor, owner: str, name: str) -> bool:
+    def _script_active(cur: Cursor, owner: str, name: str) -> bool:
         """Whether the script exists and is active; raises ScriptNotFound."""
         cur.execute("SELECT active FROM sieve_script WHERE owner = %s AND name = %s", (owner, name))
         row = cur.fetchone()
@@ -49,7 +48,7 @@ class PGScriptStore:
         return bool(row[0])
 
     def list_scripts(self, owner: str) -> list[ScriptInfo]:
-        with self._store._cursor() as cur:
+        with self._cursor() as cur:
             cur.execute(
                 'SELECT name, active FROM sieve_script WHERE owner = %s ORDER BY name COLLATE "C"',
                 (owner,),
@@ -58,9 +57,9 @@ class PGScriptStore:
 
     def get_script(self, owner: str, name: str) -> str:
         validate_script_name(name)
-        with self._store._cursor() as cur:
+        with self._cursor() as cur:
             cur.execute(
-                "SELECT body FROM sieve_script WHERE owner = %s AND name = %s", (owner, name)
+                "SELECT text FROM sieve_script WHERE owner = %s AND name = %s", (owner, name)
             )
             row = cur.fetchone()
         if row is None:
@@ -79,34 +78,34 @@ class PGScriptStore:
 
     def have_space(self, owner: str, name: str, size: int) -> None:
         validate_script_name(name)
-        with self._store._cursor() as cur:
+        with self._cursor() as cur:
             self._space(cur, owner, name, size)
 
     def put_script(self, owner: str, name: str, text: str) -> None:
         validate_script_name(name)
-        with self._store._write() as (cur, _changed):
-            self._lock(cur, owner)
+        with self._write() as (cur, _changed):
+            self._lock_scripts(cur, owner)
             self._space(cur, owner, name, script_size(text))
             cur.execute(
-                "INSERT INTO sieve_script (owner, name, body) VALUES (%s, %s, %s)"
-                " ON CONFLICT (owner, name) DO UPDATE SET body = excluded.body",
+                "INSERT INTO sieve_script (owner, name, text) VALUES (%s, %s, %s)"
+                " ON CONFLICT (owner, name) DO UPDATE SET text = excluded.text",
                 (owner, name, text),
             )
 
     def delete_script(self, owner: str, name: str) -> None:
         validate_script_name(name)
-        with self._store._write() as (cur, _changed):
-            self._lock(cur, owner)
-            if self._require(cur, owner, name):
+        with self._write() as (cur, _changed):
+            self._lock_scripts(cur, owner)
+            if self._script_active(cur, owner, name):
                 raise ScriptIsActive(name)
             cur.execute("DELETE FROM sieve_script WHERE owner = %s AND name = %s", (owner, name))
 
     def rename_script(self, owner: str, old: str, new: str) -> None:
         validate_script_name(new)
         validate_script_name(old)
-        with self._store._write() as (cur, _changed):
-            self._lock(cur, owner)
-            self._require(cur, owner, old)
+        with self._write() as (cur, _changed):
+            self._lock_scripts(cur, owner)
+            self._script_active(cur, owner, old)
             cur.execute("SELECT 1 FROM sieve_script WHERE owner = %s AND name = %s", (owner, new))
             if cur.fetchone() is not None:
                 raise ScriptExists(new)
@@ -117,9 +116,9 @@ class PGScriptStore:
 
     def set_active(self, owner: str, name: str) -> None:
         validate_script_name(name)
-        with self._store._write() as (cur, _changed):
-            self._lock(cur, owner)
-            self._require(cur, owner, name)
+        with self._write() as (cur, _changed):
+            self._lock_scripts(cur, owner)
+            self._script_active(cur, owner, name)
             cur.execute(
                 "UPDATE sieve_script SET active = FALSE WHERE owner = %s AND active", (owner,)
             )
@@ -129,13 +128,13 @@ class PGScriptStore:
             )
 
     def deactivate(self, owner: str) -> None:
-        with self._store._write() as (cur, _changed):
+        with self._write() as (cur, _changed):
             cur.execute(
                 "UPDATE sieve_script SET active = FALSE WHERE owner = %s AND active", (owner,)
             )
 
     def active_script(self, owner: str) -> ActiveScript | None:
-        with self._store._cursor() as cur:
-            cur.execute("SELECT name, body FROM sieve_script WHERE owner = %s AND active", (owner,))
+        with self._cursor() as cur:
+            cur.execute("SELECT name, text FROM sieve_script WHERE owner = %s AND active", (owner,))
             row = cur.fetchone()
         return None if row is None else ActiveScript(str(row[0]), str(row[1]))
