@@ -48,8 +48,12 @@ class Admins:
 
 
 def history_series(store: Any) -> TimeSeries:
-    """The history on the store's SQLite connection (migrated with the mail), or in
-    memory for a store without one (it is then lost on restart)."""
+    """The history on the store's SQLite connection (migrated with the mail), in its
+    PostgreSQL database, or in memory for a store without either (lost on restart)."""
+    if not getattr(store, "runs_inline", True):
+        from gateway.store.postgres.timeseries import PGTimeSeries
+
+        return PGTimeSeries(store)
     db = getattr(store, "db", None)
     if db is not None:
         return SQLiteTimeSeries(db)
