@@ -23,7 +23,7 @@ Where command steps run (ARCHITECTURE.md, "Store calls and the reactor"): with a
 that runs inline (SQLite, memory) each step of a command's generator runs on the reactor
 thread, as it always has. With one that does not (PostgreSQL) the steps run through the
 factory's :class:`~gateway.store.runner.ThreadRunner`: one batch of steps at a time per
-session (:func:`run_steps`, up to :data:`STEP_OUTPUT_BUDGET` bytes or the next action),
+session (:mod:`gateway.imap.steps`, up to a byte budget or the next action),
 its bytes and action handed back to the reactor thread, which writes them, performs the
 action and schedules the next batch only once the transport wants more. So no database
 round trip happens on the reactor, and a session's state is only ever touched by one
@@ -69,6 +69,7 @@ from gateway.imap.handler import (
 from gateway.imap.login_limits import LoginLimits
 from gateway.imap.policy import UTF8_ACCEPT_SUPPORTED, ListenerPolicy
 from gateway.imap.session import IMAPSession
+from gateway.imap.steps import ThreadedSteps
 from gateway.security.penalty import LoginAttempt
 
 if TYPE_CHECKING:
@@ -77,36 +78,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 CONTINUE_LITERAL = b"+ Ready for literal data\r\n"
-
-STEP_OUTPUT_BUDGET = 256 * 1024
-"""Bytes of responses one batch of steps on a store thread may produce before handing
-them to the reactor (backpressure is applied between batches)."""
-
-DONE = object()
-"""What :func:`run_steps` returns as the action when the command's generator ended."""
-
-
-def run_steps(
-    run: Run, throw: BaseException | None, value: Any, budget: int = STEP_OUTPUT_BUDGET
-) -> tuple[list[bytes], Any]:
-    """Advance a command's generator on a store thread: ``throw`` or ``send(value)``,
-    then ``send(None)`` while it yields bytes, until it yields an action, ends
-    (:data:`DONE`) or has produced ``budget`` bytes (action None: call again)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        try:
-            item = run.throw(throw) if throw is not None else run.send(value)
-        except StopIteration:
-            return chunks, DONE
-        throw = value = None
-        if not isinstance(item, bytes):
-            return chunks, item
-        if item:
-            chunks.append(item)
-            size += len(item)
-            if size >= budget:
-                return chunks, None
 
 
 def _peer_host(transport: Any) -> str:
@@ -128,7 +99,7 @@ def _peer_text(transport: Any) -> str:
 
 
 @implementer(IPushProducer)
-class IMAPServerProtocol(Protocol):
+class IMAPServerProtocol(ThreadedSteps, Protocol):
     """One IMAP connection. Registers itself as the transport's streaming producer."""
 
     factory: IMAPServerFactory
@@ -398,58 +369,6 @@ class IMAPServerProtocol(Protocol):
                     self.transport.write(out)
             else:
                 self._perform(out)
-
-    def _step_on_thread(self, current: Run) -> None:
-        """Run the next batch of ``current``'s steps on a store thread (one at a time)."""
-        throw, self._throw = self._throw, None
-        value, self._send = self._send, None
-        token = self._stepping = object()
-        assert self._threads is not None
-        deferred = self._threads.run(run_steps, current, throw, value)
-        deferred.addCallbacks(
-            self._steps_done,
-            self._steps_failed,
-            callbackArgs=(token, current),
-            errbackArgs=(token, current),
-        )
-
-    def _steps_done(self, result: tuple[list[bytes], Any], token: object, current: Run) -> None:
-        if self._stepping is not token:
-            return
-        self._stepping = None
-        if self._current is not current or self._closing:
-            self._close_on_thread(current)  # dropped while its steps ran
-            return
-        chunks, action = result
-        for chunk in chunks:
-            self.transport.write(chunk)
-        if action is DONE:
-            self._command_done()
-        elif action is not None:
-            self._perform(action)
-        self._run()
-
-    def _steps_failed(self, failure: Failure, token: object, current: Run) -> None:
-        if self._stepping is not token:
-            return
-        self._stepping = None
-        if self._current is not current or self._closing:
-            return
-        log.error(
-            "imap.internal_error",
-            peer=self.peer,
-            exc_info=(failure.type, failure.value, failure.getTracebackObject()),
-        )
-        self._current = None
-        self._abort()
-
-    def _close_on_thread(self, current: Run) -> None:
-        """Close a dropped command's generator where its steps run (its ``finally``
-        blocks may call the store)."""
-        assert self._threads is not None
-        self._threads.run(current.close).addErrback(
-            lambda f: log.error("imap.internal_error", peer=self.peer, error=str(f.value))
-        )
 
     def _perform(self, action: Any) -> None:
         if isinstance(action, RunBlocking):
