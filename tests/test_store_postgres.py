@@ -240,3 +240,19 @@ def test_schema_too_new_is_refused(pg: Postgres, schema: str) -> None:
         conn.execute(f"UPDATE {schema}.schema_version SET version = version + 1")
     with pytest.raises(SchemaTooNew):
         PostgresStore(pg.dsn, password=pg.password, schema=schema)
+
+
+def test_routed_delivery_queues_sieve_mail_once_with_the_ledger_row(store: PostgresStore) -> None:
+    """Sieve's redirect/vacation mail goes into the outbound queue in the delivery's own
+    transaction: a second delivery of the same UIDL queues nothing more."""
+    from gateway.store.interfaces import NewOutbound, Routed, Target
+    from gateway.store.postgres.queue import PGOutboundQueue
+
+    out = NewOutbound("alice", "isp", "alice@isp.example", ("bob@example.org",), b"x\r\n")
+    item = Routed(Delivery("up", "u1", message()), (Target(INBOX),), outbound=(out,), lifetime=60)
+    assert store.deliver_routed("alice", INBOX, [item]) == [{INBOX: 1}]
+    assert store.deliver_routed("alice", INBOX, [item]) == [None]
+    queued = PGOutboundQueue(store).pending()
+    assert [(q.user, q.route, q.recipients) for q in queued] == [
+        ("alice", "isp", ("bob@example.org",))
+    ]

@@ -18,9 +18,11 @@ from psycopg import Cursor
 
 from gateway.message.analysis import Analysis
 from gateway.store.interfaces import INBOX, Delivery, DuplicateRecord, LedgerEntry, Routed
+from gateway.store.postgres.queue import Statements
 from gateway.store.postgres.rows import PGRows
 from gateway.store.rowdata import split_seen
 from gateway.store.rules import check_mailbox_name, filing_flags, filing_name, normalise_name
+from gateway.store.sqlite_queue import insert_queued
 
 
 class PGLedger(PGRows):
@@ -132,7 +134,8 @@ class PGLedger(PGRows):
         message one ``message`` row, one ``mailbox_message`` row per final mailbox, the
         ledger row (claimed first, so another node's concurrent delivery of the UIDL
         writes nothing) and the RFC 7352 duplicate IDs, in ONE transaction. A discard
-        writes the ledger row with no message."""
+        writes the ledger row with no message; Sieve's outbound mail is queued in the
+        same transaction (the queue's SQL is the SQLite queue's, gateway/store/sqlite_queue.py)."""
         default = normalise_name(default)
         if default != INBOX:
             check_mailbox_name(default)
@@ -217,6 +220,8 @@ class PGLedger(PGRows):
                 if message_id is not None:
                     pointers.append((message_id, d.upstream, d.uidl))
                 self._record_duplicates(cur, owner, item.duplicates, now)
+                for outbound in item.outbound:  # Sieve's redirect/vacation: same transaction
+                    insert_queued(Statements(cur), outbound, now=now, lifetime=item.lifetime)
             for mailbox_id, entries in rows.items():
                 uids = self._add_rows(cur, mailbox_id, [(m, f) for _i, _n, m, f in entries])
                 for (index, name, _m, _f), uid in zip(entries, uids, strict=True):

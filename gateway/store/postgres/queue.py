@@ -43,7 +43,7 @@ def _pg(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
-class _Statements:
+class Statements:
     """The ``execute``/``executemany`` the SQLite queue's methods call, on one cursor."""
 
     def __init__(self, cur: Cursor) -> None:
@@ -68,7 +68,7 @@ class _Autocommit:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Result:
         with self.store._cursor() as cur:
-            return _Statements(cur).execute(sql, params)
+            return Statements(cur).execute(sql, params)
 
 
 class PGOutboundQueue(SQLiteOutboundQueue):
@@ -89,4 +89,4 @@ class PGOutboundQueue(SQLiteOutboundQueue):
     @contextmanager
     def _write(self) -> Iterator[Any]:
         with self._store._write() as (cur, _changed):
-            yield _Statements(cur)
+            yield Statements(cur)
