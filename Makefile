@@ -6,8 +6,9 @@ STAMP  := $(VENV)/.installed
 # Debian packages the tests drive as real peers: Dovecot as the POP3 upstream (and
 # reference IMAP server), curl and mbsync (isync) as IMAP clients, openssl for test CAs;
 # Postfix (its smtp-sink as the upstream SMTP), swaks and msmtp as submission clients;
-# Chromium and its driver as the browser of the web page tests.
-DEB_PACKAGES := dovecot-core dovecot-pop3d dovecot-imapd curl isync openssl offlineimap3 fetchmail getmail6 sieve-connect dovecot-managesieved dovecot-sieve postfix swaks msmtp chromium chromium-driver
+# Chromium and its driver as the browser of the web page tests; PostgreSQL as the second
+# store backend (a private server per test run, gateway/testing/postgres.py).
+DEB_PACKAGES := dovecot-core dovecot-pop3d dovecot-imapd curl isync openssl offlineimap3 fetchmail getmail6 sieve-connect dovecot-managesieved dovecot-sieve postfix swaks msmtp chromium chromium-driver postgresql
 # Bench-only peers (make bench): the ingest tools popgate is measured against.
 BENCH_PACKAGES := getmail6 fetchmail dovecot-fts-xapian
 
@@ -33,7 +34,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q -m 'not dovecot and not slow'
+	$(BIN)/python -m pytest -q -m 'not dovecot and not slow and not postgres'
 
 test: $(STAMP) system-packages lint
 	$(BIN)/python -m pytest -q

@@ -7,7 +7,7 @@ import breaks this map, when modules import each other in a cycle, or when anyth
 
 - ``core``: the shared vocabulary (search criteria, sequence sets, flags, host rules). Imports nothing.
 - ``message``: reading RFC 5322/MIME messages (ENVELOPE, BODYSTRUCTURE, search text). core.
-- ``store``: the storage contract and its backends (SQLite, memory). core, message.
+- ``store``: the storage contract and its backends (SQLite, PostgreSQL, memory). core, message.
 - ``sieve``: the Sieve language (RFC 5228 and extensions): parser, validator, interpreter. Pure;
   imports nothing else from ``gateway``.
 - ``access``: per-user views of the store: households (shared trees, private \\Seen), quotas,

@@ -89,10 +89,19 @@ DOVECOT_USER = ("alice", "secret")
 """The one account the `dovecot` fixture creates."""
 
 
+POSTGRES_PARAM = "postgresql"
+"""A test parametrised with this value (a store backend) runs on the shared PostgreSQL
+server (gateway/testing/postgres.py) and gets the `postgres` marker."""
+
+
 def pytest_itemcollected(item: pytest.Item) -> None:
-    """Mark tests that need Dovecot with `dovecot`, so `-m 'not dovecot'` deselects them."""
+    """Mark tests that need Dovecot with `dovecot`, so `-m 'not dovecot'` deselects them;
+    tests run on the PostgreSQL backend with `postgres` (`make unit` skips those)."""
     if DOVECOT_FIXTURES.intersection(getattr(item, "fixturenames", ())):
         item.add_marker(pytest.mark.dovecot)
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and POSTGRES_PARAM in callspec.params.values():
+        item.add_marker(pytest.mark.postgres)
 
 
 @pytest.fixture(scope="session")

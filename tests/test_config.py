@@ -200,6 +200,7 @@ def test_example_config_documents_every_key():
     tables = {"server", "limits", "users", "upstreams", "metrics", "tls", "security", "listeners"}
     tables.add("shared")  # [shared.NAME] tables, shown commented out
     tables.add("debug")
+    tables |= {"store", "cluster"}
     missing = accepted - shown - commented - tables
     assert not missing, f"keys not documented in conf/popgate.toml: {sorted(missing)}"
 

@@ -15,6 +15,7 @@ from imapclient import IMAPClient
 from gateway.imap.policy import IMAPLimits
 from gateway.store.interfaces import Delivery
 from gateway.testing.imapclient import (
+    BACKENDS,
     HOST,
     PASSWORD,
     SOCKET_TIMEOUT,
@@ -36,9 +37,9 @@ REIDLE_INTERVAL = 29 * 60.0
 must not be logged out."""
 
 
-@pytest.fixture
-def server(tmp_path: Path):
-    with running_server(tmp_path) as handle:
+@pytest.fixture(params=BACKENDS)
+def server(request: pytest.FixtureRequest, tmp_path: Path):
+    with running_server(tmp_path, backend=request.param) as handle:
         yield handle
 
 
@@ -68,7 +69,7 @@ def deliver_from_another_thread(server: ServerHandle, uidl: str, subject: str) -
 
     def run() -> None:
         delivery = Delivery("isp", uidl, message(subject))
-        done.append(server.call(server.store.deliver, USER, "INBOX", delivery))
+        done.append(server.store_call(server.store.deliver, USER, "INBOX", delivery))
 
     worker = threading.Thread(target=run)
     worker.start()
@@ -112,7 +113,7 @@ def test_idler_hears_pop3_deliveries_and_other_sessions(
     assert text == b"IDLE terminated"
     fetched = idler.fetch("1:*", ["FLAGS"])  # UID FETCH: keyed by UID
     assert list(fetched) == [2] and fetched[2][b"SEQ"] == 1
-    rows = server.call(server.store.message_rows, server.mailbox_id())
+    rows = server.store_call(server.store.message_rows, server.mailbox_id())
     assert [row.uid for row in rows] == [2]
     assert "\\Flagged" in rows[0].flags
 

@@ -12,7 +12,7 @@ import pytest
 from gateway.imap.handler import BadCommand
 from gateway.imap.listpattern import matcher
 from gateway.imap.session import IMAPSession
-from gateway.testing.imapclient import USER, RawClient, ServerHandle, running_server
+from gateway.testing.imapclient import BACKENDS, USER, RawClient, ServerHandle, running_server
 from gateway.testing.messages import message
 
 # Beyond ensure_user's INBOX, Sent, Drafts, Trash, Junk, Archive (all subscribed):
@@ -35,11 +35,11 @@ ALL_NAMES = {
 _LIST_LINE = re.compile(rb'\* (LIST|LSUB) \(([^)]*)\) "/" "([^"]*)"(.*)\r\n')
 
 
-@pytest.fixture
-def server(tmp_path: Path):
-    with running_server(tmp_path) as handle:
+@pytest.fixture(params=BACKENDS)
+def server(request: pytest.FixtureRequest, tmp_path: Path):
+    with running_server(tmp_path, backend=request.param) as handle:
         for name in EXTRA_MAILBOXES:
-            handle.call(handle.store.create_mailbox, USER, name)
+            handle.store_call(handle.store.create_mailbox, USER, name)
         yield handle
 
 
@@ -296,7 +296,7 @@ def test_mailbox_names_in_modified_utf7(server: ServerHandle, client: RawClient)
         rb"a OK \[MAILBOXID \(F\d+\)\] CREATE completed\r\n",
         client.command("a", 'CREATE "&AOk-t&AOk-"'),
     )
-    stored = server.call(lambda: [m.name for m in server.store.list_mailboxes(USER)])
+    stored = server.store_call(lambda: [m.name for m in server.store.list_mailboxes(USER)])
     assert "été" in stored
     assert client.command("l", 'LIST "" "*t&AOk-"') == (
         b'* LIST (\\HasNoChildren) "/" "&AOk-t&AOk-"\r\nl OK LIST completed\r\n'
@@ -346,7 +346,7 @@ def test_selected_mailbox_deleted_elsewhere_ends_the_session(
     """RFC 3501 §7.1.5: when another session deletes the selected mailbox, the view can
     no longer be reconciled; the server says BYE (as Dovecot does) and closes."""
     client.command("s", "SELECT Personal")
-    server.call(server.store.delete_mailbox, USER, "Personal")
+    server.store_call(server.store.delete_mailbox, USER, "Personal")
     client.send(b"n NOOP\r\n")
     assert client.read_to_eof() == b"* BYE Selected mailbox was deleted, have to disconnect\r\n"
 
@@ -414,7 +414,7 @@ def test_status_all_items(server: ServerHandle, client: RawClient) -> None:
     first, second = message("one"), message("two", body="longer body text\r\n")
     server.append(raw=first, flags=("\\Seen",))
     server.append(raw=second)
-    box = server.call(server.store.get_mailbox, USER, "INBOX")
+    box = server.store_call(server.store.get_mailbox, USER, "INBOX")
     reply = client.command(
         "a", "STATUS INBOX (MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ SIZE)"
     )

@@ -38,6 +38,7 @@ from gateway.store.interfaces import (
 )
 from gateway.store.sqlite import SQLiteStore
 from gateway.testing.imapclient import (
+    BACKENDS,
     PASSWORD,
     USER,
     RawClient,
@@ -58,9 +59,9 @@ PRE_LOGIN_CAPS = (
 POST_LOGIN_CAPS = PRE_LOGIN_CAPS.replace(" AUTH=PLAIN", "") + " COMPRESS=DEFLATE"
 
 
-@pytest.fixture
-def server(tmp_path: Path):
-    with running_server(tmp_path) as handle:
+@pytest.fixture(params=BACKENDS)
+def server(request: pytest.FixtureRequest, tmp_path: Path):
+    with running_server(tmp_path, backend=request.param) as handle:
         yield handle
 
 
@@ -77,7 +78,7 @@ def logged_in(client: RawClient) -> RawClient:
 
 
 def inbox(server: ServerHandle):
-    return server.call(server.store.get_mailbox, USER, "INBOX")
+    return server.store_call(server.store.get_mailbox, USER, "INBOX")
 
 
 # ---- greeting, CAPABILITY, authentication ------------------------------------------------
@@ -353,9 +354,9 @@ def test_select_qresync_reports_vanished_and_changed(
     box = inbox(server)
     known = box.highestmodseq
     store = server.store
-    server.call(store.store_flags, box.id, [1], "+", ["\\Deleted"])
-    server.call(store.expunge, box.id)
-    result = server.call(store.store_flags, box.id, [3], "+", ["\\Flagged"])
+    server.store_call(store.store_flags, box.id, [1], "+", ["\\Deleted"])
+    server.store_call(store.expunge, box.id)
+    result = server.store_call(store.store_flags, box.id, [3], "+", ["\\Flagged"])
     modseq = result.updated[0].modseq
     client.login()
     client.command("e", "ENABLE QRESYNC")
@@ -387,9 +388,9 @@ def test_noop_reports_new_expunged_and_reflagged_messages(
     server.append()
     assert logged_in.command("b", "NOOP") == b"* 4 EXISTS\r\n* 4 RECENT\r\nb OK NOOP completed\r\n"
     box = inbox(server)
-    server.call(server.store.store_flags, box.id, [2, 3], "+", ["\\Deleted"])
-    server.call(server.store.expunge, box.id)
-    server.call(server.store.store_flags, box.id, [4], "+", ["\\Seen"])
+    server.store_call(server.store.store_flags, box.id, [2, 3], "+", ["\\Deleted"])
+    server.store_call(server.store.expunge, box.id)
+    server.store_call(server.store.store_flags, box.id, [4], "+", ["\\Seen"])
     assert logged_in.command("c", "CHECK") == (
         b"* 3 EXPUNGE\r\n* 2 EXPUNGE\r\n* 2 FETCH (FLAGS (\\Recent \\Seen))\r\nc OK CHECK completed\r\n"
     )
@@ -405,8 +406,8 @@ def test_expunge_not_sent_during_fetch_store_search(
     server.append()
     logged_in.command("s", "SELECT INBOX")
     box = inbox(server)
-    server.call(server.store.store_flags, box.id, [1], "+", ["\\Deleted"])
-    server.call(server.store.expunge, box.id)
+    server.store_call(server.store.store_flags, box.id, [1], "+", ["\\Deleted"])
+    server.store_call(server.store.expunge, box.id)
     assert (
         logged_in.command("a", "FETCH 2 (UID)") == b"* 2 FETCH (UID 2)\r\na OK FETCH completed\r\n"
     )
@@ -426,7 +427,7 @@ def test_flag_change_fetch_carries_uid_and_modseq_under_condstore(
     logged_in.command("e", "ENABLE CONDSTORE")
     logged_in.command("s", "SELECT INBOX")
     box = inbox(server)
-    result = server.call(server.store.store_flags, box.id, [1], "+", ["\\Answered"])
+    result = server.store_call(server.store.store_flags, box.id, [1], "+", ["\\Answered"])
     modseq = result.updated[0].modseq
     assert logged_in.command("a", "NOOP") == (
         b"* 1 FETCH (FLAGS (\\Answered \\Recent) UID 1 MODSEQ (%d))\r\na OK NOOP completed\r\n"
@@ -443,8 +444,8 @@ def test_vanished_replaces_expunge_under_qresync(
     logged_in.command("e", "ENABLE QRESYNC")
     logged_in.command("s", "SELECT INBOX")
     box = inbox(server)
-    server.call(server.store.store_flags, box.id, [1, 2], "+", ["\\Deleted"])
-    server.call(server.store.expunge, box.id)
+    server.store_call(server.store.store_flags, box.id, [1, 2], "+", ["\\Deleted"])
+    server.store_call(server.store.expunge, box.id)
     assert logged_in.command("a", "NOOP") == b"* VANISHED 1:2\r\na OK NOOP completed\r\n"
 
 
@@ -493,6 +494,8 @@ def test_idle_pushes_new_messages_and_ends_on_done(
     assert logged_in.read_line() == b"* 2 EXISTS\r\n"
     assert logged_in.read_line() == b"* 2 RECENT\r\n"
     box = inbox(server)
+    if not server.store.runs_inline:
+        pytest.skip("two writes in one reactor turn: only an inline store can make them")
 
     def delete_first() -> None:  # one reactor turn, so one push
         server.store.store_flags(box.id, [1], "+", ["\\Deleted"])
@@ -845,3 +848,22 @@ def test_errors_map_to_response_codes(error: Exception, command: str, status: st
     reply = session.reply_for_error(error, Command(tag="t", name=command))
     assert (reply.status, reply.code) == (status, code)
     assert "disk on fire" not in reply.text and "internal" not in reply.text
+
+
+@pytest.mark.postgres
+def test_on_postgresql_no_store_call_runs_on_the_reactor_thread(tmp_path: Path) -> None:
+    """With a store that does not run inline, command steps run on store threads: the
+    store's guard refuses the reactor thread, and a whole session still works."""
+    from gateway.store.postgres import ReactorThreadCall
+
+    with running_server(tmp_path, backend="postgresql") as server:
+        with pytest.raises(ReactorThreadCall):
+            server.call(server.store.list_mailboxes, USER)
+        server.append()
+        with server.login() as client:
+            assert client.command("s", "SELECT INBOX").endswith(
+                b"s OK [READ-WRITE] SELECT completed\r\n"
+            )
+            reply = client.command("f", "FETCH 1 (FLAGS)")
+            assert b"* 1 FETCH (FLAGS (\\Recent))" in reply
+            assert client.command("l", "LOGOUT").endswith(b"l OK LOGOUT completed\r\n")

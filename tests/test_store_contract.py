@@ -61,10 +61,12 @@ from gateway.store.interfaces import (
     Subscriptions,
 )
 from gateway.store.memory import MemoryState, MemoryStore
+from gateway.store.postgres import PostgresStore
 from gateway.store.rules import MAX_MAILBOX_DEPTH, MAX_MAILBOX_NAME_LENGTH
 from gateway.store.search import MAX_SEARCH_DEPTH, MAX_SEARCH_NODES
 from gateway.store.sqlite import SQLiteStore
 from gateway.testing.messages import message
+from gateway.testing.postgres import acquire_schema, release_schema, shared_server
 
 START = 1_700_000_000.0  # the fake clock's first reading (2023-11-14)
 SMALL_LIMIT = 4096  # max_message_size given to every store under test
@@ -85,8 +87,16 @@ Opener = Callable[[Path, FakeClock], Store]
 _MEMORY_STATES: dict[Path, MemoryState] = {}
 
 
+_PG_SCHEMAS: dict[Path, str] = {}
+
+
 def forget_memory(directory: Path) -> None:
+    """Drop what a backend keeps for ``directory`` beyond the store itself: the memory
+    store's state, the PostgreSQL schema (emptied and reused by a later test)."""
     _MEMORY_STATES.pop(directory, None)
+    schema = _PG_SCHEMAS.pop(directory, None)
+    if schema is not None:
+        release_schema(shared_server(), schema)
 
 
 def open_memory(directory: Path, clock: FakeClock) -> Store:
@@ -95,11 +105,29 @@ def open_memory(directory: Path, clock: FakeClock) -> Store:
     return MemoryStore(max_message_size=SMALL_LIMIT, clock=clock, state=state)
 
 
+def open_postgresql(directory: Path, clock: FakeClock) -> Store:
+    """A PostgreSQL store in a schema of the shared test server, one schema per
+    directory, so "reopening" finds the same data (gateway/testing/postgres.py)."""
+    server = shared_server()
+    schema = _PG_SCHEMAS.get(directory)
+    if schema is None:
+        schema = _PG_SCHEMAS[directory] = acquire_schema(server)
+    return PostgresStore(
+        server.dsn,
+        password=server.password,
+        schema=schema,
+        pool_size=4,
+        max_message_size=SMALL_LIMIT,
+        clock=clock,
+    )
+
+
 BACKENDS: dict[str, Opener] = {
     "sqlite": lambda directory, clock: SQLiteStore(
         directory / "store.db", max_message_size=SMALL_LIMIT, clock=clock
     ),
     "memory": open_memory,
+    "postgresql": open_postgresql,
 }
 """Every backend the contract is run on; a new backend is one line here: its name and a
 function opening it in a directory with the test clock and ``SMALL_LIMIT``."""
@@ -1560,9 +1588,9 @@ def test_search_agrees_with_reference_on_a_varied_mailbox(
     assert store.search(box, criteria) == reference_search(facts, criteria)
 
 
+@pytest.mark.parametrize("backend_name", sorted(BACKENDS))
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    backend_name=st.sampled_from(sorted(BACKENDS)),
     seed=st.integers(0, 2**32),
     count=st.integers(0, 8),
     trees=st.lists(criteria_trees(12, 12), min_size=1, max_size=10),

@@ -28,6 +28,7 @@ from gateway.store.known_sources import KnownSources
 from gateway.store.memory import MemoryState, MemoryStore
 from gateway.store.schema import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
 from gateway.store.sqlite import SQLiteStore
+from tests.test_store_contract import FakeClock, forget_memory, open_postgresql
 
 Opener = Callable[[], Any]
 
@@ -41,7 +42,15 @@ def _memory(tmp: Path) -> Opener:
     return lambda: MemoryStore(state=state)
 
 
-BACKENDS: dict[str, Callable[[Path], Opener]] = {"sqlite": _sqlite, "memory": _memory}
+def _postgresql(tmp: Path) -> Opener:
+    return lambda: open_postgresql(tmp, FakeClock())
+
+
+BACKENDS: dict[str, Callable[[Path], Opener]] = {
+    "sqlite": _sqlite,
+    "memory": _memory,
+    "postgresql": _postgresql,
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -58,6 +67,7 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     yield open_store
     for store in opened:
         store.close()
+    forget_memory(tmp_path)
 
 
 def remember(store: Any, user: str, source: str, seen: float, **kw: Any) -> None:

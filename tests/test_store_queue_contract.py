@@ -7,13 +7,14 @@ the point.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.store.interfaces import StoreError
 from gateway.store.memory_queue import MemoryOutboundQueue
+from gateway.store.postgres.queue import PGOutboundQueue
 from gateway.store.queue import (
     EXPIRED,
     FAILED,
@@ -27,10 +28,22 @@ from gateway.store.queue import (
     RouteStatus,
 )
 from gateway.store.sqlite_queue import QUEUE_DDL, SQLiteOutboundQueue
+from gateway.testing.postgres import close_test_store, open_test_store
+
+_PG_STORES: list = []
+
+
+def open_postgresql(tmp: Path) -> OutboundQueue:
+    """On a PostgreSQL store of its own (closed when the test ends)."""
+    store = open_test_store()
+    _PG_STORES.append(store)
+    return PGOutboundQueue(store)
+
 
 BACKENDS: dict[str, Callable[[Path], OutboundQueue]] = {
     "memory": lambda tmp: MemoryOutboundQueue(),
     "sqlite": lambda tmp: SQLiteOutboundQueue(tmp / "queue.db"),
+    "postgresql": open_postgresql,
 }
 
 DAY = 86400.0
@@ -38,8 +51,10 @@ T0 = 1_700_000_000.0
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def queue(request: pytest.FixtureRequest, tmp_path: Path) -> OutboundQueue:
-    return BACKENDS[request.param](tmp_path)
+def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OutboundQueue]:
+    yield BACKENDS[request.param](tmp_path)
+    while _PG_STORES:
+        close_test_store(_PG_STORES.pop())
 
 
 def new(

@@ -8,7 +8,7 @@ store with the given limits in a temp dir (SQLite and PostgreSQL come at integra
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,10 +34,28 @@ from gateway.store.scripts import (
     TooManyScripts,
 )
 from gateway.store.sqlite import SQLiteStore
+from gateway.testing.postgres import close_test_store, open_test_store
+
+_PG_STORES: list = []
+
+
+def open_postgresql(tmp: Path, limits: ScriptLimits) -> ScriptStore:
+    """A PostgreSQL store of its own (closed by :func:`close_all` or the model)."""
+    store = open_test_store()
+    store.limits = limits
+    _PG_STORES.append(store)
+    return store
+
+
+def close_all() -> None:
+    while _PG_STORES:
+        close_test_store(_PG_STORES.pop())
+
 
 BACKENDS: dict[str, Callable[[Path, ScriptLimits], ScriptStore]] = {
     "memory": lambda tmp, limits: MemoryScriptStore(limits),
     "sqlite": lambda tmp, limits: _sqlite(tmp, limits),
+    "postgresql": open_postgresql,
 }
 
 
@@ -49,11 +67,14 @@ def _sqlite(tmp: Path, limits: ScriptLimits) -> ScriptStore:
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., ScriptStore]:
+def make_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., ScriptStore]]:
     def make(limits: ScriptLimits | None = None) -> ScriptStore:
         return BACKENDS[request.param](tmp_path, limits or ScriptLimits())
 
-    return make
+    yield make
+    close_all()
 
 
 @pytest.fixture
@@ -286,4 +307,6 @@ def _model_backend(name: str) -> type[RuleBasedStateMachine]:
 for _name in BACKENDS:
     _machine = _model_backend(_name)
     _machine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+    if _name == "postgresql":
+        _machine.TestCase.pytestmark = [pytest.mark.postgres]
     globals()[f"test_model_{_name}"] = _machine.TestCase

@@ -2,7 +2,7 @@
 every backend; a stateful property test holds each backend to a dict of points thinned
 by the pure rule, and property tests pin the rule itself.
 
-Adding a backend is one line in BACKENDS (PostgreSQL comes at integration).
+Adding a backend is one line in BACKENDS.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from gateway.store.interfaces import StoreError
 from gateway.store.memory_timeseries import MemoryTimeSeries
+from gateway.store.postgres.timeseries import PGTimeSeries
 from gateway.store.sqlite_timeseries import TIMESERIES_DDL, SQLiteTimeSeries
 from gateway.store.timeseries import (
     DAY,
@@ -32,21 +33,41 @@ from gateway.store.timeseries import (
     TimeSeries,
     thinned,
 )
+from gateway.testing.postgres import close_test_store, open_test_store
+
+_PG_STORES: list = []
+
+
+def open_postgresql(tmp: Path, retention: Retention) -> TimeSeries:
+    """On a PostgreSQL store of its own (closed by :func:`close_all`)."""
+    store = open_test_store()
+    _PG_STORES.append(store)
+    return PGTimeSeries(store, retention)
+
+
+def close_all() -> None:
+    while _PG_STORES:
+        close_test_store(_PG_STORES.pop())
+
 
 BACKENDS: dict[str, Callable[[Path, Retention], TimeSeries]] = {
     "memory": lambda tmp, retention: MemoryTimeSeries(retention),
     "sqlite": lambda tmp, retention: SQLiteTimeSeries.open(tmp / "ts.sqlite", retention),
+    "postgresql": open_postgresql,
 }
 
 NOW = 1_750_000_000.0
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def make_series(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., TimeSeries]:
+def make_series(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., TimeSeries]]:
     def make(retention: Retention | None = None) -> TimeSeries:
         return BACKENDS[request.param](tmp_path, retention or Retention())
 
-    return make
+    yield make
+    close_all()
 
 
 @pytest.fixture
@@ -228,6 +249,9 @@ def _model_backend(name: str) -> type[RuleBasedStateMachine]:
                 expected = sorted(Point(a, v) for a, v in points.items())
                 assert self.ts.read(series, -math.inf, math.inf) == expected
             assert self.ts.series_names() == sorted(s for s, p in self.points.items() if p)
+
+        def teardown(self) -> None:
+            close_all()
 
     Model.__name__ = f"TimeSeriesModel_{name}"
     return Model

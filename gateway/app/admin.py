@@ -21,7 +21,7 @@ import tempfile
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import tomlkit
 from tomlkit.items import AoT, Comment, InlineTable, Item, Table, Whitespace
@@ -270,28 +270,32 @@ def deluser(path: str, name: str, *, purge: bool = False) -> str:
     write_atomic(cfg_path, new)
     message = f"removed user {name} from {path}"
     if purge:
-        removed = purge_mail(cfg.state_dir, name)
+        removed = purge_mail(cfg, name)
         message += f"; deleted {removed} messages and their folders"
     else:
         message += f"; their mail is kept in {cfg.state_dir} (--purge deletes it)"
     return message
 
 
-def _open_store(state_dir: str):  # type: ignore[no-untyped-def]
-    from gateway.app.storage import STORE_FILE
+def _open_store(cfg: Any) -> Any:
+    """The configured store for an offline command; None when a SQLite store was never
+    created (nothing to report or purge)."""
+    from gateway.app.storage import STORE_FILE, open_postgresql, uses_postgresql
     from gateway.store.sqlite import SQLiteStore
 
-    store_path = Path(state_dir) / STORE_FILE
+    if uses_postgresql(cfg):
+        return open_postgresql(cfg, pool_size=1)
+    store_path = Path(cfg.state_dir) / STORE_FILE
     if not store_path.exists():
         return None
     return SQLiteStore(store_path)
 
 
-def purge_mail(state_dir: str, name: str) -> int:
+def purge_mail(cfg: Any, name: str) -> int:
     """Delete every folder of the user and empty their INBOX; returns messages removed."""
     from gateway.store.interfaces import INBOX
 
-    store = _open_store(state_dir)
+    store = _open_store(cfg)
     if store is None:
         return 0
     removed = 0
@@ -316,7 +320,7 @@ def users_report(path: str) -> str:
     from gateway.app.status import mailbox_usage
 
     _cfg_path, _text, cfg = _load_text(path)
-    store = _open_store(cfg.state_dir)
+    store = _open_store(cfg)
     lines = [f"{'USER':<20} {'FOLDERS':>7} {'MESSAGES':>8} {'SIZE':>12}  SHARED"]
     try:
         for name in sorted(cfg.users):

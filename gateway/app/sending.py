@@ -129,8 +129,14 @@ def wanted(cfg: configmod.Config) -> bool:
 
 
 def outbound_queue(store: Any) -> OutboundQueue:
-    """The queue in the store's own SQLite file (schema version 6), or the memory store's
-    own (the demo's): where Sieve's routed deliveries queue redirects and replies."""
+    """The queue in the store's own SQLite file (schema version 6), in its PostgreSQL
+    database (durable, shared by the nodes; its calls are not yet moved off the reactor
+    thread, see ARCHITECTURE.md), or the memory store's own (the demo's): where Sieve's
+    routed deliveries queue redirects and replies."""
+    if not getattr(store, "runs_inline", True):
+        from gateway.store.postgres.queue import PGOutboundQueue
+
+        return PGOutboundQueue(store)
     db = getattr(store, "db", None)
     if db is None:
         found = getattr(getattr(store, "state", None), "outbound", None)

@@ -28,7 +28,7 @@ from gateway.access.quota import DeliveryQuotaGuard, Quotas
 from gateway.app import config as configmod
 from gateway.app.config.listeners import imap_listeners, served_listeners
 from gateway.app.shutdown import GatewayService, StopSignals
-from gateway.app.storage import open_store, prepare_state_dir
+from gateway.app.storage import KnownSourcesOffReactor, open_store, prepare_state_dir
 from gateway.imap.tracefile import TRACE_DIR
 from gateway.security.auth import PasswordTable
 
@@ -90,6 +90,52 @@ class ThreadPoolService(service.Service):
         return joined
 
 
+STORE_THREADS = 8
+"""Threads (and so PostgreSQL connections) for store calls when the store does not run
+inline: IMAP command steps, fetcher deliveries, status. A call holds its thread for one
+round trip or one transaction, so a few threads serve many sessions."""
+
+
+def _store_threads(top: service.MultiService, store: Any, reactor: Any) -> Any:
+    """For a store that does not run inline (PostgreSQL): a bounded thread pool in the
+    service tree (stopped, waiting for the calls in progress, before the store, which
+    stops last), and listeners handed to the reactor thread. None for an
+    inline store (SQLite): its calls stay on the reactor thread."""
+    from twisted.python.threadpool import ThreadPool
+
+    from gateway.store.runner import ThreadRunner
+
+    if getattr(store, "runs_inline", True):
+        return None
+    pool = ThreadPool(minthreads=0, maxthreads=STORE_THREADS, name="store")
+    ThreadPoolService(pool, reactor).setServiceParent(top)
+    store.set_dispatcher(reactor.callFromThread)
+
+    def guard_reactor_thread() -> None:  # a call that slipped onto the reactor is logged
+        store.guard_raises = False
+        store.forbidden_thread = threading.get_ident()
+
+    reactor.callFromThread(guard_reactor_thread)
+    return ThreadRunner(reactor, pool)
+
+
+def provision(runner: Any, store: Any, owners: list[str]) -> None:
+    """Create the users' (or shared trees') INBOX and default folders. Inline stores do
+    it now, as the service is built; otherwise it is queued on the store's threads (it
+    runs once they start; a login before that provisions its own user anyway)."""
+
+    def ensure_all() -> None:
+        for owner in owners:
+            store.ensure_user(owner)
+
+    if runner.inline:
+        ensure_all()
+        return
+    runner.run(ensure_all).addErrback(
+        lambda f: log.error("store.provision_failed", owners=owners, reason=str(f.value))
+    )
+
+
 class StoreService(service.Service):
     """Closes the store when the service stops: last, after everything that uses it has
     stopped (``stop_last``: see gateway/app/shutdown.py, GatewayService)."""
@@ -124,10 +170,12 @@ def build_service(
     top.config = cfg  # type: ignore[attr-defined]
     top.reload_hooks = []  # type: ignore[attr-defined]
     metrics = _new_metrics(reactor)
-    store = store if store is not None else open_store(cfg)
+    store = store if store is not None else open_store(cfg, pool_size=STORE_THREADS)
     StoreService(store).setServiceParent(top)
-    for user in cfg.users:
-        store.ensure_user(user)
+    store_threads = _store_threads(top, store, reactor)
+    store_runner = runner_for(store, store_threads)
+    top.store_runner = store_runner  # type: ignore[attr-defined]
+    provision(store_runner, store, list(cfg.users))
     authenticator = PasswordTable({u.name: u.password_hash for u in cfg.users.values()})
 
     # Password checks get their own small pool (see password_threads), so that a burst
@@ -148,7 +196,12 @@ def build_service(
         max_connections_per_user_ip=cfg.security.max_connections_per_user_ip,
         max_connections_per_ip=cfg.security.max_connections_per_ip,
     )
-    server_tls, penalty = _security_parts(cfg, reactor, store)
+    known_sources = store
+    if not store_runner.inline:
+        # The penalty asks on the reactor thread: a cache filled off it, writes sent off it.
+        known_sources = KnownSourcesOffReactor(store, store_runner)
+        known_sources.load(list(cfg.users))
+    server_tls, penalty = _security_parts(cfg, reactor, known_sources)
     pollers: dict[str, UpstreamPoller] = {}
     quotas = Quotas(quota_limits(cfg))
     # The fetcher's ledger: each owner's Sieve script routes the message (issue 16), then
@@ -160,9 +213,11 @@ def build_service(
         addresses={u.name: upstream_address(u.username) for u in cfg.upstreams},
         clock=reactor.seconds,
     )
-    # Where the fetcher's store calls run: SQLite runs inline (gateway/store/runner.py).
-    store_runner = runner_for(delivery_store)
-    fetch_with_runner = functools.partial(fetch_once, runner=store_runner)
+    # Where the fetcher's store calls run: SQLite inline, PostgreSQL on the store's
+    # threads (gateway/store/runner.py).
+    fetch_with_runner = functools.partial(
+        fetch_once, runner=runner_for(delivery_store, store_threads)
+    )
     token_sources: dict[str, TokenSource] = {}  # shared with the SMTP relay (XOAUTH2)
     for upstream in cfg.upstreams:
         fetch = fetch_with_runner
@@ -178,7 +233,7 @@ def build_service(
             fetch = with_oauth_token(fetch_with_runner, tokens)
             token_sources[upstream.name] = tokens
         # Notices go to the raw store: an over-quota owner still learns that fetching broke.
-        notifier = FailureNotifier(upstream, store, cfg.state_dir)
+        notifier = FailureNotifier(upstream, store, cfg.state_dir, runner=store_runner)
         poller = UpstreamPoller(
             upstream,
             delivery_store,
@@ -209,13 +264,13 @@ def build_service(
         penalty=penalty,
         spool_dir=prepare_state_dir(os.path.join(cfg.state_dir, "spool")),  # large literals
         directory=authenticator,
+        store_runner=store_runner,
     )
     factory.households.update({name: s.members for name, s in cfg.shared.items()})
     factory.quotas = quotas
     trace_root = Path(cfg.state_dir) / TRACE_DIR
     factory.set_trace_users(frozenset(cfg.trace_users), trace_root)
-    for name in cfg.shared:
-        store.ensure_user(shared_owner(name))
+    provision(store_runner, store, [shared_owner(name) for name in cfg.shared])
     for poller in pollers.values():
         poller.setServiceParent(top)
     # `popgate fetch`: the "fetch" command on the control socket (gateway/app/control.py).
@@ -274,8 +329,8 @@ def build_service(
         server_tls=server_tls,
         add_reload_hook=add_reload_hook,
     )
-    add_reload_hook(top, "users", _users_reloader(authenticator, store))
-    add_reload_hook(top, "shared", _shared_reloader(factory.households, store))
+    add_reload_hook(top, "users", _users_reloader(authenticator, store, store_runner))
+    add_reload_hook(top, "shared", _shared_reloader(factory.households, store, store_runner))
     add_reload_hook(top, "quotas", lambda new: quotas.update(quota_limits(new)))
     # After users and households: sessions that lost access end (IDLE at once, others
     # at their next command; gateway/imap/session.py).
@@ -364,6 +419,7 @@ def _serve_status(top, cfg, reactor, factory, pollers, store) -> None:
         metrics_listener=cfg.metrics.listen if cfg.metrics.enabled else None,
         control_path=control.path,
         store=store,
+        runner=getattr(top, "store_runner", None),
         owners=lambda: [
             *factory.authenticator.users(),
             *(shared_owner(g) for g in sorted(factory.households.groups)),
@@ -425,15 +481,14 @@ def reload(top: service.MultiService) -> bool:
     return not failed
 
 
-def _users_reloader(authenticator: PasswordTable, store: Any) -> ReloadHook:
+def _users_reloader(authenticator: PasswordTable, store: Any, runner: Any) -> ReloadHook:
     """Swap the IMAP password table in one assignment: new logins see the new table; a
     removed user cannot log in again, and their open sessions end at their next command
     (the table is also the sessions' UserDirectory; the "sessions" hook wakes IDLE)."""
 
     def reload_users(new: configmod.Config) -> None:
         before = set(authenticator.users())
-        for user in new.users:
-            store.ensure_user(user)
+        provision(runner, store, list(new.users))
         authenticator.replace({u.name: u.password_hash for u in new.users.values()})
         after = set(new.users)
         log.info(
@@ -446,13 +501,12 @@ def _users_reloader(authenticator: PasswordTable, store: Any) -> ReloadHook:
     return reload_users
 
 
-def _shared_reloader(households: Any, store: Any) -> ReloadHook:
+def _shared_reloader(households: Any, store: Any, runner: Any) -> ReloadHook:
     """New [shared.*] tables and membership changes apply to every session's next
     command; a removed member loses access at once (gateway/access/households.py)."""
 
     def reload_shared(new: configmod.Config) -> None:
-        for name in new.shared:
-            store.ensure_user(shared_owner(name))
+        provision(runner, store, [shared_owner(name) for name in new.shared])
         households.update({name: s.members for name, s in new.shared.items()})
         log.info("service.shared_reloaded", shared=sorted(new.shared))
 
@@ -557,7 +611,7 @@ def _security_parts(cfg: configmod.Config, reactor: Any, store: Any) -> tuple[An
             ip_budget=sec.auth_failures_per_ip,
             user_budget=sec.auth_failures_per_user,
         ),
-        known_sources=store if isinstance(store, KnownSources) else None,
+        known_sources=store if isinstance(store, KnownSources | KnownSourcesOffReactor) else None,
     )
     return server_tls, penalty
 

@@ -78,12 +78,13 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def poller_health(poller: Any) -> dict[str, Any]:
+def poller_health(poller: Any, ledger: list[Any] | None = None) -> dict[str, Any]:
     """The poller's health as a plain dict: its own ``health_dict()`` when it has one,
-    otherwise the fields of its ``health`` record."""
+    otherwise the fields of its ``health`` record. ``ledger``: the upstream's ledger
+    entries when already read (off the reactor, for a store that does not run inline)."""
     health_dict = getattr(poller, "health_dict", None)
     if callable(health_dict):
-        return _plain(health_dict())
+        return _plain(health_dict() if ledger is None else health_dict(ledger=ledger))
     health = getattr(poller, "health", None)
     out = {key: _plain(getattr(health, attr, None)) for key, attr in _HEALTH_FIELDS.items()}
     result = getattr(health, "last_result", None)
@@ -201,11 +202,15 @@ class StatusSource:
         store: Any = None,
         owners: Callable[[], Iterable[str]] = tuple,
         served_listeners: Iterable[tuple[str, str]] | None = None,
+        runner: Any = None,
     ) -> None:
         """``served_listeners``: every (kind, endpoint) the gateway listens on
         (``gateway.app.config.listeners.served_listeners``); ``imap_listeners`` is the
         shorthand for plain IMAP endpoints only."""
         self.store = store
+        self.runner = runner
+        """A thread runner when the store does not run inline: its facts are then read
+        on a store thread and the rest of the status on the reactor."""
         self.owners = owners
         self.reactor = reactor
         self.version = version
@@ -224,11 +229,23 @@ class StatusSource:
         self.sending: Any = None
         """The submission relay's parts (gateway.app.sending.SendingParts) or None."""
 
-    def collect(self) -> dict[str, Any]:
+    def store_facts(self, names: list[str], owners: list[str]) -> dict[str, Any]:
+        """What the status needs from the store (one call, on a store thread when the
+        store does not run inline): each upstream's ledger and each owner's usage."""
+        if self.store is None:
+            return {"ledger": {}, "users": []}
+        return {
+            "ledger": {name: self.store.ledger_entries(name) for name in names},
+            "users": [mailbox_usage(self.store, o) for o in owners],
+        }
+
+    def collect(self, facts: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The status; ``facts`` (:meth:`store_facts`) when already read elsewhere."""
         now = self.reactor.seconds()
         upstreams = []
+        ledger = facts["ledger"] if facts is not None else {}
         for name, poller in sorted(self.pollers.items()):
-            health = poller_health(poller)
+            health = poller_health(poller, ledger.get(name))
             up = getattr(poller, "upstream", None)
             next_at = health.get("next_poll_at")
             upstreams.append(
@@ -267,7 +284,9 @@ class StatusSource:
                 "path": str(self.store_path) if self.store_path is not None else None,
                 "size_bytes": file_size(self.store_path) if self.store_path is not None else None,
             },
-            "users": [mailbox_usage(self.store, o) for o in self.owners()]
+            "users": facts["users"]
+            if facts is not None
+            else [mailbox_usage(self.store, o) for o in self.owners()]
             if self.store is not None
             else [],
             "recent_errors": [_plain(e) for e in self.recent_errors()],
@@ -283,9 +302,14 @@ class StatusSource:
             return {"enabled": False, "queue": []}
         return {"enabled": True, "queue": queue_status(self.sending.queue, now)}
 
-    def handle(self, request: dict[str, Any], progress: Callable[[dict[str, Any]], None]) -> dict:
+    def handle(self, request: dict[str, Any], progress: Callable[[dict[str, Any]], None]) -> Any:
         """The control socket's ``status`` command (it takes no arguments)."""
-        return self.collect()
+        runner = self.runner
+        if runner is None or runner.inline:
+            return self.collect()
+        d = runner.run(self.store_facts, sorted(self.pollers), list(self.owners()))
+        d.addCallback(self.collect)
+        return d
 
 
 # ---- rendering for humans ------------------------------------------------------------------

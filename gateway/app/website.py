@@ -48,8 +48,12 @@ class Admins:
 
 
 def history_series(store: Any) -> TimeSeries:
-    """The history on the store's SQLite connection (migrated with the mail), or in
-    memory for a store without one (it is then lost on restart)."""
+    """The history on the store's SQLite connection (migrated with the mail), in its
+    PostgreSQL database, or in memory for a store without either (lost on restart)."""
+    if not getattr(store, "runs_inline", True):
+        from gateway.store.postgres.timeseries import PGTimeSeries
+
+        return PGTimeSeries(store)
     db = getattr(store, "db", None)
     if db is not None:
         return SQLiteTimeSeries(db)
@@ -91,6 +95,26 @@ def sample_after_passes(
         poller.fetch = sampled
 
 
+def sample_off_reactor(sample: Callable[[], None], runner: Any) -> Callable[[], None]:
+    """For a store that does not run inline: each history sample (store sizes read,
+    points written) runs on a store thread, one at a time; a sample asked for while one
+    runs is skipped (the next tick records the same totals)."""
+    running: list[bool] = []
+
+    def done(outcome: Any) -> None:
+        running.clear()
+        if isinstance(outcome, Failure):
+            log.warning("web.history_failed", error=str(outcome.value))
+
+    def off_reactor() -> None:
+        if running:
+            return
+        running.append(True)
+        runner.run(sample).addBoth(done)
+
+    return off_reactor
+
+
 def serve_web(
     top: service.MultiService,
     cfg: configmod.Config,
@@ -123,6 +147,9 @@ def serve_web(
         },
         store_sizes=lambda: {owner: usage(store, owner) for owner in status.owners()},
     )
+    runner = getattr(top, "store_runner", None)
+    if runner is not None and not runner.inline:
+        recorder.sample = sample_off_reactor(recorder.sample, runner)  # type: ignore[method-assign]
     recorder.setServiceParent(top)
     sample_after_passes(pollers, recorder, reactor)
     top.history = recorder  # type: ignore[attr-defined]

@@ -7,8 +7,21 @@ import os
 import sys
 from typing import Any
 
-from gateway.cli.common import add_state_dir_options, state_dir
+from gateway.cli.common import add_state_dir_options, load_config, state_dir
 from gateway.core.display import printable
+
+
+def _postgresql_refusal(args: argparse.Namespace) -> bool:
+    """In PostgreSQL mode, say to use pg_dump/pg_restore (True: the command stops)."""
+    from gateway.app.storage import PG_DUMP_HINT, uses_postgresql
+
+    if getattr(args, "state_dir", None):
+        return False  # an explicit state dir names a SQLite store
+    cfg = load_config(args.config)
+    if cfg is None or not uses_postgresql(cfg):
+        return False
+    print(f"popgate: {PG_DUMP_HINT.format(dsn=cfg.store.dsn)}", file=sys.stderr)
+    return True
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -16,6 +29,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from gateway.app import backup
     from gateway.app.storage import STORE_FILE
 
+    if _postgresql_refusal(args):
+        return 1
     where = state_dir(args)
     if where is None:
         return 1
@@ -38,6 +53,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from gateway.app import backup, control
     from gateway.app.storage import STORE_FILE
 
+    if _postgresql_refusal(args):
+        return 1
     where = state_dir(args)
     if where is None:
         return 1

@@ -24,8 +24,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the file, then reach the store: in PostgreSQL mode, connect and report
+    the schema version (or what is wrong: unreachable, refused, too new)."""
+    from gateway.app.storage import StoreCheckFailed, describe_store
+
     cfg = load_config(args.config)
     if cfg is None:
+        return 1
+    try:
+        store_line = describe_store(cfg)
+    except StoreCheckFailed as e:
+        print(printable(f"{cfg.path}: {e}"), file=sys.stderr)
         return 1
     from gateway.app.config.listeners import served_listeners
 
@@ -36,6 +45,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             f"listeners: {listeners})"
         )
     )
+    print(printable(store_line))
     return 0
 
 

@@ -5,6 +5,7 @@ adds its :class:`~gateway.imap.policy.ListenerPolicy`.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from gateway.security.auth import Authenticator, UserDirectory
 from gateway.security.connections import ConnectionCounts
 from gateway.security.penalty import AuthPenalty
 from gateway.store.interfaces import Store
+from gateway.store.runner import InlineRunner, StoreRunner, runner_for
 
 
 class IMAPServerFactory(ConnectionCounts, Factory):
@@ -45,6 +47,10 @@ class IMAPServerFactory(ConnectionCounts, Factory):
     ``directory`` says who still has an account: sessions of a deleted user end at their
     next command (None: no check). After a reload changes accounts or households, the
     service calls :meth:`access_changed` so that idling sessions check at once.
+    ``store_runner`` says where command steps run: for a store that does not run inline
+    (PostgreSQL) a :class:`~gateway.store.runner.ThreadRunner` is required, and the
+    sessions step their commands on its threads (see :mod:`gateway.imap.server`); the
+    activity hook is then handed back to the reactor thread.
     """
 
     def __init__(
@@ -62,9 +68,21 @@ class IMAPServerFactory(ConnectionCounts, Factory):
         penalty: AuthPenalty | None = None,
         spool_dir: Path | None = None,
         directory: UserDirectory | None = None,
+        store_runner: StoreRunner | None = None,
     ) -> None:
         self.store = store
+        if store_runner is None:
+            # Test doubles without ``runs_inline`` are inline; a backend that declares
+            # False gets ValueError from runner_for (it needs a ThreadRunner).
+            inline = getattr(store, "runs_inline", True)
+            store_runner = InlineRunner() if inline else runner_for(store)
+        self.store_runner: StoreRunner = store_runner
         self.activity = activity
+        self.session_activity = activity
+        """The hook sessions call: ``activity`` itself, or (steps on store threads) a
+        wrapper handing the call to the reactor thread."""
+        if activity is not None and not self.store_runner.inline:
+            self.session_activity = functools.partial(reactor.callFromThread, activity)
         self.authenticator = authenticator
         self.reactor = reactor
         self.clock: IReactorTime = clock if clock is not None else reactor

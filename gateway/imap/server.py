@@ -19,6 +19,16 @@ and applies backpressure both ways:
   large literals spooled to disk and APPEND bytes in flight capped after it
   (:mod:`gateway.imap.budgets`); the parser's caps follow the session's state.
 
+Where command steps run (ARCHITECTURE.md, "Store calls and the reactor"): with a store
+that runs inline (SQLite, memory) each step of a command's generator runs on the reactor
+thread, as it always has. With one that does not (PostgreSQL) the steps run through the
+factory's :class:`~gateway.store.runner.ThreadRunner`: one batch of steps at a time per
+session (:mod:`gateway.imap.steps`, up to a byte budget or the next action),
+its bytes and action handed back to the reactor thread, which writes them, performs the
+action and schedules the next batch only once the transport wants more. So no database
+round trip happens on the reactor, and a session's state is only ever touched by one
+thread at a time.
+
 Timers (RFC 3501 §5.4 autologout, RFC 2177 IDLE keep-alive) run on an injected clock.
 The factories that build these connections are in :mod:`gateway.imap.factory`, the limits
 and policies they apply in :mod:`gateway.imap.policy`.
@@ -61,6 +71,7 @@ from gateway.imap.handler import (
 from gateway.imap.login_limits import LoginLimits
 from gateway.imap.policy import UTF8_ACCEPT_SUPPORTED, ListenerPolicy
 from gateway.imap.session import IMAPSession
+from gateway.imap.steps import ThreadedSteps
 from gateway.imap.stream import ConnectionStream
 from gateway.imap.tracefile import ConnectionTrace
 from gateway.security.connections import peer_address
@@ -75,7 +86,7 @@ CONTINUE_LITERAL = b"+ Ready for literal data\r\n"
 
 
 @implementer(IPushProducer)
-class IMAPServerProtocol(Protocol):
+class IMAPServerProtocol(ThreadedSteps, Protocol):
     """One IMAP connection. Registers itself as the transport's streaming producer."""
 
     factory: IMAPServerFactory
@@ -92,6 +103,11 @@ class IMAPServerProtocol(Protocol):
         self._budget = ConnectionBudget(factory.budgets, factory.spool_dir)
         self._login_delay_call: IDelayedCall | None = None
         self._current: Run | None = None
+        runner = factory.store_runner
+        self._threads = None if runner.inline else runner
+        """The store's thread runner when command steps must leave the reactor thread."""
+        self._stepping: object | None = None
+        """Token of the batch of steps running on a store thread, if any."""
         self._waiting: RunBlocking | ReadLine | WaitIdle | Pause | None = None
         self._send: Any = None
         self._throw: BaseException | None = None
@@ -146,7 +162,7 @@ class IMAPServerProtocol(Protocol):
             tls_available=factory.tls_context_factory is not None,
             plaintext_auth_allowed=plaintext_auth,
             utf8_available=UTF8_ACCEPT_SUPPORTED,
-            activity=factory.activity,
+            activity=factory.session_activity,
             households=factory.households,
             quotas=factory.quotas,
             directory=factory.directory,
@@ -342,6 +358,8 @@ class IMAPServerProtocol(Protocol):
 
     def _advance(self) -> None:
         while not self._closing and self._current is not None:
+            if self._stepping is not None:
+                return  # a batch of steps runs on a store thread; its callback resumes us
             waiting = self._waiting
             if waiting is not None:
                 if isinstance(waiting, RunBlocking | Pause):
@@ -365,6 +383,9 @@ class IMAPServerProtocol(Protocol):
             if self._output_paused:
                 return
             current = self._current
+            if self._threads is not None:
+                self._step_on_thread(current)
+                return
             try:
                 if self._throw is not None:
                     error_in, self._throw = self._throw, None
@@ -547,6 +568,11 @@ class IMAPServerProtocol(Protocol):
         current, self._current = self._current, None
         self._waiting = None
         self._blocking = None
+        if current is not None and self._threads is not None:
+            if self._stepping is None:
+                self._close_on_thread(current)
+            # else: its steps are running; _steps_done closes it when they return
+            return
         if current is not None:
             try:
                 current.close()
@@ -636,7 +662,8 @@ class IMAPServerProtocol(Protocol):
             and not self._idling
             and not isinstance(self._waiting, ReadLine)
         )
-        if busy and not self._output_paused:
+        if self._stepping is not None or (busy and not self._output_paused):
+            # (steps running on a store thread own the session until they return)
             self._reset_timeout()
             return
         log.info("imap.autologout", user=self.session.user, peer=self.peer)

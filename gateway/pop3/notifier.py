@@ -23,6 +23,7 @@ from gateway.pop3.errors import FetchError, OAuthLoginNeeded
 from gateway.pop3.notices import Episode, Notice, build_message, next_episode
 from gateway.pop3.upstream import Upstream
 from gateway.store.interfaces import INBOX
+from gateway.store.runner import StoreRunner
 
 log = structlog.get_logger(__name__)
 
@@ -37,9 +38,19 @@ def episode_path(state_dir: str | os.PathLike[str], upstream: str) -> Path:
 class FailureNotifier:
     """Called by the poller after each pass (see :meth:`after_pass`)."""
 
-    def __init__(self, upstream: Upstream, store: Any, state_dir: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        store: Any,
+        state_dir: str | os.PathLike[str],
+        *,
+        runner: StoreRunner | None = None,
+    ) -> None:
         self.upstream = upstream
         self.store = store
+        self.runner = runner
+        """Where the store is called: None (or inline) on the caller's thread; a thread
+        runner for a store that does not run inline (the notice is then filed later)."""
         self.path = episode_path(state_dir, upstream.name)
         self.episode = self._load()
         self.filed: list[Notice] = []  # this process's notices, for tests and status
@@ -82,24 +93,49 @@ class FailureNotifier:
             else:
                 oauth = up.auth == "oauth2"
             raw = build_message(notice, owner=up.owner, host=up.host, oauth=oauth)
+            if self.runner is not None and not self.runner.inline:
+                # The store is called on a store thread; the episode moves on once filed.
+                d = self.runner.run(self._file, raw)
+                d.addCallbacks(
+                    lambda _: self._filed(notice, episode), lambda f: self._not_filed(f.value)
+                )
+                return notice
             try:
-                mailbox = self.store.get_mailbox(up.owner, INBOX)
-                self.store.append(mailbox.id, raw)
+                self._file(raw)
             except Exception as e:
-                log.error("pop3.notice_failed", upstream=up.name, owner=up.owner, reason=str(e))
+                self._not_filed(e)
                 return None  # the episode is not marked: the next pass tries again
-            self.filed.append(notice)
-            log.info(
-                "pop3.notice_filed",
-                upstream=up.name,
-                owner=up.owner,
-                notice=notice.what,
-                kind=notice.kind,
-            )
+            self._filed(notice, episode)
+            return notice
+        self._advance(episode)
+        return notice
+
+    def _file(self, raw: bytes) -> None:
+        mailbox = self.store.get_mailbox(self.upstream.owner, INBOX)
+        self.store.append(mailbox.id, raw)
+
+    def _not_filed(self, error: BaseException) -> None:
+        up = self.upstream
+        log.error("pop3.notice_failed", upstream=up.name, owner=up.owner, reason=str(error))
+
+    def _filed(self, notice: Notice, episode: Episode) -> None:
+        up = self.upstream
+        self.filed.append(notice)
+        log.info(
+            "pop3.notice_filed",
+            upstream=up.name,
+            owner=up.owner,
+            notice=notice.what,
+            kind=notice.kind,
+        )
+        self._advance(episode)
+
+    def _advance(self, episode: Episode) -> None:
         if episode != self.episode:
             self.episode = episode
             try:
                 self._save(episode)
             except OSError as e:
-                log.error("pop3.notice_state_unwritable", upstream=up.name, reason=str(e))
-        return notice
+                log.error(
+                    "pop3.notice_state_unwritable", upstream=self.upstream.name, reason=str(e)
+                )

@@ -44,7 +44,7 @@ from twisted.python.failure import Failure
 from gateway.pop3.errors import FetchError
 from gateway.pop3.fetcher import FetchResult, fetch_once
 from gateway.pop3.upstream import Upstream
-from gateway.store.interfaces import Ledger
+from gateway.store.interfaces import Ledger, LedgerEntry
 
 log = structlog.get_logger(__name__)
 
@@ -361,10 +361,12 @@ class UpstreamPoller(Service):
 
     # ---- status ----------------------------------------------------------------------
 
-    def health_dict(self) -> dict[str, Any]:
+    def health_dict(self, ledger: list[LedgerEntry] | None = None) -> dict[str, Any]:
         """JSON-ready health of this upstream for ``popgate status`` and metrics. Times are
         epoch seconds (the reactor's clock); ``skipped`` lists messages recorded as not
-        fetched (too large, line too long), newest first, at most :data:`MAX_SKIPPED_SHOWN`."""
+        fetched (too large, line too long), newest first, at most :data:`MAX_SKIPPED_SHOWN`.
+        ``ledger``: the upstream's entries when the caller read them (off the reactor for
+        a store that does not run inline; without it such a store is not asked here)."""
         h = self.health
         up = self.upstream
         if h.in_flight:
@@ -376,8 +378,10 @@ class UpstreamPoller(Service):
         else:
             state = "ok"
         skipped: list[dict[str, Any]] = []
-        if self.store is not None:
-            entries = [e for e in self.store.ledger_entries(up.name) if e.state == "skipped"]
+        if ledger is None and self.store is not None and getattr(self.store, "runs_inline", True):
+            ledger = self.store.ledger_entries(up.name)
+        if ledger is not None:
+            entries = [e for e in ledger if e.state == "skipped"]
             entries.sort(key=lambda e: e.fetched_at, reverse=True)
             skipped = [
                 {"uidl": e.uidl, "reason": e.reason, "at": e.fetched_at.timestamp()}

@@ -44,7 +44,7 @@ simple. *Where* a call runs is the caller's business, through a
 
 - each backend declares ``runs_inline`` (:class:`Backend`). True (SQLite, memory): calls
   are made on the reactor thread, through :class:`~gateway.store.runner.InlineRunner`.
-  False (a backend with network round trips, the PostgreSQL store of issue 13): no call
+  False (a backend with network round trips: :mod:`gateway.store.postgres`): no call
   may run on the reactor thread; callers go through
   :class:`~gateway.store.runner.ThreadRunner`, a bounded pool whose results come back on
   the reactor thread. Such a backend must be safe to call from several pool threads at
@@ -52,13 +52,13 @@ simple. *Where* a call runs is the caller's business, through a
   reactor thread itself (``reactor.callFromThread``);
 - the POP3 fetcher makes every store call through the runner it is given (the service
   picks it with :func:`~gateway.store.runner.runner_for`);
-- the IMAP server, for a backend that does not run inline, will step each command's
-  handler generator on a pool thread through the runner: one step at a time per session
-  (the session's state is only ever touched by one thread at once), the bytes a step
-  yields and the listener notifications reaching the session handed back to the reactor
-  with ``callFromThread``, backpressure unchanged (the next step is only scheduled once
-  the transport wants more). That part is implemented with the PostgreSQL store (issue
-  13); with ``runs_inline`` backends the server calls the store directly, as today.
+- the IMAP server, for a backend that does not run inline, steps each command's
+  handler generator on a pool thread through the runner: one batch of steps at a time
+  per session (the session's state is only ever touched by one thread at once), the
+  bytes and actions it yields handed back to the reactor, listener notifications
+  reaching the session on the reactor thread, backpressure unchanged (the next batch is
+  only scheduled once the transport wants more; :mod:`gateway.imap.server`); with
+  ``runs_inline`` backends the server calls the store directly.
 
 Listeners (:class:`ChangeNotifier`) are called after the commit of the change, never from
 inside a transaction, on the thread that made the change: the reactor thread for an

@@ -2,7 +2,7 @@
 INTERNALDATE, the folders a new user gets, and the numeric limits of UIDs.
 
 Backends import these instead of each writing its own, so SQLite, the memory store and
-the PostgreSQL store to come (issue 13) cannot drift apart; the contract suite
+the PostgreSQL store cannot drift apart; the contract suite
 (tests/test_store_contract.py) proves they do not. The functions are pure: they raise
 the typed errors of :mod:`gateway.store.errors` (or :class:`ValueError`/:class:`TypeError`
 for values no caller should pass) and touch no storage.

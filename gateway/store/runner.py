@@ -3,8 +3,8 @@
 The store contract (:mod:`gateway.store.interfaces`) is synchronous; a caller on the
 reactor makes each call through a :class:`StoreRunner` and gets a Deferred, so the same
 caller code serves a backend that answers in microseconds (SQLite, memory:
-:class:`InlineRunner`) and one that takes a network round trip per call (PostgreSQL,
-issue 13: :class:`ThreadRunner`). Which one a backend needs, it declares with its
+:class:`InlineRunner`) and one that takes a network round trip per call (PostgreSQL:
+:class:`ThreadRunner`). Which one a backend needs, it declares with its
 ``runs_inline`` attribute; :func:`runner_for` turns that into a runner.
 
 Results and failures always arrive on the reactor thread: the inline runner calls on it,

@@ -7,6 +7,11 @@ Every user value is a bound parameter; only fixed SQL text written here is ever
 concatenated. Each node's expression yields 0 or 1, never NULL, so ``NOT`` keeps its
 two-valued meaning.
 
+The SQL is written once for both SQL backends: a :class:`Dialect` supplies what differs
+between SQLite and PostgreSQL (the parameter marker, boolean literals, substring test,
+and how a long list of UID ranges is passed): :data:`SQLITE` here, and
+``POSTGRESQL`` with the PostgreSQL store.
+
 Trees are bounded (:data:`MAX_SEARCH_NODES`, :data:`MAX_SEARCH_DEPTH`) so that a
 hostile SEARCH cannot exceed SQLite's expression-depth or parameter limits (going over
 raises :class:`~gateway.store.errors.SearchTooComplex`, a StoreError), and long
@@ -16,7 +21,7 @@ AND/OR chains are emitted as balanced trees to keep the SQL expression shallow.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.core.criteria import (
@@ -67,6 +72,39 @@ MAX_INLINE_UID_RANGES = 8
 ``OR`` chain of ``BETWEEN``s, bounding the number of SQL parameters per node."""
 
 
+def _sqlite_uid_ranges(ranges: list[tuple[int, int]], mailbox_id: int) -> tuple[str, list]:
+    # One JSON parameter, each range answered by a primary-key range scan (CROSS JOIN
+    # keeps json_each outermost); the subquery is uncorrelated, so SQLite evaluates it
+    # once into an ephemeral index that IN probes.
+    return (
+        "(mm.uid IN (SELECT x.uid FROM json_each(?) r CROSS JOIN mailbox_message x"
+        " WHERE x.mailbox_id = ?"
+        " AND x.uid BETWEEN json_extract(r.value, '$[0]') AND json_extract(r.value, '$[1]')))",
+        [json.dumps(ranges), mailbox_id],
+    )
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What the translation needs to know about one database's SQL."""
+
+    name: str
+    param: str  # the bound-parameter marker
+    true: str
+    false: str
+    position: str  # a function (haystack, needle) → 1-based position, 0 when absent
+    uid_ranges: Callable[[list[tuple[int, int]], int], tuple[str, list]]
+    clean: Callable[[str], str]  # a text parameter as the database can take it
+
+    def contains(self, haystack: str) -> str:
+        """The test "the parameter occurs in ``haystack``" (one parameter)."""
+        return f"{self.position}({haystack}, {self.param}) > 0"
+
+
+SQLITE = Dialect("sqlite", "?", "1", "0", "instr", _sqlite_uid_ranges, str)
+"""SQLite's dialect (the PostgreSQL one is in :mod:`gateway.store.postgres.rows`)."""
+
+
 @dataclass
 class Query:
     """A complete SQL statement selecting matching UIDs in ascending order, and its parameters."""
@@ -106,14 +144,15 @@ def build_query(
     extra_join: str = "",
     order: str = "mm.uid",
     text_index: bool = False,
+    dialect: Dialect = SQLITE,
 ) -> Query:
     """The statement answering ``criteria`` in one mailbox.
 
     SORT and THREAD (:mod:`gateway.store.sorting`) reuse it with their own ``columns``,
     ``extra_join`` (after ``message m`` when the criteria need it) and ``order``; fixed
-    SQL text only.
+    SQL text only. ``text_index`` (SQLite only) answers BODY/TEXT from the FTS5 index.
 
-    ``source`` replaces the ``mailbox_message`` table as the rows searched: the SQLite
+    ``source`` replaces the ``mailbox_message`` table as the rows searched: a SQL
     store passes a subquery with a shared mailbox member's own view of flags and modseqs
     (same columns), whose parameters are ``source_params``.
 
@@ -128,13 +167,13 @@ def build_query(
     ``Uid``), an unknown key or operator, and :class:`SearchTooComplex`.
     """
     check_size(criteria)
-    translator = _Translator(mailbox_id, largest_uid, text_index=text_index)
+    translator = _Translator(mailbox_id, largest_uid, dialect, text_index=text_index)
     where = translator.expr(criteria)
     join = " JOIN message m ON m.id = mm.message_id" if translator.needs_message else ""
     join += extra_join
     sql = (
         f"SELECT {columns} FROM {source} mm{join}"
-        f" WHERE mm.mailbox_id = ? AND ({where}) ORDER BY {order}"
+        f" WHERE mm.mailbox_id = {dialect.param} AND ({where}) ORDER BY {order}"
     )
     return Query(sql, [*source_params, mailbox_id, *translator.params])
 
@@ -171,21 +210,25 @@ _SIZE_OPS = {"larger": ">", "smaller": "<"}
 
 
 class _Translator:
-    """Walks one tree, collecting parameters in the order their ``?`` appear."""
+    """Walks one tree, collecting parameters in the order their markers appear."""
 
-    def __init__(self, mailbox_id: int, largest_uid: int, *, text_index: bool = False) -> None:
+    def __init__(
+        self, mailbox_id: int, largest_uid: int, dialect: Dialect, *, text_index: bool = False
+    ) -> None:
         self.mailbox_id = mailbox_id
         self.largest_uid = largest_uid
+        self.dialect = dialect
+        self.p = dialect.param
         self.text_index = text_index
         self.params: list[object] = []
         self.needs_message = False
 
     def expr(self, node: Criteria) -> str:
         if isinstance(node, All):
-            return "1"
+            return self.dialect.true
         if isinstance(node, And):
             if not node.keys:
-                return "1"
+                return self.dialect.true
             return _balanced("AND", [self.expr(k) for k in node.keys])
         if isinstance(node, Or):
             return f"({self.expr(node.left)} OR {self.expr(node.right)})"
@@ -205,26 +248,26 @@ class _Translator:
                 raise ValueError(f"unknown SIZE operator {node.op!r}")
             self.needs_message = True
             self.params.append(int(node.size))
-            return f"(m.size {op} ?)"
+            return f"(m.size {op} {self.p})"
         if isinstance(node, Uid):
             return self._uid(node.set)
         if isinstance(node, ModSeq):
             self.params.append(int(node.modseq))
-            return "(mm.modseq >= ?)"
+            return f"(mm.modseq >= {self.p})"
         if isinstance(node, Instant):
             op = _INSTANT_OPS.get(node.op)
             if op is None:
                 raise ValueError(f"unknown INTERNALDATE comparison {node.op!r}")
             self.needs_message = True
             self.params.append(int(node.epoch))
-            return f"(m.internaldate {op} ?)"
+            return f"(m.internaldate {op} {self.p})"
         if isinstance(node, EmailId):
             prefix = email_id_prefix(node.value)
             if prefix is None:
-                return "0"
+                return self.dialect.false
             self.needs_message = True
             self.params.append(prefix)
-            return f"(substr(m.sha256, 1, {EMAILID_HEX // 2}) = ?)"
+            return f"(substr(m.sha256, 1, {EMAILID_HEX // 2}) = {self.p})"
         if isinstance(node, Within):
             raise ValueError("Within keys must be rewritten to Instant before reaching the store")
         if isinstance(node, Seq):
@@ -238,36 +281,38 @@ class _Translator:
         if is_system_flag(flag):
             # Stored in canonical case: an exact token match suffices.
             self.params.append(f" {flag} ")
-            test = "instr(' ' || mm.flags || ' ', ?) > 0"
+            test = self.dialect.contains("' ' || mm.flags || ' '")
         else:
             # Keywords compare case-insensitively (ASCII, as atoms are ASCII).
             self.params.append(f" {flag.lower()} ")
-            test = "instr(' ' || lower(mm.flags) || ' ', ?) > 0"
+            test = self.dialect.contains("' ' || lower(mm.flags) || ' '")
         return f"({test})" if node.present else f"(NOT ({test}))"
 
     def _header(self, node: Header) -> str:
         if ":" in node.field:
-            return "0"  # no field name holds a colon (RFC 5322 §2.2)
+            return self.dialect.false  # no field name holds a colon (RFC 5322 §2.2)
+        clean = self.dialect.clean
         name = node.field.lower()
-        self.params.append(address_row_name(name) if node.address else name)
+        self.params.append(clean(address_row_name(name) if node.address else name))
         if node.value == "":
             # RFC 3501 §6.4.4: an empty string matches every message with the field.
             return (
                 "EXISTS (SELECT 1 FROM header_field h"
-                " WHERE h.message_id = mm.message_id AND h.name = ?)"
+                f" WHERE h.message_id = mm.message_id AND h.name = {self.p})"
             )
-        self.params.append(node.value.casefold())
+        self.params.append(clean(node.value.casefold()))
         return (
             "EXISTS (SELECT 1 FROM header_field h WHERE h.message_id = mm.message_id"
-            " AND h.name = ? AND instr(h.value_folded, ?) > 0)"
+            f" AND h.name = {self.p} AND {self.dialect.contains('h.value_folded')})"
         )
 
     def _text(self, node: Text) -> str:
-        value = node.value.casefold()
+        value = self.dialect.clean(node.value.casefold())
+        contains = self.dialect.contains
         if node.where == "BODY":
-            scan, scan_params = "instr(t.text_folded, ?) > 0", [value]
+            scan, scan_params = contains("t.text_folded"), [value]
         elif node.where == "TEXT":
-            scan = "(instr(t.header_folded, ?) > 0 OR instr(t.text_folded, ?) > 0)"
+            scan = f"({contains('t.header_folded')} OR {contains('t.text_folded')})"
             scan_params = [value, value]
         else:
             raise ValueError(f"unknown text search location {node.where!r}")
@@ -294,26 +339,20 @@ class _Translator:
             raise ValueError(f"unknown date search {node.field!r} {node.op!r}")
         self.needs_message = True
         self.params.append(node.date.toordinal())
-        return f"({column} {op} ?)"
+        return f"({column} {op} {self.p})"
 
     def _uid(self, uids: SequenceSet) -> str:
         if uids.saved:
             raise ValueError("$ must be replaced by the saved UIDs before reaching the store")
         ranges = merge_ranges(uids.resolve(self.largest_uid))
         if not ranges:
-            return "0"
+            return self.dialect.false
         if len(ranges) <= MAX_INLINE_UID_RANGES:
             tests = []
             for low, high in ranges:
                 self.params.extend((low, high))
-                tests.append("(mm.uid BETWEEN ? AND ?)")
+                tests.append(f"(mm.uid BETWEEN {self.p} AND {self.p})")
             return _balanced("OR", tests)
-        # Many ranges: one JSON parameter, each range answered by a primary-key range
-        # scan (CROSS JOIN keeps json_each outermost); the subquery is uncorrelated, so
-        # SQLite evaluates it once into an ephemeral index that IN probes.
-        self.params.extend((json.dumps(ranges), self.mailbox_id))
-        return (
-            "(mm.uid IN (SELECT x.uid FROM json_each(?) r CROSS JOIN mailbox_message x"
-            " WHERE x.mailbox_id = ?"
-            " AND x.uid BETWEEN json_extract(r.value, '$[0]') AND json_extract(r.value, '$[1]')))"
-        )
+        sql, params = self.dialect.uid_ranges(ranges, self.mailbox_id)
+        self.params.extend(params)
+        return sql

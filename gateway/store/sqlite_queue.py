@@ -8,6 +8,10 @@ the message survives SIGKILL and power loss, and :meth:`mark_sent` records the
 upstream's reply and the state change together. On a shared connection the caller's
 pragmas apply; the queue only refuses to start a write inside another transaction.
 Integration folds :data:`QUEUE_DDL` into the store's migrations.
+
+The SQL is portable on purpose (``?`` markers, ``RETURNING``, ``"user"`` quoted): the
+PostgreSQL queue (:mod:`gateway.store.postgres.queue`) runs these same methods over its
+own connections, so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from gateway.store.queue import (
     EXPIRED,
@@ -34,7 +39,7 @@ from gateway.store.queue import (
 QUEUE_DDL = """
 CREATE TABLE IF NOT EXISTS outbound_queue (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    user TEXT NOT NULL,
+    "user" TEXT NOT NULL,
     route TEXT NOT NULL,
     mail_from TEXT NOT NULL,
     recipients TEXT NOT NULL,          -- one address per line
@@ -61,7 +66,7 @@ CREATE TABLE IF NOT EXISTS outbound_routes (
 """The queue's whole schema, safe to run on every open."""
 
 _COLUMNS = (
-    "id, user, route, mail_from, recipients, size, message_id, state, queued_at, "
+    'id, "user", route, mail_from, recipients, size, message_id, state, queued_at, '
     "expires_at, next_attempt, attempts, last_error, last_reply, finished_at, bounced"
 )
 
@@ -111,17 +116,15 @@ def _recipients(addresses: Sequence[str]) -> str:
     return "\n".join(addresses)
 
 
-def insert_queued(
-    conn: sqlite3.Connection, item: NewOutbound, *, now: float, lifetime: float
-) -> int:
+def insert_queued(conn: Any, item: NewOutbound, *, now: float, lifetime: float) -> int:
     """Insert one queued row on an open transaction (the caller commits): what
     :meth:`SQLiteOutboundQueue.enqueue` does, and what the store's routed delivery does for
     Sieve's outbound mail in the delivery's own transaction. Returns the new id."""
     validate_new(item)
     cursor = conn.execute(
-        "INSERT INTO outbound_queue (user, route, mail_from, recipients, size, "
+        'INSERT INTO outbound_queue ("user", route, mail_from, recipients, size, '
         "message_id, content, state, queued_at, expires_at, next_attempt) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (
             item.user,
             item.route,
@@ -136,11 +139,15 @@ def insert_queued(
             now,
         ),
     )
-    assert cursor.lastrowid is not None
-    return cursor.lastrowid
+    (item_id,) = cursor.fetchone()
+    return int(item_id)
 
 
 class SQLiteOutboundQueue:
+    LOCK_ROW = ""
+    """Appended to the SELECT that checks an item's state inside a write: nothing here
+    (``BEGIN IMMEDIATE`` already excludes other writers); ``FOR UPDATE`` on PostgreSQL."""
+
     def __init__(self, target: str | Path | sqlite3.Connection) -> None:
         if isinstance(target, sqlite3.Connection):
             self._conn = target
@@ -205,7 +212,7 @@ class SQLiteOutboundQueue:
 
     def _check_queued(self, conn: sqlite3.Connection, item_id: int) -> str:
         row = conn.execute(
-            "SELECT state, route FROM outbound_queue WHERE id = ?", (item_id,)
+            "SELECT state, route FROM outbound_queue WHERE id = ?" + self.LOCK_ROW, (item_id,)
         ).fetchone()
         if row is None:
             raise QueueItemNotFound(f"no queue item {item_id}")
@@ -307,7 +314,7 @@ class SQLiteOutboundQueue:
     def mark_bounced(self, item_id: int) -> None:
         with self._write() as conn:
             row = conn.execute(
-                "SELECT state FROM outbound_queue WHERE id = ?", (item_id,)
+                "SELECT state FROM outbound_queue WHERE id = ?" + self.LOCK_ROW, (item_id,)
             ).fetchone()
             if row is None:
                 raise QueueItemNotFound(f"no queue item {item_id}")
@@ -327,7 +334,7 @@ class SQLiteOutboundQueue:
             " UNION SELECT route FROM outbound_routes WHERE last_error IS NOT NULL) r "
             "LEFT JOIN outbound_queue q ON q.route = r.route AND q.state = ? "
             "LEFT JOIN outbound_routes e ON e.route = r.route "
-            "GROUP BY r.route ORDER BY r.route",
+            "GROUP BY r.route, e.last_error ORDER BY r.route",
             (QUEUED, QUEUED),
         ).fetchall()
         return [RouteStatus(route, count, oldest, error) for route, count, oldest, error in rows]

@@ -16,6 +16,7 @@ from pathlib import Path
 from gateway.store.timeseries import (
     Point,
     Retention,
+    thin_cutoff,
     thinned,
     validate_point,
     validate_series,
@@ -98,10 +99,7 @@ class SQLiteTimeSeries:
 
     def thin(self, now: float) -> int:
         """Only points older than the first tier can go, so only those are read."""
-        youngest_tier = min((t.older_than for t in self.retention.tiers), default=None)
-        horizon = self.retention.keep_for if youngest_tier is None else youngest_tier
-        horizon = min(horizon, self.retention.keep_for)
-        cutoff = now - horizon
+        cutoff = thin_cutoff(now, self.retention)
         removed = 0
         with _transaction(self._conn):
             for name in self.series_names():

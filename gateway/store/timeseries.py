@@ -104,6 +104,14 @@ def thinned(points: Iterable[Point], now: float, retention: Retention) -> list[P
     return kept
 
 
+def thin_cutoff(now: float, retention: Retention) -> float:
+    """Only points older than this can be dropped by :func:`thinned` at ``now`` (older
+    than the youngest tier, or than ``keep_for``): what a backend needs to read to thin."""
+    youngest_tier = min((t.older_than for t in retention.tiers), default=None)
+    horizon = retention.keep_for if youngest_tier is None else youngest_tier
+    return now - min(horizon, retention.keep_for)
+
+
 class TimeSeries(Protocol):
     """Named numeric series. Writes are atomic; recording a point at a time the series
     already has replaces its value."""

@@ -16,6 +16,12 @@ How it runs (chosen for robustness with plain pytest, no pytest-twisted):
   :class:`ListenerFactory` when a listener policy is given, wrapped in TLS for IMAPS);
   on exit it stops listening, aborts remaining connections, waits for them to go, and
   closes the store.
+* ``backend="postgresql"`` serves from a PostgreSQL store (a fresh schema of the
+  process's shared test server, :mod:`gateway.testing.postgres`) instead: the factory
+  gets a :class:`ThreadRunner`, so command steps run on store threads, listeners are
+  handed to the reactor with ``callFromThread``, and the store's reactor-thread guard is
+  on (a store call on the reactor fails the test). :meth:`ServerHandle.store_call` makes
+  a test's own store calls where the backend wants them.
 * Password checks go through :func:`thread_runner` (the production path: the reactor's
   thread pool) against :class:`gateway.testing.auth.CheapPasswords`, or against a real
   scrypt :class:`PasswordTable` with ``scrypt=True`` (the security tests). Timers may use
@@ -33,6 +39,7 @@ import imaplib
 import re
 import socket
 import ssl
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -50,6 +57,8 @@ from gateway.imap.policy import IMAPLimits, ListenerPolicy, thread_runner
 from gateway.security.auth import Authenticator, PasswordTable
 from gateway.security.passwords import hash_password
 from gateway.security.penalty import AuthPenalty, KnownSourceBook, PenaltySettings
+from gateway.store.interfaces import Store
+from gateway.store.runner import ThreadRunner
 from gateway.store.sqlite import SQLiteStore
 from gateway.testing.auth import CheapPasswords
 from gateway.testing.messages import message
@@ -110,10 +119,14 @@ def tagged_line(reply: bytes) -> bytes:
     return reply.rstrip(b"\r\n").split(b"\r\n")[-1]
 
 
+BACKENDS = ("sqlite", "postgresql")
+"""The stores :func:`running_server` can serve from."""
+
+
 @dataclass
 class ServerHandle:
     port: int
-    store: SQLiteStore
+    store: Store
     factory: IMAPServerFactory
     clock: task.Clock | None
     passwords: Mapping[str, str] = field(default_factory=dict)
@@ -122,15 +135,23 @@ class ServerHandle:
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return on_reactor(fn, *args, **kwargs)
 
+    def store_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A store call from the test: on the reactor thread for an inline store (its
+        listeners fire there), on the test's own thread otherwise (the store is
+        thread-safe and hands its listeners to the reactor itself)."""
+        if self.store.runs_inline:
+            return self.call(fn, *args, **kwargs)
+        return fn(*args, **kwargs)
+
     def mailbox_id(self, name: str = "INBOX", user: str = USER) -> int:
-        return self.call(lambda: self.store.get_mailbox(user, name).id)
+        return self.store_call(lambda: self.store.get_mailbox(user, name).id)
 
     def append(
         self, name: str = "INBOX", raw: bytes | None = None, flags: tuple[str, ...] = ()
     ) -> int:
         """Deliver a message straight into the store (as the POP3 fetcher would)."""
         mailbox_id = self.mailbox_id(name)
-        return self.call(self.store.append, mailbox_id, raw or message(), list(flags))
+        return self.store_call(self.store.append, mailbox_id, raw or message(), list(flags))
 
     def advance(self, seconds: float) -> None:
         """Move the fake clock (only with ``fake_clock=True``)."""
@@ -200,6 +221,7 @@ def running_server(
     scrypt: bool = False,
     authenticator: Authenticator | None = None,
     known_sources: KnownSourceBook | None = None,
+    backend: str = "sqlite",
 ) -> Iterator[ServerHandle]:
     """A listening server for one test; see the module docstring.
 
@@ -211,6 +233,7 @@ def running_server(
     checks passwords with the product's scrypt table instead of the cheap one;
     ``authenticator`` replaces either (e.g. one that counts or holds checks).
     ``known_sources`` is where the penalty keeps known sources (default: memory only).
+    ``backend`` is one of :data:`BACKENDS`.
     """
     reactor = global_reactor()
     ensure_reactor(reactor)
@@ -219,11 +242,19 @@ def running_server(
     if authenticator is not None:
         table = authenticator
     clock = task.Clock() if fake_clock else None
+    pg_store, store_threads, release = _postgresql_parts(reactor, backend)
+    if pg_store is not None and seed_user:
+        pg_store.ensure_user(USER)
 
-    def start() -> tuple[SQLiteStore, IMAPServerFactory, Any]:
-        store = SQLiteStore(directory / "popgate.sqlite")
-        if seed_user:
-            store.ensure_user(USER)
+    def start() -> tuple[Store, IMAPServerFactory, Any]:
+        store: Store
+        if pg_store is not None:
+            store = pg_store
+            pg_store.forbidden_thread = threading.get_ident()  # the reactor's
+        else:
+            store = SQLiteStore(directory / "popgate.sqlite")
+            if seed_user:
+                store.ensure_user(USER)
         factory = IMAPServerFactory(
             store,
             table,
@@ -238,6 +269,7 @@ def running_server(
                 if penalty is not None
                 else None
             ),
+            store_runner=store_threads,
         )
         if shared:
             factory.households.update(shared)
@@ -256,10 +288,45 @@ def running_server(
     try:
         yield handle
     finally:
-        on_reactor(_shutdown, reactor, listening, factory, store)
+        on_reactor(_shutdown, reactor, listening, factory, store if pg_store is None else None)
+        release()  # after the connections went: stops the store's threads, then closes it
 
 
-def _shutdown(reactor: Any, listening: Any, factory: IMAPServerFactory, store: SQLiteStore) -> Any:
+def _postgresql_parts(
+    reactor: Any, backend: str
+) -> tuple[Any, ThreadRunner | None, Callable[[], None]]:
+    """For ``backend="postgresql"``: the store (a fresh schema), a started ThreadRunner
+    and what undoes both after the store is closed; (None, None, no-op) for SQLite."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; one of {BACKENDS}")
+    if backend == "sqlite":
+        return None, None, lambda: None
+    from twisted.python.threadpool import ThreadPool
+
+    from gateway.store.postgres import PostgresStore
+    from gateway.testing.postgres import acquire_schema, release_schema, shared_server
+
+    server = shared_server()
+    schema = acquire_schema(server)
+    store = PostgresStore(
+        server.dsn,
+        password=server.password,
+        schema=schema,
+        pool_size=4,
+        dispatcher=reactor.callFromThread,
+    )
+    pool = ThreadPool(minthreads=0, maxthreads=4, name="test-store")
+    pool.start()
+
+    def release() -> None:
+        pool.stop()
+        store.close()
+        release_schema(server, schema)
+
+    return store, ThreadRunner(reactor, pool), release
+
+
+def _shutdown(reactor: Any, listening: Any, factory: IMAPServerFactory, store: Store | None) -> Any:
     @inlineCallbacks
     def run() -> Any:
         yield listening.stopListening()
@@ -269,7 +336,8 @@ def _shutdown(reactor: Any, listening: Any, factory: IMAPServerFactory, store: S
             if not factory.protocols:
                 break
             yield task.deferLater(reactor, 0.01, lambda: None)
-        store.close()
+        if store is not None:
+            store.close()
 
     return run()
 

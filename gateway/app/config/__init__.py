@@ -8,7 +8,7 @@ The package, along its seams: ``reader`` (the table walker, durations, sizes),
 ``settings`` (the dataclasses), ``sections`` (``[server]``, ``[limits]``, ``[users]``,
 ``[shared]``, ``[metrics]``, ``[tls]``, ``[security]``), ``upstreams``, ``listeners`` and
 ``sending`` (``addresses``, ``[upstreams.smtp]``, ``[submission]``);
-``web`` (the web page's listeners and admins).
+``web`` (the web page's listeners and admins); ``cluster`` (``[store]``, ``[cluster]``).
 :func:`parse` only runs them in order.
 """
 
@@ -18,6 +18,7 @@ import os
 import tomllib
 from typing import Any
 
+from gateway.app.config.cluster import parse_cluster, parse_store
 from gateway.app.config.listeners import (
     endpoint_is_local,
     parse_listeners,
@@ -38,6 +39,7 @@ from gateway.app.config.sections import (
 )
 from gateway.app.config.sending import parse_sending, parse_submission
 from gateway.app.config.settings import (
+    Cluster,
     Config,
     Limits,
     Listener,
@@ -45,6 +47,7 @@ from gateway.app.config.settings import (
     Security,
     Sending,
     Shared,
+    StoreSettings,
     SubmissionSettings,
     TLSSettings,
     User,
@@ -56,6 +59,7 @@ from gateway.pop3.upstream import Upstream
 
 __all__ = [
     "USER_NAME_RE",
+    "Cluster",
     "Config",
     "ConfigError",
     "Limits",
@@ -64,6 +68,7 @@ __all__ = [
     "Security",
     "Sending",
     "Shared",
+    "StoreSettings",
     "SubmissionSettings",
     "TLSSettings",
     "Upstream",
@@ -138,6 +143,8 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
     sending = parse_sending(path, problems, top.get("upstreams", list, []) or [], upstreams)
     web = parse_web(path, problems, server.web, tls, server.allow_insecure)
     admins = parse_admins(path, problems, server.admins, users_table)
+    store = parse_store(top)
+    cluster = parse_cluster(top)
     top.finish()
     if problems:
         raise ConfigError(problems)
@@ -162,4 +169,6 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
         admins=admins,
         allow_insecure_listener=server.allow_insecure,
         trace_users=trace_users,
+        store=store,
+        cluster=cluster,
     )

@@ -112,17 +112,22 @@ def _toml_type(names: str) -> str:
     )
 
 
-def check_secret_file(path: str, problems: list[str], where: str) -> None:
-    """A file holding a secret must not be readable by group or others (mode 0600)."""
+def check_secret_file(
+    path: str, problems: list[str], where: str, *, group_read: bool = False
+) -> None:
+    """A file holding a secret must not be readable by others, nor by its group unless
+    ``group_read`` (mode 0600, or 0640 where a group such as postgres' may share it)."""
     try:
         mode = os.stat(path).st_mode
     except OSError as e:
         problems.append(f"{where}: cannot read: {e.strerror}")
         return
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    refused = stat.S_IRWXO | (stat.S_IWGRP | stat.S_IXGRP if group_read else stat.S_IRWXG)
+    if mode & refused:
+        allowed = "0600 or 0640 (chmod 600)" if group_read else "0600 (chmod 600)"
         problems.append(
             f"{where}: {path} holds a password and is mode {stat.S_IMODE(mode):04o}; "
-            "make it 0600 (chmod 600)"
+            f"make it {allowed}"
         )
 
 

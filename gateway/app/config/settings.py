@@ -1,7 +1,7 @@
 """The settings a validated config yields: typed, immutable, with the defaults they document.
 
 Each dataclass is one table of the file (``[limits]``, ``[users.NAME]``, ``[shared.NAME]``,
-``[metrics]``, ``[tls]``, ``[security]``, ``[[listeners]]``); :class:`Config` is the whole.
+``[metrics]``, ``[tls]``, ``[security]``, ``[[listeners]]``, ``[store]``, ``[cluster]``); :class:`Config` is the whole.
 The per-section parsers (sections.py, upstreams.py, listeners.py) build them.
 """
 
@@ -121,6 +121,32 @@ class Security:
     max_connections_per_ip: int = 1000
 
 
+STORE_BACKENDS = ("sqlite", "postgresql")
+DEFAULT_LEASE = 30.0
+MIN_LEASE = 5.0
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """``[store]``: where mail lives. "sqlite": the file in ``state_dir`` (the default);
+    "postgresql": the database ``dsn`` names (a libpq URI without a password), the
+    password read from ``password_file`` (mode 0600/0640) when given."""
+
+    backend: str = "sqlite"
+    dsn: str | None = None
+    password_file: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """``[cluster]``: this node's name (unique per node, default the host name) and how
+    long its claim on an upstream lasts unless renewed (``lease``, at least 5 s)."""
+
+    node: str
+    lease: float = DEFAULT_LEASE
+
+
 @dataclass(frozen=True)
 class Config:
     path: str
@@ -146,6 +172,9 @@ class Config:
     web: tuple[WebListener, ...] = ()
     admins: tuple[str, ...] = ()
     allow_insecure_listener: bool = False
+
+    store: StoreSettings = StoreSettings()
+    cluster: Cluster | None = None  # None only for Configs built in code; parse() sets it
 
     trace_users: tuple[str, ...] = ()
     """``[debug] trace_users``: whose IMAP connections are traced (issue 17)."""

@@ -16,8 +16,9 @@ from collections.abc import Iterable, Sequence
 
 from gateway.message.analysis import Analysis
 from gateway.store.interfaces import INBOX, Delivery, DuplicateRecord, LedgerEntry, Routed
+from gateway.store.rowdata import split_seen
 from gateway.store.rules import check_mailbox_name, filing_flags, filing_name, normalise_name
-from gateway.store.sqlite.rows import SQLiteRows, split_seen
+from gateway.store.sqlite.rows import SQLiteRows
 from gateway.store.sqlite_queue import insert_queued
 
 

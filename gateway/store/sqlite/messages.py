@@ -28,17 +28,16 @@ from gateway.store.interfaces import (
     StoreResult,
 )
 from gateway.store.objectid import email_id
-from gateway.store.rules import SEEN_KEY, flag_map
-from gateway.store.search import build_query
-from gateway.store.sqlite.rows import (
+from gateway.store.rowdata import (
     DELETED_TOKEN,
     SEEN_TOKEN,
-    SQLiteRows,
-    flags_text,
+    copy_entries,
+    plan_flags,
     split_seen,
-    stored_map,
-    uid_list,
 )
+from gateway.store.rules import flag_map
+from gateway.store.search import build_query
+from gateway.store.sqlite.rows import SQLiteRows, uid_list
 
 
 class SQLiteMessages(SQLiteRows):
@@ -307,7 +306,6 @@ class SQLiteMessages(SQLiteRows):
             raise ValueError(f"unknown STORE mode {mode!r}")
         given = flag_map(flags)
         updated: list[MessageRow] = []
-        modified: list[int] = []
         with self._write() as changed:
             cur = self.db
             self._require(cur, mailbox_id)
@@ -320,29 +318,8 @@ class SQLiteMessages(SQLiteRows):
                 " ORDER BY mm.uid",
                 (viewer if shared else None, mailbox_id, uid_list(uids)),
             ).fetchall()
-            # (uid, new shared text or None, new private seen or None, effective text, recent)
-            writes: list[tuple[int, str | None, bool | None, str, int]] = []
-            for uid, text, recent, modseq, pseen, pmodseq in rows:
-                if unchangedsince is not None and max(modseq, pmodseq or 0) > unchangedsince:
-                    modified.append(uid)
-                    continue
-                current = stored_map(text)
-                if shared and viewer is not None and pseen:
-                    current[SEEN_KEY] = "\\Seen"
-                if mode == "":
-                    new = dict(given)
-                elif mode == "+":
-                    new = {**given, **current}
-                else:
-                    new = {k: v for k, v in current.items() if k not in given}
-                if shared and viewer is None:
-                    new.pop(SEEN_KEY, None)  # nobody's \Seen to change
-                if new.keys() == current.keys():
-                    continue
-                new_text, seen = split_seen(new, shared)
-                shared_write = new_text if new_text.split() != text.split() else None
-                private_write = seen if shared and seen != bool(pseen) else None
-                writes.append((uid, shared_write, private_write, flags_text(new), recent))
+            plan = plan_flags(rows, mode, given, unchangedsince, shared, viewer)
+            writes, modified = plan.writes, plan.modified
             if writes:
                 modseq = self._bump(cur, mailbox_id)
                 cur.executemany(
@@ -357,10 +334,7 @@ class SQLiteMessages(SQLiteRows):
                 if viewer is not None:
                     private = [(uid, p) for uid, _t, p, _e, _r in writes if p is not None]
                     self._set_private(cur, mailbox_id, viewer, private, modseq)
-                updated = [
-                    MessageRow(uid, self._flags(effective, recent), modseq)
-                    for uid, _t, _p, effective, recent in writes
-                ]
+                updated = plan.rows(modseq, self._flags)
                 changed.add(mailbox_id)
         return StoreResult(updated=updated, modified=modified)
 
@@ -411,14 +385,10 @@ class SQLiteMessages(SQLiteRows):
             if not rows:
                 return []
             dst_shared = self._is_shared(cur, dst_mailbox_id)
-            split = [split_seen(stored_map(f), dst_shared) for _u, _mid, f in rows]
-            new_uids = self._add_rows(
-                cur,
-                dst_mailbox_id,
-                [(mid, t) for (_u, mid, _f), (t, _s) in zip(rows, split, strict=True)],
-            )
+            entries, seen_flags = copy_entries(rows, dst_shared)
+            new_uids = self._add_rows(cur, dst_mailbox_id, entries)
             if dst_shared and viewer is not None:
-                seen = [(u, True) for u, (_t, s) in zip(new_uids, split, strict=True) if s]
+                seen = [(u, True) for u, s in zip(new_uids, seen_flags, strict=True) if s]
                 if seen:
                     modseq = self._highestmodseq(cur, dst_mailbox_id)
                     self._set_private(cur, dst_mailbox_id, viewer, seen, modseq)

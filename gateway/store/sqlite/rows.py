@@ -12,7 +12,6 @@ merges the viewer's \\Seen and modseq in.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import mmap
 import sqlite3
@@ -21,20 +20,15 @@ from collections.abc import Iterable, Sequence
 from gateway.message.analysis import Analysis
 from gateway.store.errors import MailboxNotFound, StoreError
 from gateway.store.interfaces import INBOX, Mailbox, is_shared_owner
+from gateway.store.rowdata import MESSAGE_COLUMNS, internal_values, message_values
 from gateway.store.rules import (
     DEFAULT_FOLDERS,
     MAX_UID,
-    SEEN_KEY,
     check_message,
     parent_names,
-    stored_internaldate,
 )
-from gateway.store.search import address_row_name
 from gateway.store.sorting import INSERT_SORT_KEY, sort_key_row
 from gateway.store.sqlite.connection import SQLiteConnection
-
-SEEN_TOKEN = " \\Seen "
-DELETED_TOKEN = " \\Deleted "
 
 PRIVATE_SOURCE = (
     "(SELECT x.mailbox_id AS mailbox_id, x.uid AS uid, x.message_id AS message_id,"
@@ -52,23 +46,6 @@ MAILBOX_COLUMNS = (
     " s.name IS NOT NULL"
 )
 MAILBOX_FROM = "mailbox m LEFT JOIN subscription s ON s.owner = m.owner AND s.name = m.name"
-
-
-def stored_map(text: str) -> dict[str, str]:
-    return {f.lower(): f for f in text.split()}
-
-
-def flags_text(flags: dict[str, str]) -> str:
-    return " ".join(sorted(flags.values()))
-
-
-def split_seen(flags: dict[str, str], shared: bool) -> tuple[str, bool]:
-    """(flags text for ``mailbox_message``, whether \\Seen is set): in a shared mailbox
-    \\Seen is private and never written to the shared column."""
-    if not shared:
-        return flags_text(flags), SEEN_KEY in flags
-    rest = {k: v for k, v in flags.items() if k != SEEN_KEY}
-    return flags_text(rest), SEEN_KEY in flags
 
 
 def uid_list(uids: Iterable[int]) -> str:
@@ -203,19 +180,12 @@ class SQLiteRows(SQLiteConnection):
             [(user, n) for n in names],
         )
 
-    def _internaldate(self, when: datetime.datetime | None) -> tuple[int, int, int]:
-        """(epoch seconds, offset minutes, day ordinal in that offset)."""
-        when = stored_internaldate(when, self._now())
-        offset = when.utcoffset()
-        assert offset is not None
-        return int(when.timestamp()), int(offset.total_seconds() // 60), when.date().toordinal()
-
     def _ingest(
         self, raw: bytes | mmap.mmap, internaldate: datetime.datetime | None
     ) -> tuple[bytes | mmap.mmap, Analysis, tuple[int, int, int]]:
         """Checks and computations done before the write transaction starts."""
         check_message(raw, self.max_message_size)
-        return raw, self._analyze(raw), self._internaldate(internaldate)
+        return raw, self._analyze(raw), internal_values(internaldate, self._now())
 
     def _insert_message(
         self,
@@ -224,58 +194,25 @@ class SQLiteRows(SQLiteConnection):
         analysis: Analysis,
         internal: tuple[int, int, int],
     ) -> int:
-        epoch, minutes, day = internal
-        sent_epoch: int | None = None
-        sent_day = day
-        sent = analysis.sent_date
-        if sent is not None:
-            if sent.tzinfo is None or sent.utcoffset() is None:
-                sent = sent.replace(tzinfo=datetime.UTC)
-            try:
-                sent_epoch = int(sent.timestamp())
-                sent_day = sent.date().toordinal()
-            except (OverflowError, ValueError, OSError):
-                sent_epoch, sent_day = None, day
+        values = message_values(raw, analysis, internal)
         message_id = int(
             cur.execute(
-                "INSERT INTO message (sha256, size, internaldate, internaldate_tz, internal_day,"
-                " sent_date, sent_day, message_id_header, envelope, bodystructure, body, parts)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    hashlib.sha256(raw).digest(),
-                    len(raw),
-                    epoch,
-                    minutes,
-                    day,
-                    sent_epoch,
-                    sent_day,
-                    analysis.message_id,
-                    analysis.envelope,
-                    analysis.bodystructure,
-                    analysis.body,
-                    analysis.parts,
-                ),
+                f"INSERT INTO message ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                values.row,
             ).lastrowid
         )
         _insert_content(cur, message_id, raw)
         cur.executemany(
             "INSERT INTO header_field (message_id, name, pos, value_folded) VALUES (?, ?, ?, ?)",
-            [
-                (message_id, name.lower(), pos, value.casefold())
-                for pos, (name, value) in enumerate(analysis.headers)
-            ]
-            + [
-                (message_id, address_row_name(name), pos, value.casefold())
-                for pos, (name, value) in enumerate(analysis.addresses)
-            ],
+            [(message_id, name, pos, value) for pos, name, value in values.headers],
         )
         cur.execute(
-            INSERT_SORT_KEY, sort_key_row(message_id, epoch, sent_epoch, len(raw), analysis.sort)
+            INSERT_SORT_KEY,
+            sort_key_row(message_id, internal[0], values.row[5], len(raw), analysis.sort),  # type: ignore[arg-type]
         )
-        header_text = "\n".join(f"{name.lower()}: {value}" for name, value in analysis.headers)
         cur.execute(
             "INSERT INTO message_text (message_id, header_folded, text_folded) VALUES (?, ?, ?)",
-            (message_id, header_text.casefold(), analysis.text.casefold()),
+            (message_id, values.header_folded, values.text_folded),
         )
         return message_id
 

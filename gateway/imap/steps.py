@@ -1,0 +1,120 @@
+"""Command steps on a store thread: how the IMAP protocol keeps database round trips off
+the reactor for a store that does not run inline (ARCHITECTURE.md, "Store calls and the
+reactor").
+
+:func:`run_steps` advances a command's generator on a store thread until it yields an
+action, ends, or has produced :data:`STEP_OUTPUT_BUDGET` bytes; :class:`ThreadedSteps`
+(mixed into :class:`~gateway.imap.server.IMAPServerProtocol`) schedules one such batch at
+a time per session and takes its result back on the reactor thread, where the bytes are
+written and the action performed. So a session's state is only ever touched by one thread
+at a time, and backpressure stays the protocol's (the next batch is scheduled only once
+the transport wants more).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from twisted.python.failure import Failure
+
+from gateway.imap.handler import Run
+
+log = structlog.get_logger("gateway.imap.server")
+
+STEP_OUTPUT_BUDGET = 256 * 1024
+"""Bytes of responses one batch of steps on a store thread may produce before handing
+them to the reactor (backpressure is applied between batches)."""
+
+DONE = object()
+"""What :func:`run_steps` returns as the action when the command's generator ended."""
+
+
+def run_steps(
+    run: Run, throw: BaseException | None, value: Any, budget: int = STEP_OUTPUT_BUDGET
+) -> tuple[list[bytes], Any]:
+    """Advance a command's generator on a store thread: ``throw`` or ``send(value)``,
+    then ``send(None)`` while it yields bytes, until it yields an action, ends
+    (:data:`DONE`) or has produced ``budget`` bytes (action None: call again)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            item = run.throw(throw) if throw is not None else run.send(value)
+        except StopIteration:
+            return chunks, DONE
+        throw = value = None
+        if not isinstance(item, bytes):
+            return chunks, item
+        if item:
+            chunks.append(item)
+            size += len(item)
+            if size >= budget:
+                return chunks, None
+
+
+class ThreadedSteps:
+    """The protocol's side of :func:`run_steps` (its attributes are the protocol's:
+    ``_threads``, ``_stepping``, ``_current``, ``_throw``, ``_send``, ``_closing``, and
+    it calls the protocol's ``_command_done``, ``_perform``, ``_run`` and ``_abort``)."""
+
+    _threads: Any
+    _stepping: object | None
+    _current: Run | None
+    _throw: BaseException | None
+    _send: Any
+    _closing: bool
+    peer: str
+    transport: Any
+
+    def _step_on_thread(self, current: Run) -> None:
+        """Run the next batch of ``current``'s steps on a store thread (one at a time)."""
+        throw, self._throw = self._throw, None
+        value, self._send = self._send, None
+        token = self._stepping = object()
+        assert self._threads is not None
+        deferred = self._threads.run(run_steps, current, throw, value)
+        deferred.addCallbacks(
+            self._steps_done,
+            self._steps_failed,
+            callbackArgs=(token, current),
+            errbackArgs=(token, current),
+        )
+
+    def _steps_done(self, result: tuple[list[bytes], Any], token: object, current: Run) -> None:
+        if self._stepping is not token:
+            return
+        self._stepping = None
+        if self._current is not current or self._closing:
+            self._close_on_thread(current)  # dropped while its steps ran
+            return
+        chunks, action = result
+        for chunk in chunks:
+            self.transport.write(chunk)
+        if action is DONE:
+            self._command_done()
+        elif action is not None:
+            self._perform(action)
+        self._run()
+
+    def _steps_failed(self, failure: Failure, token: object, current: Run) -> None:
+        if self._stepping is not token:
+            return
+        self._stepping = None
+        if self._current is not current or self._closing:
+            return
+        log.error(
+            "imap.internal_error",
+            peer=self.peer,
+            exc_info=(failure.type, failure.value, failure.getTracebackObject()),
+        )
+        self._current = None
+        self._abort()
+
+    def _close_on_thread(self, current: Run) -> None:
+        """Close a dropped command's generator where its steps run (its ``finally``
+        blocks may call the store)."""
+        assert self._threads is not None
+        self._threads.run(current.close).addErrback(
+            lambda f: log.error("imap.internal_error", peer=self.peer, error=str(f.value))
+        )

@@ -1,0 +1,54 @@
+"""The PostgreSQL store: :class:`~gateway.store.interfaces.Store` for several popgate nodes.
+
+Nodes are stateless in front of one PostgreSQL database (issue 13): everything a client
+can see lives in it, and the contract's guarantees hold across nodes, not only across
+calls of one process. Every call is a network round trip, so the store does not run
+inline (``runs_inline = False``): callers go through a
+:class:`~gateway.store.runner.ThreadRunner`, and listeners are handed to the reactor
+thread (``set_dispatcher``). The modules follow the contract's concerns, as the SQLite
+package does:
+
+- :mod:`~gateway.store.postgres.schema`: tables and versioned migrations, safe when
+  several nodes start at once;
+- :mod:`~gateway.store.postgres.connection`: the bounded pool, transactions, listeners,
+  the reactor-thread guard;
+- :mod:`~gateway.store.postgres.rows`: row-level steps and the locks that make UIDs,
+  UIDNEXT and HIGHESTMODSEQ atomic across nodes; the search dialect;
+- :mod:`~gateway.store.postgres.mailboxes`, :mod:`~gateway.store.postgres.messages`,
+  :mod:`~gateway.store.postgres.ledger` (with Sieve routing),
+  :mod:`~gateway.store.postgres.known_sources`, :mod:`~gateway.store.postgres.scripts`:
+  the contract's concerns;
+- :mod:`~gateway.store.postgres.timeseries`, :mod:`~gateway.store.postgres.queue`: the
+  time-series and outbound-queue contracts on the same database and pool.
+
+Listeners hear about the same changes as with SQLite (content, flags, expunge, delete,
+rename), after the commit. Changes committed by other nodes are not heard yet: a
+LISTEN/NOTIFY bridge will feed them to
+:meth:`~gateway.store.postgres.connection.PGConnection.dispatch_changes`.
+"""
+
+from __future__ import annotations
+
+from gateway.store.postgres.connection import ReactorThreadCall, StoreUnavailable, probe
+from gateway.store.postgres.known_sources import PGKnownSources
+from gateway.store.postgres.ledger import PGLedger
+from gateway.store.postgres.mailboxes import PGMailboxes
+from gateway.store.postgres.messages import PGMessages
+from gateway.store.postgres.schema import SCHEMA_VERSION, SchemaTooNew
+from gateway.store.postgres.scripts import PGScripts
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "PostgresStore",
+    "ReactorThreadCall",
+    "SchemaTooNew",
+    "StoreUnavailable",
+    "probe",
+]
+
+
+class PostgresStore(PGMailboxes, PGMessages, PGLedger, PGKnownSources, PGScripts):
+    """The :class:`~gateway.store.interfaces.Store` (and the
+    :class:`~gateway.store.scripts.ScriptStore`, the known sources) on a PostgreSQL
+    database: the concern classes over one
+    :class:`~gateway.store.postgres.connection.PGConnection` pool."""
