@@ -15,7 +15,7 @@ package does:
 - :mod:`~gateway.store.postgres.rows`: row-level steps and the locks that make UIDs,
   UIDNEXT and HIGHESTMODSEQ atomic across nodes; the search dialect;
 - :mod:`~gateway.store.postgres.mailboxes`, :mod:`~gateway.store.postgres.messages`,
-  :mod:`~gateway.store.postgres.ledger` (with Sieve routing),
+  :mod:`~gateway.store.postgres.sorting` (SORT/THREAD), :mod:`~gateway.store.postgres.ledger` (with Sieve routing),
   :mod:`~gateway.store.postgres.known_sources`, :mod:`~gateway.store.postgres.scripts`:
   the contract's concerns;
 - :mod:`~gateway.store.postgres.timeseries`, :mod:`~gateway.store.postgres.queue`: the
@@ -36,6 +36,7 @@ from gateway.store.postgres.mailboxes import PGMailboxes
 from gateway.store.postgres.messages import PGMessages
 from gateway.store.postgres.schema import SCHEMA_VERSION, SchemaTooNew
 from gateway.store.postgres.scripts import PGScripts
+from gateway.store.postgres.sorting import PGSorting
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -47,7 +48,7 @@ __all__ = [
 ]
 
 
-class PostgresStore(PGMailboxes, PGMessages, PGLedger, PGKnownSources, PGScripts):
+class PostgresStore(PGMailboxes, PGMessages, PGSorting, PGLedger, PGKnownSources, PGScripts):
     """The :class:`~gateway.store.interfaces.Store` (and the
     :class:`~gateway.store.scripts.ScriptStore`, the known sources) on a PostgreSQL
     database: the concern classes over one

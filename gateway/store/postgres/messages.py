@@ -26,6 +26,7 @@ from gateway.store.interfaces import (
     SelectionSummary,
     StoreResult,
 )
+from gateway.store.objectid import email_id
 from gateway.store.postgres.rows import POSTGRESQL, PGRows
 from gateway.store.rowdata import (
     DELETED_TOKEN,
@@ -168,7 +169,8 @@ class PGMessages(PGRows):
                 where, params = "mm.uid = ANY(%s::bigint[])", [wanted]
             cur.execute(
                 "SELECT mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.internaldate,"
-                " m.internaldate_tz, m.envelope, m.bodystructure, m.body, m.parts"
+                " m.internaldate_tz, m.envelope, m.bodystructure, m.body, m.parts,"
+                " mm.savedate, m.sha256"
                 f" FROM {source} mm JOIN message m ON m.id = mm.message_id"
                 f" WHERE mm.mailbox_id = %s AND {where} ORDER BY mm.uid",
                 (*source_params, mailbox_id, *params),
@@ -185,6 +187,8 @@ class PGMessages(PGRows):
                 bodystructure=bytes(bodystructure),
                 body=bytes(body),
                 parts=parts,
+                savedate=datetime.datetime.fromtimestamp(saved, datetime.UTC),
+                emailid=email_id(bytes(digest)),
             )
             for (
                 uid,
@@ -198,6 +202,8 @@ class PGMessages(PGRows):
                 bodystructure,
                 body,
                 parts,
+                saved,
+                digest,
             ) in rows
         ]
 

@@ -30,6 +30,7 @@ from gateway.store.postgres.connection import PGConnection
 from gateway.store.rowdata import MESSAGE_COLUMNS, internal_values, message_values
 from gateway.store.rules import DEFAULT_FOLDERS, MAX_UID, check_message, parent_names
 from gateway.store.search import Dialect
+from gateway.store.sorting import sort_key_row
 
 OWNER_LOCK_CLASS = 0x706F_7067  # "popg": the advisory-lock namespace of mailbox trees
 
@@ -61,7 +62,8 @@ POSTGRESQL = Dialect("postgresql", "%s", "TRUE", "FALSE", "strpos", _uid_ranges,
 PRIVATE_SOURCE = (
     "(SELECT x.mailbox_id AS mailbox_id, x.uid AS uid, x.message_id AS message_id,"
     " CASE WHEN p.seen = 1 THEN trim(x.flags || ' \\Seen') ELSE x.flags END AS flags,"
-    " greatest(x.modseq, coalesce(p.modseq, 0)) AS modseq, x.recent AS recent"
+    " greatest(x.modseq, coalesce(p.modseq, 0)) AS modseq, x.recent AS recent,"
+    " x.savedate AS savedate"
     " FROM mailbox_message x LEFT JOIN private_flag p ON p.mailbox_id = x.mailbox_id"
     " AND p.uid = x.uid AND p.viewer = %s)"
 )
@@ -255,6 +257,21 @@ class PGRows(PGConnection):
                 ],
             )
         cur.execute(
+            "INSERT INTO sort_key (message_id, arrival, sent, size, subject, refwd, from_key,"
+            " to_key, cc_key, display_from, display_to, msgid, refs)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [
+                pg_text(v) if isinstance(v, str) else v
+                for v in sort_key_row(
+                    message_id,
+                    internal[0],
+                    values.row[5],
+                    len(raw),
+                    analysis.sort,  # type: ignore[arg-type]
+                )
+            ],
+        )
+        cur.execute(
             "INSERT INTO message_text (message_id, header_folded, text_folded)"
             " VALUES (%s, %s, %s)",
             (message_id, pg_text(values.header_folded), pg_text(values.text_folded)),
@@ -280,11 +297,13 @@ class PGRows(PGConnection):
         if end - 1 > MAX_UID:
             raise StoreError("UID space of the mailbox exhausted")
         uids = list(range(end - count, end))
+        saved = int(self._clock())  # RFC 8514 §3: when the row entered this mailbox
         cur.executemany(
-            "INSERT INTO mailbox_message (mailbox_id, uid, message_id, flags, modseq, recent)"
-            " VALUES (%s, %s, %s, %s, %s, 1)",
+            "INSERT INTO mailbox_message"
+            " (mailbox_id, uid, message_id, flags, modseq, recent, savedate)"
+            " VALUES (%s, %s, %s, %s, %s, 1, %s)",
             [
-                (mailbox_id, uid, message_id, flags, modseq)
+                (mailbox_id, uid, message_id, flags, modseq, saved)
                 for uid, (message_id, flags) in zip(uids, entries, strict=True)
             ],
         )

@@ -230,7 +230,40 @@ _V3 = _statements(
     """,
 )
 
-MIGRATIONS: Sequence[Migration] = (_V1, _V2, _V3)
+# Version 4 (SAVEDATE, RFC 8514, issue 17): the epoch second each row entered its mailbox;
+# rows stored before it record their INTERNALDATE (the best knowledge there is), as the
+# SQLite migration does, so the column is never NULL.
+_V4_SAVEDATE = _statements(
+    "ALTER TABLE mailbox_message ADD COLUMN savedate bigint NOT NULL DEFAULT 0",
+    "UPDATE mailbox_message mm SET savedate = m.internaldate FROM message m"
+    " WHERE m.id = mm.message_id",
+)
+
+# Version 5 (SORT and THREAD, RFC 5256, issue 17): the ``sort_key`` rows of
+# gateway/store/sorting.py. String keys are stored already case-mapped (i;ascii-casemap),
+# so octet order (COLLATE "C") is the collation. A database that already holds mail
+# must be re-ingested to fill it (the PostgreSQL backend has no deployed data yet).
+_V5_SORT_KEYS = _statements(
+    """
+    CREATE TABLE sort_key (
+        message_id   bigint PRIMARY KEY REFERENCES message (id) ON DELETE CASCADE,
+        arrival      bigint NOT NULL,
+        sent         bigint NOT NULL,
+        size         bigint NOT NULL,
+        subject      text COLLATE "C" NOT NULL,
+        refwd        integer NOT NULL,
+        from_key     text COLLATE "C" NOT NULL,
+        to_key       text COLLATE "C" NOT NULL,
+        cc_key       text COLLATE "C" NOT NULL,
+        display_from text COLLATE "C" NOT NULL,
+        display_to   text COLLATE "C" NOT NULL,
+        msgid        text,
+        refs         text NOT NULL
+    )
+    """,
+)
+
+MIGRATIONS: Sequence[Migration] = (_V1, _V2, _V3, _V4_SAVEDATE, _V5_SORT_KEYS)
 """Entry *i* takes a database from version *i* to *i + 1*. Append only."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
