@@ -1,4 +1,4 @@
-"""STORE and SEARCH handlers (gateway.imap.messages.store/search), byte for byte.
+"""STORE and SEARCH handlers (messages.store, searching.search), byte for byte.
 
 Uses :class:`gateway.testing.imapsession.SessionDriver`: a real session and SQLite store, the
 handler driven alone (``call``) or through the session with its catch-up (``run``).

@@ -64,27 +64,19 @@ from gateway.imap.handler import (
     StartTLS,
 )
 from gateway.imap.notify import Notifier
-from gateway.imap.states import ACTIVITY_COMMANDS, COMMANDS, TRYCREATE_COMMANDS, State, table_key
+from gateway.imap.replies import clean_code, clean_text, store_error_reply, tagged
+from gateway.imap.states import ACTIVITY_COMMANDS, COMMANDS, State, table_key
 from gateway.imap.view import CATCH_UP_CHUNK, View, expunge_responses, flag_list
 from gateway.security.auth import Authenticator, UserDirectory
 from gateway.store.interfaces import (
     DELIMITER,
     INBOX,
-    InvalidMailboxName,
-    MailboxExists,
-    MailboxNotAllowed,
     MailboxNotFound,
-    MessageTooLarge,
-    OverQuota,
-    SearchTooComplex,
     Store,
     StoreError,
 )
 
 log = structlog.get_logger(__name__)
-
-MAX_RESPONSE_TEXT = 200
-"""Human-readable response text longer than this is shortened (it may echo client input)."""
 
 ActivityHook = Callable[[str, str], None]
 """Told (user, mailbox name) when a client looks at a mailbox (states.ACTIVITY_COMMANDS)."""
@@ -101,24 +93,6 @@ class SentAppendHook(Protocol):
 
     def filed(self, user: str, mailbox_id: int, raw: bytes, uid: int) -> None:
         """The client's own copy was appended as ``uid`` (a later server copy is skipped)."""
-
-
-def _clean_text(text: str) -> str:
-    """Response text: printable ASCII only, bounded (it may echo client input)."""
-    cleaned = "".join(c if " " <= c <= "~" else "?" for c in text)
-    if len(cleaned) > MAX_RESPONSE_TEXT:
-        cleaned = cleaned[: MAX_RESPONSE_TEXT - 3] + "..."
-    return cleaned or "done"
-
-
-def _clean_code(code: str) -> str:
-    return "".join(c if " " <= c <= "~" and c not in "[]" else "?" for c in code)
-
-
-def tagged(tag: str, reply: Reply) -> bytes:
-    """``tag STATUS [code] text`` CRLF (RFC 3501 §7.1)."""
-    code = f"[{_clean_code(reply.code)}] " if reply.code else ""
-    return f"{tag} {reply.status} {code}{_clean_text(reply.text)}\r\n".encode("ascii")
 
 
 def normalise_inbox(name: str) -> str:
@@ -478,8 +452,8 @@ class IMAPSession:
         )
         if error.fatal:
             self._enter_logout()
-            code = f"[{_clean_code(error.code)}] " if error.code else ""
-            yield f"* BYE {code}{_clean_text(error.message)}\r\n".encode("ascii")
+            code = f"[{clean_code(error.code)}] " if error.code else ""
+            yield f"* BYE {code}{clean_text(error.message)}\r\n".encode("ascii")
             yield Close()
             return
         yield self._tagged(error.tag or "*", Reply(error.status, error.message, error.code))
@@ -503,7 +477,7 @@ class IMAPSession:
             log.info("imap.command_error", command=command, kind="bad")
             return Reply("BAD", exc.text, exc.code)
         if isinstance(exc, StoreError):
-            reply = _store_error_reply(exc, command)
+            reply = store_error_reply(exc, command)
             if reply is not None:
                 log.info(
                     "imap.command_error",
@@ -530,8 +504,8 @@ class IMAPSession:
         log.info("imap.access_revoked", user=self.user, peer=self.peer, reason=revoked.text)
         self._enter_logout()
         if not mid_line:
-            code = f"[{_clean_code(revoked.code)}] " if revoked.code else ""
-            yield f"* BYE {code}{_clean_text(revoked.text)}\r\n".encode("ascii")
+            code = f"[{clean_code(revoked.code)}] " if revoked.code else ""
+            yield f"* BYE {code}{clean_text(revoked.text)}\r\n".encode("ascii")
         yield Close()
 
     # -- catch-up --
@@ -604,25 +578,3 @@ class IMAPSession:
         gone = sorted(view.pending_expunge)
         view.pending_expunge.clear()
         yield from expunge_responses(view.forget(gone), vanished=QRESYNC in self._enabled)
-
-
-def _store_error_reply(exc: Exception, command: str) -> Reply | None:
-    """The store's errors → response codes (RFC 5530, RFC 3501 §6.3.11)."""
-    if isinstance(exc, SearchTooComplex):
-        # The store's bound on a search program (RFC 5530 LIMIT), not a server bug.
-        return Reply("NO", "Search program too complex", "LIMIT")
-    if isinstance(exc, MailboxNotFound):
-        if command in TRYCREATE_COMMANDS:
-            return Reply("NO", "Mailbox does not exist", "TRYCREATE")
-        return Reply("NO", "Mailbox does not exist", "NONEXISTENT")
-    if isinstance(exc, MailboxExists):
-        return Reply("NO", "Mailbox already exists", "ALREADYEXISTS")
-    if isinstance(exc, InvalidMailboxName):
-        return Reply("NO", f"Invalid mailbox name: {exc.reason}", "CANNOT")
-    if isinstance(exc, MailboxNotAllowed):
-        return Reply("NO", "Operation not allowed on this mailbox", "CANNOT")
-    if isinstance(exc, OverQuota):
-        return Reply("NO", "Quota exceeded", "OVERQUOTA")
-    if isinstance(exc, MessageTooLarge):
-        return Reply("NO", "Message too large", "TOOBIG")
-    return None

@@ -19,7 +19,7 @@ from gateway.core import criteria as c
 from gateway.imap import wire
 from gateway.imap.command import Sort, Thread
 from gateway.imap.handler import BadCommand, Handler, ok
-from gateway.imap.messages import view_criteria
+from gateway.imap.searching import view_criteria
 from gateway.imap.threads import ordered_subject, references, thread_text
 
 if TYPE_CHECKING:

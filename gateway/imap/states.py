@@ -21,6 +21,7 @@ from gateway.imap import (
     mailboxes,
     messages,
     notify,
+    searching,
     selection,
     sorting,
 )
@@ -103,7 +104,7 @@ COMMANDS: dict[str, CommandSpec] = {
     "UID EXPUNGE": CommandSpec(_SELECTED, messages.uid_expunge),
     "FETCH": CommandSpec(_SELECTED, messages.fetch, defers_expunge=True),
     "STORE": CommandSpec(_SELECTED, messages.store, defers_expunge=True),
-    "SEARCH": CommandSpec(_SELECTED, messages.search, defers_expunge=True),
+    "SEARCH": CommandSpec(_SELECTED, searching.search, defers_expunge=True),
     "SORT": CommandSpec(_SELECTED, sorting.sort, defers_expunge=True),  # RFC 5256
     "THREAD": CommandSpec(_SELECTED, sorting.thread, defers_expunge=True),  # RFC 5256
     "COPY": CommandSpec(_SELECTED, messages.copy),

@@ -1,0 +1,64 @@
+"""IMAP reply text: the wire form of a :class:`Reply` and the store's errors as replies.
+
+RFC 3501 §7.1 (status responses) and RFC 5530 (response codes). Used by
+:meth:`gateway.imap.session.IMAPSession.reply_for_error`, the one place exceptions become
+tagged responses (STYLE.md habit 4).
+"""
+
+from __future__ import annotations
+
+from gateway.imap.handler import Reply
+from gateway.imap.states import TRYCREATE_COMMANDS
+from gateway.store.interfaces import (
+    InvalidMailboxName,
+    MailboxExists,
+    MailboxNotAllowed,
+    MailboxNotFound,
+    MessageTooLarge,
+    OverQuota,
+    SearchTooComplex,
+)
+
+MAX_RESPONSE_TEXT = 200
+"""Human-readable response text longer than this is shortened (it may echo client input)."""
+
+
+def clean_text(text: str) -> str:
+    """Response text: printable ASCII only, bounded (it may echo client input)."""
+    cleaned = "".join(c if " " <= c <= "~" else "?" for c in text)
+    if len(cleaned) > MAX_RESPONSE_TEXT:
+        cleaned = cleaned[: MAX_RESPONSE_TEXT - 3] + "..."
+    return cleaned or "done"
+
+
+def clean_code(code: str) -> str:
+    """A response code: printable ASCII without brackets (it may echo client input)."""
+    return "".join(c if " " <= c <= "~" and c not in "[]" else "?" for c in code)
+
+
+def tagged(tag: str, reply: Reply) -> bytes:
+    """``tag STATUS [code] text`` CRLF (RFC 3501 §7.1)."""
+    code = f"[{clean_code(reply.code)}] " if reply.code else ""
+    return f"{tag} {reply.status} {code}{clean_text(reply.text)}\r\n".encode("ascii")
+
+
+def store_error_reply(exc: Exception, command: str) -> Reply | None:
+    """The store's errors → response codes (RFC 5530, RFC 3501 §6.3.11)."""
+    if isinstance(exc, SearchTooComplex):
+        # The store's bound on a search program (RFC 5530 LIMIT), not a server bug.
+        return Reply("NO", "Search program too complex", "LIMIT")
+    if isinstance(exc, MailboxNotFound):
+        if command in TRYCREATE_COMMANDS:
+            return Reply("NO", "Mailbox does not exist", "TRYCREATE")
+        return Reply("NO", "Mailbox does not exist", "NONEXISTENT")
+    if isinstance(exc, MailboxExists):
+        return Reply("NO", "Mailbox already exists", "ALREADYEXISTS")
+    if isinstance(exc, InvalidMailboxName):
+        return Reply("NO", f"Invalid mailbox name: {exc.reason}", "CANNOT")
+    if isinstance(exc, MailboxNotAllowed):
+        return Reply("NO", "Operation not allowed on this mailbox", "CANNOT")
+    if isinstance(exc, OverQuota):
+        return Reply("NO", "Quota exceeded", "OVERQUOTA")
+    if isinstance(exc, MessageTooLarge):
+        return Reply("NO", "Message too large", "TOOBIG")
+    return None

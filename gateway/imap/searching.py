@@ -1,0 +1,196 @@
+"""IMAP SEARCH and UID SEARCH: criteria rewriting for a session's view, ESEARCH and SEARCHRES.
+
+RFC 3501 §6.4.4, with RFC 4731 (ESEARCH), RFC 5182 (SEARCHRES ``$``), RFC 5032 (WITHIN)
+and RFC 7162 §3.1.5 (MODSEQ in results). The handler is a generator per
+:mod:`gateway.imap.handler`; :func:`view_criteria` is shared with SORT and THREAD.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from gateway.core import criteria as c
+from gateway.core.flags import RECENT
+from gateway.imap import rev2, wire
+from gateway.imap.command import Search
+from gateway.imap.handler import Handler, ok
+from gateway.imap.messages import _infos, _selected
+
+if TYPE_CHECKING:
+    from gateway.imap.handler import SelectedView, Session
+
+
+def _uid_ranges(uids: Iterable[int]) -> c.Uid:
+    """A ``Uid`` key for exactly these UIDs (ascending); UID 0, which never exists,
+    stands for the empty set."""
+    ranges: list[c.SeqRange] = []
+    start = prev = None
+    for uid in uids:
+        if prev is not None and uid == prev + 1:
+            prev = uid
+            continue
+        if start is not None:
+            ranges.append(c.SeqRange(start, prev))
+        start = prev = uid
+    if start is not None:
+        ranges.append(c.SeqRange(start, prev))
+    return c.Uid(c.SequenceSet(tuple(ranges) or (c.SeqRange(0, 0),)))
+
+
+class _Rewriter:
+    """Turns the parsed criteria into what the store can answer for this session
+    (RFC 3501 §6.4.4): sequence numbers → UIDs of this view, ``*`` in UID sets → the
+    view's last UID (§9 seq-number), and \\Recent → the UIDs this session shows as
+    recent (§2.3.2: \\Recent is per session, the store cannot know it)."""
+
+    def __init__(self, view: SelectedView) -> None:
+        self.view = view
+        self._recent: c.Uid | None = None
+
+    def recent(self) -> c.Uid:
+        if self._recent is None:
+            self._recent = _uid_ranges(self.view.recent)
+        return self._recent
+
+    def __call__(self, node: c.Criteria) -> c.Criteria:
+        uids = self.view.uids
+        if isinstance(node, c.Seq | c.Uid) and node.set.saved:
+            # RFC 5182 §2.1: "$" is the saved result, messages rather than numbers.
+            return _uid_ranges(self.view.resolve(node.set, True))
+        if isinstance(node, c.Within):
+            # RFC 5032 §3: OLDER n = INTERNALDATE more than n seconds ago; YOUNGER n =
+            # at most n seconds ago, both against the time the search runs.
+            edge = int(time.time()) - node.seconds
+            return c.Instant("before" if node.op == "older" else "since", edge)
+        if isinstance(node, c.Seq):
+            count = len(uids)
+            ranges = []
+            for low, high in node.set.resolve(count):
+                low, high = max(low, 1), min(high, count)
+                if low <= high:
+                    ranges.append(c.SeqRange(uids[low - 1], uids[high - 1]))
+            if not ranges:
+                ranges.append(c.SeqRange(0, 0))  # UID 0 never exists: matches nothing
+            return c.Uid(c.SequenceSet(tuple(ranges)))
+        if isinstance(node, c.Uid):
+            last = uids[-1] if uids else 0
+            return c.Uid(c.SequenceSet(tuple(c.SeqRange(a, b) for a, b in node.set.resolve(last))))
+        if isinstance(node, c.Flag) and node.flag.lower() == RECENT.lower():
+            return self.recent() if node.present else c.Not(self.recent())
+        if isinstance(node, c.And):
+            return c.And(tuple(self(k) for k in node.keys))
+        if isinstance(node, c.Or):
+            return c.Or(self(node.left), self(node.right))
+        if isinstance(node, c.Not):
+            return c.Not(self(node.key))
+        return node
+
+
+def view_criteria(view: SelectedView, criteria: c.Criteria) -> c.Criteria:
+    """``criteria`` as the store can answer them for this view (:class:`_Rewriter`);
+    SORT and THREAD (:mod:`gateway.imap.sorting`) search the same way."""
+    return _Rewriter(view)(criteria)
+
+
+def _has_modseq(node: c.Criteria) -> bool:
+    if isinstance(node, c.ModSeq):
+        return True
+    if isinstance(node, c.And):
+        return any(_has_modseq(k) for k in node.keys)
+    if isinstance(node, c.Or):
+        return _has_modseq(node.left) or _has_modseq(node.right)
+    if isinstance(node, c.Not):
+        return _has_modseq(node.key)
+    return False
+
+
+def _numbers(values: list[int]) -> bytes:
+    return b" ".join([b"%d" % v for v in values])
+
+
+def search(session: Session, cmd: Search) -> Handler:
+    """SEARCH and UID SEARCH, RFC 3501 §6.4.4/§6.4.8; RETURN options per RFC 4731
+    (ESEARCH); ``(MODSEQ n)`` per RFC 7162 §3.1.5 when a MODSEQ key was used.
+
+    Only messages the client knows (the view) are reported; new arrivals are announced
+    by EXISTS first, after the command.
+    """
+    view = _selected(session)
+    criteria = cmd.criteria if cmd.criteria is not None else c.All()
+    want_modseq = _has_modseq(criteria)
+    if want_modseq:
+        session.enable_condstore()
+    mailbox_id = view.mailbox.id
+    save = cmd.returns is not None and "SAVE" in cmd.returns
+    try:
+        found = session.store.search(mailbox_id, _Rewriter(view)(criteria))
+    except Exception:
+        if save:
+            view.save_result(())  # RFC 5182 §2.1: a failed SEARCH leaves "$" empty
+        raise
+    seq_of = view.seq_of
+    matched: list[int] = []  # UIDs, ascending
+    seqs: list[int] = []
+    for uid in found:
+        seq = seq_of(uid)
+        if seq is not None:
+            matched.append(uid)
+            seqs.append(seq)
+    numbers = matched if cmd.uid else seqs
+
+    def highest_modseq(uids: list[int]) -> int:
+        return max((i.modseq for i in _infos(session, mailbox_id, uids)), default=0)
+
+    if cmd.returns is None and not rev2.active(session):
+        text = b"* SEARCH"
+        if numbers:
+            text += b" " + _numbers(numbers)
+            if want_modseq:
+                text += b" (MODSEQ %d)" % highest_modseq(matched)
+        yield text + b"\r\n"
+        return ok("SEARCH completed")
+
+    returns = set(cmd.returns or ()) or {"ALL"}  # RFC 9051 §6.4.4: plain SEARCH is ALL
+    if save:
+        returns.discard("SAVE")
+        if returns and returns <= {"MIN", "MAX"}:
+            # RFC 5182 §2.1: with only MIN/MAX, those messages are what is saved.
+            kept = []
+            if matched and "MIN" in returns:
+                kept.append(matched[0])
+            if matched and "MAX" in returns:
+                kept.append(matched[-1])
+            view.save_result(kept)
+        else:
+            view.save_result(matched)
+        if not returns:
+            # RFC 5182 §2.1: SAVE alone asks for no ESEARCH response at all.
+            return ok("SEARCH completed")
+    parts = [b"* ESEARCH (TAG " + wire.quote(cmd.tag.encode()) + b")"]
+    if cmd.uid:
+        parts.append(b"UID")
+    if numbers:
+        if "MIN" in returns:
+            parts.append(b"MIN %d" % numbers[0])
+        if "MAX" in returns:
+            parts.append(b"MAX %d" % numbers[-1])
+    if "COUNT" in returns:
+        parts.append(b"COUNT %d" % len(numbers))
+    if numbers and "ALL" in returns:
+        parts.append(b"ALL " + wire.sequence_set_text(numbers))
+    if numbers and want_modseq:
+        # RFC 7162 §3.1.5/RFC 4731: the highest modseq of the messages returned; with
+        # only MIN/MAX that is the one or two messages named.
+        if returns & {"ALL", "COUNT"}:
+            chosen = matched
+        else:
+            chosen = []
+            if "MIN" in returns:
+                chosen.append(matched[0])
+            if "MAX" in returns:
+                chosen.append(matched[-1])
+        parts.append(b"MODSEQ %d" % highest_modseq(chosen))
+    yield b" ".join(parts) + b"\r\n"
+    return ok("SEARCH completed")

@@ -1,0 +1,208 @@
+"""The between-commands side of an IMAP connection: timers, protocol trace, IDLE/NOTIFY events.
+
+:class:`ConnectionEvents` is a mixin of :class:`gateway.imap.server.IMAPServerProtocol`,
+split off so that module stays readable; it shares the protocol's state and calls back
+into its run loop (``_run``, ``_start``, ``_write``, ``_close``, ``_abort``,
+``_drop_current``). Timers (RFC 3501 §5.4 autologout, RFC 2177 IDLE keep-alive) run on
+the factory's injected clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from gateway.imap.handler import IdleEvent, ReadLine
+from gateway.imap.tracefile import ConnectionTrace
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
+    from gateway.imap.factory import IMAPServerFactory
+    from gateway.imap.framing import CommandParser
+    from gateway.imap.session import IMAPSession
+
+log = structlog.get_logger(__name__)
+
+
+class ConnectionEvents:
+    """Timers, trace and change notification for one IMAP connection (a mixin)."""
+
+    factory: IMAPServerFactory
+    session: IMAPSession
+    parser: CommandParser
+    peer: str
+    _current: Any
+    _waiting: Any
+    _stepping: object | None
+    _idle_events: deque[IdleEvent]
+    _notifying: bool
+    _idling: bool
+    _output_paused: bool
+    _closing: bool
+    _timeout_call: IDelayedCall | None
+    _keepalive_call: IDelayedCall | None
+    _login_delay_call: IDelayedCall | None
+    _next_turn_call: IDelayedCall | None
+    _trace: ConnectionTrace | None
+    _trace_wanted: bool
+
+    if TYPE_CHECKING:
+        # Provided by IMAPServerProtocol (gateway.imap.server).
+        def _run(self) -> None: ...
+        def _start(self, run: Any) -> None: ...
+        def _write(self, data: bytes) -> None: ...
+        def _close(self) -> None: ...
+        def _abort(self) -> None: ...
+        def _drop_current(self) -> None: ...
+
+    # -- timers --
+
+    def _timeout_delay(self) -> float:
+        limits = self.factory.limits
+        if self._idling:
+            return limits.idle_command_timeout
+        if self.session.user is None:
+            return limits.prelogin_timeout
+        return limits.idle_timeout
+
+    def _reset_timeout(self) -> None:
+        if self._closing:
+            return
+        delay = self._timeout_delay()
+        call = self._timeout_call
+        if call is not None and call.active():
+            call.reset(delay)
+        else:
+            self._timeout_call = self.factory.clock.callLater(delay, self._timed_out)
+
+    def _timed_out(self) -> None:
+        """RFC 3501 §5.4 autologout. A command still producing output is not cut short
+        unless the client has stopped reading it (then the connection is dropped)."""
+        self._timeout_call = None
+        if self._closing:
+            return
+        busy = (
+            self._current is not None
+            and not self._idling
+            and not isinstance(self._waiting, ReadLine)
+        )
+        if self._stepping is not None or (busy and not self._output_paused):
+            # (steps running on a store thread own the session until they return)
+            self._reset_timeout()
+            return
+        log.info("imap.autologout", user=self.session.user, peer=self.peer)
+        if self._output_paused:
+            self._drop_current()
+            self._abort()
+            return
+        self._drop_current()
+        self._write(self.session.autologout())
+        self._close()
+
+    def _schedule_keepalive(self) -> None:
+        self._keepalive_call = self.factory.clock.callLater(
+            self.factory.limits.idle_keepalive, self._keepalive
+        )
+
+    def _keepalive(self) -> None:
+        self._keepalive_call = None
+        if not self._idling or self._closing:
+            return
+        if IdleEvent.KEEPALIVE not in self._idle_events:  # a client not reading gets one
+            self._idle_events.append(IdleEvent.KEEPALIVE)
+        self._schedule_keepalive()
+        self._run()
+
+    def _cancel_keepalive(self) -> None:
+        call, self._keepalive_call = self._keepalive_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _cancel_timers(self) -> None:
+        self._cancel_keepalive()
+        delayed, self._login_delay_call = self._login_delay_call, None
+        if delayed is not None and delayed.active():
+            delayed.cancel()
+        turn, self._next_turn_call = self._next_turn_call, None
+        if turn is not None and turn.active():
+            turn.cancel()
+        call, self._timeout_call = self._timeout_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    # -- the protocol trace ([debug] trace_users, gateway.imap.tracefile) --
+
+    def _update_trace(self) -> None:
+        """Between two commands: start, keep or stop tracing for the logged-in user."""
+        user = self.session.user
+        factory = self.factory
+        if user is None:
+            return
+        traced = user in factory.trace_users and factory.trace_root is not None
+        if self._trace is not None and not self._trace.attached:
+            if traced:
+                assert factory.trace_root is not None
+                self._trace.attach(factory.trace_root, user)
+            else:
+                self._stop_trace()
+        elif self._trace is not None and not traced:
+            self._stop_trace()
+        elif self._trace is None and traced and self._trace_wanted:
+            assert factory.trace_root is not None
+            self._trace = ConnectionTrace(self.peer)
+            self._trace.attach(factory.trace_root, user)
+            self.parser.tap = self._trace.client.tap
+        self._trace_wanted = False
+
+    def _stop_trace(self) -> None:
+        trace, self._trace = self._trace, None
+        if trace is not None:
+            trace.close()
+            if getattr(self, "parser", None) is not None:
+                self.parser.tap = None
+
+    def trace_changed(self) -> None:
+        """The traced users changed (a reload): follow at the next command boundary."""
+        self._trace_wanted = True
+        if self._current is None and not self._closing:
+            self._update_trace()
+
+    # -- change notification --
+
+    def access_changed(self) -> None:
+        """A reload changed accounts or households: an idling session checks its access
+        now (and says BYE if it lost it); others check before their next command."""
+        if not self._idling or self._closing:
+            return
+        if IdleEvent.ACCESS not in self._idle_events:
+            self._idle_events.append(IdleEvent.ACCESS)
+        self._run()
+
+    def mailbox_changed(self, mailbox_id: int) -> None:
+        """RFC 2177: an IDLE client hears about changes to its mailbox at once; other
+        sessions learn at their next command (the catch-up after every command). Under
+        NOTIFY (RFC 5465) the mailboxes it watches count too, idle or not: between
+        commands the notifications are sent at once, as a run without a tag."""
+        if self._closing:
+            return
+        view = self.session.selected
+        selected_id = view.mailbox.id if view is not None else None
+        notifier = self.session.notifier
+        wanted = notifier is not None and notifier.changed(mailbox_id, selected_id)
+        if self._idling:
+            if wanted or mailbox_id == selected_id:
+                if IdleEvent.CHANGED not in self._idle_events:
+                    self._idle_events.append(IdleEvent.CHANGED)
+                self._run()
+            return
+        if wanted and self._current is None:
+            self._start_notifications()
+
+    def _start_notifications(self) -> None:
+        """RFC 5465 §1: NOTIFY's untagged responses may go out while no command runs."""
+        self._notifying = True
+        self._start(self.session.notifications())
+        self._run()
