@@ -47,7 +47,7 @@ LITERAL_PIECE = 64 * 1024
 # ---- shared helpers --------------------------------------------------------------------
 
 
-def _selected(session: Session) -> SelectedView:
+def selected_view(session: Session) -> SelectedView:
     """The selected mailbox's view. The session's state table makes this impossible to
     miss; a BAD (not a crash) if it ever is."""
     view = session.selected
@@ -84,7 +84,7 @@ def _batches(uids: Sequence[int]) -> Iterable[Sequence[int]]:
         yield uids[start : start + INFO_BATCH]
 
 
-def _infos(session: Session, mailbox_id: int, uids: Sequence[int]) -> Iterable[MessageInfo]:
+def message_infos(session: Session, mailbox_id: int, uids: Sequence[int]) -> Iterable[MessageInfo]:
     for batch in _batches(uids):
         yield from session.store.message_info(mailbox_id, batch)
 
@@ -138,7 +138,7 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
     read one message at a time and only when a body item needs them. A non-PEEK body
     fetch in a read-write mailbox sets ``\\Seen`` and then reports FLAGS once.
     """
-    view = _selected(session)
+    view = selected_view(session)
     store = session.store
     mailbox_id = view.mailbox.id
     changedsince = cmd.changedsince
@@ -260,7 +260,7 @@ def store(session: Session, cmd: StoreCmd) -> Handler:
     changed (RFC 7162 §3.1.3 example), or full FLAGS where another session changed
     flags meanwhile. Messages refused by UNCHANGEDSINCE go in ``OK [MODIFIED set]``.
     """
-    view = _selected(session)
+    view = selected_view(session)
     _writable(view)
     if cmd.mode not in ("", "+", "-"):
         raise BadCommand("bad STORE mode")
@@ -323,7 +323,7 @@ def store(session: Session, cmd: StoreCmd) -> Handler:
         # come from the store in batches, since another session may have changed them.
         untouched = [u for u in uids if u not in updated and u not in modified]
         current: dict[int, tuple[frozenset[str], int]] = {}
-        pending = iter(_infos(session, mailbox_id, untouched))
+        pending = iter(message_infos(session, mailbox_id, untouched))
         for uid in uids:
             if uid in modified:
                 continue
@@ -372,7 +372,7 @@ def copy(session: Session, cmd: Copy) -> Handler:
     MOVE sends ``* OK [COPYUID ...]`` first, then the expunges of the moved messages
     (``* n EXPUNGE`` or ``* VANISHED`` under QRESYNC), then the tagged OK (RFC 6851 §3.3).
     """
-    view = _selected(session)
+    view = selected_view(session)
     move = cmd.name.upper() == "MOVE"
     if move:
         _writable(view)  # RFC 6851 §3.3: MOVE needs the right to expunge
@@ -402,7 +402,7 @@ def copy(session: Session, cmd: Copy) -> Handler:
 def expunge(session: Session, cmd: Simple) -> Handler:
     """EXPUNGE, RFC 3501 §6.4.3; ``* VANISHED`` instead under QRESYNC (RFC 7162 §3.2.10).
     State: selected, read-write."""
-    view = _selected(session)
+    view = selected_view(session)
     _writable(view)
     removed = session.store.expunge(view.mailbox.id)
     yield from _expunge_responses(session, _forget(view, removed))
@@ -411,7 +411,7 @@ def expunge(session: Session, cmd: Simple) -> Handler:
 
 def uid_expunge(session: Session, cmd: UidExpunge) -> Handler:
     """UID EXPUNGE, RFC 4315 §2.1: only ``\\Deleted`` messages among the given UIDs."""
-    view = _selected(session)
+    view = selected_view(session)
     _writable(view)
     uids = view.resolve(cmd.sequence_set, True)
     if not uids:

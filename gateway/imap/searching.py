@@ -16,7 +16,7 @@ from gateway.core.flags import RECENT
 from gateway.imap import rev2, wire
 from gateway.imap.command import Search
 from gateway.imap.handler import Handler, ok
-from gateway.imap.messages import _infos, _selected
+from gateway.imap.messages import message_infos, selected_view
 
 if TYPE_CHECKING:
     from gateway.imap.handler import SelectedView, Session
@@ -117,7 +117,7 @@ def search(session: Session, cmd: Search) -> Handler:
     Only messages the client knows (the view) are reported; new arrivals are announced
     by EXISTS first, after the command.
     """
-    view = _selected(session)
+    view = selected_view(session)
     criteria = cmd.criteria if cmd.criteria is not None else c.All()
     want_modseq = _has_modseq(criteria)
     if want_modseq:
@@ -141,7 +141,7 @@ def search(session: Session, cmd: Search) -> Handler:
     numbers = matched if cmd.uid else seqs
 
     def highest_modseq(uids: list[int]) -> int:
-        return max((i.modseq for i in _infos(session, mailbox_id, uids)), default=0)
+        return max((i.modseq for i in message_infos(session, mailbox_id, uids)), default=0)
 
     if cmd.returns is None and not rev2.active(session):
         text = b"* SEARCH"

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from gateway.core import criteria as c
 from gateway.imap import wire
 from gateway.imap.command import Sort, Thread
-from gateway.imap.handler import BadCommand, Handler, ok
+from gateway.imap.handler import Handler, ok
+from gateway.imap.messages import selected_view
 from gateway.imap.searching import view_criteria
 from gateway.imap.threads import ordered_subject, references, thread_text
 
@@ -26,17 +27,10 @@ if TYPE_CHECKING:
     from gateway.imap.handler import SelectedView, Session
 
 
-def _selected(session: Session) -> SelectedView:
-    view = session.selected
-    if view is None:
-        raise BadCommand("no mailbox selected")
-    return view
-
-
 def sort(session: Session, cmd: Sort) -> Handler:
     """SORT and UID SORT, RFC 5256 §3 (``* SORT``), RFC 5267 §3.2 (``* ESEARCH`` with
     the numbers in sort order) and §4.4 (PARTIAL)."""
-    view = _selected(session)
+    view = selected_view(session)
     criteria = view_criteria(view, cmd.criteria if cmd.criteria is not None else c.All())
     found = session.store.sort(view.mailbox.id, criteria, cmd.program)
     numbers = _known(view, found, cmd.uid)
@@ -86,7 +80,7 @@ def _esort(cmd: Sort, numbers: list[int]) -> bytes:
 
 def thread(session: Session, cmd: Thread) -> Handler:
     """THREAD and UID THREAD, RFC 5256 §3 (REFERENCES, ORDEREDSUBJECT) and §4."""
-    view = _selected(session)
+    view = selected_view(session)
     criteria = view_criteria(view, cmd.criteria if cmd.criteria is not None else c.All())
     seq_of = view.seq_of
     facts = [
