@@ -359,28 +359,42 @@ def _as_bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
 
 
-_CONVERT: dict[str, Callable[[Any], Any]] = {
-    "int2": int,
-    "int4": int,
-    "int8": int,
+def _as_text(value: Any) -> str:
+    # Text is read with invalid UTF-8 replaced (no surrogates), so NUL is all that is left
+    # for pg_text to clean; the common case costs one type check and one scan.
+    if type(value) is str and "\x00" not in value:
+        return value
+    return pg_text(str(value))
+
+
+_CONVERT: dict[str, Callable[[Any], Any] | None] = {
+    "int2": None,
+    "int4": None,
+    "int8": None,
     "float8": float,
     "bool": bool,
-    "text": lambda v: pg_text(str(v)),
+    "text": _as_text,
     "bytea": _as_bytes,
 }
-"""SQLite value → what binary COPY of the column's type takes (SQLite types loosely)."""
+"""SQLite value → what binary COPY of the column's type takes (None: as read; SQLite's
+INTEGER affinity already gives ints, and a stray value fails the COPY, rolled back)."""
 
 
-def _converter(typnames: Sequence[str]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+def _converter(typnames: Sequence[str]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
     try:
         funcs = [_CONVERT[t] for t in typnames]
     except KeyError as e:
         raise MigrateStoreError(f"no conversion for PostgreSQL type {e.args[0]}") from None
+    steps = [(i, f) for i, f in enumerate(funcs) if f is not None]
 
-    def convert(row: Sequence[Any]) -> tuple[Any, ...]:
-        return tuple(None if v is None else f(v) for f, v in zip(funcs, row, strict=True))
+    def convert(row: tuple[Any, ...]) -> tuple[Any, ...]:
+        values = list(row)
+        for i, f in steps:
+            if values[i] is not None:
+                values[i] = f(values[i])
+        return tuple(values)
 
-    return convert
+    return convert if steps else (lambda row: row)
 
 
 def copy_table(
