@@ -12,11 +12,14 @@ gateway is refused, the exit codes, and the PostgreSQL sort-key backfill.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ import pytest
 from gateway.access.quota import usage
 from gateway.app import migrate_store
 from gateway.app.migrate_store import SQLITE_ONLY, TABLES, MigrateStoreError, TargetNotEmpty
+from gateway.cli.main import main
 from gateway.core.criteria import All
 from gateway.core.sorting import SortCriterion
 from gateway.store.interfaces import INBOX, Delivery, DuplicateRecord, NewOutbound, Routed, Target
@@ -40,6 +44,7 @@ from gateway.store.sqlite_timeseries import SQLiteTimeSeries
 from gateway.store.timeseries import Point
 from gateway.testing.gateway_proc import GatewayProcess
 from gateway.testing.messages import message
+from gateway.testing.ports import free_port
 from gateway.testing.postgres import Postgres, new_schema, shared_server
 
 pytestmark = pytest.mark.postgres
@@ -355,6 +360,17 @@ def test_missing_old_and_non_store_sources_are_clear_errors(tmp_path, pg, target
         migrate_store.migrate_store(old, target, password=pg.password)
 
 
+def test_unreachable_or_newer_targets_are_clear_errors(source, pg, schema, target) -> None:
+    closed = f"postgresql://popgate@127.0.0.1:{free_port()}/popgate"
+    with pytest.raises(MigrateStoreError, match="cannot connect to PostgreSQL"):
+        migrate_store.migrate_store(source, closed, password=pg.password)
+    with psycopg.connect(target, password=pg.password, autocommit=True) as conn:
+        migrate(conn)
+        conn.execute("UPDATE schema_version SET version = version + 1")
+    with pytest.raises(MigrateStoreError, match="newer than this program"):
+        migrate_store.migrate_store(source, target, password=pg.password)
+
+
 def test_every_sqlite_table_is_copied_or_explained(tmp_path) -> None:
     """A table a later SQLite migration adds must be copied (or listed as SQLite-only)."""
     store = SQLiteStore(tmp_path / "s.sqlite3")
@@ -393,49 +409,73 @@ def popgate(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_command_copies_prints_progress_and_summary_and_exit_codes(
-    source, pg, target, tmp_path
+    source, pg, target, tmp_path, capsys
 ) -> None:
+    """The real command (a process) copies and prints progress and the summary, exit 0;
+    then (in-process, same parser) a second run is refused (1), a missing --from file
+    is a clear error (1), and leaving --from out is a usage error (2)."""
     config = write_config(tmp_path, pg, target)
     done = popgate("migrate-store", "--config", str(config), "--from", str(source))
     assert done.returncode == 0, done.stderr
-    assert "mailbox_message:" in done.stdout
+    assert "mailbox_message: " in done.stdout
     assert "users: 2 (and 1 shared trees)" in done.stdout
     assert "ledger rows: " in done.stdout and "bytes" in done.stdout
     assert pg.password not in done.stdout + done.stderr
-    again = popgate("migrate-store", "--config", str(config), "--from", str(source))
-    assert again.returncode == 1
-    assert "not empty" in again.stderr and "mailbox:" in again.stderr
-    missing = popgate("migrate-store", "--config", str(config), "--from", str(tmp_path / "x.db"))
-    assert missing.returncode == 1 and "no such file" in missing.stderr
-    usage_error = popgate("migrate-store", "--config", str(config))
-    assert usage_error.returncode == 2 and "--from" in usage_error.stderr
+    assert main(["migrate-store", "--config", str(config), "--from", str(source)]) == 1
+    err = capsys.readouterr().err
+    assert "not empty" in err and "mailbox:" in err
+    assert main(["migrate-store", "-c", str(config), "--from", str(tmp_path / "x.db")]) == 1
+    assert "x.db: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["migrate-store", "--config", str(config)])
+    assert exited.value.code == 2 and "--from" in capsys.readouterr().err
 
 
 def test_command_refuses_a_sqlite_config_and_a_running_gateway(
-    source, pg, target, tmp_path, monkeypatch
+    source, pg, target, tmp_path, capsys
 ) -> None:
+    """A config still on SQLite is not a target; a gateway answering on the control
+    socket next to the source file makes the command refuse, and copy nothing."""
     sqlite_config = write_config(tmp_path, pg, target, backend="sqlite")
-    out = popgate("migrate-store", "--config", str(sqlite_config), "--from", str(source))
-    assert out.returncode == 1 and "copies into PostgreSQL" in out.stderr
-
-    def answering(where, payload, **kw):
-        if Path(where) == source.parent:
-            return {"ok": True}
-        raise migrate_store.control.GatewayNotRunning("no")
-
-    monkeypatch.setattr(migrate_store.control, "request", answering)
+    assert main(["migrate-store", "--config", str(sqlite_config), "--from", str(source)]) == 1
+    assert "copies into PostgreSQL" in capsys.readouterr().err
     config = write_config(tmp_path, pg, target)
-    err: list[str] = []
+    with answering_control_socket(source.parent / "control.sock"):
+        assert main(["migrate-store", "--config", str(config), "--from", str(source)]) == 1
+    err = capsys.readouterr().err
+    assert "popgate is running in" in err and "stop it first" in err
+    with psycopg.connect(target, password=pg.password) as conn:
+        assert conn.execute("SELECT to_regclass('mailbox')").fetchone() == (None,)
 
-    class Sink:
-        def write(self, text: str) -> None:
-            err.append(text)
 
-        def flush(self) -> None:
-            pass
+@contextlib.contextmanager
+def answering_control_socket(path: Path) -> Iterator[None]:
+    """A stand-in for a running gateway: answers every control request with success."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen()
+    listener.settimeout(0.2)
+    stop = threading.Event()
 
-    assert migrate_store.run(str(config), str(source), out=Sink(), err=Sink()) == 1  # type: ignore[arg-type]
-    assert "popgate is running in" in "".join(err)
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b'{"ok": true, "result": {}}\n')
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+        path.unlink()
 
 
 # ---- the PostgreSQL sort-key backfill -----------------------------------------------

@@ -57,6 +57,7 @@ from psycopg import sql
 
 from gateway.app import control
 from gateway.core.display import printable
+from gateway.store.errors import StoreError
 from gateway.store.interfaces import SHARED_OWNER_PREFIX
 from gateway.store.postgres.schema import MIGRATION_LOCK, migrate
 from gateway.store.postgres.text import pg_text
@@ -487,6 +488,8 @@ def migrate_store(
         except psycopg.Error as e:
             text = " ".join(str(e).split()) or type(e).__name__
             raise MigrateStoreError(f"PostgreSQL: {text}; nothing was committed") from None
+        except StoreError as e:  # SchemaTooNew: a newer popgate made this database
+            raise MigrateStoreError(f"PostgreSQL: {e}") from None
         finally:
             target.close()
     finally:
@@ -525,10 +528,12 @@ def _copy_all(src: sqlite3.Connection, target: psycopg.Connection, progress: Pro
 
 
 def run(
-    config_path: str, source: str, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+    config_path: str, source: str, *, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
     """``popgate migrate-store``: 0 when the store was copied, 1 when it was refused or
-    failed (the reason on ``err``; the target is then left empty)."""
+    failed (the reason on ``err``, default stderr; the target is then left empty)."""
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
     from gateway.app import config as configmod
 
     try:
