@@ -268,8 +268,9 @@ def open_source(path: Path) -> sqlite3.Connection:
         conn.close()
         raise MigrateStoreError(f"{path}: not a readable SQLite store: {e}") from None
     problem = None
-    if REQUIRED_SOURCE_TABLES - tables:
-        problem = f"{path}: not a popgate store (no {', '.join(sorted(REQUIRED_SOURCE_TABLES))})"
+    missing = REQUIRED_SOURCE_TABLES - tables
+    if missing:
+        problem = f"{path}: not a popgate store (no table {', '.join(sorted(missing))})"
     elif version < SQLITE_SCHEMA_VERSION:
         problem = (
             f"{path}: SQLite schema version {version}, this popgate copies version "
