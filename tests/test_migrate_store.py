@@ -20,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -342,6 +343,45 @@ def test_a_failure_midway_leaves_the_target_empty(source, pg, schema, target, mo
             assert conn.execute(f"SELECT count(*) FROM {spec.table}").fetchone()[0] == 0, spec.table
     # and the same target then takes the migration
     migrate_store.migrate_store(source, target, password=pg.password)
+
+
+def test_a_node_starting_during_the_copy_waits_for_it(source, pg, schema, target, monkeypatch):
+    """The copy holds the schema-migration lock: a node opening the store meanwhile
+    waits at its migration step and then finds the whole copy, never a part of it."""
+    real = migrate_store.copy_table
+    opened: list[list[str]] = []
+
+    def open_node() -> None:
+        with open_pg(pg, schema) as store:
+            opened.append([m.name for m in store.list_mailboxes("alice")])
+
+    node = threading.Thread(target=open_node)
+
+    def copy_and_start_a_node(src, cur, spec, total, progress):
+        if spec.table == "ledger":
+            node.start()
+            assert waiting_for_advisory_lock(pg), "the node did not wait for the copy"
+            assert not opened
+        return real(src, cur, spec, total, progress)
+
+    monkeypatch.setattr(migrate_store, "copy_table", copy_and_start_a_node)
+    migrate_store.migrate_store(source, target, password=pg.password)
+    node.join(30)
+    assert opened and "Archive/2024" in opened[0]
+
+
+def waiting_for_advisory_lock(pg: Postgres, timeout: float = 30.0) -> bool:
+    """Whether some session comes to wait for an advisory lock within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(pg.dsn, password=pg.password, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            ).fetchone()
+            if row and row[0]:
+                return True
+            time.sleep(0.05)
+    return False
 
 
 def test_missing_old_and_non_store_sources_are_clear_errors(tmp_path, pg, target) -> None:
