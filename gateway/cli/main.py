@@ -1,8 +1,9 @@
 """The ``popgate`` command: builds the argument parser from the command groups and dispatches.
 
-Each group is a module of this package (serve, status, fetch, migrate, users, backup, oauth,
-sieve) with an ``add_parsers`` function; each sub-command is a function taking parsed arguments and
-returning an exit status, so tests call them without a subprocess where that is enough.
+Each group is a module of this package (serve, status, fetch, migrate, users, backup,
+migrate_store, oauth, sieve) with an ``add_parsers`` function; each sub-command is a
+function taking parsed arguments and returning an exit status, so tests call them without
+a subprocess where that is enough.
 """
 
 from __future__ import annotations
@@ -11,12 +12,22 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gateway.cli import backup, fetch, migrate, oauth, serve, sieve, status, users
+from gateway.cli import (
+    backup,
+    fetch,
+    migrate,
+    migrate_store,
+    oauth,
+    serve,
+    sieve,
+    status,
+    users,
+)
 from gateway.cli.common import DEFAULT_CONFIG
 
 __all__ = ["DEFAULT_CONFIG", "build_parser", "main"]
 
-GROUPS = (serve, status, fetch, migrate, users, backup, oauth, sieve)
+GROUPS = (serve, status, fetch, migrate, users, backup, migrate_store, oauth, sieve)
 """The command groups, in the order ``popgate --help`` lists their commands."""
 
 

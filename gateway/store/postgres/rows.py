@@ -27,24 +27,13 @@ from gateway.message.analysis import Analysis
 from gateway.store.errors import MailboxNotFound, StoreError
 from gateway.store.interfaces import INBOX, Mailbox, is_shared_owner
 from gateway.store.postgres.connection import PGConnection
+from gateway.store.postgres.text import pg_text
 from gateway.store.rowdata import MESSAGE_COLUMNS, internal_values, message_values
 from gateway.store.rules import DEFAULT_FOLDERS, MAX_UID, check_message, parent_names
 from gateway.store.search import Dialect
 from gateway.store.sorting import sort_key_row
 
 OWNER_LOCK_CLASS = 0x706F_7067  # "popg": the advisory-lock namespace of mailbox trees
-
-
-def pg_text(text: str) -> str:
-    """``text`` as PostgreSQL can store it: NUL and unpaired surrogates become U+FFFD
-    (search values are cleaned the same way, so searching still matches)."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\ufffd")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
-    return text
 
 
 def _uid_ranges(ranges: list[tuple[int, int]], mailbox_id: int) -> tuple[str, list]:

@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gateway.store.errors import StoreError
+from gateway.store.postgres.text import pg_text
+from gateway.store.sorting import BACKFILL_BATCH, MAX_HEADER_READ, keys_of_raw, sort_key_row
 
 Migration = Callable[[Any], None]
 """A step: given a psycopg cursor inside the migration's transaction."""
@@ -241,8 +243,8 @@ _V4_SAVEDATE = _statements(
 
 # Version 5 (SORT and THREAD, RFC 5256, issue 17): the ``sort_key`` rows of
 # gateway/store/sorting.py. String keys are stored already case-mapped (i;ascii-casemap),
-# so octet order (COLLATE "C") is the collation. A database that already holds mail
-# must be re-ingested to fill it (the PostgreSQL backend has no deployed data yet).
+# so octet order (COLLATE "C") is the collation. Mail stored before it gets its rows from
+# the backfill step below (:func:`backfill_sort_keys`).
 _V5_SORT_KEYS = _statements(
     """
     CREATE TABLE sort_key (
@@ -263,7 +265,54 @@ _V5_SORT_KEYS = _statements(
     """,
 )
 
-MIGRATIONS: Sequence[Migration] = (_V1, _V2, _V3, _V4_SAVEDATE, _V5_SORT_KEYS)
+
+def backfill_sort_keys(cur: Any) -> None:
+    """Schema step: a ``sort_key`` row for every message stored without one (mail that
+    arrived before the table existed), computed in Python from the stored header section
+    in batches, as the SQLite schema's sort-key step does
+    (:func:`gateway.store.sorting.migrate_sort_keys`), and cleaned for ``text`` as the
+    insert path cleans it. Idempotent: messages that have their row keep it."""
+    last = 0
+    while True:
+        cur.execute(
+            "SELECT m.id, m.internaldate, m.sent_date, m.size, substring(c.raw FROM 1 FOR %s)"
+            " FROM message m JOIN content c ON c.message_id = m.id"
+            " WHERE m.id > %s AND NOT EXISTS (SELECT 1 FROM sort_key k WHERE k.message_id = m.id)"
+            " ORDER BY m.id LIMIT %s",
+            (MAX_HEADER_READ, last, BACKFILL_BATCH),
+        )
+        rows = cur.fetchall()
+        if not rows:
+            return
+        cur.executemany(
+            "INSERT INTO sort_key (message_id, arrival, sent, size, subject, refwd, from_key,"
+            " to_key, cc_key, display_from, display_to, msgid, refs)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (message_id) DO NOTHING",
+            [
+                tuple(
+                    pg_text(v) if isinstance(v, str) else v
+                    for v in sort_key_row(mid, arrival, sent, size, keys_of_raw(bytes(raw)))
+                )
+                for mid, arrival, sent, size, raw in rows
+            ],
+        )
+        last = rows[-1][0]
+
+
+# Version 6 (the sort-key backfill): version 5 created ``sort_key`` empty, so a database
+# that held mail then could not SORT or THREAD those messages; this step fills their rows.
+# Self-contained (touches only ``sort_key``), renumberable.
+_V6_SORT_KEY_BACKFILL: Migration = backfill_sort_keys
+
+MIGRATIONS: Sequence[Migration] = (
+    _V1,
+    _V2,
+    _V3,
+    _V4_SAVEDATE,
+    _V5_SORT_KEYS,
+    _V6_SORT_KEY_BACKFILL,
+)
 """Entry *i* takes a database from version *i* to *i + 1*. Append only."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
