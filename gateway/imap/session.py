@@ -194,13 +194,15 @@ class IMAPSession:
 
         A name that is not valid modified UTF-7 (RFC 3501 §5.1.3) is well-formed IMAP but
         names a mailbox that cannot exist: NO [CANNOT], not BAD (RFC 3501 §6.3.1, and as
-        Dovecot answers), and the session goes on.
+        Dovecot answers), and the session goes on. So is an 8-bit name that is not UTF-8
+        (the reader keeps its octets, :meth:`gateway.imap.reader.Reader.mailbox`), with
+        or without UTF8=ACCEPT (RFC 6855 §3 allows only UTF-8 names).
         """
         if self.utf8_enabled():
             try:
                 name = raw.decode("utf-8")
             except UnicodeDecodeError:
-                raise BadCommand("mailbox name is not valid UTF-8") from None
+                raise Refused("mailbox name is not valid UTF-8", "CANNOT") from None
         else:
             try:
                 name = mutf7.decode(raw)
