@@ -38,6 +38,7 @@ from gateway.imap.command import (
     UidExpunge,
 )
 from gateway.imap.compress import cmd_compress
+from gateway.imap.contexts import cmd_cancelupdate
 from gateway.imap.fetch_grammar import cmd_fetch
 from gateway.imap.notify import cmd_notify
 from gateway.imap.reader import DQ, LPAREN, NUMBER64_MAX, TAG_RE, Reader, Syntax, show
@@ -498,6 +499,7 @@ _COMMANDS: dict[str, _Grammar] = {
     **{n: cmd_acl for n in ACL_COMMANDS},  # RFC 4314
     "NOTIFY": cmd_notify,  # RFC 5465
     "COMPRESS": cmd_compress,
+    "CANCELUPDATE": cmd_cancelupdate,  # RFC 5267 §4.3
 }
 _UID_COMMANDS: dict[str, _Grammar] = {
     "FETCH": cmd_fetch,

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from gateway.core.flags import RECENT, SEEN, SENT_USE, canonical_flag, is_system_flag
-from gateway.imap import catenate, fetch_items, wire
+from gateway.imap import catenate, contexts, fetch_items, wire
 from gateway.imap.capabilities import QRESYNC
 from gateway.imap.command import Append, Copy, Fetch, FetchAttr, Simple, UidExpunge
 from gateway.imap.command import Store as StoreCmd
@@ -104,15 +104,13 @@ def _read_bodies(
     return store.message_bytes_batch(mailbox_id, [i.uid for i in infos[start:end]])
 
 
-def _forget(view: SelectedView, removed: Iterable[int]) -> list[tuple[int, int]]:
-    """Drop expunged UIDs from the view; ``(seq, uid)`` pairs, highest first
-    (RFC 3501 §7.4.1)."""
-    return view.forget(removed)
-
-
-def _expunge_responses(session: Session, hits: list[tuple[int, int]]) -> Iterator[bytes]:
-    """The EXPUNGE (or, under QRESYNC, VANISHED) responses for messages just removed."""
-    return expunge_responses(hits, vanished=QRESYNC in session.enabled)
+def _removed(session: Session, view: SelectedView, removed: Iterable[int]) -> Iterator[bytes]:
+    """Messages this session just expunged: REMOVEFROM for its live search contexts while
+    their sequence numbers still hold (RFC 5267 §4.3), then the EXPUNGE responses
+    (highest sequence number first, RFC 3501 §7.4.1), or VANISHED under QRESYNC."""
+    removed = list(removed)
+    yield from contexts.leaving(view, removed)
+    yield from expunge_responses(view.forget(removed), vanished=QRESYNC in session.enabled)
 
 
 def _existing_mailbox(session: Session, raw_name: bytes) -> Mailbox:
@@ -392,7 +390,7 @@ def copy(session: Session, cmd: Copy) -> Handler:
     if not move:
         return ok("COPY completed", code.decode())
     yield b"* OK [" + code + b"] moved\r\n"
-    yield from _expunge_responses(session, _forget(view, [src for src, _dst in pairs]))
+    yield from _removed(session, view, [src for src, _dst in pairs])
     return ok("MOVE completed")
 
 
@@ -405,7 +403,7 @@ def expunge(session: Session, cmd: Simple) -> Handler:
     view = selected_view(session)
     _writable(view)
     removed = session.store.expunge(view.mailbox.id)
-    yield from _expunge_responses(session, _forget(view, removed))
+    yield from _removed(session, view, removed)
     return ok("EXPUNGE completed")
 
 
@@ -417,7 +415,7 @@ def uid_expunge(session: Session, cmd: UidExpunge) -> Handler:
     if not uids:
         return ok("EXPUNGE completed")
     removed = session.store.expunge(view.mailbox.id, uids)
-    yield from _expunge_responses(session, _forget(view, removed))
+    yield from _removed(session, view, removed)
     return ok("EXPUNGE completed")
 
 
