@@ -107,21 +107,22 @@ def _head(context: SearchContext) -> bytes:
     return head + b" UID" if context.uid else head
 
 
-def _number(view: SelectedView, context: SearchContext, uid: int) -> int:
-    if context.uid:
-        return uid
-    seq = view.seq_of(uid)
-    assert seq is not None, "a context holds only messages the view shows"
-    return seq
-
-
 def _pairs(view: SelectedView, context: SearchContext, placed: list[tuple[int, int]]) -> bytes:
     """``(pos n pos n ...)`` for a SORT context, one pair per message in the given order;
-    ``(0 set)`` for a SEARCH context."""
+    ``(0 set)`` for a SEARCH context; b"" when no message has a number to give. A context
+    holds only messages the view shows (they leave it, :func:`leaving`, before the view
+    forgets them), so a sequence number is always there; a UID is skipped otherwise."""
+    numbered: list[tuple[int, int]] = []
+    for pos, uid in placed:
+        number = uid if context.uid else view.seq_of(uid)
+        if number is not None:
+            numbered.append((pos, number))
+    if not numbered:
+        return b""
     if context.program is None:
-        numbers = sorted(_number(view, context, uid) for _pos, uid in placed)
+        numbers = sorted(n for _pos, n in numbered)
         return b"(0 " + wire.sequence_set_text(numbers) + b")"
-    return b"(" + b" ".join(b"%d %d" % (p, _number(view, context, u)) for p, u in placed) + b")"
+    return b"(" + b" ".join(b"%d %d" % pair for pair in numbered) + b")"
 
 
 def _removefrom(view: SelectedView, context: SearchContext, gone: set[int]) -> bytes:
@@ -133,7 +134,8 @@ def _removefrom(view: SelectedView, context: SearchContext, gone: set[int]) -> b
         return b""
     context.result = [uid for uid in old if uid not in gone]
     placed.reverse()
-    return _head(context) + b" REMOVEFROM " + _pairs(view, context, placed) + b"\r\n"
+    pairs = _pairs(view, context, placed)
+    return _head(context) + b" REMOVEFROM " + pairs + b"\r\n" if pairs else b""
 
 
 def leaving(view: SelectedView, uids: Iterable[int]) -> Iterator[bytes]:
@@ -161,4 +163,6 @@ def changed(view: SelectedView, context: SearchContext, found: list[int]) -> Ite
         return
     context.result = list(found)
     placed = [(pos, uid) for pos, uid in enumerate(found, 1) if uid in added]
-    yield _head(context) + b" ADDTO " + _pairs(view, context, placed) + b"\r\n"
+    pairs = _pairs(view, context, placed)
+    if pairs:
+        yield _head(context) + b" ADDTO " + pairs + b"\r\n"
