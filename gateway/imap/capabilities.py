@@ -46,7 +46,7 @@ EXTENSIONS: tuple[str, ...] = (
     "WITHIN",  # RFC 5032: SEARCH OLDER / YOUNGER
     "SAVEDATE",  # RFC 8514: FETCH SAVEDATE, SEARCH SAVED*
     "PREVIEW",  # RFC 8970: FETCH PREVIEW
-    "OBJECTID",  # RFC 8474: MAILBOXID, EMAILID (THREADID is NIL)
+    "OBJECTID",  # RFC 8474: MAILBOXID, EMAILID, THREADID (gateway/store/objectid.py)
     "SORT",  # RFC 5256 (gateway/imap/sorting.py)
     "SORT=DISPLAY",  # RFC 5957
     "ESORT",  # RFC 5267 §3

@@ -23,10 +23,9 @@ from gateway.core.criteria import (
     Not,
     Or,
     Seq,
-    SeqRange,
-    SequenceSet,
     Size,
     Text,
+    ThreadId,
     Uid,
     Within,
 )
@@ -42,9 +41,6 @@ SEARCH_RETURN_OPTIONS = frozenset(
 )
 """RFC 4731 §3.1 ESEARCH result options, RFC 5182 §2.1 SAVE, and RFC 5267 §4 UPDATE,
 CONTEXT (a hint, ignored) and PARTIAL."""
-
-NOTHING = Uid(SequenceSet((SeqRange(0, 0),)))
-"""A key no message matches (UID 0 never exists)."""
 
 
 _SEARCH_SIMPLE: dict[str, Criteria] = {
@@ -252,8 +248,7 @@ def _search_word(r: Reader, word: str) -> Criteria:
     if word in ("EMAILID", "THREADID"):
         r.sp(f"an object id after {word}")
         value = r.atom("an object id").decode("ascii", "replace")
-        # RFC 8474 §5.2: THREADID is NIL for every message here, so no thread matches.
-        return EmailId(value) if word == "EMAILID" else NOTHING
+        return EmailId(value) if word == "EMAILID" else ThreadId(value)
     if word in ("KEYWORD", "UNKEYWORD"):
         r.sp(f"a keyword after {word}")
         return Flag(r.flag("a keyword"), word == "KEYWORD")

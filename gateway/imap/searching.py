@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.core import criteria as c
 from gateway.core.flags import RECENT
 from gateway.imap import contexts, rev2, wire
 from gateway.imap.command import Search
 from gateway.imap.handler import Handler, ok
-from gateway.imap.messages import message_infos, selected_view
+from gateway.imap.messages import message_infos, selected_view, thread_ids
 
 if TYPE_CHECKING:
     from gateway.imap.handler import SelectedView, Session
@@ -45,10 +45,12 @@ class _Rewriter:
     """Turns the parsed criteria into what the store can answer for this session
     (RFC 3501 §6.4.4): sequence numbers → UIDs of this view, ``*`` in UID sets → the
     view's last UID (§9 seq-number), and \\Recent → the UIDs this session shows as
-    recent (§2.3.2: \\Recent is per session, the store cannot know it)."""
+    recent (§2.3.2: \\Recent is per session, the store cannot know it), and RFC 8474
+    THREADID → the UIDs of that thread (:func:`thread_uids`; nothing without a store)."""
 
-    def __init__(self, view: SelectedView) -> None:
+    def __init__(self, view: SelectedView, store: Any = None) -> None:
         self.view = view
+        self.store = store
         self._recent: c.Uid | None = None
 
     def recent(self) -> c.Uid:
@@ -79,6 +81,10 @@ class _Rewriter:
         if isinstance(node, c.Uid):
             last = uids[-1] if uids else 0
             return c.Uid(c.SequenceSet(tuple(c.SeqRange(a, b) for a, b in node.set.resolve(last))))
+        if isinstance(node, c.ThreadId):
+            if self.store is None:
+                return _uid_ranges(())
+            return _uid_ranges(thread_uids(self.store, self.view.mailbox.id, node.value))
         if isinstance(node, c.Flag) and node.flag.lower() == RECENT.lower():
             return self.recent() if node.present else c.Not(self.recent())
         if isinstance(node, c.And):
@@ -114,7 +120,7 @@ def context_updates(session: Session, view: SelectedView) -> Iterator[bytes]:
     mailbox_id = view.mailbox.id
     seq_of = view.seq_of
     for context in list(view.contexts.values()):
-        criteria = _Rewriter(view)(context.criteria)
+        criteria = _Rewriter(view, store)(context.criteria)
         if context.program is None:
             found = [u for u in store.search(mailbox_id, criteria) if seq_of(u) is not None]
         else:
@@ -124,10 +130,16 @@ def context_updates(session: Session, view: SelectedView) -> Iterator[bytes]:
         yield from contexts.changed(view, context, found)
 
 
-def view_criteria(view: SelectedView, criteria: c.Criteria) -> c.Criteria:
+def view_criteria(view: SelectedView, criteria: c.Criteria, store: Any = None) -> c.Criteria:
     """``criteria`` as the store can answer them for this view (:class:`_Rewriter`);
     SORT and THREAD (:mod:`gateway.imap.sorting`) search the same way."""
-    return _Rewriter(view)(criteria)
+    return _Rewriter(view, store)(criteria)
+
+
+def thread_uids(store: Any, mailbox_id: int, value: str) -> list[int]:
+    """The UIDs, ascending, of the messages whose THREADID is ``value`` (SEARCH THREADID)."""
+    ids = thread_ids(store, mailbox_id, c.All())
+    return sorted(uid for uid, tid in ids.items() if tid == value)
 
 
 def _has_modseq(node: c.Criteria) -> bool:
@@ -161,7 +173,7 @@ def search(session: Session, cmd: Search) -> Handler:
     mailbox_id = view.mailbox.id
     save = cmd.returns is not None and "SAVE" in cmd.returns
     try:
-        found = session.store.search(mailbox_id, _Rewriter(view)(criteria))
+        found = session.store.search(mailbox_id, _Rewriter(view, session.store)(criteria))
     except Exception:
         if save:
             view.save_result(())  # RFC 5182 §2.1: a failed SEARCH leaves "$" empty

@@ -31,7 +31,8 @@ def sort(session: Session, cmd: Sort) -> Handler:
     the numbers in sort order) and §4.4 (PARTIAL)."""
     view = selected_view(session)
     given = cmd.criteria if cmd.criteria is not None else c.All()
-    found = session.store.sort(view.mailbox.id, view_criteria(view, given), cmd.program)
+    criteria = view_criteria(view, given, session.store)
+    found = session.store.sort(view.mailbox.id, criteria, cmd.program)
     numbers = _known(view, found, cmd.uid)
     if cmd.returns is None:
         text = b"* SORT"
@@ -88,7 +89,8 @@ def _esort(cmd: Sort, numbers: list[int]) -> bytes:
 def thread(session: Session, cmd: Thread) -> Handler:
     """THREAD and UID THREAD, RFC 5256 §3 (REFERENCES, ORDEREDSUBJECT) and §4."""
     view = selected_view(session)
-    criteria = view_criteria(view, cmd.criteria if cmd.criteria is not None else c.All())
+    given = cmd.criteria if cmd.criteria is not None else c.All()
+    criteria = view_criteria(view, given, session.store)
     seq_of = view.seq_of
     facts = [
         f
