@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import imaplib
 import shutil
+import ssl
 import subprocess
 import zlib
 from pathlib import Path
@@ -21,6 +22,7 @@ from gateway.testing.imapclient import (
     RawClient,
     running_server,
 )
+from gateway.testing.tlsca import ServerTLSContext, make_ca
 
 imaplib.Commands.setdefault("COMPRESS", ("AUTH", "SELECTED"))  # imaplib knows no COMPRESS
 SYNC_MARKER = b"\x00\x00\xff\xff"  # what a Z_SYNC_FLUSH ends with (RFC 1951 empty stored block)
@@ -150,6 +152,45 @@ def test_compress_refused_before_login_and_for_unknown_mechanisms(tmp_path: Path
         assert client.command("B", "COMPRESS LZW").startswith(b"B BAD")
         compressed(client)
         assert client.command("C", "NOOP") == b"C OK NOOP completed\r\n"
+
+
+def test_starttls_then_compress_layers_deflate_inside_tls(tmp_path: Path) -> None:
+    """RFC 4978 §4 with RFC 3501 §6.2.1: STARTTLS, LOGIN, then COMPRESS DEFLATE; from there
+    every octet is deflated and then encrypted (the client's deflate stream runs inside its
+    TLS socket). COMPRESS before login is BAD (a command of the authenticated state), a
+    second COMPRESS is NO [COMPRESSIONACTIVE] (§3), and STARTTLS can no longer be run."""
+    ca = make_ca(tmp_path / "ca")
+    tls = ServerTLSContext(*ca.issue(tmp_path / "ca"))
+    with running_server(tmp_path, tls_context_factory=tls, allow_plaintext_auth=False) as server:
+        for n in range(2):
+            server.append(raw=big_message(n))
+        with server.connect() as client:
+            client.greeting()
+            assert client.command("A", "COMPRESS DEFLATE").startswith(b"A BAD")
+            assert client.command("B", "STARTTLS") == b"B OK Begin TLS negotiation now\r\n"
+            client.start_tls(ca.client_context())
+            assert client.command("C", "COMPRESS DEFLATE").startswith(b"C BAD")
+            assert client.command("L", f'LOGIN {USER} "{PASSWORD}"').startswith(b"L OK")
+            assert b" COMPRESS=DEFLATE" in client.command("D", "CAPABILITY")
+            compressed(client)
+            assert isinstance(client.sock, DeflateSocket)
+            assert isinstance(client.sock.sock, ssl.SSLSocket)  # deflate inside TLS
+            caps = client.command("E", "CAPABILITY")
+            assert b"COMPRESS" not in caps and b"STARTTLS" not in caps
+            assert client.command("F", "COMPRESS DEFLATE") == (
+                b"F NO [COMPRESSIONACTIVE] DEFLATE is already active\r\n"
+            )
+            assert client.command("G", "STARTTLS") == (
+                b"G BAD STARTTLS not allowed in this state\r\n"
+            )
+            client.command("H", "SELECT INBOX")
+            fetched = client.command("I", "FETCH 1:2 BODY.PEEK[]")
+            assert big_message(0) in fetched and big_message(1) in fetched
+            raw = big_message(9)
+            client.send(b"J APPEND INBOX {%d+}\r\n" % len(raw) + raw + b"\r\n")
+            assert b"J OK [APPENDUID" in client.read_until_tagged("J")
+            assert big_message(9) in client.command("K", "FETCH 3 BODY.PEEK[]")
+            assert client.command("M", "LOGOUT").endswith(b"M OK LOGOUT completed\r\n")
 
 
 def test_a_zip_bomb_ends_the_connection_not_the_server(tmp_path: Path) -> None:

@@ -160,12 +160,15 @@ def test_preview_of_plain_ascii_is_quoted(server: ServerHandle, client: RawClien
 
 def test_savedate_and_objectids(server: ServerHandle, client: RawClient) -> None:
     """RFC 8514 §4.1 SAVEDATE as a date-time; RFC 8474 §5 EMAILID (M + 24 hex) and
-    THREADID NIL (no stable thread ids, see gateway.store.objectid)."""
+    THREADID: a message naming no msg-id is a thread of its own, T + its EMAILID digits
+    (gateway.store.objectid)."""
     emailid = email_id_of(MIXED).encode()
+    threadid = b"T" + emailid[1:]
     reply = client.command("o", "FETCH 1 (SAVEDATE EMAILID THREADID)")
     assert re.fullmatch(
         rb'\* 1 FETCH \(SAVEDATE "[ 0-9]{2}-[A-Z][a-z]{2}-\d{4} \d\d:\d\d:\d\d \+0000" '
-        rb"EMAILID \(" + emailid + rb"\) THREADID NIL\)\r\no OK FETCH completed\r\n",
+        rb"EMAILID \(" + emailid + rb"\) THREADID \(" + threadid + rb"\)\)\r\n"
+        rb"o OK FETCH completed\r\n",
         reply,
     )
 
@@ -188,10 +191,59 @@ def test_emailid_survives_copy_and_move_mailboxid_survives_rename(client: RawCli
 
 
 def test_search_emailid_and_threadid(client: RawClient) -> None:
-    """RFC 8474 §6: SEARCH EMAILID finds the message; THREADID matches nothing (NIL)."""
+    """RFC 8474 §6: SEARCH EMAILID finds the message, SEARCH THREADID its thread; an
+    unknown id matches nothing."""
     emailid = email_id_of(MIXED)
     assert client.command("s", f"SEARCH EMAILID {emailid}") == (
         b"* SEARCH 1\r\ns OK SEARCH completed\r\n"
     )
+    assert client.command("t", f"SEARCH THREADID T{emailid[1:]}") == (
+        b"* SEARCH 1\r\nt OK SEARCH completed\r\n"
+    )
     assert client.command("t", "SEARCH THREADID T1") == b"* SEARCH\r\nt OK SEARCH completed\r\n"
     assert client.command("u", "SEARCH EMAILID Mffff") == b"* SEARCH\r\nu OK SEARCH completed\r\n"
+
+
+def _threaded(subject: str, msgid: str, refs: str = "", reply_to: str = "") -> bytes:
+    head = f"From: a@example.org\r\nSubject: {subject}\r\nMessage-ID: <{msgid}>\r\n"
+    if reply_to:
+        head += f"In-Reply-To: <{reply_to}>\r\n"
+    if refs:
+        head += f"References: {refs}\r\n"
+    return (head + "\r\nbody\r\n").encode()
+
+
+def test_threadid_groups_replies_and_is_stable(server: ServerHandle) -> None:
+    """RFC 8474 §5.2: replies share their root's THREADID (first msg-id of References,
+    else In-Reply-To, else the own Message-ID); it is the same in every session and
+    mailbox, a copy keeps it, and SEARCH/SORT THREADID select that thread."""
+    with server.login() as client:
+        client.command("s", "SELECT INBOX")
+        for raw in (
+            _threaded("root", "r@x"),
+            _threaded("Re: root", "a@x", refs="<r@x>", reply_to="r@x"),
+            _threaded("Re: root", "b@x", refs="<r@x> <a@x>", reply_to="a@x"),
+            _threaded("other", "o@x"),
+            _threaded("Re: root", "c@x", reply_to="r@x"),
+        ):
+            client.command("a", b"APPEND INBOX {%d+}\r\n" % len(raw) + raw)
+        client.command("n", "NOOP")
+        reply = client.command("f", "FETCH 1:5 THREADID")
+        ids = re.findall(rb"\* (\d) FETCH \(THREADID \((T[0-9a-f]{24})\)\)", reply)
+        assert [seq for seq, _ in ids] == [b"1", b"2", b"3", b"4", b"5"]
+        root = ids[0][1]
+        assert [tid for _, tid in ids] == [root, root, root, ids[3][1], root]
+        assert ids[3][1] != root
+        assert client.command("t", b"SEARCH THREADID " + root) == (
+            b"* SEARCH 1 2 3 5\r\nt OK SEARCH completed\r\n"
+        )
+        assert client.command("o", b"SORT (ARRIVAL) UTF-8 THREADID " + root) == (
+            b"* SORT 1 2 3 5\r\no OK SORT completed\r\n"
+        )
+        client.command("c", "CREATE Other")
+        client.command("y", "COPY 3 Other")
+    with server.login() as again:
+        again.command("e", "EXAMINE Other")
+        assert again.command("f", "FETCH 1 THREADID") == (
+            b"* 1 FETCH (THREADID (" + root + b"))\r\nf OK FETCH completed\r\n"
+        )

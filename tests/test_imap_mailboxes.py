@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.imap.handler import BadCommand
+from gateway.imap.handler import Refused
 from gateway.imap.listpattern import matcher
 from gateway.imap.session import IMAPSession
 from gateway.testing.imapclient import BACKENDS, USER, RawClient, ServerHandle, running_server
@@ -314,8 +314,10 @@ def test_mailbox_names_after_utf8_accept() -> None:
     assert session.mailbox_name(b"inbox/x") == "INBOX/x"
     assert session.wire_name("été") == b'"' + "été".encode() + b'"'
     assert session.wire_name('a"b') == b'"a\\"b"'
-    with pytest.raises(BadCommand):
+    # Invalid UTF-8 is a name no mailbox can have: NO [CANNOT], not BAD (RFC 3501 §6.3.1).
+    with pytest.raises(Refused) as refused:
         session.mailbox_name(b"\xff")
+    assert refused.value.code == "CANNOT"
 
 
 # ---- DELETE ----------------------------------------------------------------------------------

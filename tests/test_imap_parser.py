@@ -70,6 +70,7 @@ from gateway.imap.command import (
     UidExpunge,
 )
 from gateway.imap.compress import Compress
+from gateway.imap.contexts import CancelUpdate
 from gateway.imap.fetch_grammar import FETCH_ATTRS
 from gateway.imap.framing import CommandParser
 from gateway.imap.grammar import LIST_RETURN_OPTIONS, STATUS_ITEMS
@@ -694,6 +695,30 @@ FIXTURES: list[tuple[bytes, Command]] = [
             partial=(1, 50),
         ),
     ),
+    # RFC 5267 §4: CONTEXT=SEARCH/SORT (UPDATE, CONTEXT as a hint, PARTIAL, CANCELUPDATE)
+    (
+        b"c SEARCH RETURN (UPDATE CONTEXT COUNT PARTIAL 9:3) FLAGGED\r\n",
+        Search(
+            "c",
+            "SEARCH",
+            criteria=Flag("\\Flagged"),
+            returns=("UPDATE", "COUNT", "PARTIAL"),
+            partial=(3, 9),
+        ),
+    ),
+    (b"c SEARCH RETURN (CONTEXT) ALL\r\n", Search("c", "SEARCH", criteria=All(), returns=("ALL",))),
+    (
+        b"c UID SORT RETURN (UPDATE) (SUBJECT) UTF-8 ALL\r\n",
+        Sort(
+            "c",
+            "SORT",
+            uid=True,
+            program=(SortCriterion("SUBJECT"),),
+            criteria=All(),
+            returns=("UPDATE",),
+        ),
+    ),
+    (b'u CANCELUPDATE "c" "d1"\r\n', CancelUpdate("u", "CANCELUPDATE", tags=("c", "d1"))),
     (
         b"t THREAD REFERENCES UTF-8 UNDELETED\r\n",
         Thread("t", "THREAD", criteria=Flag("\\Deleted", False)),
@@ -1224,6 +1249,11 @@ ERRORS = [
     (b"a SEARCH CHARSET KOI8-R ALL\r\n", "a", "charset", "BADCHARSET (US-ASCII UTF-8)", "NO"),
     # RFC 5182 SAVE is a return option since SEARCHRES; an unknown one is still BAD
     (b"a SEARCH RETURN (KEEP) ALL\r\n", "a", "unknown search return option KEEP", None, "BAD"),
+    (b"a SEARCH RETURN (PARTIAL 1:5 ALL) ALL\r\n", "a", "PARTIAL conflicts with ALL", None, "BAD"),
+    (b"a SORT RETURN (ALL PARTIAL 1:5) (ARRIVAL) UTF-8 ALL\r\n", "a", "conflicts", None, "BAD"),
+    (b"a SEARCH RETURN (PARTIAL 0:5) ALL\r\n", "a", "partial range", None, "BAD"),
+    (b"a CANCELUPDATE\r\n", "a", "tag of a search context", None, "BAD"),
+    (b"a CANCELUPDATE c\r\n", "a", "quoted", None, "BAD"),
     (b"a SEARCH BEFORE 31-Feb-2024\r\n", "a", "invalid date", None, "BAD"),
     (b"a SEARCH BEFORE 1-Fbr-2024\r\n", "a", "invalid date", None, "BAD"),
     (b"a SEARCH SINCE yesterday\r\n", "a", "expected a date", None, "BAD"),
@@ -1568,7 +1598,11 @@ class Writer:
         if isinstance(c, Search):
             out = head
             if c.returns is not None:
-                out += sp + w("RETURN") + b" (" + b" ".join(w(r) for r in c.returns) + b")"
+                options = [
+                    w(r) + (b" %d:%d" % c.partial if r == "PARTIAL" and c.partial else b"")
+                    for r in c.returns
+                ]
+                out += sp + w("RETURN") + b" (" + b" ".join(options) + b")"
             if c.charset is not None:
                 out += sp + w("CHARSET") + sp + self.astring(self.word(c.charset))
             return out + sp + self.criteria(c.criteria, top=True)
@@ -1741,9 +1775,14 @@ def _ascii_strings(node: object) -> bool:
 
 @st.composite
 def searches(draw):
-    returns = draw(
-        st.none() | st.lists(st.sampled_from(sorted(SEARCH_RETURN_OPTIONS)), min_size=1, max_size=4)
-    )
+    # PARTIAL carries a range (drawn below); CONTEXT, a hint, is not kept by the parser.
+    plain_options = sorted(SEARCH_RETURN_OPTIONS - {"PARTIAL", "CONTEXT"})
+    returns = draw(st.none() | st.lists(st.sampled_from(plain_options), min_size=1, max_size=4))
+    partial = None
+    if returns is not None and draw(st.booleans()):
+        low, high = draw(st.integers(1, 2**32 - 1)), draw(st.integers(1, 2**32 - 1))
+        partial = (min(low, high), max(low, high))
+        returns = [r for r in returns if r != "ALL"] + ["PARTIAL"]  # RFC 5267 §4.4
     criteria = draw(search_criteria)
     charset = draw(st.sampled_from([None, "US-ASCII", "UTF-8"]))
     if charset == "US-ASCII" and not _ascii_strings(criteria):
@@ -1755,6 +1794,7 @@ def searches(draw):
         charset=charset,
         criteria=criteria,
         returns=None if returns is None else tuple(returns),
+        partial=partial,
     )
 
 

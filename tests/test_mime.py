@@ -541,7 +541,10 @@ def test_sections_of_nested_multiparts() -> None:
     related = section(raw, a.parts, (1, 2), "")
     assert related.startswith(b"--rel\r\n") and related.endswith(b"--rel--\r\n")
     assert section(raw, a.parts, (1, 3), "") == b""
-    assert section(raw, a.parts, (2, 1), "") == b""  # a leaf has no sub-parts
+    # A leaf's only sub-part is 1, itself, once (Dovecot's numbering, see resolve_node).
+    assert section(raw, a.parts, (2, 1), "") == b"note"
+    assert section(raw, a.parts, (2, 1, 1), "") == b""
+    assert section(raw, a.parts, (2, 2), "") == b""
     assert section(raw, a.parts, (1, 2, 1), "HEADER") == b""
 
 
@@ -599,6 +602,7 @@ def test_encapsulated_non_multipart_message_part_one_is_its_body() -> None:
     assert section(raw, a.parts, (1, 1), "") == b"hello\r\n"
     assert section(raw, a.parts, (1, 1), "MIME") == b"Subject: in\r\n\r\n"
     assert section(raw, a.parts, (1, 2), "") == b""
+    assert section(raw, a.parts, (1, 1, 1), "") == b""  # 1.1 already named that body
 
 
 def test_bare_lf_message_is_served_as_stored() -> None:

@@ -159,6 +159,15 @@ class EmailId:
     value: str
 
 
+@dataclass(frozen=True)
+class ThreadId:
+    """RFC 8474 §6 ``THREADID objectid``: the messages of that thread. Like
+    :class:`Within`, the IMAP layer turns it into a UID set (it derives thread ids from
+    the store's THREAD facts, gateway/store/objectid.py), so stores never see it."""
+
+    value: str
+
+
 Criteria = (
     All
     | And
@@ -175,4 +184,5 @@ Criteria = (
     | Within
     | Instant
     | EmailId
+    | ThreadId
 )

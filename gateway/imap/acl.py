@@ -72,7 +72,7 @@ def cmd_acl(r: Reader, tag: str, name: str, uid: bool) -> Command:
     """The RFC 4314 §7 grammar: ``mailbox [SP identifier [SP mod-rights]]`` (astrings)."""
     count = _ARGUMENTS[name]
     r.sp("a mailbox name")
-    mailbox = r.astring("a mailbox name")
+    mailbox = r.mailbox("a mailbox name")
     identifier = rights = None
     if count >= 2:
         r.sp("an identifier")

@@ -46,10 +46,12 @@ EXTENSIONS: tuple[str, ...] = (
     "WITHIN",  # RFC 5032: SEARCH OLDER / YOUNGER
     "SAVEDATE",  # RFC 8514: FETCH SAVEDATE, SEARCH SAVED*
     "PREVIEW",  # RFC 8970: FETCH PREVIEW
-    "OBJECTID",  # RFC 8474: MAILBOXID, EMAILID (THREADID is NIL)
+    "OBJECTID",  # RFC 8474: MAILBOXID, EMAILID, THREADID (gateway/store/objectid.py)
     "SORT",  # RFC 5256 (gateway/imap/sorting.py)
     "SORT=DISPLAY",  # RFC 5957
-    "ESORT",  # RFC 5267 §3 (CONTEXT=SORT is not: see gateway/imap/sorting.py)
+    "ESORT",  # RFC 5267 §3
+    "CONTEXT=SEARCH",  # RFC 5267 §4: UPDATE, CANCELUPDATE, PARTIAL (gateway/imap/contexts.py)
+    "CONTEXT=SORT",  # RFC 5267 §4, for SORT too
     "THREAD=ORDEREDSUBJECT",  # RFC 5256 §3
     "THREAD=REFERENCES",  # RFC 5256 §3
 )

@@ -234,6 +234,7 @@ class Search(Command):
     charset: str | None = None
     criteria: Criteria | None = None
     returns: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None  # RFC 5267 §4.4 PARTIAL low:high (1-based)
 
 
 @dataclass(frozen=True)

@@ -236,6 +236,8 @@ def render(
     modseq: int,
     raw: bytes | None,
     extra: Sequence[int] = (),
+    *,
+    threadid: str | None = None,
 ) -> list[bytes]:
     """One ``* seq FETCH (...)`` response as a list of chunks.
 
@@ -276,7 +278,8 @@ def render(
                 b"EMAILID " + (b"NIL" if not info.emailid else b"(%s)" % info.emailid.encode())
             )
         elif code == THREADID:
-            cur.append(b"THREADID NIL")  # gateway.store.objectid: no stable thread ids
+            # RFC 8474 §5.2; the caller derives it (gateway.store.objectid.thread_id).
+            cur.append(b"THREADID " + (b"(%s)" % threadid.encode() if threadid else b"NIL"))
         elif code == PREVIEW:
             assert raw is not None
             cur.append(b"PREVIEW " + wire.quote(preview(raw).encode("utf-8")))

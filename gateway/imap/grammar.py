@@ -38,6 +38,7 @@ from gateway.imap.command import (
     UidExpunge,
 )
 from gateway.imap.compress import cmd_compress
+from gateway.imap.contexts import cmd_cancelupdate
 from gateway.imap.fetch_grammar import cmd_fetch
 from gateway.imap.notify import cmd_notify
 from gateway.imap.reader import DQ, LPAREN, NUMBER64_MAX, TAG_RE, Reader, Syntax, show
@@ -115,7 +116,7 @@ def _cmd_select(r: Reader, tag: str, name: str, uid: bool) -> Command:
     """SELECT / EXAMINE mailbox [(CONDSTORE) / (QRESYNC (...))], RFC 3501 §6.3.1,
     RFC 7162 §3.1.8 and §3.2.5."""
     r.sp("a mailbox name")
-    mailbox = r.astring("a mailbox name")
+    mailbox = r.mailbox("a mailbox name")
     condstore = False
     qresync = None
     if not r.at_end():
@@ -171,7 +172,7 @@ def _seq_match(r: Reader) -> tuple[SequenceSet, SequenceSet]:
 def _cmd_create(r: Reader, tag: str, name: str, uid: bool) -> Command:
     """CREATE mailbox [(USE (attrs))], RFC 3501 §6.3.3 and RFC 6154 §3."""
     r.sp("a mailbox name")
-    mailbox = r.astring("a mailbox name")
+    mailbox = r.mailbox("a mailbox name")
     uses: tuple[str, ...] = ()
     if not r.at_end():
         r.sp("create parameters")
@@ -203,7 +204,7 @@ def _cmd_mailbox(r: Reader, tag: str, name: str, uid: bool) -> Command:
     §6.3.4, §6.3.6-7), GETQUOTA and GETQUOTAROOT (RFC 9208 §4.2-3)."""
     what = "a quota root" if name == "GETQUOTA" else "a mailbox name"
     r.sp(what)
-    mailbox = r.astring(what)
+    mailbox = r.mailbox(what)
     r.finish()
     return MailboxCommand(tag=tag, name=name, mailbox=mailbox)
 
@@ -211,9 +212,9 @@ def _cmd_mailbox(r: Reader, tag: str, name: str, uid: bool) -> Command:
 def _cmd_rename(r: Reader, tag: str, name: str, uid: bool) -> Command:
     """RENAME existing new, RFC 3501 §6.3.5."""
     r.sp("the existing mailbox name")
-    old = r.astring("the existing mailbox name")
+    old = r.mailbox("the existing mailbox name")
     r.sp("the new mailbox name")
-    new = r.astring("the new mailbox name")
+    new = r.mailbox("the new mailbox name")
     r.finish()
     return Rename(tag=tag, name=name, old=old, new=new)
 
@@ -236,7 +237,7 @@ def _cmd_list(r: Reader, tag: str, name: str, uid: bool) -> Command:
         if "RECURSIVEMATCH" in selection and not {"SUBSCRIBED", "SPECIAL-USE"} & set(selection):
             raise Syntax("RECURSIVEMATCH needs another selection option (RFC 5258 §3)")
         r.sp("a reference name")
-    reference = r.astring("a reference name")
+    reference = r.mailbox("a reference name")
     r.sp("a mailbox pattern")
     if extended and r.peek() == LPAREN:
         is_extended = True
@@ -286,7 +287,7 @@ def _status_item(r: Reader) -> str:
 def _cmd_status(r: Reader, tag: str, name: str, uid: bool) -> Command:
     """STATUS mailbox (items), RFC 3501 §6.3.10."""
     r.sp("a mailbox name")
-    mailbox = r.astring("a mailbox name")
+    mailbox = r.mailbox("a mailbox name")
     r.sp("status items")
     items = tuple(r.paren_list(lambda: _status_item(r), "status items"))
     r.finish()
@@ -298,7 +299,7 @@ def _cmd_append(r: Reader, tag: str, name: str, uid: bool) -> Command:
     §6.3.11, RFC 3502 §6); the data may be a literal8 (RFC 3516 §4.4), ``UTF8 (~{n})``
     (RFC 6855 §4) or ``CATENATE (...)`` (RFC 4469 §5)."""
     r.sp("a mailbox name")
-    mailbox = r.astring("a mailbox name")
+    mailbox = r.mailbox("a mailbox name")
     messages = []
     while True:
         r.sp("a message literal")
@@ -408,7 +409,7 @@ def _cmd_copy(r: Reader, tag: str, name: str, uid: bool) -> Command:
     r.sp("a sequence set")
     seqs = r.seqset()
     r.sp("a mailbox name")
-    mailbox = r.astring("a mailbox name")
+    mailbox = r.mailbox("a mailbox name")
     r.finish()
     return Copy(tag=tag, name=name, uid=uid, sequence_set=seqs, mailbox=mailbox)
 
@@ -498,6 +499,7 @@ _COMMANDS: dict[str, _Grammar] = {
     **{n: cmd_acl for n in ACL_COMMANDS},  # RFC 4314
     "NOTIFY": cmd_notify,  # RFC 5465
     "COMPRESS": cmd_compress,
+    "CANCELUPDATE": cmd_cancelupdate,  # RFC 5267 §4.3
 }
 _UID_COMMANDS: dict[str, _Grammar] = {
     "FETCH": cmd_fetch,

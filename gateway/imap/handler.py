@@ -177,6 +177,7 @@ class SelectedView(Protocol):
     recent: Sequence[int]  # UIDs this session shows as \Recent, ascending (RFC 3501 §2.3.2)
     highestmodseq: int  # every flag change up to here has been told to the client
     saved: Sequence[int]  # RFC 5182 saved search result ("$"), UIDs ascending
+    contexts: dict[str, Any]  # RFC 5267 live search contexts by tag (gateway.imap.contexts)
 
     def resolve(self, seqset: SequenceSet, uid_mode: bool) -> list[int]:
         """UIDs (ascending, existing in the view) named by a sequence set.

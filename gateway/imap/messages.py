@@ -15,8 +15,9 @@ import mmap
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
+from gateway.core import criteria as c
 from gateway.core.flags import RECENT, SEEN, SENT_USE, canonical_flag, is_system_flag
-from gateway.imap import catenate, fetch_items, wire
+from gateway.imap import catenate, contexts, fetch_items, wire
 from gateway.imap.capabilities import QRESYNC
 from gateway.imap.command import Append, Copy, Fetch, FetchAttr, Simple, UidExpunge
 from gateway.imap.command import Store as StoreCmd
@@ -25,6 +26,7 @@ from gateway.imap.spool import BARE_LF, Spooled, crlf_spooled
 from gateway.imap.view import expunge_responses
 from gateway.message.binary import UnknownCte
 from gateway.store.interfaces import MailboxNotFound, MessageInfo, NewMessage
+from gateway.store.objectid import thread_id
 
 if TYPE_CHECKING:
     from gateway.imap.handler import SelectedView, Session
@@ -89,6 +91,23 @@ def message_infos(session: Session, mailbox_id: int, uids: Sequence[int]) -> Ite
         yield from session.store.message_info(mailbox_id, batch)
 
 
+def thread_ids(store: Store, mailbox_id: int, criteria: c.Criteria) -> dict[int, str]:
+    """RFC 8474 §5.2 THREADID of the messages matching ``criteria`` (as rewritten for the
+    view), by UID: derived from the THREAD facts, and from the EMAILID of a message that
+    names no msg-id at all (:func:`gateway.store.objectid.thread_id`)."""
+    facts = store.thread_facts(mailbox_id, criteria)
+    bare = [f.uid for f in facts if not f.message_id and not f.references]
+    emailids: dict[int, str | None] = {}
+    for batch in _batches(bare):
+        emailids.update((i.uid, i.emailid) for i in store.message_info(mailbox_id, batch))
+    out: dict[int, str] = {}
+    for f in facts:
+        tid = thread_id(f.message_id, f.references, emailids.get(f.uid))
+        if tid is not None:
+            out[f.uid] = tid
+    return out
+
+
 def _read_bodies(
     store: Store, mailbox_id: int, infos: Sequence[MessageInfo], start: int
 ) -> dict[int, bytes]:
@@ -104,15 +123,13 @@ def _read_bodies(
     return store.message_bytes_batch(mailbox_id, [i.uid for i in infos[start:end]])
 
 
-def _forget(view: SelectedView, removed: Iterable[int]) -> list[tuple[int, int]]:
-    """Drop expunged UIDs from the view; ``(seq, uid)`` pairs, highest first
-    (RFC 3501 §7.4.1)."""
-    return view.forget(removed)
-
-
-def _expunge_responses(session: Session, hits: list[tuple[int, int]]) -> Iterator[bytes]:
-    """The EXPUNGE (or, under QRESYNC, VANISHED) responses for messages just removed."""
-    return expunge_responses(hits, vanished=QRESYNC in session.enabled)
+def _removed(session: Session, view: SelectedView, removed: Iterable[int]) -> Iterator[bytes]:
+    """Messages this session just expunged: REMOVEFROM for its live search contexts while
+    their sequence numbers still hold (RFC 5267 §4.3), then the EXPUNGE responses
+    (highest sequence number first, RFC 3501 §7.4.1), or VANISHED under QRESYNC."""
+    removed = list(removed)
+    yield from contexts.leaving(view, removed)
+    yield from expunge_responses(view.forget(removed), vanished=QRESYNC in session.enabled)
 
 
 def _existing_mailbox(session: Session, raw_name: bytes) -> Mailbox:
@@ -170,6 +187,7 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
                 yield b"* VANISHED (EARLIER) " + wire.sequence_set_text(gone) + b"\r\n"
 
     set_seen = plan.sets_seen and not view.readonly
+    wants_thread = any(code == fetch_items.THREADID for code, _sec in plan.steps)
     seq_of = view.seq_of
     out: list[bytes] = []
     size = 0
@@ -186,6 +204,10 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
             if unseen:
                 result = store.store_flags(mailbox_id, unseen, "+", [SEEN])
                 updated = {row.uid: (row.flags, row.modseq) for row in result.updated}
+        threads: dict[int, str] = {}
+        if wants_thread and infos:
+            ranges = tuple(c.SeqRange(i.uid, i.uid) for i in infos)
+            threads = thread_ids(store, mailbox_id, c.Uid(c.SequenceSet(ranges)))
         bodies: dict[int, bytes] = {}
         for index, info in enumerate(infos):
             uid = info.uid
@@ -216,7 +238,9 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
                     missing = True  # expunged by another session since message_info
                     continue
             try:
-                chunks = fetch_items.render(plan, seq, info, flags, modseq, raw, extra)
+                chunks = fetch_items.render(
+                    plan, seq, info, flags, modseq, raw, extra, threadid=threads.get(uid)
+                )
             except UnknownCte:
                 # RFC 3516 §4.3: the part's encoding cannot be undone here.
                 raise Refused("unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
@@ -392,7 +416,7 @@ def copy(session: Session, cmd: Copy) -> Handler:
     if not move:
         return ok("COPY completed", code.decode())
     yield b"* OK [" + code + b"] moved\r\n"
-    yield from _expunge_responses(session, _forget(view, [src for src, _dst in pairs]))
+    yield from _removed(session, view, [src for src, _dst in pairs])
     return ok("MOVE completed")
 
 
@@ -405,7 +429,7 @@ def expunge(session: Session, cmd: Simple) -> Handler:
     view = selected_view(session)
     _writable(view)
     removed = session.store.expunge(view.mailbox.id)
-    yield from _expunge_responses(session, _forget(view, removed))
+    yield from _removed(session, view, removed)
     return ok("EXPUNGE completed")
 
 
@@ -417,7 +441,7 @@ def uid_expunge(session: Session, cmd: UidExpunge) -> Handler:
     if not uids:
         return ok("EXPUNGE completed")
     removed = session.store.expunge(view.mailbox.id, uids)
-    yield from _expunge_responses(session, _forget(view, removed))
+    yield from _removed(session, view, removed)
     return ok("EXPUNGE completed")
 
 

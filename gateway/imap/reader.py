@@ -108,6 +108,7 @@ class Reader:
         "max_nesting",
         "max_ranges",
         "max_search_depth",
+        "octets_ok",
         "pos",
         "search_depth",
         "search_peak",
@@ -139,6 +140,8 @@ class Reader:
         self.max_ranges = max_ranges
         self.utf8 = utf8
         self.cmd = ""  # the command words, for error messages ("UID FETCH")
+        self.octets_ok = False
+        """While reading a mailbox name: 8-bit octets need not be UTF-8 (see :meth:`mailbox`)."""
 
     # -- positions --
 
@@ -257,7 +260,7 @@ class Reader:
             self._quoted_problem()
         self.pos = m.end()
         raw = m.group(1)
-        if not raw.isascii():
+        if not raw.isascii() and not self.octets_ok:
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError:
@@ -322,6 +325,20 @@ class Reader:
             return self.literal()
         self.fail(what)
 
+    def mailbox(self, what: str) -> bytes:
+        """RFC 3501 ``mailbox`` (an astring) with any 8-bit octets kept as sent.
+
+        A quoted name that is not valid UTF-8 (a Latin-1 ``"caf\xe9"``) is a well-formed
+        command naming a mailbox that cannot exist: the session answers NO [CANNOT]
+        (RFC 3501 §6.3.1; :meth:`gateway.imap.session.IMAPSession.mailbox_name`), as
+        Dovecot does, rather than BAD for the whole command.
+        """
+        self.octets_ok = True
+        try:
+            return self.astring(what)
+        finally:
+            self.octets_ok = False
+
     def nstring(self, what: str) -> bytes | None:
         if self.peek_word() == "NIL":
             self.pos += 3
@@ -334,7 +351,11 @@ class Reader:
         if m is not None:
             self.pos = m.end()
             return m.group()
-        return self.string("a mailbox pattern")
+        self.octets_ok = True  # as for :meth:`mailbox`: a pattern no name matches
+        try:
+            return self.string("a mailbox pattern")
+        finally:
+            self.octets_ok = False
 
     def utf8_text(self, raw: bytes, what: str) -> str:
         try:

@@ -23,25 +23,24 @@ from gateway.core.criteria import (
     Not,
     Or,
     Seq,
-    SeqRange,
-    SequenceSet,
     Size,
     Text,
+    ThreadId,
     Uid,
     Within,
 )
 from gateway.core.flags import ANSWERED, DELETED, DRAFT, FLAGGED, RECENT, SEEN
 from gateway.imap.command import Command, Search
-from gateway.imap.reader import DQ, LPAREN, NUMBER64_MAX, Reader, Syntax, show
+from gateway.imap.reader import DQ, LPAREN, NUMBER64_MAX, NUMBER_MAX, Reader, Syntax, show
 
 SUPPORTED_CHARSETS = ("US-ASCII", "UTF-8")
 """SEARCH charsets; strings are decoded as UTF-8, of which US-ASCII is a subset."""
 
-SEARCH_RETURN_OPTIONS = frozenset(("MIN", "MAX", "ALL", "COUNT", "SAVE"))
-"""RFC 4731 §3.1 ESEARCH result options, and RFC 5182 §2.1 SAVE."""
-
-NOTHING = Uid(SequenceSet((SeqRange(0, 0),)))
-"""A key no message matches (UID 0 never exists)."""
+SEARCH_RETURN_OPTIONS = frozenset(
+    ("MIN", "MAX", "ALL", "COUNT", "SAVE", "UPDATE", "CONTEXT", "PARTIAL")
+)
+"""RFC 4731 §3.1 ESEARCH result options, RFC 5182 §2.1 SAVE, and RFC 5267 §4 UPDATE,
+CONTEXT (a hint, ignored) and PARTIAL."""
 
 
 _SEARCH_SIMPLE: dict[str, Criteria] = {
@@ -83,13 +82,22 @@ def cmd_search(r: Reader, tag: str, name: str, uid: bool) -> Command:
     """SEARCH [RETURN (opts)] [CHARSET x] keys, RFC 3501 §6.4.4 and RFC 4731 §3."""
     r.sp("search criteria")
     returns = None
+    partial = None
     charset = None
     if r.peek_word() == "RETURN":
         r.pos += 6
         r.sp("search return options")
-        returns = tuple(r.paren_list(lambda: _search_return(r), "return options", empty_ok=True))
+        options: list[str] = []
+        for option, window in r.paren_list(
+            lambda: return_option(r, SEARCH_RETURN_OPTIONS, "search"),
+            "return options",
+            empty_ok=True,
+        ):
+            options.append(option)
+            if window is not None:
+                partial = window
         # RFC 4731 §3.1: an empty list asks for an ESEARCH response and means (ALL).
-        returns = returns or ("ALL",)
+        returns = check_returns(options)
         r.sp("search criteria")
     if r.peek_word() == "CHARSET":
         r.pos += 7
@@ -103,7 +111,15 @@ def cmd_search(r: Reader, tag: str, name: str, uid: bool) -> Command:
             )
         r.sp("search criteria")
     criteria = search_program(r, charset)
-    return Search(tag=tag, name=name, uid=uid, charset=charset, criteria=criteria, returns=returns)
+    return Search(
+        tag=tag,
+        name=name,
+        uid=uid,
+        charset=charset,
+        criteria=criteria,
+        returns=returns,
+        partial=partial,
+    )
 
 
 def search_program(r: Reader, charset: str | None) -> Criteria:
@@ -143,11 +159,31 @@ def _all_ascii(criteria: Criteria) -> bool:
     return True
 
 
-def _search_return(r: Reader) -> str:
-    option = r.word("a search return option")
-    if option not in SEARCH_RETURN_OPTIONS:
-        raise Syntax(f"unknown search return option {show(option.encode())}")
-    return option
+def return_option(
+    r: Reader, known: frozenset[str], what: str
+) -> tuple[str, tuple[int, int] | None]:
+    """One SEARCH or SORT return option; PARTIAL comes with its range (RFC 5267 §4.4
+    ``partial-range = nz-number ":" nz-number``, either order, as Dovecot reads it)."""
+    option = r.word(f"a {what} return option")
+    if option not in known:
+        raise Syntax(f"unknown {what} return option {show(option.encode())}")
+    if option != "PARTIAL":
+        return option, None
+    r.sp("a partial range")
+    low = r.number("a partial range", NUMBER_MAX, 1)
+    r.expect(b":", '":" in a partial range')
+    high = r.number("a partial range", NUMBER_MAX, 1)
+    return option, (min(low, high), max(low, high))
+
+
+def check_returns(options: list[str]) -> tuple[str, ...]:
+    """The return options as the handler sees them: an empty list means (ALL) (RFC 4731
+    §3.1), and so does one with only CONTEXT, a hint (RFC 5267 §4.2), as in Dovecot;
+    PARTIAL with ALL is BAD (RFC 5267 §4.4 asks for a part of the result instead of all
+    of it; Dovecot refuses the pair the same way)."""
+    if "PARTIAL" in options and "ALL" in options:
+        raise Syntax("PARTIAL conflicts with ALL")
+    return tuple(o for o in options if o != "CONTEXT") or ("ALL",)
 
 
 def _reach(r: Reader, depth: int) -> None:
@@ -212,8 +248,7 @@ def _search_word(r: Reader, word: str) -> Criteria:
     if word in ("EMAILID", "THREADID"):
         r.sp(f"an object id after {word}")
         value = r.atom("an object id").decode("ascii", "replace")
-        # RFC 8474 §5.2: THREADID is NIL for every message here, so no thread matches.
-        return EmailId(value) if word == "EMAILID" else NOTHING
+        return EmailId(value) if word == "EMAILID" else ThreadId(value)
     if word in ("KEYWORD", "UNKEYWORD"):
         r.sp(f"a keyword after {word}")
         return Flag(r.flag("a keyword"), word == "KEYWORD")

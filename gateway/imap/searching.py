@@ -1,22 +1,24 @@
 """IMAP SEARCH and UID SEARCH: criteria rewriting for a session's view, ESEARCH and SEARCHRES.
 
-RFC 3501 §6.4.4, with RFC 4731 (ESEARCH), RFC 5182 (SEARCHRES ``$``), RFC 5032 (WITHIN)
-and RFC 7162 §3.1.5 (MODSEQ in results). The handler is a generator per
-:mod:`gateway.imap.handler`; :func:`view_criteria` is shared with SORT and THREAD.
+RFC 3501 §6.4.4, with RFC 4731 (ESEARCH), RFC 5182 (SEARCHRES ``$``), RFC 5032 (WITHIN),
+RFC 7162 §3.1.5 (MODSEQ in results) and RFC 5267 §4 (PARTIAL, and UPDATE contexts, which
+:func:`context_updates` searches again as the mailbox changes). The handler is a
+generator per :mod:`gateway.imap.handler`; :func:`view_criteria` is shared with SORT
+and THREAD.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from gateway.core import criteria as c
 from gateway.core.flags import RECENT
-from gateway.imap import rev2, wire
+from gateway.imap import contexts, rev2, wire
 from gateway.imap.command import Search
 from gateway.imap.handler import Handler, ok
-from gateway.imap.messages import message_infos, selected_view
+from gateway.imap.messages import message_infos, selected_view, thread_ids
 
 if TYPE_CHECKING:
     from gateway.imap.handler import SelectedView, Session
@@ -43,10 +45,12 @@ class _Rewriter:
     """Turns the parsed criteria into what the store can answer for this session
     (RFC 3501 §6.4.4): sequence numbers → UIDs of this view, ``*`` in UID sets → the
     view's last UID (§9 seq-number), and \\Recent → the UIDs this session shows as
-    recent (§2.3.2: \\Recent is per session, the store cannot know it)."""
+    recent (§2.3.2: \\Recent is per session, the store cannot know it), and RFC 8474
+    THREADID → the UIDs of that thread (:func:`thread_uids`; nothing without a store)."""
 
-    def __init__(self, view: SelectedView) -> None:
+    def __init__(self, view: SelectedView, store: Any = None) -> None:
         self.view = view
+        self.store = store
         self._recent: c.Uid | None = None
 
     def recent(self) -> c.Uid:
@@ -77,6 +81,10 @@ class _Rewriter:
         if isinstance(node, c.Uid):
             last = uids[-1] if uids else 0
             return c.Uid(c.SequenceSet(tuple(c.SeqRange(a, b) for a, b in node.set.resolve(last))))
+        if isinstance(node, c.ThreadId):
+            if self.store is None:
+                return _uid_ranges(())
+            return _uid_ranges(thread_uids(self.store, self.view.mailbox.id, node.value))
         if isinstance(node, c.Flag) and node.flag.lower() == RECENT.lower():
             return self.recent() if node.present else c.Not(self.recent())
         if isinstance(node, c.And):
@@ -88,10 +96,50 @@ class _Rewriter:
         return node
 
 
-def view_criteria(view: SelectedView, criteria: c.Criteria) -> c.Criteria:
+def frozen_criteria(view: SelectedView, node: c.Criteria) -> c.Criteria:
+    """``node`` with its message sets (sequence numbers, UIDs with ``*``, ``$``) turned
+    into the UIDs they name now, the rest kept: an RFC 5267 context follows the messages
+    a command named (``UID 3:*`` does not grow with new arrivals, nor turn into ``1:3``
+    once UID 3 is gone; Dovecot 2.3 reads it the same way), while its other keys
+    (flags, \\Recent, WITHIN) are evaluated afresh each time."""
+    if isinstance(node, c.Seq | c.Uid):
+        return _Rewriter(view)(node)
+    if isinstance(node, c.And):
+        return c.And(tuple(frozen_criteria(view, k) for k in node.keys))
+    if isinstance(node, c.Or):
+        return c.Or(frozen_criteria(view, node.left), frozen_criteria(view, node.right))
+    if isinstance(node, c.Not):
+        return c.Not(frozen_criteria(view, node.key))
+    return node
+
+
+def context_updates(session: Session, view: SelectedView) -> Iterator[bytes]:
+    """RFC 5267 §4.3: every live context searched (or sorted) again over the messages
+    the view shows, its changes sent as REMOVEFROM/ADDTO (:mod:`gateway.imap.contexts`)."""
+    store = session.store
+    mailbox_id = view.mailbox.id
+    seq_of = view.seq_of
+    for context in list(view.contexts.values()):
+        criteria = _Rewriter(view, store)(context.criteria)
+        if context.program is None:
+            found = [u for u in store.search(mailbox_id, criteria) if seq_of(u) is not None]
+        else:
+            shown = set(view.uids)
+            ordered = store.sort(mailbox_id, criteria, context.program)
+            found = [u for u in ordered if u in shown]
+        yield from contexts.changed(view, context, found)
+
+
+def view_criteria(view: SelectedView, criteria: c.Criteria, store: Any = None) -> c.Criteria:
     """``criteria`` as the store can answer them for this view (:class:`_Rewriter`);
     SORT and THREAD (:mod:`gateway.imap.sorting`) search the same way."""
-    return _Rewriter(view)(criteria)
+    return _Rewriter(view, store)(criteria)
+
+
+def thread_uids(store: Any, mailbox_id: int, value: str) -> list[int]:
+    """The UIDs, ascending, of the messages whose THREADID is ``value`` (SEARCH THREADID)."""
+    ids = thread_ids(store, mailbox_id, c.All())
+    return sorted(uid for uid, tid in ids.items() if tid == value)
 
 
 def _has_modseq(node: c.Criteria) -> bool:
@@ -125,7 +173,7 @@ def search(session: Session, cmd: Search) -> Handler:
     mailbox_id = view.mailbox.id
     save = cmd.returns is not None and "SAVE" in cmd.returns
     try:
-        found = session.store.search(mailbox_id, _Rewriter(view)(criteria))
+        found = session.store.search(mailbox_id, _Rewriter(view, session.store)(criteria))
     except Exception:
         if save:
             view.save_result(())  # RFC 5182 §2.1: a failed SEARCH leaves "$" empty
@@ -153,6 +201,8 @@ def search(session: Session, cmd: Search) -> Handler:
         return ok("SEARCH completed")
 
     returns = set(cmd.returns or ()) or {"ALL"}  # RFC 9051 §6.4.4: plain SEARCH is ALL
+    update = "UPDATE" in returns
+    returns -= {"CONTEXT", "UPDATE"}  # RFC 5267 §4.2: CONTEXT is a hint
     if save:
         returns.discard("SAVE")
         if returns and returns <= {"MIN", "MAX"}:
@@ -165,7 +215,7 @@ def search(session: Session, cmd: Search) -> Handler:
             view.save_result(kept)
         else:
             view.save_result(matched)
-        if not returns:
+        if not returns and not update:
             # RFC 5182 §2.1: SAVE alone asks for no ESEARCH response at all.
             return ok("SEARCH completed")
     parts = [b"* ESEARCH (TAG " + wire.quote(cmd.tag.encode()) + b")"]
@@ -176,6 +226,12 @@ def search(session: Session, cmd: Search) -> Handler:
             parts.append(b"MIN %d" % numbers[0])
         if "MAX" in returns:
             parts.append(b"MAX %d" % numbers[-1])
+    if cmd.partial is not None:
+        # RFC 5267 §4.4: the low-th to high-th of the results, NIL when none is there.
+        low, high = cmd.partial
+        window = numbers[low - 1 : high]
+        text = wire.sequence_set_text(window) if window else b"NIL"
+        parts.append(b"PARTIAL (%d:%d %s)" % (low, high, text))
     if "COUNT" in returns:
         parts.append(b"COUNT %d" % len(numbers))
     if numbers and "ALL" in returns:
@@ -191,6 +247,16 @@ def search(session: Session, cmd: Search) -> Handler:
                 chosen.append(matched[0])
             if "MAX" in returns:
                 chosen.append(matched[-1])
+            if cmd.partial is not None:
+                low, high = cmd.partial
+                chosen.extend(matched[low - 1 : high])
         parts.append(b"MODSEQ %d" % highest_modseq(chosen))
     yield b" ".join(parts) + b"\r\n"
+    if update:
+        context = contexts.SearchContext(
+            cmd.tag, cmd.uid, frozen_criteria(view, criteria), None, matched
+        )
+        refused = contexts.keep(view, context)
+        if refused:
+            yield refused
     return ok("SEARCH completed")

@@ -39,7 +39,7 @@ import structlog
 from gateway.access.households import Households, UserStore
 from gateway.access.quota import Quotas
 from gateway.core.flags import RECENT
-from gateway.imap import mutf7, wire
+from gateway.imap import contexts, mutf7, wire
 from gateway.imap.capabilities import (
     CONDSTORE,
     IMAP4REV2,
@@ -65,6 +65,7 @@ from gateway.imap.handler import (
 )
 from gateway.imap.notify import Notifier
 from gateway.imap.replies import clean_code, clean_text, store_error_reply, tagged
+from gateway.imap.searching import context_updates
 from gateway.imap.states import ACTIVITY_COMMANDS, COMMANDS, State, table_key
 from gateway.imap.view import CATCH_UP_CHUNK, View, expunge_responses, flag_list
 from gateway.security.auth import Authenticator, UserDirectory
@@ -194,13 +195,15 @@ class IMAPSession:
 
         A name that is not valid modified UTF-7 (RFC 3501 §5.1.3) is well-formed IMAP but
         names a mailbox that cannot exist: NO [CANNOT], not BAD (RFC 3501 §6.3.1, and as
-        Dovecot answers), and the session goes on.
+        Dovecot answers), and the session goes on. So is an 8-bit name that is not UTF-8
+        (the reader keeps its octets, :meth:`gateway.imap.reader.Reader.mailbox`), with
+        or without UTF8=ACCEPT (RFC 6855 §3 allows only UTF-8 names).
         """
         if self.utf8_enabled():
             try:
                 name = raw.decode("utf-8")
             except UnicodeDecodeError:
-                raise BadCommand("mailbox name is not valid UTF-8") from None
+                raise Refused("mailbox name is not valid UTF-8", "CANNOT") from None
         else:
             try:
                 name = mutf7.decode(raw)
@@ -573,8 +576,13 @@ class IMAPSession:
         if lines:
             yield b"".join(lines)
         view.caught_up(changes.highestmodseq)
+        if view.contexts and (changes.changed or changes.expunged):
+            # RFC 5267 §4.3: live SEARCH/SORT results follow, once the client knows the
+            # messages they name.
+            yield from context_updates(self, view)
 
     def _report_expunges(self, view: View) -> Iterator[bytes]:
         gone = sorted(view.pending_expunge)
         view.pending_expunge.clear()
+        yield from contexts.leaving(view, gone)  # RFC 5267 §4.3, while numbers still hold
         yield from expunge_responses(view.forget(gone), vanished=QRESYNC in self._enabled)

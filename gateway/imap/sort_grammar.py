@@ -9,14 +9,20 @@ from __future__ import annotations
 
 from gateway.core.sorting import DISPLAY_SORT_KEYS, SORT_KEYS, SortCriterion
 from gateway.imap.command import Command, Sort, Thread
-from gateway.imap.reader import NUMBER_MAX, Reader, Syntax, show
-from gateway.imap.search_grammar import SUPPORTED_CHARSETS, search_program
+from gateway.imap.reader import Reader, Syntax, show
+from gateway.imap.search_grammar import (
+    SUPPORTED_CHARSETS,
+    check_returns,
+    return_option,
+    search_program,
+)
 
 THREAD_ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
 """RFC 5256 §3 threading algorithms, as announced (``THREAD=...``)."""
 
-SORT_RETURN_OPTIONS = frozenset(("MIN", "MAX", "ALL", "COUNT", "PARTIAL"))
-"""RFC 5267 §3.1 ESORT result options (RFC 4731's four) and §4.4 PARTIAL."""
+SORT_RETURN_OPTIONS = frozenset(("MIN", "MAX", "ALL", "COUNT", "PARTIAL", "UPDATE", "CONTEXT"))
+"""RFC 5267 §3.1 ESORT result options (RFC 4731's four), §4.4 PARTIAL and §4.2-4.3
+CONTEXT (a hint, ignored) and UPDATE."""
 
 _ALL_SORT_KEYS = SORT_KEYS | DISPLAY_SORT_KEYS
 
@@ -31,13 +37,13 @@ def cmd_sort(r: Reader, tag: str, name: str, uid: bool) -> Command:
         r.sp("sort return options")
         options: list[str] = []
         for option, window in r.paren_list(
-            lambda: _return_option(r), "return options", empty_ok=True
+            lambda: return_option(r, SORT_RETURN_OPTIONS, "sort"), "return options", empty_ok=True
         ):
             options.append(option)
             if window is not None:
                 partial = window
         # RFC 4731 §3.1 (RFC 5267 §3.1): an empty list means (ALL).
-        returns = tuple(options) or ("ALL",)
+        returns = check_returns(options)
         r.sp("sort criteria")
     program = tuple(r.paren_list(lambda: _criterion(r), "sort criteria"))
     r.sp("a charset")
@@ -93,17 +99,3 @@ def _charset(r: Reader) -> str:
             status="NO",
         )
     return charset
-
-
-def _return_option(r: Reader) -> tuple[str, tuple[int, int] | None]:
-    option = r.word("a sort return option")
-    if option not in SORT_RETURN_OPTIONS:
-        raise Syntax(f"unknown sort return option {show(option.encode())}")
-    if option != "PARTIAL":
-        return option, None
-    # RFC 5267 §4.4: partial-range = nz-number ":" nz-number
-    r.sp("a partial range")
-    low = r.number("a partial range", NUMBER_MAX, 1)
-    r.expect(b":", '":" in a partial range')
-    high = r.number("a partial range", NUMBER_MAX, 1)
-    return option, (min(low, high), max(low, high))

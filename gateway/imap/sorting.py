@@ -5,10 +5,9 @@ The store orders the matching messages by keys computed at ingest
 :mod:`gateway.imap.threads` on the facts the store returns. As for SEARCH, only
 messages the client knows (the view) are reported. State: selected.
 
-CONTEXT=SORT (RFC 5267 §4) is not announced: its UPDATE option asks the server to
-report later changes of the sorted result unsolicited (ADDTO/REMOVEFROM), which popgate
-does not do. ``RETURN (PARTIAL low:high)`` is accepted all the same, as the one piece of
-it that needs no state across commands.
+CONTEXT=SORT (RFC 5267 §4): ``RETURN (UPDATE)`` leaves a context whose sorted result
+the session keeps current with ADDTO/REMOVEFROM at their positions
+(:mod:`gateway.imap.contexts`); ``RETURN (PARTIAL low:high)`` answers a window of it.
 """
 
 from __future__ import annotations
@@ -16,11 +15,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gateway.core import criteria as c
-from gateway.imap import wire
+from gateway.imap import contexts, wire
 from gateway.imap.command import Sort, Thread
 from gateway.imap.handler import Handler, ok
 from gateway.imap.messages import selected_view
-from gateway.imap.searching import view_criteria
+from gateway.imap.searching import frozen_criteria, view_criteria
 from gateway.imap.threads import ordered_subject, references, thread_text
 
 if TYPE_CHECKING:
@@ -31,7 +30,8 @@ def sort(session: Session, cmd: Sort) -> Handler:
     """SORT and UID SORT, RFC 5256 §3 (``* SORT``), RFC 5267 §3.2 (``* ESEARCH`` with
     the numbers in sort order) and §4.4 (PARTIAL)."""
     view = selected_view(session)
-    criteria = view_criteria(view, cmd.criteria if cmd.criteria is not None else c.All())
+    given = cmd.criteria if cmd.criteria is not None else c.All()
+    criteria = view_criteria(view, given, session.store)
     found = session.store.sort(view.mailbox.id, criteria, cmd.program)
     numbers = _known(view, found, cmd.uid)
     if cmd.returns is None:
@@ -41,6 +41,14 @@ def sort(session: Session, cmd: Sort) -> Handler:
         yield text + b"\r\n"
         return ok("SORT completed")
     yield _esort(cmd, numbers) + b"\r\n"
+    if "UPDATE" in cmd.returns:
+        result = _known(view, found, True)
+        context = contexts.SearchContext(
+            cmd.tag, cmd.uid, frozen_criteria(view, given), cmd.program, result
+        )
+        refused = contexts.keep(view, context)
+        if refused:
+            yield refused
     return ok("SORT completed")
 
 
@@ -66,22 +74,23 @@ def _esort(cmd: Sort, numbers: list[int]) -> bytes:
             parts.append(b"MIN %d" % numbers[0])
         if "MAX" in returns:
             parts.append(b"MAX %d" % numbers[-1])
-    if "COUNT" in returns:
-        parts.append(b"COUNT %d" % len(numbers))
-    if numbers and "ALL" in returns:
-        parts.append(b"ALL " + wire.sequence_set_text(numbers))
     if cmd.partial is not None:
         low, high = cmd.partial
         window = numbers[low - 1 : high]
         text = wire.sequence_set_text(window) if window else b"NIL"
         parts.append(b"PARTIAL (%d:%d %s)" % (low, high, text))
+    if "COUNT" in returns:
+        parts.append(b"COUNT %d" % len(numbers))
+    if numbers and "ALL" in returns:
+        parts.append(b"ALL " + wire.sequence_set_text(numbers))
     return b" ".join(parts)
 
 
 def thread(session: Session, cmd: Thread) -> Handler:
     """THREAD and UID THREAD, RFC 5256 §3 (REFERENCES, ORDEREDSUBJECT) and §4."""
     view = selected_view(session)
-    criteria = view_criteria(view, cmd.criteria if cmd.criteria is not None else c.All())
+    given = cmd.criteria if cmd.criteria is not None else c.All()
+    criteria = view_criteria(view, given, session.store)
     seq_of = view.seq_of
     facts = [
         f

@@ -17,6 +17,7 @@ from gateway.imap import (
     acl,
     compress,
     connection,
+    contexts,
     login,
     mailboxes,
     messages,
@@ -109,6 +110,7 @@ COMMANDS: dict[str, CommandSpec] = {
     "THREAD": CommandSpec(_SELECTED, sorting.thread, defers_expunge=True),  # RFC 5256
     "COPY": CommandSpec(_SELECTED, messages.copy),
     "MOVE": CommandSpec(_SELECTED, messages.copy),
+    "CANCELUPDATE": CommandSpec(_SELECTED, contexts.cancelupdate),  # RFC 5267 §4.3
 }
 """Which commands exist, in which states they are legal, and who handles them."""
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from gateway.core.criteria import SequenceSet
 from gateway.core.flags import RECENT
 from gateway.imap import wire
+from gateway.imap.contexts import SearchContext
 from gateway.imap.handler import BadCommand
 from gateway.store.interfaces import Mailbox
 
@@ -70,6 +71,9 @@ class View:
         """RFC 5182 §2.1: the UIDs of the last ``SEARCH RETURN (SAVE)`` (``$``); empty at
         SELECT. It names messages, not numbers, so it is kept as UIDs and read through
         the view: an expunged message drops out of it by itself."""
+        self.contexts: dict[str, SearchContext] = {}
+        """RFC 5267 §4.3: the live ``RETURN (UPDATE)`` results by tag (gateway/imap/contexts.py);
+        they end with the selection."""
 
     def resolve(self, seqset: SequenceSet, uid_mode: bool) -> list[int]:
         """UIDs (ascending, in the view) named by ``seqset``; RFC 3501 §6.4.8 and §9.

@@ -29,20 +29,32 @@ def _enter(message: list, num: int) -> list | None:
 def resolve_node(root: list, part: tuple[int, ...]) -> list | None:
     """The part-map node for a dotted part number (RFC 3501 §6.4.5).
 
-    Below a message/rfc822 part the numbering continues in the encapsulated message; a part
-    that is neither multipart nor message has no sub-parts.
+    Below a message/rfc822 part the numbering continues in the encapsulated message.
+    RFC 3501 gives a non-multipart message "only a part 1", its body; read the same way, a
+    single part (neither multipart nor message) inside a multipart has one sub-part, 1,
+    which is that part itself, once: ``.1`` cannot name a part that a ``.1`` just named.
+    This is Dovecot 2.3's numbering (``BODY[1.1]`` of a multipart's text part 1 is that
+    text; of a plain non-MIME message, whose part 1 already is its body, it is missing),
+    checked by tests/test_imap_sections_dovecot.py. A missing part is an empty string
+    (:func:`section`), as in Dovecot.
     """
     node = _enter(root, part[0])
+    itself = node is root  # the "part 1" of a non-multipart message is that message
     for num in part[1:]:
         if node is None:
             return None
         kids = _kids(node)
         if kids is not None:
             node = kids[num - 1] if 1 <= num <= len(kids) else None
+            itself = False
         elif len(node) > 5 and node[4] == "R":
-            node = _enter(node[5], num)
-        else:
+            inner = node[5]
+            node = _enter(inner, num)
+            itself = node is inner
+        elif num != 1 or itself:
             return None
+        else:
+            itself = True
     return node
 
 

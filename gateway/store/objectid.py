@@ -8,9 +8,17 @@ backend derives them, so the SQLite and memory stores agree to the character.
   already: a COPY or MOVE shares the message row and so the id; identical bytes delivered
   twice get one id, which §5.1 permits ("the same EMAILID ... for messages with the same
   immutable content"). 96 bits make an accidental collision negligible.
-* THREADID (§5.2) is NIL: popgate keeps no persistent thread assignment (the SORT/THREAD
-  work computes threads per command), and §5.2 allows NIL from a server that cannot give
-  a stable thread id.
+* THREADID (§5.2) is derived from immutable content too, so it is stable across sessions
+  and backends without any stored assignment: the thread's root is the first msg-id of
+  References (RFC 5322 §3.6.4: each reply copies its parent's References and appends the
+  parent's Message-ID, so the first one names the message that started the thread), or
+  the In-Reply-To parent when there is no References, or the message's own Message-ID
+  when it replies to nothing; the id is ``T`` and 96 bits of the SHA-256 of that msg-id.
+  A message with none of these is a thread of its own, ``T`` plus its EMAILID digits.
+  Messages with the same EMAILID thus share a THREADID, as §5.2 requires; a reply that
+  kept only In-Reply-To below the first level starts a new thread id (the ids never
+  change once given, so a thread cannot be merged later), which THREAD=REFERENCES, not
+  bound by stability, may still join.
 * The save date (RFC 8514 §3) is the epoch second a row entered its mailbox; its day for
   SAVEDBEFORE/SAVEDON/SAVEDSINCE is counted in UTC, the same in both backends.
 """
@@ -20,6 +28,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import re
+from collections.abc import Sequence
 
 EMAILID_HEX = 24
 """Hex digits of the SHA-256 kept in an EMAILID (96 bits)."""
@@ -43,6 +52,17 @@ def email_id(digest: bytes) -> str:
 def email_id_of(raw: bytes) -> str:
     """The EMAILID of these message bytes."""
     return email_id(hashlib.sha256(raw).digest())
+
+
+def thread_id(message_id: str | None, references: Sequence[str], emailid: str | None) -> str | None:
+    """The THREADID of a message from its THREAD facts (msg-ids without angle brackets,
+    :class:`gateway.core.sorting.ThreadFacts`) and EMAILID; None when nothing is known."""
+    root = references[0] if references else message_id
+    if root:
+        return "T" + hashlib.sha256(b"thread:" + root.encode()).hexdigest()[:EMAILID_HEX]
+    if emailid:
+        return "T" + emailid[1:]
+    return None
 
 
 def email_id_prefix(value: str) -> bytes | None:
