@@ -31,7 +31,9 @@ from bench.scenarios import SCENARIOS, Bench, Sizes, prepare, warm_up
 from gateway.app import logs
 from gateway.testing.dovecot import find_dovecot
 
-IMAP_SCENARIOS = frozenset({"mbsync", "compress", "fetch", "sort", "qresync", "concurrent"})
+IMAP_SCENARIOS = frozenset(
+    {"mbsync", "compress", "fetch", "sort", "qresync", "concurrent", "postgres"}
+)
 """Scenarios that need the big mailbox loaded into both IMAP servers."""
 
 
@@ -59,6 +61,7 @@ PEERS_BY_SCENARIO = {
     "ingest": (("getmail", "getmail6"), ("fetchmail", "fetchmail")),
     "mbsync": (("mbsync", "isync"),),
     "compress": (("mbsync", "isync"),),
+    "postgres": (("mbsync", "isync"),),
 }
 """The peer programs a scenario runs besides Dovecot (the others compare popgate with
 Dovecot, or with itself)."""

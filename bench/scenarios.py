@@ -4,7 +4,8 @@ Every figure is taken for popgate and for its peer in the same run, repeats inte
 (popgate, peer, popgate, peer...) so that a noisy minute hurts both alike, and each
 scenario checks that both sides did the same work (same message count, same SEARCH
 hits) before a figure counts. Scenario names, for ``--only``: ingest, mbsync, compress, fetch,
-sort, qresync, concurrent, memory, fulltext (in bench/fulltext.py).
+sort, qresync, concurrent, memory, fulltext (in bench/fulltext.py), postgres (in
+bench/pgmode.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bench import peers
 from bench.fulltext import fulltext
 from bench.imapwire import IMAPConnection, untagged_number
 from bench.load import run_load
+from bench.pgmode import postgres
 from bench.popgate import GatewayServer, fetch_import, load_store
 from bench.report import Row, Target
 from bench.sieve_ingest import sieve_ingest
@@ -699,5 +701,6 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "concurrent": concurrent,
     "memory": memory,
     "fulltext": fulltext,
+    "postgres": postgres,
 }
 """In run order: QRESYNC changes the big mailbox, so it comes after the read-only ones."""
