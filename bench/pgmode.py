@@ -1,4 +1,5 @@
-"""The PostgreSQL-mode rows (``--only postgres``, issue 13): popgate on a private PostgreSQL
+"""The PostgreSQL-mode rows (``--only postgres``, issue 13; registered in
+:mod:`bench.__main__`, after the scenarios it builds on): popgate on a private PostgreSQL
 next to popgate on SQLite and Dovecot, same data, same run.
 
 The big mailbox and the load accounts are appended to a PostgreSQL store (through
@@ -30,6 +31,7 @@ from bench.imapwire import IMAPConnection
 from bench.load import run_load
 from bench.popgate import GatewayServer, date_of, fetch_import
 from bench.report import Target, median
+from bench.scenarios import FETCH_ITEMS, MAILBOX_USER, POP_USER, load_accounts
 from gateway.store.interfaces import NewMessage
 from gateway.testing import samplemail
 from gateway.testing.postgres import Postgres
@@ -63,7 +65,6 @@ def _pg_lines(pg: Postgres, password_file: Path, node: str) -> list[str]:
 
 def _load_postgres(bench: Any, pg: Postgres, users: dict[str, str]) -> None:
     """The same mail as :func:`bench.scenarios.prepare` loaded into SQLite and Dovecot."""
-    from bench.scenarios import MAILBOX_USER, load_accounts
     from gateway.store.postgres import PostgresStore
 
     sizes, seed = bench.sizes, bench.seed
@@ -97,8 +98,6 @@ def _load_postgres(bench: Any, pg: Postgres, users: dict[str, str]) -> None:
 def postgres(bench: Any) -> None:
     """PostgreSQL mode next to SQLite mode and Dovecot: ingest, FETCH 1:*, mbsync, the
     50-client mix on one node and on three, reactor lag under that load."""
-    from bench.scenarios import FETCH_ITEMS, MAILBOX_USER, POP_USER, load_accounts
-
     sizes = bench.sizes
     users = dict([MAILBOX_USER, *load_accounts(sizes)])
     with ExitStack() as stack:

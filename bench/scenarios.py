@@ -25,7 +25,6 @@ from bench import peers
 from bench.fulltext import fulltext
 from bench.imapwire import IMAPConnection, untagged_number
 from bench.load import run_load
-from bench.pgmode import postgres
 from bench.popgate import GatewayServer, fetch_import, load_store
 from bench.report import Row, Target
 from bench.sieve_ingest import sieve_ingest
@@ -701,6 +700,5 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "concurrent": concurrent,
     "memory": memory,
     "fulltext": fulltext,
-    "postgres": postgres,
 }
 """In run order: QRESYNC changes the big mailbox, so it comes after the read-only ones."""
