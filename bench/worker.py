@@ -77,6 +77,29 @@ class LagProbe:
         temporary.replace(self.report)
 
 
+PROFILE_DIR_VARIABLE = "POPGATE_BENCH_PROFILE_DIR"
+"""When set, ``serve`` profiles its reactor thread (cProfile) and writes
+``serve-PID.prof`` there at shutdown: what the event loop itself spends its time on."""
+
+
+def profile_reactor_thread(reactor: Any) -> None:
+    """cProfile the reactor thread (the calling one) until shutdown, if asked."""
+    import cProfile
+    import os
+
+    directory = os.environ.get(PROFILE_DIR_VARIABLE)
+    if not directory:
+        return
+    profiler = cProfile.Profile()
+    profiler.enable()
+
+    def dump() -> None:
+        profiler.disable()
+        profiler.dump_stats(str(Path(directory) / f"serve-{os.getpid()}.prof"))
+
+    reactor.addSystemEventTrigger("before", "shutdown", dump)
+
+
 def serve(args: argparse.Namespace) -> int:
     from gateway.app import config as configmod
     from gateway.app import logs
@@ -89,6 +112,7 @@ def serve(args: argparse.Namespace) -> int:
     def build(reactor: Any) -> Any:
         service = build_service(cfg, reactor)
         LagProbe(reactor, Path(args.probe)).start()
+        profile_reactor_thread(reactor)
         return service
 
     return run_reactor_with(build)
