@@ -26,13 +26,20 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench import peers
+from bench.pgmode import postgres
 from bench.report import as_json, notes, table
 from bench.scenarios import SCENARIOS, Bench, Sizes, prepare, warm_up
 from gateway.app import logs
 from gateway.testing.dovecot import find_dovecot
 
-IMAP_SCENARIOS = frozenset({"mbsync", "compress", "fetch", "sort", "qresync", "concurrent"})
+IMAP_SCENARIOS = frozenset(
+    {"mbsync", "compress", "fetch", "sort", "qresync", "concurrent", "postgres"}
+)
 """Scenarios that need the big mailbox loaded into both IMAP servers."""
+
+
+ALL_SCENARIOS = {**SCENARIOS, "postgres": postgres}
+"""Every scenario in run order; PostgreSQL mode last (bench/pgmode.py)."""
 
 
 def machine() -> str:
@@ -59,6 +66,7 @@ PEERS_BY_SCENARIO = {
     "ingest": (("getmail", "getmail6"), ("fetchmail", "fetchmail")),
     "mbsync": (("mbsync", "isync"),),
     "compress": (("mbsync", "isync"),),
+    "postgres": (("mbsync", "isync"),),
 }
 """The peer programs a scenario runs besides Dovecot (the others compare popgate with
 Dovecot, or with itself)."""
@@ -78,7 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         action="append",
-        choices=sorted(SCENARIOS),
+        choices=sorted(ALL_SCENARIOS),
         help="run only this scenario (repeatable)",
     )
     parser.add_argument("--repeats", type=int, help="repeats per figure (default 3, quick 1)")
@@ -93,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = Sizes.quick() if args.quick else Sizes()
     if args.repeats:
         sizes = replace(sizes, repeats=args.repeats)
-    chosen = [name for name in SCENARIOS if not args.only or name in args.only]
+    chosen = [name for name in ALL_SCENARIOS if not args.only or name in args.only]
     check_peers(chosen)
     logs.configure("warning", "console", stream=sys.stderr)  # the store logs each open
     began = time.perf_counter()
@@ -113,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in chosen:
             log(f"{name} ...")
             try:
-                SCENARIOS[name](bench)
+                ALL_SCENARIOS[name](bench)
             except Exception as error:  # one broken figure must not hide the others
                 failures.append(f"{name}: {type(error).__name__}: {error}")
                 log(f"{name} FAILED: {error}")

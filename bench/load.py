@@ -307,7 +307,7 @@ def _record(
 
 async def _run_all(
     host: str,
-    port: int,
+    ports: Sequence[int],
     accounts: Sequence[tuple[str, str]],
     clients: int,
     duration: float,
@@ -322,7 +322,15 @@ async def _run_all(
     await asyncio.gather(
         *(
             _run_client(
-                i, host, port, accounts[i % len(accounts)], deadline, ops, weights, stats, samples
+                i,
+                host,
+                ports[i % len(ports)],
+                accounts[i % len(accounts)],
+                deadline,
+                ops,
+                weights,
+                stats,
+                samples,
             )
             for i in range(clients)
         )
@@ -339,12 +347,14 @@ def run_load(
     mix: dict[str, float] | None = None,
     *,
     server_pid: int | None = None,
+    ports: Sequence[int] = (),
 ) -> LoadReport:
-    """Run the load and report; ``server_pid`` adds the server's peak RSS."""
+    """Run the load and report; ``server_pid`` adds the server's peak RSS. With ``ports``
+    (several popgate nodes) client ``i`` connects to ``ports[i % len(ports)]``."""
     if not accounts:
         raise ValueError("need at least one account")
     stats, samples, elapsed = asyncio.run(
-        _run_all(host, port, list(accounts), clients, duration, mix or DEFAULT_MIX)
+        _run_all(host, list(ports) or [port], list(accounts), clients, duration, mix or DEFAULT_MIX)
     )
     every = [x for row in stats.values() for x in row.latencies]
     work = [x for op, row in stats.items() if op not in ("login", "idle") for x in row.latencies]

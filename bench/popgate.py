@@ -117,8 +117,10 @@ def write_config(
     port: int,
     state_dir: Path,
     upstreams: Iterable[dict[str, Any]] = (),
+    extra: Iterable[str] = (),
 ) -> Path:
-    """A popgate.toml as an operator would write it: loopback listener, info logs."""
+    """A popgate.toml as an operator would write it: loopback listener, info logs;
+    ``extra`` lines are appended (the PostgreSQL mode's ``[store]`` and ``[cluster]``)."""
     lines = [
         "[server]",
         f"state_dir = {json.dumps(str(state_dir))}",
@@ -135,6 +137,7 @@ def write_config(
     for upstream in upstreams:
         lines += ["", "[[upstreams]]"]
         lines += [f"{key} = {json.dumps(value)}" for key, value in upstream.items()]
+    lines += list(extra)
     path = workdir / "popgate.toml"
     path.write_text("\n".join(lines) + "\n")
     os.chmod(path, 0o600)
@@ -156,11 +159,20 @@ def _worker_env() -> dict[str, str]:
 class GatewayServer:
     """The popgate server as a child process, with its lag probe and its memory figures."""
 
-    def __init__(self, workdir: Path, users: dict[str, str], *, state_dir: Path) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        users: dict[str, str],
+        *,
+        state_dir: Path,
+        extra_config: Iterable[str] = (),
+    ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.config = write_config(workdir, users, port=self.port, state_dir=state_dir)
+        self.config = write_config(
+            workdir, users, port=self.port, state_dir=state_dir, extra=extra_config
+        )
         self.probe_path = workdir / "probe.json"
         self.log_path = workdir / "popgate.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -259,9 +271,11 @@ def fetch_import(
     user: str,
     password: str,
     sieve: Path | None = None,
+    postgresql: tuple[str, Path] | None = None,
 ) -> tuple[float, dict[str, Any]]:
     """One popgate fetch pass into a fresh store in a fresh process (``sieve``: with this
-    script active for the owner, delivered through Sieve at ingest).
+    script active for the owner, delivered through Sieve at ingest; ``postgresql``: (dsn,
+    password file) of an empty database to fetch into instead of a fresh SQLite file).
 
     Returns (wall-clock seconds of the whole process, the worker's JSON report). The
     wall clock includes interpreter start-up and store creation, as for the peers.
@@ -284,6 +298,11 @@ def fetch_import(
         "--store",
         str(workdir / "popgate.sqlite3"),
         *(["--sieve", str(sieve)] if sieve is not None else []),
+        *(
+            ["--dsn", postgresql[0], "--password-file", str(postgresql[1])]
+            if postgresql is not None
+            else []
+        ),
     ]
     with open(log_path, "wb") as log:
         started = time.perf_counter()

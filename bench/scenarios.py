@@ -4,7 +4,8 @@ Every figure is taken for popgate and for its peer in the same run, repeats inte
 (popgate, peer, popgate, peer...) so that a noisy minute hurts both alike, and each
 scenario checks that both sides did the same work (same message count, same SEARCH
 hits) before a figure counts. Scenario names, for ``--only``: ingest, mbsync, compress, fetch,
-sort, qresync, concurrent, memory, fulltext (in bench/fulltext.py).
+sort, qresync, concurrent, memory, fulltext (in bench/fulltext.py), postgres (in
+bench/pgmode.py).
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ reactor cannot be restarted, and the parent must stay free to drive clients):
 
 * ``serve``: the gateway as ``popgate serve`` runs it (:func:`gateway.app.runner.run_reactor_with`
   over :func:`gateway.app.service.build_service`), plus :class:`LagProbe`;
-* ``ingest``: one :func:`gateway.pop3.fetcher.fetch_once` pass into a fresh store; prints
-  a JSON report on stdout.
+* ``ingest``: one :func:`gateway.pop3.fetcher.fetch_once` pass into a fresh store (a
+  SQLite file, or with ``--dsn`` an empty PostgreSQL database, its calls on store threads
+  as the service makes them); prints a JSON report on stdout.
 """
 
 from __future__ import annotations
@@ -76,6 +77,29 @@ class LagProbe:
         temporary.replace(self.report)
 
 
+PROFILE_DIR_VARIABLE = "POPGATE_BENCH_PROFILE_DIR"
+"""When set, ``serve`` profiles its reactor thread (cProfile) and writes
+``serve-PID.prof`` there at shutdown: what the event loop itself spends its time on."""
+
+
+def profile_reactor_thread(reactor: Any) -> None:
+    """cProfile the reactor thread (the calling one) until shutdown, if asked."""
+    import cProfile
+    import os
+
+    directory = os.environ.get(PROFILE_DIR_VARIABLE)
+    if not directory:
+        return
+    profiler = cProfile.Profile()
+    profiler.enable()
+
+    def dump() -> None:
+        profiler.disable()
+        profiler.dump_stats(str(Path(directory) / f"serve-{os.getpid()}.prof"))
+
+    reactor.addSystemEventTrigger("before", "shutdown", dump)
+
+
 def serve(args: argparse.Namespace) -> int:
     from gateway.app import config as configmod
     from gateway.app import logs
@@ -88,6 +112,7 @@ def serve(args: argparse.Namespace) -> int:
     def build(reactor: Any) -> Any:
         service = build_service(cfg, reactor)
         LagProbe(reactor, Path(args.probe)).start()
+        profile_reactor_thread(reactor)
         return service
 
     return run_reactor_with(build)
@@ -100,10 +125,26 @@ def ingest(args: argparse.Namespace) -> int:
     from gateway.app import logs
     from gateway.app.config import Upstream
     from gateway.pop3.fetcher import fetch_once
+    from gateway.store.runner import InlineRunner, StoreRunner, ThreadRunner
     from gateway.store.sqlite import SQLiteStore
 
     logs.configure("warning", "json", stream=sys.stderr)
-    store = SQLiteStore(args.store)
+    store: Any
+    runner: StoreRunner = InlineRunner()
+    pool: Any = None
+    if args.dsn:
+        from twisted.python.threadpool import ThreadPool
+
+        from gateway.app.service import STORE_THREADS
+        from gateway.store.postgres import PostgresStore
+
+        password = Path(args.password_file).read_text().strip() if args.password_file else None
+        store = PostgresStore(args.dsn, password=password, pool_size=STORE_THREADS)
+        pool = ThreadPool(minthreads=0, maxthreads=STORE_THREADS, name="store")
+        pool.start()
+        runner = ThreadRunner(reactor, pool)
+    else:
+        store = SQLiteStore(args.store)
     if args.sieve:
         store.put_script("alice", "bench", Path(args.sieve).read_text())
         store.set_active("alice", "bench")
@@ -123,7 +164,7 @@ def ingest(args: argparse.Namespace) -> int:
 
     def run() -> None:
         started = time.perf_counter()
-        d = fetch_once(upstream, ledger, reactor=reactor)
+        d = fetch_once(upstream, ledger, reactor=reactor, runner=runner)
 
         def done(result: Any) -> None:
             outcome["seconds"] = time.perf_counter() - started
@@ -139,6 +180,8 @@ def ingest(args: argparse.Namespace) -> int:
 
     reactor.callWhenRunning(run)
     reactor.run()
+    if pool is not None:
+        pool.stop()
     store.close()
     print(json.dumps(outcome))
     return 0 if "error" not in outcome else 1
@@ -158,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--password", required=True)
     p.add_argument("--store", required=True)
     p.add_argument("--sieve", help="a Sieve script to make the owner's active one")
+    p.add_argument("--dsn", help="fetch into this (empty) PostgreSQL database instead")
+    p.add_argument("--password-file", help="the PostgreSQL role's password")
     p.set_defaults(func=ingest)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -454,14 +454,16 @@ class GatewayCollector(Collector):
 
     def _queue_families(self) -> Iterator[Metric]:
         """The outbound queue per upstream SMTP (issue 15), read on the reactor thread
-        (the queue shares the store's connection; scrapes run on a pool thread)."""
+        when the queue shares an inline store's connection (SQLite), else right here on
+        the scrape's pool thread (PostgreSQL: never a round trip on the reactor)."""
         sending = self.metrics.sending
         if sending is None:
             return
         from twisted.internet.threads import blockingCallFromThread
         from twisted.python.threadable import isInIOThread
 
-        if isInIOThread():
+        runner = getattr(sending, "runner", None)
+        if isInIOThread() or (runner is not None and not runner.inline):
             rows = sending.queue.status()
         else:
             rows = blockingCallFromThread(self.metrics.reactor, sending.queue.status)

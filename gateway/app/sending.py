@@ -7,14 +7,17 @@ The order of :class:`~gateway.submission.accept.Acceptor` is the durability argu
 queue row is committed on the store's own connection before the client gets 250; the
 Sent copy (``\\Seen``, in the user's ``\\Sent`` mailbox) is filed through
 :meth:`Store.append`, so IDLE and QRESYNC clients see it like any other new message.
-Everything here runs on the reactor thread, as the SQLite store does.
+Where the store's calls run is the service's store runner's business: inline on the
+reactor thread for SQLite; for PostgreSQL the acceptor's commit (queue row and Sent
+copy), the relay's queue calls and its bounces run on the store's threads
+(:class:`~gateway.store.runner.ThreadRunner`), so no round trip runs on the reactor.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -26,6 +29,7 @@ from gateway.core.flags import SENT_USE
 from gateway.store.interfaces import INBOX, SHARED_OWNER_PREFIX, MailboxExists, MailboxNotFound
 from gateway.store.memory_queue import MemoryOutboundQueue
 from gateway.store.queue import OutboundQueue
+from gateway.store.runner import InlineRunner, StoreRunner
 from gateway.store.sqlite_queue import SQLiteOutboundQueue
 from gateway.submission.accept import Acceptor
 from gateway.submission.client import RelayOutcome, relay_message
@@ -130,9 +134,9 @@ def wanted(cfg: configmod.Config) -> bool:
 
 def outbound_queue(store: Any) -> OutboundQueue:
     """The queue in the store's own SQLite file (schema version 6), in its PostgreSQL
-    database (durable, shared by the nodes; its calls are not yet moved off the reactor
-    thread, see ARCHITECTURE.md), or the memory store's own (the demo's): where Sieve's
-    routed deliveries queue redirects and replies."""
+    database (durable, shared by the nodes; called through the store runner), or the
+    memory store's own (the demo's): where Sieve's routed deliveries queue redirects and
+    replies."""
     if not getattr(store, "runs_inline", True):
         from gateway.store.postgres.queue import PGOutboundQueue
 
@@ -222,6 +226,9 @@ class SendingParts:
     factory: SubmissionFactory
     filing: StoreFiling
     listeners: tuple[str, ...]
+    runner: StoreRunner = field(default_factory=InlineRunner)
+    """Where the queue's calls run (metrics read the queue from a scrape thread when
+    this is not inline)."""
 
 
 def build_sending(
@@ -237,12 +244,15 @@ def build_sending(
     imap_factory: Any,
     token_sources: Mapping[str, Any],
     sieve_delivery: Any = None,
+    runner: StoreRunner | None = None,
 ) -> SendingParts | None:
     """The relay and its listeners as children of ``top`` (None when nothing sends).
     ``sieve_delivery`` (the fetcher's :class:`~gateway.access.filtering.SieveDelivery`)
-    gets the way to queue Sieve's redirects and vacation replies, and the relay's kick."""
+    gets the way to queue Sieve's redirects and vacation replies, and the relay's kick.
+    ``runner`` is the service's store runner (default: inline)."""
     if not wanted(cfg):
         return None
+    store_runner: StoreRunner = runner if runner is not None else InlineRunner()
     hostname = socket.gethostname() or "localhost"
     policy = SenderPolicy(routes_from_config(cfg))
     queue = outbound_queue(store)
@@ -257,11 +267,18 @@ def build_sending(
         route = policy.route_named(name)
         return route.smtp if route is not None else None
 
+    file_bounce: Callable[[str, bytes], Any] = filing.file_bounce
+    if not store_runner.inline:
+
+        def file_bounce(user: str, report: bytes) -> Any:
+            return store_runner.run(filing.file_bounce, user, report)
+
     relay = RelayService(
         queue,
         smtp_of,
         reactor=reactor,
-        file_bounce=filing.file_bounce,
+        file_bounce=file_bounce,
+        runner=store_runner,
         hostname=hostname,
         deliver=with_oauth_tokens(relay_message, tokens),
         schedule=cfg.submission.retry_intervals,
@@ -276,6 +293,7 @@ def build_sending(
         file_sent=filing.file_sent,
         dedup=filing.dedup,
         on_enqueued=relay.kick,
+        runner=store_runner,
     )
     sub = cfg.submission
     factory = SubmissionFactory(
@@ -305,7 +323,13 @@ def build_sending(
         routes=[r.name for r in policy.routes if r.smtp is not None],
     )
     return SendingParts(
-        policy, queue, relay, factory, filing, tuple(x.endpoint for x in sub.listeners)
+        policy,
+        queue,
+        relay,
+        factory,
+        filing,
+        tuple(x.endpoint for x in sub.listeners),
+        store_runner,
     )
 
 
@@ -334,8 +358,9 @@ def _listen(
             strports.service(listener.endpoint, wrapped, reactor=reactor).setServiceParent(top)
 
 
-def queue_status(queue: OutboundQueue, now: float) -> list[dict[str, Any]]:
-    """Per upstream SMTP: queued messages, age of the oldest, last error (status, metrics)."""
+def queue_rows(rows: Any, now: float) -> list[dict[str, Any]]:
+    """Per upstream SMTP, from ``queue.status()``'s rows (read where the store runs):
+    queued messages, age of the oldest, last error (``popgate status``)."""
     return [
         {
             "route": s.route,
@@ -344,5 +369,5 @@ def queue_status(queue: OutboundQueue, now: float) -> list[dict[str, Any]]:
             "oldest_age": None if s.oldest is None else max(0.0, now - s.oldest),
             "last_error": s.last_error,
         }
-        for s in queue.status()
+        for s in rows
     ]

@@ -284,7 +284,7 @@ def build_service(
     top.managesieve_factory = add_managesieve(  # type: ignore[attr-defined]
         top, cfg, store, authenticator, server_tls, penalty, reactor, password_pool
     )
-    control.register("sieve-run", sieve_run_handler(store, delivery_store, reactor))
+    control.register("sieve-run", sieve_run_handler(store, delivery_store, reactor, store_runner))
     top.store = store  # type: ignore[attr-defined]
     top.password_pool = password_pool  # type: ignore[attr-defined]
     top.imap_factory = factory  # type: ignore[attr-defined]
@@ -307,6 +307,7 @@ def build_service(
         imap_factory=factory,
         token_sources=token_sources,
         sieve_delivery=delivery_store,
+        runner=store_runner,
     )
     top.status.sending = top.sending  # type: ignore[attr-defined]
     top.metrics.sending = top.sending  # type: ignore[attr-defined]

@@ -16,7 +16,10 @@ A user manages only their own scripts (owner = user name); a household's script 
 the gateway, because it moves mail in mailboxes IMAP clients may be watching: the moves are
 ordinary store moves, so IDLE clients see them; the work is spread over reactor turns
 (:func:`twisted.internet.task.cooperate`), with a progress line every
-:data:`PROGRESS_EVERY` messages.
+:data:`PROGRESS_EVERY` messages. With a store that does not run inline (PostgreSQL) the
+refiling runs on the store's threads instead, a :data:`PROGRESS_EVERY` batch per call
+(:func:`refile_off_reactor`), and ManageSieve commands step there too (the factory's
+``store_runner``): no script or mail store round trip runs on the reactor.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ def add_managesieve(
         tls_context_factory=server_tls,
         allow_plaintext_auth=False,
         penalty=penalty,
+        store_runner=getattr(top, "store_runner", None),
     )
     for listener in cfg.managesieve:
         wrapped = ListenerFactory(factory, ListenerPolicy(plaintext_auth=listener.plaintext_auth))
@@ -96,10 +100,58 @@ def owner_can_send(cfg: configmod.Config) -> Callable[[str], bool]:
     return sieve_outbound(cfg).can_send
 
 
+def _control_error(error: Exception, owner: str, mailbox: str) -> Exception:
+    """What the control client is told about a refile that could not run."""
+    if isinstance(error, NoActiveScript):
+        return ControlError(str(error))
+    if isinstance(error, MailboxNotFound):
+        return ControlError(f"{owner} has no mailbox {mailbox!r}")
+    if isinstance(error, SieveSyntaxError):
+        return ControlError(f"the active script does not compile: {error}")
+    return error
+
+
+def _next_batch(steps: Iterator[RefileReport]) -> tuple[RefileReport | None, bool]:
+    """On a store thread: advance the refile to its next progress point or its end;
+    (the last report, whether it ended)."""
+    report = None
+    for report in steps:
+        if report.messages % PROGRESS_EVERY == 0:
+            return report, False
+    return report, True
+
+
+def refile_off_reactor(
+    steps: Iterator[RefileReport],
+    runner: Any,
+    progress: Callable[[dict[str, Any]], None],
+    owner: str,
+    mailbox: str,
+) -> defer.Deferred[dict[str, Any]]:
+    """The refile's steps on the store's threads, a progress point per call, the progress
+    lines sent from the reactor thread; fires with the last report as a dict."""
+
+    async def run() -> dict[str, Any]:
+        last = RefileReport()
+        while True:
+            try:
+                report, ended = await runner.run(_next_batch, steps)
+            except Exception as e:
+                raise _control_error(e, owner, mailbox) from None
+            if report is not None:
+                last = report
+            if ended:
+                return last.as_dict()
+            progress({"refiled": last.messages})
+
+    return defer.ensureDeferred(run())
+
+
 def sieve_run_handler(
-    store: Any, ledger: Any, reactor: Any
+    store: Any, ledger: Any, reactor: Any, runner: Any = None
 ) -> Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], defer.Deferred[dict[str, Any]]]:
-    """The handler to register as "sieve-run" on the control service."""
+    """The handler to register as "sieve-run" on the control service; ``runner``, when
+    not inline, is where the refile runs (see the module docstring)."""
     cache = ScriptCache()
 
     def handle(
@@ -109,6 +161,8 @@ def sieve_run_handler(
         if not isinstance(owner, str) or not owner or not isinstance(mailbox, str):
             raise ControlError('"owner" and "mailbox" must be names')
         steps = refile(store, ledger, store, owner, mailbox, cache=cache, clock=reactor.seconds)
+        if runner is not None and not runner.inline:
+            return refile_off_reactor(steps, runner, progress, owner, mailbox)
         last: list[RefileReport] = [RefileReport()]
 
         def work() -> Iterator[None]:
@@ -118,12 +172,8 @@ def sieve_run_handler(
                     if report.messages % PROGRESS_EVERY == 0:
                         progress({"refiled": report.messages})
                     yield None
-            except NoActiveScript as e:
-                raise ControlError(str(e)) from None
-            except MailboxNotFound:
-                raise ControlError(f"{owner} has no mailbox {mailbox!r}") from None
-            except SieveSyntaxError as e:
-                raise ControlError(f"the active script does not compile: {e}") from None
+            except (NoActiveScript, MailboxNotFound, SieveSyntaxError) as e:
+                raise _control_error(e, owner, mailbox) from None
 
         done = task.cooperate(work()).whenDone()
         return done.addCallback(lambda _: last[0].as_dict())

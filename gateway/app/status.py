@@ -231,12 +231,15 @@ class StatusSource:
 
     def store_facts(self, names: list[str], owners: list[str]) -> dict[str, Any]:
         """What the status needs from the store (one call, on a store thread when the
-        store does not run inline): each upstream's ledger and each owner's usage."""
+        store does not run inline): each upstream's ledger, each owner's usage and the
+        outbound queue's rows (when the relay runs; the queue is in the store)."""
+        queue = self.sending.queue.status() if self.sending is not None else []
         if self.store is None:
-            return {"ledger": {}, "users": []}
+            return {"ledger": {}, "users": [], "queue": queue}
         return {
             "ledger": {name: self.store.ledger_entries(name) for name in names},
             "users": [mailbox_usage(self.store, o) for o in owners],
+            "queue": queue,
         }
 
     def collect(self, facts: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -290,26 +293,32 @@ class StatusSource:
             if self.store is not None
             else [],
             "recent_errors": [_plain(e) for e in self.recent_errors()],
-            "submission": self._submission(now),
+            "submission": self._submission(now, facts),
         }
         status["listeners"]["submission"] = list(getattr(self.sending, "listeners", ()))
         return status
 
-    def _submission(self, now: float) -> dict[str, Any]:
-        from gateway.app.sending import queue_status
+    def _submission(self, now: float, facts: dict[str, Any] | None) -> dict[str, Any]:
+        from gateway.app.sending import queue_rows
 
         if self.sending is None:
             return {"enabled": False, "queue": []}
-        return {"enabled": True, "queue": queue_status(self.sending.queue, now)}
+        rows = facts["queue"] if facts is not None else self.sending.queue.status()
+        return {"enabled": True, "queue": queue_rows(rows, now)}
 
-    def handle(self, request: dict[str, Any], progress: Callable[[dict[str, Any]], None]) -> Any:
-        """The control socket's ``status`` command (it takes no arguments)."""
+    def snapshot(self) -> Any:
+        """The status now: a dict (inline store), or a Deferred of it whose store facts
+        were read on a store thread (what the web page and the control socket call)."""
         runner = self.runner
         if runner is None or runner.inline:
             return self.collect()
         d = runner.run(self.store_facts, sorted(self.pollers), list(self.owners()))
         d.addCallback(self.collect)
         return d
+
+    def handle(self, request: dict[str, Any], progress: Callable[[dict[str, Any]], None]) -> Any:
+        """The control socket's ``status`` command (it takes no arguments)."""
+        return self.snapshot()
 
 
 # ---- rendering for humans ------------------------------------------------------------------

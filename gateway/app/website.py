@@ -95,10 +95,10 @@ def sample_after_passes(
         poller.fetch = sampled
 
 
-def sample_off_reactor(sample: Callable[[], None], runner: Any) -> Callable[[], None]:
-    """For a store that does not run inline: each history sample (store sizes read,
-    points written) runs on a store thread, one at a time; a sample asked for while one
-    runs is skipped (the next tick records the same totals)."""
+def history_off_reactor(recorder: HistoryRecorder, runner: Any) -> None:
+    """For a store that does not run inline: the recorder's store work (a sample, and a
+    tick: sample and thinning) runs on a store thread, one at a time; work asked for
+    while some runs is skipped (the next tick records the same totals)."""
     running: list[bool] = []
 
     def done(outcome: Any) -> None:
@@ -106,13 +106,18 @@ def sample_off_reactor(sample: Callable[[], None], runner: Any) -> Callable[[], 
         if isinstance(outcome, Failure):
             log.warning("web.history_failed", error=str(outcome.value))
 
-    def off_reactor() -> None:
-        if running:
-            return
-        running.append(True)
-        runner.run(sample).addBoth(done)
+    def off_reactor(work: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            if running:
+                return
+            running.append(True)
+            runner.run(work).addBoth(done)
 
-    return off_reactor
+        return run
+
+    tick, record = recorder.tick, recorder.record
+    recorder.tick = off_reactor(tick)  # type: ignore[method-assign]
+    recorder.sample = off_reactor(record)  # type: ignore[method-assign]
 
 
 def serve_web(
@@ -149,7 +154,7 @@ def serve_web(
     )
     runner = getattr(top, "store_runner", None)
     if runner is not None and not runner.inline:
-        recorder.sample = sample_off_reactor(recorder.sample, runner)  # type: ignore[method-assign]
+        history_off_reactor(recorder, runner)
     recorder.setServiceParent(top)
     sample_after_passes(pollers, recorder, reactor)
     top.history = recorder  # type: ignore[attr-defined]
@@ -161,7 +166,7 @@ def serve_web(
         authenticator=authenticator,
         run_blocking=run_blocking,
         clock=reactor,
-        status=status.collect,
+        status=status.snapshot,  # store facts on a store thread in PostgreSQL mode
         fetch_now=lambda name: pollers[name].fetch_now(),
         admins=admins,
         households=lambda: households.groups,
@@ -171,6 +176,7 @@ def serve_web(
         quota_limit=quotas.limit,
         queue_status=None,
         allow_plaintext=cfg.allow_insecure_listener,
+        runner=runner,  # the page (it reads the history) built where the store runs
     )
     site = web_site(services)
     for listener in cfg.web:

@@ -13,6 +13,13 @@ the transport stops reading; connections per source address and logged-in connec
 per user and address are capped; timers (before and after login) run on an injected
 clock. Responses are small (a script is at most the store's size limit), so output
 needs no producer.
+
+Where the store runs: with a store that runs inline (SQLite, memory) the glue advances
+each command's generator right here, on the reactor thread; given a
+:class:`~gateway.store.runner.ThreadRunner` (PostgreSQL) it advances it on a store
+thread, one batch of steps at a time (:mod:`gateway.managesieve.steps`), and writes the
+bytes and performs the actions back on the reactor thread, so no script-store round trip
+runs on the reactor.
 """
 
 from __future__ import annotations
@@ -48,11 +55,13 @@ from gateway.managesieve.parser import (
     StringResponse,
 )
 from gateway.managesieve.session import ManageSieveSession
+from gateway.managesieve.steps import DONE, run_steps
 from gateway.security.auth import Authenticator
 from gateway.security.connections import ConnectionCounts, ListenerPolicy, peer_address
 from gateway.security.connections import ListenerFactory as SharedListenerFactory
 from gateway.security.logins import LoginLimits
 from gateway.security.penalty import AuthPenalty, LoginAttempt
+from gateway.store.runner import StoreRunner
 from gateway.store.scripts import ScriptStore
 
 log = structlog.get_logger(__name__)
@@ -113,6 +122,7 @@ class ManageSieveProtocol(Protocol):
         self._send: Any = None
         self._throw: BaseException | None = None
         self._token: object | None = None
+        self._stepping: object | None = None
         self._closing = False
         self._busy = False
         self._again = False
@@ -229,6 +239,11 @@ class ManageSieveProtocol(Protocol):
         self._waiting = None
 
     def _advance(self) -> None:
+        if self.factory.threads is not None:
+            if not self._closing and self._current is not None and self._waiting is None:
+                if self._stepping is None:
+                    self._step_on_thread(self._current)
+            return
         while not self._closing and self._current is not None and self._waiting is None:
             try:
                 if self._throw is not None:
@@ -238,10 +253,7 @@ class ManageSieveProtocol(Protocol):
                     value, self._send = self._send, None
                     out = self._current.send(value)
             except StopIteration:
-                self._current = None
-                self._release_unused_slot()
-                self._reset_timeout()
-                self._again = True
+                self._command_done()
                 return
             except Exception:
                 log.exception("managesieve.internal_error", peer=self.peer)
@@ -252,6 +264,66 @@ class ManageSieveProtocol(Protocol):
                 self.transport.write(out)
             else:
                 self._perform(out)
+
+    def _command_done(self) -> None:
+        self._current = None
+        self._release_unused_slot()
+        self._reset_timeout()
+        self._again = True
+
+    # -- steps on a store thread (a store that does not run inline) --
+
+    def _step_on_thread(self, current: Run) -> None:
+        """Run ``current``'s next steps on a store thread (one batch at a time)."""
+        throw, self._throw = self._throw, None
+        value, self._send = self._send, None
+        token = self._stepping = object()
+        threads = self.factory.threads
+        assert threads is not None
+        threads.run(run_steps, current, throw, value).addCallbacks(
+            self._steps_done,
+            self._steps_failed,
+            callbackArgs=(token, current),
+            errbackArgs=(token, current),
+        )
+
+    def _steps_done(self, result: tuple[list[bytes], Any], token: object, current: Run) -> None:
+        if self._stepping is not token:
+            return
+        self._stepping = None
+        if self._current is not current or self._closing:
+            self._close_on_thread(current)  # dropped while its steps ran
+            return
+        chunks, action = result
+        for chunk in chunks:
+            self.transport.write(chunk)
+        if action is DONE:
+            self._command_done()
+        else:
+            self._perform(action)
+        self._run()
+
+    def _steps_failed(self, failure: Failure, token: object, current: Run) -> None:
+        if self._stepping is not token:
+            return
+        self._stepping = None
+        if self._current is not current or self._closing:
+            return
+        log.error(
+            "managesieve.internal_error",
+            peer=self.peer,
+            exc_info=(failure.type, failure.value, failure.getTracebackObject()),
+        )
+        self._current = None
+        self._abort()
+
+    def _close_on_thread(self, current: Run) -> None:
+        """Close a dropped command's generator where its steps run."""
+        threads = self.factory.threads
+        assert threads is not None
+        threads.run(current.close).addErrback(
+            lambda f: log.error("managesieve.internal_error", peer=self.peer, error=str(f.value))
+        )
 
     def _perform(self, action: Any) -> None:
         if isinstance(action, RunBlocking):
@@ -357,7 +429,13 @@ class ManageSieveProtocol(Protocol):
         current, self._current = self._current, None
         self._waiting = None
         self._token = None
-        if current is not None:
+        if current is None:
+            return
+        if self._stepping is not None:
+            return  # its steps are running on a store thread: closed when they return
+        if self.factory.threads is not None:
+            self._close_on_thread(current)  # its finally blocks may call the store
+        else:
             current.close()
 
     def _close(self) -> None:
@@ -411,6 +489,9 @@ class ManageSieveFactory(ConnectionCounts, Factory):
     script_text)``, when given, is used instead with the script's owner (whether
     ``redirect``/``vacation`` are allowed depends on the owner's upstreams);
     ``max_redirects`` is the MAXREDIRECTS capability (None: not announced);
+    ``store_runner`` says where script-store calls run: a runner that is not inline (the
+    PostgreSQL store's :class:`~gateway.store.runner.ThreadRunner`) makes every
+    command's steps run on its threads; None or an inline runner keeps them here;
     ``sieve_extensions`` is what the SIEVE capability lists; ``owner_of(user)`` maps a canonical user to the
     script owner (households); ``run_blocking(call) -> Deferred`` runs the password
     check off the reactor thread; ``penalty`` should be the one the IMAP factory uses, so
@@ -435,8 +516,13 @@ class ManageSieveFactory(ConnectionCounts, Factory):
         penalty: AuthPenalty | None = None,
         owner_checker: OwnerChecker | None = None,
         max_redirects: int | None = None,
+        store_runner: StoreRunner | None = None,
     ) -> None:
         self.store = store
+        self.threads = (
+            store_runner if store_runner is not None and not store_runner.inline else None
+        )
+        """The runner command steps go through, or None: on the reactor thread."""
         self.authenticator = authenticator
         self.checker = checker
         self.owner_checker = owner_checker

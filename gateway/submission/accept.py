@@ -6,6 +6,11 @@ The order is the durability argument: the queue row is committed first (the clie
 its failure is logged, not refused: the message *is* accepted and will be relayed, and
 refusing now would make the client send it twice. A Sent copy already filed by the
 client's own APPEND (same Message-ID and recipients, :class:`SentDedup`) is not filed again.
+
+Where it runs: the queue row and the Sent copy are one call through ``runner`` (inline
+for SQLite, so ``accept`` returns the queue id at once; on the store's threads for
+PostgreSQL, so it returns a Deferred of it and no round trip runs on the reactor); the
+relay is woken on the reactor thread once they are done.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import structlog
 from twisted.internet.interfaces import IReactorTime
 
 from gateway.store.queue import NewOutbound, OutboundQueue
+from gateway.store.runner import StoreRunner
 from gateway.submission.policy import DEFAULT_QUEUE_LIFETIME
 from gateway.submission.sent import SentCopy, SentDedup, sent_copy
 from gateway.submission.session import Submission
@@ -40,16 +46,31 @@ class Acceptor:
         file_sent: FileSent | None = None,
         dedup: SentDedup | None = None,
         on_enqueued: Callable[[], Any] | None = None,
+        runner: StoreRunner | None = None,
     ) -> None:
         self.queue = queue
+        self.runner = runner if runner is not None and not runner.inline else None
+        """Where the commit runs when not on the reactor thread (PostgreSQL), else None."""
         self.clock = clock
         self.lifetime = lifetime
         self.file_sent = file_sent
         self.dedup = dedup
         self.on_enqueued = on_enqueued
 
-    def __call__(self, submission: Submission) -> int:
+    def __call__(self, submission: Submission) -> Any:
+        """The queue id (inline), or a Deferred of it (the commit on a store thread)."""
         now = self.clock.seconds()
+        if self.runner is None:
+            return self._enqueued(self._commit(submission, now))
+        return self.runner.run(self._commit, submission, now).addCallback(self._enqueued)
+
+    def _enqueued(self, queue_id: int) -> int:
+        if self.on_enqueued is not None:
+            self.on_enqueued()
+        return queue_id
+
+    def _commit(self, submission: Submission, now: float) -> int:
+        """The queue row, then the Sent copy (where the store's calls run)."""
         item = self.queue.enqueue(
             NewOutbound(
                 user=submission.user,
@@ -64,8 +85,6 @@ class Acceptor:
         )
         if self.file_sent is not None:
             self._file_sent(submission, now)
-        if self.on_enqueued is not None:
-            self.on_enqueued()
         return item.id
 
     def _file_sent(self, submission: Submission, now: float) -> None:

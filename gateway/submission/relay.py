@@ -17,7 +17,10 @@ Per attempt (:func:`gateway.submission.client.relay_message`):
 - a permanent failure (5xx to MAIL/DATA, every recipient refused, too large) →
   :meth:`mark_failed`, then the bounce.
 
-The queue is used on the reactor thread only (as the mail store is).
+Every queue call goes through ``runner`` (a :class:`~gateway.store.runner.StoreRunner`):
+inline on the reactor thread for the SQLite queue, on the store's threads for the
+PostgreSQL one, so no queue round trip runs on the reactor; a pass's calls are awaited
+one after another, so their order is the same either way.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 
 from gateway.store.queue import EXPIRED, OutboundQueue, QueueItem
+from gateway.store.runner import InlineRunner, StoreRunner
 from gateway.submission.bounce import RecipientFailure, bounce_message
 from gateway.submission.client import RelayOutcome, relay_message
 from gateway.submission.policy import RETRY_SCHEDULE, SmtpUpstream, retry_delay
@@ -81,7 +85,8 @@ def bounce_for_item(item: QueueItem, content: bytes, hostname: str, now: float) 
 
 class RelayService(service.Service):
     """See the module docstring. ``routes(name)`` gives a route's current
-    :class:`SmtpUpstream` (None if it has none any more: the item waits, and expires)."""
+    :class:`SmtpUpstream` (None if it has none any more: the item waits, and expires);
+    ``runner`` is where queue calls run (default: inline)."""
 
     def __init__(
         self,
@@ -96,8 +101,10 @@ class RelayService(service.Service):
         schedule: tuple[float, ...] = RETRY_SCHEDULE,
         deliver: Deliver = relay_message,
         keep_finished: float = KEEP_FINISHED,
+        runner: StoreRunner | None = None,
     ) -> None:
         self.queue = queue
+        self.runner: StoreRunner = runner if runner is not None else InlineRunner()
         self.routes = routes
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
@@ -167,10 +174,11 @@ class RelayService(service.Service):
     async def run_once(self) -> None:
         self.passes += 1
         now = self.clock.seconds()
-        for item in self.queue.expire(now):
+        run = self.runner.run
+        for item in await run(self.queue.expire, now):
             log.warning("relay.expired", queue_id=item.id, route=item.route, user=item.user)
         by_route: dict[str, list[QueueItem]] = {}
-        for item in self.queue.due(now, limit=1000):
+        for item in await run(self.queue.due, now, limit=1000):
             by_route.setdefault(item.route, []).append(item)
         if by_route:
             await defer.gatherResults(
@@ -178,7 +186,7 @@ class RelayService(service.Service):
                 consumeErrors=True,
             )
         await self._file_owed_bounces()
-        self.queue.purge(self.clock.seconds() - self.keep_finished)
+        await run(self.queue.purge, self.clock.seconds() - self.keep_finished)
 
     async def _drain(self, items: list[QueueItem]) -> None:
         for item in items:
@@ -189,10 +197,11 @@ class RelayService(service.Service):
 
     async def attempt(self, item: QueueItem) -> RelayOutcome | None:
         upstream = self.routes(item.route)
+        run = self.runner.run
         if upstream is None:
-            self._defer(item, f"upstream {item.route} has no SMTP server configured", None)
+            await self._defer(item, f"upstream {item.route} has no SMTP server configured", None)
             return None
-        content = self.queue.content(item.id)
+        content = await run(self.queue.content, item.id)
         outcome: RelayOutcome = await self.deliver(
             upstream,
             mail_from=item.mail_from,
@@ -205,7 +214,8 @@ class RelayService(service.Service):
         still = [r for r, _ in outcome.deferred]
         why_later = "; ".join(f"{r}: {text}" for r, text in outcome.deferred) or None
         if outcome.reply is not None:
-            self.queue.mark_sent(
+            await run(
+                self.queue.mark_sent,
                 item.id,
                 reply=outcome.reply,
                 now=now,
@@ -224,26 +234,31 @@ class RelayService(service.Service):
             if outcome.failed:
                 await self._bounce_now(item, outcome, content, now)
         elif outcome.error is not None and not outcome.permanent:
-            self._defer(item, outcome.error, None)
+            await self._defer(item, outcome.error, None)
         elif still:
             # some recipients may work later; the ones refused for good bounce now
-            self._defer(item, why_later or "deferred", still)
+            await self._defer(item, why_later or "deferred", still)
             if outcome.failed:
                 await self._bounce_now(item, outcome, content, now)
         else:
             reason = outcome.error or "; ".join(f"{r}: {text}" for r, _, text in outcome.failed)
-            self.queue.mark_failed(item.id, error=reason or "refused", now=now)
+            await run(self.queue.mark_failed, item.id, error=reason or "refused", now=now)
             log.warning("relay.failed", queue_id=item.id, route=item.route, error=reason)
             if outcome.failed and outcome.error is None:
                 await self._bounce_now(item, outcome, content, now)
-                self.queue.mark_bounced(item.id)
+                await run(self.queue.mark_bounced, item.id)
         return outcome
 
-    def _defer(self, item: QueueItem, error: str, remaining: list[str] | None) -> None:
+    async def _defer(self, item: QueueItem, error: str, remaining: list[str] | None) -> None:
         now = self.clock.seconds()
         delay = retry_delay(item.attempts + 1, self.schedule)
-        self.queue.mark_deferred(
-            item.id, error=error, next_attempt=now + delay, now=now, remaining=remaining
+        await self.runner.run(
+            self.queue.mark_deferred,
+            item.id,
+            error=error,
+            next_attempt=now + delay,
+            now=now,
+            remaining=remaining,
         )
         log.info("relay.deferred", queue_id=item.id, route=item.route, error=error, retry_in=delay)
 
@@ -263,14 +278,14 @@ class RelayService(service.Service):
         log.info("relay.bounced", queue_id=item.id, user=item.user, recipients=len(outcome.failed))
 
     async def _file_owed_bounces(self) -> None:
-        for item in self.queue.unbounced():
-            report = bounce_for_item(
-                item, self.queue.content(item.id), self.hostname, self.clock.seconds()
-            )
+        run = self.runner.run
+        for item in await run(self.queue.unbounced):
+            content = await run(self.queue.content, item.id)
+            report = bounce_for_item(item, content, self.hostname, self.clock.seconds())
             try:
                 await defer.maybeDeferred(self.file_bounce, item.user, report)
             except Exception:
                 log.exception("relay.bounce_filing_failed", queue_id=item.id)
                 continue
-            self.queue.mark_bounced(item.id)
+            await run(self.queue.mark_bounced, item.id)
             log.info("relay.bounced", queue_id=item.id, user=item.user, state=item.state)

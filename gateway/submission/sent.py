@@ -14,6 +14,7 @@ some clients reuse a Message-ID when a draft is sent again to other people.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -62,12 +63,15 @@ def dedup_key(raw: bytes) -> DedupKey | None:
 
 class SentDedup:
     """Recently filed Sent copies per user, in memory (a restart forgets the window,
-    which at worst leaves the two copies that clients make today)."""
+    which at worst leaves the two copies that clients make today). Safe to use from
+    several threads (with a PostgreSQL store, submissions and IMAP APPENDs file their
+    copies on the store's threads)."""
 
     def __init__(self, window: float = DEDUP_WINDOW, max_entries: int = MAX_DEDUP_ENTRIES) -> None:
         self.window = window
         self.max_entries = max_entries
         self._seen: OrderedDict[tuple[str, DedupKey], tuple[float, Any]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def recent(self, user: str, raw: bytes, now: float) -> Any | None:
         """The reference passed to :meth:`remember` for the same message filed for
@@ -76,14 +80,15 @@ class SentDedup:
         key = dedup_key(raw)
         if key is None:
             return None
-        entry = self._seen.get((user, key))
-        if entry is None:
-            return None
-        when, ref = entry
-        if now - when > self.window:
-            del self._seen[(user, key)]
-            return None
-        return ref
+        with self._lock:
+            entry = self._seen.get((user, key))
+            if entry is None:
+                return None
+            when, ref = entry
+            if now - when > self.window:
+                del self._seen[(user, key)]
+                return None
+            return ref
 
     def remember(self, user: str, raw: bytes, ref: Any, now: float) -> None:
         """A copy was filed for ``user``; ``ref`` is whatever the caller wants back
@@ -91,7 +96,8 @@ class SentDedup:
         key = dedup_key(raw)
         if key is None:
             return
-        self._seen[(user, key)] = (now, ref)
-        self._seen.move_to_end((user, key))
-        while len(self._seen) > self.max_entries:
-            self._seen.popitem(last=False)
+        with self._lock:
+            self._seen[(user, key)] = (now, ref)
+            self._seen.move_to_end((user, key))
+            while len(self._seen) > self.max_entries:
+                self._seen.popitem(last=False)

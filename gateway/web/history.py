@@ -87,14 +87,19 @@ class HistoryRecorder(Service):
 
     def _tick(self) -> None:
         try:
-            self.sample()
-            now = self.clock.seconds()
-            if self._last_thin is None or now - self._last_thin >= self.thin_interval:
-                self._last_thin = now
-                removed = self.series.thin(now)
-                log.debug("web.history_thinned", removed=removed)
+            self.tick()
         except (StoreError, OSError) as error:  # the next tick tries again
             log.warning("web.history_failed", error=str(error))
+
+    def tick(self) -> None:
+        """The loop's store work: a sample, and old points thinned when that is due (the
+        app may run it on a store thread: ``gateway/app/website.py``)."""
+        self.record()
+        now = self.clock.seconds()
+        if self._last_thin is None or now - self._last_thin >= self.thin_interval:
+            self._last_thin = now
+            removed = self.series.thin(now)
+            log.debug("web.history_thinned", removed=removed)
 
     def _total(self, upstream: str) -> tuple[float, float]:
         if upstream not in self._totals:
@@ -104,7 +109,11 @@ class HistoryRecorder(Service):
         return self._totals[upstream]
 
     def sample(self) -> None:
-        """Record one point per series now."""
+        """Record one point per series now (the app may run it on a store thread)."""
+        self.record()
+
+    def record(self) -> None:
+        """Record one point per series now, here."""
         now = self.clock.seconds()
         for upstream, (messages, octets) in sorted(self.fetched().items()):
             seen_m, seen_b = self._seen.get(upstream, (0, 0))

@@ -10,6 +10,11 @@ every POST needs the session's CSRF token and, when the browser sends ``Origin``
 page's own origin. Responses carry a strict Content-Security-Policy (no scripts at all,
 no inline styles, nothing from elsewhere), ``no-store`` caching, and no referrer to other
 sites (``same-origin``: with ``no-referrer`` a browser would send ``Origin: null``).
+
+Store reads: the status (``status()``, which may answer with a Deferred when its store
+facts are read on the store's threads) and the history pictures (``series``) are read
+where ``runner`` says: inline for SQLite; on the store's threads for PostgreSQL, where
+the whole page is built off the reactor and only written from it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from twisted.web.resource import Resource
 
 from gateway.security.auth import Authenticator
 from gateway.security.penalty import AuthPenalty
+from gateway.store.runner import StoreRunner
 from gateway.store.timeseries import TimeSeries
 from gateway.web import pages
 from gateway.web.history import HistoryRecorder
@@ -71,7 +77,8 @@ SECURITY_HEADERS = {
 class WebServices:
     """What the web page needs from the running gateway, all injected.
 
-    ``status()`` returns the ``popgate status --json`` dict; ``fetch_now(name)`` runs a
+    ``status()`` returns the ``popgate status --json`` dict (or a Deferred of it);
+    ``fetch_now(name)`` runs a
     pass of that upstream (the poller's, as ``popgate fetch``) and fires with its result
     (an object or dict with ``fetched``) or fails with an error that has ``kind``;
     ``admins()`` and ``households()`` (group → members) are read on every request, so a
@@ -80,12 +87,13 @@ class WebServices:
     gives an owner's byte limit (None: no quota). ``queue_status()``, when given,
     returns the submission queue (``{"count", "items": [{"owner", "recipient",
     "attempts", "last_error"}]}``); the page shows that section only then.
+    ``runner``, when not inline, is where the page is built (it reads ``series``).
     """
 
     authenticator: Authenticator
     run_blocking: Callable[..., defer.Deferred[Any]]
     clock: IReactorTime
-    status: Callable[[], Mapping[str, Any]]
+    status: Callable[[], Mapping[str, Any] | defer.Deferred[Mapping[str, Any]]]
     fetch_now: Callable[[str], defer.Deferred[Any]]
     admins: Callable[[], Iterable[str]] = tuple
     households: Callable[[], Mapping[str, Iterable[str]]] = dict
@@ -96,6 +104,7 @@ class WebServices:
     queue_status: Callable[[], Mapping[str, Any] | None] | None = None
     allow_plaintext: bool = False
     """Take passwords over plain HTTP from other machines (``allow_insecure_listener``)."""
+    runner: StoreRunner | None = None
     sessions: SessionTable = field(init=False)
 
     def __post_init__(self) -> None:
@@ -307,28 +316,71 @@ class WebResource(Resource):
 
     # ---- pages ---------------------------------------------------------------------------
 
-    def _visible_status(self, user: str) -> tuple[Any, dict[str, Any]]:
+    def _visible_status(self, user: str) -> defer.Deferred[tuple[Any, dict[str, Any]]]:
+        """(visibility, the status filtered for ``user``); fired already unless the
+        status reads the store on its threads."""
         vis = visibility(user, self.s.admins(), self.s.households())
-        return vis, filter_status(self.s.status(), vis)
+        return defer.maybeDeferred(self.s.status).addCallback(
+            lambda status: (vis, filter_status(status, vis))
+        )
 
-    def get_status_page(self, request: server.Request) -> bytes:
+    def _off_reactor(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        """``fn(*args)`` where the store is read: through a runner that is not inline
+        (PostgreSQL), else here."""
+        runner = self.s.runner
+        if runner is None or runner.inline:
+            return defer.maybeDeferred(fn, *args)
+        return runner.run(fn, *args)
+
+    def _answer(self, request: server.Request, d: defer.Deferred[bytes]) -> int:
+        """Write ``d``'s body when it fires (at once when it has already)."""
+        d.addCallback(lambda body: self._finish(request, body)).addErrback(self._crashed, request)
+        return server.NOT_DONE_YET
+
+    def get_status_page(self, request: server.Request) -> bytes | int:
         session = self._session(request)
         if session is None or session.user is None:
             return self._redirect(request, b"/signin")
-        vis, status = self._visible_status(session.user)
-        queue = self.s.queue_status() if self.s.queue_status is not None else None
-        notice, session.notice = session.notice, None
+        user = session.user
+
+        def build(found: tuple[Any, dict[str, Any]]) -> defer.Deferred[bytes]:
+            vis, status = found
+            queue = self.s.queue_status() if self.s.queue_status is not None else None
+            notice, session.notice = session.notice, None
+            d = self._off_reactor(
+                self._status_page_text,
+                status,
+                user,
+                vis.admin,
+                session.csrf,
+                filter_queue(queue, vis) if queue is not None else None,
+                notice,
+            )
+            return d.addCallback(lambda text: self._html(request, text))
+
+        return self._answer(request, self._visible_status(user).addCallback(build))
+
+    def _status_page_text(
+        self,
+        status: dict[str, Any],
+        user: str,
+        admin: bool,
+        csrf: str,
+        queue: Mapping[str, Any] | None,
+        notice: str | None,
+    ) -> str:
+        """The status page (reads the history: on a store thread for PostgreSQL)."""
         view = page_view(
             status,
-            user=session.user,
-            admin=vis.admin,
-            csrf=session.csrf,
+            user=user,
+            admin=admin,
+            csrf=csrf,
             series=self.s.series,
             quota_limit=self.s.quota_limit,
-            queue=filter_queue(queue, vis) if queue is not None else None,
+            queue=queue,
             notice=notice,
         )
-        return self._html(request, pages.status_page(view))
+        return pages.status_page(view)
 
     def get_style(self, request: server.Request) -> bytes:
         request.setHeader(b"content-type", b"text/css; charset=utf-8")
@@ -345,11 +397,21 @@ class WebResource(Resource):
         if form is None or not csrf_ok(session, form.text("csrf")):
             return self._message(request, http.FORBIDDEN, "Refused", "The form had expired.")
         name = form.text("upstream") or ""
-        _vis, status = self._visible_status(session.user)
-        if name not in {u.get("name") for u in status["upstreams"]}:
-            # the same answer for an upstream that exists but is not yours
-            return self._message(request, http.NOT_FOUND, "Not found", "No such upstream.")
-        log.info("web.fetch_now", user=session.user, upstream=name)
+        user = session.user
+
+        def start(found: tuple[Any, dict[str, Any]]) -> None:
+            if name not in {u.get("name") for u in found[1]["upstreams"]}:
+                # the same answer for an upstream that exists but is not yours
+                body = self._message(request, http.NOT_FOUND, "Not found", "No such upstream.")
+                self._finish(request, body)
+                return
+            self._fetch_now(request, session, user, name)
+
+        self._visible_status(user).addCallback(start).addErrback(self._crashed, request)
+        return server.NOT_DONE_YET
+
+    def _fetch_now(self, request: server.Request, session: Session, user: str, name: str) -> None:
+        log.info("web.fetch_now", user=user, upstream=name)
         d = defer.maybeDeferred(self.s.fetch_now, name)
         timeout = self.s.clock.callLater(FETCH_WAIT, self._still_running, request, session, name)
 
@@ -362,7 +424,6 @@ class WebResource(Resource):
             self._finish(request, self._redirect(request, b"/"))
 
         d.addBoth(done).addErrback(self._crashed, request)
-        return server.NOT_DONE_YET
 
     def _still_running(self, request: server.Request, session: Session, name: str) -> None:
         session.notice = f"Fetching from {name} is still running; reload to see how it ends."
@@ -373,7 +434,8 @@ class WebResource(Resource):
     def get_api_status(self, request: server.Request) -> bytes | int:
         session = self._session(request)
         if session is not None and session.user is not None:
-            return self._json(request, self._visible_status(session.user)[1])
+            d = self._visible_status(session.user)
+            return self._answer(request, d.addCallback(lambda f: self._json(request, f[1])))
         credentials = _basic_credentials(request.getHeader(b"authorization"))
         if credentials is None:
             return self._json(request, {"error": "sign in first"}, http.UNAUTHORIZED)
@@ -381,12 +443,13 @@ class WebResource(Resource):
             return self._json(request, {"error": "use HTTPS"}, http.FORBIDDEN)
         d = self.signin.attempt(self._peer(request), *credentials)
 
-        def done(user: str | None) -> None:
+        def done(user: str | None) -> Any:
             if user is None:
                 body = self._json(request, {"error": "wrong user name or password"}, 401)
-            else:
-                body = self._json(request, self._visible_status(user)[1])
-            self._finish(request, body)
+                self._finish(request, body)
+                return None
+            d = self._visible_status(user)
+            return d.addCallback(lambda f: self._finish(request, self._json(request, f[1])))
 
         def refused(failure: Failure) -> None:
             failure.trap(Refused)
