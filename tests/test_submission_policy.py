@@ -109,6 +109,29 @@ def test_rate_limit_slides_over_the_hour() -> None:
     RateLimiter(0).check("alice", 0)  # 0: no limit
 
 
+def test_rate_limiter_take_counts_up_to_the_limit_exactly_across_threads() -> None:
+    """Submission (reactor) and Sieve at ingest (store threads) share one limiter: at
+    the edge, exactly ``limit`` takers win however the threads interleave."""
+    import threading
+
+    rate = RateLimiter(50, window=3600)
+    wins: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def taker() -> None:
+        barrier.wait()
+        wins.extend(rate.take("alice", 1.0) for _ in range(20))
+
+    threads = [threading.Thread(target=taker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wins.count(True) == 50 and len(wins) == 160
+    assert not rate.take("alice", 3600.0) and rate.take("alice", 3601.0)
+    assert RateLimiter(0).take("alice", 0)
+
+
 def test_retry_schedule_grows_then_repeats() -> None:
     assert [retry_delay(n, (1.0, 5.0, 60.0)) for n in (0, 1, 2, 3, 9)] == [1, 1, 5, 60, 60]
 

@@ -35,7 +35,6 @@ from gateway.submission.accept import Acceptor
 from gateway.submission.client import RelayOutcome, relay_message
 from gateway.submission.policy import (
     RateLimiter,
-    Refusal,
     SenderPolicy,
     SmtpUpstream,
     SubmissionLimits,
@@ -112,12 +111,7 @@ class SieveSending:
         return tuple(self._addresses.get(owner, ()))
 
     def allow(self, owner: str, now: float) -> bool:
-        try:
-            self.rate.check(owner, now)
-        except Refusal:
-            return False
-        self.rate.record(owner, now)
-        return True
+        return self.rate.take(owner, now)
 
 
 def sieve_outbound(cfg: configmod.Config, rate: RateLimiter | None = None) -> SieveOutbound:

@@ -25,6 +25,7 @@ be case-sensitive, but every mail provider treats it otherwise, and a user typin
 from __future__ import annotations
 
 import email.utils
+import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -203,12 +204,17 @@ def check_recipient_count(count: int, limits: SubmissionLimits) -> None:
 class RateLimiter:
     """Messages per user in a sliding :data:`RATE_WINDOW`; time is passed in, so tests
     need no clock. Memory is bounded by users × limit timestamps. In memory: a restart
-    forgets the window (the queue keeps the messages, not the count)."""
+    forgets the window (the queue keeps the messages, not the count).
+
+    One limiter is shared by the submission server (reactor thread) and Sieve's
+    redirect/vacation at ingest (a store thread in PostgreSQL mode), so its state is
+    guarded by a lock and :meth:`take` checks and counts in one step."""
 
     def __init__(self, limit: int, window: float = RATE_WINDOW) -> None:
         self.limit = limit
         self.window = window
         self._sent: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
 
     def _recent(self, user: str, now: float) -> deque[float]:
         times = self._sent.setdefault(user, deque())
@@ -220,9 +226,12 @@ class RateLimiter:
         """:class:`Refusal` 450 4.7.0 when ``user`` is at the limit."""
         if self.limit <= 0:
             return
-        times = self._recent(user, now)
-        if len(times) >= self.limit:
-            wait = int(self.window - (now - times[0])) + 1
+        with self._lock:
+            times = self._recent(user, now)
+            full = len(times) >= self.limit
+            oldest = times[0] if full else now
+        if full:
+            wait = int(self.window - (now - oldest)) + 1
             raise Refusal(
                 450,
                 "4.7.0",
@@ -232,7 +241,20 @@ class RateLimiter:
 
     def record(self, user: str, now: float) -> None:
         if self.limit > 0:
-            self._recent(user, now).append(now)
+            with self._lock:
+                self._recent(user, now).append(now)
+
+    def take(self, user: str, now: float) -> bool:
+        """Count one message for ``user`` unless at the limit (False then), atomically:
+        two threads at the limit's edge cannot both get the last place."""
+        if self.limit <= 0:
+            return True
+        with self._lock:
+            times = self._recent(user, now)
+            if len(times) >= self.limit:
+                return False
+            times.append(now)
+            return True
 
 
 def retry_delay(attempts: int, schedule: Sequence[float] = RETRY_SCHEDULE) -> float:
