@@ -136,6 +136,29 @@ def provision(runner: Any, store: Any, owners: list[str]) -> None:
     )
 
 
+class KeyHolderService(service.Service):
+    """Stops the verifier cache's key holder (gateway/security/authcache.py) with the
+    gateway: its key, and so every cached tag, is gone for good."""
+
+    def __init__(self, holder: Any) -> None:
+        self.holder = holder
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.holder.close()
+
+
+def _verifier_cache(top: service.MultiService, cfg: configmod.Config) -> Any:
+    """The cache of successful password checks (``[security] auth_cache_size``, 0: none),
+    its key holder stopped with the gateway."""
+    from gateway.security.authcache import cache_from_settings
+
+    cache, holder = cache_from_settings(cfg.security.auth_cache_size, cfg.security.auth_cache_ttl)
+    if holder is not None:
+        KeyHolderService(holder).setServiceParent(top)
+    return cache
+
+
 class StoreService(service.Service):
     """Closes the store when the service stops: last, after everything that uses it has
     stopped (``stop_last``: see gateway/app/shutdown.py, GatewayService)."""
@@ -176,7 +199,9 @@ def build_service(
     store_runner = runner_for(store, store_threads)
     top.store_runner = store_runner  # type: ignore[attr-defined]
     provision(store_runner, store, list(cfg.users))
-    authenticator = PasswordTable({u.name: u.password_hash for u in cfg.users.values()})
+    authenticator = PasswordTable(
+        {u.name: u.password_hash for u in cfg.users.values()}, cache=_verifier_cache(top, cfg)
+    )
 
     # Password checks get their own small pool (see password_threads), so that a burst
     # of logins bounds its hashing memory and leaves the reactor's pool to the rest.
