@@ -22,6 +22,7 @@ from twisted.application import service, strports
 
 from gateway.access.outbound import SendingRoute, SieveOutbound
 from gateway.app import config as configmod
+from gateway.app.listening import listen_on
 from gateway.core.flags import SENT_USE
 from gateway.store.interfaces import INBOX, SHARED_OWNER_PREFIX, MailboxExists, MailboxNotFound
 from gateway.store.memory_queue import MemoryOutboundQueue
@@ -326,12 +327,13 @@ def _listen(
         implicit = listener.tls == "implicit"
         policy = ListenerPolicy(implicit_tls=implicit, plaintext_auth=listener.plaintext_auth)
         wrapped: Any = ListenerFactory(factory, policy)
+        description = listen_on(listener.endpoint, listener.backlog)
         if implicit:
             wrapped = TLSMemoryBIOFactory(server_tls, False, wrapped)
-            endpoint = endpoints.serverFromString(reactor, listener.endpoint)
+            endpoint = endpoints.serverFromString(reactor, description)
             StreamServerEndpointService(endpoint, wrapped).setServiceParent(top)
         else:
-            strports.service(listener.endpoint, wrapped, reactor=reactor).setServiceParent(top)
+            strports.service(description, wrapped, reactor=reactor).setServiceParent(top)
 
 
 def queue_status(queue: OutboundQueue, now: float) -> list[dict[str, Any]]:

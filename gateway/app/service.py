@@ -26,7 +26,7 @@ from gateway.access.filtering import SieveDelivery, upstream_address
 from gateway.access.households import SHARED_PREFIX, shared_owner
 from gateway.access.quota import DeliveryQuotaGuard, Quotas
 from gateway.app import config as configmod
-from gateway.app.config.listeners import imap_listeners, served_listeners
+from gateway.app.config.listeners import served_listeners
 from gateway.app.shutdown import GatewayService, StopSignals
 from gateway.app.storage import KnownSourcesOffReactor, open_store, prepare_state_dir
 from gateway.imap.tracefile import TRACE_DIR
@@ -644,26 +644,10 @@ def _security_parts(cfg: configmod.Config, reactor: Any, store: Any) -> tuple[An
 def _add_listeners(
     top: service.MultiService, cfg: configmod.Config, factory: Any, server_tls: Any, reactor: Any
 ) -> None:
-    """One listening service per configured listener. IMAPS listeners wrap their
-    endpoint in TLS with ``server_tls`` (so a SIGHUP reload reaches them); each listener
-    carries its own plaintext-auth policy (LOGINDISABLED unless allowed)."""
-    from twisted.application.internet import StreamServerEndpointService
-    from twisted.internet import endpoints
-    from twisted.protocols.tls import TLSMemoryBIOFactory
+    """The IMAP listeners (gateway/app/listening.py) and the TLS reload hook."""
+    from gateway.app.listening import add_imap_listeners
 
-    from gateway.imap.factory import ListenerFactory
-    from gateway.imap.policy import ListenerPolicy
-
-    for listener in imap_listeners(cfg):
-        implicit = listener.tls == "implicit"
-        policy = ListenerPolicy(implicit_tls=implicit, plaintext_auth=listener.plaintext_auth)
-        wrapped: Any = ListenerFactory(factory, policy)
-        if implicit:
-            wrapped = TLSMemoryBIOFactory(server_tls, False, wrapped)
-            endpoint = endpoints.serverFromString(reactor, listener.endpoint)
-            StreamServerEndpointService(endpoint, wrapped).setServiceParent(top)
-        else:
-            strports.service(listener.endpoint, wrapped, reactor=reactor).setServiceParent(top)
+    add_imap_listeners(top, cfg, factory, server_tls, reactor)
     if server_tls is not None:
         # SIGHUP re-reads the certificate files (same paths) through reload() below.
         add_reload_hook(top, "tls", lambda _new_config: server_tls.reload())

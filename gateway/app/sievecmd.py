@@ -31,6 +31,7 @@ from gateway.access.filtering import ScriptCache, check_script
 from gateway.access.refile import NoActiveScript, RefileReport, refile
 from gateway.app import config as configmod
 from gateway.app.control import ControlError
+from gateway.app.listening import listen_on
 from gateway.sieve import EXTENSIONS, MAX_REDIRECTS, SieveSyntaxError
 from gateway.store.interfaces import MailboxNotFound
 
@@ -84,7 +85,8 @@ def add_managesieve(
     )
     for listener in cfg.managesieve:
         wrapped = ListenerFactory(factory, ListenerPolicy(plaintext_auth=listener.plaintext_auth))
-        strports.service(listener.endpoint, wrapped, reactor=reactor).setServiceParent(top)
+        description = listen_on(listener.endpoint, listener.backlog)
+        strports.service(description, wrapped, reactor=reactor).setServiceParent(top)
     return factory
 
 

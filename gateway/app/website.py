@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from gateway.access.quota import Quotas, usage
 from gateway.app import config as configmod
+from gateway.app.listening import listen_on
 from gateway.store.interfaces import StoreError
 from gateway.store.memory_timeseries import MemoryTimeSeries
 from gateway.store.sqlite_timeseries import SQLiteTimeSeries
@@ -177,9 +178,11 @@ def serve_web(
         if listener.tls == "implicit":
             # HTTPS on the [tls] certificate, as IMAPS: SIGHUP's "tls" hook reloads it
             wrapped = TLSMemoryBIOFactory(server_tls, False, site)
-            endpoint = endpoints.serverFromString(reactor, listener.listen)
+            endpoint = endpoints.serverFromString(reactor, listen_on(listener.listen))
             StreamServerEndpointService(endpoint, wrapped).setServiceParent(top)
         else:
-            strports.service(listener.listen, site, reactor=reactor).setServiceParent(top)
+            strports.service(listen_on(listener.listen), site, reactor=reactor).setServiceParent(
+                top
+            )
     log.info("web.enabled", listeners=[w.endpoint for w in cfg.web], admins=list(cfg.admins))
     return services

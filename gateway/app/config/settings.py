@@ -82,6 +82,9 @@ class Listener:
     tls: str = "starttls"
     plaintext_auth: bool = False
     local: bool = False
+    backlog: int | None = None
+    """The listen queue from a ``[[listeners]]`` table's ``backlog``; None: the endpoint
+    string's own ``backlog=`` or gateway/app/listening.py's default."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,94 @@
+"""The listen queue of every listener (IMAP, submission, ManageSieve, web): a backlog that
+fits a herd of reconnecting devices, and the IMAP listeners' wiring.
+
+Why (issue 19): Twisted's endpoints listen with a backlog of 50. After a restart 10,000
+phones connect at once; while the reactor is busy the kernel holds finished handshakes
+in the accept queue, and once 50 (+1) wait it drops the next SYNs (``ListenOverflows`` in
+``/proc/net/netstat``): those phones see their SYN retried after 1, 3, 7... seconds, or a
+socket that never greets. So every listener asks for :data:`DEFAULT_BACKLOG` unless its
+endpoint string already says ``backlog=`` or its ``[[listeners]]`` table gives
+``backlog``. The kernel silently caps the queue at ``net.core.somaxconn`` (4096 by
+default since Linux 5.4, 128 before); a lower cap is logged at start-up with the
+sysctl that raises it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import structlog
+from twisted.application import service, strports
+
+from gateway.app.config.listeners import imap_listeners, split_endpoint
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_BACKLOG = 1024
+"""The listen queue asked for when the config does not say: connections the kernel
+completes and holds while the reactor is busy (a few KB of kernel memory each)."""
+
+SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
+
+BACKLOG_KINDS = frozenset({"tcp", "tcp6", "ssl", "unix"})
+"""Endpoint types whose Twisted parser takes ``backlog=``; others (``systemd:``, whose
+socket systemd opened with its own ``Backlog=``) are left as written."""
+
+
+def somaxconn(path: Path = SOMAXCONN) -> int | None:
+    """The kernel's cap on any listen queue, or None where it cannot be read."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def listen_on(description: str, backlog: int | None = None, *, limit: int | None = None) -> str:
+    """``description`` with a listen queue: its own ``backlog=`` if it has one, else
+    ``backlog`` (a ``[[listeners]]`` table's) or :data:`DEFAULT_BACKLOG`. ``limit`` is
+    the kernel's cap (default: read from /proc); a queue above it is logged, since the
+    kernel will quietly give less."""
+    kind, _args, kwargs = split_endpoint(description)
+    if kind not in BACKLOG_KINDS:
+        return description
+    if "backlog" in kwargs:
+        wanted = int(kwargs["backlog"])
+    else:
+        wanted = DEFAULT_BACKLOG if backlog is None else backlog
+        description = f"{description}:backlog={wanted}"
+    cap = somaxconn() if limit is None else limit
+    if cap is not None and cap < wanted:
+        log.warning(
+            "listen.backlog_capped",
+            endpoint=description,
+            backlog=wanted,
+            somaxconn=cap,
+            hint=f"sysctl -w net.core.somaxconn={wanted}",
+        )
+    return description
+
+
+def add_imap_listeners(
+    top: service.MultiService, cfg: Any, factory: Any, server_tls: Any, reactor: Any
+) -> None:
+    """One listening service per configured IMAP listener. IMAPS listeners wrap their
+    endpoint in TLS with ``server_tls`` (so a SIGHUP reload reaches them); each listener
+    carries its own plaintext-auth policy (LOGINDISABLED unless allowed) and its backlog."""
+    from twisted.application.internet import StreamServerEndpointService
+    from twisted.internet import endpoints
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from gateway.imap.factory import ListenerFactory
+    from gateway.imap.policy import ListenerPolicy
+
+    for listener in imap_listeners(cfg):
+        implicit = listener.tls == "implicit"
+        policy = ListenerPolicy(implicit_tls=implicit, plaintext_auth=listener.plaintext_auth)
+        wrapped: Any = ListenerFactory(factory, policy)
+        description = listen_on(listener.endpoint, listener.backlog)
+        if implicit:
+            wrapped = TLSMemoryBIOFactory(server_tls, False, wrapped)
+            endpoint = endpoints.serverFromString(reactor, description)
+            StreamServerEndpointService(endpoint, wrapped).setServiceParent(top)
+        else:
+            strports.service(description, wrapped, reactor=reactor).setServiceParent(top)
