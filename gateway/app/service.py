@@ -372,8 +372,19 @@ def build_service(
         listeners=[str(listener) for listener in served_listeners(cfg)],
         users=len(cfg.users),
         upstreams=[u.name for u in cfg.upstreams],
+        open_files_limit=_open_files_limit(),
     )
     return top
+
+
+def _open_files_limit() -> int | None:
+    """The soft limit on file descriptors: one per connection (README, "Limits")."""
+    try:
+        import resource
+
+        return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return None
 
 
 def _version() -> str:
