@@ -288,4 +288,3 @@ def test_a_negative_auth_cache_size_names_the_file_and_key(tmp_path: Path) -> No
     with pytest.raises(config.ConfigError) as caught:
         config.load(path)
     assert any(str(path) in p and "auth_cache_size" in p for p in caught.value.problems)
-
