@@ -10,6 +10,14 @@ endpoint string already says ``backlog=`` or its ``[[listeners]]`` table gives
 ``backlog``. The kernel silently caps the queue at ``net.core.somaxconn`` (4096 by
 default since Linux 5.4, 128 before); a lower cap is logged at start-up with the
 sysctl that raises it.
+
+A queue only helps if the reactor empties it: Twisted's ``tcp.Port`` accepts at most
+``numberAccepts`` connections per reactor turn and shrinks that to what the previous turn
+found (down to 1), growing it by 20 per full turn. In a storm a turn is long (thousands of
+LOGINs and SELECTs are ready at once), so the port took ~100 connections per second-long
+turn while 10,000 arrived, the queue stayed full and the kernel dropped the handshakes'
+last ACKs: those devices saw a connected socket that never greeted. So every listener
+takes its whole queue (:data:`ACCEPT_BATCH`) each turn (:func:`accept_in_batches`).
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from twisted.application import service, strports
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import endpoints
 
 from gateway.app.config.listeners import imap_listeners, split_endpoint
 
@@ -68,14 +78,53 @@ def listen_on(description: str, backlog: int | None = None, *, limit: int | None
     return description
 
 
+ACCEPT_BATCH = DEFAULT_BACKLOG
+"""Connections a listening port accepts per reactor turn at least: a whole default queue."""
+
+
+def accept_in_batches(port: Any) -> Any:
+    """Have ``port`` (a ``twisted.internet.tcp.Port``, or a UNIX one) accept at least
+    :data:`ACCEPT_BATCH` connections per reactor turn instead of Twisted's adaptive 1 to
+    100-and-some (see the module docstring). Ports without that knob are left alone."""
+    if not hasattr(port, "numberAccepts"):
+        return port
+    read = port.doRead
+
+    def do_read() -> Any:
+        port.numberAccepts = max(port.numberAccepts, ACCEPT_BATCH)
+        return read()
+
+    port.doRead = do_read
+    return port
+
+
+class HerdListener(StreamServerEndpointService):
+    """A listening service whose port accepts in batches (:func:`accept_in_batches`)."""
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._waitingForPort.addCallback(accept_in_batches)
+
+
+def listening_service(
+    reactor: Any, description: str, factory: Any, backlog: int | None = None, *, strict: bool = True
+) -> HerdListener:
+    """The service listening on ``description`` (with its backlog, :func:`listen_on`) for
+    ``factory``. ``strict``: a failure to listen raises at start-up, as
+    ``strports.service`` does; otherwise it is logged."""
+    listener = HerdListener(
+        endpoints.serverFromString(reactor, listen_on(description, backlog)), factory
+    )
+    listener._raiseSynchronously = strict
+    return listener
+
+
 def add_imap_listeners(
     top: service.MultiService, cfg: Any, factory: Any, server_tls: Any, reactor: Any
 ) -> None:
     """One listening service per configured IMAP listener. IMAPS listeners wrap their
     endpoint in TLS with ``server_tls`` (so a SIGHUP reload reaches them); each listener
     carries its own plaintext-auth policy (LOGINDISABLED unless allowed) and its backlog."""
-    from twisted.application.internet import StreamServerEndpointService
-    from twisted.internet import endpoints
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
     from gateway.imap.factory import ListenerFactory
@@ -85,10 +134,8 @@ def add_imap_listeners(
         implicit = listener.tls == "implicit"
         policy = ListenerPolicy(implicit_tls=implicit, plaintext_auth=listener.plaintext_auth)
         wrapped: Any = ListenerFactory(factory, policy)
-        description = listen_on(listener.endpoint, listener.backlog)
         if implicit:
             wrapped = TLSMemoryBIOFactory(server_tls, False, wrapped)
-            endpoint = endpoints.serverFromString(reactor, description)
-            StreamServerEndpointService(endpoint, wrapped).setServiceParent(top)
-        else:
-            strports.service(description, wrapped, reactor=reactor).setServiceParent(top)
+        listening_service(
+            reactor, listener.endpoint, wrapped, listener.backlog, strict=not implicit
+        ).setServiceParent(top)

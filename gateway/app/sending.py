@@ -18,11 +18,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
-from twisted.application import service, strports
+from twisted.application import service
 
 from gateway.access.outbound import SendingRoute, SieveOutbound
 from gateway.app import config as configmod
-from gateway.app.listening import listen_on
+from gateway.app.listening import listening_service
 from gateway.core.flags import SENT_USE
 from gateway.store.interfaces import INBOX, SHARED_OWNER_PREFIX, MailboxExists, MailboxNotFound
 from gateway.store.memory_queue import MemoryOutboundQueue
@@ -319,21 +319,17 @@ def _listen(
 ) -> None:
     """One listening service per submission listener, as for IMAP: ``submissions``
     wraps its endpoint in TLS with the shared (SIGHUP-reloaded) ``[tls]`` context."""
-    from twisted.application.internet import StreamServerEndpointService
-    from twisted.internet import endpoints
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
     for listener in listeners:
         implicit = listener.tls == "implicit"
         policy = ListenerPolicy(implicit_tls=implicit, plaintext_auth=listener.plaintext_auth)
         wrapped: Any = ListenerFactory(factory, policy)
-        description = listen_on(listener.endpoint, listener.backlog)
         if implicit:
             wrapped = TLSMemoryBIOFactory(server_tls, False, wrapped)
-            endpoint = endpoints.serverFromString(reactor, description)
-            StreamServerEndpointService(endpoint, wrapped).setServiceParent(top)
-        else:
-            strports.service(description, wrapped, reactor=reactor).setServiceParent(top)
+        listening_service(
+            reactor, listener.endpoint, wrapped, listener.backlog, strict=not implicit
+        ).setServiceParent(top)
 
 
 def queue_status(queue: OutboundQueue, now: float) -> list[dict[str, Any]]:
