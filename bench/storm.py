@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bench.imapwire import IMAPConnection
 from bench.popgate import GatewayServer
@@ -106,6 +106,11 @@ def hash_all(passwords: dict[str, str]) -> dict[str, str]:
     return dict(zip(names, hashes, strict=True))
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class Device(asyncio.Protocol):
     """One connection of one device: greeting → LOGIN → SELECT INBOX → IDLE; then counts
     the ``EXISTS`` lines it is pushed."""
@@ -116,6 +121,8 @@ class Device(asyncio.Protocol):
         self.buffer = b""
         self.idle: asyncio.Future[float] = loop.create_future()
         self.greeted: asyncio.Future[None] = loop.create_future()
+        for future in (self.idle, self.greeted):  # a hung-up device's are never awaited
+            future.add_done_callback(_retrieved)
         self.pushes: list[float] = []
         self.transport: asyncio.Transport | None = None
 
@@ -222,7 +229,7 @@ class Herd:
                         wave.seconds.append(device.idle.result() - started)
                         return
                     except TimeoutError:
-                        if device.greeted.done() or time.perf_counter() >= deadline:
+                        if device.state != "greeting" or time.perf_counter() >= deadline:
                             wave.errors.append(f"{user}: timed out in {device.state}")
                             return
                         wave.silent += 1  # never greeted: hang up, connect again
