@@ -34,9 +34,12 @@ from gateway.app.config.listeners import imap_listeners, split_endpoint
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_BACKLOG = 1024
+DEFAULT_BACKLOG = 4096
 """The listen queue asked for when the config does not say: connections the kernel
-completes and holds while the reactor is busy (a few KB of kernel memory each)."""
+completes and holds while the reactor is busy (a few KB of kernel memory each, only while
+queued). 4096 is also the kernel's default cap since Linux 5.4. In the storm bench a
+queue of 1,024 overflowed when 10,000 devices reconnected while the reactor was still
+closing their old connections (ListenOverflows +28,002, 2,910 devices never greeted)."""
 
 SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
 
