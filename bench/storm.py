@@ -246,11 +246,16 @@ class Herd:
     async def _connect(self, device: Device, number: int, timeout: float) -> None:
         """Connect, wait for the greeting (:data:`GREETING_TIMEOUT`, as a phone would),
         then for IDLE; TimeoutError when either takes too long."""
-        async with asyncio.timeout(min(timeout, GREETING_TIMEOUT)):
-            await self.loop.create_connection(
-                lambda: device, "127.0.0.1", self.port, local_addr=(source_address(number), 0)
-            )
-            await device.greeted
+        try:
+            async with asyncio.timeout(min(timeout, GREETING_TIMEOUT)):
+                await self.loop.create_connection(
+                    lambda: device, "127.0.0.1", self.port, local_addr=(source_address(number), 0)
+                )
+                await device.greeted
+        except TimeoutError:
+            if device.state == "greeting":
+                raise
+            # greeted as the timeout fired (a busy loop runs both at once): carry on
         await asyncio.wait_for(device.idle, max(0.0, timeout))
 
     def push_delays(self, passwords: dict[str, str]) -> list[float]:
