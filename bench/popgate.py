@@ -118,9 +118,15 @@ def write_config(
     state_dir: Path,
     upstreams: Iterable[dict[str, Any]] = (),
     extra: Iterable[str] = (),
+    hashes: dict[str, str] | None = None,
+    security: dict[str, int] | None = None,
 ) -> Path:
-    """A popgate.toml as an operator would write it: loopback listener, info logs;
-    ``extra`` lines are appended (the PostgreSQL mode's ``[store]`` and ``[cluster]``)."""
+    """A popgate.toml as an operator would write it: loopback listener, info logs.
+
+    ``extra`` lines are appended (the PostgreSQL mode's ``[store]`` and ``[cluster]``);
+    ``hashes`` (user → scrypt hash) are used instead of hashing ``users`` here (many
+    users hash faster in parallel, see bench/storm.py); ``security`` adds or overrides
+    ``[security]`` keys."""
     lines = [
         "[server]",
         f"state_dir = {json.dumps(str(state_dir))}",
@@ -131,9 +137,11 @@ def write_config(
     if _has_security_section():
         # The same per-user-and-address ceiling as the Dovecot peer's
         # mail_max_userip_connections (gateway/testing/dovecot_config.py CONNECTION_LIMIT).
-        lines += ["", "[security]", f"max_connections_per_user_ip = {CONNECTION_LIMIT}"]
+        keys = {"max_connections_per_user_ip": CONNECTION_LIMIT, **(security or {})}
+        lines += ["", "[security]", *(f"{key} = {value}" for key, value in keys.items())]
     for name, password in users.items():
-        lines += ["", f"[users.{name}]", f"password = {json.dumps(hash_password(password))}"]
+        stored = hashes[name] if hashes is not None else hash_password(password)
+        lines += ["", f"[users.{name}]", f"password = {json.dumps(stored)}"]
     for upstream in upstreams:
         lines += ["", "[[upstreams]]"]
         lines += [f"{key} = {json.dumps(value)}" for key, value in upstream.items()]
@@ -166,12 +174,20 @@ class GatewayServer:
         *,
         state_dir: Path,
         extra_config: Iterable[str] = (),
+        hashes: dict[str, str] | None = None,
+        security: dict[str, int] | None = None,
     ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.config = write_config(
-            workdir, users, port=self.port, state_dir=state_dir, extra=extra_config
+            workdir,
+            users,
+            port=self.port,
+            state_dir=state_dir,
+            extra=extra_config,
+            hashes=hashes,
+            security=security,
         )
         self.probe_path = workdir / "probe.json"
         self.log_path = workdir / "popgate.log"

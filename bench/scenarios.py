@@ -5,7 +5,7 @@ Every figure is taken for popgate and for its peer in the same run, repeats inte
 scenario checks that both sides did the same work (same message count, same SEARCH
 hits) before a figure counts. Scenario names, for ``--only``: ingest, mbsync, compress, fetch,
 sort, qresync, concurrent, memory, fulltext (in bench/fulltext.py), postgres (in
-bench/pgmode.py).
+bench/pgmode.py), storm (bench/storm.py).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from bench.popgate import GatewayServer, fetch_import, load_store
 from bench.report import Row, Target
 from bench.sieve_ingest import sieve_ingest
 from bench.sorting import sort_scenario
+from bench.storm import storm
 from gateway.testing import samplemail
 from gateway.testing.dovecot import Dovecot
 
@@ -78,6 +79,9 @@ class Sizes:
     load_clients: int = 50
     load_seconds: float = 15.0
     repeats: int = 3
+    storm_devices: int = 10_000
+    storm_household_users: int = 20
+    storm_provider_devices: int = 2_000
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -92,6 +96,9 @@ class Sizes:
             load_clients=50,
             load_seconds=5.0,
             repeats=1,
+            storm_devices=1_000,
+            storm_household_users=10,
+            storm_provider_devices=200,
         )
 
 
@@ -700,5 +707,6 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "concurrent": concurrent,
     "memory": memory,
     "fulltext": fulltext,
+    "storm": storm,
 }
 """In run order: QRESYNC changes the big mailbox, so it comes after the read-only ones."""

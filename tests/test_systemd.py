@@ -79,3 +79,10 @@ def test_security_exposure_is_at_most_ok(tmp_path):
     m = re.search(r"Overall exposure level for popgate\.service: ([\d.]+) (\w+)", out.stdout)
     assert m, out.stdout + out.stderr
     assert m.group(2) in ("SAFE", "OK"), m.group(0)
+
+
+def test_unit_raises_the_file_descriptor_limit_for_ten_thousand_connections():
+    """Issue 19: one descriptor per connection; the default soft limit (1024) would refuse
+    the 1,000th phone."""
+    match = re.search(r"^LimitNOFILE=(\d+)$", UNIT.read_text(), re.M)
+    assert match is not None and int(match.group(1)) >= 20_000

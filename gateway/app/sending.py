@@ -21,10 +21,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
-from twisted.application import service, strports
+from twisted.application import service
 
 from gateway.access.outbound import SendingRoute, SieveOutbound
 from gateway.app import config as configmod
+from gateway.app.listening import listening_service
 from gateway.core.flags import SENT_USE
 from gateway.store.interfaces import INBOX, SHARED_OWNER_PREFIX, MailboxExists, MailboxNotFound
 from gateway.store.memory_queue import MemoryOutboundQueue
@@ -336,8 +337,6 @@ def _listen(
 ) -> None:
     """One listening service per submission listener, as for IMAP: ``submissions``
     wraps its endpoint in TLS with the shared (SIGHUP-reloaded) ``[tls]`` context."""
-    from twisted.application.internet import StreamServerEndpointService
-    from twisted.internet import endpoints
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
     for listener in listeners:
@@ -346,10 +345,9 @@ def _listen(
         wrapped: Any = ListenerFactory(factory, policy)
         if implicit:
             wrapped = TLSMemoryBIOFactory(server_tls, False, wrapped)
-            endpoint = endpoints.serverFromString(reactor, listener.endpoint)
-            StreamServerEndpointService(endpoint, wrapped).setServiceParent(top)
-        else:
-            strports.service(listener.endpoint, wrapped, reactor=reactor).setServiceParent(top)
+        listening_service(
+            reactor, listener.endpoint, wrapped, listener.backlog, strict=not implicit
+        ).setServiceParent(top)
 
 
 def queue_rows(rows: Any, now: float) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from gateway.access.filtering import SieveDelivery, upstream_address
 from gateway.access.households import SHARED_PREFIX, shared_owner
 from gateway.access.quota import DeliveryQuotaGuard, Quotas
 from gateway.app import config as configmod
-from gateway.app.config.listeners import imap_listeners, served_listeners
+from gateway.app.config.listeners import served_listeners
 from gateway.app.shutdown import GatewayService, StopSignals
 from gateway.app.storage import KnownSourcesOffReactor, open_store, prepare_state_dir
 from gateway.imap.tracefile import TRACE_DIR
@@ -136,6 +136,29 @@ def provision(runner: Any, store: Any, owners: list[str]) -> None:
     )
 
 
+class KeyHolderService(service.Service):
+    """Stops the verifier cache's key holder (gateway/security/authcache.py) with the
+    gateway: its key, and so every cached tag, is gone for good."""
+
+    def __init__(self, holder: Any) -> None:
+        self.holder = holder
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.holder.close()
+
+
+def _verifier_cache(top: service.MultiService, cfg: configmod.Config) -> Any:
+    """The cache of successful password checks (``[security] auth_cache_size``, 0: none),
+    its key holder stopped with the gateway."""
+    from gateway.security.authcache import cache_from_settings
+
+    cache, holder = cache_from_settings(cfg.security.auth_cache_size, cfg.security.auth_cache_ttl)
+    if holder is not None:
+        KeyHolderService(holder).setServiceParent(top)
+    return cache
+
+
 class StoreService(service.Service):
     """Closes the store when the service stops: last, after everything that uses it has
     stopped (``stop_last``: see gateway/app/shutdown.py, GatewayService)."""
@@ -176,7 +199,9 @@ def build_service(
     store_runner = runner_for(store, store_threads)
     top.store_runner = store_runner  # type: ignore[attr-defined]
     provision(store_runner, store, list(cfg.users))
-    authenticator = PasswordTable({u.name: u.password_hash for u in cfg.users.values()})
+    authenticator = PasswordTable(
+        {u.name: u.password_hash for u in cfg.users.values()}, cache=_verifier_cache(top, cfg)
+    )
 
     # Password checks get their own small pool (see password_threads), so that a burst
     # of logins bounds its hashing memory and leaves the reactor's pool to the rest.
@@ -348,8 +373,19 @@ def build_service(
         listeners=[str(listener) for listener in served_listeners(cfg)],
         users=len(cfg.users),
         upstreams=[u.name for u in cfg.upstreams],
+        open_files_limit=_open_files_limit(),
     )
     return top
+
+
+def _open_files_limit() -> int | None:
+    """The soft limit on file descriptors: one per connection (README, "Limits")."""
+    try:
+        import resource
+
+        return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return None
 
 
 def _version() -> str:
@@ -620,26 +656,10 @@ def _security_parts(cfg: configmod.Config, reactor: Any, store: Any) -> tuple[An
 def _add_listeners(
     top: service.MultiService, cfg: configmod.Config, factory: Any, server_tls: Any, reactor: Any
 ) -> None:
-    """One listening service per configured listener. IMAPS listeners wrap their
-    endpoint in TLS with ``server_tls`` (so a SIGHUP reload reaches them); each listener
-    carries its own plaintext-auth policy (LOGINDISABLED unless allowed)."""
-    from twisted.application.internet import StreamServerEndpointService
-    from twisted.internet import endpoints
-    from twisted.protocols.tls import TLSMemoryBIOFactory
+    """The IMAP listeners (gateway/app/listening.py) and the TLS reload hook."""
+    from gateway.app.listening import add_imap_listeners
 
-    from gateway.imap.factory import ListenerFactory
-    from gateway.imap.policy import ListenerPolicy
-
-    for listener in imap_listeners(cfg):
-        implicit = listener.tls == "implicit"
-        policy = ListenerPolicy(implicit_tls=implicit, plaintext_auth=listener.plaintext_auth)
-        wrapped: Any = ListenerFactory(factory, policy)
-        if implicit:
-            wrapped = TLSMemoryBIOFactory(server_tls, False, wrapped)
-            endpoint = endpoints.serverFromString(reactor, listener.endpoint)
-            StreamServerEndpointService(endpoint, wrapped).setServiceParent(top)
-        else:
-            strports.service(listener.endpoint, wrapped, reactor=reactor).setServiceParent(top)
+    add_imap_listeners(top, cfg, factory, server_tls, reactor)
     if server_tls is not None:
         # SIGHUP re-reads the certificate files (same paths) through reload() below.
         add_reload_hook(top, "tls", lambda _new_config: server_tls.reload())

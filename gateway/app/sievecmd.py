@@ -27,13 +27,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.internet import defer, task
 
 from gateway.access.filtering import ScriptCache, check_script
 from gateway.access.refile import NoActiveScript, RefileReport, refile
 from gateway.app import config as configmod
 from gateway.app.control import ControlError
+from gateway.app.listening import listening_service
 from gateway.sieve import EXTENSIONS, MAX_REDIRECTS, SieveSyntaxError
 from gateway.store.interfaces import MailboxNotFound
 
@@ -88,7 +89,9 @@ def add_managesieve(
     )
     for listener in cfg.managesieve:
         wrapped = ListenerFactory(factory, ListenerPolicy(plaintext_auth=listener.plaintext_auth))
-        strports.service(listener.endpoint, wrapped, reactor=reactor).setServiceParent(top)
+        listening_service(reactor, listener.endpoint, wrapped, listener.backlog).setServiceParent(
+            top
+        )
     return factory
 
 

@@ -16,12 +16,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from gateway.access.quota import Quotas, usage
 from gateway.app import config as configmod
+from gateway.app.listening import listening_service
 from gateway.store.interfaces import StoreError
 from gateway.store.memory_timeseries import MemoryTimeSeries
 from gateway.store.sqlite_timeseries import SQLiteTimeSeries
@@ -139,8 +140,6 @@ def serve_web(
     """Record the history (always: a page switched on later then has its past week) and
     serve the page on every ``[server] web`` listener; the page's services, or None
     when no listener is configured."""
-    from twisted.application.internet import StreamServerEndpointService
-    from twisted.internet import endpoints
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
     series = history_series(store)
@@ -183,9 +182,8 @@ def serve_web(
         if listener.tls == "implicit":
             # HTTPS on the [tls] certificate, as IMAPS: SIGHUP's "tls" hook reloads it
             wrapped = TLSMemoryBIOFactory(server_tls, False, site)
-            endpoint = endpoints.serverFromString(reactor, listener.listen)
-            StreamServerEndpointService(endpoint, wrapped).setServiceParent(top)
+            listening_service(reactor, listener.listen, wrapped, strict=False).setServiceParent(top)
         else:
-            strports.service(listener.listen, site, reactor=reactor).setServiceParent(top)
+            listening_service(reactor, listener.listen, site).setServiceParent(top)
     log.info("web.enabled", listeners=[w.endpoint for w in cfg.web], admins=list(cfg.admins))
     return services

@@ -7,6 +7,8 @@ tagged responses (STYLE.md habit 4).
 
 from __future__ import annotations
 
+import re
+
 from gateway.imap.handler import Reply
 from gateway.imap.states import TRYCREATE_COMMANDS
 from gateway.store.interfaces import (
@@ -23,9 +25,16 @@ MAX_RESPONSE_TEXT = 200
 """Human-readable response text longer than this is shortened (it may echo client input)."""
 
 
+_NOT_PRINTABLE = re.compile(r"[^ -~]")
+_NOT_CODE = re.compile(r"[^ -~]|[\[\]]")
+"""What :func:`clean_text` and :func:`clean_code` replace by ``?``, one regex pass each
+(the LOGIN reply's CAPABILITY code is ~200 characters: a per-character loop cost about
+0.3 ms per login in the reconnect storm's profile, issue 19)."""
+
+
 def clean_text(text: str) -> str:
     """Response text: printable ASCII only, bounded (it may echo client input)."""
-    cleaned = "".join(c if " " <= c <= "~" else "?" for c in text)
+    cleaned = _NOT_PRINTABLE.sub("?", text)
     if len(cleaned) > MAX_RESPONSE_TEXT:
         cleaned = cleaned[: MAX_RESPONSE_TEXT - 3] + "..."
     return cleaned or "done"
@@ -33,7 +42,7 @@ def clean_text(text: str) -> str:
 
 def clean_code(code: str) -> str:
     """A response code: printable ASCII without brackets (it may echo client input)."""
-    return "".join(c if " " <= c <= "~" and c not in "[]" else "?" for c in code)
+    return _NOT_CODE.sub("?", code)
 
 
 def tagged(tag: str, reply: Reply) -> bytes:

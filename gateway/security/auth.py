@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
+from gateway.security.authcache import VerifierCache
 from gateway.security.passwords import DUMMY_HASH, verify_password
 
 
@@ -29,13 +30,21 @@ class UserDirectory(Protocol):
 
 
 class PasswordTable:
-    """Authenticator over ``{user: scrypt hash}`` from the config file."""
+    """Authenticator over ``{user: scrypt hash}`` from the config file.
 
-    def __init__(self, hashes: Mapping[str, str]) -> None:
+    With a ``cache`` (:mod:`gateway.security.authcache`), a password that passed scrypt
+    recently passes again without it; a new table (reload) empties the cache. Unknown
+    users never touch the cache: they cost one scrypt check of a dummy hash, as before.
+    """
+
+    def __init__(self, hashes: Mapping[str, str], cache: VerifierCache | None = None) -> None:
         self._hashes = dict(hashes)
+        self.cache = cache
 
     def replace(self, hashes: Mapping[str, str]) -> None:
         self._hashes = dict(hashes)
+        if self.cache is not None:
+            self.cache.clear()
 
     def users(self) -> list[str]:
         return sorted(self._hashes)
@@ -45,5 +54,11 @@ class PasswordTable:
 
     def authenticate(self, user: str, password: bytes) -> str | None:
         stored = self._hashes.get(user)
-        ok = verify_password(password, stored if stored is not None else DUMMY_HASH)
-        return user if ok and stored is not None else None
+        if stored is None:
+            verify_password(password, DUMMY_HASH)
+            return None
+        if self.cache is None:
+            ok = verify_password(password, stored)
+        else:
+            ok = self.cache.check(user, stored, password, lambda: verify_password(password, stored))
+        return user if ok else None

@@ -40,6 +40,7 @@ so a busy user costs at most one small write per source per hour.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -136,6 +137,12 @@ class _Bounded(Generic[K, V]):
         return len(self._items)
 
 
+SOURCE_KEYS_CACHED = 4096
+"""Peer addresses whose key is remembered: parsing one with ``ipaddress`` costs ~20 µs and
+every login asks ~6 times (issue 19's reconnect storm profile)."""
+
+
+@functools.lru_cache(maxsize=SOURCE_KEYS_CACHED)
 def source_key(host: str) -> str:
     """The penalty key of a peer address: the IPv4 address, the IPv6 /64, or the text
     itself for anything else (UNIX sockets)."""

@@ -18,6 +18,10 @@ from gateway.core.net import is_loopback_host
 
 LISTENER_TLS = ("starttls", "implicit")
 
+MIN_BACKLOG, MAX_BACKLOG = 1, 65535
+"""The range of a ``[[listeners]]`` table's ``backlog`` (Linux keeps it in 16 bits; the
+kernel then caps it at ``net.core.somaxconn``, see gateway/app/listening.py)."""
+
 
 @dataclass(frozen=True)
 class ServedListener:
@@ -117,6 +121,7 @@ def parse_listeners(
     ``server.allow_insecure_listener`` says so (then it takes passwords in clear).
     """
     raw: list[tuple[str, str, str, bool | None]] = []  # (where, endpoint, tls, plaintext)
+    backlogs: dict[str, int] = {}  # where -> a [[listeners]] table's backlog
     for i, description in enumerate(imap):
         mode = "endpoint" if split_endpoint(description)[0] == "ssl" else "starttls"
         raw.append((f"server.imap[{i}]", description, mode, None))
@@ -137,7 +142,14 @@ def parse_listeners(
         endpoint = r.get("endpoint", str)
         mode = r.get("tls", str, "starttls")
         plaintext = r.get("plaintext_auth", bool, None)
+        backlog = r.get("backlog", int, None)
         r.finish()
+        if backlog is not None and not MIN_BACKLOG <= backlog <= MAX_BACKLOG:
+            r.problem("backlog", f"must be {MIN_BACKLOG} to {MAX_BACKLOG} (a listen queue length)")
+            continue
+        if backlog is not None and "backlog" in split_endpoint(endpoint or "")[2]:
+            r.problem("backlog", "given twice: here and as backlog= in the endpoint string")
+            continue
         if mode is not None and mode not in LISTENER_TLS:
             r.problem("tls", f"must be one of {', '.join(LISTENER_TLS)}")
             continue
@@ -149,9 +161,11 @@ def parse_listeners(
         if split_endpoint(endpoint)[0] == "ssl":
             mode = "endpoint"
         raw.append((r.prefix, endpoint, mode, plaintext))
+        if backlog is not None:
+            backlogs[r.prefix] = backlog
     if not server.table.get("imap", DEFAULT_IMAP) and not imaps and not tables:
         server.problem("imap", "needs at least one listener")
-    return _effective(path, problems, raw, tls, allow_insecure, "an IMAPS listener")
+    return _effective(path, problems, raw, tls, allow_insecure, "an IMAPS listener", backlogs)
 
 
 def _effective(
@@ -161,9 +175,11 @@ def _effective(
     tls: TLSSettings | None,
     allow_insecure: bool,
     implicit_name: str,
+    backlogs: dict[str, int] | None = None,
 ) -> tuple[Listener, ...]:
     """The listeners of ``raw`` (where, endpoint, tls mode, plaintext_auth or None) with
-    the secure-by-default rules applied; refused ones are reported in ``problems``."""
+    the secure-by-default rules applied; refused ones are reported in ``problems``.
+    ``backlogs``: listen queues by ``where`` (``[[listeners]]`` tables that set one)."""
     out: list[Listener] = []
     for where, endpoint, mode, plaintext in raw:
         local = endpoint_is_local(endpoint)
@@ -179,7 +195,8 @@ def _effective(
             continue
         if plaintext is None:
             plaintext = local or (mode == "starttls" and tls is None and allow_insecure)
-        out.append(Listener(endpoint, mode, plaintext, local))
+        backlog = (backlogs or {}).get(where)
+        out.append(Listener(endpoint, mode, plaintext, local, backlog))
     return tuple(out)
 
 

@@ -291,6 +291,8 @@ def parse_security(path: str, problems: list[str], table: dict[str, Any]) -> Sec
             "max_connections_per_user_ip", d.max_connections_per_user_ip
         ),
         max_connections_per_ip=count("max_connections_per_ip", d.max_connections_per_ip),
+        auth_cache_size=count("auth_cache_size", d.auth_cache_size),
+        auth_cache_ttl=seconds("auth_cache_ttl", d.auth_cache_ttl),
     )
     if security.auth_penalty_initial > security.auth_penalty_max:
         r.problem("auth_penalty_max", "must not be less than auth_penalty_initial")

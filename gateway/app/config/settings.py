@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from gateway.core.limits import DEFAULT_MAX_MESSAGE_SIZE
 from gateway.imap.policy import IMAPLimits
 from gateway.pop3.upstream import Upstream
+from gateway.security.authcache import DEFAULT_MAX_ENTRIES, DEFAULT_TTL
 from gateway.submission.policy import (
     DEFAULT_MAX_MESSAGE_SIZE as DEFAULT_SUBMISSION_SIZE,
 )
@@ -81,6 +82,9 @@ class Listener:
     tls: str = "starttls"
     plaintext_auth: bool = False
     local: bool = False
+    backlog: int | None = None
+    """The listen queue from a ``[[listeners]]`` table's ``backlog``; None: the endpoint
+    string's own ``backlog=`` or gateway/app/listening.py's default."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,10 @@ class Security:
     auth_failures_per_user: int = 100
     max_connections_per_user_ip: int = 50
     max_connections_per_ip: int = 1000
+    auth_cache_size: int = DEFAULT_MAX_ENTRIES
+    """Users whose last successful password check is remembered (0: off), see
+    gateway/security/authcache.py."""
+    auth_cache_ttl: float = DEFAULT_TTL
 
 
 STORE_BACKENDS = ("sqlite", "postgresql")

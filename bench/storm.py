@@ -1,0 +1,431 @@
+"""The reconnect storm (issue 19): N devices LOGIN, SELECT and IDLE; the gateway restarts;
+every device reconnects at once; how long until all are IDLE again. Also the figures of
+N IDLE connections: the gateway's RSS in all and the delay of a push (``* n EXISTS``).
+
+Two shapes, because after a restart the cost is one scrypt check per distinct (user,
+password), whatever the cache does (gateway/security/authcache.py):
+
+* household: few users with many devices each (``sizes.storm_household_users`` users
+  share ``sizes.storm_devices`` devices), each user's devices from one address (their
+  home's NAT);
+* provider: every device its own user from its own address (``sizes.storm_provider_devices``;
+  each user needs a real scrypt hash, made in a process pool before the run).
+
+Each shape runs three waves: the first connections (at most :data:`FIRST_WAVE_CONCURRENCY`
+at a time, as devices come online over time), a restart (SIGTERM, then a new process;
+every device reconnects the moment it listens) and a network blip (the gateway stays up,
+every device drops and reconnects at once: the cache is warm). Devices come from
+addresses in 127.0.0.0/8 (each a different source to the gateway), all on loopback.
+
+The clients are asyncio protocols in this process (one loop; a line-splitting state
+machine per device, no streams), so they cost little of the two CPUs the gateway needs.
+The login budgets and connection limits are turned off in the gateway's config
+(:data:`STORM_SECURITY`): they count per address and per user, and the herd here is
+synthetic (see bench/README.md for what they do to a real NAT'ed household).
+``ListenOverflows`` (``/proc/net/netstat``, system-wide: other work on the machine counts
+too) is read before and after each wave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.imapwire import IMAPConnection
+from bench.popgate import GatewayServer
+from bench.report import Target, percentile
+from gateway.security.passwords import hash_password
+
+if TYPE_CHECKING:
+    from bench.scenarios import Bench
+
+STORM_SECURITY = {
+    "auth_failures_per_ip": 0,
+    "auth_failures_per_user": 0,
+    "max_connections_per_user_ip": 0,
+    "max_connections_per_ip": 0,
+}
+"""[security] for the storm: budgets and limits off (synthetic sources, see above)."""
+
+FIRST_WAVE_CONCURRENCY = 50
+"""Devices connecting at once in the first wave (not measured as a storm)."""
+
+WAVE_TIMEOUT = 900.0
+"""Seconds a device may take to get back to IDLE before it counts as failed."""
+
+GREETING_TIMEOUT = 30.0
+"""A device that gets no greeting this long after connecting hangs up and connects again,
+as phones do (the issue's "connected socket that never greeted" costs this much)."""
+
+PUSH_USERS = 10
+"""Users who get one APPEND each for the push-delay figure (their devices all IDLE)."""
+
+PUSH_WAIT = 10.0
+"""Seconds to wait for every device of a user to see its push."""
+
+TARGET_SECONDS = 30.0
+"""Issue 19: all devices IDLE again within 30 s of the restart."""
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft descriptor limit to its hard limit (children inherit
+    it: the gateway needs one per device too); the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def listen_overflows() -> int:
+    """TcpExt ListenOverflows: handshakes dropped because an accept queue was full."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(table.get("ListenOverflows", 0))
+    return 0
+
+
+def source_address(user: int) -> str:
+    """A distinct loopback address per user index (all of 127.0.0.0/8 is local)."""
+    return f"127.{1 + user // 62_500}.{(user // 250) % 250 + 1}.{user % 250 + 1}"
+
+
+def hash_all(passwords: dict[str, str]) -> dict[str, str]:
+    """Real scrypt hashes, made on every CPU (as many as there are users to hash)."""
+    names = list(passwords)
+    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+        hashes = list(pool.map(hash_password, [passwords[n] for n in names], chunksize=16))
+    return dict(zip(names, hashes, strict=True))
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class Device(asyncio.Protocol):
+    """One connection of one device: greeting → LOGIN → SELECT INBOX → IDLE; then counts
+    the ``EXISTS`` lines it is pushed."""
+
+    def __init__(self, user: str, password: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.login = b'a LOGIN "%s" "%s"\r\n' % (user.encode(), password.encode())
+        self.state = "greeting"
+        self.buffer = b""
+        self.idle: asyncio.Future[float] = loop.create_future()
+        self.greeted: asyncio.Future[None] = loop.create_future()
+        for future in (self.idle, self.greeted):  # a hung-up device's are never awaited
+            future.add_done_callback(_retrieved)
+        self.pushes: list[float] = []
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n")) >= 0:
+            line, self.buffer = self.buffer[:end], self.buffer[end + 2 :]
+            self._line(line)
+
+    def _fail(self, line: bytes) -> None:
+        if not self.idle.done():
+            self.idle.set_exception(ConnectionError(f"{self.state}: {line[:100]!r}"))
+        self.state = "failed"
+        if self.transport is not None:
+            self.transport.close()
+
+    def _line(self, line: bytes) -> None:
+        state, send = self.state, self.transport.write  # type: ignore[union-attr]
+        if state == "greeting":
+            if not line.startswith(b"* OK"):
+                return self._fail(line)
+            send(self.login)
+            self.state = "login"
+            self.greeted.set_result(None)
+        elif state == "login" and line.startswith(b"a "):
+            if not line.startswith(b"a OK"):
+                return self._fail(line)
+            send(b"b SELECT INBOX\r\n")
+            self.state = "select"
+        elif state == "select" and line.startswith(b"b "):
+            if not line.startswith(b"b OK"):
+                return self._fail(line)
+            send(b"c IDLE\r\n")
+            self.state = "idling"
+        elif state == "idling":
+            if line.startswith(b"+"):
+                self.state = "idle"
+                self.idle.set_result(time.perf_counter())
+            elif line.startswith(b"c "):
+                self._fail(line)
+        elif state == "idle" and line.endswith(b" EXISTS"):
+            self.pushes.append(time.perf_counter())
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.greeted.done():
+            self.greeted.set_exception(ConnectionError(f"closed before the greeting: {exc}"))
+        if not self.idle.done():
+            self.idle.set_exception(ConnectionError(f"closed in {self.state}: {exc}"))
+        self.state = "closed"
+
+
+@dataclass
+class Wave:
+    """One wave's outcome: seconds from ``started`` until each device was IDLE."""
+
+    seconds: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    overflows: int = 0
+    silent: int = 0
+    """Connections that got no greeting within :data:`GREETING_TIMEOUT` (then retried)."""
+
+    @property
+    def last(self) -> float:
+        return max(self.seconds) if self.seconds else float("nan")
+
+
+class Herd:
+    """The devices: ``plan[i]`` is (user, password, user index) of device i."""
+
+    def __init__(self, plan: Sequence[tuple[str, str, int]], port: int) -> None:
+        self.plan = plan
+        self.port = port
+        self.devices: list[Device | None] = [None] * len(plan)
+        self.loop = asyncio.new_event_loop()
+
+    def close_all(self) -> None:
+        for device in self.devices:
+            if device is not None and device.transport is not None:
+                device.transport.close()
+        self.loop.run_until_complete(asyncio.sleep(0.5))  # let the closes go out
+
+    def wave(self, started: float, concurrency: int | None = None) -> Wave:
+        """Connect every device (at most ``concurrency`` at once; None: all at once)."""
+        return self.loop.run_until_complete(self._wave(started, concurrency))
+
+    async def _wave(self, started: float, concurrency: int | None) -> Wave:
+        wave = Wave()
+        before = listen_overflows()
+        gate = asyncio.Semaphore(concurrency or len(self.plan))
+
+        async def one(index: int) -> None:
+            user, password, number = self.plan[index]
+            async with gate:
+                deadline = time.perf_counter() + WAVE_TIMEOUT
+                while True:
+                    device = Device(user, password, self.loop)
+                    self.devices[index] = device
+                    try:
+                        await self._connect(device, number, deadline - time.perf_counter())
+                        wave.seconds.append(device.idle.result() - started)
+                        return
+                    except TimeoutError:
+                        if device.state != "greeting" or time.perf_counter() >= deadline:
+                            wave.errors.append(f"{user}: timed out in {device.state}")
+                            return
+                        wave.silent += 1  # never greeted: hang up, connect again
+                        if device.transport is not None:
+                            device.transport.abort()
+                    except OSError as error:
+                        wave.errors.append(f"{user}: {type(error).__name__}: {error}")
+                        return
+
+        await asyncio.gather(*(one(i) for i in range(len(self.plan))))
+        wave.overflows = listen_overflows() - before
+        return wave
+
+    async def _connect(self, device: Device, number: int, timeout: float) -> None:
+        """Connect, wait for the greeting (:data:`GREETING_TIMEOUT`, as a phone would),
+        then for IDLE; TimeoutError when either takes too long."""
+        try:
+            async with asyncio.timeout(min(timeout, GREETING_TIMEOUT)):
+                await self.loop.create_connection(
+                    lambda: device, "127.0.0.1", self.port, local_addr=(source_address(number), 0)
+                )
+                await device.greeted
+        except TimeoutError:
+            if device.state == "greeting":
+                raise
+            # greeted as the timeout fired (a busy loop runs both at once): carry on
+        await asyncio.wait_for(device.idle, max(0.0, timeout))
+
+    def push_delays(self, passwords: dict[str, str]) -> list[float]:
+        """APPEND one message to each of :data:`PUSH_USERS` users, one after another; the
+        seconds from the APPEND's send to each of that user's IDLE devices seeing EXISTS."""
+        return self.loop.run_until_complete(self._push_delays(passwords))
+
+    async def _push_delays(self, passwords: dict[str, str]) -> list[float]:
+        delays: list[float] = []
+        users = list(dict.fromkeys(user for user, _pw, _n in self.plan))[:PUSH_USERS]
+        for user in users:
+            devices = [
+                d
+                for d, (owner, _pw, _n) in zip(self.devices, self.plan, strict=True)
+                if owner == user and d is not None and d.state == "idle"
+            ]
+            seen = [len(d.pushes) for d in devices]
+            message = b"From: a@example.org\r\nSubject: push\r\n\r\nhello\r\n"
+            sent = time.perf_counter()
+            append = self.loop.run_in_executor(
+                None, _append, self.port, user, passwords[user], message
+            )
+            deadline = sent + PUSH_WAIT
+            while time.perf_counter() < deadline and any(
+                len(d.pushes) == n for d, n in zip(devices, seen, strict=True)
+            ):
+                await asyncio.sleep(0.005)
+            await append
+            delays += [
+                d.pushes[n] - sent for d, n in zip(devices, seen, strict=True) if len(d.pushes) > n
+            ]
+        return delays
+
+
+def _append(port: int, user: str, password: str, message: bytes) -> None:
+    with IMAPConnection("127.0.0.1", port) as imap:
+        imap.login(user, password)
+        imap.command(b"APPEND INBOX {%d+}\r\n" % len(message) + message)
+        imap.logout()
+
+
+def _rss_in_all(server: GatewayServer) -> float:
+    """VmRSS of the gateway and its children (the key holder), in MiB."""
+    total = 0
+    pids = [server.pid]
+    for task in Path(f"/proc/{server.pid}/task").iterdir():
+        try:
+            pids += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total / 2**20
+
+
+def _shape(bench: Bench, name: str, devices: int, users: int) -> dict[str, object]:
+    """Run the three waves for one shape; the figures as a dict for the rows."""
+    passwords = {f"{name[0]}{u:05d}": f"storm-pw-{u}" for u in range(users)}
+    names = list(passwords)
+    plan = [(names[i % users], passwords[names[i % users]], i % users) for i in range(devices)]
+    started = time.perf_counter()
+    hashes = hash_all(passwords)
+    hashing = time.perf_counter() - started
+    bench.log(f"storm {name}: {users} scrypt hashes in {hashing:.0f}s")
+    state = bench.root / f"storm-{name}-state"
+    state.mkdir(mode=0o700)
+    server = GatewayServer(
+        bench.root / f"storm-{name}",
+        passwords,
+        state_dir=state,
+        hashes=hashes,
+        security=STORM_SECURITY,
+    )
+    server.start()
+    herd = Herd(plan, server.port)
+    figures: dict[str, object] = {
+        "devices": devices,
+        "users": users,
+        "scrypt_rate": users / max(hashing, 1e-9),
+    }
+    try:
+        first = herd.wave(time.perf_counter(), FIRST_WAVE_CONCURRENCY)
+        bench.log(f"storm {name}: first wave {first.last:.1f}s, {len(first.errors)} errors")
+        time.sleep(1.0)
+        figures["rss_mib"] = _rss_in_all(server)
+        delays = herd.push_delays(passwords)
+        figures["push_p99_ms"] = (percentile(delays, 0.99) or float("nan")) * 1000
+        figures["pushes"] = len(delays)
+        herd.close_all()
+        server.stop()
+        restart = time.perf_counter()
+        server.start()
+        listening = time.perf_counter()
+        wave = herd.wave(restart)
+        figures["restart"] = wave
+        figures["restart_listen_s"] = listening - restart
+        bench.log(
+            f"storm {name}: restart: listening after {listening - restart:.1f}s, all IDLE after "
+            f"{wave.last:.1f}s, {len(wave.errors)} errors, {wave.silent} never greeted, "
+            f"ListenOverflows +{wave.overflows}"
+        )
+        herd.close_all()
+        blip = herd.wave(time.perf_counter())
+        figures["blip"] = blip
+        bench.log(
+            f"storm {name}: blip: all IDLE after {blip.last:.1f}s, {len(blip.errors)} errors, "
+            f"{blip.silent} never greeted, ListenOverflows +{blip.overflows}"
+        )
+        herd.close_all()
+    finally:
+        herd.loop.close()
+        server.stop()
+    return figures
+
+
+def storm(bench: Bench) -> None:
+    """Both shapes; rows: time to all IDLE after a restart and after a blip, RSS and
+    push delay with every device IDLE (household shape: the most devices)."""
+    limit = raise_fd_limit()
+    sizes = bench.sizes
+    need = sizes.storm_devices + 100
+    if limit < 2 * need:
+        bench.log(f"storm: descriptor limit {limit} < {2 * need}: some devices will fail")
+    for name, devices, users in (
+        ("household", sizes.storm_devices, sizes.storm_household_users),
+        ("provider", sizes.storm_provider_devices, sizes.storm_provider_devices),
+    ):
+        figures = _shape(bench, name, devices, users)
+        restart, blip = figures["restart"], figures["blip"]
+        assert isinstance(restart, Wave) and isinstance(blip, Wave)
+        shape = f"{devices} devices, {users} users"
+        bench.row(
+            f"reconnect storm ({name}: {shape}): all IDLE after a restart",
+            "s",
+            "",
+            [restart.last],
+            target=Target(TARGET_SECONDS, at_least=False, on_ratio=False),
+            note=f"from SIGTERM's successor starting; listening after "
+            f"{figures['restart_listen_s']:.1f}s; errors {len(restart.errors)}"
+            f"{' e.g. ' + restart.errors[0] if restart.errors else ''}; never greeted (retried after "
+            f"{GREETING_TIMEOUT:g}s) {restart.silent}; ListenOverflows "
+            f"+{restart.overflows}; {users / max(restart.last, 1e-9):.1f} distinct users/s; the"
+            f" machine hashed {figures['scrypt_rate']:.1f} scrypt/s on all CPUs during setup",
+        )
+        bench.row(
+            f"reconnect storm ({name}: {shape}): all IDLE after a network blip",
+            "s",
+            "",
+            [blip.last],
+            target=Target(TARGET_SECONDS, at_least=False, on_ratio=False),
+            note=f"gateway up, verifier cache warm; errors {len(blip.errors)}; never greeted "
+            f"{blip.silent}; ListenOverflows +{blip.overflows}",
+        )
+        if name == "household":
+            bench.row(
+                f"{devices} IDLE connections: RSS in all",
+                "MiB",
+                "",
+                [float(figures["rss_mib"])],  # type: ignore[arg-type]
+                target=Target(200.0, at_least=False, on_ratio=False),
+                note="VmRSS of the gateway and its key holder, every device LOGIN, SELECT, IDLE",
+            )
+            bench.row(
+                f"{devices} IDLE connections: push delay p99",
+                "ms",
+                "",
+                [float(figures["push_p99_ms"])],  # type: ignore[arg-type]
+                target=Target(50.0, at_least=False, on_ratio=False),
+                note=f"APPEND to {PUSH_USERS} users one after another, from the APPEND's send to"
+                f" each IDLE device's EXISTS; {figures['pushes']} pushes",
+            )
