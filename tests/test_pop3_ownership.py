@@ -419,3 +419,65 @@ def test_a_lease_lost_after_the_commit_keeps_the_deletions_from_taking_effect(
         assert h.server.messages == [] and len(h.inbox()) == 3
     finally:
         store.close()
+
+
+# ---- what status and `popgate fetch` say -------------------------------------------------
+
+
+class LeaseStore(ClockLeases):
+    """A store with leases (as the PostgreSQL store is) and an empty ledger."""
+
+    def ledger_entries(self, upstream: str) -> list[Any]:
+        return []
+
+
+def test_status_shows_which_node_holds_which_upstream(tmp_path) -> None:
+    import json
+    from types import SimpleNamespace
+
+    from gateway.app.status import StatusSource, render
+
+    clock = Clock()
+    clock.advance(1000)
+    store = LeaseStore(clock.seconds)
+    a = Node("node-a", clock, store, ledger=store).start()
+    b = Node("node-b", clock, store, ledger=store).start()
+    clock.advance(0)
+    store.try_acquire("other", "node-c", LEASE)
+    store.rows["other"].expires_at = clock.seconds() - 1  # nobody holds it now
+    source = StatusSource(
+        reactor=clock,
+        version="test",
+        config_path="c.toml",
+        state_dir=str(tmp_path),
+        factory=SimpleNamespace(protocols=()),
+        pollers={"isp": b.poller},
+        store_path=None,
+        store=store,
+    )
+    facts = source.store_facts(["isp"], [])
+    status = json.loads(json.dumps(source.collect(facts)))
+    (up,) = status["upstreams"]
+    assert up["node"] == "node-a" and up["state"] == "standby"
+    assert up["lease"]["token"] == 1 and up["lease"]["held"]
+    assert 0 < up["lease"]["expires_in"] <= LEASE
+    assert up["ownership"] == {
+        "node": "node-b",
+        "held": False,
+        "token": None,
+        "holder": "node-a",
+        "lease_seconds": LEASE,
+    }
+    text = render(status)
+    assert "POLLED BY NODE" in text and "node-a" in text
+    a.fetch.finish()
+
+
+def test_popgate_fetch_on_a_node_without_the_lease_names_the_holder() -> None:
+    from twisted.python.failure import Failure
+
+    from gateway.app.fetchcmd import _outcome
+
+    outcome = _outcome("isp", Failure(HeldElsewhere("isp", "node-a")))
+    assert outcome["ok"] is False and outcome["kind"] == "held_elsewhere"
+    assert "node-a" in outcome["error"]
