@@ -246,21 +246,41 @@ def test_fenced_ledger_fences_writes_and_confirms_the_lease(nodes, pg, schema) -
     assert a.known_uidls(UP) == {"u1"}
 
 
-def test_a_takeover_waits_for_a_fenced_commit_in_progress(nodes, pg, schema) -> None:
-    """The fence check locks the lease row FOR SHARE: the takeover's UPDATE waits for
-    the commit, so the new holder's pass starts after it and sees its ledger rows."""
-    a, b = nodes
-    token = a.try_acquire(UP, "node-a", 1)  # runs out while the commit is in progress
-    fence = Fence(UP, "node-a", token)
-    entered, release = threading.Event(), threading.Event()
+def test_a_commit_whose_lease_ran_out_during_its_transaction_is_refused(nodes, pg, schema) -> None:
+    """The fence is checked again as the last statement before COMMIT: a batch whose
+    lease expired while it was being written commits nothing."""
+    a, _b = nodes
+    token = a.try_acquire(UP, "node-a", 1)
     original = a._insert_message
 
     def slow_insert(*args, **kwargs):
-        entered.set()
-        release.wait(10)
+        time.sleep(1.5)  # the lease runs out meanwhile
         return original(*args, **kwargs)
 
     a._insert_message = slow_insert  # type: ignore[method-assign]
+    with fencing(Fence(UP, "node-a", token)), pytest.raises(LeaseLost):
+        a.deliver_many("alice", "INBOX", [_delivery("u1")])
+    assert a.known_uidls(UP) == set()
+    assert _sql(pg, schema, "SELECT count(*) FROM message") == [(0,)]
+
+
+def test_a_takeover_waits_for_a_fenced_commit(nodes, pg, schema) -> None:
+    """The final fence check locks the lease row FOR SHARE until COMMIT: a takeover
+    right after the check waits, so the new holder's pass starts after that commit and
+    sees its ledger rows."""
+    a, b = nodes
+    token = a.try_acquire(UP, "node-a", 1)  # runs out between the check and the COMMIT
+    fence = Fence(UP, "node-a", token)
+    checked, release = threading.Event(), threading.Event()
+    original = a._check_fence
+
+    def check_then_pause(cur, *, lock):
+        original(cur, lock=lock)
+        if lock:
+            checked.set()
+            release.wait(10)
+
+    a._check_fence = check_then_pause  # type: ignore[method-assign]
     outcome: list[object] = []
 
     def deliver() -> None:
@@ -269,7 +289,7 @@ def test_a_takeover_waits_for_a_fenced_commit_in_progress(nodes, pg, schema) -> 
 
     t = threading.Thread(target=deliver)
     t.start()
-    assert entered.wait(10)
+    assert checked.wait(10)
     time.sleep(1.5)
     assert not b.holders()[0].held
     took: list[int | None] = []

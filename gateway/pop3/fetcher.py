@@ -446,10 +446,14 @@ class _Pass:
                         SKIP_TOO_LARGE,
                         len(delivery.raw),
                     )
+                except defer.CancelledError:
+                    raise
                 except Exception as e:
                     raise self.store_failed(delivery, e) from None
         except LeaseLost as e:
             raise self.lease_lost(e) from None
+        except defer.CancelledError:
+            raise  # the pass is being stopped (service stop, lease lost): not a store fault
         except Exception as e:
             raise self.store_failed(batch[0], e) from None
         stored = [d for d, uid in zip(batch, uids, strict=True) if uid is not None]

@@ -10,10 +10,10 @@ UPDATE ... WHERE``), and only one of them gets a token.
 The token grows on every acquisition (by another node after expiry or release, or by
 this node again, say after a restart), never on a renewal; the row is kept on release
 so it never starts over. :meth:`PGLeases._fenced_write` is the ledger's transaction with
-the fence check as its first statement (``SELECT ... FOR SHARE`` of the lease row): a
-node taking the lease over waits for a fenced commit in progress to end, and a fenced
-write whose lease has moved on raises :class:`~gateway.store.errors.LeaseLost` and
-commits nothing.
+the fence checked first and again, locking the lease row (``SELECT ... FOR SHARE``), as
+its last statement before COMMIT: a node taking the lease over waits for that commit, and
+a fenced write whose lease has moved on (or expired) raises
+:class:`~gateway.store.errors.LeaseLost` and commits nothing.
 """
 
 from __future__ import annotations
@@ -99,14 +99,15 @@ class PGLeases(PGConnection):
 
     # ---- fenced writes -------------------------------------------------------------
 
-    def _check_fence(self, cur: psycopg.Cursor) -> None:
-        """Inside a write transaction: if a fence is set for this call, lock the lease
-        row (FOR SHARE: a takeover waits for this commit) and raise LeaseLost unless it
-        still holds."""
+    def _check_fence(self, cur: psycopg.Cursor, *, lock: bool) -> None:
+        """Inside a write transaction: if a fence is set for this call, raise LeaseLost
+        unless it still holds; with ``lock``, also lock the lease row (FOR SHARE: a
+        takeover, and this node's own renewal, wait for this commit)."""
         fence = current_fence()
         if fence is None:
             return
-        cur.execute(_HOLDS + " FOR SHARE", (fence.upstream, fence.node, fence.token))
+        sql = _HOLDS + " FOR SHARE" if lock else _HOLDS
+        cur.execute(sql, (fence.upstream, fence.node, fence.token))
         if cur.fetchone() is None:
             log.warning(
                 "store.fenced_write_refused",
@@ -118,7 +119,16 @@ class PGLeases(PGConnection):
 
     @contextmanager
     def _fenced_write(self) -> Iterator[tuple[psycopg.Cursor, set[int]]]:
-        """:meth:`_write` whose first statement is the fence check."""
+        """:meth:`_write` with the fence checked first (a stale node fails before doing
+        any work) and again, locking the lease row, as the last statement before COMMIT.
+
+        The lock is taken last on purpose: held from the start, it would make every
+        renewal and takeover attempt wait for the whole batch (hundreds of messages
+        inserted and indexed), long enough on a busy machine for the holder to give the
+        lease up as unrenewed. Held only for the COMMIT, it still means the lease held
+        when the transaction committed: a takeover after the check waits for the commit,
+        and its pass then reads the ledger rows this one wrote."""
         with self._write() as (cur, changed):
-            self._check_fence(cur)
+            self._check_fence(cur, lock=False)
             yield cur, changed
+            self._check_fence(cur, lock=True)
