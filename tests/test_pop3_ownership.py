@@ -481,3 +481,18 @@ def test_popgate_fetch_on_a_node_without_the_lease_names_the_holder() -> None:
     outcome = _outcome("isp", Failure(HeldElsewhere("isp", "node-a")))
     assert outcome["ok"] is False and outcome["kind"] == "held_elsewhere"
     assert "node-a" in outcome["error"]
+
+
+def test_imap_triggers_on_a_node_without_the_lease_ask_nothing() -> None:
+    clock = Clock()
+    leases = ClockLeases(clock.seconds)
+    a = Node("node-a", clock, leases).start()
+    b = Node("node-b", clock, leases).start()
+    clock.advance(2)  # both checked in, b's first scheduled poll was refused
+    asked = len(leases.calls)
+    for _ in range(5):
+        b.poller.trigger()
+        clock.advance(1)
+    assert b.fetch.calls == []
+    assert [c for c in leases.calls[asked:] if c[2] == "node-b"] == []
+    a.fetch.finish()

@@ -237,8 +237,12 @@ class UpstreamPoller(Service):
         return max(self.reactor.seconds(), self._last_start + spacing)
 
     def trigger(self) -> None:
-        """Ask for a pass as soon as allowed (on-demand, e.g. an IMAP client's NOOP)."""
+        """Ask for a pass as soon as allowed (on-demand, e.g. an IMAP client's NOOP).
+        Ignored while another node is known to hold the upstream's lease: that node
+        polls it, and this node's check loop takes it over if it dies."""
         if not self.running:
+            return
+        if self.ownership.expiring and not self.ownership.held and self.ownership.holder:
             return
         if self._in_flight is not None:
             self._again = True
