@@ -28,7 +28,12 @@ from gateway.access.quota import DeliveryQuotaGuard, Quotas
 from gateway.app import config as configmod
 from gateway.app.config.listeners import served_listeners
 from gateway.app.shutdown import GatewayService, StopSignals
-from gateway.app.storage import KnownSourcesOffReactor, open_store, prepare_state_dir
+from gateway.app.storage import (
+    KnownSourcesOffReactor,
+    open_store,
+    ownership_factory,
+    prepare_state_dir,
+)
 from gateway.imap.tracefile import TRACE_DIR
 from gateway.security.auth import PasswordTable
 
@@ -244,6 +249,7 @@ def build_service(
         fetch_once, runner=runner_for(delivery_store, store_threads)
     )
     token_sources: dict[str, TokenSource] = {}  # shared with the SMTP relay (XOAUTH2)
+    ownership = ownership_factory(cfg, store, store_threads, reactor)
     for upstream in cfg.upstreams:
         fetch = fetch_with_runner
         if upstream.auth == "oauth2" and upstream.oauth2 is not None:
@@ -265,6 +271,7 @@ def build_service(
             reactor=reactor,
             fetch=metrics.wrap_fetch(fetch),
             notifier=notifier,
+            ownership=ownership(upstream.name),
         )
         pollers[upstream.name] = poller
 

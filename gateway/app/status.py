@@ -14,9 +14,12 @@ is present even when empty. Keys, by section:
 * ``upstreams``: one dict per upstream: ``name``, ``owner``, ``folder``, ``host``,
   ``state`` (see :func:`upstream_state`), the poller's health fields and ``next_poll_in``;
   and what the web page shows (:func:`upstream_extras`): ``node`` (the cluster node
-  holding it; None until clustering), ``failing_since`` (the first failure of the current
+  holding its lease; None with a single-node store, or while nobody holds it), ``failing_since`` (the first failure of the current
   episode; None when not failing) and ``oauth2`` (``{"expires_at", "login_command"}``
   for an OAuth2 upstream, None otherwise);
+  ``ownership`` (this node's view of its lease: ``node``, ``held``, ``token``,
+  ``holder``) and ``lease`` (PostgreSQL only, else None: the lease row as the database
+  has it, ``node``, ``token``, ``expires_in`` seconds on the database's clock, ``held``);
 * ``store``: ``path`` and ``size_bytes``;
 * ``recent_errors``: the last warning/error log events, oldest first (scrubbed);
 * ``submission`` (issue 15): ``enabled``, and ``queue``, one dict per upstream SMTP with
@@ -37,6 +40,7 @@ from typing import Any
 from gateway.app.metrics import file_size
 from gateway.core.display import printable_tree
 from gateway.oauth.tokenfile import TokenFileError, load_tokens, token_path
+from gateway.store.leases import leases_of
 from gateway.web.text import duration as _duration
 from gateway.web.text import size as _size
 
@@ -94,10 +98,14 @@ def poller_health(poller: Any, ledger: list[Any] | None = None) -> dict[str, Any
 
 
 def upstream_state(health: Mapping[str, Any]) -> str:
-    """One word for the table: ``fetching`` (a pass runs now), ``failing`` (the last pass
-    failed), ``ok`` (the last pass succeeded) or ``waiting`` (no pass finished yet)."""
+    """One word for the table: ``fetching`` (a pass runs now), ``standby`` (another node
+    holds the upstream's lease), ``failing`` (the last pass failed), ``ok`` (the last
+    pass succeeded) or ``waiting`` (no pass finished yet)."""
     if health.get("in_flight"):
         return "fetching"
+    ownership = health.get("ownership") or {}
+    if ownership.get("lease_seconds") and not ownership.get("held"):
+        return "standby"
     if health.get("consecutive_failures"):
         return "failing"
     if health.get("last_success") is not None:
@@ -124,6 +132,14 @@ def upstream_extras(
     if getattr(up, "auth", None) == "oauth2":
         oauth2 = oauth2_status(str(up.name), state_dir=state_dir, config_path=config_path)
     return {"node": None, "failing_since": since, "oauth2": oauth2}
+
+
+def lease_fields(lease: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``lease`` (the database's lease row, None without one) and ``node`` (who holds
+    it now, None when nobody does) for one upstream's status."""
+    if lease is None:
+        return {"lease": None, "node": None}
+    return {"lease": dict(lease), "node": lease.get("node") if lease.get("held") else None}
 
 
 def oauth2_status(name: str, *, state_dir: str, config_path: str) -> dict[str, Any]:
@@ -232,14 +248,17 @@ class StatusSource:
     def store_facts(self, names: list[str], owners: list[str]) -> dict[str, Any]:
         """What the status needs from the store (one call, on a store thread when the
         store does not run inline): each upstream's ledger, each owner's usage and the
-        outbound queue's rows (when the relay runs; the queue is in the store)."""
+        outbound queue's rows (when the relay runs; the queue is in the store) and the
+        upstream leases (PostgreSQL: which node polls what)."""
         queue = self.sending.queue.status() if self.sending is not None else []
         if self.store is None:
-            return {"ledger": {}, "users": [], "queue": queue}
+            return {"ledger": {}, "users": [], "queue": queue, "leases": {}}
+        leases = leases_of(self.store)
         return {
             "ledger": {name: self.store.ledger_entries(name) for name in names},
             "users": [mailbox_usage(self.store, o) for o in owners],
             "queue": queue,
+            "leases": {lease.upstream: _plain(lease) for lease in leases.holders()},
         }
 
     def collect(self, facts: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -247,6 +266,7 @@ class StatusSource:
         now = self.reactor.seconds()
         upstreams = []
         ledger = facts["ledger"] if facts is not None else {}
+        leases = facts.get("leases", {}) if facts is not None else {}
         for name, poller in sorted(self.pollers.items()):
             health = poller_health(poller, ledger.get(name))
             up = getattr(poller, "upstream", None)
@@ -263,6 +283,7 @@ class StatusSource:
                     **upstream_extras(
                         poller, health, state_dir=self.state_dir, config_path=self.config_path
                     ),
+                    **lease_fields(leases.get(name)),
                 }
             )
         status: dict[str, Any] = {
@@ -475,6 +496,7 @@ def render(status: Mapping[str, Any]) -> str:
             ],
         )
 
+    lines += _render_leases(upstreams)
     lines += _render_queue(status.get("submission") or {}, now)
 
     errors = status.get("recent_errors") or []
@@ -486,6 +508,27 @@ def render(status: Mapping[str, Any]) -> str:
     else:
         lines.append("Recent errors: none")
     return "\n".join(lines) + "\n"
+
+
+def _render_leases(upstreams: list[Mapping[str, Any]]) -> list[str]:
+    """Which node polls each upstream (PostgreSQL: several nodes; nothing otherwise)."""
+    rows = []
+    for up in upstreams:
+        lease = up.get("lease")
+        if not lease:
+            continue
+        held = bool(lease.get("held"))
+        rows.append(
+            [
+                str(up.get("name")),
+                str(lease.get("node")) if held else f"nobody (last: {lease.get('node')})",
+                str(lease.get("token")),
+                f"in {duration(max(0.0, float(lease.get('expires_in') or 0)))}" if held else "-",
+            ]
+        )
+    if not rows:
+        return []
+    return ["", *_table(["UPSTREAM", "POLLED BY NODE", "TOKEN", "LEASE EXPIRES"], rows)]
 
 
 def _render_queue(submission: Mapping[str, Any], now: float) -> list[str]:

@@ -143,3 +143,32 @@ class KnownSourcesOffReactor:
         ).addErrback(
             lambda f: log.error("store.known_source_unwritten", user=user, reason=str(f.value))
         )
+
+
+def ownership_factory(cfg: configmod.Config, store: Any, store_threads: Any, reactor: Any) -> Any:
+    """A factory of each upstream's :class:`~gateway.pop3.ownership.UpstreamOwnership`:
+    leases in the store for PostgreSQL (this node's ``[cluster] node`` and ``lease``;
+    claims on the store's threads, the release at stop on the reactor's own pool, since
+    the store's threads stop at the same time as the pollers), single-node otherwise."""
+    from gateway.pop3.ownership import UpstreamOwnership
+    from gateway.store.leases import leases_of
+    from gateway.store.runner import ThreadRunner, runner_for
+
+    leases = leases_of(store)
+    if not leases.expiring:
+        return lambda name: UpstreamOwnership.single_node(name, reactor)
+    runner = runner_for(store, store_threads)
+    release_runner = ThreadRunner(reactor, reactor.getThreadPool())
+
+    def ownership(name: str) -> UpstreamOwnership:
+        return UpstreamOwnership(
+            name,
+            leases,
+            node=cfg.cluster.node,
+            lease=cfg.cluster.lease,
+            reactor=reactor,
+            runner=runner,
+            release_runner=release_runner,
+        )
+
+    return ownership

@@ -15,6 +15,7 @@ from twisted.mail.pop3 import ServerErrorResponse
 from twisted.python.failure import Failure
 
 from gateway.pop3.framing import MAX_LINE_LENGTH
+from gateway.store.errors import LeaseLost
 
 MAX_SERVER_TEXT = 200
 """How much of a server's -ERR text is kept in an error message."""
@@ -159,6 +160,26 @@ class StoreFailed(FetchError):
     kind = "store"
 
 
+class LeaseLostError(FetchError):
+    """This node lost its lease on the upstream mid-pass (another node took it over, or
+    it expired: gateway/store/leases.py): the pass committed nothing more and dropped the
+    connection without QUIT, so none of its DELEs took effect."""
+
+    kind = "lease_lost"
+
+
+class HeldElsewhere(FetchError):
+    """Another node holds the upstream's lease, so this node does not poll it (a fetch
+    asked of this node says which node to ask instead)."""
+
+    kind = "held_elsewhere"
+
+    def __init__(self, upstream: str, node: str | None) -> None:
+        where = f"node {node}" if node else "another node"
+        super().__init__(f"upstream {upstream} is polled by {where}, which holds its lease")
+        self.node = node
+
+
 class MessageTooLargeWhileStreaming(FetchError):
     """A message grew far past max_message_size while streaming; the connection was dropped."""
 
@@ -236,6 +257,8 @@ def translate_failure(failure: Failure | BaseException, host: str, step: str) ->
         return exc
     if isinstance(exc, defer.CancelledError):
         return FetchCancelled(f"{step} with {host} cancelled")
+    if isinstance(exc, LeaseLost):
+        return LeaseLostError(f"{step} with {host} stopped: {exc}")
     reason = _is_tls_verification(exc)
     if reason is not None:
         return TLSVerificationError(f"TLS certificate verification failed for {host}: {reason}")

@@ -16,6 +16,13 @@ Message bytes are kept exactly as the server sends them after dot-unstuffing
 :data:`gateway.pop3.spool.SPOOL_MEMORY_THRESHOLD` and spilled to a temporary file beyond,
 cut off at ``max_message_size``.
 
+Several nodes (issue 13): the poller hands a node's pass a
+:class:`~gateway.store.leases.FencedLedger`, so each commit checks, in its own
+transaction, that this node still holds the upstream's lease. A refused commit
+(:class:`~gateway.store.errors.LeaseLost`) ends the pass like any failure: the connection
+is dropped without QUIT, so no DELE of a node that lost the lease takes effect; and
+before a QUIT that would make DELEs take effect, the lease is confirmed once more.
+
 Store calls go through the ``runner`` given (:mod:`gateway.store.runner`): on the reactor
 thread for SQLite, on a bounded pool for a backend with network round trips; the pass
 awaits each one, so its order of effects is the same either way.
@@ -42,6 +49,7 @@ from gateway.pop3.connect import connect, login
 from gateway.pop3.errors import (
     FetchCancelled,
     FetchError,
+    LeaseLostError,
     MessageTooLargeWhileStreaming,
     StoreFailed,
     UpstreamLineTooLong,
@@ -60,7 +68,8 @@ from gateway.pop3.plan import (
 )
 from gateway.pop3.spool import OVERSIZE_DRAIN_LIMIT, MessageSink
 from gateway.pop3.upstream import Upstream
-from gateway.store.interfaces import Delivery, Ledger, MessageTooLarge
+from gateway.store.interfaces import Delivery, LeaseLost, Ledger, MessageTooLarge
+from gateway.store.leases import Fenced
 from gateway.store.runner import InlineRunner, StoreRunner
 
 log = structlog.get_logger(__name__)
@@ -212,6 +221,10 @@ class _Pass:
             self.report("deleting")
             deletions = await self.plan_deletions(listing)
             dele_ok = await self.delete([m for m, _policy in deletions])
+            if dele_ok and isinstance(self.store, Fenced):
+                # QUIT makes the DELEs take effect (RFC 1939 §6): only while this node
+                # still holds the upstream's lease; else the except below drops the line.
+                await self.runner.run(self.store.confirm_lease)
             await self.quit(dele_ok, deletions)
             if plan.forget:
                 await self.runner.run(self.store.forget_uidls, up.name, sorted(plan.forget))
@@ -423,6 +436,8 @@ class _Pass:
                     uids += await self.runner.run(
                         deliver_many, up.owner, up.folder, [delivery], dedup=up.dedup
                     )
+                except LeaseLost as e:
+                    raise self.lease_lost(e) from None
                 except MessageTooLarge:
                     uids.append(None)
                     too_large += 1
@@ -431,8 +446,14 @@ class _Pass:
                         SKIP_TOO_LARGE,
                         len(delivery.raw),
                     )
+                except defer.CancelledError:
+                    raise
                 except Exception as e:
                     raise self.store_failed(delivery, e) from None
+        except LeaseLost as e:
+            raise self.lease_lost(e) from None
+        except defer.CancelledError:
+            raise  # the pass is being stopped (service stop, lease lost): not a store fault
         except Exception as e:
             raise self.store_failed(batch[0], e) from None
         stored = [d for d, uid in zip(batch, uids, strict=True) if uid is not None]
@@ -453,13 +474,16 @@ class _Pass:
             f"{type(e).__name__}: {e}"
         )
 
-    async def flush_after_failure(self, error: Exception) -> StoreFailed | None:
-        if isinstance(error, StoreFailed) or not self.pending:
+    def lease_lost(self, e: LeaseLost) -> LeaseLostError:
+        return LeaseLostError(f"{self.upstream.name}: batch not committed: {e}")
+
+    async def flush_after_failure(self, error: Exception) -> FetchError | None:
+        if isinstance(error, StoreFailed | LeaseLostError | LeaseLost) or not self.pending:
             self.pending = []
             return None
         try:
             await self.flush()
-        except StoreFailed as e:
+        except (StoreFailed, LeaseLostError) as e:
             return e
         return None
 

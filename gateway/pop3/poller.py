@@ -21,7 +21,16 @@ can count calls). Rules:
   hears the outcome and files failure notices;
 - stopping cancels the timers and waits up to :data:`STOP_GRACE` seconds for a pass in
   flight, then cancels it, which is safe: a cancelled pass drops the connection without
-  QUIT, so no DELE takes effect, and what it delivered stays delivered.
+  QUIT, so no DELE takes effect, and what it delivered stays delivered; then the lease is
+  released;
+- ownership (issue 13): every pass first claims the upstream's lease
+  (:class:`gateway.pop3.ownership.UpstreamOwnership`: renew if held, else try to
+  acquire) and runs only if this node holds it, writing through a ledger fenced with the
+  lease's token; otherwise the pass is skipped (``fetch_now`` fails with
+  :class:`~gateway.pop3.errors.HeldElsewhere`, naming the holder). The ownership's own
+  check loop renews the lease, takes it over when its holder dies (the poller then polls
+  at once) and reports a lost lease, on which the pass in flight is stopped. A
+  single-node store's ownership always grants, so this is one code path.
 
 :meth:`UpstreamPoller.health_dict` is what ``popgate status`` shows for the upstream.
 
@@ -41,8 +50,9 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from gateway.pop3.errors import FetchError
+from gateway.pop3.errors import FetchError, HeldElsewhere
 from gateway.pop3.fetcher import FetchResult, fetch_once
+from gateway.pop3.ownership import UpstreamOwnership
 from gateway.pop3.upstream import Upstream
 from gateway.store.interfaces import Ledger, LedgerEntry
 
@@ -92,6 +102,7 @@ class PollerHealth:
     last_result: FetchResult | None = None
     backlog: int = 0  # new messages listed upstream and not stored yet
     progress: dict[str, Any] | None = None  # the pass in flight, as last reported
+    lease_holder: str | None = None  # the node polling it instead of this one, if known
 
 
 class UpstreamPoller(Service):
@@ -112,6 +123,7 @@ class UpstreamPoller(Service):
         stop_grace: float = STOP_GRACE,
         rng: random.Random | None = None,
         notifier: Any = None,
+        ownership: UpstreamOwnership | None = None,
     ) -> None:
         if not 0 <= jitter < 1:
             raise ValueError("jitter must be a fraction in [0, 1)")
@@ -130,6 +142,13 @@ class UpstreamPoller(Service):
         self.login_delay = 0.0
         """Seconds the upstream wants between logins (CAPA LOGIN-DELAY), 0 if none."""
         self.health = PollerHealth()
+        self.ownership = (
+            ownership
+            if ownership is not None
+            else UpstreamOwnership.single_node(upstream.name, reactor)
+        )
+        self.ownership.on_acquired = self._lease_acquired
+        self.ownership.on_lost = self._lease_lost
         self.name = f"pop3:{upstream.name}"
         self._timer: Any = None
         self._in_flight: defer.Deferred[Any] | None = None
@@ -142,10 +161,12 @@ class UpstreamPoller(Service):
 
     def startService(self) -> None:
         super().startService()
+        self.ownership.start()
         self._schedule(self.first_delay, jittered=False)
 
     def stopService(self) -> defer.Deferred[None] | None:
         super().stopService()
+        self.ownership.stop()
         self._cancel_timer()
         self._again = False
         self.health.next_poll_at = None
@@ -154,12 +175,27 @@ class UpstreamPoller(Service):
             d.errback(defer.CancelledError())
         running = self._in_flight
         if running is None:
-            return None
+            return self.ownership.release()
         done: defer.Deferred[None] = defer.Deferred()
         running.addBoth(lambda _: done.callback(None) if not done.called else None)
         grace = self.reactor.callLater(self.stop_grace, running.cancel)
         done.addBoth(lambda r: grace.cancel() if grace.active() else None)
+        done.addCallback(lambda _: self.ownership.release())
         return done
+
+    # ---- ownership ---------------------------------------------------------------------
+
+    def _lease_acquired(self) -> None:
+        """The check loop took the lease (over): poll now, the previous holder may have
+        died in the middle of a pass."""
+        self.trigger()
+
+    def _lease_lost(self) -> None:
+        """Stop the pass in flight: its commits would be refused (fencing), and dropping
+        the connection without QUIT keeps its DELEs from taking effect."""
+        if self._in_flight is not None and self.health.in_flight:
+            log.warning("pop3.pass_stopped", upstream=self.upstream.name, reason="lease lost")
+            self._in_flight.cancel()
 
     # ---- scheduling ------------------------------------------------------------------
 
@@ -201,8 +237,12 @@ class UpstreamPoller(Service):
         return max(self.reactor.seconds(), self._last_start + spacing)
 
     def trigger(self) -> None:
-        """Ask for a pass as soon as allowed (on-demand, e.g. an IMAP client's NOOP)."""
+        """Ask for a pass as soon as allowed (on-demand, e.g. an IMAP client's NOOP).
+        Ignored while another node is known to hold the upstream's lease: that node
+        polls it, and this node's check loop takes it over if it dies."""
         if not self.running:
+            return
+        if self.ownership.expiring and not self.ownership.held and self.ownership.holder:
             return
         if self._in_flight is not None:
             self._again = True
@@ -240,20 +280,30 @@ class UpstreamPoller(Service):
         if not self.running or self._in_flight is not None:
             return
         self._again = False
+        self._current_waiters, self._next_waiters = self._next_waiters, []
+        d = self.ownership.claim()
+        d.addCallback(self._pass_if_held)
+        self._in_flight = d
+        d.addBoth(self._finished)
+
+    def _pass_if_held(self, held: bool) -> defer.Deferred[FetchResult]:
+        """The pass itself, once the claim answered; HeldElsewhere when another node
+        holds the lease (nothing is attempted)."""
+        if not held or not self.running:
+            self.health.lease_holder = self.ownership.holder
+            raise HeldElsewhere(self.upstream.name, self.ownership.holder)
+        self.health.lease_holder = None
         self._last_start = now = self.reactor.seconds()
         self.health.last_attempt = now
         self.health.in_flight = True
         self.health.progress = None
-        self._current_waiters, self._next_waiters = self._next_waiters, []
-        d = defer.maybeDeferred(
+        return defer.maybeDeferred(
             self.fetch,
             self.upstream,
-            self.store,
+            self.ownership.fenced(self.store),
             reactor=self.reactor,
             progress=self._on_progress,
         )
-        self._in_flight = d
-        d.addBoth(self._finished)
 
     def _on_progress(self, info: dict[str, Any]) -> None:
         self.health.progress = info
@@ -267,11 +317,15 @@ class UpstreamPoller(Service):
                     log.exception("pop3.progress_listener_failed", upstream=self.upstream.name)
 
     def _finished(self, outcome: Any) -> None:
-        if isinstance(outcome, Failure):
+        standby = isinstance(outcome, Failure) and isinstance(outcome.value, HeldElsewhere)
+        if standby:
+            pass  # not a pass: another node polls this upstream
+        elif isinstance(outcome, Failure):
             self._failed(outcome)
         else:
             self._succeeded(outcome)
-        self._note_outcome(outcome)
+        if not standby:
+            self._note_outcome(outcome)
         waiters, self._current_waiters = self._current_waiters, []
         for d, _progress in waiters:
             if isinstance(outcome, Failure):
@@ -371,6 +425,8 @@ class UpstreamPoller(Service):
         up = self.upstream
         if h.in_flight:
             state = "fetching"
+        elif self.ownership.expiring and not self.ownership.held:
+            state = "standby"  # another node holds the lease (or nobody yet)
         elif h.consecutive_failures:
             state = "failing"
         elif h.last_success is None:
@@ -409,6 +465,7 @@ class UpstreamPoller(Service):
             "next_poll_at": h.next_poll_at,
             "backlog": h.backlog,
             "login_delay": self.login_delay,
+            "ownership": self.ownership.describe(),
             "progress": h.progress if h.in_flight else None,
             "last_result": h.last_result.as_dict() if h.last_result is not None else None,
             "skipped_count": len(skipped),

@@ -49,3 +49,10 @@ class SearchTooComplex(StoreError):
     """The criteria tree exceeds the store's bound on nodes or nesting
     (:data:`gateway.store.search.MAX_SEARCH_NODES`, ``MAX_SEARCH_DEPTH``) → NO [LIMIT]
     (RFC 5530): a limit of this server, not a server bug."""
+
+
+class LeaseLost(StoreError):
+    """This node no longer holds the lease on the upstream it was fetching from
+    (:mod:`gateway.store.leases`): another node took it over, or it expired. Raised by a
+    fenced write, which then commits nothing; the fetcher drops its POP3 connection
+    without QUIT, so none of its DELEs take effect."""

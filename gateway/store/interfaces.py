@@ -80,6 +80,7 @@ from gateway.core.criteria import Criteria
 from gateway.core.sorting import SortCriterion, ThreadFacts
 from gateway.store.errors import (
     InvalidMailboxName,
+    LeaseLost,
     MailboxExists,
     MailboxNotAllowed,
     MailboxNotFound,
@@ -102,6 +103,7 @@ __all__ = [
     "DuplicateRecord",
     "InvalidMailboxName",
     "Ledger",
+    "LeaseLost",
     "Routed",
     "LedgerEntry",
     "MailStore",

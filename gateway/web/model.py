@@ -36,8 +36,14 @@ ERROR_WORDS = {
 """A failure kind (:mod:`gateway.pop3.errors`) in words for people; the error text
 itself is shown after it."""
 
-STATE_LABELS = {"ok": "OK", "failing": "Failing", "fetching": "Fetching", "waiting": "Waiting"}
-STATE_SYMBOLS = {"ok": "✓", "failing": "✗", "fetching": "↻", "waiting": "…"}
+STATE_LABELS = {
+    "ok": "OK",
+    "failing": "Failing",
+    "fetching": "Fetching",
+    "waiting": "Waiting",
+    "standby": "Polled by another node",  # issue 13: another node holds the lease
+}
+STATE_SYMBOLS = {"ok": "✓", "failing": "✗", "fetching": "↻", "waiting": "…", "standby": "⇄"}
 """States are written as words and symbols, never only coloured."""
 
 HISTORY_DAYS = 7

@@ -18,6 +18,9 @@ package does:
   :mod:`~gateway.store.postgres.sorting` (SORT/THREAD), :mod:`~gateway.store.postgres.ledger` (with Sieve routing),
   :mod:`~gateway.store.postgres.known_sources`, :mod:`~gateway.store.postgres.scripts`:
   the contract's concerns;
+- :mod:`~gateway.store.postgres.leases`: which node polls each upstream (leases with
+  fencing tokens, :mod:`gateway.store.leases`), and the fence check every ledger write
+  makes in its own transaction;
 - :mod:`~gateway.store.postgres.timeseries`, :mod:`~gateway.store.postgres.queue`: the
   time-series and outbound-queue contracts on the same database and pool.
 

@@ -18,6 +18,7 @@ from psycopg import Cursor
 
 from gateway.message.analysis import Analysis
 from gateway.store.interfaces import INBOX, Delivery, DuplicateRecord, LedgerEntry, Routed
+from gateway.store.postgres.leases import PGLeases
 from gateway.store.postgres.queue import Statements
 from gateway.store.postgres.rows import PGRows
 from gateway.store.rowdata import split_seen
@@ -25,8 +26,11 @@ from gateway.store.rules import check_mailbox_name, filing_flags, filing_name, n
 from gateway.store.sqlite_queue import insert_queued
 
 
-class PGLedger(PGRows):
-    """:class:`~gateway.store.interfaces.Ledger` on PostgreSQL."""
+class PGLedger(PGRows, PGLeases):
+    """:class:`~gateway.store.interfaces.Ledger` on PostgreSQL. Every write runs
+    :meth:`~gateway.store.postgres.leases.PGLeases._fenced_write`: under a fence (a
+    fetch pass of a node holding the upstream's lease) it commits only while the lease
+    still holds."""
 
     def known_uidls(self, upstream: str) -> set[str]:
         with self._cursor() as cur:
@@ -88,7 +92,7 @@ class PGLedger(PGRows):
         if all(p is None for p in prepared):
             return results
         now = self._clock()
-        with self._write() as (cur, changed):
+        with self._fenced_write() as (cur, changed):
             mailbox_id = self._target_mailbox(cur, owner, mailbox)
             self._lock(cur, mailbox_id)
             new_rows: list[tuple[int, int]] = []  # (index in items, message id)
@@ -154,7 +158,7 @@ class PGLedger(PGRows):
         if all(p is None for p in prepared):
             return results
         now = self._clock()
-        with self._write() as (cur, changed):
+        with self._fenced_write() as (cur, changed):
             self._lock_owner(cur, owner)
             self._ensure_user_tx(cur, owner)
             boxes: dict[str, tuple[int, bool]] = {}  # name → (mailbox id, shared)
@@ -265,7 +269,7 @@ class PGLedger(PGRows):
         values = list(dict.fromkeys(str(u) for u in uidls))
         if not values:
             return 0
-        with self._write() as (cur, _changed):
+        with self._fenced_write() as (cur, _changed):
             cur.execute(
                 "INSERT INTO ledger (upstream, uidl, message_id, state, reason, fetched_at, size)"
                 " SELECT %s, u, NULL, 'imported', %s, %s, NULL FROM unnest(%s::text[]) AS u"
@@ -277,7 +281,7 @@ class PGLedger(PGRows):
     def record_skipped(self, upstream: str, uidl: str, reason: str) -> None:
         """A delivered entry is never turned into a skipped one; a skipped one gets the
         latest reason."""
-        with self._cursor() as cur:
+        with self._fenced_write() as (cur, _changed):
             cur.execute(
                 "INSERT INTO ledger (upstream, uidl, message_id, state, reason, fetched_at, size)"
                 " VALUES (%s, %s, NULL, 'skipped', %s, %s, NULL)"
@@ -290,7 +294,7 @@ class PGLedger(PGRows):
     def forget_uidls(self, upstream: str, uidls: Iterable[str]) -> None:
         if isinstance(uidls, str):
             raise TypeError("uidls must be an iterable of str, not one str")
-        with self._cursor() as cur:
+        with self._fenced_write() as (cur, _changed):
             cur.execute(
                 "DELETE FROM ledger WHERE upstream = %s AND uidl = ANY(%s::text[])",
                 (upstream, [str(u) for u in uidls]),

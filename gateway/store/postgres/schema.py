@@ -305,6 +305,22 @@ def backfill_sort_keys(cur: Any) -> None:
 # Self-contained (touches only ``sort_key``), renumberable.
 _V6_SORT_KEY_BACKFILL: Migration = backfill_sort_keys
 
+# Version 7: upstream leases (issue 13, gateway/store/leases.py): which node polls each
+# upstream. One row per upstream, kept when released (expires_at set to now) so that the fencing
+# token only ever grows; expires_at is written and compared on the database's clock.
+# Self-contained (one new table), renumberable.
+_V7_UPSTREAM_LEASE = _statements(
+    """
+    CREATE TABLE upstream_lease (
+        upstream    text PRIMARY KEY,
+        node        text NOT NULL,
+        token       bigint NOT NULL,
+        acquired_at timestamptz NOT NULL,
+        expires_at  timestamptz NOT NULL
+    )
+    """,
+)
+
 MIGRATIONS: Sequence[Migration] = (
     _V1,
     _V2,
@@ -312,6 +328,7 @@ MIGRATIONS: Sequence[Migration] = (
     _V4_SAVEDATE,
     _V5_SORT_KEYS,
     _V6_SORT_KEY_BACKFILL,
+    _V7_UPSTREAM_LEASE,
 )
 """Entry *i* takes a database from version *i* to *i + 1*. Append only."""
 
