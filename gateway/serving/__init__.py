@@ -1,0 +1,2 @@
+"""What the servers' Twisted protocols (IMAP, ManageSieve, submission) share: the command
+driver (:mod:`gateway.serving.driver`)."""
