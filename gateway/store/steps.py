@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+from gateway.core.criteria import Criteria
 from gateway.core.flags import SPECIAL_USES
 from gateway.store.errors import MailboxExists, MailboxNotAllowed, MailboxNotFound
 from gateway.store.interfaces import (
@@ -43,6 +44,8 @@ from gateway.store.rules import (
     normalise_name,
     parent_names,
 )
+from gateway.store.search import build_query
+from gateway.store.sorting import SORT_JOIN
 
 Cursor = Any
 """The backend's handle inside a transaction (a ``sqlite3.Connection``, a psycopg cursor)."""
@@ -127,6 +130,55 @@ class RowSteps:
         """Subscribe ``user`` to ``names`` (already subscribed ones stay)."""
         raise NotImplementedError
 
+    # ---- queries -----------------------------------------------------------------------
+
+    _search_options: dict[str, Any] = {}
+    """What :func:`~gateway.store.search.build_query` needs to know of the backend
+    (its SQL dialect)."""
+
+    def _largest_uid(self, cur: Cursor, mailbox_id: int) -> int | None:
+        """The mailbox's largest UID in use, None when it is empty."""
+        raise NotImplementedError
+
+    def _fetch_query(self, cur: Cursor, sql: str, params: Sequence[object]) -> list[Any]:
+        raise NotImplementedError
+
+    def _query_rows(
+        self, cur: Cursor, mailbox_id: int, criteria: Criteria, viewer: str | None, **options: Any
+    ) -> list[Any]:
+        """SEARCH (RFC 3501 §6.4.4), SORT and THREAD (RFC 5256): ``criteria`` compiled to
+        one SQL query (:func:`~gateway.store.search.build_query`, with ``options``) over
+        the rows ``viewer`` sees. The query is built even for an empty mailbox, which then
+        runs none, so criteria too complex to compile are refused alike."""
+        largest = self._largest_uid(cur, mailbox_id)
+        source, source_params = self._source(cur, mailbox_id, viewer)
+        query = build_query(
+            mailbox_id,
+            criteria,
+            largest or 0,
+            source=source,
+            source_params=source_params,
+            **self._search_options,
+            **options,
+        )
+        if largest is None:
+            return []
+        return self._fetch_query(cur, query.sql, query.params)
+
+    def _sorted_in(
+        self,
+        cur: Cursor,
+        mailbox_id: int,
+        criteria: Criteria,
+        columns: str,
+        order: str,
+        viewer: str | None,
+    ) -> list[Any]:
+        """SORT/THREAD's rows: ``columns`` of the matching messages, in ``order``."""
+        return self._query_rows(
+            cur, mailbox_id, criteria, viewer, columns=columns, extra_join=SORT_JOIN, order=order
+        )
+
     # ---- mailboxes, counters and rows -------------------------------------------------
 
     def _find(self, cur: Cursor, user: str, name: str) -> Mailbox | None:
@@ -138,6 +190,10 @@ class RowSteps:
 
     def _is_shared(self, cur: Cursor, mailbox_id: int) -> bool:
         """Whether the mailbox belongs to a shared tree; raises MailboxNotFound."""
+        raise NotImplementedError
+
+    def _source(self, cur: Cursor, mailbox_id: int, viewer: str | None) -> tuple[str, list]:
+        """The rows to read for ``viewer``: the table itself, or its private view."""
         raise NotImplementedError
 
     def _bump(self, cur: Cursor, mailbox_id: int) -> int:

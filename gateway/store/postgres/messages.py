@@ -25,11 +25,10 @@ from gateway.store.interfaces import (
     SelectionSummary,
 )
 from gateway.store.objectid import email_id
-from gateway.store.postgres.rows import POSTGRESQL, PGRows, uid_array
+from gateway.store.postgres.rows import PGRows, uid_array
 from gateway.store.rowdata import (
     SEEN_TOKEN,
 )
-from gateway.store.search import build_query
 from gateway.store.steps import MessageSteps
 
 
@@ -238,22 +237,8 @@ class PGMessages(PGRows, MessageSteps):
         in a shared mailbox SEEN/UNSEEN and MODSEQ are ``viewer``'s own."""
         with self._read() as cur:
             self._require(cur, mailbox_id)
-            cur.execute("SELECT max(uid) FROM mailbox_message WHERE mailbox_id = %s", (mailbox_id,))
-            row = cur.fetchone()
-            largest = None if row is None else row[0]
-            source, source_params = self._source(cur, mailbox_id, viewer)
-            query = build_query(
-                mailbox_id,
-                criteria,
-                largest or 0,
-                source=source,
-                source_params=source_params,
-                dialect=POSTGRESQL,
-            )
-            if largest is None:
-                return []
-            cur.execute(query.sql, query.params)
-            return [r[0] for r in cur.fetchall()]
+            rows = self._query_rows(cur, mailbox_id, criteria, viewer)
+        return [r[0] for r in rows]
 
     def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> None:
         with self._cursor() as cur:

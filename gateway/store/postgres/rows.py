@@ -167,6 +167,17 @@ class PGRows(PGConnection, RowSteps):
                 (user, new),
             )
 
+    _search_options = {"dialect": POSTGRESQL}
+
+    def _largest_uid(self, cur: Cursor, mailbox_id: int) -> int | None:
+        cur.execute("SELECT max(uid) FROM mailbox_message WHERE mailbox_id = %s", (mailbox_id,))
+        row = cur.fetchone()
+        return None if row is None else row[0]
+
+    def _fetch_query(self, cur: Cursor, sql: str, params: Sequence[object]) -> list[Any]:
+        cur.execute(sql, params)
+        return cur.fetchall()
+
     def _subscribe_all(self, cur: Cursor, user: str, names: Sequence[str]) -> None:
         cur.executemany(
             "INSERT INTO subscription (owner, name) VALUES (%s, %s) ON CONFLICT DO NOTHING",

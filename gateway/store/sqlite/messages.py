@@ -29,7 +29,6 @@ from gateway.store.objectid import email_id
 from gateway.store.rowdata import (
     SEEN_TOKEN,
 )
-from gateway.store.search import build_query
 from gateway.store.sqlite.rows import SQLiteRows, uid_list
 from gateway.store.steps import MessageSteps
 
@@ -242,21 +241,8 @@ class SQLiteMessages(SQLiteRows, MessageSteps):
         in a shared mailbox SEEN/UNSEEN and MODSEQ are ``viewer``'s own."""
         with self._read() as conn:
             self._require(conn, mailbox_id)
-            (largest,) = conn.execute(
-                "SELECT max(uid) FROM mailbox_message WHERE mailbox_id = ?", (mailbox_id,)
-            ).fetchone()
-            source, source_params = self._source(conn, mailbox_id, viewer)
-            query = build_query(
-                mailbox_id,
-                criteria,
-                largest or 0,
-                source=source,
-                source_params=source_params,
-                text_index=True,
-            )
-            if largest is None:
-                return []
-            return [r[0] for r in conn.execute(query.sql, query.params)]
+            rows = self._query_rows(conn, mailbox_id, criteria, viewer, text_index=True)
+        return [r[0] for r in rows]
 
     def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> None:
         with self._write():

@@ -174,6 +174,16 @@ class SQLiteRows(SQLiteConnection, RowSteps):
                 "INSERT OR IGNORE INTO subscription (owner, name) VALUES (?, ?)", (user, new)
             )
 
+    def _largest_uid(self, cur: sqlite3.Connection, mailbox_id: int) -> int | None:
+        return cur.execute(
+            "SELECT max(uid) FROM mailbox_message WHERE mailbox_id = ?", (mailbox_id,)
+        ).fetchone()[0]
+
+    def _fetch_query(
+        self, cur: sqlite3.Connection, sql: str, params: Sequence[object]
+    ) -> list[Any]:
+        return cur.execute(sql, params).fetchall()
+
     def _subscribe_all(self, cur: sqlite3.Connection, user: str, names: Sequence[str]) -> None:
         cur.executemany(
             "INSERT OR IGNORE INTO subscription (owner, name) VALUES (?, ?)",
