@@ -192,9 +192,15 @@ class RowSteps:
         """Whether the mailbox belongs to a shared tree; raises MailboxNotFound."""
         raise NotImplementedError
 
+    _private_source: str
+    """``mailbox_message`` as one viewer sees a shared mailbox: a subquery with the same
+    columns and one parameter, the viewer (the backend's ``PRIVATE_SOURCE``)."""
+
     def _source(self, cur: Cursor, mailbox_id: int, viewer: str | None) -> tuple[str, list]:
         """The rows to read for ``viewer``: the table itself, or its private view."""
-        raise NotImplementedError
+        if viewer is not None and self._is_shared(cur, mailbox_id):
+            return self._private_source, [viewer]
+        return "mailbox_message", []
 
     def _bump(self, cur: Cursor, mailbox_id: int) -> int:
         """The mailbox's next modseq, recorded as its HIGHESTMODSEQ (RFC 7162 §3.1.1)."""

@@ -80,6 +80,8 @@ class PGRows(PGConnection, RowSteps):
     """Steps that run inside a caller's transaction (``cur`` is its cursor): the
     :class:`~gateway.store.steps.RowSteps` the shared write algorithms call."""
 
+    _private_source = PRIVATE_SOURCE
+
     # ---- transactions and locks (RowSteps) -----------------------------------------
 
     def _tx(self) -> AbstractContextManager[tuple[Cursor, set[int]]]:
@@ -215,12 +217,6 @@ class PGRows(PGConnection, RowSteps):
                 raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
             known = self._shared_ids[mailbox_id] = is_shared_owner(row[0])
         return known
-
-    def _source(self, cur: Cursor, mailbox_id: int, viewer: str | None) -> tuple[str, list]:
-        """The rows to read for ``viewer``: the table itself, or its private view."""
-        if viewer is not None and self._is_shared(cur, mailbox_id):
-            return PRIVATE_SOURCE, [viewer]
-        return "mailbox_message", []
 
     def _set_private(
         self,

@@ -74,6 +74,8 @@ class SQLiteRows(SQLiteConnection, RowSteps):
     """Steps that run inside a caller's transaction (``cur`` is the connection in it):
     the :class:`~gateway.store.steps.RowSteps` the shared write algorithms call."""
 
+    _private_source = PRIVATE_SOURCE
+
     # ---- transactions and locks (RowSteps) -----------------------------------------
 
     @contextmanager
@@ -205,14 +207,6 @@ class SQLiteRows(SQLiteConnection, RowSteps):
                 raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
             known = self._shared_ids[mailbox_id] = is_shared_owner(row[0])
         return known
-
-    def _source(
-        self, cur: sqlite3.Connection, mailbox_id: int, viewer: str | None
-    ) -> tuple[str, list[object]]:
-        """The rows to read for ``viewer``: the table itself, or its private view."""
-        if viewer is not None and self._is_shared(cur, mailbox_id):
-            return PRIVATE_SOURCE, [viewer]
-        return "mailbox_message", []
 
     def _set_private(
         self,
