@@ -29,8 +29,11 @@ action and schedules the next batch only once the transport wants more. So no da
 round trip happens on the reactor, and a session's state is only ever touched by one
 thread at a time.
 
-Timers (RFC 3501 §5.4 autologout, RFC 2177 IDLE keep-alive), the protocol trace and
-IDLE/NOTIFY change notification are in :mod:`gateway.imap.server_events`.
+The engine itself (one command's generator stepped at a time, blocking calls under the
+login limits, reading paused, the per-source cap, the inactivity timer) is the one the
+three servers share, :class:`~gateway.serving.driver.CommandDriver`; this module supplies
+IMAP's hooks. Timers (RFC 3501 §5.4 autologout, RFC 2177 IDLE keep-alive), the protocol
+trace and IDLE/NOTIFY change notification are in :mod:`gateway.imap.server_events`.
 The factories that build these connections are in :mod:`gateway.imap.factory`, the limits
 and policies they apply in :mod:`gateway.imap.policy`.
 """
