@@ -73,14 +73,14 @@ class CommandDriver:
         """The action the current command waits on, if any."""
         self._send: Any = None
         self._throw: BaseException | None = None
-        self._token: object | None = None
+        self._blocking: object | None = None
         """Identifies the current wait on a blocking call; a stale result is dropped."""
         self._closing = False
         self._busy = False
         self._again = False
         self._reading_paused = False
         self._timeout_call: Any = None
-        self._delay_call: Any = None
+        self._login_delay_call: Any = None
 
     # -- hooks (overridden by each protocol) --
 
@@ -236,7 +236,7 @@ class CommandDriver:
     def _drop_current(self) -> None:
         current, self._current = self._current, None
         self._waiting = None
-        self._token = None
+        self._blocking = None
         if current is not None:
             self._close_run(current)
 
@@ -247,7 +247,7 @@ class CommandDriver:
         command with its result; with ``login`` (the user name given) inside the login
         limits: maybe refused before any check, failures delayed."""
         self._waiting = action
-        token = self._token = object()
+        token = self._blocking = object()
         limits = self._login_limits
         if login is not None:
             refused = limits.begin(self.peer_host, self.peer, login)
@@ -267,7 +267,7 @@ class CommandDriver:
         )
 
     def _blocking_done(self, result: Any, token: object, attempt: Any) -> None:
-        if self._token is not token or self._closing:
+        if self._blocking is not token or self._closing:
             # The command is gone (the client hung up): a password check still counts.
             self._login_limits.settle(attempt, result if isinstance(result, str) else None)
             return
@@ -287,10 +287,10 @@ class CommandDriver:
 
     def _resume(self, token: object, result: Any, error: BaseException | None) -> None:
         """Continue the command waiting on a blocking call (or on a login delay)."""
-        self._delay_call = None
-        if self._token is not token or self._closing:
+        self._login_delay_call = None
+        if self._blocking is not token or self._closing:
             return
-        self._token = None
+        self._blocking = None
         self._waiting = None
         if error is not None:
             self._throw = error
@@ -304,7 +304,7 @@ class CommandDriver:
         if delay <= 0:
             self._resume(token, result, error)
         else:
-            self._delay_call = self.factory.clock.callLater(
+            self._login_delay_call = self.factory.clock.callLater(
                 delay, self._resume, token, result, error
             )
 
@@ -362,7 +362,7 @@ class CommandDriver:
         self._close()
 
     def _cancel_timers(self) -> None:
-        for call in (self._timeout_call, self._delay_call):
+        for call in (self._timeout_call, self._login_delay_call):
             if call is not None and call.active():
                 call.cancel()
-        self._timeout_call = self._delay_call = None
+        self._timeout_call = self._login_delay_call = None

@@ -150,7 +150,7 @@ class SubmissionProtocol(CommandDriver, Protocol):
             self._run_blocking(action, action.login)
         elif isinstance(action, Call):
             self._waiting = action
-            token = self._token = object()
+            token = self._blocking = object()
             d = maybeDeferred(action.fn, *action.args)
             d.addCallbacks(
                 self._resume_ok, self._failed, callbackArgs=(token,), errbackArgs=(token,)
