@@ -20,13 +20,13 @@ the row locks); :meth:`RowSteps._lock_owner` serialises changes to one user's tr
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 from gateway.core.criteria import Criteria
 from gateway.core.flags import SPECIAL_USES
-from gateway.store.errors import MailboxExists, MailboxNotAllowed, MailboxNotFound
+from gateway.store.errors import MailboxExists, MailboxNotAllowed, MailboxNotFound, StoreError
 from gateway.store.interfaces import (
     DELIMITER,
     INBOX,
@@ -39,6 +39,7 @@ from gateway.store.interfaces import (
 from gateway.store.rowdata import copy_entries, plan_flags, split_seen
 from gateway.store.rules import (
     DEFAULT_FOLDERS,
+    MAX_UID,
     check_mailbox_name,
     flag_map,
     normalise_name,
@@ -220,12 +221,36 @@ class RowSteps:
         """Record ``viewer``'s own \\Seen for (uid, seen) entries, stamped ``modseq``."""
         raise NotImplementedError
 
+    def _alloc_uids(self, cur: Cursor, mailbox_id: int, count: int) -> tuple[int, int]:
+        """Take ``count`` UIDs and one new modseq in the mailbox: (modseq, the new
+        UIDNEXT), the UIDs being the ``count`` values below it (RFC 3501 §2.3.1.1)."""
+        raise NotImplementedError
+
+    def _insert_rows(self, cur: Cursor, rows: list[tuple]) -> None:
+        """Insert \\Recent ``mailbox_message`` rows: (mailbox id, uid, message id, flags
+        text, modseq, savedate)."""
+        raise NotImplementedError
+
     def _add_rows(
         self, cur: Cursor, mailbox_id: int, entries: Sequence[tuple[int, str]]
     ) -> list[int]:
-        """Give (message id, flags text) entries consecutive new UIDs in a mailbox, all
-        \\Recent and stamped with one new modseq; returns the UIDs."""
-        raise NotImplementedError
+        """Give (message id, flags text) entries consecutive new UIDs in a mailbox, in
+        their order (COPYUID, RFC 4315 §3), all \\Recent and stamped with one new modseq;
+        returns the UIDs."""
+        count = len(entries)
+        modseq, end = self._alloc_uids(cur, mailbox_id, count)
+        if end - 1 > MAX_UID:
+            raise StoreError("UID space of the mailbox exhausted")
+        uids = list(range(end - count, end))
+        saved = int(self._clock())  # RFC 8514 §3: when the row entered this mailbox
+        self._insert_rows(
+            cur,
+            [
+                (mailbox_id, uid, message_id, flags, modseq, saved)
+                for uid, (message_id, flags) in zip(uids, entries, strict=True)
+            ],
+        )
+        return uids
 
     def _remove_rows(self, cur: Cursor, mailbox_id: int, uids: Sequence[int], modseq: int) -> None:
         """Drop rows from a mailbox, remembering the UIDs for QRESYNC (RFC 7162 §3.2.10)."""
@@ -244,6 +269,8 @@ class RowSteps:
 
     def _flags(self, text: str, recent: int) -> frozenset[str]:
         raise NotImplementedError
+
+    _clock: Callable[[], float]
 
     # ---- mailbox tree steps ----------------------------------------------------------
 

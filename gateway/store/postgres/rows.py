@@ -354,13 +354,9 @@ class PGRows(PGConnection, RowSteps):
         )
         return message_id
 
-    def _add_rows(
-        self, cur: Cursor, mailbox_id: int, entries: Sequence[tuple[int, str]]
-    ) -> list[int]:
-        """Give (message id, flags text) entries consecutive new UIDs in a mailbox, all
-        \\Recent and stamped with one new modseq; returns the UIDs. The counters move in
-        one ``UPDATE ... RETURNING`` on the mailbox row, which stays locked until commit."""
-        count = len(entries)
+    def _alloc_uids(self, cur: Cursor, mailbox_id: int, count: int) -> tuple[int, int]:
+        """The counters move in one ``UPDATE ... RETURNING`` on the mailbox row, which
+        stays locked until commit."""
         cur.execute(
             "UPDATE mailbox SET highestmodseq = highestmodseq + 1, uidnext = uidnext + %s"
             " WHERE id = %s RETURNING highestmodseq, uidnext",
@@ -369,21 +365,15 @@ class PGRows(PGConnection, RowSteps):
         row = cur.fetchone()
         if row is None:
             raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
-        modseq, end = int(row[0]), int(row[1])
-        if end - 1 > MAX_UID:
-            raise StoreError("UID space of the mailbox exhausted")
-        uids = list(range(end - count, end))
-        saved = int(self._clock())  # RFC 8514 §3: when the row entered this mailbox
+        return int(row[0]), int(row[1])
+
+    def _insert_rows(self, cur: Cursor, rows: list[tuple]) -> None:
         cur.executemany(
             "INSERT INTO mailbox_message"
             " (mailbox_id, uid, message_id, flags, modseq, recent, savedate)"
             " VALUES (%s, %s, %s, %s, %s, 1, %s)",
-            [
-                (mailbox_id, uid, message_id, flags, modseq, saved)
-                for uid, (message_id, flags) in zip(uids, entries, strict=True)
-            ],
+            rows,
         )
-        return uids
 
     def _remove_rows(self, cur: Cursor, mailbox_id: int, uids: Sequence[int], modseq: int) -> None:
         """Drop rows from a mailbox, remembering the UIDs for QRESYNC (RFC 7162 §3.2.10)."""

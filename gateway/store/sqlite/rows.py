@@ -305,32 +305,21 @@ class SQLiteRows(SQLiteConnection, RowSteps):
         )
         return message_id
 
-    def _add_rows(
-        self, cur: sqlite3.Connection, mailbox_id: int, entries: Sequence[tuple[int, str]]
-    ) -> list[int]:
-        """Give (message id, flags text) entries consecutive new UIDs in a mailbox, all
-        \\Recent and stamped with one new modseq; returns the UIDs."""
+    def _alloc_uids(self, cur: sqlite3.Connection, mailbox_id: int, count: int) -> tuple[int, int]:
         modseq = self._bump(cur, mailbox_id)
-        count = len(entries)
         (end,) = cur.execute(
             "UPDATE mailbox SET uidnext = uidnext + ? WHERE id = ? RETURNING uidnext",
             (count, mailbox_id),
         ).fetchall()[0]
-        if end - 1 > MAX_UID:
-            raise StoreError("UID space of the mailbox exhausted")
-        first = end - count
-        uids = list(range(first, end))
-        saved = int(self._clock())  # RFC 8514 §3: when the row entered this mailbox
+        return modseq, end
+
+    def _insert_rows(self, cur: sqlite3.Connection, rows: list[tuple]) -> None:
         cur.executemany(
             "INSERT INTO mailbox_message"
             " (mailbox_id, uid, message_id, flags, modseq, recent, savedate)"
             " VALUES (?, ?, ?, ?, ?, 1, ?)",
-            [
-                (mailbox_id, uid, message_id, flags, modseq, saved)
-                for uid, (message_id, flags) in zip(uids, entries, strict=True)
-            ],
+            rows,
         )
-        return uids
 
     def _remove_rows(
         self, cur: sqlite3.Connection, mailbox_id: int, uids: Sequence[int], modseq: int
