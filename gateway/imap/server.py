@@ -23,7 +23,7 @@ Where command steps run (ARCHITECTURE.md, "Store calls and the reactor"): with a
 that runs inline (SQLite, memory) each step of a command's generator runs on the reactor
 thread, as it always has. With one that does not (PostgreSQL) the steps run through the
 factory's :class:`~gateway.store.runner.ThreadRunner`: one batch of steps at a time per
-session (:mod:`gateway.imap.steps`, up to a byte budget or the next action),
+session (:mod:`gateway.serving.steps`, up to a byte budget or the next action),
 its bytes and action handed back to the reactor thread, which writes them, performs the
 action and schedules the next batch only once the transport wants more. So no database
 round trip happens on the reactor, and a session's state is only ever touched by one
@@ -75,10 +75,10 @@ from gateway.imap.login_limits import LoginLimits
 from gateway.imap.policy import UTF8_ACCEPT_SUPPORTED, ListenerPolicy
 from gateway.imap.server_events import ConnectionEvents
 from gateway.imap.session import IMAPSession
-from gateway.imap.steps import ThreadedSteps
 from gateway.imap.stream import ConnectionStream
 from gateway.imap.tracefile import ConnectionTrace
 from gateway.serving.driver import CommandDriver
+from gateway.serving.steps import ThreadedSteps
 
 if TYPE_CHECKING:
     from gateway.imap.factory import IMAPServerFactory

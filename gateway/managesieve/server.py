@@ -17,7 +17,7 @@ needs no producer.
 Where the store runs: with a store that runs inline (SQLite, memory) the glue advances
 each command's generator right here, on the reactor thread; given a
 :class:`~gateway.store.runner.ThreadRunner` (PostgreSQL) it advances it on a store
-thread, one batch of steps at a time (:mod:`gateway.managesieve.steps`), and writes the
+thread, one batch of steps at a time (:mod:`gateway.serving.steps`), and writes the
 bytes and performs the actions back on the reactor thread, so no script-store round trip
 runs on the reactor.
 """
@@ -54,13 +54,13 @@ from gateway.managesieve.parser import (
     StringResponse,
 )
 from gateway.managesieve.session import ManageSieveSession
-from gateway.managesieve.steps import DONE, run_steps
 from gateway.security.auth import Authenticator
 from gateway.security.connections import ConnectionCounts, ListenerPolicy
 from gateway.security.connections import ListenerFactory as SharedListenerFactory
 from gateway.security.logins import LoginLimits
 from gateway.security.penalty import AuthPenalty
 from gateway.serving.driver import CommandDriver, RunBlockingFn
+from gateway.serving.steps import ThreadedSteps
 from gateway.store.runner import StoreRunner
 from gateway.store.scripts import ScriptStore
 
@@ -95,7 +95,7 @@ class ManageSieveLimits:
     ``NO (TRYLATER)``. Script editors hold one or two; 0 means no limit."""
 
 
-class ManageSieveProtocol(CommandDriver, Protocol):
+class ManageSieveProtocol(ThreadedSteps, CommandDriver, Protocol):
     """One ManageSieve connection (the engine is :class:`~gateway.serving.driver.CommandDriver`)."""
 
     session: ManageSieveSession
@@ -105,6 +105,8 @@ class ManageSieveProtocol(CommandDriver, Protocol):
 
     def __init__(self, factory: ManageSieveFactory, policy: ListenerPolicy | None = None) -> None:
         self._init_driver(factory, policy)
+        self._threads = factory.threads
+        """The store's thread runner when command steps must leave the reactor thread."""
         self._stepping: object | None = None
         """Token of the batch of steps running on a store thread, if any."""
         self._login_limits = LoginLimits(
@@ -189,7 +191,7 @@ class ManageSieveProtocol(CommandDriver, Protocol):
     def _may_step(self) -> bool:
         if self._waiting is not None:
             return False
-        if self.factory.threads is not None:
+        if self._threads is not None:
             if self._stepping is None:
                 self._step_on_thread(self._current)
             return False
@@ -198,64 +200,10 @@ class ManageSieveProtocol(CommandDriver, Protocol):
     def _close_run(self, current: Run) -> None:
         if self._stepping is not None:
             return  # its steps are running on a store thread: closed when they return
-        if self.factory.threads is not None:
+        if self._threads is not None:
             self._close_on_thread(current)  # its finally blocks may call the store
         else:
             current.close()
-
-    # -- steps on a store thread (a store that does not run inline) --
-
-    def _step_on_thread(self, current: Run) -> None:
-        """Run ``current``'s next steps on a store thread (one batch at a time)."""
-        throw, self._throw = self._throw, None
-        value, self._send = self._send, None
-        token = self._stepping = object()
-        threads = self.factory.threads
-        assert threads is not None
-        threads.run(run_steps, current, throw, value).addCallbacks(
-            self._steps_done,
-            self._steps_failed,
-            callbackArgs=(token, current),
-            errbackArgs=(token, current),
-        )
-
-    def _steps_done(self, result: tuple[list[bytes], Any], token: object, current: Run) -> None:
-        if self._stepping is not token:
-            return
-        self._stepping = None
-        if self._current is not current or self._closing:
-            self._close_on_thread(current)  # dropped while its steps ran
-            return
-        chunks, action = result
-        for chunk in chunks:
-            self.transport.write(chunk)
-        if action is DONE:
-            self._command_done()
-        else:
-            self._perform(action)
-        self._run()
-
-    def _steps_failed(self, failure: Failure, token: object, current: Run) -> None:
-        if self._stepping is not token:
-            return
-        self._stepping = None
-        if self._current is not current or self._closing:
-            return
-        log.error(
-            "managesieve.internal_error",
-            peer=self.peer,
-            exc_info=(failure.type, failure.value, failure.getTracebackObject()),
-        )
-        self._current = None
-        self._abort()
-
-    def _close_on_thread(self, current: Run) -> None:
-        """Close a dropped command's generator where its steps run."""
-        threads = self.factory.threads
-        assert threads is not None
-        threads.run(current.close).addErrback(
-            lambda f: log.error("managesieve.internal_error", peer=self.peer, error=str(f.value))
-        )
 
     def _perform(self, action: Any) -> None:
         if isinstance(action, RunBlocking):
