@@ -15,7 +15,8 @@ import breaks this map, when modules import each other in a cycle, or when anyth
 - ``security``: passwords, the authenticator, login penalties, TLS contexts. core.
 - ``serving``: what the servers' Twisted protocols share: the command driver (a session's
   generator handlers stepped one at a time with backpressure, resumed after blocking calls
-  under the login limits, the per-source cap, the inactivity timer). security.
+  under the login limits, the per-source cap, the inactivity timer) and command steps on a
+  store thread for a store that does not run inline. security.
 - ``imap``: the IMAP server: sans-I/O parser, session and handlers, one Twisted protocol.
   core, message, store, access, security, serving.
 - ``oauth``: OAuth 2.0 for upstreams: provider presets, token file, device login (RFC 8628),
