@@ -13,8 +13,12 @@ import breaks this map, when modules import each other in a cycle, or when anyth
 - ``access``: per-user views of the store: households (shared trees, private \\Seen), quotas,
   Sieve at ingest (the owner's script routing each fetched message). core, store, sieve.
 - ``security``: passwords, the authenticator, login penalties, TLS contexts. core.
+- ``serving``: what the servers' Twisted protocols share: the command driver (a session's
+  generator handlers stepped one at a time with backpressure, resumed after blocking calls
+  under the login limits, the per-source cap, the inactivity timer) and command steps on a
+  store thread for a store that does not run inline. security.
 - ``imap``: the IMAP server: sans-I/O parser, session and handlers, one Twisted protocol.
-  core, message, store, access, security.
+  core, message, store, access, security, serving.
 - ``oauth``: OAuth 2.0 for upstreams: provider presets, token file, device login (RFC 8628),
   refresh (RFC 6749 §6) over treq. core, security.
 - ``pop3``: the POP3 side: sync planning (pure), client, SASL, fetcher, poller, failure
@@ -22,9 +26,9 @@ import breaks this map, when modules import each other in a cycle, or when anyth
   each other.
 - ``submission``: the SMTP submission relay (RFC 6409/8314): sans-I/O parser and session,
   sender policy, Twisted server, relay client and queue service, bounces, Sent copies.
-  core, message, store, access, security.
+  core, message, store, access, security, serving.
 - ``managesieve``: the ManageSieve server (RFC 5804): sans-I/O parser, session, Twisted protocol.
-  core, store, security (and the Sieve language, injected as a checker).
+  core, store, security, serving (and the Sieve language, injected as a checker).
 - ``web``: the household's status page (twisted.web): sessions, sign-in, visibility, SVG
   pictures, the history recorder. core, store, access, security; the gateway's status,
   "fetch now" and the rest are injected.
@@ -37,7 +41,7 @@ import breaks this map, when modules import each other in a cycle, or when anyth
 """
 
 _FOUNDATION = frozenset({"core", "message", "store", "access", "security"})
-_SERVERS = frozenset({"imap", "pop3", "submission", "managesieve", "sieve", "web"})
+_SERVERS = frozenset({"serving", "imap", "pop3", "submission", "managesieve", "sieve", "web"})
 
 ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "core": frozenset(),
@@ -47,10 +51,11 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "security": frozenset({"core"}),
     "sieve": frozenset(),
     "oauth": frozenset({"core", "security"}),
-    "imap": _FOUNDATION,
+    "serving": frozenset({"security"}),
+    "imap": _FOUNDATION | {"serving"},
     "pop3": _FOUNDATION | {"oauth"},
-    "submission": _FOUNDATION,
-    "managesieve": frozenset({"core", "store", "security"}),
+    "submission": _FOUNDATION | {"serving"},
+    "managesieve": frozenset({"core", "store", "security", "serving"}),
     "web": frozenset({"core", "store", "access", "security"}),
     "app": _FOUNDATION | _SERVERS | {"oauth"},
     "testing": _FOUNDATION | _SERVERS | {"oauth", "app"},

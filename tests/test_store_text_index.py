@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.core.criteria import Not, Or, Text
+from gateway.store import steps as steps_module
 from gateway.store.memory import MemoryStore
 from gateway.store.schema import MIGRATIONS, TEXT_INDEX, migrate, schema_version
 from gateway.store.search import build_query
 from gateway.store.sqlite import SQLiteStore
-from gateway.store.sqlite import messages as messages_module
 from gateway.store.sqlite_textindex import (
     TABLE,
     UNINDEXED,
@@ -66,7 +66,7 @@ def scanning() -> Iterator[None]:
     """The SQLite store's searches compiled without the index (the scan of before)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(
-            messages_module,
+            steps_module,  # where the SQL stores compile SEARCH (store/steps.py)
             "build_query",
             lambda *a, **k: build_query(*a, **{**k, "text_index": False}),
         )

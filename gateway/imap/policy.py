@@ -32,14 +32,13 @@ from gateway.imap.framing import (
 )
 from gateway.imap.spool import SPOOL_THRESHOLD, LiteralSpool
 from gateway.security.connections import ListenerPolicy as ListenerPolicy  # one for all servers
+from gateway.serving.driver import RunBlockingFn as RunBlockingFn  # one for all servers
 from gateway.store.search import MAX_SEARCH_DEPTH
 
 UTF8_ACCEPT_SUPPORTED = True
 """RFC 6855 UTF8=ACCEPT is announced: the session and parser handle UTF-8 names and
 quoted strings after ``ENABLE UTF8=ACCEPT``, and APPEND takes the ``UTF8 (~{n})`` data
 extension of §4 (:func:`gateway.imap.grammar._utf8_literal`)."""
-
-RunBlockingFn = Callable[[Callable[[], Any]], Deferred]
 
 
 class ServerObserver(typing.Protocol):

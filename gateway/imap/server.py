@@ -23,14 +23,17 @@ Where command steps run (ARCHITECTURE.md, "Store calls and the reactor"): with a
 that runs inline (SQLite, memory) each step of a command's generator runs on the reactor
 thread, as it always has. With one that does not (PostgreSQL) the steps run through the
 factory's :class:`~gateway.store.runner.ThreadRunner`: one batch of steps at a time per
-session (:mod:`gateway.imap.steps`, up to a byte budget or the next action),
+session (:mod:`gateway.serving.steps`, up to a byte budget or the next action),
 its bytes and action handed back to the reactor thread, which writes them, performs the
 action and schedules the next batch only once the transport wants more. So no database
 round trip happens on the reactor, and a session's state is only ever touched by one
 thread at a time.
 
-Timers (RFC 3501 §5.4 autologout, RFC 2177 IDLE keep-alive), the protocol trace and
-IDLE/NOTIFY change notification are in :mod:`gateway.imap.server_events`.
+The engine itself (one command's generator stepped at a time, blocking calls under the
+login limits, reading paused, the per-source cap, the inactivity timer) is the one the
+three servers share, :class:`~gateway.serving.driver.CommandDriver`; this module supplies
+IMAP's hooks. Timers (RFC 3501 §5.4 autologout, RFC 2177 IDLE keep-alive), the protocol
+trace and IDLE/NOTIFY change notification are in :mod:`gateway.imap.server_events`.
 The factories that build these connections are in :mod:`gateway.imap.factory`, the limits
 and policies they apply in :mod:`gateway.imap.policy`.
 """
@@ -41,7 +44,6 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from twisted.internet.defer import fail
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -73,11 +75,10 @@ from gateway.imap.login_limits import LoginLimits
 from gateway.imap.policy import UTF8_ACCEPT_SUPPORTED, ListenerPolicy
 from gateway.imap.server_events import ConnectionEvents
 from gateway.imap.session import IMAPSession
-from gateway.imap.steps import ThreadedSteps
 from gateway.imap.stream import ConnectionStream
 from gateway.imap.tracefile import ConnectionTrace
-from gateway.security.connections import peer_address
-from gateway.security.penalty import LoginAttempt
+from gateway.serving.driver import CommandDriver
+from gateway.serving.steps import ThreadedSteps
 
 if TYPE_CHECKING:
     from gateway.imap.factory import IMAPServerFactory
@@ -88,32 +89,26 @@ CONTINUE_LITERAL = b"+ Ready for literal data\r\n"
 
 
 @implementer(IPushProducer)
-class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, Protocol):
-    """One IMAP connection. Registers itself as the transport's streaming producer."""
+class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, CommandDriver, Protocol):
+    """One IMAP connection. Registers itself as the transport's streaming producer; the
+    engine is :class:`~gateway.serving.driver.CommandDriver`, with IMAP's waits (raw
+    lines, IDLE events, output room, fairness turns, steps on a store thread) as hooks."""
 
     factory: IMAPServerFactory
     session: IMAPSession
     parser: CommandParser
+    _log = log
+    event_prefix = "imap"
 
     def __init__(self, factory: IMAPServerFactory, policy: ListenerPolicy | None = None) -> None:
-        self.factory = factory
-        self.policy = policy if policy is not None else ListenerPolicy()
-        self.peer = "unknown"
-        self.peer_host = "local"
-        self._source_counted = False
+        self._init_driver(factory, policy)
         self._login_limits = LoginLimits(factory)
         self._budget = ConnectionBudget(factory.budgets, factory.spool_dir)
-        self._login_delay_call: IDelayedCall | None = None
-        self._current: Run | None = None
         runner = factory.store_runner
         self._threads = None if runner.inline else runner
         """The store's thread runner when command steps must leave the reactor thread."""
         self._stepping: object | None = None
         """Token of the batch of steps running on a store thread, if any."""
-        self._waiting: RunBlocking | ReadLine | WaitIdle | Pause | None = None
-        self._send: Any = None
-        self._throw: BaseException | None = None
-        self._blocking: object | None = None
         self._raw_requested = False
         self._raw_line: bytes | None = None
         self._raw_error: ParseError | None = None
@@ -121,11 +116,6 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, Protocol):
         self._notifying = False  # the current run is NOTIFY's, not a command
         self._idling = False
         self._output_paused = False
-        self._reading_paused = False
-        self._closing = False
-        self._busy = False
-        self._again = False
-        self._timeout_call: IDelayedCall | None = None
         self._keepalive_call: IDelayedCall | None = None
         self._next_turn_call: IDelayedCall | None = None
         self._turn_commands = 0
@@ -140,16 +130,8 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, Protocol):
     def connectionMade(self) -> None:
         factory = self.factory
         self._connected_at = factory.clock.seconds()
-        self.peer_host, self.peer = peer_address(self.transport)
-        if not factory.admit_source(self.peer_host):
-            # One source holding this many connections is abuse (or a broken client);
-            # refuse before any per-connection state exists (RFC 3501 §7.1.5 BYE).
-            self._closing = True
-            log.warning("imap.connection_refused", peer=self.peer, reason="per_ip_limit")
-            self._write(b"* BYE Too many connections from your address\r\n")
-            self.transport.loseConnection()
-            return
-        self._source_counted = True
+        if not self._admit(b"* BYE Too many connections from your address\r\n"):
+            return  # RFC 3501 §7.1.5 BYE
         policy = self.policy
         plaintext_auth = (
             policy.plaintext_auth
@@ -175,17 +157,11 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, Protocol):
             self._trace = ConnectionTrace(self.peer)
         self.parser = self._new_parser()
         self.transport.registerProducer(self, True)
-        factory.protocols.add(self)
         factory.observer.connection_opened()
-        log.info("imap.connect", peer=self.peer)
-        self._write(self.session.greeting())
-        self._reset_timeout()
+        self._greet(self.session.greeting())
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self._closing = True
-        self._drop_current()
-        self._cancel_timers()
-        self.factory.protocols.discard(self)
+        self._connection_ended()
         self._budget.close()
         self._stop_trace()
         if getattr(self, "session", None) is not None:
@@ -193,9 +169,7 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, Protocol):
                 self.factory.clock.seconds() - self._connected_at
             )
         self._login_limits.release()
-        if self._source_counted:
-            self._source_counted = False
-            self.factory.release_source(self.peer_host)
+        self._release_source()
         log.info(
             "imap.disconnect",
             user=getattr(getattr(self, "session", None), "user", None),
@@ -272,25 +246,10 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, Protocol):
 
     # -- the engine --
 
-    def _run(self) -> None:
-        """Pull input events and advance the current command until both wait. Re-entrant
-        calls (a Deferred firing synchronously, a write pausing us) just ask for another
-        round of the loop already running."""
-        if self._busy:
-            self._again = True
-            return
-        self._busy = True
+    def _before_run(self) -> None:
         self._turn_commands = 0
-        try:
-            while True:
-                self._again = False
-                self._inflate_input()
-                self._pump_input()
-                self._advance()
-                if not self._again or self._closing:
-                    break
-        finally:
-            self._busy = False
+
+    def _after_run(self) -> None:
         if not self._closing:
             self._end_burst()
         self._update_reading()
@@ -305,6 +264,7 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, Protocol):
         """Take parser events: a raw line when one was asked for, otherwise the next
         command, but only when no command is running (so replies stay in order and
         state changes such as STARTTLS or ENABLE apply to what follows)."""
+        self._inflate_input()
         while not self._closing:
             if self._raw_requested:
                 if self._raw_line is not None or self._raw_error is not None:
@@ -352,84 +312,43 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, Protocol):
                 return
             # A RawLine nobody asked for cannot happen; ignore anything else.
 
-    def _start(self, run: Run) -> None:
-        self._current = run
-        self._send = None
-        self._throw = None
-        self._waiting = None
-
-    def _advance(self) -> None:
-        while not self._closing and self._current is not None:
-            if self._stepping is not None:
-                return  # a batch of steps runs on a store thread; its callback resumes us
-            waiting = self._waiting
-            if waiting is not None:
-                if isinstance(waiting, RunBlocking | Pause):
-                    return  # the Deferred's callback (or the next turn) resumes us
-                if self._raw_error is not None:
-                    error, self._raw_error = self._raw_error, None
-                    self._waiting = None
-                    if error.fatal:
-                        self._drop_current()
-                        self._start(self.session.parse_error(error))
-                        continue
+    def _may_step(self) -> bool:
+        """The current command steps once its wait is over (a raw line, an IDLE event;
+        a blocking call or a fairness pause resume it themselves), while the transport
+        wants output, and on a store thread when the store does not run inline."""
+        if self._stepping is not None:
+            return False  # a batch of steps runs on a store thread; its callback resumes us
+        waiting = self._waiting
+        if waiting is not None:
+            if isinstance(waiting, RunBlocking | Pause):
+                return False  # the Deferred's callback (or the next turn) resumes us
+            if self._raw_error is not None:
+                error, self._raw_error = self._raw_error, None
+                self._waiting = None
+                if error.fatal:
+                    self._drop_current()
+                    self._start(self.session.parse_error(error))
+                else:
                     self._throw = BadCommand(error.message)
-                elif self._raw_line is not None:
-                    self._send, self._raw_line = self._raw_line, None
-                    self._waiting = None
-                elif isinstance(waiting, WaitIdle) and self._idle_events:
-                    self._send = self._idle_events.popleft()
-                    self._waiting = None
-                else:
-                    return
-            if self._output_paused:
-                return
-            current = self._current
-            if self._threads is not None:
-                self._step_on_thread(current)
-                return
-            try:
-                if self._throw is not None:
-                    error_in, self._throw = self._throw, None
-                    out = current.throw(error_in)
-                else:
-                    value, self._send = self._send, None
-                    out = current.send(value)
-            except StopIteration:
-                self._command_done()
-                return
-            except Exception:
-                log.exception("imap.internal_error", peer=self.peer)
-                self._current = None
-                self._abort()
-                return
-            if isinstance(out, bytes):
-                if out:
-                    self._write(out)
+            elif self._raw_line is not None:
+                self._send, self._raw_line = self._raw_line, None
+                self._waiting = None
+            elif isinstance(waiting, WaitIdle) and self._idle_events:
+                self._send = self._idle_events.popleft()
+                self._waiting = None
             else:
-                self._perform(out)
+                return False
+        if self._output_paused:
+            return False
+        if self._threads is not None:
+            self._step_on_thread(self._current)
+            return False
+        return True
 
     def _perform(self, action: Any) -> None:
         if isinstance(action, RunBlocking):
-            self._waiting = action
-            token = self._blocking = object()
-            if action.login is not None:
-                # Login limits (RFC 5530 UNAVAILABLE): maybe refused before any check.
-                refused = self._login_limits.begin(self.peer_host, self.peer, action.login)
-                if refused is not None:
-                    self._resume_later(refused[0], token, refused[1], refused[2])
-                    return
-            attempt = self._login_limits.attempt if action.login is not None else None
-            try:
-                deferred = self.factory.run_blocking(action.call)
-            except Exception:
-                deferred = fail()
-            deferred.addCallbacks(
-                self._blocking_done,
-                self._blocking_failed,
-                callbackArgs=(token, attempt),
-                errbackArgs=(token, attempt),
-            )
+            # Login limits (RFC 5530 UNAVAILABLE): maybe refused before any check.
+            self._run_blocking(action, action.login)
         elif isinstance(action, ReadLine):
             self._write(action.prompt)
             self._waiting = action
@@ -457,54 +376,6 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, Protocol):
             self._close()
         else:  # pragma: no cover - the session yields nothing else
             raise TypeError(f"unknown session action {action!r}")
-
-    def _blocking_done(self, result: Any, token: object, attempt: LoginAttempt | None) -> None:
-        if self._blocking is not token or self._closing:
-            # The command is gone (the client hung up): a password check still counts.
-            self._login_limits.settle(attempt, result if isinstance(result, str) else None)
-            return
-        action = self._waiting
-        if isinstance(action, RunBlocking) and action.login is not None:
-            # A password check: failures are delayed, successes take a connection slot.
-            limits = self._login_limits
-            delay, user, error = limits.checked(self.peer_host, self.peer, action.login, result)
-            self._resume_later(delay, token, user, error)
-            return
-        self._resume(token, result, None)
-
-    def _resume(self, token: object, result: Any, error: BaseException | None) -> None:
-        """Continue the command waiting on a blocking call (or on a login delay)."""
-        self._login_delay_call = None
-        if self._blocking is not token or self._closing:
-            return
-        self._blocking = None
-        self._waiting = None
-        if error is not None:
-            self._throw = error
-        else:
-            self._send = result
-        self._run()
-
-    def _resume_later(
-        self, delay: float, token: object, result: Any, error: BaseException | None
-    ) -> None:
-        if delay <= 0:
-            self._resume(token, result, error)
-        else:
-            self._login_delay_call = self.factory.clock.callLater(
-                delay, self._resume, token, result, error
-            )
-
-    def _blocking_failed(
-        self, failure: Failure, token: object, attempt: LoginAttempt | None
-    ) -> None:
-        self._login_limits.abandon(attempt)
-        if self._blocking is not token or self._closing:
-            return
-        self._blocking = None
-        self._waiting = None
-        self._throw = failure.value
-        self._run()
 
     def _request_raw(self) -> None:
         if not self._raw_requested and self._raw_line is None:
@@ -566,20 +437,16 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, Protocol):
         if not self._closing:
             self._run()
 
-    def _drop_current(self) -> None:
-        current, self._current = self._current, None
-        self._waiting = None
-        self._blocking = None
-        if current is not None and self._threads is not None:
+    def _close_run(self, current: Run) -> None:
+        if self._threads is not None:
             if self._stepping is None:
                 self._close_on_thread(current)
             # else: its steps are running; _steps_done closes it when they return
             return
-        if current is not None:
-            try:
-                current.close()
-            except Exception:
-                log.exception("imap.internal_error", peer=self.peer)
+        try:
+            current.close()
+        except Exception:
+            log.exception("imap.internal_error", peer=self.peer)
 
     def _input_held(self) -> bool:
         """A command runs (or waits for its turn) and enough input is already waiting."""
@@ -589,18 +456,10 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, Protocol):
             and self.parser.buffered_size >= self.factory.limits.max_buffered_input
         )
 
-    def _update_reading(self) -> None:
+    def _hold_reading(self) -> bool:
         """Stop reading while a command runs and too much input is already waiting
         (or compressed input waits to be inflated)."""
-        if self._closing:
-            return
-        hold = self._input_held() or self._stream.pending
-        if hold and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pauseProducing()
-        elif not hold and self._reading_paused:
-            self._reading_paused = False
-            self.transport.resumeProducing()
+        return self._input_held() or bool(self._stream.pending)
 
     # -- STARTTLS and closing --
 
@@ -614,21 +473,11 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, Protocol):
         self.transport.startTLS(self.factory.tls_context_factory)
         self.session.tls_started()
 
-    def _close(self) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        self._cancel_timers()
+    def _shutting_down(self, graceful: bool) -> None:
         self._budget.hold_prelogin(0)
-        self._end_burst()
-        if self._reading_paused:
-            self._reading_paused = False
-            self.transport.resumeProducing()
+        if graceful:
+            self._end_burst()
+
+    def _disconnect(self) -> None:
         self.transport.unregisterProducer()
         self.transport.loseConnection()
-
-    def _abort(self) -> None:
-        self._closing = True
-        self._cancel_timers()
-        self._budget.hold_prelogin(0)
-        self.transport.abortConnection()

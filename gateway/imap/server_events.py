@@ -44,7 +44,6 @@ class ConnectionEvents:
     _closing: bool
     _timeout_call: IDelayedCall | None
     _keepalive_call: IDelayedCall | None
-    _login_delay_call: IDelayedCall | None
     _next_turn_call: IDelayedCall | None
     _trace: ConnectionTrace | None
     _trace_wanted: bool
@@ -57,6 +56,7 @@ class ConnectionEvents:
         def _close(self) -> None: ...
         def _abort(self) -> None: ...
         def _drop_current(self) -> None: ...
+        def _reset_timeout(self) -> None: ...
 
     # -- timers --
 
@@ -67,16 +67,6 @@ class ConnectionEvents:
         if self.session.user is None:
             return limits.prelogin_timeout
         return limits.idle_timeout
-
-    def _reset_timeout(self) -> None:
-        if self._closing:
-            return
-        delay = self._timeout_delay()
-        call = self._timeout_call
-        if call is not None and call.active():
-            call.reset(delay)
-        else:
-            self._timeout_call = self.factory.clock.callLater(delay, self._timed_out)
 
     def _timed_out(self) -> None:
         """RFC 3501 §5.4 autologout. A command still producing output is not cut short
@@ -93,14 +83,15 @@ class ConnectionEvents:
             # (steps running on a store thread own the session until they return)
             self._reset_timeout()
             return
-        log.info("imap.autologout", user=self.session.user, peer=self.peer)
         if self._output_paused:
+            log.info("imap.autologout", user=self.session.user, peer=self.peer)
             self._drop_current()
             self._abort()
             return
-        self._drop_current()
-        self._write(self.session.autologout())
-        self._close()
+        super()._timed_out()  # type: ignore[misc]  # the driver's: BYE, then close
+
+    def _timeout_reply(self) -> bytes:
+        return self.session.autologout()
 
     def _schedule_keepalive(self) -> None:
         self._keepalive_call = self.factory.clock.callLater(
@@ -123,15 +114,10 @@ class ConnectionEvents:
 
     def _cancel_timers(self) -> None:
         self._cancel_keepalive()
-        delayed, self._login_delay_call = self._login_delay_call, None
-        if delayed is not None and delayed.active():
-            delayed.cancel()
         turn, self._next_turn_call = self._next_turn_call, None
         if turn is not None and turn.active():
             turn.cancel()
-        call, self._timeout_call = self._timeout_call, None
-        if call is not None and call.active():
-            call.cancel()
+        super()._cancel_timers()  # type: ignore[misc]  # the driver's: timeout, login delay
 
     # -- the protocol trace ([debug] trace_users, gateway.imap.tracefile) --
 

@@ -5,8 +5,8 @@ It feeds received bytes to the sans-I/O :class:`~gateway.managesieve.parser.Comm
 runs one command at a time through :meth:`ManageSieveSession.execute` (responses stay in
 order), and performs the actions the session asks for: password checks off the reactor
 thread with the shared login penalty (:mod:`gateway.security.penalty`), SASL continuation
-strings, STARTTLS, close. It mirrors :mod:`gateway.imap.server` without importing it
-(protocol packages speak only to the store contracts).
+strings, STARTTLS, close. The engine (one command at a time, blocking calls, reading
+paused, timers) is the one every server shares, :mod:`gateway.serving.driver`.
 
 Bounds: while a command runs, at most ``max_buffered_input`` unparsed bytes wait before
 the transport stops reading; connections per source address and logged-in connections
@@ -17,20 +17,19 @@ needs no producer.
 Where the store runs: with a store that runs inline (SQLite, memory) the glue advances
 each command's generator right here, on the reactor thread; given a
 :class:`~gateway.store.runner.ThreadRunner` (PostgreSQL) it advances it on a store
-thread, one batch of steps at a time (:mod:`gateway.managesieve.steps`), and writes the
+thread, one batch of steps at a time (:mod:`gateway.serving.steps`), and writes the
 bytes and performs the actions back on the reactor thread, so no script-store round trip
 runs on the reactor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
+from twisted.internet.interfaces import IReactorTime, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
@@ -55,18 +54,17 @@ from gateway.managesieve.parser import (
     StringResponse,
 )
 from gateway.managesieve.session import ManageSieveSession
-from gateway.managesieve.steps import DONE, run_steps
 from gateway.security.auth import Authenticator
-from gateway.security.connections import ConnectionCounts, ListenerPolicy, peer_address
+from gateway.security.connections import ConnectionCounts, ListenerPolicy
 from gateway.security.connections import ListenerFactory as SharedListenerFactory
 from gateway.security.logins import LoginLimits
-from gateway.security.penalty import AuthPenalty, LoginAttempt
+from gateway.security.penalty import AuthPenalty
+from gateway.serving.driver import CommandDriver, RunBlockingFn
+from gateway.serving.steps import ThreadedSteps
 from gateway.store.runner import StoreRunner
 from gateway.store.scripts import ScriptStore
 
 log = structlog.get_logger(__name__)
-
-RunBlockingFn = Callable[[Callable[[], Any]], Deferred]
 
 
 @dataclass(frozen=True)
@@ -97,18 +95,20 @@ class ManageSieveLimits:
     ``NO (TRYLATER)``. Script editors hold one or two; 0 means no limit."""
 
 
-class ManageSieveProtocol(Protocol):
-    """One ManageSieve connection."""
+class ManageSieveProtocol(ThreadedSteps, CommandDriver, Protocol):
+    """One ManageSieve connection (the engine is :class:`~gateway.serving.driver.CommandDriver`)."""
 
     session: ManageSieveSession
     parser: CommandParser
+    _log = log
+    event_prefix = "managesieve"
 
     def __init__(self, factory: ManageSieveFactory, policy: ListenerPolicy | None = None) -> None:
-        self.factory = factory
-        self.policy = policy if policy is not None else ListenerPolicy()
-        self.peer = "unknown"
-        self.peer_host = "local"
-        self._source_counted = False
+        self._init_driver(factory, policy)
+        self._threads = factory.threads
+        """The store's thread runner when command steps must leave the reactor thread."""
+        self._stepping: object | None = None
+        """Token of the batch of steps running on a store thread, if any."""
         self._login_limits = LoginLimits(
             factory,
             protocol="managesieve",
@@ -117,31 +117,13 @@ class ManageSieveProtocol(Protocol):
                 "Too many connections for this user from your address", "TRYLATER"
             ),
         )
-        self._current: Run | None = None
-        self._waiting: RunBlocking | ReadString | None = None
-        self._send: Any = None
-        self._throw: BaseException | None = None
-        self._token: object | None = None
-        self._stepping: object | None = None
-        self._closing = False
-        self._busy = False
-        self._again = False
-        self._reading_paused = False
-        self._timeout_call: IDelayedCall | None = None
-        self._delay_call: IDelayedCall | None = None
 
     # -- connection lifetime --
 
     def connectionMade(self) -> None:
         factory = self.factory
-        self.peer_host, self.peer = peer_address(self.transport)
-        if not factory.admit_source(self.peer_host):
-            self._closing = True
-            log.warning("managesieve.connection_refused", peer=self.peer, reason="per_ip_limit")
-            self.transport.write(b'BYE (TRYLATER) "Too many connections from your address"\r\n')
-            self.transport.loseConnection()
+        if not self._admit(b'BYE (TRYLATER) "Too many connections from your address"\r\n'):
             return
-        self._source_counted = True
         self.session = ManageSieveSession(
             factory.store,
             factory.authenticator,
@@ -156,20 +138,12 @@ class ManageSieveProtocol(Protocol):
             plaintext_auth_allowed=self.policy.plaintext_auth_or(factory.allow_plaintext_auth),
         )
         self.parser = self._new_parser()
-        factory.protocols.add(self)
-        log.info("managesieve.connect", peer=self.peer)
-        self.transport.write(self.session.greeting())
-        self._reset_timeout()
+        self._greet(self.session.greeting())
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self._closing = True
-        self._drop_current()
-        self._cancel_timers()
-        self.factory.protocols.discard(self)
+        self._connection_ended()
         self._login_limits.release()
-        if self._source_counted:
-            self._source_counted = False
-            self.factory.release_source(self.peer_host)
+        self._release_source()
         log.info("managesieve.disconnect", peer=self.peer)
 
     def _new_parser(self) -> CommandParser:
@@ -186,25 +160,7 @@ class ManageSieveProtocol(Protocol):
         self.parser.receive_data(data)
         self._run()
 
-    # -- the engine --
-
-    def _run(self) -> None:
-        """Advance the current command and take new input until both wait; re-entrant
-        calls (a Deferred firing synchronously) ask the running loop for another round."""
-        if self._busy:
-            self._again = True
-            return
-        self._busy = True
-        try:
-            while True:
-                self._again = False
-                self._pump_input()
-                self._advance()
-                if not self._again or self._closing:
-                    break
-        finally:
-            self._busy = False
-        self._update_reading()
+    # -- the driver's hooks --
 
     def _pump_input(self) -> None:
         if self._closing:
@@ -232,120 +188,26 @@ class ManageSieveProtocol(Protocol):
         elif isinstance(event, ProtocolError):
             self._start(self.session.protocol_error(event))
 
-    def _start(self, run: Run) -> None:
-        self._current = run
-        self._send = None
-        self._throw = None
-        self._waiting = None
+    def _may_step(self) -> bool:
+        if self._waiting is not None:
+            return False
+        if self._threads is not None:
+            if self._stepping is None:
+                self._step_on_thread(self._current)
+            return False
+        return True
 
-    def _advance(self) -> None:
-        if self.factory.threads is not None:
-            if not self._closing and self._current is not None and self._waiting is None:
-                if self._stepping is None:
-                    self._step_on_thread(self._current)
-            return
-        while not self._closing and self._current is not None and self._waiting is None:
-            try:
-                if self._throw is not None:
-                    error, self._throw = self._throw, None
-                    out = self._current.throw(error)
-                else:
-                    value, self._send = self._send, None
-                    out = self._current.send(value)
-            except StopIteration:
-                self._command_done()
-                return
-            except Exception:
-                log.exception("managesieve.internal_error", peer=self.peer)
-                self._current = None
-                self._abort()
-                return
-            if isinstance(out, bytes):
-                self.transport.write(out)
-            else:
-                self._perform(out)
-
-    def _command_done(self) -> None:
-        self._current = None
-        self._release_unused_slot()
-        self._reset_timeout()
-        self._again = True
-
-    # -- steps on a store thread (a store that does not run inline) --
-
-    def _step_on_thread(self, current: Run) -> None:
-        """Run ``current``'s next steps on a store thread (one batch at a time)."""
-        throw, self._throw = self._throw, None
-        value, self._send = self._send, None
-        token = self._stepping = object()
-        threads = self.factory.threads
-        assert threads is not None
-        threads.run(run_steps, current, throw, value).addCallbacks(
-            self._steps_done,
-            self._steps_failed,
-            callbackArgs=(token, current),
-            errbackArgs=(token, current),
-        )
-
-    def _steps_done(self, result: tuple[list[bytes], Any], token: object, current: Run) -> None:
-        if self._stepping is not token:
-            return
-        self._stepping = None
-        if self._current is not current or self._closing:
-            self._close_on_thread(current)  # dropped while its steps ran
-            return
-        chunks, action = result
-        for chunk in chunks:
-            self.transport.write(chunk)
-        if action is DONE:
-            self._command_done()
+    def _close_run(self, current: Run) -> None:
+        if self._stepping is not None:
+            return  # its steps are running on a store thread: closed when they return
+        if self._threads is not None:
+            self._close_on_thread(current)  # its finally blocks may call the store
         else:
-            self._perform(action)
-        self._run()
-
-    def _steps_failed(self, failure: Failure, token: object, current: Run) -> None:
-        if self._stepping is not token:
-            return
-        self._stepping = None
-        if self._current is not current or self._closing:
-            return
-        log.error(
-            "managesieve.internal_error",
-            peer=self.peer,
-            exc_info=(failure.type, failure.value, failure.getTracebackObject()),
-        )
-        self._current = None
-        self._abort()
-
-    def _close_on_thread(self, current: Run) -> None:
-        """Close a dropped command's generator where its steps run."""
-        threads = self.factory.threads
-        assert threads is not None
-        threads.run(current.close).addErrback(
-            lambda f: log.error("managesieve.internal_error", peer=self.peer, error=str(f.value))
-        )
+            current.close()
 
     def _perform(self, action: Any) -> None:
         if isinstance(action, RunBlocking):
-            self._waiting = action
-            token = self._token = object()
-            if action.login is not None:
-                # Login limits: maybe refused (TRYLATER) before any check.
-                refused = self._login_limits.begin(self.peer_host, self.peer, action.login)
-                if refused is not None:
-                    self._resume_later(refused[0], token, refused[1], refused[2])
-                    return
-            attempt = self._login_limits.attempt if action.login is not None else None
-            try:
-                deferred = self.factory.run_blocking(action.call)
-            except Exception:
-                deferred = fail()
-            deferred.addCallbacks(
-                self._blocking_done,
-                self._blocking_failed,
-                callbackArgs=(token, attempt),
-                errbackArgs=(token, attempt),
-            )
+            self._run_blocking(action, action.login)
         elif isinstance(action, ReadString):
             self.transport.write(action.prompt)
             self._waiting = action
@@ -361,124 +223,25 @@ class ManageSieveProtocol(Protocol):
         else:  # pragma: no cover - the session yields nothing else
             raise TypeError(f"unknown session action {action!r}")
 
-    def _resume(self, token: object, result: Any, error: BaseException | None) -> None:
-        self._delay_call = None
-        if self._token is not token or self._closing:
-            return
-        self._token = None
-        self._waiting = None
-        if error is not None:
-            self._throw = error
-        else:
-            self._send = result
-        self._run()
-
-    def _resume_later(
-        self, delay: float, token: object, result: Any, error: BaseException | None
-    ) -> None:
-        if delay <= 0:
-            self._resume(token, result, error)
-        else:
-            self._delay_call = self.factory.clock.callLater(
-                delay, self._resume, token, result, error
-            )
-
-    def _blocking_failed(
-        self, failure: Failure, token: object, attempt: LoginAttempt | None
-    ) -> None:
-        self._login_limits.abandon(attempt)
-        self._resume(token, None, failure.value)
-
-    def _blocking_done(self, result: Any, token: object, attempt: LoginAttempt | None) -> None:
-        if self._token is not token or self._closing:
-            # The command is gone (the client hung up): a password check still counts.
-            self._login_limits.settle(attempt, result if isinstance(result, str) else None)
-            return
-        action = self._waiting
-        if isinstance(action, RunBlocking) and action.login is not None:
-            # A password check: failures are delayed, successes take a connection slot.
-            limits = self._login_limits
-            delay, user, error = limits.checked(self.peer_host, self.peer, action.login, result)
-            self._resume_later(delay, token, user, error)
-            return
-        self._resume(token, result, None)
-
-    def _release_unused_slot(self) -> None:
-        """A slot taken for a login that did not complete, or left by UNAUTHENTICATE."""
+    def _command_done(self) -> None:
+        # A slot taken for a login that did not complete, or left by UNAUTHENTICATE.
         if self._login_limits.slot is not None and self.session.user is None:
             self._login_limits.release()
+        super()._command_done()
 
-    # -- reading, closing, timers --
-
-    def _update_reading(self) -> None:
-        if self._closing:
-            return
-        hold = (
+    def _hold_reading(self) -> bool:
+        return (
             self._current is not None
             and not isinstance(self._waiting, ReadString)
             and self.parser.buffered_size >= self.factory.limits.max_buffered_input
         )
-        if hold != self._reading_paused:
-            self._reading_paused = hold
-            if hold:
-                self.transport.pauseProducing()
-            else:
-                self.transport.resumeProducing()
 
-    def _drop_current(self) -> None:
-        current, self._current = self._current, None
-        self._waiting = None
-        self._token = None
-        if current is None:
-            return
-        if self._stepping is not None:
-            return  # its steps are running on a store thread: closed when they return
-        if self.factory.threads is not None:
-            self._close_on_thread(current)  # its finally blocks may call the store
-        else:
-            current.close()
-
-    def _close(self) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        self._cancel_timers()
-        if self._reading_paused:
-            self._reading_paused = False
-            self.transport.resumeProducing()
-        self.transport.loseConnection()
-
-    def _abort(self) -> None:
-        self._closing = True
-        self._cancel_timers()
-        self.transport.abortConnection()
-
-    def _reset_timeout(self) -> None:
-        if self._closing:
-            return
+    def _timeout_delay(self) -> float:
         limits = self.factory.limits
-        delay = limits.prelogin_timeout if self.session.user is None else limits.idle_timeout
-        call = self._timeout_call
-        if call is not None and call.active():
-            call.reset(delay)
-        else:
-            self._timeout_call = self.factory.clock.callLater(delay, self._timed_out)
+        return limits.prelogin_timeout if self.session.user is None else limits.idle_timeout
 
-    def _timed_out(self) -> None:
-        self._timeout_call = None
-        if self._closing:
-            return
-        log.info("managesieve.autologout", user=self.session.user, peer=self.peer)
-        self._drop_current()
-        self.transport.write(self.session.autologout())
-        self._close()
-
-    def _cancel_timers(self) -> None:
-        for name in ("_timeout_call", "_delay_call"):
-            call = getattr(self, name)
-            setattr(self, name, None)
-            if call is not None and call.active():
-                call.cancel()
+    def _timeout_reply(self) -> bytes:
+        return self.session.autologout()
 
 
 class ManageSieveFactory(ConnectionCounts, Factory):

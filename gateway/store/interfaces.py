@@ -12,6 +12,10 @@ caller names what it needs and a wrapper implements exactly what it wraps:
 - :class:`ChangeNotifier`: listeners told of committed changes, what IDLE relies on;
 - :class:`Store`: all of it plus :class:`Backend` (``runs_inline``, ``close``): a backend.
 
+The values the mail store protocols take and return (:class:`Mailbox`,
+:class:`MessageInfo`, :class:`Changes`...) are in :mod:`gateway.store.records`,
+re-exported here; the ledger's are defined below, next to :class:`Ledger`.
+
 Errors: every failure a store raises on purpose is a :class:`StoreError`
 (:mod:`gateway.store.errors`, re-exported here); ``ValueError``/``TypeError`` mean a
 caller passed something no caller should (a bad flag, one ``str`` for a list).
@@ -70,7 +74,6 @@ call stack may be another session's command.
 from __future__ import annotations
 
 import datetime
-import mmap
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -88,6 +91,16 @@ from gateway.store.errors import (
     OverQuota,
     SearchTooComplex,
     StoreError,
+)
+from gateway.store.records import (
+    Changes,
+    Mailbox,
+    MailboxCounts,
+    MessageInfo,
+    MessageRow,
+    NewMessage,
+    SelectionSummary,
+    StoreResult,
 )
 
 __all__ = [
@@ -140,110 +153,6 @@ PRIVATE_FLAGS = frozenset({"\\Seen"})
 def is_shared_owner(owner: str) -> bool:
     """True for the pseudo-owner of a shared mailbox tree."""
     return owner.startswith(SHARED_OWNER_PREFIX)
-
-
-@dataclass(frozen=True)
-class Mailbox:
-    id: int
-    owner: str
-    name: str
-    uidvalidity: int
-    uidnext: int
-    highestmodseq: int
-    special_use: str | None  # RFC 6154 attribute such as "\\Sent", or None
-    subscribed: bool
-
-
-@dataclass(frozen=True)
-class MessageRow:
-    """A message as it stands in one mailbox: enough to keep a session's view."""
-
-    uid: int
-    flags: frozenset[str]
-    modseq: int
-
-
-@dataclass(frozen=True)
-class MessageInfo:
-    """Per-message facts computed once at ingest, served by FETCH without re-parsing.
-
-    ``envelope``, ``bodystructure`` and ``body`` are the exact IMAP wire forms
-    (RFC 3501 §7.4.2) of ENVELOPE, BODYSTRUCTURE (with extension data) and BODY.
-    ``parts`` is the JSON part map from :func:`gateway.message.analysis.analyze` that lets a
-    ``BODY[section]`` be cut out of the raw bytes by offset.
-    """
-
-    uid: int
-    flags: frozenset[str]
-    modseq: int
-    size: int
-    internaldate: datetime.datetime  # timezone-aware
-    envelope: bytes
-    bodystructure: bytes
-    body: bytes
-    parts: str
-    savedate: datetime.datetime | None = None
-    """RFC 8514: when the message entered this mailbox (UTC); None from a backend that
-    cannot tell (FETCH SAVEDATE then answers NIL)."""
-    emailid: str | None = None
-    """RFC 8474 §5.1 EMAILID (:mod:`gateway.store.objectid`); None: not known."""
-
-
-@dataclass(frozen=True)
-class SelectionSummary:
-    """What SELECT reports besides the UIDs (RFC 3501 §6.3.1), found by aggregate
-    queries so that selecting a large mailbox builds no object per message."""
-
-    recent: array  # array('I'): UIDs with \Recent, ascending
-    first_unseen_uid: int | None  # the lowest UID without the viewer's \Seen
-    keywords: tuple[str, ...]  # keywords set on some message, sorted
-
-
-@dataclass(frozen=True)
-class MailboxCounts:
-    """STATUS figures, always from the store, never a session's possibly stale view."""
-
-    messages: int
-    recent: int
-    unseen: int
-    uidnext: int
-    uidvalidity: int
-    highestmodseq: int
-    size: int
-
-
-@dataclass(frozen=True)
-class Changes:
-    """What changed in a mailbox after ``since``: new or re-flagged rows (ascending UID)
-    and expunged UIDs (ascending). ``highestmodseq`` is the value to catch up to."""
-
-    highestmodseq: int
-    changed: list[MessageRow]
-    expunged: list[int]
-
-
-@dataclass(frozen=True)
-class StoreResult:
-    """Outcome of a STORE: rows whose flags were written (with new modseq) and, under
-    UNCHANGEDSINCE, UIDs refused because they changed meanwhile (RFC 7162 MODIFIED)."""
-
-    updated: list[MessageRow]
-    modified: list[int]
-
-
-@dataclass(frozen=True)
-class NewMessage:
-    """One message for :meth:`Store.append_many`: the bytes, the flags to set and the
-    INTERNALDATE (None: now), as one APPEND argument carries them (RFC 3501 §6.3.11).
-
-    ``raw`` may be a read-only ``mmap`` of a spooled file instead of ``bytes`` (a large
-    APPEND, issue 20): a backend must then not keep more than one transient copy of it in
-    memory (SQLite writes it with incremental blob I/O); the caller closes the map
-    after the call."""
-
-    raw: bytes | mmap.mmap
-    flags: tuple[str, ...] = ()
-    internaldate: datetime.datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from gateway.core.flags import RECENT
 from gateway.message.analysis import Analysis
 from gateway.store.interfaces import MessageRow
 from gateway.store.rules import SEEN_KEY, stored_internaldate
@@ -25,6 +26,43 @@ SEEN_TOKEN = " \\Seen "
 """\\Seen as found in ``' ' || flags || ' '`` (flags text, system flags canonical)."""
 
 DELETED_TOKEN = " \\Deleted "
+
+
+FLAG_CACHE_SIZE = 4096
+"""Distinct (flags text, recent) pairs whose frozenset is kept; mailboxes reuse few."""
+
+
+class RowValues:
+    """Reading row values back, the same in every SQL backend (a mixin of the backends'
+    connection classes, which set ``_flag_cache``, ``_zones`` and ``_clock``): flags text
+    and the \\Recent bit as one frozenset, shared between rows that have the same ones;
+    a stored zone offset as a ``timezone``; now, for default INTERNALDATEs."""
+
+    _flag_cache: dict[tuple[str, int], frozenset[str]]
+    _zones: dict[int, datetime.timezone]
+    _clock: Callable[[], float]
+
+    def _flags(self, text: str, recent: int) -> frozenset[str]:
+        key = (text, recent)
+        flags = self._flag_cache.get(key)
+        if flags is None:
+            if len(self._flag_cache) >= FLAG_CACHE_SIZE:
+                self._flag_cache.clear()
+            items = text.split()
+            if recent:
+                items.append(RECENT)
+            flags = self._flag_cache[key] = frozenset(items)
+        return flags
+
+    def _zone(self, minutes: int) -> datetime.timezone:
+        zone = self._zones.get(minutes)
+        if zone is None:
+            zone = self._zones[minutes] = datetime.timezone(datetime.timedelta(minutes=minutes))
+        return zone
+
+    def _now(self) -> datetime.datetime:
+        """The current time in the server's local zone (INTERNALDATE default)."""
+        return datetime.datetime.fromtimestamp(int(self._clock())).astimezone()
 
 
 def stored_map(text: str) -> dict[str, str]:

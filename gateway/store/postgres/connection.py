@@ -36,12 +36,12 @@ import structlog
 from psycopg import IsolationLevel
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from gateway.core.flags import RECENT
 from gateway.core.limits import DEFAULT_MAX_MESSAGE_SIZE
 from gateway.message.analysis import Analysis, analyze
 from gateway.store.errors import StoreError
 from gateway.store.interfaces import ChangeListener
 from gateway.store.postgres.schema import migrate, schema_version
+from gateway.store.rowdata import RowValues
 
 log = structlog.get_logger("gateway.store.postgres")
 
@@ -50,9 +50,6 @@ DEFAULT_POOL_SIZE = 8
 
 CONNECT_TIMEOUT = 10.0
 """Seconds to wait for the database when opening the store, and for a free connection."""
-
-FLAG_CACHE_SIZE = 4096
-"""Distinct (flags text, recent) pairs whose frozenset is kept; mailboxes reuse few."""
 
 
 class StoreUnavailable(StoreError):
@@ -67,7 +64,7 @@ Dispatcher = Callable[..., None]
 """``reactor.callFromThread``-like: ``dispatcher(fn, *args)`` runs ``fn(*args)`` later."""
 
 
-class PGConnection:
+class PGConnection(RowValues):
     """The pool and the transaction helpers: the base of
     :class:`~gateway.store.postgres.PostgresStore`. Safe to call from several threads."""
 
@@ -248,30 +245,6 @@ class PGConnection:
     def remove_listener(self, listener: ChangeListener) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)
-
-    # ---- small helpers -------------------------------------------------------------
-
-    def _flags(self, text: str, recent: int) -> frozenset[str]:
-        key = (text, recent)
-        flags = self._flag_cache.get(key)
-        if flags is None:
-            if len(self._flag_cache) >= FLAG_CACHE_SIZE:
-                self._flag_cache.clear()
-            items = text.split()
-            if recent:
-                items.append(RECENT)
-            flags = self._flag_cache[key] = frozenset(items)
-        return flags
-
-    def _zone(self, minutes: int) -> datetime.timezone:
-        zone = self._zones.get(minutes)
-        if zone is None:
-            zone = self._zones[minutes] = datetime.timezone(datetime.timedelta(minutes=minutes))
-        return zone
-
-    def _now(self) -> datetime.datetime:
-        """The current time in the server's local zone (INTERNALDATE default)."""
-        return datetime.datetime.fromtimestamp(int(self._clock())).astimezone()
 
 
 def _safe(dsn: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from gateway.core.criteria import Criteria
 from gateway.store.errors import MailboxNotFound
@@ -22,29 +22,19 @@ from gateway.store.interfaces import (
     MailboxCounts,
     MessageInfo,
     MessageRow,
-    NewMessage,
     SelectionSummary,
-    StoreResult,
 )
 from gateway.store.objectid import email_id
-from gateway.store.postgres.rows import POSTGRESQL, PGRows
+from gateway.store.postgres.rows import PGRows, uid_array
 from gateway.store.rowdata import (
-    DELETED_TOKEN,
     SEEN_TOKEN,
-    copy_entries,
-    plan_flags,
-    split_seen,
 )
-from gateway.store.rules import flag_map
-from gateway.store.search import build_query
+from gateway.store.steps import MessageSteps
 
 
-def _uids(uids: Iterable[int]) -> list[int]:
-    return [int(u) for u in uids]
-
-
-class PGMessages(PGRows):
-    """:class:`~gateway.store.interfaces.Messages` on PostgreSQL."""
+class PGMessages(PGRows, MessageSteps):
+    """:class:`~gateway.store.interfaces.Messages` on PostgreSQL: the reads here, the
+    writes (append, STORE, expunge, copy/move) in :class:`~gateway.store.steps.MessageSteps`."""
 
     def counts(self, mailbox_id: int, *, viewer: str | None = None) -> MailboxCounts:
         with self._read() as cur:
@@ -159,7 +149,7 @@ class PGMessages(PGRows):
     def message_info(
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
     ) -> list[MessageInfo]:
-        wanted = sorted(set(_uids(uids)))
+        wanted = sorted(set(uid_array(uids)))
         with self._read() as cur:
             self._require(cur, mailbox_id)
             source, source_params = self._source(cur, mailbox_id, viewer)
@@ -221,7 +211,7 @@ class PGMessages(PGRows):
         return bytes(row[0])
 
     def message_bytes_batch(self, mailbox_id: int, uids: Sequence[int]) -> dict[int, bytes]:
-        wanted = sorted(set(_uids(uids)))
+        wanted = sorted(set(uid_array(uids)))
         with self._read() as cur:
             if not wanted:
                 self._require(cur, mailbox_id)
@@ -240,162 +230,6 @@ class PGMessages(PGRows):
                 self._require(cur, mailbox_id)
         return {int(uid): bytes(raw) for uid, raw in rows}
 
-    def append(
-        self,
-        mailbox_id: int,
-        raw: bytes,
-        flags: Iterable[str] = (),
-        internaldate: datetime.datetime | None = None,
-        *,
-        viewer: str | None = None,
-    ) -> int:
-        """RFC 3501 §6.3.11. The new message is \\Recent in this mailbox."""
-        flag_map(flags)  # validates (a lone str is refused) before the tuple() below
-        (uid,) = self.append_many(
-            mailbox_id, [NewMessage(raw, tuple(flags), internaldate)], viewer=viewer
-        )
-        return uid
-
-    def append_many(
-        self, mailbox_id: int, messages: Sequence[NewMessage], *, viewer: str | None = None
-    ) -> list[int]:
-        """RFC 3502 MULTIAPPEND: every message is checked and analysed first, then all
-        are inserted in one transaction with consecutive UIDs and one modseq."""
-        if isinstance(messages, NewMessage):
-            raise TypeError("messages must be a sequence of NewMessage")
-        checked = [flag_map(item.flags) for item in messages]
-        with self._cursor() as cur:
-            shared = self._is_shared(cur, mailbox_id)
-        prepared = []
-        for item, flags in zip(messages, checked, strict=True):
-            text, seen = split_seen(flags, shared)
-            raw, analysis, internal = self._ingest(item.raw, item.internaldate)
-            prepared.append((raw, analysis, internal, text, seen))
-        if not prepared:
-            return []
-        with self._write() as (cur, changed):
-            self._lock(cur, mailbox_id)
-            entries = [
-                (self._insert_message(cur, raw, analysis, internal), text)
-                for raw, analysis, internal, text, _seen in prepared
-            ]
-            uids = self._add_rows(cur, mailbox_id, entries)
-            if shared and viewer is not None:
-                seen_uids = [(u, True) for u, p in zip(uids, prepared, strict=True) if p[4]]
-                if seen_uids:
-                    modseq = self._highestmodseq(cur, mailbox_id)
-                    self._set_private(cur, mailbox_id, viewer, seen_uids, modseq)
-            changed.add(mailbox_id)
-        return uids
-
-    def store_flags(
-        self,
-        mailbox_id: int,
-        uids: Sequence[int],
-        mode: str,
-        flags: Iterable[str],
-        unchangedsince: int | None = None,
-        *,
-        viewer: str | None = None,
-    ) -> StoreResult:
-        """RFC 3501 §6.4.6 with RFC 7162 §3.1.3 UNCHANGEDSINCE; as in the SQLite store,
-        \\Seen in a shared mailbox is ``viewer``'s own."""
-        if mode not in ("", "+", "-"):
-            raise ValueError(f"unknown STORE mode {mode!r}")
-        given = flag_map(flags)
-        updated: list[MessageRow] = []
-        with self._write() as (cur, changed):
-            self._lock(cur, mailbox_id)
-            shared = self._is_shared(cur, mailbox_id)
-            cur.execute(
-                "SELECT mm.uid, mm.flags, mm.recent, mm.modseq, p.seen, p.modseq"
-                " FROM mailbox_message mm LEFT JOIN private_flag p"
-                " ON p.mailbox_id = mm.mailbox_id AND p.uid = mm.uid AND p.viewer = %s"
-                " WHERE mm.mailbox_id = %s AND mm.uid = ANY(%s::bigint[]) ORDER BY mm.uid",
-                (viewer if shared else None, mailbox_id, _uids(uids)),
-            )
-            plan = plan_flags(cur.fetchall(), mode, given, unchangedsince, shared, viewer)
-            if plan.writes:
-                modseq = self._bump(cur, mailbox_id)
-                shared_rows = [
-                    (t, modseq, mailbox_id, uid)
-                    for uid, t, _p, _e, _r in plan.writes
-                    if t is not None
-                ]
-                if shared_rows:
-                    cur.executemany(
-                        "UPDATE mailbox_message SET flags = %s, modseq = %s"
-                        " WHERE mailbox_id = %s AND uid = %s",
-                        shared_rows,
-                    )
-                if viewer is not None:
-                    private = [(uid, p) for uid, _t, p, _e, _r in plan.writes if p is not None]
-                    self._set_private(cur, mailbox_id, viewer, private, modseq)
-                updated = plan.rows(modseq, self._flags)
-                changed.add(mailbox_id)
-        return StoreResult(updated=updated, modified=plan.modified)
-
-    def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
-        """RFC 3501 §6.4.3 EXPUNGE and RFC 4315 §2.1 UID EXPUNGE (when ``uids`` is given)."""
-        with self._write() as (cur, changed):
-            self._lock(cur, mailbox_id)
-            sql = (
-                "SELECT uid, message_id FROM mailbox_message WHERE mailbox_id = %s"
-                " AND strpos(' ' || flags || ' ', %s) > 0"
-            )
-            params: list[object] = [mailbox_id, DELETED_TOKEN]
-            if uids is not None:
-                sql += " AND uid = ANY(%s::bigint[])"
-                params.append(_uids(uids))
-            cur.execute(sql + " ORDER BY uid", params)
-            rows = cur.fetchall()
-            if not rows:
-                return []
-            gone = [r[0] for r in rows]
-            self._remove_rows(cur, mailbox_id, gone, self._bump(cur, mailbox_id))
-            self._collect(cur, [r[1] for r in rows])
-            changed.add(mailbox_id)
-        return gone
-
-    def copy(
-        self,
-        src_mailbox_id: int,
-        uids: Sequence[int],
-        dst_mailbox_id: int,
-        move: bool = False,
-        *,
-        viewer: str | None = None,
-    ) -> list[tuple[int, int]]:
-        """RFC 3501 §6.4.7 COPY / RFC 6851 MOVE: new UIDs follow source UID order
-        (RFC 4315 COPYUID), flags go along, the copies are \\Recent; the content is
-        shared, not duplicated. Both mailboxes are locked (in id order) first."""
-        with self._write() as (cur, changed):
-            self._lock(cur, src_mailbox_id, dst_mailbox_id)
-            source, source_params = self._source(cur, src_mailbox_id, viewer)
-            cur.execute(
-                f"SELECT uid, message_id, flags FROM {source} src"
-                " WHERE mailbox_id = %s AND uid = ANY(%s::bigint[]) ORDER BY uid",
-                (*source_params, src_mailbox_id, _uids(uids)),
-            )
-            rows = cur.fetchall()
-            if not rows:
-                return []
-            dst_shared = self._is_shared(cur, dst_mailbox_id)
-            entries, seen_flags = copy_entries(rows, dst_shared)
-            new_uids = self._add_rows(cur, dst_mailbox_id, entries)
-            if dst_shared and viewer is not None:
-                seen = [(u, True) for u, s in zip(new_uids, seen_flags, strict=True) if s]
-                if seen:
-                    modseq = self._highestmodseq(cur, dst_mailbox_id)
-                    self._set_private(cur, dst_mailbox_id, viewer, seen, modseq)
-            changed.add(dst_mailbox_id)
-            old_uids = [r[0] for r in rows]
-            if move:
-                modseq = self._bump(cur, src_mailbox_id)
-                self._remove_rows(cur, src_mailbox_id, old_uids, modseq)
-                changed.add(src_mailbox_id)
-        return list(zip(old_uids, new_uids, strict=True))
-
     def search(
         self, mailbox_id: int, criteria: Criteria, *, viewer: str | None = None
     ) -> list[int]:
@@ -403,27 +237,13 @@ class PGMessages(PGRows):
         in a shared mailbox SEEN/UNSEEN and MODSEQ are ``viewer``'s own."""
         with self._read() as cur:
             self._require(cur, mailbox_id)
-            cur.execute("SELECT max(uid) FROM mailbox_message WHERE mailbox_id = %s", (mailbox_id,))
-            row = cur.fetchone()
-            largest = None if row is None else row[0]
-            source, source_params = self._source(cur, mailbox_id, viewer)
-            query = build_query(
-                mailbox_id,
-                criteria,
-                largest or 0,
-                source=source,
-                source_params=source_params,
-                dialect=POSTGRESQL,
-            )
-            if largest is None:
-                return []
-            cur.execute(query.sql, query.params)
-            return [r[0] for r in cur.fetchall()]
+            rows = self._query_rows(cur, mailbox_id, criteria, viewer)
+        return [r[0] for r in rows]
 
     def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> None:
         with self._cursor() as cur:
             cur.execute(
                 "UPDATE mailbox_message SET recent = 0 WHERE mailbox_id = %s AND recent = 1"
                 " AND uid = ANY(%s::bigint[])",
-                (mailbox_id, _uids(uids)),
+                (mailbox_id, uid_array(uids)),
             )

@@ -19,19 +19,21 @@ surrogates) by :func:`pg_text`; search parameters are cleaned alike
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from psycopg import Cursor
 
 from gateway.message.analysis import Analysis
 from gateway.store.errors import MailboxNotFound, StoreError
-from gateway.store.interfaces import INBOX, Mailbox, is_shared_owner
+from gateway.store.interfaces import DELIMITER, Mailbox, is_shared_owner
 from gateway.store.postgres.connection import PGConnection
 from gateway.store.postgres.text import pg_text
-from gateway.store.rowdata import MESSAGE_COLUMNS, internal_values, message_values
-from gateway.store.rules import DEFAULT_FOLDERS, MAX_UID, check_message, parent_names
+from gateway.store.rowdata import DELETED_TOKEN, MESSAGE_COLUMNS, internal_values, message_values
+from gateway.store.rules import MAX_UID, check_message
 from gateway.store.search import Dialect
 from gateway.store.sorting import sort_key_row
+from gateway.store.steps import RowSteps
 
 OWNER_LOCK_CLASS = 0x706F_7067  # "popg": the advisory-lock namespace of mailbox trees
 
@@ -65,12 +67,126 @@ MAILBOX_COLUMNS = (
 MAILBOX_FROM = "mailbox m LEFT JOIN subscription s ON s.owner = m.owner AND s.name = m.name"
 
 
+def uid_array(uids: Iterable[int]) -> list[int]:
+    """UIDs as one ``bigint[]`` parameter."""
+    return [int(u) for u in uids]
+
+
 def mailbox_of(row: Sequence[Any]) -> Mailbox:
     return Mailbox(*row[:7], subscribed=bool(row[7]))
 
 
-class PGRows(PGConnection):
-    """Steps that run inside a caller's transaction (``cur`` is its cursor)."""
+class PGRows(PGConnection, RowSteps):
+    """Steps that run inside a caller's transaction (``cur`` is its cursor): the
+    :class:`~gateway.store.steps.RowSteps` the shared write algorithms call."""
+
+    _private_source = PRIVATE_SOURCE
+
+    # ---- transactions and locks (RowSteps) -----------------------------------------
+
+    def _tx(self) -> AbstractContextManager[tuple[Cursor, set[int]]]:
+        return self._write()
+
+    def _peek(self) -> AbstractContextManager[Cursor]:
+        return self._cursor()
+
+    def _lock_mailboxes(self, cur: Cursor, *mailbox_ids: int) -> None:
+        self._lock(cur, *mailbox_ids)
+
+    def _lock_existing(self, cur: Cursor, *mailbox_ids: int) -> None:
+        self._lock(cur, *mailbox_ids)
+
+    # ---- rows to change (RowSteps) --------------------------------------------------
+
+    def _flag_rows(
+        self, cur: Cursor, mailbox_id: int, uids: Sequence[int], private_of: str | None
+    ) -> list[Any]:
+        cur.execute(
+            "SELECT mm.uid, mm.flags, mm.recent, mm.modseq, p.seen, p.modseq"
+            " FROM mailbox_message mm LEFT JOIN private_flag p"
+            " ON p.mailbox_id = mm.mailbox_id AND p.uid = mm.uid AND p.viewer = %s"
+            " WHERE mm.mailbox_id = %s AND mm.uid = ANY(%s::bigint[]) ORDER BY mm.uid",
+            (private_of, mailbox_id, uid_array(uids)),
+        )
+        return cur.fetchall()
+
+    def _write_flags(self, cur: Cursor, rows: list[tuple[str, int, int, int]]) -> None:
+        if rows:
+            cur.executemany(
+                "UPDATE mailbox_message SET flags = %s, modseq = %s"
+                " WHERE mailbox_id = %s AND uid = %s",
+                rows,
+            )
+
+    def _deleted_rows(self, cur: Cursor, mailbox_id: int, uids: Sequence[int] | None) -> list[Any]:
+        sql = (
+            "SELECT uid, message_id FROM mailbox_message WHERE mailbox_id = %s"
+            " AND strpos(' ' || flags || ' ', %s) > 0"
+        )
+        params: list[object] = [mailbox_id, DELETED_TOKEN]
+        if uids is not None:
+            sql += " AND uid = ANY(%s::bigint[])"
+            params.append(uid_array(uids))
+        cur.execute(sql + " ORDER BY uid", params)
+        return cur.fetchall()
+
+    def _copy_rows(
+        self, cur: Cursor, mailbox_id: int, uids: Sequence[int] | None, viewer: str | None
+    ) -> list[Any]:
+        source, params = self._source(cur, mailbox_id, viewer)
+        sql = f"SELECT uid, message_id, flags FROM {source} src WHERE mailbox_id = %s"
+        params = [*params, mailbox_id]
+        if uids is not None:
+            sql += " AND uid = ANY(%s::bigint[])"
+            params.append(uid_array(uids))
+        cur.execute(sql + " ORDER BY uid", params)
+        return cur.fetchall()
+
+    def _mailbox_message_ids(self, cur: Cursor, mailbox_id: int) -> list[int]:
+        cur.execute("SELECT message_id FROM mailbox_message WHERE mailbox_id = %s", (mailbox_id,))
+        return [r[0] for r in cur.fetchall()]
+
+    def _delete_mailbox_row(self, cur: Cursor, mailbox_id: int) -> None:
+        cur.execute("DELETE FROM mailbox WHERE id = %s", (mailbox_id,))
+
+    def _family(self, cur: Cursor, user: str, name: str) -> list[tuple[int, str]]:
+        prefix = name + DELIMITER
+        cur.execute(
+            "SELECT id, name FROM mailbox WHERE owner = %s"
+            " AND (name = %s OR left(name, %s) = %s) ORDER BY name",
+            (user, name, len(prefix), prefix),
+        )
+        return cur.fetchall()
+
+    def _rename_row(self, cur: Cursor, user: str, mailbox_id: int, old: str, new: str) -> None:
+        cur.execute("UPDATE mailbox SET name = %s WHERE id = %s", (new, mailbox_id))
+        cur.execute(
+            "DELETE FROM subscription WHERE owner = %s AND name = %s RETURNING 1", (user, old)
+        )
+        if cur.fetchall():
+            cur.execute(
+                "INSERT INTO subscription (owner, name) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (user, new),
+            )
+
+    _search_options = {"dialect": POSTGRESQL}
+
+    def _largest_uid(self, cur: Cursor, mailbox_id: int) -> int | None:
+        cur.execute("SELECT max(uid) FROM mailbox_message WHERE mailbox_id = %s", (mailbox_id,))
+        row = cur.fetchone()
+        return None if row is None else row[0]
+
+    def _fetch_query(self, cur: Cursor, sql: str, params: Sequence[object]) -> list[Any]:
+        cur.execute(sql, params)
+        return cur.fetchall()
+
+    def _subscribe_all(self, cur: Cursor, user: str, names: Sequence[str]) -> None:
+        cur.executemany(
+            "INSERT INTO subscription (owner, name) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            [(user, n) for n in names],
+        )
+
+    # ---- mailboxes, counters and rows -----------------------------------------------
 
     def _require(self, cur: Cursor, mailbox_id: int) -> None:
         cur.execute("SELECT 1 FROM mailbox WHERE id = %s", (mailbox_id,))
@@ -101,12 +217,6 @@ class PGRows(PGConnection):
                 raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
             known = self._shared_ids[mailbox_id] = is_shared_owner(row[0])
         return known
-
-    def _source(self, cur: Cursor, mailbox_id: int, viewer: str | None) -> tuple[str, list]:
-        """The rows to read for ``viewer``: the table itself, or its private view."""
-        if viewer is not None and self._is_shared(cur, mailbox_id):
-            return PRIVATE_SOURCE, [viewer]
-        return "mailbox_message", []
 
     def _set_private(
         self,
@@ -178,29 +288,6 @@ class PGRows(PGConnection):
         assert row is not None
         return int(row[0])
 
-    def _create_parents_tx(self, cur: Cursor, user: str, name: str) -> None:
-        """RFC 3501 §6.3.3: create the superior names a new name needs."""
-        for parent in parent_names(name):
-            if self._find(cur, user, parent) is None:
-                self._create_tx(cur, user, parent, None)
-
-    def _ensure_user_tx(self, cur: Cursor, user: str) -> None:
-        """Provision a user's tree; the caller holds the owner lock."""
-        if self._find(cur, user, INBOX) is not None:
-            return
-        self._create_tx(cur, user, INBOX, None)
-        if is_shared_owner(user):
-            return  # a shared tree starts with its INBOX only; members subscribe themselves
-        names = [INBOX]
-        for name, use in DEFAULT_FOLDERS:
-            if self._find(cur, user, name) is None:
-                self._create_tx(cur, user, name, use)
-            names.append(name)
-        cur.executemany(
-            "INSERT INTO subscription (owner, name) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-            [(user, n) for n in names],
-        )
-
     def _target_mailbox(self, cur: Cursor, owner: str, mailbox: str) -> int:
         """The delivery target's id: the user and the mailbox (with parents) created if
         missing, under the owner lock."""
@@ -267,13 +354,9 @@ class PGRows(PGConnection):
         )
         return message_id
 
-    def _add_rows(
-        self, cur: Cursor, mailbox_id: int, entries: Sequence[tuple[int, str]]
-    ) -> list[int]:
-        """Give (message id, flags text) entries consecutive new UIDs in a mailbox, all
-        \\Recent and stamped with one new modseq; returns the UIDs. The counters move in
-        one ``UPDATE ... RETURNING`` on the mailbox row, which stays locked until commit."""
-        count = len(entries)
+    def _alloc_uids(self, cur: Cursor, mailbox_id: int, count: int) -> tuple[int, int]:
+        """The counters move in one ``UPDATE ... RETURNING`` on the mailbox row, which
+        stays locked until commit."""
         cur.execute(
             "UPDATE mailbox SET highestmodseq = highestmodseq + 1, uidnext = uidnext + %s"
             " WHERE id = %s RETURNING highestmodseq, uidnext",
@@ -282,38 +365,32 @@ class PGRows(PGConnection):
         row = cur.fetchone()
         if row is None:
             raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
-        modseq, end = int(row[0]), int(row[1])
-        if end - 1 > MAX_UID:
-            raise StoreError("UID space of the mailbox exhausted")
-        uids = list(range(end - count, end))
-        saved = int(self._clock())  # RFC 8514 §3: when the row entered this mailbox
+        return int(row[0]), int(row[1])
+
+    def _insert_rows(self, cur: Cursor, rows: list[tuple]) -> None:
         cur.executemany(
             "INSERT INTO mailbox_message"
             " (mailbox_id, uid, message_id, flags, modseq, recent, savedate)"
             " VALUES (%s, %s, %s, %s, %s, 1, %s)",
-            [
-                (mailbox_id, uid, message_id, flags, modseq, saved)
-                for uid, (message_id, flags) in zip(uids, entries, strict=True)
-            ],
+            rows,
         )
-        return uids
 
     def _remove_rows(self, cur: Cursor, mailbox_id: int, uids: Sequence[int], modseq: int) -> None:
         """Drop rows from a mailbox, remembering the UIDs for QRESYNC (RFC 7162 §3.2.10)."""
-        uid_array = [int(u) for u in uids]
+        wanted = uid_array(uids)
         cur.execute(
             "INSERT INTO expunged (mailbox_id, uid, modseq)"
             " SELECT %s, u, %s FROM unnest(%s::bigint[]) AS u"
             " ON CONFLICT (mailbox_id, uid) DO UPDATE SET modseq = excluded.modseq",
-            (mailbox_id, modseq, uid_array),
+            (mailbox_id, modseq, wanted),
         )
         cur.execute(
             "DELETE FROM mailbox_message WHERE mailbox_id = %s AND uid = ANY(%s::bigint[])",
-            (mailbox_id, uid_array),
+            (mailbox_id, wanted),
         )
         cur.execute(
             "DELETE FROM private_flag WHERE mailbox_id = %s AND uid = ANY(%s::bigint[])",
-            (mailbox_id, uid_array),
+            (mailbox_id, wanted),
         )
 
     def _collect(self, cur: Cursor, message_ids: Iterable[int]) -> None:

@@ -14,13 +14,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from psycopg import Cursor
-
 from gateway.core.criteria import Criteria
 from gateway.core.sorting import SortCriterion, ThreadFacts
-from gateway.store.postgres.rows import POSTGRESQL, PGRows
-from gateway.store.search import build_query
-from gateway.store.sorting import SORT_JOIN, THREAD_COLUMNS, order_by
+from gateway.store.postgres.rows import PGRows
+from gateway.store.sorting import THREAD_COLUMNS, order_by
 
 
 class PGSorting(PGRows):
@@ -52,32 +49,3 @@ class PGSorting(PGRows):
             ThreadFacts(int(uid), sent, subject, bool(refwd), msgid, tuple(json.loads(refs)))
             for uid, sent, subject, refwd, msgid, refs in rows
         ]
-
-    def _sorted_in(
-        self,
-        cur: Cursor,
-        mailbox_id: int,
-        criteria: Criteria,
-        columns: str,
-        order: str,
-        viewer: str | None,
-    ) -> list[tuple]:
-        cur.execute("SELECT max(uid) FROM mailbox_message WHERE mailbox_id = %s", (mailbox_id,))
-        row = cur.fetchone()
-        largest = row[0] if row else None
-        source, source_params = self._source(cur, mailbox_id, viewer)
-        query = build_query(
-            mailbox_id,
-            criteria,
-            largest or 0,
-            source=source,
-            source_params=source_params,
-            columns=columns,
-            extra_join=SORT_JOIN,
-            order=order,
-            dialect=POSTGRESQL,
-        )
-        if largest is None:
-            return []
-        cur.execute(query.sql, query.params)
-        return cur.fetchall()

@@ -19,11 +19,11 @@ from typing import Self
 
 import structlog
 
-from gateway.core.flags import RECENT
 from gateway.core.limits import DEFAULT_MAX_MESSAGE_SIZE
 from gateway.message.analysis import Analysis, analyze
 from gateway.store.errors import StoreError
 from gateway.store.interfaces import ChangeListener
+from gateway.store.rowdata import RowValues
 from gateway.store.schema import migrate, schema_version
 from gateway.store.sqlite_textindex import backlog_done, index_backlog_step
 
@@ -39,11 +39,8 @@ with one copy fewer (UID FETCH of 33 MB: ~18 ms -> ~12 ms of store time). The ma
 pages are the kernel's page cache, shared and reclaimable, though they count in the
 process's RSS while mapped; beyond this size SQLite reads as before."""
 
-FLAG_CACHE_SIZE = 4096
-"""Distinct (flags text, recent) pairs whose frozenset is kept; mailboxes reuse few."""
 
-
-class SQLiteConnection:
+class SQLiteConnection(RowValues):
     """One SQLite file, open and migrated: the base of :class:`~gateway.store.sqlite.SQLiteStore`.
 
     Used from one thread at a time; it holds one connection. ``clock`` gives the
@@ -208,27 +205,3 @@ class SQLiteConnection:
             finally:
                 self._conn.close()
                 self._conn = None
-
-    # ---- small helpers -------------------------------------------------------------
-
-    def _flags(self, text: str, recent: int) -> frozenset[str]:
-        key = (text, recent)
-        flags = self._flag_cache.get(key)
-        if flags is None:
-            if len(self._flag_cache) >= FLAG_CACHE_SIZE:
-                self._flag_cache.clear()
-            items = text.split()
-            if recent:
-                items.append(RECENT)
-            flags = self._flag_cache[key] = frozenset(items)
-        return flags
-
-    def _zone(self, minutes: int) -> datetime.timezone:
-        zone = self._zones.get(minutes)
-        if zone is None:
-            zone = self._zones[minutes] = datetime.timezone(datetime.timedelta(minutes=minutes))
-        return zone
-
-    def _now(self) -> datetime.datetime:
-        """The current time in the server's local zone (INTERNALDATE default)."""
-        return datetime.datetime.fromtimestamp(int(self._clock())).astimezone()

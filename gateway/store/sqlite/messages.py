@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from gateway.core.criteria import Criteria
 from gateway.store.errors import MailboxNotFound
@@ -23,25 +23,19 @@ from gateway.store.interfaces import (
     MailboxCounts,
     MessageInfo,
     MessageRow,
-    NewMessage,
     SelectionSummary,
-    StoreResult,
 )
 from gateway.store.objectid import email_id
 from gateway.store.rowdata import (
-    DELETED_TOKEN,
     SEEN_TOKEN,
-    copy_entries,
-    plan_flags,
-    split_seen,
 )
-from gateway.store.rules import flag_map
-from gateway.store.search import build_query
 from gateway.store.sqlite.rows import SQLiteRows, uid_list
+from gateway.store.steps import MessageSteps
 
 
-class SQLiteMessages(SQLiteRows):
-    """:class:`~gateway.store.interfaces.Messages` on SQLite."""
+class SQLiteMessages(SQLiteRows, MessageSteps):
+    """:class:`~gateway.store.interfaces.Messages` on SQLite: the reads here, the writes
+    (append, STORE, expunge, copy/move) in :class:`~gateway.store.steps.MessageSteps`."""
 
     def counts(self, mailbox_id: int, *, viewer: str | None = None) -> MailboxCounts:
         with self._read() as conn:
@@ -240,166 +234,6 @@ class SQLiteMessages(SQLiteRows):
                 self._require(conn, mailbox_id)
         return dict(rows)
 
-    def append(
-        self,
-        mailbox_id: int,
-        raw: bytes,
-        flags: Iterable[str] = (),
-        internaldate: datetime.datetime | None = None,
-        *,
-        viewer: str | None = None,
-    ) -> int:
-        """RFC 3501 §6.3.11. The new message is \\Recent in this mailbox."""
-        flag_map(flags)  # validates (a lone str is refused) before the tuple() below
-        (uid,) = self.append_many(
-            mailbox_id, [NewMessage(raw, tuple(flags), internaldate)], viewer=viewer
-        )
-        return uid
-
-    def append_many(
-        self, mailbox_id: int, messages: Sequence[NewMessage], *, viewer: str | None = None
-    ) -> list[int]:
-        """RFC 3502 MULTIAPPEND: every message is checked and analysed first, then all
-        are inserted in one transaction with consecutive UIDs and one modseq."""
-        if isinstance(messages, NewMessage):
-            raise TypeError("messages must be a sequence of NewMessage")
-        checked = [flag_map(item.flags) for item in messages]
-        shared = self._is_shared(self.db, mailbox_id)
-        prepared = []
-        for item, flags in zip(messages, checked, strict=True):
-            flags_text, seen = split_seen(flags, shared)
-            raw, analysis, internal = self._ingest(item.raw, item.internaldate)
-            prepared.append((raw, analysis, internal, flags_text, seen))
-        if not prepared:
-            return []
-        with self._write() as changed:
-            cur = self.db
-            self._require(cur, mailbox_id)
-            entries = [
-                (self._insert_message(cur, raw, analysis, internal), flags_text)
-                for raw, analysis, internal, flags_text, _seen in prepared
-            ]
-            uids = self._add_rows(cur, mailbox_id, entries)
-            if shared and viewer is not None:
-                seen_uids = [(u, True) for u, p in zip(uids, prepared, strict=True) if p[4]]
-                if seen_uids:
-                    modseq = self._highestmodseq(cur, mailbox_id)
-                    self._set_private(cur, mailbox_id, viewer, seen_uids, modseq)
-            changed.add(mailbox_id)
-        return uids
-
-    def store_flags(
-        self,
-        mailbox_id: int,
-        uids: Sequence[int],
-        mode: str,
-        flags: Iterable[str],
-        unchangedsince: int | None = None,
-        *,
-        viewer: str | None = None,
-    ) -> StoreResult:
-        """RFC 3501 §6.4.6 with RFC 7162 §3.1.3 UNCHANGEDSINCE. All rows changed by one
-        call share one new modseq; \\Recent in ``flags`` is ignored. In a shared mailbox
-        \\Seen is ``viewer``'s own (and left alone without a viewer); UNCHANGEDSINCE and
-        the returned modseqs are the viewer's (RFC 7162 §3.1.3 per member)."""
-        if mode not in ("", "+", "-"):
-            raise ValueError(f"unknown STORE mode {mode!r}")
-        given = flag_map(flags)
-        updated: list[MessageRow] = []
-        with self._write() as changed:
-            cur = self.db
-            self._require(cur, mailbox_id)
-            shared = self._is_shared(cur, mailbox_id)
-            rows = cur.execute(
-                "SELECT mm.uid, mm.flags, mm.recent, mm.modseq, p.seen, p.modseq"
-                " FROM mailbox_message mm LEFT JOIN private_flag p"
-                " ON p.mailbox_id = mm.mailbox_id AND p.uid = mm.uid AND p.user = ?"
-                " WHERE mm.mailbox_id = ? AND mm.uid IN (SELECT value FROM json_each(?))"
-                " ORDER BY mm.uid",
-                (viewer if shared else None, mailbox_id, uid_list(uids)),
-            ).fetchall()
-            plan = plan_flags(rows, mode, given, unchangedsince, shared, viewer)
-            writes, modified = plan.writes, plan.modified
-            if writes:
-                modseq = self._bump(cur, mailbox_id)
-                cur.executemany(
-                    "UPDATE mailbox_message SET flags = ?, modseq = ?"
-                    " WHERE mailbox_id = ? AND uid = ?",
-                    [
-                        (t, modseq, mailbox_id, uid)
-                        for uid, t, _p, _e, _r in writes
-                        if t is not None
-                    ],
-                )
-                if viewer is not None:
-                    private = [(uid, p) for uid, _t, p, _e, _r in writes if p is not None]
-                    self._set_private(cur, mailbox_id, viewer, private, modseq)
-                updated = plan.rows(modseq, self._flags)
-                changed.add(mailbox_id)
-        return StoreResult(updated=updated, modified=modified)
-
-    def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
-        """RFC 3501 §6.4.3 EXPUNGE and RFC 4315 §2.1 UID EXPUNGE (when ``uids`` is given)."""
-        with self._write() as changed:
-            cur = self.db
-            self._require(cur, mailbox_id)
-            sql = (
-                "SELECT uid, message_id FROM mailbox_message WHERE mailbox_id = ?"
-                " AND instr(' ' || flags || ' ', ?) > 0"
-            )
-            params: list[object] = [mailbox_id, DELETED_TOKEN]
-            if uids is not None:
-                sql += " AND uid IN (SELECT value FROM json_each(?))"
-                params.append(uid_list(uids))
-            rows = cur.execute(sql + " ORDER BY uid", params).fetchall()
-            if not rows:
-                return []
-            gone = [r[0] for r in rows]
-            self._remove_rows(cur, mailbox_id, gone, self._bump(cur, mailbox_id))
-            self._collect(cur, [r[1] for r in rows])
-            changed.add(mailbox_id)
-        return gone
-
-    def copy(
-        self,
-        src_mailbox_id: int,
-        uids: Sequence[int],
-        dst_mailbox_id: int,
-        move: bool = False,
-        *,
-        viewer: str | None = None,
-    ) -> list[tuple[int, int]]:
-        """RFC 3501 §6.4.7 COPY / RFC 6851 MOVE: new UIDs follow source UID order
-        (RFC 4315 COPYUID), flags go along, the copies are \\Recent; the message content
-        is shared, not duplicated. A move is one transaction."""
-        with self._write() as changed:
-            cur = self.db
-            self._require(cur, src_mailbox_id)
-            self._require(cur, dst_mailbox_id)
-            source, source_params = self._source(cur, src_mailbox_id, viewer)
-            rows = cur.execute(
-                f"SELECT uid, message_id, flags FROM {source}"
-                " WHERE mailbox_id = ? AND uid IN (SELECT value FROM json_each(?)) ORDER BY uid",
-                (*source_params, src_mailbox_id, uid_list(uids)),
-            ).fetchall()
-            if not rows:
-                return []
-            dst_shared = self._is_shared(cur, dst_mailbox_id)
-            entries, seen_flags = copy_entries(rows, dst_shared)
-            new_uids = self._add_rows(cur, dst_mailbox_id, entries)
-            if dst_shared and viewer is not None:
-                seen = [(u, True) for u, s in zip(new_uids, seen_flags, strict=True) if s]
-                if seen:
-                    modseq = self._highestmodseq(cur, dst_mailbox_id)
-                    self._set_private(cur, dst_mailbox_id, viewer, seen, modseq)
-            changed.add(dst_mailbox_id)
-            old_uids = [r[0] for r in rows]
-            if move:
-                modseq = self._bump(cur, src_mailbox_id)
-                self._remove_rows(cur, src_mailbox_id, old_uids, modseq)
-                changed.add(src_mailbox_id)
-        return list(zip(old_uids, new_uids, strict=True))
-
     def search(
         self, mailbox_id: int, criteria: Criteria, *, viewer: str | None = None
     ) -> list[int]:
@@ -407,21 +241,8 @@ class SQLiteMessages(SQLiteRows):
         in a shared mailbox SEEN/UNSEEN and MODSEQ are ``viewer``'s own."""
         with self._read() as conn:
             self._require(conn, mailbox_id)
-            (largest,) = conn.execute(
-                "SELECT max(uid) FROM mailbox_message WHERE mailbox_id = ?", (mailbox_id,)
-            ).fetchone()
-            source, source_params = self._source(conn, mailbox_id, viewer)
-            query = build_query(
-                mailbox_id,
-                criteria,
-                largest or 0,
-                source=source,
-                source_params=source_params,
-                text_index=True,
-            )
-            if largest is None:
-                return []
-            return [r[0] for r in conn.execute(query.sql, query.params)]
+            rows = self._query_rows(conn, mailbox_id, criteria, viewer, text_index=True)
+        return [r[0] for r in rows]
 
     def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> None:
         with self._write():

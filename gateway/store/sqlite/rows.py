@@ -15,20 +15,18 @@ import datetime
 import json
 import mmap
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 from gateway.message.analysis import Analysis
 from gateway.store.errors import MailboxNotFound, StoreError
-from gateway.store.interfaces import INBOX, Mailbox, is_shared_owner
-from gateway.store.rowdata import MESSAGE_COLUMNS, internal_values, message_values
-from gateway.store.rules import (
-    DEFAULT_FOLDERS,
-    MAX_UID,
-    check_message,
-    parent_names,
-)
+from gateway.store.interfaces import DELIMITER, Mailbox, is_shared_owner
+from gateway.store.rowdata import DELETED_TOKEN, MESSAGE_COLUMNS, internal_values, message_values
+from gateway.store.rules import MAX_UID, check_message
 from gateway.store.sorting import INSERT_SORT_KEY, sort_key_row
 from gateway.store.sqlite.connection import SQLiteConnection
+from gateway.store.steps import RowSteps
 
 PRIVATE_SOURCE = (
     "(SELECT x.mailbox_id AS mailbox_id, x.uid AS uid, x.message_id AS message_id,"
@@ -72,8 +70,129 @@ def _insert_content(cur: sqlite3.Connection, message_id: int, raw: bytes | mmap.
             blob.write(view[start : start + BLOB_CHUNK])
 
 
-class SQLiteRows(SQLiteConnection):
-    """Steps that run inside a caller's transaction (``cur`` is the connection in it)."""
+class SQLiteRows(SQLiteConnection, RowSteps):
+    """Steps that run inside a caller's transaction (``cur`` is the connection in it):
+    the :class:`~gateway.store.steps.RowSteps` the shared write algorithms call."""
+
+    _private_source = PRIVATE_SOURCE
+
+    # ---- transactions and locks (RowSteps) -----------------------------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[tuple[sqlite3.Connection, set[int]]]:
+        with self._write() as changed:
+            yield self.db, changed
+
+    @contextmanager
+    def _peek(self) -> Iterator[sqlite3.Connection]:
+        yield self.db
+
+    def _lock_mailboxes(self, cur: sqlite3.Connection, *mailbox_ids: int) -> None:
+        # BEGIN IMMEDIATE holds the whole file: only existence is left to check.
+        for mailbox_id in mailbox_ids:
+            self._require(cur, mailbox_id)
+
+    def _lock_existing(self, cur: sqlite3.Connection, *mailbox_ids: int) -> None:
+        pass  # BEGIN IMMEDIATE holds the whole file
+
+    def _lock_owner(self, cur: sqlite3.Connection, owner: str) -> None:
+        pass  # BEGIN IMMEDIATE holds the whole file
+
+    # ---- rows to change (RowSteps) --------------------------------------------------
+
+    def _flag_rows(
+        self, cur: sqlite3.Connection, mailbox_id: int, uids: Sequence[int], private_of: str | None
+    ) -> list[Any]:
+        return cur.execute(
+            "SELECT mm.uid, mm.flags, mm.recent, mm.modseq, p.seen, p.modseq"
+            " FROM mailbox_message mm LEFT JOIN private_flag p"
+            " ON p.mailbox_id = mm.mailbox_id AND p.uid = mm.uid AND p.user = ?"
+            " WHERE mm.mailbox_id = ? AND mm.uid IN (SELECT value FROM json_each(?))"
+            " ORDER BY mm.uid",
+            (private_of, mailbox_id, uid_list(uids)),
+        ).fetchall()
+
+    def _write_flags(self, cur: sqlite3.Connection, rows: list[tuple[str, int, int, int]]) -> None:
+        cur.executemany(
+            "UPDATE mailbox_message SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
+            rows,
+        )
+
+    def _deleted_rows(
+        self, cur: sqlite3.Connection, mailbox_id: int, uids: Sequence[int] | None
+    ) -> list[Any]:
+        sql = (
+            "SELECT uid, message_id FROM mailbox_message WHERE mailbox_id = ?"
+            " AND instr(' ' || flags || ' ', ?) > 0"
+        )
+        params: list[object] = [mailbox_id, DELETED_TOKEN]
+        if uids is not None:
+            sql += " AND uid IN (SELECT value FROM json_each(?))"
+            params.append(uid_list(uids))
+        return cur.execute(sql + " ORDER BY uid", params).fetchall()
+
+    def _copy_rows(
+        self,
+        cur: sqlite3.Connection,
+        mailbox_id: int,
+        uids: Sequence[int] | None,
+        viewer: str | None,
+    ) -> list[Any]:
+        source, params = self._source(cur, mailbox_id, viewer)
+        sql = f"SELECT uid, message_id, flags FROM {source} WHERE mailbox_id = ?"
+        params = [*params, mailbox_id]
+        if uids is not None:
+            sql += " AND uid IN (SELECT value FROM json_each(?))"
+            params.append(uid_list(uids))
+        return cur.execute(sql + " ORDER BY uid", params).fetchall()
+
+    def _mailbox_message_ids(self, cur: sqlite3.Connection, mailbox_id: int) -> list[int]:
+        return [
+            r[0]
+            for r in cur.execute(
+                "SELECT message_id FROM mailbox_message WHERE mailbox_id = ?", (mailbox_id,)
+            )
+        ]
+
+    def _delete_mailbox_row(self, cur: sqlite3.Connection, mailbox_id: int) -> None:
+        cur.execute("DELETE FROM mailbox WHERE id = ?", (mailbox_id,))
+
+    def _family(self, cur: sqlite3.Connection, user: str, name: str) -> list[tuple[int, str]]:
+        prefix = name + DELIMITER
+        return cur.execute(
+            "SELECT id, name FROM mailbox WHERE owner = ?"
+            " AND (name = ? OR substr(name, 1, ?) = ?) ORDER BY name",
+            (user, name, len(prefix), prefix),
+        ).fetchall()
+
+    def _rename_row(
+        self, cur: sqlite3.Connection, user: str, mailbox_id: int, old: str, new: str
+    ) -> None:
+        cur.execute("UPDATE mailbox SET name = ? WHERE id = ?", (new, mailbox_id))
+        if cur.execute(
+            "DELETE FROM subscription WHERE owner = ? AND name = ? RETURNING 1", (user, old)
+        ).fetchall():
+            cur.execute(
+                "INSERT OR IGNORE INTO subscription (owner, name) VALUES (?, ?)", (user, new)
+            )
+
+    def _largest_uid(self, cur: sqlite3.Connection, mailbox_id: int) -> int | None:
+        return cur.execute(
+            "SELECT max(uid) FROM mailbox_message WHERE mailbox_id = ?", (mailbox_id,)
+        ).fetchone()[0]
+
+    def _fetch_query(
+        self, cur: sqlite3.Connection, sql: str, params: Sequence[object]
+    ) -> list[Any]:
+        return cur.execute(sql, params).fetchall()
+
+    def _subscribe_all(self, cur: sqlite3.Connection, user: str, names: Sequence[str]) -> None:
+        cur.executemany(
+            "INSERT OR IGNORE INTO subscription (owner, name) VALUES (?, ?)",
+            [(user, n) for n in names],
+        )
+
+    # ---- mailboxes, counters and rows -----------------------------------------------
 
     def _require(self, cur: sqlite3.Connection, mailbox_id: int) -> None:
         if cur.execute("SELECT 1 FROM mailbox WHERE id = ?", (mailbox_id,)).fetchone() is None:
@@ -88,14 +207,6 @@ class SQLiteRows(SQLiteConnection):
                 raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
             known = self._shared_ids[mailbox_id] = is_shared_owner(row[0])
         return known
-
-    def _source(
-        self, cur: sqlite3.Connection, mailbox_id: int, viewer: str | None
-    ) -> tuple[str, list[object]]:
-        """The rows to read for ``viewer``: the table itself, or its private view."""
-        if viewer is not None and self._is_shared(cur, mailbox_id):
-            return PRIVATE_SOURCE, [viewer]
-        return "mailbox_message", []
 
     def _set_private(
         self,
@@ -158,28 +269,6 @@ class SQLiteRows(SQLiteConnection):
             ).lastrowid
         )
 
-    def _create_parents_tx(self, cur: sqlite3.Connection, user: str, name: str) -> None:
-        """RFC 3501 §6.3.3: create the superior names a new name needs."""
-        for parent in parent_names(name):
-            if self._find(cur, user, parent) is None:
-                self._create_tx(cur, user, parent, None)
-
-    def _ensure_user_tx(self, cur: sqlite3.Connection, user: str) -> None:
-        if self._find(cur, user, INBOX) is not None:
-            return
-        self._create_tx(cur, user, INBOX, None)
-        if is_shared_owner(user):
-            return  # a shared tree starts with its INBOX only; members subscribe themselves
-        names = [INBOX]
-        for name, use in DEFAULT_FOLDERS:
-            if self._find(cur, user, name) is None:
-                self._create_tx(cur, user, name, use)
-            names.append(name)
-        cur.executemany(
-            "INSERT OR IGNORE INTO subscription (owner, name) VALUES (?, ?)",
-            [(user, n) for n in names],
-        )
-
     def _ingest(
         self, raw: bytes | mmap.mmap, internaldate: datetime.datetime | None
     ) -> tuple[bytes | mmap.mmap, Analysis, tuple[int, int, int]]:
@@ -216,32 +305,21 @@ class SQLiteRows(SQLiteConnection):
         )
         return message_id
 
-    def _add_rows(
-        self, cur: sqlite3.Connection, mailbox_id: int, entries: Sequence[tuple[int, str]]
-    ) -> list[int]:
-        """Give (message id, flags text) entries consecutive new UIDs in a mailbox, all
-        \\Recent and stamped with one new modseq; returns the UIDs."""
+    def _alloc_uids(self, cur: sqlite3.Connection, mailbox_id: int, count: int) -> tuple[int, int]:
         modseq = self._bump(cur, mailbox_id)
-        count = len(entries)
         (end,) = cur.execute(
             "UPDATE mailbox SET uidnext = uidnext + ? WHERE id = ? RETURNING uidnext",
             (count, mailbox_id),
         ).fetchall()[0]
-        if end - 1 > MAX_UID:
-            raise StoreError("UID space of the mailbox exhausted")
-        first = end - count
-        uids = list(range(first, end))
-        saved = int(self._clock())  # RFC 8514 §3: when the row entered this mailbox
+        return modseq, end
+
+    def _insert_rows(self, cur: sqlite3.Connection, rows: list[tuple]) -> None:
         cur.executemany(
             "INSERT INTO mailbox_message"
             " (mailbox_id, uid, message_id, flags, modseq, recent, savedate)"
             " VALUES (?, ?, ?, ?, ?, 1, ?)",
-            [
-                (mailbox_id, uid, message_id, flags, modseq, saved)
-                for uid, (message_id, flags) in zip(uids, entries, strict=True)
-            ],
+            rows,
         )
-        return uids
 
     def _remove_rows(
         self, cur: sqlite3.Connection, mailbox_id: int, uids: Sequence[int], modseq: int

@@ -13,7 +13,6 @@ answer is served only while it is still exact, as Dovecot serves SORT from its i
 from __future__ import annotations
 
 import json
-import sqlite3
 from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -21,8 +20,7 @@ from collections.abc import Sequence
 from gateway.core.criteria import Criteria
 from gateway.core.sorting import SortCriterion, ThreadFacts
 from gateway.store.errors import MailboxNotFound
-from gateway.store.search import build_query
-from gateway.store.sorting import SORT_JOIN, THREAD_COLUMNS, order_by
+from gateway.store.sorting import THREAD_COLUMNS, order_by
 from gateway.store.sqlite.rows import SQLiteRows
 
 SORT_CACHE_ENTRIES = 8
@@ -83,30 +81,3 @@ class SQLiteSorting(SQLiteRows):
             ThreadFacts(uid, sent, subject, bool(refwd), msgid, tuple(json.loads(refs)))
             for uid, sent, subject, refwd, msgid, refs in rows
         ]
-
-    def _sorted_in(
-        self,
-        conn: sqlite3.Connection,
-        mailbox_id: int,
-        criteria: Criteria,
-        columns: str,
-        order: str,
-        viewer: str | None,
-    ) -> list[tuple]:
-        (largest,) = conn.execute(
-            "SELECT max(uid) FROM mailbox_message WHERE mailbox_id = ?", (mailbox_id,)
-        ).fetchone()
-        source, source_params = self._source(conn, mailbox_id, viewer)
-        query = build_query(
-            mailbox_id,
-            criteria,
-            largest or 0,
-            source=source,
-            source_params=source_params,
-            columns=columns,
-            extra_join=SORT_JOIN,
-            order=order,
-        )
-        if largest is None:
-            return []
-        return conn.execute(query.sql, query.params).fetchall()

@@ -1,10 +1,12 @@
-"""Command steps on a store thread: how the IMAP protocol keeps database round trips off
-the reactor for a store that does not run inline (ARCHITECTURE.md, "Store calls and the
-reactor").
+"""Command steps on a store thread: how the servers' protocols (IMAP, ManageSieve) keep
+database round trips off the reactor for a store that does not run inline (ARCHITECTURE.md,
+"Store calls and the reactor").
 
 :func:`run_steps` advances a command's generator on a store thread until it yields an
 action, ends, or has produced :data:`STEP_OUTPUT_BUDGET` bytes; :class:`ThreadedSteps`
-(mixed into :class:`~gateway.imap.server.IMAPServerProtocol`) schedules one such batch at
+(mixed into :class:`~gateway.imap.server.IMAPServerProtocol` and
+:class:`~gateway.managesieve.server.ManageSieveProtocol`, before their
+:class:`~gateway.serving.driver.CommandDriver`) schedules one such batch at
 a time per session and takes its result back on the reactor thread, where the bytes are
 written and the action performed. So a session's state is only ever touched by one thread
 at a time, and backpressure stays the protocol's (the next batch is scheduled only once
@@ -13,14 +15,13 @@ the transport wants more).
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any
 
-import structlog
 from twisted.python.failure import Failure
 
-from gateway.imap.handler import Run
-
-log = structlog.get_logger("gateway.imap.server")
+Run = Generator[Any, Any, Any]
+"""A command's generator (the session's handler run)."""
 
 STEP_OUTPUT_BUDGET = 256 * 1024
 """Bytes of responses one batch of steps on a store thread may produce before handing
@@ -54,9 +55,10 @@ def run_steps(
 
 
 class ThreadedSteps:
-    """The protocol's side of :func:`run_steps` (its attributes are the protocol's:
-    ``_threads``, ``_stepping``, ``_current``, ``_throw``, ``_send``, ``_closing``, and
-    it calls the protocol's ``_command_done``, ``_perform``, ``_run`` and ``_abort``)."""
+    """The protocol's side of :func:`run_steps` (its attributes are the protocol's and
+    its driver's: ``_threads``, ``_stepping``, ``_current``, ``_throw``, ``_send``,
+    ``_closing``, ``_log``, ``event_prefix``; it calls the driver's ``_command_done``,
+    ``_perform``, ``_run`` and ``_abort``)."""
 
     _threads: Any
     _stepping: object | None
@@ -66,6 +68,8 @@ class ThreadedSteps:
     _closing: bool
     peer: str
     transport: Any
+    _log: Any
+    event_prefix: str
 
     def _step_on_thread(self, current: Run) -> None:
         """Run the next batch of ``current``'s steps on a store thread (one at a time)."""
@@ -103,8 +107,8 @@ class ThreadedSteps:
         self._stepping = None
         if self._current is not current or self._closing:
             return
-        log.error(
-            "imap.internal_error",
+        self._log.error(
+            f"{self.event_prefix}.internal_error",
             peer=self.peer,
             exc_info=(failure.type, failure.value, failure.getTracebackObject()),
         )
@@ -116,5 +120,7 @@ class ThreadedSteps:
         blocks may call the store)."""
         assert self._threads is not None
         self._threads.run(current.close).addErrback(
-            lambda f: log.error("imap.internal_error", peer=self.peer, error=str(f.value))
+            lambda f: self._log.error(
+                f"{self.event_prefix}.internal_error", peer=self.peer, error=str(f.value)
+            )
         )
