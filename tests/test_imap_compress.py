@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 
 from gateway.imap.deflate import MAX_INFLATE_CHUNK, DeflateCodec, DeflateError
 from gateway.testing.imapclient import (
+    BACKENDS,
     HOST,
     PASSWORD,
     USER,
@@ -118,8 +119,11 @@ def test_codec_refuses_a_corrupt_stream() -> None:
 # ---- raw bytes over a socket ------------------------------------------------------------
 
 
-def test_compress_round_trip_raw(tmp_path: Path) -> None:
-    with running_server(tmp_path) as server:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compress_round_trip_raw(tmp_path: Path, backend: str) -> None:
+    """On both backends: with PostgreSQL, command steps run on store threads and their
+    output must still go through the compressor (and the protocol trace)."""
+    with running_server(tmp_path, backend=backend) as server:
         for n in range(3):
             server.append(raw=big_message(n))
         with server.connect() as client:

@@ -94,7 +94,7 @@ class ThreadedSteps:
             return
         chunks, action = result
         for chunk in chunks:
-            self.transport.write(chunk)
+            self._write(chunk)
         if action is DONE:
             self._command_done()
         elif action is not None:
