@@ -10,14 +10,18 @@ is reported twice).
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from gateway.imap import messages
+from gateway.imap import fetch_items, messages
+from gateway.imap.command import FetchAttr
 from gateway.imap.fetch_items import INLINE_LITERAL_LIMIT
 from gateway.imap.handler import BadCommand, Reply
+from gateway.store.interfaces import MessageInfo
 from gateway.testing.imapclient import (
     PASSWORD,
     USER,
@@ -497,3 +501,41 @@ def test_seen_side_effect_over_the_wire(server: ServerHandle) -> None:
             b"a OK FETCH completed\r\n"
         )
         assert client.command("b", "NOOP") == b"b OK NOOP completed\r\n"
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("FLAGS", "UID", "RFC822.SIZE", "ENVELOPE", "BODYSTRUCTURE"),
+        ("BODYSTRUCTURE", "MODSEQ", "FLAGS"),
+        ("UID", "BODY"),
+        ("ENVELOPE",),
+    ],
+)
+def test_one_format_plan_renders_exactly_what_the_item_loop_renders(
+    names: tuple[str, ...],
+) -> None:
+    """Plans of stored items only take the one-format path (issue 19): byte for byte the
+    general loop's response, with and without \\Recent among the flags."""
+    info = MessageInfo(
+        7,
+        frozenset({"\\Seen", "$Label"}),
+        42,
+        1234,
+        datetime.datetime(2024, 2, 5, 10, 11, 12, tzinfo=datetime.UTC),
+        b'("Mon, 5 Feb 2024 10:11:12 +0000" "100% off" NIL NIL NIL NIL NIL NIL NIL NIL)',
+        b'("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 4 1 NIL NIL NIL NIL)',
+        b'("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 4 1)',
+        "{}",
+    )
+    plan = fetch_items.compile_plan([FetchAttr(n) for n in names], False, False)
+    assert plan.template is not None
+    general = dataclasses.replace(plan, template=None, picks=None)
+    flags = info.flags if plan.has_flags else None
+    for shown in (flags, None if flags is None else flags | {"\\Recent"}):
+        fast = fetch_items.render(plan, 3, info, shown, info.modseq, None)
+        assert fast == fetch_items.render(general, 3, info, shown, info.modseq, None)
+    # An implicit FLAGS/UID after a \Seen side effect goes the general way.
+    assert fetch_items.render(plan, 3, info, info.flags, 43, None, (fetch_items.UID,))[0].endswith(
+        b" UID 7)\r\n"
+    )

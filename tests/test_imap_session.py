@@ -278,17 +278,17 @@ def select_lines(
     uidvalidity: int, highestmodseq: int, *, readonly: bool, recent: int, mailbox_id: int
 ) -> bytes:
     permanent = b"()" if readonly else b"(\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label \\*)"
-    text = b"Read-only mailbox" if readonly else b"Flags permitted"
+    text = b"Read-only mailbox" if readonly else b"Limited"
     return (
         b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label)\r\n"
         b"* OK [PERMANENTFLAGS " + permanent + b"] " + text + b"\r\n"
         b"* 3 EXISTS\r\n"
         b"* %d RECENT\r\n"
-        b"* OK [UNSEEN 2] First unseen\r\n"
+        b"* OK [UNSEEN 2] Ok\r\n"
         b"* OK [UIDVALIDITY %d] UIDs valid\r\n"
         b"* OK [UIDNEXT 4] Predicted next UID\r\n"
         b"* OK [MAILBOXID (F%d)] Ok\r\n"
-        b"* OK [HIGHESTMODSEQ %d] Highest\r\n"
+        b"* OK [HIGHESTMODSEQ %d] Ok\r\n"
     ) % (recent, uidvalidity, mailbox_id, highestmodseq)
 
 
@@ -363,7 +363,7 @@ def test_select_qresync_reports_vanished_and_changed(
     reply = client.command("s", f"SELECT INBOX (QRESYNC ({box.uidvalidity} {known} 1:3))")
     tail = reply[reply.index(b"* OK [HIGHESTMODSEQ") :]
     assert tail == (
-        b"* OK [HIGHESTMODSEQ %d] Highest\r\n"
+        b"* OK [HIGHESTMODSEQ %d] Ok\r\n"
         b"* VANISHED (EARLIER) 1\r\n"
         b"* 2 FETCH (UID 3 FLAGS (\\Flagged \\Recent) MODSEQ (%d))\r\n"
         b"s OK [READ-WRITE] SELECT completed\r\n"

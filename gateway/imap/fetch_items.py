@@ -10,9 +10,11 @@ flag set and cached.
 
 from __future__ import annotations
 
+import operator
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.imap import wire
 from gateway.imap.command import BinarySection, BodySection, FetchAttr, FetchItem
@@ -108,6 +110,38 @@ class FetchPlan:
     has_flags: bool
     has_uid: bool
     has_modseq: bool
+    template: bytes | None = None
+    """For a plan of stored items only (:data:`_TEMPLATE_ITEMS`), the whole response as
+    one bytes format, filled by :attr:`picks` from ``(seq, FLAGS item, modseq, *info)``;
+    None otherwise."""
+    picks: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None
+
+
+_VALUES_HEAD = 3  # seq, FLAGS item, modseq come before the MessageInfo fields
+
+_TEMPLATE_ITEMS: dict[int, tuple[bytes, int]] = {
+    FLAGS: (b"%s", 1),
+    MODSEQ: (b"MODSEQ (%d)", 2),
+    UID: (b"UID %d", _VALUES_HEAD + MessageInfo._fields.index("uid")),
+    RFC822_SIZE: (b"RFC822.SIZE %d", _VALUES_HEAD + MessageInfo._fields.index("size")),
+    ENVELOPE: (b"ENVELOPE %s", _VALUES_HEAD + MessageInfo._fields.index("envelope")),
+    BODYSTRUCTURE: (
+        b"BODYSTRUCTURE %s",
+        _VALUES_HEAD + MessageInfo._fields.index("bodystructure"),
+    ),
+    BODY: (b"BODY %s", _VALUES_HEAD + MessageInfo._fields.index("body")),
+}
+"""Items whose wire form is a stored value in a fixed frame: a plan of only these is
+rendered by one ``%`` format per message (the FETCH 1:* of a client's first sync: about
+three times faster than the general item loop, issue 19)."""
+
+
+def _template(steps: Sequence[tuple[int, Section | None]]) -> tuple[bytes | None, Any]:
+    if not steps or any(code not in _TEMPLATE_ITEMS for code, _ in steps):
+        return None, None
+    forms = [_TEMPLATE_ITEMS[code] for code, _ in steps]
+    template = b"* %d FETCH (" + b" ".join(form for form, _ in forms) + b")\r\n"
+    return template, operator.itemgetter(0, *(index for _, index in forms))
 
 
 def compile_plan(items: Iterable[FetchItem], uid_mode: bool, with_modseq: bool) -> FetchPlan:
@@ -184,6 +218,7 @@ def compile_plan(items: Iterable[FetchItem], uid_mode: bool, with_modseq: bool) 
         codes.add(MODSEQ)
         steps.append((MODSEQ, None))
     sections = [s for code, s in steps if code == SECTION and s is not None]
+    template, picks = _template(steps)
     return FetchPlan(
         steps=tuple(steps),
         needs_bytes=bool(sections) or PREVIEW in codes,
@@ -191,6 +226,8 @@ def compile_plan(items: Iterable[FetchItem], uid_mode: bool, with_modseq: bool) 
         has_flags=FLAGS in codes,
         has_uid=UID in codes,
         has_modseq=MODSEQ in codes,
+        template=template,
+        picks=picks,
     )
 
 
@@ -248,6 +285,10 @@ def render(
     a body literal longer than :data:`INLINE_LITERAL_LIMIT` comes back as a chunk of
     its own.
     """
+    picks = plan.picks
+    if picks is not None and not extra and (flags is not None) == plan.has_flags:
+        item = b"" if flags is None else flags_item(flags)
+        return [plan.template % picks((seq, item, modseq, *info))]  # type: ignore[operator]
     out: list[bytes] = []
     cur: list[bytes] = []
     for code, sec in plan.steps if not extra else (*plan.steps, *((c, None) for c in extra)):

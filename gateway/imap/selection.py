@@ -58,19 +58,22 @@ def select(session: Session, cmd: Select) -> Handler:
         b"* OK [PERMANENTFLAGS "
         + permanent
         + b"] "
-        + (b"Read-only mailbox\r\n" if readonly else b"Flags permitted\r\n"),
+        # RFC 3501 §6.3.1's own example text for the read-write case.
+        + (b"Read-only mailbox\r\n" if readonly else b"Limited\r\n"),
         b"* %d EXISTS\r\n" % len(uids),
     ]
     if not imap4rev2:  # RFC 9051 Appendix E: no RECENT, no [UNSEEN n]
         lines.append(b"* %d RECENT\r\n" % len(view.recent))
     unseen = None if summary.first_unseen_uid is None else view.seq_of(summary.first_unseen_uid)
     if unseen is not None and not imap4rev2:
-        lines.append(b"* OK [UNSEEN %d] First unseen\r\n" % unseen)
+        lines.append(b"* OK [UNSEEN %d] %s\r\n" % (unseen, wire.CODE_TEXT))
     lines.append(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mailbox.uidvalidity)
     lines.append(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % uidnext)
     # RFC 8474 §4.3
-    lines.append(b"* OK [MAILBOXID (%s)] Ok\r\n" % mailbox_id_text(mailbox.id).encode())
-    lines.append(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % view.highestmodseq)
+    lines.append(
+        b"* OK [MAILBOXID (%s)] %s\r\n" % (mailbox_id_text(mailbox.id).encode(), wire.CODE_TEXT)
+    )
+    lines.append(wire.highestmodseq(view.highestmodseq))
     if imap4rev2:  # RFC 9051 §6.3.2: the mailbox's LIST response
         use = f" {mailbox.special_use}" if mailbox.special_use else ""
         lines.append(

@@ -416,7 +416,7 @@ class IMAPSession:
             ):
                 # RFC 7162 §3.1: the first CONDSTORE enabling command run while a mailbox
                 # is selected tells the client where modseqs stand.
-                yield b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % self.selected.highestmodseq
+                yield wire.highestmodseq(self.selected.highestmodseq)
         if self.notifier is not None and self.state is not State.LOGOUT:
             yield from self.notifier.deliver(self, between_commands=False)
         yield self._tagged(cmd.tag, reply)

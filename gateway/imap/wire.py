@@ -84,6 +84,18 @@ def flag_list(flags: Iterable[str]) -> bytes:
     return b"(" + " ".join(flags).encode("ascii") + b")"
 
 
+CODE_TEXT = b"Ok"
+"""The human-readable text after a response code that says everything itself (RFC 3501
+§7.1: the text is for humans; clients act on the code). RFC 8474's own example text,
+also Cyrus's: a SELECT sends several such lines to every client, so they are kept short."""
+
+
+def highestmodseq(modseq: int) -> bytes:
+    """The ``* OK [HIGHESTMODSEQ n]`` untagged response, RFC 7162 §3.1.2.1 (SELECT and the
+    first CONDSTORE enabling command)."""
+    return b"* OK [HIGHESTMODSEQ %d] %s\r\n" % (modseq, CODE_TEXT)
+
+
 def sequence_set_text(numbers: Iterable[int]) -> bytes:
     """RFC 3501 sequence-set with ascending runs compressed: ``[1, 2, 3, 5]`` gives
     ``1:3,5``.

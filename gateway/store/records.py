@@ -12,6 +12,7 @@ import datetime
 import mmap
 from array import array
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -35,14 +36,17 @@ class MessageRow:
     modseq: int
 
 
-@dataclass(frozen=True)
-class MessageInfo:
+class MessageInfo(NamedTuple):
     """Per-message facts computed once at ingest, served by FETCH without re-parsing.
 
     ``envelope``, ``bodystructure`` and ``body`` are the exact IMAP wire forms
     (RFC 3501 §7.4.2) of ENVELOPE, BODYSTRUCTURE (with extension data) and BODY.
     ``parts`` is the JSON part map from :func:`gateway.message.analysis.analyze` that lets a
     ``BODY[section]`` be cut out of the raw bytes by offset.
+
+    A named tuple rather than a frozen dataclass: ``FETCH 1:*`` builds one per message,
+    and a frozen dataclass's ``__init__`` (one ``object.__setattr__`` per field) cost
+    several times a tuple's construction (issue 19). Immutable all the same.
     """
 
     uid: int
