@@ -288,3 +288,24 @@ def test_notices_are_sent_in_the_writers_transaction(nodes, pg: Postgres) -> Non
         got = list(conn.notifies(timeout=WAIT, stop_after=1))
     assert [decode(n.payload).mailbox_ids for n in got] == [(box,)]
     assert decode(got[0].payload).origin.startswith("node-a/")
+
+
+def test_the_service_runs_the_bridge_and_stops_it_off_the_reactor(nodes) -> None:
+    """popgate serve's store-push service: started with the gateway, and its stop
+    returns a Deferred that fires once the thread has ended (the store closes after)."""
+    from gateway.app.storage import ChangePushService
+
+    class Reactor:  # callFromThread, run at once (the test has no reactor)
+        def callFromThread(self, fn, *args):
+            fn(*args)
+
+    _a, b = nodes
+    push = ChangePushService(b, Reactor())
+    push.startService()
+    assert push.bridge.connected.wait(WAIT)
+    stopped = push.stopService()
+    deadline = time.monotonic() + WAIT
+    while not stopped.called:
+        assert time.monotonic() < deadline, "the store-push service never finished stopping"
+        time.sleep(0.02)
+    assert not push.bridge.running
