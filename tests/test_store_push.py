@@ -309,3 +309,19 @@ def test_the_service_runs_the_bridge_and_stops_it_off_the_reactor(nodes) -> None
         assert time.monotonic() < deadline, "the store-push service never finished stopping"
         time.sleep(0.02)
     assert not push.bridge.running
+
+
+def test_a_primed_bridge_tells_changes_made_before_it_first_listened(nodes) -> None:
+    """The service primes the bridge as it is built, before sessions exist; what other
+    nodes commit before the first LISTEN is told when it comes up."""
+    a, b = nodes
+    a.ensure_user("alice")
+    box = a.get_mailbox("alice", INBOX).id
+    heard = Heard()
+    b.add_listener(heard)
+    bridge = ChangeBridge(b)
+    bridge.prime()
+    a.append(box, message())
+    bridge.start()
+    heard.wait_for(box)
+    bridge.stop()

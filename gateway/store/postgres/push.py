@@ -12,8 +12,9 @@ commit already.
 Notices sent while the connection is down are lost (PostgreSQL queues them only for
 listening sessions), so the bridge catches up on every reconnect: it keeps a snapshot of
 every mailbox's (HIGHESTMODSEQ, UIDNEXT, name), taken just after ``LISTEN`` (so a change
-is either in the snapshot or notified), and after a reconnect dispatches each mailbox
-whose entry moved, appeared (CREATE elsewhere: NOTIFY sessions re-read their names) or
+is either in the snapshot or notified) and once before the first (:meth:`ChangeBridge.prime`,
+as the service is built, before any session exists), and after each connect dispatches
+each mailbox whose entry moved, appeared (CREATE elsewhere: NOTIFY sessions re-read their names) or
 went (DELETE). Every change a session can see moves one of these: appends, flag changes
 (private \\Seen included: one counter per mailbox) and expunges bump HIGHESTMODSEQ,
 renames change the name. The snapshot is refreshed every :data:`SNAPSHOT_REFRESH` while
@@ -103,6 +104,13 @@ class ChangeBridge:
         store.on_close(self.stop)
 
     # ---- life -----------------------------------------------------------------------
+
+    def prime(self) -> None:
+        """Take the catch-up snapshot now, before any session exists (the service does,
+        as it is built): the first LISTEN then also tells what other nodes changed
+        between this moment and itself, so no session ever misses a change."""
+        with self.store._connection() as conn:
+            self._known = _snapshot(conn)
 
     def start(self) -> None:
         """Start the thread (once); it connects, and keeps reconnecting until stopped."""
@@ -213,7 +221,7 @@ class ChangeBridge:
 
     def _catch_up(self, conn: psycopg.Connection) -> int:
         """Take a new snapshot; dispatch the mailboxes that moved since the last one.
-        Returns how many were told (0 on the first connect: nothing to compare with)."""
+        Returns how many were told (0 on a first connect without :meth:`prime`)."""
         known, fresh = self._known, _snapshot(conn)
         self._known = fresh
         if known is None:
