@@ -325,3 +325,30 @@ def test_a_primed_bridge_tells_changes_made_before_it_first_listened(nodes) -> N
     bridge.start()
     heard.wait_for(box)
     bridge.stop()
+
+
+def test_an_unexpected_error_in_the_bridge_does_not_end_it(nodes) -> None:
+    """A failure that is not the database's (here: the dispatcher) is logged and the
+    bridge starts over; its catch-up then tells the change that could not be told."""
+    from structlog.testing import capture_logs
+
+    a, b = nodes
+    a.ensure_user("alice")
+    box = a.get_mailbox("alice", INBOX).id
+    heard = Heard()
+    b.add_listener(heard)
+    failures = [RuntimeError("dispatcher broke")]
+
+    def dispatcher(fn, *args):
+        if failures:
+            raise failures.pop()
+        fn(*args)
+
+    b.set_dispatcher(dispatcher)
+    with capture_logs() as logs:
+        bridge = _bridge(b, backoff_start=0.05)
+        a.append(box, message())
+        heard.wait_for(box)
+        bridge.stop()
+    assert [e["event"] for e in logs].count("store.notify.failed") == 1
+    assert bridge.connections == 2

@@ -62,7 +62,12 @@ STOP_TIMEOUT = 10.0
 """Longest :meth:`ChangeBridge.stop` waits for the thread (a connect in progress ends
 within ``CONNECT_TIMEOUT``; a wait for notices within :data:`POLL`)."""
 
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10}
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 """libpq TCP keepalives: a vanished database host is noticed even between heartbeats."""
 
 Snapshot = dict[int, tuple[int, int, str]]
@@ -151,6 +156,9 @@ class ChangeBridge:
                 except psycopg.Error as error:
                     if not self._stopping.is_set():
                         self._lost(error, delay)
+                except Exception:
+                    # A bug must not end the thread: this node would go deaf for good.
+                    log.exception("store.notify.failed", retry_in=delay)
                 finally:
                     self.connected.clear()
                     self.backend_pid = None
