@@ -77,11 +77,10 @@ def nodes(pg: Postgres) -> Iterator[tuple[PostgresStore, PostgresStore]]:
     a.close()
 
 
-def _listening(pg: Postgres) -> int:
-    out = pg.psql(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'popgate-listen%'"
-    )
-    return int(out.strip())
+def _sessions(pg: Postgres, pid: int | None) -> list[str]:
+    """The application names of the server sessions with this backend pid."""
+    out = pg.psql(f"SELECT application_name FROM pg_stat_activity WHERE pid = {int(pid or 0)}")
+    return out.split("\n")[:-1]
 
 
 def _bridge(store: PostgresStore, **kwargs: float) -> ChangeBridge:
@@ -243,14 +242,14 @@ def test_a_bridge_retries_until_the_database_answers(pg: Postgres, nodes) -> Non
 
 def test_stopping_leaves_no_thread_and_no_connection(nodes, pg: Postgres) -> None:
     _a, b = nodes
-    before = _listening(pg)
     bridge = _bridge(b)
-    assert _listening(pg) == before + 1
+    pid = bridge.backend_pid
+    assert _sessions(pg, pid) == ["popgate-listen node-b"]
     bridge.stop()
     assert not bridge.running
     assert not any(t.name.startswith("popgate-listen") for t in threading.enumerate())
     deadline = time.monotonic() + WAIT
-    while _listening(pg) != before:
+    while _sessions(pg, pid):
         assert time.monotonic() < deadline, "the LISTEN connection outlived its bridge"
         time.sleep(0.05)
 
