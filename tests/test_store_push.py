@@ -201,7 +201,7 @@ def test_a_dropped_listen_connection_comes_back_and_catches_up(nodes, pg: Postgr
     a.ensure_user("alice")
     box = a.get_mailbox("alice", INBOX).id
     untouched = a.create_mailbox("alice", "Quiet").id
-    bridge = _bridge(b, backoff_start=1.0)
+    bridge = _bridge(b, backoff_start=2.0)
     pid = bridge.backend_pid
     pg.psql(f"SELECT pg_terminate_backend({pid})")
     deadline = time.monotonic() + WAIT
