@@ -12,13 +12,14 @@ commit already.
 Notices sent while the connection is down are lost (PostgreSQL queues them only for
 listening sessions), so the bridge catches up on every reconnect: it keeps a snapshot of
 every mailbox's (HIGHESTMODSEQ, UIDNEXT, name), taken just after ``LISTEN`` (so a change
-is either in the snapshot or notified) and once before the first (:meth:`ChangeBridge.prime`,
-as the service is built, before any session exists), and after each connect dispatches
-each mailbox whose entry moved, appeared (CREATE elsewhere: NOTIFY sessions re-read their names) or
-went (DELETE). Every change a session can see moves one of these: appends, flag changes
-(private \\Seen included: one counter per mailbox) and expunges bump HIGHESTMODSEQ,
-renames change the name. The snapshot is refreshed every :data:`SNAPSHOT_REFRESH` while
-connected, so a reconnect re-tells little that was already told.
+is either in the snapshot or notified) and once before the first connect
+(:meth:`ChangeBridge.prime`, as the service is built, before any session exists); after
+each connect it dispatches every mailbox whose entry moved, appeared (a CREATE elsewhere:
+NOTIFY sessions re-read their names) or went (a DELETE). Every change a session can see
+moves one of these: appends, flag changes (private \\Seen included: one counter per
+mailbox) and expunges bump HIGHESTMODSEQ, renames change the name. The snapshot is
+refreshed every :data:`SNAPSHOT_REFRESH` while connected, so a reconnect re-tells little
+that was already told.
 
 A silently dead connection is found by a ``SELECT 1`` every :data:`HEARTBEAT` (and TCP
 keepalives); a lost one is retried with exponential backoff (:data:`BACKOFF_START` up to
@@ -32,7 +33,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import psycopg
 import structlog
@@ -259,10 +259,3 @@ def _snapshot(conn: psycopg.Connection) -> Snapshot:
 def _reason(error: BaseException) -> str:
     """One line saying why: libpq's message (it never holds the password)."""
     return " ".join(str(error).split())[:300] or type(error).__name__
-
-
-def start_bridge(store: Any) -> ChangeBridge:
-    """A started :class:`ChangeBridge` for ``store`` (stopped by ``store.close()``)."""
-    bridge = ChangeBridge(store)
-    bridge.start()
-    return bridge
