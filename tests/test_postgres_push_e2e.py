@@ -23,18 +23,7 @@ from gateway.testing.dovecot import Dovecot
 from gateway.testing.gateway_proc import GatewayProcess
 from gateway.testing.postgres import shared_server
 from tests.test_e2e_skeleton import upstream_entry, wait_for_count
-from tests.test_mbsync import (
-    FOLDERS,
-    IMAP_PASSWORD,
-    IMAP_USER,
-    Device,
-    move_to,
-    server_messages,
-    set_flags,
-    subject_of,
-    unique_messages,
-    wait_for_messages,
-)
+from tests.test_mbsync import IMAP_PASSWORD, IMAP_USER, two_devices_story, unique_messages
 
 pytestmark = [pytest.mark.dovecot, pytest.mark.slow, pytest.mark.postgres]
 
@@ -154,58 +143,16 @@ def test_two_mbsync_devices_on_nodes_1_and_3_converge(upstream: Dovecot, tmp_pat
     """tests/test_mbsync.py's story with device A on node 1 and device B on node 3:
     flags, a move and a delete made on A show on B, flags made on B show on A, and new
     POP3 mail fetched by node 1 reaches both."""
-    first = unique_messages(6, seed=21)
+    first = unique_messages(6, seed=11)
     for raw in first:
         upstream.deliver("alice", raw)
     node1, _node2, node3 = nodes = _nodes(tmp_path, upstream)
     for node in nodes:
         node.start()
     try:
-        wait_for_messages(node3.port, "INBOX", len(first))
-        a = Device(tmp_path / "A", node1.port)
-        b = Device(tmp_path / "B", node3.port)
-        a.sync()
-        b.sync()
-        assert sorted(a.state()) == sorted(FOLDERS)
-        assert a.state() == b.state()
-
-        read, filed, deleted = (subject_of(raw) for raw in first[:3])
-        set_flags(a.find("INBOX", read), "S")
-        move_to(a.find("INBOX", filed), a.maildir / "Archive")
-        set_flags(a.find("INBOX", deleted), "T")
-        a.sync()
-        b.sync()
-        state = b.state()
-        assert state == a.state()
-        inbox = {subject_of(raw): flags for (raw, flags) in state["INBOX"]}
-        assert inbox[read] == "S" and filed not in inbox and deleted not in inbox
-        assert [subject_of(raw) for (raw, _f) in state["Archive"]] == [filed]
-        assert server_messages(node3.port, "INBOX") == len(first) - 2
-
-        flagged, answered = (subject_of(raw) for raw in first[3:5])
-        set_flags(b.find("INBOX", flagged), "F")
-        set_flags(b.find("INBOX", answered), "RS")
-        b.sync()
-        a.sync()
-        assert a.state() == b.state()
-        inbox = {subject_of(raw): flags for (raw, flags) in a.state()["INBOX"]}
-        assert (inbox[flagged], inbox[answered]) == ("F", "RS")
-
-        later = unique_messages(3, seed=22)
-        for raw in later:
-            upstream.deliver("alice", raw)
-        fetch_now(node1)
-        wait_for_messages(node3.port, "INBOX", len(first) - 2 + len(later))
-        b.sync()
-        a.sync()
-        assert a.state() == b.state()
-        for raw in later:
-            assert (raw.replace(b"\r\n", b"\n"), "") in a.state()["INBOX"]
-
-        before = a.state()
-        a.sync()
-        b.sync()
-        assert a.state() == before == b.state()
+        two_devices_story(
+            upstream, tmp_path, first, node1.port, node3.port, fetch=lambda: fetch_now(node1)
+        )
     finally:
         for node in nodes:
             node.stop()
