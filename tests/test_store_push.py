@@ -77,6 +77,16 @@ def nodes(pg: Postgres) -> Iterator[tuple[PostgresStore, PostgresStore]]:
     a.close()
 
 
+@pytest.fixture
+def listening(nodes) -> tuple[PostgresStore, PostgresStore, Heard]:
+    """Stores A and B, B's bridge up, and what B's listeners hear."""
+    a, b = nodes
+    heard = Heard()
+    b.add_listener(heard)
+    _bridge(b)
+    return a, b, heard
+
+
 def _sessions(pg: Postgres, pid: int | None) -> list[str]:
     """The application names of the server sessions with this backend pid."""
     out = pg.psql(f"SELECT application_name FROM pg_stat_activity WHERE pid = {int(pid or 0)}")
@@ -124,12 +134,9 @@ def test_each_schema_has_its_own_channel_within_postgresql_limits() -> None:
 # ---- two nodes -----------------------------------------------------------------------------
 
 
-def test_a_delivery_flag_change_and_expunge_on_a_reach_b(nodes) -> None:
+def test_a_delivery_flag_change_and_expunge_on_a_reach_b(listening) -> None:
     """What IDLE on another node relies on: every kind of message change is told."""
-    a, b = nodes
-    heard = Heard()
-    b.add_listener(heard)
-    _bridge(b)
+    a, _b, heard = listening
     a.ensure_user("alice")
     box = a.get_mailbox("alice", INBOX).id
     assert a.deliver("alice", INBOX, Delivery("up", "u1", message(subject="one"))) == 1
@@ -141,12 +148,9 @@ def test_a_delivery_flag_change_and_expunge_on_a_reach_b(nodes) -> None:
     heard.wait_for(box, count=4)
 
 
-def test_a_rename_and_a_delete_on_a_reach_b(nodes) -> None:
+def test_a_rename_and_a_delete_on_a_reach_b(listening) -> None:
     """Mailbox list changes: LIST-STATUS and NOTIFY sessions re-read names on these."""
-    a, b = nodes
-    heard = Heard()
-    b.add_listener(heard)
-    _bridge(b)
+    a, _b, heard = listening
     a.ensure_user("alice")
     folder = a.create_mailbox("alice", "Projects")
     a.rename_mailbox("alice", "Projects", "Work")
@@ -155,13 +159,10 @@ def test_a_rename_and_a_delete_on_a_reach_b(nodes) -> None:
     heard.wait_for(folder.id, count=2)
 
 
-def test_a_store_hears_its_own_change_once(nodes) -> None:
+def test_a_store_hears_its_own_change_once(listening) -> None:
     """B's own write is told by B after its commit; its notice echoed back is skipped.
     A's later write proves B's notices up to then have all been read."""
-    a, b = nodes
-    heard = Heard()
-    b.add_listener(heard)
-    _bridge(b)
+    a, b, heard = listening
     b.ensure_user("alice")
     mine = b.get_mailbox("alice", INBOX).id
     theirs = b.create_mailbox("alice", "Other").id
@@ -172,11 +173,8 @@ def test_a_store_hears_its_own_change_once(nodes) -> None:
     assert heard.ids.count(mine) == 1
 
 
-def test_a_write_that_rolls_back_is_never_told(nodes) -> None:
-    a, b = nodes
-    heard = Heard()
-    b.add_listener(heard)
-    _bridge(b)
+def test_a_write_that_rolls_back_is_never_told(listening) -> None:
+    a, _b, heard = listening
     a.ensure_user("alice")
     inbox = a.get_mailbox("alice", INBOX).id
     other = a.create_mailbox("alice", "Other").id
@@ -261,12 +259,9 @@ def test_closing_the_store_stops_a_forgotten_bridge(pg: Postgres) -> None:
     assert not bridge.running
 
 
-def test_a_store_in_another_schema_is_not_heard(pg: Postgres, nodes) -> None:
+def test_a_store_in_another_schema_is_not_heard(pg: Postgres, listening) -> None:
     """Mailbox ids are per schema: a store elsewhere in the database must not wake B."""
-    a, b = nodes
-    heard = Heard()
-    b.add_listener(heard)
-    _bridge(b)
+    a, b, heard = listening
     with PostgresStore(pg.dsn, password=pg.password, schema=new_schema(pg)) as other:
         other.ensure_user("alice")
         other.append(other.get_mailbox("alice", INBOX).id, message())
