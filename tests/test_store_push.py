@@ -306,8 +306,8 @@ def test_the_service_runs_the_bridge_and_stops_it_off_the_reactor(nodes) -> None
 
 
 def test_a_primed_bridge_tells_changes_made_before_it_first_listened(nodes) -> None:
-    """The service primes the bridge as it is built, before sessions exist; what other
-    nodes commit before the first LISTEN is told when it comes up."""
+    """The snapshot taken by prime() (the thread's first step) is the baseline of the
+    first LISTEN: what other nodes commit in between is told when it comes up."""
     a, b = nodes
     a.ensure_user("alice")
     box = a.get_mailbox("alice", INBOX).id

@@ -194,7 +194,6 @@ class ChangePushService(service.Service):
 
         self.reactor = reactor
         self.bridge = ChangeBridge(store)
-        self.bridge.prime()  # as the service is built: before any IMAP session exists
 
     def startService(self) -> None:
         super().startService()

@@ -13,7 +13,7 @@ Notices sent while the connection is down are lost (PostgreSQL queues them only 
 listening sessions), so the bridge catches up on every reconnect: it keeps a snapshot of
 every mailbox's (HIGHESTMODSEQ, UIDNEXT, name), taken just after ``LISTEN`` (so a change
 is either in the snapshot or notified) and once before the first connect
-(:meth:`ChangeBridge.prime`, as the service is built, before any session exists); after
+(:meth:`ChangeBridge.prime`, the thread's first step, as the service starts); after
 each connect it dispatches every mailbox whose entry moved, appeared (a CREATE elsewhere:
 NOTIFY sessions re-read their names) or went (a DELETE). Every change a session can see
 moves one of these: appends, flag changes (private \\Seen included: one counter per
@@ -111,9 +111,9 @@ class ChangeBridge:
     # ---- life -----------------------------------------------------------------------
 
     def prime(self) -> None:
-        """Take the catch-up snapshot now, before any session exists (the service does,
-        as it is built): the first LISTEN then also tells what other nodes changed
-        between this moment and itself, so no session ever misses a change."""
+        """Take the catch-up snapshot now (the thread does, first thing, unless a caller
+        did before starting it): the first LISTEN then also tells what other nodes changed
+        between this moment and itself. Never on the reactor thread (the store's guard)."""
         with self.store._connection() as conn:
             self._known = _snapshot(conn)
 
@@ -144,6 +144,11 @@ class ChangeBridge:
 
     def _run(self) -> None:
         delay = self.backoff_start
+        if self._known is None:
+            try:
+                self.prime()
+            except Exception as error:  # the first connect then has nothing to compare
+                log.warning("store.notify.prime_failed", reason=_reason(error))
         while not self._stopping.is_set():
             try:
                 conn = self._connect()
