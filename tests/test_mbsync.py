@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,77 @@ def unique_messages(count: int, seed: int) -> list[bytes]:
     return out
 
 
+def two_devices_story(
+    upstream: Dovecot,
+    root: Path,
+    first: list[bytes],
+    port_a: int,
+    port_b: int,
+    *,
+    fetch: Callable[[], None] = lambda: None,
+) -> None:
+    """Device A on ``port_a`` and device B on ``port_b`` (one gateway, or two nodes of
+    one store): A marks one read, files one in Archive, deletes one; after A and B sync,
+    B's Maildirs equal A's; B flags one, both sync, A sees it; new POP3 mail (``fetch``
+    asks for it now, or the poll brings it) appears on both; a sync with nothing to do
+    changes nothing. ``first`` is what the upstream held when the gateway started."""
+    wait_for_messages(port_b, "INBOX", len(first))
+    a = Device(root / "A", port_a)
+    b = Device(root / "B", port_b)
+    a.sync()
+    b.sync()
+    assert sorted(a.state()) == sorted(FOLDERS)
+    assert a.state() == b.state()
+    assert len(a.files("INBOX")) == len(first)
+
+    read, filed, deleted = (subject_of(raw) for raw in first[:3])
+    set_flags(a.find("INBOX", read), "S")
+    move_to(a.find("INBOX", filed), a.maildir / "Archive")
+    set_flags(a.find("INBOX", deleted), "T")
+    a.sync()
+    b.sync()
+    state = b.state()
+    assert state == a.state()
+    inbox = {subject_of(raw): flags for (raw, flags) in state["INBOX"]}
+    assert inbox[read] == "S"
+    assert filed not in inbox and deleted not in inbox
+    assert [subject_of(raw) for (raw, _f) in state["Archive"]] == [filed]
+    assert len(state["INBOX"]) == len(first) - 2
+    assert server_messages(port_b, "INBOX") == len(first) - 2
+    assert server_messages(port_b, "Archive") == 1
+
+    # The other direction: B flags a message and replies to another.
+    flagged, answered = (subject_of(raw) for raw in first[3:5])
+    set_flags(b.find("INBOX", flagged), "F")
+    set_flags(b.find("INBOX", answered), "RS")
+    b.sync()
+    a.sync()
+    assert a.state() == b.state()
+    inbox = {subject_of(raw): flags for (raw, flags) in a.state()["INBOX"]}
+    assert (inbox[flagged], inbox[answered]) == ("F", "RS")
+
+    # New upstream mail, fetched by the gateway (``fetch`` or its poll), reaches both devices.
+    later = unique_messages(3, seed=12)
+    for raw in later:
+        upstream.deliver("alice", raw)
+    fetch()
+    wait_for_messages(port_b, "INBOX", len(first) - 2 + len(later))
+    a.sync()
+    b.sync()
+    assert a.state() == b.state()
+    subjects = {subject_of(raw) for (raw, _f) in b.state()["INBOX"]}
+    assert {subject_of(raw) for raw in later} <= subjects
+    for raw in later:
+        # byte-identical and unread (mbsync writes Maildir files with LF line ends)
+        assert (raw.replace(b"\r\n", b"\n"), "") in b.state()["INBOX"]
+
+    # A sync with nothing to do changes nothing on either side.
+    before = a.state()
+    a.sync()
+    b.sync()
+    assert a.state() == before == b.state()
+
+
 @pytest.fixture
 def upstream():
     with Dovecot() as server:
@@ -206,58 +278,5 @@ def test_two_devices_converge_through_popgate(upstream: Dovecot, tmp_path: Path)
         ],
     )
     with gateway:
-        wait_for_messages(gateway.port, "INBOX", len(first))
-        a = Device(tmp_path / "A", gateway.port)
-        b = Device(tmp_path / "B", gateway.port)
-        a.sync()
-        b.sync()
-        assert sorted(a.state()) == sorted(FOLDERS)
-        assert a.state() == b.state()
-        assert len(a.files("INBOX")) == len(first)
-
-        read, filed, deleted = (subject_of(raw) for raw in first[:3])
-        set_flags(a.find("INBOX", read), "S")
-        move_to(a.find("INBOX", filed), a.maildir / "Archive")
-        set_flags(a.find("INBOX", deleted), "T")
-        a.sync()
-        b.sync()
-        state = b.state()
-        assert state == a.state()
-        inbox = {subject_of(raw): flags for (raw, flags) in state["INBOX"]}
-        assert inbox[read] == "S"
-        assert filed not in inbox and deleted not in inbox
-        assert [subject_of(raw) for (raw, _f) in state["Archive"]] == [filed]
-        assert len(state["INBOX"]) == len(first) - 2
-        assert server_messages(gateway.port, "INBOX") == len(first) - 2
-        assert server_messages(gateway.port, "Archive") == 1
-
-        # The other direction: B flags a message and replies to another.
-        flagged, answered = (subject_of(raw) for raw in first[3:5])
-        set_flags(b.find("INBOX", flagged), "F")
-        set_flags(b.find("INBOX", answered), "RS")
-        b.sync()
-        a.sync()
-        assert a.state() == b.state()
-        inbox = {subject_of(raw): flags for (raw, flags) in a.state()["INBOX"]}
-        assert (inbox[flagged], inbox[answered]) == ("F", "RS")
-
-        # New upstream mail, fetched by the gateway's poll, reaches both devices.
-        later = unique_messages(3, seed=12)
-        for raw in later:
-            upstream.deliver("alice", raw)
-        wait_for_messages(gateway.port, "INBOX", len(first) - 2 + len(later))
-        a.sync()
-        b.sync()
-        assert a.state() == b.state()
-        subjects = {subject_of(raw) for (raw, _f) in b.state()["INBOX"]}
-        assert {subject_of(raw) for raw in later} <= subjects
-        for raw in later:
-            # byte-identical and unread (mbsync writes Maildir files with LF line ends)
-            assert (raw.replace(b"\r\n", b"\n"), "") in b.state()["INBOX"]
-
-        # A sync with nothing to do changes nothing on either side.
-        before = a.state()
-        a.sync()
-        b.sync()
-        assert a.state() == before == b.state()
+        two_devices_story(upstream, tmp_path, first, gateway.port, gateway.port)
     assert "secret" not in gateway.log_text() and IMAP_PASSWORD not in gateway.log_text()

@@ -33,6 +33,7 @@ from gateway.app.storage import (
     open_store,
     ownership_factory,
     prepare_state_dir,
+    push_changes,
 )
 from gateway.imap.tracefile import TRACE_DIR
 from gateway.security.auth import PasswordTable
@@ -201,6 +202,7 @@ def build_service(
     store = store if store is not None else open_store(cfg, pool_size=STORE_THREADS)
     StoreService(store).setServiceParent(top)
     store_threads = _store_threads(top, store, reactor)
+    push_changes(top, store, reactor)
     store_runner = runner_for(store, store_threads)
     top.store_runner = store_runner  # type: ignore[attr-defined]
     provision(store_runner, store, list(cfg.users))

@@ -3,16 +3,21 @@
 ``[store] backend`` says which: "sqlite" (the default: one file in ``state_dir``) or
 "postgresql" (the database ``[store] dsn`` names, shared by several nodes). The CLI's
 offline commands (user admin, UIDL import, check-config) and the running service all
-open the store through here, so none of them needs to know file names or DSNs.
+open the store through here, so none of them needs to know file names or DSNs. A
+running PostgreSQL node also listens for the changes other nodes commit
+(:class:`ChangePushService`).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import structlog
+from twisted.application import service
+from twisted.internet import defer
 
 from gateway.app import config as configmod
 from gateway.store.interfaces import Store
@@ -58,6 +63,7 @@ def open_postgresql(cfg: configmod.Config, **kwargs: Any) -> Store:
 
     settings = cfg.store
     assert settings.dsn is not None
+    kwargs.setdefault("node", cfg.cluster.node)
     return PostgresStore(
         settings.dsn,
         password=settings.password,
@@ -172,3 +178,41 @@ def ownership_factory(cfg: configmod.Config, store: Any, store_threads: Any, rea
         )
 
     return ownership
+
+
+class ChangePushService(service.Service):
+    """Runs the PostgreSQL store's LISTEN bridge (:mod:`gateway.store.postgres.push`) while
+    the gateway runs: changes committed by other nodes reach this node's IDLE and
+    selected sessions. Stopping never blocks the reactor: the bridge's thread is joined
+    on a helper thread and the returned Deferred fires once it has ended (before the
+    store closes: the store stops last)."""
+
+    name = "store-push"
+
+    def __init__(self, store: Any, reactor: Any) -> None:
+        from gateway.store.postgres.push import ChangeBridge
+
+        self.reactor = reactor
+        self.bridge = ChangeBridge(store)
+
+    def startService(self) -> None:
+        super().startService()
+        self.bridge.start()
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        stopped: defer.Deferred[None] = defer.Deferred()
+
+        def join() -> None:
+            self.bridge.stop()
+            self.reactor.callFromThread(lambda: stopped.called or stopped.callback(None))
+
+        threading.Thread(target=join, name="store-push-stop", daemon=True).start()
+        return stopped
+
+
+def push_changes(top: service.MultiService, store: Any, reactor: Any) -> None:
+    """Listen for other nodes' changes when the store is shared (PostgreSQL); an
+    inline store (SQLite, one node) has no one else to hear."""
+    if not getattr(store, "runs_inline", True) and hasattr(store, "on_close"):
+        ChangePushService(store, reactor).setServiceParent(top)

@@ -25,9 +25,11 @@ package does:
   time-series and outbound-queue contracts on the same database and pool.
 
 Listeners hear about the same changes as with SQLite (content, flags, expunge, delete,
-rename), after the commit. Changes committed by other nodes are not heard yet: a
-LISTEN/NOTIFY bridge will feed them to
-:meth:`~gateway.store.postgres.connection.PGConnection.dispatch_changes`.
+rename), after the commit, and about those committed by other nodes too: each write
+sends a notice in its transaction (:mod:`~gateway.store.postgres.changes`) and each
+node's LISTEN bridge (:mod:`~gateway.store.postgres.push`, run by the service) feeds them
+to :meth:`~gateway.store.postgres.connection.PGConnection.dispatch_changes`, catching up
+by modseq after a lost connection.
 """
 
 from __future__ import annotations

@@ -12,8 +12,11 @@ Calls make network round trips, so the store does not run inline (``runs_inline 
 False``): callers use a :class:`~gateway.store.runner.ThreadRunner`. Listeners hear about
 a change after its commit, through :meth:`PGConnection.dispatch_changes`, which hands
 them to the reactor thread when a dispatcher is set (``reactor.callFromThread``, set by
-the service) and calls them at once otherwise (tests without a reactor). The same method
-is where a LISTEN/NOTIFY bridge delivers changes committed by other nodes.
+the service) and calls them at once otherwise (tests without a reactor). Other nodes
+hear the same change through PostgreSQL: the write's transaction also sends
+``pg_notify`` (:mod:`gateway.store.postgres.changes`), delivered only on commit, and each
+node's LISTEN bridge (:mod:`gateway.store.postgres.push`) feeds the ids to the same
+:meth:`PGConnection.dispatch_changes`.
 
 :attr:`PGConnection.forbidden_thread` is the reactor-thread guard: set to the reactor
 thread's ident, every connection taken on that thread raises :class:`ReactorThreadCall`
@@ -24,6 +27,9 @@ thread's ident, every connection taken on that thread raises :class:`ReactorThre
 from __future__ import annotations
 
 import datetime
+import os
+import secrets
+import socket
 import threading
 import time
 import traceback
@@ -40,6 +46,7 @@ from gateway.core.limits import DEFAULT_MAX_MESSAGE_SIZE
 from gateway.message.analysis import Analysis, analyze
 from gateway.store.errors import StoreError
 from gateway.store.interfaces import ChangeListener
+from gateway.store.postgres.changes import CHANNEL, channel_for, encode
 from gateway.store.postgres.schema import migrate, schema_version
 from gateway.store.rowdata import RowValues
 
@@ -90,6 +97,7 @@ class PGConnection(RowValues):
         clock: Callable[[], float] = time.time,
         analyze: Callable[[bytes], Analysis] = analyze,
         dispatcher: Dispatcher | None = None,
+        node: str | None = None,
     ) -> None:
         self.dsn = dsn
         self.schema = schema
@@ -101,14 +109,23 @@ class PGConnection(RowValues):
         self._flag_cache: dict[tuple[str, int], frozenset[str]] = {}
         self._shared_ids: dict[int, bool] = {}
         self._zones: dict[int, datetime.timezone] = {}
-        kwargs: dict[str, Any] = {"autocommit": True}
+        self._on_close: list[Callable[[], None]] = []
+        self.node = node or socket.gethostname() or "localhost"
+        self.origin = f"{self.node}/{os.getpid()}/{secrets.token_hex(4)}"
+        """Names this store in its change notices, so its own LISTEN bridge skips them."""
+        self.channel = CHANNEL
+        """The NOTIFY channel (per schema; set when the store opens)."""
+        kwargs: dict[str, Any] = {}
         if password is not None:
             kwargs["password"] = password
         if schema is not None:
             kwargs["options"] = f"-c search_path={schema}"
+        self.connect_kwargs: dict[str, Any] = dict(kwargs)
+        """What a connection of this store needs besides the DSN (password, search path):
+        the LISTEN bridge opens its own connection with them."""
         self._pool: ConnectionPool | None = ConnectionPool(
             dsn,
-            kwargs=kwargs,
+            kwargs={"autocommit": True, **kwargs},
             min_size=1,
             max_size=max(1, pool_size),
             timeout=CONNECT_TIMEOUT,
@@ -121,7 +138,7 @@ class PGConnection(RowValues):
         except PoolTimeout as error:
             self._pool.close()
             self._pool = None
-            raise StoreUnavailable(f"cannot connect to PostgreSQL at {_safe(dsn)}") from error
+            raise StoreUnavailable(f"cannot connect to PostgreSQL at {safe_dsn(dsn)}") from error
         except BaseException:
             self._pool.close()
             self._pool = None
@@ -143,10 +160,13 @@ class PGConnection(RowValues):
                     (max(1, int(self._clock())),),
                 )
                 version = schema_version(cur)
+                cur.execute("SELECT current_schema()")
+                row = cur.fetchone()
+                self.channel = channel_for(row[0] if row else None)
         log.info(
             "store.opened",
             backend="postgresql",
-            dsn=_safe(self.dsn),
+            dsn=safe_dsn(self.dsn),
             schema_version=version,
             migrations_run=ran,
         )
@@ -161,7 +181,15 @@ class PGConnection(RowValues):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def on_close(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` when the store closes, before its pool does (the LISTEN bridge
+        stops there, so a forgotten bridge never outlives its store)."""
+        self._on_close.append(hook)
+
     def close(self) -> None:
+        hooks, self._on_close = self._on_close, []
+        for hook in hooks:
+            hook()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
@@ -189,13 +217,16 @@ class PGConnection(RowValues):
     @contextmanager
     def _write(self) -> Iterator[tuple[psycopg.Cursor, set[int]]]:
         """One READ COMMITTED transaction; yields (cursor, changed mailbox ids), whose
-        listeners are called once the commit has succeeded."""
+        listeners are called once the commit has succeeded. Other nodes are told by a
+        notice sent in the same transaction (PostgreSQL delivers it on commit only)."""
         changed: set[int] = set()
         with self._connection() as conn:
             conn.isolation_level = IsolationLevel.READ_COMMITTED
             conn.read_only = False
             with conn.transaction(), conn.cursor() as cur:
                 yield cur, changed
+                for payload in encode(self.origin, changed) if changed else ():
+                    cur.execute("SELECT pg_notify(%s, %s)", (self.channel, payload))
         self.dispatch_changes(changed)
 
     @contextmanager
@@ -222,7 +253,8 @@ class PGConnection(RowValues):
 
     def dispatch_changes(self, mailbox_ids: set[int] | list[int]) -> None:
         """Tell listeners about committed changes to these mailboxes, on the reactor
-        thread when a dispatcher is set. A LISTEN/NOTIFY bridge calls this too."""
+        thread when a dispatcher is set. The LISTEN bridge calls this from its own
+        thread for changes committed by other nodes."""
         if not mailbox_ids:
             return
         ids = sorted(mailbox_ids)
@@ -247,7 +279,7 @@ class PGConnection(RowValues):
             self._listeners.remove(listener)
 
 
-def _safe(dsn: str) -> str:
+def safe_dsn(dsn: str) -> str:
     """A DSN fit for logs and messages: any password in it masked."""
     try:
         info = psycopg.conninfo.conninfo_to_dict(dsn)
