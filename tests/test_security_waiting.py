@@ -83,7 +83,7 @@ def test_a_waiting_attempt_whose_source_gets_blocked_is_refused() -> None:
 
 def test_a_hundred_parallel_wrong_passwords_get_at_most_the_budget_of_checks() -> None:
     penalty, turns = _penalty(), Turns()
-    for i in range(100):
+    for _ in range(100):
         penalty.enter(HOST, "alice", turns)
     checked = 0
     while turns.started[checked:]:
