@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -27,6 +26,14 @@ from gateway.access.households import SHARED_PREFIX, shared_owner
 from gateway.access.quota import DeliveryQuotaGuard, Quotas
 from gateway.app import config as configmod
 from gateway.app.config.listeners import served_listeners
+from gateway.app.reloading import (
+    SighupReload,
+    add_reload_hook,
+    provision,
+    reload,
+    shared_reloader,
+    users_reloader,
+)
 from gateway.app.shutdown import GatewayService, StopSignals
 from gateway.app.storage import (
     KnownSourcesOffReactor,
@@ -38,9 +45,12 @@ from gateway.app.storage import (
 from gateway.imap.tracefile import TRACE_DIR
 from gateway.security.auth import PasswordTable
 
+__all__ = ["add_reload_hook", "build_service", "makeService", "provision", "reload"]
+"""``reload`` and ``add_reload_hook`` live in :mod:`gateway.app.reloading`; they are
+re-exported here for the callers that build a service and reload it."""
+
 log = structlog.get_logger(__name__)
 
-ReloadHook = Callable[[configmod.Config], None]
 """Told the freshly re-read config on SIGHUP (see :func:`reload`)."""
 
 
@@ -123,23 +133,6 @@ def _store_threads(top: service.MultiService, store: Any, reactor: Any) -> Any:
 
     reactor.callFromThread(guard_reactor_thread)
     return ThreadRunner(reactor, pool)
-
-
-def provision(runner: Any, store: Any, owners: list[str]) -> None:
-    """Create the users' (or shared trees') INBOX and default folders. Inline stores do
-    it now, as the service is built; otherwise it is queued on the store's threads (it
-    runs once they start; a login before that provisions its own user anyway)."""
-
-    def ensure_all() -> None:
-        for owner in owners:
-            store.ensure_user(owner)
-
-    if runner.inline:
-        ensure_all()
-        return
-    runner.run(ensure_all).addErrback(
-        lambda f: log.error("store.provision_failed", owners=owners, reason=str(f.value))
-    )
 
 
 class KeyHolderService(service.Service):
@@ -364,8 +357,8 @@ def build_service(
         server_tls=server_tls,
         add_reload_hook=add_reload_hook,
     )
-    add_reload_hook(top, "users", _users_reloader(authenticator, store, store_runner))
-    add_reload_hook(top, "shared", _shared_reloader(factory.households, store, store_runner))
+    add_reload_hook(top, "users", users_reloader(authenticator, store, store_runner))
+    add_reload_hook(top, "shared", shared_reloader(factory.households, store, store_runner))
     add_reload_hook(top, "quotas", lambda new: quotas.update(quota_limits(new)))
     # After users and households: sessions that lost access end (IDLE at once, others
     # at their next command; gateway/imap/session.py).
@@ -475,90 +468,6 @@ def _serve_status(top, cfg, reactor, factory, pollers, store) -> None:
     top.status = source  # type: ignore[attr-defined]
 
 
-# ---- SIGHUP: reload --------------------------------------------------------------------
-
-RESTART_ONLY = (
-    "state_dir",
-    "imap",
-    "listeners",
-    "managesieve",
-    "tls",
-    "security",
-    "upstreams",
-    "metrics",
-    "log_level",
-    "log_format",
-    "submission",
-    "sending",
-    "web",
-    "allow_insecure_listener",
-)
-"""Config fields a reload does not apply; a change to one is logged as needing a restart."""
-
-
-def add_reload_hook(top: service.MultiService, name: str, hook: ReloadHook) -> None:
-    """Have ``hook(new_config)`` run on every reload (users, TLS certificates, ...).
-    A hook reports failure by raising or by returning False (and logs why itself)."""
-    top.reload_hooks.append((name, hook))  # type: ignore[attr-defined]
-
-
-def reload(top: service.MultiService) -> bool:
-    """Re-read the config file and hand it to every reload hook, without touching any
-    connection. A config with errors changes nothing (the problems are logged); a hook
-    that fails is logged and the others still run. True if everything applied."""
-    running: configmod.Config = top.config  # type: ignore[attr-defined]
-    try:
-        new = configmod.load(running.path)
-    except configmod.ConfigError as e:
-        log.error("service.reload_failed", config=running.path, problems=e.problems)
-        return False
-    applied, failed = [], []
-    for name, hook in list(top.reload_hooks):  # type: ignore[attr-defined]
-        try:
-            ok = hook(new) is not False
-        except Exception:
-            log.exception("service.reload_hook_failed", hook=name)
-            ok = False
-        (applied if ok else failed).append(name)
-    unapplied = [f for f in RESTART_ONLY if getattr(new, f, None) != getattr(running, f, None)]
-    if unapplied:
-        log.warning("service.reload_needs_restart", changed=unapplied, config=running.path)
-    log.info("service.reloaded", config=running.path, applied=applied, failed=failed)
-    return not failed
-
-
-def _users_reloader(authenticator: PasswordTable, store: Any, runner: Any) -> ReloadHook:
-    """Swap the IMAP password table in one assignment: new logins see the new table; a
-    removed user cannot log in again, and their open sessions end at their next command
-    (the table is also the sessions' UserDirectory; the "sessions" hook wakes IDLE)."""
-
-    def reload_users(new: configmod.Config) -> None:
-        before = set(authenticator.users())
-        provision(runner, store, list(new.users))
-        authenticator.replace({u.name: u.password_hash for u in new.users.values()})
-        after = set(new.users)
-        log.info(
-            "service.users_reloaded",
-            users=len(after),
-            added=sorted(after - before),
-            removed=sorted(before - after),
-        )
-
-    return reload_users
-
-
-def _shared_reloader(households: Any, store: Any, runner: Any) -> ReloadHook:
-    """New [shared.*] tables and membership changes apply to every session's next
-    command; a removed member loses access at once (gateway/access/households.py)."""
-
-    def reload_shared(new: configmod.Config) -> None:
-        provision(runner, store, [shared_owner(name) for name in new.shared])
-        households.update({name: s.members for name, s in new.shared.items()})
-        log.info("service.shared_reloaded", shared=sorted(new.shared))
-
-    return reload_shared
-
-
 def quota_limits(cfg: configmod.Config) -> dict[str, int]:
     """Storage limits by store owner from ``quota`` in [users.NAME] and [shared.NAME]."""
     limits = {u.name: u.quota for u in cfg.users.values() if u.quota is not None}
@@ -575,36 +484,6 @@ def shared_target(mailbox: str) -> tuple[str, str] | None:
         return None
     group, _, folder = rest.partition("/")
     return shared_owner(group), folder or "INBOX"
-
-
-class SighupReload(service.Service):
-    """Runs :func:`reload` on SIGHUP (``systemctl reload popgate``). The handler only
-    schedules the reload on the reactor (a signal may arrive in the middle of anything).
-    Installed only in the main thread (in-process tests run services elsewhere); the
-    previous handler is put back when the service stops."""
-
-    name = "sighup-reload"
-
-    def __init__(self, top: service.MultiService, reactor: Any) -> None:
-        self.top = top
-        self.reactor = reactor
-        self._previous: Any = None
-        self._installed = False
-
-    def startService(self) -> None:
-        super().startService()
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGHUP, self._on_signal)
-            self._installed = True
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._installed:
-            signal.signal(signal.SIGHUP, self._previous or signal.SIG_DFL)
-            self._installed = False
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(reload, self.top)
 
 
 class Options(usage.Options):

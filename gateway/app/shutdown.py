@@ -46,7 +46,7 @@ thread is blocked: the handler arms ``alarm(2)`` and SIGALRM's default action en
 Greater than :data:`STOP_TIMEOUT`; systemd's ``TimeoutStopSec`` (30 s) is greater still."""
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-"""The signals that stop the gateway (SIGHUP reloads it: ``service.SighupReload``)."""
+"""The signals that stop the gateway (SIGHUP reloads it: ``reloading.SighupReload``)."""
 
 
 class StopSignals(service.Service):

@@ -22,6 +22,7 @@ from gateway.imap.policy import (
     RunBlockingFn,
     ServerObserver,
 )
+from gateway.imap.selectcache import SelectCache
 from gateway.imap.server import IMAPServerProtocol
 from gateway.imap.session import ActivityHook, SentAppendHook
 from gateway.security.auth import Authenticator, UserDirectory
@@ -103,6 +104,8 @@ class IMAPServerFactory(ConnectionCounts, Factory):
         """Shared mailboxes and their members; the service fills it from the config."""
         self.quotas = Quotas()
         """Storage limits by owner (RFC 9208); the service fills it from the config."""
+        self.select_cache: SelectCache | None = SelectCache()
+        """SELECT results of unchanged mailboxes, shared by all sessions (issue 19)."""
         self.sent_append: SentAppendHook | None = None
         """Keeps one copy of a sent message in \\Sent; the service sets it when the
         submission relay runs (see :class:`~gateway.imap.session.SentAppendHook`)."""
@@ -154,6 +157,15 @@ class IMAPServerFactory(ConnectionCounts, Factory):
     def _flush_changes(self) -> None:
         self._flush_call = None
         changed, self._changed = self._changed, set()
+        if self.select_cache is not None and self.store_runner.inline:
+            # Sessions run their catch-up right here, one after another, and nothing
+            # else writes meanwhile: they can share each mailbox's changes_since read.
+            with self.select_cache.fanout():
+                self._wake(changed)
+        else:
+            self._wake(changed)
+
+    def _wake(self, changed: set[int]) -> None:
         for protocol in list(self.protocols):
             for mailbox_id in sorted(changed):
                 protocol.mailbox_changed(mailbox_id)

@@ -38,8 +38,15 @@ def select(session: Session, cmd: Select) -> Handler:
     mailbox = store.get_mailbox(session.user, name)
     # Aggregates and the UID column only: no object per message (100,000-message
     # mailboxes, many sessions).
-    uids = store.message_uids(mailbox.id)
-    summary = store.selection_summary(mailbox.id)
+    cache = session.select_cache
+    kept = cache.get(mailbox, session.user) if cache is not None else None
+    if kept is not None:
+        uids, summary = kept  # unchanged since it was last read (gateway/imap/selectcache.py)
+    else:
+        uids = store.message_uids(mailbox.id)
+        summary = store.selection_summary(mailbox.id)
+        if cache is not None:
+            cache.put(mailbox, session.user, uids, summary)
     view = View(mailbox, readonly, uids, mailbox.highestmodseq, summary.recent)
     imap4rev2 = rev2.active(session)
     view.show_recent = not imap4rev2

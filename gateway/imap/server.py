@@ -151,6 +151,7 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, CommandDriver, Protoco
             quotas=factory.quotas,
             directory=factory.directory,
             sent_append=factory.sent_append,
+            select_cache=factory.select_cache,
         )
         if factory.trace_users and factory.trace_root is not None:
             # Whose connection this is is known only at login: keep it in memory till then.

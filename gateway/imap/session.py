@@ -66,6 +66,7 @@ from gateway.imap.handler import (
 from gateway.imap.notify import Notifier
 from gateway.imap.replies import clean_code, clean_text, store_error_reply, tagged
 from gateway.imap.searching import context_updates
+from gateway.imap.selectcache import SelectCache
 from gateway.imap.states import ACTIVITY_COMMANDS, COMMANDS, State, table_key
 from gateway.imap.view import CATCH_UP_CHUNK, View, expunge_responses, flag_list
 from gateway.security.auth import Authenticator, UserDirectory
@@ -129,8 +130,11 @@ class IMAPSession:
         quotas: Quotas | None = None,
         directory: UserDirectory | None = None,
         sent_append: SentAppendHook | None = None,
+        select_cache: SelectCache | None = None,
     ) -> None:
         self.store = store
+        self.select_cache = select_cache
+        """SELECT results of unchanged mailboxes, shared by the server's sessions."""
         self.sent_append = sent_append
         """One copy of a sent message in \\Sent (see :class:`SentAppendHook`); None: off."""
         """Before login the raw store; after it the user's :class:`UserStore` view."""
@@ -526,7 +530,14 @@ class IMAPSession:
         view = self.selected
         if view is None:
             return
-        changes = self.store.changes_since(view.mailbox.id, view.highestmodseq)
+        cache = self.select_cache
+        shared = cache.shared_changes if cache is not None else None
+        key = (view.mailbox.id, view.highestmodseq, self.user or "")
+        changes = shared.get(key) if shared is not None else None
+        if changes is None:
+            changes = self.store.changes_since(view.mailbox.id, view.highestmodseq)
+            if shared is not None:
+                shared[key] = changes  # the sessions woken next read it from here
         seq_of = view.seq_of
         for uid in changes.expunged:
             if seq_of(uid) is not None:
@@ -539,6 +550,8 @@ class IMAPSession:
         claim = [row.uid for row in new_rows if RECENT in row.flags and not view.readonly]
         if claim:
             self.store.clear_recent(view.mailbox.id, claim)
+            if cache is not None:
+                cache.recent_claimed(view.mailbox.id)
         if allow_expunge and view.pending_expunge:
             yield from self._report_expunges(view)
         if new_rows:

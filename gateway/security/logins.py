@@ -56,23 +56,35 @@ class LoginLimits:
         """The (user, address) connection slot this connection holds, once logged in."""
         self.attempt: LoginAttempt | None = None
         """The password check under way, counted against the failure budgets."""
+        self._withdraw: Callable[[], None] | None = None
+        """Withdraws this connection's attempt from its source's queue while it waits."""
 
-    def begin(self, host: str, peer: str, user: str) -> Outcome | None:
-        """Before a password check: refuse it unchecked when the source's or the user's
-        failure budget is spent, counting checks under way, after the source's current
-        delay so a retry loop gains nothing. None: go ahead and check (the check now
-        counts as in flight, :attr:`attempt`)."""
+    def begin(self, host: str, peer: str, user: str, go: Callable[[Outcome | None], None]) -> None:
+        """Before a password check: ``go(None)`` when it may start (it now counts as in
+        flight, :attr:`attempt`), at once or once a check from the same source ends (a
+        crowded NAT waits, :meth:`AuthPenalty.enter`); ``go(refusal)`` when the source's
+        or the user's failure budget is spent, after the source's current delay so a retry
+        loop gains nothing. :meth:`release` withdraws an attempt still waiting."""
         penalty = self.factory.penalty
         if penalty is None:
-            return None
-        reason = penalty.refusal(host, user)
-        if reason is None:
-            self.attempt = penalty.begin(host, user)
-            return None
-        log.warning(
-            f"{self.protocol}.auth_refused", user=user[:MAX_LOGGED_USER], peer=peer, budget=reason
-        )
-        return penalty.current_delay(host), None, self.refused()
+            go(None)
+            return
+
+        def turn(attempt: LoginAttempt | None, reason: str | None) -> None:
+            self._withdraw = None
+            if attempt is not None:
+                self.attempt = attempt
+                go(None)
+                return
+            log.warning(
+                f"{self.protocol}.auth_refused",
+                user=user[:MAX_LOGGED_USER],
+                peer=peer,
+                budget=reason,
+            )
+            go((penalty.current_delay(host), None, self.refused()))
+
+        self._withdraw = penalty.enter(host, user, turn)
 
     def checked(self, host: str, peer: str, user: str, canonical: str | None) -> Outcome:
         """After a password check: a failure is answered after the source's doubling
@@ -111,8 +123,17 @@ class LoginLimits:
             self.attempt = None
         attempt.abandoned()
 
+    def withdraw(self) -> None:
+        """Leave the source's queue if still waiting for a check's turn (the connection
+        ended): the check never starts."""
+        withdraw, self._withdraw = self._withdraw, None
+        if withdraw is not None:
+            withdraw()
+
     def release(self) -> None:
-        """Give the user slot back (the connection ended, or the login failed after all)."""
+        """Give the user slot back (the connection ended, or the login failed after all),
+        and leave the queue if still waiting for a check's turn."""
+        self.withdraw()
         key, self.slot = self.slot, None
         if key is not None:
             self.factory.release_user_slot(key)

@@ -18,15 +18,20 @@ name as given, whether or not it exists. IPv6 sources are grouped by /64 (one ho
 usually holds a whole /64). Every table is bounded (``max_entries``, least recently
 touched first out), so a flood of sources cannot grow memory without limit.
 
-Attempts in flight count (issue 20): a password check takes tens of milliseconds of
-scrypt and a failure is answered only after its delay, so a failure recorded only at
-the end would let a client run many checks in parallel before the first one counts
-(100 parallel wrong LOGINs got 100 checks against a budget of 30). So every check is a
-:class:`LoginAttempt` from :meth:`AuthPenalty.begin` on: while in flight it counts
-against both budgets as a failure would, and it ends as a failure (recorded), a
-success (released) or abandoned (the check itself broke; released). At most
-``ip_budget`` checks per source and ``user_budget`` per user name can be under way or
-failed within a window.
+Attempts in flight take a turn (issues 20 and 19): a password check takes tens of
+milliseconds of scrypt and a failure is answered only after its delay, so a failure
+recorded only at the end would let a client run many checks in parallel before the first
+one counts (100 parallel wrong LOGINs got 100 checks against a budget of 30). So every
+check is a :class:`LoginAttempt`, and at most ``ip_budget`` minus the source's failures
+(``user_budget`` minus the user's, likewise) may be under way at once. A check beyond that
+does not fail: it WAITS for a turn in its source's queue (:meth:`AuthPenalty.enter`, first
+in first out, at most ``ip_waiting`` waiting), served as checks end. Only real failures
+make a refusal (``NO [UNAVAILABLE]``), and a waiting attempt whose source (or user) runs
+out of budget meanwhile is refused then. So a household of 60 phones behind one NAT
+address reconnecting together all get in (30 checked at a time, each success resetting the
+source), while a brute-forcer from one address still gets at most ``ip_budget`` checks
+before the block, however many it sends in parallel. An attempt ends as a failure
+(recorded), a success (released) or abandoned (the check itself broke; released).
 
 Known sources survive a restart (issue 20): the sources a user logged in from (at most
 :data:`KNOWN_SOURCES_PER_USER` per user, the most recently seen, each for
@@ -42,8 +47,8 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections import OrderedDict
-from collections.abc import Mapping
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -106,6 +111,10 @@ class PenaltySettings:
 
     max_entries: int = 100_000
     """Most sources (and, separately, user names) remembered at once."""
+
+    ip_waiting: int = 1024
+    """Most attempts from one source waiting for a turn (beyond it: refused, as a spent
+    budget); a household's or an office's devices behind one NAT address fit."""
 
 
 @dataclass
@@ -183,12 +192,17 @@ class LoginAttempt:
     def failed(self) -> float:
         """A wrong password (or unknown user): recorded; the seconds to wait before
         answering it."""
-        return self.penalty.failed(self.host, self.user) if self._end() else 0.0
+        if not self._end():
+            return 0.0
+        delay = self.penalty.failed(self.host, self.user)
+        self.penalty._serve()
+        return delay
 
     def succeeded(self, canonical: str) -> None:
         """A correct password for ``canonical``: see :meth:`AuthPenalty.succeeded`."""
         if self._end():
             self.penalty.succeeded(self.host, canonical)
+            self.penalty._serve()
 
     def record(self, canonical: str | None) -> float:
         """The check's outcome, whichever it was: :meth:`failed` for None (returns the
@@ -200,7 +214,20 @@ class LoginAttempt:
 
     def abandoned(self) -> None:
         """The check broke (a server error): no outcome, nothing recorded."""
-        self._end()
+        if self._end():
+            self.penalty._serve()
+
+
+Turn = Callable[[LoginAttempt | None, str | None], None]
+"""Called once with (the attempt, None) when a check may start, or (None, ``"source"`` or
+``"user"``) when it is refused (:meth:`AuthPenalty.enter`)."""
+
+
+@dataclass
+class _Waiter:
+    host: str
+    user: str
+    turn: Turn
 
 
 class AuthPenalty:
@@ -226,6 +253,11 @@ class AuthPenalty:
         self._in_flight_sources: dict[str, int] = {}
         self._in_flight_users: dict[str, int] = {}
         """Checks under way (at most one per connection, so bounded by connections)."""
+        self._waiting: dict[str, deque[_Waiter]] = {}
+        """Source key → attempts waiting for a turn, oldest first (bounded by
+        ``ip_waiting`` per source and by connections)."""
+        self._serving = False
+        self._serve_again = False
 
     def _live(self, table: _Bounded[str, _Record], key: str) -> _Record | None:
         record = table.get(key)
@@ -264,6 +296,86 @@ class AuthPenalty:
         if s.user_budget and used >= s.user_budget and not self.known(host, user):
             return "user"
         return None
+
+    def blocked(self, host: str, user: str) -> str | None:
+        """``"source"`` or ``"user"`` when real failures alone have spent that budget (the
+        attempt is refused, not queued); None otherwise."""
+        s = self.settings
+        record = self._live(self._sources, source_key(host))
+        if s.ip_budget and record is not None and record.failures >= s.ip_budget:
+            return "source"
+        record = self._live(self._users, _user_key(user))
+        if (
+            s.user_budget
+            and record is not None
+            and record.failures >= s.user_budget
+            and not self.known(host, user)
+        ):
+            return "user"
+        return None
+
+    def enter(self, host: str, user: str, turn: Turn) -> Callable[[], None] | None:
+        """Ask for a password check's turn: ``turn`` is called, now or later, with the
+        started :class:`LoginAttempt` or with the budget that refuses it. An attempt that
+        would push the checks under way past a budget waits (FIFO per source) until one
+        ends; returns the function that withdraws a waiting attempt (the client went
+        away), None when ``turn`` was already called."""
+        reason = self.blocked(host, user)
+        source = source_key(host)
+        queue = self._waiting.get(source)
+        if reason is None and not queue and self.refusal(host, user) is None:
+            turn(self.begin(host, user), None)
+            return None
+        if reason is None and queue is not None and len(queue) >= self.settings.ip_waiting:
+            reason = "source"
+        if reason is None and self.settings.ip_waiting <= 0:
+            reason = "source"
+        if reason is not None:
+            turn(None, reason)
+            return None
+        waiter = _Waiter(host, user, turn)
+        self._waiting.setdefault(source, deque()).append(waiter)
+
+        def withdraw() -> None:
+            waiting = self._waiting.get(source)
+            if waiting is not None and waiter in waiting:
+                waiting.remove(waiter)
+                if not waiting:
+                    del self._waiting[source]
+
+        return withdraw
+
+    def waiting(self, host: str) -> int:
+        """Attempts from this source waiting for a turn."""
+        return len(self._waiting.get(source_key(host), ()))
+
+    def _serve(self) -> None:
+        """A check ended: start (or refuse) the waiting attempts that now can be, oldest
+        first per source. Re-entrant calls (a turn whose check ends at once) loop here."""
+        if self._serving:
+            self._serve_again = True
+            return
+        self._serving = True
+        try:
+            self._serve_again = True
+            while self._serve_again:
+                self._serve_again = False
+                for source in list(self._waiting):
+                    queue = self._waiting.get(source)
+                    while queue:
+                        waiter = queue[0]
+                        reason = self.blocked(waiter.host, waiter.user)
+                        if reason is None and self.refusal(waiter.host, waiter.user) is not None:
+                            break  # still no turn: wait for the next check to end
+                        queue.popleft()
+                        if reason is None:
+                            waiter.turn(self.begin(waiter.host, waiter.user), None)
+                        else:
+                            waiter.turn(None, reason)
+                    if not queue and self._waiting.get(source) is queue:
+                        del self._waiting[source]
+        finally:
+            self._serving = False
 
     def _spent(self, table: _Bounded[str, _Record], in_flight: dict[str, int], key: str) -> int:
         """Failures within the window plus checks under way: what a budget counts."""

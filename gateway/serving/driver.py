@@ -165,6 +165,7 @@ class CommandDriver:
         self._closing = True
         self._drop_current()
         self._cancel_timers()
+        self._login_limits.withdraw()  # no longer waiting for a password check's turn
         self.factory.protocols.discard(self)
 
     def _release_source(self) -> None:
@@ -245,16 +246,30 @@ class CommandDriver:
     def _run_blocking(self, action: Any, login: str | None) -> None:
         """Run ``action.call`` through the factory's ``run_blocking`` and resume the
         command with its result; with ``login`` (the user name given) inside the login
-        limits: maybe refused before any check, failures delayed."""
+        limits: maybe waiting for a turn or refused before any check, failures delayed."""
         self._waiting = action
         token = self._blocking = object()
-        limits = self._login_limits
         if login is not None:
-            refused = limits.begin(self.peer_host, self.peer, login)
-            if refused is not None:
-                self._resume_later(refused[0], token, refused[1], refused[2])
-                return
-        attempt = limits.attempt if login is not None else None
+            # The check may wait for its source's turn (gateway/security/penalty.py).
+            self._login_limits.begin(
+                self.peer_host,
+                self.peer,
+                login,
+                lambda refused: self._start_blocking(action, token, login, refused),
+            )
+            return
+        self._start_blocking(action, token, None, None)
+
+    def _start_blocking(self, action: Any, token: object, login: str | None, refused: Any) -> None:
+        """Run the blocking call (a password check once it has its turn), or answer the
+        refusal (a spent failure budget) after the source's delay."""
+        if refused is not None:
+            self._resume_later(refused[0], token, refused[1], refused[2])
+            return
+        attempt = self._login_limits.attempt if login is not None else None
+        if self._blocking is not token or self._closing:
+            self._login_limits.abandon(attempt)
+            return
         try:
             deferred = self.factory.run_blocking(action.call)
         except Exception:

@@ -71,6 +71,7 @@ class SQLiteConnection(RowValues):
         self._flag_cache: dict[tuple[str, int], frozenset[str]] = {}
         self._shared_ids: dict[int, bool] = {}  # mailbox id → owner is shared (ids never reused)
         self._zones: dict[int, datetime.timezone] = {}
+        self._provisioned: set[str] = set()  # users whose INBOX exists (ensure_user)
         self._conn: sqlite3.Connection | None = sqlite3.connect(
             str(self.path), isolation_level=None, check_same_thread=check_same_thread
         )

@@ -25,8 +25,14 @@ class SQLiteMailboxes(SQLiteRows, MailboxSteps):
     in :class:`~gateway.store.steps.MailboxSteps`)."""
 
     def ensure_user(self, user: str) -> None:
+        # Once a user's INBOX exists it stays (INBOX cannot be deleted, RFC 3501 §6.3.4,
+        # and provisioning does nothing more then), so each user costs one write
+        # transaction per process, not one per LOGIN (issue 19's reconnect storm).
+        if user in self._provisioned:
+            return
         with self._write():
             self._ensure_user_tx(self.db, user)
+        self._provisioned.add(user)
 
     def list_mailboxes(self, user: str) -> list[Mailbox]:
         rows = self.db.execute(

@@ -128,6 +128,11 @@ class SQLiteMessages(SQLiteRows, MessageSteps):
             ).fetchone()
             if head is None:
                 raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
+            if int(head[0]) <= modseq:
+                # Every row, private \Seen and expunge record is stamped with a modseq
+                # from _bump, so none is newer than HIGHESTMODSEQ (RFC 7162 §3.1.1): an
+                # unchanged mailbox needs no scan (each IDLE and command catch-up).
+                return Changes(highestmodseq=int(head[0]), changed=[], expunged=[])
             # "ORDER BY +uid" keeps the planner on the (mailbox_id, modseq) index and
             # sorts the few changed rows, instead of walking the whole mailbox in UID order.
             source, source_params = self._source(conn, mailbox_id, viewer)
