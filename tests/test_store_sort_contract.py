@@ -167,7 +167,8 @@ def test_schema_step_fills_sort_keys_for_mail_stored_before_it(tmp_path: Path) -
 @pytest.mark.parametrize("name", sorted(BACKENDS))
 def test_sort_answers_follow_every_change(tmp_path: Path, name: str) -> None:
     """The same SORT asked again after a delivery, a flag change and an expunge sees each
-    change (the SQLite store keeps recent answers only while the mailbox is unchanged)."""
+    change (the SQLite store keeps each mailbox order only while its membership stands,
+    and filters it by the criteria's matches of the moment)."""
     store = BACKENDS[name](tmp_path)
     store.ensure_user("alice")
     box = store.get_mailbox("alice", "INBOX").id
