@@ -70,15 +70,21 @@ class SQLiteSorting(SQLiteRows):
         key = (mailbox_id, order)
         with self._read() as conn:
             row = conn.execute(
-                "SELECT uidvalidity, uidnext, highestmodseq,"
-                " (SELECT count(*) FROM mailbox_message WHERE mailbox_id = ?)"
-                " FROM mailbox WHERE id = ?",
-                (mailbox_id, mailbox_id),
+                "SELECT uidvalidity, uidnext, highestmodseq FROM mailbox WHERE id = ?",
+                (mailbox_id,),
             ).fetchone()
             if row is None:
                 raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
-            membership = (int(row[0]), int(row[1]), int(row[3]))
+            validity, uidnext, modseq = (int(v) for v in row)
             kept = cache.pop(key, None)
+            if kept is not None and kept[1] == modseq and kept[0][:2] == (validity, uidnext):
+                # Nothing at all changed (every expunge moves HIGHESTMODSEQ): no count.
+                membership = kept[0]
+            else:
+                (count,) = conn.execute(
+                    "SELECT count(*) FROM mailbox_message WHERE mailbox_id = ?", (mailbox_id,)
+                ).fetchone()
+                membership = (validity, uidnext, int(count))
             if kept is not None and kept[0] == membership:
                 ordered = kept[2]
             else:
@@ -89,7 +95,7 @@ class SQLiteSorting(SQLiteRows):
                     # Keys and membership do not depend on the viewer (only flags do).
                     rows = self._sorted_in(conn, mailbox_id, c.All(), "mm.uid", order, None)
                     ordered = array("I", [r[0] for r in rows])
-            cache[key] = (membership, int(row[2]), ordered)
+            cache[key] = (membership, modseq, ordered)
             while len(cache) > SORT_CACHE_ENTRIES:
                 cache.popitem(last=False)
             if isinstance(criteria, c.All):
