@@ -93,6 +93,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=9, help="sample-mail seed")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, stores)")
+    parser.add_argument(
+        "--fulltext-size",
+        type=int,
+        help="fulltext mailbox size (default: 100,000 capped at 20,000 for Xapian's sake;"
+        " above the cap Dovecot + Xapian is left out)",
+    )
+    parser.add_argument(
+        "--no-xapian", action="store_true", help="fulltext: leave out Dovecot + Xapian"
+    )
     return parser.parse_args(argv)
 
 
@@ -101,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     sizes = Sizes.quick() if args.quick else Sizes()
     if args.repeats:
         sizes = replace(sizes, repeats=args.repeats)
+    if args.fulltext_size:
+        sizes = replace(sizes, fulltext_messages=args.fulltext_size)
+    if args.no_xapian:
+        sizes = replace(sizes, fulltext_xapian=False)
     chosen = [name for name in ALL_SCENARIOS if not args.only or name in args.only]
     check_peers(chosen)
     logs.configure("warning", "console", stream=sys.stderr)  # the store logs each open

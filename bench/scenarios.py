@@ -82,6 +82,11 @@ class Sizes:
     storm_devices: int = 10_000
     storm_household_users: int = 20
     storm_provider_devices: int = 2_000
+    fulltext_messages: int | None = None
+    """The fulltext scenario's mailbox size (None: ``memory_messages`` up to the Xapian cap,
+    :data:`bench.fulltext.MAX_MESSAGES`)."""
+    fulltext_xapian: bool = True
+    """Whether the fulltext scenario runs Dovecot + Xapian (only ever up to the cap)."""
 
     @classmethod
     def quick(cls) -> Sizes:

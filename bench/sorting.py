@@ -5,13 +5,16 @@ mailbox both servers hold in the same order (same UIDs), timed client-side on on
 logged-in connection per server, repeats interleaved. Each key is sorted once untimed
 first: Dovecot keeps sort keys in its index cache after the first request, popgate
 computed them at ingest, so the figures are the steady state a returning webmail client
-meets. A second set of rows times the same SORT just after a flag change (``UID STORE 1
-+FLAGS.SILENT (\\Flagged)``, untimed), when neither server can reuse its last answer. Both
-answers are compared; a difference is reported in the row's note.
+meets. A second set of rows times the same SORT just after a delivery and an expunge
+(untimed: ``APPEND`` of a small message, then ``UID EXPUNGE`` of it), which change the
+mailbox's membership, so neither server can serve the order it kept for the previous
+SORT as it was (a flag change does not change a SORT ALL order; popgate keeps its order
+across one). Both answers are compared; a difference is reported in the row's note.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from bench.imapwire import IMAPConnection
@@ -25,6 +28,26 @@ SORT_KEYS = ("ARRIVAL", "DATE", "SUBJECT", "FROM")
 
 INNER_REPEATS = 3
 """Each SORT is timed this many times per connection and repeat (they last milliseconds)."""
+
+
+CHANGE_MESSAGE = (
+    b"From: Sort Bench <sort-bench@example.org>\r\nTo: bench@example.org\r\n"
+    b"Subject: membership change\r\nDate: Mon, 7 Dec 2026 04:00:00 +0000\r\n"
+    b"Message-ID: <sort-bench@example.org>\r\n\r\nDelivered and expunged at once.\r\n"
+)
+"""The message each untimed membership change delivers and expunges again."""
+
+
+def _membership_change(imap: IMAPConnection) -> None:
+    """APPEND one message (LITERAL+, RFC 7888) and UID EXPUNGE it (RFC 4315): the
+    mailbox holds the same messages again, but its membership moved twice."""
+    reply = imap.command(b"APPEND INBOX {%d+}\r\n" % len(CHANGE_MESSAGE) + CHANGE_MESSAGE)
+    found = re.search(rb"APPENDUID \d+ (\d+)", reply.status)
+    if found is None:
+        raise RuntimeError(f"APPEND gave no APPENDUID: {reply.status!r}")
+    uid = int(found.group(1))
+    imap.command(b"UID STORE %d +FLAGS.SILENT (\\Deleted)" % uid)
+    imap.command(b"UID EXPUNGE %d" % uid)
 
 
 def _sort(imap: IMAPConnection, key: str) -> tuple[float, list[int]]:
@@ -54,12 +77,11 @@ def sort_scenario(bench: Bench, mailbox_user: tuple[str, str]) -> None:
             with IMAPConnection("127.0.0.1", port) as imap:
                 imap.login(*mailbox_user)
                 imap.command(b"SELECT INBOX")
-                for inner in range(INNER_REPEATS):
+                for _inner in range(INNER_REPEATS):
                     for key in SORT_KEYS:
-                        # A flag change first (untimed): the mailbox changed, so neither
-                        # server may answer from what it kept for the previous SORT.
-                        sign = b"+" if inner % 2 == 0 else b"-"
-                        imap.command(b"UID STORE 1 " + sign + b"FLAGS.SILENT (\\Flagged)")
+                        # A delivery and an expunge first (untimed): the membership
+                        # changed, so neither server may answer from what it kept.
+                        _membership_change(imap)
                         millis, uids = _sort(imap, key)
                         changed[key][name].append(millis)
                         millis, uids = _sort(imap, key)
@@ -83,7 +105,7 @@ def sort_scenario(bench: Bench, mailbox_user: tuple[str, str]) -> None:
         )
     for key in SORT_KEYS:
         bench.row(
-            f"UID SORT ({key}) just after a flag change, {bench.sizes.mailbox} msgs",
+            f"UID SORT ({key}) just after a delivery+expunge, {bench.sizes.mailbox} msgs",
             "ms",
             "Dovecot",
             changed[key]["popgate"],

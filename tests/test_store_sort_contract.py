@@ -167,7 +167,8 @@ def test_schema_step_fills_sort_keys_for_mail_stored_before_it(tmp_path: Path) -
 @pytest.mark.parametrize("name", sorted(BACKENDS))
 def test_sort_answers_follow_every_change(tmp_path: Path, name: str) -> None:
     """The same SORT asked again after a delivery, a flag change and an expunge sees each
-    change (the SQLite store keeps recent answers only while the mailbox is unchanged)."""
+    change (the SQLite store keeps each mailbox order only while its membership stands,
+    and filters it by the criteria's matches of the moment)."""
     store = BACKENDS[name](tmp_path)
     store.ensure_user("alice")
     box = store.get_mailbox("alice", "INBOX").id
@@ -187,3 +188,56 @@ def test_sort_answers_follow_every_change(tmp_path: Path, name: str) -> None:
     assert store.sort(box, unseen, program) == [1]
     assert store.sort(box, All(), program) == [2, 1]
     store.close()
+
+
+def test_kept_orders_follow_deliveries_and_expunges_as_a_fresh_sort(tmp_path: Path) -> None:
+    """The SQLite store brings a kept order up to date after small changes (expunged
+    UIDs dropped, new ones placed by binary search) and recomputes after big ones: the
+    answers stay those of the memory backend, fed the same changes, for plain, reversed
+    and multi-key programs."""
+    sqlite_store = SQLiteStore(tmp_path / "store.db")
+    memory_store = MemoryStore()
+    stores = (sqlite_store, memory_store)
+    boxes = []
+    for store in stores:
+        store.ensure_user("alice")
+        boxes.append(store.get_mailbox("alice", "INBOX").id)
+    programs = [
+        [SortCriterion("SUBJECT")],
+        [SortCriterion("FROM", reverse=True), SortCriterion("DATE")],
+        [SortCriterion("ARRIVAL", reverse=True)],
+        [SortCriterion("SIZE"), SortCriterion("SUBJECT", reverse=True)],
+    ]
+    rng = random.Random(5)
+    mails = list(CORPUS)
+    rng.shuffle(mails)
+    position = 0
+
+    def deliver(count: int) -> None:
+        nonlocal position
+        for mail in mails[position : position + count]:
+            for store, box in zip(stores, boxes, strict=True):
+                store.append(box, mail.raw, (), mail.internaldate)
+        position += count
+
+    def check() -> None:
+        for program in programs:
+            for criteria in (All(), Not(Flag("\\Deleted"))):
+                ours, reference = (
+                    s.sort(b, criteria, program) for s, b in zip(stores, boxes, strict=True)
+                )
+                assert ours == reference, program
+
+    deliver(40)
+    check()
+    for step in range(12):
+        present = sqlite_store.sort(boxes[0], All(), [SortCriterion("ARRIVAL")])
+        doomed = rng.sample(sorted(present), k=rng.choice([0, 1, 3]))
+        if doomed:
+            for store, box in zip(stores, boxes, strict=True):
+                store.store_flags(box, doomed, "+", ["\\Deleted"])
+                if step % 3:
+                    store.expunge(box)
+        deliver(rng.choice([0, 1, 2, 70 if step == 6 else 5]))
+        check()
+    sqlite_store.close()

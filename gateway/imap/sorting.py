@@ -37,7 +37,7 @@ def sort(session: Session, cmd: Sort) -> Handler:
     if cmd.returns is None:
         text = b"* SORT"
         if numbers:
-            text += b" " + " ".join(map(str, numbers)).encode("ascii")
+            text += b" " + _spaced(numbers)
         yield text + b"\r\n"
         return ok("SORT completed")
     yield _esort(cmd, numbers) + b"\r\n"
@@ -57,9 +57,17 @@ def _known(view: SelectedView, uids: list[int], uid_form: bool) -> list[int]:
     numbers: one set or dict over the view rather than a search per message."""
     if uid_form:
         shown = set(view.uids)
+        if shown.issuperset(uids):  # the usual case: no arrival waits for EXISTS
+            return uids
         return [u for u in uids if u in shown]
     seqs = {u: i for i, u in enumerate(view.uids, 1)}
     return [seqs[u] for u in uids if u in seqs]
+
+
+def _spaced(numbers: list[int]) -> bytes:
+    """``1 2 3`` for [1, 2, 3]: a list's repr is built in C, about twice as fast as a
+    join of 10,000 ``str`` calls (a SORT answer lists every message)."""
+    return repr(numbers)[1:-1].replace(",", "").encode("ascii")
 
 
 def _esort(cmd: Sort, numbers: list[int]) -> bytes:
