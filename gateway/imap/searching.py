@@ -218,24 +218,7 @@ def search(session: Session, cmd: Search) -> Handler:
         if not returns and not update:
             # RFC 5182 §2.1: SAVE alone asks for no ESEARCH response at all.
             return ok("SEARCH completed")
-    parts = [b"* ESEARCH (TAG " + wire.quote(cmd.tag.encode()) + b")"]
-    if cmd.uid:
-        parts.append(b"UID")
-    if numbers:
-        if "MIN" in returns:
-            parts.append(b"MIN %d" % numbers[0])
-        if "MAX" in returns:
-            parts.append(b"MAX %d" % numbers[-1])
-    if cmd.partial is not None:
-        # RFC 5267 §4.4: the low-th to high-th of the results, NIL when none is there.
-        low, high = cmd.partial
-        window = numbers[low - 1 : high]
-        text = wire.sequence_set_text(window) if window else b"NIL"
-        parts.append(b"PARTIAL (%d:%d %s)" % (low, high, text))
-    if "COUNT" in returns:
-        parts.append(b"COUNT %d" % len(numbers))
-    if numbers and "ALL" in returns:
-        parts.append(b"ALL " + wire.sequence_set_text(numbers))
+    parts = esearch_parts(cmd.tag, cmd.uid, numbers, returns, cmd.partial)
     if numbers and want_modseq:
         # RFC 7162 §3.1.5/RFC 4731: the highest modseq of the messages returned; with
         # only MIN/MAX that is the one or two messages named.
@@ -260,3 +243,34 @@ def search(session: Session, cmd: Search) -> Handler:
         if refused:
             yield refused
     return ok("SEARCH completed")
+
+
+def esearch_parts(
+    tag: str,
+    uid: bool,
+    numbers: list[int],
+    returns: set[str] | frozenset[str],
+    partial: tuple[int, int] | None,
+) -> list[bytes]:
+    """The fields of an ``* ESEARCH`` response (RFC 4731 §3.1), shared by SEARCH and SORT
+    (RFC 5267 §3.2): MIN and MAX are the first and last of ``numbers`` as ordered (the
+    sort order for ESORT), PARTIAL the low-th to high-th of them, NIL when none is there
+    (RFC 5267 §4.4), ALL in that order with ascending runs written as ``a:b``."""
+    parts = [b"* ESEARCH (TAG " + wire.quote(tag.encode()) + b")"]
+    if uid:
+        parts.append(b"UID")
+    if numbers:
+        if "MIN" in returns:
+            parts.append(b"MIN %d" % numbers[0])
+        if "MAX" in returns:
+            parts.append(b"MAX %d" % numbers[-1])
+    if partial is not None:
+        low, high = partial
+        window = numbers[low - 1 : high]
+        text = wire.sequence_set_text(window) if window else b"NIL"
+        parts.append(b"PARTIAL (%d:%d %s)" % (low, high, text))
+    if "COUNT" in returns:
+        parts.append(b"COUNT %d" % len(numbers))
+    if numbers and "ALL" in returns:
+        parts.append(b"ALL " + wire.sequence_set_text(numbers))
+    return parts

@@ -15,11 +15,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gateway.core import criteria as c
-from gateway.imap import contexts, wire
+from gateway.imap import contexts
 from gateway.imap.command import Sort, Thread
 from gateway.imap.handler import Handler, ok
 from gateway.imap.messages import selected_view
-from gateway.imap.searching import frozen_criteria, view_criteria
+from gateway.imap.searching import esearch_parts, frozen_criteria, view_criteria
 from gateway.imap.threads import ordered_subject, references, thread_text
 
 if TYPE_CHECKING:
@@ -73,25 +73,7 @@ def _spaced(numbers: list[int]) -> bytes:
 def _esort(cmd: Sort, numbers: list[int]) -> bytes:
     """RFC 5267 §3.2: MIN and MAX are the first and last in sort order; ALL keeps the
     order (ascending runs written as ``a:b``)."""
-    returns = set(cmd.returns or ())
-    parts = [b"* ESEARCH (TAG " + wire.quote(cmd.tag.encode()) + b")"]
-    if cmd.uid:
-        parts.append(b"UID")
-    if numbers:
-        if "MIN" in returns:
-            parts.append(b"MIN %d" % numbers[0])
-        if "MAX" in returns:
-            parts.append(b"MAX %d" % numbers[-1])
-    if cmd.partial is not None:
-        low, high = cmd.partial
-        window = numbers[low - 1 : high]
-        text = wire.sequence_set_text(window) if window else b"NIL"
-        parts.append(b"PARTIAL (%d:%d %s)" % (low, high, text))
-    if "COUNT" in returns:
-        parts.append(b"COUNT %d" % len(numbers))
-    if numbers and "ALL" in returns:
-        parts.append(b"ALL " + wire.sequence_set_text(numbers))
-    return b" ".join(parts)
+    return b" ".join(esearch_parts(cmd.tag, cmd.uid, numbers, set(cmd.returns or ()), cmd.partial))
 
 
 def thread(session: Session, cmd: Thread) -> Handler:
