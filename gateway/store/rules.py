@@ -13,7 +13,8 @@ from __future__ import annotations
 import datetime
 import mmap
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from gateway.core.flags import RECENT, SETTABLE_FLAGS, canonical_flag
 from gateway.store.errors import InvalidMailboxName, MailboxNotAllowed, MessageTooLarge
@@ -176,3 +177,32 @@ def filing_name(mailbox: str) -> str | None:
     except MailboxNotAllowed:
         return None
     return name
+
+
+Box = TypeVar("Box")
+
+
+def filing_plan(
+    targets: Iterable[Any],
+    box: Callable[[str, bool], Box | None],
+    default: str,
+    ident: Callable[[Box], int],
+) -> dict[int, tuple[Box, dict[str, str]]]:
+    """Where a routed delivery goes, every backend alike: each target's mailbox
+    (``box(name, create)``, None when it cannot be used: then ``default``, created if
+    need be) with the flags to set, one entry per mailbox (keyed by ``ident``) whose
+    flags are the union of the targets naming it (RFC 5228 §4.2: a message is filed
+    into a mailbox once, however many ``fileinto`` name it)."""
+    wanted: dict[int, tuple[Box, dict[str, str]]] = {}
+    for target in targets:
+        name = filing_name(target.mailbox)
+        found = box(name, target.create) if name is not None else None
+        if found is None:
+            found = box(default, True)
+        assert found is not None
+        flags = filing_flags(target.flags)
+        key = ident(found)
+        if key in wanted:
+            flags = {**flags, **wanted[key][1]}
+        wanted[key] = (found, flags)
+    return wanted

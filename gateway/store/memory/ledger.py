@@ -6,10 +6,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from collections.abc import Iterable, Sequence
+from operator import attrgetter
 
 from gateway.store.interfaces import INBOX, Delivery, LedgerEntry, Routed
 from gateway.store.memory.state import Box, MemoryBase, Message
-from gateway.store.rules import check_mailbox_name, filing_flags, filing_name, normalise_name
+from gateway.store.rules import check_mailbox_name, filing_plan, normalise_name
 
 
 class MemoryLedger(MemoryBase):
@@ -136,17 +137,7 @@ class MemoryLedger(MemoryBase):
             if message is None or key in state.ledger:
                 continue
             results[index] = {}
-            wanted: dict[int, tuple[Box, dict[str, str]]] = {}
-            for target in item.targets:
-                name = filing_name(target.mailbox)
-                found = box(name, target.create) if name is not None else None
-                if found is None:
-                    found = box(default, True)
-                assert found is not None
-                flags = filing_flags(target.flags)
-                if found.id in wanted:
-                    flags = {**flags, **wanted[found.id][1]}
-                wanted[found.id] = (found, flags)
+            wanted = filing_plan(item.targets, box, default, attrgetter("id"))
             stored: Message | None = None
             if dedup:
                 others = {id(m) for k, m in state.ledger_messages.items() if k[0] != d.upstream}

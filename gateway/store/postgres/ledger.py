@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 
 from psycopg import Cursor
 
@@ -22,7 +23,7 @@ from gateway.store.postgres.leases import PGLeases
 from gateway.store.postgres.queue import Statements
 from gateway.store.postgres.rows import PGRows
 from gateway.store.rowdata import split_seen
-from gateway.store.rules import check_mailbox_name, filing_flags, filing_name, normalise_name
+from gateway.store.rules import check_mailbox_name, filing_plan, normalise_name
 from gateway.store.sqlite_queue import insert_queued
 
 
@@ -188,18 +189,7 @@ class PGLedger(PGRows, PGLeases):
                 if not self._claim(cur, d.upstream, d.uidl, now, size):
                     continue
                 results[index] = {}
-                wanted: dict[int, tuple[str, dict[str, str], bool]] = {}
-                for target in item.targets:
-                    name = filing_name(target.mailbox)
-                    found = box(name, target.create) if name is not None else None
-                    if found is None:
-                        found = box(default, True)
-                    assert found is not None
-                    name, mailbox_id, shared = found
-                    flags = filing_flags(target.flags)
-                    if mailbox_id in wanted:
-                        flags = {**flags, **wanted[mailbox_id][1]}
-                    wanted[mailbox_id] = (name, flags, shared)
+                wanted = filing_plan(item.targets, box, default, itemgetter(1))
                 message_id: int | None = None
                 if dedup:
                     digest = hashlib.sha256(raw).digest()
@@ -217,7 +207,7 @@ class PGLedger(PGRows, PGLeases):
                             del wanted[mailbox_id]
                 if wanted:
                     message_id = self._insert_message(cur, raw, analysis, internal)
-                for mailbox_id, (name, flags, shared) in wanted.items():
+                for mailbox_id, ((name, _id, shared), flags) in wanted.items():
                     assert message_id is not None
                     text, _seen = split_seen(flags, shared)
                     rows.setdefault(mailbox_id, []).append((index, name, message_id, text))
