@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from gateway.core.flags import RECENT
 from gateway.message.analysis import Analysis
-from gateway.store.interfaces import MessageRow
+from gateway.store.interfaces import LedgerEntry, MessageRow
 from gateway.store.rules import SEEN_KEY, stored_internaldate
 from gateway.store.search import address_row_name
 
@@ -218,3 +218,21 @@ def internal_values(when: datetime.datetime | None, now: datetime.datetime) -> t
     offset = when.utcoffset()
     assert offset is not None
     return int(when.timestamp()), int(offset.total_seconds() // 60), when.date().toordinal()
+
+
+def ledger_entries_from_rows(upstream: str, rows: Iterable[Sequence]) -> list[LedgerEntry]:
+    """Ledger rows as the contract returns them, from either SQL backend's
+    ``SELECT uidl, state, reason, fetched_at, size, message_id IS NOT NULL``: ``stored``
+    only means something for a delivered UIDL (imported and skipped ones have no message)."""
+    return [
+        LedgerEntry(
+            upstream=upstream,
+            uidl=uidl,
+            state=state,
+            reason=reason,
+            fetched_at=datetime.datetime.fromtimestamp(fetched_at, datetime.UTC),
+            size=size,
+            stored=bool(stored) if state == "delivered" else None,
+        )
+        for uidl, state, reason, fetched_at, size, stored in rows
+    ]

@@ -10,7 +10,6 @@ failure anywhere rolls the claim back with the rest.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 from collections.abc import Iterable, Sequence
 from operator import itemgetter
@@ -22,7 +21,7 @@ from gateway.store.interfaces import INBOX, Delivery, DuplicateRecord, LedgerEnt
 from gateway.store.postgres.leases import PGLeases
 from gateway.store.postgres.queue import Statements
 from gateway.store.postgres.rows import PGRows
-from gateway.store.rowdata import split_seen
+from gateway.store.rowdata import ledger_entries_from_rows, split_seen
 from gateway.store.rules import check_mailbox_name, filing_plan, normalise_name
 from gateway.store.sqlite_queue import insert_queued
 
@@ -298,15 +297,4 @@ class PGLedger(PGRows, PGLeases):
                 (upstream,),
             )
             rows = cur.fetchall()
-        return [
-            LedgerEntry(
-                upstream=upstream,
-                uidl=uidl,
-                state=state,
-                reason=reason,
-                fetched_at=datetime.datetime.fromtimestamp(fetched_at, datetime.UTC),
-                size=size,
-                stored=bool(stored) if state == "delivered" else None,
-            )
-            for uidl, state, reason, fetched_at, size, stored in rows
-        ]
+        return ledger_entries_from_rows(upstream, rows)

@@ -8,7 +8,6 @@ table's primary key (upstream, uidl) keeps a UIDL in the ledger once per upstrea
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import sqlite3
@@ -17,7 +16,7 @@ from operator import itemgetter
 
 from gateway.message.analysis import Analysis
 from gateway.store.interfaces import INBOX, Delivery, DuplicateRecord, LedgerEntry, Routed
-from gateway.store.rowdata import split_seen
+from gateway.store.rowdata import ledger_entries_from_rows, split_seen
 from gateway.store.rules import check_mailbox_name, filing_plan, normalise_name
 from gateway.store.sqlite.rows import SQLiteRows
 from gateway.store.sqlite_queue import insert_queued
@@ -305,15 +304,4 @@ class SQLiteLedger(SQLiteRows):
             " WHERE upstream = ? ORDER BY uidl",
             (upstream,),
         ).fetchall()
-        return [
-            LedgerEntry(
-                upstream=upstream,
-                uidl=uidl,
-                state=state,
-                reason=reason,
-                fetched_at=datetime.datetime.fromtimestamp(fetched_at, datetime.UTC),
-                size=size,
-                stored=bool(stored) if state == "delivered" else None,
-            )
-            for uidl, state, reason, fetched_at, size, stored in rows
-        ]
+        return ledger_entries_from_rows(upstream, rows)
