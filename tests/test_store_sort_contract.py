@@ -241,3 +241,66 @@ def test_kept_orders_follow_deliveries_and_expunges_as_a_fresh_sort(tmp_path: Pa
         deliver(rng.choice([0, 1, 2, 70 if step == 6 else 5]))
         check()
     sqlite_store.close()
+
+
+def test_kept_orders_are_patched_up_to_max_placed_and_bounded_in_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The two limits of the SQLite store's kept orders, at their edges: up to
+    ``MAX_PLACED`` new messages are placed into a kept order, one more recomputes it;
+    ``SORT_CACHE_ENTRIES`` orders are kept, the least recently used beyond that is
+    dropped. Answers equal the memory backend's every time."""
+    from gateway.store.sqlite import sorting as sqlite_sorting
+
+    recomputed: list[str] = []
+    original = SQLiteStore._sorted_in
+
+    def counting(self, conn, mailbox_id, criteria, columns, order, viewer):  # type: ignore[no-untyped-def]
+        if order != "mm.uid":  # a whole mailbox order, not the criteria's matches
+            recomputed.append(order)
+        return original(self, conn, mailbox_id, criteria, columns, order, viewer)
+
+    monkeypatch.setattr(SQLiteStore, "_sorted_in", counting)
+    sqlite_store = SQLiteStore(tmp_path / "store.db")
+    memory_store = MemoryStore()
+    stores = (sqlite_store, memory_store)
+    boxes = []
+    for store in stores:
+        store.ensure_user("alice")
+        boxes.append(store.get_mailbox("alice", "INBOX").id)
+    mails = iter(CORPUS)
+
+    def deliver(count: int) -> None:
+        for mail in [next(mails) for _ in range(count)]:
+            for store, box in zip(stores, boxes, strict=True):
+                store.append(box, mail.raw, (), mail.internaldate)
+
+    def sort(program: list[SortCriterion]) -> list[int]:
+        ours, reference = (s.sort(b, All(), program) for s, b in zip(stores, boxes, strict=True))
+        assert ours == reference
+        return ours
+
+    subject = [SortCriterion("SUBJECT")]
+    deliver(10)
+    sort(subject)
+    assert len(recomputed) == 1
+    deliver(sqlite_sorting.MAX_PLACED)
+    sort(subject)
+    assert len(recomputed) == 1  # placed into the kept order
+    deliver(sqlite_sorting.MAX_PLACED + 1)
+    sort(subject)
+    assert len(recomputed) == 2  # one too many: computed afresh
+
+    programs = [
+        [SortCriterion("SIZE"), SortCriterion("ARRIVAL", reverse=reverse), SortCriterion(key)]
+        for reverse in (False, True)
+        for key in ("SUBJECT", "FROM", "DATE", "TO", "CC")
+    ][: sqlite_sorting.SORT_CACHE_ENTRIES]
+    for program in programs:  # with ``subject``: one more than the store keeps
+        sort(program)
+    before = len(recomputed)
+    sort(programs[-1])  # most recently used: kept
+    assert len(recomputed) == before
+    sort(subject)  # least recently used: dropped
+    assert len(recomputed) == before + 1
+    sqlite_store.close()
