@@ -52,6 +52,7 @@ from gateway.store.interfaces import (
     MailboxNotFound,
     MailStore,
     Messages,
+    MessageSummary,
     MessageTooLarge,
     NewMessage,
     SearchTooComplex,
@@ -815,6 +816,32 @@ def test_message_info_returns_existing_uids_ascending_with_ingest_facts(store: S
     assert info.flags == {"\\Answered", "\\Recent"}
     assert info.modseq == store.message_rows(box)[-1].modseq
     assert store.message_info(box, []) == []
+
+
+def test_message_summaries_are_message_info_cut_to_the_stored_items(store: Store) -> None:
+    """The narrow read FETCH's stored items use (issue 19) answers exactly what
+    message_info does for the same UIDs, field for field: existing UIDs ascending, each
+    once, whether the set is a contiguous run or not; an unknown mailbox is refused."""
+    box = inbox(store)
+    add(store, box, 4)
+    raw = make_message(subject="Grüße", body="body\r\n")
+    store.append(box, raw, ["\\Answered", "$Work"])
+    store.store_flags(box, [2], "+", ["\\Seen"])
+    store.clear_recent(box, [3])
+    for uids in ([5, 1, 77, 5, 1], [1, 2, 3, 4, 5], [2, 3], [4, 9, 2], [], [77]):
+        summaries = store.message_summaries(box, uids)
+        assert summaries == [
+            tuple(getattr(i, name) for name in MessageSummary._fields)
+            for i in store.message_info(box, uids)
+        ], uids
+    (last,) = store.message_summaries(box, [5])
+    assert (last.uid, last.flags, last.size) == (5, {"\\Answered", "$Work", "\\Recent"}, len(raw))
+    assert (last.envelope, last.bodystructure) == (
+        analyze(raw).envelope,
+        analyze(raw).bodystructure,
+    )
+    with pytest.raises(MailboxNotFound):
+        store.message_summaries(987654, [1])
 
 
 def test_message_bytes_batch_returns_existing_messages_byte_exact(store: Store) -> None:

@@ -167,6 +167,8 @@ def test_message_info_shows_the_viewers_flags(store: Store) -> None:
     store.store_flags(box, [1], "+", ["\\Seen"], viewer="alice")
     assert "\\Seen" in store.message_info(box, [1], viewer="alice")[0].flags
     assert "\\Seen" not in store.message_info(box, [1], viewer="bob")[0].flags
+    assert "\\Seen" in store.message_summaries(box, [1], viewer="alice")[0].flags
+    assert "\\Seen" not in store.message_summaries(box, [1], viewer="bob")[0].flags
 
 
 def test_expunged_rows_take_their_private_flags_along(store: Store) -> None:

@@ -62,6 +62,7 @@ from gateway.store.interfaces import (
     MailboxNotFound,
     MessageInfo,
     MessageRow,
+    MessageSummary,
     NewMessage,
     SelectionSummary,
     Store,
@@ -333,6 +334,11 @@ class UserStore:
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
     ) -> list[MessageInfo]:
         return self.base.message_info(self._id(mailbox_id), uids, viewer=self._viewer(viewer))
+
+    def message_summaries(
+        self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
+    ) -> list[MessageSummary]:
+        return self.base.message_summaries(self._id(mailbox_id), uids, viewer=self._viewer(viewer))
 
     def append(
         self,

@@ -98,6 +98,7 @@ from gateway.store.records import (
     MailboxCounts,
     MessageInfo,
     MessageRow,
+    MessageSummary,
     NewMessage,
     SelectionSummary,
     StoreResult,
@@ -128,6 +129,7 @@ __all__ = [
     "Mailboxes",
     "MessageInfo",
     "MessageRow",
+    "MessageSummary",
     "MessageTooLarge",
     "Messages",
     "NewMessage",
@@ -324,6 +326,12 @@ class Messages(Protocol):
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
     ) -> list[MessageInfo]:
         """Rows for those UIDs that still exist, ascending UID."""
+
+    def message_summaries(
+        self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
+    ) -> list[MessageSummary]:
+        """What :meth:`message_info` gives for the same UIDs, cut to
+        :class:`MessageSummary`'s fields: the narrow read of FETCH's stored items."""
 
     def message_bytes(self, mailbox_id: int, uid: int) -> bytes:
         """The message exactly as received. Raises KeyError if expunged."""

@@ -29,6 +29,7 @@ from gateway.store.interfaces import (
     MailboxCounts,
     MessageInfo,
     MessageRow,
+    MessageSummary,
     NewMessage,
     SelectionSummary,
     StoreResult,
@@ -112,6 +113,30 @@ class MemoryMessages(MemoryBase):
                     parts=m.analysis.parts,
                     savedate=datetime.datetime.fromtimestamp(row.savedate, datetime.UTC),
                     emailid=email_id(m.digest),
+                )
+            )
+        return out
+
+    def message_summaries(
+        self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
+    ) -> list[MessageSummary]:
+        box = self._box(mailbox_id)
+        seen_by = box.seen_by(viewer)
+        out = []
+        for uid in sorted(set(uids)):
+            row = box.rows.get(uid)
+            if row is None:
+                continue
+            row = row.as_seen_by(seen_by)
+            m = row.message
+            out.append(
+                MessageSummary(
+                    uid=uid,
+                    flags=row.view(),
+                    modseq=row.modseq,
+                    size=len(m.raw),
+                    envelope=m.analysis.envelope,
+                    bodystructure=m.analysis.bodystructure,
                 )
             )
         return out

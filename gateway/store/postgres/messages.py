@@ -22,6 +22,7 @@ from gateway.store.interfaces import (
     MailboxCounts,
     MessageInfo,
     MessageRow,
+    MessageSummary,
     SelectionSummary,
 )
 from gateway.store.objectid import email_id
@@ -149,14 +150,10 @@ class PGMessages(PGRows, MessageSteps):
     def message_info(
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
     ) -> list[MessageInfo]:
-        wanted = sorted(set(uid_array(uids)))
         with self._read() as cur:
             self._require(cur, mailbox_id)
             source, source_params = self._source(cur, mailbox_id, viewer)
-            if wanted and wanted[-1] - wanted[0] + 1 == len(wanted):
-                where, params = "mm.uid BETWEEN %s AND %s", [wanted[0], wanted[-1]]
-            else:
-                where, params = "mm.uid = ANY(%s::bigint[])", [wanted]
+            where, params = _uid_range(uids)
             cur.execute(
                 "SELECT mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.internaldate,"
                 " m.internaldate_tz, m.envelope, m.bodystructure, m.body, m.parts,"
@@ -195,6 +192,29 @@ class PGMessages(PGRows, MessageSteps):
                 saved,
                 digest,
             ) in rows
+        ]
+
+    def message_summaries(
+        self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
+    ) -> list[MessageSummary]:
+        with self._read() as cur:
+            self._require(cur, mailbox_id)
+            source, source_params = self._source(cur, mailbox_id, viewer)
+            where, params = _uid_range(uids)
+            cur.execute(
+                "SELECT mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.envelope,"
+                f" m.bodystructure FROM {source} mm JOIN message m ON m.id = mm.message_id"
+                f" WHERE mm.mailbox_id = %s AND {where} ORDER BY mm.uid",
+                (*source_params, mailbox_id, *params),
+            )
+            rows = cur.fetchall()
+        flags, new = self._flags, tuple.__new__
+        return [
+            new(
+                MessageSummary,
+                (uid, flags(text, recent), modseq, size, bytes(envelope), bytes(structure)),
+            )
+            for uid, text, recent, modseq, size, envelope, structure in rows
         ]
 
     def message_bytes(self, mailbox_id: int, uid: int) -> bytes:
@@ -247,3 +267,11 @@ class PGMessages(PGRows, MessageSteps):
                 " AND uid = ANY(%s::bigint[])",
                 (mailbox_id, uid_array(uids)),
             )
+
+
+def _uid_range(uids: Sequence[int]) -> tuple[str, list]:
+    """The WHERE term (on ``mm.uid``) and its parameters for a set of UIDs."""
+    wanted = sorted(set(uid_array(uids)))
+    if wanted and wanted[-1] - wanted[0] + 1 == len(wanted):
+        return "mm.uid BETWEEN %s AND %s", [wanted[0], wanted[-1]]
+    return "mm.uid = ANY(%s::bigint[])", [wanted]
