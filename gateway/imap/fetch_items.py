@@ -22,7 +22,7 @@ from gateway.imap.view import flag_list
 from gateway.message.binary import binary_section
 from gateway.message.preview import preview
 from gateway.message.sections import section
-from gateway.store.interfaces import MessageInfo
+from gateway.store.interfaces import MessageInfo, MessageSummary
 
 # Item codes of a compiled plan (small ints: the per-message loop compares them).
 FLAGS = 0
@@ -115,33 +115,46 @@ class FetchPlan:
     one bytes format, filled by :attr:`picks` from ``(seq, FLAGS item, modseq, *info)``;
     None otherwise."""
     picks: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None
+    summary_picks: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None
+    """For a plan of the items a :class:`MessageSummary` holds (not BODY): fills
+    :attr:`template` from ``(seq, FLAGS item, *summary)`` (gateway.imap.fetch_stored)."""
 
 
-_VALUES_HEAD = 3  # seq, FLAGS item, modseq come before the MessageInfo fields
-
-_TEMPLATE_ITEMS: dict[int, tuple[bytes, int]] = {
-    FLAGS: (b"%s", 1),
-    MODSEQ: (b"MODSEQ (%d)", 2),
-    UID: (b"UID %d", _VALUES_HEAD + MessageInfo._fields.index("uid")),
-    RFC822_SIZE: (b"RFC822.SIZE %d", _VALUES_HEAD + MessageInfo._fields.index("size")),
-    ENVELOPE: (b"ENVELOPE %s", _VALUES_HEAD + MessageInfo._fields.index("envelope")),
-    BODYSTRUCTURE: (
-        b"BODYSTRUCTURE %s",
-        _VALUES_HEAD + MessageInfo._fields.index("bodystructure"),
-    ),
-    BODY: (b"BODY %s", _VALUES_HEAD + MessageInfo._fields.index("body")),
+_TEMPLATE_ITEMS: dict[int, tuple[bytes, str | None]] = {
+    FLAGS: (b"%s", None),
+    MODSEQ: (b"MODSEQ (%d)", "modseq"),
+    UID: (b"UID %d", "uid"),
+    RFC822_SIZE: (b"RFC822.SIZE %d", "size"),
+    ENVELOPE: (b"ENVELOPE %s", "envelope"),
+    BODYSTRUCTURE: (b"BODYSTRUCTURE %s", "bodystructure"),
+    BODY: (b"BODY %s", "body"),
 }
-"""Items whose wire form is a stored value in a fixed frame: a plan of only these is
-rendered by one ``%`` format per message (the FETCH 1:* of a client's first sync: about
-three times faster than the general item loop, issue 19)."""
+"""Items whose wire form is a stored value in a fixed frame (the field holding it): a plan
+of only these is rendered by one ``%`` format per message (the FETCH 1:* of a client's
+first sync: about three times faster than the general item loop, issue 19)."""
 
 
-def _template(steps: Sequence[tuple[int, Section | None]]) -> tuple[bytes | None, Any]:
+def _info_index(field: str | None) -> int:
+    """Where ``field`` sits in ``(seq, FLAGS item, modseq, *info)`` (:func:`render`)."""
+    if field is None:
+        return 1
+    return 2 if field == "modseq" else 3 + MessageInfo._fields.index(field)
+
+
+def _template(steps: Sequence[tuple[int, Section | None]]) -> tuple[bytes | None, Any, Any]:
+    """The plan's one-format template, its picks from a :class:`MessageInfo`'s values
+    and, if every item is in a :class:`MessageSummary`, its picks from a summary's."""
     if not steps or any(code not in _TEMPLATE_ITEMS for code, _ in steps):
-        return None, None
+        return None, None, None
     forms = [_TEMPLATE_ITEMS[code] for code, _ in steps]
     template = b"* %d FETCH (" + b" ".join(form for form, _ in forms) + b")\r\n"
-    return template, operator.itemgetter(0, *(index for _, index in forms))
+    picks = operator.itemgetter(0, *(_info_index(field) for _, field in forms))
+    if any(field is not None and field not in MessageSummary._fields for _, field in forms):
+        return template, picks, None
+    summary = operator.itemgetter(
+        0, *(1 if field is None else 2 + MessageSummary._fields.index(field) for _, field in forms)
+    )
+    return template, picks, summary
 
 
 def compile_plan(items: Iterable[FetchItem], uid_mode: bool, with_modseq: bool) -> FetchPlan:
@@ -218,7 +231,7 @@ def compile_plan(items: Iterable[FetchItem], uid_mode: bool, with_modseq: bool) 
         codes.add(MODSEQ)
         steps.append((MODSEQ, None))
     sections = [s for code, s in steps if code == SECTION and s is not None]
-    template, picks = _template(steps)
+    template, picks, summary_picks = _template(steps)
     return FetchPlan(
         steps=tuple(steps),
         needs_bytes=bool(sections) or PREVIEW in codes,
@@ -228,6 +241,7 @@ def compile_plan(items: Iterable[FetchItem], uid_mode: bool, with_modseq: bool) 
         has_modseq=MODSEQ in codes,
         template=template,
         picks=picks,
+        summary_picks=summary_picks,
     )
 
 

@@ -21,7 +21,8 @@ from gateway.imap import catenate, contexts, fetch_items, wire
 from gateway.imap.capabilities import QRESYNC
 from gateway.imap.command import Append, Copy, Fetch, FetchAttr, Simple, UidExpunge
 from gateway.imap.command import Store as StoreCmd
-from gateway.imap.handler import BadCommand, Handler, Refused, ok
+from gateway.imap.fetch_stored import fetch_stored
+from gateway.imap.handler import BadCommand, Handler, Refused, Reply, ok
 from gateway.imap.spool import BARE_LF, Spooled, crlf_spooled
 from gateway.imap.view import expunge_responses
 from gateway.message.binary import UnknownCte
@@ -186,6 +187,9 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
             if gone:
                 yield b"* VANISHED (EARLIER) " + wire.sequence_set_text(gone) + b"\r\n"
 
+    if plan.summary_picks is not None:  # stored items only (issue 19)
+        missing = yield from fetch_stored(store, view, plan, uids, changedsince, INFO_BATCH)
+        return _fetched(missing, cmd.uid)
     set_seen = plan.sets_seen and not view.readonly
     wants_thread = any(code == fetch_items.THREADID for code, _sec in plan.steps)
     seq_of = view.seq_of
@@ -277,7 +281,12 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
                 size = 0
     if out:
         yield b"".join(out)
-    if missing and not cmd.uid:
+    return _fetched(missing, cmd.uid)
+
+
+def _fetched(missing: bool, uid_mode: bool) -> Reply:
+    """FETCH's tagged reply once the data that exists was sent."""
+    if missing and not uid_mode:
         # RFC 3501 §7.4.1 leaves this to the server. The data that exists was sent, so
         # OK with RFC 5530's code (as Dovecot does) rather than a NO that would make
         # clients discard it.

@@ -1,0 +1,107 @@
+"""FETCH of stored items only: the narrow store read and one bytes format per message.
+
+A client's first sync asks ``FETCH 1:* (FLAGS UID RFC822.SIZE ENVELOPE BODYSTRUCTURE)``
+(RFC 3501 §6.4.5) of the whole mailbox. Every item of it is a stored value in a fixed
+frame (ENVELOPE and BODYSTRUCTURE are kept as their wire forms since ingest), so a plan
+of such items only (:attr:`FetchPlan.summary_picks <gateway.imap.fetch_items.FetchPlan>`)
+needs no message bytes, sets no flag and implies no other item. Its messages come from
+:meth:`~gateway.store.interfaces.Messages.message_summaries` (no dates, EMAILID, BODY
+form or part map read or built per message), sequence numbers come from the view a
+batch at a time, each distinct flag set's ``FLAGS (...)`` is formatted once per command,
+and each response is one ``%`` format (issue 19).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from typing import TYPE_CHECKING
+
+from gateway.core.flags import RECENT
+from gateway.imap.fetch_items import FetchPlan, flags_item
+from gateway.store.interfaces import MessageSummary
+
+if TYPE_CHECKING:
+    from gateway.imap.handler import SelectedView
+    from gateway.store.interfaces import Store
+
+_RECENT = frozenset({RECENT})
+
+
+def fetch_stored(
+    store: Store,
+    view: SelectedView,
+    plan: FetchPlan,
+    uids: Sequence[int],
+    changedsince: int | None,
+    batch_size: int,
+) -> Generator[bytes, None, bool]:
+    """Yield the ``* n FETCH`` responses of ``uids`` (ascending, in the view) for a plan
+    of stored items only, one chunk per ``batch_size`` UIDs read from the store; return
+    whether some of them no longer exist there (expunged by another session: the
+    caller's EXPUNGEISSUED). With ``changedsince`` only messages changed after it are
+    reported (RFC 7162 §3.1.4.1)."""
+    template, picks = plan.template, plan.summary_picks
+    assert template is not None and picks is not None
+    mailbox_id = view.mailbox.id
+    has_flags = plan.has_flags
+    # Stored flag set -> its FLAGS item as shown. A message this session does not show
+    # as \Recent shows its stored flags without \Recent (RFC 3501 §2.3.2: the bit
+    # belongs to the session that was told of it), whatever its UID.
+    items: dict[frozenset[str], bytes] = {}
+    get = items.get
+    recent = set(view.recent)
+    missing = False
+    for start in range(0, len(uids), batch_size):
+        batch = uids[start : start + batch_size]
+        rows = store.message_summaries(mailbox_id, batch)
+        if len(rows) != len(batch):
+            missing = True
+        if changedsince is not None:
+            rows = [row for row in rows if row.modseq > changedsince]
+        if not rows:
+            continue
+        seqs = _sequence_numbers(view, rows)
+        if not has_flags:
+            lines = [
+                template % picks((seq, b"", *row)) for seq, row in zip(seqs, rows, strict=True)
+            ]
+        else:
+            lines = []
+            append = lines.append
+            for seq, row in zip(seqs, rows, strict=True):
+                flags = row[1]
+                if recent and row[0] in recent:
+                    item = flags_item(view.shown_flags(row[0], flags))
+                else:
+                    item = get(flags)
+                    if item is None:
+                        item = items[flags] = flags_item(
+                            flags - _RECENT if RECENT in flags else flags
+                        )
+                append(template % picks((seq, item, *row)))
+            _note_changes(view, rows)
+        yield b"".join(lines)
+    return missing
+
+
+def _sequence_numbers(view: SelectedView, rows: list[MessageSummary]) -> Sequence[int]:
+    """Sequence numbers of ``rows`` (ascending UIDs of the view): a range when they are
+    consecutive in the view (``FETCH 1:*``), else one lookup each."""
+    first = view.seq_of(rows[0].uid)
+    last = view.seq_of(rows[-1].uid)
+    if first is not None and last is not None and last - first + 1 == len(rows):
+        return range(first, last + 1)
+    seq_of = view.seq_of
+    seqs = [seq_of(row.uid) for row in rows]
+    if None in seqs:  # pragma: no cover - resolve only returns UIDs of the view
+        raise AssertionError("a fetched UID is not in the view")
+    return seqs  # type: ignore[return-value]
+
+
+def _note_changes(view: SelectedView, rows: list[MessageSummary]) -> None:
+    """Flags newer than the view's HIGHESTMODSEQ were just told to the client: the view
+    remembers them, so the session's catch-up does not repeat them."""
+    top = view.highestmodseq
+    for row in rows:
+        if row.modseq > top:
+            view.note_flags(row.uid, view.shown_flags(row.uid, row.flags), row.modseq)

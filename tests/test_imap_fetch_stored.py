@@ -1,0 +1,189 @@
+"""FETCH of stored items only (gateway.imap.fetch_stored): the same bytes as the general
+item loop of gateway.imap.messages.fetch, whatever the session's \\Recent, the sequence
+set, the store batches, CONDSTORE or a concurrent expunge (issue 19).
+
+Each case runs the command twice on one session: once as compiled, and once with the
+plan's stored-items path taken away (``summary_picks=None``), which sends it through the
+general loop; the untagged data, the tagged reply and what the view remembers of flags it
+told the client must be identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from array import array
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from gateway.imap import fetch_items, messages
+from gateway.imap.command import FetchAttr
+from gateway.imap.fetch_items import FetchPlan
+from gateway.imap.handler import Reply
+from gateway.testing.imapsession import SessionDriver
+
+
+def _message(i: int) -> bytes:
+    return (
+        b"From: Sender %d <s%d@example.org>\r\n"
+        b"To: bob@example.com\r\n"
+        b"Subject: message %d\r\n"
+        b"Date: Mon, 05 Feb 2024 10:11:12 +0100\r\n"
+        b"\r\n"
+        b"Body %d.\r\n" % (i, i, i, i)
+    )
+
+
+FLAG_SETS = [(), ("\\Seen",), ("\\Seen", "$Work"), ("\\Flagged", "\\Answered"), ("$Work",)]
+
+
+@pytest.fixture
+def mailbox(harness: SessionDriver) -> Iterator[SessionDriver]:
+    """Nine messages with a handful of flag sets; messages 4 and 7 expunged, so UIDs and
+    sequence numbers differ."""
+    box = harness.mailbox().id
+    for i in range(9):
+        harness.store.append(box, _message(i), FLAG_SETS[i % len(FLAG_SETS)])
+    harness.store.store_flags(box, [4, 7], "+", ["\\Deleted"])
+    harness.store.expunge(box)
+    yield harness
+
+
+def _general(plan: FetchPlan) -> FetchPlan:
+    return dataclasses.replace(plan, summary_picks=None)
+
+
+def _both_ways(
+    harness: SessionDriver, monkeypatch: pytest.MonkeyPatch, line: bytes
+) -> tuple[tuple[bytes, Reply, dict[int, int]], tuple[bytes, Reply, dict[int, int]]]:
+    """(stored path, general loop): output, reply and the view's reported changes, each
+    from the same view state."""
+    view = harness.session.selected
+    assert view is not None
+    reported = dict(view.reported)
+    compiled: list[FetchPlan] = []
+    compile_plan = fetch_items.compile_plan
+
+    def recording(*args: Any, **kwargs: Any) -> FetchPlan:
+        plan = compile_plan(*args, **kwargs)
+        compiled.append(plan)
+        return plan
+
+    monkeypatch.setattr(fetch_items, "compile_plan", recording)
+    out, reply = harness.call(line)
+    fast = (out, reply, dict(view.reported))
+    assert compiled[-1].summary_picks is not None, "the stored path was not taken"
+    view.reported = dict(reported)
+    monkeypatch.setattr(
+        fetch_items, "compile_plan", lambda *a, **k: _general(compile_plan(*a, **k))
+    )
+    out, reply = harness.call(line)
+    general = (out, reply, dict(view.reported))
+    monkeypatch.setattr(fetch_items, "compile_plan", compile_plan)
+    return fast, general
+
+
+COMMANDS = [
+    b"a FETCH 1:* (FLAGS UID RFC822.SIZE ENVELOPE BODYSTRUCTURE)",
+    b"a FETCH 1:* (BODYSTRUCTURE ENVELOPE RFC822.SIZE FLAGS)",
+    b"a FETCH 2,4,6:* (UID FLAGS)",
+    b"a UID FETCH 3,5:8 (ENVELOPE)",
+    b"a FETCH 1:* (RFC822.SIZE MODSEQ)",
+    b"a UID FETCH 1:* (FLAGS MODSEQ RFC822.SIZE)",
+    b"a FETCH 5 (FLAGS)",
+]
+
+
+@pytest.mark.parametrize("line", COMMANDS)
+@pytest.mark.parametrize("batch", [2, 500])
+def test_first_session_shows_its_recent_messages_alike(
+    mailbox: SessionDriver, monkeypatch: pytest.MonkeyPatch, line: bytes, batch: int
+) -> None:
+    """The first session to select holds \\Recent for every message (RFC 3501 §2.3.2)."""
+    monkeypatch.setattr(messages, "INFO_BATCH", batch)
+    mailbox.select()
+    assert mailbox.session.selected is not None and mailbox.session.selected.recent
+    fast, general = _both_ways(mailbox, monkeypatch, line)
+    assert fast == general
+    assert b"\\Recent" in fast[0] or b"FLAGS" not in line
+
+
+@pytest.mark.parametrize("line", COMMANDS)
+@pytest.mark.parametrize("batch", [2, 500])
+def test_a_later_session_shows_no_recent_alike(
+    mailbox: SessionDriver, monkeypatch: pytest.MonkeyPatch, line: bytes, batch: int
+) -> None:
+    """Once the first selection has claimed \\Recent, a later session shows none."""
+    monkeypatch.setattr(messages, "INFO_BATCH", batch)
+    mailbox.select()
+    mailbox.select()
+    view = mailbox.session.selected
+    assert view is not None and not view.recent
+    fast, general = _both_ways(mailbox, monkeypatch, line)
+    assert fast == general
+    assert b"\\Recent" not in fast[0]
+
+
+@pytest.mark.parametrize("line", COMMANDS)
+@pytest.mark.parametrize("batch", [2, 500])
+def test_a_view_holding_some_messages_as_recent_shows_exactly_those(
+    mailbox: SessionDriver, monkeypatch: pytest.MonkeyPatch, line: bytes, batch: int
+) -> None:
+    """EXAMINE leaves the store's \\Recent bits set (gateway/imap/selection.py); a view
+    that holds only some of those messages as \\Recent shows \\Recent on exactly them,
+    never on the others, although their stored flags carry it."""
+    monkeypatch.setattr(messages, "INFO_BATCH", batch)
+    mailbox.select(examine=True)
+    view = mailbox.session.selected
+    assert view is not None and len(view.recent) == 7
+    for held in ([], [3, 8]):
+        view.recent = array("I", held)
+        fast, general = _both_ways(mailbox, monkeypatch, line)
+        assert fast == general
+        shown = fast[0].count(b"\\Recent")
+        assert shown == len(held) if b"1:* (FLAGS" in line else shown <= len(held)
+
+
+def test_changes_after_the_views_modseq_are_remembered_alike(
+    mailbox: SessionDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flags changed by another session since this one was last told (RFC 7162 §3.1 /
+    RFC 3501 §7): FETCH shows them, the view notes them for the catch-up, and a
+    CHANGEDSINCE FETCH reports only messages changed after it, with MODSEQ."""
+    mailbox.select()
+    box = mailbox.mailbox().id
+    before = mailbox.mailbox().highestmodseq
+    mailbox.store.store_flags(box, [2, 9], "+", ["$Later"])
+    fast, general = _both_ways(mailbox, monkeypatch, b"a FETCH 1:* (FLAGS UID)")
+    assert fast == general
+    assert set(fast[2]) == {2, 9}
+    fast, general = _both_ways(
+        mailbox, monkeypatch, b"a FETCH 1:* (UID FLAGS) (CHANGEDSINCE %d)" % before
+    )
+    assert fast == general
+    assert fast[0].count(b"FETCH (") == 2 and b"MODSEQ (" in fast[0]
+
+
+@pytest.mark.parametrize("uid", [False, True])
+def test_a_message_expunged_elsewhere_is_left_out_alike(
+    mailbox: SessionDriver, monkeypatch: pytest.MonkeyPatch, uid: bool
+) -> None:
+    """RFC 3501 §7.4.1: the message keeps its sequence number in this view but is gone
+    from the store; FETCH says EXPUNGEISSUED (RFC 5530), UID FETCH just omits it."""
+    monkeypatch.setattr(messages, "INFO_BATCH", 3)
+    mailbox.select()
+    box = mailbox.mailbox().id
+    mailbox.store.store_flags(box, [5], "+", ["\\Deleted"])
+    mailbox.store.expunge(box)
+    line = b"a UID FETCH 1:* (FLAGS ENVELOPE)" if uid else b"a FETCH 1:* (FLAGS ENVELOPE)"
+    fast, general = _both_ways(mailbox, monkeypatch, line)
+    assert fast == general
+    assert fast[1].code == (None if uid else "EXPUNGEISSUED")
+    assert b"UID 5 " not in fast[0] and fast[0].count(b"FETCH (") == 6
+
+
+def test_body_keeps_the_general_path() -> None:
+    """BODY is not in a MessageSummary: such a plan has no stored-items picks."""
+    plan = fetch_items.compile_plan([FetchAttr("FLAGS"), FetchAttr("BODY")], False, False)
+    assert plan.template is not None and plan.summary_picks is None
