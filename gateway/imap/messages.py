@@ -26,7 +26,7 @@ from gateway.imap.handler import BadCommand, Handler, Refused, Reply, ok
 from gateway.imap.spool import BARE_LF, Spooled, crlf_spooled
 from gateway.imap.view import expunge_responses
 from gateway.message.binary import UnknownCte
-from gateway.store.interfaces import MailboxNotFound, MessageInfo, NewMessage
+from gateway.store.interfaces import MailboxNotFound, MessageInfo, MessageSummary, NewMessage
 from gateway.store.objectid import thread_id
 
 if TYPE_CHECKING:
@@ -87,9 +87,13 @@ def _batches(uids: Sequence[int]) -> Iterable[Sequence[int]]:
         yield uids[start : start + INFO_BATCH]
 
 
-def message_infos(session: Session, mailbox_id: int, uids: Sequence[int]) -> Iterable[MessageInfo]:
+def message_infos(
+    session: Session, mailbox_id: int, uids: Sequence[int]
+) -> Iterable[MessageSummary]:
+    """Flags and modseqs of many messages (STORE's untouched ones, SEARCH's MODSEQ), read
+    in batches through the narrow read: no dates or EMAILIDs built per message."""
     for batch in _batches(uids):
-        yield from session.store.message_info(mailbox_id, batch)
+        yield from session.store.message_summaries(mailbox_id, batch)
 
 
 def thread_ids(store: Store, mailbox_id: int, criteria: c.Criteria) -> dict[int, str]:
