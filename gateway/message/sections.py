@@ -6,7 +6,9 @@ part map that :func:`gateway.message.analysis.analyze` stored, and slices the ex
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 
 from gateway.message.fields import scan_fields
 
@@ -58,9 +60,57 @@ def resolve_node(root: list, part: tuple[int, ...]) -> list | None:
     return node
 
 
+_ROOT_OFFSETS = re.compile(r"\[(\d+),(\d+),(\d+),(\d+)[],]")
+"""The start of a compact part map (:func:`gateway.message.structure.part_map`): the
+message's header start and end, body start and end."""
+
+_FIELD_NAME = re.compile(r"[!-9;-~]+")
+"""A field name as RFC 5322 §2.2 allows it (printable ASCII but the colon): what the
+fast path of :func:`_header_fields` can match by pattern, exactly as the field scan does."""
+
+_PLAIN_FIELDS_CACHE = 256
+"""Compiled HEADER.FIELDS patterns kept (clients ask for the same few lists)."""
+
+
+@functools.lru_cache(maxsize=_PLAIN_FIELDS_CACHE)
+def _fields_pattern(names: tuple[str, ...]) -> re.Pattern[bytes] | None:
+    """One pattern matching every wanted field, folded lines included (None: some name is
+    not a plain field name, and only the field scan gives its exact meaning)."""
+    if not names or not all(_FIELD_NAME.fullmatch(n) for n in names):
+        return None
+    alternatives = b"|".join(re.escape(n.encode("ascii")) for n in sorted(set(names)))
+    return re.compile(
+        rb"^(?:" + alternatives + rb")[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*\n?",
+        re.IGNORECASE | re.MULTILINE,
+    )
+
+
 def _header_fields(raw: bytes, message: list, names: tuple[str, ...], keep: bool) -> bytes:
     """HEADER.FIELDS (``keep``) or HEADER.FIELDS.NOT: the original field bytes, folding kept,
-    in order, then the empty line (RFC 3501 §6.4.5)."""
+    in order, then the empty line (RFC 3501 §6.4.5).
+
+    HEADER.FIELDS of plain names (a client's list view: FROM SUBJECT DATE...) is one
+    pattern search over the header instead of a field-by-field scan in Python (~6x less
+    CPU on 25 messages, issue 19). It selects the same bytes as the scan: a field
+    starts a line with the name, optional blanks and the colon, and takes the lines
+    that fold it. ASCII case folding equals the scan's Unicode one for these names, except
+    that the scan also folds ``ß`` to ``SS``; a header holding that byte takes the scan.
+    """
+    if keep:
+        start, end = message[0], message[1]
+        pattern = _fields_pattern(names)
+        if pattern is not None and raw.find(b"\xdf", start, end) < 0:
+            out = [
+                chunk if chunk.endswith(b"\n") else chunk + _CRLF
+                for chunk in pattern.findall(raw[start:end])
+            ]
+            out.append(_CRLF)
+            return b"".join(out)
+    return _scanned_header_fields(raw, message, names, keep)
+
+
+def _scanned_header_fields(raw: bytes, message: list, names: tuple[str, ...], keep: bool) -> bytes:
+    """:func:`_header_fields` by scanning the header field by field (the definition)."""
     wanted = {n.upper() for n in names}
     out: list[bytes] = []
     for f in scan_fields(raw, message[0], message[1]):
@@ -93,12 +143,15 @@ def section(
     exist (no such part; HEADER/TEXT of a part that is not message/rfc822; MIME of the
     whole message) gives b"".
     """
-    root = json.loads(parts)
     kind = kind.upper()
     if not part:
         if kind == "":
             return raw
-        return _message_section(raw, root, kind, fields)
+        # The top level needs only the root's four offsets, the map's first four numbers.
+        head = _ROOT_OFFSETS.match(parts)
+        top = [int(n) for n in head.groups()] if head is not None else json.loads(parts)
+        return _message_section(raw, top, kind, fields)
+    root = json.loads(parts)
     node = resolve_node(root, part)
     if node is None:
         return b""
