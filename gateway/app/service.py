@@ -292,6 +292,7 @@ def build_service(
         spool_dir=prepare_state_dir(os.path.join(cfg.state_dir, "spool")),  # large literals
         directory=authenticator,
         store_runner=store_runner,
+        group_commit=True,  # SQLite: the commands' fsyncs off the reactor
     )
     factory.households.update({name: s.members for name, s in cfg.shared.items()})
     factory.quotas = quotas

@@ -15,6 +15,7 @@ from twisted.internet.protocol import Factory
 from gateway.access.households import Households
 from gateway.access.quota import Quotas
 from gateway.imap.budgets import ByteBudgets
+from gateway.imap.durability import CommitSyncer
 from gateway.imap.policy import (
     IMAPLimits,
     ListenerPolicy,
@@ -28,7 +29,7 @@ from gateway.imap.session import ActivityHook, SentAppendHook
 from gateway.security.auth import Authenticator, UserDirectory
 from gateway.security.connections import ConnectionCounts
 from gateway.security.penalty import AuthPenalty
-from gateway.store.interfaces import Store
+from gateway.store.interfaces import DeferredSync, Store
 from gateway.store.runner import InlineRunner, StoreRunner, runner_for
 
 
@@ -51,7 +52,9 @@ class IMAPServerFactory(ConnectionCounts, Factory):
     ``store_runner`` says where command steps run: for a store that does not run inline
     (PostgreSQL) a :class:`~gateway.store.runner.ThreadRunner` is required, and the
     sessions step their commands on its threads (see :mod:`gateway.imap.server`); the
-    activity hook is then handed back to the reactor thread.
+    activity hook is then handed back to the reactor thread. ``group_commit`` (with an
+    inline store that offers :class:`~gateway.store.interfaces.DeferredSync`, i.e. SQLite)
+    moves the fsync of the commands' commits off the reactor (:mod:`gateway.imap.durability`).
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class IMAPServerFactory(ConnectionCounts, Factory):
         spool_dir: Path | None = None,
         directory: UserDirectory | None = None,
         store_runner: StoreRunner | None = None,
+        group_commit: bool = False,
     ) -> None:
         self.store = store
         if store_runner is None:
@@ -78,6 +82,10 @@ class IMAPServerFactory(ConnectionCounts, Factory):
             inline = getattr(store, "runs_inline", True)
             store_runner = InlineRunner() if inline else runner_for(store)
         self.store_runner: StoreRunner = store_runner
+        self.commit_syncer: CommitSyncer | None = None
+        """Group commit for the sessions' writes (None: each commit syncs inline)."""
+        if group_commit and store_runner.inline and isinstance(store, DeferredSync):
+            self.commit_syncer = CommitSyncer(reactor, store)
         self.activity = activity
         self.session_activity = activity
         """The hook sessions call: ``activity`` itself, or (steps on store threads) a
@@ -119,6 +127,7 @@ class IMAPServerFactory(ConnectionCounts, Factory):
         """Where traces go (``state_dir/trace``); None: no tracing at all."""
         self._changed: set[int] = set()
         self._flush_call: IDelayedCall | None = None
+        self._flush_waits = False  # a flush waits for the syncer
 
     def buildProtocol(self, addr: Any) -> IMAPServerProtocol:
         return IMAPServerProtocol(self)
@@ -131,12 +140,27 @@ class IMAPServerFactory(ConnectionCounts, Factory):
         call, self._flush_call = self._flush_call, None
         if call is not None and call.active():
             call.cancel()
+        if self.commit_syncer is not None:
+            self.commit_syncer.stop()
 
     def _store_changed(self, mailbox_id: int) -> None:
         """The store's listener. Sessions are told on the next reactor turn, not from
-        inside the writer's call stack (which may be another session's command)."""
+        inside the writer's call stack (which may be another session's command), and,
+        with group commit, once the change is on disk."""
         self._changed.add(mailbox_id)
-        if self._flush_call is None:
+        if self._flush_call is None and not self._flush_waits:
+            syncer = self.commit_syncer
+            if syncer is not None and syncer.owed():
+                self._flush_waits = True
+                syncer.wait(syncer.seq).addBoth(self._synced_flush)
+            else:
+                self._flush_call = self.reactor.callLater(0, self._flush_changes)
+
+    def _synced_flush(self, _result: object) -> None:
+        """The changes heard so far are on disk (or the fsync failed, and the waiting
+        writers' connections end): tell the sessions on the next turn."""
+        self._flush_waits = False
+        if self._flush_call is None and self._changed:
             self._flush_call = self.reactor.callLater(0, self._flush_changes)
 
     def access_changed(self) -> None:

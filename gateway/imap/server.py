@@ -58,6 +58,7 @@ from gateway.imap.command import (
     RawLine,
 )
 from gateway.imap.deflate import DeflateError
+from gateway.imap.durability import WaitDurable
 from gateway.imap.framing import CommandParser
 from gateway.imap.handler import (
     BadCommand,
@@ -109,6 +110,12 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, CommandDriver, Protoco
         """The store's thread runner when command steps must leave the reactor thread."""
         self._stepping: object | None = None
         """Token of the batch of steps running on a store thread, if any."""
+        self._syncer = factory.commit_syncer if self._threads is None else None
+        """Group commit (:mod:`gateway.imap.durability`), for an inline store that offers it."""
+        self._step_seq = 0
+        """The syncer's commit count when this batch of steps began (or last waited)."""
+        self._held: Any = None
+        """A step's output (bytes or action) held until its commit is on disk."""
         self._raw_requested = False
         self._raw_line: bytes | None = None
         self._raw_error: ParseError | None = None
@@ -313,6 +320,56 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, CommandDriver, Protoco
                 return
             # A RawLine nobody asked for cannot happen; ignore anything else.
 
+    def _advance(self) -> None:
+        """Step the command; with group commit, inside the store's deferred-sync block
+        (:mod:`gateway.imap.durability`): a commit returns without its fsync, and
+        :meth:`_emit` holds what follows it until the fsync is done."""
+        syncer = self._syncer
+        if syncer is None:
+            super()._advance()
+            return
+        self._step_seq = syncer.seq
+        with syncer.deferring():
+            super()._advance()
+
+    def _emit(self, out: Any) -> None:
+        syncer = self._syncer
+        if syncer is not None and syncer.seq != self._step_seq:
+            # This step committed: it and the command's next steps wait for the disk.
+            seq = self._step_seq = syncer.seq
+            if syncer.owed():
+                waiting = self._waiting = WaitDurable()
+                self._held = out
+                syncer.wait(seq).addCallbacks(
+                    self._durable,
+                    self._durable_failed,
+                    callbackArgs=(waiting,),
+                    errbackArgs=(waiting,),
+                )
+                return
+        super()._emit(out)
+
+    def _durable(self, _result: None, waiting: WaitDurable) -> None:
+        """The fsync covering this command's commit is done: its held output goes out."""
+        if self._waiting is not waiting or self._closing:
+            if not isinstance(self._waiting, WaitDurable):
+                self._held = None
+            return  # the command was dropped (the client hung up) meanwhile
+        self._waiting = None
+        out, self._held = self._held, None
+        super()._emit(out)
+        self._run()
+
+    def _durable_failed(self, _failure: Failure, waiting: WaitDurable) -> None:
+        """The fsync failed: whether the command's change is on disk is unknown, so it
+        gets no tagged response; the connection ends (the syncer logged the error)."""
+        if self._waiting is not waiting or self._closing:
+            return
+        self._held = None
+        self._drop_current()
+        self._write(b"* BYE [UNAVAILABLE] Internal error, please reconnect\r\n")
+        self._close()
+
     def _may_step(self) -> bool:
         """The current command steps once its wait is over (a raw line, an IDLE event;
         a blocking call or a fairness pause resume it themselves), while the transport
@@ -321,7 +378,7 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, CommandDriver, Protoco
             return False  # a batch of steps runs on a store thread; its callback resumes us
         waiting = self._waiting
         if waiting is not None:
-            if isinstance(waiting, RunBlocking | Pause):
+            if isinstance(waiting, RunBlocking | Pause | WaitDurable):
                 return False  # the Deferred's callback (or the next turn) resumes us
             if self._raw_error is not None:
                 error, self._raw_error = self._raw_error, None

@@ -222,11 +222,15 @@ class CommandDriver:
                 self._current = None
                 self._internal_error()
                 return
-            if isinstance(out, bytes):
-                if out:
-                    self._write(out)
-            else:
-                self._perform(out)
+            self._emit(out)
+
+    def _emit(self, out: Any) -> None:
+        """Write what a step yielded, or perform its action (a protocol may hold it)."""
+        if isinstance(out, bytes):
+            if out:
+                self._write(out)
+        else:
+            self._perform(out)
 
     def _command_done(self) -> None:
         """The current command's generator ended: the next command may start."""

@@ -76,6 +76,7 @@ from __future__ import annotations
 import datetime
 from array import array
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -513,6 +514,27 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release the backend's resources; later calls raise StoreError."""
+
+
+@runtime_checkable
+class DeferredSync(Protocol):
+    """An inline backend whose writes can commit now and reach the disk later (group commit).
+
+    Inside :meth:`deferred_sync`, a write commits and is visible at once but returns
+    without waiting for the disk; each such commit advances :attr:`commit_seq`.
+    :meth:`sync_commits`, safe to call from any thread while the reactor goes on, makes
+    every commit made before it started durable. The IMAP server uses it so that a
+    command's fsync waits on a thread, not on the reactor, and its tagged OK goes out
+    only after that (:mod:`gateway.imap.durability`); every write outside the block stays
+    durable when it returns.
+    """
+
+    commit_seq: int
+    """Commits made inside :meth:`deferred_sync` so far."""
+
+    def deferred_sync(self) -> AbstractContextManager[None]: ...
+
+    def sync_commits(self) -> None: ...
 
 
 @runtime_checkable

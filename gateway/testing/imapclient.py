@@ -270,6 +270,7 @@ def running_server(
                 else None
             ),
             store_runner=store_threads,
+            group_commit=True,  # as the service runs it
         )
         if shared:
             factory.households.update(shared)

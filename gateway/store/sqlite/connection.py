@@ -5,11 +5,22 @@ One connection per store, in WAL mode with ``synchronous=FULL``: every write is 
 returns; reads that need several SELECTs take one snapshot (:meth:`SQLiteConnection._read`).
 Listeners hear about a change only after its commit, never from inside a transaction.
 The concern modules (rows, mailboxes, messages, ledger) build on this class.
+
+Group commit (:class:`~gateway.store.interfaces.DeferredSync`): inside
+:meth:`SQLiteConnection.deferred_sync` a write commits with ``synchronous=NORMAL``: its
+WAL frames are written to the file (the OS holds them) but not fsynced, so the commit
+returns in microseconds instead of a disk flush. :meth:`SQLiteConnection.sync_commits`,
+on another thread, fsyncs the WAL file: every frame written before it, and so every
+commit made before it started, is then on disk, which is what ``synchronous=FULL`` would
+have done inside each commit. NORMAL keeps the database consistent across a power loss
+(SQLite syncs the WAL before each checkpoint), so a crash before the fsync loses only
+those last commits, whose writers have not been answered yet.
 """
 
 from __future__ import annotations
 
 import datetime
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -72,6 +83,10 @@ class SQLiteConnection(RowValues):
         self._shared_ids: dict[int, bool] = {}  # mailbox id → owner is shared (ids never reused)
         self._zones: dict[int, datetime.timezone] = {}
         self._provisioned: set[str] = set()  # users whose INBOX exists (ensure_user)
+        self._deferring = 0  # depth of deferred_sync blocks
+        self.commit_seq = 0
+        """Commits made inside :meth:`deferred_sync` so far (not yet known to be on disk
+        until a :meth:`sync_commits` started after them has returned)."""
         self._conn: sqlite3.Connection | None = sqlite3.connect(
             str(self.path), isolation_level=None, check_same_thread=check_same_thread
         )
@@ -164,15 +179,50 @@ class SQLiteConnection(RowValues):
         if conn.in_transaction:
             raise RuntimeError("store write started inside another transaction")
         changed: set[int] = set()
-        conn.execute("BEGIN IMMEDIATE")
+        deferred = self._deferring > 0
+        if deferred:
+            conn.execute("PRAGMA synchronous = NORMAL")  # the fsync is sync_commits'
         try:
-            yield changed
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield changed
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            if deferred:
+                conn.execute("PRAGMA synchronous = FULL")
+        if deferred:
+            self.commit_seq += 1
         self._notify(changed)
+
+    @contextmanager
+    def deferred_sync(self) -> Iterator[None]:
+        """Writes in this block commit without waiting for the disk (module docstring):
+        the caller must see a :meth:`sync_commits` started after them return before it
+        tells anyone outside the process that they are done."""
+        self._deferring += 1
+        try:
+            yield
+        finally:
+            self._deferring -= 1
+
+    def sync_commits(self) -> None:
+        """Make every commit made so far durable: fsync the WAL file (on Linux an fsync
+        of any descriptor flushes the file's data). Touches no SQLite state, so it may
+        run on another thread while this connection goes on serving."""
+        if str(self.path) in ("", ":memory:"):
+            return  # nothing on disk
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:  # no WAL (nothing written since it was checkpointed away)
+            fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:

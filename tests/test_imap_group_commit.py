@@ -1,0 +1,182 @@
+"""Group commit (gateway/imap/durability.py, issue 19): with SQLite, a command's commit
+returns without its fsync, the fsync runs on the syncer's thread while the reactor serves
+everyone else, and nothing the writing command says after its commit (its tagged OK
+above all) leaves before that fsync has returned; one fsync covers every commit made
+before it started; a failed fsync ends the waiting connections without an OK."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from gateway.store.errors import MailboxExists
+from gateway.store.sqlite import SQLiteStore
+from gateway.testing.imapclient import RawClient, ServerHandle, running_server
+
+HELD = 0.5
+"""Seconds a test waits to see that nothing arrives while the fsync is held (a negative
+check: long enough for a reply that was not held to come over loopback)."""
+
+RELEASE_WAIT = 10.0
+"""Seconds to wait for something that must happen (a safety net, not a timing claim)."""
+
+
+class HeldSync:
+    """Replaces the store's ``sync_commits``: each fsync waits until the test releases it
+    (or fails, when told to), and counts."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.real = store.sync_commits
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.calls = 0
+        self.fail = False
+        store.sync_commits = self  # type: ignore[method-assign]
+
+    def __call__(self) -> None:
+        self.calls += 1
+        self.started.set()
+        assert self.release.wait(RELEASE_WAIT), "the test never released the fsync"
+        if self.fail:
+            raise OSError(5, "Input/output error")
+        self.real()
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    with running_server(tmp_path) as handle:
+        yield handle
+
+
+def client(server: ServerHandle) -> RawClient:
+    c = RawClient(server.port)
+    c.login()
+    assert c.command("S", "SELECT INBOX").endswith(b"S OK [READ-WRITE] SELECT completed\r\n")
+    return c
+
+
+def nothing_arrives(c: RawClient) -> bool:
+    c.sock.settimeout(HELD)
+    try:
+        return not c._fill()
+    except TimeoutError:
+        return True
+    finally:
+        c.sock.settimeout(RELEASE_WAIT)
+
+
+def test_the_tagged_ok_waits_for_the_fsync_while_others_are_served(server: ServerHandle) -> None:
+    assert server.factory.commit_syncer is not None  # the service's setting
+    server.append("INBOX", b"Subject: one\r\n\r\nbody\r\n")
+    writer, other = client(server), client(server)  # (the first SELECT claims \Recent)
+    held = HeldSync(server.store)  # type: ignore[arg-type]
+    writer.send(b"W STORE 1 +FLAGS (\\Flagged)\r\n")
+    assert held.started.wait(RELEASE_WAIT)
+    assert nothing_arrives(writer)  # neither the FETCH response nor the OK
+    # The reactor is free: another client's commands (a read of the committed flag
+    # included) are answered while the fsync is still held.
+    assert other.command("N", "NOOP").endswith(b"N OK NOOP completed\r\n")
+    assert b"\\Flagged" in other.command("F", "FETCH 1 FLAGS")
+    held.release.set()
+    reply = writer.read_until_tagged("W")
+    assert reply.startswith(b"* 1 FETCH (FLAGS (\\Flagged \\Recent))\r\n")
+    assert reply.endswith(b"W OK STORE completed\r\n")
+
+
+def test_one_fsync_covers_the_commits_made_while_another_ran(server: ServerHandle) -> None:
+    held = HeldSync(server.store)  # type: ignore[arg-type]
+    first, second, third = client(server), client(server), client(server)
+    first.send(b"A APPEND INBOX {11+}\r\nSubject: 1\r\n\r\n")
+    assert held.started.wait(RELEASE_WAIT)  # the first fsync runs (held)
+    second.send(b"B APPEND INBOX {11+}\r\nSubject: 2\r\n\r\n")
+    third.send(b"C APPEND INBOX {11+}\r\nSubject: 3\r\n\r\n")
+    assert nothing_arrives(third)  # both committed; their OKs wait for the next fsync
+    assert held.calls == 1
+    held.release.set()
+    for c, tag in ((first, "A"), (second, "B"), (third, "C")):
+        assert b"%s OK [APPENDUID " % tag.encode() in c.read_until_tagged(tag)
+    assert held.calls == 2  # one fsync for the two commits made during the first
+    assert server.factory.commit_syncer is not None
+    assert server.factory.commit_syncer.syncs == 2
+
+
+def test_an_idle_push_waits_for_the_fsync(server: ServerHandle) -> None:
+    held = HeldSync(server.store)  # type: ignore[arg-type]
+    idler, writer = client(server), client(server)
+    idler.send(b"I IDLE\r\n")
+    assert idler.read_line() == b"+ idling\r\n"
+    writer.send(b"A APPEND INBOX {11+}\r\nSubject: 1\r\n\r\n")
+    assert held.started.wait(RELEASE_WAIT)
+    assert nothing_arrives(idler)
+    held.release.set()
+    assert idler.read_line() == b"* 1 EXISTS\r\n"
+    assert b"A OK" in writer.read_until_tagged("A")
+
+
+def test_a_failed_fsync_ends_the_waiting_connection_without_an_ok(
+    server: ServerHandle,
+) -> None:
+    server.append("INBOX", b"Subject: one\r\n\r\nbody\r\n")
+    writer, other = client(server), client(server)
+    held = HeldSync(server.store)  # type: ignore[arg-type]
+    held.fail = True
+    writer.send(b"W STORE 1 +FLAGS (\\Flagged)\r\n")
+    assert held.started.wait(RELEASE_WAIT)
+    held.release.set()
+    rest = writer.read_to_eof()
+    assert rest == b"* BYE [UNAVAILABLE] Internal error, please reconnect\r\n"
+    assert b"W OK" not in rest
+    # Others go on (a later write gets its own fsync, which works again).
+    held.fail = False
+    assert other.command("X", "STORE 1 -FLAGS (\\Flagged)").endswith(b"X OK STORE completed\r\n")
+
+
+def test_a_client_gone_while_its_fsync_runs_changes_nothing_for_others(
+    server: ServerHandle,
+) -> None:
+    server.append("INBOX", b"Subject: one\r\n\r\nbody\r\n")
+    writer, other = client(server), client(server)  # (the first SELECT claims \Recent)
+    held = HeldSync(server.store)  # type: ignore[arg-type]
+    writer.send(b"W STORE 1 +FLAGS (\\Seen)\r\n")
+    assert held.started.wait(RELEASE_WAIT)
+    writer.sock.shutdown(socket.SHUT_RDWR)
+    writer.sock.close()
+    held.release.set()
+    assert b"\\Seen" in other.command("F", "FETCH 1 FLAGS")
+
+
+def test_deferred_commits_skip_the_fsync_and_the_rest_stay_full(tmp_path: Path) -> None:
+    """Inside ``deferred_sync`` a commit runs with ``synchronous=NORMAL`` (no fsync) and
+    counts in ``commit_seq``; the connection is back at FULL after it, so every other
+    write (the fetcher's ledger, the CLI) stays durable when it returns."""
+    store = SQLiteStore(tmp_path / "s.sqlite")
+    try:
+        store.ensure_user("alice")
+        statements: list[str] = []
+        store.db.set_trace_callback(statements.append)
+        with store.deferred_sync():
+            store.create_mailbox("alice", "A")
+        assert store.commit_seq == 1
+        assert statements[0] == "PRAGMA synchronous = NORMAL"
+        assert statements[-1] == "PRAGMA synchronous = FULL"
+        statements.clear()
+        store.create_mailbox("alice", "B")
+        assert store.commit_seq == 1
+        assert not any("synchronous" in s for s in statements)
+        assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        with pytest.raises(MailboxExists), store.deferred_sync():
+            store.create_mailbox("alice", "A")  # exists: the write fails
+        assert store.commit_seq == 1
+        assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2
+        store.sync_commits()  # the WAL file exists and can be flushed from here
+    finally:
+        store.close()
+    # Everything committed is in the file for the next opener.
+    conn = sqlite3.connect(tmp_path / "s.sqlite")
+    names = {n for (n,) in conn.execute("SELECT name FROM mailbox")}
+    conn.close()
+    assert {"A", "B"} <= names
