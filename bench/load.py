@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -70,6 +70,14 @@ _LITERAL = re.compile(rb"\{(\d+)\}\r\n$")
 _EXISTS = re.compile(rb"^\* (\d+) EXISTS\r\n$")
 
 
+HISTOGRAM_BOUNDS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+"""Upper bounds (ms) of the latency histogram's buckets; one more bucket takes the rest."""
+
+EXCLUDED_OPS = ("login", "idle")
+"""Not in throughput, the overall percentiles or CPU per operation: a login's time is
+mostly its password check, an IDLE lasts as long as the client chooses."""
+
+
 class ProtocolError(Exception):
     """The server answered something other than OK, or not at all."""
 
@@ -79,6 +87,56 @@ class OpStats:
     count: int = 0
     errors: int = 0
     latencies: list[float] = field(default_factory=list)
+
+
+def histogram(latencies: Sequence[float]) -> dict[str, int]:
+    """Counts of ``latencies`` (seconds) per bucket of :data:`HISTOGRAM_BOUNDS_MS`:
+    ``"<=1"`` ... ``"<=1000"``, then ``">1000"`` (where a tail comes from: a few slow
+    commands of one kind, or every kind waiting behind something)."""
+    labels = [f"<={b}" for b in HISTOGRAM_BOUNDS_MS] + [f">{HISTOGRAM_BOUNDS_MS[-1]}"]
+    counts = dict.fromkeys(labels, 0)
+    for seconds in latencies:
+        ms = seconds * 1000
+        for bound, label in zip(HISTOGRAM_BOUNDS_MS, labels, strict=False):
+            if ms <= bound:
+                counts[label] += 1
+                break
+        else:
+            counts[labels[-1]] += 1
+    return counts
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """CPU time (user + system, with that of reaped children) of these processes, from
+    ``/proc/PID/stat`` (Linux); a process gone meanwhile counts nothing. Reaped children
+    count in their parent: a Dovecot ``imap`` process that ended is in its master's."""
+    total = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / _CLOCK_TICKS
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live children (popgate's password key holder)."""
+    found = [pid]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rfind(")") + 2 :].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
 
 
 @dataclass
@@ -99,6 +157,21 @@ class LoadReport:
     peak_rss_kib: int | None
     """VmHWM of the server process, if its pid was given."""
     error_samples: list[str]
+    histogram_ms: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per operation: how many commands took up to 1, 2, 5 ... 1000 ms, and longer."""
+    server_cpu_s: float | None = None
+    """CPU seconds the server used in the steady window (every client logged in, up to
+    the deadline), when a way to read it was given."""
+    window_ops: int = 0
+    """Operations (login and IDLE excluded) completed in that window."""
+
+    @property
+    def server_cpu_ms_per_op(self) -> float | None:
+        """Server CPU per operation in the steady window: a figure a busy machine changes
+        far less than wall-clock ones (the server's work, not its wait for a CPU)."""
+        if self.server_cpu_s is None or not self.window_ops:
+            return None
+        return self.server_cpu_s * 1000 / self.window_ops
 
     def summary(self) -> str:
         lines = [
@@ -111,6 +184,18 @@ class LoadReport:
             lines.append(
                 f"  {name:14} n={int(row['count']):6d} err={int(row['errors'])} "
                 f"p50={row['p50']:.1f} p95={row['p95']:.1f} p99={row['p99']:.1f}"
+            )
+        if self.histogram_ms:
+            labels = next(iter(self.histogram_ms.values())).keys()
+            lines.append("latency histogram (commands per bucket, ms)")
+            lines.append(f"  {'':14} " + " ".join(f"{label:>6}" for label in labels))
+            for name, counts in sorted(self.histogram_ms.items()):
+                lines.append(f"  {name:14} " + " ".join(f"{n:6d}" for n in counts.values()))
+        per_op = self.server_cpu_ms_per_op
+        if per_op is not None:
+            lines.append(
+                f"server CPU {self.server_cpu_s:.2f} s for {self.window_ops} operations "
+                f"(every client logged in to the deadline): {per_op:.3f} ms per operation"
             )
         if self.peak_rss_kib is not None:
             lines.append(f"server peak RSS {self.peak_rss_kib / 1024:.1f} MiB")
@@ -239,6 +324,48 @@ async def _operation(client: Client, op: str, rng: random.Random) -> None:
         await client.command(b"NOOP")
 
 
+@dataclass
+class _Run:
+    """What the clients of one run share: the figures, and the steady window (from the
+    moment every client is logged in to the deadline) in which server CPU is read."""
+
+    clients: int
+    server_cpu: Callable[[], float] | None
+    stats: dict[str, OpStats] = field(default_factory=dict)
+    samples: list[str] = field(default_factory=list)
+    ready: int = 0
+    completed: int = 0
+    window: tuple[int, float] | None = None
+    """(operations completed, server CPU seconds) when the window opened."""
+    cpu_s: float | None = None
+    window_ops: int = 0
+
+    def record(self, op: str, seconds: float, error: str | None) -> None:
+        row = self.stats.setdefault(op, OpStats())
+        row.count += 1
+        if error is None:
+            row.latencies.append(seconds)
+            if op not in EXCLUDED_OPS:
+                self.completed += 1
+        else:
+            row.errors += 1
+            if len(self.samples) < 10:
+                self.samples.append(error)
+
+    def client_ready(self) -> None:
+        """A client is logged in (or gave up): the window opens with the last one."""
+        self.ready += 1
+        if self.ready == self.clients and self.server_cpu is not None:
+            self.window = (self.completed, self.server_cpu())
+
+    def close_window(self) -> None:
+        if self.window is not None and self.server_cpu is not None:
+            ops, cpu = self.window
+            self.cpu_s = self.server_cpu() - cpu
+            self.window_ops = self.completed - ops
+            self.window = None
+
+
 async def _run_client(
     index: int,
     host: str,
@@ -247,19 +374,20 @@ async def _run_client(
     deadline: float,
     ops: list[str],
     weights: list[float],
-    stats: dict[str, OpStats],
-    samples: list[str],
+    run: _Run,
 ) -> None:
     rng = random.Random(index)
     await asyncio.sleep(rng.random() * CONNECT_SPREAD)
     stage = "connect"
     started = time.monotonic()
+    ready = False
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, limit=1 << 24), COMMAND_TIMEOUT
         )
     except (OSError, TimeoutError) as e:
-        _record(stats, samples, "connect", time.monotonic() - started, f"connect: {e!r}")
+        run.record("connect", time.monotonic() - started, f"connect: {e!r}")
+        run.client_ready()
         return
     client = Client(reader, writer)
     try:
@@ -274,35 +402,26 @@ async def _run_client(
             COMMAND_TIMEOUT,
         )
         await asyncio.wait_for(client.command(b"SELECT INBOX"), COMMAND_TIMEOUT)
-        _record(stats, samples, "login", time.monotonic() - started, None)
+        run.record("login", time.monotonic() - started, None)
+        ready = True
+        run.client_ready()
         while time.monotonic() < deadline:
             stage = rng.choices(ops, weights)[0]
             started = time.monotonic()
             await asyncio.wait_for(_operation(client, stage, rng), COMMAND_TIMEOUT)
-            _record(stats, samples, stage, time.monotonic() - started, None)
+            run.record(stage, time.monotonic() - started, None)
         stage = "logout"
         await asyncio.wait_for(client.command(b"LOGOUT"), COMMAND_TIMEOUT)
     except (ProtocolError, OSError, TimeoutError, asyncio.IncompleteReadError) as e:
-        _record(stats, samples, stage, time.monotonic() - started, f"{stage}: {e!r}"[:300])
+        run.record(stage, time.monotonic() - started, f"{stage}: {e!r}"[:300])
     finally:
+        if not ready:
+            run.client_ready()
         writer.close()
         try:
             await writer.wait_closed()
         except OSError:
             pass
-
-
-def _record(
-    stats: dict[str, OpStats], samples: list[str], op: str, seconds: float, error: str | None
-) -> None:
-    row = stats.setdefault(op, OpStats())
-    row.count += 1
-    if error is None:
-        row.latencies.append(seconds)
-    else:
-        row.errors += 1
-        if len(samples) < 10:
-            samples.append(error)
 
 
 async def _run_all(
@@ -312,14 +431,20 @@ async def _run_all(
     clients: int,
     duration: float,
     mix: dict[str, float],
-) -> tuple[dict[str, OpStats], list[str], float]:
+    server_cpu: Callable[[], float] | None,
+) -> tuple[_Run, float]:
     ops = [k for k, v in mix.items() if v > 0]
     weights = [mix[k] for k in ops]
-    stats: dict[str, OpStats] = {}
-    samples: list[str] = []
+    run = _Run(clients, server_cpu)
     start = time.monotonic()
     deadline = start + CONNECT_SPREAD + duration
+
+    async def window_end() -> None:
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        run.close_window()  # before the clients' LOGOUTs
+
     await asyncio.gather(
+        window_end(),
         *(
             _run_client(
                 i,
@@ -329,13 +454,12 @@ async def _run_all(
                 deadline,
                 ops,
                 weights,
-                stats,
-                samples,
+                run,
             )
             for i in range(clients)
-        )
+        ),
     )
-    return stats, samples, time.monotonic() - start
+    return run, time.monotonic() - start
 
 
 def run_load(
@@ -348,16 +472,28 @@ def run_load(
     *,
     server_pid: int | None = None,
     ports: Sequence[int] = (),
+    server_cpu: Callable[[], float] | None = None,
 ) -> LoadReport:
     """Run the load and report; ``server_pid`` adds the server's peak RSS. With ``ports``
-    (several popgate nodes) client ``i`` connects to ``ports[i % len(ports)]``."""
+    (several popgate nodes) client ``i`` connects to ``ports[i % len(ports)]``.
+    ``server_cpu()`` (cumulative CPU seconds of the server's processes, e.g.
+    ``lambda: cpu_seconds(process_tree(pid))``) adds the server's CPU per operation."""
     if not accounts:
         raise ValueError("need at least one account")
-    stats, samples, elapsed = asyncio.run(
-        _run_all(host, list(ports) or [port], list(accounts), clients, duration, mix or DEFAULT_MIX)
+    run, elapsed = asyncio.run(
+        _run_all(
+            host,
+            list(ports) or [port],
+            list(accounts),
+            clients,
+            duration,
+            mix or DEFAULT_MIX,
+            server_cpu,
+        )
     )
+    stats = run.stats
     every = [x for row in stats.values() for x in row.latencies]
-    work = [x for op, row in stats.items() if op not in ("login", "idle") for x in row.latencies]
+    work = [x for op, row in stats.items() if op not in EXCLUDED_OPS for x in row.latencies]
     measured = max(elapsed - CONNECT_SPREAD, 1e-9)
 
     def pct(values: Sequence[float]) -> dict[str, float]:
@@ -382,7 +518,10 @@ def run_load(
             for op, row in stats.items()
         },
         peak_rss_kib=peak_rss_kib(server_pid) if server_pid else None,
-        error_samples=samples,
+        error_samples=run.samples,
+        histogram_ms={op: histogram(row.latencies) for op, row in stats.items()},
+        server_cpu_s=run.cpu_s,
+        window_ops=run.window_ops,
     )
 
 
@@ -467,7 +606,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int)
     parser.add_argument("--account", action="append", default=[], help="USER:PASSWORD")
-    parser.add_argument("--server-pid", type=int, help="read this process's peak RSS")
+    parser.add_argument(
+        "--server-pid", type=int, help="read this process's peak RSS and CPU (and its children's)"
+    )
     parser.add_argument("--spawn", action="store_true", help="start a popgate with test data")
     parser.add_argument("--messages", type=int, default=500, help="per user, with --spawn")
     parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS)
@@ -483,6 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             gateway.start()
             try:
                 assert gateway.process is not None
+                pid = gateway.process.pid
                 report = run_load(
                     "127.0.0.1",
                     gateway.port,
@@ -490,7 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.clients,
                     args.duration,
                     mix,
-                    server_pid=gateway.process.pid,
+                    server_pid=pid,
+                    server_cpu=lambda: cpu_seconds(process_tree(pid)),
                 )
             finally:
                 gateway.stop()
@@ -506,6 +649,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.duration,
             mix,
             server_pid=args.server_pid,
+            server_cpu=(
+                (lambda: cpu_seconds(process_tree(args.server_pid))) if args.server_pid else None
+            ),
         )
     print(json.dumps(asdict(report), indent=2) if args.json else report.summary())
     return 0 if report.errors == 0 else 1
