@@ -208,6 +208,11 @@ class GatewayMetrics:
             COMMAND_BUCKETS,
             ("command",),
         )
+        self._command_children: dict[tuple[str, str], Any] = {}
+        self._seconds_children: dict[str, Any] = {}
+        """Label children already made: ``labels()`` validates and locks on every call,
+        a dict lookup does not (one of each per IMAP command; the label values are
+        bounded by the command table and the statuses)."""
         self.auth_failures = _counter(
             "popgate_imap_auth_failures_total", "Failed IMAP LOGIN/AUTHENTICATE attempts."
         )
@@ -281,9 +286,17 @@ class GatewayMetrics:
             label = name
         else:
             label = OTHER_COMMAND
-        self.commands.labels(command=label, status=status).inc()
+        counted = self._command_children.get((label, status))
+        if counted is None:
+            counted = self._command_children[label, status] = self.commands.labels(
+                command=label, status=status
+            )
+        counted.inc()
         if label not in UNTIMED_COMMANDS:
-            self.command_seconds.labels(command=label).observe(seconds)
+            timed = self._seconds_children.get(label)
+            if timed is None:
+                timed = self._seconds_children[label] = self.command_seconds.labels(command=label)
+            timed.observe(seconds)
         if code == AUTH_FAILED_CODE:
             self.auth_failures.inc()
 
