@@ -100,12 +100,12 @@ def _header_fields(raw: bytes, message: list, names: tuple[str, ...], keep: bool
         start, end = message[0], message[1]
         pattern = _fields_pattern(names)
         if pattern is not None and raw.find(b"\xdf", start, end) < 0:
-            out = [
-                chunk if chunk.endswith(b"\n") else chunk + _CRLF
-                for chunk in pattern.findall(raw[start:end])
-            ]
-            out.append(_CRLF)
-            return b"".join(out)
+            chunks = pattern.findall(raw[start:end])
+            # Every match ends with its line end but one that runs to the region's end.
+            if chunks and not chunks[-1].endswith(b"\n"):
+                chunks.append(_CRLF)
+            chunks.append(_CRLF)
+            return b"".join(chunks)
     return _scanned_header_fields(raw, message, names, keep)
 
 
