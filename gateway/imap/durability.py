@@ -96,6 +96,11 @@ class CommitSyncer:
             self._sync()
         return waiter
 
+    def start(self) -> None:
+        """Run fsyncs on the thread again (the factory started; the thread itself starts
+        with the first fsync)."""
+        self._stopped = False
+
     def stop(self) -> None:
         """Stop the thread (after the fsync in progress, if any); later fsyncs run inline."""
         self._stopped = True

@@ -134,6 +134,8 @@ class IMAPServerFactory(ConnectionCounts, Factory):
 
     def startFactory(self) -> None:
         self.store.add_listener(self._store_changed)
+        if self.commit_syncer is not None:
+            self.commit_syncer.start()
 
     def stopFactory(self) -> None:
         self.store.remove_listener(self._store_changed)
