@@ -208,12 +208,17 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, CommandDriver, Protoco
     def _new_parser(self) -> CommandParser:
         parser = self.factory.limits.new_parser(
             spool=self._budget.open_spool,
-            literal_gate=lambda size: self._budget.reserve(self.session.user, size),
+            literal_gate=self._reserve_literal,
         )
         self.factory.limits.apply_state(parser, self.session.user is not None)
         if self._trace is not None:
             parser.tap = self._trace.client.tap
         return parser
+
+    def _reserve_literal(self, size: int) -> str | None:
+        """The parser's literal gate: APPEND bytes in flight (gateway.imap.budgets); a
+        bound method, not a closure per connection (issue 19)."""
+        return self._budget.reserve(self.session.user, size)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:

@@ -80,6 +80,10 @@ from gateway.store.interfaces import (
 
 log = structlog.get_logger(__name__)
 
+NOTHING_ENABLED: frozenset[str] = frozenset()
+"""A fresh session's enabled capabilities (one object for all: ``frozenset()`` makes a
+new 216-byte set each time)."""
+
 ActivityHook = Callable[[str, str], None]
 """Told (user, mailbox name) when a client looks at a mailbox (states.ACTIVITY_COMMANDS)."""
 
@@ -154,8 +158,8 @@ class IMAPSession:
         self.state = State.NOT_AUTHENTICATED
         self.user: str | None = None
         self.selected: View | None = None
-        self._enabled: frozenset[str] = frozenset()
-        """Replaced, never changed in place: the empty one is shared (issue 19)."""
+        self._enabled: frozenset[str] = NOTHING_ENABLED
+        """Replaced, never changed in place, so the empty one is shared (issue 19)."""
         self.compress_active = False
         self.last_reply: Reply | None = None
         """The tagged reply of the last command run (None when it ended the connection
