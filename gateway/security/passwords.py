@@ -90,8 +90,8 @@ def return_scrypt_memory() -> bool:
     gateway's two threads: 32 MiB, a sixth of the budget). A fixed threshold of
     :data:`RETURNED_BLOCK_SIZE` maps and unmaps it every time (a few hundred µs of page
     faults per ~30 ms check) and leaves smaller blocks (messages, buffers) as they were.
-    Process-wide and idempotent; done when this module is first imported, before the
-    first hash below.
+    Process-wide and idempotent; done when this module is first imported, before any
+    check.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -102,6 +102,9 @@ def return_scrypt_memory() -> bool:
 
 return_scrypt_memory()
 
-# A hash of a random password, checked when the user does not exist, so that an unknown
-# user costs the same time as a wrong password (no user enumeration by timing).
-DUMMY_HASH = hash_password(os.urandom(16))
+DUMMY_HASH = f"{SCHEME}${N}${R}${P}${_b64(bytes(SALT_BYTES))}${_b64(bytes(HASH_BYTES))}"
+"""Checked when the user does not exist, so that an unknown user costs the same scrypt
+run as a wrong password (no user enumeration by timing); its answer is ignored. Only its
+parameters matter, so it is a constant: hashing a random password here cost every
+process start (the gateway's, each CLI command's) one scrypt run, ~0.1 s (issue 19,
+start-up)."""
