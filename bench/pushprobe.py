@@ -15,7 +15,8 @@ the bench process compares its herd's timestamps with the same start.
 Run as ``python -m bench.pushprobe PORT`` with a JSON object on stdin's first line
 (``{"users": [[user, password, source address], ...], "per_user": n}``); it connects
 ``per_user`` IDLE probes per user (LOGIN, SELECT INBOX, IDLE) and one APPEND connection
-per user, prints ``ready``, then for each line ``push USER`` APPENDs one message to that
+per user, prints ``{"ready": true, "login": [...]}`` (the seconds each APPEND connection
+took to connect and log in, which the bench's clock used to include), then for each line ``push USER`` APPENDs one message to that
 user's INBOX and prints one JSON line: ``sent`` (perf_counter at the send), ``ok`` (the
 APPEND's tagged OK), ``seen`` (each probe's readiness time; NaN when none came within
 :data:`PUSH_WAIT`).
@@ -112,10 +113,13 @@ def main() -> int:
     per_user = int(spec["per_user"])
     probes: dict[str, list[socket.socket]] = {}
     appenders: dict[str, socket.socket] = {}
+    logins: list[float] = []
     for user, password, source in spec["users"]:
         probes[user] = [_session(port, user, password, source, idle=True) for _ in range(per_user)]
+        started = time.perf_counter()
         appenders[user] = _session(port, user, password, source, idle=False)
-    print("ready", flush=True)
+        logins.append(time.perf_counter() - started)
+    print(json.dumps({"ready": True, "login": logins}), flush=True)
     number = 0
     for line in sys.stdin:
         words = line.split()

@@ -299,8 +299,9 @@ class Herd:
         try:
             probe.stdin.write(json.dumps(spec).encode() + b"\n")
             ready = await asyncio.wait_for(probe.stdout.readline(), WAVE_TIMEOUT)
-            if ready.strip() != b"ready":
+            if not ready.startswith(b'{"ready": true'):
                 raise RuntimeError(f"push probe: {ready!r}")
+            pushes.logins = json.loads(ready)["login"]
             lagging = self.loop.create_task(loop_lag())
             for user in users:
                 devices = [
@@ -353,6 +354,9 @@ class Pushes:
     herd_lag: list[float] = field(default_factory=list)
     """The herd loop's worst lateness of a 1 ms timer during each push."""
     missed: int = 0
+    logins: list[float] = field(default_factory=list)
+    """Seconds the probe's APPEND connections took to connect and LOGIN (the bench's
+    clock used to start before that)."""
 
 
 def _rss_in_all(server: GatewayServer) -> float:
@@ -413,7 +417,8 @@ def _shape(bench: Bench, name: str, devices: int, users: int) -> dict[str, objec
             f"storm {name}: push p50/p99: probes {_ms(pushes.probe, 0.5)}/"
             f"{_ms(pushes.probe, 0.99)} ms ({pushes.missed} missed), herd "
             f"{_ms(pushes.herd, 0.5)}/{_ms(pushes.herd, 0.99)} ms, APPEND OK "
-            f"{_ms(pushes.appended, 0.5)} ms, herd loop lag max {_ms(pushes.herd_lag, 1.0)} ms"
+            f"{_ms(pushes.appended, 0.5)} ms, herd loop lag max {_ms(pushes.herd_lag, 1.0)} ms, "
+            f"connect+LOGIN p50/max {_ms(pushes.logins, 0.5)}/{_ms(pushes.logins, 1.0)} ms"
         )
         herd.close_all()
         server.stop()
@@ -504,5 +509,7 @@ def storm(bench: Bench) -> None:
                 f" {_ms(pushes.probe, 0.5)} ms; APPEND's OK p50 {_ms(pushes.appended, 0.5)} ms;"
                 f" as the herd's devices saw it (one asyncio loop of {devices}) p50"
                 f" {_ms(pushes.herd, 0.5)} / p99 {_ms(pushes.herd, 0.99)} ms, that loop"
-                f" {_ms(pushes.herd_lag, 1.0)} ms late at worst during a push",
+                f" {_ms(pushes.herd_lag, 1.0)} ms late at worst during a push; a fresh"
+                f" connection's connect+LOGIN (inside the clock before) p50"
+                f" {_ms(pushes.logins, 0.5)} ms",
             )
