@@ -30,8 +30,10 @@ too) is read before and after each wave.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
+import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -39,7 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.imapwire import IMAPConnection
 from bench.popgate import GatewayServer
 from bench.report import Target, percentile
 from gateway.security.passwords import hash_password
@@ -68,6 +69,9 @@ PUSH_USERS = 10
 
 PUSH_WAIT = 10.0
 """Seconds to wait for every device of a user to see its push."""
+
+PROBES_PER_USER = 20
+"""IDLE connections of :mod:`bench.pushprobe` per push user (besides the herd's 500)."""
 
 TARGET_SECONDS = 30.0
 """Issue 19: all devices IDLE again within 30 s of the restart."""
@@ -257,43 +261,102 @@ class Herd:
             # greeted as the timeout fired (a busy loop runs both at once): carry on
         await asyncio.wait_for(device.idle, max(0.0, timeout))
 
-    def push_delays(self, passwords: dict[str, str]) -> list[float]:
-        """APPEND one message to each of :data:`PUSH_USERS` users, one after another; the
-        seconds from the APPEND's send to each of that user's IDLE devices seeing EXISTS."""
+    def push_delays(self, passwords: dict[str, str]) -> Pushes:
+        """APPEND one message to each of :data:`PUSH_USERS` users, one after another,
+        from :mod:`bench.pushprobe` (a process of its own, with :data:`PROBES_PER_USER`
+        IDLE probes per user besides the herd's devices); the delays as the probes and
+        as the herd's devices saw them, from the same start (the APPEND's send)."""
         return self.loop.run_until_complete(self._push_delays(passwords))
 
-    async def _push_delays(self, passwords: dict[str, str]) -> list[float]:
-        delays: list[float] = []
-        users = list(dict.fromkeys(user for user, _pw, _n in self.plan))[:PUSH_USERS]
-        for user in users:
-            devices = [
-                d
-                for d, (owner, _pw, _n) in zip(self.devices, self.plan, strict=True)
-                if owner == user and d is not None and d.state == "idle"
-            ]
-            seen = [len(d.pushes) for d in devices]
-            message = b"From: a@example.org\r\nSubject: push\r\n\r\nhello\r\n"
-            sent = time.perf_counter()
-            append = self.loop.run_in_executor(
-                None, _append, self.port, user, passwords[user], message
-            )
-            deadline = sent + PUSH_WAIT
-            while time.perf_counter() < deadline and any(
-                len(d.pushes) == n for d, n in zip(devices, seen, strict=True)
-            ):
-                await asyncio.sleep(0.005)
-            await append
-            delays += [
-                d.pushes[n] - sent for d, n in zip(devices, seen, strict=True) if len(d.pushes) > n
-            ]
-        return delays
+    async def _push_delays(self, passwords: dict[str, str]) -> Pushes:
+        pushes = Pushes()
+        numbers = {user: number for user, _pw, number in self.plan}
+        users = list(numbers)[:PUSH_USERS]
+        spec = {
+            "users": [[u, passwords[u], source_address(numbers[u])] for u in users],
+            "per_user": PROBES_PER_USER,
+        }
+        probe = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.pushprobe",
+            str(self.port),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        assert probe.stdin is not None and probe.stdout is not None
+        lags: list[float] = []
+        watching = True
+
+        async def loop_lag() -> None:
+            """How late this loop runs a 1 ms timer: the herd's own reading latency."""
+            while watching:
+                due = time.perf_counter() + 0.001
+                await asyncio.sleep(0.001)
+                lags.append(time.perf_counter() - due)
+
+        try:
+            probe.stdin.write(json.dumps(spec).encode() + b"\n")
+            ready = await asyncio.wait_for(probe.stdout.readline(), WAVE_TIMEOUT)
+            if not ready.startswith(b'{"ready": true'):
+                raise RuntimeError(f"push probe: {ready!r}")
+            pushes.logins = json.loads(ready)["login"]
+            lagging = self.loop.create_task(loop_lag())
+            for user in users:
+                devices = [
+                    d
+                    for d, (owner, _pw, _n) in zip(self.devices, self.plan, strict=True)
+                    if owner == user and d is not None and d.state == "idle"
+                ]
+                seen = [len(d.pushes) for d in devices]
+                await asyncio.sleep(0.2)  # the previous push is over everywhere
+                lags.clear()
+                probe.stdin.write(f"push {user}\n".encode())
+                result = json.loads(await probe.stdout.readline())
+                deadline = time.perf_counter() + PUSH_WAIT
+                while time.perf_counter() < deadline and any(
+                    len(d.pushes) == n for d, n in zip(devices, seen, strict=True)
+                ):
+                    await asyncio.sleep(0.005)
+                sent = result["sent"]
+                pushes.probe += [t - sent for t in result["seen"] if t == t]  # NaN: missed
+                pushes.missed += sum(1 for t in result["seen"] if t != t)
+                pushes.appended.append(result["ok"] - sent)
+                pushes.herd += [
+                    d.pushes[n] - sent
+                    for d, n in zip(devices, seen, strict=True)
+                    if len(d.pushes) > n
+                ]
+                pushes.herd_lag.append(max(lags, default=0.0))
+            watching = False
+            await lagging
+        finally:
+            probe.stdin.close()
+            try:
+                await asyncio.wait_for(probe.wait(), 10)
+            except TimeoutError:
+                probe.kill()
+                await probe.wait()
+        return pushes
 
 
-def _append(port: int, user: str, password: str, message: bytes) -> None:
-    with IMAPConnection("127.0.0.1", port) as imap:
-        imap.login(user, password)
-        imap.command(b"APPEND INBOX {%d+}\r\n" % len(message) + message)
-        imap.logout()
+@dataclass
+class Pushes:
+    """Push delays in seconds from the APPEND's send (:meth:`Herd.push_delays`)."""
+
+    probe: list[float] = field(default_factory=list)
+    """As the probe process's IDLE connections saw them (stamped at socket readiness)."""
+    herd: list[float] = field(default_factory=list)
+    """As the herd's devices saw them (stamped in this process's loop)."""
+    appended: list[float] = field(default_factory=list)
+    """Until the APPEND's tagged OK, one per push."""
+    herd_lag: list[float] = field(default_factory=list)
+    """The herd loop's worst lateness of a 1 ms timer during each push."""
+    missed: int = 0
+    logins: list[float] = field(default_factory=list)
+    """Seconds the probe's APPEND connections took to connect and LOGIN (the bench's
+    clock used to start before that)."""
 
 
 def _rss_in_all(server: GatewayServer) -> float:
@@ -310,6 +373,12 @@ def _rss_in_all(server: GatewayServer) -> float:
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1]) * 1024
     return total / 2**20
+
+
+def _ms(samples: Sequence[float], fraction: float) -> float:
+    """A percentile of seconds, in milliseconds (NaN for none)."""
+    found = percentile(samples, fraction)
+    return float("nan") if found is None else round(found * 1000, 1)
 
 
 def _shape(bench: Bench, name: str, devices: int, users: int) -> dict[str, object]:
@@ -342,9 +411,15 @@ def _shape(bench: Bench, name: str, devices: int, users: int) -> dict[str, objec
         bench.log(f"storm {name}: first wave {first.last:.1f}s, {len(first.errors)} errors")
         time.sleep(1.0)
         figures["rss_mib"] = _rss_in_all(server)
-        delays = herd.push_delays(passwords)
-        figures["push_p99_ms"] = (percentile(delays, 0.99) or float("nan")) * 1000
-        figures["pushes"] = len(delays)
+        pushes = herd.push_delays(passwords)
+        figures["push"] = pushes
+        bench.log(
+            f"storm {name}: push p50/p99: probes {_ms(pushes.probe, 0.5)}/"
+            f"{_ms(pushes.probe, 0.99)} ms ({pushes.missed} missed), herd "
+            f"{_ms(pushes.herd, 0.5)}/{_ms(pushes.herd, 0.99)} ms, APPEND OK "
+            f"{_ms(pushes.appended, 0.5)} ms, herd loop lag max {_ms(pushes.herd_lag, 1.0)} ms, "
+            f"connect+LOGIN p50/max {_ms(pushes.logins, 0.5)}/{_ms(pushes.logins, 1.0)} ms"
+        )
         herd.close_all()
         server.stop()
         restart = time.perf_counter()
@@ -419,12 +494,22 @@ def storm(bench: Bench) -> None:
                 target=Target(200.0, at_least=False, on_ratio=False),
                 note="VmRSS of the gateway and its key holder, every device LOGIN, SELECT, IDLE",
             )
+            pushes = figures["push"]
+            assert isinstance(pushes, Pushes)
             bench.row(
                 f"{devices} IDLE connections: push delay p99",
                 "ms",
                 "",
-                [float(figures["push_p99_ms"])],  # type: ignore[arg-type]
+                [_ms(pushes.probe, 0.99)],
                 target=Target(50.0, at_least=False, on_ratio=False),
-                note=f"APPEND to {PUSH_USERS} users one after another, from the APPEND's send to"
-                f" each IDLE device's EXISTS; {figures['pushes']} pushes",
+                note=f"APPEND to {PUSH_USERS} users one after another from bench/pushprobe.py"
+                f" (its own process), from the APPEND's send to each of its {PROBES_PER_USER}"
+                f" IDLE probes per user becoming readable (with the user's {devices // users}"
+                f" devices IDLE too); {len(pushes.probe)} pushes, {pushes.missed} missed; p50"
+                f" {_ms(pushes.probe, 0.5)} ms; APPEND's OK p50 {_ms(pushes.appended, 0.5)} ms;"
+                f" as the herd's devices saw it (one asyncio loop of {devices}) p50"
+                f" {_ms(pushes.herd, 0.5)} / p99 {_ms(pushes.herd, 0.99)} ms, that loop"
+                f" {_ms(pushes.herd_lag, 1.0)} ms late at worst during a push; a fresh"
+                f" connection's connect+LOGIN (inside the clock before) p50"
+                f" {_ms(pushes.logins, 0.5)} ms",
             )

@@ -45,3 +45,24 @@ def test_hash_password_refuses_empty_input():
         [sys.executable, "-m", "gateway", "hash-password"], input="", capture_output=True, text=True
     )
     assert out.returncode == 1 and "empty" in out.stderr
+
+
+def test_scrypt_working_memory_goes_back_after_checks_on_threads() -> None:
+    """Issue 19: each password-pool thread used to keep scrypt's 16 MiB resident for
+    good (glibc's dynamic mmap threshold); now two threads' checks leave RSS as it was."""
+    program = """
+import threading
+from gateway.security.passwords import DUMMY_HASH, verify_password
+def anon():
+    return int(next(l for l in open('/proc/self/status') if l.startswith('RssAnon')).split()[1])
+before = anon()
+for _ in range(2):
+    threads = [threading.Thread(target=verify_password, args=(b"x", DUMMY_HASH)) for _ in "ab"]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+print(anon() - before)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True
+    )
+    assert int(done.stdout) < 8 * 1024  # KiB; 32 MiB without return_scrypt_memory

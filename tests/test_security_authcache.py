@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -17,7 +19,13 @@ from twisted.internet import task
 from gateway.app import config
 from gateway.app.service import build_service, reload
 from gateway.security.auth import PasswordTable
-from gateway.security.authcache import KeyHolder, KeyHolderError, VerifierCache, frame
+from gateway.security.authcache import (
+    _HOLDER_CODE,
+    KeyHolder,
+    KeyHolderError,
+    VerifierCache,
+    frame,
+)
 from gateway.security.passwords import hash_password
 from gateway.security.penalty import PenaltySettings
 from gateway.testing.imapclient import PASSWORD, USER, ensure_reactor, running_server
@@ -194,6 +202,24 @@ def test_the_key_holder_gives_stable_tags_from_a_key_this_process_never_sees() -
         assert other.tag(message) != tag
     finally:
         other.close()
+
+
+def test_the_key_holder_computes_hmac_sha256_without_loading_openssl() -> None:
+    """Its HMAC is written out over the built-in SHA-256 (no libcrypto in the child):
+    with its key fixed, its tags are :func:`hmac.digest`'s, for short and long messages;
+    and the child has not loaded OpenSSL."""
+    key = bytes(range(32))
+    messages = [b"", frame("alice", HASH, b"good"), os.urandom(200_000)]
+    program = f"import os\nos.urandom = lambda n: {key!r}[:n]\n" + _HOLDER_CODE
+    program += "\nimport sys\nsys.stderr.write(open('/proc/self/maps').read())\n"
+    request = b"".join(len(m).to_bytes(4, "big") + m for m in messages)
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", program], input=request, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr[-500:]
+    expected = b"".join(hmac.digest(key, m, "sha256") for m in messages)
+    assert done.stdout == expected
+    assert b"libcrypto" not in done.stderr
 
 
 def test_frames_are_unambiguous() -> None:

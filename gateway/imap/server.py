@@ -40,7 +40,6 @@ and policies they apply in :mod:`gateway.imap.policy`.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -101,6 +100,22 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, CommandDriver, Protoco
     _log = log
     event_prefix = "imap"
 
+    __slots__ = (
+        # CommandDriver's (gateway.serving.driver)
+        "factory", "policy", "peer", "peer_host", "_source_counted", "_current",
+        "_waiting", "_send", "_throw", "_blocking", "_closing", "_busy", "_again",
+        "_reading_paused", "_timeout_call", "_login_delay_call",
+        # this class's and ConnectionEvents'
+        "session", "parser", "_login_limits", "_budget", "_threads", "_stepping",
+        "_raw_requested", "_raw_line", "_raw_error", "_idle_events", "_notifying",
+        "_idling", "_output_paused", "_keepalive_call", "_next_turn_call",
+        "_turn_commands", "_connected_at", "_timing", "_stream", "_trace", "_trace_wanted",
+        "_watching",
+    )  # fmt: skip
+    """Issue 19 (10,000 IDLE connections): the instance's own attributes in slots, so
+    it carries no 1.5 KB dict of ~40 keys; Twisted's ``transport`` and ``connected``
+    (class attributes of its Protocol) stay in a small one."""
+
     def __init__(self, factory: IMAPServerFactory, policy: ListenerPolicy | None = None) -> None:
         self._init_driver(factory, policy)
         self._login_limits = LoginLimits(factory)
@@ -119,9 +134,13 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, CommandDriver, Protoco
         self._raw_requested = False
         self._raw_line: bytes | None = None
         self._raw_error: ParseError | None = None
-        self._idle_events: deque[IdleEvent] = deque()
+        self._idle_events: list[IdleEvent] = []
+        """At most one of each IdleEvent, oldest first (an empty list is 56 bytes, a
+        deque 624)."""
         self._notifying = False  # the current run is NOTIFY's, not a command
         self._idling = False
+        self._watching: int | None = None
+        """The mailbox this connection is registered as idling on (factory.watch)."""
         self._output_paused = False
         self._keepalive_call: IDelayedCall | None = None
         self._next_turn_call: IDelayedCall | None = None
@@ -163,6 +182,8 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, CommandDriver, Protoco
         if factory.trace_users and factory.trace_root is not None:
             # Whose connection this is is known only at login: keep it in memory till then.
             self._trace = ConnectionTrace(self.peer)
+        if self._threads is None:
+            self.session.notifier_changed = self._update_watch
         self.parser = self._new_parser()
         self.transport.registerProducer(self, True)
         factory.observer.connection_opened()
@@ -170,6 +191,7 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, CommandDriver, Protoco
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._connection_ended()
+        self._update_watch()
         self._budget.close()
         self._stop_trace()
         if getattr(self, "session", None) is not None:
@@ -193,12 +215,17 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, CommandDriver, Protoco
     def _new_parser(self) -> CommandParser:
         parser = self.factory.limits.new_parser(
             spool=self._budget.open_spool,
-            literal_gate=lambda size: self._budget.reserve(self.session.user, size),
+            literal_gate=self._reserve_literal,
         )
         self.factory.limits.apply_state(parser, self.session.user is not None)
         if self._trace is not None:
             parser.tap = self._trace.client.tap
         return parser
+
+    def _reserve_literal(self, size: int) -> str | None:
+        """The parser's literal gate: APPEND bytes in flight (gateway.imap.budgets); a
+        bound method, not a closure per connection (issue 19)."""
+        return self._budget.reserve(self.session.user, size)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -392,7 +419,7 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, CommandDriver, Protoco
                 self._send, self._raw_line = self._raw_line, None
                 self._waiting = None
             elif isinstance(waiting, WaitIdle) and self._idle_events:
-                self._send = self._idle_events.popleft()
+                self._send = self._idle_events.pop(0)
                 self._waiting = None
             else:
                 return False
@@ -415,6 +442,7 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, CommandDriver, Protoco
         elif isinstance(action, WaitIdle):
             if not self._idling:
                 self._idling = True
+                self._update_watch()
                 self._schedule_keepalive()
                 self._reset_timeout()
             self._waiting = action
@@ -434,6 +462,20 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, CommandDriver, Protoco
             self._close()
         else:  # pragma: no cover - the session yields nothing else
             raise TypeError(f"unknown session action {action!r}")
+
+    def _update_watch(self) -> None:
+        """Tell the factory which store changes concern this connection now (the mailbox
+        it idles on, NOTIFY on or off), so that a push skips the others (issue 19)."""
+        session = getattr(self, "session", None)
+        after = None
+        notify = False
+        if session is not None and not self._closing:
+            view = session.selected
+            if self._idling and view is not None:
+                after = view.mailbox.id
+            notify = session.notifier is not None
+        self.factory.watch(self, self._watching, after, notify)
+        self._watching = after
 
     def _request_raw(self) -> None:
         if not self._raw_requested and self._raw_line is None:
@@ -465,6 +507,7 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, CommandDriver, Protoco
         self._raw_error = None
         if self._idling:
             self._idling = False
+            self._update_watch()
             self._idle_events.clear()
             self._cancel_keepalive()
         # RFC 6855 §3: after ENABLE UTF8=ACCEPT, the next commands may carry UTF-8.

@@ -9,7 +9,6 @@ the factory's injected clock.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -37,7 +36,7 @@ class ConnectionEvents:
     _current: Any
     _waiting: Any
     _stepping: object | None
-    _idle_events: deque[IdleEvent]
+    _idle_events: list[IdleEvent]
     _notifying: bool
     _idling: bool
     _output_paused: bool

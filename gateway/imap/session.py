@@ -80,6 +80,10 @@ from gateway.store.interfaces import (
 
 log = structlog.get_logger(__name__)
 
+NOTHING_ENABLED: frozenset[str] = frozenset()
+"""A fresh session's enabled capabilities (one object for all: ``frozenset()`` makes a
+new 216-byte set each time)."""
+
 ActivityHook = Callable[[str, str], None]
 """Told (user, mailbox name) when a client looks at a mailbox (states.ACTIVITY_COMMANDS)."""
 
@@ -154,7 +158,8 @@ class IMAPSession:
         self.state = State.NOT_AUTHENTICATED
         self.user: str | None = None
         self.selected: View | None = None
-        self._enabled: set[str] = set()
+        self._enabled: frozenset[str] = NOTHING_ENABLED
+        """Replaced, never changed in place, so the empty one is shared (issue 19)."""
         self.compress_active = False
         self.last_reply: Reply | None = None
         """The tagged reply of the last command run (None when it ended the connection
@@ -162,6 +167,9 @@ class IMAPSession:
         self._after_reply: Action | None = None
         self.notifier: Notifier | None = None
         """NOTIFY (RFC 5465): what this connection asked to hear about, or None."""
+        self.notifier_changed: Callable[[], None] | None = None
+        """Told when NOTIFY is set or dropped: the transport glue indexes which
+        connections a store change may concern (gateway.imap.factory)."""
 
     # -- facts for the transport glue and the handlers --
 
@@ -185,7 +193,7 @@ class IMAPSession:
     @property
     def enabled(self) -> frozenset[str]:
         """Capabilities on for this session (ENABLE, RFC 5161; or implied, RFC 7162 §3.1)."""
-        return frozenset(self._enabled)
+        return self._enabled
 
     def condstore_active(self) -> bool:
         return CONDSTORE in self._enabled
@@ -287,15 +295,17 @@ class IMAPSession:
         for capability in capabilities:
             capability = capability.upper()
             if capability in known and capability not in self._enabled:
-                self._enabled.add(capability)
+                self._enabled |= {capability}
                 newly.append(IMAP4REV2 if capability == IMAP4REV2.upper() else capability)
             if capability == QRESYNC:
-                self._enabled.add(CONDSTORE)
+                self._enabled |= {CONDSTORE}
         return newly
 
     def set_notifier(self, notifier: Notifier | None) -> None:
         """NOTIFY SET / NOTIFY NONE, or NOTIFICATIONOVERFLOW turning it off (RFC 5465)."""
         self.notifier = notifier
+        if self.notifier_changed is not None:
+            self.notifier_changed()
 
     def notifications(self, *, idling: bool = False) -> Iterator[Output]:
         """What changed, told without a command (RFC 5465 between commands; RFC 2177
@@ -315,7 +325,7 @@ class IMAPSession:
     def enable_condstore(self) -> None:
         """A CONDSTORE enabling command ran (RFC 7162 §3.1: FETCH MODSEQ, CHANGEDSINCE,
         UNCHANGEDSINCE, SEARCH MODSEQ, SELECT (CONDSTORE), STATUS HIGHESTMODSEQ)."""
-        self._enabled.add(CONDSTORE)
+        self._enabled |= {CONDSTORE}
 
     def _enter_logout(self) -> None:
         self.selected = None
@@ -557,9 +567,10 @@ class IMAPSession:
         if new_rows:
             for row in new_rows:
                 view.add(row.uid, RECENT in row.flags)
-            yield b"* %d EXISTS\r\n" % len(view.uids)
+            exists = b"* %d EXISTS\r\n" % len(view.uids)
             if view.show_recent:  # RFC 9051 has no RECENT response
-                yield b"* %d RECENT\r\n" % len(view.recent)
+                exists += b"* %d RECENT\r\n" % len(view.recent)
+            yield exists  # one write for both: an IDLE push to 500 phones is 500 writes
         condstore = self.condstore_active()
         with_uid = uid_form or condstore
         reported = view.reported

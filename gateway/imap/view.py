@@ -50,6 +50,19 @@ class View:
     their sequence numbers meanwhile.
     """
 
+    __slots__ = (
+        "mailbox",
+        "readonly",
+        "uids",
+        "recent",
+        "highestmodseq",
+        "reported",
+        "pending_expunge",
+        "show_recent",
+        "saved",
+        "contexts",
+    )
+
     def __init__(
         self,
         mailbox: Mailbox,

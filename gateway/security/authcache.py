@@ -71,23 +71,40 @@ DEFAULT_TTL = 3600.0
 ``auth_cache_ttl`` default is one hour too)."""
 
 _HOLDER_CODE = """
-import hashlib, hmac, os, struct, sys
-key = os.urandom(32)
+import os, sys
+try:
+    from _sha2 import sha256
+except ImportError:
+    try:
+        from _sha256 import sha256
+    except ImportError:
+        from hashlib import sha256
+key = os.urandom(32) + bytes(32)
+inner, outer = sha256(bytes(b ^ 0x36 for b in key)), sha256(bytes(b ^ 0x5C for b in key))
+del key
 src, dst = sys.stdin.buffer, sys.stdout.buffer
 while True:
     head = src.read(4)
     if len(head) < 4:
         break
-    (size,) = struct.unpack(">I", head)
+    size = int.from_bytes(head, "big")
     if size > MAX_MESSAGE:
         break
     data = src.read(size)
     if len(data) < size:
         break
-    dst.write(hmac.new(key, data, hashlib.sha256).digest())
+    hashed = inner.copy()
+    hashed.update(data)
+    tag = outer.copy()
+    tag.update(hashed.digest())
+    dst.write(tag.digest())
     dst.flush()
 """.replace("MAX_MESSAGE", str(MAX_MESSAGE))
-"""The key holder's whole program: no imports from popgate, no files, no key output."""
+"""The key holder's whole program: no imports from popgate, no files, no key output.
+HMAC-SHA256 (RFC 2104) written out over the interpreter's own SHA-256 module, whose
+copies of the keyed inner and outer states are all the holder keeps: importing
+``hashlib``/``hmac`` would load OpenSSL's libcrypto into the child (12.6 MiB RSS
+instead of 8.8 MiB here, issue 19's "RSS in all"). Checked against :mod:`hmac` by test."""
 
 
 class KeyHolderError(Exception):
