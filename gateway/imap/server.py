@@ -89,6 +89,24 @@ log = structlog.get_logger(__name__)
 CONTINUE_LITERAL = b"+ Ready for literal data\r\n"
 
 
+def _no_delay(transport: Any) -> None:
+    """Turn Nagle's algorithm off (TCP_NODELAY) on a TCP connection, through a TLS wrapper.
+
+    The server already hands the kernel a whole burst per reactor turn (the transport
+    joins the writes of a turn), so Nagle only ever holds back a burst's last partial
+    segment, such as a command's tagged reply, until the client's delayed ACK (~40 ms
+    on Linux): that stall was half the time of ``UID FETCH 1:500 BODY.PEEK[]`` (issue
+    19). Dovecot uncorks and sets TCP_NODELAY at the end of each command for the same
+    reason. A UNIX socket has no such option."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is None:
+        return
+    try:
+        set_no_delay(True)
+    except (OSError, AttributeError):  # not a TCP socket after all, or already closed
+        pass
+
+
 @implementer(IPushProducer)
 class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, CommandDriver, Protocol):
     """One IMAP connection. Registers itself as the transport's streaming producer; the
@@ -137,6 +155,7 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, CommandDriver, Protoco
     def connectionMade(self) -> None:
         factory = self.factory
         self._connected_at = factory.clock.seconds()
+        _no_delay(self.transport)
         if not self._admit(b"* BYE Too many connections from your address\r\n"):
             return  # RFC 3501 §7.1.5 BYE
         policy = self.policy
