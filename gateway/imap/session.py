@@ -156,6 +156,9 @@ class IMAPSession:
         self.selected: View | None = None
         self._enabled: set[str] = set()
         self.compress_active = False
+        self.whole_literals = False
+        """The connection sends a handler's chunks without copying them (straight to its
+        socket): FETCH may then yield a long literal whole (set by the server)."""
         self.last_reply: Reply | None = None
         """The tagged reply of the last command run (None when it ended the connection
         without one, e.g. BYE); the transport glue reports it to its observer."""
