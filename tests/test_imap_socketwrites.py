@@ -47,9 +47,16 @@ class FakeTransport(StringTransport):
         self.producerPaused = False
 
 
+class Producer:
+    paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+
 def writes(sock: FakeSocket) -> tuple[SocketWrites, FakeTransport]:
     transport = FakeTransport()
-    transport.registerProducer(object(), True)
+    transport.registerProducer(Producer(), True)
     return SocketWrites(transport, sock), transport  # type: ignore[arg-type]
 
 
@@ -75,7 +82,7 @@ def test_a_full_socket_hands_the_transport_one_bounded_piece_then_resumes() -> N
     out.write(payload)
     out.flush()
     assert len(sock.sent) == 100_000
-    assert out.handed and transport.producerPaused
+    assert out.handed and transport.producerPaused and transport.producer.paused
     assert len(transport.value()) == HANDOVER
     out.write(b" tail")  # a write while the transport holds data waits behind it
     out.flush()

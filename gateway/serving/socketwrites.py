@@ -10,9 +10,10 @@ the message bytes read from the store are the very buffers the kernel copies fro
 
 The transport stays the owner of the connection. When the socket takes less than it was
 offered (its send buffer is full), the rest stays here, unsent, as views of the chunks;
-the transport gets one bounded piece of it (:data:`HANDOVER`, a copy) and is told its
-producer (the protocol) is paused (``producerPaused``, a documented attribute of Twisted's
-consumers), so it resumes the protocol once it has sent that piece:
+the transport gets one bounded piece of it (:data:`HANDOVER`, a copy) and its producer
+(the protocol) is paused as the transport pauses it when its own buffer fills
+(``producerPaused``, a documented attribute of Twisted's consumers, then
+``pauseProducing``), so the transport resumes the protocol once it has sent that piece:
 :meth:`SocketWrites.resumed` then sends the rest directly again. So order is kept, the
 transport never holds more than one piece, and a slow client costs one bounded copy per
 send-buffer refill. Plain TCP only: TLS and test transports are written through as before
@@ -124,5 +125,9 @@ class SocketWrites:
         self.handed = True
         transport = self.transport
         transport.writeSequence(list(data))
-        if transport.producer is not None:
-            transport.producerPaused = True  # so its doWrite calls resumeProducing when empty
+        producer = transport.producer
+        if producer is not None and not transport.producerPaused:
+            # As the transport itself does when its buffer fills: the producer is paused,
+            # and its doWrite resumes it once the buffer is empty.
+            transport.producerPaused = True
+            producer.pauseProducing()
