@@ -82,7 +82,7 @@ class SocketWrites:
             except OSError:
                 # A broken connection: the transport meets the error on its own write
                 # and closes the connection the usual way (connectionLost).
-                self._hand_all()
+                self._hand_all(pause=True)
                 return
             self.size -= sent
             done = 0
@@ -113,21 +113,26 @@ class SocketWrites:
         else:
             del self.pieces[0]
         self.size -= len(piece)
-        self._hand(piece)
-
-    def _hand_all(self) -> None:
-        pieces, self.pieces, self.size = self.pieces, [], 0
-        if pieces:
-            self._hand(*(bytes(p) for p in pieces))
-
-    def _hand(self, *data: bytes) -> None:
-        """Give the transport ``data`` and have it resume the protocol once sent."""
         self.handed = True
+        self.transport.write(piece)
+        self._pause_producer()
+
+    def _pause_producer(self) -> None:
         transport = self.transport
-        transport.writeSequence(list(data))
         producer = transport.producer
         if producer is not None and not transport.producerPaused:
             # As the transport itself does when its buffer fills: the producer is paused,
             # and its doWrite resumes it once the buffer is empty.
             transport.producerPaused = True
             producer.pauseProducing()
+
+    def _hand_all(self, *, pause: bool = False) -> None:
+        """Everything unsent to the transport: for good (STARTTLS, closing; no pause, as
+        nothing here is resumed any more), or after a socket error (``pause``: the
+        transport then fails the connection, or sends it all and resumes the protocol)."""
+        pieces, self.pieces, self.size = self.pieces, [], 0
+        self.handed = True
+        if pieces:
+            self.transport.writeSequence([bytes(p) for p in pieces])
+            if pause:
+                self._pause_producer()
