@@ -8,7 +8,10 @@ and applies backpressure both ways:
 
 * output: the protocol is a streaming producer registered with its transport; while the
   transport's buffer is full (``pauseProducing``) no further chunk is pulled from the
-  command's generator, so a 1 GB FETCH never sits in memory;
+  command's generator, so a 1 GB FETCH never sits in memory; on plain TCP the chunks go
+  to the socket with ``sendmsg`` (:mod:`gateway.serving.socketwrites`, no copies) and the
+  transport only takes what the socket cannot, and after :data:`TURN_OUTPUT` bytes the
+  other connections get a reactor turn;
 * input: commands are parsed lazily, only when the previous one has finished, so
   pipelined commands wait as unparsed bytes in the parser; once more than
   :attr:`IMAPLimits.max_buffered_input` bytes wait, the transport stops reading;
