@@ -226,6 +226,7 @@ class Session(Protocol):
     tls_active: bool
     tls_available: bool
     compress_active: bool  # COMPRESS=DEFLATE is on (RFC 4978)
+    whole_literals: bool  # the server sends chunks uncopied: a long literal may go whole
     utf8_available: bool  # UTF8=ACCEPT may be enabled (RFC 6855)
     sent_append: Any  # SentAppendHook | None: one copy of a sent message (APPEND)
     notifier: Any  # gateway.imap.notify.Notifier | None: NOTIFY (RFC 5465)

@@ -44,7 +44,14 @@ FLUSH_BYTES = 64 * 1024
 """Untagged responses are gathered up to about this size before being yielded."""
 
 LITERAL_PIECE = 64 * 1024
-"""A large literal is yielded in pieces of this size so the server can apply backpressure."""
+"""A large literal is yielded in pieces of this size so the server can apply backpressure
+(unless the connection takes whole literals, ``session.whole_literals``: it then bounds
+what it copies itself, :mod:`gateway.serving.socketwrites`)."""
+
+LITERAL_ALONE = 16 * 1024
+"""With ``session.whole_literals``, a literal longer than this is yielded as its own chunk
+(sent without a copy) instead of being joined into the flush buffer; joining shorter
+ones costs less than the extra chunk."""
 
 
 # ---- shared helpers --------------------------------------------------------------------
@@ -194,6 +201,11 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
     if plan.summary_picks is not None:  # stored items only (issue 19)
         missing = yield from fetch_stored(store, view, plan, uids, changedsince, INFO_BATCH)
         return _fetched(missing, cmd.uid)
+    # A literal longer than a piece is yielded in pieces (each a copy), unless the
+    # connection sends chunks without copying them (session.whole_literals), where even
+    # a middling one goes out as its own chunk rather than joined with its neighbours.
+    whole = session.whole_literals
+    alone = LITERAL_ALONE if whole else LITERAL_PIECE
     set_seen = plan.sets_seen and not view.readonly
     wants_thread = any(code == fetch_items.THREADID for code, _sec in plan.steps)
     seq_of = view.seq_of
@@ -269,11 +281,14 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
             if flags is not None and modseq > view.highestmodseq:
                 view.note_flags(uid, flags, modseq)  # it keeps nothing at or below that
             for chunk in chunks:
-                if len(chunk) > LITERAL_PIECE:
+                if len(chunk) > alone:
                     if out:
                         yield b"".join(out)
                         out = []
                         size = 0
+                    if whole:
+                        yield chunk
+                        continue
                     for start in range(0, len(chunk), LITERAL_PIECE):
                         yield chunk[start : start + LITERAL_PIECE]
                 else:

@@ -161,6 +161,9 @@ class IMAPSession:
         self._enabled: frozenset[str] = NOTHING_ENABLED
         """Replaced, never changed in place, so the empty one is shared (issue 19)."""
         self.compress_active = False
+        self.whole_literals = False
+        """The connection sends a handler's chunks without copying them (straight to its
+        socket): FETCH may then yield a long literal whole (set by the server)."""
         self.last_reply: Reply | None = None
         """The tagged reply of the last command run (None when it ended the connection
         without one, e.g. BYE); the transport glue reports it to its observer."""

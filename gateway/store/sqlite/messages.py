@@ -242,25 +242,31 @@ class SQLiteMessages(SQLiteRows, MessageSteps):
             return {}
         wanted = sorted(set(uids))
         low, high = wanted[0], wanted[-1]
+        # The ids first, then each body through SQLite's blob API, one read into the bytes
+        # object returned: a blob column in a result row is first assembled from its
+        # overflow pages into a buffer of SQLite's and then copied into Python, one copy
+        # more (33 MB of UID FETCH 1:500 BODY.PEEK[]: 7.4 -> 5.0 ms of CPU, issue 19).
         with self._read() as conn:
             if high - low + 1 == len(wanted):
                 # A contiguous run (the usual 1:500): a range scan of the primary key.
                 rows = conn.execute(
-                    "SELECT mm.uid, c.raw FROM mailbox_message mm JOIN content c"
-                    " ON c.message_id = mm.message_id"
-                    " WHERE mm.mailbox_id = ? AND mm.uid BETWEEN ? AND ?",
+                    "SELECT uid, message_id FROM mailbox_message"
+                    " WHERE mailbox_id = ? AND uid BETWEEN ? AND ?",
                     (mailbox_id, low, high),
                 ).fetchall()
             else:
                 rows = conn.execute(
-                    "SELECT mm.uid, c.raw FROM mailbox_message mm JOIN content c"
-                    " ON c.message_id = mm.message_id"
-                    " WHERE mm.mailbox_id = ? AND mm.uid IN (SELECT value FROM json_each(?))",
+                    "SELECT uid, message_id FROM mailbox_message"
+                    " WHERE mailbox_id = ? AND uid IN (SELECT value FROM json_each(?))",
                     (mailbox_id, uid_list(wanted)),
                 ).fetchall()
             if len(rows) < len(wanted):
                 self._require(conn, mailbox_id)
-        return dict(rows)
+            bodies: dict[int, bytes] = {}
+            for uid, message_id in rows:
+                with conn.blobopen("content", "raw", message_id, readonly=True) as blob:
+                    bodies[uid] = blob.read()
+        return bodies
 
     def search(
         self, mailbox_id: int, criteria: Criteria, *, viewer: str | None = None
