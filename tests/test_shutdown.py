@@ -268,8 +268,16 @@ def test_stopping_a_thread_pool_never_blocks_the_reactor_and_drops_queued_work()
     pool = ThreadPool(minthreads=0, maxthreads=1, name="test-pool")
     svc = ThreadPoolService(pool, global_reactor)
     rt.call(svc.startService)
-    release, ran, results = threading.Event(), [], []
-    rt.call(lambda: svc.run(release.wait, 30).addBoth(results.append) and None)
+    release, started, ran, results = threading.Event(), threading.Event(), [], []
+
+    def running() -> bool:
+        started.set()
+        return release.wait(30)
+
+    rt.call(lambda: svc.run(running).addBoth(results.append) and None)
+    # Only once the first call runs on the pool's thread are the next three surely queued
+    # behind it (on a loaded machine the pool may not have picked it up yet).
+    assert started.wait(20)
     for i in range(3):
         rt.call(lambda i=i: svc.run(ran.append, i).addBoth(results.append) and None)
     stopped: list[Any] = []
