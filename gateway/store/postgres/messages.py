@@ -164,6 +164,7 @@ class PGMessages(PGRows, MessageSteps):
                 f" FROM {source} mm JOIN message m ON m.id = mm.message_id"
                 f" WHERE mm.mailbox_id = %s AND {where} ORDER BY mm.uid",
                 (*source_params, mailbox_id, *params),
+                binary=True,
             )
             rows = cur.fetchall()
         return [
@@ -173,12 +174,12 @@ class PGMessages(PGRows, MessageSteps):
                 modseq=modseq,
                 size=size,
                 internaldate=datetime.datetime.fromtimestamp(epoch, self._zone(minutes)),
-                envelope=bytes(envelope),
-                bodystructure=bytes(bodystructure),
-                body=bytes(body),
+                envelope=envelope,
+                bodystructure=bodystructure,
+                body=body,
                 parts=parts,
                 savedate=datetime.datetime.fromtimestamp(saved, datetime.UTC),
-                emailid=email_id(bytes(digest)),
+                emailid=email_id(digest),
             )
             for (
                 uid,
@@ -203,12 +204,13 @@ class PGMessages(PGRows, MessageSteps):
                 "SELECT c.raw FROM mailbox_message mm JOIN content c"
                 " ON c.message_id = mm.message_id WHERE mm.mailbox_id = %s AND mm.uid = %s",
                 (mailbox_id, uid),
+                binary=True,
             )
             row = cur.fetchone()
             if row is None:
                 self._require(cur, mailbox_id)
                 raise KeyError(uid)
-        return bytes(row[0])
+        return row[0]
 
     def message_bytes_batch(self, mailbox_id: int, uids: Sequence[int]) -> dict[int, bytes]:
         wanted = sorted(set(uid_array(uids)))
@@ -224,11 +226,12 @@ class PGMessages(PGRows, MessageSteps):
                 "SELECT mm.uid, c.raw FROM mailbox_message mm JOIN content c"
                 f" ON c.message_id = mm.message_id WHERE mm.mailbox_id = %s AND {where}",
                 (mailbox_id, *params),
+                binary=True,
             )
             rows = cur.fetchall()
             if len(rows) < len(wanted):
                 self._require(cur, mailbox_id)
-        return {int(uid): bytes(raw) for uid, raw in rows}
+        return dict(rows)
 
     def search(
         self, mailbox_id: int, criteria: Criteria, *, viewer: str | None = None
