@@ -147,9 +147,11 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
     """FETCH and UID FETCH, RFC 3501 §6.4.5/§6.4.8, with RFC 7162 §3.1.4 CHANGEDSINCE
     and §3.2.6 VANISHED. State: selected.
 
-    Metadata comes from the store in batches of :data:`INFO_BATCH`; message bytes are
-    read one message at a time and only when a body item needs them. A non-PEEK body
-    fetch in a read-write mailbox sets ``\\Seen`` and then reports FLAGS once.
+    Metadata comes from the store in batches of :data:`INFO_BATCH`; message bytes only
+    when a body item needs them, up to :data:`BODY_BATCH_BYTES` per read, the first ones
+    with the batch's metadata (one store round trip for a one-message FETCH, as mbsync
+    sends). A non-PEEK body fetch in a read-write mailbox sets ``\\Seen`` and then
+    reports FLAGS once.
     """
     view = selected_view(session)
     store = session.store
