@@ -63,7 +63,7 @@ from gateway.store.interfaces import (
 )
 from gateway.store.memory import MemoryState, MemoryStore
 from gateway.store.postgres import PostgresStore
-from gateway.store.rules import MAX_MAILBOX_DEPTH, MAX_MAILBOX_NAME_LENGTH
+from gateway.store.rules import MAX_MAILBOX_DEPTH, MAX_MAILBOX_NAME_LENGTH, leading_uids
 from gateway.store.search import MAX_SEARCH_DEPTH, MAX_SEARCH_NODES
 from gateway.store.sqlite import SQLiteStore
 from gateway.testing.messages import message
@@ -860,6 +860,40 @@ def test_message_bytes_batch_returns_existing_messages_byte_exact(store: Store) 
     assert store.message_bytes_batch(box, []) == {}
     with pytest.raises(MailboxNotFound):
         store.message_bytes_batch(987654, [1])
+
+
+def test_message_info_with_bytes_is_message_info_and_the_leading_bodies(store: Store) -> None:
+    """message_info_with_bytes gives message_info's rows and the bytes of the first
+    messages whose sizes fit in the budget, always at least the first one, for one UID,
+    a contiguous run and a scattered set; expunged or unknown UIDs are left out."""
+    box = inbox(store)
+    raws = [make_message(subject=f"lead {i}", body="x" * (100 * i) + "\r\n") for i in range(5)]
+    for raw in raws:
+        store.append(box, raw)
+    store.store_flags(box, [2], "+", ["\\Deleted"])
+    store.expunge(box)
+    size = {uid: len(raws[uid - 1]) for uid in (1, 3, 4, 5)}
+    expected = {
+        0: [1],  # the first always comes, whatever the budget
+        size[1]: [1],
+        size[1] + size[3]: [1, 3],
+        size[1] + size[3] + size[4] - 1: [1, 3],
+        10**9: [1, 3, 4, 5],
+    }
+    for uids in ([1, 2, 3, 4, 5], [5, 3, 99, 1, 4]):
+        for budget, leading in expected.items():
+            infos, bodies = store.message_info_with_bytes(box, uids, budget)
+            assert infos == store.message_info(box, uids)
+            assert bodies == {uid: raws[uid - 1] for uid in leading}
+            assert leading_uids(infos, budget) == leading
+    assert store.message_info_with_bytes(box, [4], 0) == (
+        store.message_info(box, [4]),
+        {4: raws[3]},
+    )
+    assert store.message_info_with_bytes(box, [2], 10**9) == ([], {})
+    assert store.message_info_with_bytes(box, [], 10**9) == ([], {})
+    with pytest.raises(MailboxNotFound):
+        store.message_info_with_bytes(987654, [1], 10**9)
 
 
 def test_message_bytes_of_unknown_or_expunged_uid_raises_key_error(store: Store) -> None:

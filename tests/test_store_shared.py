@@ -163,12 +163,18 @@ def test_viewer_changes_nothing_in_a_private_mailbox(store: Store) -> None:
 
 
 def test_message_info_shows_the_viewers_flags(store: Store) -> None:
-    box = shared_inbox(store, 1)
+    box = shared_inbox(store, 2)
     store.store_flags(box, [1], "+", ["\\Seen"], viewer="alice")
     assert "\\Seen" in store.message_info(box, [1], viewer="alice")[0].flags
     assert "\\Seen" not in store.message_info(box, [1], viewer="bob")[0].flags
     assert "\\Seen" in store.message_summaries(box, [1], viewer="alice")[0].flags
     assert "\\Seen" not in store.message_summaries(box, [1], viewer="bob")[0].flags
+    for uids in ([1], [1, 2]):  # one UID and several take different statements
+        for viewer, seen in (("alice", True), ("bob", False)):
+            infos, bodies = store.message_info_with_bytes(box, uids, 1, viewer=viewer)
+            assert infos == store.message_info(box, uids, viewer=viewer)
+            assert ("\\Seen" in infos[0].flags) is seen
+            assert bodies == {1: store.message_bytes(box, 1)}
 
 
 def test_expunged_rows_take_their_private_flags_along(store: Store) -> None:

@@ -340,6 +340,13 @@ class UserStore:
     ) -> list[MessageSummary]:
         return self.base.message_summaries(self._id(mailbox_id), uids, viewer=self._viewer(viewer))
 
+    def message_info_with_bytes(
+        self, mailbox_id: int, uids: Sequence[int], budget: int, *, viewer: str | None = None
+    ) -> tuple[list[MessageInfo], dict[int, bytes]]:
+        return self.base.message_info_with_bytes(
+            self._id(mailbox_id), uids, budget, viewer=self._viewer(viewer)
+        )
+
     def append(
         self,
         mailbox_id: int,

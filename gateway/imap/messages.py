@@ -28,6 +28,7 @@ from gateway.imap.view import expunge_responses
 from gateway.message.binary import UnknownCte
 from gateway.store.interfaces import MailboxNotFound, MessageInfo, MessageSummary, NewMessage
 from gateway.store.objectid import thread_id
+from gateway.store.rules import leading_uids
 
 if TYPE_CHECKING:
     from gateway.imap.handler import SelectedView, Session
@@ -127,12 +128,7 @@ def _read_bodies(
     :data:`BODY_BATCH_BYTES` (always at least one): one store query per batch instead of
     one per message, with the bytes held at once still bounded. A UID missing from the
     result was expunged meanwhile."""
-    end = start + 1
-    total = infos[start].size
-    while end < len(infos) and total + infos[end].size <= BODY_BATCH_BYTES:
-        total += infos[end].size
-        end += 1
-    return store.message_bytes_batch(mailbox_id, [i.uid for i in infos[start:end]])
+    return store.message_bytes_batch(mailbox_id, leading_uids(infos[start:], BODY_BATCH_BYTES))
 
 
 def _removed(session: Session, view: SelectedView, removed: Iterable[int]) -> Iterator[bytes]:
@@ -163,9 +159,11 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
     """FETCH and UID FETCH, RFC 3501 §6.4.5/§6.4.8, with RFC 7162 §3.1.4 CHANGEDSINCE
     and §3.2.6 VANISHED. State: selected.
 
-    Metadata comes from the store in batches of :data:`INFO_BATCH`; message bytes are
-    read one message at a time and only when a body item needs them. A non-PEEK body
-    fetch in a read-write mailbox sets ``\\Seen`` and then reports FLAGS once.
+    Metadata comes from the store in batches of :data:`INFO_BATCH`; message bytes only
+    when a body item needs them, up to :data:`BODY_BATCH_BYTES` per read, the first ones
+    with the batch's metadata (one store round trip for a one-message FETCH, as mbsync
+    sends). A non-PEEK body fetch in a read-write mailbox sets ``\\Seen`` and then
+    reports FLAGS once.
     """
     view = selected_view(session)
     store = session.store
@@ -214,7 +212,11 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
     missing = False
     next_slot = 0  # index in view.uids just after the last message rendered
     for batch in _batches(uids):
-        infos = store.message_info(mailbox_id, batch)
+        bodies: dict[int, bytes] = {}
+        if plan.needs_bytes:  # the first bodies come with the rows (one store round trip)
+            infos, bodies = store.message_info_with_bytes(mailbox_id, batch, BODY_BATCH_BYTES)
+        else:
+            infos = store.message_info(mailbox_id, batch)
         if len(infos) != len(batch):
             missing = True
         if changedsince is not None:
@@ -229,7 +231,6 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
         if wants_thread and infos:
             ranges = tuple(c.SeqRange(i.uid, i.uid) for i in infos)
             threads = thread_ids(store, mailbox_id, c.Uid(c.SequenceSet(ranges)))
-        bodies: dict[int, bytes] = {}
         for index, info in enumerate(infos):
             uid = info.uid
             # Ascending UIDs usually sit next to each other in the view: check the slot

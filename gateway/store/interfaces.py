@@ -342,6 +342,15 @@ class Messages(Protocol):
         message): UID → bytes for those UIDs that still exist. The caller bounds the
         total size (FETCH asks for a few MB at a time). Raises MailboxNotFound."""
 
+    def message_info_with_bytes(
+        self, mailbox_id: int, uids: Sequence[int], budget: int, *, viewer: str | None = None
+    ) -> tuple[list[MessageInfo], dict[int, bytes]]:
+        """:meth:`message_info` of ``uids`` and, read with it, the bytes of its first
+        messages: as many as fit in ``budget`` octets, always at least the first
+        (:func:`gateway.store.rules.leading_uids`). A FETCH of bodies starts here: a
+        store that makes round trips answers both in one (mbsync sends one
+        ``UID FETCH n (BODY.PEEK[])`` per message). Raises MailboxNotFound."""
+
     def append(
         self,
         mailbox_id: int,

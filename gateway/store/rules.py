@@ -13,12 +13,12 @@ from __future__ import annotations
 import datetime
 import mmap
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from gateway.core.flags import RECENT, SETTABLE_FLAGS, canonical_flag
 from gateway.store.errors import InvalidMailboxName, MailboxNotAllowed, MessageTooLarge
-from gateway.store.interfaces import DELIMITER, INBOX
+from gateway.store.interfaces import DELIMITER, INBOX, MessageInfo
 
 MAX_MAILBOX_NAME_LENGTH = 512
 """Longest mailbox name, in characters."""
@@ -53,6 +53,21 @@ displays must be what it is."""
 JOINERS = frozenset("\u200c\u200d")
 """ZWNJ and ZWJ: format characters (Cf) that reorder and hide nothing, and that emoji
 sequences and words in Persian and Indic scripts need, so names may hold them."""
+
+
+def leading_uids(infos: Sequence[MessageInfo], budget: int) -> list[int]:
+    """The UIDs of the first ``infos`` whose sizes add up to at most ``budget`` octets,
+    always at least the first (a message larger than the budget is still read whole):
+    which bodies one read brings, so that FETCH holds a few MB of them at a time while
+    sparing a query per message."""
+    out: list[int] = []
+    total = 0
+    for info in infos:
+        total += info.size
+        if out and total > budget:
+            break
+        out.append(info.uid)
+    return out
 
 
 def check_message(raw: bytes | mmap.mmap, limit: int) -> None:

@@ -36,7 +36,7 @@ from gateway.store.interfaces import (
 )
 from gateway.store.memory.state import MemoryBase, Row
 from gateway.store.objectid import email_id, save_day
-from gateway.store.rules import SEEN_KEY, flag_map
+from gateway.store.rules import SEEN_KEY, flag_map, leading_uids
 from gateway.store.search import build_query, canonical_flag
 
 
@@ -146,6 +146,12 @@ class MemoryMessages(MemoryBase):
         if row is None:
             raise KeyError(uid)
         return row.message.raw
+
+    def message_info_with_bytes(
+        self, mailbox_id: int, uids: Sequence[int], budget: int, *, viewer: str | None = None
+    ) -> tuple[list[MessageInfo], dict[int, bytes]]:
+        infos = self.message_info(mailbox_id, uids, viewer=viewer)
+        return infos, self.message_bytes_batch(mailbox_id, leading_uids(infos, budget))
 
     def message_bytes_batch(self, mailbox_id: int, uids: Sequence[int]) -> dict[int, bytes]:
         rows = self._box(mailbox_id).rows

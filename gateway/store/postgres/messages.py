@@ -32,6 +32,12 @@ from gateway.store.rowdata import (
 )
 from gateway.store.steps import MessageSteps
 
+INFO_COLUMNS = (
+    "mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.internaldate, m.internaldate_tz,"
+    " m.envelope, m.bodystructure, m.body, m.parts, mm.savedate, m.sha256"
+)
+"""What :class:`MessageInfo` is built from (:meth:`PGMessages._infos`), in its order."""
+
 
 class PGMessages(PGRows, MessageSteps):
     """:class:`~gateway.store.interfaces.Messages` on PostgreSQL: the reads here, the
@@ -155,14 +161,58 @@ class PGMessages(PGRows, MessageSteps):
             source, source_params = self._source(cur, mailbox_id, viewer)
             where, params = _uid_range(uids)
             cur.execute(
-                "SELECT mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.internaldate,"
-                " m.internaldate_tz, m.envelope, m.bodystructure, m.body, m.parts,"
-                " mm.savedate, m.sha256"
-                f" FROM {source} mm JOIN message m ON m.id = mm.message_id"
+                f"SELECT {INFO_COLUMNS} FROM {source} mm JOIN message m ON m.id = mm.message_id"
                 f" WHERE mm.mailbox_id = %s AND {where} ORDER BY mm.uid",
                 (*source_params, mailbox_id, *params),
+                binary=True,
             )
             rows = cur.fetchall()
+        return self._infos(rows)
+
+    def message_info_with_bytes(
+        self, mailbox_id: int, uids: Sequence[int], budget: int, *, viewer: str | None = None
+    ) -> tuple[list[MessageInfo], dict[int, bytes]]:
+        """One statement, one round trip (autocommit: one snapshot). One UID (mbsync's
+        ``UID FETCH n (BODY.PEEK[])``, once per message) is a plain primary-key lookup
+        joined to its content, a shape whose generic plan PostgreSQL keeps once psycopg
+        has prepared it, so it is not planned again on every call; several UIDs take the
+        bodies of a leading run whose sizes fit in ``budget`` (a running sum, the rule
+        of :func:`~gateway.store.rules.leading_uids`), the others' content untouched."""
+        wanted = sorted(set(uid_array(uids)))
+        with self._cursor() as cur:
+            source, source_params = self._source(cur, mailbox_id, viewer)
+            if len(wanted) == 1:
+                cur.execute(
+                    f"SELECT {INFO_COLUMNS}, c.raw FROM {source} mm"
+                    " JOIN message m ON m.id = mm.message_id"
+                    " JOIN content c ON c.message_id = mm.message_id"
+                    " WHERE mm.mailbox_id = %s AND mm.uid = %s",
+                    (*source_params, mailbox_id, wanted[0]),
+                    binary=True,
+                )
+            else:
+                if wanted and wanted[-1] - wanted[0] + 1 == len(wanted):
+                    where, params = "mm.uid BETWEEN %s AND %s", [wanted[0], wanted[-1]]
+                else:
+                    where, params = "mm.uid = ANY(%s::bigint[])", [wanted]
+                cur.execute(
+                    f"SELECT {INFO_COLUMNS}, CASE WHEN row_number() OVER w = 1"
+                    " OR sum(m.size) OVER w <= %s THEN"
+                    " (SELECT c.raw FROM content c WHERE c.message_id = mm.message_id) END"
+                    f" FROM {source} mm JOIN message m ON m.id = mm.message_id"
+                    f" WHERE mm.mailbox_id = %s AND {where}"
+                    " WINDOW w AS (ORDER BY mm.uid ROWS UNBOUNDED PRECEDING) ORDER BY mm.uid",
+                    (budget, *source_params, mailbox_id, *params),
+                    binary=True,
+                )
+            rows = cur.fetchall()
+            if not rows:
+                self._require(cur, mailbox_id)
+        bodies = {row[0]: row[13] for row in rows if row[13] is not None}
+        return self._infos([row[:13] for row in rows]), bodies
+
+    def _infos(self, rows: Sequence[Sequence]) -> list[MessageInfo]:
+        """Rows of :data:`INFO_COLUMNS` (binary results: bytea as bytes)."""
         return [
             MessageInfo(
                 uid=uid,
@@ -170,12 +220,12 @@ class PGMessages(PGRows, MessageSteps):
                 modseq=modseq,
                 size=size,
                 internaldate=datetime.datetime.fromtimestamp(epoch, self._zone(minutes)),
-                envelope=bytes(envelope),
-                bodystructure=bytes(bodystructure),
-                body=bytes(body),
+                envelope=envelope,
+                bodystructure=bodystructure,
+                body=body,
                 parts=parts,
                 savedate=datetime.datetime.fromtimestamp(saved, datetime.UTC),
-                emailid=email_id(bytes(digest)),
+                emailid=email_id(digest),
             )
             for (
                 uid,
@@ -223,12 +273,13 @@ class PGMessages(PGRows, MessageSteps):
                 "SELECT c.raw FROM mailbox_message mm JOIN content c"
                 " ON c.message_id = mm.message_id WHERE mm.mailbox_id = %s AND mm.uid = %s",
                 (mailbox_id, uid),
+                binary=True,
             )
             row = cur.fetchone()
             if row is None:
                 self._require(cur, mailbox_id)
                 raise KeyError(uid)
-        return bytes(row[0])
+        return row[0]
 
     def message_bytes_batch(self, mailbox_id: int, uids: Sequence[int]) -> dict[int, bytes]:
         wanted = sorted(set(uid_array(uids)))
@@ -244,11 +295,12 @@ class PGMessages(PGRows, MessageSteps):
                 "SELECT mm.uid, c.raw FROM mailbox_message mm JOIN content c"
                 f" ON c.message_id = mm.message_id WHERE mm.mailbox_id = %s AND {where}",
                 (mailbox_id, *params),
+                binary=True,
             )
             rows = cur.fetchall()
             if len(rows) < len(wanted):
                 self._require(cur, mailbox_id)
-        return {int(uid): bytes(raw) for uid, raw in rows}
+        return dict(rows)
 
     def search(
         self, mailbox_id: int, criteria: Criteria, *, viewer: str | None = None
