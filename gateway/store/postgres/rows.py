@@ -85,7 +85,7 @@ class PGRows(PGConnection, RowSteps):
     # ---- transactions and locks (RowSteps) -----------------------------------------
 
     def _tx(self) -> AbstractContextManager[tuple[Cursor, set[int]]]:
-        return self._write()
+        return self._pipelined_write()
 
     def _peek(self) -> AbstractContextManager[Cursor]:
         return self._cursor()
