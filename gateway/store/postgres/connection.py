@@ -237,7 +237,7 @@ class PGConnection(RowValues):
         algorithms (:class:`~gateway.store.steps.MessageSteps`, ``RowSteps._tx``): a
         statement whose result is not fetched is queued, so ``BEGIN`` goes out with the
         first statement and the last writes, the change notice and ``COMMIT`` go out
-        together; a STORE takes four round trips instead of seven, an APPEND five
+        together; a STORE takes four round trips instead of seven, an APPEND four
         instead of eleven. Those steps fetch every result they depend on and read no
         ``rowcount`` (which a queued statement has not got yet); an error in a queued
         statement surfaces at the next fetch or at the commit, and the transaction is
