@@ -106,10 +106,13 @@ class ThreadPoolService(service.Service):
         return joined
 
 
-STORE_THREADS = 8
+STORE_THREADS = 4
 """Threads (and so PostgreSQL connections) for store calls when the store does not run
 inline: IMAP command steps, fetcher deliveries, status. A call holds its thread for one
-round trip or one transaction, so a few threads serve many sessions."""
+round trip or one transaction, so a few threads serve many sessions. Four, not more:
+the steps' Python work takes the GIL in turns with the reactor whatever the count, and
+under the 50-client mix eight threads only queued for it (reactor lag p99 ~50 ms with
+eight, ~15 ms with four, for the same throughput; bench/README.md, "PostgreSQL mode")."""
 
 
 def _store_threads(top: service.MultiService, store: Any, reactor: Any) -> Any:

@@ -129,35 +129,41 @@ class PGMessages(PGRows, MessageSteps):
         )
 
     def changes_since(self, mailbox_id: int, modseq: int, *, viewer: str | None = None) -> Changes:
-        with self._read() as cur:
-            cur.execute("SELECT highestmodseq FROM mailbox WHERE id = %s", (mailbox_id,))
-            head = cur.fetchone()
-            if head is None:
-                raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
+        """One statement in autocommit (one snapshot, one round trip: every command's
+        catch-up makes this call): the head row, then the changed rows and the expunged
+        UIDs, whose scans are skipped when HIGHESTMODSEQ has not moved (every row,
+        private \\Seen and expunge record is stamped from ``_bump``, RFC 7162 §3.1.1)."""
+        with self._cursor() as cur:
             source, source_params = self._source(cur, mailbox_id, viewer)
             cur.execute(
-                f"SELECT uid, flags, recent, modseq FROM {source} src"
-                " WHERE mailbox_id = %s AND modseq > %s ORDER BY uid",
-                (*source_params, mailbox_id, modseq),
+                "WITH head AS (SELECT highestmodseq FROM mailbox WHERE id = %s)"
+                " SELECT 0, highestmodseq, NULL::text, 0, 0::bigint FROM head"
+                " UNION ALL SELECT 1, uid, flags, recent, modseq"
+                f" FROM {source} src WHERE mailbox_id = %s AND modseq > %s"
+                " AND (SELECT highestmodseq FROM head) > %s"
+                " UNION ALL SELECT 2, uid, NULL, 0, 0 FROM expunged"
+                " WHERE mailbox_id = %s AND modseq > %s"
+                " AND (SELECT highestmodseq FROM head) > %s"
+                " ORDER BY 1, 2",
+                (mailbox_id, *source_params, mailbox_id, modseq, modseq)
+                + (mailbox_id, modseq, modseq),
             )
             rows = cur.fetchall()
-            cur.execute(
-                "SELECT uid FROM expunged WHERE mailbox_id = %s AND modseq > %s ORDER BY uid",
-                (mailbox_id, modseq),
-            )
-            gone = cur.fetchall()
+        if not rows or rows[0][0] != 0:
+            raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
         flags = self._flags
         return Changes(
-            highestmodseq=int(head[0]),
-            changed=[MessageRow(u, flags(t, r), m) for u, t, r, m in rows],
-            expunged=[r[0] for r in gone],
+            highestmodseq=int(rows[0][1]),
+            changed=[MessageRow(u, flags(t, r), m) for k, u, t, r, m in rows if k == 1],
+            expunged=[u for k, u, _t, _r, _m in rows if k == 2],
         )
 
     def message_info(
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
     ) -> list[MessageInfo]:
-        with self._read() as cur:
-            self._require(cur, mailbox_id)
+        # One statement in autocommit (one round trip); the mailbox is looked up only
+        # when no row came back, to tell "gone" from "none of these UIDs".
+        with self._cursor() as cur:
             source, source_params = self._source(cur, mailbox_id, viewer)
             where, params = _uid_range(uids)
             cur.execute(
@@ -167,6 +173,8 @@ class PGMessages(PGRows, MessageSteps):
                 binary=True,
             )
             rows = cur.fetchall()
+            if not rows:
+                self._require(cur, mailbox_id)
         return self._infos(rows)
 
     def message_info_with_bytes(
@@ -247,8 +255,7 @@ class PGMessages(PGRows, MessageSteps):
     def message_summaries(
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
     ) -> list[MessageSummary]:
-        with self._read() as cur:
-            self._require(cur, mailbox_id)
+        with self._cursor() as cur:  # one statement, as message_info
             source, source_params = self._source(cur, mailbox_id, viewer)
             where, params = _uid_range(uids)
             cur.execute(
@@ -258,6 +265,8 @@ class PGMessages(PGRows, MessageSteps):
                 (*source_params, mailbox_id, *params),
             )
             rows = cur.fetchall()
+            if not rows:
+                self._require(cur, mailbox_id)
         flags, new = self._flags, tuple.__new__
         return [
             new(
@@ -268,7 +277,7 @@ class PGMessages(PGRows, MessageSteps):
         ]
 
     def message_bytes(self, mailbox_id: int, uid: int) -> bytes:
-        with self._read() as cur:
+        with self._cursor() as cur:
             cur.execute(
                 "SELECT c.raw FROM mailbox_message mm JOIN content c"
                 " ON c.message_id = mm.message_id WHERE mm.mailbox_id = %s AND mm.uid = %s",
@@ -283,7 +292,7 @@ class PGMessages(PGRows, MessageSteps):
 
     def message_bytes_batch(self, mailbox_id: int, uids: Sequence[int]) -> dict[int, bytes]:
         wanted = sorted(set(uid_array(uids)))
-        with self._read() as cur:
+        with self._cursor() as cur:
             if not wanted:
                 self._require(cur, mailbox_id)
                 return {}
@@ -307,8 +316,7 @@ class PGMessages(PGRows, MessageSteps):
     ) -> list[int]:
         """RFC 3501 §6.4.4, answered by one SQL query (see :mod:`gateway.store.search`);
         in a shared mailbox SEEN/UNSEEN and MODSEQ are ``viewer``'s own."""
-        with self._read() as cur:
-            self._require(cur, mailbox_id)
+        with self._read() as cur:  # _largest_uid checks that the mailbox exists
             rows = self._query_rows(cur, mailbox_id, criteria, viewer)
         return [r[0] for r in rows]
 

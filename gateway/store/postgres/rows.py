@@ -85,7 +85,7 @@ class PGRows(PGConnection, RowSteps):
     # ---- transactions and locks (RowSteps) -----------------------------------------
 
     def _tx(self) -> AbstractContextManager[tuple[Cursor, set[int]]]:
-        return self._write()
+        return self._pipelined_write()
 
     def _peek(self) -> AbstractContextManager[Cursor]:
         return self._cursor()
@@ -172,9 +172,17 @@ class PGRows(PGConnection, RowSteps):
     _search_options = {"dialect": POSTGRESQL}
 
     def _largest_uid(self, cur: Cursor, mailbox_id: int) -> int | None:
-        cur.execute("SELECT max(uid) FROM mailbox_message WHERE mailbox_id = %s", (mailbox_id,))
+        """Also the existence check of SEARCH/SORT/THREAD (raises MailboxNotFound): one
+        round trip for both."""
+        cur.execute(
+            "SELECT (SELECT max(uid) FROM mailbox_message WHERE mailbox_id = %s)"
+            " FROM mailbox WHERE id = %s",
+            (mailbox_id, mailbox_id),
+        )
         row = cur.fetchone()
-        return None if row is None else row[0]
+        if row is None:
+            raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
+        return row[0]
 
     def _fetch_query(self, cur: Cursor, sql: str, params: Sequence[object]) -> list[Any]:
         cur.execute(sql, params)
