@@ -288,6 +288,7 @@ def fetch_import(
     password: str,
     sieve: Path | None = None,
     postgresql: tuple[str, Path] | None = None,
+    timeout: float = 900.0,
 ) -> tuple[float, dict[str, Any]]:
     """One popgate fetch pass into a fresh store in a fresh process (``sieve``: with this
     script active for the owner, delivered through Sieve at ingest; ``postgresql``: (dsn,
@@ -330,7 +331,7 @@ def fetch_import(
             stdout=subprocess.PIPE,
             stderr=log,
             check=False,
-            timeout=900,
+            timeout=timeout,
         )
         seconds = time.perf_counter() - started
     if result.returncode != 0:

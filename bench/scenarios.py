@@ -5,7 +5,7 @@ Every figure is taken for popgate and for its peer in the same run, repeats inte
 scenario checks that both sides did the same work (same message count, same SEARCH
 hits) before a figure counts. Scenario names, for ``--only``: ingest, mbsync, compress, fetch,
 sort, qresync, concurrent, memory, fulltext (in bench/fulltext.py), postgres (in
-bench/pgmode.py), storm (bench/storm.py).
+bench/pgmode.py), storm (bench/storm.py), import (bench/importing.py).
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ class Sizes:
     :data:`bench.fulltext.MAX_MESSAGES`)."""
     fulltext_xapian: bool = True
     """Whether the fulltext scenario runs Dovecot + Xapian (only ever up to the cap)."""
+    import_messages: int = 100_000
+    """The first-import scenario's maildrop (bench/importing.py)."""
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -105,6 +107,7 @@ class Sizes:
             storm_devices=1_000,
             storm_household_users=10,
             storm_provider_devices=200,
+            import_messages=10_000,
         )
 
 
