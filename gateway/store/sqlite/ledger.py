@@ -45,7 +45,7 @@ class SQLiteLedger(SQLiteRows):
         if mailbox != INBOX:
             check_mailbox_name(mailbox)
         raw, analysis, internal = self._ingest(delivery.raw, delivery.internaldate)
-        with self._write() as changed:
+        with self._unmapped(), self._write() as changed:
             cur = self.db
             if self._ledger_has(cur, delivery.upstream, delivery.uidl):
                 return None
@@ -96,7 +96,7 @@ class SQLiteLedger(SQLiteRows):
         if all(p is None for p in prepared):
             return results
         now = self._clock()
-        with self._write() as changed:
+        with self._unmapped(), self._write() as changed:
             cur = self.db
             self._ensure_user_tx(cur, owner)
             target = self._find(cur, owner, mailbox)
@@ -164,7 +164,7 @@ class SQLiteLedger(SQLiteRows):
         if all(p is None for p in prepared):
             return results
         now = self._clock()
-        with self._write() as changed:
+        with self._unmapped(), self._write() as changed:
             cur = self.db
             self._ensure_user_tx(cur, owner)
             boxes: dict[str, tuple[int, bool]] = {}  # name → (mailbox id, shared)
