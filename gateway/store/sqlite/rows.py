@@ -282,8 +282,9 @@ class SQLiteRows(SQLiteConnection, RowSteps):
         raw: bytes | mmap.mmap,
         analysis: Analysis,
         internal: tuple[int, int, int],
+        digest: bytes | None = None,
     ) -> int:
-        values = message_values(raw, analysis, internal)
+        values = message_values(raw, analysis, internal, digest=digest)
         message_id = int(
             cur.execute(
                 f"INSERT INTO message ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
