@@ -32,6 +32,10 @@ message's From and To are each parsed four times (ENVELOPE, SEARCH's address tex
 SORT keys FROM/DISPLAYFROM and TO/DISPLAYTO), and a maildrop repeats its correspondents,
 so the same value comes back often: the parse was ~30% of the analysis (issue 19)."""
 
+KEPT_ADDRESS_LIST = 1024
+"""Longest value whose parse is kept, so the cache stays within a few MiB whatever the
+headers hold (a hostile To: of 200 KB is parsed every time, as before)."""
+
 
 def _addr_tokens(value: bytes) -> list[tuple[str, bytes]]:
     """Tokens: ("a", atom), ("q", unquoted string), ("d", [literal]), ("c", comment text),
@@ -92,12 +96,18 @@ def _addr_spec(tokens: list[tuple[str, bytes]]) -> tuple[bytes, bytes]:
 
 def parse_addresses(value: bytes) -> list[Address]:
     """Parse an address-list leniently into ENVELOPE address tuples, groups included."""
-    return list(_parsed_addresses(bytes(value)))
+    if len(value) <= KEPT_ADDRESS_LIST:
+        return list(_kept_addresses(bytes(value)))
+    return list(_parse_addresses(value))
 
 
 @functools.lru_cache(maxsize=PARSED_ADDRESS_LISTS)
-def _parsed_addresses(value: bytes) -> tuple[Address, ...]:
-    """:func:`parse_addresses`, kept per value (a pure function of the bytes)."""
+def _kept_addresses(value: bytes) -> tuple[Address, ...]:
+    """:func:`parse_addresses` of a short value, kept (a pure function of the bytes)."""
+    return _parse_addresses(value)
+
+
+def _parse_addresses(value: bytes) -> tuple[Address, ...]:
     tokens = _addr_tokens(value)
     out: list[Address] = []
     in_group = False
