@@ -44,6 +44,7 @@ import structlog
 from twisted.internet import defer
 from twisted.mail.pop3 import ServerErrorResponse
 
+from gateway.message.analysis import analyze
 from gateway.pop3.arrival import arrival_time
 from gateway.pop3.client import UpstreamClient
 from gateway.pop3.connect import connect, login
@@ -165,6 +166,7 @@ class _Pass:
         self.pending: list[Delivery] = []
         self.pending_bytes = 0
         self.pending_since = 0.0
+        self.analyze_on_arrival = isinstance(runner, InlineRunner)
 
     def add(self, **counts: int) -> None:
         self.result = replace(
@@ -428,6 +430,10 @@ class _Pass:
                 raw=raw,
                 internaldate=arrival_time(raw, _now(self.reactor)),
                 size_on_server=message.size,
+                # Analysed now, while the server sends the next pipelined answers, rather
+                # than in the batch commit, when it would wait (inline stores only: a
+                # threaded store analyses on its own thread, off the reactor).
+                analysis=analyze(raw) if self.analyze_on_arrival else None,
             )
         )
 

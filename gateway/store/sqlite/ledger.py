@@ -62,7 +62,9 @@ class SQLiteLedger(SQLiteRows):
         mailbox = normalise_name(mailbox)
         if mailbox != INBOX:
             check_mailbox_name(mailbox)
-        raw, analysis, internal = self._ingest(delivery.raw, delivery.internaldate)
+        raw, analysis, internal = self._ingest(
+            delivery.raw, delivery.internaldate, delivery.analysis
+        )
         with self._unmapped(), self._write() as changed:
             cur = self.db
             if self._ledger_has(cur, delivery.upstream, delivery.uidl):
@@ -110,7 +112,9 @@ class SQLiteLedger(SQLiteRows):
             if (delivery.upstream, delivery.uidl) in known:
                 prepared.append(None)
             else:
-                prepared.append(self._ingest(delivery.raw, delivery.internaldate))
+                prepared.append(
+                    self._ingest(delivery.raw, delivery.internaldate, delivery.analysis)
+                )
         results: list[int | None] = [None] * len(items)
         if all(p is None for p in prepared):
             return results
@@ -181,7 +185,7 @@ class SQLiteLedger(SQLiteRows):
             if self._ledger_has(self.db, d.upstream, d.uidl):
                 prepared.append(None)
             else:
-                prepared.append(self._ingest(d.raw, d.internaldate))
+                prepared.append(self._ingest(d.raw, d.internaldate, d.analysis))
         results: list[dict[str, int] | None] = [None] * len(items)
         if all(p is None for p in prepared):
             return results
