@@ -71,6 +71,18 @@ def verify_password(password: str | bytes, stored: str) -> bool:
     return hmac.compare_digest(candidate, digest)
 
 
-# A hash of a random password, checked when the user does not exist, so that an unknown
-# user costs the same time as a wrong password (no user enumeration by timing).
-DUMMY_HASH = hash_password(os.urandom(16))
+_dummy_hash: str | None = None
+
+
+def __getattr__(name: str) -> str:
+    """``DUMMY_HASH``: a hash of a random password, checked when the user does not exist,
+    so that an unknown user costs the same time as a wrong password (no user enumeration
+    by timing). Made on first use (PEP 562; the authenticator imports it at start-up), so
+    a process that only reads the config (``popgate fetch``, the ingest worker) does not
+    pay an scrypt run (~0.15 s of CPU, 16 MiB) at import."""
+    global _dummy_hash
+    if name != "DUMMY_HASH":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _dummy_hash is None:
+        _dummy_hash = hash_password(os.urandom(16))
+    return _dummy_hash
