@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench import peers
+from bench.importing import first_import
 from bench.pgmode import postgres
 from bench.report import as_json, notes, table
 from bench.scenarios import SCENARIOS, Bench, Sizes, prepare, warm_up
@@ -38,8 +39,9 @@ IMAP_SCENARIOS = frozenset(
 """Scenarios that need the big mailbox loaded into both IMAP servers."""
 
 
-ALL_SCENARIOS = {**SCENARIOS, "postgres": postgres}
-"""Every scenario in run order; PostgreSQL mode last (bench/pgmode.py)."""
+ALL_SCENARIOS = {**SCENARIOS, "import": first_import, "postgres": postgres}
+"""Every scenario in run order; the 100,000-message first import (bench/importing.py)
+and PostgreSQL mode (bench/pgmode.py) last."""
 
 
 def machine() -> str:
@@ -102,6 +104,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-xapian", action="store_true", help="fulltext: leave out Dovecot + Xapian"
     )
+    parser.add_argument(
+        "--import-size",
+        type=int,
+        help="import: messages in the first-import maildrop (default 100,000, quick 10,000)",
+    )
     return parser.parse_args(argv)
 
 
@@ -114,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes = replace(sizes, fulltext_messages=args.fulltext_size)
     if args.no_xapian:
         sizes = replace(sizes, fulltext_xapian=False)
+    if args.import_size:
+        sizes = replace(sizes, import_messages=args.import_size)
     chosen = [name for name in ALL_SCENARIOS if not args.only or name in args.only]
     check_peers(chosen)
     logs.configure("warning", "console", stream=sys.stderr)  # the store logs each open

@@ -5,7 +5,7 @@ Every figure is taken for popgate and for its peer in the same run, repeats inte
 scenario checks that both sides did the same work (same message count, same SEARCH
 hits) before a figure counts. Scenario names, for ``--only``: ingest, mbsync, compress, fetch,
 sort, qresync, concurrent, memory, fulltext (in bench/fulltext.py), postgres (in
-bench/pgmode.py), storm (bench/storm.py).
+bench/pgmode.py), storm (bench/storm.py), import (bench/importing.py).
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ class Sizes:
     :data:`bench.fulltext.MAX_MESSAGES`)."""
     fulltext_xapian: bool = True
     """Whether the fulltext scenario runs Dovecot + Xapian (only ever up to the cap)."""
+    import_messages: int = 100_000
+    """The first-import scenario's maildrop (bench/importing.py)."""
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -105,6 +107,7 @@ class Sizes:
             storm_devices=1_000,
             storm_household_users=10,
             storm_provider_devices=200,
+            import_messages=10_000,
         )
 
 
@@ -273,8 +276,10 @@ def count_bsmtp(path: Path) -> int:
 
 
 def ingest(bench: Bench) -> None:
-    """2,000-message POP3 import from Dovecot pop3d: popgate's fetcher (durable commit per
-    message) vs getmail6 into a Maildir vs fetchmail into a BSMTP file vs a raw RETR loop."""
+    """2,000-message POP3 import from Dovecot pop3d: popgate's fetcher (durable commits of
+    batches, each message with its ledger row; RETRs pipelined, as Dovecot announces
+    PIPELINING) vs getmail6 into a Maildir vs fetchmail into a BSMTP file vs a raw RETR
+    loop."""
     sizes, dovecot = bench.sizes, bench.dovecot
     host, port = dovecot.host, dovecot.pop3_port
     user, password = POP_USER

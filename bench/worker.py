@@ -7,7 +7,8 @@ reactor cannot be restarted, and the parent must stay free to drive clients):
   over :func:`gateway.app.service.build_service`), plus :class:`LagProbe`;
 * ``ingest``: one :func:`gateway.pop3.fetcher.fetch_once` pass into a fresh store (a
   SQLite file, or with ``--dsn`` an empty PostgreSQL database, its calls on store threads
-  as the service makes them); prints a JSON report on stdout.
+  as the service makes them); prints a JSON report on stdout (with ``vmhwm``, the
+  process's peak RSS in bytes, for the first-import figure).
 """
 
 from __future__ import annotations
@@ -127,6 +128,17 @@ def serve(args: argparse.Namespace) -> int:
     return run_reactor_with(build)
 
 
+def peak_rss() -> int:
+    """This process's peak resident set (``VmHWM``, Linux /proc) in bytes; 0 elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def ingest(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
 
@@ -192,6 +204,7 @@ def ingest(args: argparse.Namespace) -> int:
     if pool is not None:
         pool.stop()
     store.close()
+    outcome["vmhwm"] = peak_rss()
     print(json.dumps(outcome))
     return 0 if "error" not in outcome else 1
 

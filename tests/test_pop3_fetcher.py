@@ -447,6 +447,50 @@ def test_connection_drop_mid_retr_keeps_earlier_messages_and_refetches_without_d
     assert h.server.messages == []
 
 
+def test_pipelined_retrs_fetch_every_message_once_in_order_and_skip_a_refused_one(
+    fake_upstream,
+) -> None:
+    """A server announcing PIPELINING (RFC 2449 §6.6) gets up to PIPELINE_DEPTH RETRs
+    ahead; the store still receives every message once, in server order, and an -ERR
+    among the pipelined answers skips only that message."""
+    messages = sample(fetcher_module.PIPELINE_DEPTH * 3)
+    h = fake_upstream(messages=messages)
+    h.server.faults.pipelining = True
+    refused = h.server.uidls()[5]
+    h.server.faults.err_on_retr = {refused}
+    first = h.fetch(keep_on_server=False)
+    assert first.fetched == len(messages) - 1 and first.errors == 1
+    retrieved = [c.args for c in h.server.commands if c.session == 1 and c.verb == "RETR"]
+    assert retrieved == [(str(n),) for n in range(1, len(messages) + 1)]
+    assert h.inbox() == [normalize_message(m) for i, m in enumerate(messages) if i != 5]
+    assert h.server.uidls() == [refused]
+    h.server.faults.err_on_retr = set()
+    assert h.fetch(keep_on_server=False).fetched == 1
+    assert sorted(h.inbox()) == sorted(normalize_message(m) for m in messages)
+
+
+def test_pipelined_connection_drop_mid_retr_keeps_earlier_messages_without_duplicates(
+    fake_upstream,
+) -> None:
+    """The connection drops inside one answer while later RETRs are on the wire: what
+    came before is committed, nothing is deleted, and the next pass fetches the rest
+    exactly once."""
+    messages = sample(12)
+    h = fake_upstream(messages=messages)
+    h.server.faults.pipelining = True
+    victim = h.server.uidls()[4]
+    h.server.faults.drop_mid_retr = {victim}
+    error = h.fetch_error(keep_on_server=False)
+    assert error.kind == "connection_lost"
+    assert error.result.fetched == 4
+    assert h.inbox() == [normalize_message(m) for m in messages[:4]]
+    assert len(h.server.messages) == 12
+    result = h.fetch(keep_on_server=False)
+    assert result.fetched == 8 and result.deleted == 12
+    assert h.inbox() == [normalize_message(m) for m in messages]
+    assert h.server.messages == []
+
+
 def test_err_on_retr_skips_the_message_for_this_pass_only(fake_upstream) -> None:
     messages = sample(4)
     h = fake_upstream(messages=messages)

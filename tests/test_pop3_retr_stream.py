@@ -332,3 +332,56 @@ def test_a_consumer_that_drops_the_connection_gets_nothing_more(monkeypatch) -> 
     size = sink.size
     client.dataReceived(b"more\r\n.\r\n")
     assert seen == [] and sink.size == size
+
+
+# ---- pipelining (RFC 2449 §6.6) ------------------------------------------------------------
+
+
+def test_pipelined_retrs_go_out_at_once_and_answers_are_taken_in_order() -> None:
+    """With PIPELINING announced, RETRs queued behind the one in flight are written at
+    once, each exactly once; the answers (one -ERR among them) still reach the right
+    consumers, and a command queued after them keeps its place."""
+    client, transport = greeted(UpstreamClient(Clock(), "pop.example.net", 5.0))
+    client.pipelining = True
+    sinks = [MessageSink(NO_SIZE_LIMIT) for _ in range(3)]
+    seen = [outcome_of(client.retrieve(i, consumer=s.line)) for i, s in enumerate(sinks)]
+    assert transport.value() == b"RETR 1\r\nRETR 2\r\nRETR 3\r\n"
+    client.dataReceived(b"+OK\r\none\r\n.\r\n-ERR gone\r\n+OK\r\n")
+    assert seen[0] == ["ok"] and seen[1] == [ServerErrorResponse] and seen[2] == []
+    noop: list[bytes] = []
+    client.noop().addCallback(noop.append)
+    assert transport.value() == b"RETR 1\r\nRETR 2\r\nRETR 3\r\n"  # NOOP waits its turn
+    client.dataReceived(b"..three\r\n.\r\n+OK fine\r\n")
+    assert seen[2] == ["ok"] and noop == [b"fine"]
+    assert [s.getvalue() for s in sinks] == [b"one\r\n", b"", b".three\r\n"]
+    assert transport.value() == b"RETR 1\r\nRETR 2\r\nRETR 3\r\nNOOP\r\n"
+    more = MessageSink(NO_SIZE_LIMIT)
+    last = outcome_of(client.retrieve(3, consumer=more.line))
+    assert transport.value().endswith(b"NOOP\r\nRETR 4\r\n")
+    client.dataReceived(b"+OK\r\nfour\r\n.\r\n")
+    assert last == ["ok"] and more.getvalue() == b"four\r\n"
+
+
+def test_without_pipelining_a_retr_waits_for_the_answer_before_it() -> None:
+    client, transport = greeted(UpstreamClient(Clock(), "pop.example.net", 5.0))
+    first, second = MessageSink(NO_SIZE_LIMIT), MessageSink(NO_SIZE_LIMIT)
+    client.retrieve(0, consumer=first.line)
+    client.retrieve(1, consumer=second.line)
+    assert transport.value() == b"RETR 1\r\n"
+    client.dataReceived(b"+OK\r\none\r\n.\r\n")
+    assert transport.value() == b"RETR 1\r\nRETR 2\r\n"
+
+
+def test_a_retr_queued_behind_an_unsent_command_is_not_sent_ahead_of_it() -> None:
+    """A NOOP queued (not pipelined) behind the command in flight keeps later RETRs from
+    going out early: the wire order must stay the queue's order."""
+    client, transport = greeted(UpstreamClient(Clock(), "pop.example.net", 5.0))
+    client.pipelining = True
+    client.stat()
+    client.noop()
+    client.retrieve(0, consumer=MessageSink(NO_SIZE_LIMIT).line)
+    assert transport.value() == b"STAT\r\n"
+    client.dataReceived(b"+OK 1 5\r\n")
+    assert transport.value() == b"STAT\r\nNOOP\r\n"
+    client.dataReceived(b"+OK\r\n")
+    assert transport.value() == b"STAT\r\nNOOP\r\nRETR 1\r\n"

@@ -53,7 +53,7 @@ def analyze(raw: bytes) -> Analysis:
     """
     raw = bytes(raw)
     root = parse(raw)
-    fields = scan_fields(raw, root.hs, analyzed_header_end(raw, root.hs, root.he))
+    fields = root.fields  # scanned once by parse(), up to analyzed_header_end
     headers = [
         (f.name, decoded_header(unfold(raw[f.value : f.end]))) for f in fields if f.name is not None
     ]

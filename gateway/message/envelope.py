@@ -7,6 +7,7 @@ RFC 2047 words in the ENVELOPE themselves.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from gateway.message.params import QUOTED_PAIR
@@ -24,6 +25,16 @@ _ADDR_TOKEN = re.compile(
 )
 
 Address = tuple[bytes | None, bytes | None, bytes | None, bytes | None]
+
+PARSED_ADDRESS_LISTS = 256
+"""Address-list values whose parse is kept (:func:`parse_addresses`). At ingest one
+message's From and To are each parsed four times (ENVELOPE, SEARCH's address text, the
+SORT keys FROM/DISPLAYFROM and TO/DISPLAYTO), and a maildrop repeats its correspondents,
+so the same value comes back often: the parse was ~30% of the analysis (issue 19)."""
+
+KEPT_ADDRESS_LIST = 1024
+"""Longest value whose parse is kept, so the cache stays within a few MiB whatever the
+headers hold (a hostile To: of 200 KB is parsed every time, as before)."""
 
 
 def _addr_tokens(value: bytes) -> list[tuple[str, bytes]]:
@@ -85,6 +96,18 @@ def _addr_spec(tokens: list[tuple[str, bytes]]) -> tuple[bytes, bytes]:
 
 def parse_addresses(value: bytes) -> list[Address]:
     """Parse an address-list leniently into ENVELOPE address tuples, groups included."""
+    if len(value) <= KEPT_ADDRESS_LIST:
+        return list(_kept_addresses(bytes(value)))
+    return list(_parse_addresses(value))
+
+
+@functools.lru_cache(maxsize=PARSED_ADDRESS_LISTS)
+def _kept_addresses(value: bytes) -> tuple[Address, ...]:
+    """:func:`parse_addresses` of a short value, kept (a pure function of the bytes)."""
+    return _parse_addresses(value)
+
+
+def _parse_addresses(value: bytes) -> tuple[Address, ...]:
     tokens = _addr_tokens(value)
     out: list[Address] = []
     in_group = False
@@ -135,7 +158,7 @@ def parse_addresses(value: bytes) -> list[Address]:
             in_group = False
     if in_group:
         out.append((None, None, None, None))
-    return out
+    return tuple(out)
 
 
 def _addresses_wire(value: bytes | None) -> bytes | None:

@@ -25,9 +25,13 @@ _WSP_RUN = re.compile(r"[ \t\r\n]+")
 _MSG_ID = re.compile(r"<([^<>\s]*@[^<>\s]*)>")
 
 
+_ASCII_UPPER = str.maketrans({c: c - 32 for c in range(0x61, 0x7B)})
+"""``i;ascii-casemap``'s table: a-z to A-Z, nothing else."""
+
+
 def ascii_casemap(text: str) -> str:
     """``i;ascii-casemap`` (RFC 4790 §9.2): only ASCII letters change case."""
-    return text.translate({c: c - 32 for c in range(0x61, 0x7B)})
+    return text.translate(_ASCII_UPPER)
 
 
 @dataclass(frozen=True)

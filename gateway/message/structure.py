@@ -26,7 +26,13 @@ import re
 from dataclasses import dataclass, field
 
 from gateway.message.envelope import envelope
-from gateway.message.fields import analyzed_header_end, first_values, scan_fields, split_header
+from gateway.message.fields import (
+    Field,
+    analyzed_header_end,
+    first_values,
+    scan_fields,
+    split_header,
+)
 from gateway.message.params import merge_params, param, params_wire, split_value, strip_comments
 from gateway.message.wire import NIL, nstring
 
@@ -54,6 +60,7 @@ class Entity:
     kind: str = ""  # "" leaf, "M" multipart, "R" encapsulated message
     children: list[Entity] = field(default_factory=list)
     inner: Entity | None = None
+    fields: list[Field] = field(default_factory=list)  # its analysed header fields, in order
 
 
 class _Budget:
@@ -90,9 +97,10 @@ def _parse_entity(
 ) -> Entity:
     budget.left -= 1
     he, bs = split_header(raw, start, end)
-    values = first_values(raw, scan_fields(raw, start, analyzed_header_end(raw, start, he)))
+    fields = scan_fields(raw, start, analyzed_header_end(raw, start, he))
+    values = first_values(raw, fields)
     ctype, csub, params = _content_type(values, default)
-    ent = Entity(start, he, bs, end, values, ctype, csub, params)
+    ent = Entity(start, he, bs, end, values, ctype, csub, params, fields=fields)
     is_message = ctype == b"MESSAGE" and csub in (b"RFC822", b"GLOBAL")
     if ctype == b"MULTIPART":
         boundary = param(params, b"BOUNDARY")

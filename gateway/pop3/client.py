@@ -20,11 +20,18 @@ raw chunks (:class:`gateway.pop3.framing.DotStuffedBody`, sans-I/O) and hands th
 whole runs of lines, one call and one timer reset per chunk instead of per line (see
 :meth:`UpstreamClient.retrieve`).
 
+RETRs are pipelined when the server announces ``PIPELINING`` in CAPA (RFC 2449 §6.6): a
+RETR queued behind others is written at once instead of when its turn comes (the answers
+still arrive, and are read, strictly in order), so the server is already sending the
+next message while this one is stored, and several RETR lines go out in one write
+(see :meth:`UpstreamClient.retrieve` and :data:`PIPELINE_DEPTH` in the fetcher).
+
 Errors reach callers as :class:`gateway.pop3.errors.FetchError` subclasses.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +73,10 @@ class UpstreamClient(AdvancedPOP3Client):
     allowInsecureLogin = False
     login_delay = 0.0
     """CAPA ``LOGIN-DELAY`` seconds once :func:`gateway.pop3.connect.login` has read CAPA."""
+    pipelining = False
+    """Whether CAPA announced ``PIPELINING`` (RFC 2449 §6.6), set by
+    :func:`gateway.pop3.connect.login` when it reads CAPA; off for a server that has no
+    CAPA or was not asked."""
 
     def __init__(self, reactor: Any, host: str, timeout: float) -> None:
         self._reactor = reactor
@@ -75,6 +86,8 @@ class UpstreamClient(AdvancedPOP3Client):
         self.closed: defer.Deferred[None] = defer.Deferred()
         self.connected_now = False
         self._aborted = False
+        self._sent_ahead: deque[bytes] = deque()
+        """Lines of queued commands already written (pipelined), oldest first."""
 
     # TimeoutMixin asks this for its timer: use the injected reactor, not the global one.
     def callLater(self, period: float, func: Callable[[], object]) -> Any:
@@ -270,6 +283,7 @@ class UpstreamClient(AdvancedPOP3Client):
         if lines is not None:
             return super().retrieve(index, consumer, lines)
         number = b"%d" % (index + 1,)
+        self._send_ahead(b"RETR " + number)
         if consumer is None:
             collected: list[bytes] = []
             d = self.sendLong(
@@ -277,6 +291,32 @@ class UpstreamClient(AdvancedPOP3Client):
             )
             return d.addCallback(lambda _: collected)
         return self.sendLong(b"RETR", number, _StreamedRetr(consumer), None)
+
+    def sendLine(self, line: bytes) -> None:
+        """Twisted writes a queued command's line when its turn comes; a pipelined one
+        was written already (:meth:`_send_ahead`), in the same order, so it is not
+        written twice."""
+        if self._sent_ahead and self._sent_ahead[0] == line:
+            self._sent_ahead.popleft()
+            return
+        super().sendLine(line)
+
+    def _send_ahead(self, line: bytes) -> bool:
+        """Write a command's line now although it will be queued behind the command in
+        flight, when the server pipelines (RFC 2449 §6.6) and every command queued
+        before it went out the same way (so the order on the wire is the queue's)."""
+        queued = self._blockedQueue
+        if (
+            not self.pipelining
+            or queued is None
+            or len(queued) != len(self._sent_ahead)
+            or self._aborted
+            or not self.connected_now
+        ):
+            return False
+        super().sendLine(line)
+        self._sent_ahead.append(line)
+        return True
 
     _sasl_respond: Callable[[bytes], bytes] | None = None
 

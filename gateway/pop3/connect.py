@@ -6,7 +6,8 @@ mechanism (USER/PASS, APOP, SASL PLAIN, or for ``auth = "oauth2"`` SASL XOAUTH2/
 with the access token in ``upstream.password``), refusing to send credentials on a connection
 that should be encrypted but is not. Failures are :class:`~gateway.pop3.errors.FetchError`
 kinds; a refused login's RFC 2449/3206 response code picks the kind (:func:`login_refused`).
-CAPA's ``LOGIN-DELAY n`` (RFC 2449 §6.8), when read, is left in ``client.login_delay``.
+CAPA's ``LOGIN-DELAY n`` (RFC 2449 §6.8), when read, is left in ``client.login_delay``,
+and ``PIPELINING`` (§6.6) in ``client.pipelining`` (the fetcher then pipelines RETRs).
 """
 
 from __future__ import annotations
@@ -198,6 +199,8 @@ async def _capabilities(client: UpstreamClient, upstream: Upstream) -> dict[byte
     except Exception as e:
         raise translate_failure(e, upstream.host, "CAPA") from None
     _note_login_delay(client, caps)
+    # RFC 2449 §6.6: the client may send commands without waiting for each answer.
+    client.pipelining = b"PIPELINING" in caps
     return caps
 
 

@@ -77,8 +77,8 @@ import datetime
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from gateway.core.criteria import Criteria
 from gateway.core.sorting import SortCriterion, ThreadFacts
@@ -104,6 +104,9 @@ from gateway.store.records import (
     SelectionSummary,
     StoreResult,
 )
+
+if TYPE_CHECKING:
+    from gateway.message.analysis import Analysis
 
 __all__ = [
     "DELIMITER",
@@ -167,6 +170,10 @@ class Delivery:
     raw: bytes
     internaldate: datetime.datetime | None = None
     size_on_server: int | None = None
+    analysis: Analysis | None = field(default=None, compare=False, repr=False)
+    """:func:`gateway.message.analysis.analyze` of ``raw`` when the fetcher already made
+    it (on the reactor, between two answers it waits for: issue 19); a backend may use
+    it instead of analysing the bytes again, or ignore it."""
 
 
 @dataclass(frozen=True)

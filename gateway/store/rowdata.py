@@ -102,10 +102,17 @@ MESSAGE_COLUMNS = (
 """The ``message`` columns :attr:`MessageValues.row` fills, in order."""
 
 
-def message_values(raw: bytes, analysis: Analysis, internal: tuple[int, int, int]) -> MessageValues:
+def message_values(
+    raw: bytes,
+    analysis: Analysis,
+    internal: tuple[int, int, int],
+    *,
+    digest: bytes | None = None,
+) -> MessageValues:
     """What a backend stores for a message. ``internal`` is (epoch seconds, offset
     minutes, day ordinal in that offset) of its INTERNALDATE; the sent day falls back
-    to the internal day when the Date: header is missing or unusable (RFC 5256 §2.2)."""
+    to the internal day when the Date: header is missing or unusable (RFC 5256 §2.2).
+    ``digest``: the bytes' SHA-256 when the caller already has it (content dedup)."""
     epoch, minutes, day = internal
     sent_epoch: int | None = None
     sent_day = day
@@ -119,7 +126,7 @@ def message_values(raw: bytes, analysis: Analysis, internal: tuple[int, int, int
         except (OverflowError, ValueError, OSError):
             sent_epoch, sent_day = None, day
     row = (
-        hashlib.sha256(raw).digest(),
+        hashlib.sha256(raw).digest() if digest is None else digest,
         len(raw),
         epoch,
         minutes,

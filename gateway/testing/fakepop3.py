@@ -161,6 +161,8 @@ class FakePOP3Protocol(LineOnlyReceiver):
             caps.append(b"UIDL")
         if self.server.faults.login_delay is not None:
             caps.append(b"LOGIN-DELAY %d" % self.server.faults.login_delay)
+        if self.server.faults.pipelining:
+            caps.append(b"PIPELINING")
         if self.server.tls_context is not None and not self.tls and self.state == "AUTHORIZATION":
             caps.append(b"STLS")
         caps.append(b"IMPLEMENTATION popgate-fake")

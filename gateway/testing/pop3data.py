@@ -96,6 +96,8 @@ class Faults:
     """Every login attempt is answered ``-ERR`` + this text (e.g. b"[SYS/TEMP] try later")."""
     login_delay: int | None = None
     """CAPA announces ``LOGIN-DELAY n`` (RFC 2449 §6.8)."""
+    pipelining: bool = False
+    """CAPA announces ``PIPELINING`` (RFC 2449 §6.6): the client may send RETRs ahead."""
     endless_greeting: bool = False
     """The greeting never ends: :data:`ENDLESS_GREETING_OCTETS` octets without a line end."""
 

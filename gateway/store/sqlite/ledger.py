@@ -35,6 +35,24 @@ class SQLiteLedger(SQLiteRows):
         ).fetchone()
         return row is not None
 
+    def _ledger_known(
+        self, cur: sqlite3.Connection, deliveries: Sequence[Delivery]
+    ) -> set[tuple[str, str]]:
+        """Which (upstream, UIDL) of a batch the ledger already holds: one indexed
+        statement per upstream in the batch, not one per message."""
+        by_upstream: dict[str, list[str]] = {}
+        for d in deliveries:
+            by_upstream.setdefault(d.upstream, []).append(d.uidl)
+        known: set[tuple[str, str]] = set()
+        for upstream, uidls in by_upstream.items():
+            rows = cur.execute(
+                "SELECT uidl FROM ledger WHERE upstream = ?"
+                " AND uidl IN (SELECT value FROM json_each(?))",
+                (upstream, json.dumps(uidls)),
+            )
+            known.update((upstream, r[0]) for r in rows)
+        return known
+
     def deliver(self, owner: str, mailbox: str, delivery: Delivery) -> int | None:
         """Exactly-once delivery: the message, its mailbox row and the ledger row commit
         together (durably, ``synchronous=FULL``), so the fetcher may DELE upstream once
@@ -44,8 +62,10 @@ class SQLiteLedger(SQLiteRows):
         mailbox = normalise_name(mailbox)
         if mailbox != INBOX:
             check_mailbox_name(mailbox)
-        raw, analysis, internal = self._ingest(delivery.raw, delivery.internaldate)
-        with self._write() as changed:
+        raw, analysis, internal = self._ingest(
+            delivery.raw, delivery.internaldate, delivery.analysis
+        )
+        with self._unmapped(), self._write() as changed:
             cur = self.db
             if self._ledger_has(cur, delivery.upstream, delivery.uidl):
                 return None
@@ -87,16 +107,19 @@ class SQLiteLedger(SQLiteRows):
             check_mailbox_name(mailbox)
         items = list(deliveries)
         prepared: list[tuple[bytes, Analysis, tuple[int, int, int]] | None] = []
+        known = self._ledger_known(self.db, items)
         for delivery in items:
-            if self._ledger_has(self.db, delivery.upstream, delivery.uidl):
+            if (delivery.upstream, delivery.uidl) in known:
                 prepared.append(None)
             else:
-                prepared.append(self._ingest(delivery.raw, delivery.internaldate))
+                prepared.append(
+                    self._ingest(delivery.raw, delivery.internaldate, delivery.analysis)
+                )
         results: list[int | None] = [None] * len(items)
         if all(p is None for p in prepared):
             return results
         now = self._clock()
-        with self._write() as changed:
+        with self._unmapped(), self._write() as changed:
             cur = self.db
             self._ensure_user_tx(cur, owner)
             target = self._find(cur, owner, mailbox)
@@ -107,26 +130,29 @@ class SQLiteLedger(SQLiteRows):
                 mailbox_id = target.id
             new_rows: list[tuple[int, int]] = []  # (index in items, message id)
             ledger_rows: list[tuple[str, str, int, float, int]] = []
-            seen: set[tuple[str, str]] = set()
+            # Again inside the transaction: another process may have delivered meanwhile.
+            seen = self._ledger_known(cur, items)
             for index, (delivery, ready) in enumerate(zip(items, prepared, strict=True)):
                 key = (delivery.upstream, delivery.uidl)
-                if ready is None or key in seen or self._ledger_has(cur, *key):
+                if ready is None or key in seen:
                     continue
                 seen.add(key)
                 raw, analysis, internal = ready
                 existing = None
+                digest = None
                 if dedup:
+                    digest = hashlib.sha256(raw).digest()  # once: the row stores it too
                     existing = cur.execute(
                         "SELECT m.id FROM message m WHERE m.sha256 = ? AND EXISTS"
                         " (SELECT 1 FROM mailbox_message mm WHERE mm.message_id = m.id"
                         " AND mm.mailbox_id = ?) AND EXISTS (SELECT 1 FROM ledger l"
                         " WHERE l.message_id = m.id AND l.upstream != ?) LIMIT 1",
-                        (hashlib.sha256(raw).digest(), mailbox_id, delivery.upstream),
+                        (digest, mailbox_id, delivery.upstream),
                     ).fetchone()
                 if existing is not None:
                     message_id = int(existing[0])
                 else:
-                    message_id = self._insert_message(cur, raw, analysis, internal)
+                    message_id = self._insert_message(cur, raw, analysis, internal, digest)
                     new_rows.append((index, message_id))
                 size = delivery.size_on_server
                 ledger_rows.append((*key, message_id, now, size if size is not None else len(raw)))
@@ -159,12 +185,12 @@ class SQLiteLedger(SQLiteRows):
             if self._ledger_has(self.db, d.upstream, d.uidl):
                 prepared.append(None)
             else:
-                prepared.append(self._ingest(d.raw, d.internaldate))
+                prepared.append(self._ingest(d.raw, d.internaldate, d.analysis))
         results: list[dict[str, int] | None] = [None] * len(items)
         if all(p is None for p in prepared):
             return results
         now = self._clock()
-        with self._write() as changed:
+        with self._unmapped(), self._write() as changed:
             cur = self.db
             self._ensure_user_tx(cur, owner)
             boxes: dict[str, tuple[int, bool]] = {}  # name → (mailbox id, shared)
@@ -211,7 +237,9 @@ class SQLiteLedger(SQLiteRows):
                         message_id = int(existing[0])
                         del wanted[mailbox_id]
                 if wanted:
-                    message_id = self._insert_message(cur, raw, analysis, internal)
+                    message_id = self._insert_message(
+                        cur, raw, analysis, internal, digest if dedup else None
+                    )
                 for mailbox_id, ((name, _id, shared), flags) in wanted.items():
                     assert message_id is not None
                     text, _seen = split_seen(flags, shared)

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from gateway.message.analysis import Analysis
+from gateway.message.analysis import Analysis, analyze
 from gateway.store.errors import MailboxNotFound, StoreError
 from gateway.store.interfaces import DELIMITER, Mailbox, is_shared_owner
 from gateway.store.rowdata import DELETED_TOKEN, MESSAGE_COLUMNS, internal_values, message_values
@@ -270,11 +270,18 @@ class SQLiteRows(SQLiteConnection, RowSteps):
         )
 
     def _ingest(
-        self, raw: bytes | mmap.mmap, internaldate: datetime.datetime | None
+        self,
+        raw: bytes | mmap.mmap,
+        internaldate: datetime.datetime | None,
+        analysis: Analysis | None = None,
     ) -> tuple[bytes | mmap.mmap, Analysis, tuple[int, int, int]]:
-        """Checks and computations done before the write transaction starts."""
+        """Checks and computations done before the write transaction starts. A delivery's
+        own ``analysis`` (made by the fetcher) is used when this store analyses with the
+        standard :func:`~gateway.message.analysis.analyze` anyway."""
         check_message(raw, self.max_message_size)
-        return raw, self._analyze(raw), internal_values(internaldate, self._now())
+        if analysis is None or self._analyze is not analyze:
+            analysis = self._analyze(raw)
+        return raw, analysis, internal_values(internaldate, self._now())
 
     def _insert_message(
         self,
@@ -282,8 +289,9 @@ class SQLiteRows(SQLiteConnection, RowSteps):
         raw: bytes | mmap.mmap,
         analysis: Analysis,
         internal: tuple[int, int, int],
+        digest: bytes | None = None,
     ) -> int:
-        values = message_values(raw, analysis, internal)
+        values = message_values(raw, analysis, internal, digest=digest)
         message_id = int(
             cur.execute(
                 f"INSERT INTO message ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
