@@ -120,26 +120,11 @@ class MemoryMessages(MemoryBase):
     def message_summaries(
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
     ) -> list[MessageSummary]:
-        box = self._box(mailbox_id)
-        seen_by = box.seen_by(viewer)
-        out = []
-        for uid in sorted(set(uids)):
-            row = box.rows.get(uid)
-            if row is None:
-                continue
-            row = row.as_seen_by(seen_by)
-            m = row.message
-            out.append(
-                MessageSummary(
-                    uid=uid,
-                    flags=row.view(),
-                    modseq=row.modseq,
-                    size=len(m.raw),
-                    envelope=m.analysis.envelope,
-                    bodystructure=m.analysis.bodystructure,
-                )
-            )
-        return out
+        # The reference model: by definition the stored items of message_info.
+        return [
+            MessageSummary(i.uid, i.flags, i.modseq, i.size, i.envelope, i.bodystructure)
+            for i in self.message_info(mailbox_id, uids, viewer=viewer)
+        ]
 
     def message_bytes(self, mailbox_id: int, uid: int) -> bytes:
         row = self._box(mailbox_id).rows.get(uid)
