@@ -844,6 +844,27 @@ def test_message_summaries_are_message_info_cut_to_the_stored_items(store: Store
         store.message_summaries(987654, [1])
 
 
+def test_message_flags_are_message_info_cut_to_uid_flags_and_modseq(store: Store) -> None:
+    """The flag resync's read (``UID FETCH 1:* (UID FLAGS)``, issue 19) answers exactly
+    what message_info does for the same UIDs, cut to UID, flags and modseq: existing UIDs
+    ascending, each once, \\Recent included; an unknown mailbox is refused."""
+    box = inbox(store)
+    add(store, box, 4)
+    store.append(box, make_message(subject="k"), ["\\Answered", "$Work"])
+    store.store_flags(box, [2], "+", ["\\Seen"])
+    store.clear_recent(box, [3])
+    store.expunge(box, [4])
+    for uids in ([5, 1, 77, 5, 1], [1, 2, 3, 4, 5], [2, 3], [4, 9, 2], [], [77]):
+        assert store.message_flags(box, uids) == [
+            (i.uid, i.flags, i.modseq) for i in store.message_info(box, uids)
+        ], uids
+    (last,) = store.message_flags(box, [5])
+    assert (last.uid, last.flags) == (5, {"\\Answered", "$Work", "\\Recent"})
+    assert last.modseq == store.message_rows(box)[-1].modseq
+    with pytest.raises(MailboxNotFound):
+        store.message_flags(987654, [1])
+
+
 def test_message_bytes_batch_returns_existing_messages_byte_exact(store: Store) -> None:
     """message_bytes_batch agrees with message_bytes for every UID that exists, for a
     contiguous run and a scattered set alike; expunged or unknown UIDs are left out."""

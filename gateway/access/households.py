@@ -60,6 +60,7 @@ from gateway.store.interfaces import (
     MailboxExists,
     MailboxNotAllowed,
     MailboxNotFound,
+    MessageFlags,
     MessageInfo,
     MessageRow,
     MessageSummary,
@@ -346,6 +347,11 @@ class UserStore:
         return self.base.message_info_with_bytes(
             self._id(mailbox_id), uids, budget, viewer=self._viewer(viewer)
         )
+
+    def message_flags(
+        self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
+    ) -> list[MessageFlags]:
+        return self.base.message_flags(self._id(mailbox_id), uids, viewer=self._viewer(viewer))
 
     def append(
         self,

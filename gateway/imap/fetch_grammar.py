@@ -49,11 +49,45 @@ FETCH_MACROS = {
 _SECTION_KINDS = frozenset(("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME"))
 
 
+_PARSED_TAILS: dict[
+    tuple[bool, bool, int, bytes], tuple[tuple[FetchItem, ...], int | None, bool]
+] = {}
+"""Parsed fetch items and modifiers by the line's text after the sequence set: a client
+sends the same few shapes over and over (mbsync one ``UID FETCH n (BODY.PEEK[])`` per
+message; issue 19), so each shape is parsed once. Bounded by :data:`_PARSED_TAILS_MAX`."""
+_PARSED_TAILS_MAX = 256
+
+
 def cmd_fetch(r: Reader, tag: str, name: str, uid: bool) -> Command:
     """FETCH sequence-set items [(modifiers)], RFC 3501 §6.4.5, RFC 7162 §3.1.4 and §3.2.6."""
     r.sp("a sequence set")
     seqs = r.seqset()
     r.sp("fetch items")
+    tail = r.rest_of_line()
+    key = None if tail is None else (uid, r.utf8, r.max_nesting, tail)
+    parsed = None if key is None else _PARSED_TAILS.get(key)
+    if parsed is None:
+        parsed = _fetch_tail(r, uid)
+        if key is not None:
+            if len(_PARSED_TAILS) >= _PARSED_TAILS_MAX:
+                _PARSED_TAILS.clear()
+            _PARSED_TAILS[key] = parsed
+    else:
+        r.skip_line()
+    items, changedsince, vanished = parsed
+    return Fetch(
+        tag=tag,
+        name=name,
+        uid=uid,
+        sequence_set=seqs,
+        items=items,
+        changedsince=changedsince,
+        vanished=vanished,
+    )
+
+
+def _fetch_tail(r: Reader, uid: bool) -> tuple[tuple[FetchItem, ...], int | None, bool]:
+    """FETCH's items and modifiers: the items, CHANGEDSINCE (or None), VANISHED."""
     items: list[FetchItem] = []
     if r.peek() == LPAREN:
         r.paren_list(lambda: _fetch_att(r, items, macro_ok=False), "fetch items")
@@ -81,15 +115,7 @@ def cmd_fetch(r: Reader, tag: str, name: str, uid: bool) -> Command:
         if vanished and changedsince is None:
             raise Syntax("VANISHED needs CHANGEDSINCE (RFC 7162 §3.2.6)")
     r.finish()
-    return Fetch(
-        tag=tag,
-        name=name,
-        uid=uid,
-        sequence_set=seqs,
-        items=tuple(items),
-        changedsince=changedsince,
-        vanished=vanished,
-    )
+    return tuple(items), changedsince, vanished
 
 
 def _fetch_att(r: Reader, out: list[FetchItem], macro_ok: bool) -> None:

@@ -10,6 +10,7 @@ flag set and cached.
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -118,6 +119,9 @@ class FetchPlan:
     summary_picks: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None
     """For a plan of the items a :class:`MessageSummary` holds (not BODY): fills
     :attr:`template` from ``(seq, FLAGS item, *summary)`` (gateway.imap.fetch_stored)."""
+    flags_only: bool = False
+    """:attr:`summary_picks` reads only UID, flags and modseq, the fields of a
+    :class:`~gateway.store.interfaces.MessageFlags` too (a flag resync's ``UID FLAGS``)."""
 
 
 _TEMPLATE_ITEMS: dict[int, tuple[bytes, str | None]] = {
@@ -155,6 +159,14 @@ def _template(steps: Sequence[tuple[int, Section | None]]) -> tuple[bytes | None
         0, *(1 if field is None else 2 + MessageSummary._fields.index(field) for _, field in forms)
     )
     return template, picks, summary
+
+
+@functools.lru_cache(maxsize=256)
+def compiled_plan(items: tuple[FetchItem, ...], uid_mode: bool, with_modseq: bool) -> FetchPlan:
+    """:func:`compile_plan`, once per distinct request: a client repeats the same few
+    (mbsync's ``BODY.PEEK[]`` 10,000 times in a first sync; issue 19). Items and plans
+    are frozen, so a plan is shared safely."""
+    return compile_plan(items, uid_mode, with_modseq)
 
 
 def compile_plan(items: Iterable[FetchItem], uid_mode: bool, with_modseq: bool) -> FetchPlan:
@@ -242,6 +254,8 @@ def compile_plan(items: Iterable[FetchItem], uid_mode: bool, with_modseq: bool) 
         template=template,
         picks=picks,
         summary_picks=summary_picks,
+        flags_only=summary_picks is not None
+        and all(code in (FLAGS, UID, MODSEQ) for code, _ in steps),
     )
 
 

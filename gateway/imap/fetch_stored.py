@@ -8,7 +8,8 @@ needs no message bytes, sets no flag and implies no other item. Its messages com
 :meth:`~gateway.store.interfaces.Messages.message_summaries` (no dates, EMAILID, BODY
 form or part map read or built per message), sequence numbers come from the view a
 batch at a time, each distinct flag set's ``FLAGS (...)`` is formatted once per command,
-and each response is one ``%`` format (issue 19).
+and each response is one ``%`` format (issue 19). A plan of UID, FLAGS and MODSEQ only
+(a flag resync) reads :meth:`~gateway.store.interfaces.Messages.message_flags` instead.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from gateway.core.flags import RECENT
 from gateway.imap.fetch_items import FetchPlan, flags_item
-from gateway.store.interfaces import MessageSummary
+from gateway.store.interfaces import MessageFlags, MessageSummary
 
 if TYPE_CHECKING:
     from gateway.imap.handler import SelectedView
@@ -51,9 +52,11 @@ def fetch_stored(
     get = items.get
     recent = set(view.recent)
     missing = False
+    # UID FLAGS (and MODSEQ) alone: the per-mailbox rows, no join to the message.
+    read = store.message_flags if plan.flags_only else store.message_summaries
     for start in range(0, len(uids), batch_size):
         batch = uids[start : start + batch_size]
-        rows = store.message_summaries(mailbox_id, batch)
+        rows = read(mailbox_id, batch)
         if len(rows) != len(batch):
             missing = True
         if changedsince is not None:
@@ -84,7 +87,9 @@ def fetch_stored(
     return missing
 
 
-def _sequence_numbers(view: SelectedView, rows: list[MessageSummary]) -> Sequence[int]:
+def _sequence_numbers(
+    view: SelectedView, rows: list[MessageSummary] | list[MessageFlags]
+) -> Sequence[int]:
     """Sequence numbers of ``rows`` (ascending UIDs of the view): a range when they are
     consecutive in the view (``FETCH 1:*``), else one lookup each."""
     first = view.seq_of(rows[0].uid)
@@ -98,7 +103,7 @@ def _sequence_numbers(view: SelectedView, rows: list[MessageSummary]) -> Sequenc
     return seqs  # type: ignore[return-value]
 
 
-def _note_changes(view: SelectedView, rows: list[MessageSummary]) -> None:
+def _note_changes(view: SelectedView, rows: list[MessageSummary] | list[MessageFlags]) -> None:
     """Flags newer than the view's HIGHESTMODSEQ were just told to the client: the view
     remembers them, so the session's catch-up does not repeat them."""
     top = view.highestmodseq

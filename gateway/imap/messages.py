@@ -26,7 +26,7 @@ from gateway.imap.handler import BadCommand, Handler, Refused, Reply, ok
 from gateway.imap.spool import BARE_LF, Spooled, crlf_spooled
 from gateway.imap.view import expunge_responses
 from gateway.message.binary import UnknownCte
-from gateway.store.interfaces import MailboxNotFound, MessageInfo, MessageSummary, NewMessage
+from gateway.store.interfaces import MailboxNotFound, MessageFlags, MessageInfo, NewMessage
 from gateway.store.objectid import thread_id
 from gateway.store.rules import leading_uids
 
@@ -95,13 +95,11 @@ def _batches(uids: Sequence[int]) -> Iterable[Sequence[int]]:
         yield uids[start : start + INFO_BATCH]
 
 
-def message_infos(
-    session: Session, mailbox_id: int, uids: Sequence[int]
-) -> Iterable[MessageSummary]:
+def message_infos(session: Session, mailbox_id: int, uids: Sequence[int]) -> Iterable[MessageFlags]:
     """Flags and modseqs of many messages (STORE's untouched ones, SEARCH's MODSEQ), read
-    in batches through the narrow read: no dates or EMAILIDs built per message."""
+    in batches through the flags read: the per-mailbox rows, no join to the message."""
     for batch in _batches(uids):
-        yield from session.store.message_summaries(mailbox_id, batch)
+        yield from session.store.message_flags(mailbox_id, batch)
 
 
 def thread_ids(store: Store, mailbox_id: int, criteria: c.Criteria) -> dict[int, str]:
@@ -180,9 +178,7 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
     ):
         session.enable_condstore()
     condstore = session.condstore_active()
-    plan = fetch_items.compile_plan(
-        cmd.items, uid_mode=cmd.uid, with_modseq=condstore or changedsince is not None
-    )
+    plan = fetch_items.compiled_plan(cmd.items, cmd.uid, condstore or changedsince is not None)
     uids = view.resolve(cmd.sequence_set, cmd.uid)
 
     if cmd.vanished:

@@ -158,6 +158,17 @@ class Reader:
     def at_literal(self) -> bool:
         return self.pos >= self.end and self._lits[self._i] is not None
 
+    def rest_of_line(self) -> bytes | None:
+        """The unread rest of the command when no literal follows (a parse cache's key),
+        else None."""
+        if self._lits[self._i] is not None:
+            return None
+        return self.text[self.pos : self.end]
+
+    def skip_line(self) -> None:
+        """Consume the rest of the current line (its parse came from a cache)."""
+        self.pos = self.end
+
     def finish(self) -> None:
         """RFC 3501 §2.2.1: a command ends with CRLF, nothing may follow its arguments."""
         if not self.at_end():

@@ -97,6 +97,7 @@ from gateway.store.records import (
     Changes,
     Mailbox,
     MailboxCounts,
+    MessageFlags,
     MessageInfo,
     MessageRow,
     MessageSummary,
@@ -132,6 +133,7 @@ __all__ = [
     "MailboxNotFound",
     "Mailboxes",
     "MessageInfo",
+    "MessageFlags",
     "MessageRow",
     "MessageSummary",
     "MessageTooLarge",
@@ -340,6 +342,13 @@ class Messages(Protocol):
     ) -> list[MessageSummary]:
         """What :meth:`message_info` gives for the same UIDs, cut to
         :class:`MessageSummary`'s fields: the narrow read of FETCH's stored items."""
+
+    def message_flags(
+        self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
+    ) -> list[MessageFlags]:
+        """What :meth:`message_info` gives for the same UIDs, cut to UID, flags and
+        modseq: the read of ``FETCH (UID FLAGS)``, without the message's own columns.
+        Raises MailboxNotFound."""
 
     def message_bytes(self, mailbox_id: int, uid: int) -> bytes:
         """The message exactly as received. Raises KeyError if expunged."""

@@ -84,6 +84,17 @@ class MessageSummary(NamedTuple):
     bodystructure: bytes
 
 
+class MessageFlags(NamedTuple):
+    """What ``FETCH 1:* (UID FLAGS)`` needs of a message, the flag resync every client
+    (mbsync, Thunderbird, K-9) runs on each sync: the first three fields of
+    :class:`MessageSummary`, so one response template fills from either. A store reads
+    them from its per-mailbox rows alone, with no join to the message (issue 19)."""
+
+    uid: int
+    flags: frozenset[str]
+    modseq: int
+
+
 @dataclass(frozen=True)
 class SelectionSummary:
     """What SELECT reports besides the UIDs (RFC 3501 §6.3.1), found by aggregate

@@ -27,6 +27,7 @@ from gateway.core.flags import RECENT
 from gateway.store.interfaces import (
     Changes,
     MailboxCounts,
+    MessageFlags,
     MessageInfo,
     MessageRow,
     MessageSummary,
@@ -125,6 +126,19 @@ class MemoryMessages(MemoryBase):
             MessageSummary(i.uid, i.flags, i.modseq, i.size, i.envelope, i.bodystructure)
             for i in self.message_info(mailbox_id, uids, viewer=viewer)
         ]
+
+    def message_flags(
+        self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
+    ) -> list[MessageFlags]:
+        box = self._box(mailbox_id)
+        seen_by = box.seen_by(viewer)
+        out = []
+        for uid in sorted(set(uids)):
+            row = box.rows.get(uid)
+            if row is not None:
+                row = row.as_seen_by(seen_by)
+                out.append(MessageFlags(uid, row.view(), row.modseq))
+        return out
 
     def message_bytes(self, mailbox_id: int, uid: int) -> bytes:
         row = self._box(mailbox_id).rows.get(uid)

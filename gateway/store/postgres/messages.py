@@ -20,6 +20,7 @@ from gateway.store.errors import MailboxNotFound
 from gateway.store.interfaces import (
     Changes,
     MailboxCounts,
+    MessageFlags,
     MessageInfo,
     MessageRow,
     MessageSummary,
@@ -274,6 +275,25 @@ class PGMessages(PGRows, MessageSteps):
                 (uid, flags(text, recent), modseq, size, bytes(envelope), bytes(structure)),
             )
             for uid, text, recent, modseq, size, envelope, structure in rows
+        ]
+
+    def message_flags(
+        self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
+    ) -> list[MessageFlags]:
+        with self._read() as cur:
+            self._require(cur, mailbox_id)
+            source, source_params = self._source(cur, mailbox_id, viewer)
+            where, params = _uid_range(uids)
+            cur.execute(
+                f"SELECT mm.uid, mm.flags, mm.recent, mm.modseq FROM {source} mm"
+                f" WHERE mm.mailbox_id = %s AND {where} ORDER BY mm.uid",
+                (*source_params, mailbox_id, *params),
+            )
+            rows = cur.fetchall()
+        flags, new = self._flags, tuple.__new__
+        return [
+            new(MessageFlags, (uid, flags(text, recent), modseq))
+            for uid, text, recent, modseq in rows
         ]
 
     def message_bytes(self, mailbox_id: int, uid: int) -> bytes:

@@ -89,6 +89,9 @@ class SQLiteConnection(RowValues):
         self._shared_ids: dict[int, bool] = {}  # mailbox id → owner is shared (ids never reused)
         self._zones: dict[int, datetime.timezone] = {}
         self._provisioned: set[str] = set()  # users whose INBOX exists (ensure_user)
+        self._quiet_heads: dict[int, tuple[tuple[int, int], int]] = {}
+        """Mailbox id → (:meth:`_change_stamp` when last read, its HIGHESTMODSEQ then):
+        a catch-up finds an unchanged mailbox without a read transaction (issue 19)."""
         self._deferring = 0  # depth of deferred_sync blocks
         self.commit_seq = 0
         """Commits made inside :meth:`deferred_sync` so far (not yet known to be on disk
@@ -229,6 +232,15 @@ class SQLiteConnection(RowValues):
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def _change_stamp(self) -> tuple[int, int]:
+        """Equal on two calls only if nothing was written to the file in between: rows this
+        connection changed (``total_changes``, triggers included, an attribute read) and
+        commits by any other connection (``PRAGMA data_version``, SQLite's own cheap
+        check: one statement, no transaction, no page read). One process owns the file,
+        but a CLI command run beside the server would be seen as well."""
+        conn = self.db
+        return conn.total_changes, conn.execute("PRAGMA data_version").fetchone()[0]
 
     @contextmanager
     def _unmapped(self) -> Iterator[None]:

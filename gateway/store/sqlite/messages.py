@@ -13,6 +13,7 @@ INTERNALDATE when a message has no usable Date: header, as RFC 5256 §2.2 does f
 from __future__ import annotations
 
 import datetime
+import sqlite3
 from array import array
 from collections.abc import Sequence
 
@@ -21,6 +22,7 @@ from gateway.store.errors import MailboxNotFound
 from gateway.store.interfaces import (
     Changes,
     MailboxCounts,
+    MessageFlags,
     MessageInfo,
     MessageRow,
     MessageSummary,
@@ -124,12 +126,21 @@ class SQLiteMessages(SQLiteRows, MessageSteps):
         )
 
     def changes_since(self, mailbox_id: int, modseq: int, *, viewer: str | None = None) -> Changes:
+        # Every command's catch-up lands here (RFC 3501 §7): when nothing at all was
+        # written since this mailbox's head was last read, that head still holds and the
+        # answer needs one PRAGMA instead of BEGIN, SELECT, COMMIT (issue 19: mbsync's
+        # 10,000 one-message UID FETCHes).
+        stamp = self._change_stamp()
+        known = self._quiet_heads.get(mailbox_id)
+        if known is not None and known[0] == stamp and known[1] <= modseq:
+            return Changes(highestmodseq=known[1], changed=[], expunged=[])
         with self._read() as conn:
             head = conn.execute(
                 "SELECT highestmodseq FROM mailbox WHERE id = ?", (mailbox_id,)
             ).fetchone()
             if head is None:
                 raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
+            self._quiet_heads[mailbox_id] = (stamp, int(head[0]))
             if int(head[0]) <= modseq:
                 # Every row, private \Seen and expunge record is stamped with a modseq
                 # from _bump, so none is newer than HIGHESTMODSEQ (RFC 7162 §3.1.1): an
@@ -157,18 +168,21 @@ class SQLiteMessages(SQLiteRows, MessageSteps):
     def message_info(
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
     ) -> list[MessageInfo]:
-        with self._read() as conn:
+        # One statement is its own snapshot: no BEGIN/COMMIT around it, and the mailbox
+        # is looked up only when no row came back (issue 19: per-command statements).
+        conn = self.db
+        source, source_params = self._source(conn, mailbox_id, viewer)
+        where, params = _uid_range(uids)
+        rows = conn.execute(
+            "SELECT mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.internaldate,"
+            " m.internaldate_tz, m.envelope, m.bodystructure, m.body, m.parts,"
+            " mm.savedate, m.sha256"
+            f" FROM {source} mm JOIN message m ON m.id = mm.message_id"
+            f" WHERE mm.mailbox_id = ? AND {where} ORDER BY mm.uid",
+            (*source_params, mailbox_id, *params),
+        ).fetchall()
+        if not rows:
             self._require(conn, mailbox_id)
-            source, source_params = self._source(conn, mailbox_id, viewer)
-            where, params = _uid_range(uids)
-            rows = conn.execute(
-                "SELECT mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.internaldate,"
-                " m.internaldate_tz, m.envelope, m.bodystructure, m.body, m.parts,"
-                " mm.savedate, m.sha256"
-                f" FROM {source} mm JOIN message m ON m.id = mm.message_id"
-                f" WHERE mm.mailbox_id = ? AND {where} ORDER BY mm.uid",
-                (*source_params, mailbox_id, *params),
-            ).fetchall()
         flags, zone, utc = self._flags, self._zone, datetime.UTC
         fromtimestamp = datetime.datetime.fromtimestamp
         # Positional: this runs once per message of a FETCH 1:* (field order of MessageInfo).
@@ -206,22 +220,42 @@ class SQLiteMessages(SQLiteRows, MessageSteps):
     def message_summaries(
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
     ) -> list[MessageSummary]:
-        with self._read() as conn:
+        conn = self.db  # one statement, its own snapshot (as message_info)
+        source, source_params = self._source(conn, mailbox_id, viewer)
+        where, params = _uid_range(uids)
+        rows = conn.execute(
+            "SELECT mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.envelope,"
+            f" m.bodystructure FROM {source} mm JOIN message m ON m.id = mm.message_id"
+            f" WHERE mm.mailbox_id = ? AND {where} ORDER BY mm.uid",
+            (*source_params, mailbox_id, *params),
+        ).fetchall()
+        if not rows:
             self._require(conn, mailbox_id)
-            source, source_params = self._source(conn, mailbox_id, viewer)
-            where, params = _uid_range(uids)
-            rows = conn.execute(
-                "SELECT mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.envelope,"
-                f" m.bodystructure FROM {source} mm JOIN message m ON m.id = mm.message_id"
-                f" WHERE mm.mailbox_id = ? AND {where} ORDER BY mm.uid",
-                (*source_params, mailbox_id, *params),
-            ).fetchall()
         flags, new = self._flags, tuple.__new__
         # The tuple built directly: the named tuple's own __new__ is a Python call
         # (10,000 rows: ~8.5 ms that way, ~5.5 ms this way; issue 19).
         return [
             new(MessageSummary, (uid, flags(text, recent), modseq, size, envelope, structure))
             for uid, text, recent, modseq, size, envelope, structure in rows
+        ]
+
+    def message_flags(
+        self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
+    ) -> list[MessageFlags]:
+        conn = self.db  # one statement, its own snapshot; no join to message (issue 19)
+        source, source_params = self._source(conn, mailbox_id, viewer)
+        where, params = _uid_range(uids)
+        rows = conn.execute(
+            f"SELECT mm.uid, mm.flags, mm.recent, mm.modseq FROM {source} mm"
+            f" WHERE mm.mailbox_id = ? AND {where} ORDER BY mm.uid",
+            (*source_params, mailbox_id, *params),
+        ).fetchall()
+        if not rows:
+            self._require(conn, mailbox_id)
+        flags, new = self._flags, tuple.__new__
+        return [
+            new(MessageFlags, (uid, flags(text, recent), modseq))
+            for uid, text, recent, modseq in rows
         ]
 
     def message_bytes(self, mailbox_id: int, uid: int) -> bytes:
@@ -250,6 +284,8 @@ class SQLiteMessages(SQLiteRows, MessageSteps):
             return {}
         wanted = sorted(set(uids))
         low, high = wanted[0], wanted[-1]
+        if low == high:
+            return self._one_body(mailbox_id, low)
         # The ids first, then each body through SQLite's blob API, one read into the bytes
         # object returned: a blob column in a result row is first assembled from its
         # overflow pages into a buffer of SQLite's and then copied into Python, one copy
@@ -275,6 +311,24 @@ class SQLiteMessages(SQLiteRows, MessageSteps):
                 with conn.blobopen("content", "raw", message_id, readonly=True) as blob:
                     bodies[uid] = blob.read()
         return bodies
+
+    def _one_body(self, mailbox_id: int, uid: int) -> dict[int, bytes]:
+        """:meth:`message_bytes_batch` of one UID (mbsync asks for every message in its
+        own UID FETCH): two statements without BEGIN/COMMIT around them (issue 19). A
+        row another connection removes between them reads as expunged meanwhile."""
+        conn = self.db
+        row = conn.execute(
+            "SELECT message_id FROM mailbox_message WHERE mailbox_id = ? AND uid = ?",
+            (mailbox_id, uid),
+        ).fetchone()
+        if row is None:
+            self._require(conn, mailbox_id)
+            return {}
+        try:
+            with conn.blobopen("content", "raw", row[0], readonly=True) as blob:
+                return {uid: blob.read()}
+        except sqlite3.OperationalError:  # "no such rowid": gone since the SELECT
+            return {}
 
     def search(
         self, mailbox_id: int, criteria: Criteria, *, viewer: str | None = None
