@@ -120,6 +120,7 @@ class FetchPlan:
     """For a plan of the items a :class:`MessageSummary` holds (not BODY): fills
     :attr:`template` from ``(seq, FLAGS item, *summary)`` (gateway.imap.fetch_stored)."""
     flags_only: bool = False
+    has_threadid: bool = False  # THREADID is asked for: the loop derives it per batch
     """:attr:`summary_picks` reads only UID, flags and modseq, the fields of a
     :class:`~gateway.store.interfaces.MessageFlags` too (a flag resync's ``UID FLAGS``)."""
 
@@ -254,6 +255,7 @@ def compile_plan(items: Iterable[FetchItem], uid_mode: bool, with_modseq: bool) 
         template=template,
         picks=picks,
         summary_picks=summary_picks,
+        has_threadid=THREADID in codes,
         flags_only=summary_picks is not None
         and all(code in (FLAGS, UID, MODSEQ) for code, _ in steps),
     )

@@ -11,6 +11,7 @@ session's catch-up after the command never repeats a response.
 
 from __future__ import annotations
 
+import functools
 import mmap
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ from gateway.core import criteria as c
 from gateway.core.flags import RECENT, SEEN, SENT_USE, canonical_flag, is_system_flag
 from gateway.imap import catenate, contexts, fetch_items, wire
 from gateway.imap.capabilities import QRESYNC
-from gateway.imap.command import Append, Copy, Fetch, FetchAttr, Simple, UidExpunge
+from gateway.imap.command import Append, Copy, Fetch, FetchAttr, FetchItem, Simple, UidExpunge
 from gateway.imap.command import Store as StoreCmd
 from gateway.imap.fetch_stored import fetch_stored
 from gateway.imap.handler import BadCommand, Handler, Refused, Reply, ok
@@ -173,9 +174,7 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
             raise BadCommand("VANISHED requires UID FETCH with CHANGEDSINCE")
         if QRESYNC not in session.enabled:
             raise BadCommand("VANISHED requires ENABLE QRESYNC")
-    if changedsince is not None or any(
-        isinstance(item, FetchAttr) and item.name.upper() == "MODSEQ" for item in cmd.items
-    ):
+    if changedsince is not None or _asks_modseq(cmd.items):
         session.enable_condstore()
     condstore = session.condstore_active()
     plan = fetch_items.compiled_plan(cmd.items, cmd.uid, condstore or changedsince is not None)
@@ -201,7 +200,7 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
     whole = session.whole_literals
     alone = LITERAL_ALONE if whole else LITERAL_PIECE
     set_seen = plan.sets_seen and not view.readonly
-    wants_thread = any(code == fetch_items.THREADID for code, _sec in plan.steps)
+    wants_thread = plan.has_threadid
     seq_of = view.seq_of
     out: list[bytes] = []
     size = 0
@@ -298,6 +297,13 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
     if out:
         yield b"".join(out)
     return _fetched(missing, cmd.uid)
+
+
+@functools.lru_cache(maxsize=256)
+def _asks_modseq(items: tuple[FetchItem, ...]) -> bool:
+    """Whether MODSEQ is among the items (RFC 7162 §3.1.4.1: it enables CONDSTORE); once
+    per distinct item list, as the plan is."""
+    return any(isinstance(item, FetchAttr) and item.name.upper() == "MODSEQ" for item in items)
 
 
 def _fetched(missing: bool, uid_mode: bool) -> Reply:

@@ -384,6 +384,10 @@ class Reader:
         if m is None:
             self.fail(what)
         token = m.group()
+        if token.isdigit():  # one number, the commonest set (mbsync: UID FETCH n ...)
+            self.pos = m.end()
+            number = self._seq_number(token)
+            return SequenceSet((SeqRange(number, number),))
         if token.count(b",") >= self.max_ranges:
             raise Syntax(f"sequence set has more than {self.max_ranges} elements", code="LIMIT")
         if _SEQSET_RE.fullmatch(token) is None:
