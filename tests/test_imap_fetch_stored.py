@@ -63,24 +63,26 @@ def _both_ways(
     assert view is not None
     reported = dict(view.reported)
     compiled: list[FetchPlan] = []
-    compile_plan = fetch_items.compile_plan
+    compile_plan, cached = fetch_items.compile_plan, fetch_items.compiled_plan
 
     def recording(*args: Any, **kwargs: Any) -> FetchPlan:
         plan = compile_plan(*args, **kwargs)
         compiled.append(plan)
         return plan
 
-    monkeypatch.setattr(fetch_items, "compile_plan", recording)
+    # The handler takes its plans from the per-request cache (compiled_plan): record
+    # (and below, rewrite) the plan each call compiles afresh.
+    monkeypatch.setattr(fetch_items, "compiled_plan", recording)
     out, reply = harness.call(line)
     fast = (out, reply, dict(view.reported))
     assert compiled[-1].summary_picks is not None, "the stored path was not taken"
     view.reported = dict(reported)
     monkeypatch.setattr(
-        fetch_items, "compile_plan", lambda *a, **k: _general(compile_plan(*a, **k))
+        fetch_items, "compiled_plan", lambda *a, **k: _general(compile_plan(*a, **k))
     )
     out, reply = harness.call(line)
     general = (out, reply, dict(view.reported))
-    monkeypatch.setattr(fetch_items, "compile_plan", compile_plan)
+    monkeypatch.setattr(fetch_items, "compiled_plan", cached)
     return fast, general
 
 
