@@ -552,6 +552,14 @@ FIXTURES: list[tuple[bytes, Command]] = [
         b"f FETCH 1:* (FLAGS) (CHANGEDSINCE 12345)\r\n",
         Fetch("f", "FETCH", sequence_set=S((1, None)), items=(FA("FLAGS"),), changedsince=12345),
     ),
+    (  # a bare PREVIEW then a list: the command's modifiers, not PREVIEW's (RFC 8970)
+        b"f FETCH * PREVIEW (CHANGEDSINCE 0)\r\n",
+        Fetch("f", "FETCH", sequence_set=S(None), items=(FA("PREVIEW"),), changedsince=0),
+    ),
+    (
+        b"f FETCH 1 PREVIEW (LAZY)\r\n",
+        Fetch("f", "FETCH", sequence_set=S(1), items=(FA("PREVIEW"),)),
+    ),
     (
         b"f UID FETCH 300:500 (FLAGS) (CHANGEDSINCE 12345 VANISHED)\r\n",
         Fetch(

@@ -23,6 +23,8 @@ _FETCH_NAME_RE = re.compile(rb"[A-Za-z0-9.]+")
 _SECTION_PART_RE = re.compile(rb"[0-9]+(?:\.[0-9]+)*")
 _SECTION_KIND_RE = re.compile(rb"[A-Za-z.]+")
 _FIELD_NAME_RE = re.compile(rb"[\x21-\x39\x3b-\x7e]+")  # RFC 5322 ftext
+_FETCH_MODIFIER_RE = re.compile(rb" \((?:CHANGEDSINCE|VANISHED)(?=[ )])", re.IGNORECASE)
+"""A fetch-modifier list after the items (RFC 7162 §3.1.4, §3.2.6), not preview modifiers."""
 
 FETCH_ATTRS = frozenset(
     "FLAGS INTERNALDATE RFC822.SIZE ENVELOPE BODY BODYSTRUCTURE UID RFC822 RFC822.HEADER "
@@ -132,7 +134,10 @@ def _fetch_att(r: Reader, out: list[FetchItem], macro_ok: bool) -> None:
         out.append(_body_section(r, peek=word == "BODY.PEEK"))
     elif word == "PREVIEW":
         out.append(FetchAttr(word))
-        if r.text.startswith(b" (", r.pos):  # RFC 8970 §3.1 preview modifiers
+        if r.text.startswith(b" (", r.pos) and not _FETCH_MODIFIER_RE.match(r.text, r.pos):
+            # RFC 8970 §3.1 preview modifiers. A bare PREVIEW followed by a list is
+            # ambiguous in the ABNF (``FETCH * PREVIEW (CHANGEDSINCE 0)``): a list that
+            # starts with a fetch modifier is the command's (RFC 7162 §3.1.4), not PREVIEW's.
             r.sp("preview modifiers")
             for mod in r.paren_list(lambda: r.word("a preview modifier"), "preview modifiers"):
                 if mod != "LAZY":
