@@ -264,6 +264,7 @@ class PGMessages(PGRows, MessageSteps):
                 f" m.bodystructure FROM {source} mm JOIN message m ON m.id = mm.message_id"
                 f" WHERE mm.mailbox_id = %s AND {where} ORDER BY mm.uid",
                 (*source_params, mailbox_id, *params),
+                binary=True,  # ENVELOPE/BODYSTRUCTURE as bytes, not hex text to decode
             )
             rows = cur.fetchall()
             if not rows:
@@ -280,16 +281,18 @@ class PGMessages(PGRows, MessageSteps):
     def message_flags(
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
     ) -> list[MessageFlags]:
-        with self._read() as cur:
-            self._require(cur, mailbox_id)
+        with self._cursor() as cur:  # one statement, as message_info
             source, source_params = self._source(cur, mailbox_id, viewer)
             where, params = _uid_range(uids)
             cur.execute(
                 f"SELECT mm.uid, mm.flags, mm.recent, mm.modseq FROM {source} mm"
                 f" WHERE mm.mailbox_id = %s AND {where} ORDER BY mm.uid",
                 (*source_params, mailbox_id, *params),
+                binary=True,
             )
             rows = cur.fetchall()
+            if not rows:
+                self._require(cur, mailbox_id)
         flags, new = self._flags, tuple.__new__
         return [
             new(MessageFlags, (uid, flags(text, recent), modseq))
