@@ -259,9 +259,15 @@ class PGMessages(PGRows, MessageSteps):
         with self._cursor() as cur:  # one statement, as message_info
             source, source_params = self._source(cur, mailbox_id, viewer)
             where, params = _uid_range(uids)
+            # Each message row by its primary key (a LATERAL subquery kept apart by
+            # OFFSET 0): a 500-UID batch is ~5% of a 10,000-message store, where a plain
+            # join's custom plan hashes a sequential scan of all of ``message`` for every
+            # batch (5.8 ms against 1.1 ms) until the connection's generic plan takes over.
             cur.execute(
                 "SELECT mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.envelope,"
-                f" m.bodystructure FROM {source} mm JOIN message m ON m.id = mm.message_id"
+                f" m.bodystructure FROM {source} mm CROSS JOIN LATERAL"
+                " (SELECT size, envelope, bodystructure FROM message"
+                " WHERE id = mm.message_id OFFSET 0) m"
                 f" WHERE mm.mailbox_id = %s AND {where} ORDER BY mm.uid",
                 (*source_params, mailbox_id, *params),
                 binary=True,  # ENVELOPE/BODYSTRUCTURE as bytes, not hex text to decode
