@@ -190,18 +190,24 @@ def test_sort_answers_follow_every_change(tmp_path: Path, name: str) -> None:
     store.close()
 
 
+def _sqlite_and_reference(tmp_path: Path) -> tuple[SQLiteStore, MemoryStore, list[int]]:
+    """A SQLite store and the memory backend (the reference model), each with alice's
+    INBOX: the kept-order tests feed both the same changes and compare the answers."""
+    sqlite_store, memory_store = SQLiteStore(tmp_path / "store.db"), MemoryStore()
+    boxes = []
+    for store in (sqlite_store, memory_store):
+        store.ensure_user("alice")
+        boxes.append(store.get_mailbox("alice", "INBOX").id)
+    return sqlite_store, memory_store, boxes
+
+
 def test_kept_orders_follow_deliveries_and_expunges_as_a_fresh_sort(tmp_path: Path) -> None:
     """The SQLite store brings a kept order up to date after small changes (expunged
     UIDs dropped, new ones placed by binary search) and recomputes after big ones: the
     answers stay those of the memory backend, fed the same changes, for plain, reversed
     and multi-key programs."""
-    sqlite_store = SQLiteStore(tmp_path / "store.db")
-    memory_store = MemoryStore()
+    sqlite_store, memory_store, boxes = _sqlite_and_reference(tmp_path)
     stores = (sqlite_store, memory_store)
-    boxes = []
-    for store in stores:
-        store.ensure_user("alice")
-        boxes.append(store.get_mailbox("alice", "INBOX").id)
     programs = [
         [SortCriterion("SUBJECT")],
         [SortCriterion("FROM", reverse=True), SortCriterion("DATE")],
@@ -261,13 +267,8 @@ def test_kept_orders_are_patched_up_to_max_placed_and_bounded_in_number(
         return original(self, conn, mailbox_id, criteria, columns, order, viewer)
 
     monkeypatch.setattr(SQLiteStore, "_sorted_in", counting)
-    sqlite_store = SQLiteStore(tmp_path / "store.db")
-    memory_store = MemoryStore()
+    sqlite_store, memory_store, boxes = _sqlite_and_reference(tmp_path)
     stores = (sqlite_store, memory_store)
-    boxes = []
-    for store in stores:
-        store.ensure_user("alice")
-        boxes.append(store.get_mailbox("alice", "INBOX").id)
     mails = iter(CORPUS)
 
     def deliver(count: int) -> None:

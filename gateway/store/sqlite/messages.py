@@ -168,21 +168,15 @@ class SQLiteMessages(SQLiteRows, MessageSteps):
     def message_info(
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
     ) -> list[MessageInfo]:
-        # One statement is its own snapshot: no BEGIN/COMMIT around it, and the mailbox
-        # is looked up only when no row came back (issue 19: per-command statements).
-        conn = self.db
-        source, source_params = self._source(conn, mailbox_id, viewer)
-        where, params = _uid_range(uids)
-        rows = conn.execute(
-            "SELECT mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.internaldate,"
+        rows = self._uid_rows(
+            mailbox_id,
+            uids,
+            viewer,
+            "mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.internaldate,"
             " m.internaldate_tz, m.envelope, m.bodystructure, m.body, m.parts,"
-            " mm.savedate, m.sha256"
-            f" FROM {source} mm JOIN message m ON m.id = mm.message_id"
-            f" WHERE mm.mailbox_id = ? AND {where} ORDER BY mm.uid",
-            (*source_params, mailbox_id, *params),
-        ).fetchall()
-        if not rows:
-            self._require(conn, mailbox_id)
+            " mm.savedate, m.sha256",
+            _JOIN_MESSAGE,
+        )
         flags, zone, utc = self._flags, self._zone, datetime.UTC
         fromtimestamp = datetime.datetime.fromtimestamp
         # Positional: this runs once per message of a FETCH 1:* (field order of MessageInfo).
@@ -220,17 +214,13 @@ class SQLiteMessages(SQLiteRows, MessageSteps):
     def message_summaries(
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
     ) -> list[MessageSummary]:
-        conn = self.db  # one statement, its own snapshot (as message_info)
-        source, source_params = self._source(conn, mailbox_id, viewer)
-        where, params = _uid_range(uids)
-        rows = conn.execute(
-            "SELECT mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.envelope,"
-            f" m.bodystructure FROM {source} mm JOIN message m ON m.id = mm.message_id"
-            f" WHERE mm.mailbox_id = ? AND {where} ORDER BY mm.uid",
-            (*source_params, mailbox_id, *params),
-        ).fetchall()
-        if not rows:
-            self._require(conn, mailbox_id)
+        rows = self._uid_rows(
+            mailbox_id,
+            uids,
+            viewer,
+            "mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.envelope, m.bodystructure",
+            _JOIN_MESSAGE,
+        )
         flags, new = self._flags, tuple.__new__
         # The tuple built directly: the named tuple's own __new__ is a Python call
         # (10,000 rows: ~8.5 ms that way, ~5.5 ms this way; issue 19).
@@ -242,21 +232,34 @@ class SQLiteMessages(SQLiteRows, MessageSteps):
     def message_flags(
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
     ) -> list[MessageFlags]:
-        conn = self.db  # one statement, its own snapshot; no join to message (issue 19)
-        source, source_params = self._source(conn, mailbox_id, viewer)
-        where, params = _uid_range(uids)
-        rows = conn.execute(
-            f"SELECT mm.uid, mm.flags, mm.recent, mm.modseq FROM {source} mm"
-            f" WHERE mm.mailbox_id = ? AND {where} ORDER BY mm.uid",
-            (*source_params, mailbox_id, *params),
-        ).fetchall()
-        if not rows:
-            self._require(conn, mailbox_id)
+        # No join to message (issue 19: the flag resync of every client).
+        rows = self._uid_rows(
+            mailbox_id, uids, viewer, "mm.uid, mm.flags, mm.recent, mm.modseq", ""
+        )
         flags, new = self._flags, tuple.__new__
         return [
             new(MessageFlags, (uid, flags(text, recent), modseq))
             for uid, text, recent, modseq in rows
         ]
+
+    def _uid_rows(
+        self, mailbox_id: int, uids: Sequence[int], viewer: str | None, columns: str, join: str
+    ) -> list[tuple]:
+        """``columns`` of ``viewer``'s rows for ``uids`` (``mm``, plus what ``join`` adds),
+        in UID order. One statement is its own snapshot: no BEGIN/COMMIT around it, and
+        the mailbox is looked up only when no row came back (issue 19: per-command
+        statements)."""
+        conn = self.db
+        source, source_params = self._source(conn, mailbox_id, viewer)
+        where, params = _uid_range(uids)
+        rows = conn.execute(
+            f"SELECT {columns} FROM {source} mm {join}"
+            f" WHERE mm.mailbox_id = ? AND {where} ORDER BY mm.uid",
+            (*source_params, mailbox_id, *params),
+        ).fetchall()
+        if not rows:
+            self._require(conn, mailbox_id)
+        return rows
 
     def message_bytes(self, mailbox_id: int, uid: int) -> bytes:
         with self._read() as conn:
@@ -347,6 +350,9 @@ class SQLiteMessages(SQLiteRows, MessageSteps):
                 " AND uid IN (SELECT value FROM json_each(?))",
                 (mailbox_id, uid_list(uids)),
             )
+
+
+_JOIN_MESSAGE = "JOIN message m ON m.id = mm.message_id"
 
 
 def _uid_range(uids: Sequence[int]) -> tuple[str, list]:
