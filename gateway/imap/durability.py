@@ -142,3 +142,68 @@ class CommitSyncer:
         waiters, self._waiters = self._waiters, []
         for _seq, waiter in waiters:
             waiter.errback(failure)
+
+
+class DurableSteps:
+    """The protocol's side of group commit (a mixin of
+    :class:`gateway.imap.server.IMAPServerProtocol`, before
+    :class:`~gateway.serving.driver.CommandDriver` in its bases): steps run inside the
+    store's deferred-sync block, and a step's output after a commit waits for the fsync.
+    It shares the protocol's state (``_syncer`` None: no group commit) and calls back
+    into its run loop (``_run``, ``_write``, ``_close``, ``_drop_current``)."""
+
+    _syncer: CommitSyncer | None
+    _step_seq: int
+    _held: Any
+    _waiting: Any
+    _closing: bool
+
+    def _advance(self) -> None:
+        """Step the command; with group commit, inside the store's deferred-sync block
+        (:mod:`gateway.imap.durability`): a commit returns without its fsync, and
+        :meth:`_emit` holds what follows it until the fsync is done."""
+        syncer = self._syncer
+        if syncer is None:
+            super()._advance()
+            return
+        self._step_seq = syncer.seq
+        with syncer.deferring():
+            super()._advance()
+
+    def _emit(self, out: Any) -> None:
+        syncer = self._syncer
+        if syncer is not None and syncer.seq != self._step_seq:
+            # This step committed: it and the command's next steps wait for the disk.
+            seq = self._step_seq = syncer.seq
+            if syncer.owed():
+                waiting = self._waiting = WaitDurable()
+                self._held = out
+                syncer.wait(seq).addCallbacks(
+                    self._durable,
+                    self._durable_failed,
+                    callbackArgs=(waiting,),
+                    errbackArgs=(waiting,),
+                )
+                return
+        super()._emit(out)
+
+    def _durable(self, _result: None, waiting: WaitDurable) -> None:
+        """The fsync covering this command's commit is done: its held output goes out."""
+        if self._waiting is not waiting or self._closing:
+            if not isinstance(self._waiting, WaitDurable):
+                self._held = None
+            return  # the command was dropped (the client hung up) meanwhile
+        self._waiting = None
+        out, self._held = self._held, None
+        super()._emit(out)
+        self._run()
+
+    def _durable_failed(self, _failure: Failure, waiting: WaitDurable) -> None:
+        """The fsync failed: whether the command's change is on disk is unknown, so it
+        gets no tagged response; the connection ends (the syncer logged the error)."""
+        if self._waiting is not waiting or self._closing:
+            return
+        self._held = None
+        self._drop_current()
+        self._write(b"* BYE [UNAVAILABLE] Internal error, please reconnect\r\n")
+        self._close()

@@ -60,7 +60,7 @@ from gateway.imap.command import (
     RawLine,
 )
 from gateway.imap.deflate import DeflateError
-from gateway.imap.durability import WaitDurable
+from gateway.imap.durability import DurableSteps, WaitDurable
 from gateway.imap.framing import CommandParser
 from gateway.imap.handler import (
     BadCommand,
@@ -114,7 +114,7 @@ def _no_delay(transport: Any) -> None:
 
 
 @implementer(IPushProducer)
-class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, CommandDriver, Protocol):
+class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, DurableSteps, CommandDriver, Protocol):
     """One IMAP connection. Registers itself as the transport's streaming producer; the
     engine is :class:`~gateway.serving.driver.CommandDriver`, with IMAP's waits (raw
     lines, IDLE events, output room, fairness turns, steps on a store thread) as hooks."""
@@ -273,23 +273,24 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, CommandDriver, Protoco
         out = self._stream.outgoing(data)
         if out:
             self._turn_output += len(out)
-            direct = self._direct
-            if direct is None:
-                self.transport.write(out)
-            else:
-                direct.write(out)
-                if not self._busy:
-                    direct.flush()
+            self._to_socket(out)
+            if self._direct is not None and not self._busy:
+                self._direct.flush()
+
+    def _to_socket(self, out: bytes) -> None:
+        """Wire bytes to the socket's writer: the direct one on plain TCP, else the
+        transport (:mod:`gateway.serving.socketwrites`)."""
+        if self._direct is None:
+            self.transport.write(out)
+        else:
+            self._direct.write(out)
 
     def _end_burst(self) -> None:
         """The engine waits (for the client, a blocking call or the transport): send
         what a compressor holds back (RFC 4978 §4 sync flush)."""
         out = self._stream.end_burst()
         if out:
-            if self._direct is None:
-                self.transport.write(out)
-            else:
-                self._direct.write(out)
+            self._to_socket(out)
         if self._direct is not None:
             self._direct.flush()
         if self._trace is not None:
@@ -394,56 +395,6 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, CommandDriver, Protoco
                 self._start(self.session.parse_error(event))
                 return
             # A RawLine nobody asked for cannot happen; ignore anything else.
-
-    def _advance(self) -> None:
-        """Step the command; with group commit, inside the store's deferred-sync block
-        (:mod:`gateway.imap.durability`): a commit returns without its fsync, and
-        :meth:`_emit` holds what follows it until the fsync is done."""
-        syncer = self._syncer
-        if syncer is None:
-            super()._advance()
-            return
-        self._step_seq = syncer.seq
-        with syncer.deferring():
-            super()._advance()
-
-    def _emit(self, out: Any) -> None:
-        syncer = self._syncer
-        if syncer is not None and syncer.seq != self._step_seq:
-            # This step committed: it and the command's next steps wait for the disk.
-            seq = self._step_seq = syncer.seq
-            if syncer.owed():
-                waiting = self._waiting = WaitDurable()
-                self._held = out
-                syncer.wait(seq).addCallbacks(
-                    self._durable,
-                    self._durable_failed,
-                    callbackArgs=(waiting,),
-                    errbackArgs=(waiting,),
-                )
-                return
-        super()._emit(out)
-
-    def _durable(self, _result: None, waiting: WaitDurable) -> None:
-        """The fsync covering this command's commit is done: its held output goes out."""
-        if self._waiting is not waiting or self._closing:
-            if not isinstance(self._waiting, WaitDurable):
-                self._held = None
-            return  # the command was dropped (the client hung up) meanwhile
-        self._waiting = None
-        out, self._held = self._held, None
-        super()._emit(out)
-        self._run()
-
-    def _durable_failed(self, _failure: Failure, waiting: WaitDurable) -> None:
-        """The fsync failed: whether the command's change is on disk is unknown, so it
-        gets no tagged response; the connection ends (the syncer logged the error)."""
-        if self._waiting is not waiting or self._closing:
-            return
-        self._held = None
-        self._drop_current()
-        self._write(b"* BYE [UNAVAILABLE] Internal error, please reconnect\r\n")
-        self._close()
 
     def _may_step(self) -> bool:
         """The current command steps once its wait is over (a raw line, an IDLE event;
