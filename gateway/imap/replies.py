@@ -1,7 +1,7 @@
 """IMAP reply text: the wire form of a :class:`Reply` and the store's errors as replies.
 
 RFC 3501 §7.1 (status responses) and RFC 5530 (response codes). Used by
-:meth:`gateway.imap.session.IMAPSession.reply_for_error`, the one place exceptions become
+:meth:`gateway.imap.errors.ErrorReplies.reply_for_error`, the one place exceptions become
 tagged responses (STYLE.md habit 4).
 """
 

@@ -1,6 +1,6 @@
 """The IMAP session core: the connection's state and its transitions, running one command
-through the command table, catch-up of concurrent changes, and the one mapping from
-errors to tagged responses.
+through the command table, and catch-up of concurrent changes (the one mapping from
+errors to tagged responses is its mixin :class:`gateway.imap.errors.ErrorReplies`).
 
 Sans-I/O (STYLE.md habit 1): :meth:`IMAPSession.execute` turns one parsed command into a
 generator of output. It yields ``bytes`` to write and, where the session needs the outside
@@ -50,10 +50,10 @@ from gateway.imap.capabilities import (
     capability_text,
 )
 from gateway.imap.capabilities import capabilities as capabilities_of
-from gateway.imap.command import Command, ParseError, Select, Status
+from gateway.imap.command import Command, Select, Status
+from gateway.imap.errors import ErrorReplies
 from gateway.imap.handler import (
     Action,
-    BadCommand,
     Close,
     Output,
     Refused,
@@ -64,7 +64,7 @@ from gateway.imap.handler import (
     StartTLS,
 )
 from gateway.imap.notify import Notifier
-from gateway.imap.replies import clean_code, clean_text, store_error_reply, tagged
+from gateway.imap.replies import tagged
 from gateway.imap.searching import context_updates
 from gateway.imap.selectcache import SelectCache
 from gateway.imap.states import ACTIVITY_COMMANDS, COMMANDS, State, table_key
@@ -75,7 +75,6 @@ from gateway.store.interfaces import (
     INBOX,
     MailboxNotFound,
     Store,
-    StoreError,
 )
 
 log = structlog.get_logger(__name__)
@@ -112,7 +111,7 @@ def normalise_inbox(name: str) -> str:
 # ---- the session ------------------------------------------------------------------------
 
 
-class IMAPSession:
+class IMAPSession(ErrorReplies):
     """One client connection's IMAP state (:class:`handler.Session` for the handlers).
 
     Every change of ``state``, ``user``, ``selected`` and the enabled capabilities
@@ -460,73 +459,9 @@ class IMAPSession:
         except Exception:
             log.exception("imap.activity_hook_failed", user=self.user, mailbox=name)
 
-    def parse_error(self, error: ParseError) -> Run:
-        """RFC 3501 §7.1.3/§7.1.5: BAD (or NO for a refused size) for a command that
-        could not be parsed; ``* BYE`` and close when the stream cannot be resynchronised."""
-        self.last_reply = None
-        log.info(
-            "imap.command_error",
-            command=None,
-            kind="parse_fatal" if error.fatal else "parse",
-            code=error.code,
-        )
-        if error.fatal:
-            self._enter_logout()
-            code = f"[{clean_code(error.code)}] " if error.code else ""
-            yield f"* BYE {code}{clean_text(error.message)}\r\n".encode("ascii")
-            yield Close()
-            return
-        yield self._tagged(error.tag or "*", Reply(error.status, error.message, error.code))
-
     def _tagged(self, tag: str, reply: Reply) -> bytes:
         self.last_reply = reply
         return tagged(tag, reply)
-
-    def reply_for_error(self, exc: Exception, cmd: Command) -> Reply:
-        """The one mapping from an exception to a tagged reply (STYLE.md habit 4).
-
-        Client text never carries exception details except for our own Refused and
-        BadCommand messages; anything unexpected is logged with its traceback and
-        answered ``NO [SERVERBUG]`` (RFC 5530).
-        """
-        command = table_key(cmd)
-        if isinstance(exc, Refused):
-            log.info("imap.command_error", command=command, kind="refused", code=exc.code)
-            return Reply("NO", exc.text, exc.code)
-        if isinstance(exc, BadCommand):
-            log.info("imap.command_error", command=command, kind="bad")
-            return Reply("BAD", exc.text, exc.code)
-        if isinstance(exc, StoreError):
-            reply = store_error_reply(exc, command)
-            if reply is not None:
-                log.info(
-                    "imap.command_error",
-                    command=command,
-                    kind="store",
-                    error=type(exc).__name__,
-                    code=reply.code,
-                )
-                return reply
-        log.exception("imap.command_error", command=command, kind="internal")
-        return Reply("NO", "Internal error, see server log", "SERVERBUG")
-
-    def _selected_mailbox_gone(self) -> Iterator[Output]:
-        """Another session deleted the selected mailbox: the view cannot be reconciled
-        with anything, so say BYE (RFC 3501 §7.1.5), as Dovecot does."""
-        log.info("imap.selected_mailbox_deleted", user=self.user, peer=self.peer)
-        self._enter_logout()
-        yield b"* BYE Selected mailbox was deleted, have to disconnect\r\n"
-        yield Close()
-
-    def _revoked(self, revoked: SessionRevoked, *, mid_line: bool = False) -> Iterator[Output]:
-        """The account or the selected mailbox's household membership is gone: ``* BYE``
-        (RFC 3501 §7.1.5) and close, as for a deleted selected mailbox."""
-        log.info("imap.access_revoked", user=self.user, peer=self.peer, reason=revoked.text)
-        self._enter_logout()
-        if not mid_line:
-            code = f"[{clean_code(revoked.code)}] " if revoked.code else ""
-            yield f"* BYE {code}{clean_text(revoked.text)}\r\n".encode("ascii")
-        yield Close()
 
     # -- catch-up --
 
