@@ -28,6 +28,7 @@ from gateway.pop3.client import UpstreamClient
 from gateway.pop3.errors import UpstreamProtocolError
 from gateway.pop3.fetcher import fetch_once
 from gateway.pop3.framing import MAX_LINE_LENGTH
+from gateway.pop3.retrieval import PIPELINE_DEPTH
 from gateway.pop3.spool import MessageSink
 from gateway.store.sqlite import SQLiteStore
 from gateway.testing import samplemail
@@ -458,7 +459,7 @@ def test_pipelined_retrs_fetch_every_message_once_in_order_and_skip_a_refused_on
     """A server announcing PIPELINING (RFC 2449 §6.6) gets up to PIPELINE_DEPTH RETRs
     ahead; the store still receives every message once, in server order, and an -ERR
     among the pipelined answers skips only that message."""
-    messages = sample(fetcher_module.PIPELINE_DEPTH * 3)
+    messages = sample(PIPELINE_DEPTH * 3)
     h = fake_upstream(messages=messages)
     h.server.faults.pipelining = True
     refused = h.server.uidls()[5]

@@ -24,7 +24,8 @@ RETRs are pipelined when the server announces ``PIPELINING`` in CAPA (RFC 2449 Â
 RETR queued behind others is written at once instead of when its turn comes (the answers
 still arrive, and are read, strictly in order), so the server is already sending the
 next message while this one is stored, and several RETR lines go out in one write
-(see :meth:`UpstreamClient.retrieve` and :data:`PIPELINE_DEPTH` in the fetcher).
+(see :meth:`UpstreamClient.retrieve` and
+:data:`gateway.pop3.retrieval.PIPELINE_DEPTH`).
 
 Errors reach callers as :class:`gateway.pop3.errors.FetchError` subclasses.
 """
