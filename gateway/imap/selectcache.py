@@ -23,10 +23,11 @@ from __future__ import annotations
 import threading
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from gateway.store.interfaces import Changes, Mailbox, SelectionSummary
+from gateway.core.flags import RECENT
+from gateway.store.interfaces import Changes, Mailbox, MessageRow, SelectionSummary
 
 MAX_CACHED_UIDS = 1 << 20
 """UIDs kept in all entries together (4 MiB)."""
@@ -96,19 +97,34 @@ class SelectCache:
         """Share ``changes_since`` reads among the sessions woken in this block. Only for
         a fan-out on the reactor thread with an inline store: nothing else can write to
         the store until it ends, except \\Recent claims, which :meth:`recent_claimed`
-        reports."""
+        applies to what was read."""
         self.shared_changes = {}
         try:
             yield
         finally:
             self.shared_changes = None
 
-    def recent_claimed(self, mailbox_id: int) -> None:
-        """A session claimed \\Recent messages: rows read before show them as recent."""
+    def recent_claimed(self, mailbox_id: int, uids: Iterable[int]) -> None:
+        """A session claimed \\Recent on ``uids`` (RFC 3501 §2.3.2): rows read before
+        show them as recent. A claim changes nothing else (it stamps no modseq), so the
+        shared reads are kept with \\Recent taken off those rows: what a new read would
+        return, without making it (one ``changes_since`` per push instead of two)."""
         shared = self.shared_changes
-        if shared:
-            for key in [k for k in shared if k[0] == mailbox_id]:
-                del shared[key]
+        if not shared:
+            return
+        claimed = set(uids)
+        for key, changes in list(shared.items()):
+            if key[0] == mailbox_id:
+                shared[key] = Changes(
+                    highestmodseq=changes.highestmodseq,
+                    changed=[
+                        MessageRow(row.uid, row.flags - {RECENT}, row.modseq)
+                        if row.uid in claimed and RECENT in row.flags
+                        else row
+                        for row in changes.changed
+                    ],
+                    expunged=changes.expunged,
+                )
 
     def _drop(self, key: tuple[int, str]) -> None:
         old = self._entries.pop(key, None)

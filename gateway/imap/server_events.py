@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from gateway.imap.handler import IdleEvent, ReadLine
+from gateway.imap.handler import IdleEvent, ReadLine, WaitIdle
 from gateway.imap.tracefile import ConnectionTrace
 
 if TYPE_CHECKING:
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from gateway.imap.factory import IMAPServerFactory
     from gateway.imap.framing import CommandParser
     from gateway.imap.session import IMAPSession
+    from gateway.imap.stream import ConnectionStream
+    from gateway.serving.socketwrites import SocketWrites
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +48,12 @@ class ConnectionEvents:
     _next_turn_call: IDelayedCall | None
     _trace: ConnectionTrace | None
     _trace_wanted: bool
+    _busy: bool
+    _threads: Any
+    _raw_line: bytes | None
+    _raw_error: Any
+    _direct: SocketWrites | None
+    _stream: ConnectionStream
 
     if TYPE_CHECKING:
         # Provided by IMAPServerProtocol (gateway.imap.server).
@@ -56,6 +64,7 @@ class ConnectionEvents:
         def _abort(self) -> None: ...
         def _drop_current(self) -> None: ...
         def _reset_timeout(self) -> None: ...
+        def _end_burst(self) -> None: ...
 
     # -- timers --
 
@@ -179,12 +188,39 @@ class ConnectionEvents:
         wanted = notifier is not None and notifier.changed(mailbox_id, selected_id)
         if self._idling:
             if wanted or mailbox_id == selected_id:
+                if notifier is None and self._push_now():
+                    return
                 if IdleEvent.CHANGED not in self._idle_events:
                     self._idle_events.append(IdleEvent.CHANGED)
                 self._run()
             return
         if wanted and self._current is None:
             self._start_notifications()
+
+    def _push_now(self) -> bool:
+        """The short path of an IDLE push (issue 19, :func:`gateway.imap.catchup.idle_push`):
+        while the IDLE command just waits for its next event (none queued before this
+        one, output not held back by a slow reader, steps on this thread), the session's
+        catch-up lines are written at once and the command is not stepped; False: the
+        event takes the command's path."""
+        if (
+            self._busy
+            or self._threads is not None
+            or not isinstance(self._waiting, WaitIdle)
+            or self._idle_events
+            or self._output_paused
+            or self._raw_line is not None
+            or self._raw_error is not None
+            or (self._direct is not None and self._direct.handed)
+        ):
+            return False
+        out = self.session.idle_push()
+        if out is None:
+            return False
+        if out:
+            self._write(out)
+            self._end_burst()
+        return True
 
     def _start_notifications(self) -> None:
         """RFC 5465 §1: NOTIFY's untagged responses may go out while no command runs."""

@@ -38,8 +38,7 @@ import structlog
 
 from gateway.access.households import Households, UserStore
 from gateway.access.quota import Quotas
-from gateway.core.flags import RECENT
-from gateway.imap import contexts, mutf7, wire
+from gateway.imap import catchup, mutf7, wire
 from gateway.imap.capabilities import (
     CONDSTORE,
     IMAP4REV2,
@@ -65,10 +64,9 @@ from gateway.imap.handler import (
 )
 from gateway.imap.notify import Notifier
 from gateway.imap.replies import tagged
-from gateway.imap.searching import context_updates
 from gateway.imap.selectcache import SelectCache
 from gateway.imap.states import ACTIVITY_COMMANDS, COMMANDS, State, table_key
-from gateway.imap.view import CATCH_UP_CHUNK, View, expunge_responses, flag_list
+from gateway.imap.view import View
 from gateway.security.auth import Authenticator, UserDirectory
 from gateway.store.interfaces import (
     DELIMITER,
@@ -463,88 +461,19 @@ class IMAPSession(ErrorReplies):
         self.last_reply = reply
         return tagged(tag, reply)
 
-    # -- catch-up --
+    # -- catch-up (gateway.imap.catchup) --
 
     def catch_up(self, *, allow_expunge: bool, uid_form: bool = False) -> Iterator[bytes]:
-        """Tell the client what changed in the selected mailbox since it was last told.
-
-        RFC 3501 §7.3.1/§7.4.1: EXPUNGE first (sequence numbers valid as each line is
-        read), then EXISTS/RECENT for new messages, then FETCH FLAGS for flag changes
-        the client has not seen (changes this session told itself were recorded by
-        ``note_flags`` and are skipped). Under QRESYNC, ``* VANISHED`` replaces EXPUNGE
-        (RFC 7162 §3.2.10); UID and MODSEQ go into the FETCH once CONDSTORE is on (§3.1).
-        When ``allow_expunge`` is false the removals wait for a later command.
-        """
+        """Tell the client what changed in the selected mailbox since it was last told
+        (RFC 3501 §7; :func:`gateway.imap.catchup.catch_up`)."""
         view = self.selected
         if view is None:
-            return
-        cache = self.select_cache
-        shared = cache.shared_changes if cache is not None else None
-        key = (view.mailbox.id, view.highestmodseq, self.user or "")
-        changes = shared.get(key) if shared is not None else None
-        if changes is None:
-            changes = self.store.changes_since(view.mailbox.id, view.highestmodseq)
-            if shared is not None:
-                shared[key] = changes  # the sessions woken next read it from here
-        seq_of = view.seq_of
-        for uid in changes.expunged:
-            if seq_of(uid) is not None:
-                view.pending_expunge.add(uid)
-        last = view.uids[-1] if view.uids else 0
-        new_rows = [row for row in changes.changed if row.uid > last]
-        # \Recent goes to the first session told of a message (RFC 3501 §2.3.2): claim
-        # it before anything is yielded, since another session may run while this one
-        # waits for its client to read.
-        claim = [row.uid for row in new_rows if RECENT in row.flags and not view.readonly]
-        if claim:
-            self.store.clear_recent(view.mailbox.id, claim)
-            if cache is not None:
-                cache.recent_claimed(view.mailbox.id)
-        if allow_expunge and view.pending_expunge:
-            yield from self._report_expunges(view)
-        if new_rows:
-            for row in new_rows:
-                view.add(row.uid, RECENT in row.flags)
-            exists = b"* %d EXISTS\r\n" % len(view.uids)
-            if view.show_recent:  # RFC 9051 has no RECENT response
-                exists += b"* %d RECENT\r\n" % len(view.recent)
-            yield exists  # one write for both: an IDLE push to 500 phones is 500 writes
-        condstore = self.condstore_active()
-        with_uid = uid_form or condstore
-        reported = view.reported
-        pending = view.pending_expunge
-        lines: list[bytes] = []
-        for row in changes.changed:
-            uid = row.uid
-            if uid > last:
-                break
-            if uid in pending:
-                continue
-            if reported.get(uid, 0) >= row.modseq:
-                continue  # this session already told its client (note_flags)
-            seq = seq_of(uid)
-            if seq is None:
-                continue
-            shown = view.shown_flags(uid, row.flags)
-            items = [b"FLAGS " + flag_list(shown)]
-            if with_uid:
-                items.append(b"UID %d" % uid)
-            if condstore:
-                items.append(b"MODSEQ (%d)" % row.modseq)
-            lines.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(items)))
-            if len(lines) >= CATCH_UP_CHUNK:
-                yield b"".join(lines)
-                lines = []
-        if lines:
-            yield b"".join(lines)
-        view.caught_up(changes.highestmodseq)
-        if view.contexts and (changes.changed or changes.expunged):
-            # RFC 5267 §4.3: live SEARCH/SORT results follow, once the client knows the
-            # messages they name.
-            yield from context_updates(self, view)
+            return iter(())
+        return catchup.catch_up(
+            self, view, self.select_cache, allow_expunge=allow_expunge, uid_form=uid_form
+        )
 
-    def _report_expunges(self, view: View) -> Iterator[bytes]:
-        gone = sorted(view.pending_expunge)
-        view.pending_expunge.clear()
-        yield from contexts.leaving(view, gone)  # RFC 5267 §4.3, while numbers still hold
-        yield from expunge_responses(view.forget(gone), vanished=QRESYNC in self._enabled)
+    def idle_push(self) -> bytes | None:
+        """An IDLE push's untagged responses written without stepping the IDLE command,
+        or None when the push needs the command's path (:func:`gateway.imap.catchup.idle_push`)."""
+        return catchup.idle_push(self, self.selected, self.select_cache)
