@@ -43,6 +43,9 @@ ALL_SCENARIOS = {**SCENARIOS, "import": first_import, "postgres": postgres}
 """Every scenario in run order; the 100,000-message first import (bench/importing.py)
 and PostgreSQL mode (bench/pgmode.py) last."""
 
+ON_REQUEST = frozenset({"push"})
+"""Scenarios run only when named with ``--only``: ``push`` is a part of ``storm``."""
+
 
 def machine() -> str:
     """nproc and the CPU model, as the README records them."""
@@ -123,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         sizes = replace(sizes, fulltext_xapian=False)
     if args.import_size:
         sizes = replace(sizes, import_messages=args.import_size)
-    chosen = [name for name in ALL_SCENARIOS if not args.only or name in args.only]
+    chosen = [
+        name
+        for name in ALL_SCENARIOS
+        if (name in args.only if args.only else name not in ON_REQUEST)
+    ]
     check_peers(chosen)
     logs.configure("warning", "console", stream=sys.stderr)  # the store logs each open
     began = time.perf_counter()

@@ -5,7 +5,7 @@ Every figure is taken for popgate and for its peer in the same run, repeats inte
 scenario checks that both sides did the same work (same message count, same SEARCH
 hits) before a figure counts. Scenario names, for ``--only``: ingest, mbsync, compress, fetch,
 sort, qresync, concurrent, memory, fulltext (in bench/fulltext.py), postgres (in
-bench/pgmode.py), storm (bench/storm.py), import (bench/importing.py).
+bench/pgmode.py), storm and push (bench/storm.py), import (bench/importing.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from bench.popgate import GatewayServer, fetch_import, load_store
 from bench.report import Row, Target
 from bench.sieve_ingest import sieve_ingest
 from bench.sorting import sort_scenario
-from bench.storm import storm
+from bench.storm import push, storm
 from gateway.testing import samplemail
 from gateway.testing.dovecot import Dovecot
 from gateway.testing.dovecot_process import group_members
@@ -772,5 +772,6 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "memory": memory,
     "fulltext": fulltext,
     "storm": storm,
+    "push": push,
 }
 """In run order: QRESYNC changes the big mailbox, so it comes after the read-only ones."""

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.load import cpu_seconds
 from bench.popgate import GatewayServer
 from bench.report import Target, percentile
 from gateway.security.passwords import hash_password
@@ -261,14 +262,15 @@ class Herd:
             # greeted as the timeout fired (a busy loop runs both at once): carry on
         await asyncio.wait_for(device.idle, max(0.0, timeout))
 
-    def push_delays(self, passwords: dict[str, str]) -> Pushes:
+    def push_delays(self, passwords: dict[str, str], server_pid: int | None = None) -> Pushes:
         """APPEND one message to each of :data:`PUSH_USERS` users, one after another,
         from :mod:`bench.pushprobe` (a process of its own, with :data:`PROBES_PER_USER`
         IDLE probes per user besides the herd's devices); the delays as the probes and
-        as the herd's devices saw them, from the same start (the APPEND's send)."""
-        return self.loop.run_until_complete(self._push_delays(passwords))
+        as the herd's devices saw them, from the same start (the APPEND's send); with
+        ``server_pid``, the gateway's CPU time over each push (APPEND and fan-out)."""
+        return self.loop.run_until_complete(self._push_delays(passwords, server_pid))
 
-    async def _push_delays(self, passwords: dict[str, str]) -> Pushes:
+    async def _push_delays(self, passwords: dict[str, str], server_pid: int | None) -> Pushes:
         pushes = Pushes()
         numbers = {user: number for user, _pw, number in self.plan}
         users = list(numbers)[:PUSH_USERS]
@@ -312,6 +314,7 @@ class Herd:
                 seen = [len(d.pushes) for d in devices]
                 await asyncio.sleep(0.2)  # the previous push is over everywhere
                 lags.clear()
+                cpu = cpu_seconds([server_pid]) if server_pid is not None else 0.0
                 probe.stdin.write(f"push {user}\n".encode())
                 result = json.loads(await probe.stdout.readline())
                 deadline = time.perf_counter() + PUSH_WAIT
@@ -319,6 +322,8 @@ class Herd:
                     len(d.pushes) == n for d, n in zip(devices, seen, strict=True)
                 ):
                     await asyncio.sleep(0.005)
+                if server_pid is not None:
+                    pushes.server_cpu.append(cpu_seconds([server_pid]) - cpu)
                 sent = result["sent"]
                 pushes.probe += [t - sent for t in result["seen"] if t == t]  # NaN: missed
                 pushes.missed += sum(1 for t in result["seen"] if t != t)
@@ -353,6 +358,9 @@ class Pushes:
     """Until the APPEND's tagged OK, one per push."""
     herd_lag: list[float] = field(default_factory=list)
     """The herd loop's worst lateness of a 1 ms timer during each push."""
+    server_cpu: list[float] = field(default_factory=list)
+    """The gateway's CPU seconds (``/proc`` utime + stime, 10 ms ticks) over each push:
+    the APPEND, its commit and the fan-out to every IDLE connection of the user."""
     missed: int = 0
     logins: list[float] = field(default_factory=list)
     """Seconds the probe's APPEND connections took to connect and LOGIN (the bench's
@@ -381,8 +389,16 @@ def _ms(samples: Sequence[float], fraction: float) -> float:
     return float("nan") if found is None else round(found * 1000, 1)
 
 
-def _shape(bench: Bench, name: str, devices: int, users: int) -> dict[str, object]:
-    """Run the three waves for one shape; the figures as a dict for the rows."""
+def _mean_ms(samples: Sequence[float]) -> float:
+    """The mean of seconds, in milliseconds (NaN for none)."""
+    return round(sum(samples) / len(samples) * 1000, 1) if samples else float("nan")
+
+
+def _shape(
+    bench: Bench, name: str, devices: int, users: int, *, waves: bool = True
+) -> dict[str, object]:
+    """Run the three waves for one shape (``waves`` false: the first wave and the pushes
+    only); the figures as a dict for the rows."""
     passwords = {f"{name[0]}{u:05d}": f"storm-pw-{u}" for u in range(users)}
     names = list(passwords)
     plan = [(names[i % users], passwords[names[i % users]], i % users) for i in range(devices)]
@@ -411,16 +427,19 @@ def _shape(bench: Bench, name: str, devices: int, users: int) -> dict[str, objec
         bench.log(f"storm {name}: first wave {first.last:.1f}s, {len(first.errors)} errors")
         time.sleep(1.0)
         figures["rss_mib"] = _rss_in_all(server)
-        pushes = herd.push_delays(passwords)
+        pushes = herd.push_delays(passwords, server.pid)
         figures["push"] = pushes
         bench.log(
             f"storm {name}: push p50/p99: probes {_ms(pushes.probe, 0.5)}/"
             f"{_ms(pushes.probe, 0.99)} ms ({pushes.missed} missed), herd "
             f"{_ms(pushes.herd, 0.5)}/{_ms(pushes.herd, 0.99)} ms, APPEND OK "
             f"{_ms(pushes.appended, 0.5)} ms, herd loop lag max {_ms(pushes.herd_lag, 1.0)} ms, "
-            f"connect+LOGIN p50/max {_ms(pushes.logins, 0.5)}/{_ms(pushes.logins, 1.0)} ms"
+            f"connect+LOGIN p50/max {_ms(pushes.logins, 0.5)}/{_ms(pushes.logins, 1.0)} ms, "
+            f"gateway CPU per push {_mean_ms(pushes.server_cpu)} ms"
         )
         herd.close_all()
+        if not waves:
+            return figures
         server.stop()
         restart = time.perf_counter()
         server.start()
@@ -486,30 +505,50 @@ def storm(bench: Bench) -> None:
             f"{blip.silent}; ListenOverflows +{blip.overflows}",
         )
         if name == "household":
-            bench.row(
-                f"{devices} IDLE connections: RSS in all",
-                "MiB",
-                "",
-                [float(figures["rss_mib"])],  # type: ignore[arg-type]
-                target=Target(200.0, at_least=False, on_ratio=False),
-                note="VmRSS of the gateway and its key holder, every device LOGIN, SELECT, IDLE",
-            )
-            pushes = figures["push"]
-            assert isinstance(pushes, Pushes)
-            bench.row(
-                f"{devices} IDLE connections: push delay p99",
-                "ms",
-                "",
-                [_ms(pushes.probe, 0.99)],
-                target=Target(50.0, at_least=False, on_ratio=False),
-                note=f"APPEND to {PUSH_USERS} users one after another from bench/pushprobe.py"
-                f" (its own process), from the APPEND's send to each of its {PROBES_PER_USER}"
-                f" IDLE probes per user becoming readable (with the user's {devices // users}"
-                f" devices IDLE too); {len(pushes.probe)} pushes, {pushes.missed} missed; p50"
-                f" {_ms(pushes.probe, 0.5)} ms; APPEND's OK p50 {_ms(pushes.appended, 0.5)} ms;"
-                f" as the herd's devices saw it (one asyncio loop of {devices}) p50"
-                f" {_ms(pushes.herd, 0.5)} / p99 {_ms(pushes.herd, 0.99)} ms, that loop"
-                f" {_ms(pushes.herd_lag, 1.0)} ms late at worst during a push; a fresh"
-                f" connection's connect+LOGIN (inside the clock before) p50"
-                f" {_ms(pushes.logins, 0.5)} ms",
-            )
+            _idle_rows(bench, figures, devices, users)
+
+
+def _idle_rows(bench: Bench, figures: dict[str, object], devices: int, users: int) -> None:
+    """The rows of N IDLE connections: RSS in all and the push delay (household shape)."""
+    bench.row(
+        f"{devices} IDLE connections: RSS in all",
+        "MiB",
+        "",
+        [float(figures["rss_mib"])],  # type: ignore[arg-type]
+        target=Target(200.0, at_least=False, on_ratio=False),
+        note="VmRSS of the gateway and its key holder, every device LOGIN, SELECT, IDLE",
+    )
+    pushes = figures["push"]
+    assert isinstance(pushes, Pushes)
+    bench.row(
+        f"{devices} IDLE connections: push delay p99",
+        "ms",
+        "",
+        [_ms(pushes.probe, 0.99)],
+        target=Target(50.0, at_least=False, on_ratio=False),
+        note=f"APPEND to {PUSH_USERS} users one after another from bench/pushprobe.py"
+        f" (its own process), from the APPEND's send to each of its {PROBES_PER_USER}"
+        f" IDLE probes per user becoming readable (with the user's {devices // users}"
+        f" devices IDLE too); {len(pushes.probe)} pushes, {pushes.missed} missed; p50"
+        f" {_ms(pushes.probe, 0.5)} ms; APPEND's OK p50 {_ms(pushes.appended, 0.5)} ms;"
+        f" as the herd's devices saw it (one asyncio loop of {devices}) p50"
+        f" {_ms(pushes.herd, 0.5)} / p99 {_ms(pushes.herd, 0.99)} ms, that loop"
+        f" {_ms(pushes.herd_lag, 1.0)} ms late at worst during a push; a fresh"
+        f" connection's connect+LOGIN (inside the clock before) p50"
+        f" {_ms(pushes.logins, 0.5)} ms; the gateway's CPU per push (APPEND, commit,"
+        f" fan-out to {devices // users + PROBES_PER_USER} IDLE) {_mean_ms(pushes.server_cpu)} ms"
+        f" (mean of {len(pushes.server_cpu)}, 10 ms ticks)",
+    )
+
+
+def push(bench: Bench) -> None:
+    """The storm's push step alone (``--only push``, a minute or two): the household
+    shape's first wave, then the pushes, without the restart and blip waves or the
+    provider shape; the same two rows as :func:`storm` (RSS in all, push delay)."""
+    limit = raise_fd_limit()
+    sizes = bench.sizes
+    if limit < 2 * (sizes.storm_devices + 100):
+        bench.log(f"push: descriptor limit {limit}: some devices will fail")
+    devices, users = sizes.storm_devices, sizes.storm_household_users
+    figures = _shape(bench, "household", devices, users, waves=False)
+    _idle_rows(bench, figures, devices, users)
