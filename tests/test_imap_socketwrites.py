@@ -40,6 +40,9 @@ class FakeSocket:
         self.sent += data[:take]
         return take
 
+    def send(self, data: bytes) -> int:
+        return self.sendmsg([data])
+
 
 class FakeTransport(StringTransport):
     def __init__(self) -> None:
@@ -116,6 +119,31 @@ def test_stop_gives_the_transport_everything_unsent() -> None:
     out.write(b"ghi")
     out.stop()
     assert bytes(sock.sent) + transport.value() == b"abcdefghi"
+
+
+def test_send_now_is_one_send_when_nothing_waits() -> None:
+    """An IDLE push's write (issue 19): one ``send``, nothing gathered, nothing handed."""
+    sock = FakeSocket()
+    out, transport = writes(sock)
+    out.send_now(b"* 3 EXISTS\r\n")
+    assert sock.calls == 1 and bytes(sock.sent) == b"* 3 EXISTS\r\n"
+    assert out.pieces == [] and out.size == 0 and transport.value() == b""
+
+
+@pytest.mark.parametrize("error", [None, BlockingIOError(), ConnectionResetError()])
+def test_send_now_keeps_order_behind_what_the_socket_did_not_take(
+    error: BaseException | None,
+) -> None:
+    """What a full (or broken) socket leaves goes to the transport in order; a later
+    push waits behind it."""
+    sock = FakeSocket(room=4, then=error)
+    out, transport = writes(sock)
+    out.send_now(b"* 3 EXISTS\r\n")
+    assert out.handed
+    out.send_now(b"* 4 EXISTS\r\n")
+    assert bytes(sock.sent) + transport.value() + b"".join(bytes(p) for p in out.pieces) == (
+        b"* 3 EXISTS\r\n* 4 EXISTS\r\n"
+    )
 
 
 def test_only_plain_tcp_is_written_directly() -> None:

@@ -29,7 +29,7 @@ from gateway.imap.handler import Session
 from gateway.imap.searching import context_updates
 from gateway.imap.selectcache import SelectCache
 from gateway.imap.view import CATCH_UP_CHUNK, View, expunge_responses, flag_list
-from gateway.store.interfaces import Changes, StoreError
+from gateway.store.interfaces import Changes, MessageRow, StoreError
 
 PUSH_MAX_CHANGES = CATCH_UP_CHUNK
 """An IDLE push about more rows than this (new, re-flagged and expunged messages) takes
@@ -96,12 +96,7 @@ def catch_up(
     if allow_expunge and view.pending_expunge:
         yield from _report_expunges(session, view)
     if new_rows:
-        for row in new_rows:
-            view.add(row.uid, RECENT in row.flags)
-        exists = b"* %d EXISTS\r\n" % len(view.uids)
-        if view.show_recent:  # RFC 9051 has no RECENT response
-            exists += b"* %d RECENT\r\n" % len(view.recent)
-        yield exists  # one write for both: an IDLE push to 500 phones is 500 writes
+        yield _told_new(view, new_rows)
     condstore = session.condstore_active()
     with_uid = uid_form or condstore
     reported = view.reported
@@ -136,6 +131,19 @@ def catch_up(
         yield from context_updates(session, view)
 
 
+def _told_new(view: View, rows: list[MessageRow]) -> bytes:
+    """New messages join the view: ``* n EXISTS`` and ``* n RECENT`` (RFC 3501 §7.3.1,
+    §7.3.2; no RECENT under IMAP4rev2, RFC 9051), one write for both (an IDLE push to
+    500 phones is 500 writes). A \\Recent message shows as recent in this view; the
+    caller has claimed it already where the view is read-write."""
+    for row in rows:
+        view.add(row.uid, RECENT in row.flags)
+    exists = b"* %d EXISTS\r\n" % len(view.uids)
+    if view.show_recent:
+        exists += b"* %d RECENT\r\n" % len(view.recent)
+    return exists
+
+
 def _report_expunges(session: Session, view: View) -> Iterator[bytes]:
     gone = sorted(view.pending_expunge)
     view.pending_expunge.clear()
@@ -160,11 +168,16 @@ def idle_push(session: Session, view: View | None, cache: SelectCache | None) ->
     changed = changes.changed
     if len(changed) + len(changes.expunged) > PUSH_MAX_CHANGES:
         return None
-    if not view.readonly and changed:
-        last = view.uids[-1] if view.uids else 0
+    last = view.uids[-1] if view.uids else 0
+    if not view.readonly:
         for row in reversed(changed):  # ascending UIDs: the new ones are at the end
             if row.uid <= last:
                 break
             if RECENT in row.flags:
                 return None
+    if changed and changed[0].uid > last and not changes.expunged and not view.pending_expunge:
+        # Only new messages (the usual push: a delivery): what catch_up would yield.
+        out = _told_new(view, changed)
+        view.caught_up(changes.highestmodseq)
+        return out
     return b"".join(catch_up(session, view, cache, allow_expunge=True, changes=changes))

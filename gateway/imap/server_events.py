@@ -218,8 +218,12 @@ class ConnectionEvents:
         if out is None:
             return False
         if out:
-            self._write(out)
-            self._end_burst()
+            direct = self._direct
+            if direct is not None and self._trace is None and self._stream.codec is None:
+                direct.send_now(self._stream.outgoing(out))  # counted; one send
+            else:
+                self._write(out)
+                self._end_burst()  # COMPRESS's sync flush (RFC 4978 §4), the trace
         return True
 
     def _start_notifications(self) -> None:

@@ -71,6 +71,26 @@ class SocketWrites:
         if self.size >= SEND_AT or len(self.pieces) >= MAX_PIECES:
             self.flush()
 
+    def send_now(self, data: bytes) -> None:
+        """One short write sent at once, outside any burst (an IDLE push to hundreds of
+        connections in one reactor turn, issue 19): one ``send`` when nothing waits
+        before it, else in order behind what does."""
+        if self.pieces or self.handed:
+            self.write(data)
+            self.flush()
+            return
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = 0  # flush meets the error again and hands everything to the transport
+        if sent < len(data):
+            rest = memoryview(data)[sent:] if sent else data
+            self.pieces.append(rest)
+            self.size += len(rest)
+            self.flush()
+
     def flush(self) -> None:
         """Send what the socket takes now; if it takes less, hand the transport one piece."""
         pieces = self.pieces
