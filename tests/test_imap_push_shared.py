@@ -218,3 +218,25 @@ def test_one_catch_up_read_per_push_and_viewer(
                 + [b"* 1 FETCH (FLAGS (\\Seen))\r\n"] * 19
             )
             assert len(reads) == 2
+
+
+def test_a_failing_short_path_leaves_the_push_to_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the short path for one session neither stops the fan-out to the others
+    nor loses that session's push: it is logged and the IDLE command tells it."""
+    real = IMAPSession.idle_push
+    failed: list[bool] = []
+
+    def failing_once(self: IMAPSession) -> bytes | None:
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("a bug")
+        return real(self)
+
+    monkeypatch.setattr(IMAPSession, "idle_push", failing_once)
+    with running_server(tmp_path) as server, ExitStack() as stack:
+        idlers = [_idle(stack.enter_context(server.login()), "EXAMINE INBOX") for _ in range(3)]
+        server.append("INBOX", message("new"))
+        assert [client.read_line() for client in idlers] == [b"* 1 EXISTS\r\n"] * 3
+        assert failed == [True]

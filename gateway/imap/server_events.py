@@ -214,7 +214,13 @@ class ConnectionEvents:
             or (self._direct is not None and self._direct.handed)
         ):
             return False
-        out = self.session.idle_push()
+        try:
+            out = self.session.idle_push()
+        except Exception:
+            # Never let one session break the fan-out to the others: the command's path
+            # meets the same error inside the command, where it ends this connection.
+            log.exception("imap.internal_error", peer=self.peer)
+            return False
         if out is None:
             return False
         if out:
