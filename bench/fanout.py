@@ -2,16 +2,17 @@
 on one INBOX (and M on another user's), then one message appended to that INBOX and its
 fan-out timed on the reactor thread, without any client's scheduling in the figure.
 
-``python -m bench.fanout [N] [M] [--profile]`` (defaults 500 and 4,500: one household
-of the storm's shape among 5,000 connections). Per push it reports the append (the
-store's commit), the fan-out turn (every woken session's catch-up and write:
-``IMAPServerFactory._flush_changes``), the sends (what the reactor's next ``doWrite``
-of each woken connection's transport does, forced here right after the turn; nothing
-on plain TCP, where the turn sends itself) and the process's CPU for the turn and the
-sends; medians of 10 pushes after 2 untimed. ``--profile`` adds a
-cProfile of the turns (tottime). The server is :func:`~gateway.testing.imapclient.running_server`
-(SQLite store, cheap passwords); the clients are plain sockets of this process that
-are read only between pushes.
+``python -m bench.fanout [N] [M] [--profile] [--flags]`` (defaults 500 and 4,500: one
+household of the storm's shape among 5,000 connections; ``--flags`` pushes a \\Seen
+change, on then off, instead of a new message). Per push it reports the store call (its
+commit), the fan-out turn (every woken session's catch-up and write:
+``IMAPServerFactory._flush_changes``), the sends (what the reactor's next ``doWrite`` of
+each woken connection's transport does, forced here right after the turn; nothing on
+plain TCP, where the turn sends itself) and the process's CPU for the turn and the sends
+(and for the turn alone); medians of 10 pushes after 2 untimed. ``--profile`` adds a
+cProfile of the turns (tottime). The server is
+:func:`~gateway.testing.imapclient.running_server` (SQLite store, cheap passwords); the
+clients are plain sockets of this process that are read only between pushes.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("idle", nargs="?", type=int, default=500)
     parser.add_argument("others", nargs="?", type=int, default=4_500)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--flags",
+        action="store_true",
+        help="push a flag change (\\Seen on, off) instead of a message",
+    )
     args = parser.parse_args(argv)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -73,12 +79,19 @@ def main(argv: list[str] | None = None) -> int:
         socks += [_idle(server.port, "bob", "bob-pw") for _ in range(args.others)]
         factory = server.factory
         inbox = server.mailbox_id()
+        first = server.append("INBOX") if args.flags else 0
+        time.sleep(0.5)  # its push (and the \\Recent claim's group commit) are over
+        _drain(socks)
 
         woken = list(factory._idle_on[inbox])  # whose transports the turn wrote to
 
         def push() -> tuple[float, float, float, float, float]:
             started = time.perf_counter()
-            factory.store.append(inbox, b"From: a@example.org\r\nSubject: x\r\n\r\nhi\r\n")
+            if args.flags:
+                seen = ["\\Seen"]
+                factory.store.store_flags(inbox, [first], "-" if len(results) % 2 else "+", seen)
+            else:
+                factory.store.append(inbox, b"From: a@example.org\r\nSubject: x\r\n\r\nhi\r\n")
             appended = time.perf_counter()
             call, factory._flush_call = factory._flush_call, None
             assert call is not None
@@ -116,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(
             f"{args.idle} IDLE on the INBOX, {args.others} elsewhere; medians of {len(kept)}:"
-            f" append {median_ms(0):.1f} ms, fan-out turn {median_ms(1):.1f} ms"
+            f" {'flag change' if args.flags else 'append'} {median_ms(0):.1f} ms,"
+            f" fan-out turn {median_ms(1):.1f} ms"
             f" ({median_ms(1) * 1000 / max(args.idle, 1):.0f} µs per woken session),"
             f" sends {median_ms(2):.1f} ms, CPU of turn + sends {median_ms(3):.1f} ms"
             f" (of the turn alone {median_ms(4):.1f} ms)"
