@@ -748,7 +748,10 @@ def test_message_rows_are_ascending_and_show_recent_until_cleared(store: Store) 
     assert [r.uid for r in rows] == [1, 2, 3, 4]
     assert all(r.flags == {"\\Seen", "\\Recent"} for r in rows)
     assert store.counts(box).recent == 4
-    store.clear_recent(box, [2, 3, 99])
+    # The claim returns what it took (RFC 3501 §2.3.2: one session's \\Recent); asking
+    # again, as a second session that read the same rows would, takes nothing.
+    assert store.clear_recent(box, [3, 2, 99]) == [2, 3]
+    assert store.clear_recent(box, [2, 3]) == []
     assert [("\\Recent" in r.flags) for r in store.message_rows(box)] == [True, False, False, True]
     assert store.counts(box).recent == 2
     # Clearing is not a flag change: modseqs stay.

@@ -440,5 +440,5 @@ class UserStore:
     def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
         return self.base.expunge(self._id(mailbox_id), uids)
 
-    def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> None:
-        self.base.clear_recent(self._id(mailbox_id), uids)
+    def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+        return self.base.clear_recent(self._id(mailbox_id), uids)

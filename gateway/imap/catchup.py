@@ -19,7 +19,7 @@ read per (mailbox, modseq, viewer) (:meth:`gateway.imap.selectcache.SelectCache.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from functools import lru_cache
 
 from gateway.core.flags import RECENT
@@ -89,14 +89,15 @@ def catch_up(
     # it before anything is yielded, since another session may run while this one
     # waits for its client to read.
     claim = [row.uid for row in new_rows if RECENT in row.flags and not view.readonly]
+    claimed: Collection[int] = ()
     if claim:
-        session.store.clear_recent(view.mailbox.id, claim)
+        claimed = set(session.store.clear_recent(view.mailbox.id, claim))
         if cache is not None:
             cache.recent_claimed(view.mailbox.id, claim)
     if allow_expunge and view.pending_expunge:
         yield from _report_expunges(session, view)
     if new_rows:
-        yield _told_new(view, new_rows)
+        yield _told_new(view, new_rows, claimed)
     condstore = session.condstore_active()
     with_uid = uid_form or condstore
     reported = view.reported
@@ -131,13 +132,15 @@ def catch_up(
         yield from context_updates(session, view)
 
 
-def _told_new(view: View, rows: list[MessageRow]) -> bytes:
+def _told_new(view: View, rows: list[MessageRow], claimed: Collection[int] = ()) -> bytes:
     """New messages join the view: ``* n EXISTS`` and ``* n RECENT`` (RFC 3501 §7.3.1,
     §7.3.2; no RECENT under IMAP4rev2, RFC 9051), one write for both (an IDLE push to
-    500 phones is 500 writes). A \\Recent message shows as recent in this view; the
-    caller has claimed it already where the view is read-write."""
+    500 phones is 500 writes). A \\Recent message shows as recent in a read-only view
+    (which claims nothing) and in a read-write one only if this session's claim took it
+    (``claimed``): RFC 3501 §2.3.2 gives it to one session."""
+    readonly = view.readonly
     for row in rows:
-        view.add(row.uid, RECENT in row.flags)
+        view.add(row.uid, RECENT in row.flags and (readonly or row.uid in claimed))
     exists = b"* %d EXISTS\r\n" % len(view.uids)
     if view.show_recent:
         exists += b"* %d RECENT\r\n" % len(view.recent)

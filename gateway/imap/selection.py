@@ -47,11 +47,14 @@ def select(session: Session, cmd: Select) -> Handler:
         summary = store.selection_summary(mailbox.id)
         if cache is not None:
             cache.put(mailbox, session.user, uids, summary)
-    view = View(mailbox, readonly, uids, mailbox.highestmodseq, summary.recent)
+    recent = summary.recent
+    if not readonly and recent:
+        # Only what this claim took is this session's \Recent: another session (a
+        # store thread, another node) may have claimed some of them meanwhile.
+        recent = store.clear_recent(mailbox.id, recent)
+    view = View(mailbox, readonly, uids, mailbox.highestmodseq, recent)
     imap4rev2 = rev2.active(session)
     view.show_recent = not imap4rev2
-    if not readonly and summary.recent:
-        store.clear_recent(mailbox.id, summary.recent)
     session.select(view)
 
     keywords = summary.keywords

@@ -420,8 +420,11 @@ class Messages(Protocol):
         """UIDs matching, ascending. ``Seq`` keys must already be rewritten to ``Uid``.
         Raises SearchTooComplex past the store's bounds on the criteria tree."""
 
-    def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> None:
-        """The session that saw these as \\Recent claims them (RFC 3501 §2.3.2)."""
+    def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+        """The session that saw these as \\Recent claims them (RFC 3501 §2.3.2): the
+        UIDs this call cleared, ascending. Only those are this session's \\Recent: two
+        sessions (threads, nodes) that read the same new rows at once both ask, and a
+        message may be recent in one session only, the one whose claim took it."""
 
 
 @runtime_checkable

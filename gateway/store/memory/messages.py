@@ -286,12 +286,15 @@ class MemoryMessages(MemoryBase):
         rows = box.rows_for(viewer)
         return [u for u, r in rows.items() if _matches(criteria, u, r, largest)]
 
-    def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> None:
+    def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         box = self._box(mailbox_id)
-        for uid in uids:
+        claimed = []
+        for uid in sorted(set(uids)):
             row = box.rows.get(uid)
-            if row is not None:
+            if row is not None and row.recent:
                 row.recent = False
+                claimed.append(uid)
+        return claimed
 
 
 def _matches(node: Criteria, uid: int, row: Row, largest: int) -> bool:

@@ -340,13 +340,16 @@ class PGMessages(PGRows, MessageSteps):
             rows = self._query_rows(cur, mailbox_id, criteria, viewer)
         return [r[0] for r in rows]
 
-    def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> None:
+    def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+        # The row lock of UPDATE makes the claim atomic: a concurrent claim of the same
+        # row waits, then finds recent = 0 and returns nothing for it.
         with self._cursor() as cur:
             cur.execute(
                 "UPDATE mailbox_message SET recent = 0 WHERE mailbox_id = %s AND recent = 1"
-                " AND uid = ANY(%s::bigint[])",
+                " AND uid = ANY(%s::bigint[]) RETURNING uid",
                 (mailbox_id, uid_array(uids)),
             )
+            return sorted(row[0] for row in cur.fetchall())
 
 
 def _uid_range(uids: Sequence[int]) -> tuple[str, list]:

@@ -343,13 +343,14 @@ class SQLiteMessages(SQLiteRows, MessageSteps):
             rows = self._query_rows(conn, mailbox_id, criteria, viewer, text_index=True)
         return [r[0] for r in rows]
 
-    def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> None:
+    def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         with self._write():
-            self.db.execute(
+            rows = self.db.execute(
                 "UPDATE mailbox_message SET recent = 0 WHERE mailbox_id = ? AND recent = 1"
-                " AND uid IN (SELECT value FROM json_each(?))",
+                " AND uid IN (SELECT value FROM json_each(?)) RETURNING uid",
                 (mailbox_id, uid_list(uids)),
-            )
+            ).fetchall()
+        return sorted(row[0] for row in rows)
 
 
 _JOIN_MESSAGE = "JOIN message m ON m.id = mm.message_id"
