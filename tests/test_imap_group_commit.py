@@ -2,13 +2,18 @@
 returns without its fsync, the fsync runs on the syncer's thread while the reactor serves
 everyone else, and nothing the writing command says after its commit (its tagged OK
 above all) leaves before that fsync has returned; one fsync covers every commit made
-before it started; a failed fsync ends the waiting connections without an OK."""
+before it started; a failed fsync ends the waiting connections without an OK.
+
+With ``flag_fsync = "optimized"`` (the default) a flag-only change is answered and pushed
+without that wait and flushed within ``LAZY_SYNC_DELAY``, while message data (APPEND)
+still waits; the ``strict`` fixture is ``flag_fsync = "always"``, where STORE waits too."""
 
 from __future__ import annotations
 
 import socket
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +57,14 @@ def server(tmp_path: Path):
         yield handle
 
 
+@pytest.fixture
+def strict(server: ServerHandle) -> ServerHandle:
+    """The server with ``flag_fsync = "always"``: flag changes wait for their fsync."""
+    assert server.factory.commit_syncer is not None
+    server.factory.commit_syncer.lazy_flags = False
+    return server
+
+
 def client(server: ServerHandle) -> RawClient:
     c = RawClient(server.port)
     c.login()
@@ -69,11 +82,11 @@ def nothing_arrives(c: RawClient) -> bool:
         c.sock.settimeout(RELEASE_WAIT)
 
 
-def test_the_tagged_ok_waits_for_the_fsync_while_others_are_served(server: ServerHandle) -> None:
-    assert server.factory.commit_syncer is not None  # the service's setting
-    server.append("INBOX", b"Subject: one\r\n\r\nbody\r\n")
-    writer, other = client(server), client(server)  # (the first SELECT claims \Recent)
-    held = HeldSync(server.store)  # type: ignore[arg-type]
+def test_the_tagged_ok_waits_for_the_fsync_while_others_are_served(strict: ServerHandle) -> None:
+    assert strict.factory.commit_syncer is not None  # the service's setting
+    strict.append("INBOX", b"Subject: one\r\n\r\nbody\r\n")
+    writer, other = client(strict), client(strict)  # (the first SELECT claims \Recent)
+    held = HeldSync(strict.store)  # type: ignore[arg-type]
     writer.send(b"W STORE 1 +FLAGS (\\Flagged)\r\n")
     assert held.started.wait(RELEASE_WAIT)
     assert nothing_arrives(writer)  # neither the FETCH response nor the OK
@@ -118,11 +131,11 @@ def test_an_idle_push_waits_for_the_fsync(server: ServerHandle) -> None:
 
 
 def test_a_failed_fsync_ends_the_waiting_connection_without_an_ok(
-    server: ServerHandle,
+    strict: ServerHandle,
 ) -> None:
-    server.append("INBOX", b"Subject: one\r\n\r\nbody\r\n")
-    writer, other = client(server), client(server)
-    held = HeldSync(server.store)  # type: ignore[arg-type]
+    strict.append("INBOX", b"Subject: one\r\n\r\nbody\r\n")
+    writer, other = client(strict), client(strict)
+    held = HeldSync(strict.store)  # type: ignore[arg-type]
     held.fail = True
     writer.send(b"W STORE 1 +FLAGS (\\Flagged)\r\n")
     assert held.started.wait(RELEASE_WAIT)
@@ -136,11 +149,11 @@ def test_a_failed_fsync_ends_the_waiting_connection_without_an_ok(
 
 
 def test_a_client_gone_while_its_fsync_runs_changes_nothing_for_others(
-    server: ServerHandle,
+    strict: ServerHandle,
 ) -> None:
-    server.append("INBOX", b"Subject: one\r\n\r\nbody\r\n")
-    writer, other = client(server), client(server)  # (the first SELECT claims \Recent)
-    held = HeldSync(server.store)  # type: ignore[arg-type]
+    strict.append("INBOX", b"Subject: one\r\n\r\nbody\r\n")
+    writer, other = client(strict), client(strict)  # (the first SELECT claims \Recent)
+    held = HeldSync(strict.store)  # type: ignore[arg-type]
     writer.send(b"W STORE 1 +FLAGS (\\Seen)\r\n")
     assert held.started.wait(RELEASE_WAIT)
     writer.sock.shutdown(socket.SHUT_RDWR)
@@ -180,3 +193,87 @@ def test_deferred_commits_skip_the_fsync_and_the_rest_stay_full(tmp_path: Path) 
     names = {n for (n,) in conn.execute("SELECT name FROM mailbox")}
     conn.close()
     assert {"A", "B"} <= names
+
+
+def wait_flushed(server: ServerHandle) -> None:
+    """Until an fsync has covered every flag-only commit made so far."""
+    syncer = server.factory.commit_syncer
+    assert syncer is not None
+    deadline = time.monotonic() + RELEASE_WAIT
+    while syncer.lazy_synced < server.store.lazy_seq:  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "the flag-only commits were never flushed"
+        time.sleep(0.01)
+
+
+def test_a_flag_change_is_answered_before_its_fsync_and_flushed_soon(
+    server: ServerHandle,
+) -> None:
+    """flag_fsync = "optimized" (the default): STORE's OK does not wait for the disk, as
+    in Dovecot, but an fsync covering it starts within LAZY_SYNC_DELAY all the same."""
+    server.append("INBOX", b"Subject: one\r\n\r\nbody\r\n")
+    writer = client(server)
+    held = HeldSync(server.store)  # type: ignore[arg-type]
+    lazy = server.store.lazy_seq  # type: ignore[attr-defined]
+    reply = writer.command("W", "STORE 1 +FLAGS (\\Flagged)")  # while no fsync can end
+    assert reply.startswith(b"* 1 FETCH (FLAGS (\\Flagged \\Recent))\r\n")
+    assert reply.endswith(b"W OK STORE completed\r\n")
+    assert server.store.lazy_seq == lazy + 1  # type: ignore[attr-defined]
+    assert held.started.wait(RELEASE_WAIT)  # the flush comes by itself
+    held.release.set()
+    wait_flushed(server)
+
+
+def test_an_append_after_a_flag_change_still_waits_for_the_fsync(server: ServerHandle) -> None:
+    """Message data never takes the lazy path: APPEND's OK waits for an fsync that
+    covers it (and with it the flag change before it, the WAL being one file)."""
+    server.append("INBOX", b"Subject: one\r\n\r\nbody\r\n")
+    writer = client(server)
+    held = HeldSync(server.store)  # type: ignore[arg-type]
+    assert writer.command("W", "STORE 1 +FLAGS (\\Seen)").endswith(b"W OK STORE completed\r\n")
+    writer.send(b"A APPEND INBOX {11+}\r\nSubject: 2\r\n\r\n")
+    assert held.started.wait(RELEASE_WAIT)
+    assert nothing_arrives(writer)
+    held.release.set()
+    assert b"A OK [APPENDUID " in writer.read_until_tagged("A")
+    syncer = server.factory.commit_syncer
+    assert syncer is not None and syncer.synced == server.store.commit_seq  # type: ignore[attr-defined]
+    wait_flushed(server)
+
+
+def test_an_idle_push_of_a_flag_change_does_not_wait_for_the_fsync(
+    server: ServerHandle,
+) -> None:
+    server.append("INBOX", b"Subject: one\r\n\r\nbody\r\n")
+    idler, writer = client(server), client(server)
+    idler.send(b"I IDLE\r\n")
+    assert idler.read_line() == b"+ idling\r\n"
+    held = HeldSync(server.store)  # type: ignore[arg-type]
+    assert writer.command("W", "STORE 1 +FLAGS (\\Flagged)").endswith(b"W OK STORE completed\r\n")
+    assert b"\\Flagged" in idler.read_line()  # the fsync is still held
+    held.release.set()
+    wait_flushed(server)
+
+
+def test_flag_only_commits_are_lazy_only_when_asked(tmp_path: Path) -> None:
+    """Inside ``deferred_sync(lazy_flags=True)`` STORE and the \\Recent claim count in
+    ``lazy_seq``, APPEND in ``commit_seq``; without ``lazy_flags`` STORE counts in
+    ``commit_seq`` as before, and outside any block nothing is counted (FULL)."""
+    store = SQLiteStore(tmp_path / "s.sqlite")
+    try:
+        store.ensure_user("alice")
+        box = store.get_mailbox("alice", "INBOX")
+        uid = store.append(box.id, b"Subject: one\r\n\r\nbody\r\n")
+        with store.deferred_sync(lazy_flags=True):
+            store.store_flags(box.id, [uid], "+", ["\\Seen"])
+            store.clear_recent(box.id, [uid])
+            assert (store.commit_seq, store.lazy_seq) == (0, 2)
+            store.append(box.id, b"Subject: two\r\n\r\nbody\r\n")
+            assert (store.commit_seq, store.lazy_seq) == (1, 2)
+        with store.deferred_sync():
+            store.store_flags(box.id, [uid], "-", ["\\Seen"])
+        assert (store.commit_seq, store.lazy_seq) == (2, 2)
+        store.store_flags(box.id, [uid], "+", ["\\Flagged"])
+        assert (store.commit_seq, store.lazy_seq) == (2, 2)
+        assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        store.close()

@@ -296,6 +296,7 @@ def build_service(
         directory=authenticator,
         store_runner=store_runner,
         group_commit=True,  # SQLite: the commands' fsyncs off the reactor
+        flag_fsync=cfg.store.flag_fsync,
     )
     factory.households.update({name: s.members for name, s in cfg.shared.items()})
     factory.quotas = quotas

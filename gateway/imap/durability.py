@@ -27,6 +27,17 @@ loss then loses a change that its writer was never told had succeeded.
 If the fsync fails (EIO), whether the writes are on disk is unknown: the waiting
 connections are told ``* BYE`` and closed without their tagged responses, and the error
 is logged (``imap.sync_failed``), as a database stops on a failed flush.
+
+Flag changes (``flag_fsync = "optimized"``, the default): a commit that changes only
+flags (STORE, the implicit \\Seen of a FETCH, SELECT's \\Recent claim) is answered without
+waiting for its fsync, and pushed to IDLE sessions at once; the syncer flushes it within
+:data:`LAZY_SYNC_DELAY` (or sooner, with the next commit that does wait). This is
+Dovecot's default too: its ``mail_fsync = optimized`` fsyncs saved mail but not the
+index where flags live (``mail_index_set_fsync_mode(..., 0)``: no transaction type is
+fsynced). So a power loss within those milliseconds can undo a flag change the client
+was told about, never lose a message: APPEND, COPY/MOVE and EXPUNGE, and mailbox
+changes, still wait for an fsync that covers them, and every fsync of the WAL covers
+every commit before it. ``flag_fsync = "always"`` makes flag changes wait as well.
 """
 
 from __future__ import annotations
@@ -44,6 +55,17 @@ from gateway.store.interfaces import DeferredSync
 log = structlog.get_logger(__name__)
 
 
+FLAG_FSYNC_MODES = ("optimized", "always")
+"""``[store] flag_fsync``: whether a flag-only change's tagged OK waits for its fsync
+("always") or not ("optimized", the default; module docstring)."""
+
+LAZY_SYNC_DELAY = 0.05
+"""Seconds a flag-only commit may wait before the syncer flushes it (when no other
+commit's fsync covers it first): a bounded window, where Dovecot leaves its index to the
+kernel's writeback (~30 s), yet one fsync for a burst of STOREs rather than one each,
+so the fsyncs that APPENDs wait for seldom queue behind a flush nobody waits for."""
+
+
 class WaitDurable:
     """What a command waits on while its commit's fsync runs (the protocol's own wait,
     never yielded by a handler)."""
@@ -55,13 +77,19 @@ class CommitSyncer:
 
     ``store`` is the inline backend (:class:`~gateway.store.interfaces.DeferredSync`);
     the factory starts the syncer with the listeners and stops it after them.
+    ``lazy_flags`` (``flag_fsync = "optimized"``): flag-only commits are not waited for,
+    only flushed within :data:`LAZY_SYNC_DELAY` (module docstring).
     """
 
-    def __init__(self, reactor: Any, store: DeferredSync) -> None:
+    def __init__(self, reactor: Any, store: DeferredSync, *, lazy_flags: bool = True) -> None:
         self.reactor = reactor
         self.store = store
+        self.lazy_flags = lazy_flags
         self.synced = 0
         """Every commit up to this :attr:`~DeferredSync.commit_seq` is on disk."""
+        self.lazy_synced = 0
+        """Every flag-only commit up to this :attr:`~DeferredSync.lazy_seq` is on disk."""
+        self._lazy_call: Any = None
         self.syncs = 0
         """fsyncs run so far (commits / syncs is the group-commit factor)."""
         self._running = False
@@ -76,8 +104,22 @@ class CommitSyncer:
         return self.store.commit_seq
 
     def deferring(self) -> Any:
-        """The block inside which the store's commits wait for :meth:`wait`."""
-        return self.store.deferred_sync()
+        """The block inside which the store's commits wait for :meth:`wait` (flag-only
+        ones for :meth:`flush_lazy`, with ``lazy_flags``)."""
+        return self.store.deferred_sync(lazy_flags=self.lazy_flags)
+
+    def flush_lazy(self) -> None:
+        """Flag-only commits were made: have an fsync cover them within
+        :data:`LAZY_SYNC_DELAY`, nobody waiting for it (one per burst)."""
+        if self._lazy_call is None and self.store.lazy_seq > self.lazy_synced:
+            self._lazy_call = self.reactor.callLater(LAZY_SYNC_DELAY, self._lazy_due)
+
+    def _lazy_due(self) -> None:
+        self._lazy_call = None
+        if not self._running and self.store.lazy_seq > self.lazy_synced:
+            self._sync()
+        # else: the fsync running may have started before them; when it returns,
+        # _synced asks for another
 
     def owed(self) -> bool:
         """Whether some commit is not known to be on disk yet."""
@@ -102,37 +144,47 @@ class CommitSyncer:
         self._stopped = False
 
     def stop(self) -> None:
-        """Stop the thread (after the fsync in progress, if any); later fsyncs run inline."""
+        """Stop the thread (after the fsync in progress, if any); later fsyncs run inline.
+        Flag-only commits not yet flushed are flushed now."""
         self._stopped = True
+        call, self._lazy_call = self._lazy_call, None
+        if call is not None and call.active():
+            call.cancel()
+        if not self._running and self.store.lazy_seq > self.lazy_synced:
+            self._sync()
         if self._started:
             self._started = False
             self._pool.stop()
 
     def _sync(self) -> None:
         self._running = True
-        covers = self.store.commit_seq  # every commit so far is in the WAL file already
+        # Every commit so far, of both classes, is in the WAL file already.
+        covers, lazy = self.store.commit_seq, self.store.lazy_seq
         if self._stopped:  # shutting down: no thread any more
             try:
                 self.store.sync_commits()
             except Exception:
                 self._failed(Failure())
             else:
-                self._synced(None, covers)
+                self._synced(None, covers, lazy)
             return
         if not self._started:
             self._started = True
             self._pool.start()
         deferred = deferToThreadPool(self.reactor, self._pool, self.store.sync_commits)
-        deferred.addCallbacks(self._synced, self._failed, callbackArgs=(covers,))
+        deferred.addCallbacks(self._synced, self._failed, callbackArgs=(covers, lazy))
 
-    def _synced(self, _result: None, covers: int) -> None:
+    def _synced(self, _result: None, covers: int, lazy: int) -> None:
         self._running = False
         self.syncs += 1
         self.synced = max(self.synced, covers)
+        self.lazy_synced = max(self.lazy_synced, lazy)
         ready = [d for seq, d in self._waiters if seq <= covers]
         self._waiters = [(seq, d) for seq, d in self._waiters if seq > covers]
         if self._waiters:
             self._sync()  # the commits made while this fsync ran: one more for all of them
+        elif not self._stopped and self.store.lazy_seq > self.lazy_synced:
+            self.flush_lazy()  # flag-only commits made while it ran
         for waiter in ready:
             waiter.callback(None)
 
@@ -167,8 +219,11 @@ class DurableSteps:
             super()._advance()
             return
         self._step_seq = syncer.seq
+        lazy = syncer.store.lazy_seq
         with syncer.deferring():
             super()._advance()
+        if syncer.store.lazy_seq != lazy:  # a flag-only commit: flushed soon, not waited for
+            syncer.flush_lazy()
 
     def _emit(self, out: Any) -> None:
         syncer = self._syncer

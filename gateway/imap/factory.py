@@ -54,7 +54,8 @@ class IMAPServerFactory(ConnectionCounts, Factory):
     sessions step their commands on its threads (see :mod:`gateway.imap.server`); the
     activity hook is then handed back to the reactor thread. ``group_commit`` (with an
     inline store that offers :class:`~gateway.store.interfaces.DeferredSync`, i.e. SQLite)
-    moves the fsync of the commands' commits off the reactor (:mod:`gateway.imap.durability`).
+    moves the fsync of the commands' commits off the reactor (:mod:`gateway.imap.durability`);
+    ``flag_fsync`` ("optimized" or "always") says whether flag-only changes wait for theirs.
     """
 
     def __init__(
@@ -74,6 +75,7 @@ class IMAPServerFactory(ConnectionCounts, Factory):
         directory: UserDirectory | None = None,
         store_runner: StoreRunner | None = None,
         group_commit: bool = False,
+        flag_fsync: str = "optimized",
     ) -> None:
         self.store = store
         if store_runner is None:
@@ -85,7 +87,7 @@ class IMAPServerFactory(ConnectionCounts, Factory):
         self.commit_syncer: CommitSyncer | None = None
         """Group commit for the sessions' writes (None: each commit syncs inline)."""
         if group_commit and store_runner.inline and isinstance(store, DeferredSync):
-            self.commit_syncer = CommitSyncer(reactor, store)
+            self.commit_syncer = CommitSyncer(reactor, store, lazy_flags=flag_fsync == "optimized")
         self.activity = activity
         self.session_activity = activity
         """The hook sessions call: ``activity`` itself, or (steps on store threads) a

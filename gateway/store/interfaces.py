@@ -554,13 +554,20 @@ class DeferredSync(Protocol):
     every commit made before it started durable. The IMAP server uses it so that a
     command's fsync waits on a thread, not on the reactor, and its tagged OK goes out
     only after that (:mod:`gateway.imap.durability`); every write outside the block stays
-    durable when it returns.
+    durable when it returns. With ``lazy_flags``, a commit that changes only flags
+    (STORE, an implicit \\Seen, a \\Recent claim) advances :attr:`lazy_seq` instead of
+    :attr:`commit_seq`: the caller may answer it before the fsync (the IMAP server's
+    ``flag_fsync = "optimized"``, as Dovecot's ``mail_fsync``); the next
+    :meth:`sync_commits` covers it all the same.
     """
 
     commit_seq: int
-    """Commits made inside :meth:`deferred_sync` so far."""
+    """Commits made inside :meth:`deferred_sync` so far (flag-only ones under
+    ``lazy_flags`` excepted)."""
+    lazy_seq: int
+    """Flag-only commits made inside ``deferred_sync(lazy_flags=True)`` so far."""
 
-    def deferred_sync(self) -> AbstractContextManager[None]: ...
+    def deferred_sync(self, *, lazy_flags: bool = False) -> AbstractContextManager[None]: ...
 
     def sync_commits(self) -> None: ...
 

@@ -22,6 +22,7 @@ from gateway.app.config.settings import (
     Cluster,
     StoreSettings,
 )
+from gateway.imap.durability import FLAG_FSYNC_MODES
 
 NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 """Node names: what host names allow, so the default (the host name) always fits."""
@@ -41,12 +42,13 @@ def dsn_problem(dsn: str) -> str | None:
 
 
 def parse_store(top: Reader) -> StoreSettings:
-    """``[store]``: backend, dsn, password_file."""
+    """``[store]``: backend, dsn, password_file, flag_fsync (SQLite)."""
     table = top.get("store", dict, {}) or {}
     r = Reader(top.path, top.problems, "store", table)
     backend = r.get("backend", str, "sqlite")
     dsn = r.get("dsn", str, None)
     password_file = r.get("password_file", str, None)
+    flag_fsync = r.get("flag_fsync", str, None)
     r.finish()
     if backend not in STORE_BACKENDS:
         r.problem("backend", f"must be one of {', '.join(STORE_BACKENDS)}")
@@ -55,7 +57,14 @@ def parse_store(top: Reader) -> StoreSettings:
         for key, value in (("dsn", dsn), ("password_file", password_file)):
             if value is not None:
                 r.problem(key, 'is only used with backend = "postgresql"')
-        return StoreSettings()
+        if flag_fsync is None:
+            return StoreSettings()
+        if flag_fsync not in FLAG_FSYNC_MODES:
+            r.problem("flag_fsync", f"must be one of {', '.join(FLAG_FSYNC_MODES)}")
+            return StoreSettings()
+        return StoreSettings(flag_fsync=flag_fsync)
+    if flag_fsync is not None:
+        r.problem("flag_fsync", 'is only used with backend = "sqlite"')
     if dsn is None:
         r.problem("dsn", 'is required with backend = "postgresql"')
     elif (why := dsn_problem(dsn)) is not None:

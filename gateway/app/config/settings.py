@@ -144,6 +144,9 @@ class StoreSettings:
     dsn: str | None = None
     password_file: str | None = None
     password: str | None = field(default=None, repr=False)
+    flag_fsync: str = "optimized"
+    """SQLite: whether a flag change's tagged OK waits for its fsync ("always") or not
+    ("optimized", as Dovecot's default; :mod:`gateway.imap.durability`)."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,16 @@ commit made before it started, is then on disk, which is what ``synchronous=FULL
 have done inside each commit. NORMAL keeps the database consistent across a power loss
 (SQLite syncs the WAL before each checkpoint), so a crash before the fsync loses only
 those last commits, whose writers have not been answered yet.
+
+``deferred_sync(lazy_flags=True)`` also sorts the block's commits into two classes:
+a write that changes only flags (STORE, the implicit \\Seen of a FETCH, the \\Recent
+claim of SELECT; :meth:`SQLiteConnection._flags_only`) counts in
+:attr:`~SQLiteConnection.lazy_seq` instead of :attr:`~SQLiteConnection.commit_seq`, so its
+writer need not wait for the fsync (Dovecot's ``mail_fsync = optimized`` does not fsync
+its index either; the IMAP side flushes such commits soon after, see
+:mod:`gateway.imap.durability`). Message data (APPEND, COPY/MOVE, EXPUNGE, mailbox
+changes) always counts in ``commit_seq``, and each fsync covers both classes: the WAL
+is one file, written in commit order.
 """
 
 from __future__ import annotations
@@ -93,9 +103,14 @@ class SQLiteConnection(RowValues):
         """Mailbox id → (:meth:`_change_stamp` when last read, its HIGHESTMODSEQ then):
         a catch-up finds an unchanged mailbox without a read transaction (issue 19)."""
         self._deferring = 0  # depth of deferred_sync blocks
+        self._lazy_flags = False  # the outer deferred_sync block's lazy_flags
+        self._flag_write = False  # inside _flags_only: the write changes flags only
         self.commit_seq = 0
         """Commits made inside :meth:`deferred_sync` so far (not yet known to be on disk
         until a :meth:`sync_commits` started after them has returned)."""
+        self.lazy_seq = 0
+        """Flag-only commits made inside ``deferred_sync(lazy_flags=True)`` so far: not
+        in :attr:`commit_seq`, on disk with the next :meth:`sync_commits` all the same."""
         self._conn: sqlite3.Connection | None = sqlite3.connect(
             str(self.path), isolation_level=None, check_same_thread=check_same_thread
         )
@@ -204,19 +219,41 @@ class SQLiteConnection(RowValues):
             if deferred:
                 conn.execute("PRAGMA synchronous = FULL")
         if deferred:
-            self.commit_seq += 1
+            if self._flag_write and self._lazy_flags:
+                self.lazy_seq += 1
+            else:
+                self.commit_seq += 1
         self._notify(changed)
 
     @contextmanager
-    def deferred_sync(self) -> Iterator[None]:
+    def deferred_sync(self, *, lazy_flags: bool = False) -> Iterator[None]:
         """Writes in this block commit without waiting for the disk (module docstring):
         the caller must see a :meth:`sync_commits` started after them return before it
-        tells anyone outside the process that they are done."""
+        tells anyone outside the process that they are done. With ``lazy_flags``,
+        flag-only commits count in :attr:`lazy_seq` instead: the caller answers them
+        without that wait."""
+        outer = self._deferring == 0
+        if outer:
+            self._lazy_flags = lazy_flags
         self._deferring += 1
         try:
             yield
         finally:
             self._deferring -= 1
+            if outer:
+                self._lazy_flags = False
+
+    @contextmanager
+    def _flags_only(self) -> Iterator[None]:
+        """Mark the write inside as one that changes flags only (\\Seen, \\Recent,
+        keywords; no message, no mailbox): a lazy commit in a
+        ``deferred_sync(lazy_flags=True)`` block, an ordinary one anywhere else."""
+        before = self._flag_write
+        self._flag_write = True
+        try:
+            yield
+        finally:
+            self._flag_write = before
 
     def sync_commits(self) -> None:
         """Make every commit made so far durable: fsync the WAL file (on Linux an fsync

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime
 import sqlite3
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from gateway.core.criteria import Criteria
 from gateway.store.errors import MailboxNotFound
@@ -27,6 +27,7 @@ from gateway.store.interfaces import (
     MessageRow,
     MessageSummary,
     SelectionSummary,
+    StoreResult,
 )
 from gateway.store.objectid import email_id
 from gateway.store.rowdata import (
@@ -343,8 +344,22 @@ class SQLiteMessages(SQLiteRows, MessageSteps):
             rows = self._query_rows(conn, mailbox_id, criteria, viewer, text_index=True)
         return [r[0] for r in rows]
 
+    def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        mode: str,
+        flags: Iterable[str],
+        unchangedsince: int | None = None,
+        *,
+        viewer: str | None = None,
+    ) -> StoreResult:
+        # A flag-only write: lazy under deferred_sync(lazy_flags=True) (connection.py).
+        with self._flags_only():
+            return super().store_flags(mailbox_id, uids, mode, flags, unchangedsince, viewer=viewer)
+
     def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
-        with self._write():
+        with self._flags_only(), self._write():
             rows = self.db.execute(
                 "UPDATE mailbox_message SET recent = 0 WHERE mailbox_id = ? AND recent = 1"
                 " AND uid IN (SELECT value FROM json_each(?)) RETURNING uid",
