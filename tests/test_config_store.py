@@ -44,6 +44,15 @@ def test_defaults_are_sqlite_and_this_host_with_a_30s_lease(tmp_path: Path) -> N
     assert cfg.cluster == config.Cluster(node=socket.gethostname(), lease=30.0)
 
 
+@pytest.mark.parametrize("mode", ["optimized", "always"])
+def test_flag_fsync_is_optimized_unless_told_always(tmp_path: Path, mode: str) -> None:
+    """SQLite: a flag change's OK waits for its fsync only with "always"
+    (gateway/imap/durability.py); the default is Dovecot's "optimized"."""
+    assert config.StoreSettings().flag_fsync == "optimized"
+    cfg = load(tmp_path, f'[store]\nflag_fsync = "{mode}"\n')
+    assert cfg.store == config.StoreSettings(flag_fsync=mode)
+
+
 @pytest.mark.parametrize("mode", [0o600, 0o640])
 def test_postgresql_with_dsn_and_password_file(tmp_path: Path, mode: int) -> None:
     pw = pg_password_file(tmp_path, mode)
@@ -106,6 +115,12 @@ def test_a_password_file_others_can_read_is_refused(tmp_path: Path) -> None:
             "not a valid libpq connection URI",
         ),
         ("[store]\nfile = 1\n", "store.file", "unknown key"),
+        ('[store]\nflag_fsync = "never"\n', "store.flag_fsync", "must be one of optimized, always"),
+        (
+            '[store]\nbackend = "postgresql"\ndsn = "postgresql://x@y/z"\nflag_fsync = "always"\n',
+            "store.flag_fsync",
+            'only used with backend = "sqlite"',
+        ),
         ('[cluster]\nlease = "2s"\n', "cluster.lease", "at least 5s"),
         ('[cluster]\nlease = "soon"\n', "cluster.lease", "expected a duration"),
         ('[cluster]\nnode = "node a"\n', "cluster.node", "node names are"),
