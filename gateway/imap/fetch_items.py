@@ -22,7 +22,7 @@ from gateway.imap.command import BinarySection, BodySection, FetchAttr, FetchIte
 from gateway.imap.view import flag_list
 from gateway.message.binary import binary_section
 from gateway.message.preview import preview
-from gateway.message.sections import section
+from gateway.message.sections import section, top_header_cutter
 from gateway.store.interfaces import MessageInfo, MessageSummary
 
 # Item codes of a compiled plan (small ints: the per-message loop compares them).
@@ -121,6 +121,13 @@ class FetchPlan:
     :attr:`template` from ``(seq, FLAGS item, *summary)`` (gateway.imap.fetch_stored)."""
     flags_only: bool = False
     has_threadid: bool = False  # THREADID is asked for: the loop derives it per batch
+    head_template: bytes | None = None
+    """For a plan of stored items and whole-message ``BODY[HEADER]`` /
+    ``BODY[HEADER.FIELDS (...)]`` sections (a client's list view), the whole response
+    as one bytes format; :attr:`head_steps` fill it (:func:`render`)."""
+    head_steps: tuple[tuple[int, Callable[[bytes, str], bytes] | None], ...] = ()
+    """Per item of :attr:`head_template`: (index into ``(seq, FLAGS item, modseq,
+    *info)``, None) for a stored item, (-1, cutter) for a header section."""
     """:attr:`summary_picks` reads only UID, flags and modseq, the fields of a
     :class:`~gateway.store.interfaces.MessageFlags` too (a flag resync's ``UID FLAGS``)."""
 
@@ -245,6 +252,7 @@ def compile_plan(items: Iterable[FetchItem], uid_mode: bool, with_modseq: bool) 
         steps.append((MODSEQ, None))
     sections = [s for code, s in steps if code == SECTION and s is not None]
     template, picks, summary_picks = _template(steps)
+    head_template, head_steps = _head_template(steps) if sections else (None, ())
     return FetchPlan(
         steps=tuple(steps),
         needs_bytes=bool(sections) or PREVIEW in codes,
@@ -258,7 +266,33 @@ def compile_plan(items: Iterable[FetchItem], uid_mode: bool, with_modseq: bool) 
         has_threadid=THREADID in codes,
         flags_only=summary_picks is not None
         and all(code in (FLAGS, UID, MODSEQ) for code, _ in steps),
+        head_template=head_template,
+        head_steps=head_steps,
     )
+
+
+def _head_template(
+    steps: Sequence[tuple[int, Section | None]],
+) -> tuple[bytes | None, tuple[tuple[int, Callable[[bytes, str], bytes] | None], ...]]:
+    """:attr:`FetchPlan.head_template` and its steps, if every item is a stored one of
+    :data:`_TEMPLATE_ITEMS` or a whole-message header section that
+    :func:`~gateway.message.sections.top_header_cutter` cuts; else (None, ())."""
+    forms: list[bytes] = []
+    out: list[tuple[int, Callable[[bytes, str], bytes] | None]] = []
+    for code, sec in steps:
+        if code in _TEMPLATE_ITEMS:
+            form, field = _TEMPLATE_ITEMS[code]
+            forms.append(form)
+            out.append((_info_index(field), None))
+            continue
+        if code != SECTION or sec is None or sec.binary or sec.part or sec.partial:
+            return None, ()
+        cutter = top_header_cutter(sec.kind, sec.fields)
+        if cutter is None:
+            return None, ()
+        forms.append(sec.name.replace(b"%", b"%%") + b" {%d}\r\n%s")
+        out.append((-1, cutter))
+    return b"* %d FETCH (" + b" ".join(forms) + b")\r\n", tuple(out)
 
 
 def section_bytes(raw: bytes, parts: str, sec: Section) -> bytes:
@@ -319,6 +353,22 @@ def render(
     if picks is not None and not extra and (flags is not None) == plan.has_flags:
         item = b"" if flags is None else flags_item(flags)
         return [plan.template % picks((seq, item, modseq, *info))]  # type: ignore[operator]
+    head = plan.head_template
+    if head is not None and not extra and (flags is not None) == plan.has_flags:
+        assert raw is not None
+        fields = (seq, b"" if flags is None else flags_item(flags), modseq, *info)
+        values: list[Any] = [seq]
+        for index, cutter in plan.head_steps:
+            if cutter is None:
+                values.append(fields[index])
+                continue
+            data = cutter(raw, info.parts)
+            if len(data) > INLINE_LITERAL_LIMIT:
+                break  # a long literal goes out as a chunk of its own: the general loop
+            values.append(len(data))
+            values.append(data)
+        else:
+            return [head % tuple(values)]
     out: list[bytes] = []
     cur: list[bytes] = []
     for code, sec in plan.steps if not extra else (*plan.steps, *((c, None) for c in extra)):
