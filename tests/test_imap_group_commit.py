@@ -277,3 +277,46 @@ def test_flag_only_commits_are_lazy_only_when_asked(tmp_path: Path) -> None:
         assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     finally:
         store.close()
+
+
+def _file_pages(path: Path) -> int:
+    """The page count in the database file's own header (bytes 28-31): what checkpoints
+    have copied back from the WAL so far."""
+    with open(path, "rb") as f:
+        return int.from_bytes(f.read(32)[28:32], "big")
+
+
+def test_deferred_writes_leave_the_checkpoint_to_sync_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write in ``deferred_sync`` turns SQLite's automatic checkpoint (a copy and two
+    fsyncs inside the commit, on the reactor) off and back on; ``sync_commits`` (on the
+    syncer's thread) checkpoints instead, at most every CHECKPOINT_INTERVAL, on a
+    connection of its own."""
+    path = tmp_path / "s.sqlite"
+    store = SQLiteStore(path)
+    try:
+        store.ensure_user("alice")
+        box = store.get_mailbox("alice", "INBOX")
+        statements: list[str] = []
+        store.db.set_trace_callback(statements.append)
+        with store.deferred_sync():
+            for n in range(20):
+                store.append(box.id, b"Subject: %d\r\n\r\n" % n + b"x" * 50_000 + b"\r\n")
+        store.db.set_trace_callback(None)
+        assert statements.count("PRAGMA wal_autocheckpoint = 0") == 20
+        assert statements.count("PRAGMA wal_autocheckpoint = 1000") == 20
+        assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+        before = _file_pages(path)
+        store.sync_commits()  # the first one checkpoints
+        copied = _file_pages(path)
+        assert copied > before + 200  # 1 MB of messages went back into the file
+        calls: list[int] = []
+        monkeypatch.setattr(store, "_checkpoint", lambda: calls.append(1))
+        store.sync_commits()  # within CHECKPOINT_INTERVAL: fsync only
+        assert calls == []
+        monkeypatch.setattr(store, "_checkpointed_at", 0.0)
+        store.sync_commits()
+        assert calls == [1]
+    finally:
+        store.close()
