@@ -34,7 +34,7 @@ waiting for its fsync, and pushed to IDLE sessions at once; the syncer flushes i
 :data:`LAZY_SYNC_DELAY` (or sooner, with the next commit that does wait). This is
 Dovecot's default too: its ``mail_fsync = optimized`` fsyncs saved mail but not the
 index where flags live (``mail_index_set_fsync_mode(..., 0)``: no transaction type is
-fsynced). So a power loss within those milliseconds can undo a flag change the client
+fsynced). So a power loss within those 50 ms can undo a flag change the client
 was told about, never lose a message: APPEND, COPY/MOVE and EXPUNGE, and mailbox
 changes, still wait for an fsync that covers them, and every fsync of the WAL covers
 every commit before it. ``flag_fsync = "always"`` makes flag changes wait as well.
