@@ -3,7 +3,8 @@
 Every figure is taken for popgate and for its peer in the same run, repeats interleaved
 (popgate, peer, popgate, peer...) so that a noisy minute hurts both alike, and each
 scenario checks that both sides did the same work (same message count, same SEARCH
-hits) before a figure counts. Scenario names, for ``--only``: ingest, mbsync, compress, fetch,
+hits) before a figure counts. Scenario names, for ``--only``: ingest, mbsync (in
+bench/fullsync.py, with the replay floor of bench/replay.py), compress, fetch,
 sort, qresync, concurrent, memory, fulltext (in bench/fulltext.py), postgres (in
 bench/pgmode.py), storm and push (bench/storm.py), import (bench/importing.py).
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import peers
+from bench.fullsync import full_sync
 from bench.fulltext import fulltext
 from bench.imapwire import IMAPConnection, untagged_number
 from bench.load import cpu_seconds, process_tree, run_load
@@ -385,48 +387,6 @@ def ingest(bench: Bench) -> None:
 # -- IMAP: full sync, FETCH, SEARCH ------------------------------------------------------------
 
 
-def mbsync(bench: Bench) -> None:
-    """First full sync of the big mailbox by mbsync into an empty Maildir."""
-    expected = bench.sizes.mailbox
-    results: dict[str, list[float]] = {"popgate": [], "dovecot": []}
-    # The servers' CPU seconds per sync: a figure the machine's load does not move much
-    # (mbsync sends one UID FETCH per message, so this is per-command cost; issue 19).
-    cpu: dict[str, list[float]] = {"popgate": [], "dovecot": []}
-    cpu_readers: dict[str, Callable[[], float]] = {
-        "popgate": lambda: cpu_seconds(process_tree(bench.popgate.pid)),
-        "dovecot": lambda: cpu_seconds(group_members(bench.dovecot.master_pid or 0, zombies=True)),
-    }
-    for repeat in range(bench.sizes.repeats):
-        for name, port in servers(bench):
-            work = bench.work_dir(f"mbsync-{name}-{repeat}")
-            # Without COMPRESS, as Dovecot here (no imap_zlib): the same work on both sides.
-            before = cpu_readers[name]()
-            seconds = peers.mbsync_full_sync(work, "127.0.0.1", port, *MAILBOX_USER, compress=False)
-            cpu[name].append(cpu_readers[name]() - before)
-            got = peers.mbsync_count(work)
-            if got != expected:
-                raise RuntimeError(f"mbsync from {name} got {got} of {expected} messages")
-            results[name].append(seconds)
-            shutil.rmtree(work)
-        bench.log(
-            f"mbsync repeat {repeat + 1}: popgate {results['popgate'][-1]:.1f}s, "
-            f"dovecot {results['dovecot'][-1]:.1f}s; server CPU popgate "
-            f"{cpu['popgate'][-1]:.2f}s, dovecot {cpu['dovecot'][-1]:.2f}s"
-        )
-    bench.row(
-        f"mbsync first full sync, {expected} msgs",
-        "s",
-        "Dovecot",
-        results["popgate"],
-        results["dovecot"],
-        Target(1.5, at_least=False),
-        note=f"{bench.mailbox_bytes / MB:.0f} MB mailbox; mbsync -q into an empty Maildir;"
-        f" server CPU s popgate {[round(c, 2) for c in cpu['popgate']]},"
-        f" Dovecot {[round(c, 2) for c in cpu['dovecot']]}",
-        digits=2,
-    )
-
-
 def _wire_octets(log_path: Path, since: int) -> tuple[int, bool]:
     """Octets popgate's transport moved for the IMAP connections logged after offset
     ``since`` of its JSON log (its ``imap.disconnect`` counters), and whether all were
@@ -763,7 +723,7 @@ def memory(bench: Bench) -> None:
 SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "ingest": ingest,
     "sieve": functools.partial(sieve_ingest, pop_user=POP_USER),
-    "mbsync": mbsync,
+    "mbsync": functools.partial(full_sync, mailbox_user=MAILBOX_USER),
     "compress": compress,
     "fetch": fetch,
     "sort": functools.partial(sort_scenario, mailbox_user=MAILBOX_USER),
