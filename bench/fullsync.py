@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from bench import peers
 from bench.load import cpu_seconds, process_tree
 from bench.replay import Recorder, ReplayServer
-from bench.report import Target
+from bench.report import Target, median
 from gateway.testing.dovecot_process import group_members
 
 if TYPE_CHECKING:
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 MB = 1_000_000
 
-FLOOR = "replay (floor)"
-"""The floor's name in logs and the table."""
+FLOOR = "replay"
+"""The floor's name in logs, work directories and results."""
 
 
 def _children_cpu() -> float:
@@ -100,8 +100,7 @@ def full_sync(bench: Bench, *, mailbox_user: tuple[str, str]) -> None:
     def rounded(values: list[float]) -> list[float]:
         return [round(v, 2) for v in values]
 
-    floor = sorted(results[FLOOR])[len(results[FLOOR]) // 2]
-    dovecot = sorted(results["dovecot"])[len(results["dovecot"]) // 2]
+    floor, dovecot = median(results[FLOOR]), median(results["dovecot"])
     bench.row(
         f"mbsync first full sync, {expected} msgs",
         "s",
@@ -118,14 +117,14 @@ def full_sync(bench: Bench, *, mailbox_user: tuple[str, str]) -> None:
     bench.row(
         "mbsync against a zero-cost replay (floor)",
         "s",
-        FLOOR,
+        "replay (floor)",
         results["popgate"],
         results[FLOOR],
         None,
         note=f"ratio = popgate / floor. The floor answers mbsync's commands from a transcript"
         f" of popgate's own answers (bench/replay.py, sendfile): replay CPU s"
         f" {rounded(cpu[FLOOR])}, mbsync's own CPU s {rounded(client_cpu[FLOOR])}."
-        f" floor / Dovecot = {floor / dovecot:.2f}: the best ratio any server could show"
+        f" floor / Dovecot = {(floor or 0) / (dovecot or 1):.2f}: the best ratio any server could show"
         f" against Dovecot in this run",
         digits=2,
     )
