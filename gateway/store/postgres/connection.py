@@ -47,6 +47,7 @@ from gateway.core.limits import DEFAULT_MAX_MESSAGE_SIZE
 from gateway.message.analysis import Analysis, analyze
 from gateway.store.errors import StoreError
 from gateway.store.interfaces import ChangeListener
+from gateway.store.postgres.catchup import ChangeLogs
 from gateway.store.postgres.changes import CHANNEL, channel_for, encode
 from gateway.store.postgres.schema import migrate, schema_version
 from gateway.store.rowdata import RowValues
@@ -112,6 +113,10 @@ class PGConnection(RowValues):
         self._shared_ids: dict[int, bool] = {}
         self._zones: dict[int, datetime.timezone] = {}
         self._on_close: list[Callable[[], None]] = []
+        self.change_logs = ChangeLogs()
+        """What catch-ups read lately, answering the next ones while this node knows the
+        mailbox unchanged (:mod:`gateway.store.postgres.catchup`; trusted only while the
+        LISTEN bridge runs)."""
         self.node = node or socket.gethostname() or "localhost"
         self.origin = f"{self.node}/{os.getpid()}/{secrets.token_hex(4)}"
         """Names this store in its change notices, so its own LISTEN bridge skips them."""
@@ -283,10 +288,12 @@ class PGConnection(RowValues):
     def dispatch_changes(self, mailbox_ids: set[int] | list[int]) -> None:
         """Tell listeners about committed changes to these mailboxes, on the reactor
         thread when a dispatcher is set. The LISTEN bridge calls this from its own
-        thread for changes committed by other nodes."""
+        thread for changes committed by other nodes. The change logs hear first (on
+        this thread, before any listener can wake a session to catch up)."""
         if not mailbox_ids:
             return
         ids = sorted(mailbox_ids)
+        self.change_logs.changed(ids)
         if self._dispatcher is not None:
             self._dispatcher(self._call_listeners, ids)
         else:

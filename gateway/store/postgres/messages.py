@@ -130,10 +130,17 @@ class PGMessages(PGRows, MessageSteps):
         )
 
     def changes_since(self, mailbox_id: int, modseq: int, *, viewer: str | None = None) -> Changes:
-        """One statement in autocommit (one snapshot, one round trip: every command's
-        catch-up makes this call): the head row, then the changed rows and the expunged
+        """Every command's catch-up: from this node's change log of the mailbox when it
+        knows nothing changed since that log was read
+        (:mod:`gateway.store.postgres.catchup`), else one statement in autocommit (one
+        snapshot, one round trip): the head row, then the changed rows and the expunged
         UIDs, whose scans are skipped when HIGHESTMODSEQ has not moved (every row,
         private \\Seen and expunge record is stamped from ``_bump``, RFC 7162 §3.1.1)."""
+        key = (mailbox_id, viewer or "")
+        plan = self.change_logs.plan(key, modseq)
+        if plan.answer is not None:
+            return plan.answer
+        since = plan.ask
         with self._cursor() as cur:
             source, source_params = self._source(cur, mailbox_id, viewer)
             cur.execute(
@@ -142,21 +149,23 @@ class PGMessages(PGRows, MessageSteps):
                 " UNION ALL SELECT 1, uid, flags, recent, modseq"
                 f" FROM {source} src WHERE mailbox_id = %s AND modseq > %s"
                 " AND (SELECT highestmodseq FROM head) > %s"
-                " UNION ALL SELECT 2, uid, NULL, 0, 0 FROM expunged"
+                " UNION ALL SELECT 2, uid, NULL, 0, modseq FROM expunged"
                 " WHERE mailbox_id = %s AND modseq > %s"
                 " AND (SELECT highestmodseq FROM head) > %s"
                 " ORDER BY 1, 2",
-                (mailbox_id, *source_params, mailbox_id, modseq, modseq)
-                + (mailbox_id, modseq, modseq),
+                (mailbox_id, *source_params, mailbox_id, since, since) + (mailbox_id, since, since),
             )
             rows = cur.fetchall()
         if not rows or rows[0][0] != 0:
             raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
         flags = self._flags
-        return Changes(
-            highestmodseq=int(rows[0][1]),
-            changed=[MessageRow(u, flags(t, r), m) for k, u, t, r, m in rows if k == 1],
-            expunged=[u for k, u, _t, _r, _m in rows if k == 2],
+        return self.change_logs.record(
+            key,
+            plan,
+            modseq,
+            int(rows[0][1]),
+            [MessageRow(u, flags(t, r), m) for k, u, t, r, m in rows if k == 1],
+            [(u, m) for k, u, _t, _r, m in rows if k == 2],
         )
 
     def message_info(

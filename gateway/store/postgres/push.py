@@ -21,6 +21,11 @@ mailbox) and expunges bump HIGHESTMODSEQ, renames change the name. The snapshot 
 refreshed every :data:`SNAPSHOT_REFRESH` while connected, so a reconnect re-tells little
 that was already told.
 
+The bridge is also what lets this node answer a catch-up from its change logs
+(:mod:`gateway.store.postgres.catchup`): it trusts them once LISTEN is on and the
+catch-up has told what moved, and distrusts them the moment its connection ends, so no
+other node's change can go unseen by a catch-up.
+
 A silently dead connection is found by a ``SELECT 1`` every :data:`HEARTBEAT` (and TCP
 keepalives); a lost one is retried with exponential backoff (:data:`BACKOFF_START` up to
 :data:`BACKOFF_MAX`). Events: ``store.notify.connected`` (with how many mailboxes the
@@ -165,6 +170,9 @@ class ChangeBridge:
                     # A bug must not end the thread: this node would go deaf for good.
                     log.exception("store.notify.failed", retry_in=delay)
                 finally:
+                    # Other nodes' notices may go unheard from here on: every catch-up
+                    # queries until the next connection has caught up.
+                    self.store.change_logs.distrust()
                     self.connected.clear()
                     self.backend_pid = None
                     conn.close()
@@ -186,6 +194,7 @@ class ChangeBridge:
         """LISTEN, catch up, then pass notices on until stopped or the connection fails."""
         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.store.channel)))
         told = self._catch_up(conn)
+        self.store.change_logs.trust()  # every change is either caught up or notified
         self.backend_pid = conn.info.backend_pid
         self.connections += 1
         self.connected.set()
