@@ -111,6 +111,9 @@ class Query:
 
     sql: str
     params: list[object] = field(default_factory=list)
+    uses_largest: bool = False
+    """Whether ``largest_uid`` went into it (a UID set with ``*``): a caller that passed a
+    placeholder must then read the largest UID and build it again."""
 
 
 def check_size(criteria: Criteria) -> None:
@@ -175,7 +178,7 @@ def build_query(
         f"SELECT {columns} FROM {source} mm{join}"
         f" WHERE mm.mailbox_id = {dialect.param} AND ({where}) ORDER BY {order}"
     )
-    return Query(sql, [*source_params, mailbox_id, *translator.params])
+    return Query(sql, [*source_params, mailbox_id, *translator.params], translator.used_largest)
 
 
 def merge_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -217,6 +220,7 @@ class _Translator:
     ) -> None:
         self.mailbox_id = mailbox_id
         self.largest_uid = largest_uid
+        self.used_largest = False
         self.dialect = dialect
         self.p = dialect.param
         self.text_index = text_index
@@ -344,6 +348,8 @@ class _Translator:
     def _uid(self, uids: SequenceSet) -> str:
         if uids.saved:
             raise ValueError("$ must be replaced by the saved UIDs before reaching the store")
+        if any(r.start is None or r.end is None for r in uids.ranges):
+            self.used_largest = True
         ranges = merge_ranges(uids.resolve(self.largest_uid))
         if not ranges:
             return self.dialect.false

@@ -31,6 +31,7 @@ from gateway.store.postgres.rows import PGRows, uid_array
 from gateway.store.rowdata import (
     SEEN_TOKEN,
 )
+from gateway.store.search import build_query
 from gateway.store.steps import MessageSteps
 
 INFO_COLUMNS = (
@@ -92,40 +93,43 @@ class PGMessages(PGRows, MessageSteps):
         return [MessageRow(uid, flags(text, recent), modseq) for uid, text, recent, modseq in rows]
 
     def message_uids(self, mailbox_id: int) -> array:
-        with self._read() as cur:
-            self._require(cur, mailbox_id)
+        """One statement in autocommit (SELECT's read): the mailbox is looked up only when
+        it has no message, to tell "gone" from "empty"."""
+        with self._cursor() as cur:
             cur.execute(
                 "SELECT uid FROM mailbox_message WHERE mailbox_id = %s ORDER BY uid",
                 (mailbox_id,),
             )
-            return array("I", [row[0] for row in cur])
+            uids = array("I", [row[0] for row in cur])
+            if not uids:
+                self._require(cur, mailbox_id)
+        return uids
 
     def selection_summary(self, mailbox_id: int, *, viewer: str | None = None) -> SelectionSummary:
-        with self._read() as cur:
-            self._require(cur, mailbox_id)
-            cur.execute(
-                "SELECT uid FROM mailbox_message WHERE mailbox_id = %s AND recent = 1"
-                " ORDER BY uid",
-                (mailbox_id,),
-            )
-            recent = array("I", [row[0] for row in cur])
+        """One statement in autocommit (one snapshot, one round trip, where a
+        REPEATABLE READ transaction took five): the existence check, the \\Recent UIDs,
+        the first unseen UID and the flag texts in use, as subqueries of one row."""
+        with self._cursor() as cur:
             source, source_params = self._source(cur, mailbox_id, viewer)
-            cur.execute(
-                f"SELECT min(uid) FROM {source} src"
-                " WHERE mailbox_id = %s AND strpos(' ' || flags || ' ', %s) = 0",
-                (*source_params, mailbox_id, SEEN_TOKEN),
-            )
-            first = cur.fetchone()
             # Keywords are never private, so the shared column has them all.
             cur.execute(
-                "SELECT DISTINCT flags FROM mailbox_message WHERE mailbox_id = %s AND flags <> ''",
-                (mailbox_id,),
+                "SELECT (SELECT 1 FROM mailbox WHERE id = %s),"
+                " ARRAY(SELECT uid FROM mailbox_message WHERE mailbox_id = %s AND recent = 1"
+                " ORDER BY uid),"
+                f" (SELECT min(uid) FROM {source} src"
+                " WHERE mailbox_id = %s AND strpos(' ' || flags || ' ', %s) = 0),"
+                " ARRAY(SELECT DISTINCT flags FROM mailbox_message"
+                " WHERE mailbox_id = %s AND flags <> '')",
+                (mailbox_id, mailbox_id, *source_params, mailbox_id, SEEN_TOKEN, mailbox_id),
             )
-            texts = cur.fetchall()
-        keywords = {f for (text,) in texts for f in text.split() if not f.startswith("\\")}
+            found = cur.fetchone()
+        if found is None or found[0] is None:
+            raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
+        _exists, recent, first, texts = found
+        keywords = {f for text in texts for f in text.split() if not f.startswith("\\")}
         return SelectionSummary(
-            recent=recent,
-            first_unseen_uid=None if first is None or first[0] is None else int(first[0]),
+            recent=array("I", recent),
+            first_unseen_uid=None if first is None else int(first),
             keywords=tuple(sorted(keywords)),
         )
 
@@ -344,7 +348,25 @@ class PGMessages(PGRows, MessageSteps):
         self, mailbox_id: int, criteria: Criteria, *, viewer: str | None = None
     ) -> list[int]:
         """RFC 3501 §6.4.4, answered by one SQL query (see :mod:`gateway.store.search`);
-        in a shared mailbox SEEN/UNSEEN and MODSEQ are ``viewer``'s own."""
+        in a shared mailbox SEEN/UNSEEN and MODSEQ are ``viewer``'s own. Criteria without
+        a ``*`` UID set need no largest UID: one statement in autocommit, the mailbox
+        looked up only when nothing matched (one round trip where a REPEATABLE READ
+        transaction took four); with one, the largest UID and the query share a snapshot."""
+        with self._cursor() as cur:
+            source, source_params = self._source(cur, mailbox_id, viewer)
+            query = build_query(
+                mailbox_id,
+                criteria,
+                0,
+                source=source,
+                source_params=source_params,
+                **self._search_options,
+            )
+            if not query.uses_largest:
+                rows = self._fetch_query(cur, query.sql, query.params)
+                if not rows:
+                    self._require(cur, mailbox_id)
+                return [r[0] for r in rows]
         with self._read() as cur:  # _largest_uid checks that the mailbox exists
             rows = self._query_rows(cur, mailbox_id, criteria, viewer)
         return [r[0] for r in rows]

@@ -1,0 +1,104 @@
+"""How many statements the PostgreSQL store's hot reads send (each is a round trip on a
+store thread, the queue every IMAP command of a PostgreSQL node waits in; bench/README.md,
+"PostgreSQL mix tail, session 3").
+
+SELECT's two reads and a SEARCH without ``*`` are one statement each in autocommit; a
+SEARCH with a ``*`` UID set still reads the largest UID in the same snapshot; a catch-up
+of a mailbox the node knows unchanged sends none. The answers themselves are the
+contract suite's (tests/test_store_contract.py runs on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from gateway.core.criteria import Flag, SeqRange, SequenceSet, Uid
+from gateway.store.errors import MailboxNotFound
+from gateway.store.interfaces import INBOX
+from gateway.store.postgres import PostgresStore
+from gateway.store.postgres.rows import POSTGRESQL
+from gateway.store.search import build_query
+from gateway.testing.messages import message
+from gateway.testing.postgres import close_test_store, open_test_store
+
+STAR = Uid(SequenceSet((SeqRange(2, None),)))
+
+
+def test_a_query_says_whether_it_used_the_largest_uid() -> None:
+    assert build_query(1, STAR, 0, dialect=POSTGRESQL).uses_largest
+    assert not build_query(1, Uid(SequenceSet((SeqRange(2, 5),))), 0).uses_largest
+    assert not build_query(1, Flag("\\Seen", True), 0).uses_largest
+
+
+class Counted:
+    """Counts ``Cursor.execute`` calls (BEGIN and COMMIT of a transaction included)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        original = psycopg.Cursor.execute
+
+        def execute(cursor, *args, **kwargs):
+            self.count += 1
+            return original(cursor, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+
+    def __call__(self, fn, *args, **kwargs) -> tuple[object, int]:
+        before = self.count
+        result = fn(*args, **kwargs)
+        return result, self.count - before
+
+
+@pytest.fixture
+def store() -> Iterator[PostgresStore]:
+    s = open_test_store()
+    s.ensure_user("alice")
+    yield s
+    close_test_store(s)
+
+
+@pytest.mark.postgres
+def test_selects_reads_and_a_plain_search_are_one_statement_each(store, monkeypatch) -> None:
+    box = store.get_mailbox("alice", INBOX).id
+    first = store.append(box, message(subject="one"))
+    store.append(box, message(subject="two"), flags=["\\Seen"])
+    counted = Counted(monkeypatch)
+    uids, sent = counted(store.message_uids, box)
+    assert list(uids) == [first, first + 1] and sent == 1
+    summary, sent = counted(store.selection_summary, box)
+    assert list(summary.recent) == [first, first + 1] and sent == 1
+    assert summary.first_unseen_uid == first
+    found, sent = counted(store.search, box, Flag("\\Seen", True))
+    assert found == [first + 1] and sent == 1
+    found, sent = counted(store.search, box, STAR)
+    assert found == [first + 1] and sent > 1  # the largest UID first, one snapshot
+
+
+@pytest.mark.postgres
+def test_an_empty_or_missing_mailbox_is_told_apart(store) -> None:
+    empty = store.create_mailbox("alice", "Empty").id
+    assert list(store.message_uids(empty)) == []
+    assert store.search(empty, Flag("\\Seen", True)) == []
+    store.delete_mailbox("alice", "Empty")
+    for read in (store.message_uids, store.selection_summary):
+        with pytest.raises(MailboxNotFound):
+            read(empty)
+    with pytest.raises(MailboxNotFound):
+        store.search(empty, Flag("\\Seen", True))
+
+
+@pytest.mark.postgres
+def test_a_catch_up_the_node_knows_unchanged_sends_nothing(store, monkeypatch) -> None:
+    box = store.get_mailbox("alice", INBOX).id
+    store.clear_recent(box, [store.append(box, message())])  # \Recent rows are never kept
+    store.change_logs.trust()  # as the LISTEN bridge does once it has caught up
+    counted = Counted(monkeypatch)
+    head = store.changes_since(box, 0).highestmodseq
+    _changes, sent = counted(store.changes_since, box, head)
+    assert sent == 0
+    store.store_flags(box, [1], "+", ["\\Flagged"])
+    changes, sent = counted(store.changes_since, box, head)
+    assert [r.uid for r in changes.changed] == [1] and sent == 1
