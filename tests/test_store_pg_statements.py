@@ -99,6 +99,32 @@ def test_a_catch_up_the_node_knows_unchanged_sends_nothing(store, monkeypatch) -
     head = store.changes_since(box, 0).highestmodseq
     _changes, sent = counted(store.changes_since, box, head)
     assert sent == 0
-    store.store_flags(box, [1], "+", ["\\Flagged"])
+    store.store_flags(box, [1], "+", ["\\Flagged"])  # this node's own write feeds the log
     changes, sent = counted(store.changes_since, box, head)
-    assert [r.uid for r in changes.changed] == [1] and sent == 1
+    assert [r.uid for r in changes.changed] == [1] and sent == 0
+    store.change_logs.changed([box])  # a change heard from another node
+    again, sent = counted(store.changes_since, box, head)
+    assert again == changes and sent == 1
+
+
+@pytest.mark.postgres
+def test_a_store_is_two_round_trips_and_one_that_changes_nothing_commits_nothing(
+    store, monkeypatch
+) -> None:
+    """BEGIN, the lock and the rows in one round trip; then the writes with COMMIT, or
+    a ROLLBACK when no flag changes (no durable commit for a no-op)."""
+    box = store.get_mailbox("alice", INBOX).id
+    uid = store.append(box, message())
+    statements: list[bytes] = []
+    original = psycopg.Cursor.execute
+
+    def execute(cursor, query, *args, **kwargs):
+        statements.append(query if isinstance(query, bytes) else str(query).encode())
+        return original(cursor, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    result = store.store_flags(box, [uid], "+", ["\\Seen"])
+    assert [r.uid for r in result.updated] == [uid] and statements[-1] == b"COMMIT"
+    statements.clear()
+    assert store.store_flags(box, [uid], "+", ["\\Seen"]).updated == []
+    assert statements[-1] == b"ROLLBACK" and not any(s.startswith(b"UPDATE") for s in statements)

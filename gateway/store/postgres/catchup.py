@@ -158,6 +158,40 @@ class ChangeLogs:
                 self._counter += 1
                 self._stamps[mailbox_id] = self._counter
 
+    def wrote(self, key: Key, before: int, modseq: int, rows: list[MessageRow]) -> None:
+        """This node committed a write to the mailbox of ``key`` that moved its
+        HIGHESTMODSEQ from ``before`` (read under the write's lock) to ``modseq``,
+        changing ``rows`` as ``key``'s viewer sees them. The mailbox has changed (as
+        :meth:`changed` says), and a valid log that held everything up to ``before`` now
+        holds this write too: nobody else could write in between."""
+        with self._lock:
+            mailbox_id = key[0]
+            held = Token(self._epoch, self._stamps.get(mailbox_id, 0))
+            self._counter += 1
+            self._stamps[mailbox_id] = self._counter
+            log = self._logs.get(key)
+            if (
+                not self._trusted
+                or log is None
+                or log.token != held
+                or log.head != before
+                or any(RECENT in row.flags for row in rows)
+            ):
+                return
+            changed = dict(log.rows)
+            changed.update((row.uid, row) for row in rows)
+            fed = _Log(
+                Token(self._epoch, self._counter),
+                self._clock(),
+                log.floor,
+                modseq,
+                changed,
+                log.gone,
+            )
+            _trim(fed, self.max_rows)
+            self._logs[key] = fed
+            self._logs.move_to_end(key)
+
     # ---- catch-ups ----------------------------------------------------------------
 
     def plan(self, key: Key, since: int) -> Plan:

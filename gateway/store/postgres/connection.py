@@ -294,6 +294,10 @@ class PGConnection(RowValues):
             return
         ids = sorted(mailbox_ids)
         self.change_logs.changed(ids)
+        self._tell_listeners(ids)
+
+    def _tell_listeners(self, ids: list[int]) -> None:
+        """The listeners' half of :meth:`dispatch_changes` (the change logs told already)."""
         if self._dispatcher is not None:
             self._dispatcher(self._call_listeners, ids)
         else:
@@ -306,6 +310,13 @@ class PGConnection(RowValues):
                     listener(mailbox_id)
                 except Exception:
                     log.exception("store.listener_failed", mailbox_id=mailbox_id)
+
+    def _log_key(self, mailbox_id: int, viewer: str | None) -> tuple[int, str]:
+        """Which change log answers ``viewer``'s catch-ups of the mailbox: the viewer's own
+        in a shared mailbox (private \\Seen), one for everybody in any other once known."""
+        if self._shared_ids.get(mailbox_id, True):
+            return (mailbox_id, viewer or "")
+        return (mailbox_id, "")
 
     def add_listener(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)

@@ -27,6 +27,7 @@ from gateway.store.interfaces import (
     SelectionSummary,
 )
 from gateway.store.objectid import email_id
+from gateway.store.postgres.flagwrite import PGFlagWrites
 from gateway.store.postgres.rows import PGRows, uid_array
 from gateway.store.rowdata import (
     SEEN_TOKEN,
@@ -41,9 +42,10 @@ INFO_COLUMNS = (
 """What :class:`MessageInfo` is built from (:meth:`PGMessages._infos`), in its order."""
 
 
-class PGMessages(PGRows, MessageSteps):
+class PGMessages(PGFlagWrites, PGRows, MessageSteps):
     """:class:`~gateway.store.interfaces.Messages` on PostgreSQL: the reads here, the
-    writes (append, STORE, expunge, copy/move) in :class:`~gateway.store.steps.MessageSteps`."""
+    writes (append, expunge, copy/move) in :class:`~gateway.store.steps.MessageSteps`, STORE
+    in :class:`~gateway.store.postgres.flagwrite.PGFlagWrites` (two round trips)."""
 
     def counts(self, mailbox_id: int, *, viewer: str | None = None) -> MailboxCounts:
         with self._read() as cur:
@@ -140,7 +142,7 @@ class PGMessages(PGRows, MessageSteps):
         snapshot, one round trip): the head row, then the changed rows and the expunged
         UIDs, whose scans are skipped when HIGHESTMODSEQ has not moved (every row,
         private \\Seen and expunge record is stamped from ``_bump``, RFC 7162 §3.1.1)."""
-        key = (mailbox_id, viewer or "")
+        key = self._log_key(mailbox_id, viewer)
         plan = self.change_logs.plan(key, modseq)
         if plan.answer is not None:
             return plan.answer

@@ -64,6 +64,15 @@ MAILBOX_COLUMNS = (
     "m.id, m.owner, m.name, m.uidvalidity, m.uidnext, m.highestmodseq, m.special_use,"
     " s.name IS NOT NULL"
 )
+FLAG_ROWS = (
+    "SELECT mm.uid, mm.flags, mm.recent, mm.modseq, p.seen, p.modseq"
+    " FROM mailbox_message mm LEFT JOIN private_flag p"
+    " ON p.mailbox_id = mm.mailbox_id AND p.uid = mm.uid AND p.viewer = %s"
+    " WHERE mm.mailbox_id = %s AND mm.uid = ANY(%s::bigint[]) ORDER BY mm.uid"
+)
+"""The rows a STORE plans from (``_flag_rows``): parameters (private viewer or None,
+mailbox id, UIDs)."""
+
 MAILBOX_FROM = "mailbox m LEFT JOIN subscription s ON s.owner = m.owner AND s.name = m.name"
 
 
@@ -101,13 +110,7 @@ class PGRows(PGConnection, RowSteps):
     def _flag_rows(
         self, cur: Cursor, mailbox_id: int, uids: Sequence[int], private_of: str | None
     ) -> list[Any]:
-        cur.execute(
-            "SELECT mm.uid, mm.flags, mm.recent, mm.modseq, p.seen, p.modseq"
-            " FROM mailbox_message mm LEFT JOIN private_flag p"
-            " ON p.mailbox_id = mm.mailbox_id AND p.uid = mm.uid AND p.viewer = %s"
-            " WHERE mm.mailbox_id = %s AND mm.uid = ANY(%s::bigint[]) ORDER BY mm.uid",
-            (private_of, mailbox_id, uid_array(uids)),
-        )
+        cur.execute(FLAG_ROWS, (private_of, mailbox_id, uid_array(uids)))
         return cur.fetchall()
 
     def _write_flags(self, cur: Cursor, rows: list[tuple[str, int, int, int]]) -> None:
