@@ -18,6 +18,10 @@ package does:
   :mod:`~gateway.store.postgres.sorting` (SORT/THREAD), :mod:`~gateway.store.postgres.ledger` (with Sieve routing),
   :mod:`~gateway.store.postgres.known_sources`, :mod:`~gateway.store.postgres.scripts`:
   the contract's concerns;
+- :mod:`~gateway.store.postgres.flagwrite`: STORE in two round trips, a no-op STORE
+  without a durable commit;
+- :mod:`~gateway.store.postgres.catchup`: the node's change log of each mailbox, which
+  answers a catch-up without a query while the node knows the mailbox unchanged;
 - :mod:`~gateway.store.postgres.leases`: which node polls each upstream (leases with
   fencing tokens, :mod:`gateway.store.leases`), and the fence check every ledger write
   makes in its own transaction;
