@@ -46,11 +46,19 @@ def test_defaults_are_sqlite_and_this_host_with_a_30s_lease(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("mode", ["optimized", "always"])
 def test_flag_fsync_is_optimized_unless_told_always(tmp_path: Path, mode: str) -> None:
-    """SQLite: a flag change's OK waits for its fsync only with "always"
-    (gateway/imap/durability.py); the default is Dovecot's "optimized"."""
+    """A flag change's OK waits for its fsync (SQLite) or WAL flush (PostgreSQL) only
+    with "always" (gateway/imap/durability.py, gateway/store/postgres/connection.py);
+    the default is Dovecot's "optimized", on either backend."""
     assert config.StoreSettings().flag_fsync == "optimized"
     cfg = load(tmp_path, f'[store]\nflag_fsync = "{mode}"\n')
     assert cfg.store == config.StoreSettings(flag_fsync=mode)
+    pw = pg_password_file(tmp_path, 0o600)
+    cfg = load(
+        tmp_path,
+        f'[store]\nbackend = "postgresql"\ndsn = "postgresql://popgate@127.0.0.1/popgate"\n'
+        f'password_file = "{pw}"\nflag_fsync = "{mode}"\n',
+    )
+    assert cfg.store.backend == "postgresql" and cfg.store.flag_fsync == mode
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o640])
@@ -117,9 +125,9 @@ def test_a_password_file_others_can_read_is_refused(tmp_path: Path) -> None:
         ("[store]\nfile = 1\n", "store.file", "unknown key"),
         ('[store]\nflag_fsync = "never"\n', "store.flag_fsync", "must be one of optimized, always"),
         (
-            '[store]\nbackend = "postgresql"\ndsn = "postgresql://x@y/z"\nflag_fsync = "always"\n',
+            '[store]\nbackend = "postgresql"\ndsn = "postgresql://x@y/z"\nflag_fsync = "no"\n',
             "store.flag_fsync",
-            'only used with backend = "sqlite"',
+            "must be one of optimized, always",
         ),
         ('[cluster]\nlease = "2s"\n', "cluster.lease", "at least 5s"),
         ('[cluster]\nlease = "soon"\n', "cluster.lease", "expected a duration"),

@@ -128,3 +128,51 @@ def test_a_store_is_two_round_trips_and_one_that_changes_nothing_commits_nothing
     statements.clear()
     assert store.store_flags(box, [uid], "+", ["\\Seen"]).updated == []
     assert statements[-1] == b"ROLLBACK" and not any(s.startswith(b"UPDATE") for s in statements)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("lazy", [False, True])
+def test_flag_only_commits_are_asynchronous_under_optimized_flag_fsync(
+    store, monkeypatch, lazy: bool
+) -> None:
+    """``[store] flag_fsync = "optimized"`` (the default; ``lazy_flags``): STORE and the
+    \\Recent claim commit with ``synchronous_commit = off``, as SQLite mode answers them
+    before their fsync; an APPEND never does (a message is always durable before its
+    OK). The change is committed and seen by other connections either way."""
+    store.lazy_flags = lazy
+    box = store.get_mailbox("alice", INBOX).id
+    statements: list[bytes] = []
+    original = psycopg.Cursor.execute
+
+    def execute(cursor, query, *args, **kwargs):
+        statements.append(query if isinstance(query, bytes) else str(query).encode())
+        return original(cursor, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    uid = store.append(box, message())
+    uid2 = store.append(box, message())
+    assert not any(b"synchronous_commit" in s for s in statements)
+    # Every pooled connection (two in a test store) last served a read-only snapshot:
+    # the claim still writes (its transaction says READ WRITE itself).
+    with store._read() as a, store._read() as b:
+        a.execute("SELECT 1")
+        b.execute("SELECT 1")
+    statements.clear()
+    assert store.clear_recent(box, [uid, uid2]) == [uid, uid2]
+    assert store.clear_recent(box, [uid]) == []
+    asynchronous = [s for s in statements if b"synchronous_commit = off" in s]
+    assert len(asynchronous) == (2 if lazy else 0)
+    statements.clear()
+    store.store_flags(box, [uid], "+", ["\\Flagged"])  # the mailbox's kind now known
+    statements.clear()
+    result = store.store_flags(box, [uid], "+", ["\\Seen"])
+    assert [r.uid for r in result.updated] == [uid] and statements[-1] == b"COMMIT"
+    assert (b"SET LOCAL synchronous_commit = off" in statements) is lazy
+    monkeypatch.undo()
+    with psycopg.connect(store.dsn, autocommit=True, **store.connect_kwargs) as other:
+        seen = other.execute(
+            "SELECT recent FROM mailbox_message WHERE mailbox_id = %s AND uid = %s",
+            (box, uid),
+        ).fetchone()
+    assert seen == (0,)  # the claim committed, seen from another connection
+    assert {"\\Seen", "\\Flagged"} <= set(store.message_flags(box, [uid])[0].flags)

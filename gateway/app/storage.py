@@ -64,6 +64,7 @@ def open_postgresql(cfg: configmod.Config, **kwargs: Any) -> Store:
     settings = cfg.store
     assert settings.dsn is not None
     kwargs.setdefault("node", cfg.cluster.node)
+    kwargs.setdefault("lazy_flags", settings.flag_fsync == "optimized")
     return PostgresStore(
         settings.dsn,
         password=settings.password,

@@ -42,7 +42,7 @@ def dsn_problem(dsn: str) -> str | None:
 
 
 def parse_store(top: Reader) -> StoreSettings:
-    """``[store]``: backend, dsn, password_file, flag_fsync (SQLite)."""
+    """``[store]``: backend, dsn, password_file, flag_fsync."""
     table = top.get("store", dict, {}) or {}
     r = Reader(top.path, top.problems, "store", table)
     backend = r.get("backend", str, "sqlite")
@@ -57,14 +57,12 @@ def parse_store(top: Reader) -> StoreSettings:
         for key, value in (("dsn", dsn), ("password_file", password_file)):
             if value is not None:
                 r.problem(key, 'is only used with backend = "postgresql"')
-        if flag_fsync is None:
-            return StoreSettings()
-        if flag_fsync not in FLAG_FSYNC_MODES:
-            r.problem("flag_fsync", f"must be one of {', '.join(FLAG_FSYNC_MODES)}")
-            return StoreSettings()
-        return StoreSettings(flag_fsync=flag_fsync)
-    if flag_fsync is not None:
-        r.problem("flag_fsync", 'is only used with backend = "sqlite"')
+    if flag_fsync is not None and flag_fsync not in FLAG_FSYNC_MODES:
+        r.problem("flag_fsync", f"must be one of {', '.join(FLAG_FSYNC_MODES)}")
+        flag_fsync = None
+    flags = {} if flag_fsync is None else {"flag_fsync": flag_fsync}
+    if backend == "sqlite":
+        return StoreSettings(**flags)
     if dsn is None:
         r.problem("dsn", 'is required with backend = "postgresql"')
     elif (why := dsn_problem(dsn)) is not None:
@@ -80,7 +78,7 @@ def parse_store(top: Reader) -> StoreSettings:
                 password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
             except (OSError, UnicodeDecodeError) as e:
                 r.problem("password_file", f"cannot read: {e}")
-    return StoreSettings(backend, dsn, password_file, password)
+    return StoreSettings(backend, dsn, password_file, password, **flags)
 
 
 def parse_cluster(top: Reader) -> Cluster:

@@ -145,8 +145,9 @@ class StoreSettings:
     password_file: str | None = None
     password: str | None = field(default=None, repr=False)
     flag_fsync: str = "optimized"
-    """SQLite: whether a flag change's tagged OK waits for its fsync ("always") or not
-    ("optimized", as Dovecot's default; :mod:`gateway.imap.durability`)."""
+    """Whether a flag change's tagged OK waits for its fsync (SQLite) or WAL flush
+    (PostgreSQL) ("always") or not ("optimized", as Dovecot's default;
+    :mod:`gateway.imap.durability`, ``PostgresStore.lazy_flags``)."""
 
 
 @dataclass(frozen=True)

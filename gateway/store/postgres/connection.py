@@ -101,8 +101,16 @@ class PGConnection(RowValues):
         analyze: Callable[[bytes], Analysis] = analyze,
         dispatcher: Dispatcher | None = None,
         node: str | None = None,
+        lazy_flags: bool = False,
     ) -> None:
         self.dsn = dsn
+        self.lazy_flags = lazy_flags
+        """``[store] flag_fsync = "optimized"``: a flag-only commit (STORE, the \\Recent
+        claim) is made with ``synchronous_commit = off`` (PostgreSQL's asynchronous commit:
+        answered before its WAL flush, which the WAL writer does within three
+        ``wal_writer_delay``), as SQLite mode answers it before its fsync. A database
+        crash in that window can undo the flag change, never a message, and leaves the
+        database consistent."""
         self.schema = schema
         self.max_message_size = max_message_size
         self._clock = clock

@@ -94,6 +94,8 @@ class PGFlagWrites(PGRows, MessageSteps):
                             self._set_private(cur, mailbox_id, viewer, private, modseq)
                         for payload in encode(self.origin, [mailbox_id]):
                             cur.execute("SELECT pg_notify(%s, %s)", (self.channel, payload))
+                        if self.lazy_flags:  # flag_fsync = "optimized" (connection.py)
+                            cur.execute(b"SET LOCAL synchronous_commit = off")
                         cur.execute(b"COMMIT")
                     else:
                         cur.execute(b"ROLLBACK")  # nothing written: nothing to make durable

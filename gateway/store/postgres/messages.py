@@ -375,14 +375,22 @@ class PGMessages(PGFlagWrites, PGRows, MessageSteps):
 
     def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         # The row lock of UPDATE makes the claim atomic: a concurrent claim of the same
-        # row waits, then finds recent = 0 and returns nothing for it.
-        with self._cursor() as cur:
-            cur.execute(
-                "UPDATE mailbox_message SET recent = 0 WHERE mailbox_id = %s AND recent = 1"
-                " AND uid = ANY(%s::bigint[]) RETURNING uid",
-                (mailbox_id, uid_array(uids)),
-            )
-            return sorted(row[0] for row in cur.fetchall())
+        # row waits, then finds recent = 0 and returns nothing for it. A flag-only
+        # commit: asynchronous under flag_fsync = "optimized" (connection.py).
+        claim = (
+            "UPDATE mailbox_message SET recent = 0 WHERE mailbox_id = %s AND recent = 1"
+            " AND uid = ANY(%s::bigint[]) RETURNING uid"
+        )
+        args = (mailbox_id, uid_array(uids))
+        if not self.lazy_flags:
+            with self._cursor() as cur:
+                cur.execute(claim, args)
+                return sorted(row[0] for row in cur.fetchall())
+        with self._pipelined_write() as (cur, _changed):
+            cur.execute(b"SET LOCAL synchronous_commit = off")
+            cur.execute(claim, args)
+            claimed = sorted(row[0] for row in cur.fetchall())
+        return claimed
 
 
 def _uid_range(uids: Sequence[int]) -> tuple[str, list]:
