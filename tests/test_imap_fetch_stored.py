@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from array import array
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from gateway.imap.command import FetchAttr
 from gateway.imap.fetch_items import FetchPlan
 from gateway.imap.handler import Reply
 from gateway.testing.imapsession import SessionDriver
+from gateway.testing.postgres import open_test_store
 
 
 def _message(i: int) -> bytes:
@@ -38,16 +40,36 @@ def _message(i: int) -> bytes:
 FLAG_SETS = [(), ("\\Seen",), ("\\Seen", "$Work"), ("\\Flagged", "\\Answered"), ("$Work",)]
 
 
-@pytest.fixture
-def mailbox(harness: SessionDriver) -> Iterator[SessionDriver]:
+def _fill(driver: SessionDriver) -> SessionDriver:
     """Nine messages with a handful of flag sets; messages 4 and 7 expunged, so UIDs and
     sequence numbers differ."""
-    box = harness.mailbox().id
+    box = driver.mailbox().id
     for i in range(9):
-        harness.store.append(box, _message(i), FLAG_SETS[i % len(FLAG_SETS)])
-    harness.store.store_flags(box, [4, 7], "+", ["\\Deleted"])
-    harness.store.expunge(box)
-    yield harness
+        driver.store.append(box, _message(i), FLAG_SETS[i % len(FLAG_SETS)])
+    driver.store.store_flags(box, [4, 7], "+", ["\\Deleted"])
+    driver.store.expunge(box)
+    return driver
+
+
+@pytest.fixture
+def mailbox(harness: SessionDriver) -> Iterator[SessionDriver]:
+    yield _fill(harness)
+
+
+@pytest.fixture
+def pg_mailbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SessionDriver]:
+    """The same mailbox on a PostgreSQL store (not inline: FETCH reads batches of
+    ``STORED_BATCH_THREADED`` UIDs, each one streamed statement), with batches of 3 UIDs
+    streamed in lists of 2 rows, so batches and lists both split the mailbox."""
+    store = open_test_store()
+    store.summary_chunk = 2
+    monkeypatch.setattr(messages, "STORED_BATCH_THREADED", 3)
+    driver = SessionDriver(tmp_path, store=store)
+    try:
+        assert not driver.session.store.runs_inline  # the user's view says what its base does
+        yield _fill(driver)
+    finally:
+        driver.close()
 
 
 def _general(plan: FetchPlan) -> FetchPlan:
@@ -180,6 +202,38 @@ def test_a_message_expunged_elsewhere_is_left_out_alike(
     mailbox.store.expunge(box)
     line = b"a UID FETCH 1:* (FLAGS ENVELOPE)" if uid else b"a FETCH 1:* (FLAGS ENVELOPE)"
     fast, general = _both_ways(mailbox, monkeypatch, line)
+    assert fast == general
+    assert fast[1].code == (None if uid else "EXPUNGEISSUED")
+    assert b"UID 5 " not in fast[0] and fast[0].count(b"FETCH (") == 6
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("line", COMMANDS)
+def test_a_streamed_store_answers_alike(
+    pg_mailbox: SessionDriver, monkeypatch: pytest.MonkeyPatch, line: bytes
+) -> None:
+    """On a store that does not run inline the batches are larger and each is streamed
+    in lists (gateway/store/postgres/messages.py); the responses are still those of the
+    general loop, \\Recent and all."""
+    pg_mailbox.select()
+    fast, general = _both_ways(pg_mailbox, monkeypatch, line)
+    assert fast == general
+    assert fast[0].count(b"FETCH (") == (7 if b" 1:* " in line else fast[0].count(b"\r\n"))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("uid", [False, True])
+def test_a_streamed_store_leaves_out_a_message_expunged_elsewhere(
+    pg_mailbox: SessionDriver, monkeypatch: pytest.MonkeyPatch, uid: bool
+) -> None:
+    """EXPUNGEISSUED (RFC 5530) from a streamed read, as from a batched one: the batch's
+    statement returns fewer rows than it was asked for."""
+    pg_mailbox.select()
+    box = pg_mailbox.mailbox().id
+    pg_mailbox.store.store_flags(box, [5], "+", ["\\Deleted"])
+    pg_mailbox.store.expunge(box)
+    line = b"a UID FETCH 1:* (FLAGS ENVELOPE)" if uid else b"a FETCH 1:* (FLAGS ENVELOPE)"
+    fast, general = _both_ways(pg_mailbox, monkeypatch, line)
     assert fast == general
     assert fast[1].code == (None if uid else "EXPUNGEISSUED")
     assert b"UID 5 " not in fast[0] and fast[0].count(b"FETCH (") == 6

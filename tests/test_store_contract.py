@@ -847,6 +847,45 @@ def test_message_summaries_are_message_info_cut_to_the_stored_items(store: Store
         store.message_summaries(987654, [1])
 
 
+def test_message_summary_chunks_are_message_summaries_in_lists(store: Store) -> None:
+    """The streamed form of the narrow read (a FETCH 1:* on a threaded store): non-empty
+    lists whose concatenation is exactly message_summaries for the same UIDs; an iterator
+    closed after its first list leaves the store usable (more times than a pool has
+    connections); an unknown mailbox is refused at the first ``next``."""
+    box = inbox(store)
+    add(store, box, 6)
+    store.store_flags(box, [2], "+", ["\\Seen", "$Work"])
+    store.store_flags(box, [4], "+", ["\\Deleted"])
+    store.expunge(box)
+    for uids in ([1, 2, 3, 4, 5, 6], [6, 1, 77, 6, 1], [2, 3], [5, 9, 2], [], [4], [77]):
+        lists = list(store.message_summary_chunks(box, uids))
+        assert all(lists), uids
+        assert [s for chunk in lists for s in chunk] == store.message_summaries(box, uids), uids
+    for _ in range(10):
+        chunks = store.message_summary_chunks(box, [1, 2, 3, 4, 5, 6])
+        assert next(chunks)[0].uid == 1
+        chunks.close()
+    assert [s.uid for c in store.message_summary_chunks(box, [3, 4, 5]) for s in c] == [3, 5]
+    with pytest.raises(MailboxNotFound):
+        next(store.message_summary_chunks(987654, [1]))
+
+
+def test_message_summary_chunks_read_one_snapshot(store: Store) -> None:
+    """A message expunged while the caller holds the first list is still in the later
+    ones (one snapshot, as every read), so the caller's count tells EXPUNGEISSUED only
+    for what was gone before the read began."""
+    box = inbox(store)
+    add(store, box, 6)
+    before = store.message_summaries(box, list(range(1, 7)))
+    chunks = store.message_summary_chunks(box, list(range(1, 7)))
+    first = next(chunks)
+    store.store_flags(box, [6], "+", ["\\Deleted"])
+    store.expunge(box)
+    assert first + [s for chunk in chunks for s in chunk] == before
+    after = [s.uid for chunk in store.message_summary_chunks(box, range(1, 7)) for s in chunk]
+    assert after == [1, 2, 3, 4, 5]
+
+
 def test_message_flags_are_message_info_cut_to_uid_flags_and_modseq(store: Store) -> None:
     """The flag resync's read (``UID FETCH 1:* (UID FLAGS)``, issue 19) answers exactly
     what message_info does for the same UIDs, cut to UID, flags and modseq: existing UIDs

@@ -218,6 +218,46 @@ def test_the_reactor_thread_guard_refuses_calls_on_that_thread(store: PostgresSt
     assert done == [[]]
 
 
+def test_summary_chunks_stream_one_statement_and_give_the_connection_back(
+    pg: Postgres, schema: str
+) -> None:
+    """message_summary_chunks in chunked rows mode (lists of ``summary_chunk`` rows, made
+    small here): the lists are message_summaries cut in order; a message expunged by
+    another connection while the stream is open is still in its later lists (the
+    statement's snapshot); and an iterator closed mid-stream cancels its statement and
+    gives the connection back, so a pool of one connection still answers afterwards."""
+    store = PostgresStore(pg.dsn, password=pg.password, schema=schema, pool_size=1)
+    try:
+        store.summary_chunk = 2
+        store.ensure_user("alice")
+        box = store.get_mailbox("alice", INBOX).id
+        for i in range(7):
+            store.append(box, message(subject=f"m{i}"))
+        uids = list(range(1, 8))
+        whole = store.message_summaries(box, uids)
+        lists = list(store.message_summary_chunks(box, uids))
+        assert [len(chunk) for chunk in lists] == [2, 2, 2, 1]
+        assert [s for chunk in lists for s in chunk] == whole
+        for _ in range(3):
+            chunks = store.message_summary_chunks(box, uids)
+            assert [s.uid for s in next(chunks)] == [1, 2]
+            chunks.close()
+            assert store.message_summaries(box, [3]) == whole[2:3]
+    finally:
+        store.close()
+    store = PostgresStore(pg.dsn, password=pg.password, schema=schema, pool_size=2)
+    try:
+        store.summary_chunk = 2
+        chunks = store.message_summary_chunks(box, uids)
+        first = next(chunks)
+        store.store_flags(box, [7], "+", ["\\Deleted"])
+        store.expunge(box)
+        assert first + [s for chunk in chunks for s in chunk] == whole
+        assert [s.uid for c in store.message_summary_chunks(box, uids) for s in c] == uids[:6]
+    finally:
+        store.close()
+
+
 def test_text_postgresql_cannot_hold_is_stored_and_searched(store: PostgresStore) -> None:
     """NUL in a header or body (PostgreSQL text cannot hold it) is stored as U+FFFD and
     the message is still delivered, byte for byte."""

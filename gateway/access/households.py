@@ -44,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from gateway.access import quota
 from gateway.access.quota import Quotas
@@ -146,6 +146,12 @@ class UserStore:
         self.households = households
         self.quotas = quotas if quotas is not None else Quotas()
         self._owners: dict[int, str] = {}  # mailbox id → owner, as handed out
+
+    @property
+    def runs_inline(self) -> bool:
+        """The wrapped store's (:class:`~gateway.store.interfaces.Backend`): whether its
+        calls run on the reactor thread, which sizes a FETCH's reads."""
+        return bool(getattr(self.base, "runs_inline", True))
 
     # ---- names ---------------------------------------------------------------------
 
@@ -340,6 +346,13 @@ class UserStore:
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
     ) -> list[MessageSummary]:
         return self.base.message_summaries(self._id(mailbox_id), uids, viewer=self._viewer(viewer))
+
+    def message_summary_chunks(
+        self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
+    ) -> Iterator[list[MessageSummary]]:
+        return self.base.message_summary_chunks(
+            self._id(mailbox_id), uids, viewer=self._viewer(viewer)
+        )
 
     def message_info_with_bytes(
         self, mailbox_id: int, uids: Sequence[int], budget: int, *, viewer: str | None = None

@@ -5,16 +5,19 @@ A client's first sync asks ``FETCH 1:* (FLAGS UID RFC822.SIZE ENVELOPE BODYSTRUC
 frame (ENVELOPE and BODYSTRUCTURE are kept as their wire forms since ingest), so a plan
 of such items only (:attr:`FetchPlan.summary_picks <gateway.imap.fetch_items.FetchPlan>`)
 needs no message bytes, sets no flag and implies no other item. Its messages come from
-:meth:`~gateway.store.interfaces.Messages.message_summaries` (no dates, EMAILID, BODY
-form or part map read or built per message), sequence numbers come from the view a
-batch at a time, each distinct flag set's ``FLAGS (...)`` is formatted once per command,
-and each response is one ``%`` format (issue 19). A plan of UID, FLAGS and MODSEQ only
-(a flag resync) reads :meth:`~gateway.store.interfaces.Messages.message_flags` instead.
+:meth:`~gateway.store.interfaces.Messages.message_summary_chunks` (no dates, EMAILID,
+BODY form or part map read or built per message; PostgreSQL streams each batch's one
+statement, so the database produces rows while this module formats the ones it has),
+sequence numbers come from the view a chunk at a time, each distinct flag set's
+``FLAGS (...)`` is formatted once per command, and each response is one ``%`` format
+(issue 19). A plan of UID, FLAGS and MODSEQ only (a flag resync) reads
+:meth:`~gateway.store.interfaces.Messages.message_flags` instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import closing
 from typing import TYPE_CHECKING
 
 from gateway.core.flags import RECENT
@@ -40,7 +43,11 @@ def fetch_stored(
     of stored items only, one chunk per ``batch_size`` UIDs read from the store; return
     whether some of them no longer exist there (expunged by another session: the
     caller's EXPUNGEISSUED). With ``changedsince`` only messages changed after it are
-    reported (RFC 7162 §3.1.4.1)."""
+    reported (RFC 7162 §3.1.4.1).
+
+    Each batch's read is taken to its end before the batch's chunk is yielded, so a
+    store's streamed read (a pooled connection) is never held while the command waits
+    for the client to take its output."""
     template, picks = plan.template, plan.summary_picks
     assert template is not None and picks is not None
     mailbox_id = view.mailbox.id
@@ -52,39 +59,53 @@ def fetch_stored(
     get = items.get
     recent = set(view.recent)
     missing = False
-    # UID FLAGS (and MODSEQ) alone: the per-mailbox rows, no join to the message.
-    read = store.message_flags if plan.flags_only else store.message_summaries
     for start in range(0, len(uids), batch_size):
         batch = uids[start : start + batch_size]
-        rows = read(mailbox_id, batch)
-        if len(rows) != len(batch):
+        lines: list[bytes] = []
+        append = lines.append
+        found = 0
+        with closing(_read(store, mailbox_id, batch, plan.flags_only)) as chunks:
+            for chunk in chunks:
+                found += len(chunk)
+                rows = chunk
+                if changedsince is not None:
+                    rows = [row for row in chunk if row.modseq > changedsince]
+                if not rows:
+                    continue
+                seqs = _sequence_numbers(view, rows)
+                if not has_flags:
+                    lines += [
+                        template % picks((seq, b"", *row))
+                        for seq, row in zip(seqs, rows, strict=True)
+                    ]
+                    continue
+                for seq, row in zip(seqs, rows, strict=True):
+                    flags = row[1]
+                    if recent and row[0] in recent:
+                        item = flags_item(view.shown_flags(row[0], flags))
+                    else:
+                        item = get(flags)
+                        if item is None:
+                            item = items[flags] = flags_item(
+                                flags - _RECENT if RECENT in flags else flags
+                            )
+                    append(template % picks((seq, item, *row)))
+                _note_changes(view, rows)
+        if found != len(batch):
             missing = True
-        if changedsince is not None:
-            rows = [row for row in rows if row.modseq > changedsince]
-        if not rows:
-            continue
-        seqs = _sequence_numbers(view, rows)
-        if not has_flags:
-            lines = [
-                template % picks((seq, b"", *row)) for seq, row in zip(seqs, rows, strict=True)
-            ]
-        else:
-            lines = []
-            append = lines.append
-            for seq, row in zip(seqs, rows, strict=True):
-                flags = row[1]
-                if recent and row[0] in recent:
-                    item = flags_item(view.shown_flags(row[0], flags))
-                else:
-                    item = get(flags)
-                    if item is None:
-                        item = items[flags] = flags_item(
-                            flags - _RECENT if RECENT in flags else flags
-                        )
-                append(template % picks((seq, item, *row)))
-            _note_changes(view, rows)
-        yield b"".join(lines)
+        if lines:
+            yield b"".join(lines)
     return missing
+
+
+def _read(
+    store: Store, mailbox_id: int, uids: Sequence[int], flags_only: bool
+) -> Iterator[list[MessageSummary]] | Iterator[list[MessageFlags]]:
+    """One batch's rows from the store, in the lists it hands them out in."""
+    if flags_only:  # UID FLAGS (and MODSEQ) alone: the per-mailbox rows, no join
+        yield store.message_flags(mailbox_id, uids)
+    else:
+        yield from store.message_summary_chunks(mailbox_id, uids)
 
 
 def _sequence_numbers(

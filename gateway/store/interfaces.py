@@ -75,7 +75,7 @@ from __future__ import annotations
 
 import datetime
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -342,6 +342,18 @@ class Messages(Protocol):
     ) -> list[MessageSummary]:
         """What :meth:`message_info` gives for the same UIDs, cut to
         :class:`MessageSummary`'s fields: the narrow read of FETCH's stored items."""
+
+    def message_summary_chunks(
+        self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
+    ) -> Iterator[list[MessageSummary]]:
+        """:meth:`message_summaries` of the same UIDs as consecutive non-empty lists
+        (their concatenation is that list), read in one snapshot as the caller takes
+        them: a store that makes round trips streams one statement's rows, so the
+        database produces the next list while the caller formats this one (a FETCH
+        1:* of a client's first sync). The read holds what it reads with (a pooled
+        connection) until the iterator is exhausted or closed: the caller takes it
+        to the end, or closes it, before it yields to anyone else. Raises
+        MailboxNotFound (from the first ``next``)."""
 
     def message_flags(
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None

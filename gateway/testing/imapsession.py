@@ -69,11 +69,14 @@ class UnexpectedAction(AssertionError):
 
 
 class SessionDriver:
-    """A session on a fresh SQLite store, logged in as ``alice`` unless ``login=False``;
-    messages are added straight to the store."""
+    """A session on a fresh SQLite store (or on ``store``, e.g. a PostgreSQL test store,
+    called on this thread), logged in as ``alice`` unless ``login=False``; messages are
+    added straight to the store."""
 
-    def __init__(self, path: Path, *, login: bool = True, **store_options: Any) -> None:
-        self.store = SQLiteStore(path, **store_options)
+    def __init__(
+        self, path: Path, *, login: bool = True, store: Store | None = None, **store_options: Any
+    ) -> None:
+        self.store = store if store is not None else SQLiteStore(path, **store_options)
         self.session = IMAPSession(self.store, CheapPasswords({USER: PASSWORD}))
         self.parser = CommandParser()
         self.closed = False

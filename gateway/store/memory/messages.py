@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from gateway.core.criteria import (
     All,
@@ -39,6 +39,10 @@ from gateway.store.memory.state import MemoryBase, Row
 from gateway.store.objectid import email_id, save_day
 from gateway.store.rules import SEEN_KEY, flag_map, leading_uids
 from gateway.store.search import build_query, canonical_flag
+
+SUMMARY_CHUNK = 2
+"""Summaries per list of :meth:`MemoryMessages.message_summary_chunks`: small, so that
+every caller tested on the memory store meets lists that split its batches."""
 
 
 class MemoryMessages(MemoryBase):
@@ -126,6 +130,15 @@ class MemoryMessages(MemoryBase):
             MessageSummary(i.uid, i.flags, i.modseq, i.size, i.envelope, i.bodystructure)
             for i in self.message_info(mailbox_id, uids, viewer=viewer)
         ]
+
+    def message_summary_chunks(
+        self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
+    ) -> Iterator[list[MessageSummary]]:
+        # The reference model: message_summaries read at once (one snapshot), handed out
+        # in lists of SUMMARY_CHUNK, so that callers meet chunk boundaries in tests.
+        rows = self.message_summaries(mailbox_id, uids, viewer=viewer)
+        for start in range(0, len(rows), SUMMARY_CHUNK):
+            yield rows[start : start + SUMMARY_CHUNK]
 
     def message_flags(
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None

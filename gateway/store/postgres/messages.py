@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import datetime
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import closing
 
 from gateway.core.criteria import Criteria
 from gateway.store.errors import MailboxNotFound
@@ -34,6 +35,24 @@ from gateway.store.rowdata import (
 )
 from gateway.store.search import build_query
 from gateway.store.steps import MessageSteps
+
+SUMMARY_COLUMNS = "mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.envelope, m.bodystructure"
+"""What :class:`MessageSummary` is built from, in its order (``flags`` and ``recent``
+make its flags)."""
+
+SUMMARY_JOIN = (
+    "CROSS JOIN LATERAL (SELECT size, envelope, bodystructure FROM message"
+    " WHERE id = mm.message_id OFFSET 0) m"
+)
+"""Each message row of a summary by its primary key (a LATERAL subquery kept apart by
+OFFSET 0): a 500-UID batch is ~5% of a 10,000-message store, where a plain join's custom
+plan hashes a sequential scan of all of ``message`` for every batch (9.2 ms against
+1.0 ms) until the connection's generic plan takes over."""
+
+SUMMARY_CHUNK = 250
+"""Rows per chunk of :meth:`PGMessages.message_summary_chunks` (libpq's chunked rows
+mode): small enough that the first chunk reaches the caller while PostgreSQL still
+produces the rest, large enough that each costs one result, not one per row."""
 
 INFO_COLUMNS = (
     "mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.internaldate, m.internaldate_tz,"
@@ -278,18 +297,7 @@ class PGMessages(PGFlagWrites, PGRows, MessageSteps):
     def message_summaries(
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
     ) -> list[MessageSummary]:
-        # Each message row by its primary key (a LATERAL subquery kept apart by OFFSET 0):
-        # a 500-UID batch is ~5% of a 10,000-message store, where a plain join's custom
-        # plan hashes a sequential scan of all of ``message`` for every batch (9.2 ms
-        # against 1.0 ms) until the connection's generic plan takes over.
-        rows = self._uid_rows(
-            mailbox_id,
-            uids,
-            viewer,
-            "mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.envelope, m.bodystructure",
-            "CROSS JOIN LATERAL (SELECT size, envelope, bodystructure FROM message"
-            " WHERE id = mm.message_id OFFSET 0) m",
-        )
+        rows = self._uid_rows(mailbox_id, uids, viewer, SUMMARY_COLUMNS, SUMMARY_JOIN)
         flags, new = self._flags, tuple.__new__
         return [
             new(
@@ -298,6 +306,49 @@ class PGMessages(PGFlagWrites, PGRows, MessageSteps):
             )
             for uid, text, recent, modseq, size, envelope, structure in rows
         ]
+
+    summary_chunk = SUMMARY_CHUNK
+    """Rows per list of :meth:`message_summary_chunks` (a test may set a small one)."""
+
+    def message_summary_chunks(
+        self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
+    ) -> Iterator[list[MessageSummary]]:
+        """One statement in autocommit (one snapshot) whose rows come in libpq's chunked
+        rows mode (``cursor.stream``): PostgreSQL goes on producing rows into the
+        socket while the caller formats the list it was given, where a statement per
+        batch (:meth:`message_summaries`) leaves the database idle while Python works
+        and Python idle while the database works. Closing the iterator early cancels
+        the statement (psycopg's ``stream``) and gives the connection back."""
+        size = self.summary_chunk
+        flags, new = self._flags, tuple.__new__
+        with self._cursor() as cur:
+            source, source_params = self._source(cur, mailbox_id, viewer)
+            where, params = _uid_range(uids)
+            stream = cur.stream(
+                f"SELECT {SUMMARY_COLUMNS} FROM {source} mm {SUMMARY_JOIN}"
+                f" WHERE mm.mailbox_id = %s AND {where} ORDER BY mm.uid",
+                (*source_params, mailbox_id, *params),
+                binary=True,
+                size=size,
+            )
+            found = False
+            chunk: list[MessageSummary] = []
+            with closing(stream):
+                for uid, text, recent, modseq, octets, envelope, structure in stream:
+                    chunk.append(
+                        new(
+                            MessageSummary,
+                            (uid, flags(text, recent), modseq, octets, envelope, structure),
+                        )
+                    )
+                    if len(chunk) == size:
+                        found = True
+                        yield chunk
+                        chunk = []
+            if chunk:
+                yield chunk
+            elif not found:
+                self._require(cur, mailbox_id)
 
     def message_flags(
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None

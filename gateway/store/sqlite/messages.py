@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime
 import sqlite3
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from gateway.core.criteria import Criteria
 from gateway.store.errors import MailboxNotFound
@@ -229,6 +229,15 @@ class SQLiteMessages(SQLiteRows, MessageSteps):
             new(MessageSummary, (uid, flags(text, recent), modseq, size, envelope, structure))
             for uid, text, recent, modseq, size, envelope, structure in rows
         ]
+
+    def message_summary_chunks(
+        self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
+    ) -> Iterator[list[MessageSummary]]:
+        # In-process, on the caller's thread: there is nothing to overlap with, so the
+        # batch is one statement read at once and handed out whole.
+        rows = self.message_summaries(mailbox_id, uids, viewer=viewer)
+        if rows:
+            yield rows
 
     def message_flags(
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
