@@ -20,8 +20,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from gateway.store.interfaces import INBOX, Delivery
+from gateway.store.interfaces import INBOX, Delivery, MailboxNotFound
 from gateway.store.postgres import SCHEMA_VERSION, PostgresStore, ReactorThreadCall
+from gateway.store.postgres import messages as pg_messages
 from gateway.store.postgres.schema import migrate, schema_version
 from gateway.testing.messages import message
 from gateway.testing.postgres import Postgres, new_schema, shared_server
@@ -256,6 +257,25 @@ def test_summary_chunks_stream_one_statement_and_give_the_connection_back(
         assert [s.uid for c in store.message_summary_chunks(box, uids) for s in c] == uids[:6]
     finally:
         store.close()
+
+
+def test_summary_chunks_without_chunked_rows_mode_read_the_batch_whole(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A libpq older than 17 cannot stream in chunks: the batch comes as one list, the
+    same rows, and an unknown mailbox is still refused."""
+    monkeypatch.setattr(pg_messages, "CHUNKED_ROWS", False)
+    store.summary_chunk = 2
+    store.ensure_user("alice")
+    box = store.get_mailbox("alice", INBOX).id
+    for i in range(5):
+        store.append(box, message(subject=f"m{i}"))
+    assert list(store.message_summary_chunks(box, [1, 2, 3, 4, 5])) == [
+        store.message_summaries(box, [1, 2, 3, 4, 5])
+    ]
+    assert list(store.message_summary_chunks(box, [9])) == []
+    with pytest.raises(MailboxNotFound):
+        next(store.message_summary_chunks(987654, [1]))
 
 
 def test_text_postgresql_cannot_hold_is_stored_and_searched(store: PostgresStore) -> None:

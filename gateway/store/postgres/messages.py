@@ -17,6 +17,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import closing
 from itertools import islice
 
+import psycopg
+
 from gateway.core.criteria import Criteria
 from gateway.store.errors import MailboxNotFound
 from gateway.store.interfaces import (
@@ -48,12 +50,18 @@ SUMMARY_JOIN = (
 """Each message row of a summary by its primary key (a LATERAL subquery kept apart by
 OFFSET 0): a 500-UID batch is ~5% of a 10,000-message store, where a plain join's custom
 plan hashes a sequential scan of all of ``message`` for every batch (9.2 ms against
-1.0 ms) until the connection's generic plan takes over."""
+1.0 ms) until the connection's generic plan takes over, and a streamed batch
+(:meth:`PGMessages.message_summary_chunks`: ``stream`` never prepares) is planned
+afresh every time."""
 
 SUMMARY_CHUNK = 250
 """Rows per chunk of :meth:`PGMessages.message_summary_chunks` (libpq's chunked rows
 mode): small enough that the first chunk reaches the caller while PostgreSQL still
 produces the rest, large enough that each costs one result, not one per row."""
+
+CHUNKED_ROWS = psycopg.capabilities.has_stream_chunked()
+"""Whether this libpq has chunked rows mode (libpq 17: psycopg's ``stream(size=n)``);
+psycopg-binary wheels ship one, a psycopg built on an older system libpq may not."""
 
 INFO_COLUMNS = (
     "mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.internaldate, m.internaldate_tz,"
@@ -319,7 +327,13 @@ class PGMessages(PGFlagWrites, PGRows, MessageSteps):
         socket while the caller formats the list it was given, where a statement per
         batch (:meth:`message_summaries`) leaves the database idle while Python works
         and Python idle while the database works. Closing the iterator early cancels
-        the statement (psycopg's ``stream``) and gives the connection back."""
+        the statement (psycopg's ``stream``) and gives the connection back. A libpq
+        older than 17 has no chunked rows mode: the batch is then read whole, as
+        :meth:`message_summaries` reads it."""
+        if not CHUNKED_ROWS:
+            if rows := self.message_summaries(mailbox_id, uids, viewer=viewer):
+                yield rows
+            return
         size = self.summary_chunk
         flags, new = self._flags, tuple.__new__
         with self._cursor() as cur:
