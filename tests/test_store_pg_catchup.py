@@ -25,7 +25,7 @@ from gateway.store.postgres import PostgresStore
 from gateway.store.postgres.catchup import ChangeLogs
 from gateway.store.postgres.push import ChangeBridge
 from gateway.testing.messages import message
-from gateway.testing.postgres import Postgres, new_schema, shared_server
+from gateway.testing.postgres import Postgres, shared_server, two_nodes
 
 WAIT = 10.0
 """Seconds a test waits for a notice or a reconnect (they take milliseconds)."""
@@ -176,12 +176,8 @@ def pg() -> Postgres:
 @pytest.fixture
 def nodes(pg: Postgres) -> Iterator[tuple[PostgresStore, PostgresStore]]:
     """Store A (node-a) and store B (node-b) on one schema; both closed at the end."""
-    schema = new_schema(pg)
-    a = PostgresStore(pg.dsn, password=pg.password, schema=schema, pool_size=2, node="node-a")
-    b = PostgresStore(pg.dsn, password=pg.password, schema=schema, pool_size=2, node="node-b")
-    yield a, b
-    b.close()
-    a.close()
+    with two_nodes(pg) as pair:
+        yield pair
 
 
 def _bridge(store: PostgresStore, **kwargs: float) -> ChangeBridge:

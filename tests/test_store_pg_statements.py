@@ -34,15 +34,18 @@ def test_a_query_says_whether_it_used_the_largest_uid() -> None:
 
 
 class Counted:
-    """Counts ``Cursor.execute`` calls (BEGIN and COMMIT of a transaction included)."""
+    """Counts ``Cursor.execute`` calls (BEGIN and COMMIT of a transaction included) and
+    keeps their statements' text."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
+        self.statements: list[bytes] = []
         original = psycopg.Cursor.execute
 
-        def execute(cursor, *args, **kwargs):
+        def execute(cursor, query, *args, **kwargs):
             self.count += 1
-            return original(cursor, *args, **kwargs)
+            self.statements.append(query if isinstance(query, bytes) else str(query).encode())
+            return original(cursor, query, *args, **kwargs)
 
         monkeypatch.setattr(psycopg.Cursor, "execute", execute)
 
@@ -115,14 +118,7 @@ def test_a_store_is_two_round_trips_and_one_that_changes_nothing_commits_nothing
     a ROLLBACK when no flag changes (no durable commit for a no-op)."""
     box = store.get_mailbox("alice", INBOX).id
     uid = store.append(box, message())
-    statements: list[bytes] = []
-    original = psycopg.Cursor.execute
-
-    def execute(cursor, query, *args, **kwargs):
-        statements.append(query if isinstance(query, bytes) else str(query).encode())
-        return original(cursor, query, *args, **kwargs)
-
-    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    statements = Counted(monkeypatch).statements
     result = store.store_flags(box, [uid], "+", ["\\Seen"])
     assert [r.uid for r in result.updated] == [uid] and statements[-1] == b"COMMIT"
     statements.clear()
@@ -141,14 +137,7 @@ def test_flag_only_commits_are_asynchronous_under_optimized_flag_fsync(
     OK). The change is committed and seen by other connections either way."""
     store.lazy_flags = lazy
     box = store.get_mailbox("alice", INBOX).id
-    statements: list[bytes] = []
-    original = psycopg.Cursor.execute
-
-    def execute(cursor, query, *args, **kwargs):
-        statements.append(query if isinstance(query, bytes) else str(query).encode())
-        return original(cursor, query, *args, **kwargs)
-
-    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    statements = Counted(monkeypatch).statements
     uid = store.append(box, message())
     uid2 = store.append(box, message())
     assert not any(b"synchronous_commit" in s for s in statements)

@@ -31,7 +31,7 @@ from gateway.store.postgres.changes import (
 )
 from gateway.store.postgres.push import ChangeBridge
 from gateway.testing.messages import message
-from gateway.testing.postgres import Postgres, new_schema, shared_server
+from gateway.testing.postgres import Postgres, new_schema, shared_server, two_nodes
 
 pytestmark = pytest.mark.postgres
 
@@ -69,12 +69,8 @@ def pg() -> Postgres:
 @pytest.fixture
 def nodes(pg: Postgres) -> Iterator[tuple[PostgresStore, PostgresStore]]:
     """Store A (node-a) and store B (node-b) on one schema; both closed at the end."""
-    schema = new_schema(pg)
-    a = PostgresStore(pg.dsn, password=pg.password, schema=schema, pool_size=2, node="node-a")
-    b = PostgresStore(pg.dsn, password=pg.password, schema=schema, pool_size=2, node="node-b")
-    yield a, b
-    b.close()
-    a.close()
+    with two_nodes(pg) as pair:
+        yield pair
 
 
 @pytest.fixture

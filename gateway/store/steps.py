@@ -36,7 +36,7 @@ from gateway.store.interfaces import (
     StoreResult,
     is_shared_owner,
 )
-from gateway.store.rowdata import copy_entries, plan_flags, split_seen
+from gateway.store.rowdata import FlagPlan, copy_entries, plan_flags, split_seen
 from gateway.store.rules import (
     DEFAULT_FOLDERS,
     MAX_UID,
@@ -443,6 +443,20 @@ class MessageSteps(RowSteps):
             modseq = self._highestmodseq(cur, mailbox_id)
             self._set_private(cur, mailbox_id, viewer, seen, modseq)
 
+    def _write_flag_plan(
+        self, cur: Any, mailbox_id: int, plan: FlagPlan, modseq: int, viewer: str | None
+    ) -> None:
+        """The rows a STORE's plan changes, stamped ``modseq``: the stored flags, and in a
+        shared mailbox ``viewer``'s private ones (the generic algorithm and PostgreSQL's
+        two-round-trip STORE write the same rows)."""
+        self._write_flags(
+            cur,
+            [(t, modseq, mailbox_id, uid) for uid, t, _p, _e, _r in plan.writes if t is not None],
+        )
+        if viewer is not None:
+            private = [(uid, p) for uid, _t, p, _e, _r in plan.writes if p is not None]
+            self._set_private(cur, mailbox_id, viewer, private, modseq)
+
     def store_flags(
         self,
         mailbox_id: int,
@@ -468,17 +482,7 @@ class MessageSteps(RowSteps):
             plan = plan_flags(rows, mode, given, unchangedsince, shared, viewer)
             if plan.writes:
                 modseq = self._bump(cur, mailbox_id)
-                self._write_flags(
-                    cur,
-                    [
-                        (t, modseq, mailbox_id, uid)
-                        for uid, t, _p, _e, _r in plan.writes
-                        if t is not None
-                    ],
-                )
-                if viewer is not None:
-                    private = [(uid, p) for uid, _t, p, _e, _r in plan.writes if p is not None]
-                    self._set_private(cur, mailbox_id, viewer, private, modseq)
+                self._write_flag_plan(cur, mailbox_id, plan, modseq, viewer)
                 updated = plan.rows(modseq, self._flags)
                 changed.add(mailbox_id)
         return StoreResult(updated=updated, modified=plan.modified)

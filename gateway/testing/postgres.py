@@ -15,6 +15,7 @@ test could observe. Benchmarks that claim durability pass ``durable=True``.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import secrets
@@ -24,6 +25,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -321,3 +323,24 @@ def open_test_store(**kwargs: object) -> Any:
 
 def close_test_store(store: Any) -> None:
     store.close()
+
+
+@contextlib.contextmanager
+def two_nodes(server: Postgres) -> Iterator[tuple[Any, Any]]:
+    """The stores of two nodes (``node-a``, ``node-b``) on one fresh schema of ``server``,
+    as two popgate nodes share one database: what cross-node tests (push, change logs)
+    need. Both are closed at the end, B first."""
+    from gateway.store.postgres import PostgresStore
+
+    schema = new_schema(server)
+    a = PostgresStore(
+        server.dsn, password=server.password, schema=schema, pool_size=2, node="node-a"
+    )
+    b = PostgresStore(
+        server.dsn, password=server.password, schema=schema, pool_size=2, node="node-b"
+    )
+    try:
+        yield a, b
+    finally:
+        b.close()
+        a.close()

@@ -81,17 +81,7 @@ class PGFlagWrites(PGRows, MessageSteps):
                             "UPDATE mailbox SET highestmodseq = %s WHERE id = %s",
                             (modseq, mailbox_id),
                         )
-                        self._write_flags(
-                            cur,
-                            [
-                                (t, modseq, mailbox_id, u)
-                                for u, t, _p, _e, _r in plan.writes
-                                if t is not None
-                            ],
-                        )
-                        if viewer is not None:
-                            private = [(u, p) for u, _t, p, _e, _r in plan.writes if p is not None]
-                            self._set_private(cur, mailbox_id, viewer, private, modseq)
+                        self._write_flag_plan(cur, mailbox_id, plan, modseq, viewer)
                         for payload in encode(self.origin, [mailbox_id]):
                             cur.execute("SELECT pg_notify(%s, %s)", (self.channel, payload))
                         if self.lazy_flags:  # flag_fsync = "optimized" (connection.py)
