@@ -239,3 +239,30 @@ def test_a_failing_short_path_leaves_the_push_to_the_command(
         server.append("INBOX", message("new"))
         assert [client.read_line() for client in idlers] == [b"* 1 EXISTS\r\n"] * 3
         assert failed == [True]
+
+
+def test_a_push_of_more_rows_than_the_bound_takes_the_commands_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short_paths: list[bool]
+) -> None:
+    """``PUSH_MAX_CHANGES`` at its edge (lowered to 3): a change of 3 rows is written by
+    the short path, one of 4 by the IDLE command (which writes a long catch-up in
+    chunks); the client reads the same FETCH lines either way."""
+    from gateway.imap import catchup
+
+    monkeypatch.setattr(catchup, "PUSH_MAX_CHANGES", 3)
+    with running_server(tmp_path) as server:
+        for number in range(4):
+            server.append("INBOX", message(f"m{number}"))
+        with server.login() as idler, server.login() as writer:
+            _idle(idler, "EXAMINE INBOX")
+            writer.command("s", "SELECT INBOX")
+            writer.command("f", "STORE 1:3 +FLAGS.SILENT (\\Flagged)")
+            assert _lines(idler, 3) == [
+                b"* %d FETCH (FLAGS (\\Flagged \\Recent))\r\n" % n for n in (1, 2, 3)
+            ]
+            assert short_paths == [True]
+            writer.command("g", "STORE 1:4 +FLAGS.SILENT (\\Seen)")
+            assert _lines(idler, 4) == [
+                b"* %d FETCH (FLAGS (\\Flagged \\Recent \\Seen))\r\n" % n for n in (1, 2, 3)
+            ] + [b"* 4 FETCH (FLAGS (\\Recent \\Seen))\r\n"]
+            assert short_paths == [True, False]

@@ -65,7 +65,7 @@ class SocketWrites:
         self.handed = False
         """The transport holds data: the protocol must not produce more until it is resumed."""
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self.pieces.append(data)
         self.size += len(data)
         if self.size >= SEND_AT or len(self.pieces) >= MAX_PIECES:
@@ -74,22 +74,18 @@ class SocketWrites:
     def send_now(self, data: bytes) -> None:
         """One short write sent at once, outside any burst (an IDLE push to hundreds of
         connections in one reactor turn, issue 19): one ``send`` when nothing waits
-        before it, else in order behind what does."""
-        if self.pieces or self.handed:
-            self.write(data)
-            self.flush()
-            return
-        try:
-            sent = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            sent = 0  # flush meets the error again and hands everything to the transport
-        if sent < len(data):
-            rest = memoryview(data)[sent:] if sent else data
-            self.pieces.append(rest)
-            self.size += len(rest)
-            self.flush()
+        before it, else (and for what the socket did not take) in order behind what does."""
+        rest: bytes | memoryview = data
+        if not self.pieces and not self.handed:
+            try:
+                sent = self.sock.send(data)
+            except OSError:  # full or broken: flush meets it again and does what it does
+                sent = 0
+            if sent == len(data):
+                return
+            rest = memoryview(data)[sent:]
+        self.write(rest)
+        self.flush()
 
     def flush(self) -> None:
         """Send what the socket takes now; if it takes less, hand the transport one piece."""

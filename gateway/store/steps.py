@@ -31,6 +31,7 @@ from gateway.store.interfaces import (
     DELIMITER,
     INBOX,
     Mailbox,
+    MessageFlags,
     MessageRow,
     NewMessage,
     StoreResult,
@@ -270,6 +271,14 @@ class RowSteps:
     def _flags(self, text: str, recent: int) -> frozenset[str]:
         raise NotImplementedError
 
+    def _uid_rows(
+        self, mailbox_id: int, uids: Sequence[int], viewer: str | None, columns: str, join: str
+    ) -> list[tuple]:
+        """``columns`` of ``viewer``'s rows of ``uids`` (``mm``, plus what ``join`` adds)
+        in UID order, in one statement outside any write transaction (MailboxNotFound
+        when the mailbox is gone)."""
+        raise NotImplementedError
+
     _clock: Callable[[], float]
 
     # ---- mailbox tree steps ----------------------------------------------------------
@@ -385,7 +394,21 @@ class MailboxSteps(RowSteps):
 
 
 class MessageSteps(RowSteps):
-    """APPEND, STORE, EXPUNGE, COPY and MOVE over :class:`RowSteps`."""
+    """APPEND, STORE, EXPUNGE, COPY and MOVE over :class:`RowSteps`, and the one read
+    both backends answer with the same statement (:meth:`message_flags`)."""
+
+    def message_flags(
+        self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
+    ) -> list[MessageFlags]:
+        # No join to message (issue 19: the flag resync of every client).
+        rows = self._uid_rows(
+            mailbox_id, uids, viewer, "mm.uid, mm.flags, mm.recent, mm.modseq", ""
+        )
+        flags, new = self._flags, tuple.__new__
+        return [
+            new(MessageFlags, (uid, flags(text, recent), modseq))
+            for uid, text, recent, modseq in rows
+        ]
 
     def append(
         self,

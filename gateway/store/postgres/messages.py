@@ -24,7 +24,6 @@ from gateway.store.errors import MailboxNotFound
 from gateway.store.interfaces import (
     Changes,
     MailboxCounts,
-    MessageFlags,
     MessageInfo,
     MessageRow,
     MessageSummary,
@@ -358,18 +357,6 @@ class PGMessages(PGFlagWrites, PGRows, MessageSteps):
                     ]
             if not found:
                 self._require(cur, mailbox_id)
-
-    def message_flags(
-        self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
-    ) -> list[MessageFlags]:
-        rows = self._uid_rows(
-            mailbox_id, uids, viewer, "mm.uid, mm.flags, mm.recent, mm.modseq", ""
-        )
-        flags, new = self._flags, tuple.__new__
-        return [
-            new(MessageFlags, (uid, flags(text, recent), modseq))
-            for uid, text, recent, modseq in rows
-        ]
 
     def message_bytes(self, mailbox_id: int, uid: int) -> bytes:
         with self._cursor() as cur:

@@ -22,7 +22,6 @@ from gateway.store.errors import MailboxNotFound
 from gateway.store.interfaces import (
     Changes,
     MailboxCounts,
-    MessageFlags,
     MessageInfo,
     MessageRow,
     MessageSummary,
@@ -238,19 +237,6 @@ class SQLiteMessages(SQLiteRows, MessageSteps):
         rows = self.message_summaries(mailbox_id, uids, viewer=viewer)
         if rows:
             yield rows
-
-    def message_flags(
-        self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
-    ) -> list[MessageFlags]:
-        # No join to message (issue 19: the flag resync of every client).
-        rows = self._uid_rows(
-            mailbox_id, uids, viewer, "mm.uid, mm.flags, mm.recent, mm.modseq", ""
-        )
-        flags, new = self._flags, tuple.__new__
-        return [
-            new(MessageFlags, (uid, flags(text, recent), modseq))
-            for uid, text, recent, modseq in rows
-        ]
 
     def _uid_rows(
         self, mailbox_id: int, uids: Sequence[int], viewer: str | None, columns: str, join: str
