@@ -159,6 +159,8 @@ class ConnectionBudget:
         """The command the reservations and spools were for has ended: give them back.
         Parsing is lazy (the next command is read only once this one is done), so all of
         them belong to it."""
+        if not self._reserved and not self._spools:
+            return  # most commands carry no literal
         reserved, self._reserved = self._reserved, []
         for user, size in reserved:
             self.budgets.release(user, size)

@@ -58,6 +58,16 @@ def changes_for(session: Session, view: View, cache: SelectCache | None) -> Chan
     return changes
 
 
+def nothing_to_tell(view: View, changes: Changes, allow_expunge: bool) -> bool:
+    """True, with the view marked caught up, when :func:`catch_up` of ``changes`` would
+    yield nothing and change nothing else: no changed or expunged rows and no removal
+    waiting to be told now. The common case after a command (issue 19)."""
+    if changes.changed or changes.expunged or (allow_expunge and view.pending_expunge):
+        return False
+    view.caught_up(changes.highestmodseq)
+    return True
+
+
 def catch_up(
     session: Session,
     view: View,

@@ -188,6 +188,17 @@ class CommandParser:
         return len(self._buf) + self._collected
 
     @property
+    def starved(self) -> bool:
+        """True when :meth:`next_event` would return ``NEED_DATA`` without looking:
+        nothing is buffered and no zero-length literal waits to be finished. The server
+        asks this after every command (issue 19: most commands arrive alone), before
+        the full :meth:`next_event`."""
+        if self._buf:
+            return False
+        state = self._state
+        return (state is not _LITERAL and state is not _SKIP_LITERAL) or self._lit_remaining > 0
+
+    @property
     def failed(self) -> bool:
         """True once a fatal error was reported; the connection should be closed."""
         return self._state is _FAILED

@@ -264,7 +264,7 @@ class Session(Protocol):
     def notifications(self, *, idling: bool = False) -> Iterator[Output]:
         """Changes told without a command: IDLE (RFC 2177) and NOTIFY (RFC 5465)."""
 
-    def catch_up(self, *, allow_expunge: bool, uid_form: bool = False) -> Iterator[bytes]:
+    def catch_up(self, *, allow_expunge: bool, uid_form: bool = False) -> Iterable[bytes]:
         """The untagged responses telling the client what changed in the selected mailbox
         (RFC 3501 §7); IDLE sends them as changes happen (RFC 2177)."""
 

@@ -8,6 +8,7 @@ tagged responses (STYLE.md habit 4).
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from gateway.imap.handler import Reply
 from gateway.imap.states import TRYCREATE_COMMANDS
@@ -47,8 +48,15 @@ def clean_code(code: str) -> str:
 
 def tagged(tag: str, reply: Reply) -> bytes:
     """``tag STATUS [code] text`` CRLF (RFC 3501 §7.1)."""
-    code = f"[{clean_code(reply.code)}] " if reply.code else ""
-    return f"{tag} {reply.status} {code}{clean_text(reply.text)}\r\n".encode("ascii")
+    return tag.encode("ascii") + _completion(reply.status, reply.code, reply.text)
+
+
+@lru_cache(maxsize=256)
+def _completion(status: str, code: str | None, text: str) -> bytes:
+    """A tagged reply after its tag, cleaned and encoded once per distinct reply (most
+    are a few constant texts: "FETCH completed"), not once per command (issue 19)."""
+    shown = f"[{clean_code(code)}] " if code else ""
+    return f" {status} {shown}{clean_text(text)}\r\n".encode("ascii")
 
 
 def store_error_reply(exc: Exception, command: str) -> Reply | None:

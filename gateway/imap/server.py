@@ -135,7 +135,7 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, DurableSteps, CommandD
         "_raw_requested", "_raw_line", "_raw_error", "_idle_events", "_notifying",
         "_idling", "_output_paused", "_keepalive_call", "_next_turn_call",
         "_turn_commands", "_connected_at", "_timing", "_stream", "_trace", "_trace_wanted",
-        "_watching",
+        "_watching", "_parser_authenticated",
     )  # fmt: skip
     """Issue 19 (10,000 IDLE connections): the instance's own attributes in slots, so
     it carries no 1.5 KB dict of ~40 keys; Twisted's ``transport`` and ``connected``
@@ -157,6 +157,8 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, DurableSteps, CommandD
         self._held: Any = None
         """A step's output (bytes or action) held until its commit is on disk."""
         self._raw_requested = False
+        self._parser_authenticated = False
+        """The state whose caps the parser has (:meth:`_apply_state`)."""
         self._raw_line: bytes | None = None
         self._raw_error: ParseError | None = None
         self._idle_events: list[IdleEvent] = []
@@ -250,10 +252,17 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, DurableSteps, CommandD
             spool=self._budget.open_spool,
             literal_gate=self._reserve_literal,
         )
-        self.factory.limits.apply_state(parser, self.session.user is not None)
+        self.parser = parser
+        self._apply_state(self.session.user is not None)
         if self._trace is not None:
             parser.tap = self._trace.client.tap
         return parser
+
+    def _apply_state(self, authenticated: bool) -> None:
+        """The parser's caps for the session's state (:meth:`IMAPLimits.apply_state`),
+        set when that state changes, not after every command (issue 19)."""
+        self.factory.limits.apply_state(self.parser, authenticated)
+        self._parser_authenticated = authenticated
 
     def _reserve_literal(self, size: int) -> str | None:
         """The parser's literal gate: APPEND bytes in flight (gateway.imap.budgets); a
@@ -338,7 +347,7 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, DurableSteps, CommandD
             self._end_burst()
         self._update_reading()
         held = self.parser.buffered_size if self.session.user is None and not self._closing else 0
-        if not self._budget.hold_prelogin(held):
+        if (held or self._budget.prelogin_held) and not self._budget.hold_prelogin(held):
             # The listener-wide pre-login budget is spent (RFC 5530 LIMIT).
             self._drop_current()
             self._write(b"* BYE [LIMIT] Too much input before login\r\n")
@@ -348,12 +357,16 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, DurableSteps, CommandD
         """Take parser events: a raw line when one was asked for, otherwise the next
         command, but only when no command is running (so replies stay in order and
         state changes such as STARTTLS or ENABLE apply to what follows)."""
-        self._inflate_input()
+        if self._stream.codec is not None:
+            self._inflate_input()
+        parser = self.parser
+        if parser.starved:
+            return  # the usual end of a command's run: nothing more has arrived
         while not self._closing:
             if self._raw_requested:
                 if self._raw_line is not None or self._raw_error is not None:
                     return
-                event = self.parser.next_event()
+                event = parser.next_event()
                 if isinstance(event, NeedData):
                     return
                 self._raw_requested = False
@@ -374,7 +387,7 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, DurableSteps, CommandD
             if self._turn_commands >= self.factory.limits.max_pipelined_commands:
                 self._schedule_next_turn()
                 return
-            event = self.parser.next_event()
+            event = parser.next_event()
             if isinstance(event, NeedData):
                 return
             if isinstance(event, ContinuationNeeded):
@@ -515,18 +528,22 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, DurableSteps, CommandD
             self._update_watch()
             self._idle_events.clear()
             self._cancel_keepalive()
+        session = self.session
         # RFC 6855 §3: after ENABLE UTF8=ACCEPT, the next commands may carry UTF-8.
-        self.parser.utf8_accept = self.session.utf8_enabled()
+        self.parser.utf8_accept = session.utf8_enabled()
         self._budget.command_done()  # its literals' reservations and spool files
-        self.factory.limits.apply_state(self.parser, self.session.user is not None)
+        authenticated = session.user is not None
+        if authenticated is not self._parser_authenticated:
+            self._apply_state(authenticated)
         if self._notifying:
             self._notifying = False  # the client did nothing: its inactivity timer runs on
         else:
             self._reset_timeout()
             self._turn_commands += 1
         self._again = True
-        self._update_trace()
-        notifier = self.session.notifier
+        if self._trace is not None or self._trace_wanted:
+            self._update_trace()  # (nothing to start, keep or stop otherwise)
+        notifier = session.notifier
         if notifier is not None and notifier.has_pending() and not self._closing:
             # Events that arrived after the command's own delivery (RFC 5465).
             self._notifying = True

@@ -81,6 +81,9 @@ NOTHING_ENABLED: frozenset[str] = frozenset()
 """A fresh session's enabled capabilities (one object for all: ``frozenset()`` makes a
 new 216-byte set each time)."""
 
+_UTF8_NAMES = frozenset({UTF8_ACCEPT, IMAP4REV2.upper()})
+"""Enabled capabilities that make mailbox names UTF-8 (:meth:`IMAPSession.utf8_enabled`)."""
+
 ActivityHook = Callable[[str, str], None]
 """Told (user, mailbox name) when a client looks at a mailbox (states.ACTIVITY_COMMANDS)."""
 
@@ -200,7 +203,7 @@ class IMAPSession(ErrorReplies):
 
     def utf8_enabled(self) -> bool:
         """UTF-8 mailbox names: UTF8=ACCEPT (RFC 6855) or IMAP4rev2 (RFC 9051 §5.1)."""
-        return bool({UTF8_ACCEPT, IMAP4REV2.upper()} & self._enabled)
+        return not self._enabled.isdisjoint(_UTF8_NAMES)
 
     def mailbox_name(self, raw: bytes) -> str:
         """The mailbox name a command gave, decoded.
@@ -463,14 +466,20 @@ class IMAPSession(ErrorReplies):
 
     # -- catch-up (gateway.imap.catchup) --
 
-    def catch_up(self, *, allow_expunge: bool, uid_form: bool = False) -> Iterator[bytes]:
+    def catch_up(self, *, allow_expunge: bool, uid_form: bool = False) -> Iterable[bytes]:
         """Tell the client what changed in the selected mailbox since it was last told
-        (RFC 3501 §7; :func:`gateway.imap.catchup.catch_up`)."""
+        (RFC 3501 §7; :func:`gateway.imap.catchup.catch_up`). Nothing to tell (the
+        usual answer after a command) costs the store's read and no generator
+        (:func:`gateway.imap.catchup.nothing_to_tell`)."""
         view = self.selected
         if view is None:
-            return iter(())
+            return ()
+        cache = self.select_cache
+        changes = catchup.changes_for(self, view, cache)
+        if catchup.nothing_to_tell(view, changes, allow_expunge):
+            return ()
         return catchup.catch_up(
-            self, view, self.select_cache, allow_expunge=allow_expunge, uid_form=uid_form
+            self, view, cache, allow_expunge=allow_expunge, uid_form=uid_form, changes=changes
         )
 
     def idle_push(self) -> bytes | None:

@@ -189,7 +189,10 @@ class CommandDriver:
             while True:
                 self._again = False
                 self._pump_input()
-                self._advance()
+                if self._current is not None:
+                    # (no command: nothing to step; a protocol's _advance may wrap the
+                    # steps in a block, e.g. IMAP's group commit, not worth entering)
+                    self._advance()
                 if not self._again or self._closing:
                     break
         finally:
