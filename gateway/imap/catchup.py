@@ -108,12 +108,27 @@ def catch_up(
         yield from _report_expunges(session, view)
     if new_rows:
         yield _told_new(view, new_rows, claimed)
+    yield from _flag_changes(session, view, changes.changed, last, uid_form)
+    view.caught_up(changes.highestmodseq)
+    if view.contexts and (changes.changed or changes.expunged):
+        # RFC 5267 §4.3: live SEARCH/SORT results follow, once the client knows the
+        # messages they name.
+        yield from context_updates(session, view)
+
+
+def _flag_changes(
+    session: Session, view: View, changed: list[MessageRow], last: int, uid_form: bool
+) -> Iterator[bytes]:
+    """``* n FETCH (FLAGS ...)`` for the rows of messages the client knows (UID up to
+    ``last``) whose change it has not been told, :data:`CATCH_UP_CHUNK` lines a piece.
+    UID and MODSEQ join FLAGS once CONDSTORE is on (RFC 7162 §3.1)."""
     condstore = session.condstore_active()
     with_uid = uid_form or condstore
     reported = view.reported
     pending = view.pending_expunge
+    seq_of = view.seq_of
     lines: list[bytes] = []
-    for row in changes.changed:
+    for row in changed:
         uid = row.uid
         if uid > last:
             break
@@ -135,11 +150,6 @@ def catch_up(
             lines = []
     if lines:
         yield b"".join(lines)
-    view.caught_up(changes.highestmodseq)
-    if view.contexts and (changes.changed or changes.expunged):
-        # RFC 5267 §4.3: live SEARCH/SORT results follow, once the client knows the
-        # messages they name.
-        yield from context_updates(session, view)
 
 
 def _told_new(view: View, rows: list[MessageRow], claimed: Collection[int] = ()) -> bytes:
@@ -188,9 +198,16 @@ def idle_push(session: Session, view: View | None, cache: SelectCache | None) ->
                 break
             if RECENT in row.flags:
                 return None
-    if changed and changed[0].uid > last and not changes.expunged and not view.pending_expunge:
-        # Only new messages (the usual push: a delivery): what catch_up would yield.
-        out = _told_new(view, changed)
-        view.caught_up(changes.highestmodseq)
-        return out
+    if not changes.expunged and not view.pending_expunge:
+        # What catch_up would yield, without its generators: only new messages (a
+        # delivery), or only flag changes of messages the client knows (a STORE by
+        # another session), the two usual pushes.
+        if changed and changed[0].uid > last:
+            out = _told_new(view, changed)
+            view.caught_up(changes.highestmodseq)
+            return out
+        if not changed or changed[-1].uid <= last:
+            out = b"".join(_flag_changes(session, view, changed, last, False))
+            view.caught_up(changes.highestmodseq)
+            return out
     return b"".join(catch_up(session, view, cache, allow_expunge=True, changes=changes))

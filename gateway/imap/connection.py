@@ -40,11 +40,17 @@ def capability(session: Session, cmd: Command) -> Handler:
     return ok("CAPABILITY completed")
 
 
+_NOOP_OK = ok("NOOP completed")
+_CHECK_OK = ok("CHECK completed")
+"""NOOP's and CHECK's replies, made once (a phone's NOOP every few seconds is the most
+frequent command a server sees)."""
+
+
 def noop(session: Session, cmd: Command) -> Handler:
     """NOOP (RFC 3501 §6.1.2) and CHECK (§6.4.1): nothing to do here; the catch-up that
     follows every command reports what changed. State: any / selected."""
     yield from ()
-    return ok(f"{cmd.name.upper()} completed")
+    return _CHECK_OK if cmd.name.upper() == "CHECK" else _NOOP_OK
 
 
 def logout(session: Session, cmd: Command) -> Handler:

@@ -365,7 +365,7 @@ class IMAPSession(ErrorReplies):
             log.info("imap.command_error", command=key, kind="state", state=self.state.value)
             yield self._tagged(cmd.tag, Reply("BAD", f"{key} not allowed in this state"))
             return
-        condstore_before = self.condstore_active()
+        condstore_before = CONDSTORE in self._enabled
         self._after_reply = None
         mid_line = False
         reply: Reply
