@@ -48,13 +48,17 @@ def clean_code(code: str) -> str:
 
 def tagged(tag: str, reply: Reply) -> bytes:
     """``tag STATUS [code] text`` CRLF (RFC 3501 §7.1)."""
-    return tag.encode("ascii") + _completion(reply.status, reply.code, reply.text)
+    status, code, text = reply.status, reply.code, reply.text
+    if len(text) > MAX_RESPONSE_TEXT or (code is not None and len(code) > MAX_RESPONSE_TEXT):
+        return tag.encode("ascii") + _completion.__wrapped__(status, code, text)
+    return tag.encode("ascii") + _completion(status, code, text)
 
 
 @lru_cache(maxsize=256)
 def _completion(status: str, code: str | None, text: str) -> bytes:
     """A tagged reply after its tag, cleaned and encoded once per distinct reply (most
-    are a few constant texts: "FETCH completed"), not once per command (issue 19)."""
+    are a few constant texts: "FETCH completed"), not once per command (issue 19); a
+    long text (maybe echoing client input) is not kept."""
     shown = f"[{clean_code(code)}] " if code else ""
     return f" {status} {shown}{clean_text(text)}\r\n".encode("ascii")
 
