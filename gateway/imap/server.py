@@ -157,8 +157,7 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, DurableSteps, CommandD
         self._held: Any = None
         """A step's output (bytes or action) held until its commit is on disk."""
         self._raw_requested = False
-        self._parser_authenticated = False
-        """The state whose caps the parser has (:meth:`_apply_state`)."""
+        self._parser_authenticated = False  # the state whose caps the parser has
         self._raw_line: bytes | None = None
         self._raw_error: ParseError | None = None
         self._idle_events: list[IdleEvent] = []
@@ -252,17 +251,11 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, DurableSteps, CommandD
             spool=self._budget.open_spool,
             literal_gate=self._reserve_literal,
         )
-        self.parser = parser
-        self._apply_state(self.session.user is not None)
+        authenticated = self._parser_authenticated = self.session.user is not None
+        self.factory.limits.apply_state(parser, authenticated)
         if self._trace is not None:
             parser.tap = self._trace.client.tap
         return parser
-
-    def _apply_state(self, authenticated: bool) -> None:
-        """The parser's caps for the session's state (:meth:`IMAPLimits.apply_state`),
-        set when that state changes, not after every command (issue 19)."""
-        self.factory.limits.apply_state(self.parser, authenticated)
-        self._parser_authenticated = authenticated
 
     def _reserve_literal(self, size: int) -> str | None:
         """The parser's literal gate: APPEND bytes in flight (gateway.imap.budgets); a
@@ -481,20 +474,6 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, DurableSteps, CommandD
         else:  # pragma: no cover - the session yields nothing else
             raise TypeError(f"unknown session action {action!r}")
 
-    def _update_watch(self) -> None:
-        """Tell the factory which store changes concern this connection now (the mailbox
-        it idles on, NOTIFY on or off), so that a push skips the others (issue 19)."""
-        session = getattr(self, "session", None)
-        after = None
-        notify = False
-        if session is not None and not self._closing:
-            view = session.selected
-            if self._idling and view is not None:
-                after = view.mailbox.id
-            notify = session.notifier is not None
-        self.factory.watch(self, self._watching, after, notify)
-        self._watching = after
-
     def _request_raw(self) -> None:
         if not self._raw_requested and self._raw_line is None:
             self.parser.read_raw_line()
@@ -533,8 +512,9 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, DurableSteps, CommandD
         self.parser.utf8_accept = session.utf8_enabled()
         self._budget.command_done()  # its literals' reservations and spool files
         authenticated = session.user is not None
-        if authenticated is not self._parser_authenticated:
-            self._apply_state(authenticated)
+        if authenticated is not self._parser_authenticated:  # caps change with the state only
+            self.factory.limits.apply_state(self.parser, authenticated)
+            self._parser_authenticated = authenticated
         if self._notifying:
             self._notifying = False  # the client did nothing: its inactivity timer runs on
         else:

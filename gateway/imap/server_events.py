@@ -54,6 +54,7 @@ class ConnectionEvents:
     _raw_error: Any
     _direct: SocketWrites | None
     _stream: ConnectionStream
+    _watching: int | None
 
     if TYPE_CHECKING:
         # Provided by IMAPServerProtocol (gateway.imap.server).
@@ -165,6 +166,20 @@ class ConnectionEvents:
             self._update_trace()
 
     # -- change notification --
+
+    def _update_watch(self) -> None:
+        """Tell the factory which store changes concern this connection now (the mailbox
+        it idles on, NOTIFY on or off), so that a push skips the others (issue 19)."""
+        session = getattr(self, "session", None)
+        after = None
+        notify = False
+        if session is not None and not self._closing:
+            view = session.selected
+            if self._idling and view is not None:
+                after = view.mailbox.id
+            notify = session.notifier is not None
+        self.factory.watch(self, self._watching, after, notify)
+        self._watching = after
 
     def access_changed(self) -> None:
         """A reload changed accounts or households: an idling session checks its access
