@@ -43,6 +43,7 @@ and policies they apply in :mod:`gateway.imap.policy`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -76,6 +77,7 @@ from gateway.imap.handler import (
 )
 from gateway.imap.login_limits import LoginLimits
 from gateway.imap.policy import UTF8_ACCEPT_SUPPORTED, ListenerPolicy
+from gateway.imap.reactorsteps import inline_batch
 from gateway.imap.server_events import ConnectionEvents
 from gateway.imap.session import IMAPSession
 from gateway.imap.stream import ConnectionStream
@@ -539,6 +541,11 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, DurableSteps, CommandD
             self._waiting = None
         if not self._closing:
             self._run()
+
+    def _inline_batch(self, current: Run) -> Callable[[], None] | None:
+        """Steps needing no database run here (:mod:`gateway.imap.reactorsteps`)."""
+        command = self._timing[0] if self._timing is not None else None
+        return inline_batch(self.session, command, current is not self._stepped, self._last_action)
 
     def _close_run(self, current: Run) -> None:
         if self._threads is not None:

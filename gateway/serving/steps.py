@@ -11,11 +11,18 @@ a time per session and takes its result back on the reactor thread, where the by
 written and the action performed. So a session's state is only ever touched by one thread
 at a time, and backpressure stays the protocol's (the next batch is scheduled only once
 the transport wants more).
+
+A batch that needs no database runs on the reactor thread instead, at once (bench/README.md,
+"PostgreSQL mix tail, session 4"): under the 50-client mix every command waited ~20 ms
+for a free store thread, a NOOP answered from the node's change log as long as a FETCH.
+The protocol's :meth:`ThreadedSteps._inline_batch` hook decides (IMAP:
+:mod:`gateway.imap.reactorsteps`) and returns what to leave when the batch is over (the
+store's held catch-up answer), or None for a store thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from twisted.python.failure import Failure
@@ -71,11 +78,35 @@ class ThreadedSteps:
     _log: Any
     event_prefix: str
 
+    _stepped: Run | None = None
+    """The generator whose steps ran last (a fresh command's is not it yet)."""
+    _last_action: Any = None
+    """The action the last batch of :attr:`_stepped` ended on."""
+
+    def _inline_batch(self, current: Run) -> Callable[[], None] | None:
+        """Whether ``current``'s next batch of steps needs no database: if so, a callable
+        to call when it is over (it runs on the reactor thread), else None (the default:
+        a store thread)."""
+        return None
+
     def _step_on_thread(self, current: Run) -> None:
-        """Run the next batch of ``current``'s steps on a store thread (one at a time)."""
+        """Run the next batch of ``current``'s steps on a store thread (one at a time),
+        or here when :meth:`_inline_batch` says it needs no database."""
         throw, self._throw = self._throw, None
         value, self._send = self._send, None
         token = self._stepping = object()
+        release = self._inline_batch(current)
+        if release is not None:
+            try:
+                result = run_steps(current, throw, value)
+            except Exception:
+                failure = Failure()
+                release()
+                self._steps_failed(failure, token, current)
+                return
+            release()
+            self._steps_done(result, token, current)
+            return
         assert self._threads is not None
         deferred = self._threads.run(run_steps, current, throw, value)
         deferred.addCallbacks(
@@ -93,6 +124,8 @@ class ThreadedSteps:
             self._close_on_thread(current)  # dropped while its steps ran
             return
         chunks, action = result
+        self._stepped = current
+        self._last_action = action
         for chunk in chunks:
             self._write(chunk)
         if action is DONE:

@@ -217,6 +217,25 @@ class ChangeLogs:
             # Ask only what came after the log's head: the log holds the rest.
             return Plan(None, log.head, token, log)
 
+    def known(self, key: Key, since: int) -> Changes | None:
+        """The answer :meth:`plan` would give without a query, or None (nothing counted
+        as a miss): whether a catch-up may be answered on the reactor thread, where no
+        query may run (:meth:`~gateway.store.postgres.messages.PGMessages.pin_changes`)."""
+        with self._lock:
+            if not self._trusted:
+                return None
+            log = self._logs.get(key)
+            if (
+                log is None
+                or log.token != Token(self._epoch, self._stamps.get(key[0], 0))
+                or not log.floor <= since <= log.head
+                or self._clock() - log.read_at > self.max_age
+            ):
+                return None
+            self.hits += 1
+            self._logs.move_to_end(key)
+            return log.answer(since)
+
     def record(
         self,
         key: Key,

@@ -12,6 +12,7 @@ SEARCH is one SQL query built by :mod:`gateway.store.search` in the PostgreSQL d
 from __future__ import annotations
 
 import datetime
+import threading
 from array import array
 from collections.abc import Iterator, Sequence
 from contextlib import closing
@@ -67,6 +68,10 @@ INFO_COLUMNS = (
     " m.envelope, m.bodystructure, m.body, m.parts, mm.savedate, m.sha256"
 )
 """What :class:`MessageInfo` is built from (:meth:`PGMessages._infos`), in its order."""
+
+
+_pinned = threading.local()
+"""The catch-up answer :meth:`PGMessages.pin_changes` took for this thread, if any."""
 
 
 class PGMessages(PGFlagWrites, PGRows, MessageSteps):
@@ -169,6 +174,9 @@ class PGMessages(PGFlagWrites, PGRows, MessageSteps):
         snapshot, one round trip): the head row, then the changed rows and the expunged
         UIDs, whose scans are skipped when HIGHESTMODSEQ has not moved (every row,
         private \\Seen and expunge record is stamped from ``_bump``, RFC 7162 §3.1.1)."""
+        held = getattr(_pinned, "held", None)
+        if held is not None and held[0] is self and held[1] == (mailbox_id, modseq, viewer):
+            return held[2]
         key = self._log_key(mailbox_id, viewer)
         plan = self.change_logs.plan(key, modseq)
         if plan.answer is not None:
@@ -200,6 +208,23 @@ class PGMessages(PGFlagWrites, PGRows, MessageSteps):
             [MessageRow(u, flags(t, r), m) for k, u, t, r, m in rows if k == 1],
             [(u, m) for k, u, _t, _r, m in rows if k == 2],
         )
+
+    def pin_changes(self, mailbox_id: int, modseq: int, *, viewer: str | None = None) -> bool:
+        """Whether :meth:`changes_since` with these arguments can be answered from the
+        node's change log now; if so the answer is held for this thread, so that the
+        call, made on the reactor thread right after, needs no query even if a store
+        thread's commit outdates the log in between (the answer is then the state as it
+        was when the command began, which is all RFC 3501 §7 asks of a catch-up). Held
+        until :meth:`unpin_changes`. An answer holding \\Recent is never in a log."""
+        answer = self.change_logs.known(self._log_key(mailbox_id, viewer), modseq)
+        if answer is None:
+            return False
+        _pinned.held = (self, (mailbox_id, modseq, viewer), answer)
+        return True
+
+    def unpin_changes(self) -> None:
+        """Forget this thread's :meth:`pin_changes` answer."""
+        _pinned.held = None
 
     def message_info(
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
