@@ -97,6 +97,11 @@ def test_noop_and_idle_on_the_reactor_still_tell_other_sessions_changes(node: An
         # \Recent goes to exactly one session (RFC 3501 §2.3.2).
         assert (recent == b"* 1 RECENT\r\n") != (b"* 1 RECENT" in appended + told_writer)
         assert recent in (b"* 0 RECENT\r\n", b"* 1 RECENT\r\n")
+        # A STORE's untouched messages come from the rows its lock read (no second read).
+        both = writer.command("W5", "STORE 1:2 +FLAGS (\\Flagged)").split(b"\r\n")
+        assert both[0] == b"* 1 FETCH (FLAGS (\\Flagged \\Recent))", both
+        assert both[1].startswith(b"* 2 FETCH (FLAGS (") and b"\\Flagged" in both[1], both
+        assert both[2] == b"W5 OK STORE completed", both
         assert reader.command("L1", "LOGOUT").endswith(b"L1 OK LOGOUT completed\r\n")
     finally:
         writer.sock.close()

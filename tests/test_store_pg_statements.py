@@ -127,6 +127,21 @@ def test_a_store_is_two_round_trips_and_one_that_changes_nothing_commits_nothing
 
 
 @pytest.mark.postgres
+def test_a_store_hands_back_the_rows_it_left_alone_as_message_flags_reads_them(store) -> None:
+    """STORE's untagged FETCH of the messages it did not change (RFC 3501 §6.4.6) needs
+    no second read: the rows read under the lock come back, equal to ``message_flags``."""
+    box = store.get_mailbox("alice", INBOX).id
+    uids = [store.append(box, message()) for _ in range(3)]
+    store.store_flags(box, [uids[0]], "+", ["\\Seen"])  # the mailbox's kind now known
+    store.store_flags(box, [uids[1]], "+", ["\\Flagged"])
+    result = store.store_flags(box, uids, "+", ["\\Seen"])
+    assert [r.uid for r in result.updated] == uids[1:]
+    assert result.unchanged == store.message_flags(box, uids[:1])
+    result = store.store_flags(box, uids, "+", ["\\Seen"])  # nothing to change
+    assert result.updated == [] and result.unchanged == store.message_flags(box, uids)
+
+
+@pytest.mark.postgres
 @pytest.mark.parametrize("lazy", [False, True])
 def test_flag_only_commits_are_asynchronous_under_optimized_flag_fsync(
     store, monkeypatch, lazy: bool

@@ -366,10 +366,12 @@ def store(session: Session, cmd: StoreCmd) -> Handler:
             for row in store_.changes_since(mailbox_id, view.highestmodseq).changed
             if row.uid in wanted and not view.knows(row.uid, row.modseq)
         }
+    unchanged = None
     if uids:
         result = store_.store_flags(mailbox_id, uids, cmd.mode, flags, cmd.unchangedsince)
         updated = {row.uid: row for row in result.updated}
         modified = set(result.modified)
+        unchanged = result.unchanged
     else:
         updated, modified = {}, set()
 
@@ -405,7 +407,9 @@ def store(session: Session, cmd: StoreCmd) -> Handler:
         # come from the store in batches, since another session may have changed them.
         untouched = [u for u in uids if u not in updated and u not in modified]
         current: dict[int, tuple[frozenset[str], int]] = {}
-        pending = iter(message_infos(session, mailbox_id, untouched))
+        pending = iter(
+            unchanged if unchanged is not None else message_infos(session, mailbox_id, untouched)
+        )
         for uid in uids:
             if uid in modified:
                 continue

@@ -135,6 +135,10 @@ class StoreResult:
 
     updated: list[MessageRow]
     modified: list[int]
+    unchanged: list[MessageFlags] | None = None
+    """The other requested messages as the STORE read them under its lock, in UID order,
+    when the backend has them at hand (PostgreSQL: saves the round trip that would read
+    their flags again for the untagged FETCH, RFC 3501 §6.4.6); None: read them."""
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,13 @@ tells); a first write takes the shared algorithm.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from psycopg.pq import TransactionStatus
 
 from gateway.store.errors import MailboxNotFound
-from gateway.store.interfaces import StoreResult
+from gateway.store.interfaces import MessageFlags, StoreResult
 from gateway.store.postgres.changes import encode
 from gateway.store.postgres.rows import FLAG_ROWS, PGRows, uid_array
 from gateway.store.rowdata import plan_flags
@@ -73,7 +74,8 @@ class PGFlagWrites(PGRows, MessageSteps):
                     head = lock.fetchone()  # one round trip: BEGIN, the lock, the rows
                     if head is None:
                         raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
-                    plan = plan_flags(cur.fetchall(), mode, given, unchangedsince, shared, viewer)
+                    rows = cur.fetchall()
+                    plan = plan_flags(rows, mode, given, unchangedsince, shared, viewer)
                     before = int(head[0])
                     modseq = before + 1
                     if plan.writes:
@@ -93,9 +95,27 @@ class PGFlagWrites(PGRows, MessageSteps):
             finally:
                 if not done and conn.info.transaction_status != TransactionStatus.IDLE:
                     conn.rollback()
+        unchanged = None if shared else _unchanged(rows, plan.writes, plan.modified, self._flags)
         if not plan.writes:
-            return StoreResult(updated=[], modified=plan.modified)
+            return StoreResult(updated=[], modified=plan.modified, unchanged=unchanged)
         updated = plan.rows(modseq, self._flags)
         self.change_logs.wrote(self._log_key(mailbox_id, viewer), before, modseq, updated)
         self._tell_listeners([mailbox_id])
-        return StoreResult(updated=updated, modified=plan.modified)
+        return StoreResult(updated=updated, modified=plan.modified, unchanged=unchanged)
+
+
+def _unchanged(
+    rows: list[Any],
+    writes: list[Any],
+    modified: list[int],
+    flags: Callable[[str, int], frozenset[str]],
+) -> list[MessageFlags]:
+    """The rows read under the lock that the STORE left alone, as ``message_flags``
+    would read them (a mailbox that is not shared: no private \\Seen to add)."""
+    skip = {write[0] for write in writes}
+    skip.update(modified)
+    return [
+        MessageFlags(uid, flags(text, recent), modseq)
+        for uid, text, recent, modseq, _seen, _pmodseq in rows
+        if uid not in skip
+    ]
