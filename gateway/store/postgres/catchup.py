@@ -45,6 +45,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from gateway.core.flags import RECENT
 from gateway.store.interfaces import Changes, MessageRow
@@ -60,6 +61,8 @@ MAX_LOGS = 4096
 
 Key = tuple[int, str]
 """(mailbox id, viewer or "")."""
+
+_uid_of = attrgetter("uid")
 
 
 @dataclass(frozen=True)
@@ -81,9 +84,13 @@ class _Log:
     """Expunged UID -> the modseq of its expunge."""
 
     def answer(self, since: int) -> Changes:
+        # Filtered before sorting: a catch-up asks from a few changes back, so most of a
+        # log's rows (up to MAX_ROWS) are older; this runs on the reactor thread too.
+        changed = [row for row in self.rows.values() if row.modseq > since]
+        changed.sort(key=_uid_of)
         return Changes(
             highestmodseq=self.head,
-            changed=[row for _uid, row in sorted(self.rows.items()) if row.modseq > since],
+            changed=changed,
             expunged=sorted(uid for uid, modseq in self.gone.items() if modseq > since),
         )
 
