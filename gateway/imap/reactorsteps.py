@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.imap.handler import WaitIdle
+from gateway.serving.steps import Run, ThreadedSteps
 
 if TYPE_CHECKING:
     from gateway.imap.session import IMAPSession
@@ -60,3 +61,16 @@ def inline_batch(
     if not pin(view.mailbox.id, view.highestmodseq, viewer=viewer):
         return None
     return store.unpin_changes
+
+
+class ReactorSteps(ThreadedSteps):
+    """:class:`~gateway.serving.steps.ThreadedSteps` for the IMAP protocol
+    (:class:`~gateway.imap.server.IMAPServerProtocol`): its batches that need no
+    database run on the reactor thread (:func:`inline_batch`)."""
+
+    session: IMAPSession
+    _timing: tuple[str | None, float] | None
+
+    def _inline_batch(self, current: Run) -> Callable[[], None] | None:
+        command = self._timing[0] if self._timing is not None else None
+        return inline_batch(self.session, command, current is not self._stepped, self._last_action)

@@ -43,7 +43,6 @@ and policies they apply in :mod:`gateway.imap.policy`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -77,14 +76,13 @@ from gateway.imap.handler import (
 )
 from gateway.imap.login_limits import LoginLimits
 from gateway.imap.policy import UTF8_ACCEPT_SUPPORTED, ListenerPolicy
-from gateway.imap.reactorsteps import inline_batch
+from gateway.imap.reactorsteps import ReactorSteps
 from gateway.imap.server_events import ConnectionEvents
 from gateway.imap.session import IMAPSession
 from gateway.imap.stream import ConnectionStream
 from gateway.imap.tracefile import ConnectionTrace
 from gateway.serving.driver import CommandDriver
 from gateway.serving.socketwrites import SocketWrites, direct_socket
-from gateway.serving.steps import ThreadedSteps
 
 if TYPE_CHECKING:
     from gateway.imap.factory import IMAPServerFactory
@@ -116,7 +114,7 @@ def _no_delay(transport: Any) -> None:
 
 
 @implementer(IPushProducer)
-class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, DurableSteps, CommandDriver, Protocol):
+class IMAPServerProtocol(ReactorSteps, ConnectionEvents, DurableSteps, CommandDriver, Protocol):
     """One IMAP connection. Registers itself as the transport's streaming producer; the
     engine is :class:`~gateway.serving.driver.CommandDriver`, with IMAP's waits (raw
     lines, IDLE events, output room, fairness turns, steps on a store thread) as hooks."""
@@ -541,11 +539,6 @@ class IMAPServerProtocol(ThreadedSteps, ConnectionEvents, DurableSteps, CommandD
             self._waiting = None
         if not self._closing:
             self._run()
-
-    def _inline_batch(self, current: Run) -> Callable[[], None] | None:
-        """Steps needing no database run here (:mod:`gateway.imap.reactorsteps`)."""
-        command = self._timing[0] if self._timing is not None else None
-        return inline_batch(self.session, command, current is not self._stepped, self._last_action)
 
     def _close_run(self, current: Run) -> None:
         if self._threads is not None:
