@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from twisted.internet import defer, task
 
-from gateway.app.metrics import CONTENT_TYPE, GatewayMetrics, LagMonitor, metrics_site
+from gateway.app.metrics import CONTENT_TYPE, GatewayMetrics, LagMonitor
+from gateway.app.metrics_http import metrics_site
 from gateway.imap.states import COMMANDS, State
 from gateway.pop3.errors import LoginFailed
 from gateway.pop3.fetcher import FetchResult

@@ -31,25 +31,11 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from gateway.access.outbound import Outcome, SieveOutbound
-from gateway.sieve import (
-    Discard,
-    Envelope,
-    FileInto,
-    Keep,
-    Redirect,
-    Result,
-    Script,
-    SieveSyntaxError,
-    Vacation,
-    compile_script,
-    is_sending,
-    run,
-)
+from gateway.access.outbound import Outcome
 from gateway.store.interfaces import (
     Delivery,
     DuplicateRecord,
@@ -60,6 +46,15 @@ from gateway.store.interfaces import (
     Target,
 )
 from gateway.store.scripts import ScriptStore
+
+if TYPE_CHECKING:
+    from gateway.access.outbound import SieveOutbound
+    from gateway.sieve import Envelope, Result, Script, SieveSyntaxError
+
+# The Sieve language (gateway.sieve: parser, validator, interpreter) is imported where a
+# script is compiled or run, not at import: the fetcher's ledger goes through
+# SieveDelivery always, but an owner without an active script never needs the language
+# (issue 19, start-up).
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +68,8 @@ def check_script(text: str, *, sending: bool = False) -> None:
     ``message``) for a script that must be refused at upload. ``sending``: the owner has
     an upstream with ``[upstreams.smtp]``, so ``redirect`` and ``vacation`` are allowed
     (otherwise refused, naming why); ``reject``/``ereject`` are always refused."""
+    from gateway.sieve import compile_script
+
     compile_script(text, sending=sending)
 
 
@@ -86,6 +83,8 @@ class ScriptCache:
 
     def get(self, text: str) -> Script:
         """The compiled script; raises its SieveSyntaxError if it does not compile."""
+        from gateway.sieve import SieveSyntaxError, compile_script
+
         key = hashlib.sha256(text.encode("utf-8")).digest()
         found = self._items.get(key)
         if found is None:
@@ -135,6 +134,8 @@ def _address(value: str) -> str:
 
 def envelope_for(raw: bytes, address: str | None) -> Envelope:
     """The Sieve envelope of a POP3 message (module docstring)."""
+    from gateway.sieve import Envelope
+
     fields = _first_fields(raw)
     rcpt = address or _address(fields.get(b"delivered-to", ""))
     return Envelope(mail_from=_address(fields.get(b"return-path", "")), rcpt_to=rcpt)
@@ -196,6 +197,8 @@ def route(result: Result, delivery: Delivery, default: str, sent: Outcome | None
     """A Sieve outcome as store targets: Keep → the default folder, FileInto → its
     mailbox, Discard → nothing (only the ledger row); ``sent`` adds the redirects and
     vacation replies to queue with it, and their response records."""
+    from gateway.sieve import Discard, FileInto, Keep, Redirect, Vacation
+
     targets: list[Target] = []
     for action in result.actions:
         if isinstance(action, Keep):
@@ -265,6 +268,8 @@ class SieveDelivery:
         active = self.scripts.active_script(owner)
         if active is None or not deliveries:
             return list(self.base.deliver_many(owner, mailbox, deliveries, dedup=dedup))
+        from gateway.sieve import Keep, Result, SieveSyntaxError, run
+
         try:
             script: Script | None = self.cache.get(active.text)
         except SieveSyntaxError as e:
@@ -314,6 +319,8 @@ class SieveDelivery:
         env: StoreEnvironment,
     ) -> Outcome | None:
         """Queue items for the run's redirect/vacation actions (gateway/access/outbound.py)."""
+        from gateway.sieve import Redirect, is_sending
+
         if not any(is_sending(a) for a in result.actions):
             return None
         if self.outbound is None:

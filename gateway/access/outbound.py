@@ -41,14 +41,19 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.header import Header
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from gateway.sieve import Redirect, Result, Vacation
-from gateway.sieve.interpreter import Envelope
-from gateway.sieve.message import SieveMessage, parse_addresses
 from gateway.store.interfaces import Delivery, DuplicateRecord, NewOutbound
+
+if TYPE_CHECKING:
+    from gateway.sieve import Redirect, Result, Vacation
+    from gateway.sieve.interpreter import Envelope
+    from gateway.sieve.message import SieveMessage
+
+# The Sieve modules are imported where a run's actions are sent, not at import: a gateway
+# whose owners have no scripts never loads the language (issue 19, start-up).
 
 log = structlog.get_logger(__name__)
 
@@ -148,6 +153,9 @@ class SieveOutbound:
         record: ResponseRecord,
         now: float,
     ) -> Outcome:
+        from gateway.sieve import Redirect, Vacation
+        from gateway.sieve.message import SieveMessage
+
         out = Outcome(lifetime=self.sending.lifetime)
         actions = [a for a in result.actions if isinstance(a, Redirect | Vacation)]
         if not actions:
@@ -204,6 +212,8 @@ class SieveOutbound:
         if target in {_key(a) for a in own}:
             log.warning("sieve.redirect_not_sent", reason="to_own_address", **where)
             return None
+        from gateway.sieve.message import SieveMessage
+
         raw = bytes(delivery.raw)
         marks = SieveMessage(raw).raw_values(LOOP_HEADER)
         if any(_key(v) == _key(sender) for v in marks):
@@ -274,6 +284,8 @@ class SieveOutbound:
 
 def no_reply_reason(message: SieveMessage, sender: str, mine: Sequence[str]) -> str | None:
     """Why RFC 5230 §4.5/§4.6 (and RFC 3834 §2) forbid answering, or None."""
+    from gateway.sieve.message import parse_addresses
+
     if not sender:
         return "no_envelope_sender"
     parsed = parse_addresses(sender)

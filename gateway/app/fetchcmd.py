@@ -12,17 +12,22 @@ when that pass failed (``result`` then says what it achieved before failing).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 
 from gateway.app.control import ControlError
-from gateway.pop3.errors import FetchError
-from gateway.pop3.fetcher import FetchResult
-from gateway.pop3.poller import UpstreamPoller
+
+if TYPE_CHECKING:
+    from gateway.pop3.poller import UpstreamPoller
 
 
 def _outcome(name: str, value: Any) -> dict[str, Any]:
+    # Imported here: the command is registered on every gateway, the POP3 side is only
+    # loaded by one with upstreams (issue 19, start-up).
+    from gateway.pop3.errors import FetchError
+    from gateway.pop3.fetcher import FetchResult
+
     if isinstance(value, FetchResult):
         return {"upstream": name, "ok": True, "result": value.as_dict()}
     error = value.value if hasattr(value, "value") else value

@@ -23,7 +23,8 @@ kept up to date: :class:`GatewayCollector` computes them at scrape time from the
 that own the facts, so there is no second copy to keep in sync.
 
 The endpoint is off by default and, when on, listens on loopback by default
-(``[metrics] listen``): the numbers reveal user names and upstream names.
+(``[metrics] listen``): the numbers reveal user names and upstream names. Its twisted.web
+site is :mod:`gateway.app.metrics_http`, imported only when the endpoint is on.
 """
 
 from __future__ import annotations
@@ -34,13 +35,11 @@ from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest, make_wsgi_app
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from twisted.application import service
 from twisted.internet import defer, task
-from twisted.web import pages, resource, server
-from twisted.web.wsgi import WSGIResource
 
 log = structlog.get_logger(__name__)
 
@@ -495,49 +494,3 @@ class GatewayCollector(Collector):
             "1 when the last relay attempt through this upstream SMTP failed, else 0.",
             [({"upstream": r.route}, 1 if r.last_error else 0) for r in rows],
         )
-
-
-# ---- the HTTP endpoint -------------------------------------------------------------------
-
-
-def metrics_resource(metrics: GatewayMetrics, reactor: Any) -> resource.Resource:
-    """prometheus-client's Twisted resource for this gateway's registry.
-
-    ``prometheus_client.twisted.MetricsResource(registry)`` is exactly
-    ``WSGIResource(reactor, reactor.getThreadPool(), make_wsgi_app(registry))`` with the
-    *global* reactor, imported when the module is (which would install the default
-    reactor as a side effect of importing this one). The same resource is built here with
-    the reactor popgate was given. The WSGI app answers GET (and OPTIONS); its scrape runs
-    in the reactor's thread pool, never blocking the reactor on a slow ``stat``."""
-    return WSGIResource(reactor, reactor.getThreadPool(), make_wsgi_app(metrics.registry))
-
-
-class IndexResource(resource.Resource):
-    """``/`` points at ``/metrics``; anything else is 404."""
-
-    def __init__(self, metrics_child: resource.Resource) -> None:
-        super().__init__()
-        self.putChild(b"metrics", metrics_child)
-
-    def getChild(self, path: bytes, request: Any) -> resource.Resource:
-        if path == b"":
-            return self
-        return pages.notFound()
-
-    def render_GET(self, request: Any) -> bytes:
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"popgate metrics: /metrics\n"
-
-
-class QuietSite(server.Site):
-    """A Site that writes no access log (each scrape would be a log line every 15 s)."""
-
-    noisy = False
-
-    def log(self, request: Any) -> None:
-        pass
-
-
-def metrics_site(metrics: GatewayMetrics, reactor: Any) -> server.Site:
-    """The twisted.web site of ``[metrics] listen``: ``/`` and ``/metrics``."""
-    return QuietSite(IndexResource(metrics_resource(metrics, reactor)))

@@ -25,6 +25,7 @@ from twisted.application import service
 
 from gateway.access.outbound import SendingRoute, SieveOutbound
 from gateway.app import config as configmod
+from gateway.app.config.sending import relay_wanted
 from gateway.app.listening import listening_service
 from gateway.core.flags import SENT_USE
 from gateway.store.interfaces import INBOX, SHARED_OWNER_PREFIX, MailboxExists, MailboxNotFound
@@ -120,11 +121,6 @@ def sieve_outbound(cfg: configmod.Config, rate: RateLimiter | None = None) -> Si
     limiter = rate if rate is not None else RateLimiter(cfg.submission.max_messages_per_hour)
     sending = SieveSending(cfg.sending, lifetime=cfg.submission.queue_lifetime, rate=limiter)
     return SieveOutbound(sending, socket.gethostname() or "localhost")
-
-
-def wanted(cfg: configmod.Config) -> bool:
-    """Run the relay when something can submit or send (listeners or an SMTP upstream)."""
-    return bool(cfg.submission.listeners) or any(s.smtp is not None for s in cfg.sending)
 
 
 def outbound_queue(store: Any) -> OutboundQueue:
@@ -245,7 +241,7 @@ def build_sending(
     ``sieve_delivery`` (the fetcher's :class:`~gateway.access.filtering.SieveDelivery`)
     gets the way to queue Sieve's redirects and vacation replies, and the relay's kick.
     ``runner`` is the service's store runner (default: inline)."""
-    if not wanted(cfg):
+    if not relay_wanted(cfg):
         return None
     store_runner: StoreRunner = runner if runner is not None else InlineRunner()
     hostname = socket.gethostname() or "localhost"

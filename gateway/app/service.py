@@ -26,6 +26,7 @@ from gateway.access.households import SHARED_PREFIX, shared_owner
 from gateway.access.quota import DeliveryQuotaGuard, Quotas
 from gateway.app import config as configmod
 from gateway.app.config.listeners import served_listeners
+from gateway.app.config.sending import relay_wanted
 from gateway.app.reloading import (
     SighupReload,
     add_reload_hook,
@@ -183,12 +184,6 @@ def build_service(
 
     from gateway.imap.factory import IMAPServerFactory
     from gateway.imap.policy import IMAPLimits
-    from gateway.oauth.refresh import TokenSource
-    from gateway.oauth.tokenfile import token_path
-    from gateway.pop3.credentials import with_oauth_token
-    from gateway.pop3.fetcher import fetch_once
-    from gateway.pop3.notifier import FailureNotifier
-    from gateway.pop3.poller import UpstreamPoller
     from gateway.store.runner import runner_for
 
     top = GatewayService(reactor)
@@ -230,7 +225,7 @@ def build_service(
         known_sources = KnownSourcesOffReactor(store, store_runner)
         known_sources.load(list(cfg.users))
     server_tls, penalty = _security_parts(cfg, reactor, known_sources)
-    pollers: dict[str, UpstreamPoller] = {}
+    pollers: dict[str, Any] = {}
     quotas = Quotas(quota_limits(cfg))
     # The fetcher's ledger: each owner's Sieve script routes the message (issue 16), then
     # the quota guard (over quota: held upstream), then the store.
@@ -241,37 +236,20 @@ def build_service(
         addresses={u.name: upstream_address(u.username) for u in cfg.upstreams},
         clock=reactor.seconds,
     )
-    # Where the fetcher's store calls run: SQLite inline, PostgreSQL on the store's
-    # threads (gateway/store/runner.py).
-    fetch_with_runner = functools.partial(
-        fetch_once, runner=runner_for(delivery_store, store_threads)
-    )
-    token_sources: dict[str, TokenSource] = {}  # shared with the SMTP relay (XOAUTH2)
-    ownership = ownership_factory(cfg, store, store_threads, reactor)
-    for upstream in cfg.upstreams:
-        fetch = fetch_with_runner
-        if upstream.auth == "oauth2" and upstream.oauth2 is not None:
-            # The access token is read (and refreshed) before each pass; a new sign-in
-            # with `popgate oauth login` is picked up from the token file, no restart.
-            tokens = TokenSource(
-                upstream.name,
-                upstream.oauth2,
-                token_path(cfg.state_dir, upstream.name),
-                reactor=reactor,
-            )
-            fetch = with_oauth_token(fetch_with_runner, tokens)
-            token_sources[upstream.name] = tokens
-        # Notices go to the raw store: an over-quota owner still learns that fetching broke.
-        notifier = FailureNotifier(upstream, store, cfg.state_dir, runner=store_runner)
-        poller = UpstreamPoller(
-            upstream,
-            delivery_store,
-            reactor=reactor,
-            fetch=metrics.wrap_fetch(fetch),
-            notifier=notifier,
-            ownership=ownership(upstream.name),
+    token_sources: dict[str, Any] = {}  # shared with the SMTP relay (XOAUTH2)
+    if cfg.upstreams:
+        _add_pollers(
+            cfg,
+            reactor,
+            pollers,
+            token_sources,
+            store=store,
+            delivery_store=delivery_store,
+            fetch_runner=runner_for(delivery_store, store_threads),
+            store_runner=store_runner,
+            wrap_fetch=metrics.wrap_fetch,
+            ownership=ownership_factory(cfg, store, store_threads, reactor),
         )
-        pollers[upstream.name] = poller
 
     def on_activity(user: str, mailbox: str) -> None:
         """Fetch on demand: a client looking at a mailbox an upstream delivers into
@@ -324,23 +302,26 @@ def build_service(
     top.control = control  # type: ignore[attr-defined]
     _serve_metrics(top, cfg, reactor, metrics, factory, pollers, store)
     _serve_status(top, cfg, reactor, factory, pollers, store)
-    # Sending mail (issue 15): the submission relay, its queue, Sent copies and bounces.
-    from gateway.app.sending import build_sending
+    # Sending mail (issue 15): the submission relay, its queue, Sent copies and bounces;
+    # its modules are imported only when the config has something to send with.
+    top.sending = None  # type: ignore[attr-defined]
+    if relay_wanted(cfg):
+        from gateway.app.sending import build_sending
 
-    top.sending = build_sending(  # type: ignore[attr-defined]
-        top,
-        cfg,
-        reactor,
-        store=store,
-        authenticator=authenticator,
-        run_blocking=run_blocking,
-        penalty=penalty,
-        server_tls=server_tls,
-        imap_factory=factory,
-        token_sources=token_sources,
-        sieve_delivery=delivery_store,
-        runner=store_runner,
-    )
+        top.sending = build_sending(  # type: ignore[attr-defined]
+            top,
+            cfg,
+            reactor,
+            store=store,
+            authenticator=authenticator,
+            run_blocking=run_blocking,
+            penalty=penalty,
+            server_tls=server_tls,
+            imap_factory=factory,
+            token_sources=token_sources,
+            sieve_delivery=delivery_store,
+            runner=store_runner,
+        )
     top.status.sending = top.sending  # type: ignore[attr-defined]
     top.metrics.sending = top.sending  # type: ignore[attr-defined]
 
@@ -385,6 +366,59 @@ def build_service(
     return top
 
 
+def _add_pollers(
+    cfg: configmod.Config,
+    reactor: Any,
+    pollers: dict[str, Any],
+    token_sources: dict[str, Any],
+    *,
+    store: Any,
+    delivery_store: Any,
+    fetch_runner: Any,
+    store_runner: Any,
+    wrap_fetch: Callable[[Any], Any],
+    ownership: Callable[[str], Any],
+) -> None:
+    """One poller per upstream into ``pollers``, and the OAuth token source of each
+    ``auth = "oauth2"`` upstream into ``token_sources``. The POP3 client is imported only
+    for a config with upstreams, OAuth (and treq's twisted.web client) only for one with
+    an OAuth upstream (issue 19, start-up)."""
+    from gateway.pop3.fetcher import fetch_once
+    from gateway.pop3.notifier import FailureNotifier
+    from gateway.pop3.poller import UpstreamPoller
+
+    # Where the fetcher's store calls run: SQLite inline, PostgreSQL on the store's
+    # threads (gateway/store/runner.py).
+    fetch_with_runner = functools.partial(fetch_once, runner=fetch_runner)
+    for upstream in cfg.upstreams:
+        fetch = fetch_with_runner
+        if upstream.auth == "oauth2" and upstream.oauth2 is not None:
+            from gateway.oauth.refresh import TokenSource
+            from gateway.oauth.tokenfile import token_path
+            from gateway.pop3.credentials import with_oauth_token
+
+            # The access token is read (and refreshed) before each pass; a new sign-in
+            # with `popgate oauth login` is picked up from the token file, no restart.
+            tokens = TokenSource(
+                upstream.name,
+                upstream.oauth2,
+                token_path(cfg.state_dir, upstream.name),
+                reactor=reactor,
+            )
+            fetch = with_oauth_token(fetch_with_runner, tokens)
+            token_sources[upstream.name] = tokens
+        # Notices go to the raw store: an over-quota owner still learns that fetching broke.
+        notifier = FailureNotifier(upstream, store, cfg.state_dir, runner=store_runner)
+        pollers[upstream.name] = UpstreamPoller(
+            upstream,
+            delivery_store,
+            reactor=reactor,
+            fetch=wrap_fetch(fetch),
+            notifier=notifier,
+            ownership=ownership(upstream.name),
+        )
+
+
 def _open_files_limit() -> int | None:
     """The soft limit on file descriptors: one per connection (README, "Limits")."""
     try:
@@ -395,7 +429,10 @@ def _open_files_limit() -> int | None:
         return None
 
 
+@functools.cache
 def _version() -> str:
+    """popgate's installed version, looked up once (the metrics and status both show it;
+    each ``importlib.metadata`` lookup scans every ``sys.path`` entry)."""
     try:
         from importlib.metadata import version
 
@@ -414,7 +451,7 @@ def _new_metrics(reactor: Any):
 def _serve_metrics(top, cfg, reactor, metrics, factory, pollers, store) -> None:
     """Count IMAP work and fetch passes always (cheap); serve /metrics only when
     ``[metrics] enabled`` (off by default, loopback by default)."""
-    from gateway.app.metrics import LagMonitor, metrics_site
+    from gateway.app.metrics import LagMonitor
 
     lag = LagMonitor(reactor=reactor)
     lag.setServiceParent(top)
@@ -424,6 +461,8 @@ def _serve_metrics(top, cfg, reactor, metrics, factory, pollers, store) -> None:
     )
     top.metrics = metrics  # type: ignore[attr-defined]
     if cfg.metrics.enabled:
+        from gateway.app.metrics_http import metrics_site  # twisted.web: only when served
+
         site = metrics_site(metrics, reactor)
         strports.service(cfg.metrics.listen, site, reactor=reactor).setServiceParent(top)
         log.info("metrics.enabled", listen=cfg.metrics.listen)

@@ -25,18 +25,23 @@ refiling runs on the store's threads instead, a :data:`PROGRESS_EVERY` batch per
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet import defer, task
 
 from gateway.access.filtering import ScriptCache, check_script
-from gateway.access.refile import NoActiveScript, RefileReport, refile
 from gateway.app import config as configmod
 from gateway.app.control import ControlError
 from gateway.app.listening import listening_service
-from gateway.sieve import EXTENSIONS, MAX_REDIRECTS, SieveSyntaxError
 from gateway.store.interfaces import MailboxNotFound
+
+if TYPE_CHECKING:
+    from gateway.access.refile import RefileReport
+
+# The Sieve language (gateway.sieve) and the refiler are imported where they are used:
+# a gateway without ManageSieve listeners and without a "sieve-run" request never loads
+# them (issue 19, start-up).
 
 PROGRESS_EVERY = 100
 """Messages between two progress lines of "sieve-run"."""
@@ -64,6 +69,7 @@ def add_managesieve(
         ManageSieveFactory,
         ManageSieveLimits,
     )
+    from gateway.sieve import EXTENSIONS, MAX_REDIRECTS
 
     limits = ManageSieveLimits(
         prelogin_timeout=cfg.limits.prelogin_timeout,
@@ -105,6 +111,9 @@ def owner_can_send(cfg: configmod.Config) -> Callable[[str], bool]:
 
 def _control_error(error: Exception, owner: str, mailbox: str) -> Exception:
     """What the control client is told about a refile that could not run."""
+    from gateway.access.refile import NoActiveScript
+    from gateway.sieve import SieveSyntaxError
+
     if isinstance(error, NoActiveScript):
         return ControlError(str(error))
     if isinstance(error, MailboxNotFound):
@@ -133,6 +142,7 @@ def refile_off_reactor(
 ) -> defer.Deferred[dict[str, Any]]:
     """The refile's steps on the store's threads, a progress point per call, the progress
     lines sent from the reactor thread; fires with the last report as a dict."""
+    from gateway.access.refile import RefileReport
 
     async def run() -> dict[str, Any]:
         last = RefileReport()
@@ -160,6 +170,9 @@ def sieve_run_handler(
     def handle(
         request: dict[str, Any], progress: Callable[[dict[str, Any]], None]
     ) -> defer.Deferred[dict[str, Any]]:
+        from gateway.access.refile import NoActiveScript, RefileReport, refile
+        from gateway.sieve import SieveSyntaxError
+
         owner, mailbox = request.get("owner"), request.get("mailbox", "INBOX")
         if not isinstance(owner, str) or not owner or not isinstance(mailbox, str):
             raise ControlError('"owner" and "mailbox" must be names')

@@ -13,7 +13,7 @@ restarts and ``popgate backup`` carries it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from twisted.application import service
@@ -28,7 +28,9 @@ from gateway.store.memory_timeseries import MemoryTimeSeries
 from gateway.store.sqlite_timeseries import SQLiteTimeSeries
 from gateway.store.timeseries import TimeSeries
 from gateway.web.history import HistoryRecorder
-from gateway.web.resource import WebServices, web_site
+
+if TYPE_CHECKING:
+    from gateway.web.resource import WebServices
 
 log = structlog.get_logger(__name__)
 
@@ -159,6 +161,8 @@ def serve_web(
     top.history = recorder  # type: ignore[attr-defined]
     if not cfg.web:
         return None
+    from gateway.web.resource import WebServices, web_site  # the page: only when served
+
     admins = Admins(cfg.admins)
     add_reload_hook(top, "admins", admins.reload)
     services = WebServices(

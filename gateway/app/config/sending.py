@@ -26,6 +26,13 @@ SENDING_KEYS = ("addresses", "smtp")
 """Keys of an ``[[upstreams]]`` table read here rather than by ``upstreams.py``."""
 
 
+def relay_wanted(cfg: Any) -> bool:
+    """Whether the gateway runs the submission relay (and imports its modules): when
+    something can submit or send, a ``[server] submission`` listener or an upstream with
+    ``[upstreams.smtp]``. ``cfg`` is a :class:`~gateway.app.config.Config`."""
+    return bool(cfg.submission.listeners) or any(s.smtp is not None for s in cfg.sending)
+
+
 def parse_submission(top: Reader, listeners: tuple[Listener, ...]) -> SubmissionSettings:
     """``[submission]``: the bounds of the submission server and the queue lifetime."""
     table = top.get("submission", dict, {}) or {}
