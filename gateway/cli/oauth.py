@@ -21,9 +21,7 @@ from twisted.internet import defer
 
 from gateway.app import config as configmod
 from gateway.cli.common import DEFAULT_CONFIG
-from gateway.oauth.device import device_login
 from gateway.oauth.grant import DeviceAuthorization, OAuthError
-from gateway.oauth.http import FormPoster
 from gateway.oauth.tokenfile import (
     TokenFileError,
     TokenSet,
@@ -85,6 +83,11 @@ def login_flow(
 ) -> defer.Deferred[TokenSet]:
     """The device login for ``upstream``, printing the code to ``out`` and saving the
     tokens in ``path``; fires with them (used by :func:`cmd_login` and by tests)."""
+    # The HTTP client (twisted.web's) and the device grant only for a login: every
+    # `popgate` command imports this module to build its parser (issue 19, start-up).
+    from gateway.oauth.device import device_login
+    from gateway.oauth.http import FormPoster
+
     settings = upstream.oauth2
     if poster is None:
         poster = FormPoster(reactor, ca_file=settings.ca_file)
