@@ -403,3 +403,20 @@ def test_a_real_imap_connection_moves_the_connection_command_and_auth_counters(t
     assert samples[("popgate_imap_sessions", (("state", "selected"),))] == 1
     count = samples[("popgate_imap_command_duration_seconds_count", (("command", "SELECT"),))]
     assert count == 1
+
+
+def test_a_version_given_as_a_callable_is_asked_at_the_first_scrape_only():
+    """The service passes its importlib.metadata lookup, not its result (issue 19: that
+    lookup is start-up time serving IMAP does not need)."""
+    asked = []
+
+    def version() -> str:
+        asked.append(1)
+        return "7.7"
+
+    m = GatewayMetrics(reactor=task.Clock(), known_commands=COMMANDS, version=version)
+    assert asked == []
+    for _ in range(2):
+        samples = parse_exposition(m.render().decode())
+        assert samples[("popgate_build_info", (("version", "7.7"),))] == 1
+    assert asked == [1]

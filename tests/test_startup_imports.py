@@ -92,6 +92,8 @@ def test_a_gateway_without_features_imports_none_of_their_modules(tmp_path):
     modules = _modules_after_build(tmp_path, _config(tmp_path))
     assert "gateway.imap.server" in modules  # it did build the IMAP server
     assert _present(modules) == {}
+    # popgate's version (metrics, status) is looked up at the first scrape or status
+    assert "importlib.metadata" not in modules
 
 
 def test_an_upstream_brings_the_pop3_side_but_not_oauth(tmp_path):

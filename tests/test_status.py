@@ -267,3 +267,17 @@ def test_status_shows_each_users_folders_with_counts_and_sizes(tmp_path):
     assert {f["mailbox"] for f in alice["mailboxes"]} >= {"INBOX", "Sent", "Trash"}
     text = render(status)
     assert "USER" in text and "alice" in text and "INBOX 2" in text
+
+
+def test_a_version_given_as_a_callable_is_asked_at_the_first_status_only(tmp_path):
+    asked = []
+
+    def version() -> str:
+        asked.append(1)
+        return "4.5.6"
+
+    status = source(task.Clock(), tmp_path, version=version)
+    assert asked == []
+    assert status.collect()["version"] == "4.5.6"
+    assert status.collect()["version"] == "4.5.6"
+    assert asked == [1]

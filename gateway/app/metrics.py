@@ -178,10 +178,10 @@ class GatewayMetrics:
         *,
         reactor: Any,
         known_commands: Iterable[str] = (),
-        version: str = "unknown",
+        version: str | Callable[[], str] = "unknown",
     ) -> None:
         self.reactor = reactor
-        self.version = version
+        self._version = version
         self.known_commands = frozenset(known_commands)
         self.started_at = reactor.seconds()
         self.factory: Any = None
@@ -247,6 +247,15 @@ class GatewayMetrics:
             ("upstream",),
         )
         self.registry.register(GatewayCollector(self))
+
+    @property
+    def version(self) -> str:
+        """popgate's version for ``popgate_build_info``. Given as a callable, it is asked
+        at the first scrape: the service's lookup (``importlib.metadata``) is start-up
+        time that serving IMAP does not need (issue 19)."""
+        if callable(self._version):
+            self._version = self._version()
+        return self._version
 
     # -- wiring --
 

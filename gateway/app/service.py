@@ -445,7 +445,7 @@ def _new_metrics(reactor: Any):
     from gateway.app.metrics import GatewayMetrics
     from gateway.imap.states import COMMANDS
 
-    return GatewayMetrics(reactor=reactor, known_commands=COMMANDS, version=_version())
+    return GatewayMetrics(reactor=reactor, known_commands=COMMANDS, version=_version)
 
 
 def _serve_metrics(top, cfg, reactor, metrics, factory, pollers, store) -> None:
@@ -491,7 +491,7 @@ def _serve_status(top, cfg, reactor, factory, pollers, store) -> None:
     control = control_service(top, cfg, reactor)
     source = StatusSource(
         reactor=reactor,
-        version=_version(),
+        version=_version,
         config_path=cfg.path,
         state_dir=cfg.state_dir,
         served_listeners=[(s.kind, s.endpoint) for s in served_listeners(cfg)],

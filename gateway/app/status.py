@@ -39,8 +39,6 @@ from typing import Any
 
 from gateway.app.metrics import file_size
 from gateway.core.display import printable_tree
-from gateway.oauth.tokenfile import TokenFileError, load_tokens, token_path
-from gateway.store.leases import leases_of
 from gateway.web.text import duration as _duration
 from gateway.web.text import size as _size
 
@@ -145,6 +143,8 @@ def lease_fields(lease: Mapping[str, Any] | None) -> dict[str, Any]:
 def oauth2_status(name: str, *, state_dir: str, config_path: str) -> dict[str, Any]:
     """An OAuth2 upstream's access-token expiry (None: not signed in, or the provider did
     not say) and the command that signs it in again."""
+    from gateway.oauth.tokenfile import TokenFileError, load_tokens, token_path
+
     try:
         tokens = load_tokens(token_path(state_dir, name))
     except (TokenFileError, OSError):
@@ -205,7 +205,7 @@ class StatusSource:
         self,
         *,
         reactor: Any,
-        version: str,
+        version: str | Callable[[], str],
         config_path: str,
         state_dir: str,
         imap_listeners: Iterable[str] = (),
@@ -229,7 +229,7 @@ class StatusSource:
         on a store thread and the rest of the status on the reactor."""
         self.owners = owners
         self.reactor = reactor
-        self.version = version
+        self._version = version
         self.config_path = config_path
         self.state_dir = state_dir
         if served_listeners is None:
@@ -245,6 +245,14 @@ class StatusSource:
         self.sending: Any = None
         """The submission relay's parts (gateway.app.sending.SendingParts) or None."""
 
+    @property
+    def version(self) -> str:
+        """popgate's version; given as a callable, asked at the first status (the
+        service's ``importlib.metadata`` lookup is not start-up work, issue 19)."""
+        if callable(self._version):
+            self._version = self._version()
+        return self._version
+
     def store_facts(self, names: list[str], owners: list[str]) -> dict[str, Any]:
         """What the status needs from the store (one call, on a store thread when the
         store does not run inline): each upstream's ledger, each owner's usage and the
@@ -253,6 +261,8 @@ class StatusSource:
         queue = self.sending.queue.status() if self.sending is not None else []
         if self.store is None:
             return {"ledger": {}, "users": [], "queue": queue, "leases": {}}
+        from gateway.store.leases import leases_of  # at a status request, not at start-up
+
         leases = leases_of(self.store)
         return {
             "ledger": {name: self.store.ledger_entries(name) for name in names},
