@@ -111,9 +111,11 @@ def profile_reactor_thread(reactor: Any) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from gateway.app.runner import pause_gc_for_startup, run_reactor_with
+
+    pause_gc_for_startup()  # as `popgate serve` (gateway/cli/serve.py)
     from gateway.app import config as configmod
     from gateway.app import logs
-    from gateway.app.runner import run_reactor_with
     from gateway.app.service import build_service
 
     cfg = configmod.load(args.config)

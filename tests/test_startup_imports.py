@@ -153,3 +153,26 @@ def test_each_feature_imports_its_modules_when_configured(tmp_path):
         if any(m not in modules for m in names)
     }
     assert missing == {}
+
+
+def test_the_collector_is_paused_for_start_up_and_frozen_objects_skipped_after():
+    """``popgate serve`` turns the cyclic collector off for start-up (~5% of its
+    instructions went to passes over objects that live as long as the process) and,
+    once the service has started, freezes them and turns it back on."""
+    import gc
+
+    from gateway.app import runner
+
+    assert gc.isenabled()
+    try:
+        runner.pause_gc_for_startup()
+        assert not gc.isenabled()
+        runner._resume_gc()
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > 0
+        frozen = gc.get_freeze_count()
+        runner._resume_gc()  # a second end of the pause changes nothing
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+        gc.enable()

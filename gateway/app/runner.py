@@ -6,9 +6,38 @@ start, report start-up failures and stop the same way.
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Callable
 from typing import Any
+
+_gc_paused = False
+
+
+def pause_gc_for_startup() -> None:
+    """Turn the cyclic garbage collector off until :func:`run_reactor_with` has started
+    the service; call it first thing in a command that serves.
+
+    Start-up creates ~100,000 objects that live as long as the process (modules,
+    classes, functions, the methods dataclasses generate) and almost no garbage; the
+    collector's passes over them while they were being made were ~5% of start-up's
+    instructions (callgrind, issue 19). Once the service has started they are frozen
+    (:func:`gc.freeze`: moved to the permanent generation) before the collector is
+    turned back on, so no later full collection walks them again either: one such pass
+    over a started gateway cost ~40 ms of CPU on the reactor thread, after the freeze
+    ~0. What start-up left as cyclic garbage (~1,700 objects) is frozen with them."""
+    global _gc_paused
+    gc.disable()
+    _gc_paused = True
+
+
+def _resume_gc() -> None:
+    """End :func:`pause_gc_for_startup`'s pause (nothing when there was none)."""
+    global _gc_paused
+    if _gc_paused:
+        _gc_paused = False
+        gc.freeze()
+        gc.enable()
 
 
 def run_reactor_with(build: Callable[[Any], Any]) -> int:
@@ -36,7 +65,11 @@ def run_reactor_with(build: Callable[[Any], Any]) -> int:
             reactor.stop()
             return
         reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)
+        _resume_gc()
 
     reactor.callWhenRunning(start)
-    reactor.run()
+    try:
+        reactor.run()
+    finally:
+        _resume_gc()
     return outcome["status"]

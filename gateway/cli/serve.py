@@ -12,13 +12,15 @@ from gateway.core.display import printable
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.app import logs
-    from gateway.app.runner import run_reactor_with
-    from gateway.app.service import build_service
+    from gateway.app.runner import pause_gc_for_startup, run_reactor_with
 
     cfg = load_config(args.config)
     if cfg is None:
         return 1
+    pause_gc_for_startup()  # until the service has started (gateway/app/runner.py)
+    from gateway.app import logs
+    from gateway.app.service import build_service
+
     logs.configure(cfg.log_level, cfg.log_format)
     return run_reactor_with(lambda reactor: build_service(cfg, reactor))
 
