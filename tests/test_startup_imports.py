@@ -94,6 +94,9 @@ def test_a_gateway_without_features_imports_none_of_their_modules(tmp_path):
     assert _present(modules) == {}
     # popgate's version (metrics, status) is looked up at the first scrape or status
     assert "importlib.metadata" not in modules
+    # the listeners are gateway.app.listening.HerdListener, not Twisted's
+    # StreamServerEndpointService, whose module builds ClientService's state machine
+    assert "twisted.application.internet" not in modules
 
 
 def test_an_upstream_brings_the_pop3_side_but_not_oauth(tmp_path):

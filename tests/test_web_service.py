@@ -71,10 +71,10 @@ def built(tmp_path: Path):
 
 def start_listeners(top) -> None:
     """Start the listening services alone (the memory reactor makes no control socket)."""
-    from twisted.application.internet import StreamServerEndpointService
+    from gateway.app.listening import HerdListener
 
     for child in top:
-        if isinstance(child, StreamServerEndpointService):
+        if isinstance(child, HerdListener):
             child.startService()
 
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import structlog
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
+from twisted.python import log as twisted_log
 
 from gateway.app.config.listeners import imap_listeners, split_endpoint
 
@@ -101,12 +101,60 @@ def accept_in_batches(port: Any) -> Any:
     return port
 
 
-class HerdListener(StreamServerEndpointService):
-    """A listening service whose port accepts in batches (:func:`accept_in_batches`)."""
+class HerdListener(service.Service):
+    """A listening service whose port accepts in batches (:func:`accept_in_batches`).
+
+    The life cycle is Twisted's ``StreamServerEndpointService``'s (listen at the
+    privileged start; a failure raises there when ``_raiseSynchronously``, else it is
+    logged; stopping cancels a listen in progress or stops the port), written here on
+    ``service.Service`` because importing ``twisted.application.internet`` for it also
+    builds ``ClientService``'s state machine (automat): ~25 ms of every start-up for a
+    class popgate never uses (issue 19, start-up)."""
+
+    _raiseSynchronously = False
+
+    def __init__(self, endpoint: Any, factory: Any) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self._waitingForPort: defer.Deferred[Any] | None = None
 
     def privilegedStartService(self) -> None:
-        super().privilegedStartService()
+        service.Service.privilegedStartService(self)
+        self._waitingForPort = self.endpoint.listen(self.factory)
+        raised_now = []
+
+        def handle(failure: Any) -> None:
+            if self._raiseSynchronously:
+                raised_now.append(failure)
+            elif not failure.check(defer.CancelledError):
+                twisted_log.err(failure)
+
+        self._waitingForPort.addErrback(handle)
+        if raised_now:
+            raised_now[0].raiseException()
+        self._raiseSynchronously = False
         self._waitingForPort.addCallback(accept_in_batches)
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        if self._waitingForPort is None:
+            self.privilegedStartService()
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Stop listening (or cancel the listen still in progress); fires when stopped."""
+        assert self._waitingForPort is not None
+        self._waitingForPort.cancel()
+
+        def stop_it(port: Any) -> Any:
+            if port is not None:
+                return port.stopListening()
+            return None
+
+        def stopped(passthrough: Any) -> Any:
+            self.running = False
+            return passthrough
+
+        return self._waitingForPort.addCallback(stop_it).addBoth(stopped)
 
 
 def listening_service(

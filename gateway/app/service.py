@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.internet import defer
 from twisted.python import usage
 
@@ -461,6 +461,8 @@ def _serve_metrics(top, cfg, reactor, metrics, factory, pollers, store) -> None:
     )
     top.metrics = metrics  # type: ignore[attr-defined]
     if cfg.metrics.enabled:
+        from twisted.application import strports
+
         from gateway.app.metrics_http import metrics_site  # twisted.web: only when served
 
         site = metrics_site(metrics, reactor)
