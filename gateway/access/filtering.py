@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from gateway.access.outbound import Outcome
 from gateway.store.interfaces import (
     Delivery,
     DuplicateRecord,
@@ -48,13 +47,13 @@ from gateway.store.interfaces import (
 from gateway.store.scripts import ScriptStore
 
 if TYPE_CHECKING:
-    from gateway.access.outbound import SieveOutbound
+    from gateway.access.outbound import Outcome, SieveOutbound
     from gateway.sieve import Envelope, Result, Script, SieveSyntaxError
 
-# The Sieve language (gateway.sieve: parser, validator, interpreter) is imported where a
-# script is compiled or run, not at import: the fetcher's ledger goes through
-# SieveDelivery always, but an owner without an active script never needs the language
-# (issue 19, start-up).
+# The Sieve language (gateway.sieve: parser, validator, interpreter) and the sending of
+# its actions (gateway.access.outbound) are imported where a script is compiled or run,
+# not at import: the fetcher's ledger goes through SieveDelivery always, but an owner
+# without an active script never needs them (issue 19, start-up).
 
 log = structlog.get_logger(__name__)
 
@@ -319,6 +318,7 @@ class SieveDelivery:
         env: StoreEnvironment,
     ) -> Outcome | None:
         """Queue items for the run's redirect/vacation actions (gateway/access/outbound.py)."""
+        from gateway.access.outbound import Outcome
         from gateway.sieve import Redirect, is_sending
 
         if not any(is_sending(a) for a in result.actions):
