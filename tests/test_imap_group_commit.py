@@ -286,37 +286,87 @@ def _file_pages(path: Path) -> int:
         return int.from_bytes(f.read(32)[28:32], "big")
 
 
-def test_deferred_writes_leave_the_checkpoint_to_sync_commits(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A write in ``deferred_sync`` turns SQLite's automatic checkpoint (a copy and two
-    fsyncs inside the commit, on the reactor) off and back on; ``sync_commits`` (on the
-    syncer's thread) checkpoints instead, at most every CHECKPOINT_INTERVAL, on a
-    connection of its own."""
+def test_with_auto_checkpoint_off_only_checkpoint_copies_the_wal_back(tmp_path: Path) -> None:
+    """``auto_checkpoint(False)`` (the syncer's start) stops commits, deferred or not,
+    from checkpointing (a copy and two fsyncs inside the commit, on the reactor); deferred
+    writes set no checkpoint PRAGMA of their own; ``checkpoint()`` copies the WAL back on
+    a connection of its own, and ``auto_checkpoint(True)`` restores SQLite's default."""
     path = tmp_path / "s.sqlite"
     store = SQLiteStore(path)
     try:
         store.ensure_user("alice")
         box = store.get_mailbox("alice", "INBOX")
+        store.auto_checkpoint(False)
+        assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
         statements: list[str] = []
         store.db.set_trace_callback(statements.append)
-        with store.deferred_sync():
-            for n in range(20):
-                store.append(box.id, b"Subject: %d\r\n\r\n" % n + b"x" * 50_000 + b"\r\n")
-        store.db.set_trace_callback(None)
-        assert statements.count("PRAGMA wal_autocheckpoint = 0") == 20
-        assert statements.count("PRAGMA wal_autocheckpoint = 1000") == 20
-        assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
         before = _file_pages(path)
-        store.sync_commits()  # the first one checkpoints
-        copied = _file_pages(path)
-        assert copied > before + 200  # 1 MB of messages went back into the file
-        calls: list[int] = []
-        monkeypatch.setattr(store, "_checkpoint", lambda: calls.append(1))
-        store.sync_commits()  # within CHECKPOINT_INTERVAL: fsync only
-        assert calls == []
-        monkeypatch.setattr(store, "_checkpointed_at", 0.0)
-        store.sync_commits()
-        assert calls == [1]
+        with store.deferred_sync():
+            for n in range(10):
+                store.append(box.id, b"Subject: %d\r\n\r\n" % n + b"x" * 50_000 + b"\r\n")
+        for n in range(10):  # 1,000+ pages in the WAL in all: no commit checkpointed
+            store.append(box.id, b"Subject: %d\r\n\r\n" % n + b"y" * 50_000 + b"\r\n")
+        store.db.set_trace_callback(None)
+        assert not any("wal_autocheckpoint" in s for s in statements)
+        assert _file_pages(path) == before
+        store.sync_commits()  # an fsync only
+        assert _file_pages(path) == before
+        store.checkpoint()
+        assert _file_pages(path) > before + 200  # 1 MB of messages went back into the file
+        store.auto_checkpoint(True)
+        assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
     finally:
         store.close()
+
+
+class HeldCheckpoint:
+    """Replaces the store's ``checkpoint``: each waits until the test releases it, and
+    records the thread it ran on."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.real = store.checkpoint
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.threads: list[int] = []
+        store.checkpoint = self  # type: ignore[method-assign]
+
+    def __call__(self) -> None:
+        self.threads.append(threading.get_ident())
+        self.started.set()
+        assert self.release.wait(RELEASE_WAIT), "the test never released the checkpoint"
+        self.real()
+
+
+def test_an_append_is_answered_while_a_checkpoint_runs(
+    server: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The syncer checkpoints on a thread of its own: a commit's fsync never queues
+    behind a checkpoint (it used to run after an fsync on the syncer's thread), and the
+    checkpoint runs neither on the reactor nor on the syncer's thread."""
+    syncer = server.factory.commit_syncer
+    assert syncer is not None
+    pages = server.call(lambda: server.store.db.execute("PRAGMA wal_autocheckpoint").fetchone())  # type: ignore[attr-defined]
+    assert pages[0] == 0  # the syncer's start turned the commits' own checkpoints off
+    held = HeldCheckpoint(server.store)  # type: ignore[arg-type]
+    fsync_threads: list[int] = []
+    real_sync = server.store.sync_commits  # type: ignore[attr-defined]
+
+    def sync() -> None:
+        fsync_threads.append(threading.get_ident())
+        real_sync()
+
+    monkeypatch.setattr(server.store, "sync_commits", sync)
+    assert held.started.wait(RELEASE_WAIT)  # the checkpoint came by itself, and is held
+    writer = client(server)
+    reply = writer.command("A", "APPEND INBOX {11+}\r\nSubject: 1\r\n")
+    assert b"A OK [APPENDUID " in reply  # while the checkpoint is still held
+    assert syncer.synced == server.store.commit_seq  # type: ignore[attr-defined]
+    assert syncer.checkpoints == 0
+    held.release.set()
+    deadline = time.monotonic() + RELEASE_WAIT
+    while syncer.checkpoints == 0:
+        assert time.monotonic() < deadline, "the checkpoint never finished"
+        time.sleep(0.01)
+    reactor_thread = server.call(threading.get_ident)
+    assert held.threads[0] not in fsync_threads
+    assert reactor_thread not in held.threads and reactor_thread not in fsync_threads

@@ -38,6 +38,11 @@ fsynced). So a power loss within those 50 ms can undo a flag change the client
 was told about, never lose a message: APPEND, COPY/MOVE and EXPUNGE, and mailbox
 changes, still wait for an fsync that covers them, and every fsync of the WAL covers
 every commit before it. ``flag_fsync = "always"`` makes flag changes wait as well.
+
+Checkpoints (copying the WAL back into the database file, two more fsyncs) run on a
+thread of their own, every :data:`CHECKPOINT_INTERVAL`, while the syncer runs: never on
+the reactor, and never on the syncer's thread, where an APPEND's fsync used to wait
+behind a checkpoint's (issue 19, bench/README.md "APPEND's tail, session 4").
 """
 
 from __future__ import annotations
@@ -66,6 +71,11 @@ kernel's writeback (~30 s), yet one fsync for a burst of STOREs rather than one 
 so the fsyncs that APPENDs wait for seldom queue behind a flush nobody waits for."""
 
 
+CHECKPOINT_INTERVAL = 1.0
+"""Seconds between the checkpoints :class:`CommitSyncer` runs on its checkpoint thread:
+at the mix's write rate the WAL then stays around SQLite's own 1,000-page threshold."""
+
+
 class WaitDurable:
     """What a command waits on while its commit's fsync runs (the protocol's own wait,
     never yielded by a handler)."""
@@ -78,7 +88,9 @@ class CommitSyncer:
     ``store`` is the inline backend (:class:`~gateway.store.interfaces.DeferredSync`);
     the factory starts the syncer with the listeners and stops it after them.
     ``lazy_flags`` (``flag_fsync = "optimized"``): flag-only commits are not waited for,
-    only flushed within :data:`LAZY_SYNC_DELAY` (module docstring).
+    only flushed within :data:`LAZY_SYNC_DELAY` (module docstring). While started, the
+    store's commits do not checkpoint; a second private thread does, every
+    :data:`CHECKPOINT_INTERVAL`, beside the fsyncs rather than between them.
     """
 
     def __init__(self, reactor: Any, store: DeferredSync, *, lazy_flags: bool = True) -> None:
@@ -97,6 +109,11 @@ class CommitSyncer:
         self._pool = ThreadPool(minthreads=0, maxthreads=1, name="imap-commit-sync")
         self._started = False
         self._stopped = False
+        self.checkpoints = 0
+        """Checkpoints run so far (on :attr:`_checkpoints`' thread)."""
+        self._checkpoints = ThreadPool(minthreads=0, maxthreads=1, name="imap-checkpoint")
+        self._checkpoints_started = False
+        self._checkpoint_call: Any = None
 
     @property
     def seq(self) -> int:
@@ -140,21 +157,58 @@ class CommitSyncer:
 
     def start(self) -> None:
         """Run fsyncs on the thread again (the factory started; the thread itself starts
-        with the first fsync)."""
+        with the first fsync), and checkpoints on the other: the store's commits stop
+        checkpointing themselves."""
         self._stopped = False
+        self.store.auto_checkpoint(False)
+        self._schedule_checkpoint()
 
     def stop(self) -> None:
-        """Stop the thread (after the fsync in progress, if any); later fsyncs run inline.
-        Flag-only commits not yet flushed are flushed now."""
+        """Stop the threads (after the fsync and the checkpoint in progress, if any);
+        later fsyncs run inline, and the store's commits checkpoint again. Flag-only
+        commits not yet flushed are flushed now."""
         self._stopped = True
-        call, self._lazy_call = self._lazy_call, None
-        if call is not None and call.active():
-            call.cancel()
+        for name in ("_lazy_call", "_checkpoint_call"):
+            call = getattr(self, name)
+            setattr(self, name, None)
+            if call is not None and call.active():
+                call.cancel()
         if not self._running and self.store.lazy_seq > self.lazy_synced:
             self._sync()
         if self._started:
             self._started = False
             self._pool.stop()
+        if self._checkpoints_started:
+            self._checkpoints_started = False
+            self._checkpoints.stop()
+        try:
+            self.store.auto_checkpoint(True)
+        except Exception:  # the store closed first: nothing left to checkpoint for
+            log.debug("imap.auto_checkpoint_not_restored")
+
+    def _schedule_checkpoint(self) -> None:
+        if self._checkpoint_call is None and not self._stopped:
+            self._checkpoint_call = self.reactor.callLater(
+                CHECKPOINT_INTERVAL, self._checkpoint_due
+            )
+
+    def _checkpoint_due(self) -> None:
+        """Checkpoint on the checkpoint thread (a PASSIVE one with nothing to copy costs
+        a statement and no fsync); the next is scheduled when this one is done."""
+        self._checkpoint_call = None
+        if self._stopped:
+            return
+        if not self._checkpoints_started:
+            self._checkpoints_started = True
+            self._checkpoints.start()
+        deferred = deferToThreadPool(self.reactor, self._checkpoints, self.store.checkpoint)
+        deferred.addBoth(self._checkpointed)
+
+    def _checkpointed(self, result: Any) -> None:
+        self.checkpoints += 1
+        if isinstance(result, Failure):  # checkpoint() logs its own errors; this is a bug
+            log.error("imap.checkpoint_failed", error=str(result.value))
+        self._schedule_checkpoint()
 
     def _sync(self) -> None:
         self._running = True

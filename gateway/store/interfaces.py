@@ -570,7 +570,9 @@ class DeferredSync(Protocol):
     (STORE, an implicit \\Seen, a \\Recent claim) advances :attr:`lazy_seq` instead of
     :attr:`commit_seq`: the caller may answer it before the fsync (the IMAP server's
     ``flag_fsync = "optimized"``, as Dovecot's ``mail_fsync``); the next
-    :meth:`sync_commits` covers it all the same.
+    :meth:`sync_commits` covers it all the same. :meth:`checkpoint` (another thread's
+    job, never the reactor's nor :meth:`sync_commits`') keeps the log short while
+    ``auto_checkpoint(False)`` keeps commits from doing it themselves.
     """
 
     commit_seq: int
@@ -582,6 +584,10 @@ class DeferredSync(Protocol):
     def deferred_sync(self, *, lazy_flags: bool = False) -> AbstractContextManager[None]: ...
 
     def sync_commits(self) -> None: ...
+
+    def checkpoint(self) -> None: ...
+
+    def auto_checkpoint(self, on: bool) -> None: ...
 
 
 @runtime_checkable

@@ -27,15 +27,18 @@ changes) always counts in ``commit_seq``, and each fsync covers both classes: th
 is one file, written in commit order.
 
 Checkpoints: SQLite copies the WAL back into the database file (and fsyncs both) from
-inside the commit that takes the WAL past 1,000 pages, on whatever thread commits. For
-the writes in :meth:`~SQLiteConnection.deferred_sync` that is the reactor, where each
-checkpoint stalled every client for its fsyncs (issue 19: in a 15 s run of the
-50-client mix, 18 checkpoints, 64 fsyncs on the reactor thread, 151 ms in all and up to
-34 ms each at load ~10; strace). Those writes turn the automatic checkpoint off; :meth:`sync_commits`,
-already on its own thread, runs a PASSIVE checkpoint on a connection of its own at most
-every :data:`CHECKPOINT_INTERVAL` (PASSIVE waits for no reader or writer; the next
-writer starts the WAL over once everything was copied). Other writes (the fetcher, the
-CLI) keep SQLite's automatic checkpoint.
+inside the commit that takes the WAL past 1,000 pages, on whatever thread commits. In
+the server that was the reactor, where each checkpoint stalled every client for its
+fsyncs (issue 19: in a 15 s run of the 50-client mix, 18 checkpoints, 64 fsyncs on the
+reactor thread, 151 ms in all and up to 34 ms each at load ~10; strace). So while the
+IMAP server's :class:`~gateway.imap.durability.CommitSyncer` runs, it turns the automatic
+checkpoint off (:meth:`SQLiteConnection.auto_checkpoint`, one PRAGMA when it starts, not
+two per write) and runs :meth:`SQLiteConnection.checkpoint` (PASSIVE, on a connection of
+its own) on a thread of its own about once a second: neither on the reactor, nor on the
+syncer's thread, where a commit's fsync used to queue behind the checkpoint's two (up to
+100 ms at load ~4; strace, bench/README.md "APPEND's tail, session 4"). PASSIVE waits
+for no reader or writer; the next writer starts the WAL over once everything was copied.
+Without the syncer (the CLI, tests) SQLite's automatic checkpoint runs as before.
 """
 
 from __future__ import annotations
@@ -78,13 +81,8 @@ map goes, so a first import of 15,000 small messages held ~120 MiB of the file i
 and a 100,000-message one would have held the whole 256 MiB (issue 19)."""
 
 
-CHECKPOINT_INTERVAL = 1.0
-"""Seconds between the checkpoints :meth:`SQLiteConnection.sync_commits` runs off the
-reactor (module docstring): at the mix's write rate the WAL then stays around SQLite's own
-1,000-page threshold."""
-
 AUTOCHECKPOINT_PAGES = 1000
-"""SQLite's default ``wal_autocheckpoint``, restored after each deferred write."""
+"""SQLite's default ``wal_autocheckpoint``, restored by ``auto_checkpoint(True)``."""
 
 
 class SQLiteConnection(RowValues):
@@ -131,8 +129,7 @@ class SQLiteConnection(RowValues):
         self.lazy_seq = 0
         """Flag-only commits made inside ``deferred_sync(lazy_flags=True)`` so far: not
         in :attr:`commit_seq`, on disk with the next :meth:`sync_commits` all the same."""
-        self._checkpointer: sqlite3.Connection | None = None  # sync_commits' own
-        self._checkpointed_at = 0.0
+        self._checkpointer: sqlite3.Connection | None = None  # checkpoint()'s own
         self._conn: sqlite3.Connection | None = sqlite3.connect(
             str(self.path), isolation_level=None, check_same_thread=check_same_thread
         )
@@ -227,9 +224,8 @@ class SQLiteConnection(RowValues):
         changed: set[int] = set()
         deferred = self._deferring > 0
         if deferred:
-            # The fsync and the checkpoint are sync_commits', off this thread.
+            # The fsync is sync_commits', off this thread.
             conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA wal_autocheckpoint = 0")
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -241,7 +237,6 @@ class SQLiteConnection(RowValues):
                 raise
         finally:
             if deferred:
-                conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
                 conn.execute("PRAGMA synchronous = FULL")
         if deferred:
             if self._flag_write and self._lazy_flags:
@@ -281,12 +276,13 @@ class SQLiteConnection(RowValues):
             self._flag_write = before
 
     def sync_commits(self) -> None:
-        """Make every commit made so far durable: fsync the WAL file (on Linux an fsync
-        of any descriptor flushes the file's data); then, at most every
-        :data:`CHECKPOINT_INTERVAL`, checkpoint the WAL (module docstring). Touches no
-        state of this connection's (the checkpoint has a connection of its own), so it
-        may run on another thread while this connection goes on serving; one thread at
-        a time."""
+        """Make every commit made so far durable: ``fdatasync`` the WAL file (what
+        ``synchronous=FULL`` does inside each commit in WAL mode; on Linux a sync of any
+        descriptor flushes the file's data, and fdatasync also flushes a size change).
+        Nothing else: the checkpoint is :meth:`checkpoint`'s, on another thread, so a
+        commit's fsync never waits behind one. Touches no state of this connection's, so
+        it may run on another thread while this connection goes on serving; one thread
+        at a time."""
         if str(self.path) in ("", ":memory:"):
             return  # nothing on disk
         try:
@@ -294,18 +290,26 @@ class SQLiteConnection(RowValues):
         except FileNotFoundError:  # no WAL (nothing written since it was checkpointed away)
             fd = os.open(self.path, os.O_RDONLY)
         try:
-            os.fsync(fd)
+            os.fdatasync(fd)
         finally:
             os.close(fd)
-        now = time.monotonic()
-        if now - self._checkpointed_at >= CHECKPOINT_INTERVAL:
-            self._checkpointed_at = now
-            self._checkpoint()
 
-    def _checkpoint(self) -> None:
-        """A PASSIVE checkpoint on :meth:`sync_commits`' own connection: copies what no
-        reader still needs, waits for nobody; a failure is logged, never raised (the
-        commits are durable in the WAL either way, and the next one tries again)."""
+    def auto_checkpoint(self, on: bool) -> None:
+        """Whether this connection's commits checkpoint the WAL themselves (SQLite's
+        ``wal_autocheckpoint``, on by default): off while a thread runs :meth:`checkpoint`
+        instead (module docstring). Call it on the thread that uses the store."""
+        pages = AUTOCHECKPOINT_PAGES if on else 0
+        self.db.execute(f"PRAGMA wal_autocheckpoint = {pages}")
+
+    def checkpoint(self) -> None:
+        """A PASSIVE checkpoint on a connection of its own: copies what no reader still
+        needs, waits for nobody, fsyncs the WAL and the database file when it copied
+        something. A failure is logged, never raised (the commits are durable in the WAL
+        either way, and the next one tries again). May run on another thread while this
+        connection goes on serving (and while :meth:`sync_commits` runs on a third);
+        one thread at a time."""
+        if str(self.path) in ("", ":memory:"):
+            return
         try:
             if self._checkpointer is None:
                 self._checkpointer = sqlite3.connect(
