@@ -20,6 +20,7 @@ import pytest
 
 from gateway.store.errors import MailboxExists
 from gateway.store.sqlite import SQLiteStore
+from gateway.store.sqlite.connection import CHECKPOINT_PASSES
 from gateway.testing.imapclient import RawClient, ServerHandle, running_server
 
 HELD = 0.5
@@ -370,3 +371,69 @@ def test_an_append_is_answered_while_a_checkpoint_runs(
     reactor_thread = server.call(threading.get_ident)
     assert held.threads[0] not in fsync_threads
     assert reactor_thread not in held.threads and reactor_thread not in fsync_threads
+
+
+class ScriptedCheckpoints:
+    """Stands in for ``checkpoint()``'s own connection: answers each
+    ``PRAGMA wal_checkpoint(PASSIVE)`` with the next (busy, WAL frames, frames copied)."""
+
+    def __init__(self, answers: list[tuple[int, int, int]]) -> None:
+        self.answers = answers
+        self.passes = 0
+
+    def execute(self, sql: str) -> ScriptedCheckpoints:
+        assert sql == "PRAGMA wal_checkpoint(PASSIVE)"
+        self.passes += 1
+        return self
+
+    def fetchone(self) -> tuple[int, int, int]:
+        return self.answers[min(self.passes, len(self.answers)) - 1]
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("answers", "passes"),
+    [
+        ([(0, 900, 700)], 1),  # a reader needs the rest: the next checkpoint tries again
+        ([(0, 900, 900), (0, 900, 900)], 2),  # no commit since: the next one starts over
+        ([(0, 900, 900), (0, 930, 930), (0, 930, 930)], 3),  # one raced with the first pass
+        ([(0, 900, 900), (0, 12, 12)], 2),  # the WAL started over meanwhile
+        ([(0, 900 + n, 900 + n) for n in range(10)], CHECKPOINT_PASSES),  # never caught up
+    ],
+)
+def test_a_checkpoint_passes_again_until_no_commit_raced_with_it(
+    tmp_path: Path, answers: list[tuple[int, int, int]], passes: int
+) -> None:
+    """The WAL starts over only when a write begins with every frame copied back, so a
+    checkpoint that raced with commits copies again (at most CHECKPOINT_PASSES times)."""
+    store = SQLiteStore(tmp_path / "s.sqlite")
+    try:
+        scripted = ScriptedCheckpoints(answers)
+        store._checkpointer = scripted  # type: ignore[assignment]
+        store.checkpoint()
+        assert scripted.passes == passes
+    finally:
+        store.close()
+
+
+def test_after_a_checkpoint_the_next_write_starts_the_wal_over(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    store = SQLiteStore(path)
+    try:
+        store.ensure_user("alice")
+        box = store.get_mailbox("alice", "INBOX")
+        store.auto_checkpoint(False)
+        for n in range(10):
+            store.append(box.id, b"Subject: %d\r\n\r\n" % n + b"x" * 50_000 + b"\r\n")
+        store.checkpoint()
+        store.append(box.id, b"Subject: small\r\n\r\nbody\r\n")
+        other = sqlite3.connect(path)
+        try:
+            _busy, frames, _done = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            other.close()
+        assert frames < 100  # the small write's frames only: the WAL started over
+    finally:
+        store.close()
