@@ -1,8 +1,14 @@
-"""The list-view FETCH path (issue 19): a plan of stored items and whole-message
-``BODY[HEADER]`` / ``BODY[HEADER.FIELDS (...)]`` sections renders each message with one
-bytes format (``FetchPlan.head_template``, gateway/imap/fetch_items.py) and
-``top_header_cutter`` (gateway/message/sections.py); it must answer byte for byte what
-the general item loop answers, for any such request and message."""
+"""The list-view FETCH paths (issue 19); each must answer byte for byte what the general
+item loop answers, for any such request and message:
+
+* a plan of FLAGS, UID, MODSEQ, RFC822.SIZE and one whole-message
+  ``BODY.PEEK[HEADER.FIELDS (...)]`` (``FetchPlan.header_names``) reads the fields as the
+  store keeps them (``message_header_fields``, gateway/store/heads.py) and formats a
+  list of messages at once (gateway/imap/fetch_stored.py);
+* a plan of stored items and whole-message ``BODY[HEADER]`` / ``BODY[HEADER.FIELDS
+  (...)]`` sections renders each message with one bytes format
+  (``FetchPlan.head_template``, gateway/imap/fetch_items.py) and ``top_header_cutter``
+  (gateway/message/sections.py)."""
 
 from __future__ import annotations
 
@@ -28,6 +34,12 @@ MESSAGES = [
     f"From: e@example.com\r\nSubject: {LONG_SUBJECT}\r\n\r\nlong\r\n".encode(),
     b'From: f@example.com\r\nSubject: multi\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
     b"--b\r\nContent-Type: text/plain\r\n\r\none\r\n--b--\r\n",
+    "Subject: =?utf-8?q?x?= \u00e9t\u00e9 \u65e5\u672c\r\nfrom: g@example.com\r\n\r\n8-bit UTF-8\r\n".encode(),
+    b"sUbJeCt: cases\r\nDATE : Tue, 6 Feb 2024 10:11:12 +0000\r\nFrom:h@example.com\r\n\r\nx\r\n",
+    b"To: nobody@example.com\r\nX-Subject: not this one\r\n\r\nno wanted field\r\n",
+    b"Date: Tue, 6 Feb 2024 10:11:12 +0000\nFrom: bare@example.com\n\nbare LF\n",
+    b"Subject: first\r\nFrom: i@example.com\r\nSubject: second\r\n\tfolded\r\n\r\ntwo\r\n",
+    b"From: j@example.com\r\nSubject: large\r\n\r\n" + b"0123456789abcdef" * 2048,  # blob read
     *samplemail.generate(6, 3, size_profile="realistic"),
 ]
 
@@ -51,15 +63,26 @@ def harness(tmp_path: Path):
     h.close()
 
 
+def _per_message(plan: FetchPlan) -> FetchPlan:
+    """The plan without the store's kept fields: the head template's path, if any."""
+    return dataclasses.replace(plan, summary_picks=None, header_names=None)
+
+
 def _general(plan: FetchPlan) -> FetchPlan:
-    return dataclasses.replace(plan, head_template=None, head_steps=())
+    return dataclasses.replace(_per_message(plan), head_template=None, head_steps=())
 
 
-@pytest.mark.parametrize("items", REQUESTS)
-@pytest.mark.parametrize("verb", [b"FETCH 1:*", b"UID FETCH 2:*"])
-def test_the_list_view_path_answers_what_the_general_loop_answers(
-    harness: SessionDriver, monkeypatch: pytest.MonkeyPatch, verb: bytes, items: bytes
+STORE_PATH = {0, 1, 3}
+"""The REQUESTS that take the store's kept fields (the others have no HEADER.FIELDS, or
+an item a MessageHead does not hold)."""
+
+
+@pytest.mark.parametrize("index", range(len(REQUESTS)))
+@pytest.mark.parametrize("verb", [b"FETCH 1:*", b"UID FETCH 2:*", b"FETCH 2,4:5,9:*"])
+def test_the_list_view_paths_answer_what_the_general_loop_answers(
+    harness: SessionDriver, monkeypatch: pytest.MonkeyPatch, verb: bytes, index: int
 ) -> None:
+    items = REQUESTS[index]
     compiled = fetch_items.compile_plan
     plans: list[FetchPlan] = []
 
@@ -70,11 +93,28 @@ def test_the_list_view_path_answers_what_the_general_loop_answers(
     harness.run(b"w " + verb + b" " + items)  # a MODSEQ item turns CONDSTORE on: once, first
     monkeypatch.setattr(fetch_items, "compiled_plan", recording)
     fast = harness.run(b"a " + verb + b" " + items)
+    again = harness.run(b"a " + verb + b" " + items)  # the fields as the store kept them
     assert plans[-1].head_template is not None, "the list-view path was not taken"
-    monkeypatch.setattr(fetch_items, "compiled_plan", lambda *a, **k: _general(compiled(*a, **k)))
-    general = harness.run(b"a " + verb + b" " + items)
-    assert fast == general
+    assert (plans[-1].header_names is not None) == (index in STORE_PATH)
+    answers = [fast, again]
+    for strip in (_per_message, _general):
+        monkeypatch.setattr(
+            fetch_items, "compiled_plan", lambda *a, strip=strip, **k: strip(compiled(*a, **k))
+        )
+        answers.append(harness.run(b"a " + verb + b" " + items))
+    assert answers == [answers[-1]] * 4
     assert fast.endswith(b"a OK FETCH completed\r\n")
+
+
+def test_the_store_path_shows_flags_as_they_are_now(harness: SessionDriver) -> None:
+    """The fields are kept, the flags are not: a STORE between two list views shows."""
+    line = b"a FETCH 1:2 (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])"
+    first = harness.run(line)
+    harness.store.store_flags(harness.mailbox().id, [2], "+", ["$Later"])
+    second = harness.run(line)
+    assert b"* 2 FETCH (FLAGS (\\Recent) BODY[HEADER.FIELDS (SUBJECT)]" in first
+    assert b"* 2 FETCH (FLAGS (\\Recent $Later) BODY[HEADER.FIELDS (SUBJECT)]" in second
+    assert first.split(b"* 2 FETCH")[0] == second.split(b"* 2 FETCH")[0]
 
 
 def test_the_path_is_taken_only_for_whole_message_headers() -> None:

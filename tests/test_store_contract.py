@@ -41,6 +41,7 @@ from gateway.core.criteria import (
     Uid,
 )
 from gateway.message.analysis import analyze
+from gateway.message.sections import section
 from gateway.store.interfaces import (
     INBOX,
     ChangeNotifier,
@@ -905,6 +906,58 @@ def test_message_flags_are_message_info_cut_to_uid_flags_and_modseq(store: Store
     assert last.modseq == store.message_rows(box)[-1].modseq
     with pytest.raises(MailboxNotFound):
         store.message_flags(987654, [1])
+
+
+HEAD_MESSAGES = [
+    b"From: a@example.com\r\nSubject: plain\r\nDate: Mon, 5 Feb 2024 10:11:12 +0000\r\n\r\nHi\r\n",
+    b"Subject: folded\r\n  line\r\nFROM : b@example.com\r\nX-Date: no\r\n\r\nbody\r\n",
+    b"Subject: Stra\xdfe \xc3\xa9t\xc3\xa9\r\nfrom: c@example.com\r\n\r\n8-bit header\r\n",
+    b"From: d@example.com\r\nSubject: no body",
+    b"To: nobody@example.com\r\n\r\nno wanted field\r\n",
+    b"Date: Tue, 6 Feb 2024 10:11:12 +0000\nFrom: bare@example.com\n\nbare LF\n",
+]
+
+
+def test_message_header_fields_are_what_section_cuts(store: Store) -> None:
+    """A list view's read (issue 19): for the UIDs that exist, ascending, each once,
+    message_summaries' first four fields and BODY[HEADER.FIELDS (names)] exactly as
+    section() cuts it from message_bytes, folded, missing, differently cased and 8-bit
+    fields and a message without a body alike; asked again (the store may keep the cut
+    fields) the answer is the same, with flags as they are now; an unknown mailbox is
+    refused."""
+    box = inbox(store)
+    for raw in HEAD_MESSAGES:
+        store.append(box, raw, ["\\Answered"])
+    store.store_flags(box, [3], "+", ["\\Deleted"])
+    store.expunge(box, [3])
+    store.clear_recent(box, [2])
+
+    def expected(uids: list[int], names: tuple[str, ...]) -> list[tuple]:
+        return [
+            (
+                *(getattr(i, name) for name in ("uid", "flags", "modseq", "size")),
+                section(store.message_bytes(box, i.uid), i.parts, (), "HEADER.FIELDS", names),
+            )
+            for i in store.message_info(box, uids)
+        ]
+
+    names_asked = [("FROM", "SUBJECT", "DATE"), ("subject",), ("X-%S", "TO"), ("STRASSE",)]
+    for uids in ([6, 1, 77, 6, 1], [1, 2, 3, 4, 5, 6], [2, 4], [3], [], [77]):
+        for names in names_asked:
+            first = store.message_header_fields(box, uids, names)
+            assert first == expected(uids, names), (uids, names)
+            assert store.message_header_fields(box, uids, names) == first, (uids, names)
+    store.store_flags(box, [1], "+", ["$Work"])
+    (head,) = store.message_header_fields(box, [1], ("FROM", "SUBJECT", "DATE"))
+    assert head.flags == {"\\Answered", "\\Recent", "$Work"}
+    assert head.fields == (
+        b"From: a@example.com\r\nSubject: plain\r\nDate: Mon, 5 Feb 2024 10:11:12 +0000\r\n\r\n"
+    )
+    assert store.message_header_fields(box, [4], ("FROM",))[0].fields == (
+        b"From: d@example.com\r\n\r\n"
+    )
+    with pytest.raises(MailboxNotFound):
+        store.message_header_fields(987654, [1], ("FROM",))
 
 
 def test_message_bytes_batch_returns_existing_messages_byte_exact(store: Store) -> None:

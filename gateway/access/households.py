@@ -61,6 +61,7 @@ from gateway.store.interfaces import (
     MailboxNotAllowed,
     MailboxNotFound,
     MessageFlags,
+    MessageHead,
     MessageInfo,
     MessageRow,
     MessageSummary,
@@ -365,6 +366,18 @@ class UserStore:
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
     ) -> list[MessageFlags]:
         return self.base.message_flags(self._id(mailbox_id), uids, viewer=self._viewer(viewer))
+
+    def message_header_fields(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        names: tuple[str, ...],
+        *,
+        viewer: str | None = None,
+    ) -> list[MessageHead]:
+        return self.base.message_header_fields(
+            self._id(mailbox_id), uids, names, viewer=self._viewer(viewer)
+        )
 
     def append(
         self,

@@ -128,8 +128,12 @@ class FetchPlan:
     head_steps: tuple[tuple[int, Callable[[bytes, str], bytes] | None], ...] = ()
     """Per item of :attr:`head_template`: (index into ``(seq, FLAGS item, modseq,
     *info)``, None) for a stored item, (-1, cutter) for a header section."""
-    """:attr:`summary_picks` reads only UID, flags and modseq, the fields of a
-    :class:`~gateway.store.interfaces.MessageFlags` too (a flag resync's ``UID FLAGS``)."""
+    header_names: tuple[str, ...] | None = None
+    """For a plan of FLAGS, UID, MODSEQ, RFC822.SIZE and one whole-message
+    ``BODY.PEEK[HEADER.FIELDS (names)]`` (a client's list view): the names. Its messages
+    come from :meth:`~gateway.store.interfaces.Messages.message_header_fields`, and
+    :attr:`summary_picks` fill :attr:`template` from ``(seq, FLAGS item, *head,
+    len(head.fields))`` (gateway.imap.fetch_stored)."""
 
 
 _TEMPLATE_ITEMS: dict[int, tuple[bytes, str | None]] = {
@@ -252,6 +256,10 @@ def compile_plan(items: Iterable[FetchItem], uid_mode: bool, with_modseq: bool) 
         steps.append((MODSEQ, None))
     sections = [s for code, s in steps if code == SECTION and s is not None]
     template, picks, summary_picks = _template(steps)
+    header = _header_fields_template(steps) if len(sections) == 1 else None
+    header_names = None
+    if header is not None:
+        template, summary_picks, header_names = header
     head_template, head_steps = _head_template(steps) if sections else (None, ())
     return FetchPlan(
         steps=tuple(steps),
@@ -268,7 +276,52 @@ def compile_plan(items: Iterable[FetchItem], uid_mode: bool, with_modseq: bool) 
         and all(code in (FLAGS, UID, MODSEQ) for code, _ in steps),
         head_template=head_template,
         head_steps=head_steps,
+        header_names=header_names,
     )
+
+
+_HEAD_ROW_ITEMS: dict[int, tuple[bytes, int]] = {
+    FLAGS: (b"%s", 1),
+    UID: (b"UID %d", 2),
+    MODSEQ: (b"MODSEQ (%d)", 4),
+    RFC822_SIZE: (b"RFC822.SIZE %d", 5),
+}
+"""Items a :class:`~gateway.store.interfaces.MessageHead` fills, their frame and index in
+``(seq, FLAGS item, uid, flags, modseq, size, fields, len(fields))``."""
+
+
+def _header_fields_template(
+    steps: Sequence[tuple[int, Section | None]],
+) -> tuple[bytes, Callable[[tuple[Any, ...]], tuple[Any, ...]], tuple[str, ...]] | None:
+    """The template, its picks and the field names of a list view's plan
+    (:attr:`FetchPlan.header_names`), or None for any other plan."""
+    forms: list[bytes] = []
+    picks = [0]
+    names: tuple[str, ...] | None = None
+    for code, sec in steps:
+        if code in _HEAD_ROW_ITEMS:
+            form, index = _HEAD_ROW_ITEMS[code]
+            forms.append(form)
+            picks.append(index)
+            continue
+        if (
+            code != SECTION
+            or sec is None
+            or names is not None
+            or sec.seen  # BODY[...] sets \Seen: the general loop does that
+            or sec.binary
+            or sec.part
+            or sec.partial is not None
+            or sec.kind.upper() != "HEADER.FIELDS"
+        ):
+            return None
+        names = sec.fields
+        forms.append(sec.name.replace(b"%", b"%%") + b" {%d}\r\n%s")
+        picks += [7, 6]
+    if names is None:
+        return None
+    template = b"* %d FETCH (" + b" ".join(forms) + b")\r\n"
+    return template, operator.itemgetter(*picks), names
 
 
 def _head_template(

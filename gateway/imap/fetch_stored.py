@@ -11,7 +11,13 @@ statement, so the database produces rows while this module formats the ones it h
 sequence numbers come from the view a list at a time, each distinct flag set's
 ``FLAGS (...)`` is formatted once per command, and the responses of a list are one ``%``
 format of the template repeated (issue 19). A plan of UID, FLAGS and MODSEQ only (a flag
-resync) reads :meth:`~gateway.store.interfaces.Messages.message_flags` instead.
+resync) reads :meth:`~gateway.store.interfaces.Messages.message_flags` instead, and a
+client's list view (those items, RFC822.SIZE and one whole-message
+``BODY.PEEK[HEADER.FIELDS (...)]``, :attr:`FetchPlan.header_names
+<gateway.imap.fetch_items.FetchPlan>`) reads
+:meth:`~gateway.store.interfaces.Messages.message_header_fields`, the fields as the store
+keeps them once cut (:mod:`gateway.store.heads`): no message bytes read and no header
+searched per message.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.core.flags import RECENT
 from gateway.imap.fetch_items import FetchPlan, flags_item
-from gateway.store.interfaces import MessageFlags, MessageSummary
+from gateway.store.interfaces import MessageFlags, MessageHead, MessageSummary
 
 if TYPE_CHECKING:
     from gateway.imap.handler import SelectedView
@@ -52,6 +58,7 @@ def fetch_stored(
     assert template is not None and picks is not None
     mailbox_id = view.mailbox.id
     has_flags = plan.has_flags
+    sized = plan.header_names is not None  # a list view's literal takes its length
     # Stored flag set -> its FLAGS item as shown. A message this session does not show
     # as \Recent shows its stored flags without \Recent (RFC 3501 §2.3.2: the bit
     # belongs to the session that was told of it), whatever its UID.
@@ -64,7 +71,7 @@ def fetch_stored(
         lines: list[bytes] = []
         append = lines.append
         found = 0
-        with closing(_read(store, mailbox_id, batch, plan.flags_only)) as chunks:
+        with closing(_read(store, mailbox_id, batch, plan)) as chunks:
             for chunk in chunks:
                 found += len(chunk)
                 rows = chunk
@@ -79,7 +86,7 @@ def fetch_stored(
                 extend = values.extend
                 if not has_flags:
                     for seq, row in zip(seqs, rows, strict=True):
-                        extend(picks((seq, b"", *row)))
+                        extend(picks((seq, b"", *row, len(row[4])) if sized else (seq, b"", *row)))
                 else:
                     for seq, row in zip(seqs, rows, strict=True):
                         flags = row[1]
@@ -91,7 +98,9 @@ def fetch_stored(
                                 item = items[flags] = flags_item(
                                     flags - _RECENT if RECENT in flags else flags
                                 )
-                        extend(picks((seq, item, *row)))
+                        extend(
+                            picks((seq, item, *row, len(row[4])) if sized else (seq, item, *row))
+                        )
                     _note_changes(view, rows)
                 append((template * len(rows)) % tuple(values))
         if found != len(batch):
@@ -102,11 +111,13 @@ def fetch_stored(
 
 
 def _read(
-    store: Store, mailbox_id: int, uids: Sequence[int], flags_only: bool
-) -> Iterator[list[MessageSummary]] | Iterator[list[MessageFlags]]:
+    store: Store, mailbox_id: int, uids: Sequence[int], plan: FetchPlan
+) -> Iterator[list[MessageSummary]] | Iterator[list[MessageFlags]] | Iterator[list[MessageHead]]:
     """One batch's rows from the store, in the lists it hands them out in."""
-    if flags_only:  # UID FLAGS (and MODSEQ) alone: the per-mailbox rows, no join
+    if plan.flags_only:  # UID FLAGS (and MODSEQ) alone: the per-mailbox rows, no join
         yield store.message_flags(mailbox_id, uids)
+    elif plan.header_names is not None:  # a list view: the fields as the store keeps them
+        yield store.message_header_fields(mailbox_id, uids, plan.header_names)
     else:
         yield from store.message_summary_chunks(mailbox_id, uids)
 

@@ -202,7 +202,7 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
             if gone:
                 yield b"* VANISHED (EARLIER) " + wire.sequence_set_text(gone) + b"\r\n"
 
-    if plan.summary_picks is not None:  # stored items only (issue 19)
+    if plan.summary_picks is not None:  # stored items only, or a list view (issue 19)
         inline = getattr(store, "runs_inline", True)
         batch = INFO_BATCH if inline else STORED_BATCH_THREADED
         missing = yield from fetch_stored(store, view, plan, uids, changedsince, batch)

@@ -149,6 +149,14 @@ def top_header_cutter(kind: str, fields: tuple[str, ...]) -> Callable[[bytes, st
     return header_fields
 
 
+def header_span(parts: str) -> int | None:
+    """Octets from the start of a message that every whole-message header section needs
+    (its header section and the empty line after it), from the root offsets of its part
+    map; None when the map does not start with them (then read the whole message)."""
+    head = _ROOT_OFFSETS.match(parts)
+    return None if head is None else int(head.group(3))
+
+
 def _scanned_header_fields(raw: bytes, message: list, names: tuple[str, ...], keep: bool) -> bytes:
     """:func:`_header_fields` by scanning the header field by field (the definition)."""
     wanted = {n.upper() for n in names}

@@ -98,6 +98,7 @@ from gateway.store.records import (
     Mailbox,
     MailboxCounts,
     MessageFlags,
+    MessageHead,
     MessageInfo,
     MessageRow,
     MessageSummary,
@@ -134,6 +135,7 @@ __all__ = [
     "Mailboxes",
     "MessageInfo",
     "MessageFlags",
+    "MessageHead",
     "MessageRow",
     "MessageSummary",
     "MessageTooLarge",
@@ -361,6 +363,20 @@ class Messages(Protocol):
         """What :meth:`message_info` gives for the same UIDs, cut to UID, flags and
         modseq: the read of ``FETCH (UID FLAGS)``, without the message's own columns.
         Raises MailboxNotFound."""
+
+    def message_header_fields(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        names: tuple[str, ...],
+        *,
+        viewer: str | None = None,
+    ) -> list[MessageHead]:
+        """For those UIDs that still exist, ascending: :meth:`message_summaries`' first
+        four fields and ``BODY[HEADER.FIELDS (names)]`` of the whole message, exactly as
+        :func:`gateway.message.sections.section` cuts it from the stored bytes (a list
+        view's FETCH). A (mailbox, UID) names the same bytes for ever, so a store may keep
+        what it cut (:mod:`gateway.store.heads`). Raises MailboxNotFound."""
 
     def message_bytes(self, mailbox_id: int, uid: int) -> bytes:
         """The message exactly as received. Raises KeyError if expunged."""

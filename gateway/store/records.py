@@ -95,6 +95,20 @@ class MessageFlags(NamedTuple):
     modseq: int
 
 
+class MessageHead(NamedTuple):
+    """What a client's list view asks of a message: ``FETCH n:m (UID FLAGS RFC822.SIZE
+    BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)])`` (RFC 3501 §6.4.5). The first four
+    fields are :class:`MessageSummary`'s; ``fields`` is the exact ``BODY[HEADER.FIELDS
+    (...)]`` of the whole message for the names asked (the field lines as received,
+    folding kept, then the empty line), which a store may keep once cut (issue 19)."""
+
+    uid: int
+    flags: frozenset[str]
+    modseq: int
+    size: int
+    fields: bytes
+
+
 @dataclass(frozen=True)
 class SelectionSummary:
     """What SELECT reports besides the UIDs (RFC 3501 §6.3.1), found by aggregate

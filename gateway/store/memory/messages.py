@@ -24,6 +24,7 @@ from gateway.core.criteria import (
     Uid,
 )
 from gateway.core.flags import RECENT
+from gateway.store.heads import HeaderFieldReads
 from gateway.store.interfaces import (
     Changes,
     MailboxCounts,
@@ -45,7 +46,7 @@ SUMMARY_CHUNK = 2
 every caller tested on the memory store meets lists that split its batches."""
 
 
-class MemoryMessages(MemoryBase):
+class MemoryMessages(MemoryBase, HeaderFieldReads):
     """:class:`~gateway.store.interfaces.Messages` in memory."""
 
     def counts(self, mailbox_id: int, *, viewer: str | None = None) -> MailboxCounts:

@@ -22,6 +22,7 @@ import psycopg
 
 from gateway.core.criteria import Criteria
 from gateway.store.errors import MailboxNotFound
+from gateway.store.heads import HeaderFieldReads
 from gateway.store.interfaces import (
     Changes,
     MailboxCounts,
@@ -74,7 +75,7 @@ _pinned = threading.local()
 """The catch-up answer :meth:`PGMessages.pin_changes` took for this thread, if any."""
 
 
-class PGMessages(PGFlagWrites, PGRows, MessageSteps):
+class PGMessages(PGFlagWrites, PGRows, MessageSteps, HeaderFieldReads):
     """:class:`~gateway.store.interfaces.Messages` on PostgreSQL: the reads here, the
     writes (append, expunge, copy/move) in :class:`~gateway.store.steps.MessageSteps`, STORE
     in :class:`~gateway.store.postgres.flagwrite.PGFlagWrites` (two round trips)."""

@@ -18,10 +18,13 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 
 from gateway.core.criteria import Criteria
+from gateway.message.sections import header_span
 from gateway.store.errors import MailboxNotFound
+from gateway.store.heads import HeaderFieldReads
 from gateway.store.interfaces import (
     Changes,
     MailboxCounts,
+    MessageHead,
     MessageInfo,
     MessageRow,
     MessageSummary,
@@ -38,7 +41,7 @@ from gateway.store.sqlite.rows import SQLiteRows, uid_list
 from gateway.store.steps import MessageSteps
 
 
-class SQLiteMessages(SQLiteRows, MessageSteps):
+class SQLiteMessages(SQLiteRows, MessageSteps, HeaderFieldReads):
     """:class:`~gateway.store.interfaces.Messages` on SQLite: the reads here, the writes
     (append, STORE, expunge, copy/move) in :class:`~gateway.store.steps.MessageSteps`."""
 
@@ -168,15 +171,10 @@ class SQLiteMessages(SQLiteRows, MessageSteps):
     def message_info(
         self, mailbox_id: int, uids: Sequence[int], *, viewer: str | None = None
     ) -> list[MessageInfo]:
-        rows = self._uid_rows(
-            mailbox_id,
-            uids,
-            viewer,
-            "mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.internaldate,"
-            " m.internaldate_tz, m.envelope, m.bodystructure, m.body, m.parts,"
-            " mm.savedate, m.sha256",
-            _JOIN_MESSAGE,
-        )
+        return self._infos(self._uid_rows(mailbox_id, uids, viewer, _INFO_COLUMNS, _JOIN_MESSAGE))
+
+    def _infos(self, rows: Iterable[Sequence]) -> list[MessageInfo]:
+        """:class:`MessageInfo` of rows of :data:`_INFO_COLUMNS`."""
         flags, zone, utc = self._flags, self._zone, datetime.UTC
         fromtimestamp = datetime.datetime.fromtimestamp
         # Positional: this runs once per message of a FETCH 1:* (field order of MessageInfo).
@@ -238,6 +236,58 @@ class SQLiteMessages(SQLiteRows, MessageSteps):
         if rows:
             yield rows
 
+    def message_header_fields(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        names: tuple[str, ...],
+        *,
+        viewer: str | None = None,
+    ) -> list[MessageHead]:
+        # The rows without a blob column, and the fields as kept (gateway.store.heads):
+        # a list view already seen is this one statement.
+        rows = self._uid_rows(
+            mailbox_id,
+            uids,
+            viewer,
+            "mm.uid, mm.flags, mm.recent, mm.modseq, m.size",
+            _JOIN_MESSAGE,
+        )
+        if not rows:
+            return []
+        get = self._head_fields(mailbox_id, names, [row[0] for row in rows]).get
+        flags, new = self._flags, tuple.__new__
+        return [
+            new(MessageHead, (uid, flags(text, recent), modseq, size, data))
+            for uid, text, recent, modseq, size in rows
+            if (data := get(uid)) is not None
+        ]
+
+    def _head_sources(
+        self, mailbox_id: int, uids: Sequence[int]
+    ) -> Iterator[tuple[int, bytes, str]]:
+        # One statement: the part map and, for a small message, its bytes in the row (as
+        # message_bytes_batch); a large one gives its header section alone through the
+        # blob API, which reads only the pages that hold it.
+        conn = self.db
+        where, params = _uid_range(uids)
+        rows = conn.execute(
+            "SELECT mm.uid, mm.message_id, m.parts, CASE WHEN length(c.raw) <= ? THEN c.raw END"
+            f" FROM mailbox_message mm {_JOIN_MESSAGE}"
+            " JOIN content c ON c.message_id = mm.message_id"
+            f" WHERE mm.mailbox_id = ? AND {where}",
+            (ROW_BODY_BYTES, mailbox_id, *params),
+        ).fetchall()
+        for uid, message_id, parts, raw in rows:
+            if raw is None:
+                try:
+                    with conn.blobopen("content", "raw", message_id, readonly=True) as blob:
+                        span = header_span(parts)
+                        raw = blob.read() if span is None else blob.read(span)
+                except sqlite3.OperationalError:  # "no such rowid": gone since the SELECT
+                    continue
+            yield uid, raw, parts
+
     def _uid_rows(
         self, mailbox_id: int, uids: Sequence[int], viewer: str | None, columns: str, join: str
     ) -> list[tuple]:
@@ -272,9 +322,31 @@ class SQLiteMessages(SQLiteRows, MessageSteps):
     def message_info_with_bytes(
         self, mailbox_id: int, uids: Sequence[int], budget: int, *, viewer: str | None = None
     ) -> tuple[list[MessageInfo], dict[int, bytes]]:
-        # In-process: two reads cost what one would.
-        infos = self.message_info(mailbox_id, uids, viewer=viewer)
-        return infos, self.message_bytes_batch(mailbox_id, leading_uids(infos, budget))
+        if len(uids) != 1:
+            infos = self.message_info(mailbox_id, uids, viewer=viewer)
+            return infos, self.message_bytes_batch(mailbox_id, leading_uids(infos, budget))
+        # One message (a client opening it; mbsync's UID FETCH n BODY.PEEK[] for each):
+        # its row and, when small, its bytes in one statement, where message_info and
+        # message_bytes_batch took two and a blob (issue 19).
+        rows = self._uid_rows(
+            mailbox_id,
+            uids,
+            viewer,
+            f"{_INFO_COLUMNS}, mm.message_id,"
+            f" CASE WHEN length(c.raw) <= {ROW_BODY_BYTES:d} THEN c.raw END",
+            f"{_JOIN_MESSAGE} JOIN content c ON c.message_id = mm.message_id",
+        )
+        if not rows:
+            return [], {}
+        *row, message_id, raw = rows[0]
+        infos = self._infos([row])
+        if raw is None:
+            try:
+                with self.db.blobopen("content", "raw", message_id, readonly=True) as blob:
+                    raw = blob.read()
+            except sqlite3.OperationalError:  # "no such rowid": gone since the SELECT
+                return infos, {}
+        return infos, {infos[0].uid: raw}
 
     def message_bytes_batch(self, mailbox_id: int, uids: Sequence[int]) -> dict[int, bytes]:
         if not uids:
@@ -373,6 +445,12 @@ class SQLiteMessages(SQLiteRows, MessageSteps):
 
 
 _JOIN_MESSAGE = "JOIN message m ON m.id = mm.message_id"
+
+_INFO_COLUMNS = (
+    "mm.uid, mm.flags, mm.recent, mm.modseq, m.size, m.internaldate, m.internaldate_tz,"
+    " m.envelope, m.bodystructure, m.body, m.parts, mm.savedate, m.sha256"
+)
+"""The columns of a :class:`MessageInfo`, in its field order (:meth:`SQLiteMessages._infos`)."""
 
 ROW_BODY_BYTES = 16 * 1024
 """Bodies up to this size come in the result rows of :meth:`SQLiteMessages.message_bytes_batch`;
