@@ -169,6 +169,10 @@ def test_message_info_shows_the_viewers_flags(store: Store) -> None:
     assert "\\Seen" not in store.message_info(box, [1], viewer="bob")[0].flags
     assert "\\Seen" in store.message_summaries(box, [1], viewer="alice")[0].flags
     assert "\\Seen" not in store.message_summaries(box, [1], viewer="bob")[0].flags
+    for viewer, seen in (("alice", True), ("bob", False), ("alice", True)):  # kept fields too
+        (head,) = store.message_header_fields(box, [1], ("SUBJECT",), viewer=viewer)
+        assert ("\\Seen" in head.flags) is seen
+        assert head.fields == b"Subject: m0\r\n\r\n"
     for uids in ([1], [1, 2]):  # one UID and several take different statements
         for viewer, seen in (("alice", True), ("bob", False)):
             infos, bodies = store.message_info_with_bytes(box, uids, 1, viewer=viewer)
