@@ -372,11 +372,9 @@ class Messages(Protocol):
         *,
         viewer: str | None = None,
     ) -> list[MessageHead]:
-        """For those UIDs that still exist, ascending: :meth:`message_summaries`' first
-        four fields and ``BODY[HEADER.FIELDS (names)]`` of the whole message, exactly as
-        :func:`gateway.message.sections.section` cuts it from the stored bytes (a list
-        view's FETCH). A (mailbox, UID) names the same bytes for ever, so a store may keep
-        what it cut (:mod:`gateway.store.heads`). Raises MailboxNotFound."""
+        """A list view's read: :meth:`message_summaries`' first four fields and the
+        whole message's ``BODY[HEADER.FIELDS (names)]`` as :func:`gateway.message.sections.section`
+        cuts it, which a store may keep (:mod:`gateway.store.heads`). Raises MailboxNotFound."""
 
     def message_bytes(self, mailbox_id: int, uid: int) -> bytes:
         """The message exactly as received. Raises KeyError if expunged."""
