@@ -5,8 +5,8 @@ concurrent scenario's accounts (10 users x 200 sample messages, the bench's defa
 :mod:`bench.scenarios`) into one SQLite store, starts each popgate tree's
 ``bench.worker serve`` on a copy of it (and, with ``--dovecot``, a private Dovecot with the
 same mail), then for each round, operation and server runs :func:`bench.load.run_load`
-with a mix of that operation alone (``{"fetch_headers": 1}``) and prints the server's CPU
-per operation in the steady window. CPU seconds move far less with the machine's load
+with a mix of that operation alone (``{"fetch_headers": 1}``; ``mix`` is the scenario's
+default mix) and prints the server's CPU per operation in the steady window. CPU seconds move far less with the machine's load
 than wall-clock figures (bench/README.md, "Measuring on a shared machine"), so trees can
 be compared while others work; read the medians.
 """
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="popgate-opcpu-") as tmp:
         root = Path(tmp)
+        os.chmod(root, 0o755)  # traversable by the unprivileged Dovecot user
         base = root / "base.sqlite3"
         for index, (name, _password) in enumerate(ACCOUNTS):
             load_store(base, name, _corpus(index))
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                             ACCOUNTS,
                             args.clients,
                             args.duration,
-                            {op: 1},
+                            None if op == "mix" else {op: 1},
                             server_cpu=cpu,
                         )
                         per_op = report.server_cpu_ms_per_op
