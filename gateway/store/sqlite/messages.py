@@ -13,6 +13,7 @@ INTERNALDATE when a message has no usable Date: header, as RFC 5256 §2.2 does f
 from __future__ import annotations
 
 import datetime
+import json
 import sqlite3
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
@@ -90,42 +91,45 @@ class SQLiteMessages(SQLiteRows, MessageSteps, HeaderFieldReads):
         return [MessageRow(uid, flags(text, recent), modseq) for uid, text, recent, modseq in rows]
 
     def message_uids(self, mailbox_id: int) -> array:
+        # One JSON text for the whole column, decoded in C: no row tuple per message
+        # (issue 19: 88 -> 41 us for 200 messages; SELECT reads this on every cache miss).
+        # ``sorted`` keeps the UID order whatever order the aggregate saw (the rows come in
+        # primary-key order, so it only checks that).
         with self._read() as conn:
-            self._require(conn, mailbox_id)
-            cursor = conn.execute(
-                "SELECT uid FROM mailbox_message WHERE mailbox_id = ? ORDER BY uid",
-                (mailbox_id,),
-            )
-            return array("I", [row[0] for row in cursor])
+            found = conn.execute(
+                "SELECT (SELECT 1 FROM mailbox WHERE id = ?),"
+                " (SELECT json_group_array(uid) FROM"
+                " (SELECT uid FROM mailbox_message WHERE mailbox_id = ? ORDER BY uid))",
+                (mailbox_id, mailbox_id),
+            ).fetchone()
+        if found[0] is None:
+            raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
+        return array("I", sorted(json.loads(found[1])))
 
     def selection_summary(self, mailbox_id: int, *, viewer: str | None = None) -> SelectionSummary:
+        """After the existence check, one statement where three took turns: the \\Recent
+        UIDs, the first unseen UID and the flag texts in use, as subqueries of one row,
+        each aggregated in SQL, so no row reaches Python (issue 19: SELECT's cache miss)."""
         with self._read() as conn:
             self._require(conn, mailbox_id)
-            recent = array(
-                "I",
-                [
-                    row[0]
-                    for row in conn.execute(
-                        "SELECT uid FROM mailbox_message WHERE mailbox_id = ? AND recent = 1"
-                        " ORDER BY uid",
-                        (mailbox_id,),
-                    )
-                ],
-            )
             source, source_params = self._source(conn, mailbox_id, viewer)
-            (first_unseen,) = conn.execute(
-                f"SELECT min(uid) FROM {source}"
-                " WHERE mailbox_id = ? AND instr(' ' || flags || ' ', ?) = 0",
-                (*source_params, mailbox_id, SEEN_TOKEN),
+            # Keywords are never private, so the shared column has them all. The flag
+            # texts are joined by spaces: splitting the whole on whitespace gives the
+            # same tokens as splitting each text.
+            recent, first_unseen, texts = conn.execute(
+                "SELECT (SELECT json_group_array(uid) FROM mailbox_message"
+                " WHERE mailbox_id = ? AND recent = 1),"
+                f" (SELECT min(uid) FROM {source}"
+                " WHERE mailbox_id = ? AND instr(' ' || flags || ' ', ?) = 0),"
+                " (SELECT group_concat(flags, ' ') FROM (SELECT DISTINCT flags"
+                " FROM mailbox_message WHERE mailbox_id = ? AND flags != ''))",
+                (mailbox_id, *source_params, mailbox_id, SEEN_TOKEN, mailbox_id),
             ).fetchone()
-            # Keywords are never private, so the shared column has them all.
-            texts = conn.execute(
-                "SELECT DISTINCT flags FROM mailbox_message WHERE mailbox_id = ? AND flags != ''",
-                (mailbox_id,),
-            ).fetchall()
-        keywords = {f for (text,) in texts for f in text.split() if not f.startswith("\\")}
+        keywords = {f for f in (texts or "").split() if not f.startswith("\\")}
         return SelectionSummary(
-            recent=recent, first_unseen_uid=first_unseen, keywords=tuple(sorted(keywords))
+            recent=array("I", sorted(json.loads(recent))),
+            first_unseen_uid=first_unseen,
+            keywords=tuple(sorted(keywords)),
         )
 
     def changes_since(self, mailbox_id: int, modseq: int, *, viewer: str | None = None) -> Changes:
