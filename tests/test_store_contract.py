@@ -796,6 +796,24 @@ def test_selection_summary_matches_what_message_rows_show(store: Store) -> None:
         store.selection_summary(987654)
 
 
+def test_selection_summary_finds_the_seen_token_only(store: Store) -> None:
+    """The first unseen UID looks for the \\Seen flag itself wherever it stands among a
+    message's flags, not for keywords that merely look like it (SQLite mode tests the
+    flag text with GLOB patterns instead of a padded copy, issue 19)."""
+    box = inbox(store)
+    for flags in [("\\Seen",), ("$x", "\\Seen"), ("$a", "$b", "\\Seen"), ("\\Seen", "Zed")]:
+        add(store, box, 1, flags)
+    add(store, box, 1, ("$Seen", "Seen"))
+    add(store, box, 1)
+    summary = store.selection_summary(box)
+    assert summary.first_unseen_uid == 5
+    assert summary.keywords == ("$Seen", "$a", "$b", "$x", "Seen", "Zed")
+    store.store_flags(box, [5], "+", ["\\Seen"])
+    assert store.selection_summary(box).first_unseen_uid == 6
+    store.store_flags(box, [6], "+", ["\\Seen"])
+    assert store.selection_summary(box).first_unseen_uid is None
+
+
 def test_message_rows_of_missing_mailbox_raises_not_found(store: Store) -> None:
     with pytest.raises(MailboxNotFound):
         store.message_rows(987654)
