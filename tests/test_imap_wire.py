@@ -210,3 +210,26 @@ def test_reply_cleaning_is_the_same_as_the_per_character_rule() -> None:
     for _ in range(2000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(250)))
         assert clean_text(text) == old_text(text) and clean_code(text) == old_code(text)
+
+
+def test_tagged_replies_keep_only_short_texts_in_their_cache() -> None:
+    """A completion is formatted once per distinct short reply (issue 19); a text or code
+    longer than MAX_RESPONSE_TEXT (it may echo client input) is formatted each time and
+    never kept, and either way the bytes are the cleaned reply."""
+    from gateway.imap.handler import Reply
+    from gateway.imap.replies import MAX_RESPONSE_TEXT, _completion, tagged
+
+    _completion.cache_clear()
+    at_limit = "t" * MAX_RESPONSE_TEXT
+    assert tagged("a1", Reply("OK", at_limit)) == b"a1 OK " + at_limit.encode() + b"\r\n"
+    assert _completion.cache_info().currsize == 1
+    over = at_limit + "x"
+    assert tagged("a2", Reply("NO", over)) == (
+        b"a2 NO " + at_limit[: MAX_RESPONSE_TEXT - 3].encode() + b"...\r\n"
+    )
+    assert tagged("a3", Reply("NO", "short", code="C" * (MAX_RESPONSE_TEXT + 1))).startswith(
+        b"a3 NO [" + b"C" * (MAX_RESPONSE_TEXT + 1) + b"] short"
+    )
+    assert _completion.cache_info().currsize == 1
+    assert tagged("a4", Reply("OK", at_limit)) == b"a4 OK " + at_limit.encode() + b"\r\n"
+    assert _completion.cache_info().hits == 1

@@ -108,3 +108,40 @@ def test_a_message_expunged_between_the_two_reads_is_left_out(
 
     monkeypatch.setattr(MemoryStore, "_head_sources", expunging)
     assert [h.uid for h in store.message_header_fields(box, [1, 2, 3], NAMES)] == [1, 3]
+
+
+def test_an_entry_of_exactly_the_entry_bound_is_kept() -> None:
+    cache = HeadCache()
+    cache.keep(NAMES, 1, {1: b"a" * HEAD_ENTRY_MAX, 2: b"b" * (HEAD_ENTRY_MAX + 1)})
+    assert dict(cache.known(NAMES, 1)) == {1: b"a" * HEAD_ENTRY_MAX}
+    assert cache.size == HEAD_ENTRY_MAX + HEAD_ENTRY_OVERHEAD
+
+
+def test_the_shared_reads_bring_bodies_in_runs_of_at_most_the_source_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HeaderFieldReads._head_sources (memory and PostgreSQL) reads the messages not cut
+    yet at most HEAD_SOURCE_BYTES at a time, always at least one message, and yields
+    every one of them."""
+    store = MemoryStore()
+    store.ensure_user("u")
+    box = store.get_mailbox("u", "INBOX").id
+    raws = [_message(i, body=1000) for i in range(5)]
+    for raw in raws:
+        store.append(box, raw)
+    size = len(raws[0])
+    monkeypatch.setattr(heads, "HEAD_SOURCE_BYTES", 2 * size)  # two messages a read
+    runs: list[list[int]] = []
+    batch = store.message_bytes_batch
+
+    def counting(mailbox_id: int, uids: list[int]) -> dict[int, bytes]:
+        runs.append(list(uids))
+        return batch(mailbox_id, uids)
+
+    monkeypatch.setattr(store, "message_bytes_batch", counting)
+    assert [uid for uid, _, _ in store._head_sources(box, [1, 2, 3, 4, 5])] == [1, 2, 3, 4, 5]
+    assert runs == [[1, 2], [3, 4], [5]]
+    runs.clear()
+    monkeypatch.setattr(heads, "HEAD_SOURCE_BYTES", size - 1)  # below one message
+    assert [uid for uid, _, _ in store._head_sources(box, [1, 2])] == [1, 2]
+    assert runs == [[1], [2]]
