@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from gateway.core.flags import RECENT
 from gateway.message.analysis import Analysis
-from gateway.store.interfaces import LedgerEntry, MessageRow
+from gateway.store.interfaces import LedgerEntry, MessageFlags, MessageRow
 from gateway.store.rules import SEEN_KEY, stored_internaldate
 from gateway.store.search import address_row_name
 
@@ -168,6 +168,21 @@ class FlagPlan:
         return [
             MessageRow(uid, flags_of(effective, recent), modseq)  # type: ignore[operator]
             for uid, _t, _p, effective, recent in self.writes
+        ]
+
+    def unchanged(
+        self, rows: Iterable[Sequence], flags_of: Callable[[str, int], frozenset[str]]
+    ) -> list[MessageFlags]:
+        """The planned ``rows`` this plan leaves alone (neither written nor MODIFIED), as
+        ``message_flags`` reads them: the StoreResult's ``unchanged``, so the handler's
+        untagged FETCH (RFC 3501 §6.4.6) needs no second read. Only for a mailbox that
+        is not shared (the rows carry no viewer's private \\Seen merged in)."""
+        skip = {write[0] for write in self.writes}
+        skip.update(self.modified)
+        return [
+            MessageFlags(uid, flags_of(text, recent), modseq)
+            for uid, text, recent, modseq, _seen, _pmodseq in rows
+            if uid not in skip
         ]
 
 

@@ -508,7 +508,8 @@ class MessageSteps(RowSteps):
                 self._write_flag_plan(cur, mailbox_id, plan, modseq, viewer)
                 updated = plan.rows(modseq, self._flags)
                 changed.add(mailbox_id)
-        return StoreResult(updated=updated, modified=plan.modified)
+        unchanged = None if shared else plan.unchanged(rows, self._flags)
+        return StoreResult(updated=updated, modified=plan.modified, unchanged=unchanged)
 
     def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
         """RFC 3501 §6.4.3 EXPUNGE and RFC 4315 §2.1 UID EXPUNGE (when ``uids`` is given)."""

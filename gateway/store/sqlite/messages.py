@@ -35,8 +35,9 @@ from gateway.store.interfaces import (
 from gateway.store.objectid import email_id
 from gateway.store.rowdata import (
     SEEN_TOKEN,
+    plan_flags,
 )
-from gateway.store.rules import leading_uids
+from gateway.store.rules import flag_map, leading_uids
 from gateway.store.schema import MESSAGE_SIZE_INDEX
 from gateway.store.sqlite.rows import SQLiteRows, uid_list
 from gateway.store.steps import MessageSteps
@@ -433,6 +434,24 @@ class SQLiteMessages(SQLiteRows, MessageSteps, HeaderFieldReads):
         *,
         viewer: str | None = None,
     ) -> StoreResult:
+        # Most STOREs of a mail client change nothing (\Seen set again on a message read
+        # elsewhere, a flag cleared that is not there): the rows are read first with one
+        # statement, its own snapshot, and a STORE that would write nothing ends there,
+        # as if it had run at that snapshot: no BEGIN IMMEDIATE, COMMIT, mailbox check or
+        # synchronous switch (issue 19: four to six statements fewer). One that changes
+        # something runs the locked read-plan-write below, which reads the rows again
+        # under the write lock.
+        if mode not in ("", "+", "-"):
+            raise ValueError(f"unknown STORE mode {mode!r}")
+        conn = self.db
+        shared = self._is_shared(conn, mailbox_id)
+        rows = self._flag_rows(conn, mailbox_id, uids, viewer if shared else None)
+        plan = plan_flags(rows, mode, flag_map(flags), unchangedsince, shared, viewer)
+        if not plan.writes:
+            if not rows:
+                self._require(conn, mailbox_id)
+            unchanged = None if shared else plan.unchanged(rows, self._flags)
+            return StoreResult(updated=[], modified=plan.modified, unchanged=unchanged)
         # A flag-only write: lazy under deferred_sync(lazy_flags=True) (connection.py).
         with self._flags_only():
             return super().store_flags(mailbox_id, uids, mode, flags, unchangedsince, viewer=viewer)
