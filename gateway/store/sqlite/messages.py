@@ -39,7 +39,7 @@ from gateway.store.rowdata import (
 )
 from gateway.store.rules import flag_map, leading_uids
 from gateway.store.schema import MESSAGE_SIZE_INDEX
-from gateway.store.sqlite.rows import SQLiteRows, uid_list
+from gateway.store.sqlite.rows import SQLiteRows, uid_list, uid_range
 from gateway.store.steps import MessageSteps
 
 
@@ -274,7 +274,7 @@ class SQLiteMessages(SQLiteRows, MessageSteps, HeaderFieldReads):
         # message_bytes_batch); a large one gives its header section alone through the
         # blob API, which reads only the pages that hold it.
         conn = self.db
-        where, params = _uid_range(uids)
+        where, params = uid_range(uids)
         rows = conn.execute(
             "SELECT mm.uid, mm.message_id, m.parts, CASE WHEN length(c.raw) <= ? THEN c.raw END"
             f" FROM mailbox_message mm {_JOIN_MESSAGE}"
@@ -301,7 +301,7 @@ class SQLiteMessages(SQLiteRows, MessageSteps, HeaderFieldReads):
         statements)."""
         conn = self.db
         source, source_params = self._source(conn, mailbox_id, viewer)
-        where, params = _uid_range(uids)
+        where, params = uid_range(uids)
         rows = conn.execute(
             f"SELECT {columns} FROM {source} mm {join}"
             f" WHERE mm.mailbox_id = ? AND {where} ORDER BY mm.uid",
@@ -485,13 +485,3 @@ _INFO_COLUMNS = (
 ROW_BODY_BYTES = 16 * 1024
 """Bodies up to this size come in the result rows of :meth:`SQLiteMessages.message_bytes_batch`;
 larger ones through the blob API (where one copy fewer outweighs opening the blob)."""
-
-
-def _uid_range(uids: Sequence[int]) -> tuple[str, list]:
-    """The WHERE term (on ``mm.uid``) and its parameters for a set of UIDs."""
-    wanted = sorted(set(uids))
-    if wanted and wanted[-1] - wanted[0] + 1 == len(wanted):
-        # A contiguous run (FETCH 1:* in batches): a range scan of the primary key,
-        # about twice as fast as joining a json_each list.
-        return "mm.uid BETWEEN ? AND ?", [wanted[0], wanted[-1]]
-    return "mm.uid IN (SELECT value FROM json_each(?))", [uid_list(wanted)]

@@ -51,6 +51,16 @@ def uid_list(uids: Iterable[int]) -> str:
     return json.dumps([int(u) for u in uids])
 
 
+def uid_range(uids: Sequence[int]) -> tuple[str, list]:
+    """The WHERE term (on ``mm.uid``) and its parameters for a set of UIDs."""
+    wanted = sorted(set(uids))
+    if wanted and wanted[-1] - wanted[0] + 1 == len(wanted):
+        # A contiguous run (FETCH 1:* in batches): a range scan of the primary key,
+        # about twice as fast as joining a json_each list.
+        return "mm.uid BETWEEN ? AND ?", [wanted[0], wanted[-1]]
+    return "mm.uid IN (SELECT value FROM json_each(?))", [uid_list(wanted)]
+
+
 BLOB_CHUNK = 1024 * 1024
 """Bytes written at a time when a large message goes in through incremental blob I/O."""
 
@@ -103,13 +113,15 @@ class SQLiteRows(SQLiteConnection, RowSteps):
     def _flag_rows(
         self, cur: sqlite3.Connection, mailbox_id: int, uids: Sequence[int], private_of: str | None
     ) -> list[Any]:
+        # A contiguous run (the usual STORE n or n:m) as a range of the primary key: a
+        # json_each list builds an ephemeral table each time (~20 us for one UID).
+        where, params = uid_range(uids)
         return cur.execute(
             "SELECT mm.uid, mm.flags, mm.recent, mm.modseq, p.seen, p.modseq"
             " FROM mailbox_message mm LEFT JOIN private_flag p"
             " ON p.mailbox_id = mm.mailbox_id AND p.uid = mm.uid AND p.user = ?"
-            " WHERE mm.mailbox_id = ? AND mm.uid IN (SELECT value FROM json_each(?))"
-            " ORDER BY mm.uid",
-            (private_of, mailbox_id, uid_list(uids)),
+            f" WHERE mm.mailbox_id = ? AND {where} ORDER BY mm.uid",
+            (private_of, mailbox_id, *params),
         ).fetchall()
 
     def _write_flags(self, cur: sqlite3.Connection, rows: list[tuple[str, int, int, int]]) -> None:
