@@ -64,6 +64,10 @@ def fetch_stored(
     # belongs to the session that was told of it), whatever its UID.
     items: dict[frozenset[str], bytes] = {}
     get = items.get
+    # Stored flag set -> its FLAGS item for a message this session shows as \Recent: the
+    # shown set depends on the stored one alone there, so each is formatted once too.
+    recent_items: dict[frozenset[str], bytes] = {}
+    recent_get = recent_items.get
     recent = set(view.recent)
     missing = False
     for start in range(0, len(uids), batch_size):
@@ -91,7 +95,11 @@ def fetch_stored(
                     for seq, row in zip(seqs, rows, strict=True):
                         flags = row[1]
                         if recent and row[0] in recent:
-                            item = flags_item(view.shown_flags(row[0], flags))
+                            item = recent_get(flags)
+                            if item is None:
+                                item = recent_items[flags] = flags_item(
+                                    view.shown_flags(row[0], flags)
+                                )
                         else:
                             item = get(flags)
                             if item is None:
