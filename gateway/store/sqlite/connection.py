@@ -60,6 +60,7 @@ from gateway.store.errors import StoreError
 from gateway.store.interfaces import ChangeListener
 from gateway.store.rowdata import RowValues
 from gateway.store.schema import migrate, schema_version
+from gateway.store.sqlite.quiet import QuietHeads
 from gateway.store.sqlite_textindex import backlog_done, index_backlog_step
 
 log = structlog.get_logger("gateway.store.sqlite")
@@ -126,9 +127,10 @@ class SQLiteConnection(RowValues):
         self._shared_ids: dict[int, bool] = {}  # mailbox id → owner is shared (ids never reused)
         self._zones: dict[int, datetime.timezone] = {}
         self._provisioned: set[str] = set()  # users whose INBOX exists (ensure_user)
-        self._quiet_heads: dict[int, tuple[tuple[int, int], int]] = {}
-        """Mailbox id → (:meth:`_change_stamp` when last read, its HIGHESTMODSEQ then):
-        a catch-up finds an unchanged mailbox without a read transaction (issue 19)."""
+        self._quiet = QuietHeads()
+        """Mailboxes' HIGHESTMODSEQ as of a :meth:`_change_stamp`, carried over this
+        connection's own writes: a catch-up finds an unchanged mailbox without a read
+        transaction (issue 19, :mod:`gateway.store.sqlite.quiet`)."""
         self._deferring = 0  # depth of deferred_sync blocks
         self._lazy_flags = False  # the outer deferred_sync block's lazy_flags
         self._flag_write = False  # inside _flags_only: the write changes flags only
@@ -237,13 +239,17 @@ class SQLiteConnection(RowValues):
             conn.execute("PRAGMA synchronous = NORMAL")
         try:
             conn.execute("BEGIN IMMEDIATE")
+            quiet = self._quiet
+            quiet.write_started(self._change_stamp() if quiet.stamp is not None else None)
             try:
                 yield changed
                 conn.execute("COMMIT")
             except BaseException:
+                quiet.rolled_back()
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            quiet.committed(conn.total_changes)
         finally:
             if deferred:
                 conn.execute("PRAGMA synchronous = FULL")

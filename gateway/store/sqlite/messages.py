@@ -137,17 +137,25 @@ class SQLiteMessages(SQLiteRows, MessageSteps, HeaderFieldReads):
         # written since this mailbox's head was last read, that head still holds and the
         # answer needs one PRAGMA instead of BEGIN, SELECT, COMMIT (issue 19: mbsync's
         # 10,000 one-message UID FETCHes).
+        # A STORE made on this connection leaves its rows as the answer for the modseq
+        # before it (the session's own catch-up, its siblings', the IDLE pushes), and a
+        # write keeps the heads of the mailboxes it did not change (sqlite/quiet.py).
         stamp = self._change_stamp()
-        known = self._quiet_heads.get(mailbox_id)
-        if known is not None and known[0] == stamp and known[1] <= modseq:
-            return Changes(highestmodseq=known[1], changed=[], expunged=[])
+        quiet = self._quiet
+        known = quiet.head(stamp, mailbox_id)
+        if known is not None:
+            if known <= modseq:
+                return Changes(highestmodseq=known, changed=[], expunged=[])
+            rows = quiet.delta(stamp, mailbox_id, modseq)
+            if rows is not None:
+                return Changes(highestmodseq=known, changed=rows, expunged=[])
         with self._read() as conn:
             head = conn.execute(
                 "SELECT highestmodseq FROM mailbox WHERE id = ?", (mailbox_id,)
             ).fetchone()
             if head is None:
                 raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
-            self._quiet_heads[mailbox_id] = (stamp, int(head[0]))
+            quiet.record(stamp, mailbox_id, int(head[0]))
             if int(head[0]) <= modseq:
                 # Every row, private \Seen and expunge record is stamped with a modseq
                 # from _bump, so none is newer than HIGHESTMODSEQ (RFC 7162 §3.1.1): an
@@ -443,18 +451,33 @@ class SQLiteMessages(SQLiteRows, MessageSteps, HeaderFieldReads):
         # under the write lock.
         if mode not in ("", "+", "-"):
             raise ValueError(f"unknown STORE mode {mode!r}")
+        given = flag_map(flags)
         conn = self.db
         shared = self._is_shared(conn, mailbox_id)
         rows = self._flag_rows(conn, mailbox_id, uids, viewer if shared else None)
-        plan = plan_flags(rows, mode, flag_map(flags), unchangedsince, shared, viewer)
+        plan = plan_flags(rows, mode, given, unchangedsince, shared, viewer)
         if not plan.writes:
             if not rows:
                 self._require(conn, mailbox_id)
             unchanged = None if shared else plan.unchanged(rows, self._flags)
             return StoreResult(updated=[], modified=plan.modified, unchanged=unchanged)
         # A flag-only write: lazy under deferred_sync(lazy_flags=True) (connection.py).
-        with self._flags_only():
-            return super().store_flags(mailbox_id, uids, mode, flags, unchangedsince, viewer=viewer)
+        # The algorithm of MessageSteps.store_flags, which also leaves the written rows
+        # for the catch-ups that follow (sqlite/quiet.py).
+        updated: list[MessageRow] = []
+        with self._flags_only(), self._write() as changed:
+            self._require(conn, mailbox_id)
+            rows = self._flag_rows(conn, mailbox_id, uids, viewer if shared else None)
+            plan = plan_flags(rows, mode, given, unchangedsince, shared, viewer)
+            if plan.writes:
+                modseq = self._bump(conn, mailbox_id)
+                self._write_flag_plan(conn, mailbox_id, plan, modseq, viewer)
+                updated = plan.rows(modseq, self._flags)
+                changed.add(mailbox_id)
+                if not shared:
+                    self._quiet.wrote_flags(mailbox_id, modseq, updated)
+        unchanged = None if shared else plan.unchanged(rows, self._flags)
+        return StoreResult(updated=updated, modified=plan.modified, unchanged=unchanged)
 
     def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         with self._flags_only(), self._write():

@@ -167,6 +167,7 @@ class SQLiteRows(SQLiteConnection, RowSteps):
         ]
 
     def _delete_mailbox_row(self, cur: sqlite3.Connection, mailbox_id: int) -> None:
+        self._quiet.bumped(mailbox_id)  # its head is no longer an answer
         cur.execute("DELETE FROM mailbox WHERE id = ?", (mailbox_id,))
 
     def _family(self, cur: sqlite3.Connection, user: str, name: str) -> list[tuple[int, str]]:
@@ -251,6 +252,7 @@ class SQLiteRows(SQLiteConnection, RowSteps):
 
     def _bump(self, cur: sqlite3.Connection, mailbox_id: int) -> int:
         """The mailbox's next modseq, recorded as its HIGHESTMODSEQ (RFC 7162 §3.1.1)."""
+        self._quiet.bumped(mailbox_id)
         rows = cur.execute(
             "UPDATE mailbox SET highestmodseq = highestmodseq + 1 WHERE id = ?"
             " RETURNING highestmodseq",
