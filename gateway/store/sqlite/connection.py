@@ -48,7 +48,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Self
 
@@ -260,23 +260,14 @@ class SQLiteConnection(RowValues):
                 self.commit_seq += 1
         self._notify(changed)
 
-    @contextmanager
-    def deferred_sync(self, *, lazy_flags: bool = False) -> Iterator[None]:
+    def deferred_sync(self, *, lazy_flags: bool = False) -> AbstractContextManager[None]:
         """Writes in this block commit without waiting for the disk (module docstring):
         the caller must see a :meth:`sync_commits` started after them return before it
         tells anyone outside the process that they are done. With ``lazy_flags``,
         flag-only commits count in :attr:`lazy_seq` instead: the caller answers them
-        without that wait."""
-        outer = self._deferring == 0
-        if outer:
-            self._lazy_flags = lazy_flags
-        self._deferring += 1
-        try:
-            yield
-        finally:
-            self._deferring -= 1
-            if outer:
-                self._lazy_flags = False
+        without that wait. (A plain class, not a generator: the IMAP server enters one
+        around every step of every command, issue 19.)"""
+        return _DeferredBlock(self, lazy_flags)
 
     @contextmanager
     def _flags_only(self) -> Iterator[None]:
@@ -402,3 +393,28 @@ class SQLiteConnection(RowValues):
             finally:
                 self._conn.close()
                 self._conn = None
+
+
+class _DeferredBlock:
+    """One :meth:`SQLiteConnection.deferred_sync` block (nested blocks keep the outer
+    one's ``lazy_flags``)."""
+
+    __slots__ = ("_store", "_lazy", "_outer")
+
+    def __init__(self, store: SQLiteConnection, lazy_flags: bool) -> None:
+        self._store = store
+        self._lazy = lazy_flags
+        self._outer = False
+
+    def __enter__(self) -> None:
+        store = self._store
+        self._outer = store._deferring == 0
+        if self._outer:
+            store._lazy_flags = self._lazy
+        store._deferring += 1
+
+    def __exit__(self, *exc: object) -> None:
+        store = self._store
+        store._deferring -= 1
+        if self._outer:
+            store._lazy_flags = False
