@@ -95,6 +95,13 @@ class Dialect:
     position: str  # a function (haystack, needle) → 1-based position, 0 when absent
     uid_ranges: Callable[[list[tuple[int, int]], int], tuple[str, list]]
     clean: Callable[[str], str]  # a text parameter as the database can take it
+    fence: str = ""
+    """Ends a per-message ``EXISTS`` subquery (header fields, text): PostgreSQL's
+    ``OFFSET 0`` keeps it a probe of the message's own rows by primary key for each
+    row of the mailbox, where the planner otherwise turns it into a semi-join that
+    scans every message's rows in the store (``SEARCH FROM x`` of a 200-message
+    mailbox: 1 ms instead of 15-24 ms on the bench's ten accounts, and growing with
+    the store, not the mailbox)."""
 
     def contains(self, haystack: str) -> str:
         """The test "the parameter occurs in ``haystack``" (one parameter)."""
@@ -302,12 +309,13 @@ class _Translator:
             # RFC 3501 §6.4.4: an empty string matches every message with the field.
             return (
                 "EXISTS (SELECT 1 FROM header_field h"
-                f" WHERE h.message_id = mm.message_id AND h.name = {self.p})"
+                f" WHERE h.message_id = mm.message_id AND h.name = {self.p}{self.dialect.fence})"
             )
         self.params.append(clean(node.value.casefold()))
         return (
             "EXISTS (SELECT 1 FROM header_field h WHERE h.message_id = mm.message_id"
-            f" AND h.name = {self.p} AND {self.dialect.contains('h.value_folded')})"
+            f" AND h.name = {self.p} AND {self.dialect.contains('h.value_folded')}"
+            f"{self.dialect.fence})"
         )
 
     def _text(self, node: Text) -> str:
@@ -324,7 +332,7 @@ class _Translator:
             self.params.extend(scan_params)
             return (
                 "EXISTS (SELECT 1 FROM message_text t WHERE t.message_id = mm.message_id"
-                f" AND {scan})"
+                f" AND {scan}{self.dialect.fence})"
             )
         # Both subqueries are uncorrelated: SQLite runs each once and probes its result per
         # row. The second scans the few messages the index does not hold.

@@ -47,7 +47,9 @@ def _uid_ranges(ranges: list[tuple[int, int]], mailbox_id: int) -> tuple[str, li
     )
 
 
-POSTGRESQL = Dialect("postgresql", "%s", "TRUE", "FALSE", "strpos", _uid_ranges, pg_text)
+POSTGRESQL = Dialect(
+    "postgresql", "%s", "TRUE", "FALSE", "strpos", _uid_ranges, pg_text, fence=" OFFSET 0"
+)
 """The search dialect of PostgreSQL (:mod:`gateway.store.search`)."""
 
 PRIVATE_SOURCE = (
