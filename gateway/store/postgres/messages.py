@@ -21,11 +21,13 @@ from itertools import islice
 import psycopg
 
 from gateway.core.criteria import Criteria
+from gateway.store import heads
 from gateway.store.errors import MailboxNotFound
-from gateway.store.heads import HeaderFieldReads
+from gateway.store.heads import HeaderFieldReads, fields_cutter
 from gateway.store.interfaces import (
     Changes,
     MailboxCounts,
+    MessageHead,
     MessageInfo,
     MessageRow,
     MessageSummary,
@@ -54,6 +56,21 @@ plan hashes a sequential scan of all of ``message`` for every batch (9.2 ms agai
 1.0 ms) until the connection's generic plan takes over, and a streamed batch
 (:meth:`PGMessages.message_summary_chunks`: ``stream`` never prepares) is planned
 afresh every time."""
+
+HEAD_COLUMNS = "mm.uid, mm.flags, mm.recent, mm.modseq, m.size"
+"""What :class:`MessageHead` is built from besides its fields, in its order."""
+
+HEAD_JOIN = "CROSS JOIN LATERAL (SELECT size FROM message WHERE id = mm.message_id OFFSET 0) m"
+"""The size of each row's message by its primary key (see :data:`SUMMARY_JOIN`)."""
+
+HEAD_SOURCE_JOIN = (
+    "CROSS JOIN LATERAL (SELECT size, parts,"
+    r" substring(parts FROM '^\[\d+,\d+,(\d+),')::int AS span"
+    " FROM message WHERE id = mm.message_id OFFSET 0) m"
+)
+""":data:`HEAD_JOIN` with the part map and the header span it starts with (the octets
+every whole-message header section needs, :func:`gateway.message.sections.header_span`;
+NULL when the map does not start with the root offsets: then the whole message)."""
 
 SUMMARY_CHUNK = 250
 """Rows per chunk of :meth:`PGMessages.message_summary_chunks` (libpq's chunked rows
@@ -340,6 +357,89 @@ class PGMessages(PGFlagWrites, PGRows, MessageSteps, HeaderFieldReads):
             )
             for uid, text, recent, modseq, size, envelope, structure in rows
         ]
+
+    def message_header_fields(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        names: tuple[str, ...],
+        *,
+        viewer: str | None = None,
+    ) -> list[MessageHead]:
+        """A list view's read in one statement (autocommit: one snapshot): the rows
+        without the envelope and body structure a summary carries, the fields as kept
+        (:mod:`gateway.store.heads`), and for the messages not cut yet their part map
+        and the header section's octets (``substring`` of the content: PostgreSQL
+        decompresses and sends only that prefix) in the same round trip, where the
+        shared reads took three (summaries, infos, bodies). The octets come for a
+        leading run of the uncut messages within ``HEAD_SOURCE_BYTES`` (at least one,
+        as :meth:`HeaderFieldReads._head_sources` reads them); any others are read as
+        that method reads them."""
+        cache = self._head_cache()
+        table = cache.known(names, mailbox_id)
+        missing = [uid for uid in sorted(set(uid_array(uids))) if uid not in table]
+        if not missing:
+            rows = self._uid_rows(mailbox_id, uids, viewer, HEAD_COLUMNS, HEAD_JOIN)
+            get = table.get
+        else:
+            rows = self._head_rows(mailbox_id, uids, viewer, missing)
+            cut = fields_cutter(names)
+            fresh = {row[0]: cut(row[6], row[5]) for row in rows if row[6] is not None}
+            left = [row[0] for row in rows if row[0] not in table and row[0] not in fresh]
+            if left:
+                fresh.update(
+                    (uid, cut(raw, parts))
+                    for uid, raw, parts in self._head_sources(mailbox_id, left)
+                )
+            cache.keep(names, mailbox_id, fresh)
+            fresh.update((row[0], table[row[0]]) for row in rows if row[0] in table)
+            get = fresh.get
+        flags, new = self._flags, tuple.__new__
+        # A message expunged before its octets were read has no fields: it is left out,
+        # as a UID that no longer exists (the caller's EXPUNGEISSUED).
+        return [
+            new(MessageHead, (row[0], flags(row[1], row[2]), row[3], row[4], data))
+            for row in rows
+            if (data := get(row[0])) is not None
+        ]
+
+    def _head_rows(
+        self, mailbox_id: int, uids: Sequence[int], viewer: str | None, missing: list[int]
+    ) -> list[tuple]:
+        """:data:`HEAD_COLUMNS` of ``uids``, then the part map and header octets of a
+        leading run of the ``missing`` ones (None for the rest)."""
+        with self._cursor() as cur:
+            source, source_params = self._source(cur, mailbox_id, viewer)
+            where, params = _uid_range(uids)
+            cur.execute(
+                "SELECT uid, flags, recent, modseq, size, CASE WHEN take THEN parts END,"
+                " CASE WHEN take THEN"
+                " (SELECT CASE WHEN span IS NULL THEN c.raw"
+                " ELSE substring(c.raw FROM 1 FOR span) END"
+                " FROM content c WHERE c.message_id = t.message_id) END"
+                " FROM (SELECT mm.uid, mm.flags, mm.recent, mm.modseq, mm.message_id,"
+                " m.size, m.parts, m.span, mm.uid = ANY(%s::bigint[])"
+                " AND (count(*) FILTER (WHERE mm.uid = ANY(%s::bigint[])) OVER w = 1"
+                " OR sum(coalesce(m.span, m.size)) FILTER (WHERE mm.uid = ANY(%s::bigint[]))"
+                " OVER w <= %s) AS take"
+                f" FROM {source} mm {HEAD_SOURCE_JOIN}"
+                f" WHERE mm.mailbox_id = %s AND {where}"
+                " WINDOW w AS (ORDER BY mm.uid ROWS UNBOUNDED PRECEDING)) t ORDER BY uid",
+                (
+                    missing,
+                    missing,
+                    missing,
+                    heads.HEAD_SOURCE_BYTES,
+                    *source_params,
+                    mailbox_id,
+                    *params,
+                ),
+                binary=True,
+            )
+            rows = cur.fetchall()
+            if not rows:
+                self._require(cur, mailbox_id)
+        return rows
 
     summary_chunk = SUMMARY_CHUNK
     """Rows per list of :meth:`message_summary_chunks` (a test may set a small one)."""
