@@ -15,12 +15,14 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from gateway.core.criteria import Flag, SeqRange, SequenceSet, Uid
+from gateway.core.criteria import Flag, Header, SeqRange, SequenceSet, Text, Uid
+from gateway.store import heads
 from gateway.store.errors import MailboxNotFound
+from gateway.store.heads import HeaderFieldReads
 from gateway.store.interfaces import INBOX
 from gateway.store.postgres import PostgresStore
 from gateway.store.postgres.rows import POSTGRESQL
-from gateway.store.search import build_query
+from gateway.store.search import SQLITE, build_query
 from gateway.testing.messages import message
 from gateway.testing.postgres import close_test_store, open_test_store
 
@@ -180,3 +182,75 @@ def test_flag_only_commits_are_asynchronous_under_optimized_flag_fsync(
         ).fetchone()
     assert seen == (0,)  # the claim committed, seen from another connection
     assert {"\\Seen", "\\Flagged"} <= set(store.message_flags(box, [uid])[0].flags)
+
+
+NAMES = ("FROM", "SUBJECT", "DATE")
+
+
+@pytest.mark.postgres
+def test_a_list_view_is_one_statement_cut_or_not_and_reads_as_the_shared_reads(
+    store, monkeypatch
+) -> None:
+    """``message_header_fields`` (the list view's FETCH): one statement whether the
+    fields are kept already or not (the header octets of the uncut ones come in the same
+    round trip); the answer is the shared reads' (:class:`HeaderFieldReads`)."""
+    box = store.get_mailbox("alice", INBOX).id
+    uids = [store.append(box, message(subject=f"s{i}")) for i in range(6)]
+    store.store_flags(box, [uids[2]], "+", ["\\Seen"])
+    expected = HeaderFieldReads.message_header_fields(store, box, uids, NAMES)
+    store._head_cache_instance = None  # nothing kept
+    counted = Counted(monkeypatch)
+    heads_, sent = counted(store.message_header_fields, box, uids[:3], NAMES)
+    assert heads_ == expected[:3] and sent == 1
+    heads_, sent = counted(store.message_header_fields, box, uids, NAMES)  # three kept
+    assert heads_ == expected and sent == 1
+    heads_, sent = counted(store.message_header_fields, box, uids, NAMES)  # all kept
+    assert heads_ == expected and sent == 1
+    assert b"content" not in counted.statements[-1]
+
+
+@pytest.mark.postgres
+def test_a_list_view_brings_header_octets_within_the_source_bound(store, monkeypatch) -> None:
+    """Octets for a leading run of the uncut messages within HEAD_SOURCE_BYTES (at least
+    one); the others are read as the shared reads read them, in bounded runs."""
+    box = store.get_mailbox("alice", INBOX).id
+    uids = [store.append(box, message(subject=f"s{i}", body="x" * 3000)) for i in range(5)]
+    expected = HeaderFieldReads.message_header_fields(store, box, uids, NAMES)
+    store._head_cache_instance = None
+    span = len(store.message_bytes(box, uids[0])) - 3000
+    monkeypatch.setattr(heads, "HEAD_SOURCE_BYTES", 2 * span + 10)  # two headers a run
+    runs: list[list[int]] = []
+    batch = store.message_bytes_batch
+
+    def counting(mailbox_id: int, wanted: list[int]) -> dict[int, bytes]:
+        runs.append(list(wanted))
+        return batch(mailbox_id, wanted)
+
+    monkeypatch.setattr(store, "message_bytes_batch", counting)
+    assert store.message_header_fields(box, uids, NAMES) == expected
+    assert runs and uids[0] not in runs[0] and uids[1] not in runs[0]
+    store._head_cache_instance = None
+    runs.clear()
+    monkeypatch.setattr(heads, "HEAD_SOURCE_BYTES", 1)  # below one header: one a read
+    assert store.message_header_fields(box, uids[1:3], NAMES) == expected[1:3]
+    assert runs == [[uids[2]]]
+
+
+@pytest.mark.postgres
+def test_a_gone_mailbox_or_uids_in_a_list_view(store) -> None:
+    box = store.create_mailbox("alice", "Gone").id
+    uid = store.append(box, message())
+    assert store.message_header_fields(box, [uid + 5], NAMES) == []
+    store.delete_mailbox("alice", "Gone")
+    with pytest.raises(MailboxNotFound):
+        store.message_header_fields(box, [uid], NAMES)
+
+
+def test_searchs_per_message_subqueries_are_fenced_on_postgresql_only() -> None:
+    """``EXISTS`` over header fields and text ends with OFFSET 0 on PostgreSQL (a probe
+    per row of the mailbox, never a semi-join over every message of the store);
+    SQLite's SQL is unchanged."""
+    for criteria in (Header("from", "x", address=True), Header("subject", ""), Text("BODY", "x")):
+        pg = build_query(1, criteria, 0, dialect=POSTGRESQL).sql
+        assert "OFFSET 0)" in pg
+        assert "OFFSET" not in build_query(1, criteria, 0, dialect=SQLITE, text_index=False).sql
