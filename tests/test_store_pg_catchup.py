@@ -148,6 +148,31 @@ def test_an_answer_with_recent_rows_is_never_kept() -> None:
     assert found.plan(KEY, 5).answer is None
 
 
+def test_an_answer_with_recent_rows_is_kept_once_this_node_claimed_them_all() -> None:
+    """Held aside, it becomes the log (without \\Recent) once every \\Recent row in it is
+    claimed here: a claim only ever clears \\Recent, so a query would now say the same."""
+    found, _clock = logs()
+    query(found, 5, 9, [row(4, 7, "\\Seen"), row(6, 8, RECENT), row(7, 9, RECENT)])
+    found.claimed(KEY[0], [6])  # one of the two: still held aside
+    assert found.plan(KEY, 5).answer is None
+    found.claimed(KEY[0], [6, 7])
+    answer = found.plan(KEY, 5).answer
+    assert answer == Changes(9, [row(4, 7, "\\Seen"), row(6, 8), row(7, 9)], [])
+
+
+@pytest.mark.parametrize("between", ["changed", "distrust"])
+def test_a_change_heard_before_the_claim_drops_the_answer_held_aside(between: str) -> None:
+    found, _clock = logs()
+    query(found, 5, 9, [row(6, 9, RECENT)])
+    if between == "changed":
+        found.changed([KEY[0]])
+    else:
+        found.distrust()
+        found.trust()
+    found.claimed(KEY[0], [6])
+    assert found.plan(KEY, 5).answer is None
+
+
 def test_a_log_keeps_its_newest_rows_and_raises_its_floor() -> None:
     found, _clock = logs(max_rows=3)
     rows = [row(uid, 10 + uid) for uid in range(1, 6)]  # modseqs 11..15
@@ -239,6 +264,26 @@ def test_answers_match_a_store_that_always_queries(nodes) -> None:
                     logged.clear_recent(box, recent)
     assert logged.change_logs.hits > 100
     assert reference.change_logs.hits == 0  # no bridge: never trusted
+
+
+@pytest.mark.postgres
+def test_after_the_claim_of_a_new_message_the_other_sessions_need_no_query(nodes) -> None:
+    """The first session told of an APPEND claims its \\Recent; the catch-ups of the
+    mailbox's other sessions are then answered from the log, as the database answers."""
+    logged, reference = nodes
+    logged.change_logs.trust()
+    logged.ensure_user("alice")
+    box = logged.get_mailbox("alice", INBOX).id
+    head = logged.changes_since(box, 0).highestmodseq
+    uid = logged.append(box, message())
+    first = logged.changes_since(box, head)
+    assert [r.flags for r in first.changed] == [frozenset({RECENT})]
+    assert logged.clear_recent(box, [uid]) == [uid]
+    misses = logged.change_logs.misses
+    again = logged.changes_since(box, head)
+    assert logged.change_logs.misses == misses  # answered from the log
+    assert again == reference.changes_since(box, head)
+    assert again.changed[0].flags == frozenset()
 
 
 @pytest.mark.postgres

@@ -32,6 +32,13 @@ connection until the heartbeat notices).
 \\Recent is per row but changes without a modseq (the first session told claims it, RFC
 3501 §2.3.2): an answer holding a \\Recent row is never kept, so a claimed row is never
 handed out as recent again (as :mod:`gateway.imap.selectcache` does for SELECT).
+Such an answer is held aside instead, and becomes the log once this node has claimed
+every one of its \\Recent rows (:meth:`ChangeLogs.claimed`, after the claim's commit):
+the claim leaves those rows without \\Recent for good, so the answer with \\Recent
+taken off is what a query would now return, as long as the mailbox's stamp has not
+moved. After an APPEND the first session to catch up claims the new message, and the
+other sessions of that mailbox are answered from the log instead of each querying (and
+trying to claim) again.
 
 A miss still helps: the query asks only from the log's head (its rows come merged into
 the log, whose floor stays), so a log grows forward with the mailbox and is trimmed to
@@ -125,6 +132,8 @@ class ChangeLogs:
         self._lock = threading.Lock()
         self._logs: OrderedDict[Key, _Log] = OrderedDict()
         self._stamps: dict[int, int] = {}
+        self._unclaimed: dict[Key, _Log] = {}
+        """Answers held aside for holding \\Recent rows, until :meth:`claimed`."""
         self._counter = 0
         self._epoch = 0
         self._trusted = False
@@ -147,6 +156,7 @@ class ChangeLogs:
             self._epoch += 1
             self._trusted = True
             self._logs.clear()
+            self._unclaimed.clear()
 
     def distrust(self) -> None:
         """Other nodes' changes may go unheard (the LISTEN connection is down, or the
@@ -155,6 +165,7 @@ class ChangeLogs:
             self._epoch += 1
             self._trusted = False
             self._logs.clear()
+            self._unclaimed.clear()
 
     def changed(self, mailbox_ids: Iterable[int]) -> None:
         """A change to these mailboxes committed (here, or on another node and heard):
@@ -263,18 +274,53 @@ class ChangeLogs:
             fresh = _merge(plan.base, fresh)
         answer = fresh.answer(since)
         if any(RECENT in row.flags for row in rows):
+            with self._lock:
+                if token.epoch == self._epoch:
+                    if len(self._unclaimed) >= self.max_logs:
+                        self._unclaimed.clear()
+                    self._unclaimed[key] = fresh
             return answer
         _trim(fresh, self.max_rows)
         with self._lock:
-            old = self._logs.get(key)
-            if token.epoch == self._epoch and (
-                old is None or old.token.epoch != token.epoch or old.token.stamp <= token.stamp
-            ):
-                self._logs[key] = fresh
-                self._logs.move_to_end(key)
-                while len(self._logs) > self.max_logs:
-                    self._logs.popitem(last=False)
+            self._keep(key, fresh)
         return answer
+
+    def claimed(self, mailbox_id: int, uids: Iterable[int]) -> None:
+        """This node's claim of \\Recent on ``uids`` of the mailbox committed: none of
+        them holds \\Recent any more (a claim only ever clears it). An answer held aside
+        whose \\Recent rows are all among them becomes the log, those rows without
+        \\Recent, if nothing has changed in the mailbox since it was read."""
+        cleared = set(uids)
+        with self._lock:
+            stamp = Token(self._epoch, self._stamps.get(mailbox_id, 0))
+            for key in [key for key in self._unclaimed if key[0] == mailbox_id]:
+                held = self._unclaimed[key]
+                recent = [row for row in held.rows.values() if RECENT in row.flags]
+                if held.token != stamp or not all(row.uid in cleared for row in recent):
+                    if held.token != stamp:
+                        del self._unclaimed[key]
+                    continue
+                del self._unclaimed[key]
+                rows = dict(held.rows)
+                rows.update(
+                    (row.uid, MessageRow(row.uid, row.flags - {RECENT}, row.modseq))
+                    for row in recent
+                )
+                fresh = _Log(held.token, held.read_at, held.floor, held.head, rows, held.gone)
+                _trim(fresh, self.max_rows)
+                self._keep(key, fresh)
+
+    def _keep(self, key: Key, fresh: _Log) -> None:
+        """Store ``fresh`` as ``key``'s log unless a newer one is there (lock held)."""
+        token = fresh.token
+        old = self._logs.get(key)
+        if token.epoch == self._epoch and (
+            old is None or old.token.epoch != token.epoch or old.token.stamp <= token.stamp
+        ):
+            self._logs[key] = fresh
+            self._logs.move_to_end(key)
+            while len(self._logs) > self.max_logs:
+                self._logs.popitem(last=False)
 
 
 def _merge(old: _Log, new: _Log) -> _Log:

@@ -563,11 +563,14 @@ class PGMessages(PGFlagWrites, PGRows, MessageSteps, HeaderFieldReads):
         if not self.lazy_flags:
             with self._cursor() as cur:
                 cur.execute(claim, args)
-                return sorted(row[0] for row in cur.fetchall())
-        with self._pipelined_write() as (cur, _changed):
-            cur.execute(b"SET LOCAL synchronous_commit = off")
-            cur.execute(claim, args)
-            claimed = sorted(row[0] for row in cur.fetchall())
+                claimed = sorted(row[0] for row in cur.fetchall())
+        else:
+            with self._pipelined_write() as (cur, _changed):
+                cur.execute(b"SET LOCAL synchronous_commit = off")
+                cur.execute(claim, args)
+                claimed = sorted(row[0] for row in cur.fetchall())
+        # Committed: none of these rows holds \Recent now (catchup.py, "claimed").
+        self.change_logs.claimed(mailbox_id, args[1])
         return claimed
 
 
