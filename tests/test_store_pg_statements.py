@@ -21,6 +21,7 @@ from gateway.store.errors import MailboxNotFound
 from gateway.store.heads import HeaderFieldReads
 from gateway.store.interfaces import INBOX
 from gateway.store.postgres import PostgresStore
+from gateway.store.postgres import messages as pg_messages
 from gateway.store.postgres.rows import POSTGRESQL
 from gateway.store.search import SQLITE, build_query
 from gateway.testing.messages import message
@@ -254,3 +255,20 @@ def test_searchs_per_message_subqueries_are_fenced_on_postgresql_only() -> None:
         pg = build_query(1, criteria, 0, dialect=POSTGRESQL).sql
         assert "OFFSET 0)" in pg
         assert "OFFSET" not in build_query(1, criteria, 0, dialect=SQLITE, text_index=False).sql
+
+
+@pytest.mark.postgres
+def test_a_list_view_of_many_uncut_messages_reads_the_rows_then_the_sources(
+    store, monkeypatch
+) -> None:
+    """Past HEAD_INLINE_MAX uncut messages the rows come alone (the one statement tests
+    each row against the uncut UIDs) and the octets as the shared reads bring them."""
+    box = store.get_mailbox("alice", INBOX).id
+    uids = [store.append(box, message(subject=f"s{i}")) for i in range(5)]
+    expected = HeaderFieldReads.message_header_fields(store, box, uids, NAMES)
+    store._head_cache_instance = None
+    monkeypatch.setattr(pg_messages, "HEAD_INLINE_MAX", 2)
+    counted = Counted(monkeypatch)
+    heads_, sent = counted(store.message_header_fields, box, uids, NAMES)
+    assert heads_ == expected and sent == 3  # rows, infos, bodies
+    assert not any(b"take" in s for s in counted.statements)

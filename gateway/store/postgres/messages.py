@@ -63,6 +63,10 @@ HEAD_COLUMNS = "mm.uid, mm.flags, mm.recent, mm.modseq, m.size"
 HEAD_JOIN = "CROSS JOIN LATERAL (SELECT size FROM message WHERE id = mm.message_id OFFSET 0) m"
 """The size of each row's message by its primary key (see :data:`SUMMARY_JOIN`)."""
 
+HEAD_INLINE_MAX = 256
+"""Uncut messages whose header octets a list view's one statement brings at most
+(:meth:`PGMessages.message_header_fields`): each row is tested against their UIDs."""
+
 HEAD_SOURCE_JOIN = (
     "CROSS JOIN LATERAL (SELECT size, parts,"
     r" substring(parts FROM '^\[\d+,\d+,(\d+),')::int AS span"
@@ -379,7 +383,9 @@ class PGMessages(PGFlagWrites, PGRows, MessageSteps, HeaderFieldReads):
         shared reads took three (summaries, infos, bodies). The octets come for a
         leading run of the uncut messages within ``HEAD_SOURCE_BYTES`` (at least one,
         as :meth:`HeaderFieldReads._head_sources` reads them); any others are read as
-        that method reads them."""
+        that method reads them. More than :data:`HEAD_INLINE_MAX` uncut messages (a
+        first sync's ``FETCH 1:*``) take the rows alone and then the shared reads: the
+        statement tests each row against the uncut UIDs, a linear search per row."""
         cache = self._head_cache()
         table = cache.known(names, mailbox_id)
         missing = [uid for uid in sorted(set(uid_array(uids))) if uid not in table]
@@ -387,9 +393,13 @@ class PGMessages(PGFlagWrites, PGRows, MessageSteps, HeaderFieldReads):
             rows = self._uid_rows(mailbox_id, uids, viewer, HEAD_COLUMNS, HEAD_JOIN)
             get = table.get
         else:
-            rows = self._head_rows(mailbox_id, uids, viewer, missing)
             cut = fields_cutter(names)
-            fresh = {row[0]: cut(row[6], row[5]) for row in rows if row[6] is not None}
+            if len(missing) <= HEAD_INLINE_MAX:
+                rows = self._head_rows(mailbox_id, uids, viewer, missing)
+                fresh = {row[0]: cut(row[6], row[5]) for row in rows if row[6] is not None}
+            else:
+                rows = self._uid_rows(mailbox_id, uids, viewer, HEAD_COLUMNS, HEAD_JOIN)
+                fresh = {}
             left = [row[0] for row in rows if row[0] not in table and row[0] not in fresh]
             if left:
                 fresh.update(
