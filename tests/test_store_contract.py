@@ -814,6 +814,59 @@ def test_selection_summary_finds_the_seen_token_only(store: Store) -> None:
     assert store.selection_summary(box).first_unseen_uid is None
 
 
+def test_flag_sets_follow_every_write(store: Store) -> None:
+    """The sets SEARCH UNSEEN/FLAGGED/DELETED and SELECT's summary read (kept by partial
+    indexes in SQLite mode, issue 19) agree with message_rows after every kind of write:
+    flag changes in all three modes, APPEND with flags, COPY and MOVE in and out,
+    EXPUNGE, \\Recent claims, and a keyword dropped from its last message."""
+    box = inbox(store)
+    other = store.create_mailbox("alice", "Other").id
+    rng = random.Random(19)
+    choices = ["\\Seen", "\\Flagged", "\\Deleted", "\\Answered", "$Label1", "Work"]
+    add(store, other, 4, ("\\Flagged",))
+
+    def check() -> None:
+        rows = store.message_rows(box)
+        has = {r.uid: r.flags for r in rows}
+
+        def where(test: Callable[[frozenset[str]], bool]) -> list[int]:
+            return [uid for uid, flags in has.items() if test(flags)]
+
+        assert store.search(box, Flag("\\Seen", False)) == where(lambda f: "\\Seen" not in f)
+        assert store.search(box, Flag("\\Flagged")) == where(lambda f: "\\Flagged" in f)
+        assert store.search(box, Flag("\\Deleted")) == where(lambda f: "\\Deleted" in f)
+        summary = store.selection_summary(box)
+        assert summary.recent.tolist() == where(lambda f: "\\Recent" in f)
+        unseen = where(lambda f: "\\Seen" not in f)
+        assert summary.first_unseen_uid == (unseen[0] if unseen else None)
+        keywords = {k for f in has.values() for k in f if not k.startswith("\\")}
+        assert summary.keywords == tuple(sorted(keywords))
+
+    add(store, box, 12)
+    check()
+    for step in range(60):
+        present = uids(store, box)
+        kind = rng.choice(["store", "store", "store", "append", "copy", "move", "expunge"])
+        if kind == "store" and present:
+            picked = rng.sample(present, rng.randint(1, min(4, len(present))))
+            mode = rng.choice(["+", "-", ""])
+            store.store_flags(box, picked, mode, rng.sample(choices, rng.randint(1, 3)))
+        elif kind == "append":
+            add(store, box, 1, tuple(rng.sample(choices, rng.randint(0, 2))))
+        elif kind == "copy":
+            store.copy(other, uids(store, other)[:2], box)
+        elif kind == "move" and present:
+            store.copy(box, rng.sample(present, 1), other, move=True)
+        elif kind == "expunge":
+            store.expunge(box)
+        if step % 7 == 0 and present:
+            store.clear_recent(box, present[: len(present) // 2])
+        check()
+    store.store_flags(box, uids(store, box), "-", ["$Label1", "Work"])
+    check()
+    assert store.selection_summary(box).keywords == ()
+
+
 def test_message_rows_of_missing_mailbox_raises_not_found(store: Store) -> None:
     with pytest.raises(MailboxNotFound):
         store.message_rows(987654)

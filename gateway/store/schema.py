@@ -50,6 +50,9 @@ Table layout and why:
 * ``message_text_index`` (version 11, issue 17) is the FTS5 trigram index over
   ``message_text`` that answers SEARCH BODY/TEXT without a scan
   (:mod:`gateway.store.sqlite_textindex`).
+* partial indexes of ``mailbox_message`` (version 13, issue 19) over the unseen, flagged,
+  deleted, \\Recent and flagged-at-all rows answer SEARCH UNSEEN/FLAGGED, EXPUNGE and
+  SELECT's summary (first unseen, \\Recent, keywords in use) without a scan of the mailbox (:mod:`gateway.store.sqlite_flagindex`).
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ from gateway.message.fields import MAX_ANALYZED_HEADER
 from gateway.store.interfaces import StoreError
 from gateway.store.search import address_row_name
 from gateway.store.sorting import migrate_sort_keys
+from gateway.store.sqlite_flagindex import FLAG_INDEX_DDL
 from gateway.store.sqlite_queue import QUEUE_DDL
 from gateway.store.sqlite_textindex import migrate_text_index
 from gateway.store.sqlite_timeseries import TIMESERIES_DDL
@@ -340,6 +344,12 @@ _V12_SIZE_INDEX = _statements(
     f"CREATE INDEX IF NOT EXISTS {MESSAGE_SIZE_INDEX} ON message (id, size)",
 )
 
+# Version 13 (issue 19, mailbox size and the mix): SEARCH UNSEEN/FLAGGED, EXPUNGE's
+# \Deleted rows and SELECT's \Recent set, first unseen message and keywords read every row of the
+# mailbox, so their cost grew with it; five partial indexes hold just the rows each test
+# selects. Self-contained (five indexes on one table), renumberable.
+_V13_FLAG_INDEXES = _statements(*FLAG_INDEX_DDL)
+
 MIGRATIONS: Sequence[Migration] = (
     _V1,
     _V2,
@@ -353,6 +363,7 @@ MIGRATIONS: Sequence[Migration] = (
     _V10_SORT_KEYS,
     TEXT_INDEX,
     _V12_SIZE_INDEX,
+    _V13_FLAG_INDEXES,
 )
 """Entry *i* takes a database from version *i* to *i + 1*. Append only."""
 

@@ -46,6 +46,7 @@ from gateway.core.criteria import (
 from gateway.core.flags import RECENT, canonical_flag, is_system_flag
 from gateway.store.errors import SearchTooComplex
 from gateway.store.objectid import EMAILID_HEX, EPOCH_ORDINAL, email_id_prefix
+from gateway.store.sqlite_flagindex import flag_term, is_indexed
 from gateway.store.sqlite_textindex import TABLE as TEXT_INDEX
 from gateway.store.sqlite_textindex import UNINDEXED, indexable, match_expression
 
@@ -102,13 +103,24 @@ class Dialect:
     scans every message's rows in the store (``SEARCH FROM x`` of a 200-message
     mailbox: 1 ms instead of 15-24 ms on the bench's ten accounts, and growing with
     the store, not the mailbox)."""
+    indexed_flag: Callable[[str, bool], str | None] = lambda flag, present: None
+    """A system flag test (canonical flag, present) written as an index of this
+    database answers it, or None for the generic test with a bound parameter."""
 
     def contains(self, haystack: str) -> str:
         """The test "the parameter occurs in ``haystack``" (one parameter)."""
         return f"{self.position}({haystack}, {self.param}) > 0"
 
 
-SQLITE = Dialect("sqlite", "?", "1", "0", "instr", _sqlite_uid_ranges, str)
+def _sqlite_indexed_flag(flag: str, present: bool) -> str | None:
+    # The partial indexes of gateway/store/sqlite_flagindex.py match only their own WHERE
+    # text with its literal: a bound parameter would leave SQLite scanning the mailbox.
+    return flag_term(flag, present) if is_indexed(flag, present) else None
+
+
+SQLITE = Dialect(
+    "sqlite", "?", "1", "0", "instr", _sqlite_uid_ranges, str, indexed_flag=_sqlite_indexed_flag
+)
 """SQLite's dialect (the PostgreSQL one is in :mod:`gateway.store.postgres.rows`)."""
 
 
@@ -290,6 +302,9 @@ class _Translator:
         if flag == RECENT:
             return "(mm.recent = 1)" if node.present else "(mm.recent = 0)"
         if is_system_flag(flag):
+            indexed = self.dialect.indexed_flag(flag, node.present)
+            if indexed is not None:
+                return f"({indexed})"
             # Stored in canonical case: an exact token match suffices.
             self.params.append(f" {flag} ")
             test = self.dialect.contains("' ' || mm.flags || ' '")

@@ -19,13 +19,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from gateway.core.flags import DELETED
 from gateway.message.analysis import Analysis, analyze
 from gateway.store.errors import MailboxNotFound, StoreError
 from gateway.store.interfaces import DELIMITER, Mailbox, is_shared_owner
-from gateway.store.rowdata import DELETED_TOKEN, MESSAGE_COLUMNS, internal_values, message_values
+from gateway.store.rowdata import MESSAGE_COLUMNS, internal_values, message_values
 from gateway.store.rules import MAX_UID, check_message
 from gateway.store.sorting import INSERT_SORT_KEY, sort_key_row
 from gateway.store.sqlite.connection import SQLiteConnection
+from gateway.store.sqlite_flagindex import flag_term
 from gateway.store.steps import RowSteps
 
 PRIVATE_SOURCE = (
@@ -133,11 +135,13 @@ class SQLiteRows(SQLiteConnection, RowSteps):
     def _deleted_rows(
         self, cur: sqlite3.Connection, mailbox_id: int, uids: Sequence[int] | None
     ) -> list[Any]:
+        # The \\Deleted test as its partial index is written: EXPUNGE and CLOSE walk the
+        # few deleted rows, not the mailbox (gateway/store/sqlite_flagindex.py).
         sql = (
             "SELECT uid, message_id FROM mailbox_message WHERE mailbox_id = ?"
-            " AND instr(' ' || flags || ' ', ?) > 0"
+            f" AND {flag_term(DELETED, True, 'flags')}"
         )
-        params: list[object] = [mailbox_id, DELETED_TOKEN]
+        params: list[object] = [mailbox_id]
         if uids is not None:
             sql += " AND uid IN (SELECT value FROM json_each(?))"
             params.append(uid_list(uids))
