@@ -10,8 +10,9 @@ and THREAD.
 from __future__ import annotations
 
 import bisect
+import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gateway.core import criteria as c
@@ -155,8 +156,50 @@ def _has_modseq(node: c.Criteria) -> bool:
     return False
 
 
+_SPACED = json.JSONEncoder(separators=(" ", ":"))
+"""Encodes a list of integers as ``[1 2 3]``: the C encoder writes the numbers of a long
+SEARCH response at about twice the speed of a ``b"%d"`` per number."""
+
+
 def _numbers(values: list[int]) -> bytes:
-    return b" ".join([b"%d" % v for v in values])
+    """``1 2 3``: numbers as RFC 3501 §7.2.5 lists them in a SEARCH response."""
+    return _SPACED.encode(values)[1:-1].encode("ascii")
+
+
+def in_view(view_uids: Sequence[int], found: list[int]) -> tuple[list[int], list[int]]:
+    """The UIDs of ``found`` (ascending, from the store) that ``view_uids`` (ascending)
+    holds, and their sequence numbers: new arrivals are left out until EXISTS announces
+    them (RFC 3501 §7.4.1 numbers only the messages the client knows).
+
+    A view without gaps in its UIDs (a mailbox nothing was expunged from since it was
+    first numbered) numbers UID u as u - (first UID - 1): a slice and, unless the first
+    UID is 1, one subtraction per UID, where a merge costs a comparison and two appends
+    each (SEARCH UNSEEN of 5,000 messages matches ~2,500)."""
+    size = len(view_uids)
+    if size and view_uids[-1] - view_uids[0] + 1 == size:
+        first = view_uids[0]
+        matched = found[
+            bisect.bisect_left(found, first) : bisect.bisect_right(found, view_uids[-1])
+        ]
+        offset = first - 1
+        return matched, (matched if offset == 0 else [uid - offset for uid in matched])
+    matched: list[int] = []
+    seqs: list[int] = []
+    # Both lists ascend: each UID is looked up after the previous one's slot, and most
+    # often found right there (a mailbox the view knows whole): one comparison, no call.
+    slot = 0
+    for uid in found:
+        if slot < size and view_uids[slot] == uid:
+            slot += 1
+        else:
+            lo = slot if slot == 0 or view_uids[slot - 1] < uid else 0  # (out of order)
+            slot = bisect.bisect_left(view_uids, uid, lo)
+            if slot == size or view_uids[slot] != uid:
+                continue  # not in the view (arrived since its last catch-up)
+            slot += 1
+        matched.append(uid)
+        seqs.append(slot)
+    return matched, seqs
 
 
 def search(session: Session, cmd: Search) -> Handler:
@@ -179,24 +222,7 @@ def search(session: Session, cmd: Search) -> Handler:
         if save:
             view.save_result(())  # RFC 5182 §2.1: a failed SEARCH leaves "$" empty
         raise
-    matched: list[int] = []  # UIDs, ascending
-    seqs: list[int] = []
-    # Both lists ascend: each UID is looked up after the previous one's slot, and most
-    # often found right there (a mailbox the view knows whole): one comparison, no call.
-    view_uids = view.uids
-    size = len(view_uids)
-    slot = 0
-    for uid in found:
-        if slot < size and view_uids[slot] == uid:
-            slot += 1
-        else:
-            lo = slot if slot == 0 or view_uids[slot - 1] < uid else 0  # (out of order)
-            slot = bisect.bisect_left(view_uids, uid, lo)
-            if slot == size or view_uids[slot] != uid:
-                continue  # not in the view (arrived since its last catch-up)
-            slot += 1
-        matched.append(uid)
-        seqs.append(slot)
+    matched, seqs = in_view(view.uids, found)
     numbers = matched if cmd.uid else seqs
 
     def highest_modseq(uids: list[int]) -> int:
