@@ -30,8 +30,8 @@ LISTEN connection died without an error the bridge could see yet (a half-open TC
 connection until the heartbeat notices).
 
 \\Recent is per row but changes without a modseq (the first session told claims it, RFC
-3501 §2.3.2): an answer holding a \\Recent row is never kept, so a claimed row is never
-handed out as recent again (as :mod:`gateway.imap.selectcache` does for SELECT).
+3501 §2.3.2): an answer read with a \\Recent row is never kept as it is, so a claimed row
+is never handed out as recent again (as :mod:`gateway.imap.selectcache` does for SELECT).
 Such an answer is held aside instead, and becomes the log once this node has claimed
 every one of its \\Recent rows (:meth:`ChangeLogs.claimed`, after the claim's commit):
 the claim leaves those rows without \\Recent for good, so the answer with \\Recent
@@ -39,6 +39,14 @@ taken off is what a query would now return, as long as the mailbox's stamp has n
 moved. After an APPEND the first session to catch up claims the new message, and the
 other sessions of that mailbox are answered from the log instead of each querying (and
 trying to claim) again.
+
+This node's own APPEND puts its new row in the log at once (:meth:`ChangeLogs.wrote`),
+\\Recent included (it is unclaimed when it commits), so even the first catch-up after it
+needs no query; a claim made here takes the \\Recent off (:meth:`ChangeLogs.claimed`),
+and a log holding one never answers on the reactor thread (:meth:`ChangeLogs.known`: the
+claim is a write). A row another node claimed first stays \\Recent in this node's log
+until a session here tries to claim it: the claim returns nothing (the database decides,
+as before) and the log forgets it.
 
 A miss still helps: the query asks only from the log's head (its rows come merged into
 the log, whose floor stays), so a log grows forward with the mailbox and is trimmed to
@@ -51,7 +59,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import attrgetter
 
 from gateway.core.flags import RECENT
@@ -181,20 +189,15 @@ class ChangeLogs:
         HIGHESTMODSEQ from ``before`` (read under the write's lock) to ``modseq``,
         changing ``rows`` as ``key``'s viewer sees them. The mailbox has changed (as
         :meth:`changed` says), and a valid log that held everything up to ``before`` now
-        holds this write too: nobody else could write in between."""
+        holds this write too: nobody else could write in between. ``rows`` may be
+        \\Recent (an APPEND's new row) until :meth:`claimed` says otherwise."""
         with self._lock:
             mailbox_id = key[0]
             held = Token(self._epoch, self._stamps.get(mailbox_id, 0))
             self._counter += 1
             self._stamps[mailbox_id] = self._counter
             log = self._logs.get(key)
-            if (
-                not self._trusted
-                or log is None
-                or log.token != held
-                or log.head != before
-                or any(RECENT in row.flags for row in rows)
-            ):
+            if not self._trusted or log is None or log.token != held or log.head != before:
                 return
             changed = dict(log.rows)
             changed.update((row.uid, row) for row in rows)
@@ -250,9 +253,12 @@ class ChangeLogs:
                 or self._clock() - log.read_at > self.max_age
             ):
                 return None
+            answer = log.answer(since)
+            if any(RECENT in row.flags for row in answer.changed):
+                return None  # claiming it is a write: not on the reactor thread
             self.hits += 1
             self._logs.move_to_end(key)
-            return log.answer(since)
+            return answer
 
     def record(
         self,
@@ -289,9 +295,21 @@ class ChangeLogs:
         """This node's claim of \\Recent on ``uids`` of the mailbox committed: none of
         them holds \\Recent any more (a claim only ever clears it). An answer held aside
         whose \\Recent rows are all among them becomes the log, those rows without
-        \\Recent, if nothing has changed in the mailbox since it was read."""
+        \\Recent, if nothing has changed in the mailbox since it was read. A log holding
+        one of them \\Recent (this node's APPEND, :meth:`wrote`) is one without it: the
+        rows keep their modseq (a claim makes none), so nothing else changes."""
         cleared = set(uids)
         with self._lock:
+            for key, log in list(self._logs.items()):
+                if key[0] != mailbox_id:
+                    continue
+                found = [log.rows[u] for u in cleared.intersection(log.rows)]
+                if claimed := [r for r in found if RECENT in r.flags]:
+                    rows = dict(log.rows)  # a new log: a stored one never changes
+                    rows.update(
+                        (r.uid, MessageRow(r.uid, r.flags - {RECENT}, r.modseq)) for r in claimed
+                    )
+                    self._logs[key] = replace(log, rows=rows)
             stamp = Token(self._epoch, self._stamps.get(mailbox_id, 0))
             for key in [key for key in self._unclaimed if key[0] == mailbox_id]:
                 held = self._unclaimed[key]

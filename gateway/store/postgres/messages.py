@@ -34,6 +34,7 @@ from gateway.store.interfaces import (
     SelectionSummary,
 )
 from gateway.store.objectid import email_id
+from gateway.store.postgres.appendwrite import PGAppendWrites
 from gateway.store.postgres.flagwrite import PGFlagWrites
 from gateway.store.postgres.rows import PGRows, uid_array
 from gateway.store.rowdata import (
@@ -92,14 +93,30 @@ INFO_COLUMNS = (
 """What :class:`MessageInfo` is built from (:meth:`PGMessages._infos`), in its order."""
 
 
+CLAIM = (
+    "UPDATE mailbox_message SET recent = 0 WHERE mailbox_id = %s AND recent = 1"
+    " AND uid = ANY(%s::bigint[]) RETURNING uid"
+)
+"""The \\Recent claim (:meth:`PGMessages.clear_recent`): parameters (mailbox id, UIDs)."""
+
+CLAIM_LAZY = (
+    "WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true))"
+    " UPDATE mailbox_message SET recent = 0 FROM lazy WHERE mailbox_id = %s AND recent = 1"
+    " AND uid = ANY(%s::bigint[]) RETURNING uid"
+)
+""":data:`CLAIM` committed asynchronously (``flag_fsync = "optimized"``): the setting is
+local to the statement's transaction (``is_local``), read by its commit."""
+
 _pinned = threading.local()
 """The catch-up answer :meth:`PGMessages.pin_changes` took for this thread, if any."""
 
 
-class PGMessages(PGFlagWrites, PGRows, MessageSteps, HeaderFieldReads):
+class PGMessages(PGAppendWrites, PGFlagWrites, PGRows, MessageSteps, HeaderFieldReads):
     """:class:`~gateway.store.interfaces.Messages` on PostgreSQL: the reads here, the
-    writes (append, expunge, copy/move) in :class:`~gateway.store.steps.MessageSteps`, STORE
-    in :class:`~gateway.store.postgres.flagwrite.PGFlagWrites` (two round trips)."""
+    writes (expunge, copy/move, MULTIAPPEND) in :class:`~gateway.store.steps.MessageSteps`,
+    STORE in :class:`~gateway.store.postgres.flagwrite.PGFlagWrites` (two round trips),
+    APPEND of one message in :class:`~gateway.store.postgres.appendwrite.PGAppendWrites`
+    (one statement)."""
 
     def counts(self, mailbox_id: int, *, viewer: str | None = None) -> MailboxCounts:
         with self._read() as cur:
@@ -562,25 +579,18 @@ class PGMessages(PGFlagWrites, PGRows, MessageSteps, HeaderFieldReads):
         return [r[0] for r in rows]
 
     def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
-        # The row lock of UPDATE makes the claim atomic: a concurrent claim of the same
-        # row waits, then finds recent = 0 and returns nothing for it. A flag-only
-        # commit: asynchronous under flag_fsync = "optimized" (connection.py).
-        claim = (
-            "UPDATE mailbox_message SET recent = 0 WHERE mailbox_id = %s AND recent = 1"
-            " AND uid = ANY(%s::bigint[]) RETURNING uid"
-        )
-        args = (mailbox_id, uid_array(uids))
-        if not self.lazy_flags:
-            with self._cursor() as cur:
-                cur.execute(claim, args)
-                claimed = sorted(row[0] for row in cur.fetchall())
-        else:
-            with self._pipelined_write() as (cur, _changed):
-                cur.execute(b"SET LOCAL synchronous_commit = off")
-                cur.execute(claim, args)
-                claimed = sorted(row[0] for row in cur.fetchall())
-        # Committed: none of these rows holds \Recent now (catchup.py, "claimed").
-        self.change_logs.claimed(mailbox_id, args[1])
+        """The row lock of UPDATE makes the claim atomic (RFC 3501 §2.3.2): a concurrent
+        claim of the same row waits, then finds recent = 0 and returns nothing for it.
+        One statement in autocommit, one round trip; a flag-only commit, asynchronous
+        under flag_fsync = "optimized" (connection.py) through ``set_config(...,
+        true)``, which lasts to the end of the statement's own transaction, its commit
+        included (``SET LOCAL`` in a BEGIN ... COMMIT took two round trips). Afterwards
+        none of the rows is \\Recent, whoever claimed it: the node's change logs forget
+        it (``ChangeLogs.claimed``)."""
+        with self._cursor() as cur:
+            cur.execute(CLAIM_LAZY if self.lazy_flags else CLAIM, (mailbox_id, uid_array(uids)))
+            claimed = sorted(row[0] for row in cur.fetchall())
+        self.change_logs.claimed(mailbox_id, uids)
         return claimed
 
 
