@@ -103,9 +103,7 @@ def test_an_append_is_one_statement_and_its_catch_up_needs_none(store, monkeypat
     assert store.clear_recent(box, [uid]) == [uid] and len(statements) == 1
     statements.clear()
     after = store.changes_since(box, head)
-    assert statements == [] and [(r.uid, r.flags) for r in after.changed] == [
-        (uid, {"\\Flagged"})
-    ]
+    assert statements == [] and [(r.uid, r.flags) for r in after.changed] == [(uid, {"\\Flagged"})]
     assert store.change_logs.known((box, ""), head) == after
     monkeypatch.undo()
     server = shared_server()  # a second node, no log: the database's own answer
