@@ -114,18 +114,38 @@ def test_a_catch_up_the_node_knows_unchanged_sends_nothing(store, monkeypatch) -
 
 
 @pytest.mark.postgres
-def test_a_store_is_two_round_trips_and_one_that_changes_nothing_commits_nothing(
+def test_a_store_is_one_statement_and_one_that_changes_nothing_writes_nothing(
     store, monkeypatch
 ) -> None:
-    """BEGIN, the lock and the rows in one round trip; then the writes with COMMIT, or
-    a ROLLBACK when no flag changes (no durable commit for a no-op)."""
+    """A mailbox that is not shared: one call of the server-side function (the lock, the
+    rows, the writes and the notice in one round trip); a STORE that changes no flag
+    moves no modseq and commits nothing durable (synchronous_commit off in the call)."""
     box = store.get_mailbox("alice", INBOX).id
     uid = store.append(box, message())
     statements = Counted(monkeypatch).statements
     result = store.store_flags(box, [uid], "+", ["\\Seen"])
-    assert [r.uid for r in result.updated] == [uid] and statements[-1] == b"COMMIT"
+    assert [r.uid for r in result.updated] == [uid]
+    assert len(statements) == 1 and b"popgate_store_flags(" in statements[0]
+    head = store.counts(box).highestmodseq
     statements.clear()
     assert store.store_flags(box, [uid], "+", ["\\Seen"]).updated == []
+    assert len(statements) == 1 and store.counts(box).highestmodseq == head
+
+
+@pytest.mark.postgres
+def test_a_store_in_a_shared_mailbox_is_two_round_trips_and_a_no_op_commits_nothing(
+    store, monkeypatch
+) -> None:
+    """BEGIN, the lock and the rows in one round trip; then the writes with COMMIT, or
+    a ROLLBACK when no flag changes (no durable commit for a no-op)."""
+    store.ensure_user("shared:team")
+    box = store.get_mailbox("shared:team", INBOX).id
+    uid = store.append(box, message())
+    statements = Counted(monkeypatch).statements
+    result = store.store_flags(box, [uid], "+", ["\\Flagged"], viewer="alice")
+    assert [r.uid for r in result.updated] == [uid] and statements[-1] == b"COMMIT"
+    statements.clear()
+    assert store.store_flags(box, [uid], "+", ["\\Flagged"], viewer="alice").updated == []
     assert statements[-1] == b"ROLLBACK" and not any(s.startswith(b"UPDATE") for s in statements)
 
 
@@ -172,9 +192,30 @@ def test_flag_only_commits_are_asynchronous_under_optimized_flag_fsync(
     assert len(asynchronous) == (2 if lazy else 0) and len(statements) == 2
     statements.clear()
     store.store_flags(box, [uid], "+", ["\\Flagged"])  # the mailbox's kind now known
-    statements.clear()
+    calls: list[tuple] = []
+    original = psycopg.Cursor.execute
+
+    def execute(cursor, query, params=None, *args, **kwargs):
+        if b"popgate_store_flags(" in (query if isinstance(query, bytes) else query.encode()):
+            calls.append(tuple(params))
+        return original(cursor, query, params, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
     result = store.store_flags(box, [uid], "+", ["\\Seen"])
-    assert [r.uid for r in result.updated] == [uid] and statements[-1] == b"COMMIT"
+    assert [r.uid for r in result.updated] == [uid]
+    assert len(calls) == 1 and calls[0][6] is lazy  # the function's p_lazy
+    with store._cursor() as cur:  # the function sets it only when lazy (or a no-op)
+        cur.execute("SELECT prosrc FROM pg_proc WHERE proname = 'popgate_store_flags'")
+        (source,) = cur.fetchone()
+    assert "IF v_written = 0 OR p_lazy THEN" in source
+    assert "set_config('synchronous_commit', 'off', true)" in source
+    store.ensure_user("shared:team")  # a shared mailbox: the two-round-trip STORE
+    team = store.get_mailbox("shared:team", INBOX).id
+    other_uid = store.append(team, message())
+    store.store_flags(team, [other_uid], "+", ["\\Draft"], viewer="alice")
+    statements.clear()
+    result = store.store_flags(team, [other_uid], "+", ["\\Flagged"], viewer="alice")
+    assert [r.uid for r in result.updated] == [other_uid] and statements[-1] == b"COMMIT"
     assert (b"SET LOCAL synchronous_commit = off" in statements) is lazy
     monkeypatch.undo()
     with psycopg.connect(store.dsn, autocommit=True, **store.connect_kwargs) as other:

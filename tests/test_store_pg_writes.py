@@ -1,12 +1,15 @@
-"""The PostgreSQL store's one-statement writes (bench/README.md, "PostgreSQL writes, session
-5"): APPEND of one message and the \\Recent claim are one statement each, write exactly the
-rows the shared algorithm writes, and keep the node's change log able to answer the
-catch-up after them. Their answers are the contract suite's (tests/test_store_contract.py
-runs on PostgreSQL); two nodes appending to one mailbox are in tests/test_store_postgres.py.
+"""The PostgreSQL store's one-statement writes (bench/README.md, "PostgreSQL writes,
+session 5"): APPEND of one message, the \\Recent claim and STORE in a mailbox that is not
+shared are one statement each, write exactly the rows the shared algorithm writes (STORE:
+plans as :func:`~gateway.store.rowdata.plan_flags` does), and keep the node's change log
+able to answer the catch-up after them. Their answers are the contract suite's
+(tests/test_store_contract.py runs on PostgreSQL); two nodes appending to one mailbox are
+in tests/test_store_postgres.py.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 
 import psycopg
@@ -14,9 +17,11 @@ import pytest
 
 from gateway.core.flags import RECENT
 from gateway.store.errors import MailboxNotFound, StoreError
-from gateway.store.interfaces import INBOX, NewMessage
+from gateway.store.interfaces import INBOX, MessageFlags, NewMessage
 from gateway.store.postgres import PostgresStore
-from gateway.store.rules import MAX_UID
+from gateway.store.postgres.rows import FLAG_ROWS
+from gateway.store.rowdata import plan_flags
+from gateway.store.rules import MAX_UID, flag_map
 from gateway.store.steps import MessageSteps
 from gateway.testing.messages import message
 from gateway.testing.postgres import close_test_store, open_test_store, shared_server
@@ -160,3 +165,68 @@ def test_an_append_to_a_missing_mailbox_or_a_full_uid_space_writes_nothing(store
     with store._cursor() as cur:
         cur.execute("SELECT count(*) FROM message")
         assert cur.fetchone() == (messages,)
+
+
+FLAG_POOL = (
+    "\\Seen",
+    "\\Flagged",
+    "\\Deleted",
+    "\\Answered",
+    "\\Draft",
+    "\\seen",
+    "\\FLAGGED",
+    "$Label1",
+    "$label1",
+    "Junk",
+    "NonJunk",
+    "a",
+    "B",
+    "b",
+    "\\Recent",
+)
+"""Flags a random STORE draws from: system flags in other spellings, keywords differing
+only in case, \\Recent (never settable)."""
+
+
+def test_the_server_side_store_plans_as_plan_flags_does(store) -> None:
+    """Random STOREs (+FLAGS, -FLAGS, FLAGS, with and without UNCHANGEDSINCE) on random
+    flag sets: the function's answer and the rows it leaves equal what
+    :func:`~gateway.store.rowdata.plan_flags` plans from the rows read before."""
+    box = _known(store)
+    rng = random.Random(5)
+    uids = [store.append(box, message(subject=f"m{i}")) for i in range(12)]
+    seen = {"writes": 0, "no-ops": 0, "refused": 0}
+    for step in range(150):
+        picked = rng.sample(uids, rng.randint(1, 4))
+        mode = rng.choice(["+", "-", ""])
+        given = rng.sample(FLAG_POOL, rng.randint(0, 4))
+        with store._cursor() as cur:
+            cur.execute(FLAG_ROWS, (None, box, sorted(picked)))
+            before = cur.fetchall()
+            cur.execute("SELECT highestmodseq FROM mailbox WHERE id = %s", (box,))
+            (head,) = cur.fetchone()
+        since = rng.choice([None, None, head, max(1, head - rng.randint(0, 10))])
+        plan = plan_flags(before, mode, flag_map(given), since, False, None)
+        result = store.store_flags(box, picked, mode, given, since)
+        modseq = head + 1
+        assert result.modified == plan.modified, step
+        assert result.updated == plan.rows(modseq, store._flags), step
+        written = {uid for uid, *_rest in plan.writes}
+        left = [r for r in before if r[0] not in written and r[0] not in plan.modified]
+        assert result.unchanged == [
+            MessageFlags(uid, store._flags(text, recent), m)
+            for uid, text, recent, m, _s, _p in left
+        ], step
+        stored = {uid: text for uid, text, *_rest in before}
+        stored.update((uid, text) for uid, text, _p, _e, _r in plan.writes)
+        with store._cursor() as cur:
+            cur.execute(
+                "SELECT uid, flags FROM mailbox_message WHERE mailbox_id = %s"
+                " AND uid = ANY(%s::bigint[])",
+                (box, sorted(picked)),
+            )
+            assert dict(cur.fetchall()) == stored, step
+        assert store.counts(box).highestmodseq == (modseq if plan.writes else head), step
+        seen["writes" if plan.writes else "no-ops"] += 1
+        seen["refused"] += bool(plan.modified)
+    assert min(seen.values()) >= 10, seen  # every outcome met often

@@ -96,7 +96,8 @@ def append_params(
     # A spooled APPEND arrives as an mmap: passed as a memoryview, not copied here.
     body = raw if isinstance(raw, bytes) else memoryview(raw)
     headers = values.headers
-    keys = sort_key_row(0, internal[0], values.row[5], len(raw), analysis.sort)  # type: ignore[arg-type]
+    sort = analysis.sort
+    keys = sort_key_row(0, internal[0], values.row[5], len(raw), sort)  # type: ignore[arg-type]
     return [
         mailbox_id,
         MAX_UID,

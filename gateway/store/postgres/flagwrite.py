@@ -1,4 +1,9 @@
-"""STORE on PostgreSQL in two round trips, and what it tells the node's change log.
+"""STORE on PostgreSQL in one or two round trips, and what it tells the node's change log.
+
+In a mailbox the node knows is not shared, STORE is one call of a server-side function
+(:mod:`gateway.store.postgres.flagfunction`: the lock, the flag arithmetic, the writes and
+the notice in the database, one round trip). A shared mailbox (private \\Seen per
+viewer) takes the two round trips below.
 
 STORE is the mix's most frequent write (RFC 3501 §6.4.6; 15% of the 50-client bench's
 commands). The shared write algorithm (:meth:`~gateway.store.steps.MessageSteps.store_flags`
@@ -33,8 +38,15 @@ from typing import Any
 from psycopg.pq import TransactionStatus
 
 from gateway.store.errors import MailboxNotFound
-from gateway.store.interfaces import MessageFlags, StoreResult
+from gateway.store.interfaces import MessageFlags, MessageRow, StoreResult
 from gateway.store.postgres.changes import encode
+from gateway.store.postgres.flagfunction import (
+    HEAD,
+    LEFT_ALONE,
+    REFUSED,
+    STORE_FLAGS_CALL,
+    WRITTEN,
+)
 from gateway.store.postgres.rows import FLAG_ROWS, PGRows, uid_array
 from gateway.store.rowdata import plan_flags
 from gateway.store.rules import flag_map
@@ -60,6 +72,8 @@ class PGFlagWrites(PGRows, MessageSteps):
                 self, mailbox_id, uids, mode, flags, unchangedsince, viewer=viewer
             )
         given = flag_map(flags)
+        if not shared:
+            return self._store_in_database(mailbox_id, uids, mode, given, unchangedsince, viewer)
         with self._connection() as conn:
             done = False
             try:
@@ -102,6 +116,48 @@ class PGFlagWrites(PGRows, MessageSteps):
         self.change_logs.wrote(self._log_key(mailbox_id, viewer), before, modseq, updated)
         self._tell_listeners([mailbox_id])
         return StoreResult(updated=updated, modified=plan.modified, unchanged=unchanged)
+
+    def _store_in_database(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        mode: str,
+        given: dict[str, str],
+        unchangedsince: int | None,
+        viewer: str | None,
+    ) -> StoreResult:
+        """A mailbox that is not shared: one call of the server-side function
+        (:mod:`gateway.store.postgres.flagfunction`), one round trip."""
+        (payload,) = encode(self.origin, [mailbox_id])
+        with self._cursor() as cur:
+            cur.execute(
+                STORE_FLAGS_CALL,
+                (
+                    mailbox_id,
+                    uid_array(uids),
+                    mode,
+                    list(given),
+                    list(given.values()),
+                    unchangedsince,
+                    self.lazy_flags,
+                    self.channel,
+                    payload,
+                ),
+            )
+            rows = cur.fetchall()
+        if not rows or rows[0][4] != HEAD:
+            raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
+        before = int(rows[0][3])
+        flags = self._flags
+        updated = [MessageRow(u, flags(t, r), m) for u, t, r, m, state in rows if state == WRITTEN]
+        modified = [u for u, _t, _r, _m, state in rows if state == REFUSED]
+        unchanged = [
+            MessageFlags(u, flags(t, r), m) for u, t, r, m, state in rows if state == LEFT_ALONE
+        ]
+        if updated:
+            self.change_logs.wrote(self._log_key(mailbox_id, viewer), before, before + 1, updated)
+            self._tell_listeners([mailbox_id])
+        return StoreResult(updated=updated, modified=modified, unchanged=unchanged)
 
 
 def _unchanged(

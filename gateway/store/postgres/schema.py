@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gateway.store.errors import StoreError
+from gateway.store.postgres.flagfunction import STORE_FLAGS_FUNCTION
 from gateway.store.postgres.text import pg_text
 from gateway.store.sorting import BACKFILL_BATCH, MAX_HEADER_READ, keys_of_raw, sort_key_row
 
@@ -321,6 +322,10 @@ _V7_UPSTREAM_LEASE = _statements(
     """,
 )
 
+# Version 8: STORE's server-side function (gateway/store/postgres/flagfunction.py), a flag
+# change in one round trip. Self-contained (one new function), renumberable.
+_V8_STORE_FLAGS_FUNCTION = _statements(STORE_FLAGS_FUNCTION)
+
 MIGRATIONS: Sequence[Migration] = (
     _V1,
     _V2,
@@ -329,6 +334,7 @@ MIGRATIONS: Sequence[Migration] = (
     _V5_SORT_KEYS,
     _V6_SORT_KEY_BACKFILL,
     _V7_UPSTREAM_LEASE,
+    _V8_STORE_FLAGS_FUNCTION,
 )
 """Entry *i* takes a database from version *i* to *i + 1*. Append only."""
 
