@@ -32,8 +32,7 @@ tells); a first write takes the shared algorithm.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 from psycopg.pq import TransactionStatus
 
@@ -109,7 +108,7 @@ class PGFlagWrites(PGRows, MessageSteps):
             finally:
                 if not done and conn.info.transaction_status != TransactionStatus.IDLE:
                     conn.rollback()
-        unchanged = None if shared else _unchanged(rows, plan.writes, plan.modified, self._flags)
+        unchanged = None if shared else plan.unchanged(rows, self._flags)
         if not plan.writes:
             return StoreResult(updated=[], modified=plan.modified, unchanged=unchanged)
         updated = plan.rows(modseq, self._flags)
@@ -158,20 +157,3 @@ class PGFlagWrites(PGRows, MessageSteps):
             self.change_logs.wrote(self._log_key(mailbox_id, viewer), before, before + 1, updated)
             self._tell_listeners([mailbox_id])
         return StoreResult(updated=updated, modified=modified, unchanged=unchanged)
-
-
-def _unchanged(
-    rows: list[Any],
-    writes: list[Any],
-    modified: list[int],
-    flags: Callable[[str, int], frozenset[str]],
-) -> list[MessageFlags]:
-    """The rows read under the lock that the STORE left alone, as ``message_flags``
-    would read them (a mailbox that is not shared: no private \\Seen to add)."""
-    skip = {write[0] for write in writes}
-    skip.update(modified)
-    return [
-        MessageFlags(uid, flags(text, recent), modseq)
-        for uid, text, recent, modseq, _seen, _pmodseq in rows
-        if uid not in skip
-    ]
