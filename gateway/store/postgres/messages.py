@@ -114,7 +114,8 @@ _pinned = threading.local()
 class PGMessages(PGAppendWrites, PGFlagWrites, PGRows, MessageSteps, HeaderFieldReads):
     """:class:`~gateway.store.interfaces.Messages` on PostgreSQL: the reads here, the
     writes (expunge, copy/move, MULTIAPPEND) in :class:`~gateway.store.steps.MessageSteps`,
-    STORE in :class:`~gateway.store.postgres.flagwrite.PGFlagWrites` (two round trips),
+    STORE in :class:`~gateway.store.postgres.flagwrite.PGFlagWrites` (one round trip, two in
+    a shared mailbox),
     APPEND of one message in :class:`~gateway.store.postgres.appendwrite.PGAppendWrites`
     (one statement)."""
 
