@@ -6,6 +6,8 @@ case-folding that changes length, NUL, short needles, quotes), the indexed searc
 :mod:`gateway.store.sqlite_textindex` answers the same UIDs. Also: the index follows
 expunge, move and mailbox deletion, and an upgraded store's backlog is indexed in
 batches, interleaved with writes, without indexing anything twice or missing anything.
+New messages wait in the backlog until :data:`INDEX_BATCH` of them are indexed together,
+and a search finds them at every point of the way.
 """
 
 from __future__ import annotations
@@ -21,10 +23,17 @@ from hypothesis import strategies as st
 from gateway.core.criteria import Not, Or, Text
 from gateway.store import steps as steps_module
 from gateway.store.memory import MemoryStore
-from gateway.store.schema import MIGRATIONS, TEXT_INDEX, migrate, schema_version
+from gateway.store.schema import (
+    DEFERRED_INDEX,
+    MIGRATIONS,
+    TEXT_INDEX,
+    migrate,
+    schema_version,
+)
 from gateway.store.search import build_query
 from gateway.store.sqlite import SQLiteStore
 from gateway.store.sqlite_textindex import (
+    INDEX_BATCH,
     TABLE,
     UNINDEXED,
     backlog_done,
@@ -73,6 +82,12 @@ def scanning() -> Iterator[None]:
         yield
 
 
+def index_waiting(store: SQLiteStore) -> None:
+    """Index every message waiting in the backlog now, as a full batch would."""
+    while not store.index_text_step():
+        pass
+
+
 def sqlite_store(tmp_path: Path, name: str) -> SQLiteStore:
     path = tmp_path / name
     if path.exists():
@@ -107,12 +122,15 @@ def test_indexed_search_equals_scan_and_memory(tmp_path, messages, needle, pick)
         for subject, body in messages:
             store.append(box, mail(subject, body))
             memory.append(mem_box, mail(subject, body))
-        for candidate in candidates:
-            indexed = searches(store, box, candidate)
-            with scanning():
-                scanned = searches(store, box, candidate)
-            assert indexed == scanned, candidate
-            assert indexed == searches(memory, mem_box, candidate), candidate
+        for indexed_yet in (False, True):  # waiting in the backlog, then in the index
+            if indexed_yet:
+                index_waiting(store)
+            for candidate in candidates:
+                indexed = searches(store, box, candidate)
+                with scanning():
+                    scanned = searches(store, box, candidate)
+                assert indexed == scanned, candidate
+                assert indexed == searches(memory, mem_box, candidate), candidate
 
 
 def test_needles_the_index_cannot_answer_go_to_the_scan():
@@ -144,6 +162,7 @@ def test_the_index_follows_expunge_move_and_mailbox_deletion(tmp_path):
         store.create_mailbox("u", "Other")
         other = store.get_mailbox("u", "Other").id
         uids = [store.append(inbox, mail(f"s{n}", f"needle{n} body")) for n in range(4)]
+        index_waiting(store)
         assert len(index_rows(store)) == 4
         store.store_flags(inbox, uids[:1], "+", {"\\Deleted"})
         store.expunge(inbox, uids[:1])
@@ -202,7 +221,9 @@ def test_an_upgraded_store_indexes_its_backlog_in_batches(tmp_path):
             assert store.search(box, Text("BODY", "word1")) == expected
             if done:
                 break
-        assert steps == 3  # 9 left after the first batch and the expunges, 3 per batch
+        # 9 left, 3 per batch: 11 - 2 indexed - uids[7] expunged + the new one (a new
+        # message waits in the backlog too, sqlite_textindex.INDEX_BATCH).
+        assert steps == 3
         assert backlog_done(db)
         live = {r[0] for r in db.execute("SELECT message_id FROM message_text")}
         unindexed = {r[0] for r in db.execute(f"SELECT message_id FROM {UNINDEXED}")}
@@ -229,3 +250,93 @@ def test_rerunning_the_migration_rebuilds_the_index(tmp_path):
         db.execute("COMMIT")
         db.execute(f"INSERT INTO {TABLE} ({TABLE}, rank) VALUES ('integrity-check', 1)")
         assert store.search(box, Text("BODY", "pha b")) == [uid]
+
+
+def waiting(store: SQLiteStore) -> set[int]:
+    """Message ids listed in the backlog (to be indexed)."""
+    return {r[0] for r in store.db.execute(f"SELECT message_id FROM {UNINDEXED} WHERE backlog = 1")}
+
+
+def test_a_search_right_after_an_append_finds_it_before_and_after_its_batch(tmp_path):
+    """An APPENDed message waits in the backlog, in the same transaction as the message;
+    SEARCH BODY/TEXT finds it at once (scanned) and after the write that completes a
+    batch of INDEX_BATCH has indexed them all in one statement."""
+    with sqlite_store(tmp_path, "batch.sqlite3") as store:
+        store.ensure_user("u")
+        box = store.get_mailbox("u", "INBOX").id
+        uids = []
+        for n in range(INDEX_BATCH - 1):
+            uids.append(store.append(box, mail(f"subject {n}", f"needle{n:03d} body")))
+            assert store.search(box, Text("BODY", f"needle{n:03d}")) == [uids[-1]]
+            assert store.search(box, Text("TEXT", f"SUBJECT {n}")) == [uids[-1]]
+        assert index_rows(store) == set()
+        assert len(waiting(store)) == INDEX_BATCH - 1
+        last = store.append(box, mail("last", "needle999 body"))
+        assert waiting(store) == set()
+        assert len(index_rows(store)) == INDEX_BATCH
+        assert store.search(box, Text("BODY", "needle999")) == [last]
+        assert store.search(box, Text("BODY", "needle00")) == uids[:10]
+        store.db.execute(f"INSERT INTO {TABLE} ({TABLE}, rank) VALUES ('integrity-check', 1)")
+
+
+def test_a_message_expunged_or_holding_nul_before_its_batch_keeps_the_index_exact(tmp_path):
+    """Expunged while waiting: never indexed, its backlog entry goes with it. A text
+    holding NUL stays listed (scanned for good). The batch indexes the rest, once."""
+    with sqlite_store(tmp_path, "edge.sqlite3") as store:
+        store.ensure_user("u")
+        box = store.get_mailbox("u", "INBOX").id
+        gone = store.append(box, mail("gone", "word gone"))
+        nul = store.append(box, mail("nul", "word\x00 nul"))
+        kept = store.append(box, mail("kept", "word kept"))
+        store.store_flags(box, [gone], "+", {"\\Deleted"})
+        store.expunge(box, [gone])
+        assert store.search(box, Text("BODY", "word")) == [nul, kept]
+        count = INDEX_BATCH - 3  # with the three above: one batch
+        more = [store.append(box, mail(f"m{n}", f"other {n}")) for n in range(count)]
+        assert waiting(store) == set()
+        listed = {r[0] for r in store.db.execute(f"SELECT message_id FROM {UNINDEXED}")}
+        assert len(listed) == 1  # the NUL text, scanned for good
+        assert len(index_rows(store)) == count + 1  # kept and the others
+        assert store.search(box, Text("BODY", "word")) == [nul, kept]
+        assert store.search(box, Text("BODY", "other 3")) == [more[3]]
+        with scanning():
+            assert store.search(box, Text("BODY", "word")) == [nul, kept]
+
+
+def test_messages_waiting_when_the_store_closes_are_indexed_when_it_opens(tmp_path):
+    """A batch not yet complete when the process ends (or crashes: the backlog commits
+    with each message) is indexed by the next open, before it serves."""
+    path = tmp_path / "reopen.sqlite3"
+    with SQLiteStore(path) as store:
+        store.ensure_user("u")
+        box = store.get_mailbox("u", "INBOX").id
+        uids = [store.append(box, mail(f"s{n}", f"needle{n} body")) for n in range(3)]
+        assert len(waiting(store)) == 3
+    with SQLiteStore(path) as again:
+        assert waiting(again) == set()
+        assert len(index_rows(again)) == 3
+        assert again.search(box, Text("BODY", "needle1")) == [uids[1]]
+
+
+def test_a_store_upgraded_to_batched_indexing_keeps_what_it_indexed(tmp_path):
+    """Messages indexed one by one before the upgrade stay indexed; from it on, new ones
+    wait for their batch; searches agree with the scan throughout."""
+    path = tmp_path / "upgrade.sqlite3"
+    previous = MIGRATIONS[: MIGRATIONS.index(DEFERRED_INDEX)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("gateway.store.sqlite.connection.migrate", lambda c: migrate(c, previous))
+        with SQLiteStore(path) as old:
+            old.ensure_user("u")
+            box = old.get_mailbox("u", "INBOX").id
+            before = [old.append(box, mail(f"old {n}", f"word{n} old")) for n in range(3)]
+            assert len(index_rows(old)) == 3  # indexed by the insert trigger of before
+    with SQLiteStore(path) as store:
+        assert schema_version(store.db) == len(MIGRATIONS)
+        new = store.append(box, mail("new", "word1 new"))
+        assert len(index_rows(store)) == 3 and waiting(store) == {new}
+        assert store.search(box, Text("BODY", "word1")) == [before[1], new]
+        with scanning():
+            assert store.search(box, Text("BODY", "word1")) == [before[1], new]
+        index_waiting(store)
+        assert len(index_rows(store)) == 4
+        assert store.search(box, Text("BODY", "word1")) == [before[1], new]

@@ -23,6 +23,16 @@ and triggers on ``message_text`` keep the index in step with every insert and de
 including the deletes that cascade from ``message`` when the last reference to a message
 goes (expunge, move, mailbox deletion). ``message_text`` rows are never updated.
 
+A new message is indexed in a batch, not by its own insert (:data:`~gateway.store.schema.DEFERRED_INDEX`, issue
+19): the insert trigger lists it in the backlog, in the same transaction as the message,
+and the store indexes the backlog once :data:`INDEX_BATCH` messages wait, inside the
+write that adds the last of them (:func:`index_backlog`). FTS5 writes a segment and may
+merge segments at the end of each statement that changes it, so one insert per message
+cost ~0.46 ms of CPU here against ~0.12 ms per message for 32 in one statement (on the
+reactor thread of the IMAP server in SQLite mode, where every APPEND's store work runs).
+Searches stay exact meanwhile: a listed message is scanned, as during an upgrade's
+backfill, so a search right after an APPEND finds it.
+
 Upgrading a store that already holds messages (:data:`TEXT_INDEX` in the schema, one
 migration) does not index them inside the migration: it lists them all in
 ``message_text_unindexed`` as backlog, and :func:`index_backlog_step` moves them into the
@@ -47,6 +57,12 @@ MIN_NEEDLE = 3
 BACKFILL_BATCH = 100
 """Messages indexed per write transaction while upgrading an existing store: about
 80 ms each here (0.8 ms per small message), so other writers wait for one batch at most."""
+
+INDEX_BATCH = 32
+"""Messages a store lets wait in the backlog before it indexes them together: a
+multiple of this many APPENDs pays one FTS5 statement (and segment) instead of one each
+(~4 ms of CPU once per batch, against ~15 ms unbatched); searches scan at most this many
+messages more. The memory a batch takes is FTS5's pending-terms hash for 32 messages."""
 
 UNINDEXED = "message_text_unindexed"
 """Messages the index does not hold: ``backlog`` 1 = stored before the index existed (to
@@ -97,6 +113,25 @@ DDL: tuple[str, ...] = (
 )
 
 
+DEFERRED_INSERT_TRIGGER = f"""
+    CREATE TRIGGER message_text_index_insert AFTER INSERT ON message_text
+    BEGIN
+        INSERT INTO {UNINDEXED} (message_id, backlog) VALUES (new.message_id, 1);
+    END
+    """
+"""The insert trigger from :data:`~gateway.store.schema.DEFERRED_INDEX` on: every new text joins the backlog
+(:func:`index_backlog` indexes it, or marks it scanned for good if it holds a NUL)."""
+
+
+def migrate_deferred_index(conn: sqlite3.Connection) -> None:
+    """The schema migration to batched indexing: the insert trigger lists each new text
+    in the backlog instead of indexing it (module docstring). Texts indexed already stay
+    so; the delete trigger already handles both kinds (it skips the FTS5 delete of a
+    listed message). Idempotent."""
+    conn.execute("DROP TRIGGER IF EXISTS message_text_index_insert")
+    conn.execute(DEFERRED_INSERT_TRIGGER)
+
+
 def migrate_text_index(conn: sqlite3.Connection) -> None:
     """The schema migration: create the index, its side table and triggers, and list the
     messages already stored as backlog (indexed later, in batches, by
@@ -124,6 +159,14 @@ def index_backlog_step(conn: sqlite3.Connection, batch: int = BACKFILL_BATCH) ->
     """Index up to ``batch`` messages of the backlog; True when none is left. Must run
     inside a write transaction: the rows indexed and the backlog entries removed commit
     together, so a crash repeats no work and skips none."""
+    index_backlog(conn, batch)
+    return backlog_done(conn)
+
+
+def index_backlog(conn: sqlite3.Connection, batch: int) -> None:
+    """Index the ``batch`` oldest messages of the backlog in one FTS5 statement (texts
+    holding NUL stay listed, as scanned for good). Inside a write transaction, as
+    :func:`index_backlog_step`."""
     ids = json.dumps(
         [
             r[0]
@@ -148,7 +191,6 @@ def index_backlog_step(conn: sqlite3.Connection, batch: int = BACKFILL_BATCH) ->
         (ids,),
     )
     conn.execute(f"DELETE FROM {UNINDEXED} WHERE backlog = 1 AND message_id IN ({chosen})", (ids,))
-    return backlog_done(conn)
 
 
 def indexable(needle: str) -> bool:

@@ -61,7 +61,12 @@ from gateway.store.interfaces import ChangeListener
 from gateway.store.rowdata import RowValues
 from gateway.store.schema import migrate, schema_version
 from gateway.store.sqlite.quiet import QuietHeads
-from gateway.store.sqlite_textindex import backlog_done, index_backlog_step
+from gateway.store.sqlite_textindex import (
+    INDEX_BATCH,
+    backlog_done,
+    index_backlog,
+    index_backlog_step,
+)
 
 log = structlog.get_logger("gateway.store.sqlite")
 
@@ -131,6 +136,10 @@ class SQLiteConnection(RowValues):
         """Mailboxes' HIGHESTMODSEQ as of a :meth:`_change_stamp`, carried over this
         connection's own writes: a catch-up finds an unchanged mailbox without a read
         transaction (issue 19, :mod:`gateway.store.sqlite.quiet`)."""
+        self._text_waiting = 0
+        """Messages this connection inserted since it last indexed the full-text
+        backlog (:data:`~gateway.store.sqlite_textindex.INDEX_BATCH`); an estimate that
+        only decides when to index (a rolled-back insert counts too, harmlessly)."""
         self._deferring = 0  # depth of deferred_sync blocks
         self._lazy_flags = False  # the outer deferred_sync block's lazy_flags
         self._flag_write = False  # inside _flags_only: the write changes flags only
@@ -243,7 +252,14 @@ class SQLiteConnection(RowValues):
             quiet.write_started(self._change_stamp() if quiet.stamp is not None else None)
             try:
                 yield changed
+                waiting = self._text_waiting
+                if waiting >= INDEX_BATCH:
+                    # The write that lists the batch's last message indexes the batch,
+                    # atomically with it (sqlite_textindex: batched indexing).
+                    index_backlog(conn, waiting)
                 conn.execute("COMMIT")
+                if waiting >= INDEX_BATCH:
+                    self._text_waiting = 0
             except BaseException:
                 quiet.rolled_back()
                 if conn.in_transaction:

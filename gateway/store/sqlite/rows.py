@@ -329,6 +329,7 @@ class SQLiteRows(SQLiteConnection, RowSteps):
             "INSERT INTO message_text (message_id, header_folded, text_folded) VALUES (?, ?, ?)",
             (message_id, values.header_folded, values.text_folded),
         )
+        self._text_waiting += 1  # in the full-text backlog until its batch is indexed
         return message_id
 
     def _alloc_uids(self, cur: sqlite3.Connection, mailbox_id: int, count: int) -> tuple[int, int]:
