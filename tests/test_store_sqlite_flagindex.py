@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core.criteria import And, Flag, Header, Not
-from gateway.store.schema import SCHEMA_VERSION
+from gateway.store.schema import _V13_FLAG_INDEXES, MIGRATIONS
 from gateway.store.search import build_query
 from gateway.store.sqlite import SQLiteStore
 from gateway.store.sqlite_flagindex import (
@@ -146,7 +146,8 @@ def test_migration_indexes_mail_stored_before_it(tmp_path: Path) -> None:
     for statement in FLAG_INDEX_DDL:
         name = statement.split("EXISTS ")[1].split()[0]
         store.db.execute(f"DROP INDEX {name}")
-    store.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+    # The version before the flag indexes (later migrations run again: they are idempotent).
+    store.db.execute(f"PRAGMA user_version = {MIGRATIONS.index(_V13_FLAG_INDEXES)}")
     store.close()
     store = SQLiteStore(tmp_path / "store.db")
     try:
