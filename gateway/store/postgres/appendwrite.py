@@ -39,32 +39,18 @@ from gateway.message.analysis import Analysis
 from gateway.store.errors import MailboxNotFound, StoreError
 from gateway.store.interfaces import MessageRow, NewMessage
 from gateway.store.postgres.changes import encode
+from gateway.store.postgres.messagerows import MESSAGE_CTES, message_params
 from gateway.store.postgres.rows import PGRows
-from gateway.store.postgres.text import pg_text
-from gateway.store.rowdata import message_values, split_seen
+from gateway.store.rowdata import split_seen
 from gateway.store.rules import MAX_UID, flag_map
-from gateway.store.sorting import sort_key_row
 from gateway.store.steps import MessageSteps
 
 APPEND_ONE = (
     "WITH box AS ("
     " UPDATE mailbox SET highestmodseq = highestmodseq + 1, uidnext = uidnext + 1"
     " WHERE id = %s AND uidnext <= %s RETURNING highestmodseq, uidnext - 1 AS uid),"
-    " msg AS (INSERT INTO message (sha256, size, internaldate, internaldate_tz,"
-    " internal_day, sent_date, sent_day, message_id_header, envelope, bodystructure, body,"
-    " parts) SELECT %s::bytea, %s::bigint, %s::bigint, %s::integer, %s::integer,"
-    " %s::bigint, %s::integer, %s::text, %s::bytea, %s::bytea, %s::bytea, %s::text"
-    " FROM box RETURNING id),"
-    " body AS (INSERT INTO content (message_id, raw) SELECT id, %s::bytea FROM msg),"
-    " head AS (INSERT INTO header_field (message_id, name, pos, value_folded)"
-    " SELECT msg.id, f.name, f.pos, f.value FROM msg,"
-    " unnest(%s::text[], %s::integer[], %s::text[]) AS f(name, pos, value)),"
-    " sort AS (INSERT INTO sort_key (message_id, arrival, sent, size, subject, refwd,"
-    " from_key, to_key, cc_key, display_from, display_to, msgid, refs)"
-    " SELECT id, %s::bigint, %s::bigint, %s::bigint, %s::text, %s::integer, %s::text,"
-    " %s::text, %s::text, %s::text, %s::text, %s::text, %s::text FROM msg),"
-    " words AS (INSERT INTO message_text (message_id, header_folded, text_folded)"
-    " SELECT id, %s::text, %s::text FROM msg),"
+    + MESSAGE_CTES.format(source="box")
+    + ","
     " row AS (INSERT INTO mailbox_message"
     " (mailbox_id, uid, message_id, flags, modseq, recent, savedate)"
     " SELECT %s, box.uid, msg.id, %s::text, box.highestmodseq, 1, %s::bigint FROM box, msg"
@@ -88,27 +74,10 @@ def append_params(
     """The parameters of :data:`APPEND_ONE`: the rows ``_insert_message`` and
     ``_add_rows`` write (:func:`~gateway.store.rowdata.message_values`, the sort key
     row), text cleaned for PostgreSQL alike (:func:`~gateway.store.postgres.text.pg_text`)."""
-    values = message_values(raw, analysis, internal)
-    row = list(values.row)
-    if row[7] is not None:
-        row[7] = pg_text(row[7])  # message_id_header
-    row[11] = pg_text(row[11])  # parts
-    # A spooled APPEND arrives as an mmap: passed as a memoryview, not copied here.
-    body = raw if isinstance(raw, bytes) else memoryview(raw)
-    headers = values.headers
-    sort = analysis.sort
-    keys = sort_key_row(0, internal[0], values.row[5], len(raw), sort)  # type: ignore[arg-type]
     return [
         mailbox_id,
         MAX_UID,
-        *row,
-        body,
-        [pg_text(name) for _pos, name, _value in headers],
-        [pos for pos, _name, _value in headers],
-        [pg_text(value) for _pos, _name, value in headers],
-        *(pg_text(v) if isinstance(v, str) else v for v in keys[1:]),
-        pg_text(values.header_folded),
-        pg_text(values.text_folded),
+        *message_params(raw, analysis, internal),
         mailbox_id,
         flags_text,
         saved,

@@ -19,6 +19,7 @@ from psycopg import Cursor
 from gateway.message.analysis import Analysis
 from gateway.store.interfaces import INBOX, Delivery, DuplicateRecord, LedgerEntry, Routed
 from gateway.store.postgres.leases import PGLeases
+from gateway.store.postgres.messagerows import DELIVER_ONE, message_params
 from gateway.store.postgres.queue import Statements
 from gateway.store.postgres.rows import PGRows
 from gateway.store.rowdata import ledger_entries_from_rows, split_seen
@@ -95,33 +96,10 @@ class PGLedger(PGRows, PGLeases):
         with self._fenced_write() as (cur, changed):
             mailbox_id = self._target_mailbox(cur, owner, mailbox)
             self._lock(cur, mailbox_id)
-            new_rows: list[tuple[int, int]] = []  # (index in items, message id)
-            pointers: list[tuple[int, str, str]] = []  # (message id, upstream, uidl)
-            for index, (delivery, ready) in enumerate(zip(items, prepared, strict=True)):
-                if ready is None:
-                    continue
-                raw, analysis, internal = ready
-                size = delivery.size_on_server
-                if not self._claim(
-                    cur, delivery.upstream, delivery.uidl, now, len(raw) if size is None else size
-                ):
-                    continue
-                existing = None
-                if dedup:
-                    cur.execute(
-                        "SELECT m.id FROM message m WHERE m.sha256 = %s AND EXISTS"
-                        " (SELECT 1 FROM mailbox_message mm WHERE mm.message_id = m.id"
-                        " AND mm.mailbox_id = %s) AND EXISTS (SELECT 1 FROM ledger l"
-                        " WHERE l.message_id = m.id AND l.upstream <> %s) LIMIT 1",
-                        (hashlib.sha256(raw).digest(), mailbox_id, delivery.upstream),
-                    )
-                    existing = cur.fetchone()
-                if existing is not None:
-                    message_id = int(existing[0])
-                else:
-                    message_id = self._insert_message(cur, raw, analysis, internal)
-                    new_rows.append((index, message_id))
-                pointers.append((message_id, delivery.upstream, delivery.uidl))
+            if dedup:
+                new_rows, pointers = self._claim_and_insert(cur, items, prepared, now, mailbox_id)
+            else:
+                new_rows, pointers = self._deliver_each(cur, items, prepared, now)
             if new_rows:
                 uids = self._add_rows(cur, mailbox_id, [(mid, "") for _i, mid in new_rows])
                 for (index, _mid), uid in zip(new_rows, uids, strict=True):
@@ -130,6 +108,81 @@ class PGLedger(PGRows, PGLeases):
             if pointers:
                 self._point(cur, pointers)
         return results
+
+    def _deliver_each(
+        self,
+        cur: Cursor,
+        items: list[Delivery],
+        prepared: list[tuple[bytes, Analysis, tuple[int, int, int]] | None],
+        now: float,
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, str, str]]]:
+        """Claim and write each message in ONE statement (:data:`DELIVER_ONE`: the claim
+        first, the message's rows only if it succeeded), all of them sent together
+        (psycopg pipelines ``executemany``): one round trip for the batch instead of six
+        per message. Returns (index in items, message id) of the messages written and
+        the ledger pointers (message id, upstream, uidl)."""
+        sent: list[int] = []
+        params: list[list[object]] = []
+        for index, (delivery, ready) in enumerate(zip(items, prepared, strict=True)):
+            if ready is None:
+                continue
+            raw, analysis, internal = ready
+            size = delivery.size_on_server
+            claim = [delivery.upstream, delivery.uidl, now, len(raw) if size is None else size]
+            params.append(claim + message_params(raw, analysis, internal))
+            sent.append(index)
+        new_rows: list[tuple[int, int]] = []
+        pointers: list[tuple[int, str, str]] = []
+        if not params:
+            return new_rows, pointers
+        cur.executemany(DELIVER_ONE, params, returning=True)
+        for position, index in enumerate(sent):
+            if position:
+                cur.nextset()
+            row = cur.fetchone()
+            if row is None:  # the UIDL was in the ledger already: nothing written
+                continue
+            message_id = int(row[0])
+            new_rows.append((index, message_id))
+            pointers.append((message_id, items[index].upstream, items[index].uidl))
+        return new_rows, pointers
+
+    def _claim_and_insert(
+        self,
+        cur: Cursor,
+        items: list[Delivery],
+        prepared: list[tuple[bytes, Analysis, tuple[int, int, int]] | None],
+        now: float,
+        mailbox_id: int,
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, str, str]]]:
+        """The content-dedup delivery: per message the claim, then the look-up of the
+        same bytes from another upstream, then (if none) the message's rows."""
+        new_rows: list[tuple[int, int]] = []  # (index in items, message id)
+        pointers: list[tuple[int, str, str]] = []  # (message id, upstream, uidl)
+        for index, (delivery, ready) in enumerate(zip(items, prepared, strict=True)):
+            if ready is None:
+                continue
+            raw, analysis, internal = ready
+            size = delivery.size_on_server
+            if not self._claim(
+                cur, delivery.upstream, delivery.uidl, now, len(raw) if size is None else size
+            ):
+                continue
+            cur.execute(
+                "SELECT m.id FROM message m WHERE m.sha256 = %s AND EXISTS"
+                " (SELECT 1 FROM mailbox_message mm WHERE mm.message_id = m.id"
+                " AND mm.mailbox_id = %s) AND EXISTS (SELECT 1 FROM ledger l"
+                " WHERE l.message_id = m.id AND l.upstream <> %s) LIMIT 1",
+                (hashlib.sha256(raw).digest(), mailbox_id, delivery.upstream),
+            )
+            existing = cur.fetchone()
+            if existing is not None:
+                message_id = int(existing[0])
+            else:
+                message_id = self._insert_message(cur, raw, analysis, internal)
+                new_rows.append((index, message_id))
+            pointers.append((message_id, delivery.upstream, delivery.uidl))
+        return new_rows, pointers
 
     def deliver_routed(
         self, owner: str, default: str, items: Sequence[Routed], *, dedup: bool = False
