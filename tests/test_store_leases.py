@@ -251,13 +251,13 @@ def test_a_commit_whose_lease_ran_out_during_its_transaction_is_refused(nodes, p
     lease expired while it was being written commits nothing."""
     a, _b = nodes
     token = a.try_acquire(UP, "node-a", 1)
-    original = a._insert_message
+    original = a._add_rows  # the message rows are written; their mailbox rows come next
 
-    def slow_insert(*args, **kwargs):
+    def slow_add_rows(*args, **kwargs):
         time.sleep(1.5)  # the lease runs out meanwhile
         return original(*args, **kwargs)
 
-    a._insert_message = slow_insert  # type: ignore[method-assign]
+    a._add_rows = slow_add_rows  # type: ignore[method-assign]
     with fencing(Fence(UP, "node-a", token)), pytest.raises(LeaseLost):
         a.deliver_many("alice", "INBOX", [_delivery("u1")])
     assert a.known_uidls(UP) == set()
