@@ -17,21 +17,9 @@ from gateway.store.interfaces import INBOX, Delivery
 from gateway.store.postgres import PostgresStore
 from gateway.testing import samplemail
 from gateway.testing.messages import message
-from gateway.testing.postgres import close_test_store, open_test_store
+from gateway.testing.postgres import close_test_store, message_rows, open_test_store
 
 pytestmark = pytest.mark.postgres
-
-ROWS = {
-    "message": "SELECT sha256, size, internaldate, internaldate_tz, internal_day,"
-    " sent_date, sent_day, message_id_header, envelope, bodystructure, body, parts"
-    " FROM message WHERE id = %s",
-    "content": "SELECT raw FROM content WHERE message_id = %s",
-    "header_field": "SELECT name, pos, value_folded FROM header_field"
-    " WHERE message_id = %s ORDER BY name, pos",
-    "sort_key": "SELECT arrival, sent, size, subject, refwd, from_key, to_key, cc_key,"
-    " display_from, display_to, msgid, refs FROM sort_key WHERE message_id = %s",
-    "message_text": "SELECT header_folded, text_folded FROM message_text WHERE message_id = %s",
-}
 
 
 @pytest.fixture
@@ -55,9 +43,7 @@ def _stored(store: PostgresStore, owner: str) -> list[dict[str, list[tuple]]]:
         )
         for message_id, *ledger in cur.fetchall():
             rows: dict[str, list[tuple]] = {"ledger": [tuple(ledger)]}
-            for table, sql in ROWS.items():
-                cur.execute(sql, (message_id,))
-                rows[table] = cur.fetchall()
+            rows.update(message_rows(cur, message_id))
             found.append(rows)
     return found
 

@@ -24,7 +24,7 @@ from gateway.store.rowdata import plan_flags
 from gateway.store.rules import MAX_UID, flag_map
 from gateway.store.steps import MessageSteps
 from gateway.testing.messages import message
-from gateway.testing.postgres import close_test_store, open_test_store, shared_server
+from gateway.testing.postgres import close_test_store, message_rows, open_test_store, shared_server
 
 pytestmark = pytest.mark.postgres
 
@@ -60,24 +60,8 @@ def _known(store: PostgresStore) -> int:
 
 def _rows(store: PostgresStore, message_id: int) -> dict[str, list[tuple]]:
     """Every row stored for one message, its id left out."""
-    tables = {
-        "message": "SELECT sha256, size, internaldate, internaldate_tz, internal_day,"
-        " sent_date, sent_day, message_id_header, envelope, bodystructure, body, parts"
-        " FROM message WHERE id = %s",
-        "content": "SELECT raw FROM content WHERE message_id = %s",
-        "header_field": "SELECT name, pos, value_folded FROM header_field"
-        " WHERE message_id = %s ORDER BY name, pos",
-        "sort_key": "SELECT arrival, sent, size, subject, refwd, from_key, to_key, cc_key,"
-        " display_from, display_to, msgid, refs FROM sort_key WHERE message_id = %s",
-        "message_text": "SELECT header_folded, text_folded FROM message_text"
-        " WHERE message_id = %s",
-    }
     with store._cursor() as cur:
-        found = {}
-        for table, sql in tables.items():
-            cur.execute(sql, (message_id,))
-            found[table] = cur.fetchall()
-    return found
+        return message_rows(cur, message_id)
 
 
 def _message_id(store: PostgresStore, box: int, uid: int) -> int:
