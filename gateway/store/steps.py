@@ -508,8 +508,15 @@ class MessageSteps(RowSteps):
                 self._write_flag_plan(cur, mailbox_id, plan, modseq, viewer)
                 updated = plan.rows(modseq, self._flags)
                 changed.add(mailbox_id)
+                if not shared:
+                    self._flags_written(mailbox_id, modseq, updated)
         unchanged = None if shared else plan.unchanged(rows, self._flags)
         return StoreResult(updated=updated, modified=plan.modified, unchanged=unchanged)
+
+    def _flags_written(self, mailbox_id: int, modseq: int, rows: list[MessageRow]) -> None:
+        """Inside a STORE's write, after its rows of a mailbox that is not shared were
+        written with ``modseq``: a backend that answers catch-ups from memory keeps them
+        (SQLite: :mod:`gateway.store.sqlite.quiet`). Nothing by default."""
 
     def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
         """RFC 3501 §6.4.3 EXPUNGE and RFC 4315 §2.1 UID EXPUNGE (when ``uids`` is given)."""

@@ -462,10 +462,11 @@ class SQLiteMessages(SQLiteRows, MessageSteps, HeaderFieldReads):
         # statement, its own snapshot, and a STORE that would write nothing ends there,
         # as if it had run at that snapshot: no BEGIN IMMEDIATE, COMMIT, mailbox check or
         # synchronous switch (issue 19: four to six statements fewer). One that changes
-        # something runs the locked read-plan-write below, which reads the rows again
-        # under the write lock.
+        # something runs the shared locked read-plan-write (MessageSteps.store_flags),
+        # which reads the rows again under the write lock.
         if mode not in ("", "+", "-"):
             raise ValueError(f"unknown STORE mode {mode!r}")
+        flags = tuple(flags)  # read twice when the locked path below runs
         given = flag_map(flags)
         conn = self.db
         shared = self._is_shared(conn, mailbox_id)
@@ -477,22 +478,12 @@ class SQLiteMessages(SQLiteRows, MessageSteps, HeaderFieldReads):
             unchanged = None if shared else plan.unchanged(rows, self._flags)
             return StoreResult(updated=[], modified=plan.modified, unchanged=unchanged)
         # A flag-only write: lazy under deferred_sync(lazy_flags=True) (connection.py).
-        # The algorithm of MessageSteps.store_flags, which also leaves the written rows
-        # for the catch-ups that follow (sqlite/quiet.py).
-        updated: list[MessageRow] = []
-        with self._flags_only(), self._write() as changed:
-            self._require(conn, mailbox_id)
-            rows = self._flag_rows(conn, mailbox_id, uids, viewer if shared else None)
-            plan = plan_flags(rows, mode, given, unchangedsince, shared, viewer)
-            if plan.writes:
-                modseq = self._bump(conn, mailbox_id)
-                self._write_flag_plan(conn, mailbox_id, plan, modseq, viewer)
-                updated = plan.rows(modseq, self._flags)
-                changed.add(mailbox_id)
-                if not shared:
-                    self._quiet.wrote_flags(mailbox_id, modseq, updated)
-        unchanged = None if shared else plan.unchanged(rows, self._flags)
-        return StoreResult(updated=updated, modified=plan.modified, unchanged=unchanged)
+        with self._flags_only():
+            return super().store_flags(mailbox_id, uids, mode, flags, unchangedsince, viewer=viewer)
+
+    def _flags_written(self, mailbox_id: int, modseq: int, rows: list[MessageRow]) -> None:
+        # The written rows answer the catch-ups that follow (sqlite/quiet.py).
+        self._quiet.wrote_flags(mailbox_id, modseq, rows)
 
     def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         with self._flags_only(), self._write():
