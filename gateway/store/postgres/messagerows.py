@@ -5,11 +5,11 @@ A message is five tables' rows (``message``, ``content``, ``header_field``, ``so
 statements' parse/bind/execute on the server, per message. :data:`MESSAGE_CTES` writes
 them all from one statement, ``FROM`` a preceding CTE of the caller's (:data:`APPEND_ONE
 <gateway.store.postgres.appendwrite.APPEND_ONE>`'s mailbox update, :data:`DELIVER_ONE`'s
-ledger claim): when that CTE yields no row, nothing at all is written.
-:func:`message_params` makes its parameters from the same values
-:meth:`~gateway.store.postgres.rows.PGRows._insert_message` writes
-(:func:`~gateway.store.rowdata.message_values`, the sort key row, text cleaned by
-:func:`~gateway.store.postgres.text.pg_text`), so the rows are byte-identical.
+ledger claim, :data:`INSERT_ONE`'s single row): when that CTE yields no row, nothing at
+all is written. :func:`message_params` is the one place that turns a message's values
+(:func:`~gateway.store.rowdata.message_values`, the sort key row) into PostgreSQL's
+parameters (text cleaned by :func:`~gateway.store.postgres.text.pg_text`), so every write
+path stores the same rows.
 """
 
 from __future__ import annotations
@@ -54,6 +54,12 @@ DELIVER_ONE = (
 ledger, or committed meanwhile by another node whose claim this one waited on, yields no
 row), and the message's rows only if the claim succeeded. Yields the new message's id or
 no row. Parameters: (upstream, uidl, fetched_at, size) then :func:`message_params`."""
+
+
+INSERT_ONE = "WITH one AS (SELECT 1)," + MESSAGE_CTES.format(source="one") + " SELECT id FROM msg"
+"""One message's rows alone, yielding its id, for the write paths that add the mailbox
+rows in a statement of their own (MULTIAPPEND and a shared mailbox's APPEND, a delivery
+with content dedup, a routed delivery). Parameters: :func:`message_params`."""
 
 
 def message_params(raw: Any, analysis: Analysis, internal: tuple[int, int, int]) -> list[object]:

@@ -28,11 +28,11 @@ from gateway.message.analysis import Analysis
 from gateway.store.errors import MailboxNotFound, StoreError
 from gateway.store.interfaces import DELIMITER, Mailbox, is_shared_owner
 from gateway.store.postgres.connection import PGConnection
+from gateway.store.postgres.messagerows import INSERT_ONE, message_params
 from gateway.store.postgres.text import pg_text
-from gateway.store.rowdata import DELETED_TOKEN, MESSAGE_COLUMNS, internal_values, message_values
+from gateway.store.rowdata import DELETED_TOKEN, internal_values
 from gateway.store.rules import MAX_UID, check_message
 from gateway.store.search import Dialect
-from gateway.store.sorting import sort_key_row
 from gateway.store.steps import RowSteps
 
 OWNER_LOCK_CLASS = 0x706F_7067  # "popg": the advisory-lock namespace of mailbox trees
@@ -320,52 +320,11 @@ class PGRows(PGConnection, RowSteps):
     def _insert_message(
         self, cur: Cursor, raw: Any, analysis: Analysis, internal: tuple[int, int, int]
     ) -> int:
-        values = message_values(raw, analysis, internal)
-        row = list(values.row)
-        if row[7] is not None:
-            row[7] = pg_text(row[7])  # message_id_header
-        row[11] = pg_text(row[11])  # parts
-        cur.execute(
-            f"INSERT INTO message ({MESSAGE_COLUMNS})"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-            row,
-        )
+        """The message's rows in all five tables, one statement (:data:`INSERT_ONE`)."""
+        cur.execute(INSERT_ONE, message_params(raw, analysis, internal))
         fetched = cur.fetchone()
         assert fetched is not None
-        message_id = int(fetched[0])
-        # A spooled APPEND arrives as an mmap: passed as a memoryview, not copied here.
-        body = raw if isinstance(raw, bytes) else memoryview(raw)
-        cur.execute("INSERT INTO content (message_id, raw) VALUES (%s, %s)", (message_id, body))
-        if values.headers:
-            cur.executemany(
-                "INSERT INTO header_field (message_id, name, pos, value_folded)"
-                " VALUES (%s, %s, %s, %s)",
-                [
-                    (message_id, pg_text(name), pos, pg_text(value))
-                    for pos, name, value in values.headers
-                ],
-            )
-        cur.execute(
-            "INSERT INTO sort_key (message_id, arrival, sent, size, subject, refwd, from_key,"
-            " to_key, cc_key, display_from, display_to, msgid, refs)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [
-                pg_text(v) if isinstance(v, str) else v
-                for v in sort_key_row(
-                    message_id,
-                    internal[0],
-                    values.row[5],
-                    len(raw),
-                    analysis.sort,  # type: ignore[arg-type]
-                )
-            ],
-        )
-        cur.execute(
-            "INSERT INTO message_text (message_id, header_folded, text_folded)"
-            " VALUES (%s, %s, %s)",
-            (message_id, pg_text(values.header_folded), pg_text(values.text_folded)),
-        )
-        return message_id
+        return int(fetched[0])
 
     def _alloc_uids(self, cur: Cursor, mailbox_id: int, count: int) -> tuple[int, int]:
         """The counters move in one ``UPDATE ... RETURNING`` on the mailbox row, which
