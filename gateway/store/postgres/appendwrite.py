@@ -92,11 +92,7 @@ class PGAppendWrites(PGRows, MessageSteps):
     def append_many(
         self, mailbox_id: int, messages: Sequence[NewMessage], *, viewer: str | None = None
     ) -> list[int]:
-        if (
-            isinstance(messages, NewMessage)
-            or len(messages) != 1
-            or self._shared_ids.get(mailbox_id) is not False
-        ):
+        if len(messages) != 1 or self._shared_ids.get(mailbox_id) is not False:
             return MessageSteps.append_many(self, mailbox_id, messages, viewer=viewer)
         (item,) = messages
         text, _seen = split_seen(flag_map(item.flags), False)

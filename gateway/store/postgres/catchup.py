@@ -305,11 +305,8 @@ class ChangeLogs:
                     continue
                 found = [log.rows[u] for u in cleared.intersection(log.rows)]
                 if claimed := [r for r in found if RECENT in r.flags]:
-                    rows = dict(log.rows)  # a new log: a stored one never changes
-                    rows.update(
-                        (r.uid, MessageRow(r.uid, r.flags - {RECENT}, r.modseq)) for r in claimed
-                    )
-                    self._logs[key] = replace(log, rows=rows)
+                    # a new log: a stored one never changes
+                    self._logs[key] = replace(log, rows=_unrecent(log.rows, claimed))
             stamp = Token(self._epoch, self._stamps.get(mailbox_id, 0))
             for key in [key for key in self._unclaimed if key[0] == mailbox_id]:
                 held = self._unclaimed[key]
@@ -319,12 +316,7 @@ class ChangeLogs:
                         del self._unclaimed[key]
                     continue
                 del self._unclaimed[key]
-                rows = dict(held.rows)
-                rows.update(
-                    (row.uid, MessageRow(row.uid, row.flags - {RECENT}, row.modseq))
-                    for row in recent
-                )
-                fresh = _Log(held.token, held.read_at, held.floor, held.head, rows, held.gone)
+                fresh = replace(held, rows=_unrecent(held.rows, recent))
                 _trim(fresh, self.max_rows)
                 self._keep(key, fresh)
 
@@ -339,6 +331,14 @@ class ChangeLogs:
             self._logs.move_to_end(key)
             while len(self._logs) > self.max_logs:
                 self._logs.popitem(last=False)
+
+
+def _unrecent(rows: dict[int, MessageRow], claimed: list[MessageRow]) -> dict[int, MessageRow]:
+    """A copy of a log's ``rows`` with the ``claimed`` ones no longer \\Recent (a claim
+    makes no modseq: nothing else of theirs changes)."""
+    copy = dict(rows)
+    copy.update((r.uid, MessageRow(r.uid, r.flags - {RECENT}, r.modseq)) for r in claimed)
+    return copy
 
 
 def _merge(old: _Log, new: _Log) -> _Log:
