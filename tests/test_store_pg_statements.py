@@ -280,6 +280,23 @@ def test_a_list_view_brings_header_octets_within_the_source_bound(store, monkeyp
 
 
 @pytest.mark.postgres
+def test_a_list_view_of_exactly_head_inline_max_uncut_messages_is_one_statement(
+    store, monkeypatch
+) -> None:
+    """The bound is inclusive: HEAD_INLINE_MAX uncut messages still come in the one
+    statement; one more takes the rows alone, then the shared reads."""
+    box = store.get_mailbox("alice", INBOX).id
+    uids = [store.append(box, message(subject=f"s{i}")) for i in range(3)]
+    expected = HeaderFieldReads.message_header_fields(store, box, uids, NAMES)
+    monkeypatch.setattr(pg_messages, "HEAD_INLINE_MAX", 2)
+    for wanted, statements in ((uids[:2], 1), (uids, 3)):
+        store._head_cache_instance = None
+        counted = Counted(monkeypatch)
+        heads_, sent = counted(store.message_header_fields, box, wanted, NAMES)
+        assert heads_ == expected[: len(wanted)] and sent == statements
+
+
+@pytest.mark.postgres
 def test_a_gone_mailbox_or_uids_in_a_list_view(store) -> None:
     box = store.create_mailbox("alice", "Gone").id
     uid = store.append(box, message())
