@@ -83,6 +83,28 @@ def test_dedup_stores_bytes_seen_through_another_upstream_once_but_records_both(
     assert store.ledger_entries("b")[0].stored is True
 
 
+def test_dedup_looks_at_the_mailbox_as_it_was_before_the_batch(store) -> None:
+    """Two upstreams' copies of the same bytes in ONE batch are both stored, on every
+    backend: dedup looks for copies the mailbox held before the batch (the fetcher
+    delivers one upstream's batch at a time, so this is the rare case)."""
+    same, other = msg(7), msg(8)
+    batch = [d("a", "a1", same), d("a", "a2", other), d("b", "b1", same)]
+    assert store.deliver_many("alice", INBOX, batch, dedup=True) == [1, 2, 3]
+    assert contents(store) == [same, other, same]
+    assert store.known_uidls("b") == {"b1"}
+
+
+def test_dedup_batch_with_one_known_copy_stores_only_the_new_bytes(store) -> None:
+    """A batch of which one message the mailbox already holds through another upstream:
+    that one points at the stored copy, the rest are stored, UIDs consecutive."""
+    known = msg(7)
+    assert store.deliver_many("alice", INBOX, [d("a", "a1", known)], dedup=True) == [1]
+    batch = [d("b", "b1", msg(8)), d("b", "b2", known), d("b", "b3", msg(9))]
+    assert store.deliver_many("alice", INBOX, batch, dedup=True) == [2, None, 3]
+    assert contents(store) == [known, msg(8), msg(9)]
+    assert store.known_uidls("b") == {"b1", "b2", "b3"}
+
+
 def test_without_dedup_identical_bytes_are_stored_twice(store) -> None:
     same = msg(7)
     store.deliver_many("alice", INBOX, [d("a", "a1", same)])

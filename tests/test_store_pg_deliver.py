@@ -48,9 +48,13 @@ def _stored(store: PostgresStore, owner: str) -> list[dict[str, list[tuple]]]:
     return found
 
 
-def test_the_batched_delivery_writes_the_rows_the_per_statement_path_writes(store) -> None:
-    """``dedup`` takes the per-statement path (claim, look-up, ``_insert_message``); with
-    no other upstream holding the bytes it stores every message, as the batch does."""
+def test_the_batched_delivery_writes_the_rows_the_per_statement_path_writes(
+    store, monkeypatch
+) -> None:
+    """``dedup`` with a possible copy takes the per-statement path (claim, look-up,
+    ``_insert_message``); with no other upstream holding the bytes it stores every
+    message, as the batch does (the copy check is forced here so both paths run)."""
+    monkeypatch.setattr(store, "_may_hold_copies", lambda *_args: True)
     raws = samplemail.generate(30, 5, size_profile="realistic")
     raws.append(message(subject="Grüße \x00 from the café", body="Hello\r\n" * 40))
     raws.append(b"X-No-Body: yes\r\n\r\n")
@@ -102,3 +106,26 @@ def test_a_uidl_already_in_the_ledger_writes_nothing(store) -> None:
         assert cur.fetchone() == (before + 2,)
         cur.execute("SELECT uidl, message_id IS NULL FROM ledger ORDER BY uidl")
         assert cur.fetchall() == [("a", False), ("b", False), ("c", True), ("d", False)]
+
+
+def test_a_dedup_batch_with_no_copies_is_one_pipelined_statement_per_message(store) -> None:
+    """A first import with dedup on (an upstream's default): no bytes repeat and the
+    mailbox holds none of them, so the batch takes the pipelined path (one look-up for
+    the batch, no per-message statements) and stores what the per-message path would."""
+    raws = [message(subject=f"first import {i}") for i in range(12)]
+    calls: list[str] = []
+    original = store._claim_and_insert
+
+    def per_message(*args, **kwargs):
+        calls.append("per-message")
+        return original(*args, **kwargs)
+
+    store._claim_and_insert = per_message
+    batch = [Delivery("up", f"u{i}", raw) for i, raw in enumerate(raws)]
+    assert store.deliver_many("alice", INBOX, batch, dedup=True) == list(range(1, 13))
+    assert calls == []
+    again = [Delivery("up2", "v1", raws[0]), Delivery("up2", "v2", message(subject="new"))]
+    assert store.deliver_many("alice", INBOX, again, dedup=True) == [None, 13]
+    assert calls == ["per-message"]
+    box = store.get_mailbox("alice", INBOX).id
+    assert store.message_bytes(box, 1) == raws[0]

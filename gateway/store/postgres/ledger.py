@@ -96,7 +96,7 @@ class PGLedger(PGRows, PGLeases):
         with self._fenced_write() as (cur, changed):
             mailbox_id = self._target_mailbox(cur, owner, mailbox)
             self._lock(cur, mailbox_id)
-            if dedup:
+            if dedup and self._may_hold_copies(cur, mailbox_id, prepared):
                 new_rows, pointers = self._claim_and_insert(cur, items, prepared, now, mailbox_id)
             else:
                 new_rows, pointers = self._deliver_each(cur, items, prepared, now)
@@ -146,6 +146,27 @@ class PGLedger(PGRows, PGLeases):
             new_rows.append((index, message_id))
             pointers.append((message_id, items[index].upstream, items[index].uidl))
         return new_rows, pointers
+
+    def _may_hold_copies(
+        self,
+        cur: Cursor,
+        mailbox_id: int,
+        prepared: list[tuple[bytes, Analysis, tuple[int, int, int]] | None],
+    ) -> bool:
+        """Whether content dedup could find anything for this batch: the (locked) mailbox
+        already holds a message with the same SHA-256 as one of it. If not, the
+        per-message look-ups of :meth:`_claim_and_insert` would all come back empty (they
+        see the mailbox as before the batch: its mailbox rows are added after the loop),
+        so the pipelined one-statement path writes exactly the same rows, in one round
+        trip for the batch instead of ~9 per message (a first import with dedup on, an
+        upstream's default, is this case)."""
+        hashes = [hashlib.sha256(ready[0]).digest() for ready in prepared if ready is not None]
+        cur.execute(
+            "SELECT 1 FROM message m JOIN mailbox_message mm ON mm.message_id = m.id"
+            " AND mm.mailbox_id = %s WHERE m.sha256 = ANY(%s) LIMIT 1",
+            (mailbox_id, hashes),
+        )
+        return cur.fetchone() is not None
 
     def _claim_and_insert(
         self,
