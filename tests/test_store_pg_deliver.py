@@ -17,16 +17,15 @@ from gateway.store.interfaces import INBOX, Delivery
 from gateway.store.postgres import PostgresStore
 from gateway.testing import samplemail
 from gateway.testing.messages import message
-from gateway.testing.postgres import close_test_store, message_rows, open_test_store
+from gateway.testing.postgres import message_rows, user_store
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
 def store() -> Iterator[PostgresStore]:
-    s = open_test_store()
-    yield s
-    close_test_store(s)
+    with user_store() as s:
+        yield s
 
 
 def _stored(store: PostgresStore, owner: str) -> list[dict[str, list[tuple]]]:

@@ -25,7 +25,7 @@ from gateway.store.postgres import messages as pg_messages
 from gateway.store.postgres.rows import POSTGRESQL
 from gateway.store.search import SQLITE, build_query
 from gateway.testing.messages import message
-from gateway.testing.postgres import close_test_store, open_test_store
+from gateway.testing.postgres import StatementLog, user_store
 
 STAR = Uid(SequenceSet((SeqRange(2, None),)))
 
@@ -36,34 +36,10 @@ def test_a_query_says_whether_it_used_the_largest_uid() -> None:
     assert not build_query(1, Flag("\\Seen", True), 0).uses_largest
 
 
-class Counted:
-    """Counts ``Cursor.execute`` calls (BEGIN and COMMIT of a transaction included) and
-    keeps their statements' text."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.count = 0
-        self.statements: list[bytes] = []
-        original = psycopg.Cursor.execute
-
-        def execute(cursor, query, *args, **kwargs):
-            self.count += 1
-            self.statements.append(query if isinstance(query, bytes) else str(query).encode())
-            return original(cursor, query, *args, **kwargs)
-
-        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
-
-    def __call__(self, fn, *args, **kwargs) -> tuple[object, int]:
-        before = self.count
-        result = fn(*args, **kwargs)
-        return result, self.count - before
-
-
 @pytest.fixture
 def store() -> Iterator[PostgresStore]:
-    s = open_test_store()
-    s.ensure_user("alice")
-    yield s
-    close_test_store(s)
+    with user_store("alice") as s:
+        yield s
 
 
 @pytest.mark.postgres
@@ -71,7 +47,7 @@ def test_selects_reads_and_a_plain_search_are_one_statement_each(store, monkeypa
     box = store.get_mailbox("alice", INBOX).id
     first = store.append(box, message(subject="one"))
     store.append(box, message(subject="two"), flags=["\\Seen"])
-    counted = Counted(monkeypatch)
+    counted = StatementLog(monkeypatch)
     uids, sent = counted(store.message_uids, box)
     assert list(uids) == [first, first + 1] and sent == 1
     summary, sent = counted(store.selection_summary, box)
@@ -101,7 +77,7 @@ def test_a_catch_up_the_node_knows_unchanged_sends_nothing(store, monkeypatch) -
     box = store.get_mailbox("alice", INBOX).id
     store.clear_recent(box, [store.append(box, message())])  # \Recent rows are never kept
     store.change_logs.trust()  # as the LISTEN bridge does once it has caught up
-    counted = Counted(monkeypatch)
+    counted = StatementLog(monkeypatch)
     head = store.changes_since(box, 0).highestmodseq
     _changes, sent = counted(store.changes_since, box, head)
     assert sent == 0
@@ -122,7 +98,7 @@ def test_a_store_is_one_statement_and_one_that_changes_nothing_writes_nothing(
     moves no modseq and commits nothing durable (synchronous_commit off in the call)."""
     box = store.get_mailbox("alice", INBOX).id
     uid = store.append(box, message())
-    statements = Counted(monkeypatch).statements
+    statements = StatementLog(monkeypatch).sent
     result = store.store_flags(box, [uid], "+", ["\\Seen"])
     assert [r.uid for r in result.updated] == [uid]
     assert len(statements) == 1 and b"popgate_store_flags(" in statements[0]
@@ -141,7 +117,7 @@ def test_a_store_in_a_shared_mailbox_is_two_round_trips_and_a_no_op_commits_noth
     store.ensure_user("shared:team")
     box = store.get_mailbox("shared:team", INBOX).id
     uid = store.append(box, message())
-    statements = Counted(monkeypatch).statements
+    statements = StatementLog(monkeypatch).sent
     result = store.store_flags(box, [uid], "+", ["\\Flagged"], viewer="alice")
     assert [r.uid for r in result.updated] == [uid] and statements[-1] == b"COMMIT"
     statements.clear()
@@ -175,7 +151,7 @@ def test_flag_only_commits_are_asynchronous_under_optimized_flag_fsync(
     OK). The change is committed and seen by other connections either way."""
     store.lazy_flags = lazy
     box = store.get_mailbox("alice", INBOX).id
-    statements = Counted(monkeypatch).statements
+    statements = StatementLog(monkeypatch).sent
     uid = store.append(box, message())
     uid2 = store.append(box, message())
     assert not any(b"synchronous_commit" in s for s in statements)
@@ -242,14 +218,14 @@ def test_a_list_view_is_one_statement_cut_or_not_and_reads_as_the_shared_reads(
     store.store_flags(box, [uids[2]], "+", ["\\Seen"])
     expected = HeaderFieldReads.message_header_fields(store, box, uids, NAMES)
     store._head_cache_instance = None  # nothing kept
-    counted = Counted(monkeypatch)
+    counted = StatementLog(monkeypatch)
     heads_, sent = counted(store.message_header_fields, box, uids[:3], NAMES)
     assert heads_ == expected[:3] and sent == 1
     heads_, sent = counted(store.message_header_fields, box, uids, NAMES)  # three kept
     assert heads_ == expected and sent == 1
     heads_, sent = counted(store.message_header_fields, box, uids, NAMES)  # all kept
     assert heads_ == expected and sent == 1
-    assert b"content" not in counted.statements[-1]
+    assert b"content" not in counted.sent[-1]
 
 
 @pytest.mark.postgres
@@ -291,7 +267,7 @@ def test_a_list_view_of_exactly_head_inline_max_uncut_messages_is_one_statement(
     monkeypatch.setattr(pg_messages, "HEAD_INLINE_MAX", 2)
     for wanted, statements in ((uids[:2], 1), (uids, 3)):
         store._head_cache_instance = None
-        counted = Counted(monkeypatch)
+        counted = StatementLog(monkeypatch)
         heads_, sent = counted(store.message_header_fields, box, wanted, NAMES)
         assert heads_ == expected[: len(wanted)] and sent == statements
 
@@ -327,7 +303,7 @@ def test_a_list_view_of_many_uncut_messages_reads_the_rows_then_the_sources(
     expected = HeaderFieldReads.message_header_fields(store, box, uids, NAMES)
     store._head_cache_instance = None
     monkeypatch.setattr(pg_messages, "HEAD_INLINE_MAX", 2)
-    counted = Counted(monkeypatch)
+    counted = StatementLog(monkeypatch)
     heads_, sent = counted(store.message_header_fields, box, uids, NAMES)
     assert heads_ == expected and sent == 3  # rows, infos, bodies
-    assert not any(b"take" in s for s in counted.statements)
+    assert not any(b"take" in s for s in counted.sent)

@@ -24,31 +24,15 @@ from gateway.store.rowdata import plan_flags
 from gateway.store.rules import MAX_UID, flag_map
 from gateway.store.steps import MessageSteps
 from gateway.testing.messages import message
-from gateway.testing.postgres import close_test_store, message_rows, open_test_store, shared_server
+from gateway.testing.postgres import StatementLog, message_rows, shared_server, user_store
 
 pytestmark = pytest.mark.postgres
 
 
-class Statements:
-    """The text of every ``Cursor.execute`` (one statement each)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.sent: list[bytes] = []
-        original = psycopg.Cursor.execute
-
-        def execute(cursor, query, *args, **kwargs):
-            self.sent.append(query if isinstance(query, bytes) else str(query).encode())
-            return original(cursor, query, *args, **kwargs)
-
-        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
-
-
 @pytest.fixture
 def store() -> Iterator[PostgresStore]:
-    s = open_test_store()
-    s.ensure_user("alice")
-    yield s
-    close_test_store(s)
+    with user_store("alice") as s:
+        yield s
 
 
 def _known(store: PostgresStore) -> int:
@@ -80,7 +64,7 @@ def test_an_append_is_one_statement_and_its_catch_up_needs_none(store, monkeypat
     box = _known(store)
     store.change_logs.trust()  # as the LISTEN bridge does once it has caught up
     head = store.changes_since(box, 0).highestmodseq
-    statements = Statements(monkeypatch).sent
+    statements = StatementLog(monkeypatch).sent
     uid = store.append(box, message(subject="new"), flags=["\\Flagged"])
     assert len(statements) == 1 and statements[0].startswith(b"WITH box AS (")
     statements.clear()

@@ -325,6 +325,48 @@ def close_test_store(store: Any) -> None:
     store.close()
 
 
+@contextlib.contextmanager
+def user_store(*users: str) -> Iterator[Any]:
+    """A test store (:func:`open_test_store`) with these users made: the fixture of the
+    tests that count or compare what the PostgreSQL store sends for one user's writes."""
+    store = open_test_store()
+    try:
+        for user in users:
+            store.ensure_user(user)
+        yield store
+    finally:
+        close_test_store(store)
+
+
+class StatementLog:
+    """Every ``Cursor.execute`` of the test (BEGIN and COMMIT of a transaction included),
+    as its statement's bytes: each one is a round trip on a store thread,
+    so the tests of the one-statement paths count them. Installed with ``monkeypatch``, so
+    it ends with the test."""
+
+    def __init__(self, monkeypatch: Any) -> None:
+        import psycopg
+
+        self.sent: list[bytes] = []
+        original = psycopg.Cursor.execute
+
+        def execute(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            self.sent.append(query if isinstance(query, bytes) else str(query).encode())
+            return original(cursor, query, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+
+    @property
+    def count(self) -> int:
+        return len(self.sent)
+
+    def __call__(self, fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, int]:
+        """``fn(*args, **kwargs)`` and how many statements it sent."""
+        before = self.count
+        result = fn(*args, **kwargs)
+        return result, self.count - before
+
+
 MESSAGE_ROW_QUERIES: dict[str, str] = {
     "message": "SELECT sha256, size, internaldate, internaldate_tz, internal_day,"
     " sent_date, sent_day, message_id_header, envelope, bodystructure, body, parts"
