@@ -27,6 +27,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from bench.load import _small_message
+
 PASSWORD = "load-bench-pw"
 """The scenario's load accounts' password (:data:`bench.opcpu.ACCOUNTS`)."""
 
@@ -77,6 +79,13 @@ def command_line(op: str, rng: random.Random, exists: int = 200) -> bytes:
         sign = rng.choice((b"+", b"-"))
         flag = rng.choice((b"\\Seen", b"\\Flagged", b"$Label1"))
         return b"STORE %d %sFLAGS (%s)" % (rng.randint(1, exists), sign, flag)
+    if op == "search":
+        return rng.choice((b"SEARCH UNSEEN", b"SEARCH FLAGGED", b"SEARCH FROM x"))
+    if op == "select":
+        return b"SELECT INBOX"
+    if op == "append":  # LITERAL+ (RFC 7888), as bench/load.py sends it
+        raw = _small_message(rng, rng.randint(0, 1 << 30))
+        return b"APPEND INBOX {%d+}\r\n%s" % (len(raw), raw)
     raise ValueError(f"unknown operation {op!r}")
 
 

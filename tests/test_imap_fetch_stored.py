@@ -243,3 +243,31 @@ def test_body_keeps_the_general_path() -> None:
     """BODY is not in a MessageSummary: such a plan has no stored-items picks."""
     plan = fetch_items.compile_plan([FetchAttr("FLAGS"), FetchAttr("BODY")], False, False)
     assert plan.template is not None and plan.summary_picks is None
+
+
+def test_plans_are_kept_by_the_items_identity_and_equal_items_share_them() -> None:
+    """The grammar hands out one tuple per request text; its plan (and whether it asks
+    for MODSEQ) is found by identity, an equal tuple parsed afresh finds the same plan,
+    and a different mode or an evicted entry compiles the right one again."""
+    items = (FetchAttr("UID"), FetchAttr("FLAGS"), FetchAttr("MODSEQ"))
+    plan = fetch_items.compiled_plan(items, False, True)
+    assert fetch_items.compiled_plan(items, False, True) is plan
+    assert _same_plan(plan, fetch_items.compile_plan(items, False, True))
+    equal = tuple(FetchAttr(item.name) for item in items)
+    assert fetch_items.compiled_plan(equal, False, True) is plan
+    flags = (FetchAttr("FLAGS"),)
+    uid_mode = fetch_items.compiled_plan(flags, True, False)  # UID FETCH adds UID
+    assert _same_plan(uid_mode, fetch_items.compile_plan(flags, True, False))
+    assert not _same_plan(uid_mode, fetch_items.compiled_plan(flags, False, False))
+    assert messages._asks_modseq(items) and messages._asks_modseq(items)
+    assert not messages._asks_modseq(items[:2])
+    for n in range(fetch_items.PLANS_KEPT + 1):  # past the bound: everything cleared
+        fetch_items.compiled_plan((FetchAttr("UID"),) * (n + 1), False, False)
+        messages._asks_modseq((FetchAttr("FLAGS"),) * (n + 1))
+    assert _same_plan(fetch_items.compiled_plan(items, False, True), plan)
+    assert messages._asks_modseq(items)
+
+
+def _same_plan(a: FetchPlan, b: FetchPlan) -> bool:
+    """Equal plans (their item getters compare by identity, so they are left out)."""
+    return (a.steps, a.template) == (b.steps, b.template)

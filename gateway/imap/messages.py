@@ -11,7 +11,6 @@ session's catch-up after the command never repeats a response.
 
 from __future__ import annotations
 
-import functools
 import mmap
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -312,11 +311,22 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
     return _fetched(missing, cmd.uid)
 
 
-@functools.lru_cache(maxsize=256)
+_ASKS_MODSEQ: dict[int, tuple[tuple[FetchItem, ...], bool]] = {}
+""":func:`_asks_modseq` by the items tuple's identity, as ``fetch_items.compiled_plan``
+keeps plans (the entry holds the tuple, so its id is not reused while it is kept)."""
+
+
 def _asks_modseq(items: tuple[FetchItem, ...]) -> bool:
     """Whether MODSEQ is among the items (RFC 7162 §3.1.4.1: it enables CONDSTORE); once
     per distinct item list, as the plan is."""
-    return any(isinstance(item, FetchAttr) and item.name.upper() == "MODSEQ" for item in items)
+    kept = _ASKS_MODSEQ.get(id(items))
+    if kept is not None and kept[0] is items:
+        return kept[1]
+    asks = any(isinstance(item, FetchAttr) and item.name.upper() == "MODSEQ" for item in items)
+    if len(_ASKS_MODSEQ) >= fetch_items.PLANS_KEPT:
+        _ASKS_MODSEQ.clear()
+    _ASKS_MODSEQ[id(items)] = (items, asks)
+    return asks
 
 
 def _fetched(missing: bool, uid_mode: bool) -> Reply:
