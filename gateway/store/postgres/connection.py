@@ -294,8 +294,8 @@ class PGConnection(RowValues):
         cost ~20 us of CPU in the store threads, a sixth of a one-row SELECT's (it copies
         the connection's adapters, and its loaders are looked up afresh), under the GIL
         that every session shares (bench/README.md, "PostgreSQL mix tail, session 6").
-        The last result stays with the cursor until the connection's next statement,
-        at most one per pooled connection."""
+        A statement's parameters and result stay with the cursor until the connection's
+        next statement: at most one of each per pooled connection."""
         with self._connection() as conn:
             cur = self._cursors.get(conn)
             if cur is None or cur.closed:
