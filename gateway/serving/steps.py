@@ -130,7 +130,7 @@ class ThreadedSteps:
         # The batch's chunks are one burst, as when the engine steps inline: a writer
         # that sends at once outside the engine (IMAP's direct socket writes) holds them
         # until the engine's end (the _run below) and sends them in one syscall. One
-        # sendmsg per chunk was 2.7 per command of the PostgreSQL mix, each ~0.1 ms of
+        # sendmsg per chunk was ~2.5 per command of the PostgreSQL mix, each ~0.1 ms of
         # the reactor's time and a TCP segment for the client to read (bench/README.md,
         # "PostgreSQL mix tail, session 6"); the bytes are the same.
         busy, self._busy = self._busy, True  # (an inline batch is inside the engine already)
