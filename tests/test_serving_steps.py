@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-from gateway.serving.steps import DONE, STEP_OUTPUT_BUDGET, run_steps
+from gateway.serving.steps import DONE, STEP_OUTPUT_BUDGET, ThreadedSteps, run_steps
 
 
 class Action:
@@ -58,3 +58,39 @@ def test_the_default_budget_bounds_a_large_response() -> None:
     run = command([piece] * (2 * STEP_OUTPUT_BUDGET // len(piece)))
     chunks, action = run_steps(run, None, None)
     assert sum(map(len, chunks)) == STEP_OUTPUT_BUDGET and action is None
+
+
+class Protocol(ThreadedSteps):
+    """Records, for each write, whether the writer would send it at once (as IMAP's
+    direct socket writes do outside the engine), and each engine round."""
+
+    def __init__(self, busy: bool) -> None:
+        self._busy = busy
+        self._closing = False
+        self._current = self._stepping = None
+        self.written: list[tuple[bytes, bool]] = []
+        self.rounds: list[bool] = []
+
+    def _write(self, data: bytes) -> None:
+        self.written.append((data, not self._busy))
+
+    def _command_done(self) -> None:
+        self._current = None
+
+    def _run(self) -> None:
+        self.rounds.append(self._busy)
+
+
+def test_a_batchs_chunks_are_one_burst_sent_at_the_engines_end() -> None:
+    """A store thread's batch hands its chunks back outside the engine: they are written
+    as one burst (one ``sendmsg`` where each was one: bench/README.md, "PostgreSQL mix
+    tail, session 6"), the engine's round after them sends it, and an inline batch,
+    already inside the engine, leaves the engine's state as it was."""
+    for inside in (False, True):
+        protocol = Protocol(busy=inside)
+        run = command([])
+        token = protocol._stepping = object()
+        protocol._current = run
+        protocol._steps_done(([b"* 1 FETCH\r\n", b"a OK\r\n"], DONE), token, run)
+        assert protocol.written == [(b"* 1 FETCH\r\n", False), (b"a OK\r\n", False)]
+        assert protocol.rounds == [inside] and protocol._busy is inside

@@ -307,3 +307,27 @@ def test_a_list_view_of_many_uncut_messages_reads_the_rows_then_the_sources(
     heads_, sent = counted(store.message_header_fields, box, uids, NAMES)
     assert heads_ == expected and sent == 3  # rows, infos, bodies
     assert not any(b"take" in s for s in counted.sent)
+
+
+@pytest.mark.postgres
+def test_one_statement_reads_keep_their_connections_cursor_through_errors(store) -> None:
+    """``_cursor`` hands each pooled connection's own cursor back (a new cursor per
+    statement cost ~20-40 us of store-thread CPU; bench/README.md, "PostgreSQL mix tail,
+    session 6"); a failed statement, an unread result or an abandoned stream leaves it
+    usable, and the next read sees only its own rows."""
+    box = store.get_mailbox("alice", INBOX).id
+    uids = [store.append(box, message(subject=f"m{i}")) for i in range(3)]
+    cursors: dict[int, set[int]] = {}
+    for _ in range(6):
+        with store._cursor() as cur:
+            cursors.setdefault(id(cur.connection), set()).add(id(cur))
+            cur.execute("SELECT 1")  # left unread
+    assert all(len(kept) == 1 for kept in cursors.values())
+    with pytest.raises(psycopg.errors.DivisionByZero), store._cursor() as cur:
+        cur.execute("SELECT 1 / 0")
+    assert [i.uid for i in store.message_info(box, uids)] == uids
+    store.summary_chunk = 1  # one row per list: the stream is left after its first
+    chunks = store.message_summary_chunks(box, uids)
+    assert [row.uid for row in next(iter(chunks))] == uids[:1]
+    chunks.close()
+    assert [i.uid for i in store.message_info(box, uids[1:])] == uids[1:]
