@@ -11,8 +11,6 @@ The modules follow the contract's concerns; each says which decisions the contra
 leaves open it makes:
 
 - :mod:`~gateway.store.sqlite.connection`: opening, migrating, transactions, listeners;
-- :mod:`~gateway.store.sqlite.walindex`: other connections' commits, seen in the WAL-index
-  header (the catch-up's change stamp without a statement);
 - :mod:`~gateway.store.sqlite.rows`: row-level steps inside a transaction (counters,
   message insertion, a shared mailbox member's private \\Seen);
 - :mod:`~gateway.store.sqlite.mailboxes`: mailboxes and subscriptions;

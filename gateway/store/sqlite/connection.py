@@ -61,7 +61,6 @@ from gateway.store.interfaces import ChangeListener
 from gateway.store.rowdata import RowValues
 from gateway.store.schema import migrate, schema_version
 from gateway.store.sqlite.quiet import QuietHeads
-from gateway.store.sqlite.walindex import CommitWatch
 from gateway.store.sqlite_textindex import (
     BACKFILL_BATCH,
     INDEX_BATCH,
@@ -138,8 +137,6 @@ class SQLiteConnection(RowValues):
         """Mailboxes' HIGHESTMODSEQ as of a :meth:`_change_stamp`, carried over this
         connection's own writes: a catch-up finds an unchanged mailbox without a read
         transaction (issue 19, :mod:`gateway.store.sqlite.quiet`)."""
-        self._commits = CommitWatch()
-        """Other connections' commits, from the WAL-index header (:meth:`_change_stamp`)."""
         self._text_waiting = 0
         """Messages this connection inserted since it last indexed the full-text
         backlog (:data:`~gateway.store.sqlite_textindex.INDEX_BATCH`); an estimate that
@@ -196,7 +193,6 @@ class SQLiteConnection(RowValues):
             migrations_run=ran,
         )
         self._index_text_backlog()
-        self._commits.open(conn, self.path)
 
     def _index_text_backlog(self) -> None:
         """Index the messages stored before the full-text index existed (the upgrade
@@ -258,9 +254,7 @@ class SQLiteConnection(RowValues):
         try:
             conn.execute("BEGIN IMMEDIATE")
             quiet = self._quiet
-            # Inside the write lock, always: CommitWatch.committed relies on it.
-            stamp = self._change_stamp()
-            quiet.write_started(stamp if quiet.stamp is not None else None)
+            quiet.write_started(self._change_stamp() if quiet.stamp is not None else None)
             try:
                 yield changed
                 waiting = self._text_waiting
@@ -276,7 +270,6 @@ class SQLiteConnection(RowValues):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-            self._commits.committed(conn)
             quiet.committed(conn.total_changes)
         finally:
             if deferred:
@@ -366,12 +359,11 @@ class SQLiteConnection(RowValues):
     def _change_stamp(self) -> tuple[int, int]:
         """Equal on two calls only if nothing was written to the file in between: rows this
         connection changed (``total_changes``, triggers included, an attribute read) and
-        commits by any other connection (``data_version``, read from the WAL-index header
-        in memory by :class:`~gateway.store.sqlite.walindex.CommitWatch`, else SQLite's
-        PRAGMA). One process owns the file, but a CLI command run beside the server would
-        be seen as well."""
+        commits by any other connection (``PRAGMA data_version``, SQLite's own cheap
+        check: one statement, no transaction, no page read). One process owns the file,
+        but a CLI command run beside the server would be seen as well."""
         conn = self.db
-        return conn.total_changes, self._commits.version(conn)
+        return conn.total_changes, conn.execute("PRAGMA data_version").fetchone()[0]
 
     @contextmanager
     def _unmapped(self) -> Iterator[None]:
@@ -416,7 +408,6 @@ class SQLiteConnection(RowValues):
         if self._checkpointer is not None:
             self._checkpointer.close()
             self._checkpointer = None
-        self._commits.close()
         if self._conn is not None:
             try:
                 self._conn.execute("PRAGMA optimize")

@@ -3,8 +3,7 @@
 Every IMAP command ends with a catch-up (RFC 3501 §7): ``changes_since(mailbox, modseq)``.
 Most find nothing, and the store answers those from the HIGHESTMODSEQ it read last time,
 as long as nothing at all was written since: the file's change stamp (rows this
-connection changed, and ``data_version`` for every other connection, read from the
-WAL-index header by :mod:`gateway.store.sqlite.walindex`) is what it
+connection changed, and ``PRAGMA data_version`` for every other connection) is what it
 was then (issue 19, session 4). Two things made that stamp a poor key in the 50-client mix:
 
 - any write anywhere (another account's STORE or APPEND, a POP3 delivery) moved the stamp,
@@ -32,8 +31,7 @@ from collections.abc import Sequence
 from gateway.store.interfaces import MessageRow
 
 Stamp = tuple[int, int]
-"""(``total_changes`` of the connection, ``data_version`` as
-:class:`~gateway.store.sqlite.walindex.CommitWatch` reads it)."""
+"""(``total_changes`` of the connection, ``PRAGMA data_version``)."""
 
 
 class QuietHeads:
