@@ -8,6 +8,7 @@ the same file, which has no cache, is the reference.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -106,5 +107,36 @@ def test_a_deleted_mailbox_is_not_answered_from_its_head(tmp_path: Path) -> None
         store.delete_mailbox("alice", "Old")
         with pytest.raises(MailboxNotFound):
             store.changes_since(box, top)
+    finally:
+        store.close()
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks")
+def test_the_store_keeps_sqlites_shared_memory_lock_through_writes_and_catch_ups(
+    tmp_path: Path,
+) -> None:
+    """SQLite holds a POSIX read lock on the ``-shm`` file while a connection uses it, and
+    POSIX locks belong to the process: closing *any* descriptor of that file drops them
+    all. A catch-up that opened the ``-shm`` file to read the WAL-index header (tried in
+    session 6 to spare a PRAGMA) dropped that lock, so the next process to open the file
+    took it exclusively, started the WAL index over under the server, and the server died
+    of SIGBUS mid-import (tests/test_sieve_e2e.py's SIGKILL test). Whatever the catch-up
+    path becomes, the lock must still be held after it."""
+    path = tmp_path / "s.sqlite"
+    store = SQLiteStore(path)
+    try:
+        store.ensure_user("alice")
+        box = store.get_mailbox("alice", "INBOX").id
+        uid = store.append(box, b"Subject: x\r\n\r\nbody\r\n")
+        store.store_flags(box, [uid], "+", ["\\Seen"])
+        store.changes_since(box, 0)
+        store.changes_since(box, 1)
+        inode = (tmp_path / "s.sqlite-shm").stat().st_ino
+        held = [
+            line
+            for line in Path("/proc/locks").read_text().splitlines()
+            if f":{inode} " in line and f" {os.getpid()} " in line
+        ]
+        assert held, "the process no longer holds SQLite's lock on the -shm file"
     finally:
         store.close()
