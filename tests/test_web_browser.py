@@ -45,8 +45,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 
 
 @pytest.fixture(scope="module")
-def artifacts() -> Path:
-    return artifacts_dir()
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return artifacts_dir(tmp_path_factory.mktemp("screenshots"))
 
 
 @pytest.fixture

@@ -113,7 +113,7 @@ def test_a_household_uses_the_page_of_a_real_gateway(gateway, dovecot, tmp_path:
     ups = wait_for_both_passes(url)
     assert ups["home"]["messages_fetched"] == WAITING
     assert ups["club"]["failing_since"] is not None and ups["club"]["node"] is None
-    artifacts = artifacts_dir()
+    artifacts = artifacts_dir(tmp_path / "screenshots")
 
     with chromium(tmp_path / "profile") as browser:
         browser.get(url + "/")

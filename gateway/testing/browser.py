@@ -5,7 +5,7 @@ Without chromium (or selenium) :func:`need_browser` skips, except in CI (``CI=tr
 where it fails: CI must install them (``make system-packages``). Screenshots are taken
 with the DevTools protocol, at an emulated viewport (a phone as a mobile one), whole
 pages long; :func:`artifacts_dir` is where tests save them (``POPGATE_WEB_ARTIFACTS`` or
-a fresh temp dir).
+the test's own temp dir, which pytest keeps for its last three runs and then removes).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,9 +42,11 @@ def need_browser() -> None:
         pytest.skip(why)
 
 
-def artifacts_dir() -> Path:
-    """Where screenshots go: ``POPGATE_WEB_ARTIFACTS`` or a new temp dir."""
-    where = os.environ.get("POPGATE_WEB_ARTIFACTS") or tempfile.mkdtemp(prefix="popgate-web-")
+def artifacts_dir(default: Path) -> Path:
+    """Where screenshots go: ``POPGATE_WEB_ARTIFACTS`` (to keep them, e.g. in CI), else
+    ``default``, a directory under the test's pytest temp dir (a ``mkdtemp`` of our own
+    was never removed: every run left one in /tmp)."""
+    where = os.environ.get("POPGATE_WEB_ARTIFACTS") or default
     path = Path(where)
     path.mkdir(parents=True, exist_ok=True)
     return path
