@@ -259,13 +259,13 @@ def test_plans_are_kept_by_the_items_identity_and_equal_items_share_them() -> No
     uid_mode = fetch_items.compiled_plan(flags, True, False)  # UID FETCH adds UID
     assert _same_plan(uid_mode, fetch_items.compile_plan(flags, True, False))
     assert not _same_plan(uid_mode, fetch_items.compiled_plan(flags, False, False))
-    assert messages._asks_modseq(items) and messages._asks_modseq(items)
-    assert not messages._asks_modseq(items[:2])
+    assert fetch_items.asks_modseq(items) and fetch_items.asks_modseq(items)
+    assert not fetch_items.asks_modseq(items[:2])
     for n in range(fetch_items.PLANS_KEPT + 1):  # past the bound: everything cleared
         fetch_items.compiled_plan((FetchAttr("UID"),) * (n + 1), False, False)
-        messages._asks_modseq((FetchAttr("FLAGS"),) * (n + 1))
+        fetch_items.asks_modseq((FetchAttr("FLAGS"),) * (n + 1))
     assert _same_plan(fetch_items.compiled_plan(items, False, True), plan)
-    assert messages._asks_modseq(items)
+    assert fetch_items.asks_modseq(items)
 
 
 def _same_plan(a: FetchPlan, b: FetchPlan) -> bool:

@@ -176,26 +176,44 @@ def _template(steps: Sequence[tuple[int, Section | None]]) -> tuple[bytes | None
 PLANS_KEPT = 256
 """Distinct requests whose plans are kept (each cache below)."""
 
-_PLANS_BY_IDENTITY: dict[tuple[int, bool, bool], tuple[tuple[FetchItem, ...], FetchPlan]] = {}
-"""Plans by the items tuple's identity: the grammar hands out the same tuple for the same
-request text (``fetch_grammar._PARSED_TAILS``), and looking it up by value hashes every
-item through its dataclass ``__hash__`` (~13,000 instructions per FETCH of the mix, issue
-19 session 6). The entry holds the tuple, so its id is not reused while it is kept."""
+_BY_IDENTITY: dict[tuple[int, object], tuple[tuple[FetchItem, ...], Any]] = {}
+"""What was worked out for a request's items, by the items tuple's identity: the grammar
+hands out the same tuple for the same request text (``fetch_grammar._PARSED_TAILS``), and
+looking it up by value hashes every item through its dataclass ``__hash__`` (~13,000
+instructions per FETCH of the mix, issue 19 session 6). The entry holds the tuple, so its
+id is not reused while it is kept."""
+
+
+def _by_identity(
+    items: tuple[FetchItem, ...], question: object, answer: Callable[..., Any], *args: Any
+) -> Any:
+    """``answer(items, *args)``, kept in :data:`_BY_IDENTITY` under ``question``."""
+    key = (id(items), question)
+    kept = _BY_IDENTITY.get(key)
+    if kept is not None and kept[0] is items:
+        return kept[1]
+    value = answer(items, *args)
+    if len(_BY_IDENTITY) >= PLANS_KEPT:
+        _BY_IDENTITY.clear()
+    _BY_IDENTITY[key] = (items, value)
+    return value
 
 
 def compiled_plan(items: tuple[FetchItem, ...], uid_mode: bool, with_modseq: bool) -> FetchPlan:
     """:func:`compile_plan`, once per distinct request: a client repeats the same few
     (mbsync's ``BODY.PEEK[]`` 10,000 times in a first sync; issue 19). Items and plans
     are frozen, so a plan is shared safely."""
-    key = (id(items), uid_mode, with_modseq)
-    kept = _PLANS_BY_IDENTITY.get(key)
-    if kept is not None and kept[0] is items:
-        return kept[1]
-    plan = _plan_by_value(items, uid_mode, with_modseq)
-    if len(_PLANS_BY_IDENTITY) >= PLANS_KEPT:
-        _PLANS_BY_IDENTITY.clear()
-    _PLANS_BY_IDENTITY[key] = (items, plan)
-    return plan
+    return _by_identity(items, (uid_mode, with_modseq), _plan_by_value, uid_mode, with_modseq)
+
+
+def asks_modseq(items: tuple[FetchItem, ...]) -> bool:
+    """Whether MODSEQ is among the items (RFC 7162 §3.1.4.1: it enables CONDSTORE); once
+    per distinct item list, as the plan is."""
+    return _by_identity(items, asks_modseq, _names_modseq)
+
+
+def _names_modseq(items: tuple[FetchItem, ...]) -> bool:
+    return any(isinstance(item, FetchAttr) and item.name.upper() == "MODSEQ" for item in items)
 
 
 @functools.lru_cache(maxsize=PLANS_KEPT)

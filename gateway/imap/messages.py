@@ -19,7 +19,7 @@ from gateway.core import criteria as c
 from gateway.core.flags import RECENT, SEEN, SENT_USE, canonical_flag, is_system_flag
 from gateway.imap import catenate, contexts, fetch_items, wire
 from gateway.imap.capabilities import QRESYNC
-from gateway.imap.command import Append, Copy, Fetch, FetchAttr, FetchItem, Simple, UidExpunge
+from gateway.imap.command import Append, Copy, Fetch, Simple, UidExpunge
 from gateway.imap.command import Store as StoreCmd
 from gateway.imap.fetch_stored import fetch_stored
 from gateway.imap.handler import BadCommand, Handler, Refused, Reply, ok
@@ -184,7 +184,7 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
             raise BadCommand("VANISHED requires UID FETCH with CHANGEDSINCE")
         if QRESYNC not in session.enabled:
             raise BadCommand("VANISHED requires ENABLE QRESYNC")
-    if changedsince is not None or _asks_modseq(cmd.items):
+    if changedsince is not None or fetch_items.asks_modseq(cmd.items):
         session.enable_condstore()
     condstore = session.condstore_active()
     plan = fetch_items.compiled_plan(cmd.items, cmd.uid, condstore or changedsince is not None)
@@ -309,24 +309,6 @@ def fetch(session: Session, cmd: Fetch) -> Handler:
     if out:
         yield b"".join(out)
     return _fetched(missing, cmd.uid)
-
-
-_ASKS_MODSEQ: dict[int, tuple[tuple[FetchItem, ...], bool]] = {}
-""":func:`_asks_modseq` by the items tuple's identity, as ``fetch_items.compiled_plan``
-keeps plans (the entry holds the tuple, so its id is not reused while it is kept)."""
-
-
-def _asks_modseq(items: tuple[FetchItem, ...]) -> bool:
-    """Whether MODSEQ is among the items (RFC 7162 §3.1.4.1: it enables CONDSTORE); once
-    per distinct item list, as the plan is."""
-    kept = _ASKS_MODSEQ.get(id(items))
-    if kept is not None and kept[0] is items:
-        return kept[1]
-    asks = any(isinstance(item, FetchAttr) and item.name.upper() == "MODSEQ" for item in items)
-    if len(_ASKS_MODSEQ) >= fetch_items.PLANS_KEPT:
-        _ASKS_MODSEQ.clear()
-    _ASKS_MODSEQ[id(items)] = (items, asks)
-    return asks
 
 
 def _fetched(missing: bool, uid_mode: bool) -> Reply:
