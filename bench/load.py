@@ -164,6 +164,30 @@ class LoadReport:
     the deadline), when a way to read it was given."""
     window_ops: int = 0
     """Operations (login and IDLE excluded) completed in that window."""
+    command_seconds: float = 0.0
+    """The time every client spent waiting for its commands' replies, summed (login and
+    IDLE excluded): the only part of a client's time a faster server can give back."""
+    client_cpu_s: float | None = None
+    """CPU seconds the load client itself (this process, every client's coroutine) used
+    in the same window: in a closed loop on two cores the client can be the cap, and
+    what a server sends (lines, segments) is what costs the client."""
+
+    @property
+    def instant_server_throughput(self) -> float:
+        """The throughput a server answering every command at once would have reached
+        with the same clients: each client's share of :attr:`command_seconds` given back
+        to it at this run's rate. With the default mix every client spends ~95% of its
+        time in IDLE, so this cap is only a few percent above what any server gets."""
+        measured = self.operations / self.throughput if self.throughput else 0.0
+        left = measured - self.command_seconds / self.clients
+        return self.operations / left if left > 0 else 0.0
+
+    @property
+    def client_cpu_ms_per_op(self) -> float | None:
+        """The load client's CPU per operation in the steady window."""
+        if self.client_cpu_s is None or not self.window_ops:
+            return None
+        return self.client_cpu_s * 1000 / self.window_ops
 
     @property
     def server_cpu_ms_per_op(self) -> float | None:
@@ -183,7 +207,7 @@ class LoadReport:
         for name, row in sorted(self.per_operation.items()):
             lines.append(
                 f"  {name:14} n={int(row['count']):6d} err={int(row['errors'])} "
-                f"p50={row['p50']:.1f} p95={row['p95']:.1f} p99={row['p99']:.1f}"
+                f"mean={row['mean']:.2f} p50={row['p50']:.1f} p95={row['p95']:.1f} p99={row['p99']:.1f}"
             )
         if self.histogram_ms:
             labels = next(iter(self.histogram_ms.values())).keys()
@@ -197,6 +221,14 @@ class LoadReport:
                 f"server CPU {self.server_cpu_s:.2f} s for {self.window_ops} operations "
                 f"(every client logged in to the deadline): {per_op:.3f} ms per operation"
             )
+        lines.append(
+            f"time in commands {self.command_seconds:.2f} s of the clients' "
+            f"{self.clients * self.operations / max(self.throughput, 1e-9):.0f} s: a server "
+            f"answering at once would reach {self.instant_server_throughput:.1f} ops/s"
+        )
+        client = self.client_cpu_ms_per_op
+        if client is not None:
+            lines.append(f"load client CPU {client:.3f} ms per operation (same window)")
         if self.peak_rss_kib is not None:
             lines.append(f"server peak RSS {self.peak_rss_kib / 1024:.1f} MiB")
         lines.extend(f"  error: {e}" for e in self.error_samples)
@@ -297,23 +329,28 @@ def _small_message(rng: random.Random, n: int) -> bytes:
     ).encode()
 
 
-async def _operation(client: Client, op: str, rng: random.Random) -> None:
+async def _operation(client: Client, op: str, rng: random.Random, pick: random.Random) -> None:
+    """One command of the mix. ``rng`` draws only from fixed ranges (flag, sign, search,
+    the APPEND's text) and ``pick`` draws the message numbers, whose range is the
+    mailbox's size as this client last heard it: that size depends on the server's
+    timing, so drawing it from ``rng`` would make each server see a different sequence
+    of operations after the first APPEND."""
     exists = max(client.exists, 1)
     if op == "select":
         await client.command(b"SELECT INBOX")
     elif op == "fetch_headers":
-        first = rng.randint(1, exists)
+        first = pick.randint(1, exists)
         last = min(exists, first + HEADER_PAGE - 1)
         await client.command(
             b"FETCH %d:%d (UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)])"
             % (first, last)
         )
     elif op == "fetch_body":
-        await client.command(b"FETCH %d BODY.PEEK[]" % rng.randint(1, exists))
+        await client.command(b"FETCH %d BODY.PEEK[]" % pick.randint(1, exists))
     elif op == "flag":
         sign = rng.choice((b"+", b"-"))
         flag = rng.choice((b"\\Seen", b"\\Flagged", b"$Label1"))
-        await client.command(b"STORE %d %sFLAGS (%s)" % (rng.randint(1, exists), sign, flag))
+        await client.command(b"STORE %d %sFLAGS (%s)" % (pick.randint(1, exists), sign, flag))
     elif op == "append":
         await client.command(b"APPEND INBOX", _small_message(rng, rng.randint(0, 1 << 30)))
     elif op == "idle":
@@ -335,9 +372,11 @@ class _Run:
     samples: list[str] = field(default_factory=list)
     ready: int = 0
     completed: int = 0
-    window: tuple[int, float] | None = None
-    """(operations completed, server CPU seconds) when the window opened."""
+    window: tuple[int, float, float] | None = None
+    """(operations completed, server CPU seconds, client CPU seconds) when the window
+    opened."""
     cpu_s: float | None = None
+    client_cpu_s: float | None = None
     window_ops: int = 0
 
     def record(self, op: str, seconds: float, error: str | None) -> None:
@@ -356,12 +395,13 @@ class _Run:
         """A client is logged in (or gave up): the window opens with the last one."""
         self.ready += 1
         if self.ready == self.clients and self.server_cpu is not None:
-            self.window = (self.completed, self.server_cpu())
+            self.window = (self.completed, self.server_cpu(), time.process_time())
 
     def close_window(self) -> None:
         if self.window is not None and self.server_cpu is not None:
-            ops, cpu = self.window
+            ops, cpu, client = self.window
             self.cpu_s = self.server_cpu() - cpu
+            self.client_cpu_s = time.process_time() - client
             self.window_ops = self.completed - ops
             self.window = None
 
@@ -377,6 +417,7 @@ async def _run_client(
     run: _Run,
 ) -> None:
     rng = random.Random(index)
+    pick = random.Random(-1 - index)
     await asyncio.sleep(rng.random() * CONNECT_SPREAD)
     stage = "connect"
     started = time.monotonic()
@@ -408,7 +449,7 @@ async def _run_client(
         while time.monotonic() < deadline:
             stage = rng.choices(ops, weights)[0]
             started = time.monotonic()
-            await asyncio.wait_for(_operation(client, stage, rng), COMMAND_TIMEOUT)
+            await asyncio.wait_for(_operation(client, stage, rng, pick), COMMAND_TIMEOUT)
             run.record(stage, time.monotonic() - started, None)
         stage = "logout"
         await asyncio.wait_for(client.command(b"LOGOUT"), COMMAND_TIMEOUT)
@@ -498,6 +539,7 @@ def run_load(
 
     def pct(values: Sequence[float]) -> dict[str, float]:
         return {
+            "mean": (sum(values) / len(values) if values else 0.0) * 1000,
             "p50": percentile(values, 50) * 1000,
             "p95": percentile(values, 95) * 1000,
             "p99": percentile(values, 99) * 1000,
@@ -521,6 +563,8 @@ def run_load(
         error_samples=run.samples,
         histogram_ms={op: histogram(row.latencies) for op, row in stats.items()},
         server_cpu_s=run.cpu_s,
+        command_seconds=sum(work),
+        client_cpu_s=run.client_cpu_s,
         window_ops=run.window_ops,
     )
 

@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                         shown = f"{per_op:.3f}" if per_op else "-"
                         print(
                             f"round {number + 1} {op:14} {name:28} CPU/op {shown} ms"
-                            f"  {report.throughput:.0f} ops/s  errors {report.errors}"
+                            f"  {report.throughput:.0f} ops/s  mean"
+                            f" {report.latency_ms['mean']:.3f} ms  errors {report.errors}"
                             f"  load {os.getloadavg()[0]:.1f}",
                             flush=True,
                         )
