@@ -314,6 +314,46 @@ def test_append_into_selected_mailbox_leaves_exists_to_the_session(harness: Sess
     )
 
 
+def test_append_into_selected_mailbox_is_recent_for_the_appender_alone(
+    harness: SessionDriver, tmp_path: Path
+) -> None:
+    """RFC 3501 §2.3.2: a message is \\Recent in one session, the first told of it. The
+    session APPENDing to the mailbox it has selected read-write is (its catch-up ends
+    the APPEND), and takes the claim in the APPEND's own write (issue 19, session 7):
+    one write transaction, not two; its sibling and a later SELECT see it as not recent."""
+    fill(harness, 1)
+    harness.select()
+    sibling = SessionDriver(tmp_path / "store.db", store=harness.store)
+    sibling.select()
+    writes: list[str] = []
+    harness.store.db.set_trace_callback(writes.append)
+    out = harness.run(b"a APPEND INBOX {%d}\r\n%s" % (len(MESSAGE), MESSAGE))
+    harness.store.db.set_trace_callback(None)
+    assert out.startswith(b"* 2 EXISTS\r\n* 2 RECENT\r\na OK [APPENDUID ")
+    assert writes.count("BEGIN IMMEDIATE") == 1, writes
+    assert b"* 2 FETCH (FLAGS (\\Recent))" in harness.run(b"f FETCH 2 FLAGS")
+    assert sibling.run(b"n NOOP") == b"* 2 EXISTS\r\n* 0 RECENT\r\nn OK NOOP completed\r\n"
+    assert b"* 2 FETCH (FLAGS ())" in sibling.run(b"f FETCH 2 FLAGS")
+    later = SessionDriver(tmp_path / "store.db", store=harness.store)
+    assert b"* 0 RECENT" in later.run(b"s SELECT INBOX")
+
+
+@pytest.mark.parametrize("where", ["examined", "other mailbox"])
+def test_append_elsewhere_leaves_recent_to_the_next_selector(
+    harness: SessionDriver, tmp_path: Path, where: str
+) -> None:
+    """An APPEND from a read-only view of the mailbox (which claims nothing) or into a
+    mailbox the session has not selected (Archive, a default folder) stores the message
+    \\Recent, for the first session that selects it read-write (RFC 3501 §2.3.2)."""
+    harness.select(examine=where == "examined")
+    target = b"INBOX" if where == "examined" else b"Archive"
+    out = harness.run(b"a APPEND %s {%d}\r\n%s" % (target, len(MESSAGE), MESSAGE))
+    assert b"a OK [APPENDUID" in out
+    later = SessionDriver(tmp_path / "store.db", store=harness.store)
+    assert b"* 1 RECENT" in later.run(b"s SELECT " + target)
+    assert b"* 1 FETCH (FLAGS (\\Recent))" in later.run(b"f FETCH 1 FLAGS")
+
+
 # ---- over a real socket, with real client libraries ---------------------------------
 
 

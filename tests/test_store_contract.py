@@ -759,6 +759,35 @@ def test_message_rows_are_ascending_and_show_recent_until_cleared(store: Store) 
     assert [r.modseq for r in store.message_rows(box)] == [r.modseq for r in rows]
 
 
+def test_append_claiming_recent_stores_no_recent_and_changes_nothing_else(store: Store) -> None:
+    """``append_many(claim_recent=True)`` (the appending session takes \\Recent in the
+    APPEND's own transaction, RFC 3501 §2.3.2): the rows are what an APPEND followed by
+    that session's ``clear_recent`` leaves, so no other session sees them as recent and
+    nothing is left to claim; UIDs, modseq, flags and the change log are as without it.
+    One message (PostgreSQL's one-statement path) and several (the shared algorithm)."""
+    box = inbox(store)
+    add(store, box, 1)
+    before = store.changes_since(box, 0).highestmodseq
+    one = store.append_many(
+        box, [NewMessage(b"Subject: a\r\n\r\nx\r\n", ("$A",))], claim_recent=True
+    )
+    two = store.append_many(
+        box,
+        [NewMessage(b"Subject: b\r\n\r\nx\r\n"), NewMessage(b"Subject: c\r\n\r\nx\r\n")],
+        claim_recent=True,
+    )
+    assert one == [2] and two == [3, 4]
+    rows = store.message_rows(box)
+    assert [r.flags for r in rows] == [{"\\Recent"}, {"$A"}, set(), set()]
+    assert [r.modseq for r in rows[1:]] == [before + 1, before + 2, before + 2]
+    assert store.counts(box).recent == 1
+    assert store.clear_recent(box, [2, 3, 4]) == []
+    changes = store.changes_since(box, before)
+    assert [(r.uid, r.flags) for r in changes.changed] == [(2, {"$A"}), (3, set()), (4, set())]
+    assert changes.highestmodseq == before + 2 and changes.expunged == []
+    assert store.selection_summary(box).recent.tolist() == [1]
+
+
 def test_message_uids_are_the_uid_column_of_message_rows_as_an_array(store: Store) -> None:
     """message_uids gives exactly message_rows' UIDs, ascending, as a compact
     array('I'), and follows expunges."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.store.errors import MailboxNotFound
+from gateway.store.records import NewMessage
 from gateway.store.sqlite import SQLiteStore
 
 
@@ -29,7 +30,8 @@ def _answers(store: SQLiteStore, boxes: list[int], low: int) -> list:
 
 
 def test_random_writes_answer_as_a_fresh_read(tmp_path: Path) -> None:
-    """STORE (changing and not), APPEND, EXPUNGE, the \\Recent claim, and commits by
+    """STORE (changing and not), APPEND (with and without its own \\Recent claim), COPY
+    and MOVE (also within one mailbox), EXPUNGE, the \\Recent claim, and commits by
     another connection, in random order; after each, every mailbox's changes since
     each recent modseq equal what a store without the cache reads."""
     path = tmp_path / "s.sqlite"
@@ -43,7 +45,7 @@ def test_random_writes_answer_as_a_fresh_read(tmp_path: Path) -> None:
         uids = {
             b: [store.append(b, b"Subject: %d\r\n\r\nx\r\n" % i) for i in range(6)] for b in boxes
         }
-        for step in range(120):
+        for step in range(200):
             box = rng.choice(boxes)
             kind = rng.random()
             live = uids[box]
@@ -53,8 +55,22 @@ def test_random_writes_answer_as_a_fresh_read(tmp_path: Path) -> None:
                 writer.store_flags(
                     box, picked, rng.choice("+-"), [rng.choice(["\\Seen", "\\Deleted", "$A"])]
                 )
-            elif kind < 0.7:
+            elif kind < 0.64:
                 live.append(writer.append(box, b"Subject: n%d\r\n\r\ny\r\n" % step))
+            elif kind < 0.67:
+                # The appending session's own \Recent claim, in the APPEND's transaction.
+                raw = b"Subject: c%d\r\n\r\ny\r\n" % step
+                live += writer.append_many(box, [NewMessage(raw)], claim_recent=True)
+            elif kind < 0.73 and live:
+                # COPY or MOVE, into another mailbox or the same one (a MOVE within one
+                # mailbox adds rows and then expunges: two bumps in one transaction).
+                dst = rng.choice(boxes)
+                picked = rng.sample(live, rng.randint(1, min(2, len(live))))
+                moved = rng.random() < 0.5
+                pairs = writer.copy(box, picked, dst, move=moved)
+                if moved:
+                    uids[box] = [u for u in uids[box] if u not in picked]
+                uids[dst] = uids[dst] + [new for _old, new in pairs]
             elif kind < 0.8:
                 gone = writer.expunge(box)
                 uids[box] = [u for u in live if u not in gone]
@@ -93,6 +109,59 @@ def test_a_store_leaves_its_rows_and_other_mailboxes_need_no_read(tmp_path: Path
         assert store.changes_since(other, quiet_other).changed == []
         store.db.set_trace_callback(None)
         assert statements == ["PRAGMA data_version", "PRAGMA data_version"], statements
+    finally:
+        store.close()
+
+
+def test_an_append_leaves_its_rows_as_the_next_catch_up(tmp_path: Path) -> None:
+    """After an APPEND (issue 19, session 7), the catch-up from the modseq before it is
+    the new rows, as stored (\\Recent or not), with one statement (the stamp): the
+    appending session's own, its siblings', the IDLE fan-out's."""
+    store = SQLiteStore(tmp_path / "s.sqlite")
+    try:
+        store.ensure_user("alice")
+        inbox = store.get_mailbox("alice", "INBOX").id
+        store.append(inbox, b"Subject: x\r\n\r\nbody\r\n")
+        for claim in (False, True):
+            before = store.changes_since(inbox, 0).highestmodseq
+            new = [NewMessage(b"Subject: %d\r\n\r\nbody\r\n" % i, ("$A",)) for i in range(2)]
+            uids = store.append_many(inbox, new, claim_recent=claim)
+            statements: list[str] = []
+            store.db.set_trace_callback(statements.append)
+            changes = store.changes_since(inbox, before)
+            store.db.set_trace_callback(None)
+            assert statements == ["PRAGMA data_version"], statements
+            assert changes.expunged == [] and changes.highestmodseq == before + 1
+            assert [row.uid for row in changes.changed] == uids
+            assert all(row.modseq == before + 1 for row in changes.changed)
+            shown = {"$A"} if claim else {"$A", "\\Recent"}
+            assert all(row.flags == frozenset(shown) for row in changes.changed), changes
+            fresh = SQLiteStore(tmp_path / "s.sqlite")
+            try:
+                assert fresh.changes_since(inbox, before) == changes
+            finally:
+                fresh.close()
+    finally:
+        store.close()
+
+
+def test_a_move_within_one_mailbox_is_read_again(tmp_path: Path) -> None:
+    """A MOVE into its own mailbox adds rows (one bump) and then expunges the originals
+    (a second bump): the added rows are not all that changed, so they are no answer."""
+    store = SQLiteStore(tmp_path / "s.sqlite")
+    try:
+        store.ensure_user("alice")
+        inbox = store.get_mailbox("alice", "INBOX").id
+        uids = [store.append(inbox, b"Subject: %d\r\n\r\nbody\r\n" % i) for i in range(3)]
+        before = store.changes_since(inbox, 0).highestmodseq
+        store.copy(inbox, uids[:1], inbox, move=True)
+        changes = store.changes_since(inbox, before)
+        assert changes.expunged == uids[:1] and changes.highestmodseq == before + 2
+        fresh = SQLiteStore(tmp_path / "s.sqlite")
+        try:
+            assert fresh.changes_since(inbox, before) == changes
+        finally:
+            fresh.close()
     finally:
         store.close()
 

@@ -393,11 +393,18 @@ class UserStore:
         return self.base.append(self._id(mailbox_id), raw, flags, internaldate, viewer=user)
 
     def append_many(
-        self, mailbox_id: int, messages: Sequence[NewMessage], *, viewer: str | None = None
+        self,
+        mailbox_id: int,
+        messages: Sequence[NewMessage],
+        *,
+        viewer: str | None = None,
+        claim_recent: bool = False,
     ) -> list[int]:
         user = self._viewer(viewer)
         self._check_quota(mailbox_id, sum(len(m.raw) for m in messages))
-        return self.base.append_many(self._id(mailbox_id), messages, viewer=user)
+        return self.base.append_many(
+            self._id(mailbox_id), messages, viewer=user, claim_recent=claim_recent
+        )
 
     def store_flags(
         self,

@@ -178,6 +178,7 @@ class SelectedView(Protocol):
     highestmodseq: int  # every flag change up to here has been told to the client
     saved: Sequence[int]  # RFC 5182 saved search result ("$"), UIDs ascending
     contexts: dict[str, Any]  # RFC 5267 live search contexts by tag (gateway.imap.contexts)
+    claimed: set[int]  # new UIDs whose \Recent this session took at APPEND, not yet told
 
     def resolve(self, seqset: SequenceSet, uid_mode: bool) -> list[int]:
         """UIDs (ascending, existing in the view) named by a sequence set.

@@ -571,7 +571,15 @@ def append(session: Session, cmd: Append) -> Handler:
         if kept is not None:  # the server filed this message already: one copy (issue 15)
             yield from ()
             return ok("APPEND completed", f"APPENDUID {target.uidvalidity} {kept}")
-    done = session.store.append_many(target.id, prepared)
+    view = session.selected
+    # Appending to the mailbox this session has selected read-write: its catch-up at
+    # the end of this command is the first to tell of the new messages, so it takes
+    # their \Recent (RFC 3501 §2.3.2) in the APPEND's own transaction instead of with
+    # a second write from the catch-up (issue 19, session 7).
+    claim = view is not None and not view.readonly and view.mailbox.id == target.id
+    done = session.store.append_many(target.id, prepared, claim_recent=claim)
+    if claim:
+        view.claimed.update(done)
     if hook is not None:
         hook.filed(user, target.id, one, done[0])
     yield from ()  # a handler is a generator even when it has no untagged data

@@ -61,6 +61,7 @@ class View:
         "show_recent",
         "saved",
         "contexts",
+        "claimed",
     )
 
     def __init__(
@@ -87,6 +88,10 @@ class View:
         self.contexts: dict[str, SearchContext] = {}
         """RFC 5267 §4.3: the live ``RETURN (UPDATE)`` results by tag (gateway/imap/contexts.py);
         they end with the selection."""
+        self.claimed: set[int] = set()
+        """UIDs of new messages whose \\Recent this session took before it was told of
+        them: its own APPENDs to this mailbox (``append_many(claim_recent=True)``, stored
+        without \\Recent). The catch-up that tells of them shows them as recent."""
 
     def resolve(self, seqset: SequenceSet, uid_mode: bool) -> list[int]:
         """UIDs (ascending, in the view) named by ``seqset``; RFC 3501 §6.4.8 and §9.
@@ -169,8 +174,13 @@ class View:
             self.reported = {u: m for u, m in self.reported.items() if m > top}
 
     def add(self, uid: int, recent: bool) -> None:
-        """A new message told to the client (EXISTS); UIDs only ever grow."""
+        """A new message told to the client (EXISTS); UIDs only ever grow. One this
+        session claimed beforehand (:attr:`claimed`) is recent whatever ``recent`` says."""
         self.uids.append(uid)
+        claimed = self.claimed
+        if claimed and uid in claimed:
+            claimed.discard(uid)
+            recent = True
         if recent:
             self.recent.append(uid)
 

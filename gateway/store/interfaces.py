@@ -405,11 +405,23 @@ class Messages(Protocol):
         """Adds a message; returns its UID. Raises MailboxNotFound, MessageTooLarge, OverQuota."""
 
     def append_many(
-        self, mailbox_id: int, messages: Sequence[NewMessage], *, viewer: str | None = None
+        self,
+        mailbox_id: int,
+        messages: Sequence[NewMessage],
+        *,
+        viewer: str | None = None,
+        claim_recent: bool = False,
     ) -> list[int]:
         """Adds several messages in one transaction (RFC 3502 MULTIAPPEND is atomic):
         all are stored, with consecutive UIDs in the given order, or none is (the error
-        is raised and nothing changed). Raises what :meth:`append` raises."""
+        is raised and nothing changed). Raises what :meth:`append` raises.
+
+        ``claim_recent``: the caller's session claims \\Recent of the new messages in the
+        same transaction, as :meth:`clear_recent` would right after it (RFC 3501
+        §2.3.2): they are stored without \\Recent, so no other session shows them as
+        recent, and the caller shows them so itself. An IMAP session APPENDing to the
+        mailbox it has selected read-write is the first told of them (its catch-up
+        follows the APPEND); one write instead of two (issue 19, session 7)."""
 
     def store_flags(
         self,

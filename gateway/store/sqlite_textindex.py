@@ -64,6 +64,18 @@ multiple of this many APPENDs pays one FTS5 statement (and segment) instead of o
 (~4 ms of CPU once per batch, against ~15 ms unbatched); searches scan at most this many
 messages more. The memory a batch takes is FTS5's pending-terms hash for 32 messages."""
 
+AUTOMERGE = 8
+"""FTS5's ``automerge`` for the index (its default is 4): how many segments of one level
+wait before FTS5 merges them into one of the next level. Every batch writes a level-0
+segment, and a text is copied again at every level it is merged up to, so the merge
+work per message grows with the number of levels, log base ``automerge`` of the
+segments written; the merges run inside the write that indexes a batch, on the reactor
+thread in SQLite mode. Instructions per APPEND spent in FTS5's segment writes and merges
+(callgrind, 3,200 APPENDs of the 50-client mix's messages onto the bench's 2,000): ~650 K
+at 4, ~300 K at 8, ~235 K at 16 (issue 19, session 7). A search looks each trigram up in
+every segment, up to ``automerge`` per level: 8 keeps that within ~1.5x of 4's for any
+store size (a 100,000-message store: ~4 levels of up to 8 against ~6 of up to 4)."""
+
 UNINDEXED = "message_text_unindexed"
 """Messages the index does not hold: ``backlog`` 1 = stored before the index existed (to
 be indexed), 0 = text holding NUL (scanned for good)."""
@@ -148,6 +160,13 @@ def migrate_text_index(conn: sqlite3.Connection) -> None:
     conn.execute(
         f"INSERT INTO {UNINDEXED} (message_id, backlog) SELECT message_id, 1 FROM message_text"
     )
+
+
+def migrate_automerge(conn: sqlite3.Connection) -> None:
+    """The schema migration that sets the index's :data:`AUTOMERGE` (FTS5 keeps it in the
+    index's own config table, so it holds for every connection). Idempotent; segments
+    written before keep their levels and are merged under the new setting."""
+    conn.execute(f"INSERT INTO {TABLE} ({TABLE}, rank) VALUES ('automerge', ?)", (AUTOMERGE,))
 
 
 def backlog_done(conn: sqlite3.Connection) -> bool:

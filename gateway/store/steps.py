@@ -227,17 +227,21 @@ class RowSteps:
         UIDNEXT), the UIDs being the ``count`` values below it (RFC 3501 §2.3.1.1)."""
         raise NotImplementedError
 
-    def _insert_rows(self, cur: Cursor, rows: list[tuple]) -> None:
-        """Insert \\Recent ``mailbox_message`` rows: (mailbox id, uid, message id, flags
-        text, modseq, savedate)."""
+    def _insert_rows(self, cur: Cursor, rows: list[tuple], recent: bool = True) -> None:
+        """Insert ``mailbox_message`` rows, \\Recent unless ``recent`` is false: (mailbox
+        id, uid, message id, flags text, modseq, savedate), one mailbox and modseq."""
         raise NotImplementedError
 
     def _add_rows(
-        self, cur: Cursor, mailbox_id: int, entries: Sequence[tuple[int, str]]
+        self,
+        cur: Cursor,
+        mailbox_id: int,
+        entries: Sequence[tuple[int, str]],
+        recent: bool = True,
     ) -> list[int]:
         """Give (message id, flags text) entries consecutive new UIDs in a mailbox, in
-        their order (COPYUID, RFC 4315 §3), all \\Recent and stamped with one new modseq;
-        returns the UIDs."""
+        their order (COPYUID, RFC 4315 §3), all \\Recent (unless ``recent`` is false)
+        and stamped with one new modseq; returns the UIDs."""
         count = len(entries)
         modseq, end = self._alloc_uids(cur, mailbox_id, count)
         if end - 1 > MAX_UID:
@@ -250,6 +254,7 @@ class RowSteps:
                 (mailbox_id, uid, message_id, flags, modseq, saved)
                 for uid, (message_id, flags) in zip(uids, entries, strict=True)
             ],
+            recent,
         )
         return uids
 
@@ -427,10 +432,16 @@ class MessageSteps(RowSteps):
         return uid
 
     def append_many(
-        self, mailbox_id: int, messages: Sequence[NewMessage], *, viewer: str | None = None
+        self,
+        mailbox_id: int,
+        messages: Sequence[NewMessage],
+        *,
+        viewer: str | None = None,
+        claim_recent: bool = False,
     ) -> list[int]:
         """RFC 3502 MULTIAPPEND: every message is checked and analysed first, then all
-        are inserted in one transaction with consecutive UIDs and one modseq."""
+        are inserted in one transaction with consecutive UIDs and one modseq (not
+        \\Recent with ``claim_recent``: :meth:`~gateway.store.interfaces.Messages.append_many`)."""
         if isinstance(messages, NewMessage):
             raise TypeError("messages must be a sequence of NewMessage")
         checked = [flag_map(item.flags) for item in messages]
@@ -450,7 +461,7 @@ class MessageSteps(RowSteps):
                 (insert(cur, raw, analysis, internal), text)
                 for raw, analysis, internal, text, _seen in prepared
             ]
-            uids = self._add_rows(cur, mailbox_id, entries)
+            uids = self._add_rows(cur, mailbox_id, entries, not claim_recent)
             if shared and viewer is not None:
                 seen_uids = [(u, True) for u, p in zip(uids, prepared, strict=True) if p[4]]
                 self._mark_seen(cur, mailbox_id, viewer, seen_uids)

@@ -183,14 +183,19 @@ class MemoryMessages(MemoryBase, HeaderFieldReads):
         return uid
 
     def append_many(
-        self, mailbox_id: int, messages: Sequence[NewMessage], *, viewer: str | None = None
+        self,
+        mailbox_id: int,
+        messages: Sequence[NewMessage],
+        *,
+        viewer: str | None = None,
+        claim_recent: bool = False,
     ) -> list[int]:
         """RFC 3502 MULTIAPPEND: all checked first, then added together (or none)."""
         prepared = [(self._ingest(m.raw, m.internaldate), flag_map(m.flags)) for m in messages]
         box = self._box(mailbox_id)
         if not prepared:
             return []
-        uids = self._add(box, prepared, viewer)
+        uids = self._add(box, prepared, viewer, not claim_recent)
         self._notify([mailbox_id])
         return uids
 

@@ -232,15 +232,17 @@ class MemoryBase:
         box: Box,
         entries: Sequence[tuple[Message, dict[str, str]]],
         viewer: str | None = None,
+        recent: bool = True,
     ) -> list[int]:
-        """New rows; in a shared mailbox \\Seen becomes ``viewer``'s own (or is dropped)."""
+        """New rows, \\Recent unless ``recent`` is false; in a shared mailbox \\Seen
+        becomes ``viewer``'s own (or is dropped)."""
         if box.uidnext + len(entries) - 1 > MAX_UID:
             raise StoreError("UID space of the mailbox exhausted")
         box.highestmodseq += 1
         uids = []
         saved = int(self._clock())  # RFC 8514 §3
         for message, flags in entries:
-            row = Row(message, dict(flags), box.highestmodseq, savedate=saved)
+            row = Row(message, dict(flags), box.highestmodseq, recent, savedate=saved)
             if box.shared and SEEN_KEY in row.flags:
                 del row.flags[SEEN_KEY]
                 if viewer is not None:

@@ -53,7 +53,7 @@ APPEND_ONE = (
     + ","
     " row AS (INSERT INTO mailbox_message"
     " (mailbox_id, uid, message_id, flags, modseq, recent, savedate)"
-    " SELECT %s, box.uid, msg.id, %s::text, box.highestmodseq, 1, %s::bigint FROM box, msg"
+    " SELECT %s, box.uid, msg.id, %s::text, box.highestmodseq, %s::int, %s::bigint FROM box, msg"
     " RETURNING uid, modseq)"
     " SELECT row.uid, row.modseq, pg_notify(%s, %s)::text FROM row"
 )
@@ -70,16 +70,19 @@ def append_params(
     saved: int,
     channel: str,
     payload: str,
+    recent: bool = True,
 ) -> list[object]:
     """The parameters of :data:`APPEND_ONE`: the rows ``_insert_message`` and
     ``_add_rows`` write (:func:`~gateway.store.rowdata.message_values`, the sort key
-    row), text cleaned for PostgreSQL alike (:func:`~gateway.store.postgres.text.pg_text`)."""
+    row), text cleaned for PostgreSQL alike (:func:`~gateway.store.postgres.text.pg_text`);
+    ``recent`` is the row's \\Recent bit."""
     return [
         mailbox_id,
         MAX_UID,
         *message_params(raw, analysis, internal),
         mailbox_id,
         flags_text,
+        int(recent),
         saved,
         channel,
         payload,
@@ -90,16 +93,31 @@ class PGAppendWrites(PGRows, MessageSteps):
     """:meth:`append_many` for :class:`~gateway.store.postgres.messages.PGMessages`."""
 
     def append_many(
-        self, mailbox_id: int, messages: Sequence[NewMessage], *, viewer: str | None = None
+        self,
+        mailbox_id: int,
+        messages: Sequence[NewMessage],
+        *,
+        viewer: str | None = None,
+        claim_recent: bool = False,
     ) -> list[int]:
         if len(messages) != 1 or self._shared_ids.get(mailbox_id) is not False:
-            return MessageSteps.append_many(self, mailbox_id, messages, viewer=viewer)
+            return MessageSteps.append_many(
+                self, mailbox_id, messages, viewer=viewer, claim_recent=claim_recent
+            )
         (item,) = messages
         text, _seen = split_seen(flag_map(item.flags), False)
         raw, analysis, internal = self._ingest(item.raw, item.internaldate)
         (payload,) = encode(self.origin, [mailbox_id])
         params = append_params(
-            mailbox_id, raw, analysis, internal, text, int(self._clock()), self.channel, payload
+            mailbox_id,
+            raw,
+            analysis,
+            internal,
+            text,
+            int(self._clock()),
+            self.channel,
+            payload,
+            recent=not claim_recent,
         )
         with self._cursor() as cur:
             cur.execute(APPEND_ONE, params)
@@ -110,7 +128,7 @@ class PGAppendWrites(PGRows, MessageSteps):
                     raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
                 raise StoreError("UID space of the mailbox exhausted")
         uid, modseq = int(row[0]), int(row[1])
-        added = [MessageRow(uid, self._flags(text, 1), modseq)]
+        added = [MessageRow(uid, self._flags(text, 0 if claim_recent else 1), modseq)]
         self.change_logs.wrote(self._log_key(mailbox_id, viewer), modseq - 1, modseq, added)
         self._tell_listeners([mailbox_id])
         return [uid]

@@ -339,11 +339,11 @@ class PGRows(PGConnection, RowSteps):
             raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
         return int(row[0]), int(row[1])
 
-    def _insert_rows(self, cur: Cursor, rows: list[tuple]) -> None:
+    def _insert_rows(self, cur: Cursor, rows: list[tuple], recent: bool = True) -> None:
         cur.executemany(
             "INSERT INTO mailbox_message"
             " (mailbox_id, uid, message_id, flags, modseq, recent, savedate)"
-            " VALUES (%s, %s, %s, %s, %s, 1, %s)",
+            f" VALUES (%s, %s, %s, %s, %s, {int(recent)}, %s)",
             rows,
         )
 

@@ -483,7 +483,7 @@ class SQLiteMessages(SQLiteRows, MessageSteps, HeaderFieldReads):
 
     def _flags_written(self, mailbox_id: int, modseq: int, rows: list[MessageRow]) -> None:
         # The written rows answer the catch-ups that follow (sqlite/quiet.py).
-        self._quiet.wrote_flags(mailbox_id, modseq, rows)
+        self._quiet.wrote_rows(mailbox_id, modseq, rows)
 
     def clear_recent(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         with self._flags_only(), self._write():

@@ -10,13 +10,16 @@ was then (issue 19, session 4). Two things made that stamp a poor key in the 50-
   so every session's next catch-up read its mailbox's head again (BEGIN, SELECT, COMMIT)
   although only one mailbox had changed;
 - the session that just changed flags, and its siblings on the same mailbox, then read
-  back with three statements the rows the STORE had just written.
+  back with three statements the rows the STORE had just written; and after an APPEND
+  (or a delivery, or a COPY into the mailbox) the new rows, the same way (session 7).
 
 So a write made on this connection carries the heads over to the stamp after its commit:
 every mailbox whose HIGHESTMODSEQ the transaction did not bump (:meth:`QuietHeads.bumped`,
 called by the one place that bumps it, and for a deleted mailbox) keeps its head, and
-the rows of a STORE (:meth:`QuietHeads.wrote_flags`) become the answer for
-``changes_since`` of exactly the modseq before it (:meth:`QuietHeads.delta`). This holds
+the rows of a STORE or of new messages (:meth:`QuietHeads.wrote_rows`) become the answer
+for ``changes_since`` of exactly the modseq before it (:meth:`QuietHeads.delta`), as long
+as that transaction bumped the mailbox once (a MOVE within one mailbox, which adds rows
+and then expunges, bumps twice and keeps no rows). This holds
 only when the heads were valid at the write's start, checked inside its ``BEGIN
 IMMEDIATE`` (nobody else can commit until it ends): a commit by another process in
 between leaves the stamps apart and everything is read again, as before. A write that
@@ -36,7 +39,7 @@ Stamp = tuple[int, int]
 
 class QuietHeads:
     """Mailbox id → HIGHESTMODSEQ, valid while the file's change stamp is :attr:`stamp`;
-    and the last STORE's changed rows (one connection, one thread)."""
+    and the last write's changed or added rows (one connection, one thread)."""
 
     __slots__ = ("stamp", "_heads", "_start", "_bumped", "_flags", "_delta")
 
@@ -66,7 +69,8 @@ class QuietHeads:
 
     def delta(self, stamp: Stamp, mailbox_id: int, modseq: int) -> list[MessageRow] | None:
         """The rows changed since ``modseq`` when the last write was a STORE of this
-        mailbox from exactly ``modseq`` and nothing was written since; else None."""
+        mailbox (or added messages to it) from exactly ``modseq`` and nothing was written
+        since; else None."""
         delta = self._delta
         if delta is None or delta[0] != stamp or delta[1] != mailbox_id or delta[2] != modseq:
             return None
@@ -81,12 +85,17 @@ class QuietHeads:
         self._flags = None
 
     def bumped(self, mailbox_id: int) -> None:
-        """The transaction changes this mailbox's HIGHESTMODSEQ (or deletes it)."""
+        """The transaction changes this mailbox's HIGHESTMODSEQ (or deletes it). A bump
+        after its rows were recorded (a MOVE within the mailbox: rows added, then others
+        expunged) means those rows are not all that changed: they are dropped."""
         self._bumped.add(mailbox_id)
+        if self._flags is not None and self._flags[0] == mailbox_id:
+            self._flags = None
 
-    def wrote_flags(self, mailbox_id: int, modseq: int, rows: Sequence[MessageRow]) -> None:
-        """A STORE of a mailbox that is not shared wrote ``rows``, stamped ``modseq``
-        (one bump, from ``modseq - 1``)."""
+    def wrote_rows(self, mailbox_id: int, modseq: int, rows: Sequence[MessageRow]) -> None:
+        """Right after the one bump of a mailbox that is not shared, stamped ``modseq``
+        (from ``modseq - 1``), the transaction wrote ``rows`` (a STORE's changed rows, or
+        new messages), as ``changes_since`` would read them after the commit."""
         self._flags = (mailbox_id, modseq, list(rows))
 
     def committed(self, total_changes: int) -> None:

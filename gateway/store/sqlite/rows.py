@@ -22,7 +22,7 @@ from typing import Any
 from gateway.core.flags import DELETED
 from gateway.message.analysis import Analysis, analyze
 from gateway.store.errors import MailboxNotFound, StoreError
-from gateway.store.interfaces import DELIMITER, Mailbox, is_shared_owner
+from gateway.store.interfaces import DELIMITER, Mailbox, MessageRow, is_shared_owner
 from gateway.store.rowdata import MESSAGE_COLUMNS, internal_values, message_values
 from gateway.store.rules import MAX_UID, check_message
 from gateway.store.sorting import INSERT_SORT_KEY, sort_key_row
@@ -340,13 +340,22 @@ class SQLiteRows(SQLiteConnection, RowSteps):
         ).fetchall()[0]
         return modseq, end
 
-    def _insert_rows(self, cur: sqlite3.Connection, rows: list[tuple]) -> None:
+    def _insert_rows(self, cur: sqlite3.Connection, rows: list[tuple], recent: bool = True) -> None:
+        bit = int(recent)
         cur.executemany(
             "INSERT INTO mailbox_message"
             " (mailbox_id, uid, message_id, flags, modseq, recent, savedate)"
-            " VALUES (?, ?, ?, ?, ?, 1, ?)",
+            f" VALUES (?, ?, ?, ?, ?, {bit}, ?)",
             rows,
         )
+        mailbox_id, modseq = rows[0][0], rows[0][4]
+        if self._shared_ids.get(mailbox_id) is False:
+            # The new rows answer the catch-ups that follow (sqlite/quiet.py): the
+            # appending session's own, its siblings', the IDLE fan-out's.
+            flags = self._flags
+            self._quiet.wrote_rows(
+                mailbox_id, modseq, [MessageRow(r[1], flags(r[3], bit), modseq) for r in rows]
+            )
 
     def _remove_rows(
         self, cur: sqlite3.Connection, mailbox_id: int, uids: Sequence[int], modseq: int
