@@ -124,6 +124,28 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return total / _CLOCK_TICKS
 
 
+def run_queue_seconds(pids: Iterable[int]) -> float:
+    """Seconds the threads of these processes spent runnable but waiting for a CPU (the
+    second field of Linux's ``/proc/PID/task/TID/schedstat``); a process or thread gone
+    meanwhile counts nothing. Under the 50-client mix in PostgreSQL mode this, not CPU
+    time, is what the p99 tracked (bench/README.md, "PostgreSQL mix tail, session 7"):
+    every command crosses the reactor, a store thread and a database backend, each a
+    wake-up that may wait for one of the two cores."""
+    total = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                fields = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
+            except OSError:
+                continue
+            total += int(fields[1])
+    return total / 1e9
+
+
 def process_tree(pid: int) -> list[int]:
     """``pid`` and its live children (popgate's password key holder)."""
     found = [pid]
@@ -164,6 +186,9 @@ class LoadReport:
     the deadline), when a way to read it was given."""
     window_ops: int = 0
     """Operations (login and IDLE excluded) completed in that window."""
+    server_wait_s: float | None = None
+    """Seconds the server's threads waited for a CPU in the steady window
+    (:func:`run_queue_seconds`), when a way to read it was given."""
     command_seconds: float = 0.0
     """The time every client spent waiting for its commands' replies, summed (login and
     IDLE excluded): the only part of a client's time a faster server can give back."""
@@ -197,6 +222,14 @@ class LoadReport:
             return None
         return self.server_cpu_s * 1000 / self.window_ops
 
+    @property
+    def server_wait_ms_per_op(self) -> float | None:
+        """The server's run-queue wait per operation in the steady window: how long its
+        threads were ready to run with no CPU free, which lengthens the tail."""
+        if self.server_wait_s is None or not self.window_ops:
+            return None
+        return self.server_wait_s * 1000 / self.window_ops
+
     def summary(self) -> str:
         lines = [
             f"{self.clients} clients, {self.duration:.1f} s against {self.host}:{self.port}",
@@ -229,6 +262,9 @@ class LoadReport:
         client = self.client_cpu_ms_per_op
         if client is not None:
             lines.append(f"load client CPU {client:.3f} ms per operation (same window)")
+        wait = self.server_wait_ms_per_op
+        if wait is not None:
+            lines.append(f"server run-queue wait {wait:.3f} ms per operation")
         if self.peak_rss_kib is not None:
             lines.append(f"server peak RSS {self.peak_rss_kib / 1024:.1f} MiB")
         lines.extend(f"  error: {e}" for e in self.error_samples)
@@ -368,15 +404,17 @@ class _Run:
 
     clients: int
     server_cpu: Callable[[], float] | None
+    server_wait: Callable[[], float] | None = None
     stats: dict[str, OpStats] = field(default_factory=dict)
     samples: list[str] = field(default_factory=list)
     ready: int = 0
     completed: int = 0
-    window: tuple[int, float, float] | None = None
-    """(operations completed, server CPU seconds, client CPU seconds) when the window
-    opened."""
+    window: tuple[int, float, float, float] | None = None
+    """(operations completed, server CPU seconds, client CPU seconds, server run-queue
+    seconds) when the window opened."""
     cpu_s: float | None = None
     client_cpu_s: float | None = None
+    wait_s: float | None = None
     window_ops: int = 0
 
     def record(self, op: str, seconds: float, error: str | None) -> None:
@@ -394,14 +432,25 @@ class _Run:
     def client_ready(self) -> None:
         """A client is logged in (or gave up): the window opens with the last one."""
         self.ready += 1
-        if self.ready == self.clients and self.server_cpu is not None:
-            self.window = (self.completed, self.server_cpu(), time.process_time())
+        if self.ready == self.clients and (self.server_cpu or self.server_wait):
+            self.window = (self.completed, *self._readings())
+
+    def _readings(self) -> tuple[float, float, float]:
+        return (
+            self.server_cpu() if self.server_cpu is not None else 0.0,
+            time.process_time(),
+            self.server_wait() if self.server_wait is not None else 0.0,
+        )
 
     def close_window(self) -> None:
-        if self.window is not None and self.server_cpu is not None:
-            ops, cpu, client = self.window
-            self.cpu_s = self.server_cpu() - cpu
-            self.client_cpu_s = time.process_time() - client
+        if self.window is not None:
+            ops, cpu, client, wait = self.window
+            cpu_now, client_now, wait_now = self._readings()
+            if self.server_cpu is not None:
+                self.cpu_s = cpu_now - cpu
+            self.client_cpu_s = client_now - client
+            if self.server_wait is not None:
+                self.wait_s = wait_now - wait
             self.window_ops = self.completed - ops
             self.window = None
 
@@ -473,10 +522,11 @@ async def _run_all(
     duration: float,
     mix: dict[str, float],
     server_cpu: Callable[[], float] | None,
+    server_wait: Callable[[], float] | None = None,
 ) -> tuple[_Run, float]:
     ops = [k for k, v in mix.items() if v > 0]
     weights = [mix[k] for k in ops]
-    run = _Run(clients, server_cpu)
+    run = _Run(clients, server_cpu, server_wait)
     start = time.monotonic()
     deadline = start + CONNECT_SPREAD + duration
 
@@ -514,11 +564,14 @@ def run_load(
     server_pid: int | None = None,
     ports: Sequence[int] = (),
     server_cpu: Callable[[], float] | None = None,
+    server_wait: Callable[[], float] | None = None,
 ) -> LoadReport:
     """Run the load and report; ``server_pid`` adds the server's peak RSS. With ``ports``
     (several popgate nodes) client ``i`` connects to ``ports[i % len(ports)]``.
     ``server_cpu()`` (cumulative CPU seconds of the server's processes, e.g.
-    ``lambda: cpu_seconds(process_tree(pid))``) adds the server's CPU per operation."""
+    ``lambda: cpu_seconds(process_tree(pid))``) adds the server's CPU per operation,
+    ``server_wait()`` (e.g. ``lambda: run_queue_seconds(process_tree(pid))``) its
+    run-queue wait per operation."""
     if not accounts:
         raise ValueError("need at least one account")
     run, elapsed = asyncio.run(
@@ -530,6 +583,7 @@ def run_load(
             duration,
             mix or DEFAULT_MIX,
             server_cpu,
+            server_wait,
         )
     )
     stats = run.stats
@@ -566,6 +620,7 @@ def run_load(
         command_seconds=sum(work),
         client_cpu_s=run.client_cpu_s,
         window_ops=run.window_ops,
+        server_wait_s=run.wait_s,
     )
 
 
@@ -678,6 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     mix,
                     server_pid=pid,
                     server_cpu=lambda: cpu_seconds(process_tree(pid)),
+                    server_wait=lambda: run_queue_seconds(process_tree(pid)),
                 )
             finally:
                 gateway.stop()
@@ -695,6 +751,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             server_pid=args.server_pid,
             server_cpu=(
                 (lambda: cpu_seconds(process_tree(args.server_pid))) if args.server_pid else None
+            ),
+            server_wait=(
+                (lambda: run_queue_seconds(process_tree(args.server_pid)))
+                if args.server_pid
+                else None
             ),
         )
     print(json.dumps(asdict(report), indent=2) if args.json else report.summary())

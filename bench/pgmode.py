@@ -28,7 +28,7 @@ from typing import Any
 
 from bench import peers
 from bench.imapwire import IMAPConnection
-from bench.load import run_load
+from bench.load import run_load, run_queue_seconds
 from bench.popgate import GatewayServer, date_of, fetch_import
 from bench.report import Target, median
 from bench.scenarios import FETCH_ITEMS, MAILBOX_USER, POP_USER, load_accounts
@@ -240,6 +240,9 @@ def _load(bench: Any, nodes: list[GatewayServer], accounts: list[tuple[str, str]
     ops: dict[str, list[float]] = {}
     p99: dict[str, list[float]] = {}
     lag: dict[str, list[float]] = {"postgresql": [], "three": []}
+    wait: dict[str, list[float]] = {}
+    """popgate's run-queue wait per operation (ms; SQLite mode and the nodes): what the
+    PostgreSQL-mode p99 tracked (bench/README.md, "PostgreSQL mix tail, session 7")."""
     errors: dict[str, int] = {}
     runs: dict[str, list[GatewayServer] | None] = {
         "sqlite": None,
@@ -257,6 +260,11 @@ def _load(bench: Any, nodes: list[GatewayServer], accounts: list[tuple[str, str]
                 ports = [bench.popgate.port]
             else:
                 ports = [bench.dovecot.imap_port]
+            pids: list[int] = []  # popgate's processes (Dovecot's are not read)
+            if serving is not None:
+                pids = [node.pid for node in serving]
+            elif name == "sqlite":
+                pids = [bench.popgate.pid]
             report = run_load(
                 "127.0.0.1",
                 ports[0],
@@ -265,7 +273,10 @@ def _load(bench: Any, nodes: list[GatewayServer], accounts: list[tuple[str, str]
                 sizes.load_seconds,
                 None,
                 ports=ports,
+                server_wait=(lambda pids=pids: run_queue_seconds(pids)) if pids else None,
             )
+            if report.server_wait_ms_per_op is not None:
+                wait.setdefault(name, []).append(report.server_wait_ms_per_op)
             if report.error_samples:
                 bench.log(f"postgres load {name}: errors {report.error_samples[:3]}")
             if serving is not None:
@@ -301,7 +312,7 @@ def _load(bench: Any, nodes: list[GatewayServer], accounts: list[tuple[str, str]
             p99[name],
             p99["sqlite"],
             SLOWER,
-            note=f"Dovecot {dovecot_p99:.1f} ms",
+            note=f"Dovecot {dovecot_p99:.1f} ms" + _wait_note(wait, name),
         )
         bench.row(
             f"PG {label}: reactor lag p99 under {clients}-client load",
@@ -312,3 +323,11 @@ def _load(bench: Any, nodes: list[GatewayServer], accounts: list[tuple[str, str]
             note="timer lateness every 5 ms inside popgate"
             + ("; the worst of the three nodes per run" if name == "three" else ""),
         )
+
+
+def _wait_note(wait: dict[str, list[float]], name: str) -> str:
+    """popgate's run-queue wait per operation, this mode's and SQLite mode's (medians)."""
+    mine, sqlite = median(wait.get(name, [])), median(wait.get("sqlite", []))
+    if mine is None or sqlite is None:
+        return ""
+    return f"; popgate's run-queue wait {mine:.2f} ms per op (SQLite mode {sqlite:.2f})"

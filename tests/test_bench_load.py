@@ -18,9 +18,11 @@ from bench.load import (
     HISTOGRAM_BOUNDS_MS,
     LoadReport,
     _operation,
+    _Run,
     cpu_seconds,
     histogram,
     process_tree,
+    run_queue_seconds,
 )
 
 
@@ -120,3 +122,36 @@ def test_the_instant_server_cap_gives_back_each_clients_command_time() -> None:
     )
     assert round(report.instant_server_throughput, 3) == round(15_000 / 14.7, 3)
     assert report.client_cpu_ms_per_op is None  # no window read
+
+
+def test_run_queue_seconds_sees_processes_waiting_for_a_cpu() -> None:
+    # Twice as many busy processes as CPUs: each spends part of its time runnable but
+    # not running, which the schedstat wait field counts.
+    spin = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass"
+    children = [
+        subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2 * (os.cpu_count() or 1))
+    ]
+    pids = [child.pid for child in children]
+    try:
+        before = run_queue_seconds(pids)
+        time.sleep(0.3)
+        assert run_queue_seconds(pids) > before
+        assert run_queue_seconds([2**22 + 12345]) == 0.0  # no such process
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+
+
+def test_the_steady_window_reads_server_wait_without_a_cpu_reader() -> None:
+    readings = iter([1.5, 2.25])
+    run = _Run(2, None, lambda: next(readings))
+    run.client_ready()
+    run.record("noop", 0.001, None)
+    run.client_ready()  # the window opens: 1 operation done, 1.5 s waited so far
+    for _ in range(3):
+        run.record("fetch_body", 0.001, None)
+    run.record("idle", 1.0, None)  # not an operation
+    run.close_window()
+    assert run.window_ops == 3
+    assert run.wait_s == 0.75 and run.cpu_s is None
