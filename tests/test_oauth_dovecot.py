@@ -131,10 +131,10 @@ def cli_login(upstream: Upstream, state_dir: Path) -> subprocess.CompletedProces
 
 @pytest.mark.parametrize("mechanism", ["xoauth2", "oauthbearer"])
 def test_both_mechanisms_log_in_and_a_dead_token_gets_the_json_error(
-    rt, idp, upstream_peer, mechanism
+    rt, idp, upstream_peer, mechanism, tmp_path: Path
 ) -> None:
     upstream_peer.deliver(USER, samplemail.generate(1, 3)[0])
-    store = rt.call(SQLiteStore, Path(tempfile.mkdtemp()) / "s.db")
+    store = rt.call(SQLiteStore, tmp_path / "s.db")
     try:
         base = make_upstream(idp, upstream_peer, mechanism)
         good = Upstream(**{**vars(base), "password": idp.issue(USER)["access_token"]})

@@ -220,7 +220,9 @@ def _model_backend(name: str) -> type[RuleBasedStateMachine]:
 
         def __init__(self) -> None:
             super().__init__()
-            self.ts = BACKENDS[name](Path(tempfile.mkdtemp()), retention)
+            # One directory per example, removed with it (hypothesis runs ~100 of them).
+            self.directory = tempfile.TemporaryDirectory()
+            self.ts = BACKENDS[name](Path(self.directory.name), retention)
             self.points: dict[str, dict[float, float]] = {"a": {}, "b": {}}
 
         @rule(series=SERIES, at=MODEL_TIMES, value=st.integers(0, 100))
@@ -252,6 +254,9 @@ def _model_backend(name: str) -> type[RuleBasedStateMachine]:
 
         def teardown(self) -> None:
             close_all()
+            if isinstance(self.ts, SQLiteTimeSeries):
+                self.ts.close()
+            self.directory.cleanup()
 
     Model.__name__ = f"TimeSeriesModel_{name}"
     return Model
