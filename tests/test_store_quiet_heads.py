@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.store.errors import MailboxNotFound
+from gateway.store.interfaces import Changes
 from gateway.store.records import NewMessage
 from gateway.store.sqlite import SQLiteStore
 
@@ -136,13 +137,18 @@ def test_an_append_leaves_its_rows_as_the_next_catch_up(tmp_path: Path) -> None:
             assert all(row.modseq == before + 1 for row in changes.changed)
             shown = {"$A"} if claim else {"$A", "\\Recent"}
             assert all(row.flags == frozenset(shown) for row in changes.changed), changes
-            fresh = SQLiteStore(tmp_path / "s.sqlite")
-            try:
-                assert fresh.changes_since(inbox, before) == changes
-            finally:
-                fresh.close()
+            assert _read_afresh(tmp_path / "s.sqlite", inbox, before) == changes
     finally:
         store.close()
+
+
+def _read_afresh(path: Path, mailbox_id: int, since: int) -> Changes:
+    """What a connection of its own reads from the file: the answer a kept one must match."""
+    fresh = SQLiteStore(path)
+    try:
+        return fresh.changes_since(mailbox_id, since)
+    finally:
+        fresh.close()
 
 
 def test_a_move_within_one_mailbox_is_read_again(tmp_path: Path) -> None:
@@ -157,11 +163,7 @@ def test_a_move_within_one_mailbox_is_read_again(tmp_path: Path) -> None:
         store.copy(inbox, uids[:1], inbox, move=True)
         changes = store.changes_since(inbox, before)
         assert changes.expunged == uids[:1] and changes.highestmodseq == before + 2
-        fresh = SQLiteStore(tmp_path / "s.sqlite")
-        try:
-            assert fresh.changes_since(inbox, before) == changes
-        finally:
-            fresh.close()
+        assert _read_afresh(tmp_path / "s.sqlite", inbox, before) == changes
     finally:
         store.close()
 
