@@ -194,8 +194,8 @@ class LoadReport:
     IDLE excluded): the only part of a client's time a faster server can give back."""
     client_cpu_s: float | None = None
     """CPU seconds the load client itself (this process, every client's coroutine) used
-    in the same window: in a closed loop on two cores the client can be the cap, and
-    what a server sends (lines, segments) is what costs the client."""
+    in the same window: what a server sends (lines, literals, segments) costs the client,
+    and the client shares the machine's cores with the server under test."""
 
     @property
     def instant_server_throughput(self) -> float:
@@ -207,28 +207,28 @@ class LoadReport:
         left = measured - self.command_seconds / self.clients
         return self.operations / left if left > 0 else 0.0
 
+    def _per_op(self, seconds: float | None) -> float | None:
+        """Milliseconds per operation of the steady window (None: not read)."""
+        if seconds is None or not self.window_ops:
+            return None
+        return seconds * 1000 / self.window_ops
+
     @property
     def client_cpu_ms_per_op(self) -> float | None:
         """The load client's CPU per operation in the steady window."""
-        if self.client_cpu_s is None or not self.window_ops:
-            return None
-        return self.client_cpu_s * 1000 / self.window_ops
+        return self._per_op(self.client_cpu_s)
 
     @property
     def server_cpu_ms_per_op(self) -> float | None:
         """Server CPU per operation in the steady window: a figure a busy machine changes
         far less than wall-clock ones (the server's work, not its wait for a CPU)."""
-        if self.server_cpu_s is None or not self.window_ops:
-            return None
-        return self.server_cpu_s * 1000 / self.window_ops
+        return self._per_op(self.server_cpu_s)
 
     @property
     def server_wait_ms_per_op(self) -> float | None:
         """The server's run-queue wait per operation in the steady window: how long its
         threads were ready to run with no CPU free, which lengthens the tail."""
-        if self.server_wait_s is None or not self.window_ops:
-            return None
-        return self.server_wait_s * 1000 / self.window_ops
+        return self._per_op(self.server_wait_s)
 
     def summary(self) -> str:
         lines = [

@@ -128,7 +128,7 @@ class PGAppendWrites(PGRows, MessageSteps):
                     raise MailboxNotFound(f"no mailbox with id {mailbox_id}")
                 raise StoreError("UID space of the mailbox exhausted")
         uid, modseq = int(row[0]), int(row[1])
-        added = [MessageRow(uid, self._flags(text, 0 if claim_recent else 1), modseq)]
+        added = [MessageRow(uid, self._flags(text, int(not claim_recent)), modseq)]
         self.change_logs.wrote(self._log_key(mailbox_id, viewer), modseq - 1, modseq, added)
         self._tell_listeners([mailbox_id])
         return [uid]

@@ -41,14 +41,14 @@ class QuietHeads:
     """Mailbox id → HIGHESTMODSEQ, valid while the file's change stamp is :attr:`stamp`;
     and the last write's changed or added rows (one connection, one thread)."""
 
-    __slots__ = ("stamp", "_heads", "_start", "_bumped", "_flags", "_delta")
+    __slots__ = ("stamp", "_heads", "_start", "_bumped", "_rows", "_delta")
 
     def __init__(self) -> None:
         self.stamp: Stamp | None = None
         self._heads: dict[int, int] = {}
         self._start: Stamp | None = None
         self._bumped: set[int] = set()
-        self._flags: tuple[int, int, list[MessageRow]] | None = None
+        self._rows: tuple[int, int, list[MessageRow]] | None = None
         self._delta: tuple[Stamp, int, int, list[MessageRow]] | None = None
 
     def head(self, stamp: Stamp, mailbox_id: int) -> int | None:
@@ -82,38 +82,38 @@ class QuietHeads:
         """Inside ``BEGIN IMMEDIATE``: the stamp now (None: no heads to carry)."""
         self._start = start if start is not None and start == self.stamp else None
         self._bumped.clear()
-        self._flags = None
+        self._rows = None
 
     def bumped(self, mailbox_id: int) -> None:
         """The transaction changes this mailbox's HIGHESTMODSEQ (or deletes it). A bump
         after its rows were recorded (a MOVE within the mailbox: rows added, then others
         expunged) means those rows are not all that changed: they are dropped."""
         self._bumped.add(mailbox_id)
-        if self._flags is not None and self._flags[0] == mailbox_id:
-            self._flags = None
+        if self._rows is not None and self._rows[0] == mailbox_id:
+            self._rows = None
 
     def wrote_rows(self, mailbox_id: int, modseq: int, rows: Sequence[MessageRow]) -> None:
         """Right after the one bump of a mailbox that is not shared, stamped ``modseq``
         (from ``modseq - 1``), the transaction wrote ``rows`` (a STORE's changed rows, or
         new messages), as ``changes_since`` would read them after the commit."""
-        self._flags = (mailbox_id, modseq, list(rows))
+        self._rows = (mailbox_id, modseq, list(rows))
 
     def committed(self, total_changes: int) -> None:
         """The transaction committed: carry the heads it did not touch over to the new
         stamp (``data_version`` is unchanged by this connection's own commits)."""
         start, self._start = self._start, None
-        flags, self._flags = self._flags, None
+        rows, self._rows = self._rows, None
         if start is None:
             return
         after = (total_changes, start[1])
         heads = self._heads
         for mailbox_id in self._bumped:
             old = heads.pop(mailbox_id, None)
-            if flags is not None and flags[0] == mailbox_id and old == flags[1] - 1:
-                heads[mailbox_id] = flags[1]
-                self._delta = (after, mailbox_id, old, flags[2])
+            if rows is not None and rows[0] == mailbox_id and old == rows[1] - 1:
+                heads[mailbox_id] = rows[1]
+                self._delta = (after, mailbox_id, old, rows[2])
         self.stamp = after
 
     def rolled_back(self) -> None:
         self._start = None
-        self._flags = None
+        self._rows = None
